@@ -1,0 +1,141 @@
+"""Decode any audio file a platform receives to mono float32 at the analysis rate.
+
+libsndfile (through :mod:`soundfile`) reads WAV, FLAC, OGG/Vorbis, Opus and MP3
+in-process; everything it cannot read (AAC/M4A, video containers, ...) goes to
+ffmpeg. The ffmpeg binary is the one shipped by the ``imageio-ffmpeg`` wheel, so a
+plain ``pip install`` brings a decoder and no system package is needed.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import soundfile
+import soxr
+
+__all__ = ["AudioDecodeError", "load_audio", "ffmpeg_executable"]
+
+
+class AudioDecodeError(ValueError):
+    """The file cannot be turned into audio samples; ``str(err)`` says why."""
+
+
+def ffmpeg_executable() -> str:
+    """Path of the ffmpeg binary used for formats libsndfile cannot read.
+
+    ``REFRAIN_FFMPEG`` overrides it (e.g. a system ffmpeg with more codecs).
+    """
+    override = os.environ.get("REFRAIN_FFMPEG")
+    if override:
+        return override
+    import imageio_ffmpeg
+
+    return imageio_ffmpeg.get_ffmpeg_exe()
+
+
+def load_audio(path, sample_rate: int, max_duration: float | None = None) -> np.ndarray:
+    """Decode an audio file to mono float32 samples at ``sample_rate``.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        The file to decode.
+    sample_rate : int
+        Target rate in Hz; the signal is down-mixed to mono and resampled (soxr, HQ).
+    max_duration : float, optional
+        Longest accepted audio in seconds; longer audio raises instead of being
+        decoded whole (checked from the header when the format has one).
+
+    Returns
+    -------
+    y : np.ndarray, shape (n,), float32
+        The samples, ``n > 0``.
+
+    Raises
+    ------
+    AudioDecodeError
+        For a missing, empty, non-audio, truncated or over-long file, or one with no
+        samples. The message names the file and the reason.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise AudioDecodeError(f"{path}: no such file")
+    if not path.is_file():
+        raise AudioDecodeError(f"{path}: not a regular file")
+    if path.stat().st_size == 0:
+        raise AudioDecodeError(f"{path}: file is empty (0 bytes)")
+
+    try:
+        samples, native_rate = _read_with_libsndfile(path, max_duration)
+    except _NotForLibsndfile:
+        samples, native_rate = _read_with_ffmpeg(path, sample_rate, max_duration)
+
+    if samples.size == 0:
+        raise AudioDecodeError(f"{path}: contains no audio samples (zero-length audio)")
+    if native_rate != sample_rate:
+        samples = soxr.resample(samples, native_rate, sample_rate, quality="HQ")
+    return np.ascontiguousarray(samples, dtype=np.float32)
+
+
+class _NotForLibsndfile(Exception):
+    """libsndfile does not recognise the format; ffmpeg should try."""
+
+
+def _check_duration(path: Path, seconds: float, max_duration: float | None) -> None:
+    if max_duration is not None and seconds > max_duration:
+        raise AudioDecodeError(
+            f"{path}: audio is {seconds:.1f} s long, over the limit of {max_duration:.0f} s"
+        )
+
+
+def _read_with_libsndfile(path: Path, max_duration: float | None) -> tuple[np.ndarray, int]:
+    try:
+        handle = soundfile.SoundFile(path)
+    except soundfile.LibsndfileError as err:
+        raise _NotForLibsndfile(str(err)) from err
+    with handle:
+        rate = handle.samplerate
+        expected = handle.frames
+        if expected > 0:
+            _check_duration(path, expected / rate, max_duration)
+        try:
+            data = handle.read(dtype="float32", always_2d=True)
+        except soundfile.LibsndfileError as err:
+            raise AudioDecodeError(f"{path}: corrupt or truncated audio ({err})") from err
+    # libsndfile returns what it could read; a header promising more means the file was cut.
+    if expected > 0 and len(data) < expected * 0.99:
+        raise AudioDecodeError(
+            f"{path}: truncated audio: header announces {expected / rate:.2f} s, "
+            f"only {len(data) / rate:.2f} s present"
+        )
+    _check_duration(path, len(data) / rate, max_duration)
+    return data.mean(axis=1), rate
+
+
+def _read_with_ffmpeg(path: Path, sample_rate: int, max_duration: float | None) -> tuple[np.ndarray, int]:
+    command = [ffmpeg_executable(), "-nostdin", "-hide_banner", "-v", "error", "-i", str(path),
+               "-map", "0:a:0", "-vn", "-ac", "1", "-ar", str(sample_rate), "-f", "f32le"]
+    if max_duration is not None:
+        # Decode one second past the limit: enough to know the limit was crossed.
+        command += ["-t", f"{max_duration + 1:.3f}"]
+    command.append("pipe:1")
+    try:
+        result = subprocess.run(command, capture_output=True, check=False)
+    except OSError as err:
+        raise AudioDecodeError(f"{path}: cannot run the ffmpeg decoder ({err})") from err
+    reason = _ffmpeg_reason(result.stderr)
+    if result.returncode != 0:
+        raise AudioDecodeError(f"{path}: not a readable audio file ({reason or 'ffmpeg failed'})")
+    if reason:
+        raise AudioDecodeError(f"{path}: corrupt or truncated audio ({reason})")
+    samples = np.frombuffer(result.stdout, dtype="<f4")
+    _check_duration(path, samples.size / sample_rate, max_duration)
+    return samples, sample_rate
+
+
+def _ffmpeg_reason(stderr: bytes) -> str:
+    lines = [line.strip() for line in stderr.decode("utf-8", "replace").splitlines() if line.strip()]
+    return lines[-1] if lines else ""

@@ -1,0 +1,92 @@
+"""Parameters of the landmark fingerprint, with their documented defaults.
+
+Every stage function in :mod:`fingerprint` takes its parameters explicitly; this
+dataclass only gathers the defaults in one place so that an index can record the
+exact settings it was built with (a query must be fingerprinted the same way).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+
+
+@dataclass(frozen=True)
+class FingerprintParams:
+    """How audio becomes landmark hashes.
+
+    Attributes
+    ----------
+    sample_rate : int
+        Analysis rate in Hz (default 8000). Everything a phone line or a low-bit-rate
+        codec keeps lies below 4 kHz, and a low rate makes decoding and the STFT cheap.
+    n_fft : int
+        STFT window length in samples (default 1024 = 128 ms at 8 kHz): fine frequency
+        resolution (7.8 Hz) so that tonal peaks are sharp and pitch changes measurable.
+    hop_length : int
+        STFT hop in samples (default 256 = 32 ms). One *frame* is one hop.
+    fmin, fmax : float
+        Band analysed, in Hz (default 110–3700). Below 110 Hz bins are too coarse to
+        separate notes; above 3.7 kHz a phone band and most 64 kbit/s encoders remove energy.
+    bins_per_octave : int
+        Resolution of the log-frequency axis (default 36, a third of a semitone). On a
+        log axis a pitch change is a translation, which the hash layout relies on.
+    peak_time_radius : int
+        Half-size, in frames, of the neighbourhood a peak must dominate (default 4).
+    peak_freq_radius : int
+        Half-size, in log-frequency bins, of that neighbourhood (default 6, two semitones).
+    peak_floor_db : float
+        A peak must exceed the loudest point of the whole signal minus this many dB
+        (default 70). Relative, so a gain change does not move any peak; it keeps
+        dithering noise and fade tails out.
+    peak_min_prominence_db : float
+        A peak must stand this far above the local spectral background (default 4 dB).
+    peaks_per_second : float
+        Target peak density (default 32). Peaks are ranked by prominence inside a sliding
+        window of ``density_window`` seconds and only the strongest ``peaks_per_second *
+        density_window`` of each window are kept — shift-invariant, so an excerpt keeps
+        the same peaks as the full track.
+    density_window : float
+        Width of that sliding window in seconds (default 1.0).
+    fanout : int
+        Targets paired with each anchor peak (default 5).
+    target_dt_min, target_dt_max : int
+        Target zone in frames after the anchor (default 1–63, i.e. up to 2 s).
+    target_df_max : int
+        Largest |log-frequency difference| between anchor and target, in bins
+        (default 48, 16 semitones).
+    """
+
+    sample_rate: int = 8000
+    n_fft: int = 1024
+    hop_length: int = 256
+    fmin: float = 110.0
+    fmax: float = 3700.0
+    bins_per_octave: int = 36
+    peak_time_radius: int = 4
+    peak_freq_radius: int = 6
+    peak_floor_db: float = 70.0
+    peak_min_prominence_db: float = 4.0
+    peaks_per_second: float = 32.0
+    density_window: float = 1.0
+    fanout: int = 5
+    target_dt_min: int = 1
+    target_dt_max: int = 63
+    target_df_max: int = 48
+
+    @property
+    def frame_seconds(self) -> float:
+        """Duration of one analysis frame (one hop) in seconds."""
+        return self.hop_length / self.sample_rate
+
+    def to_dict(self) -> dict:
+        """Plain-JSON form, stored in an index's manifest."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "FingerprintParams":
+        """Inverse of :meth:`to_dict`; unknown keys are an error, missing ones take defaults."""
+        known = {f.name for f in fields(cls)}
+        unknown = set(values) - known
+        if unknown:
+            raise ValueError(f"unknown fingerprint parameters: {sorted(unknown)}")
+        return cls(**values)

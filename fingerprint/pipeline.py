@@ -1,0 +1,85 @@
+"""The whole landmark pipeline: samples -> spectrogram -> peaks -> hashes."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from fingerprint.decode import load_audio
+from fingerprint.hashes import PAIR_LAYOUT, hash_landmarks, pair_landmarks
+from fingerprint.params import FingerprintParams
+from fingerprint.peaks import Peaks, find_peaks
+from fingerprint.spectrogram import log_frequency_spectrogram
+
+__all__ = ["Fingerprint", "FingerprintError", "fingerprint_signal", "fingerprint_file"]
+
+
+class FingerprintError(ValueError):
+    """Audio decoded, but holds nothing to fingerprint (silence, or shorter than a window)."""
+
+
+@dataclass(frozen=True)
+class Fingerprint:
+    """Landmark hashes of one recording.
+
+    Attributes
+    ----------
+    hashes : np.ndarray of uint32
+        One code per landmark (layout :data:`fingerprint.hashes.PAIR_LAYOUT`).
+    frames : np.ndarray of int32
+        Anchor frame of each landmark.
+    duration : float
+        Length of the analysed audio in seconds.
+    peaks : Peaks
+        The peaks the landmarks were built from (kept for evidence plots).
+    """
+
+    hashes: np.ndarray
+    frames: np.ndarray
+    duration: float
+    peaks: Peaks
+
+    def __len__(self) -> int:
+        return len(self.hashes)
+
+
+def fingerprint_signal(y: np.ndarray, params: FingerprintParams) -> Fingerprint:
+    """Fingerprint mono samples already at ``params.sample_rate``.
+
+    Parameters
+    ----------
+    y : np.ndarray, shape (n,)
+        Mono signal.
+    params : FingerprintParams
+        Analysis settings.
+
+    Returns
+    -------
+    Fingerprint
+
+    Raises
+    ------
+    FingerprintError
+        When the signal yields no landmark (silent, or too short for one window).
+    """
+    duration = len(y) / params.sample_rate
+    S_db = log_frequency_spectrogram(y, params.sample_rate, params.n_fft, params.hop_length,
+                                     params.fmin, params.fmax, params.bins_per_octave)
+    peaks = find_peaks(S_db, params.frame_seconds, params.peak_time_radius,
+                       params.peak_freq_radius, params.peak_floor_db,
+                       params.peak_min_prominence_db, params.peaks_per_second,
+                       params.density_window)
+    landmarks = pair_landmarks(peaks, params.fanout, params.target_dt_min,
+                               params.target_dt_max, params.target_df_max)
+    if len(landmarks) == 0:
+        raise FingerprintError(
+            f"no landmarks in {duration:.2f} s of audio: it is silent, too quiet or too short"
+        )
+    return Fingerprint(hash_landmarks(landmarks, PAIR_LAYOUT),
+                       landmarks.anchor_frames.astype(np.int32), duration, peaks)
+
+
+def fingerprint_file(path, params: FingerprintParams, max_duration: float | None = None) -> Fingerprint:
+    """Decode ``path`` and fingerprint it (see :func:`fingerprint.decode.load_audio`)."""
+    return fingerprint_signal(load_audio(path, params.sample_rate, max_duration), params)

@@ -1,0 +1,200 @@
+"""An index directory: manifest, FAISS landmark file and SQLite catalogue, kept consistent.
+
+::
+
+    DIR/manifest.json     format version, fingerprint settings, one entry per fingerprint tier
+    DIR/landmarks.faiss   the landmark tier (:class:`index.landmarks.LandmarkIndex`)
+    DIR/catalog.sqlite    track metadata (:class:`index.catalog.Catalog`)
+    DIR/.lock             held (flock) by the one process allowed to write
+
+Tiers are named in the manifest so that a second kind of fingerprint (a
+melody-level one) can be stored beside the landmarks, sharing the catalogue
+and its track ids.
+
+Writes follow one protocol: a new track's row is committed as ``pending``, its
+landmarks are added in memory, :meth:`IndexStore.commit` saves the FAISS file
+atomically and only then marks the rows ``ready``. A crash at any point leaves
+either the old index or the new one, never a torn file, and the next writer
+removes whatever a ``pending``/``removing`` row may have left in FAISS.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+from pathlib import Path
+
+from fingerprint import Fingerprint, FingerprintParams
+from index.catalog import Catalog, Track, TrackMetadata
+from index.landmarks import LandmarkIndex
+
+__all__ = ["IndexStore", "IndexOpenError", "IndexBusyError"]
+
+FORMAT_VERSION = 1
+_MANIFEST, _LANDMARKS, _CATALOG, _LOCK = "manifest.json", "landmarks.faiss", "catalog.sqlite", ".lock"
+
+
+class IndexOpenError(RuntimeError):
+    """The directory is not a usable Refrain index (missing, foreign, or from a newer version)."""
+
+
+class IndexBusyError(IndexOpenError):
+    """Another process holds the index's write lock."""
+
+
+class IndexStore:
+    """One index directory opened for reading or writing.
+
+    Use :meth:`open`; close with :meth:`close` or a ``with`` block.
+    """
+
+    def __init__(self, directory: Path, params: FingerprintParams, landmarks: LandmarkIndex,
+                 catalog: Catalog, lock_handle):
+        self.directory = directory
+        self.fingerprint_params = params
+        self.landmarks = landmarks
+        self.catalog = catalog
+        self._lock_handle = lock_handle
+        self._pending: list[int] = []
+
+    @classmethod
+    def open(cls, directory: os.PathLike, writable: bool = False, create: bool = False,
+             params: FingerprintParams | None = None, list_bits: int = 16,
+             mmap: bool = False) -> "IndexStore":
+        """Open (or create) an index directory.
+
+        Parameters
+        ----------
+        directory : path-like
+            The index directory.
+        writable : bool
+            Take the write lock; fails fast with :class:`IndexBusyError` if held.
+        create : bool
+            Create the index if the directory has none (implies ``writable``).
+        params : FingerprintParams, optional
+            Settings for a new index; an existing index keeps the ones it was built with.
+        list_bits : int
+            Inverted lists of a new landmark tier (``2 ** list_bits``).
+        mmap : bool
+            Memory-map the landmark file (read-only opens only).
+        """
+        directory = Path(directory)
+        manifest_path = directory / _MANIFEST
+        writable = writable or create
+        if not manifest_path.exists():
+            if not create:
+                raise IndexOpenError(f"{directory}: no Refrain index here (no {_MANIFEST}); "
+                                  "create one with `refrain ingest --index DIR FILES`")
+            if directory.exists() and any(directory.iterdir()):
+                raise IndexOpenError(f"{directory}: directory is not empty and holds no Refrain index")
+            directory.mkdir(parents=True, exist_ok=True)
+        lock_handle = cls._acquire_lock(directory) if writable else None
+        try:
+            if not manifest_path.exists():
+                params = params or FingerprintParams()
+                LandmarkIndex.create(list_bits).save(directory / _LANDMARKS)
+                cls._write_manifest(directory, params)
+            manifest = cls._read_manifest(directory)
+            params = FingerprintParams.from_dict(manifest["fingerprint"])
+            landmarks = LandmarkIndex.load(directory / _LANDMARKS, mmap=mmap and not writable)
+            store = cls(directory, params, landmarks, Catalog(directory / _CATALOG), lock_handle)
+        except BaseException:
+            if lock_handle:
+                lock_handle.close()
+            raise
+        if writable:
+            store._finish_interrupted_writes()
+        return store
+
+    @staticmethod
+    def _acquire_lock(directory: Path):
+        handle = open(directory / _LOCK, "a+")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.close()
+            raise IndexBusyError(f"{directory}: another process is writing to this index") from None
+        return handle
+
+    @staticmethod
+    def _write_manifest(directory: Path, params: FingerprintParams) -> None:
+        manifest = {"format": FORMAT_VERSION, "fingerprint": params.to_dict(),
+                    "tiers": {"landmark": {"file": _LANDMARKS, "layout": "pair-v1"}}}
+        tmp = directory / (_MANIFEST + ".tmp")
+        tmp.write_text(json.dumps(manifest, indent=2) + "\n")
+        os.replace(tmp, directory / _MANIFEST)
+
+    @staticmethod
+    def _read_manifest(directory: Path) -> dict:
+        try:
+            manifest = json.loads((directory / _MANIFEST).read_text())
+        except (OSError, ValueError) as err:
+            raise IndexOpenError(f"{directory}: unreadable {_MANIFEST} ({err})") from err
+        if manifest.get("format") != FORMAT_VERSION:
+            raise IndexOpenError(f"{directory}: index format {manifest.get('format')} is not "
+                              f"supported (this Refrain reads format {FORMAT_VERSION})")
+        return manifest
+
+    def _finish_interrupted_writes(self) -> None:
+        leftovers = self.catalog.unfinished()
+        if not leftovers:
+            return
+        for track_id in leftovers:
+            self.landmarks.remove(track_id)
+        self.landmarks.save(self.directory / _LANDMARKS)
+        self.catalog.delete(leftovers)
+
+    # -- writing ---------------------------------------------------------------------------
+
+    def add_track(self, source: str, content_hash: str, fp: Fingerprint,
+                  metadata: TrackMetadata = TrackMetadata()) -> int:
+        """Add a track's landmarks; it becomes matchable at the next :meth:`commit`."""
+        track_id = self.catalog.insert_pending(source, content_hash, fp.duration, len(fp), metadata)
+        self._pending.append(track_id)
+        self.landmarks.add(track_id, fp.hashes, fp.frames)
+        return track_id
+
+    def commit(self) -> None:
+        """Save the landmark file atomically, then publish the pending tracks."""
+        if not self._pending:
+            return
+        self.landmarks.save(self.directory / _LANDMARKS)
+        self.catalog.set_status(self._pending, "ready")
+        self._pending = []
+
+    def remove_track(self, track_id: int) -> Track:
+        """Take a track out of the index and the catalogue (takedown, consent withdrawn).
+
+        Raises
+        ------
+        KeyError
+            If no ready track has this id.
+        """
+        track = self.catalog.get(track_id)
+        if track is None:
+            raise KeyError(track_id)
+        self.catalog.set_status([track_id], "removing")
+        self.landmarks.remove(track_id)
+        self.landmarks.save(self.directory / _LANDMARKS)
+        self.catalog.delete([track_id])
+        return track
+
+    # -- reading ---------------------------------------------------------------------------
+
+    def size_bytes(self) -> dict[str, int]:
+        """Bytes on disk per file of the directory."""
+        return {path.name: path.stat().st_size for path in self.directory.iterdir()
+                if path.is_file() and path.name != _LOCK}
+
+    def close(self) -> None:
+        self.catalog.close()
+        if self._lock_handle:
+            self._lock_handle.close()
+            self._lock_handle = None
+
+    def __enter__(self) -> "IndexStore":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

@@ -1,0 +1,289 @@
+"""The library API: ingest catalogue recordings, match queries, remove tracks, describe an index."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Iterable, Iterator
+
+import numpy as np
+
+from fingerprint import (AudioDecodeError, Fingerprint, FingerprintError, FingerprintParams,
+                         fingerprint_file, fingerprint_signal, load_audio)
+from index import IndexStore, Track, TrackMetadata
+from matcher import Match, match_fingerprint
+from refrain.config import Config
+
+__all__ = ["Refrain", "IngestResult", "QueryResult", "TrackMatch", "IndexInfo", "audio_files",
+           "AUDIO_EXTENSIONS"]
+
+AUDIO_EXTENSIONS = frozenset({".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".m4a", ".aac",
+                              ".mp4", ".aif", ".aiff", ".wma", ".webm", ".mka"})
+
+
+def audio_files(paths: Iterable[os.PathLike]) -> list[Path]:
+    """Expand files and folders (recursively, audio extensions only) into a sorted file list.
+
+    A path given explicitly is kept whatever its extension, so that a bad file named
+    on the command line is reported rather than silently skipped.
+    """
+    found: list[Path] = []
+    for path in map(Path, paths):
+        if path.is_dir():
+            found.extend(sorted(p for p in path.rglob("*")
+                                if p.is_file() and p.suffix.lower() in AUDIO_EXTENSIONS))
+        else:
+            found.append(path)
+    return found
+
+
+def file_digest(path: os.PathLike) -> str:
+    """SHA-256 of a file's bytes: the identity of a catalogue recording."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+@dataclass(frozen=True)
+class IngestResult:
+    """What happened to one file given to :meth:`Refrain.ingest`.
+
+    ``status`` is ``added``, ``updated`` (same source path, new content: the old
+    track was replaced), ``unchanged`` (already in the catalogue: nothing done) or
+    ``error`` (``error`` says why; the index is untouched by this file).
+    """
+
+    path: str
+    status: str
+    track_id: int | None = None
+    duration: float | None = None
+    n_landmarks: int | None = None
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class TrackMatch:
+    """A :class:`matcher.Match` joined with the matched track's catalogue metadata."""
+
+    track_id: int
+    source: str
+    title: str | None
+    artist: str | None
+    isrc: str | None
+    score: float
+    aligned: int
+    confidence: float
+    query_start: float
+    query_end: float
+    ref_start: float
+    ref_end: float
+    offset: float
+
+
+@dataclass(frozen=True)
+class QueryResult:
+    """Every catalogue track found in one query."""
+
+    query: str
+    duration: float
+    matches: list[TrackMatch] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class IndexInfo:
+    """Size of an index."""
+
+    directory: str
+    tracks: int
+    hours: float
+    landmarks: int
+    bytes: int
+    files: dict[str, int]
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _fingerprint_job(path: str, params: FingerprintParams, max_seconds: float) -> Fingerprint:
+    # Runs in worker processes: must stay a module-level function so it pickles.
+    return fingerprint_file(path, params, max_seconds)
+
+
+class Refrain:
+    """A catalogue index opened for matching (and, if ``writable``, for ingest and removal).
+
+    Examples
+    --------
+    >>> with Refrain.open("catalogue-index", create=True) as refrain:   # doctest: +SKIP
+    ...     for result in refrain.ingest(["music/"]):
+    ...         print(result.status, result.path)
+    ...     print(refrain.match_file("upload.mp3").matches)
+    """
+
+    def __init__(self, store: IndexStore, config: Config):
+        self.store = store
+        self.config = config
+        self._ready: dict[int, Track] | None = None
+
+    @classmethod
+    def open(cls, directory: os.PathLike, config: Config | None = None, writable: bool = False,
+             create: bool = False, mmap: bool = False) -> "Refrain":
+        """Open the index in ``directory`` (see :meth:`index.IndexStore.open`)."""
+        config = config or Config()
+        store = IndexStore.open(directory, writable=writable, create=create,
+                                params=config.fingerprint, list_bits=config.list_bits, mmap=mmap)
+        return cls(store, config)
+
+    def close(self) -> None:
+        self.store.close()
+
+    def __enter__(self) -> "Refrain":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    @property
+    def params(self) -> FingerprintParams:
+        """The fingerprint settings of this index (queries use them too)."""
+        return self.store.fingerprint_params
+
+    def _ready_tracks(self) -> dict[int, Track]:
+        if self._ready is None:
+            self._ready = self.store.catalog.ready_tracks()
+        return self._ready
+
+    # -- catalogue writes ----------------------------------------------------------------
+
+    def ingest(self, paths: Iterable[os.PathLike], jobs: int = 1,
+               metadata: TrackMetadata = TrackMetadata()) -> Iterator[IngestResult]:
+        """Fingerprint and add recordings, yielding one result per file as it completes.
+
+        Files already in the catalogue (same bytes) are skipped; a file whose source
+        path is in the catalogue with other bytes replaces that track. The index is
+        saved every ``config.commit_every`` new tracks and when the generator ends —
+        also when it is closed early or interrupted — so finished work is kept.
+
+        Parameters
+        ----------
+        paths : iterable of path-like
+            Files and folders (see :func:`audio_files`).
+        jobs : int
+            Worker processes for decoding and fingerprinting.
+        metadata : TrackMetadata
+            Title/artist/ISRC applied to every file of this call (for single-file ingests).
+        """
+        files = audio_files(paths)
+        todo: list[tuple[str, str]] = []
+        for path in files:
+            source = str(path)
+            try:
+                digest = file_digest(path)
+            except OSError as err:
+                yield IngestResult(source, "error", error=f"{source}: {err.strerror or err}")
+                continue
+            existing = self.store.catalog.find_ready(content_hash=digest)
+            if existing is not None:
+                yield IngestResult(source, "unchanged", existing.track_id, existing.duration,
+                                   existing.n_landmarks)
+                continue
+            todo.append((source, digest))
+
+        added_since_commit = 0
+        try:
+            for source, digest, outcome in self._fingerprint_all(todo, jobs):
+                if isinstance(outcome, Exception):
+                    yield IngestResult(source, "error", error=str(outcome))
+                    continue
+                replaced = self.store.catalog.find_ready(source=source)
+                if replaced is not None:
+                    self.store.remove_track(replaced.track_id)
+                track_id = self.store.add_track(source, digest, outcome, metadata)
+                self._ready = None
+                added_since_commit += 1
+                if added_since_commit >= self.config.commit_every:
+                    self.store.commit()
+                    added_since_commit = 0
+                yield IngestResult(source, "updated" if replaced else "added", track_id,
+                                   outcome.duration, len(outcome))
+        finally:
+            self.store.commit()
+
+    def _fingerprint_all(self, todo: list[tuple[str, str]], jobs: int):
+        """Yield (source, digest, Fingerprint or the input error) as each file finishes."""
+        params, limit = self.params, self.config.max_track_seconds
+        if jobs <= 1 or len(todo) <= 1:
+            for source, digest in todo:
+                try:
+                    yield source, digest, _fingerprint_job(source, params, limit)
+                except (AudioDecodeError, FingerprintError) as err:
+                    yield source, digest, err
+            return
+        with ProcessPoolExecutor(max_workers=jobs) as pool:
+            futures = {pool.submit(_fingerprint_job, source, params, limit): (source, digest)
+                       for source, digest in todo}
+            try:
+                for future in as_completed(futures):
+                    source, digest = futures[future]
+                    try:
+                        yield source, digest, future.result()
+                    except (AudioDecodeError, FingerprintError) as err:
+                        yield source, digest, err
+            finally:
+                for future in futures:
+                    future.cancel()
+
+    def remove(self, track_id: int) -> Track:
+        """Remove a track (takedown or consent withdrawn); raises KeyError for an unknown id."""
+        track = self.store.remove_track(track_id)
+        self._ready = None
+        return track
+
+    # -- queries ---------------------------------------------------------------------------
+
+    def match_fingerprint(self, fp: Fingerprint, name: str) -> QueryResult:
+        """Match an already computed query fingerprint."""
+        ready = self._ready_tracks()
+        found: list[Match] = match_fingerprint(fp, self.store.landmarks, self.config.match,
+                                               self.params.frame_seconds, allowed_tracks=ready.keys())
+        matches = []
+        for m in found:
+            track = ready[m.track_id]
+            matches.append(TrackMatch(track_id=m.track_id, source=track.source, title=track.title,
+                                      artist=track.artist, isrc=track.isrc, score=m.score,
+                                      aligned=m.aligned, confidence=m.confidence,
+                                      query_start=m.query_start,
+                                      query_end=m.query_end, ref_start=m.ref_start,
+                                      ref_end=m.ref_end, offset=m.offset))
+        return QueryResult(query=name, duration=round(fp.duration, 3), matches=matches)
+
+    def match_signal(self, y: np.ndarray, name: str = "<signal>") -> QueryResult:
+        """Match mono samples already at ``self.params.sample_rate``."""
+        return self.match_fingerprint(fingerprint_signal(y, self.params), name)
+
+    def match_file(self, path: os.PathLike, name: str | None = None) -> QueryResult:
+        """Decode and match one query file.
+
+        Raises
+        ------
+        AudioDecodeError, FingerprintError
+            For a file that is not usable audio; the message says why.
+        """
+        y = load_audio(path, self.params.sample_rate, self.config.max_query_seconds)
+        return self.match_signal(y, str(path) if name is None else name)
+
+    def info(self) -> IndexInfo:
+        """Tracks, hours, landmarks and bytes of the index."""
+        tracks, seconds, landmarks = self.store.catalog.totals()
+        files = self.store.size_bytes()
+        return IndexInfo(directory=str(self.store.directory), tracks=tracks,
+                         hours=round(seconds / 3600.0, 4), landmarks=landmarks,
+                         bytes=sum(files.values()), files=files)

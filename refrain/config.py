@@ -1,0 +1,40 @@
+"""One settings object for Refrain, gathering each layer's documented defaults."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from fingerprint import FingerprintParams
+from matcher import MatchParams
+
+__all__ = ["Config"]
+
+
+@dataclass(frozen=True)
+class Config:
+    """Everything tunable, with defaults that the benchmarks were run with.
+
+    Attributes
+    ----------
+    fingerprint : FingerprintParams
+        Used when a new index is created; an existing index keeps its own (queries
+        are always fingerprinted with the index's settings).
+    match : MatchParams
+        Thresholds of the matcher.
+    list_bits : int
+        A new landmark index has ``2 ** list_bits`` inverted lists (default 16).
+    max_query_seconds : float
+        Longest query accepted by ``match`` (default 1200 s = 20 min).
+    max_track_seconds : float
+        Longest catalogue recording accepted by ``ingest`` (default 6 h).
+    commit_every : int
+        During ingest, save the index after this many new tracks (default 50), so an
+        interrupted run keeps what it finished.
+    """
+
+    fingerprint: FingerprintParams = field(default_factory=FingerprintParams)
+    match: MatchParams = field(default_factory=MatchParams)
+    list_bits: int = 16
+    max_query_seconds: float = 1200.0
+    max_track_seconds: float = 6 * 3600.0
+    commit_every: int = 50
