@@ -32,6 +32,10 @@ FRAME_BITS = 22
 MAX_TRACK_FRAMES = 1 << FRAME_BITS  # 37 h of audio at 32 ms frames
 _CODE_BYTES = CODE_BITS // 8
 
+# One OpenMP thread: a range search over one query's ~1,500 codes measured 2-4x slower
+# with two threads than with one. Parallelism comes from processes and requests instead.
+faiss.omp_set_num_threads(1)
+
 
 def _as_code_bytes(hashes: np.ndarray) -> np.ndarray:
     """uint32 codes -> (n, 4) uint8 rows, little-endian so that FAISS reads the low bits first."""
