@@ -9,6 +9,7 @@ plain ``pip install`` brings a decoder and no system package is needed.
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 from pathlib import Path
 
@@ -69,6 +70,10 @@ def load_audio(path, sample_rate: int, max_duration: float | None = None) -> np.
         raise AudioDecodeError(f"{path}: file is empty (0 bytes)")
 
     try:
+        if _looks_like_mp3(path):
+            # libsndfile's MP3 decoder prints warnings for damaged files straight to the
+            # process's stderr; ffmpeg's are captured and become the error message.
+            raise _NotForLibsndfile("MP3")
         samples, native_rate = _read_with_libsndfile(path, max_duration)
     except _NotForLibsndfile:
         samples, native_rate = _read_with_ffmpeg(path, sample_rate, max_duration)
@@ -84,6 +89,36 @@ class _NotForLibsndfile(Exception):
     """libsndfile does not recognise the format; ffmpeg should try."""
 
 
+def _looks_like_mp3(path: Path) -> bool:
+    with open(path, "rb") as handle:
+        head = handle.read(3)
+    return head == b"ID3" or (len(head) >= 2 and head[0] == 0xFF and head[1] & 0xE0 == 0xE0)
+
+
+def _wav_data_shortfall(path: Path) -> tuple[int, int] | None:
+    """(announced, present) bytes of a RIFF/WAVE file's data chunk when it was cut short.
+
+    libsndfile silently shrinks its frame count to the bytes present, so a
+    truncated upload would otherwise decode as a shorter, valid file.
+    """
+    size = path.stat().st_size
+    with open(path, "rb") as handle:
+        if handle.read(12)[8:12] != b"WAVE":
+            return None
+        while True:
+            header = handle.read(8)
+            if len(header) < 8:
+                return None
+            chunk_id, chunk_size = header[:4], int.from_bytes(header[4:], "little")
+            if chunk_id == b"data":
+                present = size - handle.tell()
+                # 0 and 0xFFFFFFFF mark streamed WAVs whose writer never knew the size.
+                if chunk_size not in (0, 0xFFFFFFFF) and present < chunk_size:
+                    return chunk_size, present
+                return None
+            handle.seek(chunk_size + (chunk_size & 1), 1)
+
+
 def _check_duration(path: Path, seconds: float, max_duration: float | None) -> None:
     if max_duration is not None and seconds > max_duration:
         raise AudioDecodeError(
@@ -97,6 +132,11 @@ def _read_with_libsndfile(path: Path, max_duration: float | None) -> tuple[np.nd
     except soundfile.LibsndfileError as err:
         raise _NotForLibsndfile(str(err)) from err
     with handle:
+        if handle.format == "WAV":
+            shortfall = _wav_data_shortfall(path)
+            if shortfall:
+                raise AudioDecodeError(f"{path}: truncated audio: data chunk announces "
+                                       f"{shortfall[0]} bytes, only {shortfall[1]} present")
         rate = handle.samplerate
         expected = handle.frames
         if expected > 0:
@@ -116,7 +156,9 @@ def _read_with_libsndfile(path: Path, max_duration: float | None) -> tuple[np.nd
 
 
 def _read_with_ffmpeg(path: Path, sample_rate: int, max_duration: float | None) -> tuple[np.ndarray, int]:
-    command = [ffmpeg_executable(), "-nostdin", "-hide_banner", "-v", "error", "-i", str(path),
+    # Warnings are requested too: a cut-off MP3 decodes "successfully" and is only
+    # betrayed by a warning that its size and announced duration disagree.
+    command = [ffmpeg_executable(), "-nostdin", "-hide_banner", "-v", "warning", "-i", str(path),
                "-map", "0:a:0", "-vn", "-ac", "1", "-ar", str(sample_rate), "-f", "f32le"]
     if max_duration is not None:
         # Decode one second past the limit: enough to know the limit was crossed.
@@ -132,10 +174,20 @@ def _read_with_ffmpeg(path: Path, sample_rate: int, max_duration: float | None) 
     if reason:
         raise AudioDecodeError(f"{path}: corrupt or truncated audio ({reason})")
     samples = np.frombuffer(result.stdout, dtype="<f4")
-    _check_duration(path, samples.size / sample_rate, max_duration)
+    if max_duration is not None and samples.size / sample_rate > max_duration:
+        # Only the limit plus one second was decoded, so the true length is unknown here.
+        raise AudioDecodeError(f"{path}: audio runs over the limit of {max_duration:.0f} s")
     return samples, sample_rate
 
 
+# ffmpeg messages that mean the input is damaged, as opposed to benign notes such as
+# "Estimating duration from bitrate".
+_DAMAGE = re.compile(r"do not match|corrupt|truncat|invalid|error|missing|incomplete|overread",
+                     re.IGNORECASE)
+
+
 def _ffmpeg_reason(stderr: bytes) -> str:
-    lines = [line.strip() for line in stderr.decode("utf-8", "replace").splitlines() if line.strip()]
-    return lines[-1] if lines else ""
+    """The last message of ffmpeg's output that reports damage, or ''."""
+    lines = [line.strip() for line in stderr.decode("utf-8", "replace").splitlines()]
+    damage = [line for line in lines if line and _DAMAGE.search(line)]
+    return damage[-1] if damage else ""

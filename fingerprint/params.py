@@ -54,6 +54,15 @@ class FingerprintParams:
     target_df_max : int
         Largest |log-frequency difference| between anchor and target, in bins
         (default 48, 16 semitones).
+    triplet_near_zone, triplet_far_zone : (int, int)
+        Frame ranges after an anchor from which a triplet's first and second targets
+        are drawn (defaults 2–12 and 14–40 frames, i.e. 64–384 ms and 0.45–1.3 s): far
+        enough apart that their time ratio is well measured.
+    triplet_per_zone : int
+        Nearest peaks taken from each zone (default 2): up to 4 triplets per anchor.
+    triplet_df_max : int
+        Largest |bin difference| between an anchor and its triplet targets (default 36,
+        one octave).
     """
 
     sample_rate: int = 8000
@@ -72,6 +81,10 @@ class FingerprintParams:
     target_dt_min: int = 1
     target_dt_max: int = 63
     target_df_max: int = 48
+    triplet_near_zone: tuple[int, int] = (2, 12)
+    triplet_far_zone: tuple[int, int] = (14, 40)
+    triplet_per_zone: int = 2
+    triplet_df_max: int = 36
 
     @property
     def frame_seconds(self) -> float:
@@ -89,4 +102,6 @@ class FingerprintParams:
         unknown = set(values) - known
         if unknown:
             raise ValueError(f"unknown fingerprint parameters: {sorted(unknown)}")
+        # JSON has no tuples; the zones come back as lists.
+        values = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
         return cls(**values)

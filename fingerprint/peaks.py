@@ -26,11 +26,16 @@ class Peaks:
         Log-frequency bin of each peak.
     strength : np.ndarray of float32
         Prominence above the local spectral background, in dB.
+    bin_offsets : np.ndarray of float32
+        Sub-bin position of each peak in [-0.5, 0.5], from a parabola through the
+        peak and its two frequency neighbours: ``bins + bin_offsets`` tracks a pitch or
+        speed change more finely than whole bins.
     """
 
     frames: np.ndarray
     bins: np.ndarray
     strength: np.ndarray
+    bin_offsets: np.ndarray
 
     def __len__(self) -> int:
         return len(self.frames)
@@ -70,7 +75,8 @@ def find_peaks(S_db: np.ndarray, frame_seconds: float, time_radius: int, freq_ra
     -------
     Peaks
     """
-    empty = Peaks(np.zeros(0, np.int32), np.zeros(0, np.int32), np.zeros(0, np.float32))
+    empty = Peaks(np.zeros(0, np.int32), np.zeros(0, np.int32), np.zeros(0, np.float32),
+                  np.zeros(0, np.float32))
     if S_db.size == 0:
         return empty
     floor = max(float(S_db.max()) - floor_db, _ABSOLUTE_FLOOR_DB)
@@ -89,8 +95,20 @@ def find_peaks(S_db: np.ndarray, frame_seconds: float, time_radius: int, freq_ra
     frames, bins, strength = frames[order], bins[order], strength[order]
     keep = _rank_in_sliding_window(frames, strength, density_window / frame_seconds / 2.0) \
         < max(1, int(round(peaks_per_second * density_window)))
-    return Peaks(frames[keep].astype(np.int32), bins[keep].astype(np.int32),
-                 strength[keep].astype(np.float32))
+    frames, bins = frames[keep], bins[keep]
+    return Peaks(frames.astype(np.int32), bins.astype(np.int32), strength[keep].astype(np.float32),
+                 _parabolic_offsets(S_db, bins, frames))
+
+
+def _parabolic_offsets(S_db: np.ndarray, bins: np.ndarray, frames: np.ndarray) -> np.ndarray:
+    """Vertex of the parabola through (bin-1, bin, bin+1) of each peak, relative to ``bin``."""
+    below = S_db[np.maximum(bins - 1, 0), frames]
+    centre = S_db[bins, frames]
+    above = S_db[np.minimum(bins + 1, S_db.shape[0] - 1), frames]
+    curvature = below - 2.0 * centre + above
+    with np.errstate(divide="ignore", invalid="ignore"):
+        offsets = np.where(curvature < 0, 0.5 * (below - above) / curvature, 0.0)
+    return np.clip(offsets, -0.5, 0.5).astype(np.float32)
 
 
 def _rank_in_sliding_window(frames: np.ndarray, strength: np.ndarray, half_width: float) -> np.ndarray:

@@ -7,7 +7,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from fingerprint.decode import load_audio
-from fingerprint.hashes import PAIR_LAYOUT, hash_landmarks, pair_landmarks
+from fingerprint.hashes import (PAIR_LAYOUT, Triplets, hash_landmarks, hash_triplets, pair_landmarks,
+                                triplet_landmarks, triplet_payloads)
 from fingerprint.params import FingerprintParams
 from fingerprint.peaks import Peaks, find_peaks
 from fingerprint.spectrogram import log_frequency_spectrogram
@@ -33,15 +34,24 @@ class Fingerprint:
         Length of the analysed audio in seconds.
     peaks : Peaks
         The peaks the landmarks were built from (kept for evidence plots).
+    triplets : Triplets
+        Tempo- and pitch-invariant peak triplets (the derivative tier).
     """
 
     hashes: np.ndarray
     frames: np.ndarray
     duration: float
     peaks: Peaks
+    triplets: Triplets
 
     def __len__(self) -> int:
         return len(self.hashes)
+
+    def index_entries(self) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        """(codes, payloads) per index tier, as a catalogue recording is stored."""
+        triplet_codes, rows = hash_triplets(self.triplets)
+        return {"pair": (self.hashes, self.frames.astype(np.int64)),
+                "triplet": (triplet_codes, triplet_payloads(self.triplets)[rows])}
 
 
 def fingerprint_signal(y: np.ndarray, params: FingerprintParams) -> Fingerprint:
@@ -76,8 +86,10 @@ def fingerprint_signal(y: np.ndarray, params: FingerprintParams) -> Fingerprint:
         raise FingerprintError(
             f"no landmarks in {duration:.2f} s of audio: it is silent, too quiet or too short"
         )
+    triplets = triplet_landmarks(peaks, params.triplet_near_zone, params.triplet_far_zone,
+                                 params.triplet_per_zone, params.triplet_df_max)
     return Fingerprint(hash_landmarks(landmarks, PAIR_LAYOUT),
-                       landmarks.anchor_frames.astype(np.int32), duration, peaks)
+                       landmarks.anchor_frames.astype(np.int32), duration, peaks, triplets)
 
 
 def fingerprint_file(path, params: FingerprintParams, max_duration: float | None = None) -> Fingerprint:

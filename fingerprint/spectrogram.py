@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from functools import lru_cache
 
-import librosa
 import numpy as np
+import scipy.fft
+import scipy.signal
 import scipy.sparse
 
 __all__ = ["log_frequency_spectrogram", "log_frequency_axis"]
@@ -79,8 +80,10 @@ def log_frequency_spectrogram(y: np.ndarray, sample_rate: int, n_fft: int, hop_l
     n_bins = len(log_frequency_axis(fmin, fmax, bins_per_octave))
     if len(y) < n_fft:
         return np.zeros((n_bins, 0), dtype=np.float32)
-    stft = librosa.stft(y.astype(np.float32, copy=False), n_fft=n_fft, hop_length=hop_length,
-                        window="hann", center=False)
-    magnitude = np.abs(stft)
+    # A plain framed FFT: librosa.stft gives the same numbers but costs ~3 s of
+    # just-in-time compilation on its first call in every process (each CLI run, each worker).
+    frames = np.lib.stride_tricks.sliding_window_view(y.astype(np.float32, copy=False), n_fft)[::hop_length]
+    window = scipy.signal.get_window("hann", n_fft, fftbins=True).astype(np.float32)
+    magnitude = np.abs(scipy.fft.rfft(frames * window, axis=1)).T
     mapped = _log_frequency_map(sample_rate, n_fft, fmin, fmax, bins_per_octave) @ magnitude
     return (20.0 * np.log10(np.maximum(mapped, 1e-10))).astype(np.float32)

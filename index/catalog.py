@@ -66,17 +66,25 @@ class Track:
 class Catalog:
     """The ``tracks`` table of one index directory."""
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, writable: bool = True):
         self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
         self._db.row_factory = sqlite3.Row
-        self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA busy_timeout=10000")
-        self._migrate()
+        if writable:
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._migrate()
+        elif self._schema_version() != len(_MIGRATIONS):
+            raise sqlite3.DatabaseError(f"catalogue schema v{self._schema_version()} needs a "
+                                        f"writable open to migrate to v{len(_MIGRATIONS)}")
+
+    def _schema_version(self) -> int:
+        return self._db.execute("PRAGMA user_version").fetchone()[0]
 
     def _migrate(self) -> None:
-        version = self._db.execute("PRAGMA user_version").fetchone()[0]
+        version = self._schema_version()
         if version > len(_MIGRATIONS):
-            raise RuntimeError(f"catalogue schema v{version} is newer than this Refrain (v{len(_MIGRATIONS)})")
+            raise sqlite3.DatabaseError(f"catalogue schema v{version} is newer than this Refrain "
+                                        f"(v{len(_MIGRATIONS)})")
         for number, script in enumerate(_MIGRATIONS[version:], start=version + 1):
             self._db.executescript(f"BEGIN; {script}; PRAGMA user_version={number}; COMMIT;")
 

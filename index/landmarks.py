@@ -9,10 +9,11 @@ the code's low ``list_bits`` bits, so a code is filed under exactly its low bits
 the remaining bits by Hamming distance: radius 0 is an exact match, and a larger
 radius tolerates quantisation changes in the high bits.
 
-Each entry's FAISS id packs ``(track_id, anchor_frame)`` as
-``track_id << FRAME_BITS | anchor_frame``, so all of a track's entries form one
-id range: removing a track is an ``IDSelectorRange`` over the lists, with no
-rebuild and no side copy of the codes. The IVF form (unlike ``IndexBinaryHash``)
+Each entry's FAISS id packs ``(track_id, payload)`` as
+``track_id << payload_bits | payload``; the payload is whatever the fingerprint
+tier needs back from a hit (the anchor frame; for triplets also the anchor bin and
+span). All of a track's entries form one id range, so removing a track is an
+``IDSelectorRange`` over the lists, with no rebuild and no side copy of the codes. The IVF form (unlike ``IndexBinaryHash``)
 supports ``remove_ids`` and can be memory-mapped on load.
 """
 
@@ -25,11 +26,10 @@ from pathlib import Path
 import faiss
 import numpy as np
 
-__all__ = ["LandmarkIndex", "FRAME_BITS", "MAX_TRACK_FRAMES", "CODE_BITS"]
+__all__ = ["LandmarkIndex", "CODE_BITS"]
 
 CODE_BITS = 32
-FRAME_BITS = 22
-MAX_TRACK_FRAMES = 1 << FRAME_BITS  # 37 h of audio at 32 ms frames
+_ID_BITS = 63  # FAISS ids are signed 64-bit
 _CODE_BYTES = CODE_BITS // 8
 
 # One OpenMP thread: a range search over one query's ~1,500 codes measured 2-4x slower
@@ -43,17 +43,28 @@ def _as_code_bytes(hashes: np.ndarray) -> np.ndarray:
 
 
 class LandmarkIndex:
-    """FAISS store of landmark codes, each resolving to (track id, anchor frame).
+    """FAISS store of landmark codes, each resolving to (track id, payload).
 
     Use :meth:`create` for a new, empty store or :meth:`load` for a saved one.
+
+    Parameters
+    ----------
+    index : faiss.IndexBinaryIVF
+    payload_bits : int
+        Low bits of each id that hold the payload; track ids get the other
+        ``63 - payload_bits``.
+    writable : bool
     """
 
-    def __init__(self, index: faiss.IndexBinaryIVF, writable: bool):
+    def __init__(self, index: faiss.IndexBinaryIVF, payload_bits: int, writable: bool):
+        if not 0 < payload_bits < _ID_BITS - 16:
+            raise ValueError(f"payload_bits={payload_bits} leaves too few bits for track ids")
         self._index = index
+        self.payload_bits = payload_bits
         self.writable = writable
 
     @classmethod
-    def create(cls, list_bits: int = 16) -> "LandmarkIndex":
+    def create(cls, payload_bits: int, list_bits: int = 16) -> "LandmarkIndex":
         """An empty store with ``2 ** list_bits`` inverted lists keyed by the codes' low bits."""
         nlist = 1 << list_bits
         quantizer = faiss.IndexBinaryHash(CODE_BITS, list_bits)
@@ -63,16 +74,18 @@ class LandmarkIndex:
         quantizer.this.disown()
         index.nprobe = 1
         assert index.is_trained
-        return cls(index, writable=True)
+        return cls(index, payload_bits, writable=True)
 
     @classmethod
-    def load(cls, path: os.PathLike, mmap: bool = False) -> "LandmarkIndex":
+    def load(cls, path: os.PathLike, payload_bits: int, mmap: bool = False) -> "LandmarkIndex":
         """Read a store written by :meth:`save`.
 
         Parameters
         ----------
         path : path-like
             The index file.
+        payload_bits : int
+            As given to :meth:`create` (recorded in the index manifest).
         mmap : bool
             Memory-map the inverted lists instead of reading them: near-instant load,
             pages shared between processes, but the store is then read-only.
@@ -80,7 +93,7 @@ class LandmarkIndex:
         flags = faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY if mmap else 0
         index = faiss.read_index_binary(str(path), flags)
         index.nprobe = 1
-        return cls(index, writable=not mmap)
+        return cls(index, payload_bits, writable=not mmap)
 
     def save(self, path: os.PathLike) -> None:
         """Write atomically: a temporary file in the same folder, fsync, then rename."""
@@ -101,31 +114,34 @@ class LandmarkIndex:
         """Number of landmark entries stored."""
         return int(self._index.ntotal)
 
-    def add(self, track_id: int, hashes: np.ndarray, frames: np.ndarray) -> None:
+    def add(self, track_id: int, hashes: np.ndarray, payloads: np.ndarray) -> None:
         """Store one track's landmarks.
 
         Parameters
         ----------
         track_id : int
-            Non-negative catalogue id of the track.
+            Non-negative catalogue id of the track, below ``2 ** (63 - payload_bits)``.
         hashes : np.ndarray of uint32
             Landmark codes.
-        frames : np.ndarray of int
-            Anchor frame of each code, ``0 <= frame < MAX_TRACK_FRAMES``.
+        payloads : np.ndarray of int
+            What each hit must return, ``0 <= payload < 2 ** payload_bits``.
         """
         self._require_writable()
-        frames = np.asarray(frames, dtype=np.int64)
-        if len(hashes) != len(frames):
-            raise ValueError("hashes and frames differ in length")
-        if frames.size and (frames.min() < 0 or frames.max() >= MAX_TRACK_FRAMES):
-            raise ValueError(f"anchor frames must lie in [0, {MAX_TRACK_FRAMES})")
-        ids = (np.int64(track_id) << FRAME_BITS) | frames
+        payloads = np.asarray(payloads, dtype=np.int64)
+        if len(hashes) != len(payloads):
+            raise ValueError("hashes and payloads differ in length")
+        if payloads.size and (payloads.min() < 0 or payloads.max() >= 1 << self.payload_bits):
+            raise ValueError(f"payloads must lie in [0, 2**{self.payload_bits})")
+        if not 0 <= track_id < 1 << (_ID_BITS - self.payload_bits):
+            raise ValueError(f"track id {track_id} out of range")
+        ids = (np.int64(track_id) << self.payload_bits) | payloads
         self._index.add_with_ids(_as_code_bytes(hashes), ids)
 
     def remove(self, track_id: int) -> int:
         """Remove every entry of ``track_id``; returns how many were removed."""
         self._require_writable()
-        selector = faiss.IDSelectorRange(int(track_id) << FRAME_BITS, (int(track_id) + 1) << FRAME_BITS)
+        selector = faiss.IDSelectorRange(int(track_id) << self.payload_bits,
+                                         (int(track_id) + 1) << self.payload_bits)
         return int(self._index.remove_ids(selector))
 
     def lookup(self, hashes: np.ndarray, max_hamming: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -141,9 +157,9 @@ class LandmarkIndex:
 
         Returns
         -------
-        query_index, track_ids, ref_frames : np.ndarray of int64
+        query_index, track_ids, payloads : np.ndarray of int64
             One row per hit: which query code it answers, and the stored entry's
-            track and anchor frame.
+            track and payload.
         """
         hashes = np.asarray(hashes, dtype=np.uint32)
         if hashes.size == 0 or self.ntotal == 0:
@@ -152,7 +168,7 @@ class LandmarkIndex:
         lims, _, labels = self._index.range_search(_as_code_bytes(hashes), max_hamming + 1)
         query_index = np.repeat(np.arange(len(hashes), dtype=np.int64), np.diff(lims).astype(np.int64))
         labels = labels.astype(np.int64)
-        return query_index, labels >> FRAME_BITS, labels & (MAX_TRACK_FRAMES - 1)
+        return query_index, labels >> self.payload_bits, labels & ((1 << self.payload_bits) - 1)
 
     def _require_writable(self) -> None:
         if not self.writable:

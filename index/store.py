@@ -2,14 +2,15 @@
 
 ::
 
-    DIR/manifest.json     format version, fingerprint settings, one entry per fingerprint tier
-    DIR/landmarks.faiss   the landmark tier (:class:`index.landmarks.LandmarkIndex`)
-    DIR/catalog.sqlite    track metadata (:class:`index.catalog.Catalog`)
-    DIR/.lock             held (flock) by the one process allowed to write
+    DIR/manifest.json        format version, fingerprint settings, one entry per fingerprint tier
+    DIR/pairs.faiss          exact-copy tier: pair landmarks (:class:`index.landmarks.LandmarkIndex`)
+    DIR/triplets.faiss       derivative tier: tempo- and pitch-invariant triplet landmarks
+    DIR/catalog.sqlite       track metadata (:class:`index.catalog.Catalog`)
+    DIR/.lock                held (flock) by the one process allowed to write
 
-Tiers are named in the manifest so that a second kind of fingerprint (a
-melody-level one) can be stored beside the landmarks, sharing the catalogue
-and its track ids.
+Tiers are named in the manifest and handled alike, so a further kind of
+fingerprint (a melody-level one) can be stored beside them, sharing the
+catalogue and its track ids.
 
 Writes follow one protocol: a new track's row is committed as ``pending``, its
 landmarks are added in memory, :meth:`IndexStore.commit` saves the FAISS file
@@ -23,16 +24,19 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import sqlite3
 from pathlib import Path
 
 from fingerprint import Fingerprint, FingerprintParams
+from fingerprint.hashes import TIER_PAYLOAD_BITS
 from index.catalog import Catalog, Track, TrackMetadata
 from index.landmarks import LandmarkIndex
 
 __all__ = ["IndexStore", "IndexOpenError", "IndexBusyError"]
 
-FORMAT_VERSION = 1
-_MANIFEST, _LANDMARKS, _CATALOG, _LOCK = "manifest.json", "landmarks.faiss", "catalog.sqlite", ".lock"
+FORMAT_VERSION = 2
+_MANIFEST, _CATALOG, _LOCK = "manifest.json", "catalog.sqlite", ".lock"
+_TIER_FILES = {"pair": "pairs.faiss", "triplet": "triplets.faiss"}
 
 
 class IndexOpenError(RuntimeError):
@@ -49,11 +53,11 @@ class IndexStore:
     Use :meth:`open`; close with :meth:`close` or a ``with`` block.
     """
 
-    def __init__(self, directory: Path, params: FingerprintParams, landmarks: LandmarkIndex,
+    def __init__(self, directory: Path, params: FingerprintParams, tiers: dict[str, LandmarkIndex],
                  catalog: Catalog, lock_handle):
         self.directory = directory
         self.fingerprint_params = params
-        self.landmarks = landmarks
+        self.tiers = tiers
         self.catalog = catalog
         self._lock_handle = lock_handle
         self._pending: list[int] = []
@@ -85,20 +89,18 @@ class IndexStore:
         if not manifest_path.exists():
             if not create:
                 raise IndexOpenError(f"{directory}: no Refrain index here (no {_MANIFEST}); "
-                                  "create one with `refrain ingest --index DIR FILES`")
+                                     "create one with `refrain ingest --index DIR FILES`")
             if directory.exists() and any(directory.iterdir()):
                 raise IndexOpenError(f"{directory}: directory is not empty and holds no Refrain index")
             directory.mkdir(parents=True, exist_ok=True)
         lock_handle = cls._acquire_lock(directory) if writable else None
         try:
             if not manifest_path.exists():
-                params = params or FingerprintParams()
-                LandmarkIndex.create(list_bits).save(directory / _LANDMARKS)
-                cls._write_manifest(directory, params)
-            manifest = cls._read_manifest(directory)
-            params = FingerprintParams.from_dict(manifest["fingerprint"])
-            landmarks = LandmarkIndex.load(directory / _LANDMARKS, mmap=mmap and not writable)
-            store = cls(directory, params, landmarks, Catalog(directory / _CATALOG), lock_handle)
+                for tier, filename in _TIER_FILES.items():
+                    LandmarkIndex.create(TIER_PAYLOAD_BITS[tier], list_bits).save(directory / filename)
+                Catalog(directory / _CATALOG).close()
+                cls._write_manifest(directory, params or FingerprintParams())
+            store = cls._load(directory, writable, mmap, lock_handle)
         except BaseException:
             if lock_handle:
                 lock_handle.close()
@@ -106,6 +108,22 @@ class IndexStore:
         if writable:
             store._finish_interrupted_writes()
         return store
+
+    @classmethod
+    def _load(cls, directory: Path, writable: bool, mmap: bool, lock_handle) -> "IndexStore":
+        manifest = cls._read_manifest(directory)
+        if not (directory / _CATALOG).exists():
+            raise IndexOpenError(f"{directory}: the catalogue file {_CATALOG} is missing")
+        try:
+            params = FingerprintParams.from_dict(manifest["fingerprint"])
+            tiers = {tier: LandmarkIndex.load(directory / entry["file"], entry["payload_bits"],
+                                              mmap=mmap and not writable)
+                     for tier, entry in manifest["tiers"].items()}
+            catalog = Catalog(directory / _CATALOG, writable=writable)
+        except (RuntimeError, sqlite3.DatabaseError, KeyError, ValueError) as err:
+            raise IndexOpenError(f"{directory}: cannot open the index: it is damaged or "
+                                 f"unreadable ({err})") from err
+        return cls(directory, params, tiers, catalog, lock_handle)
 
     @staticmethod
     def _acquire_lock(directory: Path):
@@ -120,7 +138,8 @@ class IndexStore:
     @staticmethod
     def _write_manifest(directory: Path, params: FingerprintParams) -> None:
         manifest = {"format": FORMAT_VERSION, "fingerprint": params.to_dict(),
-                    "tiers": {"landmark": {"file": _LANDMARKS, "layout": "pair-v1"}}}
+                    "tiers": {tier: {"file": filename, "payload_bits": TIER_PAYLOAD_BITS[tier]}
+                              for tier, filename in _TIER_FILES.items()}}
         tmp = directory / (_MANIFEST + ".tmp")
         tmp.write_text(json.dumps(manifest, indent=2) + "\n")
         os.replace(tmp, directory / _MANIFEST)
@@ -141,25 +160,38 @@ class IndexStore:
         if not leftovers:
             return
         for track_id in leftovers:
-            self.landmarks.remove(track_id)
-        self.landmarks.save(self.directory / _LANDMARKS)
+            for tier in self.tiers.values():
+                tier.remove(track_id)
+        self._save_tiers()
         self.catalog.delete(leftovers)
+
+    def _save_tiers(self) -> None:
+        manifest = self._read_manifest(self.directory)
+        for name, tier in self.tiers.items():
+            tier.save(self.directory / manifest["tiers"][name]["file"])
+
+    def _require_writable(self) -> None:
+        if self._lock_handle is None:
+            raise PermissionError(f"{self.directory}: index opened read-only; open it writable to change it")
 
     # -- writing ---------------------------------------------------------------------------
 
     def add_track(self, source: str, content_hash: str, fp: Fingerprint,
                   metadata: TrackMetadata = TrackMetadata()) -> int:
         """Add a track's landmarks; it becomes matchable at the next :meth:`commit`."""
+        self._require_writable()
         track_id = self.catalog.insert_pending(source, content_hash, fp.duration, len(fp), metadata)
         self._pending.append(track_id)
-        self.landmarks.add(track_id, fp.hashes, fp.frames)
+        for name, (codes, payloads) in fp.index_entries().items():
+            self.tiers[name].add(track_id, codes, payloads)
         return track_id
 
     def commit(self) -> None:
         """Save the landmark file atomically, then publish the pending tracks."""
         if not self._pending:
             return
-        self.landmarks.save(self.directory / _LANDMARKS)
+        self._require_writable()
+        self._save_tiers()
         self.catalog.set_status(self._pending, "ready")
         self._pending = []
 
@@ -171,12 +203,14 @@ class IndexStore:
         KeyError
             If no ready track has this id.
         """
+        self._require_writable()
         track = self.catalog.get(track_id)
         if track is None:
             raise KeyError(track_id)
         self.catalog.set_status([track_id], "removing")
-        self.landmarks.remove(track_id)
-        self.landmarks.save(self.directory / _LANDMARKS)
+        for tier in self.tiers.values():
+            tier.remove(track_id)
+        self._save_tiers()
         self.catalog.delete([track_id])
         return track
 

@@ -1,5 +1,6 @@
-"""Align and score: which catalogue tracks a query copies, and where."""
+"""Align and score: which catalogue tracks a query copies or derives from, where, and how."""
 
-from matcher.align import Match, MatchParams, match_fingerprint
+from matcher.align import match_fingerprint
+from matcher.types import KINDS, Match, MatchParams, Span
 
-__all__ = ["Match", "MatchParams", "match_fingerprint"]
+__all__ = ["KINDS", "Match", "MatchParams", "Span", "match_fingerprint"]

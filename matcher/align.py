@@ -1,179 +1,167 @@
-"""Align query landmarks with catalogue landmarks and score every candidate track.
+"""Find every catalogue track in a query: both tiers, spans, scores, and the kind of use.
 
-A copy of a catalogue track shares landmarks with it at one constant time offset
-(reference frame - query frame). Each lookup hit votes for its (track, offset);
-a track matches where one offset collects far more votes than chance would give.
+The exact-copy tier (pair landmarks) and the derivative tier (tempo- and
+pitch-invariant triplets) each yield alignments; an alignment's hits are split
+into spans where the query has gaps, each span scored with rarity weights and a
+per-second cap. A track is reported once, with all its spans, from the tier that
+explains it: exact-copy alignments first (they are the more precise), derivative
+ones for tracks that only the triplets found.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from typing import Mapping
 
 import numpy as np
 
 from fingerprint import Fingerprint
 from index.landmarks import LandmarkIndex
+from matcher.copies import copy_alignments
+from matcher.derivatives import derivative_alignments
+from matcher.types import Alignment, Match, MatchParams, Span
 
-__all__ = ["MatchParams", "Match", "match_fingerprint"]
-
-@dataclass(frozen=True)
-class MatchParams:
-    """How hits are turned into reported matches.
-
-    Attributes
-    ----------
-    min_score : float
-        Lowest rarity-weighted score of a reported match (default 8.0). Calibrated
-        with ``bench/accuracy.py`` on music that is not in the catalogue (see the
-        README for the figures it was set from).
-    min_aligned : int
-        Fewest distinct query landmarks aligned at the matched offset (default 8).
-    offset_tolerance : int
-        Votes within this many frames of the best offset count as aligned
-        (default 1), absorbing the frame quantisation of query and reference.
-    max_hamming : int
-        Hamming tolerance of the hash lookup in the high bits (default 0: exact).
-    common_hash_entries_per_code : float
-        Divisor defining a "typical" hash frequency (default 2**20, roughly the number
-        of distinct pair codes music produces): a code with ``E = ntotal / this``
-        entries or fewer weighs 1, a commoner one ``sqrt(E / entries)``.
-    min_hash_weight : float
-        Hits of codes weighing less than this are not counted at all (default 0.1,
-        i.e. codes with over 100x the typical number of entries). On real music this
-        halves the hits to sort while dropping about 5 % of a true match's weight.
-    """
-
-    min_score: float = 8.0
-    min_aligned: int = 8
-    offset_tolerance: int = 1
-    max_hamming: int = 0
-    common_hash_entries_per_code: float = float(1 << 20)
-    min_hash_weight: float = 0.1
+__all__ = ["match_fingerprint"]
 
 
-@dataclass(frozen=True)
-class Match:
-    """One catalogue track found in a query.
-
-    Attributes
-    ----------
-    track_id : int
-    score : float
-        Rarity-weighted count of query landmarks aligned with the track at the matched
-        offset: each counts ``min(1, sqrt(E / n))`` where ``n`` is how many catalogue
-        entries share its hash. Common hashes (sustained tones, frequent intervals)
-        are what unrelated music shares by chance, so they weigh less.
-    aligned : int
-        Distinct query landmarks aligned at the matched offset (unweighted).
-    confidence : float
-        ``score / (score + min_score)``-style margin in [0.5, 1): 0.5 at the threshold,
-        0.9 at nine times it. A ranking aid for analysts, not a probability.
-    query_start, query_end, ref_start, ref_end : float
-        Matched spans in seconds (anchor times of the first and last aligned landmark).
-    offset : float
-        Reference time minus query time of the alignment, in seconds.
-    """
-
-    track_id: int
-    score: float
-    aligned: int
-    confidence: float
-    query_start: float
-    query_end: float
-    ref_start: float
-    ref_end: float
-    offset: float
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-
-def match_fingerprint(fp: Fingerprint, landmarks: LandmarkIndex, params: MatchParams,
-                      frame_seconds: float, allowed_tracks=None) -> list[Match]:
-    """Find every catalogue track the query copies.
+def match_fingerprint(fp: Fingerprint, tiers: Mapping[str, LandmarkIndex], params: MatchParams,
+                      frame_seconds: float, bins_per_semitone: float,
+                      track_durations: Mapping[int, float] | None = None) -> list[Match]:
+    """Find every catalogue track the query copies or derives from.
 
     Parameters
     ----------
     fp : Fingerprint
-        The query's landmarks.
-    landmarks : LandmarkIndex
-        The catalogue's landmark store.
+        The query.
+    tiers : mapping
+        ``{"pair": LandmarkIndex, "triplet": LandmarkIndex}`` of the catalogue; a
+        missing tier is skipped.
     params : MatchParams
-        Thresholds.
     frame_seconds : float
-        Duration of one frame (to express spans in seconds).
-    allowed_tracks : container of int, optional
-        Only these track ids may be reported (e.g. the catalogue's ready tracks);
-        hits on any other id are ignored.
+        Duration of one frame.
+    bins_per_semitone : float
+        Log-frequency resolution (to express pitch shifts in semitones).
+    track_durations : mapping of int to float, optional
+        Reportable tracks and their durations in seconds (used to tell an excerpt from
+        a whole copy); hits on other track ids are ignored. None: every track, no
+        excerpt detection.
 
     Returns
     -------
     list of Match
         Best first; empty when nothing passes the thresholds.
     """
-    query_index, track_ids, ref_frames = landmarks.lookup(fp.hashes, params.max_hamming)
-    if len(track_ids) == 0:
-        return []
-    entries = np.bincount(query_index, minlength=len(fp.hashes))
-    typical = max(1.0, landmarks.ntotal / params.common_hash_entries_per_code)
-    weights = np.minimum(1.0, np.sqrt(typical / np.maximum(entries, 1)))
-    informative = weights[query_index] >= params.min_hash_weight
-    query_index, track_ids, ref_frames = query_index[informative], track_ids[informative], \
-        ref_frames[informative]
-    if len(track_ids) == 0:
-        return []
-    query_frames = fp.frames[query_index].astype(np.int64)
-    offsets = ref_frames - query_frames
+    alignments: list[Alignment] = []
+    if "pair" in tiers:
+        alignments += copy_alignments(fp, tiers["pair"], params)
+    if "triplet" in tiers:
+        alignments += derivative_alignments(fp, tiers["triplet"], params, bins_per_semitone)
 
-    # Vote per (track, offset) for all tracks at once: one int64 key per hit, track in
-    # the high bits, so sorted keys group by track, then by offset. Each vote carries
-    # its landmark's rarity weight; a track is examined further only if some window of
-    # +-tol offsets collects min_score of weight, an upper bound of its final score.
-    keys = (track_ids << 32) + (offsets + (1 << 31))
-    order = np.argsort(keys, kind="stable")
-    keys, query_index = keys[order], query_index[order]
-    query_frames, ref_frames = query_frames[order], ref_frames[order]
-    values, first = np.unique(keys, return_index=True)
-    vote_weight = np.add.reduceat(weights[query_index], first)
-    tol = params.offset_tolerance
-    cumulative = np.concatenate([[0.0], np.cumsum(vote_weight)])
-    window = cumulative[np.searchsorted(values, values + tol, side="right")] \
-        - cumulative[np.searchsorted(values, values - tol, side="left")]
-    value_tracks = values >> 32
-    tracks, track_first = np.unique(value_tracks, return_index=True)
-    track_last = np.append(track_first[1:], len(values))
-    best = np.array([first_ + np.argmax(window[first_:last_])
-                     for first_, last_ in zip(track_first, track_last)])
-    strong = window[best] >= params.min_score
+    by_track: dict[int, dict[str, list[tuple[Alignment, list[Span]]]]] = {}
+    for alignment in alignments:
+        if track_durations is not None and alignment.track_id not in track_durations:
+            continue
+        spans = _spans(alignment, params, frame_seconds)
+        if sum(span.score for span in spans) >= params.min_score:
+            by_track.setdefault(alignment.track_id, {}).setdefault(alignment.tier, []).append(
+                (alignment, spans))
 
     matches = []
-    for track_id, best_value in zip(tracks[strong], best[strong]):
-        if allowed_tracks is not None and int(track_id) not in allowed_tracks:
-            continue
-        best_key = values[best_value]
-        hits = slice(np.searchsorted(keys, best_key - tol, side="left"),
-                     np.searchsorted(keys, best_key + tol, side="right"))
-        best_offset = int(best_key & 0xFFFFFFFF) - (1 << 31)
-        match = _aligned_match(int(track_id), best_offset, query_index[hits], query_frames[hits],
-                               ref_frames[hits], weights, params, frame_seconds)
-        if match is not None:
-            matches.append(match)
+    for track_id, found in by_track.items():
+        tier = "pair" if "pair" in found else "triplet"
+        duration = track_durations.get(track_id) if track_durations is not None else None
+        matches.append(_describe(track_id, tier, found[tier], fp, params, frame_seconds,
+                                 bins_per_semitone, duration))
     matches.sort(key=lambda m: (-m.score, m.track_id))
     return matches
 
 
-def _aligned_match(track_id: int, offset: int, query_index: np.ndarray, query_frames: np.ndarray,
-                   ref_frames: np.ndarray, weights: np.ndarray, params: MatchParams,
-                   frame_seconds: float) -> Match | None:
-    """Score the hits aligned at ``offset`` and describe their spans, or None below threshold."""
-    landmarks = np.unique(query_index)
-    score = float(weights[landmarks].sum())
-    if len(landmarks) < params.min_aligned or score < params.min_score:
-        return None
-    return Match(track_id=track_id, score=round(score, 2), aligned=len(landmarks),
+def _spans(alignment: Alignment, params: MatchParams, frame_seconds: float) -> list[Span]:
+    """Split an alignment's hits at query gaps and score each piece."""
+    order = np.argsort(alignment.query_frames, kind="stable")
+    q, r = alignment.query_frames[order], alignment.ref_frames[order]
+    ids, weights = alignment.query_ids[order], alignment.weights[order]
+    max_gap = params.max_gap_seconds / frame_seconds
+    breaks = np.nonzero(np.diff(q) > max_gap)[0] + 1
+    spans = []
+    for piece in np.split(np.arange(len(q)), breaks):
+        # One vote per query landmark (a tolerant query code can hit twice).
+        landmarks, first = np.unique(ids[piece], return_index=True)
+        seconds = np.floor(q[piece][first] * frame_seconds).astype(np.int64)
+        per_second = np.bincount(seconds - seconds.min(), weights=weights[piece][first])
+        score = float(np.minimum(per_second, params.max_score_per_second).sum())
+        # A lone stray vote next to a real span is noise, not a span of its own.
+        if len(landmarks) < params.min_aligned // 2 or score < params.min_score / 4:
+            continue
+        spans.append(Span(query_start=round(float(q[piece].min()) * frame_seconds, 3),
+                          query_end=round(float(q[piece].max() + 1) * frame_seconds, 3),
+                          ref_start=round(float(r[piece].min()) * frame_seconds, 3),
+                          ref_end=round(float(r[piece].max() + 1) * frame_seconds, 3),
+                          score=round(score, 2), aligned=len(landmarks)))
+    return spans
+
+
+def _describe(track_id: int, tier: str, found: list[tuple[Alignment, list[Span]]], fp: Fingerprint,
+              params: MatchParams, frame_seconds: float, bins_per_semitone: float,
+              duration: float | None) -> Match:
+    """One Match from all alignments of a track in one tier."""
+    spans = _distinct_spans([span for _, track_spans in found for span in track_spans])
+    score = round(sum(span.score for span in spans), 2)
+    strongest_alignment = max(found, key=lambda item: sum(s.score for s in item[1]))[0]
+    strongest = max(spans, key=lambda s: s.score)
+    time_ratio = float(strongest_alignment.time_ratio)
+    pitch = float(strongest_alignment.pitch_bins) / bins_per_semitone
+    kind = _kind(time_ratio, pitch, spans, tier, fp, params, frame_seconds, duration)
+    return Match(track_id=track_id, score=score, aligned=sum(span.aligned for span in spans),
                  confidence=round(score / (score + params.min_score), 4),
-                 query_start=round(float(query_frames.min()) * frame_seconds, 3),
-                 query_end=round(float(query_frames.max() + 1) * frame_seconds, 3),
-                 ref_start=round(float(ref_frames.min()) * frame_seconds, 3),
-                 ref_end=round(float(ref_frames.max() + 1) * frame_seconds, 3),
-                 offset=round(offset * frame_seconds, 3))
+                 query_start=strongest.query_start, query_end=strongest.query_end,
+                 ref_start=strongest.ref_start, ref_end=strongest.ref_end,
+                 offset=round(strongest_alignment.offset_frames * frame_seconds, 3),
+                 time_ratio=round(time_ratio, 4), pitch_shift_semitones=round(pitch, 2), kind=kind,
+                 spans=spans, tier=tier)
+
+
+def _distinct_spans(spans: list[Span]) -> list[Span]:
+    """Strongest-first, the spans that cover new query time, in query order.
+
+    A repeated passage of the reference aligns with the same stretch of query at
+    several offsets; only the best of those counts. A span mostly (over half) inside
+    query time already covered is such a repeat; one elsewhere in the query is a
+    looped or re-ordered section and is kept.
+    """
+    kept: list[Span] = []
+    for span in sorted(spans, key=lambda s: -s.score):
+        length = span.query_end - span.query_start
+        covered = sum(max(0.0, min(span.query_end, k.query_end) - max(span.query_start, k.query_start))
+                      for k in kept)
+        if covered <= 0.5 * length:
+            kept.append(span)
+    return sorted(kept, key=lambda s: s.query_start)
+
+
+def _kind(time_ratio: float, pitch: float, spans: list[Span], tier: str, fp: Fingerprint,
+          params: MatchParams, frame_seconds: float, duration: float | None) -> str:
+    tempo_changed = abs(time_ratio - 1.0) > params.copy_ratio_tolerance
+    pitch_changed = abs(pitch) > params.copy_pitch_tolerance
+    if tempo_changed and abs(pitch - 12.0 * np.log2(time_ratio)) <= params.copy_pitch_tolerance:
+        return "speed_changed"   # resampled: tempo and pitch moved together
+    if pitch_changed:
+        return "pitch_shifted"
+    if tempo_changed:
+        return "time_stretched"
+    # Same tempo and pitch: a copy, an excerpt, or the reference under other material.
+    if _coverage(spans, tier, fp, frame_seconds) < params.mixed_coverage:
+        return "mixed"
+    if duration:
+        covered = sum(span.ref_end - span.ref_start for span in spans)
+        if covered < params.excerpt_fraction * duration:
+            return "excerpt"
+    return "copy"
+
+
+def _coverage(spans: list[Span], tier: str, fp: Fingerprint, frame_seconds: float) -> float:
+    """Aligned landmarks / query landmarks of the same tier inside the spans."""
+    frames = fp.frames if tier == "pair" else fp.triplets.anchor_frames
+    times = frames * frame_seconds
+    inside = sum(int(np.count_nonzero((times >= s.query_start) & (times < s.query_end)))
+                 for s in spans)
+    return sum(s.aligned for s in spans) / max(inside, 1)

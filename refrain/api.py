@@ -14,7 +14,7 @@ import numpy as np
 from fingerprint import (AudioDecodeError, Fingerprint, FingerprintError, FingerprintParams,
                          fingerprint_file, fingerprint_signal, load_audio)
 from index import IndexStore, Track, TrackMetadata
-from matcher import Match, match_fingerprint
+from matcher import Match, Span, match_fingerprint
 from refrain.config import Config
 
 __all__ = ["Refrain", "IngestResult", "QueryResult", "TrackMatch", "IndexInfo", "audio_files",
@@ -55,7 +55,8 @@ class IngestResult:
 
     ``status`` is ``added``, ``updated`` (same source path, new content: the old
     track was replaced), ``unchanged`` (already in the catalogue: nothing done) or
-    ``error`` (``error`` says why; the index is untouched by this file).
+    ``error`` (``error`` says why; the index is untouched by this file), or ``duplicate``
+    (the same bytes as another file of the same call, which is ingested instead).
     """
 
     path: str
@@ -68,7 +69,10 @@ class IngestResult:
 
 @dataclass(frozen=True)
 class TrackMatch:
-    """A :class:`matcher.Match` joined with the matched track's catalogue metadata."""
+    """A :class:`matcher.Match` joined with the matched track's catalogue metadata.
+
+    See :class:`matcher.Match` for the meaning of each measurement field.
+    """
 
     track_id: int
     source: str
@@ -83,6 +87,10 @@ class TrackMatch:
     ref_start: float
     ref_end: float
     offset: float
+    time_ratio: float
+    pitch_shift_semitones: float
+    kind: str
+    spans: list[Span]
 
 
 @dataclass(frozen=True)
@@ -183,6 +191,7 @@ class Refrain:
         """
         files = audio_files(paths)
         todo: list[tuple[str, str]] = []
+        queued: dict[str, str] = {}  # digest -> source, for identical files within this call
         for path in files:
             source = str(path)
             try:
@@ -195,6 +204,10 @@ class Refrain:
                 yield IngestResult(source, "unchanged", existing.track_id, existing.duration,
                                    existing.n_landmarks)
                 continue
+            if digest in queued:
+                yield IngestResult(source, "duplicate")
+                continue
+            queued[digest] = source
             todo.append((source, digest))
 
         added_since_commit = 0
@@ -252,17 +265,15 @@ class Refrain:
     def match_fingerprint(self, fp: Fingerprint, name: str) -> QueryResult:
         """Match an already computed query fingerprint."""
         ready = self._ready_tracks()
-        found: list[Match] = match_fingerprint(fp, self.store.landmarks, self.config.match,
-                                               self.params.frame_seconds, allowed_tracks=ready.keys())
+        found: list[Match] = match_fingerprint(
+            fp, self.store.tiers, self.config.match, self.params.frame_seconds,
+            self.params.bins_per_octave / 12.0, {t: track.duration for t, track in ready.items()})
         matches = []
         for m in found:
             track = ready[m.track_id]
-            matches.append(TrackMatch(track_id=m.track_id, source=track.source, title=track.title,
-                                      artist=track.artist, isrc=track.isrc, score=m.score,
-                                      aligned=m.aligned, confidence=m.confidence,
-                                      query_start=m.query_start,
-                                      query_end=m.query_end, ref_start=m.ref_start,
-                                      ref_end=m.ref_end, offset=m.offset))
+            fields = {k: v for k, v in vars(m).items() if k != "tier"}
+            matches.append(TrackMatch(source=track.source, title=track.title, artist=track.artist,
+                                      isrc=track.isrc, **fields))
         return QueryResult(query=name, duration=round(fp.duration, 3), matches=matches)
 
     def match_signal(self, y: np.ndarray, name: str = "<signal>") -> QueryResult:

@@ -1,0 +1,128 @@
+"""Derivative tier: triplet landmarks that agree on one tempo ratio, pitch shift and time line.
+
+A triplet code survives a speed change, a pitch shift or a time-stretch, and each
+hit measures the change: the tempo ratio is the reference span over the query
+span of the triplet, the pitch shift the difference of the anchors' log-frequency
+bins. Hits vote in (tempo ratio, pitch shift) cells; the best cell's hits then
+vote for the time line ``ref = offset + ratio * query``, which a least-squares
+fit refines.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from fingerprint import Fingerprint
+from fingerprint.hashes import hash_triplets, unpack_triplet_payloads
+from index.landmarks import LandmarkIndex
+from matcher.types import Alignment, MatchParams
+from matcher.voting import best_cell_per_track, rarity_weights
+
+__all__ = ["derivative_alignments"]
+
+_CELL_CENTRE = 128   # ratio and pitch cells are stored with this bias (non-negative)
+_PITCH_STRIDE = 256  # cell = ratio_cell * stride + pitch_cell
+_NEIGHBOURS_2D = np.array([dr * _PITCH_STRIDE + dp for dr in (-1, 0, 1) for dp in (-1, 0, 1)])
+
+
+def derivative_alignments(fp: Fingerprint, tier: LandmarkIndex, params: MatchParams,
+                          bins_per_semitone: float) -> list[Alignment]:
+    """Alignments of the query with catalogue tracks, allowing tempo and pitch changes.
+
+    Parameters
+    ----------
+    fp : Fingerprint
+        The query.
+    tier : LandmarkIndex
+        The triplet tier of the catalogue.
+    params : MatchParams
+    bins_per_semitone : float
+        Log-frequency resolution, to bound and report pitch shifts.
+
+    Returns
+    -------
+    list of Alignment
+    """
+    triplets = fp.triplets
+    if len(triplets) == 0:
+        return []
+    codes, rows = hash_triplets(triplets, tolerant=True)
+    code_ids, track_ids, payloads = tier.lookup(codes)
+    if len(track_ids) == 0:
+        return []
+    hit_weights = rarity_weights(code_ids, len(codes), tier.ntotal, params)[code_ids]
+    query_ids = rows[code_ids]
+    ref_frames, ref_bins, ref_spans = unpack_triplet_payloads(payloads)
+    ratio = ref_spans / triplets.dt_13[query_ids]
+    pitch = triplets.anchor_positions[query_ids] - ref_bins
+    plausible = (hit_weights >= params.min_hash_weight) & (ratio >= params.min_time_ratio) \
+        & (ratio <= params.max_time_ratio) \
+        & (np.abs(pitch) <= params.max_pitch_shift_semitones * bins_per_semitone)
+    query_ids, track_ids, ref_frames, ratio, pitch, hit_weights = (
+        a[plausible] for a in (query_ids, track_ids, ref_frames, ratio, pitch, hit_weights))
+    query_frames = triplets.anchor_frames[query_ids].astype(np.int64)
+    ratio_cells = np.round(np.log(ratio) / params.ratio_bin).astype(np.int64) + _CELL_CENTRE
+    pitch_cells = np.round(pitch).astype(np.int64) + _CELL_CENTRE
+    cells = ratio_cells * _PITCH_STRIDE + pitch_cells
+
+    alignments = []
+    active = np.arange(len(track_ids))
+    for _ in range(params.max_alignments):
+        best = best_cell_per_track(track_ids[active], cells[active], hit_weights[active],
+                                   _NEIGHBOURS_2D, params.min_score)
+        if not best:
+            break
+        used = np.zeros(len(track_ids), dtype=bool)
+        for track_id, cell in best:
+            in_cell = active[(track_ids[active] == track_id)
+                             & (np.abs(ratio_cells[active] - cell // _PITCH_STRIDE) <= 1)
+                             & (np.abs(pitch_cells[active] - cell % _PITCH_STRIDE) <= 1)]
+            line = _fit_time_line(query_frames[in_cell], ref_frames[in_cell], ratio[in_cell],
+                                  hit_weights[in_cell], params)
+            if line is None:
+                continue
+            offset, time_ratio, inliers = line
+            hits = in_cell[inliers]
+            used[hits] = True
+            alignments.append(Alignment(track_id, "triplet", time_ratio, offset,
+                                        float(np.median(pitch[hits])), query_frames[hits],
+                                        ref_frames[hits], query_ids[hits], hit_weights[hits]))
+        aligned_tracks = np.array([track_id for track_id, _ in best])
+        active = active[~used[active] & np.isin(track_ids[active], aligned_tracks)]
+        if not used.any():
+            break
+    return alignments
+
+
+def _fit_time_line(query_frames: np.ndarray, ref_frames: np.ndarray, ratio: np.ndarray,
+                   weights: np.ndarray, params: MatchParams):
+    """(offset, ratio, inlier mask) of the dominant line ``ref = offset + ratio * query``.
+
+    The cell's median ratio gives each hit an offset; the densest offset (votes
+    weighted, in bins a few frames wide) picks the inliers, and a least-squares fit
+    through them refines ratio and offset; hits within ``line_tolerance`` of the
+    fitted line are the final inliers.
+    """
+    if len(query_frames) < params.min_aligned:
+        return None
+    first_ratio = float(np.median(ratio))
+    offsets = ref_frames - first_ratio * query_frames
+    # A 3 % ratio error over a 10 s query moves the offset by ~10 frames: bins of 4
+    # frames and a +-2-bin window catch the line without merging unrelated ones.
+    offset_bins = np.floor(offsets / 4.0).astype(np.int64)
+    lowest = offset_bins.min()
+    histogram = np.bincount(offset_bins - lowest, weights=weights)
+    window = np.convolve(histogram, np.ones(5), mode="same")
+    centre = (np.argmax(window) + lowest) * 4.0 + 2.0
+    inliers = np.abs(offsets - centre) <= 10.0
+    if inliers.sum() < params.min_aligned:
+        return None
+    time_ratio, offset = first_ratio, float(np.median(offsets[inliers]))
+    for _ in range(2):
+        if np.ptp(query_frames[inliers]) >= 30:  # about a second: enough lever arm to fit a slope
+            time_ratio, offset = np.polyfit(query_frames[inliers], ref_frames[inliers], 1)
+        residual = ref_frames - (offset + time_ratio * query_frames)
+        inliers = np.abs(residual) <= params.line_tolerance
+        if inliers.sum() < params.min_aligned:
+            return None
+    return float(offset), float(time_ratio), inliers

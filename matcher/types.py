@@ -1,0 +1,163 @@
+"""Parameters and results of the matcher."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+__all__ = ["MatchParams", "Span", "Match", "Alignment", "KINDS"]
+
+KINDS = ("copy", "excerpt", "speed_changed", "pitch_shifted", "time_stretched", "mixed")
+
+
+@dataclass(frozen=True)
+class MatchParams:
+    """How lookup hits become reported matches.
+
+    Attributes
+    ----------
+    min_score : float
+        Lowest score of a reported span (default 8.0), calibrated with
+        ``bench/accuracy.py`` on music that is not in the catalogue (figures in README).
+    max_score_per_second : float
+        Cap on what one second of query contributes to a span's score (default 2.0,
+        so a match needs at least four seconds of agreement).
+        Unrelated music agrees with a catalogue track in bursts — one chord struck in
+        the same register — while a real copy agrees all along; the cap keeps a burst
+        from ever adding up to a match.
+    min_aligned : int
+        Fewest distinct query landmarks in a span (default 8).
+    offset_tolerance : int
+        Exact-copy tier: votes within this many frames of the best offset are aligned (1).
+    line_tolerance : float
+        Derivative tier: hits within this many frames of the fitted time line are
+        aligned (default 3).
+    max_gap_seconds : float
+        Aligned hits further apart than this in query time belong to different spans
+        (default 2.5): a looped or re-ordered section becomes a span of its own.
+    max_alignments : int
+        Alignments sought per track (default 4): a sample looped at several places
+        aligns at several offsets.
+    common_hash_entries_per_code : float
+        A code with ``E = entries_in_tier / this`` entries or fewer weighs 1, a commoner
+        one ``sqrt(E / entries)`` (default 2**20, about the number of distinct codes
+        music produces): common codes are what unrelated music shares by chance.
+    min_hash_weight : float
+        Hits of codes weighing less than this are ignored (default 0.1).
+    min_time_ratio, max_time_ratio : float
+        Tempo ratios (query / reference) the derivative tier considers (0.75–1.34).
+    max_pitch_shift_semitones : float
+        Largest pitch shift the derivative tier considers (default 5).
+    ratio_bin : float
+        Width of the tempo-ratio cells the derivative tier votes in, as a log ratio
+        (default 0.03, about 3 %).
+    copy_ratio_tolerance, copy_pitch_tolerance : float
+        A derivative-tier alignment within 1.5 % of tempo and 0.5 semitone of pitch is
+        no tempo or pitch change.
+    mixed_coverage : float
+        A copy whose aligned landmarks are fewer than this fraction of the query's
+        landmarks in the same span is reported as ``mixed`` (default 0.12): the
+        reference is only part of what sounds there.
+    excerpt_fraction : float
+        A copy covering less than this fraction of the reference track is an
+        ``excerpt`` (default 0.8).
+    """
+
+    min_score: float = 8.0
+    max_score_per_second: float = 2.0
+    min_aligned: int = 8
+    offset_tolerance: int = 1
+    line_tolerance: float = 3.0
+    max_gap_seconds: float = 2.5
+    max_alignments: int = 4
+    common_hash_entries_per_code: float = float(1 << 20)
+    min_hash_weight: float = 0.1
+    min_time_ratio: float = 0.75
+    max_time_ratio: float = 1.34
+    max_pitch_shift_semitones: float = 5.0
+    ratio_bin: float = 0.03
+    copy_ratio_tolerance: float = 0.015
+    copy_pitch_tolerance: float = 0.5
+    mixed_coverage: float = 0.12
+    excerpt_fraction: float = 0.8
+
+
+@dataclass(frozen=True)
+class Span:
+    """One stretch of the query aligned with one stretch of the reference (seconds)."""
+
+    query_start: float
+    query_end: float
+    ref_start: float
+    ref_end: float
+    score: float
+    aligned: int
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Match:
+    """One catalogue track found in a query.
+
+    Attributes
+    ----------
+    track_id : int
+    score : float
+        Sum of the span scores: rarity-weighted aligned landmarks, at most
+        ``max_score_per_second`` per second of query.
+    aligned : int
+        Distinct query landmarks aligned, over all spans.
+    confidence : float
+        ``score / (score + min_score)``: 0.5 at the threshold, towards 1 for strong
+        matches. A ranking aid, not a probability.
+    query_start, query_end, ref_start, ref_end : float
+        The strongest span (seconds).
+    offset : float
+        Reference time at query time 0 on the strongest span's time line.
+    time_ratio : float
+        Query tempo / reference tempo (1.25: the upload plays 25 % faster).
+    pitch_shift_semitones : float
+        Query pitch - reference pitch.
+    kind : str
+        One of :data:`KINDS`.
+    spans : list of Span
+        Every aligned stretch, in query order.
+    tier : str
+        ``pair`` (exact-copy landmarks) or ``triplet`` (tempo/pitch-invariant ones).
+    """
+
+    track_id: int
+    score: float
+    aligned: int
+    confidence: float
+    query_start: float
+    query_end: float
+    ref_start: float
+    ref_end: float
+    offset: float
+    time_ratio: float
+    pitch_shift_semitones: float
+    kind: str
+    spans: list[Span] = field(default_factory=list)
+    tier: str = "pair"
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class Alignment:
+    """Hits of one track that agree on one time line ``ref = offset + ratio * query`` (frames)."""
+
+    track_id: int
+    tier: str
+    time_ratio: float
+    offset_frames: float
+    pitch_bins: float
+    query_frames: np.ndarray
+    ref_frames: np.ndarray
+    query_ids: np.ndarray  # which query landmark each hit belongs to (distinctness, weights)
+    weights: np.ndarray     # rarity weight of each hit

@@ -1,0 +1,74 @@
+"""Shared voting helpers: rarity weights and best cells per track."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from matcher.types import MatchParams
+
+__all__ = ["rarity_weights", "best_cell_per_track"]
+
+
+def rarity_weights(query_ids: np.ndarray, n_query: int, entries_in_tier: int,
+                   params: MatchParams) -> np.ndarray:
+    """Weight of each query code: ``min(1, sqrt(E / hits of that code))``.
+
+    Parameters
+    ----------
+    query_ids : np.ndarray of int
+        For each lookup hit, the query code it answers.
+    n_query : int
+        Number of query codes.
+    entries_in_tier : int
+        Entries stored in the tier looked up.
+    params : MatchParams
+
+    Returns
+    -------
+    np.ndarray, shape (n_query,)
+    """
+    hits_per_code = np.bincount(query_ids, minlength=n_query)
+    typical = max(1.0, entries_in_tier / params.common_hash_entries_per_code)
+    return np.minimum(1.0, np.sqrt(typical / np.maximum(hits_per_code, 1)))
+
+
+def best_cell_per_track(track_ids: np.ndarray, cells: np.ndarray, weights: np.ndarray,
+                        neighbourhood: np.ndarray, min_weight: float):
+    """For each track, the vote cell with most weight in its neighbourhood.
+
+    Parameters
+    ----------
+    track_ids : np.ndarray of int64
+        Track of each vote (below 2**31).
+    cells : np.ndarray of int64
+        Non-negative cell index of each vote, below 2**32.
+    weights : np.ndarray of float
+        Weight of each vote.
+    neighbourhood : np.ndarray of int64
+        Cell index differences summed together (e.g. ``[-1, 0, 1]``).
+    min_weight : float
+        Tracks whose best neighbourhood weighs less are dropped.
+
+    Returns
+    -------
+    list of (track_id, cell)
+    """
+    keys = (track_ids << 32) + cells
+    values, inverse = np.unique(keys, return_inverse=True)
+    cell_weight = np.bincount(inverse, weights=weights)
+    summed = np.zeros_like(cell_weight)
+    for delta in neighbourhood:
+        position = np.searchsorted(values, values + delta)
+        found = (position < len(values)) & (values[np.minimum(position, len(values) - 1)] == values + delta)
+        summed[found] += cell_weight[position[found]]
+    value_tracks = values >> 32
+    tracks, first = np.unique(value_tracks, return_index=True)
+    best = np.maximum.reduceat(summed, first)
+    result = []
+    for track, start, top in zip(tracks, first, best):
+        if top < min_weight:
+            continue
+        stop = np.searchsorted(value_tracks, track, side="right")
+        cell = values[start + np.argmax(summed[start:stop])] & 0xFFFFFFFF
+        result.append((int(track), int(cell)))
+    return result
