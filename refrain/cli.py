@@ -1,0 +1,337 @@
+"""The ``refrain`` command line: build a catalogue index and match uploads against it.
+
+A thin shell over :class:`refrain.api.Refrain`: argument parsing, progress and
+output formatting only. Every fingerprinting, indexing and matching decision is
+the library's, so the CLI, the HTTP service and library users all behave alike.
+
+Commands
+--------
+``refrain ingest --index DIR [--jobs N] [--title T --artist A --isrc I] PATH...``
+    Add files or folders (recursively) to the index, creating it if missing.
+``refrain match --index DIR [--json] PATH...``
+    Match query files or folders; ``--json`` prints one JSON object per query.
+``refrain remove --index DIR TRACK_ID``
+    Take a track out of the index.
+``refrain info --index DIR [--json]``
+    Tracks, hours, landmarks and bytes of an index.
+``refrain demo [--index DIR]``
+    Index ``sample_audio/catalogue/`` and match ``sample_audio/queries/``.
+
+Exit codes
+----------
+0
+    Success: every file was ingested (or already was) / every query was processed.
+1
+    A file, query or track id failed, or a folder held no audio file; the other
+    files and queries were still processed.
+2
+    Usage error (bad arguments).
+3
+    The index cannot be opened: missing, not an index, or locked by another writer.
+130
+    Interrupted (Ctrl-C); work finished so far is saved.
+
+Examples
+--------
+::
+
+    refrain ingest --index catalogue-index --jobs 4 music/
+    refrain match --index catalogue-index --json uploads/ > matches.jsonl
+    refrain remove --index catalogue-index 42
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+from collections import Counter
+from contextlib import closing
+from pathlib import Path
+
+from tqdm import tqdm
+
+from fingerprint import AudioDecodeError, FingerprintError
+from index import IndexOpenError, TrackMetadata
+from refrain import __version__
+from refrain.api import QueryResult, Refrain, audio_files
+
+__all__ = ["main", "build_parser"]
+
+EXIT_OK, EXIT_FAILED, EXIT_INDEX, EXIT_INTERRUPTED = 0, 1, 3, 130  # argparse exits 2 itself
+
+SAMPLE_AUDIO = Path(__file__).resolve().parents[1] / "sample_audio"
+
+EPILOG = """\
+exit codes:
+  0    success: every file ingested (or already there), every query processed
+  1    some file, query or track id failed, or a folder held no audio file
+       (the other files and queries were still processed)
+  2    usage error
+  3    the index cannot be opened (missing, not an index, locked by another writer)
+  130  interrupted; work finished so far is saved
+"""
+
+
+class CliError(Exception):
+    """A failure to report as one ``error:`` line, with the exit code to return."""
+
+    def __init__(self, message: str, code: int = EXIT_FAILED):
+        super().__init__(message)
+        self.code = code
+
+
+def _error(message) -> None:
+    # One line per error, even for multi-line library messages (FAISS errors are).
+    print("error: " + " ".join(str(message).split("\n")), file=sys.stderr, flush=True)
+
+
+def _with_path(path: str, message: str) -> str:
+    # Decode errors name their file already; FingerprintError messages do not.
+    return message if message.startswith(path) else f"{path}: {message}"
+
+
+def _open_index(directory: Path, **options) -> Refrain:
+    try:
+        return Refrain.open(directory, **options)
+    except IndexOpenError as err:
+        raise CliError(str(err), EXIT_INDEX) from err
+    except OSError as err:  # e.g. no permission to create or lock the directory
+        raise CliError(f"{directory}: cannot open the index ({err})", EXIT_INDEX) from err
+
+
+def _expand(paths: list[str]) -> tuple[list[tuple[str, Path]], bool]:
+    """(name as given or found, path) of every input file, and whether a folder was empty."""
+    found, empty_folder = [], False
+    for arg in paths:
+        if Path(arg).is_dir():
+            files = audio_files([arg])
+            if not files:
+                _error(f"{arg}: no audio files in this folder")
+                empty_folder = True
+            found.extend((str(path), path) for path in files)
+        else:
+            found.append((arg, Path(arg)))
+    return found, empty_folder
+
+
+# -- commands ------------------------------------------------------------------------------
+
+
+def _ingest_all(refrain: Refrain, files: list[Path], jobs: int = 1,
+                metadata: TrackMetadata = TrackMetadata()) -> Counter:
+    counts: Counter = Counter()
+    seconds = landmarks = 0
+    results = refrain.ingest(files, jobs=jobs, metadata=metadata)
+    try:
+        # closing(): if interrupted between two results, the generator still commits.
+        with tqdm(total=len(files), unit="file", file=sys.stderr, disable=None,
+                  dynamic_ncols=True) as bar, closing(results):
+            for result in results:
+                counts[result.status] += 1
+                if result.status == "error":
+                    bar.write("error: " + _with_path(result.path, result.error), file=sys.stderr)
+                elif result.status in ("added", "updated"):
+                    seconds += result.duration
+                    landmarks += result.n_landmarks
+                bar.update()
+    finally:
+        # Printed after Ctrl-C too: the files finished so far are saved, and how many matters.
+        info = refrain.info()
+        print(f"{counts['added']} added, {counts['updated']} updated, "
+              f"{counts['unchanged'] + counts['duplicate']} unchanged, {counts['error']} errors; "
+              f"ingested {seconds / 3600:.3f} h, {landmarks:,} landmarks; "
+              f"index now {info.tracks} tracks, {info.hours:.3f} h, {info.landmarks:,} landmarks",
+              flush=True)
+    return counts
+
+
+def cmd_ingest(args) -> int:
+    queries, empty_folder = _expand(args.paths)
+    files = [path for _, path in queries]
+    metadata = TrackMetadata(args.title, args.artist, args.isrc)
+    if metadata != TrackMetadata() and len(files) != 1:
+        args.parser.error("--title/--artist/--isrc describe one recording: give exactly one file")
+    with _open_index(args.index, create=True) as refrain:
+        counts = _ingest_all(refrain, files, args.jobs, metadata)
+    return EXIT_FAILED if counts["error"] or empty_folder else EXIT_OK
+
+
+def _print_result(result: QueryResult) -> None:
+    print(f"{result.query}  ({result.duration:.1f} s)")
+    if not result.matches:
+        print("  no match")
+    for m in result.matches:
+        described = ", ".join(f"{key} {value}" for key, value in
+                              (("title", m.title), ("artist", m.artist), ("ISRC", m.isrc)) if value)
+        print(f"  track {m.track_id}  {m.source}" + (f"  ({described})" if described else ""))
+        print(f"    {m.kind}  score {m.score:.1f} ({m.aligned} aligned)  confidence {m.confidence:.3f}  "
+              f"tempo ×{m.time_ratio:.3f}  pitch {m.pitch_shift_semitones:+.2f} st")
+        for span in m.spans:
+            print(f"    query {span.query_start:.1f}–{span.query_end:.1f} s ↔ "
+                  f"ref {span.ref_start:.1f}–{span.ref_end:.1f} s  (score {span.score:.1f})")
+
+
+def _match_all(refrain: Refrain, queries: list[tuple[str, Path]], as_json: bool) -> bool:
+    """Match and print every query; True if all of them could be processed."""
+    ok = True
+    for name, path in queries:
+        try:
+            result = refrain.match_file(path, name=name)
+        except (AudioDecodeError, FingerprintError, OSError) as err:
+            ok = False
+            message = _with_path(str(path), str(err))
+            _error(message)
+            if as_json:
+                print(json.dumps({"query": name, "error": message}), flush=True)
+            continue
+        if as_json:
+            print(json.dumps(result.to_dict()), flush=True)
+        else:
+            _print_result(result)
+    return ok
+
+
+def cmd_match(args) -> int:
+    queries, empty_folder = _expand(args.paths)
+    with _open_index(args.index, mmap=True) as refrain:
+        ok = _match_all(refrain, queries, args.json)
+    return EXIT_OK if ok and not empty_folder else EXIT_FAILED
+
+
+def cmd_remove(args) -> int:
+    with _open_index(args.index, writable=True) as refrain:
+        try:
+            track = refrain.remove(args.track_id)
+        except KeyError:
+            raise CliError(f"no track with id {args.track_id} in {args.index}") from None
+    print(f"removed track {track.track_id}: {track.source}")
+    return EXIT_OK
+
+
+def cmd_info(args) -> int:
+    with _open_index(args.index, mmap=True) as refrain:
+        info = refrain.info()
+    if args.json:
+        print(json.dumps(info.to_dict()))
+        return EXIT_OK
+    print(f"index      {info.directory}\ntracks     {info.tracks}\nhours      {info.hours:.3f}\n"
+          f"landmarks  {info.landmarks:,}\nbytes      {info.bytes:,}")
+    for name, size in sorted(info.files.items()):
+        print(f"  {name:<24} {size:>14,}")
+    return EXIT_OK
+
+
+def cmd_demo(args) -> int:
+    catalogue, queries = SAMPLE_AUDIO / "catalogue", SAMPLE_AUDIO / "queries"
+    if not catalogue.is_dir() or not queries.is_dir():
+        raise CliError(f"{SAMPLE_AUDIO}: sample audio not found (the demo needs a source checkout)")
+    if args.index is not None:
+        return _demo(args.index, catalogue, queries)
+    with tempfile.TemporaryDirectory(prefix="refrain-demo-") as tmp:
+        return _demo(Path(tmp) / "index", catalogue, queries)
+
+
+def _demo(index: Path, catalogue: Path, queries: Path) -> int:
+    print(f"Indexing {catalogue} into {index}")
+    with _open_index(index, create=True) as refrain:
+        counts = _ingest_all(refrain, audio_files([catalogue]))
+        print(f"\nMatching {queries}")
+        named = [(str(path.relative_to(SAMPLE_AUDIO)), path) for path in audio_files([queries])]
+        ok = _match_all(refrain, named, as_json=False)
+    return EXIT_OK if ok and not counts["error"] else EXIT_FAILED
+
+
+# -- entry point ---------------------------------------------------------------------------
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    formatter = argparse.RawDescriptionHelpFormatter
+    parser = argparse.ArgumentParser(
+        prog="refrain", epilog=EPILOG, formatter_class=formatter,
+        description="Audio fingerprinting: find catalogue recordings inside uploaded audio.")
+    parser.add_argument("--version", action="version", version=f"refrain {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def command(name, run, help_text):
+        sub = commands.add_parser(name, help=help_text, description=help_text, epilog=EPILOG,
+                                  formatter_class=formatter)
+        sub.set_defaults(run=run, parser=sub)
+        return sub
+
+    def index_option(sub, required=True):
+        sub.add_argument("--index", type=Path, required=required, metavar="DIR",
+                         help="index directory")
+
+    sub = command("ingest", cmd_ingest, "add recordings (files or folders) to an index, "
+                                        "creating it if missing")
+    index_option(sub)
+    sub.add_argument("--jobs", type=_positive_int, default=1, metavar="N",
+                     help="worker processes for decoding and fingerprinting (default 1)")
+    sub.add_argument("--title", help="title of the recording (single-file ingest only)")
+    sub.add_argument("--artist", help="artist of the recording (single-file ingest only)")
+    sub.add_argument("--isrc", help="ISRC of the recording (single-file ingest only)")
+    sub.add_argument("paths", nargs="+", metavar="PATH", help="audio files or folders")
+
+    sub = command("match", cmd_match, "find catalogue tracks in query files")
+    index_option(sub)
+    sub.add_argument("--json", action="store_true", help="one JSON object per query on stdout")
+    sub.add_argument("paths", nargs="+", metavar="PATH", help="query files or folders")
+
+    sub = command("remove", cmd_remove, "remove a track from an index")
+    index_option(sub)
+    sub.add_argument("track_id", type=int, metavar="TRACK_ID")
+
+    sub = command("info", cmd_info, "size of an index")
+    index_option(sub)
+    sub.add_argument("--json", action="store_true", help="print one JSON object")
+
+    sub = command("demo", cmd_demo, "index the bundled sample catalogue and match the sample "
+                                    "queries")
+    index_option(sub, required=False)
+    sub.epilog = EPILOG + "\nWithout --index the demo uses a temporary index, deleted afterwards.\n"
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the ``refrain`` command line; returns the process exit code."""
+    for stream in (sys.stdout, sys.stderr):
+        # Never die on a character the terminal's encoding lacks (e.g. "↔" under latin-1).
+        if hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="backslashreplace")
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.run(args)
+    except CliError as err:
+        _error(err)
+        return err.code
+    except IndexOpenError as err:
+        _error(err)
+        return EXIT_INDEX
+    except KeyboardInterrupt:
+        _error("interrupted")
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        # The reader went away (e.g. `| head`): silence the flush at interpreter exit.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_FAILED
+    except (AudioDecodeError, FingerprintError, OSError) as err:
+        _error(err)
+        return EXIT_FAILED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

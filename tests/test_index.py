@@ -1,0 +1,308 @@
+"""The index store: lookups, removal, persistence, crash safety, the write lock, re-ingest."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import soxr
+
+from fingerprint import fingerprint_file, fingerprint_signal
+from index import IndexBusyError, IndexOpenError, IndexStore, LandmarkIndex
+from refrain.api import Refrain
+from refrain.config import Config
+
+SR = 22050
+
+
+def hit_set(landmarks: LandmarkIndex, hashes: np.ndarray) -> set[tuple[int, int, int]]:
+    """Every (query position, track id, reference frame) the store returns."""
+    return set(zip(*(a.tolist() for a in landmarks.lookup(hashes))))
+
+
+def fingerprint_of(song, params):
+    return fingerprint_file(song.path, params)
+
+
+def excerpt_file(tmp_path, write_audio, y, start, seconds=10.0, name="query.wav"):
+    i = int(start * SR)
+    return write_audio(tmp_path / name, y[i:i + int(seconds * SR)])
+
+
+# -- the FAISS landmark store on its own ------------------------------------------------------------
+
+
+def test_landmark_index_add_lookup_remove(tmp_path):
+    rng = np.random.default_rng(1)
+    codes = {7: rng.integers(0, 1 << 23, 500, dtype=np.uint32),
+             8: rng.integers(0, 1 << 23, 300, dtype=np.uint32)}
+    frames = {7: np.arange(500) * 3, 8: np.arange(300) + 100_000}
+    store = LandmarkIndex.create(payload_bits=22, list_bits=16)
+    for track, hashes in codes.items():
+        store.add(track, hashes, frames[track])
+    assert store.ntotal == 800
+
+    hits = hit_set(store, codes[7])
+    assert {(i, 7, 3 * i) for i in range(500)} <= hits
+    # Random 23-bit codes of the other track may collide now and then, never systematically.
+    assert sum(1 for _, track, _ in hits if track == 8) < 5
+
+    absent = np.setdiff1d(rng.integers(0, 1 << 23, 100, dtype=np.uint32),
+                          np.concatenate(list(codes.values())))
+    assert hit_set(store, absent) == set()
+
+    assert store.remove(7) == 500
+    assert store.ntotal == 300
+    assert all(track == 8 for _, track, _ in hit_set(store, codes[7]))
+    assert {(i, 8, 100_000 + i) for i in range(300)} <= hit_set(store, codes[8])
+
+    store.save(tmp_path / "pairs.faiss")
+    for mmap in (False, True):
+        loaded = LandmarkIndex.load(tmp_path / "pairs.faiss", 22, mmap=mmap)
+        assert loaded.ntotal == 300
+        assert hit_set(loaded, codes[8]) == hit_set(store, codes[8])
+
+
+def test_landmark_index_rejects_payloads_it_cannot_encode():
+    store = LandmarkIndex.create(payload_bits=22, list_bits=8)
+    with pytest.raises(ValueError, match="payloads must lie in"):
+        store.add(1, np.array([1, 2], dtype=np.uint32), np.array([0, -1]))
+    with pytest.raises(ValueError, match="differ in length"):
+        store.add(1, np.array([1, 2], dtype=np.uint32), np.array([0]))
+
+
+def test_memory_mapped_store_is_read_only(tmp_path):
+    store = LandmarkIndex.create(payload_bits=22, list_bits=8)
+    store.add(1, np.array([5], dtype=np.uint32), np.array([0]))
+    store.save(tmp_path / "l.faiss")
+    mapped = LandmarkIndex.load(tmp_path / "l.faiss", 22, mmap=True)
+    with pytest.raises(PermissionError):
+        mapped.add(2, np.array([6], dtype=np.uint32), np.array([0]))
+    with pytest.raises(PermissionError):
+        mapped.remove(1)
+
+
+# -- a whole index directory --------------------------------------------------------------------
+
+
+def test_every_landmark_of_a_track_is_found(catalogue_index, songs):
+    with IndexStore.open(catalogue_index.directory) as store:
+        for seed, song in songs.items():
+            fp = fingerprint_of(song, store.fingerprint_params)
+            track = catalogue_index.track_ids[seed]
+            found = {(q, f) for q, t, f in hit_set(store.tiers["pair"], fp.hashes) if t == track}
+            # Each landmark is found at its own frame (and, for a code repeated in the
+            # track, also at the other frames of that code).
+            assert set(zip(range(len(fp)), fp.frames.tolist())) <= found
+
+
+def test_removed_track_leaves_no_hits_and_others_stay(index_copy, catalogue_index, songs):
+    gone, kept = 33, [seed for seed in songs if seed != 33]
+    gone_id = catalogue_index.track_ids[gone]
+    with IndexStore.open(index_copy) as store:
+        params = store.fingerprint_params
+        prints = {seed: fingerprint_of(songs[seed], params) for seed in songs}
+        before = {seed: hit_set(store.tiers["pair"], fp.hashes) for seed, fp in prints.items()}
+    with IndexStore.open(index_copy, writable=True) as store:
+        total = store.tiers["pair"].ntotal
+        track = store.remove_track(gone_id)
+        assert track.track_id == gone_id and track.source == str(songs[gone].path)
+        assert store.tiers["pair"].ntotal == total - track.n_landmarks
+        with pytest.raises(KeyError):
+            store.remove_track(gone_id)
+    for mmap in (False, True):  # and it stays removed on disk
+        with IndexStore.open(index_copy, mmap=mmap) as store:
+            assert store.catalog.get(gone_id) is None
+            assert gone_id not in store.catalog.ready_tracks()
+            assert all(t != gone_id for _, t, _ in hit_set(store.tiers["pair"], prints[gone].hashes))
+            for seed in kept:
+                expected = {hit for hit in before[seed] if hit[1] != gone_id}
+                assert hit_set(store.tiers["pair"], prints[seed].hashes) == expected
+
+
+@pytest.mark.parametrize("mmap", [False, True])
+def test_reloaded_index_gives_identical_lookups(tmp_path, songs, mmap):
+    rng = np.random.default_rng(2)
+    with IndexStore.open(tmp_path / "idx", create=True) as store:
+        params = store.fingerprint_params
+        prints = {seed: fingerprint_of(songs[seed], params) for seed in (30, 44, 49)}
+        for seed, fp in prints.items():
+            store.add_track(str(songs[seed].path), str(seed), fp)
+        store.commit()
+        queries = np.concatenate([prints[30].hashes, prints[44].hashes,
+                                  rng.integers(0, 1 << 23, 2000, dtype=np.uint32)])
+        in_memory = store.tiers["pair"].lookup(queries)
+        tracks = store.catalog.ready_tracks()
+    assert len(tracks) == 3 and len(in_memory[0]) >= len(prints[30]) + len(prints[44])
+    with IndexStore.open(tmp_path / "idx", mmap=mmap) as store:
+        reloaded = store.tiers["pair"].lookup(queries)
+        assert store.catalog.ready_tracks() == tracks
+    for a, b in zip(in_memory, reloaded):
+        np.testing.assert_array_equal(a, b)
+
+
+def _match_ids(refrain, path):
+    return [m.track_id for m in refrain.match_file(path).matches]
+
+
+def test_track_added_but_never_committed_is_discarded(index_copy, catalogue_index, songs,
+                                                      unrelated_songs, write_audio, tmp_path):
+    newcomer = unrelated_songs[45]
+    new_file = write_audio(tmp_path / "new.wav", newcomer)
+    with IndexStore.open(index_copy) as store:
+        before_total, before_tracks = store.tiers["pair"].ntotal, store.catalog.totals()
+        fp = fingerprint_file(new_file, store.fingerprint_params)
+
+    store = IndexStore.open(index_copy, writable=True)
+    new_id = store.add_track(str(new_file), "0" * 64, fp)
+    store.close()  # the process "dies" before commit()
+
+    query = excerpt_file(tmp_path, write_audio, newcomer, 8.0)
+    with Refrain.open(index_copy) as reader:  # readers never see a pending track
+        assert new_id not in reader.store.catalog.ready_tracks()
+        assert new_id not in _match_ids(reader, query)
+    with IndexStore.open(index_copy, writable=True) as store:  # the next writer cleans up
+        assert store.catalog.unfinished() == []
+        assert store.catalog.totals() == before_tracks
+        assert store.tiers["pair"].ntotal == before_total
+        assert all(t != new_id for _, t, _ in hit_set(store.tiers["pair"], fp.hashes))
+    with Refrain.open(index_copy, mmap=True) as reader:
+        other = excerpt_file(tmp_path, write_audio, songs[41].samples, 11.0, name="other.wav")
+        assert _match_ids(reader, other)[:1] == [catalogue_index.track_ids[41]]
+
+
+def test_crash_between_saving_landmarks_and_publishing(index_copy, catalogue_index, songs,
+                                                       unrelated_songs, write_audio, tmp_path):
+    # A real crash: a separate process saves the FAISS file with a pending track in it
+    # and dies (no close, no commit); its lock dies with it.
+    newcomer = unrelated_songs[45]
+    new_file = write_audio(tmp_path / "new.wav", newcomer)
+    with IndexStore.open(index_copy) as store:
+        before_total, before_tracks = store.tiers["pair"].ntotal, store.catalog.totals()
+    script = textwrap.dedent(f"""
+        import os, json
+        from fingerprint import fingerprint_file
+        from index import IndexStore
+        store = IndexStore.open({str(index_copy)!r}, writable=True)
+        fp = fingerprint_file({str(new_file)!r}, store.fingerprint_params)
+        track_id = store.add_track({str(new_file)!r}, "0" * 64, fp)
+        store.tiers["pair"].save(store.directory / "pairs.faiss")
+        print(json.dumps([track_id, len(fp)]), flush=True)
+        os._exit(9)
+    """)
+    crashed = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert crashed.returncode == 9, crashed.stderr
+    new_id, n_new = json.loads(crashed.stdout)
+
+    query = excerpt_file(tmp_path, write_audio, newcomer, 8.0)
+    with Refrain.open(index_copy, mmap=True) as reader:
+        assert reader.store.tiers["pair"].ntotal == before_total + n_new  # in FAISS ...
+        assert new_id not in _match_ids(reader, query)  # ... but never reported
+    with IndexStore.open(index_copy, writable=True) as store:
+        assert store.tiers["pair"].ntotal == before_total
+        assert store.catalog.unfinished() == []
+        assert store.catalog.totals() == before_tracks
+    with Refrain.open(index_copy, mmap=True) as reader:
+        assert reader.store.tiers["pair"].ntotal == before_total
+        other = excerpt_file(tmp_path, write_audio, songs[30].samples, 6.0, name="other.wav")
+        assert _match_ids(reader, other)[:1] == [catalogue_index.track_ids[30]]
+
+
+def test_second_writer_is_refused(index_copy):
+    with IndexStore.open(index_copy, writable=True):
+        with pytest.raises(IndexBusyError, match="another process is writing"):
+            IndexStore.open(index_copy, writable=True)
+        with pytest.raises(IndexBusyError):
+            Refrain.open(index_copy, create=True)
+        with Refrain.open(index_copy, mmap=True) as reader:  # readers are not blocked
+            assert reader.info().tracks > 0
+    with IndexStore.open(index_copy, writable=True):  # released on close
+        pass
+
+
+def test_writer_in_another_process_blocks_this_one(index_copy):
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys; from index import IndexStore; "
+         f"s = IndexStore.open({str(index_copy)!r}, writable=True); print('locked', flush=True); "
+         "sys.stdin.read()"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        with pytest.raises(IndexBusyError):
+            IndexStore.open(index_copy, writable=True)
+    finally:
+        holder.stdin.close()
+        holder.wait(timeout=30)
+    IndexStore.open(index_copy, writable=True).close()
+
+
+def test_reingesting_an_unchanged_file_is_a_no_op(index_copy, catalogue_index, songs):
+    song = songs[34]
+    faiss_file = index_copy / "pairs.faiss"
+    stamp = faiss_file.stat().st_mtime_ns
+    with Refrain.open(index_copy, writable=True) as refrain:
+        before = refrain.info()
+        [result] = refrain.ingest([song.path])
+        after = refrain.info()
+    assert result.status == "unchanged"
+    assert result.track_id == catalogue_index.track_ids[34]
+    assert (after.tracks, after.landmarks) == (before.tracks, before.landmarks)
+    assert faiss_file.stat().st_mtime_ns == stamp
+
+
+def test_same_path_with_new_content_replaces_the_track(index_copy, unrelated_songs, write_audio,
+                                                       tmp_path):
+    path = tmp_path / "upload" / "track.wav"
+    old, new = unrelated_songs[45], unrelated_songs[35]
+    write_audio(path, old)
+    with Refrain.open(index_copy, writable=True) as refrain:
+        tracks = refrain.info().tracks
+        [first] = refrain.ingest([path])
+        assert first.status == "added"
+        write_audio(path, new)
+        [second] = refrain.ingest([path])
+        assert second.status == "updated"
+        assert second.track_id != first.track_id
+        assert refrain.info().tracks == tracks + 1
+        assert refrain.store.catalog.get(first.track_id) is None
+    with Refrain.open(index_copy, mmap=True) as reader:
+        assert _match_ids(reader, excerpt_file(tmp_path, write_audio, new, 9.0))[:1] \
+            == [second.track_id]
+        assert first.track_id not in _match_ids(reader, excerpt_file(tmp_path, write_audio, old, 9.0))
+
+
+def test_a_folder_that_is_not_an_index_is_refused(tmp_path):
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    (folder / "cat.jpg").write_bytes(b"\xff\xd8\xff")
+    with pytest.raises(IndexOpenError, match="not empty and holds no Refrain index"):
+        Refrain.open(folder, create=True)
+    with pytest.raises(IndexOpenError, match="no Refrain index here"):
+        Refrain.open(folder)
+    assert sorted(p.name for p in folder.iterdir()) == ["cat.jpg"]  # left untouched
+    with pytest.raises(IndexOpenError, match="no Refrain index here"):
+        Refrain.open(tmp_path / "missing")
+
+
+def test_an_index_from_a_newer_version_is_refused(index_copy):
+    manifest = json.loads((index_copy / "manifest.json").read_text())
+    manifest["format"] = 99
+    (index_copy / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(IndexOpenError, match="format 99 is not supported"):
+        Refrain.open(index_copy)
+
+
+def test_index_keeps_its_fingerprint_settings(tmp_path, songs):
+    config = Config(fingerprint=replace(Config().fingerprint, peaks_per_second=20.0))
+    with Refrain.open(tmp_path / "idx", config=config, create=True) as refrain:
+        list(refrain.ingest([songs[30].path]))
+    with Refrain.open(tmp_path / "idx") as refrain:  # default Config, but the index's settings win
+        assert refrain.params.peaks_per_second == 20.0
+        y = soxr.resample(songs[30].excerpt(5.0, 10.0), SR, refrain.params.sample_rate)
+        assert len(fingerprint_signal(y, refrain.params)) > 0
+        assert [m.track_id for m in refrain.match_signal(y).matches][:1] == [1]

@@ -1,0 +1,94 @@
+"""Matching through the real index: which tracks a query copies, and where."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import soxr
+
+from refrain.api import Refrain
+from refrain.synth import add_noise
+
+SR = 22050
+# (catalogue seed, excerpt start in s): starts off the 32 ms frame grid on purpose.
+EXCERPTS = [(30, 4.37), (33, 12.01), (34, 0.0), (41, 25.5), (44, 17.23), (49, 8.6)]
+
+
+def noisy(y: np.ndarray, snr_db: float, seed: int) -> np.ndarray:
+    y = add_noise(y, snr_db, np.random.default_rng(seed))
+    return (0.9 * y / np.max(np.abs(y))).astype(np.float32)  # fits a 16-bit file
+
+
+@pytest.mark.parametrize("seed, start", EXCERPTS)
+def test_noisy_excerpt_finds_its_song_and_position(catalogue, catalogue_index, songs, write_audio,
+                                                   tmp_path, seed, start):
+    query = write_audio(tmp_path / "query.wav", noisy(songs[seed].excerpt(start, 10.0), 10.0, seed))
+    result = catalogue.match_file(query)
+
+    assert result.duration == pytest.approx(10.0, abs=0.01)
+    assert result.matches, "no match for a 10 s excerpt at 10 dB SNR"
+    top = result.matches[0]
+    assert top.track_id == catalogue_index.track_ids[seed]
+    assert top.source == str(songs[seed].path)
+    # A real copy clears the threshold by far, not by luck: scores are capped per second of
+    # query, so 10 s can reach at most about 10 * max_score_per_second.
+    params = catalogue.config.match
+    assert top.score >= 2 * params.min_score
+    assert max(span.score for span in top.spans) >= 0.8 * 10 * params.max_score_per_second
+    assert 0.5 <= top.confidence < 1.0
+    assert top.offset == pytest.approx(start, abs=0.1)
+    # The query is the song from `start` on, all through.
+    assert 0.0 <= top.query_start < 1.0
+    assert 9.0 < top.query_end <= 10.0 + 0.1
+    assert top.ref_start == pytest.approx(start + top.query_start, abs=1.0)
+    assert top.ref_end == pytest.approx(start + top.query_end, abs=1.0)
+    assert [m.track_id for m in result.matches] == [top.track_id], \
+        f"other catalogue songs reported too: {result.matches[1:]}"
+
+
+def test_two_songs_in_one_query_are_both_found_with_their_spans(catalogue, catalogue_index,
+                                                                 songs):
+    a, b = songs[44], songs[33]
+    y = np.concatenate([a.excerpt(6.0, 8.0), b.excerpt(15.0, 8.0)])
+    result = catalogue.match_signal(soxr.resample(y, SR, catalogue.params.sample_rate), "mashup")
+    found = {m.track_id: m for m in result.matches}
+    ids = catalogue_index.track_ids
+    assert set(found) == {ids[44], ids[33]}, result.matches
+
+    first, second = found[ids[44]], found[ids[33]]
+    assert first.query_start == pytest.approx(0.0, abs=1.0)
+    assert first.query_end == pytest.approx(8.0, abs=1.0)
+    assert first.offset == pytest.approx(6.0, abs=0.1)
+    assert second.query_start == pytest.approx(8.0, abs=1.0)
+    assert second.query_end == pytest.approx(16.0, abs=1.0)
+    assert second.offset == pytest.approx(15.0 - 8.0, abs=0.1)
+    assert second.ref_start == pytest.approx(15.0, abs=1.0)
+
+
+@pytest.mark.parametrize("seed", [45, 35])
+def test_music_not_in_the_catalogue_matches_nothing(catalogue, unrelated_songs, write_audio,
+                                                    tmp_path, seed):
+    query = write_audio(tmp_path / "other.wav", unrelated_songs[seed][5 * SR:25 * SR])
+    assert catalogue.match_file(query).matches == []
+
+
+def test_noise_alone_matches_nothing(catalogue):
+    y = np.random.default_rng(11).standard_normal(10 * catalogue.params.sample_rate)
+    assert catalogue.match_signal((0.1 * y).astype(np.float32)).matches == []
+
+
+def test_removed_track_is_no_longer_reported(index_copy, catalogue_index, songs, write_audio,
+                                             tmp_path):
+    ids = catalogue_index.track_ids
+    gone = write_audio(tmp_path / "gone.wav", songs[41].excerpt(10.0, 10.0))
+    kept = write_audio(tmp_path / "kept.wav", songs[49].excerpt(10.0, 10.0))
+    with Refrain.open(index_copy, writable=True) as refrain:
+        assert [m.track_id for m in refrain.match_file(gone).matches][:1] == [ids[41]]
+        refrain.remove(ids[41])
+        # The same open index answers without the track at once ...
+        assert ids[41] not in [m.track_id for m in refrain.match_file(gone).matches]
+        assert [m.track_id for m in refrain.match_file(kept).matches][:1] == [ids[49]]
+    # ... and so does a fresh reader.
+    with Refrain.open(index_copy, mmap=True) as reader:
+        assert ids[41] not in [m.track_id for m in reader.match_file(gone).matches]
+        assert [m.track_id for m in reader.match_file(kept).matches][:1] == [ids[49]]
