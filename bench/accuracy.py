@@ -115,7 +115,8 @@ def main() -> int:
     negatives = tracks[args.catalogue:args.catalogue + args.negatives]
     conditions = args.conditions.split(",")
     rng = np.random.default_rng(args.seed)
-    workdir = Path(tempfile.mkdtemp(prefix="refrain-bench-"))
+    scratch = tempfile.TemporaryDirectory(prefix="refrain-bench-")
+    workdir = Path(scratch.name)
     index_dir = args.index or workdir / "index"
     config = Config()
     report: dict = {"catalogue_tracks": len(catalogue), "negative_tracks": len(negatives)}
