@@ -20,7 +20,7 @@ import numpy as np
 from fingerprint.peaks import Peaks
 
 __all__ = ["HashLayout", "PAIR_LAYOUT", "TRIPLET_LAYOUT", "TIER_PAYLOAD_BITS", "Landmarks", "Triplets",
-           "pair_landmarks", "hash_landmarks", "triplet_landmarks", "hash_triplets",
+           "pair_landmarks", "hash_landmarks", "triplet_landmarks", "query_triplets", "hash_triplets",
            "triplet_payloads", "unpack_triplet_payloads"]
 
 # What an index entry of each tier carries besides its code and track id: the pair
@@ -165,10 +165,16 @@ def hash_landmarks(landmarks: Landmarks, layout: HashLayout = PAIR_LAYOUT) -> np
 # log-frequency axis a pitch shift adds the same number of bins to every peak, so
 # bin differences are unchanged; a tempo change multiplies every time difference by
 # the same factor, so their ratio is unchanged.
-TRIPLET_LAYOUT = HashLayout("triplet-v1", (("delta_bin_12", 7), ("delta_bin_13", 7),
-                                           ("time_ratio", 5)))
+# The time ratio gets 16 levels: measured on real music, frame-quantised peak times
+# jitter it by more than a 32nd, and 32 levels lost half of the unchanged copies' codes.
+# The anchor's octave band is not pitch-invariant, but it is coarse: a query looks up
+# the one or two bands a bounded pitch shift can have come from, which divides the
+# entries each lookup returns by about three.
+TRIPLET_LAYOUT = HashLayout("triplet-v2", (("delta_bin_12", 7), ("delta_bin_13", 7),
+                                           ("time_ratio", 4), ("anchor_band", 3)))
 _TRIPLET_DELTA_OFFSET = 64
-_TIME_RATIO_LEVELS = 32
+_TIME_RATIO_LEVELS = 16
+_BAND_BINS = 36
 
 
 @dataclass(frozen=True)
@@ -283,6 +289,40 @@ def triplet_landmarks(peaks: Peaks, near_zone: tuple[int, int], far_zone: tuple[
                     dt_12=frames[t1] - frames[anchor], dt_13=frames[t2] - frames[anchor])
 
 
+def query_triplets(peaks: Peaks, near_zone: tuple[int, int], far_zone: tuple[int, int],
+                   per_zone: int, df_max: int, tempo_ratios: tuple[float, ...]) -> Triplets:
+    """The triplets a query shares with its reference under any of ``tempo_ratios``.
+
+    A reference picks its targets in fixed time zones. In a copy played ``R`` times
+    faster those targets sit ``R`` times closer to the anchor, where the reference's
+    zones would miss them; so the query also picks targets in the zones divided by
+    each hypothesised ratio, and keeps the union.
+
+    Parameters
+    ----------
+    peaks, near_zone, far_zone, per_zone, df_max
+        As for :func:`triplet_landmarks` (the reference's settings).
+    tempo_ratios : tuple of float
+        Query tempo / reference tempo hypotheses; 1.0 reproduces the reference rule.
+
+    Returns
+    -------
+    Triplets
+        Without duplicates, sorted by anchor frame.
+    """
+    parts = [triplet_landmarks(peaks, (max(1, round(near_zone[0] / r)), round(near_zone[1] / r)),
+                               (round(far_zone[0] / r), round(far_zone[1] / r)), per_zone, df_max)
+             for r in tempo_ratios]
+    columns = {name: np.concatenate([getattr(part, name) for part in parts])
+               for name in Triplets.__dataclass_fields__}
+    identity = np.stack([columns["anchor_frames"], columns["anchor_bins"], columns["dt_12"],
+                         columns["dt_13"], np.round(columns["delta_12"] * 16),
+                         np.round(columns["delta_13"] * 16)], axis=1)
+    _, first = np.unique(identity, axis=0, return_index=True)
+    first = first[np.argsort(columns["anchor_frames"][first], kind="stable")]
+    return Triplets(**{name: values[first] for name, values in columns.items()})
+
+
 def _quantise(values: np.ndarray, tolerant: bool, margin: float) -> tuple[np.ndarray, np.ndarray]:
     """Nearest integer of each value and, when ``tolerant``, the other integer for values
     within ``margin`` of the half-way point (else the same integer)."""
@@ -294,8 +334,8 @@ def _quantise(values: np.ndarray, tolerant: bool, margin: float) -> tuple[np.nda
     return nearest.astype(np.int64), other.astype(np.int64)
 
 
-def hash_triplets(triplets: Triplets, tolerant: bool = False,
-                  margin: float = 0.2) -> tuple[np.ndarray, np.ndarray]:
+def hash_triplets(triplets: Triplets, tolerant: bool = False, margin: float = 0.35,
+                  pitch_reach_bins: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
     """Quantise triplets into :data:`TRIPLET_LAYOUT` codes.
 
     Parameters
@@ -304,9 +344,12 @@ def hash_triplets(triplets: Triplets, tolerant: bool = False,
     tolerant : bool
         For queries: a field whose value lies within ``margin`` (in quantisation
         steps) of a step boundary is also coded on the other side of it, so that a
-        transformation nudging it across the boundary still finds the catalogue code.
+        transformation nudging it across the boundary still finds the catalogue code;
+        and the anchor band is coded for every band within ``pitch_reach_bins``.
     margin : float
         Width of that boundary zone, in steps (0 < margin < 0.5).
+    pitch_reach_bins : float
+        Largest pitch shift, in bins, a tolerant query allows for (below one band).
 
     Returns
     -------
@@ -314,16 +357,19 @@ def hash_triplets(triplets: Triplets, tolerant: bool = False,
     rows : np.ndarray of int64
         The triplet each code belongs to (a triplet has up to 8 codes when tolerant).
     """
-    names = ("delta_bin_12", "delta_bin_13", "time_ratio")
+    names = ("delta_bin_12", "delta_bin_13", "time_ratio", "anchor_band")
+    reach = pitch_reach_bins if tolerant else 0.0
     # Levels of the ratio are centred on (k + 0.5) / levels, so x.5 is a level boundary.
     quantised = [_quantise(triplets.delta_12, tolerant, margin),
                  _quantise(triplets.delta_13, tolerant, margin),
-                 _quantise(triplets.time_ratio * _TIME_RATIO_LEVELS - 0.5, tolerant, margin)]
-    offsets = (_TRIPLET_DELTA_OFFSET, _TRIPLET_DELTA_OFFSET, 0)
-    limits = (127, 127, _TIME_RATIO_LEVELS - 1)
+                 _quantise(triplets.time_ratio * _TIME_RATIO_LEVELS - 0.5, tolerant, margin),
+                 (np.floor((triplets.anchor_positions - reach) / _BAND_BINS).astype(np.int64),
+                  np.floor((triplets.anchor_positions + reach) / _BAND_BINS).astype(np.int64))]
+    offsets = (_TRIPLET_DELTA_OFFSET, _TRIPLET_DELTA_OFFSET, 0, 0)
+    limits = (127, 127, _TIME_RATIO_LEVELS - 1, 7)
     rows = np.arange(len(triplets))
     codes, code_rows = [], []
-    for variant in itertools.product((False, True), repeat=3) if tolerant else [(False,) * 3]:
+    for variant in itertools.product((False, True), repeat=4) if tolerant else [(False,) * 4]:
         # A variant takes the other side of the boundary for the flagged fields; it exists
         # only for triplets where every flagged field really is near a boundary.
         keep = np.ones(len(rows), dtype=bool)

@@ -28,7 +28,7 @@ import sqlite3
 from pathlib import Path
 
 from fingerprint import Fingerprint, FingerprintParams
-from fingerprint.hashes import TIER_PAYLOAD_BITS
+from fingerprint.hashes import PAIR_LAYOUT, TIER_PAYLOAD_BITS, TRIPLET_LAYOUT
 from index.catalog import Catalog, Track, TrackMetadata
 from index.landmarks import LandmarkIndex
 
@@ -37,6 +37,7 @@ __all__ = ["IndexStore", "IndexOpenError", "IndexBusyError"]
 FORMAT_VERSION = 2
 _MANIFEST, _CATALOG, _LOCK = "manifest.json", "catalog.sqlite", ".lock"
 _TIER_FILES = {"pair": "pairs.faiss", "triplet": "triplets.faiss"}
+_TIER_LAYOUTS = {"pair": PAIR_LAYOUT.name, "triplet": TRIPLET_LAYOUT.name}
 
 
 class IndexOpenError(RuntimeError):
@@ -138,7 +139,8 @@ class IndexStore:
     @staticmethod
     def _write_manifest(directory: Path, params: FingerprintParams) -> None:
         manifest = {"format": FORMAT_VERSION, "fingerprint": params.to_dict(),
-                    "tiers": {tier: {"file": filename, "payload_bits": TIER_PAYLOAD_BITS[tier]}
+                    "tiers": {tier: {"file": filename, "payload_bits": TIER_PAYLOAD_BITS[tier],
+                                     "layout": _TIER_LAYOUTS[tier]}
                               for tier, filename in _TIER_FILES.items()}}
         tmp = directory / (_MANIFEST + ".tmp")
         tmp.write_text(json.dumps(manifest, indent=2) + "\n")
@@ -152,7 +154,14 @@ class IndexStore:
             raise IndexOpenError(f"{directory}: unreadable {_MANIFEST} ({err})") from err
         if manifest.get("format") != FORMAT_VERSION:
             raise IndexOpenError(f"{directory}: index format {manifest.get('format')} is not "
-                              f"supported (this Refrain reads format {FORMAT_VERSION})")
+                                 f"supported (this Refrain reads format {FORMAT_VERSION})")
+        # Codes of another hash layout would be looked up as if they were ours: silently
+        # wrong matches. Such an index must be rebuilt from its recordings.
+        for tier, entry in manifest.get("tiers", {}).items():
+            if entry.get("layout") != _TIER_LAYOUTS.get(tier):
+                raise IndexOpenError(f"{directory}: the {tier} tier was built with hash layout "
+                                     f"{entry.get('layout')}, this Refrain uses "
+                                     f"{_TIER_LAYOUTS.get(tier)}: re-ingest the catalogue")
         return manifest
 
     def _finish_interrupted_writes(self) -> None:

@@ -14,7 +14,7 @@ from typing import Mapping
 
 import numpy as np
 
-from fingerprint import Fingerprint
+from fingerprint import Fingerprint, FingerprintParams
 from index.landmarks import LandmarkIndex
 from matcher.copies import copy_alignments
 from matcher.derivatives import derivative_alignments
@@ -24,7 +24,7 @@ __all__ = ["match_fingerprint"]
 
 
 def match_fingerprint(fp: Fingerprint, tiers: Mapping[str, LandmarkIndex], params: MatchParams,
-                      frame_seconds: float, bins_per_semitone: float,
+                      fingerprint_params: FingerprintParams,
                       track_durations: Mapping[int, float] | None = None) -> list[Match]:
     """Find every catalogue track the query copies or derives from.
 
@@ -36,10 +36,9 @@ def match_fingerprint(fp: Fingerprint, tiers: Mapping[str, LandmarkIndex], param
         ``{"pair": LandmarkIndex, "triplet": LandmarkIndex}`` of the catalogue; a
         missing tier is skipped.
     params : MatchParams
-    frame_seconds : float
-        Duration of one frame.
-    bins_per_semitone : float
-        Log-frequency resolution (to express pitch shifts in semitones).
+    fingerprint_params : FingerprintParams
+        The catalogue's fingerprint settings (frame duration, log-frequency resolution,
+        triplet zones).
     track_durations : mapping of int to float, optional
         Reportable tracks and their durations in seconds (used to tell an excerpt from
         a whole copy); hits on other track ids are ignored. None: every track, no
@@ -50,11 +49,13 @@ def match_fingerprint(fp: Fingerprint, tiers: Mapping[str, LandmarkIndex], param
     list of Match
         Best first; empty when nothing passes the thresholds.
     """
+    frame_seconds = fingerprint_params.frame_seconds
+    bins_per_semitone = fingerprint_params.bins_per_octave / 12.0
     alignments: list[Alignment] = []
-    if "pair" in tiers:
+    if "pair" in tiers and "pair" in params.tiers:
         alignments += copy_alignments(fp, tiers["pair"], params)
-    if "triplet" in tiers:
-        alignments += derivative_alignments(fp, tiers["triplet"], params, bins_per_semitone)
+    if "triplet" in tiers and "triplet" in params.tiers:
+        alignments += derivative_alignments(fp, tiers["triplet"], params, fingerprint_params)
 
     by_track: dict[int, dict[str, list[tuple[Alignment, list[Span]]]]] = {}
     for alignment in alignments:
@@ -111,13 +112,26 @@ def _describe(track_id: int, tier: str, found: list[tuple[Alignment, list[Span]]
     time_ratio = float(strongest_alignment.time_ratio)
     pitch = float(strongest_alignment.pitch_bins) / bins_per_semitone
     kind = _kind(time_ratio, pitch, spans, tier, fp, params, frame_seconds, duration)
+    points = np.concatenate([
+        np.column_stack([a.query_frames, a.ref_frames])[_inside(a.query_frames * frame_seconds,
+                                                                a_spans, spans)]
+        for a, a_spans in found]) * frame_seconds
     return Match(track_id=track_id, score=score, aligned=sum(span.aligned for span in spans),
                  confidence=round(score / (score + params.min_score), 4),
                  query_start=strongest.query_start, query_end=strongest.query_end,
                  ref_start=strongest.ref_start, ref_end=strongest.ref_end,
                  offset=round(strongest_alignment.offset_frames * frame_seconds, 3),
                  time_ratio=round(time_ratio, 4), pitch_shift_semitones=round(pitch, 2), kind=kind,
-                 spans=spans, tier=tier)
+                 spans=spans, tier=tier, points=np.unique(np.round(points, 3), axis=0))
+
+
+def _inside(query_times: np.ndarray, own_spans: list[Span], kept: list[Span]) -> np.ndarray:
+    """Hits of an alignment that fall in one of its spans that was kept."""
+    mask = np.zeros(len(query_times), dtype=bool)
+    for span in own_spans:
+        if span in kept:
+            mask |= (query_times >= span.query_start) & (query_times < span.query_end)
+    return mask
 
 
 def _distinct_spans(spans: list[Span]) -> list[Span]:
@@ -160,6 +174,8 @@ def _kind(time_ratio: float, pitch: float, spans: list[Span], tier: str, fp: Fin
 
 def _coverage(spans: list[Span], tier: str, fp: Fingerprint, frame_seconds: float) -> float:
     """Aligned landmarks / query landmarks of the same tier inside the spans."""
+    # Triplet-tier spans are judged on the query's own triplets at tempo 1, the rule the
+    # catalogue used: the tempo-hypothesis superset would dilute the fraction.
     frames = fp.frames if tier == "pair" else fp.triplets.anchor_frames
     times = frames * frame_seconds
     inside = sum(int(np.count_nonzero((times >= s.query_start) & (times < s.query_end)))

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from fingerprint import Fingerprint
-from fingerprint.hashes import hash_triplets, unpack_triplet_payloads
+from fingerprint import Fingerprint, FingerprintParams
+from fingerprint.hashes import hash_triplets, query_triplets, unpack_triplet_payloads
 from index.landmarks import LandmarkIndex
 from matcher.types import Alignment, MatchParams
 from matcher.voting import best_cell_per_track, rarity_weights
@@ -26,7 +26,7 @@ _NEIGHBOURS_2D = np.array([dr * _PITCH_STRIDE + dp for dr in (-1, 0, 1) for dp i
 
 
 def derivative_alignments(fp: Fingerprint, tier: LandmarkIndex, params: MatchParams,
-                          bins_per_semitone: float) -> list[Alignment]:
+                          fingerprint_params: FingerprintParams) -> list[Alignment]:
     """Alignments of the query with catalogue tracks, allowing tempo and pitch changes.
 
     Parameters
@@ -36,17 +36,21 @@ def derivative_alignments(fp: Fingerprint, tier: LandmarkIndex, params: MatchPar
     tier : LandmarkIndex
         The triplet tier of the catalogue.
     params : MatchParams
-    bins_per_semitone : float
-        Log-frequency resolution, to bound and report pitch shifts.
+    fingerprint_params : FingerprintParams
+        The catalogue's settings: the query's triplets are built with its zones.
 
     Returns
     -------
     list of Alignment
     """
-    triplets = fp.triplets
+    fpp = fingerprint_params
+    bins_per_semitone = fpp.bins_per_octave / 12.0
+    triplets = query_triplets(fp.peaks, fpp.triplet_near_zone, fpp.triplet_far_zone,
+                              fpp.triplet_per_zone, fpp.triplet_df_max, params.tempo_hypotheses)
     if len(triplets) == 0:
         return []
-    codes, rows = hash_triplets(triplets, tolerant=True)
+    codes, rows = hash_triplets(triplets, tolerant=True,
+                                pitch_reach_bins=params.max_pitch_shift_semitones * bins_per_semitone)
     code_ids, track_ids, payloads = tier.lookup(codes)
     if len(track_ids) == 0:
         return []

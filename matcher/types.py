@@ -17,6 +17,10 @@ class MatchParams:
 
     Attributes
     ----------
+    tiers : tuple of str
+        Fingerprint tiers searched (default both): ``pair`` finds copies, excerpts and
+        copies under other audio; ``triplet`` adds speed-changed, pitch-shifted and
+        time-stretched derivatives at about twice the query time.
     min_score : float
         Lowest score of a reported span (default 8.0), calibrated with
         ``bench/accuracy.py`` on music that is not in the catalogue (figures in README).
@@ -49,6 +53,9 @@ class MatchParams:
         Tempo ratios (query / reference) the derivative tier considers (0.75–1.34).
     max_pitch_shift_semitones : float
         Largest pitch shift the derivative tier considers (default 5).
+    tempo_hypotheses : tuple of float
+        Tempo ratios for which the query builds the triplets a reference would have
+        built (default 0.8, 0.9, 1.0, 1.1, 1.25; see :func:`fingerprint.hashes.query_triplets`).
     ratio_bin : float
         Width of the tempo-ratio cells the derivative tier votes in, as a log ratio
         (default 0.03, about 3 %).
@@ -64,6 +71,7 @@ class MatchParams:
         ``excerpt`` (default 0.8).
     """
 
+    tiers: tuple[str, ...] = ("pair", "triplet")
     min_score: float = 8.0
     max_score_per_second: float = 2.0
     min_aligned: int = 8
@@ -76,6 +84,7 @@ class MatchParams:
     min_time_ratio: float = 0.75
     max_time_ratio: float = 1.34
     max_pitch_shift_semitones: float = 5.0
+    tempo_hypotheses: tuple[float, ...] = (0.8, 0.9, 1.0, 1.1, 1.25)
     ratio_bin: float = 0.03
     copy_ratio_tolerance: float = 0.015
     copy_pitch_tolerance: float = 0.5
@@ -127,6 +136,9 @@ class Match:
         Every aligned stretch, in query order.
     tier : str
         ``pair`` (exact-copy landmarks) or ``triplet`` (tempo/pitch-invariant ones).
+    points : np.ndarray, shape (n, 2)
+        (query time, reference time) in seconds of every aligned landmark of the kept
+        spans: the evidence an analyst plots against the fitted line.
     """
 
     track_id: int
@@ -143,9 +155,7 @@ class Match:
     kind: str
     spans: list[Span] = field(default_factory=list)
     tier: str = "pair"
-
-    def to_dict(self) -> dict:
-        return asdict(self)
+    points: np.ndarray = field(default_factory=lambda: np.zeros((0, 2)), repr=False)
 
 
 @dataclass

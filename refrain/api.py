@@ -266,15 +266,29 @@ class Refrain:
         """Match an already computed query fingerprint."""
         ready = self._ready_tracks()
         found: list[Match] = match_fingerprint(
-            fp, self.store.tiers, self.config.match, self.params.frame_seconds,
-            self.params.bins_per_octave / 12.0, {t: track.duration for t, track in ready.items()})
+            fp, self.store.tiers, self.config.match, self.params,
+            {t: track.duration for t, track in ready.items()})
         matches = []
         for m in found:
             track = ready[m.track_id]
-            fields = {k: v for k, v in vars(m).items() if k != "tier"}
+            fields = {k: v for k, v in vars(m).items() if k not in ("tier", "points")}
             matches.append(TrackMatch(source=track.source, title=track.title, artist=track.artist,
                                       isrc=track.isrc, **fields))
         return QueryResult(query=name, duration=round(fp.duration, 3), matches=matches)
+
+    def evidence(self, fp: Fingerprint, track_id: int) -> Match | None:
+        """The full matcher result for one track, including its aligned landmark points.
+
+        For analysts: :attr:`matcher.Match.points` are the (query time, reference time)
+        pairs behind the verdict, to plot against ``offset + time_ratio * query time``.
+        None if the track is not (or no longer) matched by this query.
+        """
+        ready = self._ready_tracks()
+        if track_id not in ready:
+            return None
+        found = match_fingerprint(fp, self.store.tiers, self.config.match, self.params,
+                                  {track_id: ready[track_id].duration})
+        return found[0] if found else None
 
     def match_signal(self, y: np.ndarray, name: str = "<signal>") -> QueryResult:
         """Match mono samples already at ``self.params.sample_rate``."""
