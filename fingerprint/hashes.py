@@ -121,27 +121,9 @@ def pair_landmarks(peaks: Peaks, fanout: int, dt_min: int, dt_max: int, df_max: 
         Sorted by anchor frame.
     """
     frames, bins = peaks.frames, peaks.bins
-    n = len(frames)
-    taken = np.zeros(n, dtype=np.int32)
-    anchors, targets = [], []
-    for gap in range(1, n):
-        anchor = np.arange(n - gap)
-        target = anchor + gap
-        dt = frames[target] - frames[anchor]
-        if dt.min(initial=dt_max + 1) > dt_max:
-            break  # frames are sorted, so larger gaps only reach further
-        ok = (dt >= dt_min) & (dt <= dt_max) & (np.abs(bins[target] - bins[anchor]) <= df_max)
-        ok &= taken[anchor] < fanout
-        taken[anchor[ok]] += 1
-        anchors.append(anchor[ok])
-        targets.append(target[ok])
-    if anchors:
-        anchor_idx = np.concatenate(anchors)
-        target_idx = np.concatenate(targets)
-        order = np.argsort(anchor_idx, kind="stable")
-        anchor_idx, target_idx = anchor_idx[order], target_idx[order]
-    else:
-        anchor_idx = target_idx = np.zeros(0, dtype=np.int64)
+    anchor_idx, target_idx = _targets_in_zone(frames, bins, fanout, dt_min, dt_max, df_max)
+    order = np.argsort(anchor_idx, kind="stable")
+    anchor_idx, target_idx = anchor_idx[order], target_idx[order]
     return Landmarks(frames[anchor_idx], bins[anchor_idx], frames[target_idx], bins[target_idx])
 
 
