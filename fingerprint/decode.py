@@ -17,11 +17,15 @@ import numpy as np
 import soundfile
 import soxr
 
-__all__ = ["AudioDecodeError", "load_audio", "ffmpeg_executable"]
+__all__ = ["AudioDecodeError", "AudioTooLongError", "load_audio", "ffmpeg_executable"]
 
 
 class AudioDecodeError(ValueError):
     """The file cannot be turned into audio samples; ``str(err)`` says why."""
+
+
+class AudioTooLongError(AudioDecodeError):
+    """The audio is readable but longer than the caller's limit (a size problem, not a bad file)."""
 
 
 def ffmpeg_executable() -> str:
@@ -57,9 +61,11 @@ def load_audio(path, sample_rate: int, max_duration: float | None = None) -> np.
 
     Raises
     ------
+    AudioTooLongError
+        For audio longer than ``max_duration``.
     AudioDecodeError
-        For a missing, empty, non-audio, truncated or over-long file, or one with no
-        samples. The message names the file and the reason.
+        For a missing, empty, non-audio or truncated file, or one with no samples.
+        The message names the file and the reason.
     """
     path = Path(path)
     if not path.exists():
@@ -121,7 +127,7 @@ def _wav_data_shortfall(path: Path) -> tuple[int, int] | None:
 
 def _check_duration(path: Path, seconds: float, max_duration: float | None) -> None:
     if max_duration is not None and seconds > max_duration:
-        raise AudioDecodeError(
+        raise AudioTooLongError(
             f"{path}: audio is {seconds:.1f} s long, over the limit of {max_duration:.0f} s"
         )
 
@@ -176,7 +182,7 @@ def _read_with_ffmpeg(path: Path, sample_rate: int, max_duration: float | None) 
     samples = np.frombuffer(result.stdout, dtype="<f4")
     if max_duration is not None and samples.size / sample_rate > max_duration:
         # Only the limit plus one second was decoded, so the true length is unknown here.
-        raise AudioDecodeError(f"{path}: audio runs over the limit of {max_duration:.0f} s")
+        raise AudioTooLongError(f"{path}: audio runs over the limit of {max_duration:.0f} s")
     return samples, sample_rate
 
 

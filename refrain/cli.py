@@ -16,6 +16,10 @@ Commands
     Tracks, hours, landmarks and bytes of an index.
 ``refrain demo [--index DIR]``
     Index ``sample_audio/catalogue/`` and match ``sample_audio/queries/``.
+``refrain serve --index DIR [--host H] [--port P] [--db PATH]``
+    Run the HTTP match service (``docs/service.md``) on the index.
+``refrain keys create --role ROLE (--index DIR | --db PATH) [--label TEXT]``
+    Make an API key for the service; the key is printed once.
 
 Exit codes
 ----------
@@ -27,7 +31,8 @@ Exit codes
 2
     Usage error (bad arguments).
 3
-    The index cannot be opened: missing, not an index, or locked by another writer.
+    The index cannot be opened: missing, not an index, or locked by another writer
+    (``serve``, ``keys``: or the service database cannot be opened).
 130
     Interrupted (Ctrl-C); work finished so far is saved.
 
@@ -70,7 +75,8 @@ exit codes:
   1    some file, query or track id failed, or a folder held no audio file
        (the other files and queries were still processed)
   2    usage error
-  3    the index cannot be opened (missing, not an index, locked by another writer)
+  3    the index cannot be opened (missing, not an index, locked by another writer),
+       or the service database cannot be opened
   130  interrupted; work finished so far is saved
 """
 
@@ -244,6 +250,65 @@ def _demo(index: Path, catalogue: Path, queries: Path) -> int:
     return EXIT_OK if ok and not counts["error"] else EXIT_FAILED
 
 
+def _service_settings(args):
+    """ServiceSettings from the command line, the rest from ``REFRAIN_*`` env vars and defaults."""
+    from pydantic import ValidationError
+
+    from service.settings import ServiceSettings
+
+    given = {name: value for name, value in (("index_dir", getattr(args, "index", None)),
+                                             ("db_path", getattr(args, "db", None)),
+                                             ("host", getattr(args, "host", None)),
+                                             ("port", getattr(args, "port", None)))
+             if value is not None}
+    try:
+        return ServiceSettings(**given)
+    except ValidationError as err:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'settings'}: {e['msg']}"
+                             for e in err.errors())
+        raise CliError(f"invalid service settings ({problems})", 2) from None
+
+
+def cmd_serve(args) -> int:
+    import uvicorn
+
+    from service.app import create_app
+
+    settings = _service_settings(args)
+    # Open the index before uvicorn starts, so a locked or foreign index is one error line
+    # and exit code 3, not a traceback from the application's startup.
+    _open_index(settings.index_dir, create=True).close()
+    print(f"serving {settings.index_dir} on http://{settings.host}:{settings.port} "
+          f"(database {settings.db_path}; analyst page /analyst, API docs /docs)", flush=True)
+    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="info")
+    return EXIT_OK
+
+
+def cmd_keys_create(args) -> int:
+    import sqlite3
+
+    from service.db import SchemaError, ServiceDB
+
+    if args.db is not None:
+        db_path = args.db
+    elif args.index is not None or os.environ.get("REFRAIN_INDEX_DIR"):
+        db_path = _service_settings(args).db_path
+    else:
+        args.parser.error("give --index DIR or --db PATH (the service database)")
+    try:
+        db = ServiceDB(db_path)
+    except (sqlite3.DatabaseError, SchemaError, OSError) as err:
+        raise CliError(f"{db_path}: cannot open the service database ({err})", EXIT_INDEX) from err
+    try:
+        key, record = db.create_key(args.role, args.label)
+    finally:
+        db.close()
+    print(key)
+    print(f"created {record.role} key {record.prefix}… in {db_path}; it is shown only "
+          "this once", file=sys.stderr)
+    return EXIT_OK
+
+
 # -- entry point ---------------------------------------------------------------------------
 
 
@@ -302,6 +367,25 @@ def build_parser() -> argparse.ArgumentParser:
                                     "queries")
     index_option(sub, required=False)
     sub.epilog = EPILOG + "\nWithout --index the demo uses a temporary index, deleted afterwards.\n"
+
+    sub = command("serve", cmd_serve, "run the HTTP match service on an index (see docs/service.md)")
+    index_option(sub)
+    sub.add_argument("--host", default=None, help="address to listen on (default 127.0.0.1)")
+    sub.add_argument("--port", type=int, default=None, help="port (default 8000)")
+    sub.add_argument("--db", type=Path, default=None, metavar="PATH",
+                     help="service database (default: <index>.service.sqlite beside the index)")
+
+    sub = command("keys", None, "manage the match service's API keys")
+    actions = sub.add_subparsers(dest="action", required=True, metavar="ACTION")
+    create = actions.add_parser("create", help="make an API key and print it (shown once)",
+                                description="Make an API key and print it (shown once).",
+                                epilog=EPILOG, formatter_class=formatter)
+    create.set_defaults(run=cmd_keys_create, parser=create)
+    create.add_argument("--role", required=True, choices=["uploader", "analyst", "admin"])
+    create.add_argument("--label", default=None, help="who or what the key is for")
+    create.add_argument("--index", type=Path, default=None, metavar="DIR",
+                        help="index directory (the database is <index>.service.sqlite)")
+    create.add_argument("--db", type=Path, default=None, metavar="PATH", help="service database")
     return parser
 
 

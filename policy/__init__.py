@@ -1,0 +1,15 @@
+"""Rights policy: from matched works, their AI-use policies and the declared licences to one verdict.
+
+Pure functions over plain data: no HTTP, no SQL, no audio. The service (and any
+batch job) gathers the inputs — what the matcher found, each work's policy, the
+licences the uploader declared — and :func:`decide` returns the verdict and the
+royalty attribution. See ``docs/service.md`` for the rules in prose.
+"""
+
+from policy.rules import (ACTIONS, DEFAULT_POLICY, KIND_TO_USE, OUTCOMES, USES, VERDICTS, Decision,
+                          Licence, MatchedWork, Policy, WorkDecision, covered_seconds, decide,
+                          licence_problem, use_of_kind)
+
+__all__ = ["ACTIONS", "DEFAULT_POLICY", "KIND_TO_USE", "OUTCOMES", "USES", "VERDICTS", "Decision",
+           "Licence", "MatchedWork", "Policy", "WorkDecision", "covered_seconds", "decide",
+           "licence_problem", "use_of_kind"]

@@ -1,0 +1,331 @@
+"""The verdict and royalty rules, as pure functions over frozen dataclasses.
+
+Vocabulary
+----------
+use
+    What an upload does with a work: ``copy`` (the recording itself, whole or an
+    excerpt), ``remix`` (the recording reused but changed: speed, pitch, tempo, mixed
+    under other material) or ``cover`` (the composition re-performed). The matcher's
+    ``kind`` maps onto a use through :data:`KIND_TO_USE`.
+action
+    What a work's :class:`Policy` says about one use: ``deny``, ``allow`` or
+    ``licence_required``.
+outcome
+    What happened to one matched work in one upload: ``allowed``, ``licensed``,
+    ``blocked`` or ``review``.
+verdict
+    One word for the whole upload (:data:`VERDICTS`).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Iterable, Mapping, Sequence
+
+__all__ = ["USES", "ACTIONS", "OUTCOMES", "VERDICTS", "KIND_TO_USE", "Policy", "DEFAULT_POLICY",
+           "Licence", "MatchedWork", "WorkDecision", "Decision", "use_of_kind", "licence_problem",
+           "covered_seconds", "decide"]
+
+USES = ("copy", "remix", "cover")
+ACTIONS = ("deny", "allow", "licence_required")
+OUTCOMES = ("allowed", "licensed", "blocked", "review")
+VERDICTS = ("clear", "allowed", "licensed", "blocked_copy", "blocked_unlicensed_derivative", "review")
+
+#: Matcher kinds (:data:`matcher.KINDS`, plus the melody tier's future ``cover``) -> use.
+KIND_TO_USE = {
+    "copy": "copy",
+    "excerpt": "copy",
+    "speed_changed": "remix",
+    "pitch_shifted": "remix",
+    "time_stretched": "remix",
+    "mixed": "remix",
+    "cover": "cover",
+}
+
+
+_PLURAL = {"copy": "copies", "remix": "remixes", "cover": "covers"}
+
+
+def use_of_kind(kind: str) -> str:
+    """The use (``copy``/``remix``/``cover``) a matcher kind amounts to.
+
+    Raises
+    ------
+    ValueError
+        For a kind this module does not know: a new matcher kind must be mapped
+        deliberately, never defaulted to a permissive use.
+    """
+    try:
+        return KIND_TO_USE[kind]
+    except KeyError:
+        raise ValueError(f"unknown match kind {kind!r}; known: {', '.join(KIND_TO_USE)}") from None
+
+
+@dataclass(frozen=True)
+class Policy:
+    """A work's AI-use policy: one action per use, and the royalty share owed on permitted uses.
+
+    Attributes
+    ----------
+    copy, remix, cover : str
+        One of :data:`ACTIONS` each (default ``deny``).
+    royalty_share : float
+        Fraction (0–1) of the revenue attributed to this work that is owed to its
+        rights holder when a use is allowed or licensed (default 0).
+    """
+
+    copy: str = "deny"
+    remix: str = "deny"
+    cover: str = "deny"
+    royalty_share: float = 0.0
+
+    def __post_init__(self):
+        for use in USES:
+            if getattr(self, use) not in ACTIONS:
+                raise ValueError(f"policy for {_PLURAL[use]} must be one of {', '.join(ACTIONS)}, "
+                                 f"not {getattr(self, use)!r}")
+        if not (0.0 <= self.royalty_share <= 1.0) or math.isnan(self.royalty_share):
+            raise ValueError(f"royalty_share must be between 0 and 1, not {self.royalty_share}")
+
+    def action(self, use: str) -> str:
+        """The action for one use (``copy``, ``remix`` or ``cover``)."""
+        if use not in USES:
+            raise ValueError(f"unknown use {use!r}; known: {', '.join(USES)}")
+        return getattr(self, use)
+
+
+#: Applied to every work that has no policy of its own: nothing is permitted.
+DEFAULT_POLICY = Policy()
+
+
+@dataclass(frozen=True)
+class Licence:
+    """The right, granted to one licensee, to publish some uses of one work until a date.
+
+    Attributes
+    ----------
+    licence_id : str
+    work_id : int
+    licensee : str
+        Who may rely on it: the uploader id an upload must carry.
+    uses : frozenset of str
+        Uses granted (subset of :data:`USES`).
+    granted_at : datetime
+        Timezone-aware.
+    valid_until : datetime or None
+        Timezone-aware end of validity; None for no end.
+    revoked_at : datetime or None
+        When it was revoked; None while in force.
+    """
+
+    licence_id: str
+    work_id: int
+    licensee: str
+    uses: frozenset[str]
+    granted_at: datetime
+    valid_until: datetime | None = None
+    revoked_at: datetime | None = None
+
+
+def licence_problem(licence: Licence, work_id: int | None, use: str, uploader_id: str | None,
+                    at: datetime) -> str | None:
+    """Why ``licence`` does not cover this use of this work by this uploader at ``at``; None if it does."""
+    if work_id is None or licence.work_id != work_id:
+        return f"licence {licence.licence_id} is for work {licence.work_id}, not this one"
+    if use not in licence.uses:
+        return f"licence {licence.licence_id} does not grant {_PLURAL[use]}"
+    if licence.revoked_at is not None and licence.revoked_at <= at:
+        return f"licence {licence.licence_id} was revoked on {licence.revoked_at.isoformat()}"
+    if licence.valid_until is not None and at > licence.valid_until:
+        return f"licence {licence.licence_id} expired on {licence.valid_until.isoformat()}"
+    if uploader_id != licence.licensee:
+        # A licence id alone is not a credential: it is only valid in its licensee's hands.
+        return (f"licence {licence.licence_id} is granted to another licensee than "
+                f"{'this uploader' if uploader_id else 'an anonymous upload'}")
+    return None
+
+
+@dataclass(frozen=True)
+class MatchedWork:
+    """One work found in an upload, as the policy needs it.
+
+    Attributes
+    ----------
+    work_id : int or None
+        None for a catalogue track no work is registered for (e.g. ingested with the
+        CLI); it gets the default policy and no licence can cover it.
+    track_id : int
+    kind : str
+        The matcher's kind (:data:`KIND_TO_USE` keys).
+    confidence : float
+        The matcher's confidence (``score / (score + min_score)``).
+    spans : tuple of (float, float)
+        The (start, end) seconds of the upload where the work sounds.
+    """
+
+    work_id: int | None
+    track_id: int
+    kind: str
+    confidence: float
+    spans: tuple[tuple[float, float], ...] = ()
+
+
+@dataclass(frozen=True)
+class WorkDecision:
+    """The policy applied to one matched work and what it leads to.
+
+    Attributes
+    ----------
+    work_id, track_id : int
+    use : str
+        :data:`USES`.
+    action : str
+        The policy's action for that use.
+    outcome : str
+        :data:`OUTCOMES`.
+    licence_id : str or None
+        The declared licence that covers the use (outcome ``licensed``).
+    reason : str
+        One sentence an uploader or analyst can read.
+    covered_seconds : float
+        Seconds of the upload where the work sounds (union of its spans).
+    duration_share : float
+        ``covered_seconds / upload duration``, 0–1.
+    royalty_share : float
+        The policy's royalty share.
+    share_owed : float
+        ``duration_share * royalty_share`` for an ``allowed`` or ``licensed``
+        outcome, else 0 (a blocked upload is not published; a reviewed one owes
+        nothing until decided).
+    """
+
+    work_id: int | None
+    track_id: int
+    use: str
+    action: str
+    outcome: str
+    licence_id: str | None
+    reason: str
+    covered_seconds: float
+    duration_share: float
+    royalty_share: float
+    share_owed: float
+
+
+@dataclass(frozen=True)
+class Decision:
+    """The verdict on one upload, with one :class:`WorkDecision` per matched work."""
+
+    verdict: str
+    reason: str
+    works: tuple[WorkDecision, ...] = field(default_factory=tuple)
+    total_share_owed: float = 0.0
+
+
+def covered_seconds(spans: Iterable[tuple[float, float]], duration: float) -> float:
+    """Length of the union of ``spans``, clipped to ``[0, duration]`` (overlaps count once)."""
+    clipped = sorted((max(0.0, start), min(duration, end)) for start, end in spans)
+    total, reach = 0.0, 0.0
+    for start, end in clipped:
+        start = max(start, reach)
+        if end > start:
+            total += end - start
+            reach = end
+    return total
+
+
+def _decide_work(match: MatchedWork, policy: Policy, licences: Sequence[Licence],
+                 uploader_id: str | None, at: datetime, review_confidence: float,
+                 upload_seconds: float) -> WorkDecision:
+    use = use_of_kind(match.kind)
+    action = policy.action(use)
+    weak = match.confidence < review_confidence
+    licence_id = None
+    if action == "allow":
+        outcome, reason = "allowed", f"the policy allows {_PLURAL[use]}"
+    elif action == "licence_required":
+        problems = []
+        for licence in licences:
+            problem = licence_problem(licence, match.work_id, use, uploader_id, at)
+            if problem is None:
+                licence_id = licence.licence_id
+                break
+            if licence.work_id == match.work_id:  # other works' licences say nothing here
+                problems.append(problem)
+        if licence_id is not None:
+            outcome, reason = "licensed", f"licence {licence_id} covers this {use}"
+        else:
+            outcome = "review" if weak else "blocked"
+            reason = (f"the policy requires a licence for {_PLURAL[use]}: "
+                      + ("; ".join(problems) if problems else "no licence for this work was declared"))
+    else:
+        outcome, reason = ("review" if weak else "blocked"), f"the policy denies {_PLURAL[use]}"
+    if outcome == "review":
+        reason += (f"; the evidence is weak (confidence {match.confidence:.3f} < "
+                   f"{review_confidence:.3f}): an analyst must decide")
+    seconds = covered_seconds(match.spans, upload_seconds)
+    duration_share = seconds / upload_seconds if upload_seconds > 0 else 0.0
+    owed = duration_share * policy.royalty_share if outcome in ("allowed", "licensed") else 0.0
+    return WorkDecision(work_id=match.work_id, track_id=match.track_id, use=use, action=action,
+                        outcome=outcome, licence_id=licence_id, reason=reason,
+                        covered_seconds=round(seconds, 3), duration_share=round(duration_share, 4),
+                        royalty_share=policy.royalty_share, share_owed=round(owed, 4))
+
+
+def decide(matches: Sequence[MatchedWork], policies: Mapping[int, Policy],
+           licences: Sequence[Licence], uploader_id: str | None, upload_seconds: float,
+           at: datetime, review_confidence: float,
+           default_policy: Policy = DEFAULT_POLICY) -> Decision:
+    """The verdict on one upload.
+
+    Parameters
+    ----------
+    matches : sequence of MatchedWork
+        Every work the matcher found in the upload.
+    policies : mapping of work id to Policy
+        Works without an entry get ``default_policy``.
+    licences : sequence of Licence
+        The licences the uploader declared (any number, any works).
+    uploader_id : str or None
+        Who uploads; a licence only covers uploads of its licensee.
+    upload_seconds : float
+        Duration of the analysed upload.
+    at : datetime
+        When the decision is made (licence validity is judged at this instant).
+    review_confidence : float
+        A match below this confidence that would be blocked goes to ``review``.
+    default_policy : Policy
+
+    Returns
+    -------
+    Decision
+        ``verdict`` is, in this order of precedence: ``clear`` when nothing matched;
+        ``blocked_copy`` when a confidently matched copy is not permitted;
+        ``blocked_unlicensed_derivative`` when a confidently matched remix or cover is
+        not permitted; ``review`` when only weakly matched uses stand in the way;
+        ``licensed`` when every use is allowed or licensed and a licence was needed;
+        ``allowed`` when the policies allow every use.
+    """
+    works = tuple(_decide_work(m, policies.get(m.work_id, default_policy) if m.work_id is not None
+                               else default_policy, licences, uploader_id, at, review_confidence,
+                               upload_seconds)
+                  for m in matches)
+    total_owed = round(min(1.0, sum(w.share_owed for w in works)), 4)
+    outcomes = {w.outcome for w in works}
+    blocked = [w for w in works if w.outcome == "blocked"]
+    if not works:
+        verdict, reason = "clear", "no protected work was found"
+    elif any(w.use == "copy" for w in blocked):
+        verdict, reason = "blocked_copy", "the upload copies a protected recording without permission"
+    elif blocked:
+        verdict, reason = ("blocked_unlicensed_derivative",
+                           "the upload derives from a protected work without a valid licence")
+    elif "review" in outcomes:
+        verdict, reason = "review", "a match is too weak to decide on: an analyst must review it"
+    elif "licensed" in outcomes:
+        verdict, reason = "licensed", "valid licences cover every use that needs one"
+    else:
+        verdict, reason = "allowed", "the policies allow every use found"
+    return Decision(verdict=verdict, reason=reason, works=works, total_share_owed=total_owed)

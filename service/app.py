@@ -1,0 +1,116 @@
+"""The FastAPI application: ``create_app(settings)``; ``refrain serve`` runs it under uvicorn."""
+
+from __future__ import annotations
+
+import logging
+from contextlib import asynccontextmanager
+
+from fastapi import Depends, FastAPI, Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.utils import get_openapi
+from fastapi.responses import JSONResponse
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from refrain import __version__
+from service.core import MatchService
+from service.deps import get_service
+from service.errors import ApiError
+from service.routers import analyst, keys, licences, matches, works
+from service.schemas import ErrorBody, Health, MatchUploadForm, WorkUploadForm
+from service.settings import ServiceSettings
+
+__all__ = ["create_app"]
+
+log = logging.getLogger("refrain.service")
+
+DESCRIPTION = """\
+Rights-aware match service: catches copies and AI derivatives of protected music at upload,
+applies each work's AI-use policy and the uploader's licences, and keeps every decision
+with its evidence. Authenticate with an API key in the `X-API-Key` header.
+Every error is a JSON `ErrorBody`. Guide: `docs/service.md`.
+"""
+
+_STATUS_CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
+                 405: "method_not_allowed", 409: "conflict", 413: "payload_too_large",
+                 415: "unsupported_media_type", 422: "validation_error"}
+
+
+def _error(status: int, code: str, message: str, details=None, headers=None) -> JSONResponse:
+    body = ErrorBody(code=code, message=message, details=details).model_dump()
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+def _validation_message(errors: list[dict]) -> str:
+    parts = []
+    for error in errors:
+        where = ".".join(str(p) for p in error.get("loc", ()) if p != "body") or "request"
+        parts.append(f"{where}: {error.get('msg', 'invalid')}")
+    return "invalid request: " + "; ".join(parts)
+
+
+def create_app(settings: ServiceSettings) -> FastAPI:
+    """The service application; the index and database are opened at startup, closed at shutdown.
+
+    Parameters
+    ----------
+    settings : ServiceSettings
+    """
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        app.state.service = await run_in_threadpool(MatchService, settings)
+        try:
+            yield
+        finally:
+            await run_in_threadpool(app.state.service.close)
+
+    app = FastAPI(title="Refrain match service", version=__version__, description=DESCRIPTION,
+                  lifespan=lifespan)
+    app.state.settings = settings
+
+    @app.exception_handler(ApiError)
+    async def api_error(request: Request, err: ApiError):
+        return _error(err.status, err.code, err.message, headers=err.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, err: RequestValidationError):
+        details = jsonable_encoder(err.errors(), exclude={"input", "ctx", "url"})
+        return _error(422, "validation_error", _validation_message(details), details)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, err: StarletteHTTPException):
+        code = _STATUS_CODES.get(err.status_code, "error")
+        message = err.detail if isinstance(err.detail, str) else code
+        if err.status_code == 404 and message == "Not Found":
+            message = f"no such endpoint: {request.method} {request.url.path}"
+        return _error(err.status_code, code, message, headers=getattr(err, "headers", None))
+
+    @app.exception_handler(Exception)
+    async def internal_error(request: Request, err: Exception):
+        log.exception("unhandled error on %s %s", request.method, request.url.path)
+        return _error(500, "internal_error", "internal error; it was logged on the server")
+
+    @app.get("/v1/health", response_model=Health, tags=["health"], summary="Liveness (no key needed)")
+    def health(service: MatchService = Depends(get_service)) -> Health:
+        return Health(status="ok", tracks=service.track_count())
+
+    for module in (works, licences, matches, keys, analyst):
+        app.include_router(module.router)
+
+    def openapi() -> dict:
+        if app.openapi_schema is None:
+            schema = get_openapi(title=app.title, version=app.version, description=app.description,
+                                 routes=app.routes)
+            components = schema.setdefault("components", {}).setdefault("schemas", {})
+            # The streamed multipart bodies are parsed by hand (service.uploads), so FastAPI
+            # cannot infer them: their schemas are added here and referenced by the routes.
+            for model in (WorkUploadForm, MatchUploadForm):
+                components[model.__name__] = model.model_json_schema(
+                    ref_template="#/components/schemas/{model}")
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi
+    return app

@@ -1,0 +1,282 @@
+"""What the HTTP routes call: the catalogue and match operations over Refrain, policy and the database.
+
+No fingerprinting or matching logic lives here: audio goes through
+:mod:`fingerprint` and :class:`refrain.api.Refrain`, verdicts come from
+:func:`policy.decide`. This module only sequences those calls, holds the
+readers–writer lock around the index, and stores what was decided.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import secrets
+import shutil
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+import numpy as np
+
+import policy
+from fingerprint import (AudioDecodeError, AudioTooLongError, FingerprintError, fingerprint_signal,
+                         load_audio)
+from index import TrackMetadata
+from refrain.api import Refrain, TrackMatch
+from refrain.config import Config
+from service.db import ApiKey, ServiceDB, Work, WorkEvidence, utc_now
+from service.errors import ApiError
+from service.locking import ReadWriteLock
+from service.render import spectrogram_png
+from service.settings import ServiceSettings
+from service.uploads import ReceivedForm
+
+__all__ = ["MatchService", "MatchOutcome", "policy_out", "work_out", "licence_out"]
+
+log = logging.getLogger("refrain.service")
+
+_ISRC = re.compile(r"^[A-Z]{2}[A-Z0-9]{3}[0-9]{7}$")
+
+
+@dataclass(frozen=True)
+class MatchOutcome:
+    """The answer to one upload (``body``, shaped as :class:`service.schemas.DecisionOut`) and its evidence."""
+
+    body: dict
+    evidence: list[WorkEvidence]
+
+
+def policy_out(policy_: policy.Policy | None) -> dict:
+    """A work's policy as :class:`service.schemas.PolicyOut` fields (None: the default)."""
+    effective = policy_ or policy.DEFAULT_POLICY
+    return {"copy": effective.copy, "remix": effective.remix, "cover": effective.cover,
+            "royalty_share": effective.royalty_share, "is_default": policy_ is None}
+
+
+def work_out(work: Work, policy_: policy.Policy | None) -> dict:
+    return {"work_id": work.work_id, "track_id": work.track_id, "title": work.title,
+            "artists": work.artists, "rights_holder": work.rights_holder, "isrc": work.isrc,
+            "filename": work.filename, "duration": work.duration, "created_at": work.created_at,
+            "policy": policy_out(policy_)}
+
+
+def licence_out(licence: policy.Licence, now: datetime) -> dict:
+    if licence.revoked_at is not None:
+        status = "revoked"
+    elif licence.valid_until is not None and now > licence.valid_until:
+        status = "expired"
+    else:
+        status = "active"
+    return {"licence_id": licence.licence_id, "work_id": licence.work_id, "licensee": licence.licensee,
+            "uses": sorted(licence.uses), "granted_at": licence.granted_at,
+            "valid_until": licence.valid_until, "revoked_at": licence.revoked_at, "status": status}
+
+
+def _audio_error(err: Exception, path: Path, filename: str) -> ApiError:
+    """The HTTP error for audio the library refused, naming the upload rather than the temp file."""
+    message = str(err).replace(str(path), filename)
+    if isinstance(err, FingerprintError) and not message.startswith(filename):
+        message = f"{filename}: {message}"
+    if isinstance(err, FingerprintError):
+        return ApiError(422, "unusable_audio", message)
+    if isinstance(err, AudioTooLongError):  # the client's size problem, not unreadable audio
+        return ApiError(413, "audio_too_long", message)
+    return ApiError(415, "undecodable_audio", message)
+
+
+class MatchService:
+    """The index (opened writable: the service holds its write lock), the database and the lock.
+
+    Parameters
+    ----------
+    settings : ServiceSettings
+    """
+
+    def __init__(self, settings: ServiceSettings):
+        self.settings = settings
+        self.db = ServiceDB(settings.db_path)
+        config = Config(max_query_seconds=settings.max_upload_seconds,
+                        max_track_seconds=settings.max_reference_seconds)
+        try:
+            self.refrain = Refrain.open(settings.index_dir, config=config, writable=True, create=True)
+        except BaseException:
+            self.db.close()
+            raise
+        self.lock = ReadWriteLock()
+        settings.works_dir.mkdir(parents=True, exist_ok=True)
+
+    def close(self) -> None:
+        with self.lock.write():
+            self.refrain.close()
+            self.db.close()
+
+    def track_count(self) -> int:
+        with self.lock.read():
+            return self.refrain.info().tracks
+
+    # -- catalogue -----------------------------------------------------------------------------
+
+    def add_work(self, form: ReceivedForm) -> Work:
+        """Ingest an uploaded reference recording and register it as a work.
+
+        A recording already registered as a work raises 409; one already in the index
+        without a work (ingested with the CLI) is adopted as this work.
+        """
+        title, rights_holder = form.first("title"), form.first("rights_holder")
+        artists, isrc = form.all("artists"), form.first("isrc")
+        problems = [f"{name} is required" for name, value in
+                    (("title", title), ("rights_holder", rights_holder), ("artists", artists)) if not value]
+        if isrc is not None:
+            isrc = isrc.replace("-", "").upper()
+            if not _ISRC.match(isrc):
+                problems.append("isrc must be 12 characters: 2-letter country, 3 alphanumerics, "
+                                "7 digits (e.g. GBAYE0601498)")
+        if problems:
+            raise ApiError(422, "validation_error", "; ".join(problems))
+
+        # Decode once outside the lock: unreadable or over-long recordings fail fast, with the
+        # decoder's typed error, and never hold up matches.
+        try:
+            load_audio(form.file_path, self.refrain.params.sample_rate, self.settings.max_reference_seconds)
+        except AudioDecodeError as err:
+            raise _audio_error(err, form.file_path, form.filename) from None
+
+        suffix = Path(form.filename).suffix.lower()[:16]
+        stored = self.settings.works_dir / f"{form.sha256[:32]}{suffix}"
+        shutil.move(form.file_path, stored)
+        form.file_path = None
+        metadata = TrackMetadata(title=title, artist=", ".join(artists), isrc=isrc)
+        keep_file = False
+        try:
+            with self.lock.write():
+                # Refrain.ingest fingerprints inside this lock: the API has no way to add a
+                # fingerprint computed beforehand (see the report to the lead).
+                (result,) = list(self.refrain.ingest([stored], metadata=metadata))
+                if result.status == "error":
+                    raise _audio_error(FingerprintError(result.error.replace(str(stored), form.filename)),
+                                       stored, form.filename)
+                existing = self.db.works_by_track([result.track_id]).get(result.track_id)
+                if existing is not None:
+                    keep_file = True  # the same bytes: it *is* the existing work's file
+                    raise ApiError(409, "conflict", f"this recording is already in the catalogue as "
+                                                    f"work {existing.work_id}")
+                work = self.db.add_work(result.track_id, title, artists, rights_holder, isrc,
+                                        form.filename, str(stored), result.duration)
+                keep_file = True
+                return work
+        finally:
+            if not keep_file:
+                stored.unlink(missing_ok=True)
+
+    def delete_work(self, work_id: int) -> Work:
+        """Remove a work from the index and the catalogue; its decisions stay for the audit."""
+        work = self.db.get_work(work_id)
+        if work is None:
+            raise ApiError(404, "not_found", f"work {work_id} not found")
+        with self.lock.write():
+            try:
+                self.refrain.remove(work.track_id)
+            except KeyError:
+                log.warning("work %s: track %s was already gone from the index", work_id, work.track_id)
+            self.db.delete_work(work_id)
+        Path(work.stored_path).unlink(missing_ok=True)
+        return work
+
+    # -- matching ------------------------------------------------------------------------------
+
+    def match_upload(self, form: ReceivedForm, key: ApiKey, store: bool) -> MatchOutcome:
+        """Decode, fingerprint, match, decide, and (if ``store``) record the decision."""
+        uploader_id = form.first("uploader_id")
+        licence_ids = form.all("licence_id")
+        if uploader_id is not None and len(uploader_id) > 200:
+            raise ApiError(422, "validation_error", "uploader_id is longer than 200 characters")
+        licences = []
+        for licence_id in licence_ids:
+            licence = self.db.get_licence(licence_id)
+            if licence is None:
+                raise ApiError(404, "not_found", f"licence {licence_id} not found")
+            licences.append(licence)
+
+        params = self.refrain.params
+        try:
+            samples = load_audio(form.file_path, params.sample_rate, self.settings.max_upload_seconds)
+            fp = fingerprint_signal(samples, params)
+        except (AudioDecodeError, FingerprintError) as err:
+            raise _audio_error(err, form.file_path, form.filename) from None
+
+        now = utc_now()
+        with self.lock.read():
+            # One consistent snapshot: the index, the works and their policies cannot change
+            # between the match and the decision (catalogue writes take the write side).
+            result = self.refrain.match_fingerprint(fp, form.filename)
+            evidence = {m.track_id: self.refrain.evidence(fp, m.track_id) for m in result.matches}
+            works = self.db.works_by_track([m.track_id for m in result.matches])
+            policies = self.db.policies([w.work_id for w in works.values()])
+
+        decision = policy.decide(
+            [policy.MatchedWork(work_id=works[m.track_id].work_id if m.track_id in works else None,
+                                track_id=m.track_id, kind=m.kind, confidence=m.confidence,
+                                spans=tuple((s.query_start, s.query_end) for s in m.spans))
+             for m in result.matches],
+            policies, licences, uploader_id, fp.duration, now, self.settings.review_confidence)
+        decided = {w.track_id: w for w in decision.works}
+        stored_evidence = [self._evidence(m, evidence.get(m.track_id), works.get(m.track_id), samples)
+                           for m in result.matches]
+        body = {
+            "decision_id": ("dec_" + secrets.token_urlsafe(12)) if store else None,
+            "stored": store, "created_at": now, "filename": form.filename, "uploader_id": uploader_id,
+            "licence_ids": licence_ids, "verdict": decision.verdict, "reason": decision.reason,
+            "works": [self._matched_work(m, works.get(m.track_id), policies, decided[m.track_id])
+                      for m in result.matches],
+            "total_share_owed": decision.total_share_owed,
+            "fingerprint": {"sha256": form.sha256, "bytes": form.file_bytes,
+                            "duration": round(fp.duration, 3), "landmarks": len(fp),
+                            "landmarks_per_second": round(len(fp) / max(fp.duration, 1e-9), 2)},
+        }
+        if store:
+            self.db.add_decision(body["decision_id"], now, decision.verdict, uploader_id, key.prefix,
+                                 form.filename, _jsonable(body), stored_evidence)
+        return MatchOutcome(body, stored_evidence)
+
+    @staticmethod
+    def _matched_work(m: TrackMatch, work: Work | None, policies: dict, decided: policy.WorkDecision) -> dict:
+        return {
+            "work_id": work.work_id if work else None, "track_id": m.track_id,
+            "title": work.title if work else m.title,
+            "artists": work.artists if work else ([m.artist] if m.artist else []),
+            "rights_holder": work.rights_holder if work else None,
+            "isrc": work.isrc if work else m.isrc,
+            "kind": m.kind, "use": decided.use, "score": m.score, "aligned": m.aligned,
+            "confidence": m.confidence, "query_start": m.query_start, "query_end": m.query_end,
+            "ref_start": m.ref_start, "ref_end": m.ref_end, "offset": m.offset,
+            "time_ratio": m.time_ratio, "pitch_shift_semitones": m.pitch_shift_semitones,
+            "spans": [span.to_dict() for span in m.spans],
+            "policy": policy_out(policies.get(work.work_id) if work else None),
+            "action": decided.action, "outcome": decided.outcome, "licence_id": decided.licence_id,
+            "reason": decided.reason,
+            "royalty": {"covered_seconds": decided.covered_seconds,
+                        "duration_share": decided.duration_share,
+                        "royalty_share": decided.royalty_share, "share_owed": decided.share_owed},
+        }
+
+    def _evidence(self, m: TrackMatch, full, work: Work | None, samples: np.ndarray) -> WorkEvidence:
+        """Aligned points and the spectrogram of the strongest span (padded 1 s, capped)."""
+        rate = self.refrain.params.sample_rate
+        start = max(0.0, m.query_start - 1.0)
+        end = min(len(samples) / rate, m.query_end + 1.0, start + self.settings.spectrogram_max_seconds)
+        png = spectrogram_png(samples[int(start * rate):int(end * rate)], self.refrain.params)
+        points = full.points if full is not None else np.zeros((0, 2))
+        return WorkEvidence(track_id=m.track_id, work_id=work.work_id if work else None,
+                            points=np.asarray(points, dtype=np.float32), spectrogram_png=png,
+                            spectrogram_start=round(start, 3), spectrogram_end=round(end, 3))
+
+
+def _jsonable(value):
+    """The body with datetimes as ISO strings, for the decisions table."""
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, datetime):
+        return value.isoformat()
+    return value

@@ -1,0 +1,57 @@
+"""FastAPI dependencies: the settings, the service core, and API-key authentication by role."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from fastapi import Depends, Request, Security
+from fastapi.security import APIKeyHeader
+
+from service.core import MatchService
+from service.db import ApiKey
+from service.errors import ApiError
+from service.settings import ServiceSettings
+
+__all__ = ["API_KEY_HEADER", "api_key_scheme", "get_settings", "get_service", "require_role",
+           "authenticate"]
+
+API_KEY_HEADER = "X-API-Key"
+
+api_key_scheme = APIKeyHeader(
+    name=API_KEY_HEADER, scheme_name="ApiKey", auto_error=False,
+    description="An API key made with `refrain keys create --role ROLE` or `POST /v1/keys`. "
+                "Roles: `uploader` (POST /v1/matches), `analyst` (decisions, evidence, ad-hoc "
+                "matches), `admin` (works, policies, licences, keys).")
+
+
+def get_settings(request: Request) -> ServiceSettings:
+    return request.app.state.settings
+
+
+def get_service(request: Request) -> MatchService:
+    return request.app.state.service
+
+
+def authenticate(service: MatchService, key: str | None, roles: tuple[str, ...]) -> ApiKey:
+    """The key's record if it is live and has one of ``roles``; else 401 or 403."""
+    challenge = {"WWW-Authenticate": f'APIKey header="{API_KEY_HEADER}"'}
+    if not key:
+        raise ApiError(401, "unauthorized", f"missing API key: send it in the {API_KEY_HEADER} header",
+                       challenge)
+    record = service.db.authenticate(key)
+    if record is None:
+        raise ApiError(401, "unauthorized", "unknown or revoked API key", challenge)
+    if record.role not in roles:
+        raise ApiError(403, "forbidden", f"this operation needs the {' or '.join(roles)} role; "
+                                         f"this key has the {record.role} role")
+    return record
+
+
+def require_role(*roles: str) -> Callable[..., ApiKey]:
+    """A dependency admitting only live keys of one of ``roles`` (401 otherwise, 403 for another role)."""
+
+    def dependency(key: str | None = Security(api_key_scheme),
+                   service: MatchService = Depends(get_service)) -> ApiKey:
+        return authenticate(service, key, roles)
+
+    return dependency

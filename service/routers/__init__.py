@@ -1,0 +1,30 @@
+"""The HTTP routes, one module per resource."""
+
+from __future__ import annotations
+
+from service.schemas import ErrorBody
+
+__all__ = ["error_responses", "multipart_body"]
+
+_DESCRIPTIONS = {
+    400: "Bad request: empty upload, malformed form, missing file part",
+    401: "Missing, unknown or revoked API key",
+    403: "The key's role may not do this",
+    404: "Unknown id",
+    409: "Conflict with the current state",
+    413: "Upload over the size or duration limit (refused while streaming)",
+    415: "Not multipart/form-data, or a file the decoder cannot read as audio (message: the decoder's reason)",
+    422: "Invalid parameters, or audio that decodes but holds nothing to fingerprint",
+}
+
+
+def error_responses(*statuses: int) -> dict:
+    """OpenAPI ``responses`` entries for these error statuses (401 and 403 are always added)."""
+    return {status: {"model": ErrorBody, "description": _DESCRIPTIONS[status]}
+            for status in sorted({401, 403, 422, *statuses})}
+
+
+def multipart_body(schema_name: str) -> dict:
+    """``openapi_extra`` documenting a streamed multipart body (see :mod:`service.uploads`)."""
+    return {"requestBody": {"required": True, "content": {"multipart/form-data": {
+        "schema": {"$ref": f"#/components/schemas/{schema_name}"}}}}}

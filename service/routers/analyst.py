@@ -1,0 +1,136 @@
+"""The analyst page: server-rendered HTML (Jinja2, no JavaScript) over the same operations as the API.
+
+Sign in with an analyst key (kept in an HttpOnly, SameSite=Strict cookie), then
+upload a suspect file (an ad-hoc match, not stored) or open a stored decision.
+A decision page shows the verdict, each matched work with its policy, the
+alignment plot and the spectrogram of the matched region.
+"""
+
+from __future__ import annotations
+
+import base64
+from pathlib import Path
+from urllib.parse import quote
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from jinja2 import Environment, FileSystemLoader, select_autoescape
+from markupsafe import Markup
+from starlette.concurrency import run_in_threadpool
+
+from service.core import MatchService
+from service.db import ApiKey
+from service.deps import authenticate, get_service
+from service.errors import ApiError
+from service.render import alignment_svg
+from service.routers.matches import stored_decision
+from service.uploads import receive_form
+
+router = APIRouter(prefix="/analyst", include_in_schema=False)
+
+COOKIE = "refrain_analyst_key"
+_templates = Environment(loader=FileSystemLoader(Path(__file__).resolve().parents[1] / "templates"),
+                         autoescape=select_autoescape(["html"]), trim_blocks=True, lstrip_blocks=True)
+
+
+def _page(name: str, status: int = 200, **context) -> HTMLResponse:
+    return HTMLResponse(_templates.get_template(name).render(**context), status_code=status)
+
+
+def _signed_in(request: Request, service: MatchService) -> ApiKey | None:
+    try:
+        return authenticate(service, request.cookies.get(COOKIE), ("analyst",))
+    except ApiError:
+        return None
+
+
+def _sign_in_page(message: str | None = None, status: int = 200) -> HTMLResponse:
+    return _page("signin.html", status, error=message)
+
+
+def _works_view(body: dict, evidence: dict) -> list[dict]:
+    """Per matched work: the body's fields plus the plot (SVG) and the spectrogram (data URI)."""
+    views = []
+    for work in body["works"]:
+        found = evidence.get(work["track_id"])
+        points = found.points if found is not None else []
+        spans = [(s["query_start"], s["query_end"], s["ref_start"], s["ref_end"]) for s in work["spans"]]
+        label = work["title"] or f"track {work['track_id']}"
+        svg = alignment_svg(points, work["offset"], work["time_ratio"], spans,
+                            f"Alignment of the upload with {label}")
+        png = found.spectrogram_png if found is not None else None
+        views.append({**work, "n_points": len(points), "plot": Markup(svg),
+                      "spectrogram": ("data:image/png;base64," + base64.b64encode(png).decode())
+                      if png else None,
+                      "spectrogram_start": found.spectrogram_start if found else None,
+                      "spectrogram_end": found.spectrogram_end if found else None})
+    return views
+
+
+@router.get("", response_class=HTMLResponse)
+def home(request: Request, service: MatchService = Depends(get_service)) -> HTMLResponse:
+    key = _signed_in(request, service)
+    if key is None:
+        return _sign_in_page()
+    recent, total = service.db.list_decisions(None, None, None, 20, 0)
+    return _page("home.html", key=key, recent=recent, total=total)
+
+
+@router.post("/signin")
+async def sign_in(request: Request, service: MatchService = Depends(get_service)) -> Response:
+    form = await request.form(max_files=0, max_fields=4)
+    key = str(form.get("key", "")).strip()
+    try:
+        authenticate(service, key, ("analyst",))
+    except ApiError as err:
+        return _sign_in_page(err.message, err.status)
+    response = RedirectResponse("/analyst", status_code=303)
+    response.set_cookie(COOKIE, key, httponly=True, samesite="strict", path="/analyst",
+                        secure=service.settings.cookie_secure)
+    return response
+
+
+@router.post("/signout")
+def sign_out() -> Response:
+    response = RedirectResponse("/analyst", status_code=303)
+    response.delete_cookie(COOKIE, path="/analyst")
+    return response
+
+
+@router.post("/match", response_class=HTMLResponse)
+async def match(request: Request, service: MatchService = Depends(get_service)) -> HTMLResponse:
+    key = _signed_in(request, service)
+    if key is None:
+        return _sign_in_page("sign in with an analyst key first", 401)
+    try:
+        form = await receive_form(request, service.settings.max_upload_bytes)
+        with form:
+            outcome = await run_in_threadpool(service.match_upload, form, key, False)
+    except ApiError as err:
+        return _page("error.html", err.status, key=key, status=err.status, message=err.message)
+    evidence = {e.track_id: e for e in outcome.evidence}
+    return _page("decision.html", key=key, decision=outcome.body,
+                 works=_works_view(outcome.body, evidence))
+
+
+@router.get("/decisions", response_class=HTMLResponse)
+def open_decision(request: Request, decision_id: str = "") -> Response:
+    """The 'open a decision' form's target: on to the decision's page."""
+    decision_id = decision_id.strip()
+    target = f"/analyst/decisions/{quote(decision_id, safe='')}" if decision_id else "/analyst"
+    return RedirectResponse(target, status_code=303)
+
+
+@router.get("/decisions/{decision_id}", response_class=HTMLResponse)
+def show_decision(decision_id: str, request: Request,
+                  service: MatchService = Depends(get_service)) -> HTMLResponse:
+    key = _signed_in(request, service)
+    if key is None:
+        return _sign_in_page("sign in with an analyst key first", 401)
+    try:
+        detail = stored_decision(service, decision_id)
+    except ApiError as err:
+        return _page("error.html", err.status, key=key, status=err.status, message=err.message)
+    body = detail.model_dump(mode="json", by_alias=True)
+    return _page("decision.html", key=key, decision=body,
+                 works=_works_view(body, service.db.decision_evidence(decision_id)))

@@ -1,0 +1,56 @@
+"""Licences (admin): the right of one licensee to publish some uses of one work, until a date."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Depends, Path, Query
+
+from service.core import MatchService, licence_out
+from service.db import utc_now
+from service.deps import get_service, require_role
+from service.errors import ApiError
+from service.routers import error_responses
+from service.schemas import LicenceIn, LicenceList, LicenceOut
+
+router = APIRouter(prefix="/v1/licences", tags=["licences (admin)"],
+                   dependencies=[Depends(require_role("admin"))])
+
+LicenceId = Path(description="The licence's id (`lic_…`)", max_length=100)
+
+
+@router.post("", status_code=201, response_model=LicenceOut, summary="Grant a licence",
+             responses=error_responses(404))
+def grant(body: LicenceIn, service: MatchService = Depends(get_service)) -> LicenceOut:
+    """Grant `licensee` the right to publish the listed uses of a work until `valid_until`."""
+    if service.db.get_work(body.work_id) is None:
+        raise ApiError(404, "not_found", f"work {body.work_id} not found")
+    licence = service.db.add_licence(body.work_id, body.licensee, list(body.uses), body.valid_until)
+    return LicenceOut(**licence_out(licence, utc_now()))
+
+
+@router.get("", response_model=LicenceList, summary="List licences", responses=error_responses())
+def list_licences(work_id: int | None = Query(None, ge=1), licensee: str | None = Query(None, max_length=200),
+                  limit: int = Query(50, ge=1, le=500), offset: int = Query(0, ge=0),
+                  service: MatchService = Depends(get_service)) -> LicenceList:
+    licences, total = service.db.list_licences(work_id, licensee, limit, offset)
+    now = utc_now()
+    return LicenceList(items=[LicenceOut(**licence_out(x, now)) for x in licences], total=total,
+                       limit=limit, offset=offset)
+
+
+@router.get("/{licence_id}", response_model=LicenceOut, summary="Get a licence",
+            responses=error_responses(404))
+def get_licence(licence_id: str = LicenceId, service: MatchService = Depends(get_service)) -> LicenceOut:
+    licence = service.db.get_licence(licence_id)
+    if licence is None:
+        raise ApiError(404, "not_found", f"licence {licence_id} not found")
+    return LicenceOut(**licence_out(licence, utc_now()))
+
+
+@router.delete("/{licence_id}", response_model=LicenceOut, summary="Revoke a licence",
+               responses=error_responses(404))
+def revoke(licence_id: str = LicenceId, service: MatchService = Depends(get_service)) -> LicenceOut:
+    """Revoke the licence from now on (the record stays, with `revoked_at`; revoking twice is a no-op)."""
+    licence = service.db.revoke_licence(licence_id)
+    if licence is None:
+        raise ApiError(404, "not_found", f"licence {licence_id} not found")
+    return LicenceOut(**licence_out(licence, utc_now()))

@@ -1,0 +1,110 @@
+"""Matching (uploader), ad-hoc matching and the decision audit (analyst)."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+from fastapi import APIRouter, Depends, Path, Query, Request, Response
+from starlette.concurrency import run_in_threadpool
+
+from service.core import MatchService
+from service.db import ApiKey
+from service.deps import get_service, require_role
+from service.errors import ApiError
+from service.routers import error_responses, multipart_body
+from service.schemas import (DecisionDetail, DecisionList, DecisionOut, DecisionSummary, EvidenceOut,
+                             Verdict)
+from service.uploads import receive_form
+
+router = APIRouter(prefix="/v1/matches", tags=["matches"])
+
+DecisionId = Path(description="The decision's id (`dec_…`)", max_length=100)
+_MATCH_ERRORS = error_responses(400, 404, 413, 415)
+
+
+async def _match(request: Request, service: MatchService, key: ApiKey, store: bool) -> DecisionOut:
+    form = await receive_form(request, service.settings.max_upload_bytes)
+    with form:
+        # Decoding and matching are CPU work: off the event loop, so uploads keep streaming in.
+        outcome = await run_in_threadpool(service.match_upload, form, key, store)
+    return DecisionOut(**outcome.body)
+
+
+@router.post("", response_model=DecisionOut, summary="Check an upload (stored decision)",
+             responses=_MATCH_ERRORS, openapi_extra=multipart_body("MatchUploadForm"))
+async def match_upload(request: Request, service: MatchService = Depends(get_service),
+                       key: ApiKey = Depends(require_role("uploader"))) -> DecisionOut:
+    """Match an upload against the catalogue, apply each matched work's policy and the declared
+    licences, store the decision for the audit and return it.
+
+    The body is `multipart/form-data` (schema `MatchUploadForm`), streamed: over the size
+    limit it is refused with 413 while it arrives.
+    """
+    return await _match(request, service, key, store=True)
+
+
+@router.post("/adhoc", response_model=DecisionOut, summary="Ad-hoc match (not stored)",
+             responses=_MATCH_ERRORS, openapi_extra=multipart_body("MatchUploadForm"))
+async def match_adhoc(request: Request, service: MatchService = Depends(get_service),
+                      key: ApiKey = Depends(require_role("analyst"))) -> DecisionOut:
+    """The same analysis as `POST /v1/matches`, for an analyst's suspect file: nothing is stored."""
+    return await _match(request, service, key, store=False)
+
+
+@router.get("", response_model=DecisionList, summary="List stored decisions",
+            responses=error_responses())
+def list_decisions(work_id: int | None = Query(None, ge=1, description="Only decisions that matched this work"),
+                   verdict: Verdict | None = Query(None),
+                   since: datetime | None = Query(None, description="Only decisions made at or after "
+                                                  "this instant (ISO 8601; UTC if no zone)"),
+                   limit: int = Query(50, ge=1, le=500), offset: int = Query(0, ge=0),
+                   service: MatchService = Depends(get_service),
+                   _: ApiKey = Depends(require_role("analyst"))) -> DecisionList:
+    """Newest first."""
+    if since is not None and since.tzinfo is None:
+        since = since.replace(tzinfo=timezone.utc)
+    decisions, total = service.db.list_decisions(work_id, verdict, since, limit, offset)
+    items = [DecisionSummary(decision_id=d.decision_id, created_at=d.created_at, verdict=d.verdict,
+                             filename=d.body["filename"], uploader_id=d.body["uploader_id"],
+                             work_ids=[w["work_id"] for w in d.body["works"]]) for d in decisions]
+    return DecisionList(items=items, total=total, limit=limit, offset=offset)
+
+
+def stored_decision(service: MatchService, decision_id: str) -> DecisionDetail:
+    """A stored decision with its evidence; 404 if unknown."""
+    stored = service.db.get_decision(decision_id)
+    if stored is None:
+        raise ApiError(404, "not_found", f"decision {decision_id} not found")
+    evidence = service.db.decision_evidence(decision_id)
+    items = []
+    for work in stored.body["works"]:
+        found = evidence.get(work["track_id"])
+        items.append(EvidenceOut(
+            track_id=work["track_id"], work_id=work["work_id"], offset=work["offset"],
+            time_ratio=work["time_ratio"],
+            points=[] if found is None else [(round(float(q), 3), round(float(r), 3)) for q, r in found.points],
+            spectrogram_start=found.spectrogram_start if found else None,
+            spectrogram_end=found.spectrogram_end if found else None))
+    return DecisionDetail(**stored.body, evidence=items)
+
+
+@router.get("/{decision_id}", response_model=DecisionDetail, summary="Get a stored decision with its evidence",
+            responses=error_responses(404))
+def get_decision(decision_id: str = DecisionId, service: MatchService = Depends(get_service),
+                 _: ApiKey = Depends(require_role("analyst"))) -> DecisionDetail:
+    return stored_decision(service, decision_id)
+
+
+@router.get("/{decision_id}/spectrogram/{track_id}", response_class=Response,
+            summary="Spectrogram of the upload where a track matched (PNG)",
+            responses={**error_responses(404), 200: {"content": {"image/png": {}},
+                                                     "description": "PNG image"}})
+def get_spectrogram(decision_id: str = DecisionId, track_id: int = Path(ge=1),
+                    service: MatchService = Depends(get_service),
+                    _: ApiKey = Depends(require_role("analyst"))) -> Response:
+    if service.db.get_decision(decision_id) is None:
+        raise ApiError(404, "not_found", f"decision {decision_id} not found")
+    found = service.db.decision_evidence(decision_id).get(track_id)
+    if found is None or found.spectrogram_png is None:
+        raise ApiError(404, "not_found", f"decision {decision_id} has no evidence for track {track_id}")
+    return Response(found.spectrogram_png, media_type="image/png")

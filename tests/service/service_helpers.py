@@ -1,0 +1,25 @@
+"""Assertions and request helpers shared by the service tests (imported as a plain module)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import httpx
+
+
+def assert_error(response: httpx.Response, status: int, code: str | None = None) -> dict:
+    """The response is a JSON error body with this status (and code)."""
+    assert response.status_code == status, (response.status_code, response.text)
+    assert response.headers["content-type"].startswith("application/json"), response.headers
+    body = response.json()
+    assert set(body) == {"code", "message", "details"}, body
+    assert isinstance(body["message"], str) and body["message"], body
+    if code is not None:
+        assert body["code"] == code, body
+    return body
+
+
+def post_file(client: httpx.Client, url: str, path: Path, **data) -> httpx.Response:
+    with open(path, "rb") as handle:
+        return client.post(url, files={"file": (path.name, handle, "application/octet-stream")},
+                           data={k: v for k, v in data.items() if v is not None})

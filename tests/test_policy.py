@@ -1,0 +1,99 @@
+"""The verdict and royalty rules of :mod:`policy`, on plain data."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+
+import pytest
+
+from policy import (DEFAULT_POLICY, KIND_TO_USE, Licence, MatchedWork, Policy, covered_seconds, decide,
+                    use_of_kind)
+from matcher import KINDS
+
+NOW = datetime(2026, 6, 1, tzinfo=timezone.utc)
+REVIEW = 0.6
+
+
+def matched(work_id=1, kind="copy", confidence=0.9, spans=((0.0, 10.0),)):
+    return MatchedWork(work_id=work_id, track_id=100 + (work_id or 0), kind=kind, confidence=confidence,
+                       spans=spans)
+
+
+def licence(work_id=1, uses=("remix",), licensee="ai", **times):
+    return Licence(licence_id=f"lic_{work_id}", work_id=work_id, licensee=licensee, uses=frozenset(uses),
+                   granted_at=NOW - timedelta(days=10), **times)
+
+
+def verdict(matches, policies=None, licences=(), uploader="ai", seconds=20.0):
+    return decide(matches, policies or {}, list(licences), uploader, seconds, NOW, REVIEW)
+
+
+def test_every_matcher_kind_maps_to_a_use_and_unknown_kinds_are_refused():
+    assert set(KINDS) <= set(KIND_TO_USE)
+    assert {use_of_kind(k) for k in ("copy", "excerpt")} == {"copy"}
+    assert {use_of_kind(k) for k in ("speed_changed", "pitch_shifted", "time_stretched", "mixed")} == {"remix"}
+    assert use_of_kind("cover") == "cover"
+    with pytest.raises(ValueError, match="unknown match kind"):
+        use_of_kind("karaoke")
+
+
+def test_nothing_matched_is_clear_and_the_default_policy_blocks():
+    assert verdict([]).verdict == "clear"
+    assert DEFAULT_POLICY == Policy("deny", "deny", "deny", 0.0)
+    assert verdict([matched()]).verdict == "blocked_copy"
+    assert verdict([matched(kind="mixed")]).verdict == "blocked_unlicensed_derivative"
+    assert verdict([matched(work_id=None, kind="excerpt")]).verdict == "blocked_copy"  # unregistered track
+
+
+def test_a_licence_turns_a_blocked_derivative_into_licensed_only_when_it_applies():
+    policies = {1: Policy(remix="licence_required", royalty_share=0.5)}
+    remix = [matched(kind="speed_changed")]
+    assert verdict(remix, policies).verdict == "blocked_unlicensed_derivative"
+    assert verdict(remix, policies, [licence()]).verdict == "licensed"
+    for bad in (licence(licensee="other"), licence(uses=("cover",)), licence(work_id=2),
+                licence(valid_until=NOW - timedelta(seconds=1)), licence(revoked_at=NOW - timedelta(days=1))):
+        assert verdict(remix, policies, [bad]).verdict == "blocked_unlicensed_derivative", bad
+    assert verdict(remix, policies, [licence(revoked_at=NOW + timedelta(days=1))]).verdict == "licensed"
+    # A licence cannot override an explicit deny.
+    assert verdict(remix, {1: Policy(remix="deny")}, [licence()]).verdict == "blocked_unlicensed_derivative"
+
+
+def test_precedence_copy_block_then_derivative_block_then_review_then_licensed_then_allowed():
+    policies = {1: Policy(copy="allow", remix="licence_required"), 2: Policy(copy="deny"),
+                3: Policy(remix="deny")}
+    allowed, licensed = matched(1), matched(1, kind="mixed")
+    blocked_copy, blocked_remix = matched(2), matched(3, kind="pitch_shifted")
+    weak = matched(2, confidence=0.55)
+    lic = [licence(1)]
+    assert verdict([allowed, licensed, blocked_remix, blocked_copy], policies, lic).verdict == "blocked_copy"
+    assert verdict([allowed, blocked_remix, weak], policies, lic).verdict == "blocked_unlicensed_derivative"
+    assert verdict([allowed, licensed, weak], policies, lic).verdict == "review"
+    assert verdict([allowed, licensed], policies, lic).verdict == "licensed"
+    assert verdict([allowed], policies).verdict == "allowed"
+    # Weak evidence only matters where it would block: a weak allowed or licensed use is decided.
+    assert verdict([matched(1, confidence=0.1)], policies).verdict == "allowed"
+
+
+def test_royalties_are_the_covered_share_of_the_upload_times_the_policy_share():
+    policies = {1: Policy(copy="allow", royalty_share=0.4), 2: Policy(copy="allow", royalty_share=1.0)}
+    decision = verdict([matched(1, spans=((0.0, 6.0), (4.0, 10.0))), matched(2, spans=((12.0, 17.0),))],
+                       policies, seconds=20.0)
+    first, second = decision.works
+    assert first.covered_seconds == 10.0 and first.duration_share == 0.5 and first.share_owed == 0.2
+    assert second.duration_share == 0.25 and second.share_owed == 0.25
+    assert decision.total_share_owed == 0.45
+    blocked = verdict([matched(3)], {3: Policy(royalty_share=0.9)}).works[0]
+    assert blocked.outcome == "blocked" and blocked.share_owed == 0.0 and blocked.duration_share == 0.5
+
+
+def test_covered_seconds_merges_overlaps_and_clips_to_the_upload():
+    assert covered_seconds([(5, 8), (0, 2), (1, 3), (7, 12)], 10.0) == 3 + 5
+    assert covered_seconds([(-1, 1)], 10.0) == 1
+    assert covered_seconds([], 10.0) == 0
+
+
+def test_policies_are_validated():
+    with pytest.raises(ValueError, match="copies must be one of"):
+        Policy(copy="maybe")
+    with pytest.raises(ValueError, match="royalty_share"):
+        Policy(royalty_share=1.5)
