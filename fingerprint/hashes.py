@@ -316,7 +316,7 @@ def _quantise(values: np.ndarray, tolerant: bool, margin: float) -> tuple[np.nda
     return nearest.astype(np.int64), other.astype(np.int64)
 
 
-def hash_triplets(triplets: Triplets, tolerant: bool = False, margin: float = 0.35,
+def hash_triplets(triplets: Triplets, tolerant: bool = False, margin: float = 0.2,
                   pitch_reach_bins: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
     """Quantise triplets into :data:`TRIPLET_LAYOUT` codes.
 

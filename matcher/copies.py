@@ -44,24 +44,30 @@ def copy_alignments(fp: Fingerprint, tier: LandmarkIndex, params: MatchParams) -
     query_ids, track_ids, ref_frames, hit_weights = \
         query_ids[keep], track_ids[keep], ref_frames[keep], hit_weights[keep]
     query_frames = fp.frames[query_ids].astype(np.int64)
+    # Hits grouped by track, so a candidate's hits are one contiguous slice.
+    order = np.argsort(track_ids, kind="stable")
+    query_ids, track_ids, ref_frames, hit_weights, query_frames = (
+        a[order] for a in (query_ids, track_ids, ref_frames, hit_weights, query_frames))
     offsets = ref_frames - query_frames
     tol = params.offset_tolerance
 
     alignments = []
-    active = np.arange(len(track_ids))
+    active = np.ones(len(track_ids), dtype=bool)
     for _ in range(params.max_alignments):
-        best = best_cell_per_track(track_ids[active], offsets[active] + _OFFSET_BIAS,
-                                   hit_weights[active], np.arange(-tol, tol + 1), params.min_score)
+        remaining = np.nonzero(active)[0]
+        best = best_cell_per_track(track_ids[remaining], offsets[remaining] + _OFFSET_BIAS,
+                                   hit_weights[remaining], np.arange(-tol, tol + 1),
+                                   params.min_score, params.max_candidates)
         if not best:
             break
-        used = np.zeros(len(track_ids), dtype=bool)
         for track_id, cell in best:
             offset = cell - _OFFSET_BIAS
-            hits = active[(track_ids[active] == track_id) & (np.abs(offsets[active] - offset) <= tol)]
-            used[hits] = True
+            first, last = np.searchsorted(track_ids, [track_id, track_id + 1])
+            own = np.arange(first, last)[active[first:last]]
+            hits = own[np.abs(offsets[own] - offset) <= tol]
+            active[hits] = False
             alignments.append(Alignment(track_id, "pair", 1.0, float(offset), 0.0, query_frames[hits],
                                         ref_frames[hits], query_ids[hits], hit_weights[hits]))
-        # Only tracks that just aligned can align again; the rest had their chance.
-        aligned_tracks = np.array([track_id for track_id, _ in best])
-        active = active[~used[active] & np.isin(track_ids[active], aligned_tracks)]
+        # Only tracks that just aligned can align again (a looped or re-used section).
+        active &= np.isin(track_ids, [track_id for track_id, _ in best])
     return alignments

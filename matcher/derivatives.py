@@ -67,34 +67,40 @@ def derivative_alignments(fp: Fingerprint, tier: LandmarkIndex, params: MatchPar
     query_frames = triplets.anchor_frames[query_ids].astype(np.int64)
     ratio_cells = np.round(np.log(ratio) / params.ratio_bin).astype(np.int64) + _CELL_CENTRE
     pitch_cells = np.round(pitch).astype(np.int64) + _CELL_CENTRE
+    # Hits grouped by track, so a candidate's hits are one contiguous slice.
+    order = np.argsort(track_ids, kind="stable")
+    query_ids, track_ids, ref_frames, ratio, pitch, hit_weights, query_frames, ratio_cells, \
+        pitch_cells = (a[order] for a in (query_ids, track_ids, ref_frames, ratio, pitch, hit_weights,
+                                          query_frames, ratio_cells, pitch_cells))
     cells = ratio_cells * _PITCH_STRIDE + pitch_cells
 
     alignments = []
-    active = np.arange(len(track_ids))
+    active = np.ones(len(track_ids), dtype=bool)
     for _ in range(params.max_alignments):
-        best = best_cell_per_track(track_ids[active], cells[active], hit_weights[active],
-                                   _NEIGHBOURS_2D, params.min_score)
-        if not best:
-            break
-        used = np.zeros(len(track_ids), dtype=bool)
+        remaining = np.nonzero(active)[0]
+        best = best_cell_per_track(track_ids[remaining], cells[remaining], hit_weights[remaining],
+                                   _NEIGHBOURS_2D, params.min_score, params.max_candidates)
+        aligned_tracks = []
         for track_id, cell in best:
-            in_cell = active[(track_ids[active] == track_id)
-                             & (np.abs(ratio_cells[active] - cell // _PITCH_STRIDE) <= 1)
-                             & (np.abs(pitch_cells[active] - cell % _PITCH_STRIDE) <= 1)]
+            first, last = np.searchsorted(track_ids, [track_id, track_id + 1])
+            own = np.arange(first, last)[active[first:last]]
+            in_cell = own[(np.abs(ratio_cells[own] - cell // _PITCH_STRIDE) <= 1)
+                          & (np.abs(pitch_cells[own] - cell % _PITCH_STRIDE) <= 1)]
             line = _fit_time_line(query_frames[in_cell], ref_frames[in_cell], ratio[in_cell],
                                   hit_weights[in_cell], params)
             if line is None:
                 continue
             offset, time_ratio, inliers = line
             hits = in_cell[inliers]
-            used[hits] = True
+            active[hits] = False
+            aligned_tracks.append(track_id)
             alignments.append(Alignment(track_id, "triplet", time_ratio, offset,
                                         float(np.median(pitch[hits])), query_frames[hits],
                                         ref_frames[hits], query_ids[hits], hit_weights[hits]))
-        aligned_tracks = np.array([track_id for track_id, _ in best])
-        active = active[~used[active] & np.isin(track_ids[active], aligned_tracks)]
-        if not used.any():
+        if not aligned_tracks:
             break
+        # Only tracks that just aligned can align again (a looped or re-used section).
+        active &= np.isin(track_ids, aligned_tracks)
     return alignments
 
 

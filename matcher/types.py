@@ -43,6 +43,10 @@ class MatchParams:
     max_alignments : int
         Alignments sought per track (default 4): a sample looped at several places
         aligns at several offsets.
+    max_candidates : int
+        Tracks examined per tier and round, strongest votes first (default 12): bounds
+        the query time in a large catalogue, where many tracks collect some chance
+        votes; an upload holding more than 12 catalogue works is reported partly.
     common_hash_entries_per_code : float
         A code with ``E = entries_in_tier / this`` entries or fewer weighs 1, a commoner
         one ``sqrt(E / entries)`` (default 2**20, about the number of distinct codes
@@ -52,7 +56,8 @@ class MatchParams:
     min_time_ratio, max_time_ratio : float
         Tempo ratios (query / reference) the derivative tier considers (0.75–1.34).
     max_pitch_shift_semitones : float
-        Largest pitch shift the derivative tier considers (default 5).
+        Largest pitch shift the derivative tier considers (default 4.25: a 0.8-1.25x
+        speed change moves pitch by 3.86 semitones). Wider costs query time.
     tempo_hypotheses : tuple of float
         Tempo ratios for which the query builds the triplets a reference would have
         built (default 0.8, 0.9, 1.0, 1.1, 1.25; see :func:`fingerprint.hashes.query_triplets`).
@@ -79,11 +84,12 @@ class MatchParams:
     line_tolerance: float = 3.0
     max_gap_seconds: float = 2.5
     max_alignments: int = 4
+    max_candidates: int = 12
     common_hash_entries_per_code: float = float(1 << 20)
     min_hash_weight: float = 0.1
     min_time_ratio: float = 0.75
     max_time_ratio: float = 1.34
-    max_pitch_shift_semitones: float = 5.0
+    max_pitch_shift_semitones: float = 4.25
     tempo_hypotheses: tuple[float, ...] = (0.8, 0.9, 1.0, 1.1, 1.25)
     ratio_bin: float = 0.03
     copy_ratio_tolerance: float = 0.015

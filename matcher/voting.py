@@ -33,8 +33,8 @@ def rarity_weights(query_ids: np.ndarray, n_query: int, entries_in_tier: int,
 
 
 def best_cell_per_track(track_ids: np.ndarray, cells: np.ndarray, weights: np.ndarray,
-                        neighbourhood: np.ndarray, min_weight: float):
-    """For each track, the vote cell with most weight in its neighbourhood.
+                        neighbourhood: np.ndarray, min_weight: float, max_tracks: int):
+    """For the strongest tracks, the vote cell with most weight in its neighbourhood.
 
     Parameters
     ----------
@@ -48,6 +48,9 @@ def best_cell_per_track(track_ids: np.ndarray, cells: np.ndarray, weights: np.nd
         Cell index differences summed together (e.g. ``[-1, 0, 1]``).
     min_weight : float
         Tracks whose best neighbourhood weighs less are dropped.
+    max_tracks : int
+        At most this many tracks are returned, strongest first: in a large catalogue
+        many tracks reach ``min_weight`` by chance, and only the strongest can hold up.
 
     Returns
     -------
@@ -64,10 +67,11 @@ def best_cell_per_track(track_ids: np.ndarray, cells: np.ndarray, weights: np.nd
     value_tracks = values >> 32
     tracks, first = np.unique(value_tracks, return_index=True)
     best = np.maximum.reduceat(summed, first)
+    strongest = np.argsort(-best, kind="stable")[:max_tracks]
     result = []
-    for track, start, top in zip(tracks, first, best):
+    for track, start, top in zip(tracks[strongest], first[strongest], best[strongest]):
         if top < min_weight:
-            continue
+            break
         stop = np.searchsorted(value_tracks, track, side="right")
         cell = values[start + np.argmax(summed[start:stop])] & 0xFFFFFFFF
         result.append((int(track), int(cell)))
