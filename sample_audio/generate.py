@@ -42,6 +42,7 @@ UNRELATED_SEED = 14  # a pop song like song 01, but not in the catalogue
 NOISE_SEED = 2024  # seed of the noise added to query (a)
 VORBIS_QUALITY = 5  # libvorbis -q:a (about 60 kbit/s for 22.05 kHz mono)
 FADE_SECONDS = 0.005  # at the mash-up joint, to avoid a click (timing unchanged)
+SPEED_UP = 1.25  # the "nightcore" query (e): resampled this much faster
 
 
 def pcm16(y: np.ndarray) -> np.ndarray:
@@ -102,9 +103,13 @@ def build(out: Path) -> dict:
     def excerpt(number: int, start: float, length: float) -> np.ndarray:
         return songs[number][1][seconds(start) : seconds(start) + seconds(length)].astype(np.float64)
 
-    def expect(number: int, query_start: float, query_end: float, reference_start: float) -> dict:
-        return dict(track=songs[number][0], query_start=query_start, query_end=query_end,
-                    reference_start=reference_start)
+    def expect(number: int, query_start: float, query_end: float, reference_start: float,
+               time_ratio: float = 1.0, pitch_shift_semitones: float = 0.0,
+               kind: str | None = None) -> dict:
+        found = dict(track=songs[number][0], query_start=query_start, query_end=query_end,
+                     reference_start=reference_start, time_ratio=time_ratio,
+                     pitch_shift_semitones=round(pitch_shift_semitones, 3))
+        return found | ({"kind": kind} if kind else {})
 
     queries = []
 
@@ -134,6 +139,18 @@ def build(out: Path) -> dict:
     queries.append(dict(file=f"queries/{name}", duration=16.0,
                         description="song 03 3.0-11.0 s, then song 04 10.0-18.0 s, hard cut (FLAC)",
                         expected=[expect(3, 0.0, 8.0, 3.0), expect(4, 8.0, 16.0, 10.0)]))
+
+    # (e) a "nightcore" derivative: 12.5 s of song 4 from 6 s, resampled 1.25x faster
+    # (tempo and pitch together, ffmpeg asetrate), so 10 s long and 3.86 semitones up.
+    name = f"{songs[4][0]}-nightcore-speed-1.25x.ogg"
+    write_ffmpeg(out / "queries" / name, excerpt(4, 6.0, 12.5),
+                 ["-af", f"asetrate={int(SR * SPEED_UP)},aresample={SR}",
+                  "-c:a", "libvorbis", "-q:a", str(VORBIS_QUALITY)])
+    queries.append(dict(file=f"queries/{name}", duration=10.0,
+                        description=f"song 04 6.0-18.5 s played {SPEED_UP:g}x faster: tempo and pitch "
+                                    "(+3.86 semitones) changed together (ffmpeg asetrate, Ogg Vorbis)",
+                        expected=[expect(4, 0.0, 10.0, 6.0, SPEED_UP, 12 * np.log2(SPEED_UP),
+                                         "speed_changed")]))
 
     # (d) unrelated music: a seed that is not in the catalogue.
     info = describe_song(UNRELATED_SEED)
@@ -210,7 +227,9 @@ def readme(manifest: dict) -> str:
     for q in manifest["queries"]:
         if q["expected"]:
             exp = "; ".join(f"query {e['query_start']:g}–{e['query_end']:g} s → `{e['track']}` "
-                            f"at reference start {e['reference_start']:g} s" for e in q["expected"])
+                            f"at reference start {e['reference_start']:g} s"
+                            + (f", tempo ×{e['time_ratio']:g}, pitch {e['pitch_shift_semitones']:+g} st"
+                               if e["time_ratio"] != 1.0 else "") for e in q["expected"])
         else:
             exp = "**no match**"
         q_rows.append(f"| `{q['file']}` | {q['description']} | {exp} |")

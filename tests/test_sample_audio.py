@@ -35,6 +35,12 @@ def test_sample_query_matches_the_manifest(sample_index, query):
         assert m.query_start == pytest.approx(expected["query_start"], abs=1.0), m
         assert m.query_end == pytest.approx(expected["query_end"], abs=1.0), m
         # Offsets are sample-exact in the manifest; the matcher resolves one 32 ms frame.
-        true_offset = expected["reference_start"] - expected["query_start"]
+        # The time line is ref = offset + time_ratio * query.
+        ratio = expected["time_ratio"]
+        true_offset = expected["reference_start"] - ratio * expected["query_start"]
+        assert m.time_ratio == pytest.approx(ratio, rel=0.01), m
+        assert m.pitch_shift_semitones == pytest.approx(expected["pitch_shift_semitones"], abs=0.25), m
         assert m.offset == pytest.approx(true_offset, abs=0.1), m
-        assert m.ref_start == pytest.approx(m.query_start + true_offset, abs=0.1), m
+        assert m.ref_start == pytest.approx(true_offset + ratio * m.query_start, abs=0.15), m
+        if "kind" in expected:
+            assert m.kind == expected["kind"], m
