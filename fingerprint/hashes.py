@@ -127,16 +127,14 @@ def pair_landmarks(peaks: Peaks, fanout: int, dt_min: int, dt_max: int, df_max: 
     return Landmarks(frames[anchor_idx], bins[anchor_idx], frames[target_idx], bins[target_idx])
 
 
-def hash_landmarks(landmarks: Landmarks, layout: HashLayout = PAIR_LAYOUT) -> np.ndarray:
-    """Quantise landmarks into 32-bit codes with ``layout``.
+def hash_landmarks(landmarks: Landmarks) -> np.ndarray:
+    """Quantise landmarks into 32-bit codes of :data:`PAIR_LAYOUT`.
 
     Returns
     -------
     np.ndarray of uint32, shape (n_landmarks,)
     """
-    if layout is not PAIR_LAYOUT:
-        raise ValueError(f"no hashing rule for layout {layout.name}")
-    return layout.pack(
+    return PAIR_LAYOUT.pack(
         anchor_bin=landmarks.anchor_bins,
         delta_bin=landmarks.target_bins - landmarks.anchor_bins + _DELTA_BIN_OFFSET,
         delta_frames=landmarks.target_frames - landmarks.anchor_frames,

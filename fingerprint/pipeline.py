@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from fingerprint.decode import load_audio
-from fingerprint.hashes import (PAIR_LAYOUT, Triplets, hash_landmarks, hash_triplets, pair_landmarks,
+from fingerprint.hashes import (Triplets, hash_landmarks, hash_triplets, pair_landmarks,
                                 triplet_landmarks, triplet_payloads)
 from fingerprint.params import FingerprintParams
 from fingerprint.peaks import Peaks, find_peaks
@@ -88,7 +88,7 @@ def fingerprint_signal(y: np.ndarray, params: FingerprintParams) -> Fingerprint:
         )
     triplets = triplet_landmarks(peaks, params.triplet_near_zone, params.triplet_far_zone,
                                  params.triplet_per_zone, params.triplet_df_max)
-    return Fingerprint(hash_landmarks(landmarks, PAIR_LAYOUT),
+    return Fingerprint(hash_landmarks(landmarks),
                        landmarks.anchor_frames.astype(np.int32), duration, peaks, triplets)
 
 

@@ -55,8 +55,9 @@ class IndexStore:
     """
 
     def __init__(self, directory: Path, params: FingerprintParams, tiers: dict[str, LandmarkIndex],
-                 catalog: Catalog, lock_handle):
+                 tier_files: dict[str, Path], catalog: Catalog, lock_handle):
         self.directory = directory
+        self._tier_files = tier_files
         self.fingerprint_params = params
         self.tiers = tiers
         self.catalog = catalog
@@ -117,14 +118,15 @@ class IndexStore:
             raise IndexOpenError(f"{directory}: the catalogue file {_CATALOG} is missing")
         try:
             params = FingerprintParams.from_dict(manifest["fingerprint"])
-            tiers = {tier: LandmarkIndex.load(directory / entry["file"], entry["payload_bits"],
+            tier_files = {tier: directory / entry["file"] for tier, entry in manifest["tiers"].items()}
+            tiers = {tier: LandmarkIndex.load(tier_files[tier], entry["payload_bits"],
                                               mmap=mmap and not writable)
                      for tier, entry in manifest["tiers"].items()}
             catalog = Catalog(directory / _CATALOG, writable=writable)
         except (RuntimeError, sqlite3.DatabaseError, KeyError, ValueError) as err:
             raise IndexOpenError(f"{directory}: cannot open the index: it is damaged or "
                                  f"unreadable ({err})") from err
-        return cls(directory, params, tiers, catalog, lock_handle)
+        return cls(directory, params, tiers, tier_files, catalog, lock_handle)
 
     @staticmethod
     def _acquire_lock(directory: Path):
@@ -175,9 +177,8 @@ class IndexStore:
         self.catalog.delete(leftovers)
 
     def _save_tiers(self) -> None:
-        manifest = self._read_manifest(self.directory)
         for name, tier in self.tiers.items():
-            tier.save(self.directory / manifest["tiers"][name]["file"])
+            tier.save(self._tier_files[name])
 
     def _require_writable(self) -> None:
         if self._lock_handle is None:
