@@ -12,7 +12,7 @@ from service_helpers import post_file
 webdriver = pytest.importorskip("selenium.webdriver")
 from selenium.webdriver.chrome.service import Service  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
-from selenium.webdriver.support import expected_conditions  # noqa: E402
+from selenium.common.exceptions import WebDriverException  # noqa: E402
 from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
 
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
@@ -40,10 +40,17 @@ def browser():
 
 
 def submit(browser, button_id: str) -> None:
-    """Click a submit button and wait until the page it leads to has replaced this one."""
-    button = browser.find_element(By.ID, button_id)
-    button.click()
-    WebDriverWait(browser, 60).until(expected_conditions.staleness_of(button))
+    """Click a submit button and wait until the page it leads to has replaced this one.
+
+    The old page is marked with a window property rather than watched through an element handle:
+    chromedriver can answer a handle query made mid-navigation with an inspector error instead of
+    "stale element", which made ``staleness_of`` flaky; a script run while the page unloads can fail
+    the same way, so such errors only mean "not yet".
+    """
+    browser.execute_script("window.refrainPageBeforeSubmit = true;")
+    browser.find_element(By.ID, button_id).click()
+    WebDriverWait(browser, 60, ignored_exceptions=(WebDriverException,)).until(lambda driver: driver.execute_script(
+        "return window.refrainPageBeforeSubmit === undefined && document.readyState === 'complete';"))
 
 
 def sign_in(browser, live_service, key: str) -> None:
