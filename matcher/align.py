@@ -77,13 +77,14 @@ def match_fingerprint(fp: Fingerprint, tiers: Mapping[str, LandmarkIndex], param
 
 
 def _spans(alignment: Alignment, params: MatchParams, frame_seconds: float) -> list[Span]:
-    """Split an alignment's hits at query gaps and score each piece."""
+    """Split an alignment's hits at query gaps, score each piece and bound it."""
     order = np.argsort(alignment.query_frames, kind="stable")
     q, r = alignment.query_frames[order], alignment.ref_frames[order]
     ids, weights = alignment.query_ids[order], alignment.weights[order]
     max_gap = params.max_gap_seconds / frame_seconds
     breaks = np.nonzero(np.diff(q) > max_gap)[0] + 1
     spans = []
+    edge_window = 0.5 / frame_seconds
     for piece in np.split(np.arange(len(q)), breaks):
         # One vote per query landmark (a tolerant query code can hit twice).
         landmarks, first = np.unique(ids[piece], return_index=True)
@@ -93,12 +94,29 @@ def _spans(alignment: Alignment, params: MatchParams, frame_seconds: float) -> l
         # A lone stray vote next to a real span is noise, not a span of its own.
         if len(landmarks) < params.min_aligned // 2 or score < params.min_score / 4:
             continue
-        spans.append(Span(query_start=round(float(q[piece].min()) * frame_seconds, 3),
-                          query_end=round(float(q[piece].max() + 1) * frame_seconds, 3),
-                          ref_start=round(float(r[piece].min()) * frame_seconds, 3),
-                          ref_end=round(float(r[piece].max() + 1) * frame_seconds, 3),
+        bounds = _trim_sparse_edges(q, piece, edge_window, params.span_edge_density)
+        spans.append(Span(query_start=round(float(q[bounds].min()) * frame_seconds, 3),
+                          query_end=round(float(q[bounds].max() + 1) * frame_seconds, 3),
+                          ref_start=round(float(r[bounds].min()) * frame_seconds, 3),
+                          ref_end=round(float(r[bounds].max() + 1) * frame_seconds, 3),
                           score=round(score, 2), aligned=len(landmarks)))
     return spans
+
+
+def _trim_sparse_edges(query_frames: np.ndarray, piece: np.ndarray, window: float,
+                       min_density: float) -> np.ndarray:
+    """Drop hits at either end of a span where hits are much sparser than in its body.
+
+    A hit's density is the number of the span's hits within ``window`` frames of it;
+    hits at the ends whose density is below ``min_density`` times the span's median
+    are cut. Stray agreement just past the end of a copied passage (a mash-up's next
+    section) would otherwise stretch the span over query time that holds other music.
+    """
+    frames = query_frames[piece]
+    density = (np.searchsorted(frames, frames + window, side="right")
+               - np.searchsorted(frames, frames - window, side="left"))
+    dense = np.nonzero(density >= min_density * np.median(density))[0]
+    return piece[dense[0]:dense[-1] + 1]
 
 
 def _describe(track_id: int, tier: str, found: list[tuple[Alignment, list[Span]]], fp: Fingerprint,

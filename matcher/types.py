@@ -40,6 +40,12 @@ class MatchParams:
     max_gap_seconds : float
         Aligned hits further apart than this in query time belong to different spans
         (default 2.5): a looped or re-ordered section becomes a span of its own.
+    span_edge_density : float
+        Hits at a span's start or end with fewer than this fraction (default 0.25) of the
+        median number of neighbours within 0.5 s are chance agreement next to the copied
+        passage: the span's bounds leave them out (a mash-up's next section would
+        otherwise be attributed to this work). They still count toward the score,
+        where the per-second cap keeps them small.
     max_alignments : int
         Alignments sought per track (default 4): a sample looped at several places
         aligns at several offsets.
@@ -83,6 +89,7 @@ class MatchParams:
     offset_tolerance: int = 1
     line_tolerance: float = 3.0
     max_gap_seconds: float = 2.5
+    span_edge_density: float = 0.25
     max_alignments: int = 4
     max_candidates: int = 12
     common_hash_entries_per_code: float = float(1 << 20)

@@ -6,6 +6,8 @@ import numpy as np
 import pytest
 import soxr
 
+from matcher.align import _spans
+from matcher.types import Alignment, MatchParams
 from refrain.api import Refrain
 from refrain.synth import add_noise
 
@@ -92,3 +94,18 @@ def test_removed_track_is_no_longer_reported(index_copy, catalogue_index, songs,
     with Refrain.open(index_copy, mmap=True) as reader:
         assert ids[41] not in [m.track_id for m in reader.match_file(gone).matches]
         assert [m.track_id for m in reader.match_file(kept).matches][:1] == [ids[49]]
+
+
+def test_stray_hits_past_a_copied_passage_do_not_stretch_its_span():
+    # 5 s of dense agreement, then two chance hits at the same offset 1 s and 1.4 s later
+    # (inside max_gap_seconds): the span must end with the passage, as in a mash-up.
+    frame = 0.032
+    query_frames = np.concatenate([np.arange(0, 156, 2), [int(6.0 / frame), int(6.4 / frame)]])
+    alignment = Alignment(track_id=1, tier="pair", time_ratio=1.0, offset_frames=100.0, pitch_bins=0.0,
+                          query_frames=query_frames, ref_frames=query_frames + 100,
+                          query_ids=np.arange(len(query_frames)),
+                          weights=np.ones(len(query_frames)))
+    (span,) = _spans(alignment, MatchParams(), frame)
+    assert span.query_start == pytest.approx(0.0) and span.query_end == pytest.approx(5.0, abs=0.1)
+    assert span.ref_start == pytest.approx(100 * frame)
+    assert span.aligned == len(query_frames)
