@@ -62,7 +62,7 @@ def match_fingerprint(fp: Fingerprint, tiers: Mapping[str, LandmarkIndex], param
         if track_durations is not None and alignment.track_id not in track_durations:
             continue
         spans = _spans(alignment, params, frame_seconds)
-        if sum(span.score for span in spans) >= params.min_score:
+        if sum(span.score for span in spans) >= _threshold(alignment.tier, params):
             by_track.setdefault(alignment.track_id, {}).setdefault(alignment.tier, []).append(
                 (alignment, spans))
 
@@ -74,6 +74,11 @@ def match_fingerprint(fp: Fingerprint, tiers: Mapping[str, LandmarkIndex], param
                                  bins_per_semitone, duration))
     matches.sort(key=lambda m: (-m.score, m.track_id))
     return matches
+
+
+def _threshold(tier: str, params: MatchParams) -> float:
+    """Lowest score of a match found in ``tier``."""
+    return params.min_score if tier == "pair" else params.triplet_min_score
 
 
 def _spans(alignment: Alignment, params: MatchParams, frame_seconds: float) -> list[Span]:
@@ -135,7 +140,7 @@ def _describe(track_id: int, tier: str, found: list[tuple[Alignment, list[Span]]
                                                                 a_spans, spans)]
         for a, a_spans in found]) * frame_seconds
     return Match(track_id=track_id, score=score, aligned=sum(span.aligned for span in spans),
-                 confidence=round(score / (score + params.min_score), 4),
+                 confidence=round(score / (score + _threshold(tier, params)), 4),
                  query_start=strongest.query_start, query_end=strongest.query_end,
                  ref_start=strongest.ref_start, ref_end=strongest.ref_end,
                  offset=round(strongest_alignment.offset_frames * frame_seconds, 3),

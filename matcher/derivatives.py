@@ -79,7 +79,7 @@ def derivative_alignments(fp: Fingerprint, tier: LandmarkIndex, params: MatchPar
     for _ in range(params.max_alignments):
         remaining = np.nonzero(active)[0]
         best = best_cell_per_track(track_ids[remaining], cells[remaining], hit_weights[remaining],
-                                   _NEIGHBOURS_2D, params.min_score, params.max_candidates)
+                                   _NEIGHBOURS_2D, params.triplet_min_score, params.max_candidates)
         aligned_tracks = []
         for track_id, cell in best:
             first, last = np.searchsorted(track_ids, [track_id, track_id + 1])
