@@ -151,8 +151,8 @@ def rescan_catalogue(index_dir: os.PathLike, out: os.PathLike, options: RescanOp
     index_dir = Path(index_dir).resolve()
     with Refrain.open(index_dir, mmap=True) as refrain:
         track_ids = sorted(refrain.store.catalog.ready_tracks())
-    run = run_items(CatalogueJob(str(index_dir)), "catalogue", {"index": str(index_dir)}, track_ids, out,
-                    options, resume)
+    run = run_items(lambda state: CatalogueJob(str(index_dir)), "catalogue", {"index": str(index_dir)},
+                    track_ids, out, options, resume)
     groups = group_related(run.records)
     out = Path(out)
     write_jsonl(out / "items.jsonl", run.records)

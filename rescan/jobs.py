@@ -31,7 +31,7 @@ from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Protocol
+from typing import Any, Callable, Iterable, Iterator, Protocol
 
 from tqdm import tqdm
 
@@ -164,8 +164,8 @@ def _start_state(out: Path, job: str, arguments: dict, keys: list, resume: bool)
     """The run's state and the records already done (when resuming)."""
     checkpoint, run_file = out / CHECKPOINT, out / RUN_FILE
     if resume:
-        if not run_file.exists():
-            raise RunUsageError(f"{out}: nothing to resume (no {RUN_FILE})")
+        if not run_file.exists() or not checkpoint.exists():
+            raise RunUsageError(f"{out}: no interrupted run to resume here")
         state = RunState(**json.loads(run_file.read_text()))
         if state.job != job or state.arguments != arguments:
             raise RunUsageError(f"{out}: the interrupted run was `{state.job}` with {state.arguments}, "
@@ -239,7 +239,7 @@ def _run_dask(spec: JobSpec, keys: list, options: RescanOptions) -> Iterator[tup
         workers = max(1, len(client.scheduler_info()["workers"]))
         todo = iter(keys)
         first = [client.submit(process_item, spec, key, pure=False)
-                 for key, _ in zip(todo, range(workers * options.in_flight_per_worker))]
+                 for _, key in zip(range(workers * options.in_flight_per_worker), todo)]
         by_future = {future.key: key for future, key in zip(first, keys)}
         stream = as_completed(first)
         for future in stream:
@@ -259,14 +259,15 @@ def _run_dask(spec: JobSpec, keys: list, options: RescanOptions) -> Iterator[tup
             cluster.close()
 
 
-def run_items(spec: JobSpec, job: str, arguments: dict, keys: Iterable, out: os.PathLike,
-              options: RescanOptions = RescanOptions(), resume: bool = False) -> RunResult:
+def run_items(make_spec: Callable[[RunState], JobSpec], job: str, arguments: dict, keys: Iterable,
+              out: os.PathLike, options: RescanOptions = RescanOptions(), resume: bool = False) -> RunResult:
     """Process every item, checkpointing each record, and return the records in key order.
 
     Parameters
     ----------
-    spec : JobSpec
-        What to do per item (pickled to the workers).
+    make_spec : callable
+        ``make_spec(state)`` -> the :class:`JobSpec` (pickled to the workers); it gets the
+        run's state so that, e.g., a verdict time is the run's start, also after a resume.
     job : str
         The job's name (``catalogue``, ``uploads``), checked on resume.
     arguments : dict
@@ -289,6 +290,7 @@ def run_items(spec: JobSpec, job: str, arguments: dict, keys: Iterable, out: os.
     state, done = _start_state(out, job, arguments, list(keys), resume)
     todo = [key for key in state.keys if json.dumps(key) not in done]
     result = RunResult(state, [], resumed=len(state.keys) - len(todo))
+    spec = make_spec(state)
     runner = _run_dask if options.dask else _run_local
     with open(out / CHECKPOINT, "a", encoding="utf-8") as checkpoint, \
             tqdm(total=len(state.keys), initial=result.resumed, unit="item", file=sys.stderr,

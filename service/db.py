@@ -504,6 +504,11 @@ class ServiceDB:
                 self._db.execute("ROLLBACK")
                 raise
 
+    def rescan_applied(self, decision_id: str, run_id: str) -> bool:
+        """Whether the rescan run ``run_id`` changed this decision."""
+        return bool(self._query("SELECT 1 FROM decision_changes WHERE run_id = ? AND decision_id = ?",
+                                (run_id, decision_id)))
+
     def decision_history(self, decision_id: str) -> list[DecisionChange]:
         """Every rescan change of a decision, oldest first."""
         rows = self._query("SELECT * FROM decision_changes WHERE decision_id = ? ORDER BY change_id",
