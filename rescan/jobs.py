@@ -22,12 +22,14 @@ from __future__ import annotations
 
 import csv
 import json
+import multiprocessing
 import os
 import resource
 import sys
 import threading
 import uuid
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -204,23 +206,35 @@ def _run_local(spec: JobSpec, keys: list, options: RescanOptions) -> Iterator[tu
         for key in keys:
             yield process_item(spec, key)
         return
+    # forkserver, not fork: the parent may already run FAISS/OpenMP threads, which a fork
+    # would copy in an unusable state.
+    context = multiprocessing.get_context("forkserver")
     limit = options.jobs * options.in_flight_per_worker
-    with ProcessPoolExecutor(max_workers=options.jobs) as pool:
-        pending, todo = set(), iter(keys)
-        try:
-            while True:
-                for key in todo:
-                    pending.add(pool.submit(process_item, spec, key))
-                    if len(pending) >= limit:
-                        break
-                if not pending:
-                    return
-                finished, pending = wait(pending, return_when=FIRST_COMPLETED)
-                for future in finished:
-                    yield future.result()
-        finally:
-            for future in pending:
-                future.cancel()
+    todo = iter(keys)
+    while True:
+        with ProcessPoolExecutor(max_workers=options.jobs, mp_context=context) as pool:
+            pending: dict = {}
+            try:
+                while True:
+                    for key in todo:
+                        pending[pool.submit(process_item, spec, key)] = key
+                        if len(pending) >= limit:
+                            break
+                    if not pending:
+                        return
+                    finished, _ = wait(pending, return_when=FIRST_COMPLETED)
+                    for future in finished:
+                        outcome = future.result()
+                        del pending[future]
+                        yield outcome
+            except BrokenProcessPool as err:
+                # A worker died (killed, out of memory, a crash in native code): the items it may
+                # have held fail, the rest go on in a new pool.
+                for key in pending.values():
+                    yield {"item": key, "status": "failed", "error": f"worker process died ({err})"}, "", 0
+            finally:
+                for future in pending:
+                    future.cancel()
 
 
 def _run_dask(spec: JobSpec, keys: list, options: RescanOptions) -> Iterator[tuple[dict, str, int]]:
