@@ -22,7 +22,7 @@ Commands
     Make an API key for the service; the key is printed once.
 ``refrain rescan catalogue --index DIR --out DIR [--resume] [--jobs N] [--dask local|ADDRESS]``
     Match every catalogue track against the index; groups of related works (:mod:`rescan`).
-``refrain rescan uploads --index DIR [--db PATH] [--since ISO] [--apply] --out DIR [--resume] [--jobs N] [--dask …]``
+``refrain rescan uploads --index DIR [--db PATH] [--since ISO] [--apply] --out DIR [--resume] [--jobs N] …``
     Re-decide stored upload decisions; report (and apply) the verdicts that change.
 
 Exit codes
@@ -339,10 +339,11 @@ def cmd_rescan_catalogue(args) -> int:
     report = _run_rescan(args, lambda: rescan_catalogue(args.index, args.out, _rescan_options(args),
                                                         resume=args.resume))
     for group in report.groups:
-        print(f"group {group['group']}: " + ", ".join(f"{t['track_id']} {t['source']}" for t in group["tracks"]))
+        print(f"group {group['group']}: "
+              + ", ".join(f"{t['track_id']} {t['source']}" for t in group["tracks"]))
         for pair in group["pairs"]:
-            print(f"  {pair['track_id']} -> {pair['related_track_id']}  {pair['kind']}  score {pair['score']:.1f}  "
-                  f"tempo ×{pair['time_ratio']:.3f}  pitch {pair['pitch_shift_semitones']:+.2f} st")
+            print(f"  {pair['track_id']} -> {pair['related_track_id']}  {pair['kind']}  "
+                  f"score {pair['score']:.1f}  tempo ×{pair['time_ratio']:.3f}  pitch {pair['pitch_shift_semitones']:+.2f} st")
     run = report.run
     print(f"{len(run.records)} tracks scanned ({run.resumed} from the interrupted run), {run.failed} failed; "
           f"{len(report.groups)} groups of related works; outputs in {args.out}", flush=True)

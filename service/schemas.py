@@ -253,7 +253,7 @@ class EvidenceOut(BaseModel):
 
 
 class VerdictChangeOut(BaseModel):
-    """A change of a stored decision's verdict made after the fact by a rescan (``refrain rescan uploads --apply``)."""
+    """A stored decision's verdict changed after the fact by ``refrain rescan uploads --apply``."""
 
     run_id: str = Field(description="The rescan run that made the change")
     changed_at: datetime
