@@ -173,9 +173,10 @@ def _start_state(out: Path, job: str, arguments: dict, keys: list, resume: bool)
             raise RunUsageError(f"{out}: the interrupted run was `{state.job}` with {state.arguments}, "
                                 f"not `{job}` with {arguments}")
         return state, _read_checkpoint(checkpoint)
-    if checkpoint.exists():
-        raise RunUsageError(f"{out}: holds an unfinished run ({len(_read_checkpoint(checkpoint))} items "
-                            "done): add --resume to continue it, or choose another output folder")
+    unfinished = len(_read_checkpoint(checkpoint))
+    if unfinished:  # a run that did nothing (e.g. its cluster was unreachable) is simply replaced
+        raise RunUsageError(f"{out}: holds an unfinished run ({unfinished} items done): add --resume "
+                            "to continue it, or choose another output folder")
     out.mkdir(parents=True, exist_ok=True)
     state = RunState(job=job, arguments=arguments, keys=list(keys), run_id=uuid.uuid4().hex,
                      started_at=datetime.now(timezone.utc).isoformat(timespec="microseconds"))
