@@ -370,6 +370,8 @@ def cmd_rescan_uploads(args) -> int:
         report = _run_rescan(args, lambda: rescan_uploads(
             settings.index_dir, settings.db_path, args.out, settings.review_confidence, since, args.apply,
             _rescan_options(args), resume=args.resume))
+    except FileNotFoundError as err:
+        raise CliError(str(err), EXIT_INDEX) from None
     except (sqlite3.DatabaseError, SchemaError) as err:
         raise CliError(f"{settings.db_path}: cannot open the service database ({err})", EXIT_INDEX) from err
     for record in report.run.records:

@@ -185,8 +185,19 @@ def rescan_uploads(index_dir: os.PathLike, db_path: os.PathLike, out: os.PathLik
     options : RescanOptions
     resume : bool
         Continue the interrupted run in ``out``.
+
+    Raises
+    ------
+    FileNotFoundError
+        No database at ``db_path``.
+    index.IndexOpenError
+        The index cannot be opened.
+    rescan.jobs.RunUsageError
+        ``out`` holds an unfinished run and ``resume`` is False (or the reverse).
     """
     index_dir, db_path = Path(index_dir).resolve(), Path(db_path).resolve()
+    if not db_path.is_file():  # ServiceDB would create an empty one: nothing to rescan, silently
+        raise FileNotFoundError(f"{db_path}: no service database here")
     db = ServiceDB(db_path)  # migrates an older database once, before any worker opens it
     try:
         with Refrain.open(index_dir, mmap=True):

@@ -134,9 +134,9 @@ def test_a_killed_run_resumes_to_the_same_output(planted, uninterrupted, tmp_pat
 
 
 def test_usage_errors_are_one_line_and_exit_2(planted, tmp_path, capsys):
-    def run(*args) -> tuple[int, str]:
+    def run(*args, kind="catalogue") -> tuple[int, str]:
         try:
-            code = cli_main(["rescan", "catalogue", *map(str, args)])
+            code = cli_main(["rescan", kind, *map(str, args)])
         except SystemExit as exit_:  # argparse's own usage errors
             code = exit_.code
         return code, capsys.readouterr().err
@@ -147,6 +147,11 @@ def test_usage_errors_are_one_line_and_exit_2(planted, tmp_path, capsys):
     assert code == 2 and "tcp://" in err
     code, err = run("--index", tmp_path / "no-index", "--out", tmp_path / "y")
     assert code == 3 and "no Refrain index" in err
+    code, err = run("--index", planted[0], "--out", tmp_path / "z", kind="uploads")
+    assert code == 3 and "no service database" in err
+    code, err = run("--index", planted[0], "--db", tmp_path / "db", "--since", "last week", "--out",
+                    tmp_path / "z", kind="uploads")
+    assert code == 2 and "--since" in err
 
 
 def test_resume_refuses_another_jobs_folder(planted, uninterrupted, tmp_path):
