@@ -31,7 +31,7 @@ from rescan.jobs import RescanOptions, RunResult, finish, run_items, write_csv, 
 from service.core import decide_upload, decision_body, jsonable
 from service.db import ServiceDB, WorkEvidence
 
-__all__ = ["UploadsJob", "UploadsReport", "rescan_uploads", "SUMMARY_COLUMNS"]
+__all__ = ["UploadsJob", "UploadsReport", "rescan_uploads", "explain_change", "SUMMARY_COLUMNS"]
 
 #: Columns of ``summary.csv``: one row per stored decision looked at.
 SUMMARY_COLUMNS = ["item", "status", "created_at", "filename", "uploader_id", "old_verdict", "new_verdict",
