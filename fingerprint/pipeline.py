@@ -13,7 +13,8 @@ from fingerprint.params import FingerprintParams
 from fingerprint.peaks import Peaks, find_peaks
 from fingerprint.spectrogram import log_frequency_spectrogram
 
-__all__ = ["Fingerprint", "FingerprintError", "fingerprint_signal", "fingerprint_file"]
+__all__ = ["Fingerprint", "FingerprintError", "fingerprint_signal", "fingerprint_file", "signal_peaks",
+           "fingerprint_peaks"]
 
 
 class FingerprintError(ValueError):
@@ -54,6 +55,64 @@ class Fingerprint:
                 "triplet": (triplet_codes, triplet_payloads(self.triplets)[rows])}
 
 
+def signal_peaks(y: np.ndarray, params: FingerprintParams) -> Peaks:
+    """The spectral peaks of mono samples at ``params.sample_rate`` (the first half of the pipeline).
+
+    Parameters
+    ----------
+    y : np.ndarray, shape (n,)
+        Mono signal.
+    params : FingerprintParams
+        Analysis settings.
+
+    Returns
+    -------
+    Peaks
+    """
+    S_db = log_frequency_spectrogram(y, params.sample_rate, params.n_fft, params.hop_length,
+                                     params.fmin, params.fmax, params.bins_per_octave)
+    return find_peaks(S_db, params.frame_seconds, params.peak_time_radius,
+                      params.peak_freq_radius, params.peak_floor_db,
+                      params.peak_min_prominence_db, params.peaks_per_second,
+                      params.density_window)
+
+
+def fingerprint_peaks(peaks: Peaks, duration: float, params: FingerprintParams) -> Fingerprint:
+    """Build the landmark hashes of both tiers from peaks (the second half of the pipeline).
+
+    Stored fingerprints keep only their peaks (:mod:`fingerprint.serialize`) and are
+    rebuilt here, so they always hash exactly as a fresh :func:`fingerprint_signal`.
+
+    Parameters
+    ----------
+    peaks : Peaks
+        From :func:`signal_peaks`.
+    duration : float
+        Seconds of audio the peaks were taken from.
+    params : FingerprintParams
+        Analysis settings (the same the peaks were found with).
+
+    Returns
+    -------
+    Fingerprint
+
+    Raises
+    ------
+    FingerprintError
+        When the peaks yield no landmark (silent, or too short for one window).
+    """
+    landmarks = pair_landmarks(peaks, params.fanout, params.target_dt_min,
+                               params.target_dt_max, params.target_df_max)
+    if len(landmarks) == 0:
+        raise FingerprintError(
+            f"no landmarks in {duration:.2f} s of audio: it is silent, too quiet or too short"
+        )
+    triplets = triplet_landmarks(peaks, params.triplet_near_zone, params.triplet_far_zone,
+                                 params.triplet_per_zone, params.triplet_df_max)
+    return Fingerprint(hash_landmarks(landmarks),
+                       landmarks.anchor_frames.astype(np.int32), duration, peaks, triplets)
+
+
 def fingerprint_signal(y: np.ndarray, params: FingerprintParams) -> Fingerprint:
     """Fingerprint mono samples already at ``params.sample_rate``.
 
@@ -73,23 +132,7 @@ def fingerprint_signal(y: np.ndarray, params: FingerprintParams) -> Fingerprint:
     FingerprintError
         When the signal yields no landmark (silent, or too short for one window).
     """
-    duration = len(y) / params.sample_rate
-    S_db = log_frequency_spectrogram(y, params.sample_rate, params.n_fft, params.hop_length,
-                                     params.fmin, params.fmax, params.bins_per_octave)
-    peaks = find_peaks(S_db, params.frame_seconds, params.peak_time_radius,
-                       params.peak_freq_radius, params.peak_floor_db,
-                       params.peak_min_prominence_db, params.peaks_per_second,
-                       params.density_window)
-    landmarks = pair_landmarks(peaks, params.fanout, params.target_dt_min,
-                               params.target_dt_max, params.target_df_max)
-    if len(landmarks) == 0:
-        raise FingerprintError(
-            f"no landmarks in {duration:.2f} s of audio: it is silent, too quiet or too short"
-        )
-    triplets = triplet_landmarks(peaks, params.triplet_near_zone, params.triplet_far_zone,
-                                 params.triplet_per_zone, params.triplet_df_max)
-    return Fingerprint(hash_landmarks(landmarks),
-                       landmarks.anchor_frames.astype(np.int32), duration, peaks, triplets)
+    return fingerprint_peaks(signal_peaks(y, params), len(y) / params.sample_rate, params)
 
 
 def fingerprint_file(path, params: FingerprintParams, max_duration: float | None = None) -> Fingerprint:

@@ -20,6 +20,10 @@ Commands
     Run the HTTP match service (``docs/service.md``) on the index.
 ``refrain keys create --role ROLE (--index DIR | --db PATH) [--label TEXT]``
     Make an API key for the service; the key is printed once.
+``refrain rescan catalogue --index DIR --out DIR [--resume] [--jobs N] [--dask local|ADDRESS]``
+    Match every catalogue track against the index; groups of related works (:mod:`rescan`).
+``refrain rescan uploads --index DIR [--db PATH] [--since ISO] [--apply] --out DIR [--resume] [--jobs N] …``
+    Re-decide stored upload decisions; report (and apply) the verdicts that change.
 
 Exit codes
 ----------
@@ -72,12 +76,12 @@ SAMPLE_AUDIO = Path(__file__).resolve().parents[1] / "sample_audio"
 EPILOG = """\
 exit codes:
   0    success: every file ingested (or already there), every query processed
-  1    some file, query or track id failed, or a folder held no audio file
-       (the other files and queries were still processed)
+  1    some file, query, track id or rescan item failed, or a folder held no audio file
+       (the other files, queries and items were still processed)
   2    usage error
   3    the index cannot be opened (missing, not an index, locked by another writer),
-       or the service database cannot be opened
-  130  interrupted; work finished so far is saved
+       or the service database or the Dask scheduler cannot be opened
+  130  interrupted; work finished so far is saved (a rescan continues with --resume)
 """
 
 
@@ -309,6 +313,85 @@ def cmd_keys_create(args) -> int:
     return EXIT_OK
 
 
+def _rescan_options(args):
+    from rescan.jobs import RescanOptions
+
+    return RescanOptions(jobs=args.jobs, dask=args.dask)
+
+
+def _run_rescan(args, start):
+    """Run a rescan; its usage and connection problems become one error line and an exit code."""
+    from rescan.jobs import RunUsageError
+
+    try:
+        return start()
+    except RunUsageError as err:
+        raise CliError(str(err), 2) from None
+    except (OSError, TimeoutError) as err:
+        if args.dask and args.dask != "local":
+            raise CliError(f"cannot use the Dask scheduler {args.dask} ({err})", EXIT_INDEX) from None
+        raise
+
+
+def cmd_rescan_catalogue(args) -> int:
+    from rescan.catalogue import rescan_catalogue
+
+    report = _run_rescan(args, lambda: rescan_catalogue(args.index, args.out, _rescan_options(args),
+                                                        resume=args.resume))
+    for group in report.groups:
+        print(f"group {group['group']}: "
+              + ", ".join(f"{t['track_id']} {t['source']}" for t in group["tracks"]))
+        for pair in group["pairs"]:
+            print(f"  {pair['track_id']} -> {pair['related_track_id']}  {pair['kind']}  "
+                  f"score {pair['score']:.1f}  tempo ×{pair['time_ratio']:.3f}  pitch {pair['pitch_shift_semitones']:+.2f} st")
+    run = report.run
+    print(f"{len(run.records)} tracks scanned ({run.resumed} from the interrupted run), {run.failed} failed; "
+          f"{len(report.groups)} groups of related works; outputs in {args.out}", flush=True)
+    return EXIT_FAILED if run.failed else EXIT_OK
+
+
+def cmd_rescan_uploads(args) -> int:
+    import sqlite3
+    from datetime import datetime, timezone
+
+    from rescan.uploads import rescan_uploads
+    from service.db import SchemaError
+
+    since = None
+    if args.since is not None:
+        try:
+            since = datetime.fromisoformat(args.since)
+        except ValueError:
+            args.parser.error(f"--since: not an ISO 8601 date or instant: {args.since!r}")
+        if since.tzinfo is None:
+            since = since.replace(tzinfo=timezone.utc)
+    settings = _service_settings(args)
+    try:
+        report = _run_rescan(args, lambda: rescan_uploads(
+            settings.index_dir, settings.db_path, args.out, settings.review_confidence, since, args.apply,
+            _rescan_options(args), resume=args.resume))
+    except FileNotFoundError as err:
+        raise CliError(str(err), EXIT_INDEX) from None
+    except (sqlite3.DatabaseError, SchemaError) as err:
+        raise CliError(f"{settings.db_path}: cannot open the service database ({err})", EXIT_INDEX) from err
+    for record in report.run.records:
+        if record.get("changed"):
+            print(f"{record['item']}  {record['old_verdict']} -> {record['new_verdict']}"
+                  f"{'  (applied)' if record['applied'] else ''}  {record['filename']}: {record['why']}")
+    run = report.run
+    skipped = sum(record["status"] == "skipped" for record in run.records)
+    print(f"{len(run.records)} decisions checked ({run.resumed} from the interrupted run), {skipped} skipped, "
+          f"{run.failed} failed; {report.changed} verdicts would change, {report.applied} changed; "
+          f"outputs in {args.out}", flush=True)
+    return EXIT_FAILED if run.failed else EXIT_OK
+
+
+def _dask_address(text: str) -> str:
+    if text == "local" or "://" in text:
+        return text
+    raise argparse.ArgumentTypeError(f"expected `local` or a scheduler address like tcp://host:8786, not {text!r}")
+
+
 # -- entry point ---------------------------------------------------------------------------
 
 
@@ -386,6 +469,36 @@ def build_parser() -> argparse.ArgumentParser:
     create.add_argument("--index", type=Path, default=None, metavar="DIR",
                         help="index directory (the database is <index>.service.sqlite)")
     create.add_argument("--db", type=Path, default=None, metavar="PATH", help="service database")
+
+    sub = command("rescan", None, "batch rescans: the catalogue against itself, past uploads against "
+                                  "today's catalogue and policies")
+    kinds = sub.add_subparsers(dest="kind", required=True, metavar="KIND")
+    for name, run, help_text in (
+            ("catalogue", cmd_rescan_catalogue, "match every catalogue track against the index and group "
+                                                "related works (copies, derivatives)"),
+            ("uploads", cmd_rescan_uploads, "re-decide stored upload decisions with the current index, "
+                                            "policies and licences; report (and --apply) verdict changes")):
+        kind = kinds.add_parser(name, help=help_text, description=help_text, epilog=EPILOG,
+                                formatter_class=formatter)
+        kind.set_defaults(run=run, parser=kind)
+        index_option(kind)
+        if name == "uploads":
+            kind.add_argument("--db", type=Path, default=None, metavar="PATH",
+                              help="service database (default: <index>.service.sqlite beside the index)")
+            kind.add_argument("--since", default=None, metavar="ISO",
+                              help="only decisions made at or after this date/instant (UTC if no zone)")
+            kind.add_argument("--apply", action="store_true",
+                              help="write the changed verdicts to the database (the old ones stay in "
+                                   "each decision's history)")
+        kind.add_argument("--out", type=Path, required=True, metavar="DIR",
+                          help="output folder: items.jsonl, summary.csv (and the checkpoint while unfinished)")
+        kind.add_argument("--resume", action="store_true",
+                          help="continue the interrupted run whose checkpoint is in --out")
+        kind.add_argument("--jobs", type=_positive_int, default=1, metavar="N",
+                          help="worker processes (or Dask workers with --dask local); default 1")
+        kind.add_argument("--dask", type=_dask_address, default=None, metavar="local|ADDRESS",
+                          help="run on Dask: `local` starts a LocalCluster of --jobs workers, "
+                               "tcp://host:8786 uses a running scheduler")
     return parser
 
 

@@ -19,10 +19,11 @@ from pathlib import Path
 import numpy as np
 
 import policy
-from fingerprint import (AudioDecodeError, AudioTooLongError, FingerprintError, fingerprint_signal,
-                         load_audio)
+from fingerprint import (AudioDecodeError, AudioTooLongError, Fingerprint, FingerprintError,
+                         fingerprint_signal, load_audio)
+from fingerprint.serialize import fingerprint_to_bytes
 from index import TrackMetadata
-from refrain.api import Refrain, TrackMatch
+from refrain.api import QueryResult, Refrain, TrackMatch
 from refrain.config import Config
 from service.db import ApiKey, ServiceDB, Work, WorkEvidence, utc_now
 from service.errors import ApiError
@@ -31,7 +32,8 @@ from service.render import spectrogram_png
 from service.settings import ServiceSettings
 from service.uploads import ReceivedForm
 
-__all__ = ["MatchService", "MatchOutcome", "policy_out", "work_out", "licence_out"]
+__all__ = ["MatchService", "MatchOutcome", "UploadDecision", "decide_upload", "decision_body", "jsonable",
+           "policy_out", "work_out", "licence_out"]
 
 log = logging.getLogger("refrain.service")
 
@@ -208,56 +210,22 @@ class MatchService:
         with self.lock.read():
             # One consistent snapshot: the index, the works and their policies cannot change
             # between the match and the decision (catalogue writes take the write side).
-            result = self.refrain.match_fingerprint(fp, form.filename)
-            evidence = {m.track_id: self.refrain.evidence(fp, m.track_id) for m in result.matches}
-            works = self.db.works_by_track([m.track_id for m in result.matches])
-            policies = self.db.policies([w.work_id for w in works.values()])
+            decided = decide_upload(self.refrain, self.db, fp, form.filename, uploader_id, licences, now,
+                                    self.settings.review_confidence)
+            evidence = {m.track_id: self.refrain.evidence(fp, m.track_id) for m in decided.result.matches}
 
-        decision = policy.decide(
-            [policy.MatchedWork(work_id=works[m.track_id].work_id if m.track_id in works else None,
-                                track_id=m.track_id, kind=m.kind, confidence=m.confidence,
-                                spans=tuple((s.query_start, s.query_end) for s in m.spans))
-             for m in result.matches],
-            policies, licences, uploader_id, fp.duration, now, self.settings.review_confidence)
-        decided = {w.track_id: w for w in decision.works}
-        stored_evidence = [self._evidence(m, evidence.get(m.track_id), works.get(m.track_id), samples)
-                           for m in result.matches]
-        body = {
-            "decision_id": ("dec_" + secrets.token_urlsafe(12)) if store else None,
-            "stored": store, "created_at": now, "filename": form.filename, "uploader_id": uploader_id,
-            "licence_ids": licence_ids, "verdict": decision.verdict, "reason": decision.reason,
-            "works": [self._matched_work(m, works.get(m.track_id), policies, decided[m.track_id])
-                      for m in result.matches],
-            "total_share_owed": decision.total_share_owed,
-            "fingerprint": {"sha256": form.sha256, "bytes": form.file_bytes,
-                            "duration": round(fp.duration, 3), "landmarks": len(fp),
-                            "landmarks_per_second": round(len(fp) / max(fp.duration, 1e-9), 2)},
-        }
+        stored_evidence = [self._evidence(m, evidence.get(m.track_id), decided.works.get(m.track_id), samples)
+                           for m in decided.result.matches]
+        body = decision_body(decided, decision_id=("dec_" + secrets.token_urlsafe(12)) if store else None,
+                             stored=store, created_at=now, uploader_id=uploader_id, licence_ids=licence_ids,
+                             fingerprint={"sha256": form.sha256, "bytes": form.file_bytes,
+                                          "duration": round(fp.duration, 3), "landmarks": len(fp),
+                                          "landmarks_per_second": round(len(fp) / max(fp.duration, 1e-9), 2)})
         if store:
-            self.db.add_decision(body["decision_id"], now, decision.verdict, uploader_id, key.prefix,
-                                 form.filename, _jsonable(body), stored_evidence)
+            self.db.add_decision(body["decision_id"], now, decided.decision.verdict, uploader_id, key.prefix,
+                                 form.filename, jsonable(body), stored_evidence,
+                                 fingerprint_to_bytes(fp, params))
         return MatchOutcome(body, stored_evidence)
-
-    @staticmethod
-    def _matched_work(m: TrackMatch, work: Work | None, policies: dict, decided: policy.WorkDecision) -> dict:
-        return {
-            "work_id": work.work_id if work else None, "track_id": m.track_id,
-            "title": work.title if work else m.title,
-            "artists": work.artists if work else ([m.artist] if m.artist else []),
-            "rights_holder": work.rights_holder if work else None,
-            "isrc": work.isrc if work else m.isrc,
-            "kind": m.kind, "use": decided.use, "score": m.score, "aligned": m.aligned,
-            "confidence": m.confidence, "query_start": m.query_start, "query_end": m.query_end,
-            "ref_start": m.ref_start, "ref_end": m.ref_end, "offset": m.offset,
-            "time_ratio": m.time_ratio, "pitch_shift_semitones": m.pitch_shift_semitones,
-            "spans": [span.to_dict() for span in m.spans],
-            "policy": policy_out(policies.get(work.work_id) if work else None),
-            "action": decided.action, "outcome": decided.outcome, "licence_id": decided.licence_id,
-            "reason": decided.reason,
-            "royalty": {"covered_seconds": decided.covered_seconds,
-                        "duration_share": decided.duration_share,
-                        "royalty_share": decided.royalty_share, "share_owed": decided.share_owed},
-        }
 
     def _evidence(self, m: TrackMatch, full, work: Work | None, samples: np.ndarray) -> WorkEvidence:
         """Aligned points and the spectrogram of the strongest span (padded 1 s, capped)."""
@@ -271,12 +239,109 @@ class MatchService:
                             spectrogram_start=round(start, 3), spectrogram_end=round(end, 3))
 
 
-def _jsonable(value):
+@dataclass(frozen=True)
+class UploadDecision:
+    """An upload's fingerprint matched against the index and decided under the current policies.
+
+    Attributes
+    ----------
+    result : QueryResult
+        Every catalogue track found.
+    decision : policy.Decision
+        The verdict, one :class:`policy.WorkDecision` per match (same order).
+    works : dict of int to Work
+        The registered work of each matched track that has one.
+    policies : dict of int to policy.Policy
+        The policies set for those works.
+    """
+
+    result: QueryResult
+    decision: policy.Decision
+    works: dict[int, Work]
+    policies: dict[int, policy.Policy]
+
+
+def decide_upload(refrain: Refrain, db: ServiceDB, fp: Fingerprint, filename: str, uploader_id: str | None,
+                  licences: list[policy.Licence], at: datetime, review_confidence: float) -> UploadDecision:
+    """Match an upload's fingerprint and decide its verdict: the one step uploads and rescans share.
+
+    Parameters
+    ----------
+    refrain : Refrain
+        The index (the caller keeps it from changing meanwhile, if it must).
+    db : ServiceDB
+        Works and policies.
+    fp : Fingerprint
+        The upload's fingerprint (fresh, or rebuilt from the stored one).
+    filename : str
+        The upload's name, as reported.
+    uploader_id : str or None
+        Who uploaded; licences only cover their licensee.
+    licences : list of policy.Licence
+        The licences declared with the upload.
+    at : datetime
+        When the verdict is taken (licence validity is judged then).
+    review_confidence : float
+        See :class:`service.settings.ServiceSettings`.
+    """
+    result = refrain.match_fingerprint(fp, filename)
+    works = db.works_by_track([m.track_id for m in result.matches])
+    policies = db.policies([w.work_id for w in works.values()])
+    decision = policy.decide(
+        [policy.MatchedWork(work_id=works[m.track_id].work_id if m.track_id in works else None,
+                            track_id=m.track_id, kind=m.kind, confidence=m.confidence,
+                            spans=tuple((s.query_start, s.query_end) for s in m.spans))
+         for m in result.matches],
+        policies, licences, uploader_id, fp.duration, at, review_confidence)
+    return UploadDecision(result, decision, works, policies)
+
+
+def decision_body(decided: UploadDecision, *, decision_id: str | None, stored: bool, created_at: datetime,
+                  uploader_id: str | None, licence_ids: list[str], fingerprint: dict) -> dict:
+    """The answer to an upload, shaped as :class:`service.schemas.DecisionOut`.
+
+    ``fingerprint`` is the upload's summary (sha256, bytes, duration, landmarks,
+    landmarks_per_second), kept as first reported when a rescan rewrites the answer.
+    """
+    by_track = {w.track_id: w for w in decided.decision.works}
+    return {
+        "decision_id": decision_id, "stored": stored, "created_at": created_at,
+        "filename": decided.result.query, "uploader_id": uploader_id, "licence_ids": licence_ids,
+        "verdict": decided.decision.verdict, "reason": decided.decision.reason,
+        "works": [_matched_work(m, decided.works.get(m.track_id), decided.policies, by_track[m.track_id])
+                  for m in decided.result.matches],
+        "total_share_owed": decided.decision.total_share_owed,
+        "fingerprint": fingerprint,
+    }
+
+
+def _matched_work(m: TrackMatch, work: Work | None, policies: dict, decided: policy.WorkDecision) -> dict:
+    return {
+        "work_id": work.work_id if work else None, "track_id": m.track_id,
+        "title": work.title if work else m.title,
+        "artists": work.artists if work else ([m.artist] if m.artist else []),
+        "rights_holder": work.rights_holder if work else None,
+        "isrc": work.isrc if work else m.isrc,
+        "kind": m.kind, "use": decided.use, "score": m.score, "aligned": m.aligned,
+        "confidence": m.confidence, "query_start": m.query_start, "query_end": m.query_end,
+        "ref_start": m.ref_start, "ref_end": m.ref_end, "offset": m.offset,
+        "time_ratio": m.time_ratio, "pitch_shift_semitones": m.pitch_shift_semitones,
+        "spans": [span.to_dict() for span in m.spans],
+        "policy": policy_out(policies.get(work.work_id) if work else None),
+        "action": decided.action, "outcome": decided.outcome, "licence_id": decided.licence_id,
+        "reason": decided.reason,
+        "royalty": {"covered_seconds": decided.covered_seconds,
+                    "duration_share": decided.duration_share,
+                    "royalty_share": decided.royalty_share, "share_owed": decided.share_owed},
+    }
+
+
+def jsonable(value):
     """The body with datetimes as ISO strings, for the decisions table."""
     if isinstance(value, dict):
-        return {k: _jsonable(v) for k, v in value.items()}
+        return {k: jsonable(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
+        return [jsonable(v) for v in value]
     if isinstance(value, datetime):
         return value.isoformat()
     return value

@@ -24,7 +24,8 @@ import numpy as np
 
 from policy import Licence, Policy
 
-__all__ = ["ServiceDB", "SchemaError", "Work", "ApiKey", "StoredDecision", "ROLES", "hash_key", "utc_now"]
+__all__ = ["ServiceDB", "SchemaError", "Work", "ApiKey", "StoredDecision", "DecisionChange", "RescanCandidate",
+           "WorkEvidence", "ROLES", "hash_key", "utc_now"]
 
 ROLES = ("uploader", "analyst", "admin")
 KEY_PREFIX_LENGTH = 12  # "rk_" + 9 characters: shown in listings and logs, never enough to use
@@ -93,6 +94,24 @@ _MIGRATIONS = [
     );
     CREATE INDEX decision_works_by_work ON decision_works (work_id);
     """,
+    """
+    CREATE TABLE decision_fingerprints (
+        decision_id   TEXT    PRIMARY KEY REFERENCES decisions (decision_id) ON DELETE CASCADE,
+        fingerprint   BLOB    NOT NULL            -- fingerprint.serialize blob: the upload's peaks
+    );
+    CREATE TABLE decision_changes (
+        change_id     INTEGER PRIMARY KEY AUTOINCREMENT,
+        decision_id   TEXT    NOT NULL REFERENCES decisions (decision_id) ON DELETE CASCADE,
+        run_id        TEXT    NOT NULL,           -- the rescan run that changed it
+        changed_at    TEXT    NOT NULL,
+        old_verdict   TEXT    NOT NULL,
+        new_verdict   TEXT    NOT NULL,
+        reason        TEXT    NOT NULL,           -- why the verdict changed, for the analyst
+        old_body      TEXT    NOT NULL,           -- the answer as it stood before the change
+        UNIQUE (run_id, decision_id)
+    );
+    CREATE INDEX decision_changes_by_decision ON decision_changes (decision_id, change_id);
+    """,
 ]
 
 
@@ -152,6 +171,30 @@ class StoredDecision:
     created_at: datetime
     verdict: str
     body: dict
+
+
+@dataclass(frozen=True)
+class DecisionChange:
+    """A verdict changed after the fact by a rescan (``decision_changes``): what it was, when, why."""
+
+    decision_id: str
+    run_id: str
+    changed_at: datetime
+    old_verdict: str
+    new_verdict: str
+    reason: str
+    old_body: dict
+
+
+@dataclass(frozen=True)
+class RescanCandidate:
+    """A stored decision as a rescan sees it: its answer and its fingerprint blob (None before schema v2)."""
+
+    decision_id: str
+    created_at: datetime
+    verdict: str
+    body: dict
+    fingerprint: bytes | None
 
 
 @dataclass(frozen=True)
@@ -339,7 +382,8 @@ class ServiceDB:
 
     def add_decision(self, decision_id: str, created_at: datetime, verdict: str,
                      uploader_id: str | None, key_prefix: str, filename: str, body: dict,
-                     evidence: list[WorkEvidence]) -> None:
+                     evidence: list[WorkEvidence], fingerprint: bytes | None = None) -> None:
+        """Store a decision, its evidence and (for later rescans) the upload's fingerprint blob."""
         with self._lock:
             self._db.execute("BEGIN")
             try:
@@ -354,6 +398,9 @@ class ServiceDB:
                     [(decision_id, e.work_id, e.track_id,
                       np.ascontiguousarray(e.points, dtype="<f4").tobytes(), e.spectrogram_png,
                       e.spectrogram_start, e.spectrogram_end) for e in evidence])
+                if fingerprint is not None:
+                    self._db.execute("INSERT INTO decision_fingerprints (decision_id, fingerprint)"
+                                     " VALUES (?, ?)", (decision_id, fingerprint))
                 self._db.execute("COMMIT")
             except BaseException:
                 self._db.execute("ROLLBACK")
@@ -395,3 +442,76 @@ class ServiceDB:
         total = self._query(f"SELECT COUNT(*) FROM decisions{clause}", params)[0][0]
         return ([StoredDecision(r["decision_id"], _parse(r["created_at"]), r["verdict"],
                                 json.loads(r["body"])) for r in rows], int(total))
+
+    # -- rescans -------------------------------------------------------------------------------
+
+    def rescan_ids(self, since: datetime | None) -> list[str]:
+        """Ids of the stored decisions made at or after ``since`` (all if None), oldest first."""
+        clause, params = ("WHERE created_at >= ?", (_iso(since),)) if since is not None else ("", ())
+        rows = self._query(f"SELECT decision_id FROM decisions {clause} ORDER BY created_at, decision_id",
+                           params)
+        return [row[0] for row in rows]
+
+    def rescan_candidate(self, decision_id: str) -> RescanCandidate | None:
+        """A decision with its fingerprint blob (None: stored before fingerprints were kept)."""
+        rows = self._query("SELECT d.*, f.fingerprint FROM decisions d LEFT JOIN decision_fingerprints f"
+                           " USING (decision_id) WHERE decision_id = ?", (decision_id,))
+        if not rows:
+            return None
+        row = rows[0]
+        return RescanCandidate(row["decision_id"], _parse(row["created_at"]), row["verdict"],
+                               json.loads(row["body"]), row["fingerprint"])
+
+    def apply_rescan_change(self, decision_id: str, run_id: str, changed_at: datetime, old_verdict: str,
+                            new_body: dict, reason: str, evidence: list[WorkEvidence]) -> bool:
+        """Replace a decision's verdict and answer after a rescan, keeping the old answer in its history.
+
+        Idempotent per ``(run_id, decision_id)``, so a resumed run can apply again.
+        Evidence rows are added for tracks the decision did not match before (points
+        only: the upload's audio is not kept); existing evidence stays as recorded.
+
+        Returns
+        -------
+        bool
+            False when nothing was changed: already applied by this run, or the decision is
+            gone or no longer has ``old_verdict`` (changed since the rescan read it).
+        """
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                rows = self._db.execute("SELECT verdict, body FROM decisions WHERE decision_id = ?",
+                                        (decision_id,)).fetchall()
+                done = self._db.execute("SELECT 1 FROM decision_changes WHERE run_id = ? AND decision_id = ?",
+                                        (run_id, decision_id)).fetchall()
+                if not rows or done or rows[0]["verdict"] != old_verdict:
+                    self._db.execute("ROLLBACK")
+                    return False
+                self._db.execute(
+                    "INSERT INTO decision_changes (decision_id, run_id, changed_at, old_verdict, new_verdict,"
+                    " reason, old_body) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    (decision_id, run_id, _iso(changed_at), old_verdict, new_body["verdict"], reason,
+                     rows[0]["body"]))
+                self._db.execute("UPDATE decisions SET verdict = ?, body = ? WHERE decision_id = ?",
+                                 (new_body["verdict"], json.dumps(new_body), decision_id))
+                self._db.executemany(
+                    "INSERT INTO decision_works (decision_id, work_id, track_id, points) VALUES (?, ?, ?, ?)"
+                    " ON CONFLICT (decision_id, track_id) DO NOTHING",
+                    [(decision_id, e.work_id, e.track_id, np.ascontiguousarray(e.points, dtype="<f4").tobytes())
+                     for e in evidence])
+                self._db.execute("COMMIT")
+                return True
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+
+    def rescan_applied(self, decision_id: str, run_id: str) -> bool:
+        """Whether the rescan run ``run_id`` changed this decision."""
+        return bool(self._query("SELECT 1 FROM decision_changes WHERE run_id = ? AND decision_id = ?",
+                                (run_id, decision_id)))
+
+    def decision_history(self, decision_id: str) -> list[DecisionChange]:
+        """Every rescan change of a decision, oldest first."""
+        rows = self._query("SELECT * FROM decision_changes WHERE decision_id = ? ORDER BY change_id",
+                           (decision_id,))
+        return [DecisionChange(row["decision_id"], row["run_id"], _parse(row["changed_at"]), row["old_verdict"],
+                               row["new_verdict"], row["reason"], json.loads(row["old_body"])) for row in rows]

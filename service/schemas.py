@@ -11,7 +11,7 @@ __all__ = [
     "Action", "Use", "Verdict", "Outcome", "Role", "ErrorBody", "PolicyBody", "PolicyOut", "WorkOut",
     "WorkList", "WorkUploadForm", "LicenceIn", "LicenceOut", "LicenceList", "KeyIn", "KeyCreated",
     "KeyOut", "KeyList", "MatchUploadForm", "SpanOut", "RoyaltyOut", "MatchedWorkOut",
-    "FingerprintSummary", "DecisionOut", "EvidenceOut", "DecisionDetail", "DecisionSummary",
+    "FingerprintSummary", "DecisionOut", "EvidenceOut", "VerdictChangeOut", "DecisionDetail", "DecisionSummary",
     "DecisionList", "Health",
 ]
 
@@ -252,10 +252,21 @@ class EvidenceOut(BaseModel):
     spectrogram_end: float | None
 
 
+class VerdictChangeOut(BaseModel):
+    """A stored decision's verdict changed after the fact by ``refrain rescan uploads --apply``."""
+
+    run_id: str = Field(description="The rescan run that made the change")
+    changed_at: datetime
+    old_verdict: Verdict
+    new_verdict: Verdict
+    reason: str = Field(description="Why the verdict changed, work by work")
+
+
 class DecisionDetail(DecisionOut):
-    """A stored decision with its evidence."""
+    """A stored decision with its evidence, and its verdict changes (oldest first; empty if never changed)."""
 
     evidence: list[EvidenceOut]
+    history: list[VerdictChangeOut] = Field(default_factory=list)
 
 
 class DecisionSummary(BaseModel):

@@ -13,7 +13,7 @@ from service.deps import get_service, require_role
 from service.errors import ApiError
 from service.routers import error_responses, multipart_body
 from service.schemas import (DecisionDetail, DecisionList, DecisionOut, DecisionSummary, EvidenceOut,
-                             Verdict)
+                             Verdict, VerdictChangeOut)
 from service.uploads import receive_form
 
 router = APIRouter(prefix="/v1/matches", tags=["matches"])
@@ -85,7 +85,10 @@ def stored_decision(service: MatchService, decision_id: str) -> DecisionDetail:
             points=[] if found is None else [(round(float(q), 3), round(float(r), 3)) for q, r in found.points],
             spectrogram_start=found.spectrogram_start if found else None,
             spectrogram_end=found.spectrogram_end if found else None))
-    return DecisionDetail(**stored.body, evidence=items)
+    history = [VerdictChangeOut(run_id=c.run_id, changed_at=c.changed_at, old_verdict=c.old_verdict,
+                                new_verdict=c.new_verdict, reason=c.reason)
+               for c in service.db.decision_history(decision_id)]
+    return DecisionDetail(**stored.body, evidence=items, history=history)
 
 
 @router.get("/{decision_id}", response_model=DecisionDetail, summary="Get a stored decision with its evidence",
