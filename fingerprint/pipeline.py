@@ -9,6 +9,7 @@ import numpy as np
 from fingerprint.decode import load_audio
 from fingerprint.hashes import (Triplets, hash_landmarks, hash_triplets, pair_landmarks,
                                 triplet_landmarks, triplet_payloads)
+from fingerprint.melody import chroma_sequence
 from fingerprint.params import FingerprintParams
 from fingerprint.peaks import Peaks, find_peaks
 from fingerprint.spectrogram import log_frequency_spectrogram
@@ -36,6 +37,9 @@ class Fingerprint:
         The peaks the landmarks were built from (kept for evidence plots).
     triplets : Triplets
         Tempo- and pitch-invariant peak triplets (the derivative tier).
+    melody : np.ndarray, shape (n, 12), float32, or None
+        Chroma sequence of the melody tier (:func:`fingerprint.melody.chroma_sequence`);
+        None when ``FingerprintParams.melody`` is None.
     """
 
     hashes: np.ndarray
@@ -43,6 +47,7 @@ class Fingerprint:
     duration: float
     peaks: Peaks
     triplets: Triplets
+    melody: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.hashes)
@@ -88,8 +93,10 @@ def fingerprint_signal(y: np.ndarray, params: FingerprintParams) -> Fingerprint:
         )
     triplets = triplet_landmarks(peaks, params.triplet_near_zone, params.triplet_far_zone,
                                  params.triplet_per_zone, params.triplet_df_max)
+    melody = (None if params.melody is None
+              else chroma_sequence(S_db, params.bins_per_octave, params.fmin, params.melody))
     return Fingerprint(hash_landmarks(landmarks),
-                       landmarks.anchor_frames.astype(np.int32), duration, peaks, triplets)
+                       landmarks.anchor_frames.astype(np.int32), duration, peaks, triplets, melody)
 
 
 def fingerprint_file(path, params: FingerprintParams, max_duration: float | None = None) -> Fingerprint:

@@ -225,6 +225,9 @@ def cmd_info(args) -> int:
         return EXIT_OK
     print(f"index      {info.directory}\ntracks     {info.tracks}\nhours      {info.hours:.3f}\n"
           f"landmarks  {info.landmarks:,}\nbytes      {info.bytes:,}")
+    print(f"melody     {info.melody_segments:,} segments" if info.melody_segments is not None else
+          "melody     absent (index built before the melody tier: covers are not searched; "
+          "re-ingest into a new index)")
     for name, size in sorted(info.files.items()):
         print(f"  {name:<24} {size:>14,}")
     return EXIT_OK
