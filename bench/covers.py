@@ -47,7 +47,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from fingerprint import fingerprint_signal, load_audio  # noqa: E402
 from fingerprint.melody import chroma_sequence, segment_descriptors, segment_starts  # noqa: E402
 from fingerprint.spectrogram import log_frequency_spectrogram  # noqa: E402
-from matcher.cover import cover_candidates, match_covers, verify_cover  # noqa: E402
+from matcher.cover import cover_candidates, match_covers, tempo_grid, verify_cover  # noqa: E402
 from refrain.api import Refrain  # noqa: E402
 from refrain.config import Config  # noqa: E402
 
@@ -390,10 +390,9 @@ def evaluate(refrain: Refrain, catalogue_files: dict, track_of: dict, covers: li
         latencies.append(time.perf_counter() - t)
         # The full ranking behind the threshold: every verified candidate by similarity.
         verified = []
-        for track, _, hypothesis in cover_candidates(fp.melody, melody, cover_params):
-            v = verify_cover(fp.melody, melody.chroma(track),
-                             tuple(hypothesis * f for f in cover_params.tempo_refinement), melody.params,
-                             cover_params)
+        for track, _, hypotheses in cover_candidates(fp.melody, melody, cover_params):
+            v = verify_cover(fp.melody, melody.chroma(track), tempo_grid(hypotheses, cover_params),
+                             melody.params, cover_params)
             if v is not None:
                 verified.append((v.similarity, track, v))
         verified.sort(key=lambda item: -item[0])

@@ -32,7 +32,7 @@ from fingerprint.melody import (PITCH_CLASSES, MelodyParams, resample_chroma, se
 from index.melody import MelodyIndex
 from matcher.types import Match, Span
 
-__all__ = ["CoverParams", "CoverVerdict", "cover_candidates", "verify_cover", "match_covers"]
+__all__ = ["CoverParams", "CoverVerdict", "cover_candidates", "tempo_grid", "verify_cover", "match_covers"]
 
 
 @dataclass(frozen=True)
@@ -56,10 +56,13 @@ class CoverParams:
         Catalogue segments returned per query segment (default 16).
     max_candidates : int
         Tracks verified per query (default 10), strongest votes first.
+    verify_hypotheses : int
+        Tempo hypotheses verified per candidate, best voted first (default 2): the
+        descriptors tell tempo only roughly.
     tempo_refinement : tuple of float
-        Factors applied to a candidate's best tempo hypothesis during verification
-        (default 0.97, 0.985, 1, 1.015, 1.03): half a hypothesis step either way, so
-        the re-timed query drifts less than a chroma frame over a window.
+        Factors applied to each verified tempo hypothesis (default 0.97, 1, 1.03):
+        half a hypothesis step either way, so the re-timed query drifts at most about
+        a chroma frame over a window, which ``offset_tolerance`` absorbs.
     run_windows : int
         Consecutive verification windows whose mean is the similarity (default 4:
         with 16.4 s windows 4.1 s apart, 28.7 s of the reference). A shorter query uses
@@ -76,7 +79,8 @@ class CoverParams:
     query_hop_fraction: int = 4
     segment_neighbours: int = 16
     max_candidates: int = 10
-    tempo_refinement: tuple[float, ...] = (0.97, 0.985, 1.0, 1.015, 1.03)
+    verify_hypotheses: int = 2
+    tempo_refinement: tuple[float, ...] = (0.97, 1.0, 1.03)
     run_windows: int = 4
     offset_tolerance: int = 1
     min_similarity: float = 0.5
@@ -131,12 +135,13 @@ def cover_candidates(query_chroma: np.ndarray, index: MelodyIndex, params: Cover
 
     Returns
     -------
-    list of (track_id, vote, tempo_hypothesis)
-        At most ``params.max_candidates`` tracks.
+    list of (track_id, vote, tempo_hypotheses)
+        At most ``params.max_candidates`` tracks, each with its best vote and the
+        ``params.verify_hypotheses`` tempo hypotheses it was voted for most.
     """
     melody = index.params
     hop = max(1, melody.segment_hop // params.query_hop_fraction)
-    votes: dict[int, tuple[float, float]] = {}
+    votes: dict[int, list[tuple[float, float]]] = {}
     for ratio in params.tempo_hypotheses:
         retimed = resample_chroma(query_chroma, ratio)
         descriptors = segment_descriptors(retimed, segment_starts(len(retimed), melody, hop), melody)
@@ -151,10 +156,16 @@ def cover_candidates(query_chroma: np.ndarray, index: MelodyIndex, params: Cover
             # A segment that does not see the track at all contributes nothing (not -inf).
             per_track[int(track)] = float(np.where(np.isfinite(best), best, 0.0).mean())
         for track, vote in per_track.items():
-            if vote > votes.get(track, (-np.inf, 0.0))[0]:
-                votes[track] = (vote, ratio)
-    ranked = sorted(votes.items(), key=lambda item: (-item[1][0], item[0]))
-    return [(track, vote, ratio) for track, (vote, ratio) in ranked[:params.max_candidates]]
+            votes.setdefault(track, []).append((vote, ratio))
+    best = {track: sorted(found, reverse=True)[:params.verify_hypotheses] for track, found in votes.items()}
+    ranked = sorted(best.items(), key=lambda item: (-item[1][0][0], item[0]))
+    return [(track, found[0][0], tuple(ratio for _, ratio in found))
+            for track, found in ranked[:params.max_candidates]]
+
+
+def tempo_grid(hypotheses: tuple[float, ...], params: CoverParams) -> tuple[float, ...]:
+    """The tempo ratios verification tries: each hypothesis times each refinement factor."""
+    return tuple(h * f for h in hypotheses for f in params.tempo_refinement)
 
 
 def verify_cover(query_chroma: np.ndarray, reference_chroma: np.ndarray, tempo_ratios: tuple[float, ...],
@@ -264,11 +275,11 @@ def match_covers(query_chroma: np.ndarray | None, index: MelodyIndex, params: Co
     if not params.enabled or query_chroma is None or len(query_chroma) == 0 or index.ntotal == 0:
         return []
     matches = []
-    for track_id, _, hypothesis in cover_candidates(query_chroma, index, params, allowed):
+    for track_id, _, hypotheses in cover_candidates(query_chroma, index, params, allowed):
         if track_id in skip:
             continue
-        verdict = verify_cover(query_chroma, index.chroma(track_id),
-                               tuple(hypothesis * f for f in params.tempo_refinement), index.params, params)
+        verdict = verify_cover(query_chroma, index.chroma(track_id), tempo_grid(hypotheses, params),
+                               index.params, params)
         if verdict is None or verdict.similarity < params.min_similarity:
             continue
         matches.append(_describe(track_id, verdict, params, chroma_seconds, len(query_chroma)))
