@@ -361,6 +361,7 @@ def main() -> int:
             melody_bytes = info.files.get("melody.faiss", 0) + info.files.get("melody-chroma.faiss", 0)
             figures = evaluate(refrain, catalogue_files, track_of, covers, negatives, rng)
     hours = audio_seconds / 3600.0
+    figures.update(flat_search_scaling(info.melody_segments, config))
     figures.update({
         "catalogue_pieces": len(track_of), "catalogue_hours": round(hours, 3),
         "ingest_x_realtime_all_tiers": round(audio_seconds / ingest_seconds, 1),
@@ -372,6 +373,29 @@ def main() -> int:
     if args.json:
         args.json.write_text(json.dumps(figures, indent=2) + "\n")
     return 0
+
+
+def flat_search_scaling(segments: int, config: Config) -> dict:
+    """Exact search time of one 30 s query's descriptors against 100,000 stored segments.
+
+    What the IndexFlatIP costs as the catalogue grows (it is linear in the segments
+    stored); random unit vectors, since only the arithmetic is measured.
+    """
+    import faiss
+    from fingerprint.melody import descriptor_dim
+    melody, cover = config.fingerprint.melody, config.cover
+    rng = np.random.default_rng(0)
+    stored = rng.standard_normal((100_000, descriptor_dim(melody))).astype(np.float32)
+    stored /= np.linalg.norm(stored, axis=1, keepdims=True)
+    index = faiss.IndexFlatIP(stored.shape[1])
+    index.add(stored)
+    per_query = len(cover.tempo_hypotheses) * (1 + (117 - melody.segment_frames) // (melody.segment_hop // cover.query_hop_fraction))
+    queries = stored[:per_query] + 0.01
+    t = time.perf_counter()
+    for _ in range(3):
+        index.search(queries, cover.segment_neighbours)
+    return {"flat_search_ms_per_100k_segments": round((time.perf_counter() - t) / 3 * 1000, 1),
+            "query_descriptors_per_30s": per_query}
 
 
 def evaluate(refrain: Refrain, catalogue_files: dict, track_of: dict, covers: list, negatives: list,
