@@ -291,7 +291,8 @@ def main() -> int:
                         help="instead: false covers on real music, 30 s excerpts of the tracks "
                              "bench/accuracy.py keeps out of its index (needs --real-index)")
     parser.add_argument("--real-index", type=Path, metavar="INDEX",
-                        help="the index bench/accuracy.py --index built from MUSIC_DIR")
+                        help="the index of bench/accuracy.py --index from MUSIC_DIR; built here "
+                             "(the same 150 catalogue tracks) if the directory does not exist")
     args = parser.parse_args()
     if args.real_music:
         if not args.real_index:
@@ -403,6 +404,11 @@ def real_music_check(music: Path, index_dir: Path, catalogue: int = 150, negativ
     random.Random(seed).shuffle(tracks)
     held_out = tracks[catalogue:catalogue + negatives]
     groups = related_groups()
+    if not index_dir.exists():
+        with Refrain.open(index_dir, create=True) as refrain:
+            for result in refrain.ingest(tracks[:catalogue]):
+                if result.error:
+                    print(f"  {result.error}", file=sys.stderr)
     rng = random.Random(seed)
     covers, related, queries = [], [], 0
     with Refrain.open(index_dir, mmap=True) as refrain:
