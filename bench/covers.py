@@ -314,7 +314,7 @@ def main() -> int:
     for style, keys in pieces.items():
         rng.shuffle(keys)
         need = args.catalogue + args.negatives
-        todo = [k for k in keys[:int(need * 1.3)] if k not in all_notes]
+        todo = [k for k in keys[:int(need * 1.15)] if k not in all_notes]
         if todo:
             with ProcessPoolExecutor(max_workers=args.workers) as pool:
                 for key, notes in pool.map(_notes_job, todo, chunksize=8):
