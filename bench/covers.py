@@ -466,6 +466,7 @@ def evaluate(refrain: Refrain, catalogue_files: dict, track_of: dict, covers: li
     negative_keys = set(negatives)
     ranks, reported, key_right, latencies = [], [], [], []
     true_sims, negative_best, false_matches, landmark_hits = [], [], [], 0
+    sweep_covers, sweep_negatives = [], []  # top unmatched similarity: truth's (else -1) / any
     for key, variant, path in covers:
         y = excerpt(path, rng)
         fp = fingerprint_signal(y, refrain.params)
@@ -487,14 +488,17 @@ def evaluate(refrain: Refrain, catalogue_files: dict, track_of: dict, covers: li
         landmark_hits += len(landmark)
         reported_covers = [(sim, track, v) for sim, track, v in verified
                            if sim >= cover_params.min_similarity and track not in landmark]
+        unmatched = [(sim, track) for sim, track, _ in verified if track not in landmark]
         if key in negative_keys:
             negative_best.append(verified[0][0] if verified else -1.0)
             false_matches.append(bool(reported_covers))
+            sweep_negatives.append(unmatched[0][0] if unmatched else -1.0)
             continue
         truth = track_of[catalogue_files[key]]
         order = [track for _, track, _ in verified]
         ranks.append(order.index(truth) + 1 if truth in order else None)
         hit = bool(reported_covers) and reported_covers[0][1] == truth
+        sweep_covers.append(unmatched[0][0] if unmatched and unmatched[0][1] == truth else -1.0)
         reported.append(hit)
         if truth in order:
             true_sims.append(verified[order.index(truth)][0])
@@ -517,6 +521,10 @@ def evaluate(refrain: Refrain, catalogue_files: dict, track_of: dict, covers: li
         "true_similarity_p1_p5_p50": [round(pct(true_sims, q), 3) for q in (1, 5, 50)],
         "negative_best_similarity_p50_p99_max": [round(pct(negative_best, q), 3) for q in (50, 99, 100)],
         "melody_query_ms_p50_p99": [round(pct(latencies_ms, 50), 1), round(pct(latencies_ms, 99), 1)],
+        # What another threshold would give: (top-1 reported, false cover rate).
+        "threshold_sweep": {f"{t:.2f}": [round(float(np.mean(np.array(sweep_covers) >= t)), 4),
+                                         round(float(np.mean(np.array(sweep_negatives) >= t)), 4)]
+                            for t in np.arange(0.5, 0.81, 0.025)},
     }
 
 
