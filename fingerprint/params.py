@@ -7,7 +7,9 @@ exact settings it was built with (a query must be fingerprinted the same way).
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
+
+from fingerprint.melody import MelodyParams
 
 
 @dataclass(frozen=True)
@@ -63,6 +65,9 @@ class FingerprintParams:
     triplet_df_max : int
         Largest |bin difference| between an anchor and its triplet targets (default 36,
         one octave).
+    melody : MelodyParams or None
+        Settings of the melody tier's chroma and segment descriptors (see
+        :class:`fingerprint.melody.MelodyParams`); None computes no melody.
     """
 
     sample_rate: int = 8000
@@ -85,6 +90,7 @@ class FingerprintParams:
     triplet_far_zone: tuple[int, int] = (14, 40)
     triplet_per_zone: int = 2
     triplet_df_max: int = 36
+    melody: MelodyParams | None = field(default_factory=MelodyParams)
 
     @property
     def frame_seconds(self) -> float:
@@ -104,4 +110,6 @@ class FingerprintParams:
             raise ValueError(f"unknown fingerprint parameters: {sorted(unknown)}")
         # JSON has no tuples; the zones come back as lists.
         values = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
+        if isinstance(values.get("melody"), dict):
+            values["melody"] = MelodyParams.from_dict(values["melody"])
         return cls(**values)

@@ -9,6 +9,7 @@ import numpy as np
 from fingerprint.decode import load_audio
 from fingerprint.hashes import (Triplets, hash_landmarks, hash_triplets, pair_landmarks,
                                 triplet_landmarks, triplet_payloads)
+from fingerprint.melody import chroma_sequence
 from fingerprint.params import FingerprintParams
 from fingerprint.peaks import Peaks, find_peaks
 from fingerprint.spectrogram import log_frequency_spectrogram
@@ -37,6 +38,9 @@ class Fingerprint:
         The peaks the landmarks were built from (kept for evidence plots).
     triplets : Triplets
         Tempo- and pitch-invariant peak triplets (the derivative tier).
+    melody : np.ndarray, shape (n, 12), float32, or None
+        Chroma sequence of the melody tier (:func:`fingerprint.melody.chroma_sequence`);
+        None when ``FingerprintParams.melody`` is None.
     """
 
     hashes: np.ndarray
@@ -44,6 +48,7 @@ class Fingerprint:
     duration: float
     peaks: Peaks
     triplets: Triplets
+    melody: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.hashes)
@@ -69,15 +74,23 @@ def signal_peaks(y: np.ndarray, params: FingerprintParams) -> Peaks:
     -------
     Peaks
     """
-    S_db = log_frequency_spectrogram(y, params.sample_rate, params.n_fft, params.hop_length,
+    return _spectrogram_peaks(_log_spectrogram(y, params), params)
+
+
+def _log_spectrogram(y: np.ndarray, params: FingerprintParams) -> np.ndarray:
+    return log_frequency_spectrogram(y, params.sample_rate, params.n_fft, params.hop_length,
                                      params.fmin, params.fmax, params.bins_per_octave)
+
+
+def _spectrogram_peaks(S_db: np.ndarray, params: FingerprintParams) -> Peaks:
     return find_peaks(S_db, params.frame_seconds, params.peak_time_radius,
                       params.peak_freq_radius, params.peak_floor_db,
                       params.peak_min_prominence_db, params.peaks_per_second,
                       params.density_window)
 
 
-def fingerprint_peaks(peaks: Peaks, duration: float, params: FingerprintParams) -> Fingerprint:
+def fingerprint_peaks(peaks: Peaks, duration: float, params: FingerprintParams,
+                      melody: np.ndarray | None = None) -> Fingerprint:
     """Build the landmark hashes of both tiers from peaks (the second half of the pipeline).
 
     Stored fingerprints keep only their peaks (:mod:`fingerprint.serialize`) and are
@@ -91,6 +104,9 @@ def fingerprint_peaks(peaks: Peaks, duration: float, params: FingerprintParams) 
         Seconds of audio the peaks were taken from.
     params : FingerprintParams
         Analysis settings (the same the peaks were found with).
+    melody : np.ndarray, optional
+        The melody tier's chroma sequence, passed through to the fingerprint (it comes
+        from the spectrogram, not from the peaks).
 
     Returns
     -------
@@ -110,7 +126,7 @@ def fingerprint_peaks(peaks: Peaks, duration: float, params: FingerprintParams) 
     triplets = triplet_landmarks(peaks, params.triplet_near_zone, params.triplet_far_zone,
                                  params.triplet_per_zone, params.triplet_df_max)
     return Fingerprint(hash_landmarks(landmarks),
-                       landmarks.anchor_frames.astype(np.int32), duration, peaks, triplets)
+                       landmarks.anchor_frames.astype(np.int32), duration, peaks, triplets, melody)
 
 
 def fingerprint_signal(y: np.ndarray, params: FingerprintParams) -> Fingerprint:
@@ -132,7 +148,11 @@ def fingerprint_signal(y: np.ndarray, params: FingerprintParams) -> Fingerprint:
     FingerprintError
         When the signal yields no landmark (silent, or too short for one window).
     """
-    return fingerprint_peaks(signal_peaks(y, params), len(y) / params.sample_rate, params)
+    S_db = _log_spectrogram(y, params)
+    melody = (None if params.melody is None
+              else chroma_sequence(S_db, params.bins_per_octave, params.fmin, params.melody))
+    return fingerprint_peaks(_spectrogram_peaks(S_db, params), len(y) / params.sample_rate, params,
+                             melody)
 
 
 def fingerprint_file(path, params: FingerprintParams, max_duration: float | None = None) -> Fingerprint:

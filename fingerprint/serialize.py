@@ -1,6 +1,6 @@
 """A fingerprint as bytes, to keep an upload's fingerprint without its audio.
 
-Only the spectral peaks are stored (with the duration and the analysis settings
+Only the spectral peaks (and the melody tier's chroma sequence, when there is one) are stored (with the duration and the analysis settings
 that shape peaks); the landmark hashes of every tier are rebuilt from them by
 :func:`fingerprint.pipeline.fingerprint_peaks`, the same code a fresh
 fingerprint goes through. A stored fingerprint therefore follows changes of the
@@ -60,6 +60,8 @@ def fingerprint_to_bytes(fp: Fingerprint, params: FingerprintParams) -> bytes:
     """
     arrays = {name: np.ascontiguousarray(getattr(fp.peaks, field), dtype=dtype)
               for name, (field, dtype) in _PEAK_ARRAYS.items()}
+    if fp.melody is not None:
+        arrays["melody"] = np.ascontiguousarray(fp.melody, dtype=np.float32)
     buffer = io.BytesIO()
     np.savez_compressed(buffer, format_version=np.int32(FORMAT_VERSION),
                         duration=np.float64(fp.duration), peak_settings=_peak_settings(params),
@@ -108,4 +110,4 @@ def fingerprint_from_bytes(blob: bytes, params: FingerprintParams) -> Fingerprin
                                      "than this index's")
     peaks = Peaks(**{field: arrays[name].astype(dtype, copy=False)
                      for name, (field, dtype) in _PEAK_ARRAYS.items()})
-    return fingerprint_peaks(peaks, float(arrays["duration"]), params)
+    return fingerprint_peaks(peaks, float(arrays["duration"]), params, arrays.get("melody"))

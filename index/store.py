@@ -5,12 +5,16 @@
     DIR/manifest.json        format version, fingerprint settings, one entry per fingerprint tier
     DIR/pairs.faiss          exact-copy tier: pair landmarks (:class:`index.landmarks.LandmarkIndex`)
     DIR/triplets.faiss       derivative tier: tempo- and pitch-invariant triplet landmarks
+    DIR/melody.faiss         melody tier: key- and tempo-invariant segment descriptors
+    DIR/melody-chroma.faiss  melody tier: the chroma sequences its candidates are verified on
     DIR/catalog.sqlite       track metadata (:class:`index.catalog.Catalog`)
     DIR/.lock                held (flock) by the one process allowed to write
 
-Tiers are named in the manifest and handled alike, so a further kind of
-fingerprint (a melody-level one) can be stored beside them, sharing the
-catalogue and its track ids.
+Tiers are named in the manifest and handled alike (add, remove, save, crash
+recovery), sharing the catalogue and its track ids. The melody tier
+(:class:`index.melody.MelodyIndex`) is optional: an index built before it existed
+has no ``melody`` entry in its manifest and still opens, without cover matching
+(``IndexStore.melody`` is None) until the catalogue is re-ingested into a new index.
 
 Writes follow one protocol: a new track's row is committed as ``pending``, its
 landmarks are added in memory, :meth:`IndexStore.commit` saves the FAISS file
@@ -31,13 +35,17 @@ from fingerprint import Fingerprint, FingerprintParams
 from fingerprint.hashes import PAIR_LAYOUT, TIER_PAYLOAD_BITS, TRIPLET_LAYOUT
 from index.catalog import Catalog, Track, TrackMetadata
 from index.landmarks import LandmarkIndex
+from index.melody import MelodyIndex
 
 __all__ = ["IndexStore", "IndexOpenError", "IndexBusyError"]
 
 FORMAT_VERSION = 2
 _MANIFEST, _CATALOG, _LOCK = "manifest.json", "catalog.sqlite", ".lock"
 _TIER_FILES = {"pair": "pairs.faiss", "triplet": "triplets.faiss"}
-_TIER_LAYOUTS = {"pair": PAIR_LAYOUT.name, "triplet": TRIPLET_LAYOUT.name}
+_MELODY_FILE = "melody.faiss"
+#: Descriptor layout of the melody tier: 2-D Fourier magnitudes of chroma patches.
+MELODY_LAYOUT = "chroma-2dftm-v1"
+_TIER_LAYOUTS = {"pair": PAIR_LAYOUT.name, "triplet": TRIPLET_LAYOUT.name, "melody": MELODY_LAYOUT}
 
 
 class IndexOpenError(RuntimeError):
@@ -54,7 +62,8 @@ class IndexStore:
     Use :meth:`open`; close with :meth:`close` or a ``with`` block.
     """
 
-    def __init__(self, directory: Path, params: FingerprintParams, tiers: dict[str, LandmarkIndex],
+    def __init__(self, directory: Path, params: FingerprintParams,
+                 tiers: dict[str, LandmarkIndex | MelodyIndex],
                  tier_files: dict[str, Path], catalog: Catalog, lock_handle):
         self.directory = directory
         self._tier_files = tier_files
@@ -98,10 +107,13 @@ class IndexStore:
         lock_handle = cls._acquire_lock(directory) if writable else None
         try:
             if not manifest_path.exists():
+                params = params or FingerprintParams()
                 for tier, filename in _TIER_FILES.items():
                     LandmarkIndex.create(TIER_PAYLOAD_BITS[tier], list_bits).save(directory / filename)
+                if params.melody is not None:
+                    MelodyIndex.create(params.melody).save(directory / _MELODY_FILE)
                 Catalog(directory / _CATALOG).close()
-                cls._write_manifest(directory, params or FingerprintParams())
+                cls._write_manifest(directory, params)
             store = cls._load(directory, writable, mmap, lock_handle)
         except BaseException:
             if lock_handle:
@@ -119,9 +131,15 @@ class IndexStore:
         try:
             params = FingerprintParams.from_dict(manifest["fingerprint"])
             tier_files = {tier: directory / entry["file"] for tier, entry in manifest["tiers"].items()}
-            tiers = {tier: LandmarkIndex.load(tier_files[tier], entry["payload_bits"],
-                                              mmap=mmap and not writable)
-                     for tier, entry in manifest["tiers"].items()}
+            tiers = {}
+            for tier, entry in manifest["tiers"].items():
+                if tier == "melody":
+                    if params.melody is None:
+                        raise ValueError("the manifest has a melody tier but no melody parameters")
+                    tiers[tier] = MelodyIndex.load(tier_files[tier], params.melody, mmap=mmap and not writable)
+                else:
+                    tiers[tier] = LandmarkIndex.load(tier_files[tier], entry["payload_bits"],
+                                                     mmap=mmap and not writable)
             catalog = Catalog(directory / _CATALOG, writable=writable)
         except (RuntimeError, sqlite3.DatabaseError, KeyError, ValueError) as err:
             raise IndexOpenError(f"{directory}: cannot open the index: it is damaged or "
@@ -140,10 +158,12 @@ class IndexStore:
 
     @staticmethod
     def _write_manifest(directory: Path, params: FingerprintParams) -> None:
-        manifest = {"format": FORMAT_VERSION, "fingerprint": params.to_dict(),
-                    "tiers": {tier: {"file": filename, "payload_bits": TIER_PAYLOAD_BITS[tier],
-                                     "layout": _TIER_LAYOUTS[tier]}
-                              for tier, filename in _TIER_FILES.items()}}
+        tiers = {tier: {"file": filename, "payload_bits": TIER_PAYLOAD_BITS[tier],
+                        "layout": _TIER_LAYOUTS[tier]}
+                 for tier, filename in _TIER_FILES.items()}
+        if params.melody is not None:
+            tiers["melody"] = {"file": _MELODY_FILE, "layout": MELODY_LAYOUT}
+        manifest = {"format": FORMAT_VERSION, "fingerprint": params.to_dict(), "tiers": tiers}
         tmp = directory / (_MANIFEST + ".tmp")
         tmp.write_text(json.dumps(manifest, indent=2) + "\n")
         os.replace(tmp, directory / _MANIFEST)
@@ -190,10 +210,15 @@ class IndexStore:
                   metadata: TrackMetadata = TrackMetadata()) -> int:
         """Add a track's landmarks; it becomes matchable at the next :meth:`commit`."""
         self._require_writable()
+        melody = self.melody
+        if melody is not None and fp.melody is None:
+            raise ValueError("the fingerprint has no melody, but this index has a melody tier")
         track_id = self.catalog.insert_pending(source, content_hash, fp.duration, len(fp), metadata)
         self._pending.append(track_id)
         for name, (codes, payloads) in fp.index_entries().items():
             self.tiers[name].add(track_id, codes, payloads)
+        if melody is not None:
+            melody.add(track_id, fp.melody)
         return track_id
 
     def commit(self) -> None:
@@ -225,6 +250,11 @@ class IndexStore:
         return track
 
     # -- reading ---------------------------------------------------------------------------
+
+    @property
+    def melody(self) -> MelodyIndex | None:
+        """The melody tier, or None for an index built before it existed."""
+        return self.tiers.get("melody")
 
     def size_bytes(self) -> dict[str, int]:
         """Bytes on disk per file of the directory."""

@@ -8,7 +8,8 @@ import numpy as np
 
 __all__ = ["MatchParams", "Span", "Match", "Alignment", "KINDS"]
 
-KINDS = ("copy", "excerpt", "speed_changed", "pitch_shifted", "time_stretched", "mixed")
+#: ``cover`` comes from the melody tier (:mod:`matcher.cover`): the composition re-performed.
+KINDS = ("copy", "excerpt", "speed_changed", "pitch_shifted", "time_stretched", "mixed", "cover")
 
 
 @dataclass(frozen=True)
@@ -159,7 +160,9 @@ class Match:
     spans : list of Span
         Every aligned stretch, in query order.
     tier : str
-        ``pair`` (exact-copy landmarks) or ``triplet`` (tempo/pitch-invariant ones).
+        ``pair`` (exact-copy landmarks), ``triplet`` (tempo/pitch-invariant ones) or
+        ``melody`` (a cover: ``score`` is then the chroma similarity,
+        ``pitch_shift_semitones`` the key shift, ``aligned`` chroma frames).
     points : np.ndarray, shape (n, 2)
         (query time, reference time) in seconds of every aligned landmark of the kept
         spans: the evidence an analyst plots against the fitted line.

@@ -14,7 +14,7 @@ import numpy as np
 from fingerprint import (AudioDecodeError, Fingerprint, FingerprintError, FingerprintParams,
                          fingerprint_file, fingerprint_signal, load_audio)
 from index import IndexStore, Track, TrackMetadata
-from matcher import Match, Span, match_fingerprint
+from matcher import Match, Span, match_covers, match_fingerprint
 from refrain.config import Config
 
 __all__ = ["Refrain", "IngestResult", "QueryResult", "TrackMatch", "IndexInfo", "audio_files",
@@ -71,7 +71,10 @@ class IngestResult:
 class TrackMatch:
     """A :class:`matcher.Match` joined with the matched track's catalogue metadata.
 
-    See :class:`matcher.Match` for the meaning of each measurement field.
+    See :class:`matcher.Match` for the meaning of each measurement field. For
+    ``kind="cover"`` (the melody tier) ``score`` is the chroma similarity (0-1),
+    ``pitch_shift_semitones`` the whole-semitone key shift, ``aligned`` the chroma
+    frames of the aligned stretch.
     """
 
     track_id: int
@@ -107,7 +110,11 @@ class QueryResult:
 
 @dataclass(frozen=True)
 class IndexInfo:
-    """Size of an index."""
+    """Size of an index.
+
+    ``melody_segments`` is the number of melody-tier segment descriptors, or None for
+    an index built without a melody tier (covers are then not searched).
+    """
 
     directory: str
     tracks: int
@@ -115,6 +122,7 @@ class IndexInfo:
     landmarks: int
     bytes: int
     files: dict[str, int]
+    melody_segments: int | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -263,11 +271,21 @@ class Refrain:
     # -- queries ---------------------------------------------------------------------------
 
     def match_fingerprint(self, fp: Fingerprint, name: str) -> QueryResult:
-        """Match an already computed query fingerprint."""
+        """Match an already computed query fingerprint: landmark tiers, then the melody tier.
+
+        A track the landmark tiers find is reported from them (a copy or derivative of
+        the recording); the melody tier reports, as ``cover``, only compositions whose
+        recording did not match.
+        """
         ready = self._ready_tracks()
         found: list[Match] = match_fingerprint(
             fp, self.store.tiers, self.config.match, self.params,
             {t: track.duration for t, track in ready.items()})
+        melody = self.store.melody
+        if melody is not None and self.params.melody is not None:
+            found += match_covers(fp.melody, melody, self.config.cover,
+                                  self.params.melody.chroma_seconds(self.params.frame_seconds),
+                                  allowed=set(ready), skip={m.track_id for m in found})
         matches = []
         for m in found:
             track = ready[m.track_id]
@@ -309,6 +327,8 @@ class Refrain:
         """Tracks, hours, landmarks and bytes of the index."""
         tracks, seconds, landmarks = self.store.catalog.totals()
         files = self.store.size_bytes()
+        melody = self.store.melody
         return IndexInfo(directory=str(self.store.directory), tracks=tracks,
                          hours=round(seconds / 3600.0, 4), landmarks=landmarks,
-                         bytes=sum(files.values()), files=files)
+                         bytes=sum(files.values()), files=files,
+                         melody_segments=None if melody is None else melody.ntotal)

@@ -65,7 +65,9 @@ from tqdm import tqdm
 from fingerprint import AudioDecodeError, FingerprintError
 from index import IndexOpenError, TrackMetadata
 from refrain import __version__
+from matcher import CoverParams
 from refrain.api import QueryResult, Refrain, audio_files
+from refrain.config import Config
 
 __all__ = ["main", "build_parser"]
 
@@ -206,7 +208,8 @@ def _match_all(refrain: Refrain, queries: list[tuple[str, Path]], as_json: bool)
 
 def cmd_match(args) -> int:
     queries, empty_folder = _expand(args.paths)
-    with _open_index(args.index, mmap=True) as refrain:
+    config = Config(cover=CoverParams(enabled=args.covers))
+    with _open_index(args.index, config=config, mmap=True) as refrain:
         ok = _match_all(refrain, queries, args.json)
     return EXIT_OK if ok and not empty_folder else EXIT_FAILED
 
@@ -229,6 +232,9 @@ def cmd_info(args) -> int:
         return EXIT_OK
     print(f"index      {info.directory}\ntracks     {info.tracks}\nhours      {info.hours:.3f}\n"
           f"landmarks  {info.landmarks:,}\nbytes      {info.bytes:,}")
+    print(f"melody     {info.melody_segments:,} segments" if info.melody_segments is not None else
+          "melody     absent (index built before the melody tier: covers are not searched; "
+          "re-ingest into a new index)")
     for name, size in sorted(info.files.items()):
         print(f"  {name:<24} {size:>14,}")
     return EXIT_OK
@@ -436,6 +442,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = command("match", cmd_match, "find catalogue tracks in query files")
     index_option(sub)
     sub.add_argument("--json", action="store_true", help="one JSON object per query on stdout")
+    sub.add_argument("--covers", action="store_true",
+                     help="also search the melody tier for covers (experimental: not yet calibrated "
+                          "on real music, see README)")
     sub.add_argument("paths", nargs="+", metavar="PATH", help="query files or folders")
 
     sub = command("remove", cmd_remove, "remove a track from an index")

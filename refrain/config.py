@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from fingerprint import FingerprintParams
-from matcher import MatchParams
+from matcher import CoverParams, MatchParams
 
 __all__ = ["Config"]
 
@@ -20,7 +20,9 @@ class Config:
         Used when a new index is created; an existing index keeps its own (queries
         are always fingerprinted with the index's settings).
     match : MatchParams
-        Thresholds of the matcher.
+        Thresholds of the matcher's landmark tiers.
+    cover : CoverParams
+        Search and threshold of the melody tier (covers).
     list_bits : int
         A new landmark index has ``2 ** list_bits`` inverted lists (default 16).
     max_query_seconds : float
@@ -34,6 +36,7 @@ class Config:
 
     fingerprint: FingerprintParams = field(default_factory=FingerprintParams)
     match: MatchParams = field(default_factory=MatchParams)
+    cover: CoverParams = field(default_factory=CoverParams)
     list_bits: int = 16
     max_query_seconds: float = 1200.0
     max_track_seconds: float = 6 * 3600.0

@@ -802,7 +802,8 @@ def _echo(x: np.ndarray, delay: int, feedback: float, taps: int = 3) -> np.ndarr
     return y
 
 
-def render_song(seed: int, duration: float, sr: int = 22050) -> np.ndarray:
+def render_song(seed: int, duration: float, sr: int = 22050, transpose: int = 0, tempo: float = 1.0,
+                timbre_seed: int | None = None) -> np.ndarray:
     """Render the song of ``seed`` as mono audio.
 
     Each seed picks a genre (:data:`GENRES`), a tempo in 80–150 BPM, a key and mode,
@@ -823,6 +824,17 @@ def render_song(seed: int, duration: float, sr: int = 22050) -> np.ndarray:
         the beginning of a longer one (up to normalisation and the final 10 ms fade).
     sr : int, optional
         Sample rate in Hz (default 22050, at least 8000).
+    transpose : int, optional
+        Semitones added to every note (default 0): the same composition in another key.
+    tempo : float, optional
+        Tempo factor (default 1.0; 1.25 plays 25 % faster): the same notes on a
+        stretched time grid, so a render covers ``tempo`` times as much of the piece.
+    timbre_seed : int, optional
+        Take the instruments, drum kit, mix levels, echo and reverb from this seed's
+        song instead (default: the song's own). With ``transpose`` and ``tempo`` this
+        renders a *cover*: the composition of ``seed``, re-performed — no stretch of
+        its recording survives. The defaults render the song bit-identically to a call
+        without these arguments.
 
     Returns
     -------
@@ -832,7 +844,8 @@ def render_song(seed: int, duration: float, sr: int = 22050) -> np.ndarray:
     Raises
     ------
     ValueError
-        For a negative or non-integer seed, a duration under one sample or ``sr < 8000``.
+        For a negative or non-integer seed or timbre seed, a duration under one sample,
+        ``sr < 8000`` or a tempo factor outside (0, 4].
 
     See Also
     --------
@@ -842,8 +855,13 @@ def render_song(seed: int, duration: float, sr: int = 22050) -> np.ndarray:
         raise ValueError(f"duration must be positive, not {duration!r}")
     if int(sr) != sr or sr < 8000:
         raise ValueError(f"sr must be an integer >= 8000, not {sr!r}")
+    if not 0 < tempo <= 4:
+        raise ValueError(f"tempo must be in (0, 4], not {tempo!r}")
     sr = int(sr)
     st = _make_style(seed)
+    st.tempo *= tempo
+    # Composition comes from ``st``; the sound (instruments, kit, mix, effects) from ``sound``.
+    sound = st if timbre_seed is None else _make_style(timbre_seed)
     n_out = int(round(duration * sr))
     if n_out == 0:
         raise ValueError(f"duration {duration!r} s is shorter than one sample")
@@ -864,20 +882,20 @@ def render_song(seed: int, duration: float, sr: int = 22050) -> np.ndarray:
             if i >= n_out:
                 continue
             gate = max(int(0.03 * sr), int(length * step_len * legato * sr))
-            wave = inst.note(int(midi), gate)[: n_buf - i]
+            wave = inst.note(int(midi) + transpose, gate)[: n_buf - i]
             track[i : i + wave.size] += vel * wave
         return track
 
-    lead = play(_compose_lead(st, bars), _Instrument(st.lead, st.rngs["lead_snd"], sr),
+    lead = play(_compose_lead(st, bars), _Instrument(sound.lead, sound.rngs["lead_snd"], sr),
                 st.rngs["lead_time"], 0.9)
-    harmony = play(_compose_harmony(st, bars), _Instrument(st.harmony[1], st.rngs["harmony_snd"], sr),
+    harmony = play(_compose_harmony(st, bars), _Instrument(sound.harmony[1], sound.rngs["harmony_snd"], sr),
                    st.rngs["harmony_time"], 1.0 if st.harmony[0] == "pad" else 0.85)
-    bass = play(_compose_bass(st, bars), _Instrument(st.bass, st.rngs["bass_snd"], sr),
+    bass = play(_compose_bass(st, bars), _Instrument(sound.bass, sound.rngs["bass_snd"], sr),
                 st.rngs["bass_time"], 0.9)
 
-    kit = _drum_kit(st.rngs["drum_snd"], sr)
+    kit = _drum_kit(sound.rngs["drum_snd"], sr)
     drums = {name: np.zeros(n_buf) for name in ("kick", "snare", "hat")}
-    pick = st.rngs["drum_snd"]
+    pick = sound.rngs["drum_snd"]
     for step, name, vel in _compose_drums(st, bars):
         i = max(0, onset(step, st.rngs["drums_time"], 0.002))
         if i >= n_out:
@@ -885,18 +903,18 @@ def render_song(seed: int, duration: float, sr: int = 22050) -> np.ndarray:
         wave = kit[name][int(pick.integers(3))][: n_buf - i]
         drums["hat" if name == "open_hat" else name][i : i + wave.size] += vel * wave
 
-    fx = st.rngs["fx"]
+    fx = sound.rngs["fx"]
     if st.harmony[0] == "pad":  # soften the saw / organ pad
         cutoff = min(fx.uniform(1500.0, 3500.0), 0.4 * sr)
         harmony = signal.sosfilt(signal.butter(2, cutoff, fs=sr, output="sos"), harmony)
-    if st.echo:
-        lead = _echo(lead, int(round(step_len * _choice(fx, (3, 4, 6)) * sr)), st.echo)
+    if sound.echo:
+        lead = _echo(lead, int(round(step_len * _choice(fx, (3, 4, 6)) * sr)), sound.echo)
 
     def unit_rms(x: np.ndarray) -> np.ndarray:
         rms = float(np.sqrt(np.mean(x[:n_out] ** 2)))
         return x / rms if rms > 0 else x
 
-    gains = st.gains
+    gains = sound.gains
     dry = mix(unit_rms(lead), unit_rms(harmony), gains["harmony"])
     dry = mix(dry, unit_rms(bass), gains["bass"])
     send = dry.copy()
@@ -904,9 +922,9 @@ def render_song(seed: int, duration: float, sr: int = 22050) -> np.ndarray:
         drums[name] = unit_rms(drums[name])
         dry = mix(dry, drums[name], gains[name])
     send = mix(send, drums["snare"], gains["snare"] - 6.0)
-    wet = signal.oaconvolve(send, _reverb_ir(fx, sr, st.reverb_rt60))[:n_buf]
+    wet = signal.oaconvolve(send, _reverb_ir(fx, sr, sound.reverb_rt60))[:n_buf]
     rms_dry, rms_wet = np.sqrt(np.mean(send**2)), np.sqrt(np.mean(wet**2))
-    out = mix(dry, wet * (rms_dry / max(rms_wet, 1e-12)), 20 * math.log10(st.reverb_wet))[:n_out]
+    out = mix(dry, wet * (rms_dry / max(rms_wet, 1e-12)), 20 * math.log10(sound.reverb_wet))[:n_out]
 
     fade = min(n_out, int(0.01 * sr))
     out[n_out - fade :] *= np.linspace(1.0, 0.0, fade)

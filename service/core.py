@@ -24,6 +24,7 @@ from fingerprint import (AudioDecodeError, AudioTooLongError, Fingerprint, Finge
 from fingerprint.serialize import fingerprint_to_bytes
 from index import TrackMetadata
 from refrain.api import QueryResult, Refrain, TrackMatch
+from matcher import CoverParams
 from refrain.config import Config
 from service.db import ApiKey, ServiceDB, Work, WorkEvidence, utc_now
 from service.errors import ApiError
@@ -98,7 +99,8 @@ class MatchService:
         self.settings = settings
         self.db = ServiceDB(settings.db_path)
         config = Config(max_query_seconds=settings.max_upload_seconds,
-                        max_track_seconds=settings.max_reference_seconds)
+                        max_track_seconds=settings.max_reference_seconds,
+                        cover=CoverParams(enabled=settings.match_covers))
         try:
             self.refrain = Refrain.open(settings.index_dir, config=config, writable=True, create=True)
         except BaseException:

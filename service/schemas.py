@@ -193,18 +193,23 @@ class MatchedWorkOut(BaseModel):
     artists: list[str]
     rights_holder: str | None
     isrc: str | None
-    kind: Kind
+    kind: Kind = Field(description="How the upload uses the work: a copy or derivative of the recording "
+                                   "(landmark tiers), or `cover`: the composition re-performed (melody tier)")
     use: Use
-    score: float
-    aligned: int
-    confidence: float
+    score: float = Field(description="Landmark kinds: rarity-weighted agreeing landmarks (a match needs 8). "
+                                     "`cover`: chroma similarity along the aligned line, 0-1 (a match "
+                                     "needs 0.5)")
+    aligned: int = Field(description="Agreeing landmarks; for a `cover`, aligned chroma frames (256 ms)")
+    confidence: float = Field(description="0.5 at the match threshold, towards 1 for strong matches")
     query_start: float
     query_end: float
     ref_start: float
     ref_end: float
     offset: float = Field(description="Reference time at upload time 0 on the fitted line")
     time_ratio: float = Field(description="Upload tempo / reference tempo")
-    pitch_shift_semitones: float
+    pitch_shift_semitones: float = Field(description="Upload pitch - reference pitch; for a `cover`, the "
+                                                     "key shift in whole semitones, -5..+6 (chroma cannot "
+                                                     "tell octaves)")
     spans: list[SpanOut]
     policy: PolicyOut
     action: Action = Field(description="The policy's action for this use")

@@ -46,6 +46,10 @@ class ServiceSettings(BaseSettings):
     cookie_secure : bool
         Mark the analyst page's sign-in cookie ``Secure`` (default False; set True
         behind HTTPS).
+    match_covers : bool
+        Also search the melody tier for covers (default False: its threshold is not yet
+        calibrated on real music, see README "Melody tier"); a cover's verdict follows
+        the work's ``covers`` policy.
     """
 
     model_config = SettingsConfigDict(env_prefix="REFRAIN_", extra="forbid")
@@ -61,6 +65,7 @@ class ServiceSettings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)
     cookie_secure: bool = False
+    match_covers: bool = False
 
     @model_validator(mode="after")
     def _default_paths(self) -> "ServiceSettings":

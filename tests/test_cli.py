@@ -142,7 +142,7 @@ def test_info_json(cli_index, songs, run_refrain):
     done = run_refrain("info", "--index", index, "--json")
     assert done.returncode == 0, done.stderr
     info = json.loads(done.stdout)
-    assert set(info) == {"directory", "tracks", "hours", "landmarks", "bytes", "files"}
+    assert set(info) == {"directory", "tracks", "hours", "landmarks", "bytes", "files", "melody_segments"}
     assert info["tracks"] == 3
     seconds = sum(len(songs[seed].samples) / SR for seed in SEEDS)
     assert info["hours"] == pytest.approx(seconds / 3600, abs=1e-3)

@@ -88,7 +88,7 @@ def service_root(tmp_path_factory) -> Path:
 def live_service(service_root, songs, run_refrain) -> LiveService:
     """The running service with an admin, analyst and uploader key and three registered works."""
     settings = ServiceSettings(index_dir=service_root / "index", max_upload_bytes=MAX_UPLOAD_BYTES,
-                               max_upload_seconds=MAX_UPLOAD_SECONDS)
+                               max_upload_seconds=MAX_UPLOAD_SECONDS, match_covers=True)
     made = run_refrain("keys", "create", "--role", "admin", "--label", "tests", "--index",
                        settings.index_dir)
     assert made.returncode == 0, made.stderr

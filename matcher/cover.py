@@ -1,0 +1,318 @@
+"""Melody tier: find catalogue compositions re-performed in a query (covers).
+
+Two stages:
+
+1. **Candidates.** The query's chroma is re-timed to each tempo hypothesis
+   (:attr:`CoverParams.tempo_hypotheses`), cut into segments a quarter of the
+   catalogue hop apart, and each segment's key- and shift-invariant descriptor is
+   looked up in the melody index (top ``segment_neighbours``). A track's vote under
+   a hypothesis is the mean, over query segments, of its best segment similarity;
+   the tracks with the highest vote under any hypothesis are verified.
+2. **Verification.** Descriptors forget where and in which key things happen, so a
+   shared style or chord progression can look alike. The verification aligns the
+   chroma sequences themselves: the re-timed query is cut into windows, each window
+   is correlated with the candidate's stored chroma at every time offset and under
+   all 12 circular pitch shifts at once (one 2-D FFT), and the windows must agree on
+   one time line, one key shift and one tempo. The similarity is the mean frame
+   correlation along that line over the best ``run_windows`` consecutive windows:
+   a cover keeps it high all along, while a common progression or cadence agrees
+   only in passing. Only a similarity of at least ``min_similarity`` is reported, as
+   ``kind="cover"`` (its calibration on same-style negatives: ``bench/covers.py``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy.ndimage import maximum_filter1d
+
+from fingerprint.melody import (PITCH_CLASSES, MelodyParams, resample_chroma, segment_descriptors,
+                                segment_starts)
+from index.melody import MelodyIndex
+from matcher.types import Match, Span
+
+__all__ = ["CoverParams", "CoverVerdict", "cover_candidates", "tempo_grid", "verify_cover", "match_covers"]
+
+
+@dataclass(frozen=True)
+class CoverParams:
+    """How the melody tier searches and decides.
+
+    Attributes
+    ----------
+    enabled : bool
+        Search the melody tier at all (default False: on real music its threshold still
+        reports unrelated pieces as covers, see README "Melody tier"; the tier is built at
+        ingest either way). It is skipped anyway for an index without one, or a query
+        shorter than one segment at every tempo hypothesis.
+    tempo_hypotheses : tuple of float
+        Query tempo / catalogue tempo ratios the query is re-timed to for the candidate
+        search (default nine steps of about 6 % over 0.8-1.25). Each costs one set of
+        segment descriptors.
+    query_hop_fraction : int
+        Query segments start ``segment_hop / query_hop_fraction`` chroma frames apart
+        (default 4, i.e. 1 s): some query segment then starts within half a second of
+        every catalogue segment.
+    segment_neighbours : int
+        Catalogue segments returned per query segment (default 16).
+    max_candidates : int
+        Tracks verified per query (default 10), strongest votes first.
+    verify_hypotheses : int
+        Tempo hypotheses verified per candidate, best voted first (default 2): the
+        descriptors tell tempo only roughly.
+    tempo_refinement : tuple of float
+        Factors applied to each verified tempo hypothesis (default 0.97, 1, 1.03):
+        half a hypothesis step either way, so the re-timed query drifts at most about
+        a chroma frame over a window, which ``offset_tolerance`` absorbs.
+    run_windows : int
+        Consecutive verification windows whose mean is the similarity (default 4:
+        with 16.4 s windows 4.1 s apart, 28.7 s of the reference). A shorter query uses
+        all of its windows.
+    offset_tolerance : int
+        Chroma frames a window may slip from the common time line (default 1).
+    min_similarity : float
+        Lowest similarity reported as a cover (default 0.5, set on generated songs: covers
+        0.59-0.87, same-key same-style songs at most 0.42). ``bench/covers.py`` shows
+        same-style real compositions reaching higher (negatives' p99 0.65): this value is
+        to be raised from its threshold sweep (README).
+    """
+
+    enabled: bool = False
+    tempo_hypotheses: tuple[float, ...] = (0.8, 0.85, 0.9, 0.95, 1.0, 1.06, 1.12, 1.18, 1.25)
+    query_hop_fraction: int = 4
+    segment_neighbours: int = 16
+    max_candidates: int = 10
+    verify_hypotheses: int = 2
+    tempo_refinement: tuple[float, ...] = (0.97, 1.0, 1.03)
+    run_windows: int = 4
+    offset_tolerance: int = 1
+    min_similarity: float = 0.5
+
+
+@dataclass(frozen=True)
+class CoverVerdict:
+    """The best chroma alignment of a query with one catalogue track.
+
+    Attributes
+    ----------
+    similarity : float
+        Mean frame correlation along the aligned line over the best run of windows (-1..1).
+    tempo_ratio : float
+        Query tempo / reference tempo.
+    key_shift : int
+        Query key - reference key in semitones, in -5..+6 (chroma cannot tell octaves).
+    offset_frames : int
+        Reference chroma frame at query time 0, in reference time.
+    window_starts : np.ndarray of int
+        Start of each verification window in the re-timed query (chroma frames).
+    window_similarity : np.ndarray of float
+        Correlation of each window along the line.
+    window_frames : int
+        Length of a window (chroma frames, reference time).
+    best_run : tuple of int
+        First and last window of the run that gave ``similarity``.
+    """
+
+    similarity: float
+    tempo_ratio: float
+    key_shift: int
+    offset_frames: int
+    window_starts: np.ndarray
+    window_similarity: np.ndarray
+    window_frames: int
+    best_run: tuple[int, int]
+
+
+def cover_candidates(query_chroma: np.ndarray, index: MelodyIndex, params: CoverParams,
+                     allowed: set[int] | None = None) -> list[tuple[int, float, float]]:
+    """Catalogue tracks whose segments resemble the query's, best first.
+
+    Parameters
+    ----------
+    query_chroma : np.ndarray, shape (n, 12)
+        The query's chroma sequence.
+    index : MelodyIndex
+    params : CoverParams
+    allowed : set of int, optional
+        Reportable track ids; hits on others are ignored.
+
+    Returns
+    -------
+    list of (track_id, vote, tempo_hypotheses)
+        At most ``params.max_candidates`` tracks, each with its best vote and the
+        ``params.verify_hypotheses`` tempo hypotheses it was voted for most.
+    """
+    melody = index.params
+    hop = max(1, melody.segment_hop // params.query_hop_fraction)
+    votes: dict[int, list[tuple[float, float]]] = {}
+    for ratio in params.tempo_hypotheses:
+        retimed = resample_chroma(query_chroma, ratio)
+        descriptors = segment_descriptors(retimed, segment_starts(len(retimed), melody, hop), melody)
+        if len(descriptors) == 0:
+            continue
+        similarity, tracks, _ = index.search(descriptors, params.segment_neighbours)
+        per_track: dict[int, float] = {}
+        for track in np.unique(tracks[tracks >= 0]):
+            if allowed is not None and int(track) not in allowed:
+                continue
+            best = np.where(tracks == track, similarity, -np.inf).max(axis=1)
+            # A segment that does not see the track at all contributes nothing (not -inf).
+            per_track[int(track)] = float(np.where(np.isfinite(best), best, 0.0).mean())
+        for track, vote in per_track.items():
+            votes.setdefault(track, []).append((vote, ratio))
+    best = {track: sorted(found, reverse=True)[:params.verify_hypotheses] for track, found in votes.items()}
+    ranked = sorted(best.items(), key=lambda item: (-item[1][0][0], item[0]))
+    return [(track, found[0][0], tuple(ratio for _, ratio in found))
+            for track, found in ranked[:params.max_candidates]]
+
+
+def tempo_grid(hypotheses: tuple[float, ...], params: CoverParams) -> tuple[float, ...]:
+    """The tempo ratios verification tries: each hypothesis times each refinement factor."""
+    return tuple(h * f for h in hypotheses for f in params.tempo_refinement)
+
+
+def verify_cover(query_chroma: np.ndarray, reference_chroma: np.ndarray, tempo_ratios: tuple[float, ...],
+                 melody: MelodyParams, params: CoverParams) -> CoverVerdict | None:
+    """Align a query's chroma with a reference's under tempo, key shift and time offset.
+
+    Parameters
+    ----------
+    query_chroma, reference_chroma : np.ndarray, shape (n, 12)
+        Chroma sequences (rows unit length or zero).
+    tempo_ratios : tuple of float
+        Query tempo / reference tempo ratios to try.
+    melody : MelodyParams
+        Window length (``segment_frames``) and window hop (``segment_hop``).
+    params : CoverParams
+
+    Returns
+    -------
+    CoverVerdict or None
+        None when either sequence is empty.
+    """
+    n_ref = len(reference_chroma)
+    best: CoverVerdict | None = None
+    if n_ref == 0:
+        return None
+    # The reference's spectrum under every circular pitch shift, once for all ratios:
+    # shifted[f, c, k] = spectrum[f, (c + k) % 12].
+    size = 1 << int(np.ceil(np.log2(n_ref + melody.segment_frames)))
+    spectrum = np.fft.rfft(reference_chroma, n=size, axis=0)
+    classes = np.arange(PITCH_CLASSES)
+    shifted = spectrum[:, (classes[None, :] + classes[:, None]) % PITCH_CLASSES]
+    for ratio in tempo_ratios:
+        retimed = resample_chroma(query_chroma, ratio)
+        if len(retimed) == 0:
+            continue
+        found = _best_line(retimed, shifted, n_ref, size, melody, params)
+        if best is None or found[0] > best.similarity:
+            similarity, shift, offset, starts, values, length, run = found
+            key_shift = int((-shift) % PITCH_CLASSES)  # query classes sit `shift` below the reference's
+            if key_shift > PITCH_CLASSES // 2:
+                key_shift -= PITCH_CLASSES
+            best = CoverVerdict(similarity=similarity, tempo_ratio=float(ratio), key_shift=key_shift,
+                                offset_frames=offset, window_starts=starts, window_similarity=values,
+                                window_frames=length, best_run=run)
+    return best
+
+
+def _best_line(query: np.ndarray, shifted_reference: np.ndarray, n_ref: int, size: int,
+               melody: MelodyParams, params: CoverParams):
+    """Best (similarity, pitch shift, offset, window starts, window values, window length, run)."""
+    length = min(melody.segment_frames, len(query), n_ref)
+    starts = np.arange(0, len(query) - length + 1, melody.segment_hop)
+    windows = query[starts[:, None] + np.arange(length)[None, :]]                  # (w, L, 12)
+    spectrum = np.fft.rfft(windows, n=size, axis=1)                                # (w, f, 12)
+    # corr[w, d, k] = mean_t sum_c window_w[t, c] * reference[d + t, c + k]: a time
+    # cross-correlation per pitch shift, all shifts in one product of spectra.
+    product = np.matmul(np.conj(spectrum).transpose(1, 0, 2), shifted_reference)   # (f, w, k)
+    corr = np.fft.irfft(product, n=size, axis=0).transpose(1, 0, 2) / length
+    n_positions = n_ref - length + 1                                              # full overlap only
+    corr = corr[:, :n_positions, :]
+    if params.offset_tolerance:
+        # A small share of the unfiltered value keeps the exact offset the best of its neighbours.
+        corr = maximum_filter1d(corr, 2 * params.offset_tolerance + 1, axis=1, mode="constant",
+                                cval=-1.0) + 1e-6 * corr
+    # Line d0 puts window w at reference frame d0 + starts[w]; row d0 + starts[-1] holds it
+    # (d0 may be negative: the query starts before the reference). Windows that fall
+    # outside the reference on a line count as 0 (no agreement).
+    last = int(starts[-1])
+    n_lines = n_positions + last
+    lines = np.zeros((len(starts), n_lines, PITCH_CLASSES))
+    for w, start in enumerate(starts):
+        lines[w, last - start:last - start + n_positions] = corr[w]
+    run = min(params.run_windows, len(starts))
+    cumulative = np.concatenate([np.zeros((1, n_lines, PITCH_CLASSES)), np.cumsum(lines, axis=0)])
+    run_means = (cumulative[run:] - cumulative[:-run]) / run                       # (w - run + 1, lines, 12)
+    first, line, shift = np.unravel_index(int(np.argmax(run_means)), run_means.shape)
+    offset = int(line) - last
+    return (float(run_means[first, line, shift]), int(shift), offset, starts, lines[:, line, shift],
+            length, (int(first), int(first) + run - 1))
+
+
+def match_covers(query_chroma: np.ndarray | None, index: MelodyIndex, params: CoverParams,
+                 chroma_seconds: float, allowed: set[int] | None = None,
+                 skip: set[int] = frozenset()) -> list[Match]:
+    """Every catalogue composition the query re-performs, as ``kind="cover"`` matches.
+
+    Parameters
+    ----------
+    query_chroma : np.ndarray, shape (n, 12), or None
+        The query's chroma sequence (:attr:`fingerprint.Fingerprint.melody`).
+    index : MelodyIndex
+    params : CoverParams
+    chroma_seconds : float
+        Duration of one chroma frame.
+    allowed : set of int, optional
+        Reportable track ids (None: all).
+    skip : set of int
+        Tracks already matched by the landmark tiers: a copy or derivative of the
+        recording is reported as such, not as a cover, and is not verified again.
+
+    Returns
+    -------
+    list of Match
+        Most similar first. ``score`` is the similarity, ``pitch_shift_semitones`` the
+        key shift, ``time_ratio`` the tempo ratio, ``spans`` the aligned stretch.
+    """
+    if not params.enabled or query_chroma is None or len(query_chroma) == 0 or index.ntotal == 0:
+        return []
+    matches = []
+    for track_id, _, hypotheses in cover_candidates(query_chroma, index, params, allowed):
+        if track_id in skip:
+            continue
+        verdict = verify_cover(query_chroma, index.chroma(track_id), tempo_grid(hypotheses, params),
+                               index.params, params)
+        if verdict is None or verdict.similarity < params.min_similarity:
+            continue
+        matches.append(_describe(track_id, verdict, params, chroma_seconds, len(query_chroma)))
+    matches.sort(key=lambda m: (-m.score, m.track_id))
+    return matches
+
+
+def _describe(track_id: int, verdict: CoverVerdict, params: CoverParams, chroma_seconds: float,
+              query_frames: int) -> Match:
+    """A cover Match: the best run, extended by neighbouring windows that also agree."""
+    first, last = verdict.best_run
+    values = verdict.window_similarity
+    while first > 0 and values[first - 1] >= params.min_similarity:
+        first -= 1
+    while last + 1 < len(values) and values[last + 1] >= params.min_similarity:
+        last += 1
+    ratio = verdict.tempo_ratio
+    start, end = int(verdict.window_starts[first]), int(verdict.window_starts[last]) + verdict.window_frames
+    similarity = round(verdict.similarity, 4)
+    span = Span(query_start=round(start / ratio * chroma_seconds, 3),
+                query_end=round(min(end / ratio, query_frames) * chroma_seconds, 3),
+                ref_start=round((verdict.offset_frames + start) * chroma_seconds, 3),
+                ref_end=round((verdict.offset_frames + end) * chroma_seconds, 3),
+                score=round(float(values[first:last + 1].mean()), 4), aligned=end - start)
+    # 0.5 at the threshold, rising linearly to 1 at a perfect correlation.
+    confidence = 0.5 + 0.5 * (verdict.similarity - params.min_similarity) / (1.0 - params.min_similarity)
+    return Match(track_id=track_id, score=similarity, aligned=span.aligned,
+                 confidence=round(float(np.clip(confidence, 0.0, 1.0)), 4),
+                 query_start=span.query_start, query_end=span.query_end, ref_start=span.ref_start,
+                 ref_end=span.ref_end, offset=round(verdict.offset_frames * chroma_seconds, 3),
+                 time_ratio=round(ratio, 4), pitch_shift_semitones=float(verdict.key_shift), kind="cover",
+                 spans=[span], tier="melody")

@@ -1,0 +1,138 @@
+"""Melody tier end to end: covers of catalogue songs are found, other songs of the same style are not.
+
+A *cover* here is :func:`refrain.synth.render_song` of a catalogue seed with another
+seed's instruments, drum kit and effects, transposed and played at another tempo:
+the composition survives, none of the recording does.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import soxr
+from conftest import SR
+
+from fingerprint import FingerprintParams, fingerprint_signal
+from matcher import CoverParams
+from refrain.api import Refrain
+from refrain.config import Config
+from refrain.synth import describe_song, render_song
+
+#: The melody tier is searched only when asked for (it is not yet calibrated on real music).
+COVER_SEARCH = Config(cover=CoverParams(enabled=True))
+
+#: (catalogue seed, semitones, tempo factor, timbre seed): the composition re-performed.
+COVERS = [(30, -5, 0.9, 90), (41, -3, 0.9, 203), (41, 2, 1.1, 204)]
+#: Songs never ingested that share genre, key and mode with catalogue seed 41 (pop, A major).
+SAME_KEY_AND_STYLE = (131, 391)
+
+
+def cover(seed: int, semitones: int, tempo: float, timbre_seed: int, seconds: float = 30.0) -> np.ndarray:
+    return soxr.resample(render_song(seed, seconds, SR, transpose=semitones, tempo=tempo,
+                                     timbre_seed=timbre_seed), SR, 8000)
+
+
+@pytest.fixture
+def catalogue(catalogue_index):
+    """The session index, read-only and memory-mapped, with the melody tier searched."""
+    with Refrain.open(catalogue_index.directory, COVER_SEARCH, mmap=True) as refrain:
+        yield refrain
+
+
+def test_covers_are_not_searched_unless_asked_for(catalogue_index):
+    with Refrain.open(catalogue_index.directory, mmap=True) as refrain:
+        assert refrain.match_signal(cover(*COVERS[0]), "cover").matches == []
+
+
+def test_the_same_style_songs_really_share_key_and_genre():
+    reference = describe_song(41)
+    for seed in SAME_KEY_AND_STYLE:
+        other = describe_song(seed)
+        assert (other["genre"], other["key"]) == (reference["genre"], reference["key"])
+
+
+@pytest.mark.parametrize("seed, semitones, tempo, timbre_seed", COVERS)
+def test_a_transposed_re_timbred_rendering_is_found_as_a_cover(catalogue, catalogue_index, seed, semitones,
+                                                                tempo, timbre_seed):
+    result = catalogue.match_signal(cover(seed, semitones, tempo, timbre_seed), "cover")
+    assert [m.kind for m in result.matches] == ["cover"], result.matches
+    found = result.matches[0]
+    assert found.track_id == catalogue_index.track_ids[seed]
+    assert found.pitch_shift_semitones == semitones
+    assert found.time_ratio == pytest.approx(tempo, rel=0.03)
+    assert 0.5 <= found.confidence <= 1.0 and found.score >= Config().cover.min_similarity
+    span, = found.spans
+    # The cover starts at the song's beginning: query time t is reference time t * tempo.
+    assert span.query_start <= 2.0 and span.query_end >= 20.0
+    assert span.ref_start == pytest.approx(span.query_start * tempo, abs=1.0)
+
+
+@pytest.mark.parametrize("seed", SAME_KEY_AND_STYLE)
+def test_a_different_piece_in_the_same_key_and_style_is_not_a_cover(catalogue, seed):
+    result = catalogue.match_signal(soxr.resample(render_song(seed, 30.0, SR), SR, 8000), "other")
+    assert not [m for m in result.matches if m.kind == "cover"]
+
+
+def test_a_recording_found_by_the_landmarks_is_not_also_reported_as_a_cover(catalogue, catalogue_index, songs):
+    excerpt = soxr.resample(songs[41].excerpt(2.0, 30.0), SR, 8000)
+    result = catalogue.match_signal(excerpt, "copy")
+    assert [(m.track_id, m.kind) for m in result.matches] == [(catalogue_index.track_ids[41], "excerpt")]
+
+
+def test_a_query_shorter_than_a_segment_skips_the_melody_tier(catalogue):
+    result = catalogue.match_signal(cover(41, -3, 0.9, 203, seconds=8.0), "short")
+    assert result.matches == []
+
+
+def test_removing_a_track_removes_its_melody_vectors(index_copy, catalogue_index):
+    track = catalogue_index.track_ids[41]
+    with Refrain.open(index_copy, writable=True) as refrain:
+        melody = refrain.store.melody
+        before, stored = melody.ntotal, len(melody.chroma(track))
+        assert stored > 0
+        refrain.remove(track)
+        assert len(melody.chroma(track)) == 0 and melody.ntotal < before
+    with Refrain.open(index_copy, COVER_SEARCH, mmap=True) as refrain:
+        assert refrain.store.melody.ntotal < before
+        assert refrain.match_signal(cover(41, -3, 0.9, 203), "cover").matches == []
+
+
+def test_the_melody_tier_persists_and_reloads(index_copy, catalogue_index, catalogue):
+    track = catalogue_index.track_ids[30]
+    with Refrain.open(index_copy, mmap=True) as reopened:
+        assert reopened.store.melody.ntotal == catalogue.store.melody.ntotal > 0
+        assert reopened.info().melody_segments == reopened.store.melody.ntotal
+        np.testing.assert_array_equal(reopened.store.melody.chroma(track), catalogue.store.melody.chroma(track))
+
+
+def test_an_interrupted_ingest_leaves_no_melody_vectors(index_copy, songs):
+    with Refrain.open(index_copy, writable=True) as refrain:
+        before = refrain.store.melody.ntotal
+        fp = fingerprint_signal(soxr.resample(render_song(131, 40.0, SR), SR, 8000), refrain.params)
+        track = refrain.store.add_track("never-committed.wav", "0" * 64, fp)
+        assert refrain.store.melody.ntotal > before
+        refrain.store.melody.save(index_copy / "melody.faiss")  # the crash comes after a save
+    with Refrain.open(index_copy, writable=True) as refrain:  # recovery at the next writable open
+        assert refrain.store.melody.ntotal == before
+        assert len(refrain.store.melody.chroma(track)) == 0
+
+
+def test_an_index_without_a_melody_tier_opens_and_says_so(tmp_path, songs, run_refrain):
+    directory = tmp_path / "old-index"
+    old_params = FingerprintParams(melody=None)  # what an index from before the melody tier holds
+    with Refrain.open(directory, Config(fingerprint=old_params), create=True) as refrain:
+        list(refrain.ingest([songs[41].path]))
+    manifest = json.loads((directory / "manifest.json").read_text())
+    assert "melody" not in manifest["tiers"]
+    del manifest["fingerprint"]["melody"]  # older manifests do not know the setting at all
+    (directory / "manifest.json").write_text(json.dumps(manifest))
+    shutil.copy(songs[41].path, tmp_path / "copy.wav")
+    with Refrain.open(directory, COVER_SEARCH, mmap=True) as refrain:
+        assert refrain.store.melody is None and refrain.info().melody_segments is None
+        assert refrain.match_signal(cover(41, -3, 0.9, 203), "cover").matches == []
+        assert [m.kind for m in refrain.match_file(tmp_path / "copy.wav").matches] == ["copy"]
+    shown = run_refrain("info", "--index", directory)
+    assert shown.returncode == 0 and "melody     absent" in shown.stdout and "re-ingest" in shown.stdout

@@ -1,0 +1,125 @@
+"""The melody descriptor: chroma from the landmark spectrogram, invariances, the FAISS store, the synth covers."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from fingerprint import FingerprintParams, MelodyParams
+from fingerprint.melody import (chroma_sequence, descriptor_dim, resample_chroma, segment_descriptors,
+                                segment_starts)
+from fingerprint.spectrogram import log_frequency_spectrogram
+from index.melody import MelodyIndex
+from matcher.cover import CoverParams, verify_cover
+from refrain.synth import render_song
+
+RATE = 8000
+PARAMS = FingerprintParams()
+
+
+def chroma_of(y: np.ndarray) -> np.ndarray:
+    S = log_frequency_spectrogram(y, RATE, PARAMS.n_fft, PARAMS.hop_length, PARAMS.fmin, PARAMS.fmax,
+                                  PARAMS.bins_per_octave)
+    return chroma_sequence(S, PARAMS.bins_per_octave, PARAMS.fmin, PARAMS.melody)
+
+
+def tone(midi: int, seconds: float = 3.0) -> np.ndarray:
+    t = np.arange(int(seconds * RATE)) / RATE
+    return (0.5 * np.sin(2 * np.pi * 440.0 * 2 ** ((midi - 69) / 12) * t)).astype(np.float32)
+
+
+def random_chroma(n: int, seed: int) -> np.ndarray:
+    x = np.random.default_rng(seed).random((n, 12)) ** 4
+    x -= x.mean(axis=1, keepdims=True)
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
+@pytest.mark.parametrize("midi, pitch_class", [(69, 9), (60, 0), (66, 6), (83, 11)])
+def test_a_pure_tone_lands_in_its_pitch_class(midi, pitch_class):
+    chroma = chroma_of(tone(midi))
+    assert chroma.shape[1] == 12 and len(chroma) > 5
+    assert set(np.argmax(chroma[1:-1], axis=1)) == {pitch_class}
+    np.testing.assert_allclose(np.linalg.norm(chroma[1:-1], axis=1), 1.0, atol=1e-5)
+
+
+def test_silence_gives_zero_chroma_frames():
+    y = np.concatenate([tone(64, 2.0), np.zeros(2 * RATE, dtype=np.float32), tone(64, 2.0)])
+    chroma = chroma_of(y)
+    frames = PARAMS.melody.chroma_seconds(PARAMS.frame_seconds)
+    silent = chroma[int(2.6 / frames):int(3.6 / frames)]
+    assert len(silent) and not silent.any()
+
+
+def test_descriptors_do_not_change_under_a_key_change_and_barely_under_a_time_shift():
+    melody = MelodyParams()
+    chroma = random_chroma(200, 1)
+    starts = segment_starts(len(chroma), melody, melody.segment_hop)
+    base = segment_descriptors(chroma, starts, melody)
+    assert base.shape == (len(starts), descriptor_dim(melody))
+    np.testing.assert_allclose(np.linalg.norm(base, axis=1), 1.0, atol=1e-5)
+    transposed = segment_descriptors(np.roll(chroma, 5, axis=1), starts, melody)
+    np.testing.assert_allclose(transposed, base, atol=1e-5)
+    shifted = segment_descriptors(chroma, starts + 2, melody)
+    unrelated = segment_descriptors(random_chroma(200, 2), starts, melody)
+    assert np.min(np.sum(shifted * base, axis=1)) > np.max(np.sum(unrelated * base, axis=1))
+
+
+def test_resampling_to_a_tempo_ratio_changes_the_length_only():
+    chroma = random_chroma(100, 3)
+    assert len(resample_chroma(chroma, 1.25)) == 125 and len(resample_chroma(chroma, 0.8)) == 80
+    np.testing.assert_array_equal(resample_chroma(chroma, 1.0), chroma)
+
+
+def test_verification_recovers_key_shift_tempo_and_offset():
+    melody, params = MelodyParams(), CoverParams()
+    reference = random_chroma(300, 4)
+    # The query: reference frames 80..200, played 1.25x faster and 3 semitones higher.
+    query = np.roll(resample_chroma(reference[80:200], 1 / 1.25), 3, axis=1)
+    verdict = verify_cover(query, reference, (1.0, 1.25), melody, params)
+    assert verdict.key_shift == 3 and verdict.tempo_ratio == 1.25
+    assert verdict.offset_frames == pytest.approx(80, abs=1) and verdict.similarity > 0.8
+    unrelated = verify_cover(query, random_chroma(300, 5), (1.0, 1.25), melody, params)
+    assert unrelated.similarity < 0.3
+
+
+def test_melody_store_adds_finds_removes_and_reloads(tmp_path):
+    melody = MelodyParams()
+    store = MelodyIndex.create(melody)
+    tracks = {7: random_chroma(150, 6), 9: random_chroma(100, 7)}
+    added = {track: store.add(track, chroma) for track, chroma in tracks.items()}
+    assert added == {t: len(segment_starts(len(c), melody, melody.segment_hop)) for t, c in tracks.items()}
+    query = segment_descriptors(tracks[9], np.array([16]), melody)
+    similarity, found, segments = store.search(query, 3)
+    assert (found[0, 0], segments[0, 0]) == (9, 1) and similarity[0, 0] == pytest.approx(1.0, abs=1e-4)
+    np.testing.assert_allclose(store.chroma(7)[:150], tracks[7], atol=2e-3)  # float16 storage
+    store.save(tmp_path / "melody.faiss")
+    reloaded = MelodyIndex.load(tmp_path / "melody.faiss", melody, mmap=True)
+    assert reloaded.ntotal == store.ntotal and not reloaded.writable
+    with pytest.raises(PermissionError):
+        reloaded.remove(7)
+    assert store.remove(9) == added[9] and len(store.chroma(9)) == 0
+    assert store.search(query, 3)[1][0, 0] == 7
+
+
+def test_melody_params_round_trip_through_the_manifest_form():
+    params = FingerprintParams(melody=MelodyParams(segment_hop=8))
+    assert FingerprintParams.from_dict(params.to_dict()) == params
+    old = params.to_dict()
+    del old["melody"]
+    assert FingerprintParams.from_dict(old).melody == MelodyParams()
+    with pytest.raises(ValueError, match="unknown melody"):
+        FingerprintParams.from_dict({"melody": {"segment_hops": 3}})
+
+
+def test_synth_cover_options_keep_the_default_render_and_change_what_they_say():
+    plain = render_song(7, 4.0)
+    assert np.array_equal(render_song(7, 4.0, transpose=0, tempo=1.0, timbre_seed=None), plain)
+    # Another timbre: the same notes sound different; another tempo: the notes move.
+    assert not np.array_equal(render_song(7, 4.0, timbre_seed=8), plain)
+    assert not np.array_equal(render_song(7, 4.0, tempo=1.2), plain)
+    with pytest.raises(ValueError, match="tempo"):
+        render_song(7, 4.0, tempo=0.0)
+    # A transposed render aligns with the original at exactly that key shift.
+    low, high = chroma_of(render_song(7, 20.0, RATE)), chroma_of(render_song(7, 20.0, RATE, transpose=4))
+    verdict = verify_cover(high, low, (1.0,), MelodyParams(), CoverParams())
+    assert verdict.key_shift == 4 and verdict.offset_frames == 0
