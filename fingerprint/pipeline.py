@@ -14,8 +14,7 @@ from fingerprint.params import FingerprintParams
 from fingerprint.peaks import Peaks, find_peaks
 from fingerprint.spectrogram import log_frequency_spectrogram
 
-__all__ = ["Fingerprint", "FingerprintError", "fingerprint_signal", "fingerprint_file", "signal_peaks",
-           "fingerprint_peaks"]
+__all__ = ["Fingerprint", "FingerprintError", "fingerprint_signal", "fingerprint_file", "fingerprint_peaks"]
 
 
 class FingerprintError(ValueError):
@@ -60,35 +59,6 @@ class Fingerprint:
                 "triplet": (triplet_codes, triplet_payloads(self.triplets)[rows])}
 
 
-def signal_peaks(y: np.ndarray, params: FingerprintParams) -> Peaks:
-    """The spectral peaks of mono samples at ``params.sample_rate`` (the first half of the pipeline).
-
-    Parameters
-    ----------
-    y : np.ndarray, shape (n,)
-        Mono signal.
-    params : FingerprintParams
-        Analysis settings.
-
-    Returns
-    -------
-    Peaks
-    """
-    return _spectrogram_peaks(_log_spectrogram(y, params), params)
-
-
-def _log_spectrogram(y: np.ndarray, params: FingerprintParams) -> np.ndarray:
-    return log_frequency_spectrogram(y, params.sample_rate, params.n_fft, params.hop_length,
-                                     params.fmin, params.fmax, params.bins_per_octave)
-
-
-def _spectrogram_peaks(S_db: np.ndarray, params: FingerprintParams) -> Peaks:
-    return find_peaks(S_db, params.frame_seconds, params.peak_time_radius,
-                      params.peak_freq_radius, params.peak_floor_db,
-                      params.peak_min_prominence_db, params.peaks_per_second,
-                      params.density_window)
-
-
 def fingerprint_peaks(peaks: Peaks, duration: float, params: FingerprintParams,
                       melody: np.ndarray | None = None) -> Fingerprint:
     """Build the landmark hashes of both tiers from peaks (the second half of the pipeline).
@@ -99,7 +69,7 @@ def fingerprint_peaks(peaks: Peaks, duration: float, params: FingerprintParams,
     Parameters
     ----------
     peaks : Peaks
-        From :func:`signal_peaks`.
+        The signal's peaks (as :func:`fingerprint_signal` finds them).
     duration : float
         Seconds of audio the peaks were taken from.
     params : FingerprintParams
@@ -148,11 +118,15 @@ def fingerprint_signal(y: np.ndarray, params: FingerprintParams) -> Fingerprint:
     FingerprintError
         When the signal yields no landmark (silent, or too short for one window).
     """
-    S_db = _log_spectrogram(y, params)
+    S_db = log_frequency_spectrogram(y, params.sample_rate, params.n_fft, params.hop_length,
+                                     params.fmin, params.fmax, params.bins_per_octave)
+    peaks = find_peaks(S_db, params.frame_seconds, params.peak_time_radius,
+                       params.peak_freq_radius, params.peak_floor_db,
+                       params.peak_min_prominence_db, params.peaks_per_second,
+                       params.density_window)
     melody = (None if params.melody is None
               else chroma_sequence(S_db, params.bins_per_octave, params.fmin, params.melody))
-    return fingerprint_peaks(_spectrogram_peaks(S_db, params), len(y) / params.sample_rate, params,
-                             melody)
+    return fingerprint_peaks(peaks, len(y) / params.sample_rate, params, melody)
 
 
 def fingerprint_file(path, params: FingerprintParams, max_duration: float | None = None) -> Fingerprint:
