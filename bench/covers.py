@@ -48,7 +48,8 @@ from fingerprint import fingerprint_signal, load_audio  # noqa: E402
 from fingerprint.melody import chroma_sequence, segment_descriptors, segment_starts  # noqa: E402
 from fingerprint.spectrogram import log_frequency_spectrogram  # noqa: E402
 from matcher import match_fingerprint  # noqa: E402
-from matcher.cover import cover_candidates, match_covers, tempo_grid, verify_cover  # noqa: E402
+from matcher.cover import (CoverParams, cover_candidates, match_covers, tempo_grid,  # noqa: E402
+                           verify_cover)
 from refrain.api import Refrain  # noqa: E402
 from refrain.config import Config  # noqa: E402
 
@@ -348,7 +349,7 @@ def main() -> int:
     covers = [(key, variant, path) for key, variant, path, err in rendered[len(catalogue):]
               if path and (key in catalogue_files or key in negatives)]
 
-    config = Config()
+    config = Config(cover=CoverParams(enabled=True))  # the melody tier is off by default
     with tempfile.TemporaryDirectory() as tmp:
         index_dir = Path(tmp) / "index"
         t0 = time.time()
@@ -411,7 +412,7 @@ def real_music_check(music: Path, index_dir: Path, catalogue: int = 150, negativ
                     print(f"  {result.error}", file=sys.stderr)
     rng = random.Random(seed)
     covers, related, queries = [], [], 0
-    with Refrain.open(index_dir, mmap=True) as refrain:
+    with Refrain.open(index_dir, Config(cover=CoverParams(enabled=True)), mmap=True) as refrain:
         sources = {t: Path(track.source).name for t, track in refrain.store.catalog.ready_tracks().items()}
         for path, count in [(p, per_track) for p in held_out] + [(p, 1) for p in tracks[:catalogue]]:
             y = load_audio(path, refrain.params.sample_rate)
