@@ -277,6 +277,21 @@ class Refrain:
         the recording); the melody tier reports, as ``cover``, only compositions whose
         recording did not match.
         """
+        return self.match_with_evidence(fp, name)[0]
+
+    def match_with_evidence(self, fp: Fingerprint, name: str) -> tuple[QueryResult, dict[int, np.ndarray]]:
+        """:meth:`match_fingerprint`, plus the aligned points behind each matched track.
+
+        For analysts: the points of a track are its :attr:`matcher.Match.points`, the
+        (query time, reference time) pairs behind the verdict, to plot against
+        ``offset + time_ratio * query time`` (empty for a cover).
+
+        Returns
+        -------
+        result : QueryResult
+        points : dict of int to np.ndarray, shape (n, 2)
+            Per matched track id.
+        """
         ready = self._ready_tracks()
         found: list[Match] = match_fingerprint(
             fp, self.store.tiers, self.config.match, self.params,
@@ -292,21 +307,8 @@ class Refrain:
             fields = {k: v for k, v in vars(m).items() if k not in ("tier", "points")}
             matches.append(TrackMatch(source=track.source, title=track.title, artist=track.artist,
                                       isrc=track.isrc, **fields))
-        return QueryResult(query=name, duration=round(fp.duration, 3), matches=matches)
-
-    def evidence(self, fp: Fingerprint, track_id: int) -> Match | None:
-        """The full matcher result for one track, including its aligned landmark points.
-
-        For analysts: :attr:`matcher.Match.points` are the (query time, reference time)
-        pairs behind the verdict, to plot against ``offset + time_ratio * query time``.
-        None if the track is not (or no longer) matched by this query.
-        """
-        ready = self._ready_tracks()
-        if track_id not in ready:
-            return None
-        found = match_fingerprint(fp, self.store.tiers, self.config.match, self.params,
-                                  {track_id: ready[track_id].duration})
-        return found[0] if found else None
+        result = QueryResult(query=name, duration=round(fp.duration, 3), matches=matches)
+        return result, {m.track_id: m.points for m in found}
 
     def match_signal(self, y: np.ndarray, name: str = "<signal>") -> QueryResult:
         """Match mono samples already at ``self.params.sample_rate``."""

@@ -124,9 +124,8 @@ class UploadsJob:
             record["new_evidence"] = [
                 {"track_id": m.track_id,
                  "work_id": decided.works[m.track_id].work_id if m.track_id in decided.works else None,
-                 "points": np.asarray(full.points).round(3).tolist() if full is not None else []}
-                for m in decided.result.matches if m.track_id in newly_matched
-                for full in [refrain.evidence(fp, m.track_id)]]
+                 "points": np.asarray(decided.points[m.track_id]).round(3).tolist()}
+                for m in decided.result.matches if m.track_id in newly_matched]
         return record
 
 

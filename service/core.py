@@ -214,9 +214,8 @@ class MatchService:
             # between the match and the decision (catalogue writes take the write side).
             decided = decide_upload(self.refrain, self.db, fp, form.filename, uploader_id, licences, now,
                                     self.settings.review_confidence)
-            evidence = {m.track_id: self.refrain.evidence(fp, m.track_id) for m in decided.result.matches}
 
-        stored_evidence = [self._evidence(m, evidence.get(m.track_id), decided.works.get(m.track_id), samples)
+        stored_evidence = [self._evidence(m, decided.points[m.track_id], decided.works.get(m.track_id), samples)
                            for m in decided.result.matches]
         body = decision_body(decided, decision_id=("dec_" + secrets.token_urlsafe(12)) if store else None,
                              stored=store, created_at=now, uploader_id=uploader_id, licence_ids=licence_ids,
@@ -229,13 +228,12 @@ class MatchService:
                                  fingerprint_to_bytes(fp, params))
         return MatchOutcome(body, stored_evidence)
 
-    def _evidence(self, m: TrackMatch, full, work: Work | None, samples: np.ndarray) -> WorkEvidence:
+    def _evidence(self, m: TrackMatch, points: np.ndarray, work: Work | None, samples: np.ndarray) -> WorkEvidence:
         """Aligned points and the spectrogram of the strongest span (padded 1 s, capped)."""
         rate = self.refrain.params.sample_rate
         start = max(0.0, m.query_start - 1.0)
         end = min(len(samples) / rate, m.query_end + 1.0, start + self.settings.spectrogram_max_seconds)
         png = spectrogram_png(samples[int(start * rate):int(end * rate)], self.refrain.params)
-        points = full.points if full is not None else np.zeros((0, 2))
         return WorkEvidence(track_id=m.track_id, work_id=work.work_id if work else None,
                             points=np.asarray(points, dtype=np.float32), spectrogram_png=png,
                             spectrogram_start=round(start, 3), spectrogram_end=round(end, 3))
@@ -255,12 +253,15 @@ class UploadDecision:
         The registered work of each matched track that has one.
     policies : dict of int to policy.Policy
         The policies set for those works.
+    points : dict of int to np.ndarray
+        The aligned (query s, reference s) points behind each matched track.
     """
 
     result: QueryResult
     decision: policy.Decision
     works: dict[int, Work]
     policies: dict[int, policy.Policy]
+    points: dict[int, np.ndarray]
 
 
 def decide_upload(refrain: Refrain, db: ServiceDB, fp: Fingerprint, filename: str, uploader_id: str | None,
@@ -286,7 +287,7 @@ def decide_upload(refrain: Refrain, db: ServiceDB, fp: Fingerprint, filename: st
     review_confidence : float
         See :class:`service.settings.ServiceSettings`.
     """
-    result = refrain.match_fingerprint(fp, filename)
+    result, points = refrain.match_with_evidence(fp, filename)
     works = db.works_by_track([m.track_id for m in result.matches])
     policies = db.policies([w.work_id for w in works.values()])
     decision = policy.decide(
@@ -295,7 +296,7 @@ def decide_upload(refrain: Refrain, db: ServiceDB, fp: Fingerprint, filename: st
                             spans=tuple((s.query_start, s.query_end) for s in m.spans))
          for m in result.matches],
         policies, licences, uploader_id, fp.duration, at, review_confidence)
-    return UploadDecision(result, decision, works, policies)
+    return UploadDecision(result, decision, works, policies, points)
 
 
 def decision_body(decided: UploadDecision, *, decision_id: str | None, stored: bool, created_at: datetime,
