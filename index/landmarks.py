@@ -20,11 +20,11 @@ supports ``remove_ids`` and can be memory-mapped on load.
 from __future__ import annotations
 
 import os
-import tempfile
-from pathlib import Path
 
 import faiss
 import numpy as np
+
+from index.files import replace_atomically
 
 __all__ = ["LandmarkIndex", "CODE_BITS"]
 
@@ -97,17 +97,7 @@ class LandmarkIndex:
 
     def save(self, path: os.PathLike) -> None:
         """Write atomically: a temporary file in the same folder, fsync, then rename."""
-        path = Path(path)
-        fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-        os.close(fd)
-        try:
-            faiss.write_index_binary(self._index, tmp)
-            with open(tmp, "rb") as handle:
-                os.fsync(handle.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        replace_atomically(path, lambda tmp: faiss.write_index_binary(self._index, tmp))
 
     @property
     def ntotal(self) -> int:

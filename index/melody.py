@@ -20,7 +20,6 @@ fsync, rename) and can be memory-mapped on load.
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 
 import faiss
@@ -28,6 +27,7 @@ import numpy as np
 
 from fingerprint.melody import (PITCH_CLASSES, MelodyParams, descriptor_dim, segment_descriptors,
                                 segment_starts)
+from index.files import replace_atomically
 
 __all__ = ["MelodyIndex", "SEGMENT_BITS"]
 
@@ -39,19 +39,6 @@ _ID_BITS = 63
 # descriptors then take the one-by-one path, measured 10x slower (2.2 s vs 0.19 s against
 # 100,000 segments). BLAS from 20 queries, the threshold of earlier FAISS versions.
 faiss.cvar.distance_compute_blas_threshold = 20
-
-
-def _save_atomically(index: faiss.Index, path: Path) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        faiss.write_index(index, tmp)
-        with open(tmp, "rb") as handle:
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def chroma_path(path: os.PathLike) -> Path:
@@ -113,9 +100,8 @@ class MelodyIndex:
 
     def save(self, path: os.PathLike) -> None:
         """Write both files atomically (chroma first: a segment hit must find its chroma)."""
-        path = Path(path)
-        _save_atomically(self._chroma, chroma_path(path))
-        _save_atomically(self._segments, path)
+        replace_atomically(chroma_path(path), lambda tmp: faiss.write_index(self._chroma, tmp))
+        replace_atomically(path, lambda tmp: faiss.write_index(self._segments, tmp))
 
     @property
     def ntotal(self) -> int:

@@ -34,6 +34,7 @@ from pathlib import Path
 from fingerprint import Fingerprint, FingerprintParams
 from fingerprint.hashes import PAIR_LAYOUT, TIER_PAYLOAD_BITS, TRIPLET_LAYOUT
 from index.catalog import Catalog, Track, TrackMetadata
+from index.files import replace_atomically
 from index.landmarks import LandmarkIndex
 from index.melody import MelodyIndex
 
@@ -164,9 +165,8 @@ class IndexStore:
         if params.melody is not None:
             tiers["melody"] = {"file": _MELODY_FILE, "layout": MELODY_LAYOUT}
         manifest = {"format": FORMAT_VERSION, "fingerprint": params.to_dict(), "tiers": tiers}
-        tmp = directory / (_MANIFEST + ".tmp")
-        tmp.write_text(json.dumps(manifest, indent=2) + "\n")
-        os.replace(tmp, directory / _MANIFEST)
+        text = json.dumps(manifest, indent=2) + "\n"
+        replace_atomically(directory / _MANIFEST, lambda tmp: Path(tmp).write_text(text))
 
     @staticmethod
     def _read_manifest(directory: Path) -> dict:

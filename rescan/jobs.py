@@ -21,6 +21,7 @@ item keys, a run id and its start time); a resumed run reuses all of it.
 from __future__ import annotations
 
 import csv
+import io
 import json
 import multiprocessing
 import os
@@ -334,7 +335,7 @@ def finish(out: os.PathLike) -> None:
 
 def _write_atomic(path: Path, text: str) -> None:
     partial = path.with_name(path.name + ".partial")
-    partial.write_text(text, encoding="utf-8")
+    partial.write_text(text, encoding="utf-8", newline="")
     os.replace(partial, path)
 
 
@@ -345,10 +346,8 @@ def write_jsonl(path: os.PathLike, rows: Iterable[dict]) -> None:
 
 def write_csv(path: os.PathLike, header: list[str], rows: Iterable[dict]) -> None:
     """A CSV file with ``header`` columns (missing fields empty), written whole or not at all."""
-    path = Path(path)
-    partial = path.with_name(path.name + ".partial")
-    with open(partial, "w", newline="", encoding="utf-8") as handle:
-        writer = csv.DictWriter(handle, fieldnames=header, extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(rows)
-    os.replace(partial, path)
+    text = io.StringIO(newline="")
+    writer = csv.DictWriter(text, fieldnames=header, extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(rows)
+    _write_atomic(Path(path), text.getvalue())
