@@ -33,7 +33,6 @@ POLICIES = {
     "remixable": {"copy": "deny", "remix": "licence_required", "cover": "deny", "royalty_share": 0.5},
     "free": {"copy": "allow", "remix": "allow", "cover": "allow", "royalty_share": 0.1},
 }
-LICENSEE = "studio-ai"
 
 
 def free_port() -> int:
@@ -157,3 +156,22 @@ def sped_up_file(songs, write_audio, upload_dir):
         return path
 
     return make
+
+
+# One client per role and test module, with that role's key.
+@pytest.fixture(scope="module")
+def uploader(live_service):
+    with live_service.client("uploader") as client:
+        yield client
+
+
+@pytest.fixture(scope="module")
+def admin(live_service):
+    with live_service.client("admin") as client:
+        yield client
+
+
+@pytest.fixture(scope="module")
+def analyst(live_service):
+    with live_service.client("analyst") as client:
+        yield client

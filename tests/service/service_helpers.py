@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from pathlib import Path
 
 import httpx
+
+#: The AI studio the tests grant licences to.
+LICENSEE = "studio-ai"
 
 
 def assert_error(response: httpx.Response, status: int, code: str | None = None) -> dict:
@@ -23,3 +27,12 @@ def post_file(client: httpx.Client, url: str, path: Path, **data) -> httpx.Respo
     with open(path, "rb") as handle:
         return client.post(url, files={"file": (path.name, handle, "application/octet-stream")},
                            data={k: v for k, v in data.items() if v is not None})
+
+
+def grant(admin: httpx.Client, work_id: int, uses: list[str], licensee: str = LICENSEE,
+          valid_until: datetime | None = None) -> dict:
+    """Grant a licence through the API (it must succeed) and return it."""
+    made = admin.post("/v1/licences", json={"work_id": work_id, "licensee": licensee, "uses": uses,
+                                            "valid_until": valid_until.isoformat() if valid_until else None})
+    assert made.status_code == 201, made.text
+    return made.json()

@@ -6,12 +6,6 @@ import pytest
 from service_helpers import assert_error, post_file
 
 
-@pytest.fixture(scope="module")
-def admin(live_service):
-    with live_service.client("admin") as client:
-        yield client
-
-
 def test_works_are_listed_and_fetched_with_their_policy(admin, live_service):
     listed = admin.get("/v1/works")
     assert listed.status_code == 200, listed.text

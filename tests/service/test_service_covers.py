@@ -3,26 +3,14 @@
 from __future__ import annotations
 
 import pytest
-from conftest import LICENSEE, SR
-from service_helpers import post_file
+from conftest import SR
+from service_helpers import LICENSEE, grant, post_file
 
 from refrain.synth import render_song
 
 #: The "remixable" work (seed 30) denies covers; this re-performance of it is another
 #: timbre, 5 semitones lower and 10 % slower.
 COVER = dict(transpose=-5, tempo=0.9, timbre_seed=90)
-
-
-@pytest.fixture(scope="module")
-def uploader(live_service):
-    with live_service.client("uploader") as client:
-        yield client
-
-
-@pytest.fixture(scope="module")
-def admin(live_service):
-    with live_service.client("admin") as client:
-        yield client
 
 
 @pytest.fixture(scope="module")
@@ -59,24 +47,20 @@ def test_under_a_licence_required_covers_policy_a_cover_licence_makes_it_license
     changed = admin.put(policy_url, json={**original, "cover": "licence_required"})
     assert changed.status_code == 200, changed.text
     try:
-        remix = admin.post("/v1/licences", json={"work_id": work["work_id"], "licensee": LICENSEE,
-                                                 "uses": ["remix"]})
-        assert remix.status_code == 201, remix.text
+        remix = grant(admin, work["work_id"], ["remix"])
         done = post_file(uploader, "/v1/matches", cover_file, uploader_id=LICENSEE,
-                         licence_id=remix.json()["licence_id"])
+                         licence_id=remix["licence_id"])
         assert done.status_code == 200 and done.json()["verdict"] == "blocked_unlicensed_derivative"
 
-        cover = admin.post("/v1/licences", json={"work_id": work["work_id"], "licensee": LICENSEE,
-                                                 "uses": ["cover"]})
-        assert cover.status_code == 201, cover.text
+        cover = grant(admin, work["work_id"], ["cover"])
         done = post_file(uploader, "/v1/matches", cover_file, uploader_id=LICENSEE,
-                         licence_id=cover.json()["licence_id"])
+                         licence_id=cover["licence_id"])
         assert done.status_code == 200, done.text
         decision = done.json()
         assert decision["verdict"] == "licensed"
         matched = the_cover(decision, live_service)
         assert matched["action"] == "licence_required" and matched["outcome"] == "licensed"
-        assert matched["licence_id"] == cover.json()["licence_id"] and matched["royalty"]["share_owed"] > 0.0
+        assert matched["licence_id"] == cover["licence_id"] and matched["royalty"]["share_owed"] > 0.0
     finally:
         restored = admin.put(policy_url, json=original)
         assert restored.status_code == 200, restored.text

@@ -51,12 +51,6 @@ def test_missing_wrong_and_revoked_keys_get_401_other_roles_403(method, path, al
                 assert allowed in body["message"] and role in body["message"]
 
 
-@pytest.fixture(scope="module")
-def uploader(live_service):
-    with live_service.client("uploader") as client:
-        yield client
-
-
 def test_an_empty_file_or_body_is_400(uploader, upload_dir):
     empty = upload_dir / "empty.wav"
     empty.write_bytes(b"")

@@ -5,36 +5,9 @@ from __future__ import annotations
 from datetime import datetime, timedelta, timezone
 
 import pytest
-from conftest import LICENSEE
-from service_helpers import post_file
+from service_helpers import LICENSEE, grant, post_file
 
 from policy import VERDICTS
-
-
-@pytest.fixture(scope="module")
-def uploader(live_service):
-    with live_service.client("uploader") as client:
-        yield client
-
-
-@pytest.fixture(scope="module")
-def admin(live_service):
-    with live_service.client("admin") as client:
-        yield client
-
-
-@pytest.fixture(scope="module")
-def analyst(live_service):
-    with live_service.client("analyst") as client:
-        yield client
-
-
-def grant(admin, work_id: int, uses: list[str], licensee: str = LICENSEE,
-          valid_until: datetime | None = None) -> dict:
-    made = admin.post("/v1/licences", json={"work_id": work_id, "licensee": licensee, "uses": uses,
-                                            "valid_until": valid_until.isoformat() if valid_until else None})
-    assert made.status_code == 201, made.text
-    return made.json()
 
 
 def only_work(decision: dict) -> dict:

@@ -14,8 +14,8 @@ from datetime import datetime
 
 import httpx
 import pytest
-from conftest import LICENSEE, _ServerThread, free_port
-from service_helpers import post_file
+from conftest import _ServerThread, free_port
+from service_helpers import LICENSEE, grant, post_file
 
 from rescan.jobs import RescanOptions
 from rescan.uploads import rescan_uploads
@@ -56,8 +56,7 @@ def scene(tmp_path_factory, songs, excerpt_file, sped_up_file):
                                                       "cover": "deny", "royalty_share": 0.5})
         _register(admin, songs[33], 33, {"copy": "allow", "remix": "allow", "cover": "allow",
                                          "royalty_share": 0.1})
-        licence = admin.post("/v1/licences", json={"work_id": remixable["work_id"], "licensee": LICENSEE,
-                                                   "uses": ["remix"]}).json()
+        licence = grant(admin, remixable["work_id"], ["remix"])
         uploads = {"unknown-41": (excerpt_file(41, 6.0, 10.0), {"uploader_id": "someone"}, "clear"),
                    "licensed-30": (sped_up_file(30, 5.0, 12.0, 1.1),
                                    {"uploader_id": LICENSEE, "licence_id": licence["licence_id"]}, "licensed"),
