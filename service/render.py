@@ -1,7 +1,7 @@
 """Evidence pictures for analysts: the alignment plot (inline SVG) and a spectrogram (PNG).
 
 Both are drawn on the server from numbers the library already produced — the
-aligned landmark points of :meth:`refrain.api.Refrain.evidence`, the fitted line
+aligned landmark points of :meth:`refrain.api.Refrain.match_with_evidence`, the fitted line
 ``ref = offset + time_ratio * q`` and the spans — so the analyst page needs no
 JavaScript and no plotting library.
 """
