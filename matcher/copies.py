@@ -7,7 +7,7 @@ import numpy as np
 from fingerprint import Fingerprint
 from index.landmarks import LandmarkIndex
 from matcher.types import Alignment, MatchParams
-from matcher.voting import best_cell_per_track, rarity_weights
+from matcher.voting import best_cells_per_track, rarity_weights
 
 __all__ = ["copy_alignments"]
 
@@ -55,12 +55,12 @@ def copy_alignments(fp: Fingerprint, tier: LandmarkIndex, params: MatchParams) -
     active = np.ones(len(track_ids), dtype=bool)
     for _ in range(params.max_alignments):
         remaining = np.nonzero(active)[0]
-        best = best_cell_per_track(track_ids[remaining], offsets[remaining] + _OFFSET_BIAS,
+        best = best_cells_per_track(track_ids[remaining], offsets[remaining] + _OFFSET_BIAS,
                                    hit_weights[remaining], np.arange(-tol, tol + 1),
                                    params.min_score, params.max_candidates)
         if not best:
             break
-        for track_id, cell in best:
+        for track_id, (cell,) in best:
             offset = cell - _OFFSET_BIAS
             first, last = np.searchsorted(track_ids, [track_id, track_id + 1])
             own = np.arange(first, last)[active[first:last]]

@@ -16,7 +16,7 @@ from fingerprint import Fingerprint, FingerprintParams
 from fingerprint.hashes import hash_triplets, query_triplets, unpack_triplet_payloads
 from index.landmarks import LandmarkIndex
 from matcher.types import Alignment, MatchParams
-from matcher.voting import best_cell_per_track, rarity_weights
+from matcher.voting import best_cells_per_track, rarity_weights
 
 __all__ = ["derivative_alignments"]
 
@@ -55,12 +55,16 @@ def derivative_alignments(fp: Fingerprint, tier: LandmarkIndex, params: MatchPar
     if len(track_ids) == 0:
         return []
     hit_weights = rarity_weights(code_ids, len(codes), tier.ntotal, params)[code_ids]
+    # Most hits come from a few common codes too light to count: drop them before the
+    # per-hit arithmetic, which costs more than the lookup itself.
+    heavy = hit_weights >= params.min_hash_weight
+    code_ids, track_ids, payloads, hit_weights = (a[heavy] for a in (code_ids, track_ids, payloads,
+                                                                      hit_weights))
     query_ids = rows[code_ids]
     ref_frames, ref_bins, ref_spans = unpack_triplet_payloads(payloads)
     ratio = ref_spans / triplets.dt_13[query_ids]
     pitch = triplets.anchor_positions[query_ids] - ref_bins
-    plausible = (hit_weights >= params.min_hash_weight) & (ratio >= params.min_time_ratio) \
-        & (ratio <= params.max_time_ratio) \
+    plausible = (ratio >= params.min_time_ratio) & (ratio <= params.max_time_ratio) \
         & (np.abs(pitch) <= params.max_pitch_shift_semitones * bins_per_semitone)
     query_ids, track_ids, ref_frames, ratio, pitch, hit_weights = (
         a[plausible] for a in (query_ids, track_ids, ref_frames, ratio, pitch, hit_weights))
@@ -78,17 +82,21 @@ def derivative_alignments(fp: Fingerprint, tier: LandmarkIndex, params: MatchPar
     active = np.ones(len(track_ids), dtype=bool)
     for _ in range(params.max_alignments):
         remaining = np.nonzero(active)[0]
-        best = best_cell_per_track(track_ids[remaining], cells[remaining], hit_weights[remaining],
-                                   _NEIGHBOURS_2D, params.triplet_min_score, params.max_candidates)
+        best = best_cells_per_track(track_ids[remaining], cells[remaining], hit_weights[remaining],
+                                    _NEIGHBOURS_2D, params.triplet_min_score, params.max_candidates,
+                                    params.cells_per_candidate)
         aligned_tracks = []
-        for track_id, cell in best:
+        for track_id, track_cells in best:
             first, last = np.searchsorted(track_ids, [track_id, track_id + 1])
             own = np.arange(first, last)[active[first:last]]
-            in_cell = own[(np.abs(ratio_cells[own] - cell // _PITCH_STRIDE) <= 1)
-                          & (np.abs(pitch_cells[own] - cell % _PITCH_STRIDE) <= 1)]
-            line = _fit_time_line(query_frames[in_cell], ref_frames[in_cell], ratio[in_cell],
-                                  hit_weights[in_cell], params)
-            if line is None:
+            for cell in track_cells:
+                in_cell = own[(np.abs(ratio_cells[own] - cell // _PITCH_STRIDE) <= 1)
+                              & (np.abs(pitch_cells[own] - cell % _PITCH_STRIDE) <= 1)]
+                line = _fit_time_line(query_frames[in_cell], ref_frames[in_cell], ratio[in_cell],
+                                      hit_weights[in_cell], params)
+                if line is not None:
+                    break
+            else:
                 continue
             offset, time_ratio, inliers = line
             hits = in_cell[inliers]

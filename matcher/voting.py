@@ -6,7 +6,7 @@ import numpy as np
 
 from matcher.types import MatchParams
 
-__all__ = ["rarity_weights", "best_cell_per_track"]
+__all__ = ["rarity_weights", "best_cells_per_track"]
 
 
 def rarity_weights(query_ids: np.ndarray, n_query: int, entries_in_tier: int,
@@ -32,9 +32,10 @@ def rarity_weights(query_ids: np.ndarray, n_query: int, entries_in_tier: int,
     return np.minimum(1.0, np.sqrt(typical / np.maximum(hits_per_code, 1)))
 
 
-def best_cell_per_track(track_ids: np.ndarray, cells: np.ndarray, weights: np.ndarray,
-                        neighbourhood: np.ndarray, min_weight: float, max_tracks: int):
-    """For the strongest tracks, the vote cell with most weight in its neighbourhood.
+def best_cells_per_track(track_ids: np.ndarray, cells: np.ndarray, weights: np.ndarray,
+                         neighbourhood: np.ndarray, min_weight: float, max_tracks: int,
+                         cells_per_track: int = 1):
+    """For the strongest tracks, the vote cells with most weight in their neighbourhood.
 
     Parameters
     ----------
@@ -47,14 +48,18 @@ def best_cell_per_track(track_ids: np.ndarray, cells: np.ndarray, weights: np.nd
     neighbourhood : np.ndarray of int64
         Cell index differences summed together (e.g. ``[-1, 0, 1]``).
     min_weight : float
-        Tracks whose best neighbourhood weighs less are dropped.
+        Cells whose neighbourhood weighs less are dropped, and tracks without such a cell.
     max_tracks : int
         At most this many tracks are returned, strongest first: in a large catalogue
         many tracks reach ``min_weight`` by chance, and only the strongest can hold up.
+    cells_per_track : int
+        Cells returned per track (default 1), strongest first, none in the
+        neighbourhood of a stronger one: when a track's strongest cell turns out to be
+        chance agreement (no consistent time line), the next one may hold the match.
 
     Returns
     -------
-    list of (track_id, cell)
+    list of (track_id, list of cell)
     """
     keys = (track_ids << 32) + cells
     values, inverse = np.unique(keys, return_inverse=True)
@@ -73,6 +78,13 @@ def best_cell_per_track(track_ids: np.ndarray, cells: np.ndarray, weights: np.nd
         if top < min_weight:
             break
         stop = np.searchsorted(value_tracks, track, side="right")
-        cell = values[start + np.argmax(summed[start:stop])] & 0xFFFFFFFF
-        result.append((int(track), int(cell)))
+        own_cells = values[start:stop] & 0xFFFFFFFF
+        chosen: list[int] = []
+        for position in np.argsort(-summed[start:stop], kind="stable"):
+            if len(chosen) == cells_per_track or summed[start + position] < min_weight:
+                break
+            cell = int(own_cells[position])
+            if all(cell - other not in neighbourhood for other in chosen):
+                chosen.append(cell)
+        result.append((int(track), chosen))
     return result
