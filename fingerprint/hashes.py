@@ -192,25 +192,23 @@ class Triplets:
 
 def _targets_in_zone(frames: np.ndarray, bins: np.ndarray, count: int, dt_min: int, dt_max: int,
                      df_max: int) -> tuple[np.ndarray, np.ndarray]:
-    """(anchor, target) index pairs: each peak with its ``count`` nearest later peaks in a zone."""
+    """(anchor, target) index pairs: each peak with its ``count`` nearest later peaks in a zone.
+
+    ``frames`` must be sorted. "Nearest" follows peak order (frame, then bin). Pairs come
+    grouped by anchor, nearest target first.
+    """
     n = len(frames)
-    taken = np.zeros(n, dtype=np.int32)
-    anchors, targets = [], []
-    for gap in range(1, n):
-        anchor = np.arange(n - gap)
-        target = anchor + gap
-        dt = frames[target] - frames[anchor]
-        if dt.min(initial=dt_max + 1) > dt_max:
-            break
-        ok = (dt >= dt_min) & (dt <= dt_max) & (np.abs(bins[target] - bins[anchor]) <= df_max)
-        ok &= taken[anchor] < count
-        taken[anchor[ok]] += 1
-        anchors.append(anchor[ok])
-        targets.append(target[ok])
-    if not anchors:
-        empty = np.zeros(0, dtype=np.int64)
-        return empty, empty
-    return np.concatenate(anchors), np.concatenate(targets)
+    # Every later peak within dt_max frames, as one flat list of (anchor, target) pairs.
+    reach = np.searchsorted(frames, frames + dt_max, side="right") - np.arange(n) - 1
+    reach = np.maximum(reach, 0)
+    anchor = np.repeat(np.arange(n), reach)
+    run_start = np.repeat(np.cumsum(reach) - reach, reach)
+    target = anchor + 1 + np.arange(len(anchor)) - run_start
+    in_zone = (frames[target] - frames[anchor] >= dt_min) & (np.abs(bins[target] - bins[anchor]) <= df_max)
+    anchor, target = anchor[in_zone], target[in_zone]
+    rank = np.arange(len(anchor)) - np.searchsorted(anchor, anchor, side="left")
+    nearest = rank < count
+    return anchor[nearest], target[nearest]
 
 
 def triplet_landmarks(peaks: Peaks, near_zone: tuple[int, int], far_zone: tuple[int, int],
@@ -238,13 +236,16 @@ def triplet_landmarks(peaks: Peaks, near_zone: tuple[int, int], far_zone: tuple[
     Triplets
         Sorted by anchor frame.
     """
+    anchor, first, second = _triplet_indices(peaks, near_zone, far_zone, per_zone, df_max)
+    return _triplets_of(peaks, anchor, first, second)
+
+
+def _triplet_indices(peaks: Peaks, near_zone: tuple[int, int], far_zone: tuple[int, int], per_zone: int,
+                     df_max: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Peak indices (anchor, near target, far target) of :func:`triplet_landmarks`, by anchor."""
     frames, bins = peaks.frames.astype(np.int64), peaks.bins.astype(np.int64)
-    positions = bins + peaks.bin_offsets.astype(np.float64)
     near_a, near_t = _targets_in_zone(frames, bins, per_zone, near_zone[0], near_zone[1], df_max)
     far_a, far_t = _targets_in_zone(frames, bins, per_zone, far_zone[0], far_zone[1], df_max)
-    near_order, far_order = np.argsort(near_a, kind="stable"), np.argsort(far_a, kind="stable")
-    near_a, near_t = near_a[near_order], near_t[near_order]
-    far_a, far_t = far_a[far_order], far_t[far_order]
     near_rank = np.arange(len(near_a)) - np.searchsorted(near_a, near_a, side="left")
     far_rank = np.arange(len(far_a)) - np.searchsorted(far_a, far_a, side="left")
     anchors, first, second = [], [], []
@@ -259,14 +260,19 @@ def triplet_landmarks(peaks: Peaks, near_zone: tuple[int, int], far_zone: tuple[
             second.append(far_t[far_sel][far_idx])
     anchor = np.concatenate(anchors).astype(np.int64)
     order = np.argsort(anchor, kind="stable")
-    anchor = anchor[order]
-    t1 = np.concatenate(first).astype(np.int64)[order]
-    t2 = np.concatenate(second).astype(np.int64)[order]
+    return anchor[order], np.concatenate(first).astype(np.int64)[order], \
+        np.concatenate(second).astype(np.int64)[order]
+
+
+def _triplets_of(peaks: Peaks, anchor: np.ndarray, first: np.ndarray, second: np.ndarray) -> Triplets:
+    """The :class:`Triplets` of peak index triples."""
+    frames, bins = peaks.frames.astype(np.int64), peaks.bins.astype(np.int64)
+    positions = bins + peaks.bin_offsets.astype(np.float64)
     return Triplets(anchor_frames=frames[anchor], anchor_bins=bins[anchor],
                     anchor_positions=positions[anchor],
-                    delta_12=positions[t1] - positions[anchor],
-                    delta_13=positions[t2] - positions[anchor],
-                    dt_12=frames[t1] - frames[anchor], dt_13=frames[t2] - frames[anchor])
+                    delta_12=positions[first] - positions[anchor],
+                    delta_13=positions[second] - positions[anchor],
+                    dt_12=frames[first] - frames[anchor], dt_13=frames[second] - frames[anchor])
 
 
 def query_triplets(peaks: Peaks, near_zone: tuple[int, int], far_zone: tuple[int, int],
@@ -290,17 +296,15 @@ def query_triplets(peaks: Peaks, near_zone: tuple[int, int], far_zone: tuple[int
     Triplets
         Without duplicates, sorted by anchor frame.
     """
-    parts = [triplet_landmarks(peaks, (max(1, round(near_zone[0] / r)), round(near_zone[1] / r)),
-                               (round(far_zone[0] / r), round(far_zone[1] / r)), per_zone, df_max)
-             for r in tempo_ratios]
-    columns = {name: np.concatenate([getattr(part, name) for part in parts])
-               for name in Triplets.__dataclass_fields__}
-    identity = np.stack([columns["anchor_frames"], columns["anchor_bins"], columns["dt_12"],
-                         columns["dt_13"], np.round(columns["delta_12"] * 16),
-                         np.round(columns["delta_13"] * 16)], axis=1)
-    _, first = np.unique(identity, axis=0, return_index=True)
-    first = first[np.argsort(columns["anchor_frames"][first], kind="stable")]
-    return Triplets(**{name: values[first] for name, values in columns.items()})
+    triples = np.concatenate([
+        np.stack(_triplet_indices(peaks, (max(1, round(near_zone[0] / r)), round(near_zone[1] / r)),
+                                  (round(far_zone[0] / r), round(far_zone[1] / r)), per_zone, df_max))
+        for r in tempo_ratios], axis=1)
+    # The same three peaks found under several hypotheses are one triplet: one key per
+    # triple (peak indices stay below 2**21, some 18 hours of peaks), ordered by anchor.
+    keys = np.unique((triples[0] << 42) | (triples[1] << 21) | triples[2])
+    mask = (1 << 21) - 1
+    return _triplets_of(peaks, keys >> 42, (keys >> 21) & mask, keys & mask)
 
 
 def _quantise(values: np.ndarray, tolerant: bool, margin: float) -> tuple[np.ndarray, np.ndarray]:
