@@ -100,6 +100,15 @@ def derivative_alignments(fp: Fingerprint, tier: LandmarkIndex, params: MatchPar
                 continue
             offset, time_ratio, inliers = line
             hits = in_cell[inliers]
+            # The cell keeps hits within a cell of the best tempo estimate; a hit's own
+            # estimate is noisier than that (+-3 % at 0.8x), so every hit of the track with
+            # a close enough estimate that lies on the fitted line joins the alignment.
+            shift = np.median(pitch[hits])
+            near_line = own[(np.abs(pitch[own] - shift) <= params.line_pitch_tolerance)
+                            & (np.abs(np.log(ratio[own] / time_ratio)) <= params.line_ratio_tolerance)]
+            on_line = np.abs(ref_frames[near_line] - (offset + time_ratio * query_frames[near_line])) \
+                <= params.line_tolerance
+            hits = np.union1d(hits, near_line[on_line])
             active[hits] = False
             aligned_tracks.append(track_id)
             alignments.append(Alignment(track_id, "triplet", time_ratio, offset,

@@ -44,6 +44,13 @@ class MatchParams:
     line_tolerance : float
         Derivative tier: hits within this many frames of the fitted time line are
         aligned (default 3).
+    line_ratio_tolerance, line_pitch_tolerance : float
+        Derivative tier: once a line is fitted, every hit of the track on it whose own
+        tempo estimate is within this log ratio of the line's (default 0.05) and whose
+        pitch shift is within this many bins of the alignment's (default 1.0) is aligned,
+        not only those of the voting cell: single hits estimate the tempo to only +-3 %,
+        so the cell held part of a true line (60 real tracks: 0.8x speed-ups found
+        92 -> 97 %; highest chance score over 420 unrelated queries 3.65 -> 4.23).
     max_gap_seconds : float
         Aligned hits further apart than this in query time belong to different spans
         (default 2.5): a looped or re-ordered section becomes a span of its own.
@@ -105,6 +112,8 @@ class MatchParams:
     min_aligned: int = 8
     offset_tolerance: int = 1
     line_tolerance: float = 3.0
+    line_ratio_tolerance: float = 0.05
+    line_pitch_tolerance: float = 1.0
     max_gap_seconds: float = 2.5
     span_edge_density: float = 0.15
     max_alignments: int = 4
