@@ -7,7 +7,7 @@ import numpy as np
 from fingerprint import Fingerprint
 from index.landmarks import LandmarkIndex
 from matcher.types import Alignment, MatchParams
-from matcher.voting import best_cells_per_track, rarity_weights
+from matcher.voting import best_cells_per_track, rarity_weights, vote_order
 
 __all__ = ["copy_alignments"]
 
@@ -44,11 +44,10 @@ def copy_alignments(fp: Fingerprint, tier: LandmarkIndex, params: MatchParams) -
     query_ids, track_ids, ref_frames, hit_weights = \
         query_ids[keep], track_ids[keep], ref_frames[keep], hit_weights[keep]
     query_frames = fp.frames[query_ids].astype(np.int64)
-    # Hits grouped by track, so a candidate's hits are one contiguous slice.
-    order = np.argsort(track_ids, kind="stable")
-    query_ids, track_ids, ref_frames, hit_weights, query_frames = (
-        a[order] for a in (query_ids, track_ids, ref_frames, hit_weights, query_frames))
     offsets = ref_frames - query_frames
+    order = vote_order(track_ids, offsets + _OFFSET_BIAS)
+    query_ids, track_ids, ref_frames, hit_weights, query_frames, offsets = (
+        a[order] for a in (query_ids, track_ids, ref_frames, hit_weights, query_frames, offsets))
     tol = params.offset_tolerance
 
     alignments = []

@@ -16,7 +16,7 @@ from fingerprint import Fingerprint, FingerprintParams
 from fingerprint.hashes import hash_triplets, query_triplets, unpack_triplet_payloads
 from index.landmarks import LandmarkIndex
 from matcher.types import Alignment, MatchParams
-from matcher.voting import best_cells_per_track, rarity_weights
+from matcher.voting import best_cells_per_track, rarity_weights, vote_order
 
 __all__ = ["derivative_alignments"]
 
@@ -71,12 +71,11 @@ def derivative_alignments(fp: Fingerprint, tier: LandmarkIndex, params: MatchPar
     query_frames = triplets.anchor_frames[query_ids].astype(np.int64)
     ratio_cells = np.round(np.log(ratio) / params.ratio_bin).astype(np.int64) + _CELL_CENTRE
     pitch_cells = np.round(pitch).astype(np.int64) + _CELL_CENTRE
-    # Hits grouped by track, so a candidate's hits are one contiguous slice.
-    order = np.argsort(track_ids, kind="stable")
-    query_ids, track_ids, ref_frames, ratio, pitch, hit_weights, query_frames, ratio_cells, \
-        pitch_cells = (a[order] for a in (query_ids, track_ids, ref_frames, ratio, pitch, hit_weights,
-                                          query_frames, ratio_cells, pitch_cells))
     cells = ratio_cells * _PITCH_STRIDE + pitch_cells
+    order = vote_order(track_ids, cells)
+    query_ids, track_ids, ref_frames, ratio, pitch, hit_weights, query_frames, ratio_cells, \
+        pitch_cells, cells = (a[order] for a in (query_ids, track_ids, ref_frames, ratio, pitch, hit_weights,
+                                                 query_frames, ratio_cells, pitch_cells, cells))
 
     alignments = []
     active = np.ones(len(track_ids), dtype=bool)

@@ -6,7 +6,7 @@ import numpy as np
 
 from matcher.types import MatchParams
 
-__all__ = ["rarity_weights", "best_cells_per_track"]
+__all__ = ["rarity_weights", "vote_order", "best_cells_per_track"]
 
 
 def rarity_weights(query_ids: np.ndarray, n_query: int, entries_in_tier: int,
@@ -32,6 +32,14 @@ def rarity_weights(query_ids: np.ndarray, n_query: int, entries_in_tier: int,
     return np.minimum(1.0, np.sqrt(typical / np.maximum(hits_per_code, 1)))
 
 
+def vote_order(track_ids: np.ndarray, cells: np.ndarray) -> np.ndarray:
+    """The order that sorts votes by track, then cell, as :func:`best_cells_per_track` needs.
+
+    Sorting once also leaves each track's votes in one contiguous slice.
+    """
+    return np.argsort((track_ids << 32) + cells)
+
+
 def best_cells_per_track(track_ids: np.ndarray, cells: np.ndarray, weights: np.ndarray,
                          neighbourhood: np.ndarray, min_weight: float, max_tracks: int,
                          cells_per_track: int = 1):
@@ -42,7 +50,8 @@ def best_cells_per_track(track_ids: np.ndarray, cells: np.ndarray, weights: np.n
     track_ids : np.ndarray of int64
         Track of each vote (below 2**31).
     cells : np.ndarray of int64
-        Non-negative cell index of each vote, below 2**32.
+        Non-negative cell index of each vote, below 2**32. Votes come sorted by track,
+        then cell (:func:`vote_order`; any subset of sorted votes is sorted too).
     weights : np.ndarray of float
         Weight of each vote.
     neighbourhood : np.ndarray of int64
@@ -62,8 +71,11 @@ def best_cells_per_track(track_ids: np.ndarray, cells: np.ndarray, weights: np.n
     list of (track_id, list of cell)
     """
     keys = (track_ids << 32) + cells
-    values, inverse = np.unique(keys, return_inverse=True)
-    cell_weight = np.bincount(inverse, weights=weights)
+    if len(keys) == 0:
+        return []
+    first_of_value = np.concatenate([[0], np.flatnonzero(np.diff(keys)) + 1])
+    values = keys[first_of_value]
+    cell_weight = np.add.reduceat(weights, first_of_value)
     summed = np.zeros_like(cell_weight)
     for delta in neighbourhood:
         position = np.searchsorted(values, values + delta)
