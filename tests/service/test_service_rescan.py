@@ -125,6 +125,15 @@ def test_uploads_rescan_flags_exactly_the_decisions_that_change(scene, songs, tm
     assert "now matches" in change["reason"] and change["changed_at"]
     (evidence,) = detail["evidence"]
     assert evidence["work_id"] == added["work_id"] and len(evidence["points"]) > 10
+    # The analyst's page of that decision shows the change too.
+    with httpx.Client(base_url=str(clients["analyst"].base_url), timeout=60.0) as browser:
+        signed_in = browser.post("/analyst/signin", data={"key": clients["analyst"].headers["X-API-Key"]},
+                                 follow_redirects=True)
+        assert signed_in.status_code == 200, signed_in.text
+        page = browser.get(f"/analyst/decisions/{ids['unknown-41']}")
+    assert page.status_code == 200 and 'id="history"' in page.text
+    history_table = page.text.split('id="history"', 1)[1].split("</table>", 1)[0]
+    assert "<td>clear</td><td>blocked_copy</td>" in history_table and change["run_id"] in history_table
     listed = clients["analyst"].get("/v1/matches", params={"work_id": added["work_id"]}).json()
     assert [item["decision_id"] for item in listed["items"]] == [ids["unknown-41"]]
 
