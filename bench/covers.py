@@ -453,12 +453,12 @@ def real_music_check(music: Path, index_dir: Path, catalogue: int = 150, negativ
                 # As Refrain.match_signal decides, but keeping every verified similarity for the sweep.
                 landmark = {m.track_id for m in match_fingerprint(fp, refrain.store.tiers, config.match,
                                                                   refrain.params)}
-                unrelated = [-1.0]
+                unrelated, retimed = [-1.0], {}
                 for track, _, hypotheses in cover_candidates(fp.melody, melody, cover_params):
                     if track in landmark or sources[track] == path.name:  # its own recording
                         continue
                     verdict = verify_cover(fp.melody, melody.chroma(track), tempo_grid(hypotheses, cover_params),
-                                           melody.params, cover_params)
+                                           melody.params, cover_params, retimed)
                     if verdict is None:
                         continue
                     is_related = path.name in groups and groups.get(sources[track]) == groups[path.name]
@@ -523,10 +523,10 @@ def evaluate(refrain: Refrain, catalogue_files: dict, track_of: dict, covers: li
             match_covers(fp.melody, melody, cover_params, chroma_seconds)
             latencies.append(time.perf_counter() - t)
         # The full ranking behind the threshold: every verified candidate by similarity.
-        verified = []
+        verified, retimed = [], {}
         for track, _, hypotheses in cover_candidates(fp.melody, melody, cover_params):
             v = verify_cover(fp.melody, melody.chroma(track), tempo_grid(hypotheses, cover_params),
-                             melody.params, cover_params)
+                             melody.params, cover_params, retimed)
             if v is not None:
                 verified.append((v.similarity, track, v))
         verified.sort(key=lambda item: -item[0])

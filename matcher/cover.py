@@ -98,9 +98,9 @@ class CoverParams:
         similarity (default 0.5): a query that correlates well with the reference at many
         offsets (repetitive, tonal music) needs more to be called a cover.
     min_similarity : float
-        Lowest similarity reported as a cover (default 0.5; calibrated with
-        ``bench/covers.py`` on same-style compositions and on real game music, see README
-        "Melody tier").
+        Lowest similarity reported as a cover (default 0.55, from the threshold sweeps of
+        ``bench/covers.py``: no same-style composition and no unrelated real game-music
+        track reached it, the highest 0.45 and 0.53; see README "Melody tier").
     """
 
     enabled: bool = False
@@ -116,7 +116,7 @@ class CoverParams:
     background_margin: int = 8
     background_quantile: float = 0.9
     background_weight: float = 0.5
-    min_similarity: float = 0.5
+    min_similarity: float = 0.55
 
 
 @dataclass(frozen=True)
@@ -211,7 +211,8 @@ def tempo_grid(hypotheses: tuple[float, ...], params: CoverParams) -> tuple[floa
 
 
 def verify_cover(query_chroma: np.ndarray, reference_chroma: np.ndarray, tempo_ratios: tuple[float, ...],
-                 melody: MelodyParams, params: CoverParams) -> CoverVerdict | None:
+                 melody: MelodyParams, params: CoverParams,
+                 retimed: dict[float, np.ndarray] | None = None) -> CoverVerdict | None:
     """Align a query's chroma with a reference's under tempo, key shift and time offset.
 
     Parameters
@@ -223,6 +224,9 @@ def verify_cover(query_chroma: np.ndarray, reference_chroma: np.ndarray, tempo_r
     melody : MelodyParams
         Window length (``segment_frames``) and window hop (``segment_hop``).
     params : CoverParams
+    retimed : dict of float to np.ndarray, optional
+        The query re-timed to each ratio (:func:`resample_chroma`), filled as needed: pass
+        one dict for all candidates of a query, whose tempo grids mostly coincide.
 
     Returns
     -------
@@ -238,11 +242,13 @@ def verify_cover(query_chroma: np.ndarray, reference_chroma: np.ndarray, tempo_r
     size = 1 << int(np.ceil(np.log2(n_ref + melody.segment_frames)))
     spectrum = np.fft.rfft(reference_chroma, n=size, axis=0)
     shifted = spectrum[:, _SHIFTED_CLASSES]
+    retimed = {} if retimed is None else retimed
     for ratio in tempo_ratios:
-        retimed = resample_chroma(query_chroma, ratio)
-        if len(retimed) == 0:
+        if ratio not in retimed:
+            retimed[ratio] = resample_chroma(query_chroma, ratio)
+        if len(retimed[ratio]) == 0:
             continue
-        found = _best_line(retimed, reference_chroma, shifted, size, melody, params)
+        found = _best_line(retimed[ratio], reference_chroma, shifted, size, melody, params)
         if best is None or found[0] > best.similarity:
             similarity, correlation, background, shift, offset, starts, values, length, run = found
             key_shift = int((-shift) % PITCH_CLASSES)  # query classes sit `shift` below the reference's
@@ -334,7 +340,8 @@ def _background(same_shift: np.ndarray, line: int, last: int, n_positions: int, 
     pool = same_shift[inside] if inside.sum() >= _MIN_BACKGROUND_LINES else same_shift[away]
     if len(pool) == 0:  # no other line to compare with: the best one proves nothing
         return float(same_shift[line])
-    return max(float(np.quantile(pool, params.background_quantile)), 0.0)
+    rank = int(params.background_quantile * (len(pool) - 1))  # a lower quantile: no interpolation
+    return max(float(np.partition(pool, rank)[rank]), 0.0)
 
 
 def match_covers(query_chroma: np.ndarray | None, index: MelodyIndex, params: CoverParams,
@@ -364,12 +371,12 @@ def match_covers(query_chroma: np.ndarray | None, index: MelodyIndex, params: Co
     """
     if not params.enabled or query_chroma is None or len(query_chroma) == 0 or index.ntotal == 0:
         return []
-    matches = []
+    matches, retimed = [], {}
     for track_id, _, hypotheses in cover_candidates(query_chroma, index, params, allowed):
         if track_id in skip:
             continue
         verdict = verify_cover(query_chroma, index.chroma(track_id), tempo_grid(hypotheses, params),
-                               index.params, params)
+                               index.params, params, retimed)
         if verdict is None or verdict.similarity < params.min_similarity:
             continue
         matches.append(_describe(track_id, verdict, params, chroma_seconds, len(query_chroma)))
