@@ -575,7 +575,7 @@ def evaluate(refrain: Refrain, catalogue_files: dict, track_of: dict, covers: li
         "negative_best_similarity_p50_p99_max": [round(pct(negative_best, q), 3) for q in (50, 99, 100)],
         "melody_query_ms_p50_p99": [round(pct(latencies_ms, 50), 1), round(pct(latencies_ms, 99), 1)],
         # What another threshold would give: (top-1 reported, false cover rate).
-        "threshold_sweep": {f"{t:.2f}": [round(float(np.mean(np.array(sweep_covers) >= t)), 4),
+        "threshold_sweep": {f"{t:.3f}": [round(float(np.mean(np.array(sweep_covers) >= t)), 4),
                                          round(float(np.mean(np.array(sweep_negatives) >= t)), 4)]
                             for t in SWEEP},
     }
