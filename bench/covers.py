@@ -19,9 +19,12 @@ and ``opl3-soundfont`` packages. Renders are cached under ``~/.cache/refrain-cov
   rendered and excerpted like the covers: the hardest innocents.
 
 Prints top-1 / top-10 / MAP of the melody tier's ranking, the reported-cover rate at
-the operating threshold, key-shift accuracy, false cover matches on the negatives,
-the similarity distributions that calibrate the threshold, melody-tier query latency
-for 30 s, and the melody tier's ingest cost and bytes per catalogue hour.
+the operating threshold, key-shift accuracy, false cover matches on the negatives
+(a negative that shares a tune with a catalogue piece, :func:`share_a_tune`, may match
+that piece: counted apart), the similarity distributions and a threshold sweep that
+calibrate the threshold, melody-tier query latency for 30 s, and the melody tier's
+ingest cost and bytes per catalogue hour. ``--real-music`` instead counts cover
+matches between unrelated real tracks, with its own threshold sweep.
 """
 
 from __future__ import annotations
@@ -126,8 +129,7 @@ def score_notes(score) -> list[tuple[float, float, int, int]]:
 
 def melody_signature(notes: list) -> list[int]:
     """The top part's first intervals: two harmonisations of one chorale tune share them."""
-    pitches = [pitch for _, _, pitch, part in sorted(notes) if part == 0][:25]
-    return [int(b - a) for a, b in zip(pitches, pitches[1:])]
+    return top_part_intervals(notes)[:24]
 
 
 def top_part_intervals(notes: list) -> list[int]:

@@ -55,8 +55,9 @@ class CoverParams:
     enabled : bool
         Search the melody tier at all (default False: it finds about three quarters of
         ``bench/covers.py``'s covers, short of the 90 % it is to reach before it is switched
-        on, see README "Melody tier"; the tier is built at ingest either way). It is skipped anyway for an index without one, or a query
-        shorter than one segment at every tempo hypothesis.
+        on, see README "Melody tier"; the tier is built at ingest either way). It is
+        skipped anyway for an index without one, or a query shorter than one segment at
+        every tempo hypothesis.
     tempo_hypotheses : tuple of float
         Query tempo / catalogue tempo ratios the query is re-timed to for the candidate
         search (default nine steps of about 6 % over 0.8-1.25). Each costs one set of
@@ -101,7 +102,7 @@ class CoverParams:
     min_similarity : float
         Lowest similarity reported as a cover (default 0.55, from the threshold sweeps of
         ``bench/covers.py``: no same-style composition and no unrelated real game-music
-        track reached it, the highest 0.45 and 0.53; see README "Melody tier").
+        track reached it, the highest 0.49 and 0.53; see README "Melody tier").
     """
 
     enabled: bool = False
@@ -339,8 +340,8 @@ def _background(same_shift: np.ndarray, line: int, last: int, n_positions: int, 
     away = np.abs(lines - line) > params.background_margin
     inside = away & (lines >= last) & (lines < n_positions)
     pool = same_shift[inside] if inside.sum() >= _MIN_BACKGROUND_LINES else same_shift[away]
-    if len(pool) == 0:  # no other line to compare with: the best one proves nothing
-        return float(same_shift[line])
+    if len(pool) == 0:  # no other line to compare with: the best one is its own background
+        return max(float(same_shift[line]), 0.0)
     rank = int(params.background_quantile * (len(pool) - 1))  # a lower quantile: no interpolation
     return max(float(np.partition(pool, rank)[rank]), 0.0)
 
