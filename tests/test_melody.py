@@ -28,10 +28,14 @@ def tone(midi: int, seconds: float = 3.0) -> np.ndarray:
     return (0.5 * np.sin(2 * np.pi * 440.0 * 2 ** ((midi - 69) / 12) * t)).astype(np.float32)
 
 
-def random_chroma(n: int, seed: int) -> np.ndarray:
-    x = np.random.default_rng(seed).random((n, 12)) ** 4
-    x -= x.mean(axis=1, keepdims=True)
+def as_chroma(x: np.ndarray) -> np.ndarray:
+    """Rows centred and unit length, like :func:`chroma_sequence` frames."""
+    x = x - x.mean(axis=1, keepdims=True)
     return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
+def random_chroma(n: int, seed: int) -> np.ndarray:
+    return as_chroma(np.random.default_rng(seed).random((n, 12)) ** 4)
 
 
 @pytest.mark.parametrize("midi, pitch_class", [(69, 9), (60, 0), (66, 6), (83, 11)])
@@ -123,3 +127,28 @@ def test_synth_cover_options_keep_the_default_render_and_change_what_they_say():
     low, high = chroma_of(render_song(7, 20.0, RATE)), chroma_of(render_song(7, 20.0, RATE, transpose=4))
     verdict = verify_cover(high, low, (1.0,), MelodyParams(), CoverParams())
     assert verdict.key_shift == 4 and verdict.offset_frames == 0
+
+
+def test_a_drone_in_the_query_key_is_no_evidence_of_a_cover():
+    # A reference that holds one pitch class and a query whose every frame stresses the
+    # same class: their raw frame correlation is high at every offset, but nothing moves
+    # together, which is what the verification measures.
+    drone = as_chroma(np.eye(12)[2] + 0.05 * np.random.default_rng(8).random((300, 12)))
+    query = as_chroma(random_chroma(120, 9) + np.eye(12)[2])
+    assert float(np.mean(query @ drone[0])) > 0.6  # what a raw correlation sees, at any offset
+    verdict = verify_cover(query, drone, (1.0,), MelodyParams(), CoverParams())
+    assert verdict.correlation < 0.2 and verdict.similarity < CoverParams().min_similarity
+
+
+def test_a_query_that_matches_the_reference_everywhere_is_judged_against_that_background():
+    # A 2 s loop repeated: the query aligns as well with every repeat, so the best line
+    # stands out from nothing; the same frames without repeats stand out clearly.
+    loop = random_chroma(8, 10)
+    looped = np.tile(loop, (40, 1))
+    verdict = verify_cover(looped[:120], looped, (1.0,), MelodyParams(), CoverParams())
+    assert verdict.correlation > 0.9 and verdict.background > 0.9
+    assert verdict.similarity < CoverParams().min_similarity
+    reference = random_chroma(320, 11)
+    distinct = verify_cover(reference[100:220], reference, (1.0,), MelodyParams(), CoverParams())
+    assert distinct.correlation > 0.9 and distinct.background < 0.3
+    assert distinct.similarity > CoverParams().min_similarity and distinct.offset_frames == 100

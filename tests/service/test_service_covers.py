@@ -9,8 +9,12 @@ from service_helpers import LICENSEE, grant, post_file
 from refrain.synth import render_song
 
 #: The "remixable" work (seed 30) denies covers; this re-performance of it is another
-#: timbre, 5 semitones lower and 10 % slower.
-COVER = dict(transpose=-5, tempo=0.9, timbre_seed=90)
+#: timbre, 2 semitones higher and 10 % faster, a clear cover (similarity about 0.7): a
+#: borderline one, just over the threshold, has a confidence under the service's
+#: ``review_confidence`` and goes to review instead (see the last test).
+COVER = dict(transpose=2, tempo=1.1, timbre_seed=204)
+#: A weaker re-performance of the same work: found, but only just over the threshold.
+BORDERLINE_COVER = dict(transpose=-5, tempo=0.9, timbre_seed=90)
 
 
 @pytest.fixture(scope="module")
@@ -72,3 +76,14 @@ def test_the_openapi_document_describes_cover_matches(live_service):
     assert "cover" in schema["kind"]["description"]
     assert "key shift" in schema["pitch_shift_semitones"]["description"]
     assert "similarity" in schema["score"]["description"]
+
+
+def test_a_borderline_cover_goes_to_review_rather_than_being_blocked(uploader, live_service, write_audio,
+                                                                    upload_dir):
+    path = write_audio(upload_dir / "borderline-cover-of-30.wav", render_song(30, 30.0, SR, **BORDERLINE_COVER))
+    done = post_file(uploader, "/v1/matches", path, uploader_id="someone")
+    assert done.status_code == 200, done.text
+    decision = done.json()
+    matched = the_cover(decision, live_service)
+    assert matched["confidence"] < live_service.settings.review_confidence
+    assert decision["verdict"] == "review"
