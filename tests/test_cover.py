@@ -25,7 +25,12 @@ from refrain.synth import describe_song, render_song
 COVER_SEARCH = Config(cover=CoverParams(enabled=True))
 
 #: (catalogue seed, semitones, tempo factor, timbre seed): the composition re-performed.
-COVERS = [(30, -5, 0.9, 90), (41, -3, 0.9, 203), (41, 2, 1.1, 204)]
+#: The synthesiser re-renders the very same notes at exactly scaled times, so with some timbre
+#: seeds (e.g. 204 for the last case) enough of the catalogue recording's own spectral peaks
+#: survive for the derivative tier to match it as the recording at 1.1x, +2 st; such a render
+#: is reported from the landmark tiers and is not a test of the melody tier. The test checks
+#: that these covers share no landmark evidence with the recording.
+COVERS = [(30, -5, 0.9, 90), (41, -3, 0.9, 203), (41, 2, 1.1, 207)]
 #: Songs never ingested that share genre, key and mode with catalogue seed 41 (pop, A major).
 SAME_KEY_AND_STYLE = (131, 391)
 
@@ -57,7 +62,10 @@ def test_the_same_style_songs_really_share_key_and_genre():
 @pytest.mark.parametrize("seed, semitones, tempo, timbre_seed", COVERS)
 def test_a_transposed_re_timbred_rendering_is_found_as_a_cover(catalogue, catalogue_index, seed, semitones,
                                                                 tempo, timbre_seed):
-    result = catalogue.match_signal(cover(seed, semitones, tempo, timbre_seed), "cover")
+    query = cover(seed, semitones, tempo, timbre_seed)
+    with Refrain.open(catalogue_index.directory, mmap=True) as landmarks_only:
+        assert landmarks_only.match_signal(query, "cover").matches == []  # none of the recording survives
+    result = catalogue.match_signal(query, "cover")
     assert [m.kind for m in result.matches] == ["cover"], result.matches
     found = result.matches[0]
     assert found.track_id == catalogue_index.track_ids[seed]
