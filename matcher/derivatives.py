@@ -71,6 +71,12 @@ def derivative_alignments(fp: Fingerprint, tier: LandmarkIndex, params: MatchPar
     query_frames = triplets.anchor_frames[query_ids].astype(np.int64)
     ratio_cells = np.round(np.log(ratio) / params.ratio_bin).astype(np.int64) + _CELL_CENTRE
     pitch_cells = np.round(pitch).astype(np.int64) + _CELL_CENTRE
+    # Only the strongest tracks' hits go on to the sort and the per-cell search below.
+    contenders = np.isin(track_ids, _strongest_tracks(track_ids, ratio_cells, pitch_cells, hit_weights,
+                                                      params))
+    query_ids, track_ids, ref_frames, ratio, pitch, hit_weights, query_frames, ratio_cells, \
+        pitch_cells = (a[contenders] for a in (query_ids, track_ids, ref_frames, ratio, pitch, hit_weights,
+                                               query_frames, ratio_cells, pitch_cells))
     cells = ratio_cells * _PITCH_STRIDE + pitch_cells
     order = vote_order(track_ids, cells)
     query_ids, track_ids, ref_frames, ratio, pitch, hit_weights, query_frames, ratio_cells, \
@@ -118,6 +124,31 @@ def derivative_alignments(fp: Fingerprint, tier: LandmarkIndex, params: MatchPar
         # Only tracks that just aligned can align again (a looped or re-used section).
         active &= np.isin(track_ids, aligned_tracks)
     return alignments
+
+
+def _strongest_tracks(track_ids: np.ndarray, ratio_cells: np.ndarray, pitch_cells: np.ndarray,
+                      weights: np.ndarray, params: MatchParams) -> np.ndarray:
+    """The ``max_candidates`` tracks whose best (ratio, pitch) neighbourhood weighs most.
+
+    The same ranking as the first round of :func:`matcher.voting.best_cells_per_track`
+    with the 3 x 3 neighbourhood, computed on a dense (track, ratio cell, pitch cell)
+    grid: no sort of all hits, whose count is what the derivative tier's time grows with.
+    """
+    present = np.zeros(int(track_ids.max()) + 1, dtype=bool)
+    present[track_ids] = True
+    compact = (np.cumsum(present) - 1)[track_ids]
+    r, p = ratio_cells - ratio_cells.min(), pitch_cells - pitch_cells.min()
+    shape = (int(present.sum()), int(r.max()) + 1, int(p.max()) + 1)
+    flat = np.ravel_multi_index((compact, r, p), shape)
+    grid = np.bincount(flat, weights=weights, minlength=int(np.prod(shape))).reshape(shape)
+    padded = np.pad(grid, ((0, 0), (1, 1), (1, 1)))
+    summed = sum(padded[:, 1 + dr:1 + dr + shape[1], 1 + dp:1 + dp + shape[2]]
+                 for dr in (-1, 0, 1) for dp in (-1, 0, 1))
+    # As there, only cells holding a vote of their own are centres of a neighbourhood.
+    occupied = np.bincount(flat, minlength=int(np.prod(shape))).reshape(shape) > 0
+    best = np.where(occupied, summed, 0.0).reshape(shape[0], -1).max(axis=1)
+    strongest = np.argsort(-best, kind="stable")[:params.max_candidates]
+    return np.flatnonzero(present)[strongest[best[strongest] >= params.triplet_min_score]]
 
 
 def _fit_time_line(query_frames: np.ndarray, ref_frames: np.ndarray, ratio: np.ndarray,
