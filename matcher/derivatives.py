@@ -68,6 +68,8 @@ def derivative_alignments(fp: Fingerprint, tier: LandmarkIndex, params: MatchPar
         & (np.abs(pitch) <= params.max_pitch_shift_semitones * bins_per_semitone)
     query_ids, track_ids, ref_frames, ratio, pitch, hit_weights = (
         a[plausible] for a in (query_ids, track_ids, ref_frames, ratio, pitch, hit_weights))
+    if len(track_ids) == 0:
+        return []
     query_frames = triplets.anchor_frames[query_ids].astype(np.int64)
     ratio_cells = np.round(np.log(ratio) / params.ratio_bin).astype(np.int64) + _CELL_CENTRE
     pitch_cells = np.round(pitch).astype(np.int64) + _CELL_CENTRE

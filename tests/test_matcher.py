@@ -9,6 +9,7 @@ import soxr
 from matcher.align import _spans
 from matcher.types import Alignment, MatchParams
 from refrain.api import Refrain
+from refrain.config import Config
 from refrain.synth import add_noise
 
 SR = 22050
@@ -72,6 +73,13 @@ def test_music_not_in_the_catalogue_matches_nothing(catalogue, unrelated_songs, 
                                                     tmp_path, seed):
     query = write_audio(tmp_path / "other.wav", unrelated_songs[seed][5 * SR:25 * SR])
     assert catalogue.match_file(query).matches == []
+
+
+def test_a_derivative_search_left_without_plausible_hits_reports_nothing(catalogue_index, songs):
+    # Tempo ratios no hit can have: every triplet hit is implausible, and none is left to vote.
+    impossible = Config(match=MatchParams(tiers=("triplet",), min_time_ratio=5.0, max_time_ratio=6.0))
+    with Refrain.open(catalogue_index.directory, impossible, mmap=True) as refrain:
+        assert refrain.match_signal(soxr.resample(songs[30].excerpt(4.0, 10.0), SR, 8000), "q").matches == []
 
 
 def test_noise_alone_matches_nothing(catalogue):
