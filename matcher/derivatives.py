@@ -73,14 +73,11 @@ def derivative_alignments(fp: Fingerprint, tier: LandmarkIndex, params: MatchPar
     query_frames = triplets.anchor_frames[query_ids].astype(np.int64)
     ratio_cells = np.round(np.log(ratio) / params.ratio_bin).astype(np.int64) + _CELL_CENTRE
     pitch_cells = np.round(pitch).astype(np.int64) + _CELL_CENTRE
-    # Only the strongest tracks' hits go on to the sort and the per-cell search below.
-    contenders = np.isin(track_ids, _strongest_tracks(track_ids, ratio_cells, pitch_cells, hit_weights,
-                                                      params))
-    query_ids, track_ids, ref_frames, ratio, pitch, hit_weights, query_frames, ratio_cells, \
-        pitch_cells = (a[contenders] for a in (query_ids, track_ids, ref_frames, ratio, pitch, hit_weights,
-                                               query_frames, ratio_cells, pitch_cells))
     cells = ratio_cells * _PITCH_STRIDE + pitch_cells
-    order = vote_order(track_ids, cells)
+    # Only the strongest tracks' hits go on to the sort and the per-cell search below.
+    contenders = np.flatnonzero(np.isin(track_ids, _strongest_tracks(track_ids, ratio_cells, pitch_cells,
+                                                                     hit_weights, params)))
+    order = contenders[vote_order(track_ids[contenders], cells[contenders])]
     query_ids, track_ids, ref_frames, ratio, pitch, hit_weights, query_frames, ratio_cells, \
         pitch_cells, cells = (a[order] for a in (query_ids, track_ids, ref_frames, ratio, pitch, hit_weights,
                                                  query_frames, ratio_cells, pitch_cells, cells))

@@ -37,7 +37,12 @@ def vote_order(track_ids: np.ndarray, cells: np.ndarray) -> np.ndarray:
 
     Sorting once also leaves each track's votes in one contiguous slice.
     """
-    return np.argsort((track_ids << 32) + cells)
+    return np.argsort(_vote_keys(track_ids, cells))
+
+
+def _vote_keys(track_ids: np.ndarray, cells: np.ndarray) -> np.ndarray:
+    """One int64 per vote, ordered by track, then cell."""
+    return (track_ids << 32) + cells
 
 
 def best_cells_per_track(track_ids: np.ndarray, cells: np.ndarray, weights: np.ndarray,
@@ -70,7 +75,7 @@ def best_cells_per_track(track_ids: np.ndarray, cells: np.ndarray, weights: np.n
     -------
     list of (track_id, list of cell)
     """
-    keys = (track_ids << 32) + cells
+    keys = _vote_keys(track_ids, cells)
     if len(keys) == 0:
         return []
     first_of_value = np.concatenate([[0], np.flatnonzero(np.diff(keys)) + 1])
