@@ -65,6 +65,12 @@ class FingerprintParams:
     triplet_df_max : int
         Largest |bin difference| between an anchor and its triplet targets (default 36,
         one octave).
+    dense_peaks_per_second, dense_peak_time_radius, dense_peak_freq_radius : float, int, int
+        The second, denser peak set a query keeps (default 128 per second, local maxima
+        of 5 frames x 7 bins, any prominence): the peaks of a recording mixed 6-12 dB
+        under other audio are mostly not among the upload's 32 strongest per second,
+        but many are local maxima of a smaller neighbourhood; the matcher looks
+        catalogue peaks up in this set to verify such a mix (:mod:`matcher.layers`).
     melody : MelodyParams or None
         Settings of the melody tier's chroma and segment descriptors (see
         :class:`fingerprint.melody.MelodyParams`); None computes no melody.
@@ -90,6 +96,9 @@ class FingerprintParams:
     triplet_far_zone: tuple[int, int] = (14, 40)
     triplet_per_zone: int = 2
     triplet_df_max: int = 36
+    dense_peaks_per_second: float = 128.0
+    dense_peak_time_radius: int = 2
+    dense_peak_freq_radius: int = 3
     melody: MelodyParams | None = field(default_factory=MelodyParams)
 
     @property

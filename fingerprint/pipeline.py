@@ -40,6 +40,10 @@ class Fingerprint:
     melody : np.ndarray, shape (n, 12), float32, or None
         Chroma sequence of the melody tier (:func:`fingerprint.melody.chroma_sequence`);
         None when ``FingerprintParams.melody`` is None.
+    dense_peaks : Peaks or None
+        A query's denser peak set (``FingerprintParams.dense_peaks_per_second``), in
+        which catalogue peaks are looked up to verify a recording mixed under other
+        audio; None for catalogue recordings and stored fingerprints.
     """
 
     hashes: np.ndarray
@@ -48,6 +52,7 @@ class Fingerprint:
     peaks: Peaks
     triplets: Triplets
     melody: np.ndarray | None = None
+    dense_peaks: Peaks | None = None
 
     def __len__(self) -> int:
         return len(self.hashes)
@@ -60,7 +65,7 @@ class Fingerprint:
 
 
 def fingerprint_peaks(peaks: Peaks, duration: float, params: FingerprintParams,
-                      melody: np.ndarray | None = None) -> Fingerprint:
+                      melody: np.ndarray | None = None, dense_peaks: Peaks | None = None) -> Fingerprint:
     """Build the landmark hashes of both tiers from peaks (the second half of the pipeline).
 
     Stored fingerprints keep only their peaks (:mod:`fingerprint.serialize`) and are
@@ -77,6 +82,8 @@ def fingerprint_peaks(peaks: Peaks, duration: float, params: FingerprintParams,
     melody : np.ndarray, optional
         The melody tier's chroma sequence, passed through to the fingerprint (it comes
         from the spectrogram, not from the peaks).
+    dense_peaks : Peaks, optional
+        A query's denser peak set, passed through likewise.
 
     Returns
     -------
@@ -96,10 +103,11 @@ def fingerprint_peaks(peaks: Peaks, duration: float, params: FingerprintParams,
     triplets = triplet_landmarks(peaks, params.triplet_near_zone, params.triplet_far_zone,
                                  params.triplet_per_zone, params.triplet_df_max)
     return Fingerprint(hash_landmarks(landmarks),
-                       landmarks.anchor_frames.astype(np.int32), duration, peaks, triplets, melody)
+                       landmarks.anchor_frames.astype(np.int32), duration, peaks, triplets, melody,
+                       dense_peaks)
 
 
-def fingerprint_signal(y: np.ndarray, params: FingerprintParams) -> Fingerprint:
+def fingerprint_signal(y: np.ndarray, params: FingerprintParams, dense_peaks: bool = False) -> Fingerprint:
     """Fingerprint mono samples already at ``params.sample_rate``.
 
     Parameters
@@ -108,6 +116,9 @@ def fingerprint_signal(y: np.ndarray, params: FingerprintParams) -> Fingerprint:
         Mono signal.
     params : FingerprintParams
         Analysis settings.
+    dense_peaks : bool
+        Also pick the denser peak set a query is verified against
+        (:attr:`Fingerprint.dense_peaks`); catalogue recordings do not need it.
 
     Returns
     -------
@@ -124,9 +135,13 @@ def fingerprint_signal(y: np.ndarray, params: FingerprintParams) -> Fingerprint:
                        params.peak_freq_radius, params.peak_floor_db,
                        params.peak_min_prominence_db, params.peaks_per_second,
                        params.density_window)
+    dense = (find_peaks(S_db, params.frame_seconds, params.dense_peak_time_radius,
+                        params.dense_peak_freq_radius, params.peak_floor_db, 0.0,
+                        params.dense_peaks_per_second, params.density_window)
+             if dense_peaks else None)
     melody = (None if params.melody is None
               else chroma_sequence(S_db, params.bins_per_octave, params.fmin, params.melody))
-    return fingerprint_peaks(peaks, len(y) / params.sample_rate, params, melody)
+    return fingerprint_peaks(peaks, len(y) / params.sample_rate, params, melody, dense)
 
 
 def fingerprint_file(path, params: FingerprintParams, max_duration: float | None = None) -> Fingerprint:

@@ -7,6 +7,7 @@
     DIR/triplets.faiss       derivative tier: tempo- and pitch-invariant triplet landmarks
     DIR/melody.faiss         melody tier: key- and tempo-invariant segment descriptors
     DIR/melody-chroma.faiss  melody tier: the chroma sequences its candidates are verified on
+    DIR/peaks.npz            every track's spectral peaks, to verify a recording mixed under other audio
     DIR/catalog.sqlite       track metadata (:class:`index.catalog.Catalog`)
     DIR/.lock                held (flock) by the one process allowed to write
 
@@ -15,6 +16,8 @@ recovery), sharing the catalogue and its track ids. The melody tier
 (:class:`index.melody.MelodyIndex`) is optional: an index built before it existed
 has no ``melody`` entry in its manifest and still opens, without cover matching
 (``IndexStore.melody`` is None) until the catalogue is re-ingested into a new index.
+The peak store (:class:`index.peaks.PeakStore`) is optional the same way: without
+it the matcher does not look for recordings mixed under other audio.
 
 Writes follow one protocol: a new track's row is committed as ``pending``, its
 landmarks are added in memory, :meth:`IndexStore.commit` saves the FAISS file
@@ -37,6 +40,7 @@ from index.catalog import Catalog, Track, TrackMetadata
 from index.files import replace_atomically
 from index.landmarks import LandmarkIndex
 from index.melody import MelodyIndex
+from index.peaks import PeakStore
 
 __all__ = ["IndexStore", "IndexOpenError", "IndexBusyError"]
 
@@ -44,9 +48,13 @@ FORMAT_VERSION = 2
 _MANIFEST, _CATALOG, _LOCK = "manifest.json", "catalog.sqlite", ".lock"
 _TIER_FILES = {"pair": "pairs.faiss", "triplet": "triplets.faiss"}
 _MELODY_FILE = "melody.faiss"
+_PEAKS_FILE = "peaks.npz"
 #: Descriptor layout of the melody tier: 2-D Fourier magnitudes of chroma patches.
 MELODY_LAYOUT = "chroma-2dftm-v1"
-_TIER_LAYOUTS = {"pair": PAIR_LAYOUT.name, "triplet": TRIPLET_LAYOUT.name, "melody": MELODY_LAYOUT}
+#: Layout of the peak store: (frame, log-frequency bin) of every peak, as ``find_peaks`` picks them.
+PEAKS_LAYOUT = "peaks-v1"
+_TIER_LAYOUTS = {"pair": PAIR_LAYOUT.name, "triplet": TRIPLET_LAYOUT.name, "melody": MELODY_LAYOUT,
+                 "peaks": PEAKS_LAYOUT}
 
 
 class IndexOpenError(RuntimeError):
@@ -64,7 +72,7 @@ class IndexStore:
     """
 
     def __init__(self, directory: Path, params: FingerprintParams,
-                 tiers: dict[str, LandmarkIndex | MelodyIndex],
+                 tiers: dict[str, LandmarkIndex | MelodyIndex | PeakStore],
                  tier_files: dict[str, Path], catalog: Catalog, lock_handle):
         self.directory = directory
         self._tier_files = tier_files
@@ -113,6 +121,7 @@ class IndexStore:
                     LandmarkIndex.create(TIER_PAYLOAD_BITS[tier], list_bits).save(directory / filename)
                 if params.melody is not None:
                     MelodyIndex.create(params.melody).save(directory / _MELODY_FILE)
+                PeakStore.create().save(directory / _PEAKS_FILE)
                 Catalog(directory / _CATALOG).close()
                 cls._write_manifest(directory, params)
             store = cls._load(directory, writable, mmap, lock_handle)
@@ -138,6 +147,8 @@ class IndexStore:
                     if params.melody is None:
                         raise ValueError("the manifest has a melody tier but no melody parameters")
                     tiers[tier] = MelodyIndex.load(tier_files[tier], params.melody, mmap=mmap and not writable)
+                elif tier == "peaks":
+                    tiers[tier] = PeakStore.load(tier_files[tier])
                 else:
                     tiers[tier] = LandmarkIndex.load(tier_files[tier], entry["payload_bits"],
                                                      mmap=mmap and not writable)
@@ -164,6 +175,7 @@ class IndexStore:
                  for tier, filename in _TIER_FILES.items()}
         if params.melody is not None:
             tiers["melody"] = {"file": _MELODY_FILE, "layout": MELODY_LAYOUT}
+        tiers["peaks"] = {"file": _PEAKS_FILE, "layout": PEAKS_LAYOUT}
         manifest = {"format": FORMAT_VERSION, "fingerprint": params.to_dict(), "tiers": tiers}
         text = json.dumps(manifest, indent=2) + "\n"
         replace_atomically(directory / _MANIFEST, lambda tmp: Path(tmp).write_text(text))
@@ -219,6 +231,8 @@ class IndexStore:
             self.tiers[name].add(track_id, codes, payloads)
         if melody is not None:
             melody.add(track_id, fp.melody)
+        if "peaks" in self.tiers:
+            self.tiers["peaks"].add(track_id, fp.peaks.frames, fp.peaks.bins)
         return track_id
 
     def commit(self) -> None:

@@ -5,7 +5,8 @@ pitch-invariant triplets) each yield alignments; an alignment's hits are split
 into spans where the query has gaps, each span scored with rarity weights and a
 per-second cap. A track is reported once, with all its spans, from the tier that
 explains it: exact-copy alignments first (they are the more precise), derivative
-ones for tracks that only the triplets found.
+ones for tracks that only the triplets found. Tracks neither found are then looked
+for under other audio (:mod:`matcher.layers`), verified on their stored peaks.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from fingerprint import Fingerprint, FingerprintParams
 from index.landmarks import LandmarkIndex
 from matcher.copies import copy_alignments
 from matcher.derivatives import derivative_alignments
+from matcher.layers import layer_matches
 from matcher.types import Alignment, Match, MatchParams, Span
 
 __all__ = ["match_fingerprint"]
@@ -33,8 +35,8 @@ def match_fingerprint(fp: Fingerprint, tiers: Mapping[str, LandmarkIndex], param
     fp : Fingerprint
         The query.
     tiers : mapping
-        ``{"pair": LandmarkIndex, "triplet": LandmarkIndex}`` of the catalogue; a
-        missing tier is skipped.
+        ``{"pair": LandmarkIndex, "triplet": LandmarkIndex, "peaks": PeakStore}`` of
+        the catalogue; a missing tier is skipped.
     params : MatchParams
     fingerprint_params : FingerprintParams
         The catalogue's fingerprint settings (frame duration, log-frequency resolution,
@@ -72,6 +74,10 @@ def match_fingerprint(fp: Fingerprint, tiers: Mapping[str, LandmarkIndex], param
         duration = track_durations.get(track_id) if track_durations is not None else None
         matches.append(_describe(track_id, tier, found[tier], fp, params, frame_seconds,
                                  bins_per_semitone, duration))
+    if "layer" in params.tiers and "pair" in tiers and "peaks" in tiers:
+        matches += layer_matches(fp, tiers["pair"], tiers["peaks"], params, fingerprint_params,
+                                 allowed=None if track_durations is None else set(track_durations),
+                                 skip={m.track_id for m in matches})
     matches.sort(key=lambda m: (-m.score, m.track_id))
     return matches
 

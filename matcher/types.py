@@ -19,9 +19,11 @@ class MatchParams:
     Attributes
     ----------
     tiers : tuple of str
-        Fingerprint tiers searched (default both): ``pair`` finds copies, excerpts and
+        Fingerprint tiers searched (default all three): ``pair`` finds copies, excerpts and
         copies under other audio; ``triplet`` adds speed-changed, pitch-shifted and
-        time-stretched derivatives at about twice the query time.
+        time-stretched derivatives at about twice the query time; ``layer`` verifies
+        recordings mixed 6-12 dB under other audio peak by peak (:mod:`matcher.layers`;
+        needs the index's peak store and a query fingerprinted with dense peaks).
     min_score : float
         Lowest score of an exact-copy (pair-tier) match (default 8.0), calibrated with
         ``bench/accuracy.py`` on music that is not in the catalogue (figures in README).
@@ -103,9 +105,34 @@ class MatchParams:
     excerpt_fraction : float
         A copy covering less than this fraction of the reference track is an
         ``excerpt`` (default 0.8).
+    layer_candidates, layer_offsets_per_candidate : int
+        Under-mix tier: tracks (default 6) and offsets per track (default 2) proposed by
+        the dense peaks' pair votes and verified. On real mixes the true (track, offset)
+        was among the five best-voted in 52 of 54 cases where it was voted at all.
+    layer_min_votes : float
+        Weakest vote (rarity-weighted hits within one frame of the offset) a candidate
+        needs to be verified at all (default 1.0).
+    layer_window_seconds : float
+        Query time verified per candidate, centred on its votes (default 10).
+    layer_background_seconds : (float, float)
+        Range of the other offsets (either side, seconds) at which the background is
+        measured (default 0.6-4.9 s: past a note's length, within one passage).
+    layer_background_shifts : int
+        Background offsets per side (default 20).
+    layer_min_peaks : int
+        Fewest catalogue peaks a comparison needs to count (default 100, some 3 s of
+        music): a few peaks of a track's fading end met by chance scored high on
+        generated songs.
+    layer_min_spread : float
+        Floor of the background's standard deviation (default 0.01), so that a nearly
+        constant background cannot turn a small excess into a large score.
+    layer_min_z : float
+        Lowest verification score reported (default 7.0): how many background standard
+        deviations the coincidence fraction lies above the background's mean. Over the
+        2,400 candidates of 299 unrelated real-music queries the highest was 5.75.
     """
 
-    tiers: tuple[str, ...] = ("pair", "triplet")
+    tiers: tuple[str, ...] = ("pair", "triplet", "layer")
     min_score: float = 8.0
     triplet_min_score: float = 6.0
     max_score_per_second: float = 2.0
@@ -130,6 +157,15 @@ class MatchParams:
     copy_pitch_tolerance: float = 0.5
     mixed_coverage: float = 0.12
     excerpt_fraction: float = 0.8
+    layer_candidates: int = 10
+    layer_offsets_per_candidate: int = 3
+    layer_min_votes: float = 1.0
+    layer_window_seconds: float = 10.0
+    layer_background_seconds: tuple[float, float] = (0.6, 4.9)
+    layer_background_shifts: int = 20
+    layer_min_peaks: int = 100
+    layer_min_spread: float = 0.01
+    layer_min_z: float = 7.0
 
 
 @dataclass(frozen=True)
@@ -176,8 +212,9 @@ class Match:
     spans : list of Span
         Every aligned stretch, in query order.
     tier : str
-        ``pair`` (exact-copy landmarks), ``triplet`` (tempo/pitch-invariant ones) or
-        ``melody`` (a cover: ``score`` is then the chroma similarity,
+        ``pair`` (exact-copy landmarks), ``triplet`` (tempo/pitch-invariant ones),
+        ``layer`` (catalogue peaks verified under other audio: ``score`` is then the
+        verification's standard score, ``aligned`` the peaks met) or ``melody`` (a cover: ``score`` is then the chroma similarity,
         ``pitch_shift_semitones`` the key shift, ``aligned`` chroma frames).
     points : np.ndarray, shape (n, 2)
         (query time, reference time) in seconds of every aligned landmark of the kept

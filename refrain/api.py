@@ -312,7 +312,7 @@ class Refrain:
 
     def match_signal(self, y: np.ndarray, name: str = "<signal>") -> QueryResult:
         """Match mono samples already at ``self.params.sample_rate``."""
-        return self.match_fingerprint(fingerprint_signal(y, self.params), name)
+        return self.match_fingerprint(fingerprint_signal(y, self.params, dense_peaks=True), name)
 
     def match_file(self, path: os.PathLike, name: str | None = None) -> QueryResult:
         """Decode and match one query file.

@@ -204,7 +204,7 @@ class MatchService:
         params = self.refrain.params
         try:
             samples = load_audio(form.file_path, params.sample_rate, self.settings.max_upload_seconds)
-            fp = fingerprint_signal(samples, params)
+            fp = fingerprint_signal(samples, params, dense_peaks=True)
         except (AudioDecodeError, FingerprintError) as err:
             raise _audio_error(err, form.file_path, form.filename) from None
 

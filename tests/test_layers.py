@@ -1,0 +1,96 @@
+"""The under-mix tier: catalogue recordings far under other audio, verified on stored peaks."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import numpy as np
+import pytest
+
+from index.peaks import PeakStore
+from index.store import IndexOpenError
+from refrain.api import Refrain
+from refrain.config import Config
+from refrain.synth import mix
+
+SR = 22050
+
+
+def _under(background: np.ndarray, song: np.ndarray, gain_db: float) -> np.ndarray:
+    """Ten seconds of ``song`` (from 10 s) mixed ``gain_db`` under ``background`` (from 5 s)."""
+    return mix(background[5 * SR:15 * SR], song[10 * SR:20 * SR], gain_db)
+
+
+@pytest.mark.parametrize("seed", [34, 44])
+def test_a_song_18_db_under_another_is_found_only_by_verifying_its_peaks(catalogue, catalogue_index, songs,
+                                                                         unrelated_songs, write_audio,
+                                                                         tmp_path, seed):
+    path = write_audio(tmp_path / "remix.wav", _under(unrelated_songs[45], songs[seed].samples, -18.0))
+    result = catalogue.match_file(path)
+    assert [m.track_id for m in result.matches] == [catalogue_index.track_ids[seed]]
+    match = result.matches[0]
+    assert match.kind == "mixed"
+    assert match.offset == pytest.approx(10.0, abs=0.1)
+    assert match.time_ratio == 1.0 and match.pitch_shift_semitones == 0.0
+    assert match.spans[0].ref_start == pytest.approx(10.0 + match.spans[0].query_start, abs=0.1)
+    assert match.spans[0].query_end - match.spans[0].query_start > 5.0
+    assert match.score >= catalogue.config.match.layer_min_z
+
+    # The landmark tiers alone do not see it: what found it is the peak verification.
+    landmarks_only = dataclasses.replace(catalogue.config.match, tiers=("pair", "triplet"))
+    with Refrain.open(catalogue_index.directory, Config(match=landmarks_only)) as plain:
+        assert plain.match_file(path).matches == []
+
+
+def test_two_songs_outside_the_catalogue_mixed_together_match_nothing(catalogue, unrelated_songs,
+                                                                      write_audio, tmp_path):
+    for gain_db in (-6.0, -12.0):
+        path = write_audio(tmp_path / "other.wav", _under(unrelated_songs[45], unrelated_songs[35], gain_db))
+        assert catalogue.match_file(path).matches == []
+
+
+def test_a_removed_track_is_no_longer_verified(index_copy, catalogue_index, songs, unrelated_songs,
+                                               write_audio, tmp_path):
+    path = write_audio(tmp_path / "remix.wav", _under(unrelated_songs[45], songs[34].samples, -18.0))
+    track_id = catalogue_index.track_ids[34]
+    with Refrain.open(index_copy, writable=True) as refrain:
+        assert [m.track_id for m in refrain.match_file(path).matches] == [track_id]
+        refrain.remove(track_id)
+    with Refrain.open(index_copy) as refrain:
+        assert refrain.match_file(path).matches == []
+        assert refrain.store.tiers["peaks"].peaks_between(track_id, 0, 1 << 30)[0].size == 0
+
+
+def test_peak_store_round_trip(tmp_path):
+    store = PeakStore.create()
+    store.add(3, np.array([40, 10, 20]), np.array([5, 7, 9]))
+    store.add(8, np.array([1, 2]), np.array([255, 0]))
+    store.save(tmp_path / "peaks.npz")
+    loaded = PeakStore.load(tmp_path / "peaks.npz")
+    frames, bins = loaded.peaks_between(3, 10, 40)
+    assert frames.tolist() == [10, 20] and bins.tolist() == [7, 9]
+    assert loaded.ntotal == 5
+    assert loaded.remove(3) == 3 and loaded.remove(3) == 0
+    assert loaded.peaks_between(3, 0, 100)[0].size == 0
+    with pytest.raises(ValueError, match="bins"):
+        store.add(9, np.array([1]), np.array([256]))
+
+
+def test_a_damaged_peak_store_is_a_clear_open_error(index_copy):
+    (index_copy / "peaks.npz").write_bytes(b"not a peak store")
+    with pytest.raises(IndexOpenError, match="damaged or unreadable"):
+        Refrain.open(index_copy)
+
+
+def test_an_index_without_a_peak_store_still_matches_copies(index_copy, songs, unrelated_songs,
+                                                            catalogue_index, write_audio, tmp_path):
+    manifest = json.loads((index_copy / "manifest.json").read_text())
+    del manifest["tiers"]["peaks"]
+    (index_copy / "manifest.json").write_text(json.dumps(manifest))
+    (index_copy / "peaks.npz").unlink()
+    copy = write_audio(tmp_path / "copy.wav", songs[41].excerpt(5.0, 10.0))
+    buried = write_audio(tmp_path / "remix.wav", _under(unrelated_songs[45], songs[34].samples, -18.0))
+    with Refrain.open(index_copy) as refrain:
+        assert [m.track_id for m in refrain.match_file(copy).matches] == [catalogue_index.track_ids[41]]
+        assert refrain.match_file(buried).matches == []
