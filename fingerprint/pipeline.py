@@ -144,6 +144,8 @@ def fingerprint_signal(y: np.ndarray, params: FingerprintParams, dense_peaks: bo
     return fingerprint_peaks(peaks, len(y) / params.sample_rate, params, melody, dense)
 
 
-def fingerprint_file(path, params: FingerprintParams, max_duration: float | None = None) -> Fingerprint:
-    """Decode ``path`` and fingerprint it (see :func:`fingerprint.decode.load_audio`)."""
-    return fingerprint_signal(load_audio(path, params.sample_rate, max_duration), params)
+def fingerprint_file(path, params: FingerprintParams, max_duration: float | None = None,
+                     dense_peaks: bool = False) -> Fingerprint:
+    """Decode ``path`` and fingerprint it (see :func:`fingerprint.decode.load_audio` and
+    :func:`fingerprint_signal`)."""
+    return fingerprint_signal(load_audio(path, params.sample_rate, max_duration), params, dense_peaks)

@@ -1,6 +1,7 @@
 """A fingerprint as bytes, to keep an upload's fingerprint without its audio.
 
-Only the spectral peaks (and the melody tier's chroma sequence, when there is one) are stored (with the duration and the analysis settings
+Only the spectral peaks (and the melody tier's chroma sequence and a query's dense
+peak positions, when there are any) are stored (with the duration and the analysis settings
 that shape peaks); the landmark hashes of every tier are rebuilt from them by
 :func:`fingerprint.pipeline.fingerprint_peaks`, the same code a fresh
 fingerprint goes through. A stored fingerprint therefore follows changes of the
@@ -62,6 +63,11 @@ def fingerprint_to_bytes(fp: Fingerprint, params: FingerprintParams) -> bytes:
               for name, (field, dtype) in _PEAK_ARRAYS.items()}
     if fp.melody is not None:
         arrays["melody"] = np.ascontiguousarray(fp.melody, dtype=np.float32)
+    if fp.dense_peaks is not None:
+        # The under-mix tier looks up positions only: strengths and sub-bin offsets of
+        # the dense set are not kept (they would triple the blob).
+        arrays["dense_frames"] = np.ascontiguousarray(fp.dense_peaks.frames, dtype=np.int32)
+        arrays["dense_bins"] = np.ascontiguousarray(fp.dense_peaks.bins, dtype=np.int16)
     buffer = io.BytesIO()
     np.savez_compressed(buffer, format_version=np.int32(FORMAT_VERSION),
                         duration=np.float64(fp.duration), peak_settings=_peak_settings(params),
@@ -82,7 +88,8 @@ def fingerprint_from_bytes(blob: bytes, params: FingerprintParams) -> Fingerprin
     -------
     Fingerprint
         Equal, array for array, to the fingerprint that was stored (when ``params``
-        hash as they did then).
+        hash as they did then), except that dense peaks come back with zero strengths
+        and sub-bin offsets.
 
     Raises
     ------
@@ -110,4 +117,10 @@ def fingerprint_from_bytes(blob: bytes, params: FingerprintParams) -> Fingerprin
                                      "than this index's")
     peaks = Peaks(**{field: arrays[name].astype(dtype, copy=False)
                      for name, (field, dtype) in _PEAK_ARRAYS.items()})
-    return fingerprint_peaks(peaks, float(arrays["duration"]), params, arrays.get("melody"))
+    dense = None
+    if "dense_frames" in arrays and "dense_bins" in arrays:
+        dense_frames = arrays["dense_frames"].astype(np.int32, copy=False)
+        zeros = np.zeros(len(dense_frames), dtype=np.float32)
+        dense = Peaks(frames=dense_frames, bins=arrays["dense_bins"].astype(np.int32), strength=zeros,
+                      bin_offsets=zeros)
+    return fingerprint_peaks(peaks, float(arrays["duration"]), params, arrays.get("melody"), dense)

@@ -61,7 +61,8 @@ class CatalogueJob:
             return {"status": "failed", "track_id": track_id,
                     "error": f"track {track_id} is no longer in the index"}
         try:
-            fp = fingerprint_file(track.source, refrain.params, refrain.config.max_track_seconds)
+            fp = fingerprint_file(track.source, refrain.params, refrain.config.max_track_seconds,
+                                  dense_peaks=True)
         except (AudioDecodeError, FingerprintError, OSError) as err:
             message = str(err) if str(err).startswith(track.source) else f"{track.source}: {err}"
             return {"status": "failed", "track_id": track_id, "source": track.source, "error": message}

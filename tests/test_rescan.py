@@ -182,6 +182,19 @@ def test_a_stored_fingerprint_round_trips_exactly(songs):
     assert len(fingerprint_to_bytes(fp, params)) < 20_000  # about 32 peaks a second, compressed
 
 
+def test_a_stored_upload_keeps_the_dense_peak_positions_the_under_mix_tier_needs(songs):
+    params = FingerprintParams()
+    y = soxr.resample(songs[41].excerpt(3.0, 20.0), SR, params.sample_rate)
+    fp = fingerprint_signal(y, params, dense_peaks=True)
+    blob = fingerprint_to_bytes(fp, params)
+    back = fingerprint_from_bytes(blob, params)
+    assert np.array_equal(back.dense_peaks.frames, fp.dense_peaks.frames)
+    assert np.array_equal(back.dense_peaks.bins, fp.dense_peaks.bins)
+    assert fingerprint_from_bytes(fingerprint_to_bytes(fingerprint_signal(y, params), params), params) \
+        .dense_peaks is None
+    assert len(blob) < 30_000  # 20 s; the dense positions add about a quarter, compressed
+
+
 def test_a_bad_or_foreign_fingerprint_blob_is_refused(songs):
     params = FingerprintParams()
     fp = fingerprint_signal(soxr.resample(songs[41].excerpt(0.0, 8.0), SR, params.sample_rate), params)
