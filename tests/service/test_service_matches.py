@@ -4,10 +4,14 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta, timezone
 
+import numpy as np
 import pytest
 from service_helpers import LICENSEE, grant, post_file
 
 from policy import VERDICTS
+from refrain.synth import mix
+
+SR = 22050
 
 
 def only_work(decision: dict) -> dict:
@@ -47,6 +51,22 @@ def test_a_sped_up_derivative_without_a_licence_is_blocked(uploader, live_servic
     assert matched["time_ratio"] == pytest.approx(1.1, abs=0.02)
     assert matched["action"] == "licence_required" and matched["outcome"] == "blocked"
     assert "no licence for this work was declared" in matched["reason"]
+
+
+def test_a_work_buried_18_db_under_new_music_is_a_blocked_remix(uploader, live_service, songs,
+                                                                unrelated_songs, write_audio, upload_dir):
+    # An AI vocal or a new beat over the original: song 34 at -18 dB under a song outside the
+    # catalogue. Only the under-mix tier's peak verification finds it.
+    beat = np.asarray(unrelated_songs[45][5 * SR:15 * SR])
+    path = write_audio(upload_dir / "buried-34.wav", mix(beat, songs[34].excerpt(10.0, 10.0), -18.0))
+    done = post_file(uploader, "/v1/matches", path, uploader_id=LICENSEE)
+    assert done.status_code == 200, done.text
+    decision = done.json()
+    assert decision["verdict"] == "blocked_unlicensed_derivative", decision
+    matched = only_work(decision)
+    assert matched["work_id"] == live_service.works["default"]["work_id"]
+    assert matched["kind"] == "mixed" and matched["use"] == "remix"
+    assert matched["ref_start"] - matched["query_start"] == pytest.approx(10.0, abs=0.1)
 
 
 def test_the_same_derivative_with_a_valid_licence_is_licensed_and_owes_royalties(
