@@ -51,15 +51,15 @@ def derivative_alignments(fp: Fingerprint, tier: LandmarkIndex, params: MatchPar
         return []
     codes, rows = hash_triplets(triplets, tolerant=True,
                                 pitch_reach_bins=params.max_pitch_shift_semitones * bins_per_semitone)
-    code_ids, track_ids, payloads = tier.lookup(codes)
+    code_weights = rarity_weights(tier.code_counts(codes), tier.ntotal, params)
+    # Most hits would come from a few common codes too light to count: they are not
+    # looked up at all, sparing the lookup and the per-hit arithmetic below.
+    heavy = np.flatnonzero(code_weights >= params.min_hash_weight)
+    code_ids, track_ids, payloads = tier.lookup(codes[heavy])
     if len(track_ids) == 0:
         return []
-    hit_weights = rarity_weights(code_ids, len(codes), tier.ntotal, params)[code_ids]
-    # Most hits come from a few common codes too light to count: drop them before the
-    # per-hit arithmetic, which costs more than the lookup itself.
-    heavy = hit_weights >= params.min_hash_weight
-    code_ids, track_ids, payloads, hit_weights = (a[heavy] for a in (code_ids, track_ids, payloads,
-                                                                      hit_weights))
+    code_ids = heavy[code_ids]
+    hit_weights = code_weights[code_ids]
     query_ids = rows[code_ids]
     ref_frames, ref_bins, ref_spans = unpack_triplet_payloads(payloads)
     ratio = ref_spans / triplets.dt_13[query_ids]

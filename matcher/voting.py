@@ -9,27 +9,24 @@ from matcher.types import MatchParams
 __all__ = ["rarity_weights", "vote_order", "best_cells_per_track"]
 
 
-def rarity_weights(query_ids: np.ndarray, n_query: int, entries_in_tier: int,
-                   params: MatchParams) -> np.ndarray:
-    """Weight of each query code: ``min(1, sqrt(E / hits of that code))``.
+def rarity_weights(entries_per_code: np.ndarray, entries_in_tier: int, params: MatchParams) -> np.ndarray:
+    """Weight of each query code: ``min(1, sqrt(E / entries with that code))``.
 
     Parameters
     ----------
-    query_ids : np.ndarray of int
-        For each lookup hit, the query code it answers.
-    n_query : int
-        Number of query codes.
+    entries_per_code : np.ndarray of int
+        For each query code, the entries stored under it (the hits its lookup returns),
+        from :meth:`index.landmarks.LandmarkIndex.code_counts`.
     entries_in_tier : int
         Entries stored in the tier looked up.
     params : MatchParams
 
     Returns
     -------
-    np.ndarray, shape (n_query,)
+    np.ndarray, same length as ``entries_per_code``
     """
-    hits_per_code = np.bincount(query_ids, minlength=n_query)
     typical = max(1.0, entries_in_tier / params.common_hash_entries_per_code)
-    return np.minimum(1.0, np.sqrt(typical / np.maximum(hits_per_code, 1)))
+    return np.minimum(1.0, np.sqrt(typical / np.maximum(entries_per_code, 1)))
 
 
 def vote_order(track_ids: np.ndarray, cells: np.ndarray) -> np.ndarray:

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import soxr
 
+from fingerprint import fingerprint_signal
 from matcher.align import _spans
 from matcher.types import Alignment, MatchParams
 from refrain.api import Refrain
@@ -102,6 +103,21 @@ def test_removed_track_is_no_longer_reported(index_copy, catalogue_index, songs,
     with Refrain.open(index_copy, mmap=True) as reader:
         assert ids[41] not in [m.track_id for m in reader.match_file(gone).matches]
         assert [m.track_id for m in reader.match_file(kept).matches][:1] == [ids[49]]
+
+
+@pytest.mark.parametrize("tier", ["pair", "triplet"])
+def test_code_counts_are_the_hits_each_code_gets(catalogue, songs, tier):
+    # The rarity weights come from the code counts before the lookup, and the codes they
+    # make too light are never looked up: exact only if every count is the hit count.
+    landmarks = catalogue.store.tiers[tier]
+    fp = fingerprint_signal(soxr.resample(songs[44].excerpt(2.0, 20.0), SR, catalogue.params.sample_rate),
+                            catalogue.params)
+    stored, _ = fp.index_entries()[tier]
+    unknown = np.random.default_rng(5).integers(0, 1 << 32, 500, dtype=np.uint64).astype(np.uint32)
+    codes = np.concatenate([stored, unknown])
+    hits = np.bincount(landmarks.lookup(codes)[0], minlength=len(codes))
+    np.testing.assert_array_equal(landmarks.code_counts(codes), hits)
+    assert hits.max() > 1  # common codes are among them
 
 
 def test_stray_hits_past_a_copied_passage_do_not_stretch_its_span():
