@@ -90,12 +90,22 @@ def derivative_alignments(fp: Fingerprint, tier: LandmarkIndex, params: MatchPar
                                     _NEIGHBOURS_2D, params.triplet_min_score, params.max_candidates,
                                     params.cells_per_candidate)
         aligned_tracks = []
+        owns, cell_hits = [], []
         for track_id, track_cells in best:
             first, last = np.searchsorted(track_ids, [track_id, track_id + 1])
             own = np.arange(first, last)[active[first:last]]
-            for cell in track_cells:
-                in_cell = own[(np.abs(ratio_cells[own] - cell // _PITCH_STRIDE) <= 1)
-                              & (np.abs(pitch_cells[own] - cell % _PITCH_STRIDE) <= 1)]
+            centres = np.array(track_cells)
+            near = (np.abs(ratio_cells[own, None] - centres // _PITCH_STRIDE) <= 1) \
+                & (np.abs(pitch_cells[own, None] - centres % _PITCH_STRIDE) <= 1)
+            owns.append(own)
+            cell_hits.append([own[near[:, k]] for k in range(len(centres))])
+        # Most (track, cell) candidates hold no line; one vectorized test over all of them
+        # spares those the fit, which would reject them anyway.
+        candidates = [in_cell for hits_of_track in cell_hits for in_cell in hits_of_track]
+        may_hold = iter(_may_hold_a_line(candidates, query_frames, ref_frames, ratio, params).tolist())
+        for (track_id, _), own, hits_of_track in zip(best, owns, cell_hits):
+            worth_fitting = [in_cell for in_cell, possible in zip(hits_of_track, may_hold) if possible]
+            for in_cell in worth_fitting:
                 line = _fit_time_line(query_frames[in_cell], ref_frames[in_cell], ratio[in_cell],
                                       hit_weights[in_cell], params)
                 if line is not None:
@@ -148,6 +158,51 @@ def _strongest_tracks(track_ids: np.ndarray, ratio_cells: np.ndarray, pitch_cell
     best = np.where(occupied, summed, 0.0).reshape(shape[0], -1).max(axis=1)
     strongest = np.argsort(-best, kind="stable")[:params.max_candidates]
     return np.flatnonzero(present)[strongest[best[strongest] >= params.triplet_min_score]]
+
+
+def _may_hold_a_line(candidates: list[np.ndarray], query_frames: np.ndarray, ref_frames: np.ndarray,
+                     ratio: np.ndarray, params: MatchParams) -> np.ndarray:
+    """False for each candidate hit set in which :func:`_fit_time_line` cannot find a line.
+
+    That fit's first inliers are the hits whose offset (under the set's median ratio)
+    lies within 10 frames of a centre, so they span at most 20 frames of offset; a set
+    in which no 20-frame stretch holds ``min_aligned`` offsets fails there for certain.
+    The converse does not hold: True only means the fit must decide.
+
+    Parameters
+    ----------
+    candidates : list of np.ndarray of int
+        Hit indices of each candidate (into the arrays below).
+    query_frames, ref_frames, ratio : np.ndarray
+        Every hit's query frame, reference frame and tempo ratio.
+    params : MatchParams
+
+    Returns
+    -------
+    np.ndarray of bool, one per candidate
+    """
+    sizes = np.array([len(c) for c in candidates], dtype=np.int64)
+    may_hold = sizes >= params.min_aligned
+    if not may_hold.any():
+        return may_hold
+    tested = np.flatnonzero(may_hold)
+    hits = np.concatenate([candidates[i] for i in tested])
+    group = np.repeat(np.arange(len(tested)), sizes[tested])
+    starts = np.concatenate([[0], np.cumsum(sizes[tested])[:-1]])
+    # The median ratio of each set, as np.median takes it (mean of the middle two of an even count).
+    ranked = ratio[hits][np.lexsort((ratio[hits], group))]
+    upper = ranked[starts + sizes[tested] // 2]
+    lower = ranked[starts + (sizes[tested] - 1) // 2]
+    median = np.where(sizes[tested] % 2 == 1, upper, (lower + upper) / 2)
+    offsets = ref_frames[hits] - median[group] * query_frames[hits]
+    # Sets laid end to end on one axis, far enough apart that no stretch spans two.
+    lowest = np.minimum.reduceat(offsets, starts)
+    gap = float(np.max(np.maximum.reduceat(offsets, starts) - lowest)) + 100.0
+    placed = np.sort(group * gap + (offsets - lowest[group]))
+    # A little over 20 frames: placing the sets rounds their offsets in the last bits.
+    within = np.searchsorted(placed, placed + 20.001, side="right") - np.arange(len(placed))
+    may_hold[tested] = np.maximum.reduceat(within, starts) >= params.min_aligned
+    return may_hold
 
 
 def _fit_time_line(query_frames: np.ndarray, ref_frames: np.ndarray, ratio: np.ndarray,

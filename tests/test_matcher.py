@@ -8,6 +8,7 @@ import soxr
 
 from fingerprint import fingerprint_signal
 from matcher.align import _spans
+from matcher.derivatives import _fit_time_line, _may_hold_a_line
 from matcher.types import Alignment, MatchParams
 from refrain.api import Refrain
 from refrain.config import Config
@@ -118,6 +119,32 @@ def test_code_counts_are_the_hits_each_code_gets(catalogue, songs, tier):
     hits = np.bincount(landmarks.lookup(codes)[0], minlength=len(codes))
     np.testing.assert_array_equal(landmarks.code_counts(codes), hits)
     assert hits.max() > 1  # common codes are among them
+
+
+def test_line_pre_screen_never_rejects_a_set_the_fit_accepts():
+    # Hit sets as the derivative tier forms them: some hits on a line ref = offset + ratio * query,
+    # the rest chance hits; the pre-screen may only reject sets that the fit rejects too.
+    rng = np.random.default_rng(6)
+    params = MatchParams()
+    candidates, query_frames, ref_frames, ratios = [], [], [], []
+    for on_line in list(range(0, 16)) * 12:
+        n_chance = int(rng.integers(0, 40))
+        true_ratio = rng.uniform(0.8, 1.25)
+        query = rng.integers(0, 312, on_line + n_chance)
+        ref = np.concatenate([5000 + true_ratio * query[:on_line] + rng.normal(0, 1.5, on_line),
+                              rng.uniform(4000, 6000, n_chance)]).round().astype(np.int64)
+        candidates.append(np.arange(len(query)) + sum(len(q) for q in query_frames))
+        query_frames.append(query)
+        ref_frames.append(ref)
+        # Each hit's own tempo estimate is off, here all alike (up to 6 %), which spreads the
+        # offsets of the line's hits over up to 20 frames: the screen's margin is tested.
+        ratios.append(true_ratio * np.exp(rng.uniform(-0.06, 0.06) + rng.normal(0, 0.005, len(query))))
+    query_frames, ref_frames, ratios = (np.concatenate(a) for a in (query_frames, ref_frames, ratios))
+    may_hold = _may_hold_a_line(candidates, query_frames, ref_frames, ratios, params)
+    fits = np.array([_fit_time_line(query_frames[c], ref_frames[c], ratios[c], np.ones(len(c)), params)
+                     is not None for c in candidates])
+    assert not (fits & ~may_hold).any()
+    assert fits.sum() > 50 and (~may_hold).sum() > 50  # both kinds are there, and the screen acts
 
 
 def test_stray_hits_past_a_copied_passage_do_not_stretch_its_span():
