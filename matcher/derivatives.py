@@ -66,6 +66,8 @@ def derivative_alignments(fp: Fingerprint, tier: LandmarkIndex, params: MatchPar
     pitch = triplets.anchor_positions[query_ids] - ref_bins
     plausible = (ratio >= params.min_time_ratio) & (ratio <= params.max_time_ratio) \
         & (np.abs(pitch) <= params.max_pitch_shift_semitones * bins_per_semitone)
+    # Positions, not the mask itself, select from each array: masking is several times slower.
+    plausible = np.flatnonzero(plausible)
     query_ids, track_ids, ref_frames, ratio, pitch, hit_weights = (
         a[plausible] for a in (query_ids, track_ids, ref_frames, ratio, pitch, hit_weights))
     if len(track_ids) == 0:
@@ -75,8 +77,9 @@ def derivative_alignments(fp: Fingerprint, tier: LandmarkIndex, params: MatchPar
     pitch_cells = np.round(pitch).astype(np.int64) + _CELL_CENTRE
     cells = ratio_cells * _PITCH_STRIDE + pitch_cells
     # Only the strongest tracks' hits go on to the sort and the per-cell search below.
-    contenders = np.flatnonzero(np.isin(track_ids, _strongest_tracks(track_ids, ratio_cells, pitch_cells,
-                                                                     hit_weights, params)))
+    is_contender = np.zeros(int(track_ids.max()) + 1, dtype=bool)
+    is_contender[_strongest_tracks(track_ids, ratio_cells, pitch_cells, hit_weights, params)] = True
+    contenders = np.flatnonzero(is_contender[track_ids])
     order = contenders[vote_order(track_ids[contenders], cells[contenders])]
     query_ids, track_ids, ref_frames, ratio, pitch, hit_weights, query_frames, ratio_cells, \
         pitch_cells, cells = (a[order] for a in (query_ids, track_ids, ref_frames, ratio, pitch, hit_weights,

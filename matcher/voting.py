@@ -82,7 +82,8 @@ def best_cells_per_track(track_ids: np.ndarray, cells: np.ndarray, weights: np.n
     positions = _insertion_points(values, neighbourhood)
     for delta in neighbourhood:
         position = positions[int(delta)]
-        found = (position < len(values)) & (values[np.minimum(position, len(values) - 1)] == values + delta)
+        found = np.flatnonzero((position < len(values))
+                               & (values[np.minimum(position, len(values) - 1)] == values + delta))
         summed[found] += cell_weight[position[found]]
     value_tracks = values >> 32
     first = np.flatnonzero(np.diff(value_tracks, prepend=-1))  # sorted: each track's first value
