@@ -23,6 +23,9 @@ __all__ = ["derivative_alignments"]
 _CELL_CENTRE = 128   # ratio and pitch cells are stored with this bias (non-negative)
 _PITCH_STRIDE = 256  # cell = ratio_cell * stride + pitch_cell
 _NEIGHBOURS_2D = np.array([dr * _PITCH_STRIDE + dp for dr in (-1, 0, 1) for dp in (-1, 0, 1)])
+# The time-line fit's first inliers lie within this many frames of the densest offset,
+# which a 3 % ratio error over a 10 s query moves by about 10 frames.
+_FIRST_INLIER_REACH = 10.0
 
 
 def derivative_alignments(fp: Fingerprint, tier: LandmarkIndex, params: MatchParams,
@@ -168,8 +171,9 @@ def _may_hold_a_line(candidates: list[np.ndarray], query_frames: np.ndarray, ref
     """False for each candidate hit set in which :func:`_fit_time_line` cannot find a line.
 
     That fit's first inliers are the hits whose offset (under the set's median ratio)
-    lies within 10 frames of a centre, so they span at most 20 frames of offset; a set
-    in which no 20-frame stretch holds ``min_aligned`` offsets fails there for certain.
+    lies within ``_FIRST_INLIER_REACH`` (10) frames of a centre, so they span at most 20
+    frames of offset; a set in which no 20-frame stretch holds ``min_aligned`` offsets
+    fails there for certain.
     The converse does not hold: True only means the fit must decide.
 
     Parameters
@@ -202,8 +206,9 @@ def _may_hold_a_line(candidates: list[np.ndarray], query_frames: np.ndarray, ref
     lowest = np.minimum.reduceat(offsets, starts)
     gap = float(np.max(np.maximum.reduceat(offsets, starts) - lowest)) + 100.0
     placed = np.sort(group * gap + (offsets - lowest[group]))
-    # A little over 20 frames: placing the sets rounds their offsets in the last bits.
-    within = np.searchsorted(placed, placed + 20.001, side="right") - np.arange(len(placed))
+    # A little over the stretch: placing the sets rounds their offsets in the last bits.
+    stretch = 2 * _FIRST_INLIER_REACH + 1e-3
+    within = np.searchsorted(placed, placed + stretch, side="right") - np.arange(len(placed))
     may_hold[tested] = np.maximum.reduceat(within, starts) >= params.min_aligned
     return may_hold
 
@@ -228,7 +233,7 @@ def _fit_time_line(query_frames: np.ndarray, ref_frames: np.ndarray, ratio: np.n
     histogram = np.bincount(offset_bins - lowest, weights=weights)
     window = np.convolve(histogram, np.ones(5), mode="same")
     centre = (np.argmax(window) + lowest) * 4.0 + 2.0
-    inliers = np.abs(offsets - centre) <= 10.0
+    inliers = np.abs(offsets - centre) <= _FIRST_INLIER_REACH
     if inliers.sum() < params.min_aligned:
         return None
     time_ratio, offset = first_ratio, float(np.median(offsets[inliers]))
