@@ -35,14 +35,14 @@ def copy_alignments(fp: Fingerprint, tier: LandmarkIndex, params: MatchParams) -
     list of Alignment
         With ``time_ratio = 1`` and ``pitch_bins = 0``.
     """
-    query_ids, track_ids, ref_frames = tier.lookup(fp.hashes)
+    code_weights = rarity_weights(tier.code_counts(fp.hashes), tier.ntotal, params)
+    # Codes too common to count are not looked up at all.
+    heavy = np.flatnonzero(code_weights >= params.min_hash_weight)
+    query_ids, track_ids, ref_frames = tier.lookup(fp.hashes[heavy])
     if len(track_ids) == 0:
         return []
-    code_weights = rarity_weights(query_ids, len(fp.hashes), tier.ntotal, params)
+    query_ids = heavy[query_ids]
     hit_weights = code_weights[query_ids]
-    keep = hit_weights >= params.min_hash_weight
-    query_ids, track_ids, ref_frames, hit_weights = \
-        query_ids[keep], track_ids[keep], ref_frames[keep], hit_weights[keep]
     query_frames = fp.frames[query_ids].astype(np.int64)
     offsets = ref_frames - query_frames
     order = vote_order(track_ids, offsets + _OFFSET_BIAS)

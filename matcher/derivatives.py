@@ -23,6 +23,9 @@ __all__ = ["derivative_alignments"]
 _CELL_CENTRE = 128   # ratio and pitch cells are stored with this bias (non-negative)
 _PITCH_STRIDE = 256  # cell = ratio_cell * stride + pitch_cell
 _NEIGHBOURS_2D = np.array([dr * _PITCH_STRIDE + dp for dr in (-1, 0, 1) for dp in (-1, 0, 1)])
+# The time-line fit's first inliers lie within this many frames of the densest offset,
+# which a 3 % ratio error over a 10 s query moves by about 10 frames.
+_FIRST_INLIER_REACH = 10.0
 
 
 def derivative_alignments(fp: Fingerprint, tier: LandmarkIndex, params: MatchParams,
@@ -51,21 +54,23 @@ def derivative_alignments(fp: Fingerprint, tier: LandmarkIndex, params: MatchPar
         return []
     codes, rows = hash_triplets(triplets, tolerant=True,
                                 pitch_reach_bins=params.max_pitch_shift_semitones * bins_per_semitone)
-    code_ids, track_ids, payloads = tier.lookup(codes)
+    code_weights = rarity_weights(tier.code_counts(codes), tier.ntotal, params)
+    # Most hits would come from a few common codes too light to count: they are not
+    # looked up at all, sparing the lookup and the per-hit arithmetic below.
+    heavy = np.flatnonzero(code_weights >= params.min_hash_weight)
+    code_ids, track_ids, payloads = tier.lookup(codes[heavy])
     if len(track_ids) == 0:
         return []
-    hit_weights = rarity_weights(code_ids, len(codes), tier.ntotal, params)[code_ids]
-    # Most hits come from a few common codes too light to count: drop them before the
-    # per-hit arithmetic, which costs more than the lookup itself.
-    heavy = hit_weights >= params.min_hash_weight
-    code_ids, track_ids, payloads, hit_weights = (a[heavy] for a in (code_ids, track_ids, payloads,
-                                                                      hit_weights))
+    code_ids = heavy[code_ids]
+    hit_weights = code_weights[code_ids]
     query_ids = rows[code_ids]
     ref_frames, ref_bins, ref_spans = unpack_triplet_payloads(payloads)
     ratio = ref_spans / triplets.dt_13[query_ids]
     pitch = triplets.anchor_positions[query_ids] - ref_bins
     plausible = (ratio >= params.min_time_ratio) & (ratio <= params.max_time_ratio) \
         & (np.abs(pitch) <= params.max_pitch_shift_semitones * bins_per_semitone)
+    # Positions, not the mask itself, select from each array: masking is several times slower.
+    plausible = np.flatnonzero(plausible)
     query_ids, track_ids, ref_frames, ratio, pitch, hit_weights = (
         a[plausible] for a in (query_ids, track_ids, ref_frames, ratio, pitch, hit_weights))
     if len(track_ids) == 0:
@@ -75,8 +80,9 @@ def derivative_alignments(fp: Fingerprint, tier: LandmarkIndex, params: MatchPar
     pitch_cells = np.round(pitch).astype(np.int64) + _CELL_CENTRE
     cells = ratio_cells * _PITCH_STRIDE + pitch_cells
     # Only the strongest tracks' hits go on to the sort and the per-cell search below.
-    contenders = np.flatnonzero(np.isin(track_ids, _strongest_tracks(track_ids, ratio_cells, pitch_cells,
-                                                                     hit_weights, params)))
+    is_contender = np.zeros(int(track_ids.max()) + 1, dtype=bool)
+    is_contender[_strongest_tracks(track_ids, ratio_cells, pitch_cells, hit_weights, params)] = True
+    contenders = np.flatnonzero(is_contender[track_ids])
     order = contenders[vote_order(track_ids[contenders], cells[contenders])]
     query_ids, track_ids, ref_frames, ratio, pitch, hit_weights, query_frames, ratio_cells, \
         pitch_cells, cells = (a[order] for a in (query_ids, track_ids, ref_frames, ratio, pitch, hit_weights,
@@ -90,12 +96,22 @@ def derivative_alignments(fp: Fingerprint, tier: LandmarkIndex, params: MatchPar
                                     _NEIGHBOURS_2D, params.triplet_min_score, params.max_candidates,
                                     params.cells_per_candidate)
         aligned_tracks = []
+        owns, cell_hits = [], []
         for track_id, track_cells in best:
             first, last = np.searchsorted(track_ids, [track_id, track_id + 1])
             own = np.arange(first, last)[active[first:last]]
-            for cell in track_cells:
-                in_cell = own[(np.abs(ratio_cells[own] - cell // _PITCH_STRIDE) <= 1)
-                              & (np.abs(pitch_cells[own] - cell % _PITCH_STRIDE) <= 1)]
+            centres = np.array(track_cells)
+            near = (np.abs(ratio_cells[own, None] - centres // _PITCH_STRIDE) <= 1) \
+                & (np.abs(pitch_cells[own, None] - centres % _PITCH_STRIDE) <= 1)
+            owns.append(own)
+            cell_hits.append([own[near[:, k]] for k in range(len(centres))])
+        # Most (track, cell) candidates hold no line; one vectorized test over all of them
+        # spares those the fit, which would reject them anyway.
+        candidates = [in_cell for hits_of_track in cell_hits for in_cell in hits_of_track]
+        may_hold = iter(_may_hold_a_line(candidates, query_frames, ref_frames, ratio, params).tolist())
+        for (track_id, _), own, hits_of_track in zip(best, owns, cell_hits):
+            worth_fitting = [in_cell for in_cell, possible in zip(hits_of_track, may_hold) if possible]
+            for in_cell in worth_fitting:
                 line = _fit_time_line(query_frames[in_cell], ref_frames[in_cell], ratio[in_cell],
                                       hit_weights[in_cell], params)
                 if line is not None:
@@ -150,6 +166,53 @@ def _strongest_tracks(track_ids: np.ndarray, ratio_cells: np.ndarray, pitch_cell
     return np.flatnonzero(present)[strongest[best[strongest] >= params.triplet_min_score]]
 
 
+def _may_hold_a_line(candidates: list[np.ndarray], query_frames: np.ndarray, ref_frames: np.ndarray,
+                     ratio: np.ndarray, params: MatchParams) -> np.ndarray:
+    """False for each candidate hit set in which :func:`_fit_time_line` cannot find a line.
+
+    That fit's first inliers are the hits whose offset (under the set's median ratio)
+    lies within ``_FIRST_INLIER_REACH`` (10) frames of a centre, so they span at most 20
+    frames of offset; a set in which no 20-frame stretch holds ``min_aligned`` offsets
+    fails there for certain.
+    The converse does not hold: True only means the fit must decide.
+
+    Parameters
+    ----------
+    candidates : list of np.ndarray of int
+        Hit indices of each candidate (into the arrays below).
+    query_frames, ref_frames, ratio : np.ndarray
+        Every hit's query frame, reference frame and tempo ratio.
+    params : MatchParams
+
+    Returns
+    -------
+    np.ndarray of bool, one per candidate
+    """
+    sizes = np.array([len(c) for c in candidates], dtype=np.int64)
+    may_hold = sizes >= params.min_aligned
+    if not may_hold.any():
+        return may_hold
+    tested = np.flatnonzero(may_hold)
+    hits = np.concatenate([candidates[i] for i in tested])
+    group = np.repeat(np.arange(len(tested)), sizes[tested])
+    starts = np.concatenate([[0], np.cumsum(sizes[tested])[:-1]])
+    # The median ratio of each set, as np.median takes it (mean of the middle two of an even count).
+    ranked = ratio[hits][np.lexsort((ratio[hits], group))]
+    upper = ranked[starts + sizes[tested] // 2]
+    lower = ranked[starts + (sizes[tested] - 1) // 2]
+    median = np.where(sizes[tested] % 2 == 1, upper, (lower + upper) / 2)
+    offsets = ref_frames[hits] - median[group] * query_frames[hits]
+    # Sets laid end to end on one axis, far enough apart that no stretch spans two.
+    lowest = np.minimum.reduceat(offsets, starts)
+    gap = float(np.max(np.maximum.reduceat(offsets, starts) - lowest)) + 100.0
+    placed = np.sort(group * gap + (offsets - lowest[group]))
+    # A little over the stretch: placing the sets rounds their offsets in the last bits.
+    stretch = 2 * _FIRST_INLIER_REACH + 1e-3
+    within = np.searchsorted(placed, placed + stretch, side="right") - np.arange(len(placed))
+    may_hold[tested] = np.maximum.reduceat(within, starts) >= params.min_aligned
+    return may_hold
+
+
 def _fit_time_line(query_frames: np.ndarray, ref_frames: np.ndarray, ratio: np.ndarray,
                    weights: np.ndarray, params: MatchParams):
     """(offset, ratio, inlier mask) of the dominant line ``ref = offset + ratio * query``.
@@ -170,7 +233,7 @@ def _fit_time_line(query_frames: np.ndarray, ref_frames: np.ndarray, ratio: np.n
     histogram = np.bincount(offset_bins - lowest, weights=weights)
     window = np.convolve(histogram, np.ones(5), mode="same")
     centre = (np.argmax(window) + lowest) * 4.0 + 2.0
-    inliers = np.abs(offsets - centre) <= 10.0
+    inliers = np.abs(offsets - centre) <= _FIRST_INLIER_REACH
     if inliers.sum() < params.min_aligned:
         return None
     time_ratio, offset = first_ratio, float(np.median(offsets[inliers]))

@@ -9,27 +9,24 @@ from matcher.types import MatchParams
 __all__ = ["rarity_weights", "vote_order", "best_cells_per_track"]
 
 
-def rarity_weights(query_ids: np.ndarray, n_query: int, entries_in_tier: int,
-                   params: MatchParams) -> np.ndarray:
-    """Weight of each query code: ``min(1, sqrt(E / hits of that code))``.
+def rarity_weights(entries_per_code: np.ndarray, entries_in_tier: int, params: MatchParams) -> np.ndarray:
+    """Weight of each query code: ``min(1, sqrt(E / entries with that code))``.
 
     Parameters
     ----------
-    query_ids : np.ndarray of int
-        For each lookup hit, the query code it answers.
-    n_query : int
-        Number of query codes.
+    entries_per_code : np.ndarray of int
+        For each query code, the entries stored under it (the hits its lookup returns),
+        from :meth:`index.landmarks.LandmarkIndex.code_counts`.
     entries_in_tier : int
         Entries stored in the tier looked up.
     params : MatchParams
 
     Returns
     -------
-    np.ndarray, shape (n_query,)
+    np.ndarray, same length as ``entries_per_code``
     """
-    hits_per_code = np.bincount(query_ids, minlength=n_query)
     typical = max(1.0, entries_in_tier / params.common_hash_entries_per_code)
-    return np.minimum(1.0, np.sqrt(typical / np.maximum(hits_per_code, 1)))
+    return np.minimum(1.0, np.sqrt(typical / np.maximum(entries_per_code, 1)))
 
 
 def vote_order(track_ids: np.ndarray, cells: np.ndarray) -> np.ndarray:
@@ -82,15 +79,19 @@ def best_cells_per_track(track_ids: np.ndarray, cells: np.ndarray, weights: np.n
     values = keys[first_of_value]
     cell_weight = np.add.reduceat(weights, first_of_value)
     summed = np.zeros_like(cell_weight)
+    positions = _insertion_points(values, neighbourhood)
     for delta in neighbourhood:
-        position = np.searchsorted(values, values + delta)
-        found = (position < len(values)) & (values[np.minimum(position, len(values) - 1)] == values + delta)
+        position = positions[int(delta)]
+        found = np.flatnonzero((position < len(values))
+                               & (values[np.minimum(position, len(values) - 1)] == values + delta))
         summed[found] += cell_weight[position[found]]
     value_tracks = values >> 32
-    tracks, first = np.unique(value_tracks, return_index=True)
+    first = np.flatnonzero(np.diff(value_tracks, prepend=-1))  # sorted: each track's first value
+    tracks = value_tracks[first]
     best = np.maximum.reduceat(summed, first)
     strongest = np.argsort(-best, kind="stable")[:max_tracks]
     result = []
+    apart = {int(delta) for delta in neighbourhood}
     for track, start, top in zip(tracks[strongest], first[strongest], best[strongest]):
         if top < min_weight:
             break
@@ -101,7 +102,29 @@ def best_cells_per_track(track_ids: np.ndarray, cells: np.ndarray, weights: np.n
             if len(chosen) == cells_per_track or summed[start + position] < min_weight:
                 break
             cell = int(own_cells[position])
-            if all(cell - other not in neighbourhood for other in chosen):
+            if all(cell - other not in apart for other in chosen):
                 chosen.append(cell)
         result.append((int(track), chosen))
     return result
+
+
+def _insertion_points(values: np.ndarray, deltas: np.ndarray) -> dict[int, np.ndarray]:
+    """``np.searchsorted(values, values + delta)`` for each delta, with few binary searches.
+
+    ``values`` are distinct sorted integers, so the point for ``delta`` follows from the
+    point for ``delta - 1`` (or ``delta + 1``) by one comparison per value: runs of
+    consecutive deltas cost one search (none for a run holding 0, whose point for 0 is
+    each value's own place).
+    """
+    n = len(values)
+    points: dict[int, np.ndarray] = {}
+    for run in np.split(np.unique(deltas), np.flatnonzero(np.diff(np.unique(deltas)) != 1) + 1):
+        anchor = 0 if 0 in run else int(run[0])
+        points[anchor] = np.arange(n) if anchor == 0 else np.searchsorted(values, values + anchor)
+        for delta in range(anchor + 1, int(run[-1]) + 1):
+            below = points[delta - 1]  # first value >= v + delta - 1; it is >= v + delta unless equal
+            points[delta] = below + ((below < n) & (values[np.minimum(below, n - 1)] == values + (delta - 1)))
+        for delta in range(anchor - 1, int(run[0]) - 1, -1):
+            above = points[delta + 1]  # first value >= v + delta + 1; the one before may equal v + delta
+            points[delta] = above - ((above > 0) & (values[np.maximum(above - 1, 0)] == values + delta))
+    return points

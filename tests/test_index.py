@@ -14,6 +14,7 @@ import soxr
 
 from fingerprint import fingerprint_file, fingerprint_signal
 from index import IndexBusyError, IndexOpenError, IndexStore, LandmarkIndex
+from index.landmarks import counts_path
 from refrain.api import Refrain
 from refrain.config import Config
 
@@ -87,6 +88,73 @@ def test_memory_mapped_store_is_read_only(tmp_path):
         mapped.remove(1)
 
 
+def hits_per_code(landmarks: LandmarkIndex, hashes: np.ndarray) -> np.ndarray:
+    """What the code-count table must hold: how many hits the lookup returns for each code."""
+    return np.bincount(landmarks.lookup(hashes)[0], minlength=len(hashes))
+
+
+def test_code_counts_follow_adds_removals_and_saves(tmp_path):
+    rng = np.random.default_rng(3)
+    # Few distinct codes, so that codes repeat within a track and across tracks.
+    codes = {track: rng.integers(0, 300, n, dtype=np.uint32) for track, n in ((1, 400), (2, 250), (3, 100))}
+    probe = np.arange(320, dtype=np.uint32)  # every stored code, and some never stored
+    counted = {track: np.bincount(c, minlength=len(probe)) for track, c in codes.items()}
+    store = LandmarkIndex.create(payload_bits=22, list_bits=8)
+    np.testing.assert_array_equal(store.code_counts(probe), 0)
+    store.add(1, codes[1], np.arange(400))
+    np.testing.assert_array_equal(store.code_counts(probe), counted[1])
+    store.add(2, codes[2], np.arange(250))
+    store.add(3, codes[3], np.arange(100))
+    expected = counted[1] + counted[2] + counted[3]
+    np.testing.assert_array_equal(store.code_counts(probe), expected)
+    np.testing.assert_array_equal(expected, hits_per_code(store, probe))
+
+    path = tmp_path / "l.faiss"
+    store.save(path)
+    assert counts_path(path).exists()
+    for mmap in (False, True):
+        np.testing.assert_array_equal(LandmarkIndex.load(path, 22, mmap=mmap).code_counts(probe), expected)
+
+    loaded = LandmarkIndex.load(path, 22)
+    loaded.add(4, codes[3], np.arange(100))  # folded into the table read from disk
+    np.testing.assert_array_equal(loaded.code_counts(probe), expected + counted[3])
+    assert loaded.remove(1) == 400
+    expected = counted[2] + 2 * counted[3]
+    np.testing.assert_array_equal(loaded.code_counts(probe), expected)
+    loaded.add(5, codes[1][:50], np.arange(50))  # an add after a removal, before the recount
+    expected = expected + np.bincount(codes[1][:50], minlength=len(probe))
+    loaded.save(path)
+    for mmap in (False, True):
+        reloaded = LandmarkIndex.load(path, 22, mmap=mmap)
+        np.testing.assert_array_equal(reloaded.code_counts(probe), expected)
+        np.testing.assert_array_equal(expected, hits_per_code(reloaded, probe))
+
+
+def test_code_counts_missing_or_stale_on_disk_are_recounted(tmp_path):
+    rng = np.random.default_rng(4)
+    probe = np.arange(1000, dtype=np.uint32)
+    first, second = (rng.integers(0, 1000, 600, dtype=np.uint32) for _ in range(2))
+    path = tmp_path / "l.faiss"
+    store = LandmarkIndex.create(payload_bits=22, list_bits=8)
+    store.add(1, first, np.arange(600))
+    store.save(path)
+    older_table = counts_path(path).read_bytes()
+    store.add(2, second, np.arange(600))
+    store.save(path)
+    expected = np.bincount(np.concatenate([first, second]), minlength=len(probe))
+
+    # A crash between the two renames: the FAISS file is new, the table is the older one.
+    counts_path(path).write_bytes(older_table)
+    for mmap in (False, True):
+        np.testing.assert_array_equal(LandmarkIndex.load(path, 22, mmap=mmap).code_counts(probe), expected)
+    # An index saved before the table existed.
+    counts_path(path).unlink()
+    for mmap in (False, True):
+        np.testing.assert_array_equal(LandmarkIndex.load(path, 22, mmap=mmap).code_counts(probe), expected)
+    LandmarkIndex.load(path, 22).save(path)  # a writer's next save writes the table again
+    assert np.load(counts_path(path))[1].sum() == 1200
+
+
 # -- a whole index directory --------------------------------------------------------------------
 
 
@@ -144,6 +212,18 @@ def test_reloaded_index_gives_identical_lookups(tmp_path, songs, mmap):
         assert store.catalog.ready_tracks() == tracks
     for a, b in zip(in_memory, reloaded):
         np.testing.assert_array_equal(a, b)
+
+
+def test_index_without_code_counts_matches_as_with_them(index_copy, catalogue, catalogue_index, songs,
+                                                        write_audio, tmp_path):
+    # An index saved before the code-count tables existed: they are recounted on use.
+    for table in index_copy.glob("*.counts.npy"):
+        table.unlink()
+    queries = [excerpt_file(tmp_path, write_audio, songs[seed].samples, start, name=f"{seed}.wav")
+               for seed, start in ((30, 3.0), (44, 12.5))]
+    with Refrain.open(index_copy, mmap=True) as legacy:
+        for query in queries:
+            assert legacy.match_file(query).matches == catalogue.match_file(query).matches
 
 
 def _match_ids(refrain, path):

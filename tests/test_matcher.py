@@ -6,7 +6,9 @@ import numpy as np
 import pytest
 import soxr
 
+from fingerprint import fingerprint_signal
 from matcher.align import _spans
+from matcher.derivatives import _fit_time_line, _may_hold_a_line
 from matcher.types import Alignment, MatchParams
 from refrain.api import Refrain
 from refrain.config import Config
@@ -102,6 +104,47 @@ def test_removed_track_is_no_longer_reported(index_copy, catalogue_index, songs,
     with Refrain.open(index_copy, mmap=True) as reader:
         assert ids[41] not in [m.track_id for m in reader.match_file(gone).matches]
         assert [m.track_id for m in reader.match_file(kept).matches][:1] == [ids[49]]
+
+
+@pytest.mark.parametrize("tier", ["pair", "triplet"])
+def test_code_counts_are_the_hits_each_code_gets(catalogue, songs, tier):
+    # The rarity weights come from the code counts before the lookup, and the codes they
+    # make too light are never looked up: exact only if every count is the hit count.
+    landmarks = catalogue.store.tiers[tier]
+    fp = fingerprint_signal(soxr.resample(songs[44].excerpt(2.0, 20.0), SR, catalogue.params.sample_rate),
+                            catalogue.params)
+    stored, _ = fp.index_entries()[tier]
+    unknown = np.random.default_rng(5).integers(0, 1 << 32, 500, dtype=np.uint64).astype(np.uint32)
+    codes = np.concatenate([stored, unknown])
+    hits = np.bincount(landmarks.lookup(codes)[0], minlength=len(codes))
+    np.testing.assert_array_equal(landmarks.code_counts(codes), hits)
+    assert hits.max() > 1  # common codes are among them
+
+
+def test_line_pre_screen_never_rejects_a_set_the_fit_accepts():
+    # Hit sets as the derivative tier forms them: some hits on a line ref = offset + ratio * query,
+    # the rest chance hits; the pre-screen may only reject sets that the fit rejects too.
+    rng = np.random.default_rng(6)
+    params = MatchParams()
+    candidates, query_frames, ref_frames, ratios = [], [], [], []
+    for on_line in list(range(0, 16)) * 12:
+        n_chance = int(rng.integers(0, 40))
+        true_ratio = rng.uniform(0.8, 1.25)
+        query = rng.integers(0, 312, on_line + n_chance)
+        ref = np.concatenate([5000 + true_ratio * query[:on_line] + rng.normal(0, 1.5, on_line),
+                              rng.uniform(4000, 6000, n_chance)]).round().astype(np.int64)
+        candidates.append(np.arange(len(query)) + sum(len(q) for q in query_frames))
+        query_frames.append(query)
+        ref_frames.append(ref)
+        # Each hit's own tempo estimate is off, here all alike (up to 6 %), which spreads the
+        # offsets of the line's hits over up to 20 frames: the screen's margin is tested.
+        ratios.append(true_ratio * np.exp(rng.uniform(-0.06, 0.06) + rng.normal(0, 0.005, len(query))))
+    query_frames, ref_frames, ratios = (np.concatenate(a) for a in (query_frames, ref_frames, ratios))
+    may_hold = _may_hold_a_line(candidates, query_frames, ref_frames, ratios, params)
+    fits = np.array([_fit_time_line(query_frames[c], ref_frames[c], ratios[c], np.ones(len(c)), params)
+                     is not None for c in candidates])
+    assert not (fits & ~may_hold).any()
+    assert fits.sum() > 50 and (~may_hold).sum() > 50  # both kinds are there, and the screen acts
 
 
 def test_stray_hits_past_a_copied_passage_do_not_stretch_its_span():
