@@ -17,7 +17,7 @@ import numpy as np
 
 from fingerprint import Fingerprint, FingerprintParams
 from index.landmarks import LandmarkIndex
-from matcher.copies import copy_alignments
+from matcher.copies import copy_alignments, copy_votes
 from matcher.derivatives import derivative_alignments
 from matcher.layers import layer_matches
 from matcher.types import Alignment, Match, MatchParams, Span
@@ -54,8 +54,12 @@ def match_fingerprint(fp: Fingerprint, tiers: Mapping[str, LandmarkIndex], param
     frame_seconds = fingerprint_params.frame_seconds
     bins_per_semitone = fingerprint_params.bins_per_octave / 12.0
     alignments: list[Alignment] = []
-    if "pair" in tiers and "pair" in params.tiers:
-        alignments += copy_alignments(fp, tiers["pair"], params)
+    use_layers = "layer" in params.tiers and "peaks" in tiers and fp.dense_peaks is not None
+    votes = None
+    if "pair" in tiers and ("pair" in params.tiers or use_layers):
+        votes = copy_votes(fp, tiers["pair"], params)
+    if votes is not None and "pair" in params.tiers:
+        alignments += copy_alignments(votes, params)
     if "triplet" in tiers and "triplet" in params.tiers:
         alignments += derivative_alignments(fp, tiers["triplet"], params, fingerprint_params)
 
@@ -74,8 +78,8 @@ def match_fingerprint(fp: Fingerprint, tiers: Mapping[str, LandmarkIndex], param
         duration = track_durations.get(track_id) if track_durations is not None else None
         matches.append(_describe(track_id, tier, found[tier], fp, params, frame_seconds,
                                  bins_per_semitone, duration))
-    if "layer" in params.tiers and "pair" in tiers and "peaks" in tiers:
-        matches += layer_matches(fp, tiers["pair"], tiers["peaks"], params, fingerprint_params,
+    if use_layers and votes is not None:
+        matches += layer_matches(fp, votes, tiers["peaks"], params, fingerprint_params,
                                  allowed=None if track_durations is None else set(track_durations),
                                  skip={m.track_id for m in matches})
     matches.sort(key=lambda m: (-m.score, m.track_id))

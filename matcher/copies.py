@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 from fingerprint import Fingerprint
@@ -9,18 +11,37 @@ from index.landmarks import LandmarkIndex
 from matcher.types import Alignment, MatchParams
 from matcher.voting import best_cells_per_track, rarity_weights, vote_order
 
-__all__ = ["copy_alignments"]
+__all__ = ["CopyVotes", "copy_votes", "copy_alignments", "OFFSET_BIAS"]
 
-_OFFSET_BIAS = 1 << 31  # offsets are signed; vote cells must be non-negative
+#: Offsets are signed; vote cells must be non-negative.
+OFFSET_BIAS = 1 << 31
 
 
-def copy_alignments(fp: Fingerprint, tier: LandmarkIndex, params: MatchParams) -> list[Alignment]:
-    """Alignments of the query with catalogue tracks it copies without tempo or pitch change.
+@dataclass(frozen=True)
+class CopyVotes:
+    """The pair tier's hits of one query, sorted by (track, time offset).
 
-    Each hit votes for (track, reference frame - query frame); for every track the
-    best offset (within ``offset_tolerance``) is taken, its hits removed, and the
-    search repeated up to ``max_alignments`` times so that a section used several
-    times yields several alignments.
+    Computed once per query: the exact-copy tier aligns on them, and the under-mix
+    tier (:mod:`matcher.layers`) takes its weak candidates from the same votes.
+    """
+
+    query_ids: np.ndarray    # the query landmark of each hit
+    track_ids: np.ndarray
+    ref_frames: np.ndarray
+    weights: np.ndarray      # rarity weight of each hit
+    query_frames: np.ndarray
+    offsets: np.ndarray      # ref_frames - query_frames
+
+    def __len__(self) -> int:
+        return len(self.track_ids)
+
+    def cells(self) -> np.ndarray:
+        """Non-negative vote cell of each hit: its offset, biased."""
+        return self.offsets + OFFSET_BIAS
+
+
+def copy_votes(fp: Fingerprint, tier: LandmarkIndex, params: MatchParams) -> CopyVotes:
+    """Look the query's pair landmarks up and sort the hits by (track, offset).
 
     Parameters
     ----------
@@ -32,35 +53,56 @@ def copy_alignments(fp: Fingerprint, tier: LandmarkIndex, params: MatchParams) -
 
     Returns
     -------
-    list of Alignment
-        With ``time_ratio = 1`` and ``pitch_bins = 0``.
+    CopyVotes
     """
     code_weights = rarity_weights(tier.code_counts(fp.hashes), tier.ntotal, params)
     # Codes too common to count are not looked up at all.
     heavy = np.flatnonzero(code_weights >= params.min_hash_weight)
     query_ids, track_ids, ref_frames = tier.lookup(fp.hashes[heavy])
-    if len(track_ids) == 0:
-        return []
     query_ids = heavy[query_ids]
-    hit_weights = code_weights[query_ids]
     query_frames = fp.frames[query_ids].astype(np.int64)
     offsets = ref_frames - query_frames
-    order = vote_order(track_ids, offsets + _OFFSET_BIAS)
+    order = vote_order(track_ids, offsets + OFFSET_BIAS)
+    return CopyVotes(query_ids[order], track_ids[order], ref_frames[order], code_weights[query_ids][order],
+                     query_frames[order], offsets[order])
+
+
+def copy_alignments(votes: CopyVotes, params: MatchParams) -> list[Alignment]:
+    """Alignments of the query with catalogue tracks it copies without tempo or pitch change.
+
+    Each hit votes for (track, reference frame - query frame); for every track the
+    best offset (within ``offset_tolerance``) is taken, its hits removed, and the
+    search repeated up to ``max_alignments`` times so that a section used several
+    times yields several alignments.
+
+    Parameters
+    ----------
+    votes : CopyVotes
+        The query's pair-tier hits (:func:`copy_votes`).
+    params : MatchParams
+
+    Returns
+    -------
+    list of Alignment
+        With ``time_ratio = 1`` and ``pitch_bins = 0``.
+    """
+    if len(votes) == 0:
+        return []
     query_ids, track_ids, ref_frames, hit_weights, query_frames, offsets = (
-        a[order] for a in (query_ids, track_ids, ref_frames, hit_weights, query_frames, offsets))
+        votes.query_ids, votes.track_ids, votes.ref_frames, votes.weights, votes.query_frames, votes.offsets)
     tol = params.offset_tolerance
 
     alignments = []
     active = np.ones(len(track_ids), dtype=bool)
     for _ in range(params.max_alignments):
         remaining = np.nonzero(active)[0]
-        best = best_cells_per_track(track_ids[remaining], offsets[remaining] + _OFFSET_BIAS,
+        best = best_cells_per_track(track_ids[remaining], offsets[remaining] + OFFSET_BIAS,
                                    hit_weights[remaining], np.arange(-tol, tol + 1),
                                    params.min_score, params.max_candidates)
         if not best:
             break
         for track_id, (cell,) in best:
-            offset = cell - _OFFSET_BIAS
+            offset = cell - OFFSET_BIAS
             first, last = np.searchsorted(track_ids, [track_id, track_id + 1])
             own = np.arange(first, last)[active[first:last]]
             hits = own[np.abs(offsets[own] - offset) <= tol]
