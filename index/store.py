@@ -5,6 +5,7 @@
     DIR/manifest.json        format version, fingerprint settings, one entry per fingerprint tier
     DIR/pairs.faiss          exact-copy tier: pair landmarks (:class:`index.landmarks.LandmarkIndex`)
     DIR/triplets.faiss       derivative tier: tempo- and pitch-invariant triplet landmarks
+    DIR/*.faiss.counts.npy   entries per code of each landmark tier (rarity weights before the lookup)
     DIR/melody.faiss         melody tier: key- and tempo-invariant segment descriptors
     DIR/melody-chroma.faiss  melody tier: the chroma sequences its candidates are verified on
     DIR/peaks.npz            every track's spectral peaks, to verify a recording mixed under other audio
