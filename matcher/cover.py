@@ -59,9 +59,10 @@ class CoverParams:
     Attributes
     ----------
     enabled : bool
-        Search the melody tier at all (default False: it finds about three quarters of
-        ``bench/covers.py``'s covers, short of the 90 % it is to reach before it is switched
-        on, see README "Melody tier"; the tier is built at ingest either way). It is
+        Search the melody tier at all (default False: it reports 78 % of ``bench/covers.py``'s
+        covers at the threshold, short of the 90 % it is to reach before it is switched on:
+        it ranks 95 % first, but the rest score under ``min_similarity``, see README "Melody
+        tier"; the tier is built at ingest either way). It is
         skipped anyway for an index without one, or a query shorter than one segment at
         every tempo hypothesis.
     tempo_hypotheses : tuple of float
