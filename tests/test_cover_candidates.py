@@ -9,7 +9,7 @@ import pytest
 
 from fingerprint.melody import MelodyParams
 from index.melody import MelodyIndex
-from matcher.cover import CoverParams, offset_votes, prescreen
+from matcher.cover import CoverParams, compress_chroma, offset_votes, prescreen
 
 PARAMS = CoverParams(enabled=True)
 BIN = 4  # offset bin = the query segment hop (16 // 4 chroma frames)
@@ -67,3 +67,21 @@ def test_the_prescreen_puts_the_re_performed_piece_first_whatever_its_vote():
     assert len(shortlist) == 2 and shortlist[0][0] == 6 and shortlist[0][2] == (1.0,)
     assert shortlist[0][1] > shortlist[1][1]
     assert prescreen(query, candidates[:2], index, params) == candidates[:2]  # nothing to leave out
+
+
+def test_compressed_chroma_evens_out_a_frame_s_pitch_classes_and_stays_unit_length():
+    rng = np.random.default_rng(2)
+    chroma = chord_sequence(rng, 10)
+    chroma[3] = 0.0  # a silent frame
+    assert compress_chroma(chroma, 1.0) is chroma
+    compressed = compress_chroma(chroma, 0.5)
+    np.testing.assert_allclose(compressed.mean(axis=1), 0.0, atol=1e-6)
+    norms = np.linalg.norm(compressed, axis=1)
+    np.testing.assert_allclose(np.delete(norms, 3), 1.0, rtol=1e-5)
+    assert norms[3] == 0.0
+    # A frame with one loud and one quiet class: the quiet one gains on the loud one.
+    frame = np.zeros((1, 12), dtype=np.float32)
+    frame[0, 0], frame[0, 7] = 1.0, 0.2
+    frame -= frame.mean()
+    before, after = frame[0], compress_chroma(frame / np.linalg.norm(frame), 0.5)[0]
+    assert after[7] / after[0] > before[7] / before[0]
