@@ -15,7 +15,8 @@ Three stages:
    ``verified_candidates`` are fully verified (:func:`prescreen`).
 3. **Verification.** Descriptors forget where and in which key things happen, so a
    shared style or chord progression can look alike. The verification aligns the
-   chroma sequences themselves: the re-timed query is cut into windows, each window
+   chroma sequences themselves, evened out (:func:`compress_chroma`) so that another
+   instrumentation's re-weighting of a chord's tones matters less: the re-timed query is cut into windows, each window
    is correlated with the candidate's stored chroma at every time offset and under
    all 12 circular pitch shifts at once (one 2-D FFT), and the windows must agree on
    one time line, one key shift and one tempo. Each window's correlation is taken
@@ -59,7 +60,7 @@ class CoverParams:
     Attributes
     ----------
     enabled : bool
-        Search the melody tier at all (default False: it reports 78 % of ``bench/covers.py``'s
+        Search the melody tier at all (default False: it reports 84 % of ``bench/covers.py``'s
         covers at the threshold, short of the 90 % it is to reach before it is switched on:
         it ranks 95 % first, but the rest score under ``min_similarity``, see README "Melody
         tier"; the tier is built at ingest either way). It is
