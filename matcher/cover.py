@@ -16,8 +16,9 @@ Three stages:
 3. **Verification.** Descriptors forget where and in which key things happen, so a
    shared style or chord progression can look alike. The verification aligns the
    chroma sequences themselves, evened out (:func:`compress_chroma`) so that another
-   instrumentation's re-weighting of a chord's tones matters less: the re-timed query is cut into windows, each window
-   is correlated with the candidate's stored chroma at every time offset and under
+   instrumentation's re-weighting of a chord's tones matters less: the re-timed query
+   is cut into windows, each window is correlated with the candidate's stored chroma
+   at every time offset and under
    all 12 circular pitch shifts at once (one 2-D FFT), and the windows must agree on
    one time line, one key shift and one tempo. Each window's correlation is taken
    around its own mean pitch-class profile and that of the reference stretch it lies
