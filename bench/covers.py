@@ -51,8 +51,7 @@ from fingerprint import fingerprint_signal, load_audio  # noqa: E402
 from fingerprint.melody import chroma_sequence, segment_descriptors, segment_starts  # noqa: E402
 from fingerprint.spectrogram import log_frequency_spectrogram  # noqa: E402
 from matcher import match_fingerprint  # noqa: E402
-from matcher.cover import (CoverParams, cover_candidates, match_covers, tempo_grid,  # noqa: E402
-                           verify_cover)
+from matcher.cover import CoverParams, match_covers, verify_candidates  # noqa: E402
 from refrain.api import Refrain  # noqa: E402
 from refrain.config import Config  # noqa: E402
 
@@ -455,14 +454,9 @@ def real_music_check(music: Path, index_dir: Path, catalogue: int = 150, negativ
                 # As Refrain.match_signal decides, but keeping every verified similarity for the sweep.
                 landmark = {m.track_id for m in match_fingerprint(fp, refrain.store.tiers, config.match,
                                                                   refrain.params)}
-                unrelated, retimed = [-1.0], {}
-                for track, _, hypotheses in cover_candidates(fp.melody, melody, cover_params):
-                    if track in landmark or sources[track] == path.name:  # its own recording
-                        continue
-                    verdict = verify_cover(fp.melody, melody.chroma(track), tempo_grid(hypotheses, cover_params),
-                                           melody.params, cover_params, retimed)
-                    if verdict is None:
-                        continue
+                unrelated = [-1.0]
+                own = {track for track, source in sources.items() if source == path.name}  # its own recording
+                for track, verdict in verify_candidates(fp.melody, melody, cover_params, skip=landmark | own):
                     is_related = path.name in groups and groups.get(sources[track]) == groups[path.name]
                     if not is_related:
                         unrelated.append(verdict.similarity)
@@ -524,21 +518,16 @@ def evaluate(refrain: Refrain, catalogue_files: dict, track_of: dict, covers: li
             t = time.perf_counter()
             match_covers(fp.melody, melody, cover_params, chroma_seconds)
             latencies.append(time.perf_counter() - t)
-        # The full ranking behind the threshold: every verified candidate by similarity.
-        verified, retimed = [], {}
-        for track, _, hypotheses in cover_candidates(fp.melody, melody, cover_params):
-            v = verify_cover(fp.melody, melody.chroma(track), tempo_grid(hypotheses, cover_params),
-                             melody.params, cover_params, retimed)
-            if v is not None:
-                verified.append((v.similarity, track, v))
-        verified.sort(key=lambda item: -item[0])
         # What Refrain reports: landmark matches first, covers only of tracks they did not find.
         landmark = {m.track_id for m in match_fingerprint(fp, refrain.store.tiers, refrain.config.match,
                                                           refrain.params)}
         landmark_hits += len(landmark)
-        reported_covers = [(sim, track, v) for sim, track, v in verified
-                           if sim >= cover_params.min_similarity and track not in landmark]
-        unmatched = [(sim, track) for sim, track, _ in verified if track not in landmark]
+        # The full ranking behind the threshold: every verified candidate by similarity.
+        verified = sorted(((v.similarity, track, v) for track, v in verify_candidates(fp.melody, melody, cover_params,
+                                                                                    skip=landmark)),
+                          key=lambda item: -item[0])
+        reported_covers = [(sim, track, v) for sim, track, v in verified if sim >= cover_params.min_similarity]
+        unmatched = [(sim, track) for sim, track, _ in verified]
         if key in negative_keys:
             tune = {track_of[catalogue_files[k]] for k in same_tune[key]}
             same_tune_matches += any(track in tune for _, track, _ in reported_covers)
