@@ -41,7 +41,7 @@ def layer_matches(fp: Fingerprint, votes: CopyVotes, peaks: PeakStore, params: M
         The catalogue's peaks: verify them.
     params : MatchParams
     fingerprint_params : FingerprintParams
-        The catalogue's settings (landmark zones, frame duration).
+        The catalogue's settings (frame duration).
     allowed : set of int, optional
         Reportable track ids (None: all).
     skip : set of int
@@ -50,7 +50,8 @@ def layer_matches(fp: Fingerprint, votes: CopyVotes, peaks: PeakStore, params: M
     Returns
     -------
     list of Match
-        ``kind="mixed"``, ``tier="layer"``; ``score`` is the verification's standard
+        At most one per track (its best-verified offset), ``kind="mixed"``,
+        ``tier="layer"``; ``score`` is the verification's standard
         score (how many background deviations the coincidence fraction lies above
         the background's mean).
     """
@@ -66,24 +67,23 @@ def layer_matches(fp: Fingerprint, votes: CopyVotes, peaks: PeakStore, params: M
     met = maximum_filter(met, size=3)
     window = int(round(params.layer_window_seconds / fpp.frame_seconds))
     shifts = _background_shifts(params, fpp.frame_seconds)
+    compared = np.concatenate([[0], shifts])
 
-    matches = []
+    best: dict[int, Match] = {}
     for track_id, offset, centre in _candidates(votes, params, allowed, skip):
         start = max(0, min(centre - window // 2, n_frames - window))
         end = min(n_frames, start + window)
         fractions, ref_frames, ref_bins = _coincidence(met, peaks, track_id, offset, start, end,
-                                                       np.concatenate([[0], shifts]),
-                                                       params.layer_min_peaks)
+                                                       compared, params.layer_min_peaks)
         background = fractions[1:][~np.isnan(fractions[1:])]
         if np.isnan(fractions[0]) or len(background) < len(shifts) // 2:
             continue
         spread = max(float(np.std(background)), params.layer_min_spread)
         z = (float(fractions[0]) - float(np.mean(background))) / spread
-        if z < params.layer_min_z:
+        if z < params.layer_min_z or (track_id in best and best[track_id].score >= z):
             continue
-        matches.append(_describe(track_id, offset, z, met, ref_frames, ref_bins, params,
-                                 fpp.frame_seconds))
-    return matches
+        best[track_id] = _describe(track_id, offset, z, met, ref_frames, ref_bins, params, fpp.frame_seconds)
+    return list(best.values())
 
 
 def _background_shifts(params: MatchParams, frame_seconds: float) -> np.ndarray:

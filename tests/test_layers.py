@@ -8,8 +8,12 @@ import json
 import numpy as np
 import pytest
 
+from fingerprint import Fingerprint, FingerprintParams, Peaks
 from index.peaks import PeakStore
 from index.store import IndexOpenError
+from matcher.copies import CopyVotes
+from matcher.layers import layer_matches
+from matcher.types import MatchParams
 from refrain.api import Refrain
 from refrain.config import Config
 from refrain.synth import mix
@@ -94,3 +98,31 @@ def test_an_index_without_a_peak_store_still_matches_copies(index_copy, songs, u
     with Refrain.open(index_copy) as refrain:
         assert [m.track_id for m in refrain.match_file(copy).matches] == [catalogue_index.track_ids[41]]
         assert refrain.match_file(buried).matches == []
+
+
+def test_a_looped_reference_verified_at_two_offsets_is_one_match():
+    # A track whose 40-peak figure repeats every 400 frames (12.8 s, past the background
+    # offsets): a 10 s query of that figure verifies at two offsets of the same loop.
+    rng = np.random.default_rng(5)
+    figure_frames, figure_bins = rng.integers(0, 400, 160), rng.integers(10, 100, 160)
+    frames = np.concatenate([figure_frames + 400 * k for k in range(6)])
+    bins = np.tile(figure_bins, 6)
+    store = PeakStore.create()
+    store.add(7, frames, bins)
+    params = FingerprintParams()
+    n_frames = int(10.0 / params.frame_seconds)
+    in_query = (frames >= 500) & (frames < 500 + n_frames)
+    dense = Peaks(frames=(frames[in_query] - 500).astype(np.int32), bins=bins[in_query].astype(np.int32),
+                  strength=np.zeros(in_query.sum(), np.float32), bin_offsets=np.zeros(in_query.sum(), np.float32))
+    empty = np.zeros(0, np.int64)
+    fp = Fingerprint(hashes=empty.astype(np.uint32), frames=empty.astype(np.int32), duration=10.0,
+                     peaks=dense, triplets=None, dense_peaks=dense)
+    # Two weak pair votes, one at each loop offset (votes come sorted by track, offset).
+    offsets = np.array([500, 500, 900, 900])
+    query_frames = np.array([10, 50, 10, 50])
+    votes = CopyVotes(query_ids=np.arange(4), track_ids=np.full(4, 7), ref_frames=offsets + query_frames,
+                      weights=np.ones(4), query_frames=query_frames, offsets=offsets)
+    found = layer_matches(fp, votes, store, MatchParams(), params)
+    assert [m.track_id for m in found] == [7]
+    assert round(found[0].offset / params.frame_seconds) in (500, 900)
+    assert found[0].kind == "mixed" and found[0].tier == "layer"
