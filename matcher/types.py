@@ -106,9 +106,9 @@ class MatchParams:
         A copy covering less than this fraction of the reference track is an
         ``excerpt`` (default 0.8).
     layer_candidates, layer_offsets_per_candidate : int
-        Under-mix tier: tracks (default 6) and offsets per track (default 2) proposed by
-        the dense peaks' pair votes and verified. On real mixes the true (track, offset)
-        was among the five best-voted in 52 of 54 cases where it was voted at all.
+        Under-mix tier: tracks (default 10) and offsets per track (default 3) proposed by
+        the pair tier's votes and verified. On 60 real 10 s mixes the true (track,
+        offset) was among them for 53 at -6 dB and 39 at -12 dB; 40 tracks gave 41.
     layer_min_votes : float
         Weakest vote (rarity-weighted hits within one frame of the offset) a candidate
         needs to be verified at all (default 1.0).
@@ -128,8 +128,9 @@ class MatchParams:
         constant background cannot turn a small excess into a large score.
     layer_min_z : float
         Lowest verification score reported (default 7.0): how many background standard
-        deviations the coincidence fraction lies above the background's mean. Over the
-        2,400 candidates of 299 unrelated real-music queries the highest was 5.75.
+        deviations the coincidence fraction lies above the background's mean. Over 299
+        unrelated real-music queries (up to 30 candidates each) the highest was 5.3, over
+        120 unrelated generated songs 5.6.
     """
 
     tiers: tuple[str, ...] = ("pair", "triplet", "layer")
