@@ -9,7 +9,7 @@ import numpy as np
 from fingerprint import Fingerprint
 from index.landmarks import LandmarkIndex
 from matcher.types import Alignment, MatchParams
-from matcher.voting import best_cells_per_track, rarity_weights, vote_order
+from matcher.voting import best_cells_per_track, vote_order, weighted_lookup
 
 __all__ = ["CopyVotes", "copy_votes", "copy_alignments", "OFFSET_BIAS"]
 
@@ -55,15 +55,11 @@ def copy_votes(fp: Fingerprint, tier: LandmarkIndex, params: MatchParams) -> Cop
     -------
     CopyVotes
     """
-    code_weights = rarity_weights(tier.code_counts(fp.hashes), tier.ntotal, params)
-    # Codes too common to count are not looked up at all.
-    heavy = np.flatnonzero(code_weights >= params.min_hash_weight)
-    query_ids, track_ids, ref_frames = tier.lookup(fp.hashes[heavy])
-    query_ids = heavy[query_ids]
+    query_ids, track_ids, ref_frames, weights = weighted_lookup(tier, fp.hashes, params)
     query_frames = fp.frames[query_ids].astype(np.int64)
     offsets = ref_frames - query_frames
     order = vote_order(track_ids, offsets + OFFSET_BIAS)
-    return CopyVotes(query_ids[order], track_ids[order], ref_frames[order], code_weights[query_ids][order],
+    return CopyVotes(query_ids[order], track_ids[order], ref_frames[order], weights[order],
                      query_frames[order], offsets[order])
 
 

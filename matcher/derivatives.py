@@ -16,7 +16,7 @@ from fingerprint import Fingerprint, FingerprintParams
 from fingerprint.hashes import hash_triplets, query_triplets, unpack_triplet_payloads
 from index.landmarks import LandmarkIndex
 from matcher.types import Alignment, MatchParams
-from matcher.voting import best_cells_per_track, rarity_weights, vote_order
+from matcher.voting import best_cells_per_track, vote_order, weighted_lookup
 
 __all__ = ["derivative_alignments"]
 
@@ -54,15 +54,9 @@ def derivative_alignments(fp: Fingerprint, tier: LandmarkIndex, params: MatchPar
         return []
     codes, rows = hash_triplets(triplets, tolerant=True,
                                 pitch_reach_bins=params.max_pitch_shift_semitones * bins_per_semitone)
-    code_weights = rarity_weights(tier.code_counts(codes), tier.ntotal, params)
-    # Most hits would come from a few common codes too light to count: they are not
-    # looked up at all, sparing the lookup and the per-hit arithmetic below.
-    heavy = np.flatnonzero(code_weights >= params.min_hash_weight)
-    code_ids, track_ids, payloads = tier.lookup(codes[heavy])
+    code_ids, track_ids, payloads, hit_weights = weighted_lookup(tier, codes, params)
     if len(track_ids) == 0:
         return []
-    code_ids = heavy[code_ids]
-    hit_weights = code_weights[code_ids]
     query_ids = rows[code_ids]
     ref_frames, ref_bins, ref_spans = unpack_triplet_payloads(payloads)
     ratio = ref_spans / triplets.dt_13[query_ids]

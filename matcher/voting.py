@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 
+from index.landmarks import LandmarkIndex
 from matcher.types import MatchParams
 
-__all__ = ["rarity_weights", "vote_order", "best_cells_per_track"]
+__all__ = ["rarity_weights", "weighted_lookup", "vote_order", "best_cells_per_track"]
 
 
 def rarity_weights(entries_per_code: np.ndarray, entries_in_tier: int, params: MatchParams) -> np.ndarray:
@@ -27,6 +28,35 @@ def rarity_weights(entries_per_code: np.ndarray, entries_in_tier: int, params: M
     """
     typical = max(1.0, entries_in_tier / params.common_hash_entries_per_code)
     return np.minimum(1.0, np.sqrt(typical / np.maximum(entries_per_code, 1)))
+
+
+def weighted_lookup(tier: LandmarkIndex, codes: np.ndarray,
+                    params: MatchParams) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Look codes up, skipping those too common to count, and weigh every hit by rarity.
+
+    The rarity weight of a code follows from the tier's code-count table, so codes
+    lighter than ``min_hash_weight`` are never looked up: most hits would be theirs.
+
+    Parameters
+    ----------
+    tier : LandmarkIndex
+    codes : np.ndarray of uint32
+        Query codes.
+    params : MatchParams
+
+    Returns
+    -------
+    code_ids, track_ids, payloads : np.ndarray of int64
+        One row per hit: which of ``codes`` it answers, and the stored entry's track
+        and payload.
+    weights : np.ndarray of float
+        Rarity weight of each hit.
+    """
+    code_weights = rarity_weights(tier.code_counts(codes), tier.ntotal, params)
+    heavy = np.flatnonzero(code_weights >= params.min_hash_weight)
+    code_ids, track_ids, payloads = tier.lookup(codes[heavy])
+    code_ids = heavy[code_ids]
+    return code_ids, track_ids, payloads, code_weights[code_ids]
 
 
 def vote_order(track_ids: np.ndarray, cells: np.ndarray) -> np.ndarray:
