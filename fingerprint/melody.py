@@ -139,11 +139,19 @@ def chroma_sequence(S_db: np.ndarray, bins_per_octave: int, fmin: float,
         else np.zeros(n_chroma, dtype=bool)
     # Amplitude-like scale (square root of power), peak 1 per frame, then the contrast power.
     profile = np.sqrt(pooled / np.maximum(pooled.max(axis=1, keepdims=True), 1e-30))
-    profile = profile ** params.chroma_power
-    profile -= profile.mean(axis=1, keepdims=True)
-    norms = np.linalg.norm(profile, axis=1, keepdims=True)
-    profile = np.where(audible[:, None] & (norms > 1e-6), profile / np.maximum(norms, 1e-6), 0.0)
-    return profile.astype(np.float32)
+    profile = centred_unit_rows(profile ** params.chroma_power)
+    return np.where(audible[:, None], profile, 0.0).astype(np.float32)
+
+
+def unit_rows(x: np.ndarray) -> np.ndarray:
+    """Each row scaled to unit length; a row of (nearly) zero length becomes all zero."""
+    norms = np.linalg.norm(x, axis=1, keepdims=True)
+    return np.where(norms > 1e-6, x / np.maximum(norms, 1e-6), 0.0)
+
+
+def centred_unit_rows(x: np.ndarray) -> np.ndarray:
+    """Each row minus its mean, then scaled to unit length: inner products are correlations."""
+    return unit_rows(x - x.mean(axis=1, keepdims=True))
 
 
 def resample_chroma(chroma: np.ndarray, tempo_ratio: float) -> np.ndarray:
@@ -173,9 +181,7 @@ def resample_chroma(chroma: np.ndarray, tempo_ratio: float) -> np.ndarray:
     lower = np.floor(position).astype(int)
     upper = np.minimum(lower + 1, n - 1)
     weight = (position - lower)[:, None]
-    out = (1.0 - weight) * chroma[lower] + weight * chroma[upper]
-    norms = np.linalg.norm(out, axis=1, keepdims=True)
-    return np.where(norms > 1e-6, out / np.maximum(norms, 1e-6), 0.0).astype(np.float32)
+    return unit_rows((1.0 - weight) * chroma[lower] + weight * chroma[upper]).astype(np.float32)
 
 
 def descriptor_dim(params: MelodyParams) -> int:
@@ -217,6 +223,4 @@ def segment_descriptors(chroma: np.ndarray, starts: np.ndarray, params: MelodyPa
     # pitch-class frequency hold the (low-passed) transform once. Pitch frequency 0 is a
     # frame's sum, zero after the per-frame centring, and is left out.
     kept = np.log1p(magnitude[:, :params.temporal_bins, 1:]).reshape(len(starts), -1)
-    kept -= kept.mean(axis=1, keepdims=True)
-    norms = np.linalg.norm(kept, axis=1, keepdims=True)
-    return np.where(norms > 1e-6, kept / np.maximum(norms, 1e-6), 0.0).astype(np.float32)
+    return centred_unit_rows(kept).astype(np.float32)

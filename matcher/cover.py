@@ -39,8 +39,8 @@ from dataclasses import dataclass, replace
 import numpy as np
 from scipy.ndimage import maximum_filter1d
 
-from fingerprint.melody import (PITCH_CLASSES, MelodyParams, resample_chroma, segment_descriptors,
-                                segment_starts)
+from fingerprint.melody import (PITCH_CLASSES, MelodyParams, centred_unit_rows, resample_chroma,
+                                segment_descriptors, segment_starts)
 from index.melody import MelodyIndex
 from matcher.types import Match, Span
 
@@ -547,10 +547,7 @@ def compress_chroma(chroma: np.ndarray, exponent: float) -> np.ndarray:
     """
     if exponent == 1.0 or len(chroma) == 0:
         return chroma
-    compressed = np.sign(chroma) * np.abs(chroma) ** exponent
-    compressed -= compressed.mean(axis=1, keepdims=True)
-    norms = np.linalg.norm(compressed, axis=1, keepdims=True)
-    return np.where(norms > 1e-6, compressed / np.maximum(norms, 1e-6), 0.0).astype(np.float32)
+    return centred_unit_rows(np.sign(chroma) * np.abs(chroma) ** exponent).astype(np.float32)
 
 
 def _describe(track_id: int, verdict: CoverVerdict, params: CoverParams, chroma_seconds: float,
