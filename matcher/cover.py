@@ -61,12 +61,11 @@ class CoverParams:
     Attributes
     ----------
     enabled : bool
-        Search the melody tier at all (default False: it reports 84 % of ``bench/covers.py``'s
-        covers at the threshold, short of the 90 % it is to reach before it is switched on:
-        it ranks 95 % first, but the rest score under ``min_similarity``, see README "Melody
-        tier"; the tier is built at ingest either way). It is
-        skipped anyway for an index without one, or a query shorter than one segment at
-        every tempo hypothesis.
+        Search the melody tier at all (default True: on ``bench/covers.py`` it reports
+        95 % of the covers at the threshold, ranks 99 % first, with no false cover among
+        200 same-style compositions and none among 300 real game-music excerpts; see
+        README "Melody tier"). It is skipped anyway for an index without one, or a query
+        shorter than one segment at every tempo hypothesis.
     tempo_hypotheses : tuple of float
         Query tempo / catalogue tempo ratios the query is re-timed to for the candidate
         search (default nine steps of about 6 % over 0.8-1.25). Each costs one set of
@@ -141,7 +140,7 @@ class CoverParams:
         track reached it; see README "Melody tier").
     """
 
-    enabled: bool = False
+    enabled: bool = True
     tempo_hypotheses: tuple[float, ...] = (0.8, 0.85, 0.9, 0.95, 1.0, 1.06, 1.12, 1.18, 1.25)
     query_hop_fraction: int = 4
     segment_neighbours: int = 32
