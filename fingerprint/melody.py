@@ -68,11 +68,13 @@ class MelodyParams:
         ``C`` of the compression ``log(1 + C * e)`` of each semitone's energy ``e``
         relative to the frame's loudest semitone, before the folding (default 1000:
         60 dB of a frame's range count, the loudest note ~3x a note 20 dB under it).
-        Measured offline on ``bench/covers.py``'s cached queries against the former
-        power-2 folding (verification only): true covers' similarity p5 0.49 -> 0.60,
-        the best same-style negative 0.51 -> 0.49; C = 10 / 100 / 10,000 did less, and
-        the full CRP (zeroing the lowest 6-30 DCT coefficients along the pitch axis
-        as well) raised unrelated real-music similarities more than the covers'.
+        Against the former power-2 folding, on ``bench/covers.py``: offline, verification
+        only, true covers' similarity p5 0.49 -> 0.60 with the best same-style negative
+        unchanged (0.51); in the bench, where the same chroma also feeds the segment
+        descriptors, covers reported 84.4 -> 95.3 %, true piece verified 94.7 -> 99.4 %.
+        C = 10 / 100 / 10,000 did less offline, and the full CRP (zeroing the lowest
+        12-30 DCT coefficients along the pitch axis as well) raised unrelated real-music
+        similarities more than the covers'.
     """
 
     frames_per_chroma: int = 8
