@@ -137,17 +137,45 @@ def top_part_intervals(notes: list) -> list[int]:
     return [int(b - a) for a, b in zip(pitches, pitches[1:])]
 
 
-def share_a_tune(notes_a: list, notes_b: list, run: int = 10) -> bool:
-    """Whether two pieces' top parts share ``run`` consecutive intervals: the same tune.
+def beat_intervals(notes: list) -> list[list[int]]:
+    """Each part's intervals between the pitches sounding on successive quarter-note beats.
+
+    Sampling on the beat drops passing and ornamental notes, which Bach varied from one
+    setting of a tune to the next; the highest note sounding is taken for a chord.
+    """
+    by_part: dict[int, list] = {}
+    for onset, duration, pitch, part in notes:
+        by_part.setdefault(part, []).append((onset, onset + duration, pitch))
+    lines = []
+    for events in by_part.values():
+        events = np.array(events)
+        beats = np.arange(np.floor(events[:, 0].min()), events[:, 1].max(), 1.0)
+        sounding = (events[None, :, 0] <= beats[:, None]) & (beats[:, None] < events[None, :, 1])
+        pitches = np.where(sounding, events[None, :, 2], -1).max(axis=1)
+        pitches = pitches[pitches >= 0]
+        lines.append([int(b - a) for a, b in zip(pitches, pitches[1:])])
+    return lines
+
+
+def share_a_tune(notes_a: list, notes_b: list, run: int = 10, beat_run: int = 12, beat_moves: int = 8) -> bool:
+    """Whether two pieces share a tune: one composition, whose cover match is no false match.
 
     The selection keeps one piece per opening (:func:`melody_signature`), but Bach set
-    many chorale melodies more than once with a passing note or a repeated note of
-    difference in the first bars; such a pair is one composition, and a cover match
-    between them is no false match.
+    many chorale melodies more than once: the top parts share ``run`` consecutive
+    intervals, or — when a passing note differs or the tune lies under an instrumental
+    descant (BWV 12.7 and BWV 250 set "Was Gott tut, das ist wohlgetan" so) — some part
+    of each shares ``beat_run`` consecutive beat intervals (:func:`beat_intervals`),
+    ``beat_moves`` of them not a repeated pitch.
     """
     a, b = top_part_intervals(notes_a), top_part_intervals(notes_b)
     grams = {tuple(a[i:i + run]) for i in range(len(a) - run + 1)}
-    return any(tuple(b[i:i + run]) in grams for i in range(len(b) - run + 1))
+    if any(tuple(b[i:i + run]) in grams for i in range(len(b) - run + 1)):
+        return True
+    beat_grams = {tuple(line[i:i + beat_run]) for line in beat_intervals(notes_a)
+                  for i in range(len(line) - beat_run + 1)
+                  if np.count_nonzero(line[i:i + beat_run]) >= beat_moves}
+    return any(tuple(line[i:i + beat_run]) in beat_grams for line in beat_intervals(notes_b)
+               for i in range(len(line) - beat_run + 1))
 
 
 def _vlq(value: int) -> bytes:

@@ -19,7 +19,11 @@ tier already computes into:
 Chroma is folded from the existing 36-bins-per-octave spectrogram (3 bins per
 semitone, 110-3700 Hz) rather than from a constant-Q transform: it costs one
 sparse matrix product, and the 8 kHz analysis rate keeps every note up to the
-7th octave.
+7th octave. Each frame's energy per *semitone* is log-compressed before the
+folding (the first step of Mueller & Ewert's CRP features, 2010): a new
+instrument or SoundFont re-weights a chord's tones and their overtones by large
+factors, which a logarithm turns into small offsets, so the chord itself, not
+the timbre, decides the profile.
 """
 
 from __future__ import annotations
@@ -60,9 +64,17 @@ class MelodyParams:
         Lowest temporal frequencies of the 2-D transform kept per pitch-class
         frequency (default 24, i.e. rhythms up to about 1.5 Hz at 16.4 s patches):
         higher ones are mostly onset jitter that differs between performances.
-    chroma_power : float
-        Exponent applied to chroma before the transform (default 2.0): stresses the
-        strongest pitch classes of each frame over the spread of overtones and timbre.
+    log_compression : float
+        ``C`` of the compression ``log(1 + C * e)`` of each semitone's energy ``e``
+        relative to the frame's loudest semitone, before the folding (default 1000:
+        60 dB of a frame's range count, the loudest note ~3x a note 20 dB under it).
+        Against the former power-2 folding, on ``bench/covers.py``: offline, verification
+        only, true covers' similarity p5 0.49 -> 0.60 with the best same-style negative
+        unchanged (0.51); in the bench, where the same chroma also feeds the segment
+        descriptors, covers reported 84.4 -> 95.3 %, true piece verified 94.7 -> 99.4 %.
+        C = 10 / 100 / 10,000 did less offline, and the full CRP (zeroing the lowest
+        12-30 DCT coefficients along the pitch axis as well) raised unrelated real-music
+        similarities more than the covers'.
     """
 
     frames_per_chroma: int = 8
@@ -70,7 +82,7 @@ class MelodyParams:
     segment_frames: int = 64
     segment_hop: int = 16
     temporal_bins: int = 24
-    chroma_power: float = 2.0
+    log_compression: float = 1000.0
 
     def chroma_seconds(self, frame_seconds: float) -> float:
         """Duration of one chroma frame, given the spectrogram hop in seconds."""
@@ -90,18 +102,24 @@ class MelodyParams:
 
 
 @lru_cache(maxsize=8)
-def _fold_matrix(n_bins: int, bins_per_octave: int, fmin: float) -> scipy.sparse.csr_matrix:
-    """Sparse (12, n_bins) matrix summing log-frequency bins into pitch classes (C = 0)."""
+def _semitone_matrices(n_bins: int, bins_per_octave: int,
+                       fmin: float) -> tuple[scipy.sparse.csr_matrix, scipy.sparse.csr_matrix]:
+    """Sparse matrices summing log-frequency bins into semitones, (n_semitones, n_bins),
+    and semitones into pitch classes (C = 0), (12, n_semitones)."""
     if bins_per_octave % PITCH_CLASSES:
         raise ValueError(f"bins_per_octave={bins_per_octave} is not a multiple of 12: "
                          "bins cannot be folded into pitch classes")
     per_semitone = bins_per_octave // PITCH_CLASSES
+    semitone = np.round(np.arange(n_bins) / per_semitone).astype(int)
+    n_semitones = int(semitone[-1]) + 1
+    to_semitones = scipy.sparse.csr_matrix((np.ones(n_bins, dtype=np.float32), (semitone, np.arange(n_bins))),
+                                           shape=(n_semitones, n_bins))
     # Pitch class of fmin (MIDI note number mod 12, A4 = 440 Hz = MIDI 69).
     base_class = int(round(69 + 12 * np.log2(fmin / 440.0))) % PITCH_CLASSES
-    semitone = np.round(np.arange(n_bins) / per_semitone).astype(int)
-    classes = (base_class + semitone) % PITCH_CLASSES
-    return scipy.sparse.csr_matrix((np.ones(n_bins, dtype=np.float32), (classes, np.arange(n_bins))),
-                                   shape=(PITCH_CLASSES, n_bins))
+    classes = (base_class + np.arange(n_semitones)) % PITCH_CLASSES
+    to_classes = scipy.sparse.csr_matrix((np.ones(n_semitones, dtype=np.float32),
+                                          (classes, np.arange(n_semitones))), shape=(PITCH_CLASSES, n_semitones))
+    return to_semitones, to_classes
 
 
 def chroma_sequence(S_db: np.ndarray, bins_per_octave: int, fmin: float,
@@ -132,14 +150,16 @@ def chroma_sequence(S_db: np.ndarray, bins_per_octave: int, fmin: float,
         return np.zeros((0, PITCH_CLASSES), dtype=np.float32)
     # Power, so that a loud note outweighs the many quiet bins of its neighbourhood.
     power = np.power(10.0, S_db[:, :n_chroma * params.frames_per_chroma] / 10.0, dtype=np.float32)
-    folded = _fold_matrix(n_bins, bins_per_octave, float(fmin)) @ power
-    pooled = folded.reshape(PITCH_CLASSES, n_chroma, params.frames_per_chroma).mean(axis=2).T
+    to_semitones, to_classes = _semitone_matrices(n_bins, bins_per_octave, float(fmin))
+    semitones = to_semitones @ power
+    pooled = semitones.reshape(len(semitones), n_chroma, params.frames_per_chroma).mean(axis=2).T
     energy = pooled.sum(axis=1)
     audible = energy > energy.max() * 10.0 ** (-params.chroma_floor_db / 10.0) if energy.max() > 0 \
         else np.zeros(n_chroma, dtype=bool)
-    # Amplitude-like scale (square root of power), peak 1 per frame, then the contrast power.
-    profile = np.sqrt(pooled / np.maximum(pooled.max(axis=1, keepdims=True), 1e-30))
-    profile = centred_unit_rows(profile ** params.chroma_power)
+    # Relative to the frame's loudest semitone (loudness-invariant), then log-compressed:
+    # the instrument's re-weighting of tones and overtones becomes a small offset.
+    relative = pooled / np.maximum(pooled.max(axis=1, keepdims=True), 1e-30)
+    profile = centred_unit_rows((to_classes @ np.log1p(params.log_compression * relative).T).T)
     return np.where(audible[:, None], profile, 0.0).astype(np.float32)
 
 

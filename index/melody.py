@@ -29,7 +29,14 @@ from fingerprint.melody import (PITCH_CLASSES, MelodyParams, descriptor_dim, seg
                                 segment_starts)
 from index.files import replace_atomically
 
-__all__ = ["MelodyIndex", "SEGMENT_BITS"]
+__all__ = ["MelodyIndex", "SEGMENT_BITS", "MELODY_LAYOUT"]
+
+#: What the melody files hold, recorded in the index manifest: 2-D Fourier magnitudes of
+#: patches of log-compressed chroma (:func:`fingerprint.melody.chroma_sequence`). Changed
+#: whenever the chroma or the descriptors change, so that an index built with another
+#: chroma is refused with a re-ingest message instead of being compared with new queries.
+#: v1 (power-2 folded chroma) -> v2 (log-compressed semitone energies, then folded).
+MELODY_LAYOUT = "chroma-log-2dftm-v2"
 
 #: Low bits of a FAISS id that number a track's segments (2**20 segments of 4 s: 48 days).
 SEGMENT_BITS = 20

@@ -40,7 +40,7 @@ from fingerprint.hashes import PAIR_LAYOUT, TIER_PAYLOAD_BITS, TRIPLET_LAYOUT
 from index.catalog import Catalog, Track, TrackMetadata
 from index.files import replace_atomically
 from index.landmarks import LandmarkIndex
-from index.melody import MelodyIndex
+from index.melody import MELODY_LAYOUT, MelodyIndex
 from index.peaks import PeakStore
 
 __all__ = ["IndexStore", "IndexOpenError", "IndexBusyError"]
@@ -50,8 +50,6 @@ _MANIFEST, _CATALOG, _LOCK = "manifest.json", "catalog.sqlite", ".lock"
 _TIER_FILES = {"pair": "pairs.faiss", "triplet": "triplets.faiss"}
 _MELODY_FILE = "melody.faiss"
 _PEAKS_FILE = "peaks.npz"
-#: Descriptor layout of the melody tier: 2-D Fourier magnitudes of chroma patches.
-MELODY_LAYOUT = "chroma-2dftm-v1"
 #: Layout of the peak store: (frame, log-frequency bin) of every peak, as ``find_peaks`` picks them.
 PEAKS_LAYOUT = "peaks-v1"
 _TIER_LAYOUTS = {"pair": PAIR_LAYOUT.name, "triplet": TRIPLET_LAYOUT.name, "melody": MELODY_LAYOUT,

@@ -16,13 +16,16 @@ import soxr
 from conftest import SR
 
 from fingerprint import FingerprintParams, fingerprint_signal
+from index import IndexOpenError
 from matcher import CoverParams
 from refrain.api import Refrain
 from refrain.config import Config
 from refrain.synth import describe_song, render_song
 
-#: The melody tier is searched only when asked for (it is not yet calibrated on real music).
+#: The melody tier is searched by default (``CoverParams.enabled``); said explicitly here.
 COVER_SEARCH = Config(cover=CoverParams(enabled=True))
+#: The library with the melody tier switched off: landmark tiers only.
+NO_COVER_SEARCH = Config(cover=CoverParams(enabled=False))
 
 #: (catalogue seed, semitones, tempo factor, timbre seed): the composition re-performed.
 #: The synthesiser re-renders the very same notes at exactly scaled times, so with some timbre
@@ -47,8 +50,10 @@ def catalogue(catalogue_index):
         yield refrain
 
 
-def test_covers_are_not_searched_unless_asked_for(catalogue_index):
+def test_covers_are_searched_by_default_and_not_when_switched_off(catalogue_index):
     with Refrain.open(catalogue_index.directory, mmap=True) as refrain:
+        assert [m.kind for m in refrain.match_signal(cover(*COVERS[0]), "cover").matches] == ["cover"]
+    with Refrain.open(catalogue_index.directory, NO_COVER_SEARCH, mmap=True) as refrain:
         assert refrain.match_signal(cover(*COVERS[0]), "cover").matches == []
 
 
@@ -63,7 +68,7 @@ def test_the_same_style_songs_really_share_key_and_genre():
 def test_a_transposed_re_timbred_rendering_is_found_as_a_cover(catalogue, catalogue_index, seed, semitones,
                                                                 tempo, timbre_seed):
     query = cover(seed, semitones, tempo, timbre_seed)
-    with Refrain.open(catalogue_index.directory, mmap=True) as landmarks_only:
+    with Refrain.open(catalogue_index.directory, NO_COVER_SEARCH, mmap=True) as landmarks_only:
         assert landmarks_only.match_signal(query, "cover").matches == []  # none of the recording survives
     result = catalogue.match_signal(query, "cover")
     assert [m.kind for m in result.matches] == ["cover"], result.matches
@@ -144,3 +149,15 @@ def test_an_index_without_a_melody_tier_opens_and_says_so(tmp_path, songs, run_r
         assert [m.kind for m in refrain.match_file(tmp_path / "copy.wav").matches] == ["copy"]
     shown = run_refrain("info", "--index", directory)
     assert shown.returncode == 0 and "melody     absent" in shown.stdout and "re-ingest" in shown.stdout
+
+
+def test_an_index_built_with_the_former_chroma_asks_for_a_re_ingest(index_copy, run_refrain):
+    # Stored chroma and descriptors of another chroma would be compared with the new
+    # query chroma as if they were alike: refused, with what to do, not matched wrongly.
+    manifest = json.loads((index_copy / "manifest.json").read_text())
+    manifest["tiers"]["melody"]["layout"] = "chroma-2dftm-v1"
+    (index_copy / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(IndexOpenError, match="melody tier was built with .*chroma-2dftm-v1.*re-ingest"):
+        Refrain.open(index_copy, mmap=True)
+    shown = run_refrain("info", "--index", index_copy)
+    assert shown.returncode == 3 and "re-ingest" in shown.stderr and shown.stderr.count("\n") == 1

@@ -81,7 +81,8 @@ def test_verification_recovers_key_shift_tempo_and_offset():
     query = np.roll(resample_chroma(reference[80:200], 1 / 1.25), 3, axis=1)
     verdict = verify_cover(query, reference, (1.0, 1.25), melody, params)
     assert verdict.key_shift == 3 and verdict.tempo_ratio == 1.25
-    assert verdict.offset_frames == pytest.approx(80, abs=1) and verdict.similarity > 0.8
+    assert verdict.offset_frames == pytest.approx(80, abs=1) and verdict.correlation > 0.8
+    assert verdict.similarity > 0.75  # well above min_similarity: the background is small
     unrelated = verify_cover(query, random_chroma(300, 5), (1.0, 1.25), melody, params)
     assert unrelated.similarity < 0.3
 
