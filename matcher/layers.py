@@ -10,7 +10,8 @@ of the track's stored peaks (:class:`index.peaks.PeakStore`) that meet a dense u
 peak at that offset, against the same fraction at many other offsets of the same
 track: the background that a shared key, instruments and register give any two
 pieces. Only a candidate standing far above its own background is reported, as
-``kind: "mixed"``."""
+``kind: "mixed"``; the rest of a long upload is then walked at the same offset, so
+the match's spans say everywhere the recording plays under the new material."""
 
 from __future__ import annotations
 
@@ -53,7 +54,8 @@ def layer_matches(fp: Fingerprint, votes: CopyVotes, peaks: PeakStore, params: M
         At most one per track (its best-verified offset), ``kind="mixed"``,
         ``tier="layer"``; ``score`` is the verification's standard
         score (how many background deviations the coincidence fraction lies above
-        the background's mean).
+        the background's mean); ``spans`` cover every window of the upload where the
+        track holds at that offset (``layer_extend_z``), not only the verified one.
     """
     if fp.dense_peaks is None or len(fp.dense_peaks) == 0:
         return []
@@ -66,24 +68,63 @@ def layer_matches(fp: Fingerprint, votes: CopyVotes, peaks: PeakStore, params: M
     met[dense.bins, np.minimum(dense.frames, n_frames)] = True
     met = maximum_filter(met, size=3)
     window = int(round(params.layer_window_seconds / fpp.frame_seconds))
-    shifts = _background_shifts(params, fpp.frame_seconds)
-    compared = np.concatenate([[0], shifts])
+    compared = np.concatenate([[0], _background_shifts(params, fpp.frame_seconds)])
 
     best: dict[int, Match] = {}
     for track_id, offset, centre in _candidates(votes, params, allowed, skip):
         start = max(0, min(centre - window // 2, n_frames - window))
         end = min(n_frames, start + window)
-        fractions, ref_frames, ref_bins = _coincidence(met, peaks, track_id, offset, start, end,
-                                                       compared, params.layer_min_peaks)
-        background = fractions[1:][~np.isnan(fractions[1:])]
-        if np.isnan(fractions[0]) or len(background) < len(shifts) // 2:
+        z = _standard_score(_coincidence(met, peaks, track_id, offset, start, end, compared,
+                                         params.layer_min_peaks), params)
+        if not z >= params.layer_min_z or (track_id in best and best[track_id].score >= z):
             continue
-        spread = max(float(np.std(background)), params.layer_min_spread)
-        z = (float(fractions[0]) - float(np.mean(background))) / spread
-        if z < params.layer_min_z or (track_id in best and best[track_id].score >= z):
-            continue
-        best[track_id] = _describe(track_id, offset, z, met, ref_frames, ref_bins, params, fpp.frame_seconds)
+        windows = [(start, end, z)] + _other_windows(met, peaks, track_id, offset, start, window, compared, params)
+        best[track_id] = _describe(track_id, offset, z, windows, met, peaks, compared, params,
+                                   fpp.frame_seconds)
     return list(best.values())
+
+
+def _standard_score(fractions: np.ndarray, params: MatchParams) -> float:
+    """How many background deviations the unshifted fraction lies above the background's mean.
+
+    ``fractions[0]`` is the compared offset, the rest its background (NaN: too few
+    peaks); NaN when either is unusable.
+    """
+    background = fractions[1:][~np.isnan(fractions[1:])]
+    if np.isnan(fractions[0]) or len(background) < (len(fractions) - 1) // 2:
+        return float("nan")
+    spread = max(float(np.std(background)), params.layer_min_spread)
+    return (float(fractions[0]) - float(np.mean(background))) / spread
+
+
+def _other_windows(met: np.ndarray, peaks: PeakStore, track_id: int, offset: int, verified_start: int,
+                   window: int, compared: np.ndarray, params: MatchParams) -> list[tuple[int, int, float]]:
+    """The query's other windows where a verified alignment also holds.
+
+    The verified window covers at most ``layer_window_seconds`` of a long upload; the
+    rest of the overlap is walked in windows of that length, half a window apart and
+    in step with the verified one, each scored against its own background. Its offset
+    is no longer one guess among many, so ``layer_extend_z`` suffices.
+
+    Returns
+    -------
+    list of (start, end, z)
+        Query frame ranges that pass, in query order.
+    """
+    n_frames = met.shape[1] - 1
+    hop = max(1, window // 2)
+    first = max(0, -offset)
+    bounds = {(max(first, int(start)), min(n_frames, int(start) + window))
+              for start in np.arange(verified_start % hop - hop, n_frames, hop)}
+    passed = []
+    for start, end in sorted(bounds):
+        if start == verified_start or end - start < hop:
+            continue
+        z = _standard_score(_coincidence(met, peaks, track_id, offset, start, end, compared,
+                                         params.layer_min_peaks), params)
+        if z >= params.layer_extend_z:
+            passed.append((start, end, z))
+    return passed
 
 
 def _background_shifts(params: MatchParams, frame_seconds: float) -> np.ndarray:
@@ -144,13 +185,11 @@ def _candidates(votes: CopyVotes, params: MatchParams, allowed: set[int] | None,
 
 
 def _coincidence(met: np.ndarray, peaks: PeakStore, track_id: int, offset: int, start: int, end: int,
-                 shifts: np.ndarray, min_peaks: int):
+                 shifts: np.ndarray, min_peaks: int) -> np.ndarray:
     """Fraction of the track's peaks that meet a query peak, at ``offset`` plus each shift.
 
     Query frames ``start..end`` are compared with reference frames ``offset + start ..
-    offset + end`` (shifted). Returns the fractions (NaN where the track has fewer than
-    ``min_peaks`` peaks there) and the reference peaks of the unshifted comparison
-    (``shifts[0]`` must be 0).
+    offset + end`` (shifted). NaN where the track has fewer than ``min_peaks`` peaks there.
     """
     ref_frames, ref_bins = peaks.peaks_between(track_id, offset + start + shifts.min(),
                                                offset + end + shifts.max())
@@ -160,27 +199,89 @@ def _coincidence(met: np.ndarray, peaks: PeakStore, track_id: int, offset: int, 
     bins = np.broadcast_to(np.minimum(ref_bins, met.shape[0] - 1), query_frames.shape)
     hit = usable & met[bins, np.clip(query_frames, 0, met.shape[1] - 1)]
     counts = inside.sum(axis=1)
-    fractions = np.where(counts >= min_peaks, hit.sum(axis=1) / np.maximum(counts, 1), np.nan)
-    return fractions, ref_frames[inside[0]], ref_bins[inside[0]]
+    return np.where(counts >= min_peaks, hit.sum(axis=1) / np.maximum(counts, 1), np.nan)
 
 
-def _describe(track_id: int, offset: int, z: float, met: np.ndarray, ref_frames: np.ndarray,
-              ref_bins: np.ndarray, params: MatchParams, frame_seconds: float) -> Match:
-    """The Match of a verified candidate: its span is where its met peaks lie."""
-    query_frames = ref_frames.astype(np.int64) - offset
-    usable = ref_bins < met.shape[0]
-    hit = np.zeros(len(ref_frames), dtype=bool)
-    hit[usable] = met[ref_bins[usable], query_frames[usable]]
-    q = query_frames[hit]
-    q_start, q_end = float(q.min()) * frame_seconds, float(q.max() + 1) * frame_seconds
+def _describe(track_id: int, offset: int, z: float, windows: list[tuple[int, int, float]], met: np.ndarray,
+              peaks: PeakStore, compared: np.ndarray, params: MatchParams, frame_seconds: float) -> Match:
+    """The Match of a verified candidate: one span per run of overlapping passing windows.
+
+    A window that passes may hold the recording over only part of its length, and
+    chance meetings happen everywhere, so each run is trimmed to the seconds where
+    the meeting fraction stands out (:func:`_trim`). A span's score is its run's best
+    window score; the match's score stays the verified window's.
+    """
+    runs: list[list[tuple[int, int, float]]] = []
+    for window in sorted(windows):
+        if runs and window[0] <= runs[-1][-1][1]:
+            runs[-1].append(window)
+        else:
+            runs.append([window])
+    spans, points = [], []
+    for run in runs:
+        start, end = run[0][0], max(w[1] for w in run)
+        met_frames, ref_frames = _met_query_frames(met, peaks, track_id, offset, start, end)
+        chance = float(np.nanmean(_coincidence(met, peaks, track_id, offset, start, end, compared[1:], 1)))
+        q = _trim(met_frames, ref_frames, chance, round(1.0 / frame_seconds))
+        if len(q) == 0:
+            continue
+        q_start, q_end = float(q.min()) * frame_seconds, float(q.max() + 1) * frame_seconds
+        spans.append(Span(query_start=round(q_start, 3), query_end=round(q_end, 3),
+                          ref_start=round(q_start + offset * frame_seconds, 3),
+                          ref_end=round(q_end + offset * frame_seconds, 3),
+                          score=round(max(w[2] for w in run), 2), aligned=len(q)))
+        points.append(np.column_stack([q, q + offset]) * frame_seconds)
     score = round(z, 2)
-    span = Span(query_start=round(q_start, 3), query_end=round(q_end, 3),
-                ref_start=round(q_start + offset * frame_seconds, 3),
-                ref_end=round(q_end + offset * frame_seconds, 3), score=score, aligned=int(hit.sum()))
-    points = np.column_stack([q, q + offset]) * frame_seconds
-    return Match(track_id=track_id, score=score, aligned=int(hit.sum()),
+    return Match(track_id=track_id, score=score, aligned=sum(span.aligned for span in spans),
                  confidence=round(z / (z + params.layer_min_z), 4),
-                 query_start=span.query_start, query_end=span.query_end, ref_start=span.ref_start,
-                 ref_end=span.ref_end, offset=round(offset * frame_seconds, 3), time_ratio=1.0,
-                 pitch_shift_semitones=0.0, kind="mixed", spans=[span], tier="layer",
-                 points=np.round(points, 3))
+                 query_start=spans[0].query_start, query_end=spans[-1].query_end,
+                 ref_start=spans[0].ref_start, ref_end=spans[-1].ref_end,
+                 offset=round(offset * frame_seconds, 3), time_ratio=1.0,
+                 pitch_shift_semitones=0.0, kind="mixed", spans=spans, tier="layer",
+                 points=np.round(np.concatenate(points), 3))
+
+
+def _trim(met_frames: np.ndarray, ref_frames: np.ndarray, chance: float, frames_per_second: int) -> np.ndarray:
+    """The met frames between the first and last second where meetings stand out.
+
+    A second stands out when the meeting fraction of it and the next second lies
+    above the midpoint between ``chance`` (the background's fraction) and the run's
+    own fraction.
+
+    Parameters
+    ----------
+    met_frames, ref_frames : np.ndarray of int
+        Query frames of the run's met catalogue peaks and of all its catalogue peaks.
+    chance : float
+    frames_per_second : int
+
+    Returns
+    -------
+    np.ndarray of int
+        The kept met frames (all of them when no second stands out).
+    """
+    if len(met_frames) == 0:
+        return met_frames
+    first = int(ref_frames.min())
+    n_seconds = (int(ref_frames.max()) - first) // frames_per_second + 1
+    met = np.bincount((met_frames - first) // frames_per_second, minlength=n_seconds + 1)
+    total = np.bincount((ref_frames - first) // frames_per_second, minlength=n_seconds + 1)
+    pair_met, pair_total = met[:-1] + met[1:], total[:-1] + total[1:]
+    cut = (chance + len(met_frames) / len(ref_frames)) / 2
+    standing = np.flatnonzero(pair_met > cut * np.maximum(pair_total, 1))
+    if len(standing) == 0:
+        return met_frames
+    lo = first + standing[0] * frames_per_second
+    hi = first + (standing[-1] + 2) * frames_per_second
+    return met_frames[(met_frames >= lo) & (met_frames < hi)]
+
+
+def _met_query_frames(met: np.ndarray, peaks: PeakStore, track_id: int, offset: int, start: int,
+                      end: int) -> tuple[np.ndarray, np.ndarray]:
+    """Query frames (sorted) of the track's peaks in ``start..end`` that meet a query peak, and of all of them."""
+    ref_frames, ref_bins = peaks.peaks_between(track_id, offset + start, offset + end)
+    query_frames = ref_frames.astype(np.int64) - offset
+    inside = (ref_bins < met.shape[0]) & (query_frames >= start) & (query_frames < end)
+    query_frames, ref_bins = query_frames[inside], ref_bins[inside]
+    hit = met[ref_bins, query_frames]
+    return np.sort(query_frames[hit]), np.sort(query_frames)

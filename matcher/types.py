@@ -131,6 +131,11 @@ class MatchParams:
         deviations the coincidence fraction lies above the background's mean. Over 299
         unrelated real-music queries (up to 30 candidates each) the highest was 5.3, over
         120 unrelated generated songs 5.6.
+    layer_extend_z : float
+        Score from which another window of a long upload joins a verified match's spans
+        (default 4.5): the offset is then fixed, not one guess among many. A window of
+        unrelated music at a fixed offset reaches it about once in 14,000 (198k windows of
+        real-music candidates).
     """
 
     tiers: tuple[str, ...] = ("pair", "triplet", "layer")
@@ -167,6 +172,7 @@ class MatchParams:
     layer_min_peaks: int = 100
     layer_min_spread: float = 0.01
     layer_min_z: float = 7.0
+    layer_extend_z: float = 4.5
 
 
 @dataclass(frozen=True)

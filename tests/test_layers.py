@@ -126,3 +126,24 @@ def test_a_looped_reference_verified_at_two_offsets_is_one_match():
     assert [m.track_id for m in found] == [7]
     assert round(found[0].offset / params.frame_seconds) in (500, 900)
     assert found[0].kind == "mixed" and found[0].tier == "layer"
+
+
+def test_a_long_buried_passage_is_reported_over_its_whole_length(catalogue, catalogue_index, songs,
+                                                                 unrelated_songs, write_audio, tmp_path):
+    # 26 s of song 41 (from its 5 s) under 30 s of another song, from 2 s to 28 s of the
+    # upload: the verified window holds 10 s of it, the spans must reach both ends. (With
+    # this much of it the pair tier finds it too, in pieces: the layer tier is asked alone.)
+    background = unrelated_songs[45]
+    song = np.zeros_like(background)
+    song[2 * SR:28 * SR] = songs[41].samples[5 * SR:31 * SR]
+    path = write_audio(tmp_path / "remix.wav", mix(background, song, -18.0))
+    layer_only = dataclasses.replace(catalogue.config.match, tiers=("layer",))
+    with Refrain.open(catalogue_index.directory, Config(match=layer_only)) as refrain:
+        result = refrain.match_file(path)
+    assert [m.track_id for m in result.matches] == [catalogue_index.track_ids[41]]
+    match = result.matches[0]
+    assert match.kind == "mixed" and match.offset == pytest.approx(3.0, abs=0.1)
+    assert match.query_start == pytest.approx(2.0, abs=1.5)
+    assert match.query_end == pytest.approx(28.0, abs=1.5)
+    assert all(span.ref_start == pytest.approx(span.query_start + 3.0, abs=0.1) for span in match.spans)
+    assert match.aligned == sum(span.aligned for span in match.spans)
