@@ -161,3 +161,14 @@ def test_an_index_built_with_the_former_chroma_asks_for_a_re_ingest(index_copy, 
         Refrain.open(index_copy, mmap=True)
     shown = run_refrain("info", "--index", index_copy)
     assert shown.returncode == 3 and "re-ingest" in shown.stderr and shown.stderr.count("\n") == 1
+
+
+def test_refrain_match_reports_a_cover_unless_told_not_to(catalogue_index, run_refrain, write_audio, tmp_path):
+    path = write_audio(tmp_path / "cover.wav", cover(41, -3, 0.9, 203), 8000)
+    found = run_refrain("match", "--index", catalogue_index.directory, "--json", path)
+    assert found.returncode == 0, found.stderr
+    matches = json.loads(found.stdout)["matches"]
+    assert [(m["track_id"], m["kind"], m["pitch_shift_semitones"]) for m in matches] == [
+        (catalogue_index.track_ids[41], "cover", -3.0)]
+    plain = run_refrain("match", "--index", catalogue_index.directory, "--json", "--no-covers", path)
+    assert plain.returncode == 0 and json.loads(plain.stdout)["matches"] == []
