@@ -351,20 +351,31 @@ def hash_triplets(triplets: Triplets, tolerant: bool = False, margin: float = 0.
                   np.floor((triplets.anchor_positions + reach) / _BAND_BINS).astype(np.int64))]
     offsets = (_TRIPLET_DELTA_OFFSET, _TRIPLET_DELTA_OFFSET, 0, 0)
     limits = (127, 127, _TIME_RATIO_LEVELS - 1, 7)
+    # Each field's two candidate values, clipped and shifted into place once: a variant's
+    # code is then the OR of one of them per field (16 variants would otherwise repeat
+    # the clipping and packing of every field).
+    zeros = np.zeros(len(triplets), dtype=np.int64)
+    placed, differs = [], []
+    for name, (nearest, other), offset, limit in zip(names, quantised, offsets, limits):
+        alone = dict.fromkeys(names, zeros)
+        placed.append([TRIPLET_LAYOUT.pack(**{**alone, name: np.clip(value + offset, 0, limit)})
+                       for value in ((nearest, other) if tolerant else (nearest,))])
+        differs.append(other != nearest)
     rows = np.arange(len(triplets))
     codes, code_rows = [], []
     for variant in itertools.product((False, True), repeat=4) if tolerant else [(False,) * 4]:
         # A variant takes the other side of the boundary for the flagged fields; it exists
         # only for triplets where every flagged field really is near a boundary.
         keep = np.ones(len(rows), dtype=bool)
-        values = {}
-        for name, flagged, (nearest, other), offset, limit in zip(names, variant, quantised,
-                                                                  offsets, limits):
+        for flagged, field_differs in zip(variant, differs):
             if flagged:
-                keep &= other != nearest
-            values[name] = np.clip((other if flagged else nearest) + offset, 0, limit)
-        codes.append(TRIPLET_LAYOUT.pack(**{name: v[keep] for name, v in values.items()}))
-        code_rows.append(rows[keep])
+                keep &= field_differs
+        kept = np.flatnonzero(keep)
+        code = np.zeros(len(kept), dtype=np.uint32)
+        for flagged, field_values in zip(variant, placed):
+            code |= field_values[flagged][kept]
+        codes.append(code)
+        code_rows.append(rows[kept])
     return np.concatenate(codes), np.concatenate(code_rows)
 
 
