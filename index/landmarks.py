@@ -265,9 +265,12 @@ class LandmarkIndex:
         if hashes.size == 0 or self.ntotal == 0:
             empty = np.zeros(0, dtype=np.int64)
             return empty, empty, empty
-        lims, _, labels = self._index.range_search(_as_code_bytes(hashes), max_hamming + 1)
+        # A code's list is its low bits (see the module docstring): computed here, it spares
+        # the coarse quantizer's hash-table probe per code.
+        lists = (hashes & np.uint32(self._index.nlist - 1)).astype(np.int64).reshape(-1, 1)
+        lims, _, labels = self._index.range_search_preassigned(_as_code_bytes(hashes), max_hamming + 1,
+                                                               lists, None)
         query_index = np.repeat(np.arange(len(hashes), dtype=np.int64), np.diff(lims).astype(np.int64))
-        labels = labels.astype(np.int64)
         return query_index, labels >> self.payload_bits, labels & ((1 << self.payload_bits) - 1)
 
     def _settled_counts(self) -> np.ndarray:
