@@ -244,24 +244,21 @@ def _triplet_indices(peaks: Peaks, near_zone: tuple[int, int], far_zone: tuple[i
                      df_max: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Peak indices (anchor, near target, far target) of :func:`triplet_landmarks`, by anchor."""
     frames, bins = peaks.frames.astype(np.int64), peaks.bins.astype(np.int64)
-    near_a, near_t = _targets_in_zone(frames, bins, per_zone, near_zone[0], near_zone[1], df_max)
-    far_a, far_t = _targets_in_zone(frames, bins, per_zone, far_zone[0], far_zone[1], df_max)
-    near_rank = np.arange(len(near_a)) - np.searchsorted(near_a, near_a, side="left")
-    far_rank = np.arange(len(far_a)) - np.searchsorted(far_a, far_a, side="left")
-    anchors, first, second = [], [], []
-    for i in range(per_zone):
-        for j in range(per_zone):
-            # The i-th near target and the j-th far target of every anchor that has both.
-            near_sel, far_sel = near_rank == i, far_rank == j
-            common, near_idx, far_idx = np.intersect1d(near_a[near_sel], far_a[far_sel],
-                                                       return_indices=True)
-            anchors.append(common)
-            first.append(near_t[near_sel][near_idx])
-            second.append(far_t[far_sel][far_idx])
-    anchor = np.concatenate(anchors).astype(np.int64)
-    order = np.argsort(anchor, kind="stable")
-    return anchor[order], np.concatenate(first).astype(np.int64)[order], \
-        np.concatenate(second).astype(np.int64)[order]
+    n = len(frames)
+    # Each anchor's targets by rank (nearest first), -1 where it has fewer than per_zone.
+    nearest = []
+    for low, high in (near_zone, far_zone):
+        anchor, target = _targets_in_zone(frames, bins, per_zone, low, high, df_max)
+        table = np.full((n, per_zone), -1, dtype=np.int64)
+        table[anchor, np.arange(len(anchor)) - np.searchsorted(anchor, anchor, side="left")] = target
+        nearest.append(table)
+    # Columns (i, j) in row-major order: the i-th near target with the j-th far target.
+    # Reading the table row by row puts the triplets in anchor order, and an anchor's
+    # triplets in (i, j) order.
+    first, second = np.repeat(nearest[0], per_zone, axis=1), np.tile(nearest[1], (1, per_zone))
+    complete = (first >= 0) & (second >= 0)
+    anchor = np.broadcast_to(np.arange(n, dtype=np.int64)[:, None], complete.shape)[complete]
+    return anchor, first[complete], second[complete]
 
 
 def _triplets_of(peaks: Peaks, anchor: np.ndarray, first: np.ndarray, second: np.ndarray) -> Triplets:
