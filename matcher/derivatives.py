@@ -90,37 +90,37 @@ def derivative_alignments(fp: Fingerprint, tier: LandmarkIndex, params: MatchPar
         best = best_cells_per_track(track_ids[remaining], cells[remaining], hit_weights[remaining],
                                     _NEIGHBOURS_2D, params.triplet_min_score, params.max_candidates,
                                     params.cells_per_candidate)
-        if not best:
-            break
         aligned_tracks = []
-        own, own_bounds, candidate_hits, candidate_sizes = _cell_candidates(
-            best, track_ids, ratio_cells, pitch_cells, active)
+        owns, cell_hits = [], []
+        for track_id, track_cells in best:
+            first, last = np.searchsorted(track_ids, [track_id, track_id + 1])
+            own = np.arange(first, last)[active[first:last]]
+            centres = np.array(track_cells)
+            near = (np.abs(ratio_cells[own, None] - centres // _PITCH_STRIDE) <= 1) \
+                & (np.abs(pitch_cells[own, None] - centres % _PITCH_STRIDE) <= 1)
+            owns.append(own)
+            cell_hits.append([own[near[:, k]] for k in range(len(centres))])
         # Most (track, cell) candidates hold no line; one vectorized test over all of them
         # spares those the fit, which would reject them anyway.
-        may_hold = _may_hold_a_line(candidate_hits, candidate_sizes, query_frames, ref_frames, ratio, params)
-        candidate_ends = np.cumsum(candidate_sizes)
-        cells_per_track = len(candidate_sizes) // len(best)
-        for track_no, (track_id, track_cells) in enumerate(best):
-            for candidate in range(track_no * cells_per_track, track_no * cells_per_track + len(track_cells)):
-                if not may_hold[candidate]:
-                    continue
-                in_cell = candidate_hits[candidate_ends[candidate] - candidate_sizes[candidate]:
-                                         candidate_ends[candidate]]
+        candidates = [in_cell for hits_of_track in cell_hits for in_cell in hits_of_track]
+        may_hold = iter(_may_hold_a_line(candidates, query_frames, ref_frames, ratio, params).tolist())
+        for (track_id, _), own, hits_of_track in zip(best, owns, cell_hits):
+            worth_fitting = [in_cell for in_cell, possible in zip(hits_of_track, may_hold) if possible]
+            for in_cell in worth_fitting:
                 line = _fit_time_line(query_frames[in_cell], ref_frames[in_cell], ratio[in_cell],
                                       hit_weights[in_cell], params)
                 if line is not None:
                     break
             else:
                 continue
-            track_own = own[own_bounds[track_no]:own_bounds[track_no + 1]]
             offset, time_ratio, inliers = line
             hits = in_cell[inliers]
             # The cell keeps hits within a cell of the best tempo estimate; a hit's own
             # estimate is noisier than that (+-3 % at 0.8x), so every hit of the track with
             # a close enough estimate that lies on the fitted line joins the alignment.
             shift = np.median(pitch[hits])
-            near_line = track_own[(np.abs(pitch[track_own] - shift) <= params.line_pitch_tolerance)
-                                  & (np.abs(np.log(ratio[track_own] / time_ratio)) <= params.line_ratio_tolerance)]
+            near_line = own[(np.abs(pitch[own] - shift) <= params.line_pitch_tolerance)
+                            & (np.abs(np.log(ratio[own] / time_ratio)) <= params.line_ratio_tolerance)]
             on_line = np.abs(ref_frames[near_line] - (offset + time_ratio * query_frames[near_line])) \
                 <= params.line_tolerance
             hits = np.union1d(hits, near_line[on_line])
@@ -162,57 +162,8 @@ def _strongest_tracks(track_ids: np.ndarray, ratio_cells: np.ndarray, pitch_cell
     return np.flatnonzero(present)[strongest[best[strongest] >= params.triplet_min_score]]
 
 
-def _cell_candidates(best: list, track_ids: np.ndarray, ratio_cells: np.ndarray, pitch_cells: np.ndarray,
-                     active: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """The active hits of each (track, cell) candidate of a round, found for all at once.
-
-    Parameters
-    ----------
-    best : list of (track_id, list of cell)
-        From :func:`matcher.voting.best_cells_per_track`.
-    track_ids, ratio_cells, pitch_cells : np.ndarray of int64
-        Every hit's track and cells, sorted by track.
-    active : np.ndarray of bool
-        The hits still free to align.
-
-    Returns
-    -------
-    own : np.ndarray of int64
-        The active hits of the tracks in ``best``, track after track, ascending.
-    own_bounds : np.ndarray of int64
-        Track ``i`` owns ``own[own_bounds[i]:own_bounds[i + 1]]``.
-    candidate_hits : np.ndarray of int64
-        Hits within one cell (either way) of the candidate cell, candidate after candidate
-        and ascending within one; track ``i``'s ``k``-th cell is candidate ``i * K + k``,
-        ``K`` the largest count of cells of a track (missing cells are empty candidates).
-    candidate_sizes : np.ndarray of int64
-        Hits of each candidate.
-    """
-    tracks = np.array([track_id for track_id, _ in best], dtype=np.int64)
-    cells_per_track = max(len(track_cells) for _, track_cells in best)
-    centres = np.full((len(best), cells_per_track), -1, dtype=np.int64)  # -1: no cell (none is negative)
-    for track_no, (_, track_cells) in enumerate(best):
-        centres[track_no, :len(track_cells)] = track_cells
-    first, last = np.searchsorted(track_ids, tracks), np.searchsorted(track_ids, tracks + 1)
-    lengths = last - first
-    own = np.repeat(first - (np.cumsum(lengths) - lengths), lengths) + np.arange(lengths.sum())
-    owner = np.repeat(np.arange(len(best)), lengths)
-    free = np.flatnonzero(active[own])
-    own, owner = own[free], owner[free]
-    own_bounds = np.searchsorted(owner, np.arange(len(best) + 1))
-    track_centres = centres[owner]
-    near = (np.abs(ratio_cells[own, None] - track_centres // _PITCH_STRIDE) <= 1) \
-        & (np.abs(pitch_cells[own, None] - track_centres % _PITCH_STRIDE) <= 1) & (track_centres >= 0)
-    hit_no, cell_no = np.nonzero(near)
-    candidate = owner[hit_no] * cells_per_track + cell_no
-    # Row-major: hits ascending, cells within a hit; a stable sort groups them by candidate.
-    by_candidate = np.argsort(candidate, kind="stable")
-    return own, own_bounds, own[hit_no[by_candidate]], \
-        np.bincount(candidate, minlength=len(best) * cells_per_track).astype(np.int64)
-
-
-def _may_hold_a_line(candidate_hits: np.ndarray, candidate_sizes: np.ndarray, query_frames: np.ndarray,
-                     ref_frames: np.ndarray, ratio: np.ndarray, params: MatchParams) -> np.ndarray:
+def _may_hold_a_line(candidates: list[np.ndarray], query_frames: np.ndarray, ref_frames: np.ndarray,
+                     ratio: np.ndarray, params: MatchParams) -> np.ndarray:
     """False for each candidate hit set in which :func:`_fit_time_line` cannot find a line.
 
     That fit's first inliers are the hits whose offset (under the set's median ratio)
@@ -223,10 +174,8 @@ def _may_hold_a_line(candidate_hits: np.ndarray, candidate_sizes: np.ndarray, qu
 
     Parameters
     ----------
-    candidate_hits : np.ndarray of int
-        Hit indices (into the arrays below) of every candidate, one after the other.
-    candidate_sizes : np.ndarray of int
-        Hits of each candidate.
+    candidates : list of np.ndarray of int
+        Hit indices of each candidate (into the arrays below).
     query_frames, ref_frames, ratio : np.ndarray
         Every hit's query frame, reference frame and tempo ratio.
     params : MatchParams
@@ -235,12 +184,12 @@ def _may_hold_a_line(candidate_hits: np.ndarray, candidate_sizes: np.ndarray, qu
     -------
     np.ndarray of bool, one per candidate
     """
-    sizes = candidate_sizes
+    sizes = np.array([len(c) for c in candidates], dtype=np.int64)
     may_hold = sizes >= params.min_aligned
     if not may_hold.any():
         return may_hold
     tested = np.flatnonzero(may_hold)
-    hits = candidate_hits[np.repeat(may_hold, sizes)]
+    hits = np.concatenate([candidates[i] for i in tested])
     group = np.repeat(np.arange(len(tested)), sizes[tested])
     starts = np.concatenate([[0], np.cumsum(sizes[tested])[:-1]])
     # The median ratio of each set, as np.median takes it (mean of the middle two of an even count).

@@ -8,7 +8,7 @@ import soxr
 
 from fingerprint import fingerprint_signal
 from matcher.align import _spans
-from matcher.derivatives import _PITCH_STRIDE, _cell_candidates, _fit_time_line, _may_hold_a_line
+from matcher.derivatives import _fit_time_line, _may_hold_a_line
 from matcher.types import Alignment, MatchParams
 from refrain.api import Refrain
 from refrain.config import Config
@@ -140,39 +140,11 @@ def test_line_pre_screen_never_rejects_a_set_the_fit_accepts():
         # offsets of the line's hits over up to 20 frames: the screen's margin is tested.
         ratios.append(true_ratio * np.exp(rng.uniform(-0.06, 0.06) + rng.normal(0, 0.005, len(query))))
     query_frames, ref_frames, ratios = (np.concatenate(a) for a in (query_frames, ref_frames, ratios))
-    may_hold = _may_hold_a_line(np.concatenate(candidates), np.array([len(c) for c in candidates]),
-                                query_frames, ref_frames, ratios, params)
+    may_hold = _may_hold_a_line(candidates, query_frames, ref_frames, ratios, params)
     fits = np.array([_fit_time_line(query_frames[c], ref_frames[c], ratios[c], np.ones(len(c)), params)
                      is not None for c in candidates])
     assert not (fits & ~may_hold).any()
     assert fits.sum() > 50 and (~may_hold).sum() > 50  # both kinds are there, and the screen acts
-
-
-def test_cell_candidates_are_the_hits_near_each_cell_of_each_track():
-    # Against the definition, track by track: a candidate holds the track's active hits
-    # within one ratio cell and one pitch cell of its centre, ascending.
-    rng = np.random.default_rng(8)
-    track_ids = np.sort(rng.integers(0, 12, 4000))
-    ratio_cells, pitch_cells = rng.integers(120, 136, 4000), rng.integers(118, 138, 4000)
-    active = rng.random(4000) < 0.8
-    best = [(int(track), [int(c) for c in rng.integers(120, 136, n) * _PITCH_STRIDE + rng.integers(118, 138, n)])
-            for track, n in zip(rng.permutation(12)[:7], [1, 3, 6, 2, 6, 1, 4])]
-    own, own_bounds, hits, sizes = _cell_candidates(best, track_ids, ratio_cells, pitch_cells, active)
-    ends = np.cumsum(sizes)
-    per_track = len(sizes) // len(best)
-    assert per_track == 6
-    for track_no, (track, centres) in enumerate(best):
-        expected_own = np.flatnonzero((track_ids == track) & active)
-        np.testing.assert_array_equal(own[own_bounds[track_no]:own_bounds[track_no + 1]], expected_own)
-        for k in range(per_track):
-            candidate = track_no * per_track + k
-            got = hits[ends[candidate] - sizes[candidate]:ends[candidate]]
-            if k >= len(centres):
-                assert len(got) == 0
-                continue
-            near = (np.abs(ratio_cells[expected_own] - centres[k] // _PITCH_STRIDE) <= 1) \
-                & (np.abs(pitch_cells[expected_own] - centres[k] % _PITCH_STRIDE) <= 1)
-            np.testing.assert_array_equal(got, expected_own[near])
 
 
 def test_stray_hits_past_a_copied_passage_do_not_stretch_its_span():
