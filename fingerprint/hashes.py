@@ -244,24 +244,21 @@ def _triplet_indices(peaks: Peaks, near_zone: tuple[int, int], far_zone: tuple[i
                      df_max: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Peak indices (anchor, near target, far target) of :func:`triplet_landmarks`, by anchor."""
     frames, bins = peaks.frames.astype(np.int64), peaks.bins.astype(np.int64)
-    near_a, near_t = _targets_in_zone(frames, bins, per_zone, near_zone[0], near_zone[1], df_max)
-    far_a, far_t = _targets_in_zone(frames, bins, per_zone, far_zone[0], far_zone[1], df_max)
-    near_rank = np.arange(len(near_a)) - np.searchsorted(near_a, near_a, side="left")
-    far_rank = np.arange(len(far_a)) - np.searchsorted(far_a, far_a, side="left")
-    anchors, first, second = [], [], []
-    for i in range(per_zone):
-        for j in range(per_zone):
-            # The i-th near target and the j-th far target of every anchor that has both.
-            near_sel, far_sel = near_rank == i, far_rank == j
-            common, near_idx, far_idx = np.intersect1d(near_a[near_sel], far_a[far_sel],
-                                                       return_indices=True)
-            anchors.append(common)
-            first.append(near_t[near_sel][near_idx])
-            second.append(far_t[far_sel][far_idx])
-    anchor = np.concatenate(anchors).astype(np.int64)
-    order = np.argsort(anchor, kind="stable")
-    return anchor[order], np.concatenate(first).astype(np.int64)[order], \
-        np.concatenate(second).astype(np.int64)[order]
+    n = len(frames)
+    # Each anchor's targets by rank (nearest first), -1 where it has fewer than per_zone.
+    nearest = []
+    for low, high in (near_zone, far_zone):
+        anchor, target = _targets_in_zone(frames, bins, per_zone, low, high, df_max)
+        table = np.full((n, per_zone), -1, dtype=np.int64)
+        table[anchor, np.arange(len(anchor)) - np.searchsorted(anchor, anchor, side="left")] = target
+        nearest.append(table)
+    # Columns (i, j) in row-major order: the i-th near target with the j-th far target.
+    # Reading the table row by row puts the triplets in anchor order, and an anchor's
+    # triplets in (i, j) order.
+    first, second = np.repeat(nearest[0], per_zone, axis=1), np.tile(nearest[1], (1, per_zone))
+    complete = (first >= 0) & (second >= 0)
+    anchor = np.broadcast_to(np.arange(n, dtype=np.int64)[:, None], complete.shape)[complete]
+    return anchor, first[complete], second[complete]
 
 
 def _triplets_of(peaks: Peaks, anchor: np.ndarray, first: np.ndarray, second: np.ndarray) -> Triplets:
@@ -351,20 +348,31 @@ def hash_triplets(triplets: Triplets, tolerant: bool = False, margin: float = 0.
                   np.floor((triplets.anchor_positions + reach) / _BAND_BINS).astype(np.int64))]
     offsets = (_TRIPLET_DELTA_OFFSET, _TRIPLET_DELTA_OFFSET, 0, 0)
     limits = (127, 127, _TIME_RATIO_LEVELS - 1, 7)
+    # Each field's two candidate values, clipped and shifted into place once: a variant's
+    # code is then the OR of one of them per field (16 variants would otherwise repeat
+    # the clipping and packing of every field).
+    zeros = np.zeros(len(triplets), dtype=np.int64)
+    placed, differs = [], []
+    for name, (nearest, other), offset, limit in zip(names, quantised, offsets, limits):
+        alone = dict.fromkeys(names, zeros)
+        placed.append([TRIPLET_LAYOUT.pack(**{**alone, name: np.clip(value + offset, 0, limit)})
+                       for value in ((nearest, other) if tolerant else (nearest,))])
+        differs.append(other != nearest)
     rows = np.arange(len(triplets))
     codes, code_rows = [], []
     for variant in itertools.product((False, True), repeat=4) if tolerant else [(False,) * 4]:
         # A variant takes the other side of the boundary for the flagged fields; it exists
         # only for triplets where every flagged field really is near a boundary.
         keep = np.ones(len(rows), dtype=bool)
-        values = {}
-        for name, flagged, (nearest, other), offset, limit in zip(names, variant, quantised,
-                                                                  offsets, limits):
+        for flagged, field_differs in zip(variant, differs):
             if flagged:
-                keep &= other != nearest
-            values[name] = np.clip((other if flagged else nearest) + offset, 0, limit)
-        codes.append(TRIPLET_LAYOUT.pack(**{name: v[keep] for name, v in values.items()}))
-        code_rows.append(rows[keep])
+                keep &= field_differs
+        kept = np.flatnonzero(keep)
+        code = np.zeros(len(kept), dtype=np.uint32)
+        for flagged, field_values in zip(variant, placed):
+            code |= field_values[flagged][kept]
+        codes.append(code)
+        code_rows.append(rows[kept])
     return np.concatenate(codes), np.concatenate(code_rows)
 
 

@@ -65,11 +65,11 @@ def derivative_alignments(fp: Fingerprint, tier: LandmarkIndex, params: MatchPar
         & (np.abs(pitch) <= params.max_pitch_shift_semitones * bins_per_semitone)
     # Positions, not the mask itself, select from each array: masking is several times slower.
     plausible = np.flatnonzero(plausible)
-    query_ids, track_ids, ref_frames, ratio, pitch, hit_weights = (
-        a[plausible] for a in (query_ids, track_ids, ref_frames, ratio, pitch, hit_weights))
-    if len(track_ids) == 0:
+    if len(plausible) == 0:
         return []
-    query_frames = triplets.anchor_frames[query_ids].astype(np.int64)
+    # The votes need each plausible hit's track, cells and weight; the other quantities
+    # are taken below for the strongest tracks' hits only.
+    track_ids, ratio, pitch, hit_weights = (a[plausible] for a in (track_ids, ratio, pitch, hit_weights))
     ratio_cells = np.round(np.log(ratio) / params.ratio_bin).astype(np.int64) + _CELL_CENTRE
     pitch_cells = np.round(pitch).astype(np.int64) + _CELL_CENTRE
     cells = ratio_cells * _PITCH_STRIDE + pitch_cells
@@ -78,9 +78,10 @@ def derivative_alignments(fp: Fingerprint, tier: LandmarkIndex, params: MatchPar
     is_contender[_strongest_tracks(track_ids, ratio_cells, pitch_cells, hit_weights, params)] = True
     contenders = np.flatnonzero(is_contender[track_ids])
     order = contenders[vote_order(track_ids[contenders], cells[contenders])]
-    query_ids, track_ids, ref_frames, ratio, pitch, hit_weights, query_frames, ratio_cells, \
-        pitch_cells, cells = (a[order] for a in (query_ids, track_ids, ref_frames, ratio, pitch, hit_weights,
-                                                 query_frames, ratio_cells, pitch_cells, cells))
+    track_ids, ratio, pitch, hit_weights, cells = (a[order] for a in (track_ids, ratio, pitch, hit_weights, cells))
+    query_ids, ref_frames = (a[plausible[order]] for a in (query_ids, ref_frames))
+    query_frames = triplets.anchor_frames[query_ids].astype(np.int64)
+    ratio_cells, pitch_cells = cells // _PITCH_STRIDE, cells % _PITCH_STRIDE
 
     alignments = []
     active = np.ones(len(track_ids), dtype=bool)
@@ -148,13 +149,14 @@ def _strongest_tracks(track_ids: np.ndarray, ratio_cells: np.ndarray, pitch_cell
     compact = (np.cumsum(present) - 1)[track_ids]
     r, p = ratio_cells - ratio_cells.min(), pitch_cells - pitch_cells.min()
     shape = (int(present.sum()), int(r.max()) + 1, int(p.max()) + 1)
-    flat = np.ravel_multi_index((compact, r, p), shape)
+    flat = (compact * shape[1] + r) * shape[2] + p
     grid = np.bincount(flat, weights=weights, minlength=int(np.prod(shape))).reshape(shape)
     padded = np.pad(grid, ((0, 0), (1, 1), (1, 1)))
     summed = sum(padded[:, 1 + dr:1 + dr + shape[1], 1 + dp:1 + dp + shape[2]]
                  for dr in (-1, 0, 1) for dp in (-1, 0, 1))
-    # As there, only cells holding a vote of their own are centres of a neighbourhood.
-    occupied = np.bincount(flat, minlength=int(np.prod(shape))).reshape(shape) > 0
+    # As there, only cells holding a vote of their own are centres of a neighbourhood (the
+    # weights are positive, so those are the cells of positive weight).
+    occupied = grid > 0
     best = np.where(occupied, summed, 0.0).reshape(shape[0], -1).max(axis=1)
     strongest = np.argsort(-best, kind="stable")[:params.max_candidates]
     return np.flatnonzero(present)[strongest[best[strongest] >= params.triplet_min_score]]

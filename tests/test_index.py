@@ -69,6 +69,24 @@ def test_landmark_index_add_lookup_remove(tmp_path):
         assert hit_set(loaded, codes[8]) == hit_set(store, codes[8])
 
 
+def test_lookup_returns_hits_grouped_by_code_in_the_order_asked(tmp_path):
+    # The lookup searches the codes in list order; its answer must still come code by code
+    # in the order given, each code's hits in stored order, as one lookup per code gives.
+    rng = np.random.default_rng(4)
+    store = LandmarkIndex.create(payload_bits=22, list_bits=8)
+    stored = rng.integers(0, 1 << 12, 3000, dtype=np.uint32)  # few distinct codes: many hits each
+    store.add(3, stored, np.arange(3000))
+    store.add(5, stored[::7], np.arange(0, 3000, 7) + 1)
+    asked = np.concatenate([rng.choice(stored, 200), rng.integers(1 << 12, 1 << 20, 50, dtype=np.uint32),
+                            stored[:5], stored[:5]])  # repeated codes too
+    rng.shuffle(asked)
+    one_by_one = [store.lookup(asked[i:i + 1]) for i in range(len(asked))]
+    expected = [np.concatenate([np.full(len(hits[0]), i) for i, hits in enumerate(one_by_one)])] + \
+        [np.concatenate([hits[k] for hits in one_by_one]) for k in (1, 2)]
+    for got, want in zip(store.lookup(asked), expected):
+        np.testing.assert_array_equal(got, want)
+
+
 def test_landmark_index_rejects_payloads_it_cannot_encode():
     store = LandmarkIndex.create(payload_bits=22, list_bits=8)
     with pytest.raises(ValueError, match="payloads must lie in"):

@@ -10,6 +10,7 @@ from fingerprint import fingerprint_signal
 from matcher.align import _spans
 from matcher.derivatives import _fit_time_line, _may_hold_a_line
 from matcher.types import Alignment, MatchParams
+from matcher.voting import vote_order
 from refrain.api import Refrain
 from refrain.config import Config
 from refrain.synth import add_noise
@@ -145,6 +146,18 @@ def test_line_pre_screen_never_rejects_a_set_the_fit_accepts():
                      is not None for c in candidates])
     assert not (fits & ~may_hold).any()
     assert fits.sum() > 50 and (~may_hold).sum() > 50  # both kinds are there, and the screen acts
+
+
+@pytest.mark.parametrize("track_range, cell_range", [(150, 6000), (1 << 30, 1 << 32)])
+def test_vote_order_is_a_stable_sort_by_track_then_cell(track_range, cell_range):
+    # Small spans take the packed sort, spans too wide to pack the argsort: same order.
+    rng = np.random.default_rng(9)
+    track_ids = rng.integers(0, track_range, 20_000)
+    cells = rng.integers(0, cell_range, 20_000)
+    track_ids[::3], cells[::3] = track_ids[1::3], cells[1::3]  # ties
+    expected = np.lexsort((np.arange(20_000), cells, track_ids))
+    np.testing.assert_array_equal(vote_order(track_ids, cells), expected)
+    assert len(vote_order(track_ids[:0], cells[:0])) == 0
 
 
 def test_stray_hits_past_a_copied_passage_do_not_stretch_its_span():
