@@ -43,6 +43,9 @@ NOISE_SEED = 2024  # seed of the noise added to query (a)
 VORBIS_QUALITY = 5  # libvorbis -q:a (about 60 kbit/s for 22.05 kHz mono)
 FADE_SECONDS = 0.005  # at the mash-up joint, to avoid a click (timing unchanged)
 SPEED_UP = 1.25  # the "nightcore" query (e): resampled this much faster
+#: The AI-cover query (f): song 03's notes re-rendered with the instruments, drum kit and
+#: effects of this seed, this many semitones lower, at this tempo.
+COVER_TIMBRE_SEED, COVER_SEMITONES, COVER_TEMPO = 90, -3, 0.9
 
 
 def pcm16(y: np.ndarray) -> np.ndarray:
@@ -151,6 +154,17 @@ def build(out: Path) -> dict:
                                     "(+3.86 semitones) changed together (ffmpeg asetrate, Ogg Vorbis)",
                         expected=[expect(4, 0.0, 10.0, 6.0, SPEED_UP, 12 * np.log2(SPEED_UP),
                                          "speed_changed")]))
+
+    # (f) an "AI cover": song 3's composition re-performed with other instruments, drums and
+    # effects, lower and slower; no sound of the recording survives, only its notes.
+    name = f"{songs[3][0]}-cover-other-instruments-{abs(COVER_SEMITONES)}st-lower-{COVER_TEMPO:g}x-tempo.ogg"
+    write_audio(out / "queries" / name, render_song(CATALOGUE[2][1], SONG_SECONDS, SR, transpose=COVER_SEMITONES,
+                                                    tempo=COVER_TEMPO, timbre_seed=COVER_TIMBRE_SEED))
+    queries.append(dict(file=f"queries/{name}", duration=SONG_SECONDS,
+                        description=f"song 03's notes re-performed with the instruments, drum kit and effects of "
+                                    f"seed {COVER_TIMBRE_SEED}, {abs(COVER_SEMITONES)} semitones lower, at "
+                                    f"{COVER_TEMPO:g}x tempo: a cover, none of the recording (Ogg Vorbis)",
+                        expected=[expect(3, 0.0, SONG_SECONDS, 0.0, COVER_TEMPO, COVER_SEMITONES, "cover")]))
 
     # (d) unrelated music: a seed that is not in the catalogue.
     info = describe_song(UNRELATED_SEED)

@@ -32,15 +32,19 @@ def test_sample_query_matches_the_manifest(sample_index, query):
     assert sorted(found) == sorted(e["track"] for e in query["expected"]), result.matches
     for expected in query["expected"]:
         m = found[expected["track"]]
-        assert m.query_start == pytest.approx(expected["query_start"], abs=1.0), m
-        assert m.query_end == pytest.approx(expected["query_end"], abs=1.0), m
-        # Offsets are sample-exact in the manifest; the matcher resolves one 32 ms frame.
+        # Offsets are sample-exact in the manifest; the landmark tiers resolve one 32 ms
+        # frame, the melody tier (a cover) one 256 ms chroma frame, and its spans end on a
+        # 16.4 s segment laid every 4.1 s.
+        cover = expected.get("kind") == "cover"
+        span_tolerance, offset_tolerance = (4.5, 0.3) if cover else (1.0, 0.1)
+        assert m.query_start == pytest.approx(expected["query_start"], abs=span_tolerance), m
+        assert m.query_end == pytest.approx(expected["query_end"], abs=span_tolerance), m
         # The time line is ref = offset + time_ratio * query.
         ratio = expected["time_ratio"]
         true_offset = expected["reference_start"] - ratio * expected["query_start"]
         assert m.time_ratio == pytest.approx(ratio, rel=0.01), m
         assert m.pitch_shift_semitones == pytest.approx(expected["pitch_shift_semitones"], abs=0.25), m
-        assert m.offset == pytest.approx(true_offset, abs=0.1), m
-        assert m.ref_start == pytest.approx(true_offset + ratio * m.query_start, abs=0.15), m
+        assert m.offset == pytest.approx(true_offset, abs=offset_tolerance), m
+        assert m.ref_start == pytest.approx(true_offset + ratio * m.query_start, abs=offset_tolerance + 0.05), m
         if "kind" in expected:
             assert m.kind == expected["kind"], m
