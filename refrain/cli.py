@@ -179,11 +179,13 @@ def _print_result(result: QueryResult) -> None:
         described = ", ".join(f"{key} {value}" for key, value in
                               (("title", m.title), ("artist", m.artist), ("ISRC", m.isrc)) if value)
         print(f"  track {m.track_id}  {m.source}" + (f"  ({described})" if described else ""))
-        print(f"    {m.kind}  score {m.score:.1f} ({m.aligned} aligned)  confidence {m.confidence:.3f}  "
+        # A cover's score is a similarity in 0-1 (threshold 0.57), the others' a weighted count.
+        digits = 2 if m.kind == "cover" else 1
+        print(f"    {m.kind}  score {m.score:.{digits}f} ({m.aligned} aligned)  confidence {m.confidence:.3f}  "
               f"tempo ×{m.time_ratio:.3f}  pitch {m.pitch_shift_semitones:+.2f} st")
         for span in m.spans:
             print(f"    query {span.query_start:.1f}–{span.query_end:.1f} s ↔ "
-                  f"ref {span.ref_start:.1f}–{span.ref_end:.1f} s  (score {span.score:.1f})")
+                  f"ref {span.ref_start:.1f}–{span.ref_end:.1f} s  (score {span.score:.{digits}f})")
 
 
 def _match_all(refrain: Refrain, queries: list[tuple[str, Path]], as_json: bool) -> bool:
