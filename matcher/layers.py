@@ -191,6 +191,20 @@ def _coincidence(met: np.ndarray, peaks: PeakStore, track_id: int, offset: int, 
     Query frames ``start..end`` are compared with reference frames ``offset + start ..
     offset + end`` (shifted). NaN where the track has fewer than ``min_peaks`` peaks there.
     """
+    _, inside, _, hit = _meetings(met, peaks, track_id, offset, start, end, shifts)
+    return _fractions(inside, hit, min_peaks)
+
+
+def _meetings(met: np.ndarray, peaks: PeakStore, track_id: int, offset: int, start: int, end: int,
+              shifts: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Where the track's peaks fall in query frames ``start..end``, at ``offset`` plus each shift.
+
+    Returns
+    -------
+    query_frames, inside, usable, hit : np.ndarray, shape (len(shifts), n_peaks)
+        Each peak's query frame under each shift; whether it lies in ``start..end``;
+        whether it also lies within the bins of ``met``; whether it then meets a query peak.
+    """
     ref_frames, ref_bins = peaks.peaks_between(track_id, offset + start + shifts.min(),
                                                offset + end + shifts.max())
     query_frames = ref_frames[None, :].astype(np.int64) - offset - shifts[:, None]
@@ -198,6 +212,11 @@ def _coincidence(met: np.ndarray, peaks: PeakStore, track_id: int, offset: int, 
     usable = inside & (ref_bins < met.shape[0])[None, :]
     bins = np.broadcast_to(np.minimum(ref_bins, met.shape[0] - 1), query_frames.shape)
     hit = usable & met[bins, np.clip(query_frames, 0, met.shape[1] - 1)]
+    return query_frames, inside, usable, hit
+
+
+def _fractions(inside: np.ndarray, hit: np.ndarray, min_peaks: int) -> np.ndarray:
+    """Per row of :func:`_meetings`: the fraction of inside peaks that meet, NaN under ``min_peaks``."""
     counts = inside.sum(axis=1)
     return np.where(counts >= min_peaks, hit.sum(axis=1) / np.maximum(counts, 1), np.nan)
 
@@ -220,9 +239,12 @@ def _describe(track_id: int, offset: int, z: float, windows: list[tuple[int, int
     spans, points = [], []
     for run in runs:
         start, end = run[0][0], max(w[1] for w in run)
-        met_frames, ref_frames = _met_query_frames(met, peaks, track_id, offset, start, end)
-        chance = float(np.nanmean(_coincidence(met, peaks, track_id, offset, start, end, compared[1:], 1)))
-        q = _trim(met_frames, ref_frames, chance, round(1.0 / frame_seconds))
+        # One reading of the track's peaks: the unshifted row gives the run's peaks, the
+        # background rows its chance level.
+        query_frames, inside, usable, hit = _meetings(met, peaks, track_id, offset, start, end, compared)
+        chance = float(np.nanmean(_fractions(inside[1:], hit[1:], 1)))
+        q = _trim(np.sort(query_frames[0][hit[0]]), np.sort(query_frames[0][usable[0]]), chance,
+                  round(1.0 / frame_seconds))
         if len(q) == 0:
             continue
         q_start, q_end = float(q.min()) * frame_seconds, float(q.max() + 1) * frame_seconds
@@ -274,14 +296,3 @@ def _trim(met_frames: np.ndarray, ref_frames: np.ndarray, chance: float, frames_
     lo = first + standing[0] * frames_per_second
     hi = first + (standing[-1] + 2) * frames_per_second
     return met_frames[(met_frames >= lo) & (met_frames < hi)]
-
-
-def _met_query_frames(met: np.ndarray, peaks: PeakStore, track_id: int, offset: int, start: int,
-                      end: int) -> tuple[np.ndarray, np.ndarray]:
-    """Query frames (sorted) of the track's peaks in ``start..end`` that meet a query peak, and of all of them."""
-    ref_frames, ref_bins = peaks.peaks_between(track_id, offset + start, offset + end)
-    query_frames = ref_frames.astype(np.int64) - offset
-    inside = (ref_bins < met.shape[0]) & (query_frames >= start) & (query_frames < end)
-    query_frames, ref_bins = query_frames[inside], ref_bins[inside]
-    hit = met[ref_bins, query_frames]
-    return np.sort(query_frames[hit]), np.sort(query_frames)
