@@ -22,6 +22,7 @@ from fingerprint import Fingerprint, FingerprintParams
 from index.peaks import PeakStore
 from matcher.copies import OFFSET_BIAS, CopyVotes
 from matcher.types import Match, MatchParams, Span
+from matcher.voting import vote_keys
 
 __all__ = ["layer_matches"]
 
@@ -146,7 +147,7 @@ def _candidates(votes: CopyVotes, params: MatchParams, allowed: set[int] | None,
     if len(votes) == 0:
         return []
     # Votes come sorted by (track, offset): one run per cell.
-    keys = (votes.track_ids << 32) + votes.cells()
+    keys = vote_keys(votes.track_ids, votes.cells())
     firsts = np.concatenate([[0], np.flatnonzero(np.diff(keys)) + 1])
     cells = keys[firsts]
     cell_weights = np.add.reduceat(votes.weights, firsts)

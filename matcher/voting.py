@@ -7,7 +7,7 @@ import numpy as np
 from index.landmarks import LandmarkIndex
 from matcher.types import MatchParams
 
-__all__ = ["rarity_weights", "weighted_lookup", "vote_order", "best_cells_per_track"]
+__all__ = ["rarity_weights", "weighted_lookup", "vote_keys", "vote_order", "best_cells_per_track"]
 
 
 def rarity_weights(entries_per_code: np.ndarray, entries_in_tier: int, params: MatchParams) -> np.ndarray:
@@ -84,7 +84,7 @@ def vote_order(track_ids: np.ndarray, cells: np.ndarray) -> np.ndarray:
     track_span, cell_span = int(track_ids.max() - lowest_track) + 1, int(cells.max() - lowest_cell) + 1
     position_bits = (count - 1).bit_length()
     if (track_span * cell_span - 1).bit_length() + position_bits > 63:
-        return np.argsort(_vote_keys(track_ids, cells), kind="stable")
+        return np.argsort(vote_keys(track_ids, cells), kind="stable")
     # With its position in the low bits, a plain sort of the ranks orders the votes:
     # several times faster than an argsort (1.9 vs 4.6 ms for 135,000 votes).
     compact = (track_ids - lowest_track) * cell_span + (cells - lowest_cell)
@@ -92,7 +92,7 @@ def vote_order(track_ids: np.ndarray, cells: np.ndarray) -> np.ndarray:
     return np.sort(packed) & ((1 << position_bits) - 1)
 
 
-def _vote_keys(track_ids: np.ndarray, cells: np.ndarray) -> np.ndarray:
+def vote_keys(track_ids: np.ndarray, cells: np.ndarray) -> np.ndarray:
     """One int64 per vote, ordered by track, then cell."""
     return (track_ids << 32) + cells
 
@@ -127,7 +127,7 @@ def best_cells_per_track(track_ids: np.ndarray, cells: np.ndarray, weights: np.n
     -------
     list of (track_id, list of cell)
     """
-    keys = _vote_keys(track_ids, cells)
+    keys = vote_keys(track_ids, cells)
     if len(keys) == 0:
         return []
     first_of_value = np.concatenate([[0], np.flatnonzero(np.diff(keys)) + 1])
@@ -173,7 +173,8 @@ def _insertion_points(values: np.ndarray, deltas: np.ndarray) -> dict[int, np.nd
     """
     n = len(values)
     points: dict[int, np.ndarray] = {}
-    for run in np.split(np.unique(deltas), np.flatnonzero(np.diff(np.unique(deltas)) != 1) + 1):
+    distinct = np.unique(deltas)
+    for run in np.split(distinct, np.flatnonzero(np.diff(distinct) != 1) + 1):
         anchor = 0 if 0 in run else int(run[0])
         points[anchor] = np.arange(n) if anchor == 0 else np.searchsorted(values, values + anchor)
         for delta in range(anchor + 1, int(run[-1]) + 1):
