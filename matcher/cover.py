@@ -445,23 +445,37 @@ def _best_line(query: np.ndarray, reference: np.ndarray, shifted_reference: np.n
         # A small share of the unfiltered value keeps the exact offset the best of its neighbours.
         corr = maximum_filter1d(corr, 2 * params.offset_tolerance + 1, axis=1, mode="constant",
                                 cval=-1.0) + 1e-6 * corr
-    # Line d0 puts window w at reference frame d0 + starts[w]; row d0 + starts[-1] holds it
-    # (d0 may be negative: the query starts before the reference). Windows that fall
-    # outside the reference on a line count as 0 (no agreement).
+    # Line d0 puts window w at reference frame d0 + starts[w]; line index d0 + last holds
+    # it (d0 may be negative: the query starts before the reference). A run of ``run``
+    # consecutive windows is scored on every line by the mean of its windows' values,
+    # a window off the reference on that line counting as 0 (no agreement). Only the
+    # lines a run's windows reach are summed, as a band per run: a table over all lines
+    # would grow with the square of the upload's length (460 MB per candidate for 10 min).
     last = int(starts[-1])
     n_lines = n_positions + last
-    lines = np.zeros((len(starts), n_lines, PITCH_CLASSES))
-    for w, start in enumerate(starts):
-        lines[w, last - start:last - start + n_positions] = corr[w]
     run = min(params.run_windows, len(starts))
-    cumulative = np.concatenate([np.zeros((1, n_lines, PITCH_CLASSES)), np.cumsum(lines, axis=0)])
-    run_means = (cumulative[run:] - cumulative[:-run]) / run                       # (w - run + 1, lines, 12)
-    first, line, shift = np.unravel_index(int(np.argmax(run_means)), run_means.shape)
-    correlation = float(run_means[first, line, shift])
-    background = _background(run_means[first, :, shift], int(line), last, n_positions, params)
-    offset = int(line) - last
-    return (correlation - params.background_weight * background, correlation, background, int(shift), offset,
-            starts, lines[:, line, shift], length, (int(first), int(first) + run - 1))
+    n_runs = len(starts) - run + 1
+    hop = melody.segment_hop
+    # Band column b of run r is line b + last - starts[r + run - 1]; the run's window i
+    # adds its reference position p at column p + (run - 1 - i) * hop.
+    band = np.zeros((n_runs, n_positions + (run - 1) * hop, PITCH_CLASSES))
+    for i in range(run):
+        lead = (run - 1 - i) * hop
+        band[:, lead:lead + n_positions] += corr[i:i + n_runs]
+    band /= run
+    first, column, shift = np.unravel_index(int(np.argmax(band)), band.shape)
+    band_line = last - int(starts[first + run - 1])          # line of the band's column 0
+    line = band_line + int(column)
+    same_shift = np.zeros(n_lines)
+    same_shift[band_line:band_line + band.shape[1]] = band[first, :, shift]
+    positions = line - last + starts                          # each window's position on the line
+    on_reference = (positions >= 0) & (positions < n_positions)
+    window_values = np.zeros(len(starts))
+    window_values[on_reference] = corr[np.flatnonzero(on_reference), positions[on_reference], shift]
+    correlation = float(band[first, column, shift])
+    background = _background(same_shift, line, last, n_positions, params)
+    return (correlation - params.background_weight * background, correlation, background, int(shift),
+            line - last, starts, window_values, length, (int(first), int(first) + run - 1))
 
 
 def _background(same_shift: np.ndarray, line: int, last: int, n_positions: int, params: CoverParams) -> float:
