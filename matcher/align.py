@@ -7,15 +7,21 @@ per-second cap. A track is reported once, with all its spans, from the tier that
 explains it: exact-copy alignments first (they are the more precise), derivative
 ones for tracks that only the triplets found. Tracks neither found are then looked
 for under other audio (:mod:`matcher.layers`), verified on their stored peaks.
+An upload longer than ``upload_window_seconds`` is searched one window at a time and
+a work's alignments that run on across a boundary are joined again, so that a
+whole-album upload needs the memory of one window, not of all its landmark hits at once.
 """
 
 from __future__ import annotations
 
+from dataclasses import fields, replace
 from typing import Mapping
 
 import numpy as np
 
 from fingerprint import Fingerprint, FingerprintParams
+from fingerprint.hashes import Triplets
+from fingerprint.peaks import Peaks
 from index.landmarks import LandmarkIndex
 from matcher.copies import copy_alignments, copy_votes
 from matcher.derivatives import derivative_alignments
@@ -53,37 +59,153 @@ def match_fingerprint(fp: Fingerprint, tiers: Mapping[str, LandmarkIndex], param
     """
     frame_seconds = fingerprint_params.frame_seconds
     bins_per_semitone = fingerprint_params.bins_per_octave / 12.0
-    alignments: list[Alignment] = []
     use_layers = "layer" in params.tiers and "peaks" in tiers and fp.dense_peaks is not None
-    votes = None
-    if "pair" in tiers and ("pair" in params.tiers or use_layers):
-        votes = copy_votes(fp, tiers["pair"], params)
-    if votes is not None and "pair" in params.tiers:
-        alignments += copy_alignments(votes, params)
-    if "triplet" in tiers and "triplet" in params.tiers:
-        alignments += derivative_alignments(fp, tiers["triplet"], params, fingerprint_params)
+    allowed = None if track_durations is None else set(track_durations)
+    n_frames = int(np.ceil(fp.duration / frame_seconds))
+    window = max(1, int(round(params.upload_window_seconds / frame_seconds)))
+    alignments: list[Alignment] = []
+    layer_found: list[Match] = []
+    for number, first in enumerate(range(0, max(n_frames, 1), window)):
+        part = fp if n_frames <= window else _excerpt(fp, first, first + window, frame_seconds)
+        votes = None
+        if "pair" in tiers and ("pair" in params.tiers or use_layers):
+            votes = copy_votes(part, tiers["pair"], params)
+        found: list[Alignment] = []
+        if votes is not None and "pair" in params.tiers:
+            found += copy_alignments(votes, params)
+        if "triplet" in tiers and "triplet" in params.tiers:
+            found += derivative_alignments(part, tiers["triplet"], params, fingerprint_params)
+        found = [a for a in found if allowed is None or a.track_id in allowed]
+        if use_layers and votes is not None:
+            reported = {a.track_id for a in found
+                        if sum(s.score for s in _spans(a, params, frame_seconds)) >= _threshold(a.tier, params)}
+            layer_found += [_moved_match(m, first * frame_seconds)
+                            for m in layer_matches(part, votes, tiers["peaks"], params, fingerprint_params,
+                                                   allowed=allowed, skip=reported)]
+        alignments += [_moved_alignment(a, first, number) for a in found]
 
     by_track: dict[int, dict[str, list[tuple[Alignment, list[Span]]]]] = {}
-    for alignment in alignments:
-        if track_durations is not None and alignment.track_id not in track_durations:
-            continue
+    for alignment in _join_lines(alignments, params) if n_frames > window else alignments:
         spans = _spans(alignment, params, frame_seconds)
         if sum(span.score for span in spans) >= _threshold(alignment.tier, params):
             by_track.setdefault(alignment.track_id, {}).setdefault(alignment.tier, []).append(
                 (alignment, spans))
 
     matches = []
-    for track_id, found in by_track.items():
-        tier = "pair" if "pair" in found else "triplet"
+    for track_id, found_in in by_track.items():
+        tier = "pair" if "pair" in found_in else "triplet"
         duration = track_durations.get(track_id) if track_durations is not None else None
-        matches.append(_describe(track_id, tier, found[tier], fp, params, frame_seconds,
+        matches.append(_describe(track_id, tier, found_in[tier], fp, params, frame_seconds,
                                  bins_per_semitone, duration))
-    if use_layers and votes is not None:
-        matches += layer_matches(fp, votes, tiers["peaks"], params, fingerprint_params,
-                                 allowed=None if track_durations is None else set(track_durations),
-                                 skip={m.track_id for m in matches})
+    matches += _join_layer_matches([m for m in layer_found if m.track_id not in by_track], frame_seconds)
     matches.sort(key=lambda m: (-m.score, m.track_id))
     return matches
+
+
+def _excerpt(fp: Fingerprint, first: int, end: int, frame_seconds: float) -> Fingerprint:
+    """The query's landmarks and peaks anchored in frames ``first..end``, as a query of its own.
+
+    Frames are counted from ``first``. Pair landmarks keep their whole hash (a target
+    may lie past ``end``); the derivative tier builds its triplets from the peaks, so
+    triplets across the boundary are lost. The stored catalogue triplets and the
+    melody are not needed by the landmark and layer tiers and are left out.
+    """
+    def peaks_between(peaks: Peaks | None) -> Peaks | None:
+        if peaks is None:
+            return None
+        lo, hi = np.searchsorted(peaks.frames, [first, end])
+        return Peaks(frames=peaks.frames[lo:hi] - first, bins=peaks.bins[lo:hi],
+                     strength=peaks.strength[lo:hi], bin_offsets=peaks.bin_offsets[lo:hi])
+
+    inside = (fp.frames >= first) & (fp.frames < end)
+    no_triplets = Triplets(**{f.name: getattr(fp.triplets, f.name)[:0] for f in fields(Triplets)})
+    return Fingerprint(hashes=fp.hashes[inside], frames=fp.frames[inside] - first,
+                       duration=min(fp.duration - first * frame_seconds, (end - first) * frame_seconds),
+                       peaks=peaks_between(fp.peaks), triplets=no_triplets, melody=None,
+                       dense_peaks=peaks_between(fp.dense_peaks))
+
+
+def _moved_alignment(alignment: Alignment, first: int, window_number: int) -> Alignment:
+    """An alignment found in the window starting at query frame ``first``, in upload frames.
+
+    Query landmark ids are made distinct across windows (they only tell one landmark's
+    hits from another's).
+    """
+    if first == 0:
+        return alignment
+    return replace(alignment, offset_frames=alignment.offset_frames - alignment.time_ratio * first,
+                   query_frames=alignment.query_frames + first,
+                   query_ids=alignment.query_ids + (window_number << 40))
+
+
+def _join_lines(alignments: list[Alignment], params: MatchParams) -> list[Alignment]:
+    """Alignments of windows side by side joined where they continue one time line.
+
+    Two alignments of a track in one tier are on one line when their tempo ratios
+    agree within ``copy_ratio_tolerance`` and their lines meet within ``line_tolerance``
+    frames where the later one starts; the joined alignment keeps the geometry of the
+    one with more weight.
+    """
+    joined: list[Alignment] = []
+    for alignment in sorted(alignments, key=lambda a: (a.track_id, a.tier, int(a.query_frames.min()))):
+        start = float(alignment.query_frames.min())
+        for k, earlier in enumerate(joined):
+            if earlier.track_id != alignment.track_id or earlier.tier != alignment.tier \
+                    or abs(earlier.time_ratio / alignment.time_ratio - 1.0) > params.copy_ratio_tolerance:
+                continue
+            gap = (earlier.offset_frames + earlier.time_ratio * start) \
+                - (alignment.offset_frames + alignment.time_ratio * start)
+            if abs(gap) <= params.line_tolerance and earlier.query_frames.max() < start:
+                heavier = earlier if earlier.weights.sum() >= alignment.weights.sum() else alignment
+                joined[k] = replace(heavier, **{name: np.concatenate([getattr(earlier, name), getattr(alignment, name)])
+                                               for name in ("query_frames", "ref_frames", "query_ids", "weights")})
+                break
+        else:
+            joined.append(alignment)
+    return joined
+
+
+def _moved_match(match: Match, seconds: float) -> Match:
+    """A match found in a window starting ``seconds`` into the upload, in upload time."""
+    if seconds == 0:
+        return match
+    return replace(match, query_start=round(match.query_start + seconds, 3),
+                   query_end=round(match.query_end + seconds, 3), offset=round(match.offset - seconds, 3),
+                   spans=[replace(s, query_start=round(s.query_start + seconds, 3),
+                                  query_end=round(s.query_end + seconds, 3)) for s in match.spans],
+                   points=match.points + np.array([seconds, 0.0]))
+
+
+def _join_layer_matches(matches: list[Match], frame_seconds: float) -> list[Match]:
+    """One match per track from the under-mix matches of several windows.
+
+    The best-verified window's match gives score, offset and confidence; the spans of
+    all windows are kept, those that continue each other at one offset made one.
+    """
+    by_track: dict[int, list[Match]] = {}
+    for match in matches:
+        by_track.setdefault(match.track_id, []).append(match)
+    joined = []
+    for found in by_track.values():
+        if len(found) == 1:
+            joined.append(found[0])
+            continue
+        best = max(found, key=lambda m: m.score)
+        spans: list[Span] = []
+        for span in sorted((s for m in found for s in m.spans), key=lambda s: s.query_start):
+            if spans and span.query_start - spans[-1].query_end <= 1.0 and abs(
+                    (span.ref_start - span.query_start) - (spans[-1].ref_start - spans[-1].query_start)) \
+                    <= 1.5 * frame_seconds:
+                spans[-1] = replace(spans[-1], query_end=span.query_end, ref_end=span.ref_end,
+                                    score=max(spans[-1].score, span.score),
+                                    aligned=spans[-1].aligned + span.aligned)
+            else:
+                spans.append(span)
+        joined.append(replace(best, spans=spans, aligned=sum(s.aligned for s in spans),
+                              query_start=spans[0].query_start, query_end=spans[-1].query_end,
+                              ref_start=spans[0].ref_start, ref_end=spans[-1].ref_end,
+                              points=np.concatenate([m.points for m in found])))
+    return joined
 
 
 def _threshold(tier: str, params: MatchParams) -> float:

@@ -136,6 +136,14 @@ class MatchParams:
         (default 4.5): the offset is then fixed, not one guess among many. A window of
         unrelated music at a fixed offset reaches it about once in 14,000 (198k windows of
         real-music candidates).
+    upload_window_seconds : float
+        Uploads longer than this (default 300 s) are searched one window of this length
+        at a time, and each work's alignments that continue one time line across a
+        window boundary are joined again: the landmark tiers' memory and time then grow
+        with the upload's length, not faster (a 20-minute upload searched whole peaked
+        at 4.2 GB). A derivative passage of a few seconds cut by a boundary may fall
+        short on both sides; a recording under other audio is verified in each window
+        on its own.
     """
 
     tiers: tuple[str, ...] = ("pair", "triplet", "layer")
@@ -173,6 +181,7 @@ class MatchParams:
     layer_min_spread: float = 0.01
     layer_min_z: float = 7.0
     layer_extend_z: float = 4.5
+    upload_window_seconds: float = 300.0
 
 
 @dataclass(frozen=True)

@@ -128,16 +128,20 @@ def test_a_looped_reference_verified_at_two_offsets_is_one_match():
     assert found[0].kind == "mixed" and found[0].tier == "layer"
 
 
+@pytest.mark.parametrize("upload_window_seconds", [300.0, 15.0])
 def test_a_long_buried_passage_is_reported_over_its_whole_length(catalogue, catalogue_index, songs,
-                                                                 unrelated_songs, write_audio, tmp_path):
+                                                                 unrelated_songs, write_audio, tmp_path,
+                                                                 upload_window_seconds):
     # 26 s of song 41 (from its 5 s) under 30 s of another song, from 2 s to 28 s of the
     # upload: the verified window holds 10 s of it, the spans must reach both ends. (With
     # this much of it the pair tier finds it too, in pieces: the layer tier is asked alone.)
+    # Searched in two 15 s upload windows, each verifies its part: one match again.
     background = unrelated_songs[45]
     song = np.zeros_like(background)
     song[2 * SR:28 * SR] = songs[41].samples[5 * SR:31 * SR]
     path = write_audio(tmp_path / "remix.wav", mix(background, song, -18.0))
-    layer_only = dataclasses.replace(catalogue.config.match, tiers=("layer",))
+    layer_only = dataclasses.replace(catalogue.config.match, tiers=("layer",),
+                                     upload_window_seconds=upload_window_seconds)
     with Refrain.open(catalogue_index.directory, Config(match=layer_only)) as refrain:
         result = refrain.match_file(path)
     assert [m.track_id for m in result.matches] == [catalogue_index.track_ids[41]]

@@ -173,3 +173,36 @@ def test_stray_hits_past_a_copied_passage_do_not_stretch_its_span():
     assert span.query_start == pytest.approx(0.0) and span.query_end == pytest.approx(5.0, abs=0.1)
     assert span.ref_start == pytest.approx(100 * frame)
     assert span.aligned == len(query_frames)
+
+
+def test_a_long_upload_searched_window_by_window_reports_each_work_once_across_boundaries(
+        catalogue_index, catalogue, songs):
+    # 7 s windows: the 20 s copy of song 44 crosses two window boundaries, the sped-up
+    # (1.1x, resampled) 15 s of song 33 after it crosses two more.
+    rate = catalogue.params.sample_rate
+    copy = soxr.resample(songs[44].excerpt(3.0, 20.0), SR, rate)
+    sped_up = soxr.resample(songs[33].excerpt(10.0, 16.5), SR * 1.1, rate)
+    y = np.concatenate([copy, sped_up]).astype(np.float32)
+    windowed = Config(match=MatchParams(upload_window_seconds=7.0))
+    with Refrain.open(catalogue_index.directory, windowed, mmap=True) as refrain:
+        result = refrain.match_signal(y, "long")
+    ids = catalogue_index.track_ids
+    found = {m.track_id: m for m in result.matches}
+    assert set(found) == {ids[44], ids[33]}, result.matches
+
+    copied, derived = found[ids[44]], found[ids[33]]
+    assert copied.kind == "excerpt" and len(copied.spans) == 1, copied.spans
+    assert copied.query_start == pytest.approx(0.0, abs=1.0) and copied.query_end == pytest.approx(20.0, abs=1.0)
+    assert copied.offset == pytest.approx(3.0, abs=0.1)
+    assert derived.kind == "speed_changed" and len(derived.spans) == 1, derived.spans
+    assert derived.time_ratio == pytest.approx(1.1, rel=0.01)
+    assert derived.query_start == pytest.approx(20.0, abs=1.5) and derived.query_end == pytest.approx(35.0, abs=1.5)
+    assert derived.ref_start == pytest.approx(10.0, abs=1.5)
+
+    # The same upload searched whole finds the same works in the same places (but for the
+    # second of the speed-up left alone in the window before its boundary at 21 s).
+    whole = {m.track_id: m for m in catalogue.match_signal(y, "long").matches}
+    assert set(whole) == set(found)
+    for track_id, match in found.items():
+        assert match.query_start == pytest.approx(whole[track_id].query_start, abs=1.5)
+        assert match.query_end == pytest.approx(whole[track_id].query_end, abs=1.0)
