@@ -64,6 +64,7 @@ def match_fingerprint(fp: Fingerprint, tiers: Mapping[str, LandmarkIndex], param
     n_frames = int(np.ceil(fp.duration / frame_seconds))
     window = max(1, int(round(params.upload_window_seconds / frame_seconds)))
     alignments: list[Alignment] = []
+    passed: list[tuple[Alignment, list[Span]]] = []
     layer_found: list[Match] = []
     for number, first in enumerate(range(0, max(n_frames, 1), window)):
         part = fp if n_frames <= window else _excerpt(fp, first, first + window, frame_seconds)
@@ -76,20 +77,22 @@ def match_fingerprint(fp: Fingerprint, tiers: Mapping[str, LandmarkIndex], param
         if "triplet" in tiers and "triplet" in params.tiers:
             found += derivative_alignments(part, tiers["triplet"], params, fingerprint_params)
         found = [a for a in found if allowed is None or a.track_id in allowed]
+        passing = _passing(found, params, frame_seconds)
         if use_layers and votes is not None:
-            reported = {a.track_id for a in found
-                        if sum(s.score for s in _spans(a, params, frame_seconds)) >= _threshold(a.tier, params)}
             layer_found += [_moved_match(m, first * frame_seconds)
                             for m in layer_matches(part, votes, tiers["peaks"], params, fingerprint_params,
-                                                   allowed=allowed, skip=reported)]
-        alignments += [_moved_alignment(a, first, number) for a in found]
+                                                   allowed=allowed, skip={a.track_id for a, _ in passing})]
+        if n_frames <= window:
+            passed = passing
+        else:
+            # A window's alignment that fell short may pass once joined with its neighbours.
+            alignments += [_moved_alignment(a, first, number) for a in found]
+    if n_frames > window:
+        passed = _passing(_join_lines(alignments, params), params, frame_seconds)
 
     by_track: dict[int, dict[str, list[tuple[Alignment, list[Span]]]]] = {}
-    for alignment in _join_lines(alignments, params) if n_frames > window else alignments:
-        spans = _spans(alignment, params, frame_seconds)
-        if sum(span.score for span in spans) >= _threshold(alignment.tier, params):
-            by_track.setdefault(alignment.track_id, {}).setdefault(alignment.tier, []).append(
-                (alignment, spans))
+    for alignment, spans in passed:
+        by_track.setdefault(alignment.track_id, {}).setdefault(alignment.tier, []).append((alignment, spans))
 
     matches = []
     for track_id, found_in in by_track.items():
@@ -100,6 +103,13 @@ def match_fingerprint(fp: Fingerprint, tiers: Mapping[str, LandmarkIndex], param
     matches += _join_layer_matches([m for m in layer_found if m.track_id not in by_track], frame_seconds)
     matches.sort(key=lambda m: (-m.score, m.track_id))
     return matches
+
+
+def _passing(alignments: list[Alignment], params: MatchParams,
+             frame_seconds: float) -> list[tuple[Alignment, list[Span]]]:
+    """Each alignment whose spans score enough for its tier, with those spans."""
+    scored = [(alignment, _spans(alignment, params, frame_seconds)) for alignment in alignments]
+    return [(a, spans) for a, spans in scored if sum(span.score for span in spans) >= _threshold(a.tier, params)]
 
 
 def _excerpt(fp: Fingerprint, first: int, end: int, frame_seconds: float) -> Fingerprint:
