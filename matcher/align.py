@@ -63,11 +63,12 @@ def match_fingerprint(fp: Fingerprint, tiers: Mapping[str, LandmarkIndex], param
     allowed = None if track_durations is None else set(track_durations)
     n_frames = int(np.ceil(fp.duration / frame_seconds))
     window = max(1, int(round(params.upload_window_seconds / frame_seconds)))
+    windowed = n_frames > window
     alignments: list[Alignment] = []
     passed: list[tuple[Alignment, list[Span]]] = []
     layer_found: list[Match] = []
     for number, first in enumerate(range(0, max(n_frames, 1), window)):
-        part = fp if n_frames <= window else _excerpt(fp, first, first + window, frame_seconds)
+        part = _excerpt(fp, first, first + window, frame_seconds) if windowed else fp
         votes = None
         if "pair" in tiers and ("pair" in params.tiers or use_layers):
             votes = copy_votes(part, tiers["pair"], params)
@@ -82,12 +83,12 @@ def match_fingerprint(fp: Fingerprint, tiers: Mapping[str, LandmarkIndex], param
             layer_found += [_moved_match(m, first * frame_seconds)
                             for m in layer_matches(part, votes, tiers["peaks"], params, fingerprint_params,
                                                    allowed=allowed, skip={a.track_id for a, _ in passing})]
-        if n_frames <= window:
-            passed = passing
-        else:
+        if windowed:
             # A window's alignment that fell short may pass once joined with its neighbours.
             alignments += [_moved_alignment(a, first, number) for a in found]
-    if n_frames > window:
+        else:
+            passed = passing
+    if windowed:
         passed = _passing(_join_lines(alignments, params), params, frame_seconds)
 
     by_track: dict[int, dict[str, list[tuple[Alignment, list[Span]]]]] = {}
