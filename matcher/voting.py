@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numba
 import numpy as np
 
 from index.landmarks import LandmarkIndex
@@ -127,23 +128,12 @@ def best_cells_per_track(track_ids: np.ndarray, cells: np.ndarray, weights: np.n
     -------
     list of (track_id, list of cell)
     """
-    keys = vote_keys(track_ids, cells)
-    if len(keys) == 0:
+    if len(track_ids) == 0:
         return []
-    first_of_value = np.concatenate([[0], np.flatnonzero(np.diff(keys)) + 1])
-    values = keys[first_of_value]
-    cell_weight = np.add.reduceat(weights, first_of_value)
-    summed = np.zeros_like(cell_weight)
-    positions = _insertion_points(values, neighbourhood)
-    for delta in neighbourhood:
-        position = positions[int(delta)]
-        found = np.flatnonzero((position < len(values))
-                               & (values[np.minimum(position, len(values) - 1)] == values + delta))
-        summed[found] += cell_weight[position[found]]
+    values, summed, first, best = _neighbourhood_sums(vote_keys(track_ids, cells), np.asarray(weights, np.float64),
+                                                      np.asarray(neighbourhood, np.int64))
     value_tracks = values >> 32
-    first = np.flatnonzero(np.diff(value_tracks, prepend=-1))  # sorted: each track's first value
     tracks = value_tracks[first]
-    best = np.maximum.reduceat(summed, first)
     strongest = np.argsort(-best, kind="stable")[:max_tracks]
     result = []
     apart = {int(delta) for delta in neighbourhood}
@@ -163,24 +153,60 @@ def best_cells_per_track(track_ids: np.ndarray, cells: np.ndarray, weights: np.n
     return result
 
 
-def _insertion_points(values: np.ndarray, deltas: np.ndarray) -> dict[int, np.ndarray]:
-    """``np.searchsorted(values, values + delta)`` for each delta, with few binary searches.
+@numba.njit(cache=True, nogil=True)
+def _neighbourhood_sums(keys, weights, deltas):
+    """Distinct sorted vote keys, each one's neighbourhood weight, and each track's best.
 
-    ``values`` are distinct sorted integers, so the point for ``delta`` follows from the
-    point for ``delta - 1`` (or ``delta + 1``) by one comparison per value: runs of
-    consecutive deltas cost one search (none for a run holding 0, whose point for 0 is
-    each value's own place).
+    Parameters
+    ----------
+    keys : np.ndarray of int64
+        Sorted vote keys (:func:`vote_keys`).
+    weights : np.ndarray of float64
+        Weight of each vote.
+    deltas : np.ndarray of int64
+        Cell differences summed together, in the order they are added.
+
+    Returns
+    -------
+    values : np.ndarray of int64
+        The distinct keys.
+    summed : np.ndarray of float64
+        For each, the weight of the votes whose key differs from it by one of ``deltas``.
+    first : np.ndarray of int64
+        Position in ``values`` of each track's first key.
+    best : np.ndarray of float64
+        Each track's largest ``summed``.
     """
-    n = len(values)
-    points: dict[int, np.ndarray] = {}
-    distinct = np.unique(deltas)
-    for run in np.split(distinct, np.flatnonzero(np.diff(distinct) != 1) + 1):
-        anchor = 0 if 0 in run else int(run[0])
-        points[anchor] = np.arange(n) if anchor == 0 else np.searchsorted(values, values + anchor)
-        for delta in range(anchor + 1, int(run[-1]) + 1):
-            below = points[delta - 1]  # first value >= v + delta - 1; it is >= v + delta unless equal
-            points[delta] = below + ((below < n) & (values[np.minimum(below, n - 1)] == values + (delta - 1)))
-        for delta in range(anchor - 1, int(run[0]) - 1, -1):
-            above = points[delta + 1]  # first value >= v + delta + 1; the one before may equal v + delta
-            points[delta] = above - ((above > 0) & (values[np.maximum(above - 1, 0)] == values + delta))
-    return points
+    n = len(keys)
+    values = np.empty(n, np.int64)
+    cell_weight = np.empty(n, np.float64)
+    distinct = 0
+    for i in range(n):
+        if i == 0 or keys[i] != keys[i - 1]:
+            values[distinct] = keys[i]
+            cell_weight[distinct] = weights[i]
+            distinct += 1
+        else:
+            cell_weight[distinct - 1] += weights[i]
+    values, cell_weight = values[:distinct], cell_weight[:distinct]
+    summed = np.zeros(distinct, np.float64)
+    # values + delta grows with the value, so each delta's match moves forward only.
+    for delta in deltas:
+        j = 0
+        for i in range(distinct):
+            wanted = values[i] + delta
+            while j < distinct and values[j] < wanted:
+                j += 1
+            if j < distinct and values[j] == wanted:
+                summed[i] += cell_weight[j]
+    first = np.empty(distinct, np.int64)
+    best = np.empty(distinct, np.float64)
+    tracks = 0
+    for i in range(distinct):
+        if i == 0 or (values[i] >> 32) != (values[i - 1] >> 32):
+            first[tracks] = i
+            best[tracks] = summed[i]
+            tracks += 1
+        elif summed[i] > best[tracks - 1]:
+            best[tracks - 1] = summed[i]
+    return values, summed, first[:tracks], best[:tracks]

@@ -10,7 +10,7 @@ from fingerprint import fingerprint_signal
 from matcher.align import _spans
 from matcher.derivatives import _fit_time_line, _may_hold_a_line
 from matcher.types import Alignment, MatchParams
-from matcher.voting import vote_order
+from matcher.voting import best_cells_per_track, vote_order
 from refrain.api import Refrain
 from refrain.config import Config
 from refrain.synth import add_noise
@@ -158,6 +158,35 @@ def test_vote_order_is_a_stable_sort_by_track_then_cell(track_range, cell_range)
     expected = np.lexsort((np.arange(20_000), cells, track_ids))
     np.testing.assert_array_equal(vote_order(track_ids, cells), expected)
     assert len(vote_order(track_ids[:0], cells[:0])) == 0
+
+
+@pytest.mark.parametrize("neighbourhood", [np.arange(-2, 3), np.array([d * 256 + e for d in (-1, 0, 1) for e in (-1, 0, 1)])])
+def test_best_cells_per_track_agrees_with_a_direct_count(neighbourhood):
+    # The compiled neighbourhood sums against a plain dictionary count of the same votes.
+    rng = np.random.default_rng(4)
+    track_ids = rng.integers(0, 40, 30_000)
+    cells = rng.integers(1000, 1000 + 3 * 256, 30_000)
+    weights = rng.choice([0.25, 0.5, 1.0], 30_000)
+    order = vote_order(track_ids, cells)
+    track_ids, cells, weights = track_ids[order], cells[order], weights[order]
+    per_cell: dict[tuple[int, int], float] = {}
+    for track, cell, weight in zip(track_ids.tolist(), cells.tolist(), weights.tolist()):
+        per_cell[track, cell] = per_cell.get((track, cell), 0.0) + weight
+    summed = {(track, cell): sum(per_cell.get((track, cell + int(d)), 0.0) for d in neighbourhood)
+              for track, cell in per_cell}
+    best = {}
+    for (track, cell), total in summed.items():
+        best[track] = max(best.get(track, 0.0), total)
+    min_weight = float(np.percentile(list(best.values()), 30))
+
+    result = best_cells_per_track(track_ids, cells, weights, neighbourhood, min_weight, 12, cells_per_track=3)
+
+    expected_tracks = sorted((track for track in best if best[track] >= min_weight), key=lambda t: (-best[t], t))[:12]
+    assert [track for track, _ in result] == expected_tracks
+    for track, chosen in result:
+        assert summed[track, chosen[0]] == pytest.approx(best[track])
+        assert all(summed[track, cell] >= min_weight for cell in chosen)
+        assert all(a - b not in set(neighbourhood.tolist()) for a in chosen for b in chosen if a != b)
 
 
 def test_stray_hits_past_a_copied_passage_do_not_stretch_its_span():
