@@ -15,13 +15,14 @@ from __future__ import annotations
 import itertools
 from dataclasses import dataclass
 
+import numba
 import numpy as np
 
 from fingerprint.peaks import Peaks
 
 __all__ = ["HashLayout", "PAIR_LAYOUT", "TRIPLET_LAYOUT", "TIER_PAYLOAD_BITS", "Landmarks", "Triplets",
            "pair_landmarks", "hash_landmarks", "triplet_landmarks", "query_triplets", "hash_triplets",
-           "triplet_payloads", "unpack_triplet_payloads"]
+           "triplet_payloads", "unpack_triplet_payload"]
 
 # What an index entry of each tier carries besides its code and track id: the pair
 # tier only the anchor frame (22 bits: 37 h at 32 ms frames); the triplet tier also
@@ -382,8 +383,11 @@ def triplet_payloads(triplets: Triplets) -> np.ndarray:
         | (triplets.anchor_bins.astype(np.int64) << _SPAN_BITS) | triplets.dt_13.astype(np.int64)
 
 
-def unpack_triplet_payloads(payloads: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Inverse of :func:`triplet_payloads`: (anchor frames, anchor bins, dt_13)."""
-    payloads = np.asarray(payloads, dtype=np.int64)
-    return (payloads >> (_BIN_BITS + _SPAN_BITS), (payloads >> _SPAN_BITS) & ((1 << _BIN_BITS) - 1),
-            payloads & ((1 << _SPAN_BITS) - 1))
+@numba.njit(cache=True, nogil=True)
+def unpack_triplet_payload(payload: int) -> tuple[int, int, int]:
+    """Inverse of :func:`triplet_payloads` for one payload: (anchor frame, anchor bin, dt_13).
+
+    Compiled, so that a compiled loop over a lookup's hits can unpack each one.
+    """
+    return (payload >> (_BIN_BITS + _SPAN_BITS), (payload >> _SPAN_BITS) & ((1 << _BIN_BITS) - 1),
+            payload & ((1 << _SPAN_BITS) - 1))

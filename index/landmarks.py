@@ -261,10 +261,39 @@ class LandmarkIndex:
             One row per hit: which query code it answers, and the stored entry's
             track and payload.
         """
+        first_hit, hits_per_code, labels = self.lookup_slices(hashes, max_hamming)
+        # Each code's hits are one slice of the result: moved, in code order, to where
+        # code order puts them.
+        shift = first_hit - (np.cumsum(hits_per_code) - hits_per_code)
+        labels = labels[np.repeat(shift, hits_per_code) + np.arange(len(labels))]
+        query_index = np.repeat(np.arange(len(hits_per_code), dtype=np.int64), hits_per_code)
+        return query_index, labels >> self.payload_bits, labels & ((1 << self.payload_bits) - 1)
+
+    def lookup_slices(self, hashes: np.ndarray,
+                      max_hamming: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """:meth:`lookup`'s hits as FAISS returns them: one slice of entry ids per code.
+
+        For a caller that walks the hits code by code anyway (a compiled loop), this
+        spares the copy that puts them in code order.
+
+        Parameters
+        ----------
+        hashes : np.ndarray of uint32
+            Query codes.
+        max_hamming : int
+            As for :meth:`lookup`.
+
+        Returns
+        -------
+        first_hit, hits_per_code : np.ndarray of int64
+            For each query code, where its hits start in ``labels`` and how many there are.
+        labels : np.ndarray of int64
+            Every hit's entry id, ``track_id << payload_bits | payload``.
+        """
         hashes = np.asarray(hashes, dtype=np.uint32)
         if hashes.size == 0 or self.ntotal == 0:
-            empty = np.zeros(0, dtype=np.int64)
-            return empty, empty, empty
+            empty = np.zeros(len(hashes), dtype=np.int64)
+            return empty, empty, np.zeros(0, dtype=np.int64)
         # A code's list is its low bits (see the module docstring): computed here, it spares
         # the coarse quantizer's hash-table probe per code.
         lists = (hashes & np.uint32(self._index.nlist - 1)).astype(np.int64)
@@ -276,12 +305,7 @@ class LandmarkIndex:
                                                                lists[by_list].reshape(-1, 1), None)
         hits_per_code, first_hit = np.empty((2, len(hashes)), dtype=np.int64)
         hits_per_code[by_list], first_hit[by_list] = np.diff(lims), lims[:-1]
-        # Each code's hits are one slice of the result: moved, in code order, to where
-        # code order puts them.
-        shift = first_hit - (np.cumsum(hits_per_code) - hits_per_code)
-        labels = labels[np.repeat(shift, hits_per_code) + np.arange(len(labels))]
-        query_index = np.repeat(np.arange(len(hashes), dtype=np.int64), hits_per_code)
-        return query_index, labels >> self.payload_bits, labels & ((1 << self.payload_bits) - 1)
+        return first_hit, hits_per_code, labels
 
     def _settled_counts(self) -> np.ndarray:
         """The code-count table, recounted or with the codes added since folded in as needed."""

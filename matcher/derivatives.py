@@ -10,13 +10,14 @@ fit refines.
 
 from __future__ import annotations
 
+import numba
 import numpy as np
 
 from fingerprint import Fingerprint, FingerprintParams
-from fingerprint.hashes import hash_triplets, query_triplets, unpack_triplet_payloads
+from fingerprint.hashes import hash_triplets, query_triplets, unpack_triplet_payload
 from index.landmarks import LandmarkIndex
 from matcher.types import Alignment, MatchParams
-from matcher.voting import best_cells_per_track, vote_order, weighted_lookup
+from matcher.voting import best_cells_per_track, rarity_weights, vote_order
 
 __all__ = ["derivative_alignments"]
 
@@ -54,32 +55,25 @@ def derivative_alignments(fp: Fingerprint, tier: LandmarkIndex, params: MatchPar
         return []
     codes, rows = hash_triplets(triplets, tolerant=True,
                                 pitch_reach_bins=params.max_pitch_shift_semitones * bins_per_semitone)
-    code_ids, track_ids, payloads, hit_weights = weighted_lookup(tier, codes, params)
+    code_weights = rarity_weights(tier.code_counts(codes), tier.ntotal, params)
+    heavy = np.flatnonzero(code_weights >= params.min_hash_weight)
+    first_hit, hits_per_code, labels = tier.lookup_slices(codes[heavy])
+    # One compiled pass over the hits keeps the plausible ones (tempo ratio and pitch shift
+    # within bounds) with their cells: the derivative tier's time grows with its hits,
+    # 100,000-500,000 per 10 s query, most of them chance hits of common codes.
+    track_ids, ratio, pitch, hit_weights, query_ids, ref_frames, cells = _plausible_hits(
+        first_hit, hits_per_code, labels, tier.payload_bits, rows[heavy], code_weights[heavy],
+        triplets.dt_13, triplets.anchor_positions, params.min_time_ratio, params.max_time_ratio,
+        params.max_pitch_shift_semitones * bins_per_semitone, params.ratio_bin)
     if len(track_ids) == 0:
         return []
-    query_ids = rows[code_ids]
-    ref_frames, ref_bins, ref_spans = unpack_triplet_payloads(payloads)
-    ratio = ref_spans / triplets.dt_13[query_ids]
-    pitch = triplets.anchor_positions[query_ids] - ref_bins
-    plausible = (ratio >= params.min_time_ratio) & (ratio <= params.max_time_ratio) \
-        & (np.abs(pitch) <= params.max_pitch_shift_semitones * bins_per_semitone)
-    # Positions, not the mask itself, select from each array: masking is several times slower.
-    plausible = np.flatnonzero(plausible)
-    if len(plausible) == 0:
-        return []
-    # The votes need each plausible hit's track, cells and weight; the other quantities
-    # are taken below for the strongest tracks' hits only.
-    track_ids, ratio, pitch, hit_weights = (a[plausible] for a in (track_ids, ratio, pitch, hit_weights))
-    ratio_cells = np.round(np.log(ratio) / params.ratio_bin).astype(np.int64) + _CELL_CENTRE
-    pitch_cells = np.round(pitch).astype(np.int64) + _CELL_CENTRE
-    cells = ratio_cells * _PITCH_STRIDE + pitch_cells
     # Only the strongest tracks' hits go on to the sort and the per-cell search below.
     is_contender = np.zeros(int(track_ids.max()) + 1, dtype=bool)
-    is_contender[_strongest_tracks(track_ids, ratio_cells, pitch_cells, hit_weights, params)] = True
+    is_contender[_strongest_tracks(track_ids, cells, hit_weights, params)] = True
     contenders = np.flatnonzero(is_contender[track_ids])
     order = contenders[vote_order(track_ids[contenders], cells[contenders])]
-    track_ids, ratio, pitch, hit_weights, cells = (a[order] for a in (track_ids, ratio, pitch, hit_weights, cells))
-    query_ids, ref_frames = (a[plausible[order]] for a in (query_ids, ref_frames))
+    track_ids, ratio, pitch, hit_weights, cells, query_ids, ref_frames = (
+        a[order] for a in (track_ids, ratio, pitch, hit_weights, cells, query_ids, ref_frames))
     query_frames = triplets.anchor_frames[query_ids].astype(np.int64)
     ratio_cells, pitch_cells = cells // _PITCH_STRIDE, cells % _PITCH_STRIDE
 
@@ -136,30 +130,120 @@ def derivative_alignments(fp: Fingerprint, tier: LandmarkIndex, params: MatchPar
     return alignments
 
 
-def _strongest_tracks(track_ids: np.ndarray, ratio_cells: np.ndarray, pitch_cells: np.ndarray,
-                      weights: np.ndarray, params: MatchParams) -> np.ndarray:
+@numba.njit(cache=True, nogil=True)
+def _plausible_hits(first_hit, hits_per_code, labels, payload_bits, code_rows, code_weights, dt_13,
+                    anchor_positions, min_ratio, max_ratio, max_pitch_bins, ratio_bin):
+    """The hits whose tempo ratio and pitch shift lie within bounds, with their vote cells.
+
+    Parameters
+    ----------
+    first_hit, hits_per_code, labels : np.ndarray of int64
+        The lookup's hits (:meth:`index.landmarks.LandmarkIndex.lookup_slices`), walked
+        in code order.
+    payload_bits : int
+        The tier's payload width.
+    code_rows : np.ndarray of int64
+        The query triplet of each looked-up code.
+    code_weights : np.ndarray of float64
+        The rarity weight of each looked-up code.
+    dt_13, anchor_positions : np.ndarray
+        The query triplets' spans and anchor positions.
+    min_ratio, max_ratio, max_pitch_bins, ratio_bin : float
+        Bounds and cell width (see :class:`matcher.types.MatchParams`).
+
+    Returns
+    -------
+    track_ids, ratio, pitch, weights, query_ids, ref_frames, cells : np.ndarray
+        One row per plausible hit, in code order. A cell is
+        ``ratio_cell * _PITCH_STRIDE + pitch_cell``, both biased by ``_CELL_CENTRE``.
+    """
+    count = len(labels)
+    track_ids, query_ids = np.empty(count, np.int64), np.empty(count, np.int64)
+    ref_frames, cells = np.empty(count, np.int64), np.empty(count, np.int64)
+    ratio, pitch, weights = np.empty(count, np.float64), np.empty(count, np.float64), np.empty(count, np.float64)
+    payload_mask = (np.int64(1) << payload_bits) - 1
+    kept = 0
+    for code in range(len(first_hit)):
+        row = code_rows[code]
+        span, anchor = np.float64(dt_13[row]), np.float64(anchor_positions[row])
+        for hit in range(first_hit[code], first_hit[code] + hits_per_code[code]):
+            ref_frame, ref_bin, ref_span = unpack_triplet_payload(labels[hit] & payload_mask)
+            hit_ratio = ref_span / span
+            hit_pitch = anchor - ref_bin
+            if hit_ratio < min_ratio or hit_ratio > max_ratio or abs(hit_pitch) > max_pitch_bins:
+                continue
+            track_ids[kept], query_ids[kept], ref_frames[kept] = labels[hit] >> payload_bits, row, ref_frame
+            ratio[kept], pitch[kept], weights[kept] = hit_ratio, hit_pitch, code_weights[code]
+            cells[kept] = (np.round(np.log(hit_ratio) / ratio_bin) + _CELL_CENTRE) * _PITCH_STRIDE \
+                + np.round(hit_pitch) + _CELL_CENTRE
+            kept += 1
+    return (track_ids[:kept], ratio[:kept], pitch[:kept], weights[:kept], query_ids[:kept],
+            ref_frames[:kept], cells[:kept])
+
+
+def _strongest_tracks(track_ids: np.ndarray, cells: np.ndarray, weights: np.ndarray,
+                      params: MatchParams) -> np.ndarray:
     """The ``max_candidates`` tracks whose best (ratio, pitch) neighbourhood weighs most.
 
     The same ranking as the first round of :func:`matcher.voting.best_cells_per_track`
-    with the 3 x 3 neighbourhood, computed on a dense (track, ratio cell, pitch cell)
-    grid: no sort of all hits, whose count is what the derivative tier's time grows with.
+    with the 3 x 3 neighbourhood, without a sort of all hits, whose count is what the
+    derivative tier's time grows with.
     """
-    present = np.zeros(int(track_ids.max()) + 1, dtype=bool)
-    present[track_ids] = True
-    compact = (np.cumsum(present) - 1)[track_ids]
-    r, p = ratio_cells - ratio_cells.min(), pitch_cells - pitch_cells.min()
-    shape = (int(present.sum()), int(r.max()) + 1, int(p.max()) + 1)
-    flat = (compact * shape[1] + r) * shape[2] + p
-    grid = np.bincount(flat, weights=weights, minlength=int(np.prod(shape))).reshape(shape)
-    padded = np.pad(grid, ((0, 0), (1, 1), (1, 1)))
-    summed = sum(padded[:, 1 + dr:1 + dr + shape[1], 1 + dp:1 + dp + shape[2]]
-                 for dr in (-1, 0, 1) for dp in (-1, 0, 1))
-    # As there, only cells holding a vote of their own are centres of a neighbourhood (the
-    # weights are positive, so those are the cells of positive weight).
-    occupied = grid > 0
-    best = np.where(occupied, summed, 0.0).reshape(shape[0], -1).max(axis=1)
+    tracks, best = _best_neighbourhood_per_track(track_ids, cells // _PITCH_STRIDE, cells % _PITCH_STRIDE,
+                                                 weights)
     strongest = np.argsort(-best, kind="stable")[:params.max_candidates]
-    return np.flatnonzero(present)[strongest[best[strongest] >= params.triplet_min_score]]
+    return tracks[strongest[best[strongest] >= params.triplet_min_score]]
+
+
+@numba.njit(cache=True, nogil=True)
+def _best_neighbourhood_per_track(track_ids, ratio_cells, pitch_cells, weights):
+    """Each track's heaviest 3 x 3 (ratio, pitch) neighbourhood centred on a cell with votes.
+
+    The hits are bucketed by track (a counting sort, keeping their order), and each
+    track's votes are laid on one small reused grid: time and memory grow with the hits
+    and the catalogue's tracks, not with their product.
+
+    Returns
+    -------
+    tracks : np.ndarray of int64
+        The tracks with hits, increasing.
+    best : np.ndarray of float64
+        Each one's heaviest neighbourhood.
+    """
+    n_tracks = track_ids.max() + 1
+    bucket_end = np.zeros(n_tracks + 1, np.int64)
+    for track in track_ids:
+        bucket_end[track + 1] += 1
+    bucket_end = np.cumsum(bucket_end)
+    filled = bucket_end[:-1].copy()
+    by_track = np.empty(len(track_ids), np.int64)
+    for hit in range(len(track_ids)):
+        by_track[filled[track_ids[hit]]] = hit
+        filled[track_ids[hit]] += 1
+    lowest_ratio, lowest_pitch = ratio_cells.min() - 1, pitch_cells.min() - 1
+    grid = np.zeros((ratio_cells.max() - lowest_ratio + 2, pitch_cells.max() - lowest_pitch + 2))
+    tracks, best = np.empty(n_tracks, np.int64), np.empty(n_tracks, np.float64)
+    found = 0
+    for track in range(n_tracks):
+        hits = by_track[bucket_end[track]:bucket_end[track + 1]]
+        if len(hits) == 0:
+            continue
+        for hit in hits:
+            grid[ratio_cells[hit] - lowest_ratio, pitch_cells[hit] - lowest_pitch] += weights[hit]
+        top = 0.0
+        for hit in hits:
+            r, p = ratio_cells[hit] - lowest_ratio, pitch_cells[hit] - lowest_pitch
+            # Summed in the order best_cells_per_track adds a neighbourhood: same floats.
+            total = 0.0
+            for dr in range(-1, 2):
+                for dp in range(-1, 2):
+                    total += grid[r + dr, p + dp]
+            top = max(top, total)
+        for hit in hits:
+            grid[ratio_cells[hit] - lowest_ratio, pitch_cells[hit] - lowest_pitch] = 0.0
+        tracks[found], best[found] = track, top
+        found += 1
+    return tracks[:found], best[:found]
 
 
 def _may_hold_a_line(candidates: list[np.ndarray], query_frames: np.ndarray, ref_frames: np.ndarray,
