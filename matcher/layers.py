@@ -23,9 +23,11 @@ from fingerprint import Fingerprint, FingerprintParams
 from index.peaks import PeakStore
 from matcher.copies import OFFSET_BIAS, CopyVotes
 from matcher.types import Match, MatchParams, Span
-from matcher.voting import vote_keys
+from matcher.voting import neighbourhood_sums, vote_keys
 
 __all__ = ["layer_matches"]
+
+_OFFSET_NEIGHBOURS = np.array([0, 1, -1])
 
 
 def layer_matches(fp: Fingerprint, votes: CopyVotes, peaks: PeakStore, params: MatchParams,
@@ -147,16 +149,10 @@ def _candidates(votes: CopyVotes, params: MatchParams, allowed: set[int] | None,
     """
     if len(votes) == 0:
         return []
-    # Votes come sorted by (track, offset): one run per cell.
+    # Votes come sorted by (track, offset). Weight of each (track, offset) cell plus its
+    # two neighbouring offsets:
     keys = vote_keys(votes.track_ids, votes.cells())
-    firsts = np.concatenate([[0], np.flatnonzero(np.diff(keys)) + 1])
-    cells = keys[firsts]
-    cell_weights = np.add.reduceat(votes.weights, firsts)
-    # Weight of each (track, offset) cell plus its two neighbouring offsets.
-    summed = cell_weights.copy()
-    next_is_neighbour = cells[1:] == cells[:-1] + 1
-    summed[:-1] += np.where(next_is_neighbour, cell_weights[1:], 0.0)
-    summed[1:] += np.where(next_is_neighbour, cell_weights[:-1], 0.0)
+    cells, summed, _, _ = neighbourhood_sums(keys, votes.weights, _OFFSET_NEIGHBOURS)
     cell_tracks = cells >> 32
     reportable = np.ones(len(cells), dtype=bool)
     if allowed is not None:

@@ -8,7 +8,8 @@ import numpy as np
 from index.landmarks import LandmarkIndex
 from matcher.types import MatchParams
 
-__all__ = ["rarity_weights", "weighted_lookup", "vote_keys", "vote_order", "best_cells_per_track"]
+__all__ = ["rarity_weights", "weighted_lookup", "vote_keys", "vote_order", "best_cells_per_track",
+           "neighbourhood_sums"]
 
 
 def rarity_weights(entries_per_code: np.ndarray, entries_in_tier: int, params: MatchParams) -> np.ndarray:
@@ -130,7 +131,7 @@ def best_cells_per_track(track_ids: np.ndarray, cells: np.ndarray, weights: np.n
     """
     if len(track_ids) == 0:
         return []
-    values, summed, first, best = _neighbourhood_sums(vote_keys(track_ids, cells), np.asarray(weights, np.float64),
+    values, summed, first, best = neighbourhood_sums(vote_keys(track_ids, cells), np.asarray(weights, np.float64),
                                                       np.asarray(neighbourhood, np.int64))
     value_tracks = values >> 32
     tracks = value_tracks[first]
@@ -154,7 +155,7 @@ def best_cells_per_track(track_ids: np.ndarray, cells: np.ndarray, weights: np.n
 
 
 @numba.njit(cache=True, nogil=True)
-def _neighbourhood_sums(keys, weights, deltas):
+def neighbourhood_sums(keys, weights, deltas):
     """Distinct sorted vote keys, each one's neighbourhood weight, and each track's best.
 
     Parameters
