@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numba
 import numpy as np
 from scipy import ndimage
 
@@ -111,20 +112,20 @@ def _parabolic_offsets(S_db: np.ndarray, bins: np.ndarray, frames: np.ndarray) -
     return np.clip(offsets, -0.5, 0.5).astype(np.float32)
 
 
+@numba.njit(cache=True, nogil=True)
 def _rank_in_sliding_window(frames: np.ndarray, strength: np.ndarray, half_width: float) -> np.ndarray:
     """For each peak, how many peaks within ``half_width`` frames of it are stronger.
 
-    ``frames`` must be sorted. Compares every pair that shares a window, one
-    diagonal of the pair matrix at a time, so the cost is (peaks) x (peaks per window).
+    ``frames`` must be sorted. Compares every pair that shares a window, so the cost is
+    (peaks) x (peaks per window); compiled, as a spectrogram has thousands of candidates.
     """
     rank = np.zeros(len(frames), dtype=np.int32)
-    for gap in range(1, len(frames)):
-        earlier, later = slice(0, len(frames) - gap), slice(gap, None)
-        close = (frames[later] - frames[earlier]) <= half_width
-        if not close.any():
-            break
-        later_wins = close & (strength[later] > strength[earlier])
-        earlier_wins = close & (strength[earlier] > strength[later])
-        rank[earlier] += later_wins
-        rank[later] += earlier_wins
+    for earlier in range(len(frames)):
+        later = earlier + 1
+        while later < len(frames) and frames[later] - frames[earlier] <= half_width:
+            if strength[later] > strength[earlier]:
+                rank[earlier] += 1
+            elif strength[earlier] > strength[later]:
+                rank[later] += 1
+            later += 1
     return rank
