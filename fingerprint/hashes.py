@@ -191,25 +191,28 @@ class Triplets:
         return self.dt_12 / self.dt_13
 
 
+@numba.njit(cache=True, nogil=True)
 def _targets_in_zone(frames: np.ndarray, bins: np.ndarray, count: int, dt_min: int, dt_max: int,
                      df_max: int) -> tuple[np.ndarray, np.ndarray]:
     """(anchor, target) index pairs: each peak with its ``count`` nearest later peaks in a zone.
 
     ``frames`` must be sorted. "Nearest" follows peak order (frame, then bin). Pairs come
-    grouped by anchor, nearest target first.
+    grouped by anchor, nearest target first. Compiled: a query asks for ten zones (two
+    per tempo hypothesis), each a walk over every peak's later neighbours.
     """
     n = len(frames)
-    # Every later peak within dt_max frames, as one flat list of (anchor, target) pairs.
-    reach = np.searchsorted(frames, frames + dt_max, side="right") - np.arange(n) - 1
-    reach = np.maximum(reach, 0)
-    anchor = np.repeat(np.arange(n), reach)
-    run_start = np.repeat(np.cumsum(reach) - reach, reach)
-    target = anchor + 1 + np.arange(len(anchor)) - run_start
-    in_zone = (frames[target] - frames[anchor] >= dt_min) & (np.abs(bins[target] - bins[anchor]) <= df_max)
-    anchor, target = anchor[in_zone], target[in_zone]
-    rank = np.arange(len(anchor)) - np.searchsorted(anchor, anchor, side="left")
-    nearest = rank < count
-    return anchor[nearest], target[nearest]
+    anchors, targets = np.empty(n * count, np.int64), np.empty(n * count, np.int64)
+    found = 0
+    for anchor in range(n):
+        taken = 0
+        target = anchor + 1
+        while target < n and taken < count and frames[target] - frames[anchor] <= dt_max:
+            if frames[target] - frames[anchor] >= dt_min and abs(bins[target] - bins[anchor]) <= df_max:
+                anchors[found], targets[found] = anchor, target
+                found += 1
+                taken += 1
+            target += 1
+    return anchors[:found], targets[:found]
 
 
 def triplet_landmarks(peaks: Peaks, near_zone: tuple[int, int], far_zone: tuple[int, int],
