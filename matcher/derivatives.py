@@ -84,29 +84,32 @@ def derivative_alignments(fp: Fingerprint, tier: LandmarkIndex, params: MatchPar
         best = best_cells_per_track(track_ids[remaining], cells[remaining], hit_weights[remaining],
                                     _NEIGHBOURS_2D, params.triplet_min_score, params.max_candidates,
                                     params.cells_per_candidate)
+        if not best:
+            break
+        tracks = np.array([track_id for track_id, _ in best])
+        firsts, lasts = np.searchsorted(track_ids, tracks), np.searchsorted(track_ids, tracks + 1)
+        members, sizes = _cell_members(firsts, lasts, active, ratio_cells, pitch_cells,
+                                       np.array([cell for _, track_cells in best for cell in track_cells]),
+                                       np.array([len(track_cells) for _, track_cells in best]))
+        # Most (track, cell) candidates hold no line; a quick test of each spares those
+        # the fit, which would reject them anyway.
+        may_hold = _may_hold_a_line(members, sizes, query_frames, ref_frames, ratio, params.min_aligned)
+        ends = np.cumsum(sizes)
         aligned_tracks = []
-        owns, cell_hits = [], []
-        for track_id, track_cells in best:
-            first, last = np.searchsorted(track_ids, [track_id, track_id + 1])
-            own = np.arange(first, last)[active[first:last]]
-            centres = np.array(track_cells)
-            near = (np.abs(ratio_cells[own, None] - centres // _PITCH_STRIDE) <= 1) \
-                & (np.abs(pitch_cells[own, None] - centres % _PITCH_STRIDE) <= 1)
-            owns.append(own)
-            cell_hits.append([own[near[:, k]] for k in range(len(centres))])
-        # Most (track, cell) candidates hold no line; one vectorized test over all of them
-        # spares those the fit, which would reject them anyway.
-        candidates = [in_cell for hits_of_track in cell_hits for in_cell in hits_of_track]
-        may_hold = iter(_may_hold_a_line(candidates, query_frames, ref_frames, ratio, params).tolist())
-        for (track_id, _), own, hits_of_track in zip(best, owns, cell_hits):
-            worth_fitting = [in_cell for in_cell, possible in zip(hits_of_track, may_hold) if possible]
-            for in_cell in worth_fitting:
+        next_candidate = 0
+        for (track_id, track_cells), first, last in zip(best, firsts, lasts):
+            track_candidates = range(next_candidate, next_candidate + len(track_cells))
+            next_candidate += len(track_cells)
+            line = None
+            for candidate in (c for c in track_candidates if may_hold[c]):
+                in_cell = members[ends[candidate] - sizes[candidate]:ends[candidate]]
                 line = _fit_time_line(query_frames[in_cell], ref_frames[in_cell], ratio[in_cell],
                                       hit_weights[in_cell], params)
                 if line is not None:
                     break
-            else:
+            if line is None:
                 continue
+            own = np.arange(first, last)[active[first:last]]
             offset, time_ratio, inliers = line
             hits = in_cell[inliers]
             # The cell keeps hits within a cell of the best tempo estimate; a hit's own
@@ -246,8 +249,55 @@ def _best_neighbourhood_per_track(track_ids, ratio_cells, pitch_cells, weights):
     return tracks[:found], best[:found]
 
 
-def _may_hold_a_line(candidates: list[np.ndarray], query_frames: np.ndarray, ref_frames: np.ndarray,
-                     ratio: np.ndarray, params: MatchParams) -> np.ndarray:
+@numba.njit(cache=True, nogil=True)
+def _cell_members(firsts, lasts, active, ratio_cells, pitch_cells, centres, centres_per_track):
+    """The active hits of each candidate (track, cell): those within one cell of its centre.
+
+    Parameters
+    ----------
+    firsts, lasts : np.ndarray of int64
+        Each candidate track's slice of the hits.
+    active : np.ndarray of bool
+        Hits not yet taken by an alignment.
+    ratio_cells, pitch_cells : np.ndarray of int64
+        Every hit's cells.
+    centres : np.ndarray of int64
+        The candidate cells, track by track.
+    centres_per_track : np.ndarray of int64
+        How many of ``centres`` belong to each track.
+
+    Returns
+    -------
+    members : np.ndarray of int64
+        Hit indices, candidate by candidate, increasing within each.
+    sizes : np.ndarray of int64
+        How many of ``members`` belong to each candidate.
+    """
+    sizes = np.zeros(len(centres), np.int64)
+    members = np.empty(0, np.int64)
+    for filling in (False, True):
+        if filling:
+            members = np.empty(sizes.sum(), np.int64)
+            filled = np.cumsum(sizes) - sizes
+        first_centre = 0
+        for track in range(len(firsts)):
+            for hit in range(firsts[track], lasts[track]):
+                if not active[hit]:
+                    continue
+                for centre in range(first_centre, first_centre + centres_per_track[track]):
+                    if abs(ratio_cells[hit] - centres[centre] // _PITCH_STRIDE) <= 1 \
+                            and abs(pitch_cells[hit] - centres[centre] % _PITCH_STRIDE) <= 1:
+                        if filling:
+                            members[filled[centre]] = hit
+                            filled[centre] += 1
+                        else:
+                            sizes[centre] += 1
+            first_centre += centres_per_track[track]
+    return members, sizes
+
+
+@numba.njit(cache=True, nogil=True)
+def _may_hold_a_line(members, sizes, query_frames, ref_frames, ratio, min_aligned):
     """False for each candidate hit set in which :func:`_fit_time_line` cannot find a line.
 
     That fit's first inliers are the hits whose offset (under the set's median ratio)
@@ -258,38 +308,39 @@ def _may_hold_a_line(candidates: list[np.ndarray], query_frames: np.ndarray, ref
 
     Parameters
     ----------
-    candidates : list of np.ndarray of int
-        Hit indices of each candidate (into the arrays below).
+    members, sizes : np.ndarray of int64
+        The hit indices of each candidate, laid end to end, and how many each has
+        (as :func:`_cell_members` returns them).
     query_frames, ref_frames, ratio : np.ndarray
         Every hit's query frame, reference frame and tempo ratio.
-    params : MatchParams
+    min_aligned : int
+        As in :class:`matcher.types.MatchParams`.
 
     Returns
     -------
     np.ndarray of bool, one per candidate
     """
-    sizes = np.array([len(c) for c in candidates], dtype=np.int64)
-    may_hold = sizes >= params.min_aligned
-    if not may_hold.any():
-        return may_hold
-    tested = np.flatnonzero(may_hold)
-    hits = np.concatenate([candidates[i] for i in tested])
-    group = np.repeat(np.arange(len(tested)), sizes[tested])
-    starts = np.concatenate([[0], np.cumsum(sizes[tested])[:-1]])
-    # The median ratio of each set, as np.median takes it (mean of the middle two of an even count).
-    ranked = ratio[hits][np.lexsort((ratio[hits], group))]
-    upper = ranked[starts + sizes[tested] // 2]
-    lower = ranked[starts + (sizes[tested] - 1) // 2]
-    median = np.where(sizes[tested] % 2 == 1, upper, (lower + upper) / 2)
-    offsets = ref_frames[hits] - median[group] * query_frames[hits]
-    # Sets laid end to end on one axis, far enough apart that no stretch spans two.
-    lowest = np.minimum.reduceat(offsets, starts)
-    gap = float(np.max(np.maximum.reduceat(offsets, starts) - lowest)) + 100.0
-    placed = np.sort(group * gap + (offsets - lowest[group]))
-    # A little over the stretch: placing the sets rounds their offsets in the last bits.
+    may_hold = np.zeros(len(sizes), np.bool_)
+    # A little over the stretch, for the fit's own rounding.
     stretch = 2 * _FIRST_INLIER_REACH + 1e-3
-    within = np.searchsorted(placed, placed + stretch, side="right") - np.arange(len(placed))
-    may_hold[tested] = np.maximum.reduceat(within, starts) >= params.min_aligned
+    end = 0
+    for candidate in range(len(sizes)):
+        start, end = end, end + sizes[candidate]
+        count = end - start
+        if count < min_aligned:
+            continue
+        hits = members[start:end]
+        ranked = np.sort(ratio[hits])
+        # The median as np.median takes it (mean of the middle two of an even count).
+        median = ranked[count // 2] if count % 2 == 1 else (ranked[count // 2 - 1] + ranked[count // 2]) / 2
+        offsets = np.sort(ref_frames[hits] - median * query_frames[hits])
+        last = 0
+        for first in range(count):
+            while last < count and offsets[last] <= offsets[first] + stretch:
+                last += 1
+            if last - first >= min_aligned:
+                may_hold[candidate] = True
+                break
     return may_hold
 
 

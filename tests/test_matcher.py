@@ -141,7 +141,8 @@ def test_line_pre_screen_never_rejects_a_set_the_fit_accepts():
         # offsets of the line's hits over up to 20 frames: the screen's margin is tested.
         ratios.append(true_ratio * np.exp(rng.uniform(-0.06, 0.06) + rng.normal(0, 0.005, len(query))))
     query_frames, ref_frames, ratios = (np.concatenate(a) for a in (query_frames, ref_frames, ratios))
-    may_hold = _may_hold_a_line(candidates, query_frames, ref_frames, ratios, params)
+    may_hold = _may_hold_a_line(np.concatenate(candidates), np.array([len(c) for c in candidates]),
+                                query_frames, ref_frames, ratios, params.min_aligned)
     fits = np.array([_fit_time_line(query_frames[c], ref_frames[c], ratios[c], np.ones(len(c)), params)
                      is not None for c in candidates])
     assert not (fits & ~may_hold).any()
