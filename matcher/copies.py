@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numba
 import numpy as np
 
 from fingerprint import Fingerprint
@@ -55,12 +56,36 @@ def copy_votes(fp: Fingerprint, tier: LandmarkIndex, params: MatchParams) -> Cop
     -------
     CopyVotes
     """
-    query_ids, track_ids, ref_frames, weights = weighted_lookup(tier, fp.hashes, params)
-    query_frames = fp.frames[query_ids].astype(np.int64)
-    offsets = ref_frames - query_frames
+    query_ids, track_ids, ref_frames, weights, query_frames, offsets = _votes_in_code_order(
+        *weighted_lookup(tier, fp.hashes, params), tier.payload_bits, fp.frames)
     order = vote_order(track_ids, offsets + OFFSET_BIAS)
     return CopyVotes(query_ids[order], track_ids[order], ref_frames[order], weights[order],
                      query_frames[order], offsets[order])
+
+
+@numba.njit(cache=True, nogil=True)
+def _votes_in_code_order(code_ids, code_weights, first_hit, hits_per_code, labels, payload_bits, query_frames):
+    """Each hit of a :func:`matcher.voting.weighted_lookup` as a vote, in code order.
+
+    Returns
+    -------
+    query_ids, track_ids, ref_frames, weights, query_frames, offsets : np.ndarray
+        One row per hit; a pair entry's payload is its reference frame.
+    """
+    count = hits_per_code.sum()
+    query_ids, track_ids = np.empty(count, np.int64), np.empty(count, np.int64)
+    ref_frames, frames = np.empty(count, np.int64), np.empty(count, np.int64)
+    offsets, weights = np.empty(count, np.int64), np.empty(count, np.float64)
+    payload_mask = (np.int64(1) << payload_bits) - 1
+    vote = 0
+    for code in range(len(code_ids)):
+        query_frame = np.int64(query_frames[code_ids[code]])
+        for hit in range(first_hit[code], first_hit[code] + hits_per_code[code]):
+            query_ids[vote], weights[vote], frames[vote] = code_ids[code], code_weights[code], query_frame
+            track_ids[vote], ref_frames[vote] = labels[hit] >> payload_bits, labels[hit] & payload_mask
+            offsets[vote] = ref_frames[vote] - query_frame
+            vote += 1
+    return query_ids, track_ids, ref_frames, weights, frames, offsets
 
 
 def copy_alignments(votes: CopyVotes, params: MatchParams) -> list[Alignment]:

@@ -17,7 +17,7 @@ from fingerprint import Fingerprint, FingerprintParams
 from fingerprint.hashes import hash_triplets, query_triplets, unpack_triplet_payload
 from index.landmarks import LandmarkIndex
 from matcher.types import Alignment, MatchParams
-from matcher.voting import best_cells_per_track, rarity_weights, vote_order
+from matcher.voting import best_cells_per_track, vote_order, weighted_lookup
 
 __all__ = ["derivative_alignments"]
 
@@ -55,14 +55,12 @@ def derivative_alignments(fp: Fingerprint, tier: LandmarkIndex, params: MatchPar
         return []
     codes, rows = hash_triplets(triplets, tolerant=True,
                                 pitch_reach_bins=params.max_pitch_shift_semitones * bins_per_semitone)
-    code_weights = rarity_weights(tier.code_counts(codes), tier.ntotal, params)
-    heavy = np.flatnonzero(code_weights >= params.min_hash_weight)
-    first_hit, hits_per_code, labels = tier.lookup_slices(codes[heavy])
+    code_ids, code_weights, first_hit, hits_per_code, labels = weighted_lookup(tier, codes, params)
     # One compiled pass over the hits keeps the plausible ones (tempo ratio and pitch shift
     # within bounds) with their cells: the derivative tier's time grows with its hits,
     # 100,000-500,000 per 10 s query, most of them chance hits of common codes.
     track_ids, ratio, pitch, hit_weights, query_ids, ref_frames, cells = _plausible_hits(
-        first_hit, hits_per_code, labels, tier.payload_bits, rows[heavy], code_weights[heavy],
+        first_hit, hits_per_code, labels, tier.payload_bits, rows[code_ids], code_weights,
         triplets.dt_13, triplets.anchor_positions, params.min_time_ratio, params.max_time_ratio,
         params.max_pitch_shift_semitones * bins_per_semitone, params.ratio_bin)
     if len(track_ids) == 0:
@@ -192,19 +190,18 @@ def _strongest_tracks(track_ids: np.ndarray, cells: np.ndarray, weights: np.ndar
     with the 3 x 3 neighbourhood, without a sort of all hits, whose count is what the
     derivative tier's time grows with.
     """
-    tracks, best = _best_neighbourhood_per_track(track_ids, cells // _PITCH_STRIDE, cells % _PITCH_STRIDE,
-                                                 weights)
+    tracks, best = _best_neighbourhood_per_track(track_ids, cells, weights)
     strongest = np.argsort(-best, kind="stable")[:params.max_candidates]
     return tracks[strongest[best[strongest] >= params.triplet_min_score]]
 
 
 @numba.njit(cache=True, nogil=True)
-def _best_neighbourhood_per_track(track_ids, ratio_cells, pitch_cells, weights):
+def _best_neighbourhood_per_track(track_ids, cells, weights):
     """Each track's heaviest 3 x 3 (ratio, pitch) neighbourhood centred on a cell with votes.
 
-    The hits are bucketed by track (a counting sort, keeping their order), and each
-    track's votes are laid on one small reused grid: time and memory grow with the hits
-    and the catalogue's tracks, not with their product.
+    The hits' cells and weights are bucketed by track (a counting sort, keeping their
+    order), and each track's votes are laid on one small reused grid: time and memory
+    grow with the hits and the catalogue's tracks, not with their product.
 
     Returns
     -------
@@ -213,37 +210,41 @@ def _best_neighbourhood_per_track(track_ids, ratio_cells, pitch_cells, weights):
     best : np.ndarray of float64
         Each one's heaviest neighbourhood.
     """
+    ratio_cells, pitch_cells = cells // _PITCH_STRIDE, cells % _PITCH_STRIDE
+    # A grid with a border of one cell all round, flattened row by row.
+    lowest_ratio, lowest_pitch = ratio_cells.min() - 1, pitch_cells.min() - 1
+    width = pitch_cells.max() - lowest_pitch + 2
+    grid = np.zeros((ratio_cells.max() - lowest_ratio + 2) * width)
     n_tracks = track_ids.max() + 1
     bucket_end = np.zeros(n_tracks + 1, np.int64)
     for track in track_ids:
         bucket_end[track + 1] += 1
     bucket_end = np.cumsum(bucket_end)
     filled = bucket_end[:-1].copy()
-    by_track = np.empty(len(track_ids), np.int64)
+    grid_cells, cell_weights = np.empty(len(cells), np.int64), np.empty(len(cells), np.float64)
     for hit in range(len(track_ids)):
-        by_track[filled[track_ids[hit]]] = hit
+        slot = filled[track_ids[hit]]
+        grid_cells[slot] = (ratio_cells[hit] - lowest_ratio) * width + pitch_cells[hit] - lowest_pitch
+        cell_weights[slot] = weights[hit]
         filled[track_ids[hit]] += 1
-    lowest_ratio, lowest_pitch = ratio_cells.min() - 1, pitch_cells.min() - 1
-    grid = np.zeros((ratio_cells.max() - lowest_ratio + 2, pitch_cells.max() - lowest_pitch + 2))
+    # Summed in the order best_cells_per_track adds a neighbourhood: the same floats.
+    neighbours = np.array([dr * width + dp for dr in (-1, 0, 1) for dp in (-1, 0, 1)])
     tracks, best = np.empty(n_tracks, np.int64), np.empty(n_tracks, np.float64)
     found = 0
     for track in range(n_tracks):
-        hits = by_track[bucket_end[track]:bucket_end[track + 1]]
-        if len(hits) == 0:
+        first, end = bucket_end[track], bucket_end[track + 1]
+        if first == end:
             continue
-        for hit in hits:
-            grid[ratio_cells[hit] - lowest_ratio, pitch_cells[hit] - lowest_pitch] += weights[hit]
+        for slot in range(first, end):
+            grid[grid_cells[slot]] += cell_weights[slot]
         top = 0.0
-        for hit in hits:
-            r, p = ratio_cells[hit] - lowest_ratio, pitch_cells[hit] - lowest_pitch
-            # Summed in the order best_cells_per_track adds a neighbourhood: same floats.
+        for slot in range(first, end):
             total = 0.0
-            for dr in range(-1, 2):
-                for dp in range(-1, 2):
-                    total += grid[r + dr, p + dp]
+            for neighbour in neighbours:
+                total += grid[grid_cells[slot] + neighbour]
             top = max(top, total)
-        for hit in hits:
-            grid[ratio_cells[hit] - lowest_ratio, pitch_cells[hit] - lowest_pitch] = 0.0
+        for slot in range(first, end):
+            grid[grid_cells[slot]] = 0.0
         tracks[found], best[found] = track, top
         found += 1
     return tracks[:found], best[:found]

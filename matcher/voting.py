@@ -32,9 +32,9 @@ def rarity_weights(entries_per_code: np.ndarray, entries_in_tier: int, params: M
     return np.minimum(1.0, np.sqrt(typical / np.maximum(entries_per_code, 1)))
 
 
-def weighted_lookup(tier: LandmarkIndex, codes: np.ndarray,
-                    params: MatchParams) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Look codes up, skipping those too common to count, and weigh every hit by rarity.
+def weighted_lookup(tier: LandmarkIndex, codes: np.ndarray, params: MatchParams
+                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Look codes up, skipping those too common to count, and weigh each by rarity.
 
     The rarity weight of a code follows from the tier's code-count table, so codes
     lighter than ``min_hash_weight`` are never looked up: most hits would be theirs.
@@ -48,17 +48,17 @@ def weighted_lookup(tier: LandmarkIndex, codes: np.ndarray,
 
     Returns
     -------
-    code_ids, track_ids, payloads : np.ndarray of int64
-        One row per hit: which of ``codes`` it answers, and the stored entry's track
-        and payload.
-    weights : np.ndarray of float
-        Rarity weight of each hit.
+    code_ids : np.ndarray of int64
+        Which of ``codes`` were looked up, in order.
+    code_weights : np.ndarray of float
+        The rarity weight of each.
+    first_hit, hits_per_code, labels : np.ndarray of int64
+        Their hits, as :meth:`index.landmarks.LandmarkIndex.lookup_slices` returns them:
+        the tiers walk them code by code in compiled loops.
     """
     code_weights = rarity_weights(tier.code_counts(codes), tier.ntotal, params)
-    heavy = np.flatnonzero(code_weights >= params.min_hash_weight)
-    code_ids, track_ids, payloads = tier.lookup(codes[heavy])
-    code_ids = heavy[code_ids]
-    return code_ids, track_ids, payloads, code_weights[code_ids]
+    code_ids = np.flatnonzero(code_weights >= params.min_hash_weight)
+    return (code_ids, code_weights[code_ids]) + tier.lookup_slices(codes[code_ids])
 
 
 def vote_order(track_ids: np.ndarray, cells: np.ndarray) -> np.ndarray:
