@@ -20,7 +20,7 @@ import numpy as np
 
 from fingerprint.peaks import Peaks
 
-__all__ = ["HashLayout", "PAIR_LAYOUT", "TRIPLET_LAYOUT", "TIER_PAYLOAD_BITS", "Landmarks", "Triplets",
+__all__ = ["HashLayout", "PAIR_LAYOUT", "TRIPLET_LAYOUT", "TIER_PAYLOAD_BITS", "TRIPLET_MAX_SPAN", "Landmarks", "Triplets",
            "pair_landmarks", "hash_landmarks", "triplet_landmarks", "query_triplets", "hash_triplets",
            "triplet_payloads", "unpack_triplet_payload"]
 
@@ -30,6 +30,8 @@ __all__ = ["HashLayout", "PAIR_LAYOUT", "TRIPLET_LAYOUT", "TIER_PAYLOAD_BITS", "
 # estimates the tempo ratio and pitch shift between query and reference.
 _FRAME_BITS, _BIN_BITS, _SPAN_BITS = 22, 8, 6
 TIER_PAYLOAD_BITS = {"pair": _FRAME_BITS, "triplet": _FRAME_BITS + _BIN_BITS + _SPAN_BITS}
+#: The longest anchor-to-second-target span (frames) a triplet entry can carry.
+TRIPLET_MAX_SPAN = (1 << _SPAN_BITS) - 1
 
 
 @dataclass(frozen=True)

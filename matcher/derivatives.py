@@ -14,7 +14,7 @@ import numba
 import numpy as np
 
 from fingerprint import Fingerprint, FingerprintParams
-from fingerprint.hashes import hash_triplets, query_triplets, unpack_triplet_payload
+from fingerprint.hashes import TRIPLET_MAX_SPAN, hash_triplets, query_triplets, unpack_triplet_payload
 from index.landmarks import LandmarkIndex
 from matcher.types import Alignment, MatchParams
 from matcher.voting import best_cells_per_track, vote_order, weighted_lookup
@@ -56,22 +56,30 @@ def derivative_alignments(fp: Fingerprint, tier: LandmarkIndex, params: MatchPar
     codes, rows = hash_triplets(triplets, tolerant=True,
                                 pitch_reach_bins=params.max_pitch_shift_semitones * bins_per_semitone)
     code_ids, code_weights, first_hit, hits_per_code, labels = weighted_lookup(tier, codes, params)
+    # A hit's tempo ratio is a reference span over a query span, both whole frames: a
+    # table of every such ratio and its cell spares each hit a division and a logarithm.
+    ratios = np.arange(TRIPLET_MAX_SPAN + 1)[None, :] / np.arange(1, int(triplets.dt_13.max()) + 1)[:, None]
+    ratio_cells = np.round(np.log(np.where(ratios > 0, ratios, 1.0)) / params.ratio_bin).astype(np.int64)
     # One compiled pass over the hits keeps the plausible ones (tempo ratio and pitch shift
     # within bounds) with their cells: the derivative tier's time grows with its hits,
     # 100,000-500,000 per 10 s query, most of them chance hits of common codes.
-    track_ids, ratio, pitch, hit_weights, query_ids, ref_frames, cells = _plausible_hits(
-        first_hit, hits_per_code, labels, tier.payload_bits, rows[code_ids], code_weights,
-        triplets.dt_13, triplets.anchor_positions, params.min_time_ratio, params.max_time_ratio,
-        params.max_pitch_shift_semitones * bins_per_semitone, params.ratio_bin)
+    code_rows = rows[code_ids]
+    track_ids, cells, hit_codes, hit_positions = _plausible_hits(
+        first_hit, hits_per_code, labels, tier.payload_bits, code_rows, triplets.dt_13, triplets.anchor_positions,
+        ratios, ratio_cells, params.min_time_ratio, params.max_time_ratio,
+        params.max_pitch_shift_semitones * bins_per_semitone)
     if len(track_ids) == 0:
         return []
+    hit_weights = code_weights[hit_codes]
     # Only the strongest tracks' hits go on to the sort and the per-cell search below.
     is_contender = np.zeros(int(track_ids.max()) + 1, dtype=bool)
     is_contender[_strongest_tracks(track_ids, cells, hit_weights, params)] = True
     contenders = np.flatnonzero(is_contender[track_ids])
     order = contenders[vote_order(track_ids[contenders], cells[contenders])]
-    track_ids, ratio, pitch, hit_weights, cells, query_ids, ref_frames = (
-        a[order] for a in (track_ids, ratio, pitch, hit_weights, cells, query_ids, ref_frames))
+    track_ids, cells, hit_weights = track_ids[order], cells[order], hit_weights[order]
+    ratio, pitch, query_ids, ref_frames = _hit_geometry(hit_codes[order], hit_positions[order], labels,
+                                                        tier.payload_bits, code_rows, triplets.dt_13,
+                                                        triplets.anchor_positions, ratios)
     query_frames = triplets.anchor_frames[query_ids].astype(np.int64)
     ratio_cells, pitch_cells = cells // _PITCH_STRIDE, cells % _PITCH_STRIDE
 
@@ -132,8 +140,8 @@ def derivative_alignments(fp: Fingerprint, tier: LandmarkIndex, params: MatchPar
 
 
 @numba.njit(cache=True, nogil=True)
-def _plausible_hits(first_hit, hits_per_code, labels, payload_bits, code_rows, code_weights, dt_13,
-                    anchor_positions, min_ratio, max_ratio, max_pitch_bins, ratio_bin):
+def _plausible_hits(first_hit, hits_per_code, labels, payload_bits, code_rows, dt_13, anchor_positions,
+                    ratios, ratio_cells, min_ratio, max_ratio, max_pitch_bins):
     """The hits whose tempo ratio and pitch shift lie within bounds, with their vote cells.
 
     Parameters
@@ -145,41 +153,60 @@ def _plausible_hits(first_hit, hits_per_code, labels, payload_bits, code_rows, c
         The tier's payload width.
     code_rows : np.ndarray of int64
         The query triplet of each looked-up code.
-    code_weights : np.ndarray of float64
-        The rarity weight of each looked-up code.
     dt_13, anchor_positions : np.ndarray
         The query triplets' spans and anchor positions.
-    min_ratio, max_ratio, max_pitch_bins, ratio_bin : float
-        Bounds and cell width (see :class:`matcher.types.MatchParams`).
+    ratios, ratio_cells : np.ndarray, shape (longest query span, TRIPLET_MAX_SPAN + 1)
+        The tempo ratio of each (query span - 1, reference span) and its ratio cell.
+    min_ratio, max_ratio, max_pitch_bins : float
+        Bounds (see :class:`matcher.types.MatchParams`).
 
     Returns
     -------
-    track_ids, ratio, pitch, weights, query_ids, ref_frames, cells : np.ndarray
-        One row per plausible hit, in code order. A cell is
-        ``ratio_cell * _PITCH_STRIDE + pitch_cell``, both biased by ``_CELL_CENTRE``.
+    track_ids, cells, hit_codes, hit_positions : np.ndarray of int64
+        One row per plausible hit, in code order: its track, its cell
+        (``ratio_cell * _PITCH_STRIDE + pitch_cell``, both biased by ``_CELL_CENTRE``),
+        which looked-up code it answers and where it lies in ``labels``.
     """
     count = len(labels)
-    track_ids, query_ids = np.empty(count, np.int64), np.empty(count, np.int64)
-    ref_frames, cells = np.empty(count, np.int64), np.empty(count, np.int64)
-    ratio, pitch, weights = np.empty(count, np.float64), np.empty(count, np.float64), np.empty(count, np.float64)
+    track_ids, cells = np.empty(count, np.int64), np.empty(count, np.int64)
+    hit_codes, hit_positions = np.empty(count, np.int64), np.empty(count, np.int64)
     payload_mask = (np.int64(1) << payload_bits) - 1
     kept = 0
     for code in range(len(first_hit)):
         row = code_rows[code]
-        span, anchor = np.float64(dt_13[row]), np.float64(anchor_positions[row])
+        span_row, anchor = dt_13[row] - 1, np.float64(anchor_positions[row])
         for hit in range(first_hit[code], first_hit[code] + hits_per_code[code]):
-            ref_frame, ref_bin, ref_span = unpack_triplet_payload(labels[hit] & payload_mask)
-            hit_ratio = ref_span / span
+            _, ref_bin, ref_span = unpack_triplet_payload(labels[hit] & payload_mask)
+            hit_ratio = ratios[span_row, ref_span]
             hit_pitch = anchor - ref_bin
             if hit_ratio < min_ratio or hit_ratio > max_ratio or abs(hit_pitch) > max_pitch_bins:
                 continue
-            track_ids[kept], query_ids[kept], ref_frames[kept] = labels[hit] >> payload_bits, row, ref_frame
-            ratio[kept], pitch[kept], weights[kept] = hit_ratio, hit_pitch, code_weights[code]
-            cells[kept] = (np.round(np.log(hit_ratio) / ratio_bin) + _CELL_CENTRE) * _PITCH_STRIDE \
-                + np.round(hit_pitch) + _CELL_CENTRE
+            track_ids[kept] = labels[hit] >> payload_bits
+            cells[kept] = (ratio_cells[span_row, ref_span] + _CELL_CENTRE) * _PITCH_STRIDE \
+                + np.int64(np.round(hit_pitch)) + _CELL_CENTRE
+            hit_codes[kept], hit_positions[kept] = code, hit
             kept += 1
-    return (track_ids[:kept], ratio[:kept], pitch[:kept], weights[:kept], query_ids[:kept],
-            ref_frames[:kept], cells[:kept])
+    return track_ids[:kept], cells[:kept], hit_codes[:kept], hit_positions[:kept]
+
+
+@numba.njit(cache=True, nogil=True)
+def _hit_geometry(hit_codes, hit_positions, labels, payload_bits, code_rows, dt_13, anchor_positions, ratios):
+    """Tempo ratio, pitch shift (bins), query triplet and reference frame of given hits.
+
+    Taken for the strongest tracks' hits only, from the same arguments as
+    :func:`_plausible_hits` and its ``hit_codes`` and ``hit_positions``.
+    """
+    count = len(hit_codes)
+    ratio, pitch = np.empty(count, np.float64), np.empty(count, np.float64)
+    query_ids, ref_frames = np.empty(count, np.int64), np.empty(count, np.int64)
+    payload_mask = (np.int64(1) << payload_bits) - 1
+    for index in range(count):
+        row = code_rows[hit_codes[index]]
+        ref_frame, ref_bin, ref_span = unpack_triplet_payload(labels[hit_positions[index]] & payload_mask)
+        ratio[index] = ratios[dt_13[row] - 1, ref_span]
+        pitch[index] = np.float64(anchor_positions[row]) - ref_bin
+        query_ids[index], ref_frames[index] = row, ref_frame
+    return ratio, pitch, query_ids, ref_frames
 
 
 def _strongest_tracks(track_ids: np.ndarray, cells: np.ndarray, weights: np.ndarray,
