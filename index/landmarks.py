@@ -4,10 +4,17 @@ Layout
 ------
 ``faiss.IndexBinaryIVF`` over 32-bit codes with ``2 ** list_bits`` inverted lists.
 Its coarse quantizer is an ``IndexBinaryHash`` holding one centroid per value of
-the code's low ``list_bits`` bits, so a code is filed under exactly its low bits
-(one hash-table probe, no k-means) and a lookup scans one short list, comparing
-the remaining bits by Hamming distance: radius 0 is an exact match, and a larger
-radius tolerates quantisation changes in the high bits.
+the stored code's low ``list_bits`` bits, so a code is filed under exactly its low
+bits (one hash-table probe, no k-means) and a lookup scans one list for entries whose
+code is equal (Hamming distance 0).
+
+What is stored is the landmark code passed through an invertible integer mix
+(:func:`mix_codes`, xor-shifts and odd multiplications): the low bits of a raw code are
+a few of its fields, so popular field values crowded a few lists, and an exact lookup
+scanned 11 (triplet) to 15 (pair) entries per hit on the bench index; mixed codes
+spread evenly over the lists and a lookup scans about 2. Being a bijection, the mix
+keeps equal codes equal and distinct codes distinct. Stores from before the mix
+(``hashed_lists=False``) keep filing raw codes and are read as before.
 
 Each entry's FAISS id packs ``(track_id, payload)`` as
 ``track_id << payload_bits | payload``; the payload is whatever the fingerprint
@@ -17,8 +24,8 @@ span). All of a track's entries form one id range, so removing a track is an
 supports ``remove_ids`` and can be memory-mapped on load.
 
 Next to the FAISS file, ``<file>.counts.npy`` holds how many entries each stored code
-has: a sparse table, row 0 the distinct codes in increasing order, row 1 their entry
-counts (uint32). Matching weighs a query code by that count, and knowing it before the
+has: a sparse table, row 0 the distinct stored codes in increasing order, row 1 their
+entry counts (uint32). Matching weighs a query code by that count, and knowing it before the
 lookup lets the commonest codes, too light to count, skip the lookup altogether. The
 table follows the FAISS file in :meth:`LandmarkIndex.save`; a table that is missing or
 does not add up to the file's entry count (an index from before it existed, a crash
@@ -38,11 +45,13 @@ import numpy as np
 
 from index.files import replace_atomically
 
-__all__ = ["LandmarkIndex", "CODE_BITS", "counts_path"]
+__all__ = ["LandmarkIndex", "CODE_BITS", "counts_path", "mix_codes"]
 
 CODE_BITS = 32
 _ID_BITS = 63  # FAISS ids are signed 64-bit
 _CODE_BYTES = CODE_BITS // 8
+# Odd multipliers of :func:`mix_codes` (from the "lowbias32" integer hash).
+_MIX_MULTIPLIERS = (np.uint32(0x7FEB352D), np.uint32(0x846CA68B))
 
 # One OpenMP thread: a range search over one query's ~1,500 codes measured 2-4x slower
 # with two threads than with one. Parallelism comes from processes and requests instead.
@@ -75,6 +84,18 @@ _fix_malloc_thresholds()
 def _as_code_bytes(hashes: np.ndarray) -> np.ndarray:
     """uint32 codes -> (n, 4) uint8 rows, little-endian so that FAISS reads the low bits first."""
     return np.ascontiguousarray(np.asarray(hashes, dtype="<u4")).view(np.uint8).reshape(-1, _CODE_BYTES)
+
+
+def mix_codes(hashes: np.ndarray) -> np.ndarray:
+    """An invertible mix of 32-bit codes whose low bits depend on every bit of the code.
+
+    Each step is a bijection of the 32-bit integers (``x ^= x >> 16``; ``x *= odd``
+    modulo ``2 ** 32``), so the mix maps distinct codes to distinct codes.
+    """
+    mixed = np.asarray(hashes, dtype=np.uint32)
+    for multiplier in _MIX_MULTIPLIERS:
+        mixed = (mixed ^ (mixed >> np.uint32(16))) * multiplier
+    return mixed ^ (mixed >> np.uint32(16))
 
 
 def counts_path(path: os.PathLike) -> Path:
@@ -114,15 +135,18 @@ class LandmarkIndex:
         Low bits of each id that hold the payload; track ids get the other
         ``63 - payload_bits``.
     writable : bool
+    hashed_lists : bool
+        Codes are stored mixed (:func:`mix_codes`); False for stores from before the mix.
     """
 
     def __init__(self, index: faiss.IndexBinaryIVF, payload_bits: int, writable: bool,
-                 code_counts: np.ndarray | None = None):
+                 code_counts: np.ndarray | None = None, hashed_lists: bool = True):
         if not 0 < payload_bits < _ID_BITS - 16:
             raise ValueError(f"payload_bits={payload_bits} leaves too few bits for track ids")
         self._index = index
         self.payload_bits = payload_bits
         self.writable = writable
+        self.hashed_lists = hashed_lists
         # The count table (see the module docstring), or None until recounted from the lists.
         self._counts = code_counts
         # Codes added since the table was last brought up to date: folding them in per
@@ -133,7 +157,7 @@ class LandmarkIndex:
 
     @classmethod
     def create(cls, payload_bits: int, list_bits: int = 16) -> "LandmarkIndex":
-        """An empty store with ``2 ** list_bits`` inverted lists keyed by the codes' low bits."""
+        """An empty store with ``2 ** list_bits`` inverted lists, storing mixed codes."""
         nlist = 1 << list_bits
         quantizer = faiss.IndexBinaryHash(CODE_BITS, list_bits)
         quantizer.add(_as_code_bytes(np.arange(nlist, dtype=np.uint32)))
@@ -145,7 +169,8 @@ class LandmarkIndex:
         return cls(index, payload_bits, writable=True, code_counts=_count_codes(np.zeros(0, np.uint32)))
 
     @classmethod
-    def load(cls, path: os.PathLike, payload_bits: int, mmap: bool = False) -> "LandmarkIndex":
+    def load(cls, path: os.PathLike, payload_bits: int, mmap: bool = False,
+             hashed_lists: bool = True) -> "LandmarkIndex":
         """Read a store written by :meth:`save`.
 
         Parameters
@@ -158,6 +183,8 @@ class LandmarkIndex:
             Memory-map the inverted lists (and the code-count table) instead of reading
             them: near-instant load, pages shared between processes, but the store is
             then read-only.
+        hashed_lists : bool
+            Whether the store holds mixed codes (recorded in the index manifest).
         """
         flags = faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY if mmap else 0
         index = faiss.read_index_binary(str(path), flags)
@@ -170,7 +197,7 @@ class LandmarkIndex:
                 code_counts.dtype != np.uint32 or code_counts.ndim != 2 or len(code_counts) != 2
                 or int(code_counts[1].sum(dtype=np.uint64)) != index.ntotal):
             code_counts = None  # stale: recounted from the lists when first needed
-        return cls(index, payload_bits, writable=not mmap, code_counts=code_counts)
+        return cls(index, payload_bits, writable=not mmap, code_counts=code_counts, hashed_lists=hashed_lists)
 
     def save(self, path: os.PathLike) -> None:
         """Write the FAISS file, then the code-count table, each atomically.
@@ -207,7 +234,7 @@ class LandmarkIndex:
         if not 0 <= track_id < 1 << (_ID_BITS - self.payload_bits):
             raise ValueError(f"track id {track_id} out of range")
         ids = (np.int64(track_id) << self.payload_bits) | payloads
-        codes = _as_code_bytes(hashes)
+        codes = _as_code_bytes(self._stored_form(hashes))
         self._index.add_with_ids(codes, ids)
         with self._counts_lock:
             self._unfolded.append(codes.view("<u4").ravel().copy())
@@ -238,22 +265,19 @@ class LandmarkIndex:
         np.ndarray of int64, same length
         """
         codes, counts = self._settled_counts()
-        hashes = np.asarray(hashes, dtype=np.uint32)
+        hashes = self._stored_form(hashes)
         if len(codes) == 0:
             return np.zeros(len(hashes), dtype=np.int64)
         position = np.minimum(np.searchsorted(codes, hashes), len(codes) - 1)
         return np.where(codes[position] == hashes, counts[position], 0).astype(np.int64)
 
-    def lookup(self, hashes: np.ndarray, max_hamming: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def lookup(self, hashes: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Find every stored entry whose code matches each query code.
 
         Parameters
         ----------
         hashes : np.ndarray of uint32
             Query codes.
-        max_hamming : int
-            Largest Hamming distance accepted in the bits above the list key
-            (0 = exact match).
 
         Returns
         -------
@@ -261,7 +285,7 @@ class LandmarkIndex:
             One row per hit: which query code it answers, and the stored entry's
             track and payload.
         """
-        first_hit, hits_per_code, labels = self.lookup_slices(hashes, max_hamming)
+        first_hit, hits_per_code, labels = self.lookup_slices(hashes)
         # Each code's hits are one slice of the result: moved, in code order, to where
         # code order puts them.
         shift = first_hit - (np.cumsum(hits_per_code) - hits_per_code)
@@ -269,8 +293,7 @@ class LandmarkIndex:
         query_index = np.repeat(np.arange(len(hits_per_code), dtype=np.int64), hits_per_code)
         return query_index, labels >> self.payload_bits, labels & ((1 << self.payload_bits) - 1)
 
-    def lookup_slices(self, hashes: np.ndarray,
-                      max_hamming: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def lookup_slices(self, hashes: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """:meth:`lookup`'s hits as FAISS returns them: one slice of entry ids per code.
 
         For a caller that walks the hits code by code anyway (a compiled loop), this
@@ -280,8 +303,6 @@ class LandmarkIndex:
         ----------
         hashes : np.ndarray of uint32
             Query codes.
-        max_hamming : int
-            As for :meth:`lookup`.
 
         Returns
         -------
@@ -290,22 +311,27 @@ class LandmarkIndex:
         labels : np.ndarray of int64
             Every hit's entry id, ``track_id << payload_bits | payload``.
         """
-        hashes = np.asarray(hashes, dtype=np.uint32)
+        hashes = self._stored_form(hashes)
         if hashes.size == 0 or self.ntotal == 0:
             empty = np.zeros(len(hashes), dtype=np.int64)
             return empty, empty, np.zeros(0, dtype=np.int64)
-        # A code's list is its low bits (see the module docstring): computed here, it spares
+        # A stored code's list is its low bits (see the module docstring): computed here, it spares
         # the coarse quantizer's hash-table probe per code.
         lists = (hashes & np.uint32(self._index.nlist - 1)).astype(np.int64)
         # Searched in list order, the codes read the lists in memory order, which caches
         # and prefetches better: 20-25 % faster on the bench index, more than the sort
         # and the reordering of the hits back into code order cost.
         by_list = np.argsort(lists, kind="stable")
-        lims, _, labels = self._index.range_search_preassigned(_as_code_bytes(hashes[by_list]), max_hamming + 1,
+        lims, _, labels = self._index.range_search_preassigned(_as_code_bytes(hashes[by_list]), 1,
                                                                lists[by_list].reshape(-1, 1), None)
         hits_per_code, first_hit = np.empty((2, len(hashes)), dtype=np.int64)
         hits_per_code[by_list], first_hit[by_list] = np.diff(lims), lims[:-1]
         return first_hit, hits_per_code, labels
+
+    def _stored_form(self, hashes: np.ndarray) -> np.ndarray:
+        """Landmark codes as this store files and counts them (mixed, or raw in an older store)."""
+        hashes = np.asarray(hashes, dtype=np.uint32)
+        return mix_codes(hashes) if self.hashed_lists else hashes
 
     def _settled_counts(self) -> np.ndarray:
         """The code-count table, recounted or with the codes added since folded in as needed."""
@@ -318,7 +344,7 @@ class LandmarkIndex:
             return self._counts
 
     def _stored_codes(self) -> np.ndarray:
-        """Every stored entry's code, read from the inverted lists (about 50 ns per entry)."""
+        """Every stored entry's (stored form of its) code, read from the inverted lists (about 50 ns per entry)."""
         lists = self._index.invlists
         chunks = [np.zeros(0, dtype=np.uint32)]
         for list_no in range(self._index.nlist):

@@ -54,6 +54,17 @@ _PEAKS_FILE = "peaks.npz"
 PEAKS_LAYOUT = "peaks-v1"
 _TIER_LAYOUTS = {"pair": PAIR_LAYOUT.name, "triplet": TRIPLET_LAYOUT.name, "melody": MELODY_LAYOUT,
                  "peaks": PEAKS_LAYOUT}
+# How a landmark tier files its codes in lists: "hashed" (mixed codes, see index.landmarks);
+# a tier without the key is from before the mix and files raw codes.
+_HASHED_LISTS = "hashed"
+
+
+def _hashed_lists(tier_entry: dict) -> bool:
+    """Whether a landmark tier's manifest entry says its lists hold mixed codes."""
+    lists = tier_entry.get("lists")
+    if lists not in (None, _HASHED_LISTS):
+        raise ValueError(f"unknown list filing {lists!r}")
+    return lists == _HASHED_LISTS
 
 
 class IndexOpenError(RuntimeError):
@@ -150,7 +161,8 @@ class IndexStore:
                     tiers[tier] = PeakStore.load(tier_files[tier])
                 else:
                     tiers[tier] = LandmarkIndex.load(tier_files[tier], entry["payload_bits"],
-                                                     mmap=mmap and not writable)
+                                                     mmap=mmap and not writable,
+                                                     hashed_lists=_hashed_lists(entry))
             catalog = Catalog(directory / _CATALOG, writable=writable)
         except (RuntimeError, sqlite3.DatabaseError, KeyError, ValueError) as err:
             raise IndexOpenError(f"{directory}: cannot open the index: it is damaged or "
@@ -170,7 +182,7 @@ class IndexStore:
     @staticmethod
     def _write_manifest(directory: Path, params: FingerprintParams) -> None:
         tiers = {tier: {"file": filename, "payload_bits": TIER_PAYLOAD_BITS[tier],
-                        "layout": _TIER_LAYOUTS[tier]}
+                        "layout": _TIER_LAYOUTS[tier], "lists": _HASHED_LISTS}
                  for tier, filename in _TIER_FILES.items()}
         if params.melody is not None:
             tiers["melody"] = {"file": _MELODY_FILE, "layout": MELODY_LAYOUT}

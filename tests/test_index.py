@@ -87,6 +87,18 @@ def test_lookup_returns_hits_grouped_by_code_in_the_order_asked(tmp_path):
         np.testing.assert_array_equal(got, want)
 
 
+def test_codes_alike_in_their_low_bits_spread_over_the_lists():
+    # Raw codes sharing their low 16 bits (fields that rarely change) would all share one
+    # list, which every lookup of any of them then scans; mixed, they spread out.
+    landmarks = LandmarkIndex.create(payload_bits=22)
+    codes = (np.arange(4000, dtype=np.uint32) << np.uint32(16)) | np.uint32(5)
+    landmarks.add(7, codes, np.arange(4000))
+    sizes = np.array([landmarks._index.invlists.list_size(i) for i in range(landmarks._index.nlist)])
+    assert sizes.max() <= 4 and (sizes > 0).sum() > 3800
+    assert hit_set(landmarks, codes[[3, 1234]]) == {(0, 7, 3), (1, 7, 1234)}
+    assert len(landmarks.lookup(codes + np.uint32(1))[0]) == 0
+
+
 def test_landmark_index_rejects_payloads_it_cannot_encode():
     store = LandmarkIndex.create(payload_bits=22, list_bits=8)
     with pytest.raises(ValueError, match="payloads must lie in"):
@@ -242,6 +254,34 @@ def test_index_without_code_counts_matches_as_with_them(index_copy, catalogue, c
     with Refrain.open(index_copy, mmap=True) as legacy:
         for query in queries:
             assert legacy.match_file(query).matches == catalogue.match_file(query).matches
+
+
+def test_index_filed_before_the_code_mix_matches_as_a_new_one(tmp_path, monkeypatch, songs, write_audio):
+    # An index from before the mix: raw codes in the lists, no "lists" key in its manifest.
+    import index.landmarks
+    recordings = [songs[seed].path for seed in (30, 41, 44)]
+    with Refrain.open(tmp_path / "new", create=True) as refrain:
+        list(refrain.ingest(recordings))
+    with monkeypatch.context() as patch:
+        patch.setattr(index.landmarks, "mix_codes", lambda hashes: np.asarray(hashes, dtype=np.uint32))
+        with Refrain.open(tmp_path / "old", create=True) as refrain:
+            list(refrain.ingest(recordings))
+    manifest = json.loads((tmp_path / "old" / "manifest.json").read_text())
+    for tier in ("pair", "triplet"):
+        del manifest["tiers"][tier]["lists"]
+    (tmp_path / "old" / "manifest.json").write_text(json.dumps(manifest))
+    queries = {seed: excerpt_file(tmp_path, write_audio, songs[seed].samples, start, name=f"{seed}.wav")
+               for seed, start in ((30, 3.0), (44, 12.5))}
+    with Refrain.open(tmp_path / "old") as old, Refrain.open(tmp_path / "new") as new:
+        assert not old.store.tiers["pair"].hashed_lists and new.store.tiers["pair"].hashed_lists
+        for seed, query in queries.items():
+            found = old.match_file(query).matches
+            assert found and found[0].source == str(songs[seed].path)
+            assert found == new.match_file(query).matches
+    manifest["tiers"]["pair"]["lists"] = "by-the-moon"
+    (tmp_path / "old" / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(IndexOpenError, match="list filing"):
+        Refrain.open(tmp_path / "old")
 
 
 def _match_ids(refrain, path):
