@@ -16,6 +16,7 @@ from fingerprint import (AudioDecodeError, Fingerprint, FingerprintError, Finger
 from index import IndexStore, Track, TrackMetadata
 from matcher import Match, Span, match_covers, match_fingerprint
 from refrain.config import Config
+from refrain.synth import render_song
 
 __all__ = ["Refrain", "IngestResult", "QueryResult", "TrackMatch", "IndexInfo", "audio_files",
            "AUDIO_EXTENSIONS"]
@@ -309,6 +310,17 @@ class Refrain:
                                       isrc=track.isrc, **fields))
         result = QueryResult(query=name, duration=round(fp.duration, 3), matches=matches)
         return result, {m.track_id: m.points for m in found}
+
+    def warm_up(self) -> None:
+        """Compile the matcher's kernels now, or load them from numba's cache.
+
+        The per-hit loops of fingerprinting and matching are numba kernels, compiled on
+        first use: about 15 s in a fresh install (then cached on disk next to the
+        sources, or under ``NUMBA_CACHE_DIR``), about half a second to load from the
+        cache. A long-running service calls this at startup so that no upload waits for
+        it: a generated song is matched through the real index and the result dropped.
+        """
+        self.match_signal(render_song(0, 12.0, sr=self.params.sample_rate))
 
     def match_signal(self, y: np.ndarray, name: str = "<signal>") -> QueryResult:
         """Match mono samples already at ``self.params.sample_rate``."""

@@ -106,6 +106,12 @@ class MatchService:
         except BaseException:
             self.db.close()
             raise
+        try:
+            self.refrain.warm_up()  # the first upload must not wait for compilation
+        except BaseException:
+            self.refrain.close()
+            self.db.close()
+            raise
         self.lock = ReadWriteLock()
         settings.works_dir.mkdir(parents=True, exist_ok=True)
 

@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
 import numpy as np
 import pytest
 import soxr
@@ -236,3 +242,23 @@ def test_a_long_upload_searched_window_by_window_reports_each_work_once_across_b
     for track_id, match in found.items():
         assert match.query_start == pytest.approx(whole[track_id].query_start, abs=1.5)
         assert match.query_end == pytest.approx(whole[track_id].query_end, abs=1.0)
+
+
+def test_warm_up_compiles_the_kernels_a_query_needs(catalogue_index):
+    # In a fresh interpreter, so that no earlier test has compiled them already.
+    script = textwrap.dedent(f"""
+        import fingerprint.hashes, fingerprint.peaks, matcher.copies, matcher.derivatives, matcher.layers, matcher.voting
+        from refrain.api import Refrain
+        kernels = [fingerprint.peaks._rank_in_sliding_window, fingerprint.hashes._targets_in_zone,
+                   matcher.copies._votes_in_code_order, matcher.voting.neighbourhood_sums,
+                   matcher.derivatives._plausible_hits, matcher.derivatives._best_neighbourhood_per_track,
+                   matcher.layers._meetings_of]
+        assert not any(kernel.signatures for kernel in kernels)
+        with Refrain.open({str(catalogue_index.directory)!r}) as refrain:
+            refrain.warm_up()
+        print([len(kernel.signatures) for kernel in kernels])
+    """)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
+                          cwd=Path(__file__).resolve().parents[1])
+    assert done.returncode == 0, done.stderr
+    assert all(count > 0 for count in json.loads(done.stdout.strip()))
