@@ -39,7 +39,7 @@ from fingerprint import Fingerprint, FingerprintParams
 from fingerprint.hashes import PAIR_LAYOUT, TIER_PAYLOAD_BITS, TRIPLET_LAYOUT
 from index.catalog import Catalog, Track, TrackMetadata
 from index.files import replace_atomically
-from index.landmarks import LandmarkIndex
+from index.landmarks import LandmarkIndex, counts_path
 from index.melody import MELODY_LAYOUT, MelodyIndex
 from index.peaks import PeakStore
 
@@ -187,7 +187,11 @@ class IndexStore:
         if params.melody is not None:
             tiers["melody"] = {"file": _MELODY_FILE, "layout": MELODY_LAYOUT}
         tiers["peaks"] = {"file": _PEAKS_FILE, "layout": PEAKS_LAYOUT}
-        manifest = {"format": FORMAT_VERSION, "fingerprint": params.to_dict(), "tiers": tiers}
+        IndexStore._save_manifest(directory, {"format": FORMAT_VERSION, "fingerprint": params.to_dict(),
+                                              "tiers": tiers})
+
+    @staticmethod
+    def _save_manifest(directory: Path, manifest: dict) -> None:
         text = json.dumps(manifest, indent=2) + "\n"
         replace_atomically(directory / _MANIFEST, lambda tmp: Path(tmp).write_text(text))
 
@@ -254,6 +258,41 @@ class IndexStore:
         self._save_tiers()
         self.catalog.set_status(self._pending, "ready")
         self._pending = []
+
+    def upgrade(self) -> list[str]:
+        """Bring an index built by an earlier Refrain to the current layout, in place.
+
+        Landmark tiers from before mixed list filing (see :mod:`index.landmarks`) are
+        re-filed: same entries, same hits, fewer list entries scanned per lookup. Each
+        goes to a new file; the manifest then switches to it in one atomic rename, and
+        only then is the old file deleted, so an interrupted upgrade leaves the index as
+        it was (at most a stray new file, overwritten by the next upgrade).
+
+        Returns
+        -------
+        list of str
+            The tiers upgraded (empty if the index was already current).
+        """
+        self._require_writable()
+        stale = [name for name, tier in self.tiers.items()
+                 if isinstance(tier, LandmarkIndex) and not tier.hashed_lists]
+        if not stale:
+            return []
+        manifest = self._read_manifest(self.directory)
+        refiled, old_files = {}, []
+        for name in stale:
+            old_file = self._tier_files[name]
+            new_file = old_file.with_name(old_file.stem + "-hashed" + old_file.suffix)
+            refiled[name] = (self.tiers[name].refiled(), new_file)
+            refiled[name][0].save(new_file)
+            manifest["tiers"][name].update(file=new_file.name, lists=_HASHED_LISTS)
+            old_files += [old_file, counts_path(old_file)]
+        self._save_manifest(self.directory, manifest)
+        for name, (tier, new_file) in refiled.items():
+            self.tiers[name], self._tier_files[name] = tier, new_file
+        for path in old_files:
+            path.unlink(missing_ok=True)
+        return stale
 
     def remove_track(self, track_id: int) -> Track:
         """Take a track out of the index and the catalogue (takedown, consent withdrawn).

@@ -311,6 +311,18 @@ class Refrain:
         result = QueryResult(query=name, duration=round(fp.duration, 3), matches=matches)
         return result, {m.track_id: m.points for m in found}
 
+    def upgrade_index(self) -> list[str]:
+        """Bring an index built by an earlier Refrain to the current layout, in place.
+
+        Needs the index opened writable. See :meth:`index.IndexStore.upgrade`.
+
+        Returns
+        -------
+        list of str
+            The tiers upgraded (empty if the index was already current).
+        """
+        return self.store.upgrade()
+
     def warm_up(self) -> None:
         """Compile the matcher's kernels now, or load them from numba's cache.
 

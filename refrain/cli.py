@@ -226,6 +226,14 @@ def cmd_remove(args) -> int:
     return EXIT_OK
 
 
+def cmd_upgrade(args) -> int:
+    with _open_index(args.index, writable=True) as refrain:
+        upgraded = refrain.upgrade_index()
+    print(f"upgraded the {' and '.join(upgraded)} tier{'s' if len(upgraded) > 1 else ''} of {args.index}"
+          if upgraded else f"{args.index} is already current: nothing to do")
+    return EXIT_OK
+
+
 def cmd_info(args) -> int:
     with _open_index(args.index, mmap=True) as refrain:
         info = refrain.info()
@@ -453,6 +461,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub = command("remove", cmd_remove, "remove a track from an index")
     index_option(sub)
     sub.add_argument("track_id", type=int, metavar="TRACK_ID")
+
+    sub = command("upgrade", cmd_upgrade, "bring an index built by an earlier Refrain to the current "
+                                          "layout, in place (faster lookups; no re-ingest)")
+    index_option(sub)
 
     sub = command("info", cmd_info, "size of an index")
     index_option(sub)

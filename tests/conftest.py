@@ -9,6 +9,7 @@ Session-scoped fixtures are built once; tests that modify an index work on a cop
 from __future__ import annotations
 
 import functools
+import json
 import shutil
 import subprocess
 import sys
@@ -126,6 +127,25 @@ def index_copy(catalogue_index, tmp_path) -> Path:
     target = tmp_path / "index"
     shutil.copytree(catalogue_index.directory, target, ignore=shutil.ignore_patterns(".lock"))
     return target
+
+
+@pytest.fixture
+def pre_mix_index(tmp_path, songs, monkeypatch) -> Path:
+    """An index of songs 30, 41 and 44 as Refrain wrote them before mixed list filing.
+
+    Raw codes in the landmark lists, no "lists" key in the manifest (index.landmarks).
+    """
+    import index.landmarks
+    directory = tmp_path / "pre-mix"
+    with monkeypatch.context() as patch:
+        patch.setattr(index.landmarks, "mix_codes", lambda hashes: np.asarray(hashes, dtype=np.uint32))
+        with Refrain.open(directory, create=True) as refrain:
+            list(refrain.ingest([songs[seed].path for seed in (30, 41, 44)]))
+    manifest = json.loads((directory / "manifest.json").read_text())
+    for tier in ("pair", "triplet"):
+        del manifest["tiers"][tier]["lists"]
+    (directory / "manifest.json").write_text(json.dumps(manifest))
+    return directory
 
 
 @pytest.fixture(scope="session")

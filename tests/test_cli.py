@@ -245,3 +245,14 @@ def test_a_folder_without_audio_is_an_error(cli_index, tmp_path, run_refrain):
     assert done.returncode == 1
     assert done.stdout == ""
     assert done.stderr == f"error: {tmp_path / 'empty'}: no audio files in this folder\n"
+
+
+def test_upgrade_brings_an_old_index_up_to_date_once(pre_mix_index, run_refrain):
+    done = run_refrain("upgrade", "--index", pre_mix_index)
+    assert done.returncode == 0, done.stderr
+    assert "upgraded the pair and triplet tiers" in done.stdout
+    again = run_refrain("upgrade", "--index", pre_mix_index)
+    assert again.returncode == 0 and "already current" in again.stdout
+    missing = run_refrain("upgrade", "--index", pre_mix_index / "nowhere")
+    assert missing.returncode == 3 and "no Refrain index here" in missing.stderr
+    assert_clean_errors(missing.stderr)

@@ -256,32 +256,66 @@ def test_index_without_code_counts_matches_as_with_them(index_copy, catalogue, c
             assert legacy.match_file(query).matches == catalogue.match_file(query).matches
 
 
-def test_index_filed_before_the_code_mix_matches_as_a_new_one(tmp_path, monkeypatch, songs, write_audio):
-    # An index from before the mix: raw codes in the lists, no "lists" key in its manifest.
-    import index.landmarks
-    recordings = [songs[seed].path for seed in (30, 41, 44)]
+def test_index_filed_before_the_code_mix_matches_as_a_new_one(tmp_path, pre_mix_index, songs, write_audio):
     with Refrain.open(tmp_path / "new", create=True) as refrain:
-        list(refrain.ingest(recordings))
-    with monkeypatch.context() as patch:
-        patch.setattr(index.landmarks, "mix_codes", lambda hashes: np.asarray(hashes, dtype=np.uint32))
-        with Refrain.open(tmp_path / "old", create=True) as refrain:
-            list(refrain.ingest(recordings))
-    manifest = json.loads((tmp_path / "old" / "manifest.json").read_text())
-    for tier in ("pair", "triplet"):
-        del manifest["tiers"][tier]["lists"]
-    (tmp_path / "old" / "manifest.json").write_text(json.dumps(manifest))
+        list(refrain.ingest([songs[seed].path for seed in (30, 41, 44)]))
     queries = {seed: excerpt_file(tmp_path, write_audio, songs[seed].samples, start, name=f"{seed}.wav")
                for seed, start in ((30, 3.0), (44, 12.5))}
-    with Refrain.open(tmp_path / "old") as old, Refrain.open(tmp_path / "new") as new:
+    with Refrain.open(pre_mix_index) as old, Refrain.open(tmp_path / "new") as new:
         assert not old.store.tiers["pair"].hashed_lists and new.store.tiers["pair"].hashed_lists
         for seed, query in queries.items():
             found = old.match_file(query).matches
             assert found and found[0].source == str(songs[seed].path)
             assert found == new.match_file(query).matches
+    manifest = json.loads((pre_mix_index / "manifest.json").read_text())
     manifest["tiers"]["pair"]["lists"] = "by-the-moon"
-    (tmp_path / "old" / "manifest.json").write_text(json.dumps(manifest))
+    (pre_mix_index / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(IndexOpenError, match="list filing"):
-        Refrain.open(tmp_path / "old")
+        Refrain.open(pre_mix_index)
+
+
+def _lookups_and_matches(directory, queries, codes, mmap=False):
+    with Refrain.open(directory, mmap=mmap) as refrain:
+        hashed = [refrain.store.tiers[tier].hashed_lists for tier in ("pair", "triplet")]
+        lookups = [a.tolist() for tier in ("pair", "triplet") for a in refrain.store.tiers[tier].lookup(codes)]
+        return hashed, lookups, [refrain.match_file(query).matches for query in queries]
+
+
+def test_upgrade_refiles_an_old_index_in_place(pre_mix_index, songs, write_audio, tmp_path):
+    queries = [excerpt_file(tmp_path, write_audio, songs[seed].samples, start, name=f"{seed}.wav")
+               for seed, start in ((30, 3.0), (41, 20.0), (44, 12.5))]
+    codes = np.concatenate([fingerprint_of(songs[seed], Config().fingerprint).hashes for seed in (30, 44)])
+    hashed, lookups, matches = _lookups_and_matches(pre_mix_index, queries, codes)
+    assert hashed == [False, False] and all(matches)
+
+    with Refrain.open(pre_mix_index, writable=True) as refrain:
+        assert refrain.upgrade_index() == ["pair", "triplet"]
+        assert refrain.upgrade_index() == []
+
+    manifest = json.loads((pre_mix_index / "manifest.json").read_text())
+    assert {manifest["tiers"][tier]["file"] for tier in ("pair", "triplet")} == {"pairs-hashed.faiss",
+                                                                                "triplets-hashed.faiss"}
+    assert not (pre_mix_index / "pairs.faiss").exists() and not (pre_mix_index / "triplets.faiss.counts.npy").exists()
+    for mmap in (False, True):
+        assert _lookups_and_matches(pre_mix_index, queries, codes, mmap) == ([True, True], lookups, matches)
+
+
+def test_interrupted_upgrade_leaves_the_index_as_it_was(pre_mix_index, songs, write_audio, tmp_path, monkeypatch):
+    query = excerpt_file(tmp_path, write_audio, songs[41].samples, 20.0)
+    codes = fingerprint_of(songs[41], Config().fingerprint).hashes
+    before = _lookups_and_matches(pre_mix_index, [query], codes)
+
+    def power_cut(directory, manifest):
+        raise OSError("power cut before the manifest was replaced")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(IndexStore, "_save_manifest", staticmethod(power_cut))
+        with Refrain.open(pre_mix_index, writable=True) as refrain, pytest.raises(OSError, match="power cut"):
+            refrain.upgrade_index()
+    assert _lookups_and_matches(pre_mix_index, [query], codes) == before
+    with Refrain.open(pre_mix_index, writable=True) as refrain:
+        assert refrain.upgrade_index() == ["pair", "triplet"]
+    assert _lookups_and_matches(pre_mix_index, [query], codes) == ([True, True], *before[1:])
 
 
 def _match_ids(refrain, path):
