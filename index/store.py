@@ -259,6 +259,11 @@ class IndexStore:
         self.catalog.set_status(self._pending, "ready")
         self._pending = []
 
+    def upgradable(self) -> list[str]:
+        """The tiers :meth:`upgrade` would bring to the current layout."""
+        return [name for name, tier in self.tiers.items()
+                if isinstance(tier, LandmarkIndex) and not tier.hashed_lists]
+
     def upgrade(self) -> list[str]:
         """Bring an index built by an earlier Refrain to the current layout, in place.
 
@@ -274,8 +279,7 @@ class IndexStore:
             The tiers upgraded (empty if the index was already current).
         """
         self._require_writable()
-        stale = [name for name, tier in self.tiers.items()
-                 if isinstance(tier, LandmarkIndex) and not tier.hashed_lists]
+        stale = self.upgradable()
         if not stale:
             return []
         manifest = self._read_manifest(self.directory)

@@ -115,6 +115,8 @@ class IndexInfo:
 
     ``melody_segments`` is the number of melody-tier segment descriptors, or None for
     an index built without a melody tier (covers are then not searched).
+    ``upgradable`` lists the tiers :meth:`Refrain.upgrade_index` would bring up to date
+    (an index from an earlier Refrain: slower lookups until then).
     """
 
     directory: str
@@ -124,6 +126,7 @@ class IndexInfo:
     bytes: int
     files: dict[str, int]
     melody_segments: int | None = None
+    upgradable: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -357,4 +360,5 @@ class Refrain:
         return IndexInfo(directory=str(self.store.directory), tracks=tracks,
                          hours=round(seconds / 3600.0, 4), landmarks=landmarks,
                          bytes=sum(files.values()), files=files,
-                         melody_segments=None if melody is None else melody.ntotal)
+                         melody_segments=None if melody is None else melody.ntotal,
+                         upgradable=self.store.upgradable())

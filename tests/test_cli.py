@@ -142,8 +142,9 @@ def test_info_json(cli_index, songs, run_refrain):
     done = run_refrain("info", "--index", index, "--json")
     assert done.returncode == 0, done.stderr
     info = json.loads(done.stdout)
-    assert set(info) == {"directory", "tracks", "hours", "landmarks", "bytes", "files", "melody_segments"}
-    assert info["tracks"] == 3
+    assert set(info) == {"directory", "tracks", "hours", "landmarks", "bytes", "files", "melody_segments",
+                         "upgradable"}
+    assert info["tracks"] == 3 and info["upgradable"] == []
     seconds = sum(len(songs[seed].samples) / SR for seed in SEEDS)
     assert info["hours"] == pytest.approx(seconds / 3600, abs=1e-3)
     assert info["landmarks"] > 3 * 500
@@ -248,11 +249,15 @@ def test_a_folder_without_audio_is_an_error(cli_index, tmp_path, run_refrain):
 
 
 def test_upgrade_brings_an_old_index_up_to_date_once(pre_mix_index, run_refrain):
+    info = run_refrain("info", "--index", pre_mix_index)
+    assert info.returncode == 0 and "refrain upgrade --index" in info.stdout
+    assert json.loads(run_refrain("info", "--index", pre_mix_index, "--json").stdout)["upgradable"] == ["pair", "triplet"]
     done = run_refrain("upgrade", "--index", pre_mix_index)
     assert done.returncode == 0, done.stderr
     assert "upgraded the pair and triplet tiers" in done.stdout
     again = run_refrain("upgrade", "--index", pre_mix_index)
     assert again.returncode == 0 and "already current" in again.stdout
+    assert "refrain upgrade" not in run_refrain("info", "--index", pre_mix_index).stdout
     missing = run_refrain("upgrade", "--index", pre_mix_index / "nowhere")
     assert missing.returncode == 3 and "no Refrain index here" in missing.stderr
     assert_clean_errors(missing.stderr)
