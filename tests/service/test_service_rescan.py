@@ -149,3 +149,15 @@ def test_uploads_rescan_flags_exactly_the_decisions_that_change(scene, songs, tm
             options=RescanOptions(jobs=2, dask="local", dask_processes=False, progress=False))
     for name in ("items.jsonl", "summary.csv"):
         assert (tmp_path / "revoked-dask" / name).read_text() == (tmp_path / "revoked" / name).read_text()
+
+
+def test_service_on_an_index_from_an_earlier_refrain_warns_and_serves_it(pre_mix_index, songs, caplog):
+    from service.core import MatchService
+    settings = ServiceSettings(index_dir=pre_mix_index, db_path=pre_mix_index.parent / "service.sqlite")
+    with caplog.at_level("WARNING", logger="refrain.service"):
+        service = MatchService(settings)
+    try:
+        assert any("refrain upgrade --index" in record.getMessage() for record in caplog.records)
+        assert service.track_count() == 3
+    finally:
+        service.close()
