@@ -287,8 +287,9 @@ class IndexStore:
         for name in stale:
             old_file = self._tier_files[name]
             new_file = old_file.with_name(old_file.stem + "-hashed" + old_file.suffix)
-            refiled[name] = (self.tiers[name].refiled(), new_file)
-            refiled[name][0].save(new_file)
+            tier = self.tiers[name].refiled()
+            tier.save(new_file)
+            refiled[name] = (tier, new_file)
             manifest["tiers"][name].update(file=new_file.name, lists=_HASHED_LISTS)
             old_files += [old_file, counts_path(old_file)]
         self._save_manifest(self.directory, manifest)

@@ -112,10 +112,11 @@ class MatchService:
             self.refrain.close()
             self.db.close()
             raise
-        if self.refrain.store.upgradable():
+        upgradable = self.refrain.store.upgradable()
+        if upgradable:
             log.warning("%s: index from an earlier Refrain (%s tiers): lookups are slower until "
                         "`refrain upgrade --index %s` (with the service stopped)", settings.index_dir,
-                        ", ".join(self.refrain.store.upgradable()), settings.index_dir)
+                        ", ".join(upgradable), settings.index_dir)
         self.lock = ReadWriteLock()
         settings.works_dir.mkdir(parents=True, exist_ok=True)
 
