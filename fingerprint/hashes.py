@@ -21,7 +21,7 @@ import numpy as np
 from fingerprint.peaks import Peaks
 
 __all__ = ["HashLayout", "PAIR_LAYOUT", "TRIPLET_LAYOUT", "TIER_PAYLOAD_BITS", "TRIPLET_MAX_SPAN", "Landmarks", "Triplets",
-           "pair_landmarks", "hash_landmarks", "triplet_landmarks", "query_triplets", "hash_triplets",
+           "pair_landmarks", "hash_landmarks", "unhash_landmarks", "triplet_landmarks", "query_triplets", "hash_triplets",
            "triplet_payloads", "unpack_triplet_payload"]
 
 # What an index entry of each tier carries besides its code and track id: the pair
@@ -142,6 +142,29 @@ def hash_landmarks(landmarks: Landmarks) -> np.ndarray:
         delta_bin=landmarks.target_bins - landmarks.anchor_bins + _DELTA_BIN_OFFSET,
         delta_frames=landmarks.target_frames - landmarks.anchor_frames,
     )
+
+
+def unhash_landmarks(codes: np.ndarray, anchor_frames: np.ndarray) -> Landmarks:
+    """The peaks of pair landmarks, from their codes and anchor frames.
+
+    Inverse of :func:`hash_landmarks`: a code holds the anchor's bin and the target's
+    offset from the anchor in bins and frames.
+
+    Parameters
+    ----------
+    codes : np.ndarray of uint32
+        Codes of :data:`PAIR_LAYOUT`.
+    anchor_frames : np.ndarray of int
+        The anchor frame of each code.
+
+    Returns
+    -------
+    Landmarks
+    """
+    fields = PAIR_LAYOUT.unpack(codes)
+    anchor_frames = np.asarray(anchor_frames, dtype=np.int64)
+    return Landmarks(anchor_frames, fields["anchor_bin"], anchor_frames + fields["delta_frames"],
+                     fields["anchor_bin"] + fields["delta_bin"] - _DELTA_BIN_OFFSET)
 
 
 # Triplet codes hold only quantities that survive tempo and pitch changes: on a

@@ -9,10 +9,11 @@ import numpy as np
 import pytest
 
 from fingerprint import Fingerprint, FingerprintParams, Peaks
+from fingerprint.hashes import Landmarks, hash_landmarks
 from index.peaks import PeakStore
 from index.store import IndexOpenError
 from matcher.copies import CopyVotes
-from matcher.layers import layer_matches
+from matcher.layers import _background_shifts, layer_matches
 from matcher.types import MatchParams
 from refrain.api import Refrain
 from refrain.config import Config
@@ -114,14 +115,17 @@ def test_a_looped_reference_verified_at_two_offsets_is_one_match():
     in_query = (frames >= 500) & (frames < 500 + n_frames)
     dense = Peaks(frames=(frames[in_query] - 500).astype(np.int32), bins=bins[in_query].astype(np.int32),
                   strength=np.zeros(in_query.sum(), np.float32), bin_offsets=np.zeros(in_query.sum(), np.float32))
-    empty = np.zeros(0, np.int64)
-    fp = Fingerprint(hashes=empty.astype(np.uint32), frames=empty.astype(np.int32), duration=10.0,
-                     peaks=dense, triplets=None, dense_peaks=dense)
-    # Two weak pair votes, one at each loop offset (votes come sorted by track, offset).
+    # Two weak pair votes, one at each loop offset (votes come sorted by track, offset),
+    # from two query landmarks.
+    query_frames = np.array([10, 50])
+    fp = Fingerprint(hashes=hash_landmarks(Landmarks(query_frames, np.array([20, 30]), query_frames + 5,
+                                                     np.array([25, 28]))),
+                     frames=query_frames.astype(np.int32), duration=10.0, peaks=dense, triplets=None,
+                     dense_peaks=dense)
     offsets = np.array([500, 500, 900, 900])
-    query_frames = np.array([10, 50, 10, 50])
-    votes = CopyVotes(query_ids=np.arange(4), track_ids=np.full(4, 7), ref_frames=offsets + query_frames,
-                      weights=np.ones(4), query_frames=query_frames, offsets=offsets)
+    votes = CopyVotes(query_ids=np.array([0, 1, 0, 1]), track_ids=np.full(4, 7),
+                      ref_frames=offsets + np.tile(query_frames, 2), weights=np.ones(4),
+                      query_frames=np.tile(query_frames, 2), offsets=offsets)
     found = layer_matches(fp, votes, store, MatchParams(), params)
     assert [m.track_id for m in found] == [7]
     assert round(found[0].offset / params.frame_seconds) in (500, 900)
@@ -151,3 +155,57 @@ def test_a_long_buried_passage_is_reported_over_its_whole_length(catalogue, cata
     assert match.query_end == pytest.approx(28.0, abs=1.5)
     assert all(span.ref_start == pytest.approx(span.query_start + 3.0, abs=0.1) for span in match.spans)
     assert match.aligned == sum(span.aligned for span in match.spans)
+
+
+def _peaks(frames: np.ndarray, bins: np.ndarray) -> Peaks:
+    order = np.argsort(frames, kind="stable")
+    return Peaks(frames=frames[order].astype(np.int32), bins=bins[order].astype(np.int32),
+                 strength=np.zeros(len(frames), np.float32), bin_offsets=np.zeros(len(frames), np.float32))
+
+
+@pytest.mark.parametrize("buried", [False, True])
+def test_the_peaks_that_proposed_a_candidate_do_not_verify_it(buried):
+    # A catalogue track and a 10 s query of unrelated peaks that happens to share 40 pair
+    # landmarks with it at one offset: those 80 peaks meet by construction, and counted
+    # they would lift the offset far above its background. Only when the track really
+    # lies under the query (half of its other peaks there too) is it reported.
+    rng = np.random.default_rng(11)
+    params = FingerprintParams()
+    n_frames, offset = int(10.0 / params.frame_seconds), 1000
+    ref_frames, ref_bins = np.sort(rng.integers(0, 3000, 3000)), rng.integers(10, 120, 3000)
+    store = PeakStore.create()
+    store.add(7, ref_frames, ref_bins)
+
+    in_window = np.flatnonzero((ref_frames >= offset) & (ref_frames < offset + n_frames - 40))
+    anchors = rng.choice(in_window, 40, replace=False)
+    targets = np.minimum(anchors + 3, len(ref_frames) - 1)
+    landmarks = Landmarks(ref_frames[anchors] - offset, ref_bins[anchors], ref_frames[targets] - offset,
+                          ref_bins[targets])
+    shared = np.concatenate([anchors, targets])
+    if buried:
+        others = np.setdiff1d(np.flatnonzero((ref_frames >= offset) & (ref_frames < offset + n_frames)), shared)
+        shared = np.concatenate([shared, rng.choice(others, len(others) // 2, replace=False)])
+    dense = _peaks(np.concatenate([rng.integers(0, n_frames, 600), ref_frames[shared] - offset]),
+                   np.concatenate([rng.integers(10, 120, 600), ref_bins[shared]]))
+    fp = Fingerprint(hashes=hash_landmarks(landmarks), frames=landmarks.anchor_frames.astype(np.int32),
+                     duration=10.0, peaks=dense, triplets=None, dense_peaks=dense)
+    order = np.argsort(landmarks.anchor_frames, kind="stable")
+    query_frames = landmarks.anchor_frames[order]
+    votes = CopyVotes(query_ids=order, track_ids=np.full(40, 7), ref_frames=query_frames + offset,
+                      weights=np.ones(40), query_frames=query_frames, offsets=np.full(40, offset))
+
+    found = layer_matches(fp, votes, store, MatchParams(), params)
+    if buried:
+        assert [m.track_id for m in found] == [7]
+        assert round(found[0].offset / params.frame_seconds) == offset
+    else:
+        assert found == []
+
+
+def test_background_offsets_sample_every_beat_period_at_many_phases():
+    # Evenly spaced offsets land on one phase of a beat whose period divides their step,
+    # so the background of two pieces at one tempo would be all off-beat (or all on-beat).
+    shifts = _background_shifts(MatchParams(), FingerprintParams().frame_seconds)
+    periods = np.arange(3.0, 60.0, 0.05)[:, None]
+    phase_concentration = np.abs(np.exp(2j * np.pi * shifts / periods).mean(axis=1))
+    assert phase_concentration.max() < 0.5
