@@ -10,6 +10,7 @@ import soxr
 
 from fingerprint import (PAIR_LAYOUT, FingerprintError, FingerprintParams, HashLayout,
                          fingerprint_signal)
+from fingerprint.hashes import hash_landmarks, pair_landmarks, unhash_landmarks
 
 PARAMS = FingerprintParams()
 SEEDS = (30, 34, 41)  # ballad, chiptune, pop: sparse to dense arrangements
@@ -118,3 +119,13 @@ def test_layout_pack_rejects_a_missing_field():
 def test_layout_wider_than_32_bits_is_refused():
     with pytest.raises(ValueError, match="more than 32 bits"):
         HashLayout("too-wide", (("a", 16), ("b", 17)))
+
+
+def test_a_landmark_code_and_its_anchor_frame_give_back_both_peaks(signals):
+    fp = fingerprint_signal(signals[34], PARAMS)
+    landmarks = pair_landmarks(fp.peaks, PARAMS.fanout, PARAMS.target_dt_min, PARAMS.target_dt_max,
+                               PARAMS.target_df_max)
+    np.testing.assert_array_equal(hash_landmarks(landmarks), fp.hashes)
+    back = unhash_landmarks(fp.hashes, fp.frames)
+    for field in ("anchor_frames", "anchor_bins", "target_frames", "target_bins"):
+        np.testing.assert_array_equal(getattr(back, field), getattr(landmarks, field))
