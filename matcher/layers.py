@@ -75,9 +75,9 @@ def layer_matches(fp: Fingerprint, votes: CopyVotes, peaks: PeakStore, params: M
     n_frames = int(np.ceil(fp.duration / fpp.frame_seconds))
     # A catalogue peak "meets" the query when a dense query peak lies within one frame
     # and one bin of it: peak times and bins jitter by that much under re-encoding.
-    near_dense = np.zeros((int(dense.bins.max()) + 2, n_frames + 1), dtype=bool)
-    near_dense[dense.bins, np.minimum(dense.frames, n_frames)] = True
-    surface = maximum_filter(near_dense, size=3).astype(np.uint8)
+    dense_cells = np.zeros((int(dense.bins.max()) + 2, n_frames + 1), dtype=bool)
+    dense_cells[dense.bins, np.minimum(dense.frames, n_frames)] = True
+    surface = maximum_filter(dense_cells, size=3).astype(np.uint8)
     window = int(round(params.layer_window_seconds / fpp.frame_seconds))
     compared = np.concatenate([[0], _background_shifts(params, fpp.frame_seconds)])
 
