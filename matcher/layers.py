@@ -245,16 +245,16 @@ def _meetings(surface: np.ndarray, peaks: PeakStore, track_id: int, offset: int,
         Per query cell, ``_MEETS`` when it lies within one frame and one bin of a dense
         query peak, ``_EXCLUDED`` when its catalogue peaks are left out.
     per_peak : bool
-        Also return the per-peak arrays (else they are empty).
+        Also return, for the first shift, the per-peak arrays (else they are empty).
 
     Returns
     -------
     inside, met_count : np.ndarray of int, shape (len(shifts),)
         Per shift, the peaks that lie in ``start..end`` off the excluded cells, and
         how many of them meet a query peak.
-    query_frames, inside, usable, hit : np.ndarray, shape (len(shifts), n_peaks)
-        Each peak's query frame under each shift; whether it lies in ``start..end``
-        and off the excluded cells; whether it also lies within the bins of ``met``;
+    query_frames, usable, hit : np.ndarray, shape (n_peaks,)
+        Under the first shift: each peak's query frame; whether it lies in
+        ``start..end``, off the excluded cells and within the bins of ``surface``;
         whether it then meets a query peak.
     """
     ref_frames, ref_bins = peaks.peaks_between(track_id, offset + start + shifts.min(),
@@ -270,16 +270,12 @@ def _meetings_of(surface, ref_frames, ref_bins, offset, start, end, shifts, per_
     per 10 s query), where numpy's many passes and fancy indexing cost most of its time.
     """
     n_bins, n_frames = surface.shape
-    n_rows, n_cols = (len(shifts), len(ref_frames)) if per_peak else (0, 0)
-    query_frames = np.empty((n_rows, n_cols), np.int64)
-    inside = np.zeros((n_rows, n_cols), np.bool_)
-    usable = np.zeros((n_rows, n_cols), np.bool_)
-    hit = np.zeros((n_rows, n_cols), np.bool_)
+    n_peaks = len(ref_frames) if per_peak else 0
+    query_frames = ref_frames[:n_peaks] - offset - shifts[0]
+    usable, hit = np.zeros(n_peaks, np.bool_), np.zeros(n_peaks, np.bool_)
     inside_count = np.zeros(len(shifts), np.int64)
     met_count = np.zeros(len(shifts), np.int64)
     for row in range(len(shifts)):
-        if per_peak:
-            query_frames[row] = ref_frames - offset - shifts[row]
         # Peaks come sorted by frame: only those in the window are visited.
         first = np.searchsorted(ref_frames, start + offset + shifts[row])
         last = np.searchsorted(ref_frames, end + offset + shifts[row])
@@ -292,9 +288,9 @@ def _meetings_of(surface, ref_frames, ref_bins, offset, start, end, shifts, per_
             inside_count[row] += 1
             meets = (state & _MEETS) != 0
             met_count[row] += meets
-            if per_peak:
-                inside[row, peak], usable[row, peak], hit[row, peak] = True, on_grid, meets
-    return inside_count, met_count, query_frames, inside, usable, hit
+            if per_peak and row == 0:
+                usable[peak], hit[peak] = on_grid, meets
+    return inside_count, met_count, query_frames, usable, hit
 
 
 def _fractions(inside: np.ndarray, met_count: np.ndarray, min_peaks: int) -> np.ndarray:
@@ -322,11 +318,10 @@ def _describe(track_id: int, offset: int, z: float, windows: list[tuple[int, int
         start, end = run[0][0], max(w[1] for w in run)
         # One reading of the track's peaks: the unshifted row gives the run's peaks, the
         # background rows its chance level.
-        inside_count, met_count, query_frames, _, usable, hit = _meetings(
+        inside_count, met_count, query_frames, usable, hit = _meetings(
             surface, peaks, track_id, offset, start, end, compared, per_peak=True)
         chance = float(np.nanmean(_fractions(inside_count[1:], met_count[1:], 1)))
-        q = _trim(np.sort(query_frames[0][hit[0]]), np.sort(query_frames[0][usable[0]]), chance,
-                  round(1.0 / frame_seconds))
+        q = _trim(np.sort(query_frames[hit]), np.sort(query_frames[usable]), chance, round(1.0 / frame_seconds))
         if len(q) == 0:
             continue
         q_start, q_end = float(q.min()) * frame_seconds, float(q.max() + 1) * frame_seconds
