@@ -27,9 +27,9 @@ from scipy import signal
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from fingerprint import FingerprintError, fingerprint_signal, load_audio  # noqa: E402
-from fingerprint.decode import ffmpeg_executable  # noqa: E402
-from matcher import MatchParams  # noqa: E402
+from refrain.fingerprint import FingerprintError, fingerprint_signal, load_audio  # noqa: E402
+from refrain.fingerprint.decode import ffmpeg_executable  # noqa: E402
+from refrain.matcher import MatchParams  # noqa: E402
 from refrain.api import Refrain, audio_files  # noqa: E402
 from refrain.config import Config  # noqa: E402
 

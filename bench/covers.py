@@ -47,11 +47,11 @@ import soundfile as sf
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from fingerprint import fingerprint_signal, load_audio  # noqa: E402
-from fingerprint.melody import chroma_sequence, segment_descriptors, segment_starts  # noqa: E402
-from fingerprint.spectrogram import log_frequency_spectrogram  # noqa: E402
-from matcher import match_fingerprint  # noqa: E402
-from matcher.cover import CoverParams, match_covers, verify_candidates  # noqa: E402
+from refrain.fingerprint import fingerprint_signal, load_audio  # noqa: E402
+from refrain.fingerprint.melody import chroma_sequence, segment_descriptors, segment_starts  # noqa: E402
+from refrain.fingerprint.spectrogram import log_frequency_spectrogram  # noqa: E402
+from refrain.matcher import match_fingerprint  # noqa: E402
+from refrain.matcher.cover import CoverParams, match_covers, verify_candidates  # noqa: E402
 from refrain.api import Refrain  # noqa: E402
 from refrain.config import Config  # noqa: E402
 
@@ -509,7 +509,7 @@ def flat_search_scaling(segments: int, config: Config) -> dict:
     stored); random unit vectors, since only the arithmetic is measured.
     """
     import faiss
-    from fingerprint.melody import descriptor_dim
+    from refrain.fingerprint.melody import descriptor_dim
     melody, cover = config.fingerprint.melody, config.cover
     rng = np.random.default_rng(0)
     stored = rng.standard_normal((100_000, descriptor_dim(melody))).astype(np.float32)

@@ -49,7 +49,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.accuracy import (CONDITIONS, SOURCE_RATE, list_tracks, peak_rss_mb,  # noqa: E402
                             related_groups)
-from fingerprint import FingerprintError, load_audio  # noqa: E402
+from refrain.fingerprint import FingerprintError, load_audio  # noqa: E402
 from refrain.api import Refrain  # noqa: E402
 from refrain.config import Config  # noqa: E402
 

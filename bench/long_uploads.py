@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.accuracy import peak_rss_mb, related_groups  # noqa: E402
-from fingerprint.decode import load_audio  # noqa: E402
+from refrain.fingerprint.decode import load_audio  # noqa: E402
 from refrain.api import Refrain  # noqa: E402
 from refrain.config import Config  # noqa: E402
 

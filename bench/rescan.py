@@ -26,8 +26,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from fingerprint import fingerprint_file  # noqa: E402
-from fingerprint.serialize import fingerprint_to_bytes  # noqa: E402
+from refrain.fingerprint import fingerprint_file  # noqa: E402
+from refrain.fingerprint.serialize import fingerprint_to_bytes  # noqa: E402
 from refrain.api import Refrain, audio_files  # noqa: E402
 
 MODES = {"jobs1": {"jobs": 1}, "jobs2": {"jobs": 2}, "dask2": {"jobs": 2, "dask": "local"}}
@@ -54,8 +54,8 @@ def related_groups() -> dict[str, set[str]]:
 
 def run_one(mode: str, index: Path, out: Path) -> None:
     """Child process: one self-scan; prints its figures as one JSON line."""
-    from rescan.catalogue import rescan_catalogue
-    from rescan.jobs import RescanOptions
+    from refrain.rescan.catalogue import rescan_catalogue
+    from refrain.rescan.jobs import RescanOptions
 
     started = time.perf_counter()
     report = rescan_catalogue(index, out, RescanOptions(progress=False, **MODES[mode]))

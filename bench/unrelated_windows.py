@@ -34,8 +34,8 @@ sys.path.insert(0, str(ROOT))
 
 from bench.accuracy import list_tracks, related_groups  # noqa: E402
 from bench.derivatives import mix_under  # noqa: E402
-from fingerprint import FingerprintError, load_audio  # noqa: E402
-from index.store import IndexOpenError  # noqa: E402
+from refrain.fingerprint import FingerprintError, load_audio  # noqa: E402
+from refrain.index.store import IndexOpenError  # noqa: E402
 from refrain.api import Refrain  # noqa: E402
 from refrain.config import Config  # noqa: E402
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import numba
 import numpy as np
 
-from fingerprint.peaks import Peaks
+from refrain.fingerprint.peaks import Peaks
 
 __all__ = ["HashLayout", "PAIR_LAYOUT", "TRIPLET_LAYOUT", "TIER_PAYLOAD_BITS", "TRIPLET_MAX_SPAN", "Landmarks", "Triplets",
            "pair_landmarks", "hash_landmarks", "unhash_landmarks", "triplet_landmarks", "query_triplets",

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, fields
 
-from fingerprint.melody import MelodyParams
+from refrain.fingerprint.melody import MelodyParams
 
 
 @dataclass(frozen=True)

@@ -6,13 +6,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from fingerprint.decode import load_audio
-from fingerprint.hashes import (Triplets, hash_landmarks, hash_triplets, pair_landmarks,
+from refrain.fingerprint.decode import load_audio
+from refrain.fingerprint.hashes import (Triplets, hash_landmarks, hash_triplets, pair_landmarks,
                                 triplet_landmarks, triplet_payloads)
-from fingerprint.melody import chroma_sequence
-from fingerprint.params import FingerprintParams
-from fingerprint.peaks import Peaks, find_peaks
-from fingerprint.spectrogram import log_frequency_spectrogram
+from refrain.fingerprint.melody import chroma_sequence
+from refrain.fingerprint.params import FingerprintParams
+from refrain.fingerprint.peaks import Peaks, find_peaks
+from refrain.fingerprint.spectrogram import log_frequency_spectrogram
 
 __all__ = ["Fingerprint", "FingerprintError", "fingerprint_signal", "fingerprint_file", "fingerprint_peaks"]
 

@@ -20,9 +20,9 @@ import zipfile
 
 import numpy as np
 
-from fingerprint.params import FingerprintParams
-from fingerprint.peaks import Peaks
-from fingerprint.pipeline import Fingerprint, fingerprint_peaks
+from refrain.fingerprint.params import FingerprintParams
+from refrain.fingerprint.peaks import Peaks
+from refrain.fingerprint.pipeline import Fingerprint, fingerprint_peaks
 
 __all__ = ["FORMAT_VERSION", "FingerprintFormatError", "fingerprint_to_bytes", "fingerprint_from_bytes"]
 

@@ -43,7 +43,7 @@ from pathlib import Path
 import faiss
 import numpy as np
 
-from index.files import replace_atomically
+from refrain.index.files import replace_atomically
 
 __all__ = ["LandmarkIndex", "CODE_BITS", "counts_path", "mix_codes"]
 

@@ -25,9 +25,9 @@ from pathlib import Path
 import faiss
 import numpy as np
 
-from fingerprint.melody import (PITCH_CLASSES, MelodyParams, descriptor_dim, segment_descriptors,
+from refrain.fingerprint.melody import (PITCH_CLASSES, MelodyParams, descriptor_dim, segment_descriptors,
                                 segment_starts)
-from index.files import replace_atomically
+from refrain.index.files import replace_atomically
 
 __all__ = ["MelodyIndex", "SEGMENT_BITS", "MELODY_LAYOUT"]
 

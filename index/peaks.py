@@ -19,7 +19,7 @@ import zipfile
 
 import numpy as np
 
-from index.files import replace_atomically
+from refrain.index.files import replace_atomically
 
 __all__ = ["PeakStore"]
 

@@ -35,13 +35,13 @@ import os
 import sqlite3
 from pathlib import Path
 
-from fingerprint import Fingerprint, FingerprintParams
-from fingerprint.hashes import PAIR_LAYOUT, TIER_PAYLOAD_BITS, TRIPLET_LAYOUT
-from index.catalog import Catalog, Track, TrackMetadata
-from index.files import replace_atomically
-from index.landmarks import LandmarkIndex, counts_path
-from index.melody import MELODY_LAYOUT, MelodyIndex
-from index.peaks import PeakStore
+from refrain.fingerprint import Fingerprint, FingerprintParams
+from refrain.fingerprint.hashes import PAIR_LAYOUT, TIER_PAYLOAD_BITS, TRIPLET_LAYOUT
+from refrain.index.catalog import Catalog, Track, TrackMetadata
+from refrain.index.files import replace_atomically
+from refrain.index.landmarks import LandmarkIndex, counts_path
+from refrain.index.melody import MELODY_LAYOUT, MelodyIndex
+from refrain.index.peaks import PeakStore
 
 __all__ = ["IndexStore", "IndexOpenError", "IndexBusyError"]
 

@@ -19,14 +19,14 @@ from typing import Mapping
 
 import numpy as np
 
-from fingerprint import Fingerprint, FingerprintParams
-from fingerprint.hashes import Triplets
-from fingerprint.peaks import Peaks
-from index.landmarks import LandmarkIndex
-from matcher.copies import copy_alignments, copy_votes
-from matcher.derivatives import derivative_alignments
-from matcher.layers import layer_matches
-from matcher.types import Alignment, Match, MatchParams, Span
+from refrain.fingerprint import Fingerprint, FingerprintParams
+from refrain.fingerprint.hashes import Triplets
+from refrain.fingerprint.peaks import Peaks
+from refrain.index.landmarks import LandmarkIndex
+from refrain.matcher.copies import copy_alignments, copy_votes
+from refrain.matcher.derivatives import derivative_alignments
+from refrain.matcher.layers import layer_matches
+from refrain.matcher.types import Alignment, Match, MatchParams, Span
 
 __all__ = ["match_fingerprint"]
 

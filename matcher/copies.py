@@ -7,10 +7,10 @@ from dataclasses import dataclass
 import numba
 import numpy as np
 
-from fingerprint import Fingerprint
-from index.landmarks import LandmarkIndex
-from matcher.types import Alignment, MatchParams
-from matcher.voting import best_cells_per_track, vote_order, weighted_lookup
+from refrain.fingerprint import Fingerprint
+from refrain.index.landmarks import LandmarkIndex
+from refrain.matcher.types import Alignment, MatchParams
+from refrain.matcher.voting import best_cells_per_track, vote_order, weighted_lookup
 
 __all__ = ["CopyVotes", "copy_votes", "copy_alignments", "OFFSET_BIAS"]
 

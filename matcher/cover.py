@@ -39,10 +39,10 @@ from dataclasses import dataclass, replace
 import numpy as np
 from scipy.ndimage import maximum_filter1d
 
-from fingerprint.melody import (PITCH_CLASSES, MelodyParams, centred_unit_rows, resample_chroma,
+from refrain.fingerprint.melody import (PITCH_CLASSES, MelodyParams, centred_unit_rows, resample_chroma,
                                 segment_descriptors, segment_starts)
-from index.melody import MelodyIndex
-from matcher.types import Match, Span
+from refrain.index.melody import MelodyIndex
+from refrain.matcher.types import Match, Span
 
 __all__ = ["CoverParams", "CoverVerdict", "cover_candidates", "offset_votes", "prescreen", "shortlist",
            "tempo_grid", "verify_cover", "verify_candidates", "compress_chroma", "match_covers"]

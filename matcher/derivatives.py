@@ -13,11 +13,11 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-from fingerprint import Fingerprint, FingerprintParams
-from fingerprint.hashes import TRIPLET_MAX_SPAN, hash_triplets, query_triplets, unpack_triplet_payload
-from index.landmarks import LandmarkIndex
-from matcher.types import Alignment, MatchParams
-from matcher.voting import best_cells_per_track, vote_order, weighted_lookup
+from refrain.fingerprint import Fingerprint, FingerprintParams
+from refrain.fingerprint.hashes import TRIPLET_MAX_SPAN, hash_triplets, query_triplets, unpack_triplet_payload
+from refrain.index.landmarks import LandmarkIndex
+from refrain.matcher.types import Alignment, MatchParams
+from refrain.matcher.voting import best_cells_per_track, vote_order, weighted_lookup
 
 __all__ = ["derivative_alignments"]
 

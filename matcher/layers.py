@@ -21,12 +21,12 @@ import numba
 import numpy as np
 from scipy.ndimage import maximum_filter
 
-from fingerprint import Fingerprint, FingerprintParams
-from fingerprint.hashes import unhash_landmarks
-from index.peaks import PeakStore
-from matcher.copies import OFFSET_BIAS, CopyVotes
-from matcher.types import Match, MatchParams, Span
-from matcher.voting import neighbourhood_sums, vote_keys
+from refrain.fingerprint import Fingerprint, FingerprintParams
+from refrain.fingerprint.hashes import unhash_landmarks
+from refrain.index.peaks import PeakStore
+from refrain.matcher.copies import OFFSET_BIAS, CopyVotes
+from refrain.matcher.types import Match, MatchParams, Span
+from refrain.matcher.voting import neighbourhood_sums, vote_keys
 
 __all__ = ["layer_matches"]
 

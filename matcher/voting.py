@@ -5,8 +5,8 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-from index.landmarks import LandmarkIndex
-from matcher.types import MatchParams
+from refrain.index.landmarks import LandmarkIndex
+from refrain.matcher.types import MatchParams
 
 __all__ = ["rarity_weights", "weighted_lookup", "vote_keys", "vote_order", "best_cells_per_track",
            "neighbourhood_sums"]

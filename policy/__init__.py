@@ -6,7 +6,7 @@ licences the uploader declared — and :func:`decide` returns the verdict and th
 royalty attribution. See ``docs/service.md`` for the rules in prose.
 """
 
-from policy.rules import (ACTIONS, DEFAULT_POLICY, KIND_TO_USE, OUTCOMES, USES, VERDICTS, Decision,
+from refrain.policy.rules import (ACTIONS, DEFAULT_POLICY, KIND_TO_USE, OUTCOMES, USES, VERDICTS, Decision,
                           Licence, MatchedWork, Policy, WorkDecision, covered_seconds, decide,
                           licence_problem, use_of_kind)
 

@@ -11,10 +11,10 @@ from typing import Iterable, Iterator
 
 import numpy as np
 
-from fingerprint import (AudioDecodeError, Fingerprint, FingerprintError, FingerprintParams,
+from refrain.fingerprint import (AudioDecodeError, Fingerprint, FingerprintError, FingerprintParams,
                          fingerprint_file, fingerprint_signal, load_audio)
-from index import IndexStore, Track, TrackMetadata
-from matcher import Match, Span, match_covers, match_fingerprint
+from refrain.index import IndexStore, Track, TrackMetadata
+from refrain.matcher import Match, Span, match_covers, match_fingerprint
 from refrain.config import Config
 from refrain.synth import render_song
 

@@ -62,10 +62,10 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from fingerprint import AudioDecodeError, FingerprintError
-from index import IndexOpenError, TrackMetadata
+from refrain.fingerprint import AudioDecodeError, FingerprintError
+from refrain.index import IndexOpenError, TrackMetadata
 from refrain import __version__
-from matcher import CoverParams
+from refrain.matcher import CoverParams
 from refrain.api import QueryResult, Refrain, audio_files
 from refrain.config import Config
 
@@ -277,7 +277,7 @@ def _service_settings(args):
     """ServiceSettings from the command line, the rest from ``REFRAIN_*`` env vars and defaults."""
     from pydantic import ValidationError
 
-    from service.settings import ServiceSettings
+    from refrain.service.settings import ServiceSettings
 
     given = {name: value for name, value in (("index_dir", getattr(args, "index", None)),
                                              ("db_path", getattr(args, "db", None)),
@@ -295,7 +295,7 @@ def _service_settings(args):
 def cmd_serve(args) -> int:
     import uvicorn
 
-    from service.app import create_app
+    from refrain.service.app import create_app
 
     settings = _service_settings(args)
     # Open the index before uvicorn starts, so a locked or foreign index is one error line
@@ -310,7 +310,7 @@ def cmd_serve(args) -> int:
 def cmd_keys_create(args) -> int:
     import sqlite3
 
-    from service.db import SchemaError, ServiceDB
+    from refrain.service.db import SchemaError, ServiceDB
 
     if args.db is not None:
         db_path = args.db
@@ -333,14 +333,14 @@ def cmd_keys_create(args) -> int:
 
 
 def _rescan_options(args):
-    from rescan.jobs import RescanOptions
+    from refrain.rescan.jobs import RescanOptions
 
     return RescanOptions(jobs=args.jobs, dask=args.dask)
 
 
 def _run_rescan(args, start):
     """Run a rescan; its usage and connection problems become one error line and an exit code."""
-    from rescan.jobs import RunUsageError
+    from refrain.rescan.jobs import RunUsageError
 
     try:
         return start()
@@ -353,7 +353,7 @@ def _run_rescan(args, start):
 
 
 def cmd_rescan_catalogue(args) -> int:
-    from rescan.catalogue import rescan_catalogue
+    from refrain.rescan.catalogue import rescan_catalogue
 
     report = _run_rescan(args, lambda: rescan_catalogue(args.index, args.out, _rescan_options(args),
                                                         resume=args.resume))
@@ -373,8 +373,8 @@ def cmd_rescan_uploads(args) -> int:
     import sqlite3
     from datetime import datetime, timezone
 
-    from rescan.uploads import rescan_uploads
-    from service.db import SchemaError
+    from refrain.rescan.uploads import rescan_uploads
+    from refrain.service.db import SchemaError
 
     since = None
     if args.since is not None:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from fingerprint import FingerprintParams
-from matcher import CoverParams, MatchParams
+from refrain.fingerprint import FingerprintParams
+from refrain.matcher import CoverParams, MatchParams
 
 __all__ = ["Config"]
 

@@ -4,7 +4,7 @@ Above :mod:`refrain` and :mod:`service` in the layering (re-deciding an upload
 needs the service's works, policies and licences). ``refrain rescan`` is a thin
 shell over these calls::
 
-    from rescan import RescanOptions, rescan_catalogue, rescan_uploads
+    from refrain.rescan import RescanOptions, rescan_catalogue, rescan_uploads
 
     report = rescan_catalogue("catalogue-index", "scan/", RescanOptions(jobs=2))
     for group in report.groups:
@@ -19,9 +19,9 @@ resume, ordered outputs), :mod:`rescan.catalogue` (self-scan and grouping),
 :mod:`rescan.uploads` (re-deciding stored decisions, applying the changes).
 """
 
-from rescan.catalogue import CatalogueReport, rescan_catalogue
-from rescan.jobs import RescanOptions, RunResult, RunUsageError
-from rescan.uploads import UploadsReport, rescan_uploads
+from refrain.rescan.catalogue import CatalogueReport, rescan_catalogue
+from refrain.rescan.jobs import RescanOptions, RunResult, RunUsageError
+from refrain.rescan.uploads import UploadsReport, rescan_uploads
 
 __all__ = ["RescanOptions", "RunResult", "RunUsageError", "CatalogueReport", "UploadsReport",
            "rescan_catalogue", "rescan_uploads"]

@@ -17,9 +17,9 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from fingerprint import AudioDecodeError, FingerprintError, fingerprint_file
+from refrain.fingerprint import AudioDecodeError, FingerprintError, fingerprint_file
 from refrain.api import Refrain, TrackMatch
-from rescan.jobs import RescanOptions, RunResult, finish, run_items, write_csv, write_jsonl
+from refrain.rescan.jobs import RescanOptions, RunResult, finish, run_items, write_csv, write_jsonl
 
 __all__ = ["CatalogueJob", "CatalogueReport", "rescan_catalogue", "group_related", "SUMMARY_COLUMNS"]
 

@@ -24,12 +24,12 @@ from pathlib import Path
 
 import numpy as np
 
-from fingerprint import FingerprintError
-from fingerprint.serialize import FingerprintFormatError, fingerprint_from_bytes
+from refrain.fingerprint import FingerprintError
+from refrain.fingerprint.serialize import FingerprintFormatError, fingerprint_from_bytes
 from refrain.api import Refrain
-from rescan.jobs import RescanOptions, RunResult, finish, run_items, write_csv, write_jsonl
-from service.core import decide_upload, decision_body, jsonable
-from service.db import ServiceDB, WorkEvidence
+from refrain.rescan.jobs import RescanOptions, RunResult, finish, run_items, write_csv, write_jsonl
+from refrain.service.core import decide_upload, decision_body, jsonable
+from refrain.service.db import ServiceDB, WorkEvidence
 
 __all__ = ["UploadsJob", "UploadsReport", "rescan_uploads", "explain_change", "SUMMARY_COLUMNS"]
 

@@ -14,12 +14,12 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from refrain import __version__
-from service.core import MatchService
-from service.deps import get_service
-from service.errors import ApiError
-from service.routers import analyst, keys, licences, matches, works
-from service.schemas import ErrorBody, Health, MatchUploadForm, WorkUploadForm
-from service.settings import ServiceSettings
+from refrain.service.core import MatchService
+from refrain.service.deps import get_service
+from refrain.service.errors import ApiError
+from refrain.service.routers import analyst, keys, licences, matches, works
+from refrain.service.schemas import ErrorBody, Health, MatchUploadForm, WorkUploadForm
+from refrain.service.settings import ServiceSettings
 
 __all__ = ["create_app"]
 

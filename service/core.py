@@ -18,20 +18,20 @@ from pathlib import Path
 
 import numpy as np
 
-import policy
-from fingerprint import (AudioDecodeError, AudioTooLongError, Fingerprint, FingerprintError,
+from refrain import policy
+from refrain.fingerprint import (AudioDecodeError, AudioTooLongError, Fingerprint, FingerprintError,
                          fingerprint_signal, load_audio)
-from fingerprint.serialize import fingerprint_to_bytes
-from index import TrackMetadata
+from refrain.fingerprint.serialize import fingerprint_to_bytes
+from refrain.index import TrackMetadata
 from refrain.api import QueryResult, Refrain, TrackMatch
-from matcher import CoverParams
+from refrain.matcher import CoverParams
 from refrain.config import Config
-from service.db import ApiKey, ServiceDB, Work, WorkEvidence, utc_now
-from service.errors import ApiError
-from service.locking import ReadWriteLock
-from service.render import spectrogram_png
-from service.settings import ServiceSettings
-from service.uploads import ReceivedForm
+from refrain.service.db import ApiKey, ServiceDB, Work, WorkEvidence, utc_now
+from refrain.service.errors import ApiError
+from refrain.service.locking import ReadWriteLock
+from refrain.service.render import spectrogram_png
+from refrain.service.settings import ServiceSettings
+from refrain.service.uploads import ReceivedForm
 
 __all__ = ["MatchService", "MatchOutcome", "UploadDecision", "decide_upload", "decision_body", "jsonable",
            "policy_out", "work_out", "licence_out"]

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from policy import Licence, Policy
+from refrain.policy import Licence, Policy
 
 __all__ = ["ServiceDB", "SchemaError", "Work", "ApiKey", "StoredDecision", "DecisionChange", "RescanCandidate",
            "WorkEvidence", "ROLES", "hash_key", "utc_now"]

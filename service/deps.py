@@ -7,10 +7,10 @@ from typing import Callable
 from fastapi import Depends, Request, Security
 from fastapi.security import APIKeyHeader
 
-from service.core import MatchService
-from service.db import ApiKey
-from service.errors import ApiError
-from service.settings import ServiceSettings
+from refrain.service.core import MatchService
+from refrain.service.db import ApiKey
+from refrain.service.errors import ApiError
+from refrain.service.settings import ServiceSettings
 
 __all__ = ["API_KEY_HEADER", "api_key_scheme", "get_settings", "get_service", "require_role",
            "authenticate"]

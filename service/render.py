@@ -14,8 +14,8 @@ from html import escape
 import numpy as np
 from PIL import Image
 
-from fingerprint import FingerprintParams
-from fingerprint.spectrogram import log_frequency_spectrogram
+from refrain.fingerprint import FingerprintParams
+from refrain.fingerprint.spectrogram import log_frequency_spectrogram
 
 __all__ = ["alignment_svg", "spectrogram_png", "MAX_PLOTTED_POINTS"]
 

@@ -20,7 +20,7 @@ from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.requests import Request
 
-from service.errors import ApiError
+from refrain.service.errors import ApiError
 
 __all__ = ["ReceivedForm", "receive_form", "FIELD_MAX_BYTES"]
 

@@ -135,10 +135,10 @@ def pre_mix_index(tmp_path, songs, monkeypatch) -> Path:
 
     Raw codes in the landmark lists, no "lists" key in the manifest (index.landmarks).
     """
-    import index.landmarks
+    from refrain.index import landmarks
     directory = tmp_path / "pre-mix"
     with monkeypatch.context() as patch:
-        patch.setattr(index.landmarks, "mix_codes", lambda hashes: np.asarray(hashes, dtype=np.uint32))
+        patch.setattr(landmarks, "mix_codes", lambda hashes: np.asarray(hashes, dtype=np.uint32))
         with Refrain.open(directory, create=True) as refrain:
             list(refrain.ingest([songs[seed].path for seed in (30, 41, 44)]))
     manifest = json.loads((directory / "manifest.json").read_text())

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from index import IndexStore
+from refrain.index import IndexStore
 
 SR = 22050
 MATCH_FIELDS = {"track_id", "source", "title", "artist", "isrc", "score", "aligned", "confidence",

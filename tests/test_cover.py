@@ -15,9 +15,9 @@ import pytest
 import soxr
 from conftest import SR
 
-from fingerprint import FingerprintParams, fingerprint_signal
-from index import IndexOpenError
-from matcher import CoverParams
+from refrain.fingerprint import FingerprintParams, fingerprint_signal
+from refrain.index import IndexOpenError
+from refrain.matcher import CoverParams
 from refrain.api import Refrain
 from refrain.config import Config
 from refrain.synth import describe_song, render_song

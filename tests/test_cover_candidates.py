@@ -7,9 +7,9 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from fingerprint.melody import MelodyParams
-from index.melody import MelodyIndex
-from matcher.cover import CoverParams, compress_chroma, offset_votes, prescreen
+from refrain.fingerprint.melody import MelodyParams
+from refrain.index.melody import MelodyIndex
+from refrain.matcher.cover import CoverParams, compress_chroma, offset_votes, prescreen
 
 PARAMS = CoverParams(enabled=True)
 BIN = 4  # offset bin = the query segment hop (16 // 4 chroma frames)

@@ -11,7 +11,7 @@ import pytest
 import soundfile as sf
 import soxr
 
-from fingerprint import (AudioDecodeError, FingerprintError, FingerprintParams, fingerprint_file,
+from refrain.fingerprint import (AudioDecodeError, FingerprintError, FingerprintParams, fingerprint_file,
                          load_audio)
 
 SR = 22050  # rate of the rendered songs

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import soxr
 
-from fingerprint import (PAIR_LAYOUT, FingerprintError, FingerprintParams, HashLayout,
+from refrain.fingerprint import (PAIR_LAYOUT, FingerprintError, FingerprintParams, HashLayout,
                          fingerprint_signal)
-from fingerprint.hashes import hash_landmarks, pair_landmarks, unhash_landmarks
+from refrain.fingerprint.hashes import hash_landmarks, pair_landmarks, unhash_landmarks
 
 PARAMS = FingerprintParams()
 SEEDS = (30, 34, 41)  # ballad, chiptune, pop: sparse to dense arrangements

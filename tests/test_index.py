@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 import soxr
 
-from fingerprint import fingerprint_file, fingerprint_signal
-from index import IndexBusyError, IndexOpenError, IndexStore, LandmarkIndex
-from index.landmarks import counts_path
+from refrain.fingerprint import fingerprint_file, fingerprint_signal
+from refrain.index import IndexBusyError, IndexOpenError, IndexStore, LandmarkIndex
+from refrain.index.landmarks import counts_path
 from refrain.api import Refrain
 from refrain.config import Config
 
@@ -358,8 +358,8 @@ def test_crash_between_saving_landmarks_and_publishing(index_copy, catalogue_ind
         before_total, before_tracks = store.tiers["pair"].ntotal, store.catalog.totals()
     script = textwrap.dedent(f"""
         import os, json
-        from fingerprint import fingerprint_file
-        from index import IndexStore
+        from refrain.fingerprint import fingerprint_file
+        from refrain.index import IndexStore
         store = IndexStore.open({str(index_copy)!r}, writable=True)
         fp = fingerprint_file({str(new_file)!r}, store.fingerprint_params)
         track_id = store.add_track({str(new_file)!r}, "0" * 64, fp)

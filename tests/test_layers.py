@@ -8,13 +8,13 @@ import json
 import numpy as np
 import pytest
 
-from fingerprint import Fingerprint, FingerprintParams, Peaks
-from fingerprint.hashes import Landmarks, hash_landmarks
-from index.peaks import PeakStore
-from index.store import IndexOpenError
-from matcher.copies import CopyVotes
-from matcher.layers import _background_shifts, layer_matches
-from matcher.types import MatchParams
+from refrain.fingerprint import Fingerprint, FingerprintParams, Peaks
+from refrain.fingerprint.hashes import Landmarks, hash_landmarks
+from refrain.index.peaks import PeakStore
+from refrain.index.store import IndexOpenError
+from refrain.matcher.copies import CopyVotes
+from refrain.matcher.layers import _background_shifts, layer_matches
+from refrain.matcher.types import MatchParams
 from refrain.api import Refrain
 from refrain.config import Config
 from refrain.synth import mix

@@ -12,11 +12,11 @@ import numpy as np
 import pytest
 import soxr
 
-from fingerprint import fingerprint_signal
-from matcher.align import _spans
-from matcher.derivatives import _fit_time_line, _may_hold_a_line
-from matcher.types import Alignment, MatchParams
-from matcher.voting import best_cells_per_track, vote_order
+from refrain.fingerprint import fingerprint_signal
+from refrain.matcher.align import _spans
+from refrain.matcher.derivatives import _fit_time_line, _may_hold_a_line
+from refrain.matcher.types import Alignment, MatchParams
+from refrain.matcher.voting import best_cells_per_track, vote_order
 from refrain.api import Refrain
 from refrain.config import Config
 from refrain.synth import add_noise

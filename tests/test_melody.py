@@ -5,12 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from fingerprint import FingerprintParams, MelodyParams
-from fingerprint.melody import (chroma_sequence, descriptor_dim, resample_chroma, segment_descriptors,
+from refrain.fingerprint import FingerprintParams, MelodyParams
+from refrain.fingerprint.melody import (chroma_sequence, descriptor_dim, resample_chroma, segment_descriptors,
                                 segment_starts)
-from fingerprint.spectrogram import log_frequency_spectrogram
-from index.melody import MelodyIndex
-from matcher.cover import CoverParams, verify_cover
+from refrain.fingerprint.spectrogram import log_frequency_spectrogram
+from refrain.index.melody import MelodyIndex
+from refrain.matcher.cover import CoverParams, verify_cover
 from refrain.synth import render_song
 
 RATE = 8000

@@ -6,9 +6,9 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from policy import (DEFAULT_POLICY, KIND_TO_USE, Licence, MatchedWork, Policy, covered_seconds, decide,
+from refrain.policy import (DEFAULT_POLICY, KIND_TO_USE, Licence, MatchedWork, Policy, covered_seconds, decide,
                     use_of_kind)
-from matcher import KINDS
+from refrain.matcher import KINDS
 
 NOW = datetime(2026, 6, 1, tzinfo=timezone.utc)
 REVIEW = 0.6

@@ -18,12 +18,12 @@ import numpy as np
 import pytest
 import soxr
 
-from fingerprint import FingerprintParams, fingerprint_signal
-from fingerprint.serialize import FingerprintFormatError, fingerprint_from_bytes, fingerprint_to_bytes
+from refrain.fingerprint import FingerprintParams, fingerprint_signal
+from refrain.fingerprint.serialize import FingerprintFormatError, fingerprint_from_bytes, fingerprint_to_bytes
 from refrain.api import Refrain
 from refrain.cli import main as cli_main
-from rescan.catalogue import rescan_catalogue
-from rescan.jobs import RescanOptions, RunUsageError
+from refrain.rescan.catalogue import rescan_catalogue
+from refrain.rescan.jobs import RescanOptions, RunUsageError
 
 SR = 22050
 ORIGINALS = (30, 33, 34, 41, 44, 49)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from service.schemas import ErrorBody
+from refrain.service.schemas import ErrorBody
 
 __all__ = ["error_responses", "multipart_body"]
 

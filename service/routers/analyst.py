@@ -18,13 +18,13 @@ from jinja2 import Environment, FileSystemLoader, select_autoescape
 from markupsafe import Markup
 from starlette.concurrency import run_in_threadpool
 
-from service.core import MatchService
-from service.db import ApiKey
-from service.deps import authenticate, get_service
-from service.errors import ApiError
-from service.render import alignment_svg
-from service.routers.matches import stored_decision
-from service.uploads import receive_form
+from refrain.service.core import MatchService
+from refrain.service.db import ApiKey
+from refrain.service.deps import authenticate, get_service
+from refrain.service.errors import ApiError
+from refrain.service.render import alignment_svg
+from refrain.service.routers.matches import stored_decision
+from refrain.service.uploads import receive_form
 
 router = APIRouter(prefix="/analyst", include_in_schema=False)
 

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Depends, Path
 
-from service.core import MatchService
-from service.db import ApiKey
-from service.deps import get_service, require_role
-from service.errors import ApiError
-from service.routers import error_responses
-from service.schemas import KeyCreated, KeyIn, KeyList, KeyOut
+from refrain.service.core import MatchService
+from refrain.service.db import ApiKey
+from refrain.service.deps import get_service, require_role
+from refrain.service.errors import ApiError
+from refrain.service.routers import error_responses
+from refrain.service.schemas import KeyCreated, KeyIn, KeyList, KeyOut
 
 router = APIRouter(prefix="/v1/keys", tags=["keys (admin)"])
 

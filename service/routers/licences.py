@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Depends, Path, Query
 
-from service.core import MatchService, licence_out
-from service.db import utc_now
-from service.deps import get_service, require_role
-from service.errors import ApiError
-from service.routers import error_responses
-from service.schemas import LicenceIn, LicenceList, LicenceOut
+from refrain.service.core import MatchService, licence_out
+from refrain.service.db import utc_now
+from refrain.service.deps import get_service, require_role
+from refrain.service.errors import ApiError
+from refrain.service.routers import error_responses
+from refrain.service.schemas import LicenceIn, LicenceList, LicenceOut
 
 router = APIRouter(prefix="/v1/licences", tags=["licences (admin)"],
                    dependencies=[Depends(require_role("admin"))])

@@ -7,14 +7,14 @@ from datetime import datetime, timezone
 from fastapi import APIRouter, Depends, Path, Query, Request, Response
 from starlette.concurrency import run_in_threadpool
 
-from service.core import MatchService
-from service.db import ApiKey
-from service.deps import get_service, require_role
-from service.errors import ApiError
-from service.routers import error_responses, multipart_body
-from service.schemas import (DecisionDetail, DecisionList, DecisionOut, DecisionSummary, EvidenceOut,
+from refrain.service.core import MatchService
+from refrain.service.db import ApiKey
+from refrain.service.deps import get_service, require_role
+from refrain.service.errors import ApiError
+from refrain.service.routers import error_responses, multipart_body
+from refrain.service.schemas import (DecisionDetail, DecisionList, DecisionOut, DecisionSummary, EvidenceOut,
                              Verdict, VerdictChangeOut)
-from service.uploads import receive_form
+from refrain.service.uploads import receive_form
 
 router = APIRouter(prefix="/v1/matches", tags=["matches"])
 

@@ -5,13 +5,13 @@ from __future__ import annotations
 from fastapi import APIRouter, Depends, Path, Query, Request, Response
 from starlette.concurrency import run_in_threadpool
 
-import policy
-from service.core import MatchService, policy_out, work_out
-from service.deps import get_service, require_role
-from service.errors import ApiError
-from service.routers import error_responses, multipart_body
-from service.schemas import PolicyBody, PolicyOut, WorkList, WorkOut
-from service.uploads import receive_form
+from refrain import policy
+from refrain.service.core import MatchService, policy_out, work_out
+from refrain.service.deps import get_service, require_role
+from refrain.service.errors import ApiError
+from refrain.service.routers import error_responses, multipart_body
+from refrain.service.schemas import PolicyBody, PolicyOut, WorkList, WorkOut
+from refrain.service.uploads import receive_form
 
 router = APIRouter(prefix="/v1/works", tags=["works (admin)"],
                    dependencies=[Depends(require_role("admin"))])

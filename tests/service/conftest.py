@@ -20,8 +20,8 @@ import pytest
 import soxr
 import uvicorn
 
-from service.app import create_app
-from service.settings import ServiceSettings
+from refrain.service.app import create_app
+from refrain.service.settings import ServiceSettings
 
 SR = 22050
 #: Small limits so that the over-limit tests send megabytes, not hundreds of them.

@@ -11,7 +11,7 @@ from conftest import MAX_UPLOAD_BYTES, MAX_UPLOAD_SECONDS
 from pydantic import BaseModel
 from service_helpers import assert_error, post_file
 
-import service.schemas
+from refrain.service import schemas as service_schemas
 
 #: (method, path, the one role allowed). Ids are unknown or harmless: a wrong role must
 #: be refused before anything is looked up or changed.
@@ -205,9 +205,9 @@ def test_the_openapi_document_has_every_path_schema_error_and_the_key_scheme(liv
         "type": "apiKey", "in": "header", "name": "X-API-Key",
         "description": document["components"]["securitySchemes"]["ApiKey"]["description"]}
     schemas = document["components"]["schemas"]
-    models = {name for name in service.schemas.__all__
-              if isinstance(getattr(service.schemas, name), type)
-              and issubclass(getattr(service.schemas, name), BaseModel)}
+    models = {name for name in service_schemas.__all__
+              if isinstance(getattr(service_schemas, name), type)
+              and issubclass(getattr(service_schemas, name), BaseModel)}
     assert models <= set(schemas), models - set(schemas)
     for path, operations in paths.items():
         for method, operation in operations.items():

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from service_helpers import LICENSEE, grant, post_file
 
-from policy import VERDICTS
+from refrain.policy import VERDICTS
 from refrain.synth import mix
 
 SR = 22050

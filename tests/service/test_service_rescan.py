@@ -17,11 +17,11 @@ import pytest
 from conftest import _ServerThread, free_port
 from service_helpers import LICENSEE, grant, post_file
 
-from rescan.jobs import RescanOptions
-from rescan.uploads import rescan_uploads
-from service.app import create_app
-from service.db import ServiceDB
-from service.settings import ServiceSettings
+from refrain.rescan.jobs import RescanOptions
+from refrain.rescan.uploads import rescan_uploads
+from refrain.service.app import create_app
+from refrain.service.db import ServiceDB
+from refrain.service.settings import ServiceSettings
 
 QUIET = RescanOptions(progress=False)
 
@@ -152,7 +152,7 @@ def test_uploads_rescan_flags_exactly_the_decisions_that_change(scene, songs, tm
 
 
 def test_service_on_an_index_from_an_earlier_refrain_warns_and_serves_it(pre_mix_index, songs, caplog):
-    from service.core import MatchService
+    from refrain.service.core import MatchService
     settings = ServiceSettings(index_dir=pre_mix_index, db_path=pre_mix_index.parent / "service.sqlite")
     with caplog.at_level("WARNING", logger="refrain.service"):
         service = MatchService(settings)
