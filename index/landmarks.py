@@ -34,8 +34,6 @@ between the two renames) is recounted from the inverted lists.
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import os
 import threading
 from pathlib import Path
@@ -52,34 +50,6 @@ _ID_BITS = 63  # FAISS ids are signed 64-bit
 _CODE_BYTES = CODE_BITS // 8
 # Odd multipliers of :func:`mix_codes` (from the "lowbias32" integer hash).
 _MIX_MULTIPLIERS = (np.uint32(0x7FEB352D), np.uint32(0x846CA68B))
-
-# One OpenMP thread: a range search over one query's ~1,500 codes measured 2-4x slower
-# with two threads than with one. Parallelism comes from processes and requests instead.
-faiss.omp_set_num_threads(1)
-
-
-def _fix_malloc_thresholds() -> None:
-    """Keep glibc from unmapping the query's large temporary arrays after each query.
-
-    A lookup and the votes after it allocate arrays of a few MB per query. glibc's
-    default thresholds adapt to them, hand the memory back to the system after the
-    query and fault it in page by page on the next one: on the 150-track bench index a
-    10 s query took 134 ms p50 that way, 84 ms with these fixed thresholds (arrays up
-    to 32 MiB come from the heap; up to 256 MiB of free heap is kept). A no-op where
-    the C library is not glibc.
-    """
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        set_option = libc.mallopt
-    except (OSError, AttributeError):
-        return
-    m_trim_threshold, m_mmap_threshold = -1, -3  # from glibc's malloc.h
-    set_option(m_mmap_threshold, 32 << 20)
-    set_option(m_trim_threshold, 256 << 20)
-
-
-_fix_malloc_thresholds()
-
 
 def _as_code_bytes(hashes: np.ndarray) -> np.ndarray:
     """uint32 codes -> (n, 4) uint8 rows, little-endian so that FAISS reads the low bits first."""
