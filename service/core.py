@@ -108,7 +108,7 @@ class MatchService:
 
     def __init__(self, settings: ServiceSettings):
         self.settings = settings
-        self.db = ServiceDB(settings.db_path)
+        self.db = ServiceDB(settings.db_path, settings.db_busy_timeout)
         config = Config(max_query_seconds=settings.max_upload_seconds,
                         max_track_seconds=settings.max_reference_seconds,
                         cover=CoverParams(enabled=settings.match_covers))

@@ -312,9 +312,17 @@ class WorkEvidence:
 
 
 class ServiceDB:
-    """The service database at ``path`` (created and migrated on open)."""
+    """The service database at ``path`` (created and migrated on open).
 
-    def __init__(self, path: Path):
+    Parameters
+    ----------
+    path : Path
+    busy_timeout : float
+        Seconds a statement waits for another process's lock before
+        :class:`DatabaseBusyError` (nothing changed).
+    """
+
+    def __init__(self, path: Path, busy_timeout: float = 10.0):
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
@@ -332,7 +340,7 @@ class ServiceDB:
                 existing.chmod(0o600)
         self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
         self._db.row_factory = sqlite3.Row
-        self._db.execute("PRAGMA busy_timeout=10000")
+        self._db.execute(f"PRAGMA busy_timeout={int(busy_timeout * 1000)}")
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA foreign_keys=ON")
         self._migrate()
@@ -552,7 +560,7 @@ class ServiceDB:
                        " ON CONFLICT (name) DO NOTHING", (name, kind, _iso(utc_now())))
             found = self._principal(db.execute("SELECT * FROM principals WHERE name = ?", (name,)).fetchone())
         if found.kind != kind:
-            raise PrincipalKindError(f"principal {name!r} is a {found.kind}, not a {kind}")
+            raise PrincipalKindError(f"principal {name!r} is of kind {found.kind}, not {kind}")
         return found
 
     # -- API keys ------------------------------------------------------------------------------

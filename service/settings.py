@@ -82,6 +82,9 @@ class ServiceSettings(BaseSettings):
         health checks and other requests never queue behind matching.
     retry_after_seconds : int
         The ``Retry-After`` sent with a 503 (default 10 s).
+    db_busy_timeout : float
+        How long a request waits for the database when another process holds it locked
+        (default 10 s); then 503 with ``Retry-After``, and nothing is changed.
     spectrogram_retention_days : float
         Stored decisions keep their spectrogram images this long (default 30 days; the
         aligned points are kept for ever). Older images are dropped at startup and hourly.
@@ -110,6 +113,7 @@ class ServiceSettings(BaseSettings):
     analysis_budget_seconds: float = Field(2400.0, gt=0)
     analysis_threads: int = Field(4, ge=1)
     retry_after_seconds: int = Field(10, ge=1)
+    db_busy_timeout: float = Field(10.0, gt=0)
     spectrogram_retention_days: float = Field(30.0, ge=0)
 
     @model_validator(mode="after")
