@@ -36,7 +36,8 @@ class BodyTimeout(HTTPException):
     """
 
     def __init__(self, message: str):
-        super().__init__(408, message)
+        # Without "close" uvicorn would keep the half-read connection until its keep-alive timeout.
+        super().__init__(408, message, headers={"Connection": "close"})
 
 
 class BodyTimeoutMiddleware:

@@ -70,7 +70,7 @@ class ServiceSettings(BaseSettings):
         process's open-file limit (``ulimit -n``) less the index's files.
     max_inflight_uploads : int
         Uploads (``POST /v1/matches``, ``/v1/matches/adhoc``, ``/v1/works``, the analyst
-        page's check) receiving or being analysed at once (default 64); past it 503 with
+        page's check) receiving or being analysed at once (default 512); past it 503 with
         ``Retry-After`` before the body is read.
     analysis_budget_seconds : float
         Seconds of audio being decoded and analysed at once, across all uploads (default
@@ -109,7 +109,7 @@ class ServiceSettings(BaseSettings):
     body_timeout: float = Field(900.0, gt=0)
     keep_alive_timeout: float = Field(5.0, gt=0)
     max_connections: int = Field(1000, ge=1)
-    max_inflight_uploads: int = Field(64, ge=1)
+    max_inflight_uploads: int = Field(512, ge=1)
     analysis_budget_seconds: float = Field(2400.0, gt=0)
     analysis_threads: int = Field(4, ge=1)
     retry_after_seconds: int = Field(10, ge=1)
