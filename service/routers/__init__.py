@@ -7,7 +7,7 @@ from refrain.service.schemas import ErrorBody
 __all__ = ["error_responses", "multipart_body"]
 
 _DESCRIPTIONS = {
-    400: "Bad request: empty upload, malformed form, missing file part",
+    400: "Bad request: a body that is not valid JSON or multipart, an empty upload, a missing file part",
     401: "Missing, unknown or revoked API key",
     403: "The key's role may not do this",
     404: "Unknown id",

@@ -21,7 +21,7 @@ def key_out(record: ApiKey) -> dict:
 
 
 @router.post("", status_code=201, response_model=KeyCreated, summary="Create an API key",
-             responses=error_responses(408, 409))
+             responses=error_responses(400, 408, 409))
 def create_key(body: KeyIn, service: MatchService = Depends(get_service),
                _: ApiKey = Depends(require_role("admin"))) -> KeyCreated:
     """Make a key acting for `principal` (created if missing); the response holds the key itself,

@@ -18,7 +18,7 @@ LicenceId = Path(description="The licence's id (`lic_…`)", max_length=100)
 
 
 @router.post("", status_code=201, response_model=LicenceOut, summary="Grant a licence",
-             responses=error_responses(404, 408))
+             responses=error_responses(400, 404, 408))
 def grant(body: LicenceIn, service: MatchService = Depends(get_service)) -> LicenceOut:
     """Grant the principal `licensee` the right to publish the listed uses of a work until
     `valid_until`: uploads made with that principal's keys may rely on it, nobody else's."""

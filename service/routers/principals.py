@@ -21,7 +21,7 @@ def _out(principal: Principal) -> PrincipalOut:
 
 
 @router.post("", status_code=201, response_model=PrincipalOut, summary="Create a principal",
-             responses=error_responses(408, 409))
+             responses=error_responses(400, 408, 409))
 def create_principal(body: PrincipalIn, service: MatchService = Depends(get_service)) -> PrincipalOut:
     """Create a principal (an uploader organisation, a rights holder, an analyst team, an admin), e.g.
     to grant it a licence before it has keys. Creating an existing one of the same kind is a no-op;

@@ -73,7 +73,7 @@ def get_policy(work_id: int = WorkId, service: MatchService = Depends(get_servic
 
 
 @router.put("/{work_id}/policy", response_model=PolicyOut, summary="Set a work's AI-use policy",
-            responses=error_responses(404, 408))
+            responses=error_responses(400, 404, 408))
 def put_policy(body: PolicyBody, work_id: int = WorkId,
                service: MatchService = Depends(get_service)) -> PolicyOut:
     """Replace the work's policy: an action for copies, remixes and covers, and the royalty share."""
