@@ -134,15 +134,22 @@ class Admission:
         self.seconds = 0.0
 
     def _busy(self, message: str) -> ApiError:
+        # "close": the refused upload's body may be unread, the connection cannot serve another request.
         return ApiError(503, "busy", f"{message}; retry in {self.retry_after} s",
-                        {"Retry-After": str(self.retry_after)})
+                        {"Retry-After": str(self.retry_after), "Connection": "close"})
 
     @contextmanager
     def upload(self) -> Iterator[None]:
-        """Hold one upload slot for the ``with`` block (503 if none is free)."""
+        """Hold one upload slot for the ``with`` block (503 if none is free or the analysis budget is spent).
+
+        Refusing before the body is read spares the client sending, and the service
+        spooling, an upload that could not be analysed anyway.
+        """
         with self._lock:
             if self.uploads >= self.max_uploads:
                 raise self._busy(f"the service is receiving its limit of {self.max_uploads} uploads")
+            if self.seconds >= self.budget_seconds:
+                raise self._busy(f"the service is analysing its budget of {self.budget_seconds:.0f} s of audio")
             self.uploads += 1
         try:
             yield

@@ -123,6 +123,10 @@ def test_audio_past_the_analysis_budget_gets_503_with_retry_after(tight, excerpt
         refused = post_file(clients["uploader"], "/v1/matches", path)
         body = assert_error(refused, 503, "busy")
         assert refused.headers["retry-after"] == "7" and "needs 10 s" in body["message"]
+    with admission.analysis(settings.analysis_budget_seconds):  # spent: refused before the body is read
+        refused = post_file(clients["uploader"], "/v1/matches", path)
+        assert_error(refused, 503, "busy")
+        assert refused.headers["connection"] == "close" and "its budget of 120 s" in refused.json()["message"]
     assert admission.seconds == 0.0 and admission.uploads == 0
     assert post_file(clients["uploader"], "/v1/matches", path).status_code == 200
 
