@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import socket
 import sqlite3
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -129,6 +130,25 @@ def test_audio_past_the_analysis_budget_gets_503_with_retry_after(tight, excerpt
         assert refused.headers["connection"] == "close" and "its budget of 120 s" in refused.json()["message"]
     assert admission.seconds == 0.0 and admission.uploads == 0
     assert post_file(clients["uploader"], "/v1/matches", path).status_code == 200
+
+
+def test_health_answers_at_once_while_every_analysis_thread_is_busy(tight):
+    settings, app, clients = tight
+    release = threading.Event()
+    pool = app.state.service.analysis_pool
+    busy = [pool.submit(release.wait, 30) for _ in range(settings.analysis_threads)]
+    try:
+        latencies = []
+        for _ in range(5):
+            start = time.monotonic()
+            assert clients["uploader"].get("/v1/health").status_code == 200
+            latencies.append(time.monotonic() - start)
+        assert max(latencies) < 0.2, latencies
+        assert clients["admin"].get("/v1/works").status_code == 200
+    finally:
+        release.set()
+        for future in busy:
+            future.result(30)
 
 
 def test_a_client_leaving_mid_upload_is_one_info_line(tight, caplog):
