@@ -16,10 +16,11 @@ import secrets
 import shutil
 import time
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Callable, TypeVar
+from typing import Callable, Iterator, TypeVar
 
 import numpy as np
 from starlette.concurrency import run_in_threadpool
@@ -137,6 +138,7 @@ class MatchService:
         # checks and every other request, however many uploads are being analysed.
         self.analysis_pool = ThreadPoolExecutor(settings.analysis_threads, thread_name_prefix="refrain-analysis")
         self._spectrograms_forgotten_at: float | None = None
+        self._tracks = self.refrain.info().tracks
         try:
             self.reconcile()
             self.forget_old_spectrograms()
@@ -173,8 +175,17 @@ class MatchService:
                      self.settings.spectrogram_retention_days)
 
     def track_count(self) -> int:
-        with self.lock.read():
-            return self.refrain.info().tracks
+        """Matchable recordings, as of the last catalogue write: never waits for a write in progress."""
+        return self._tracks
+
+    @contextmanager
+    def _catalogue_write(self) -> Iterator[None]:
+        """The index's write lock; the track count is refreshed before it is released."""
+        with self.lock.write():
+            try:
+                yield
+            finally:
+                self._tracks = self.refrain.info().tracks
 
     # -- catalogue -----------------------------------------------------------------------------
 
@@ -215,7 +226,7 @@ class MatchService:
             shutil.move(form.file_path, stored)
             form.file_path = None
             metadata = TrackMetadata(title=title, artist=", ".join(artists), isrc=isrc)
-            with self.lock.write():
+            with self._catalogue_write():
                 # Refrain.ingest fingerprints inside this lock: the API has no way to add a
                 # fingerprint computed beforehand (see the report to the lead).
                 (result,) = list(self.refrain.ingest([stored], metadata=metadata))
@@ -254,7 +265,7 @@ class MatchService:
         A track adopted from the CLI keeps its place (its source is not the stored file).
         """
         registered = self.db.work_track_ids()  # read before the lock: matches never wait on the database
-        with self.lock.write():
+        with self._catalogue_write():
             track = self.refrain.store.catalog.find_ready(source=intent.stored_path)
             candidates = {intent.track_id, track.track_id if track else None} - {None} - registered
             for track_id in candidates:
@@ -285,7 +296,7 @@ class MatchService:
             self._settle(intent)
             repairs["intents"] += 1
         works_dir = self.settings.works_dir
-        with self.lock.write():
+        with self._catalogue_write():
             registered = self.db.work_track_ids()
             ready = self.refrain.store.catalog.ready_tracks()
             for track_id, track in ready.items():

@@ -132,12 +132,21 @@ def test_audio_past_the_analysis_budget_gets_503_with_retry_after(tight, excerpt
     assert post_file(clients["uploader"], "/v1/matches", path).status_code == 200
 
 
-def test_health_answers_at_once_while_every_analysis_thread_is_busy(tight):
+def _hold_catalogue_write(service, release: threading.Event, holding: threading.Event) -> None:
+    with service.lock.write():  # as a long reference recording's ingest does
+        holding.set()
+        release.wait(30)
+
+
+def test_health_answers_at_once_while_every_analysis_thread_is_busy_and_a_catalogue_write_runs(tight):
     settings, app, clients = tight
-    release = threading.Event()
-    pool = app.state.service.analysis_pool
-    busy = [pool.submit(release.wait, 30) for _ in range(settings.analysis_threads)]
+    release, holding = threading.Event(), threading.Event()
+    service = app.state.service
+    busy = [service.analysis_pool.submit(release.wait, 30) for _ in range(settings.analysis_threads)]
+    writer = threading.Thread(target=_hold_catalogue_write, args=(service, release, holding))
+    writer.start()
     try:
+        assert holding.wait(10)
         latencies = []
         for _ in range(5):
             start = time.monotonic()
@@ -147,6 +156,7 @@ def test_health_answers_at_once_while_every_analysis_thread_is_busy(tight):
         assert clients["admin"].get("/v1/works").status_code == 200
     finally:
         release.set()
+        writer.join(30)
         for future in busy:
             future.result(30)
 
