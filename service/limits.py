@@ -25,7 +25,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from refrain.service.errors import ApiError
 
 __all__ = ["Admission", "BodyTimeout", "BodyTimeoutMiddleware", "SecurityHeadersMiddleware",
-           "HTML_SECURITY_HEADERS"]
+           "HTML_SECURITY_HEADERS", "DOCS_SECURITY_HEADERS"]
 
 
 class BodyTimeout(HTTPException):
@@ -76,20 +76,27 @@ class BodyTimeoutMiddleware:
         await self.app(scope, timed_receive, send)
 
 
-#: Sent with every HTML page: no framing, no content sniffing, no third-party content.
+#: Sent with every HTML page: no framing, no content sniffing, no third-party content, no script.
 HTML_SECURITY_HEADERS = {
     "Content-Security-Policy": "default-src 'none'; img-src 'self' data:; style-src 'self' 'unsafe-inline'; "
-                               "script-src 'self' 'unsafe-inline'; worker-src 'self' blob:; "
-                               "connect-src 'self'; font-src 'self' data:; form-action 'self'; "
-                               "frame-ancestors 'none'; base-uri 'none'",
+                               "form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
     "X-Frame-Options": "DENY",
     "X-Content-Type-Options": "nosniff",
     "Referrer-Policy": "no-referrer",
 }
+#: The API documentation pages run Swagger UI / ReDoc: scripts (their bundles and the inline
+#: call that starts them), the OpenAPI fetch and ReDoc's worker, all from this origin.
+DOCS_PATHS = ("/docs", "/redoc")
+DOCS_SECURITY_HEADERS = {
+    **HTML_SECURITY_HEADERS,
+    "Content-Security-Policy": "default-src 'none'; img-src 'self' data:; style-src 'self' 'unsafe-inline'; "
+                               "script-src 'self' 'unsafe-inline'; worker-src 'self' blob:; connect-src 'self'; "
+                               "font-src 'self' data:; form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
+}
 
 
 class SecurityHeadersMiddleware:
-    """``nosniff`` on every response; a strict CSP and no framing on HTML ones (analyst page, API docs)."""
+    """``nosniff`` on every response; a strict CSP (no script but on the API docs) and no framing on HTML ones."""
 
     def __init__(self, app: ASGIApp):
         self.app = app
@@ -105,7 +112,10 @@ class SecurityHeadersMiddleware:
                 names = {name.lower() for name, _ in headers}
                 is_html = any(name.lower() == b"content-type" and value.startswith(b"text/html")
                               for name, value in headers)
-                extra = HTML_SECURITY_HEADERS if is_html else {"X-Content-Type-Options": "nosniff"}
+                if not is_html:
+                    extra = {"X-Content-Type-Options": "nosniff"}
+                else:
+                    extra = DOCS_SECURITY_HEADERS if scope["path"] in DOCS_PATHS else HTML_SECURITY_HEADERS
                 headers += [(name.lower().encode(), value.encode()) for name, value in extra.items()
                             if name.lower().encode() not in names]
                 message = {**message, "headers": headers}

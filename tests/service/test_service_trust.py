@@ -200,4 +200,5 @@ def test_html_pages_carry_security_headers_and_the_docs_work_offline(live_servic
             assert not re.search(r"""(src|href)=["']https?://""", page.text), url
             for asset in re.findall(r"""(?:src|href)=["'](/docs-assets/[^"']+)""", page.text):
                 assert client.get(asset).status_code == 200, asset
+        assert "script-src" not in client.get("/analyst").headers["content-security-policy"]  # no script at all
         assert client.get("/v1/health").headers["x-content-type-options"] == "nosniff"
