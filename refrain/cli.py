@@ -298,6 +298,7 @@ def cmd_serve(args) -> int:
     import uvicorn
 
     from refrain.service.app import create_app
+    from refrain.service.limits import header_timeout_protocol
 
     settings = _service_settings(args)
     # Open the index before uvicorn starts, so a locked or foreign index is one error line
@@ -306,7 +307,8 @@ def cmd_serve(args) -> int:
     print(f"serving {settings.index_dir} on http://{settings.host}:{settings.port} "
           f"(database {settings.db_path}; analyst page /analyst, API docs /docs)", flush=True)
     uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="info",
-                timeout_keep_alive=settings.keep_alive_timeout, limit_concurrency=settings.max_connections)
+                timeout_keep_alive=settings.keep_alive_timeout, limit_concurrency=settings.max_connections,
+                http=header_timeout_protocol(settings.header_timeout))
     return EXIT_OK
 
 

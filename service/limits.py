@@ -3,6 +3,8 @@
 Limits uvicorn enforces itself (keep-alive timeout, concurrent connections) are set
 from the same settings by ``refrain serve``; the rest live here:
 
+- :func:`header_timeout_protocol` closes connections whose request headers do not
+  arrive in time (uvicorn has no such timeout).
 - :class:`BodyTimeoutMiddleware` bounds how long a request body may take, in total
   and between two chunks: a stalled upload gets 408 and its connection is closed.
 - :class:`Admission` counts uploads in flight and the audio seconds being analysed;
@@ -21,11 +23,42 @@ from typing import Iterator
 
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from refrain.service.errors import ApiError
 
-__all__ = ["Admission", "BodyTimeout", "BodyTimeoutMiddleware", "SecurityHeadersMiddleware",
+__all__ = ["Admission", "BodyTimeout", "header_timeout_protocol", "BodyTimeoutMiddleware", "SecurityHeadersMiddleware",
            "HTML_SECURITY_HEADERS", "DOCS_SECURITY_HEADERS"]
+
+
+def header_timeout_protocol(seconds: float) -> type[H11Protocol]:
+    """Uvicorn's HTTP/1.1 protocol, closing a connection whose request headers take over ``seconds``.
+
+    Uvicorn closes idle keep-alive connections, but not one that sends nothing, or half
+    its headers (a byte is enough to cancel its keep-alive timer): each would hold a file
+    descriptor for ever. Pass the class as ``uvicorn.run(..., http=...)``.
+    """
+
+    class HeaderTimeoutProtocol(H11Protocol):
+        def connection_made(self, transport) -> None:
+            super().connection_made(transport)
+            self._await_headers()
+
+        def on_response_complete(self) -> None:
+            super().on_response_complete()
+            self._await_headers()
+
+        def _await_headers(self) -> None:
+            # A new request (its headers complete) replaces ``cycle``: if it has not by then, close.
+            awaited = self.cycle
+
+            def check() -> None:
+                if self.cycle is awaited and not self.transport.is_closing():
+                    self.transport.close()
+
+            self.loop.call_later(seconds, check)
+
+    return HeaderTimeoutProtocol
 
 
 class BodyTimeout(HTTPException):

@@ -55,6 +55,9 @@ class ServiceSettings(BaseSettings):
         Where uploads are spooled while they stream in and are analysed. Default:
         ``<index_dir>.uploads/``. It belongs to the service: every file in it is deleted
         at startup (leftovers of a killed process).
+    header_timeout : float
+        Longest time for a request's headers to arrive, on a new connection or after a
+        response (default 10 s); then the connection is closed.
     body_idle_timeout : float
         Longest wait for the next chunk of a request body (default 20 s); then 408 and
         the connection is closed. Stalled uploads do not hold a connection longer.
@@ -105,6 +108,7 @@ class ServiceSettings(BaseSettings):
     cookie_secure: bool = False
     match_covers: bool = True
     upload_dir: Path | None = None
+    header_timeout: float = Field(10.0, gt=0)
     body_idle_timeout: float = Field(20.0, gt=0)
     body_timeout: float = Field(900.0, gt=0)
     keep_alive_timeout: float = Field(5.0, gt=0)

@@ -22,6 +22,7 @@ import soxr
 import uvicorn
 
 from refrain.service.app import create_app
+from refrain.service.limits import header_timeout_protocol
 from refrain.service.settings import ServiceSettings
 from service_helpers import LICENSEE
 
@@ -65,7 +66,8 @@ class _ServerThread:
         config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning",
                                 lifespan="on", timeout_graceful_shutdown=5,
                                 timeout_keep_alive=settings.keep_alive_timeout,
-                                limit_concurrency=settings.max_connections)
+                                limit_concurrency=settings.max_connections,
+                                http=header_timeout_protocol(settings.header_timeout))
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, name="refrain-service", daemon=True)
 

@@ -25,6 +25,7 @@ from refrain.service.db import DatabaseBusyError, ServiceDB, WorkEvidence, utc_n
 from refrain.service.settings import ServiceSettings
 
 IDLE_TIMEOUT = 1.5
+HEADER_TIMEOUT = 1.0
 MAX_UPLOADS = 45
 STALLED = 40
 
@@ -33,7 +34,8 @@ STALLED = 40
 def tight(tmp_path_factory):
     """(settings, app, clients by role) of a running server with small limits."""
     root = tmp_path_factory.mktemp("tight-service")
-    settings = ServiceSettings(index_dir=root / "index", body_idle_timeout=IDLE_TIMEOUT, body_timeout=30.0,
+    settings = ServiceSettings(index_dir=root / "index", header_timeout=HEADER_TIMEOUT,
+                               body_idle_timeout=IDLE_TIMEOUT, body_timeout=30.0,
                                max_inflight_uploads=MAX_UPLOADS, max_upload_seconds=60.0,
                                analysis_budget_seconds=120.0, retry_after_seconds=7, db_busy_timeout=0.3)
     db = ServiceDB(settings.db_path)
@@ -99,6 +101,32 @@ def test_stalled_uploads_are_closed_and_never_hold_up_health_or_real_uploads(tig
         # Closed by the server within the idle timeout (plus the slack of a loaded machine).
         assert closed_at - opened < IDLE_TIMEOUT + 3.0
     assert not list(settings.upload_dir.iterdir())  # their temp files went with them
+
+
+def test_connections_that_send_no_headers_or_half_of_them_are_closed(tight):
+    _, _, clients = tight
+    host, port = str(clients["uploader"].base_url).removeprefix("http://").split(":")
+    silent = socket.create_connection((host, int(port)), timeout=30)
+    partial = socket.create_connection((host, int(port)), timeout=30)
+    partial.sendall(b"POST /v1/matches HTTP/1.1\r\nHost: x\r\nX-API-")
+    kept_alive = socket.create_connection((host, int(port)), timeout=30)
+    kept_alive.sendall(b"GET /v1/health HTTP/1.1\r\nHost: x\r\n\r\n")
+    opened = time.monotonic()
+    try:
+        received, silent_closed = _answer_and_close(silent)
+        assert received == b""
+        received, partial_closed = _answer_and_close(partial)
+        assert received == b""
+        time.sleep(0.2)
+        kept_alive.sendall(b"GET /v1/he")  # after a response, the next headers stall half-way
+        received, kept_closed = _answer_and_close(kept_alive)
+        assert received.startswith(b"HTTP/1.1 200 ")
+        for closed_at in (silent_closed, partial_closed):
+            assert HEADER_TIMEOUT - 0.1 < closed_at - opened < HEADER_TIMEOUT + 2.0
+        assert kept_closed - opened < 0.2 + HEADER_TIMEOUT + 2.0
+    finally:
+        for sock in (silent, partial, kept_alive):
+            sock.close()
 
 
 def test_uploads_past_the_limit_get_503_with_retry_after(tight, excerpt_file):
