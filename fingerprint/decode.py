@@ -17,7 +17,7 @@ import numpy as np
 import soundfile
 import soxr
 
-__all__ = ["AudioDecodeError", "AudioTooLongError", "load_audio", "ffmpeg_executable"]
+__all__ = ["AudioDecodeError", "AudioTooLongError", "load_audio", "probe_duration", "ffmpeg_executable"]
 
 
 class AudioDecodeError(ValueError):
@@ -125,6 +125,68 @@ def _wav_data_shortfall(path: Path) -> tuple[int, int] | None:
             handle.seek(chunk_size + (chunk_size & 1), 1)
 
 
+_OGG_CAPTURE = b"OggS"
+_OGG_END_OF_STREAM = 0x04
+_OGG_HEADER_BYTES = 27
+_OGG_MAX_PAGE_BYTES = _OGG_HEADER_BYTES + 255 + 255 * 255
+
+
+def _ogg_end_problem(path: Path) -> str:
+    """Why an Ogg file does not end as a whole stream does ('' if it does).
+
+    libsndfile reads a cut-off Ogg (Vorbis, Opus) up to the cut without a word, and its
+    frame count comes from the last page present, so the cut cannot be seen from the
+    header: the last page must be complete and carry the end-of-stream flag.
+    """
+    size = path.stat().st_size
+    with open(path, "rb") as handle:
+        handle.seek(max(0, size - _OGG_MAX_PAGE_BYTES))
+        tail = handle.read()
+    start = tail.rfind(_OGG_CAPTURE)
+    while start >= 0:
+        header = tail[start:start + _OGG_HEADER_BYTES]
+        if len(header) == _OGG_HEADER_BYTES and header[4] == 0:  # stream structure version 0
+            n_segments = header[26]
+            table = tail[start + _OGG_HEADER_BYTES:start + _OGG_HEADER_BYTES + n_segments]
+            page_end = start + _OGG_HEADER_BYTES + n_segments + sum(table)
+            if len(table) < n_segments or page_end > len(tail):
+                return "the last Ogg page is cut short"
+            if not header[5] & _OGG_END_OF_STREAM:
+                return "the Ogg stream ends without its end-of-stream page"
+            return ""
+        start = tail.rfind(_OGG_CAPTURE, 0, start)  # "OggS" inside packet data: look further back
+    return "no Ogg page found at the end of the file"
+
+
+def probe_duration(path) -> float | None:
+    """The audio's duration in seconds from its header, without decoding it; None if unknown.
+
+    Cheap (a header read, or ffmpeg reading the container's header): used to admit an
+    upload before its samples are decoded. The decoder remains the judge of the length.
+    """
+    path = Path(path)
+    try:
+        if not _looks_like_mp3(path):
+            info = soundfile.info(str(path))
+            if info.frames > 0 and info.samplerate > 0:
+                return info.frames / info.samplerate
+    except (soundfile.LibsndfileError, RuntimeError, OSError):
+        pass
+    try:
+        result = subprocess.run([ffmpeg_executable(), "-nostdin", "-hide_banner", "-i", str(path)],
+                                capture_output=True, check=False, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    found = _FFMPEG_DURATION.search(result.stderr.decode("utf-8", "replace"))
+    if found is None:
+        return None
+    hours, minutes, seconds = found.groups()
+    return int(hours) * 3600 + int(minutes) * 60 + float(seconds)
+
+
+_FFMPEG_DURATION = re.compile(r"Duration: (\d+):(\d\d):(\d\d(?:\.\d+)?)")
+
+
 def _check_duration(path: Path, seconds: float, max_duration: float | None) -> None:
     if max_duration is not None and seconds > max_duration:
         raise AudioTooLongError(
@@ -141,8 +203,12 @@ def _read_with_libsndfile(path: Path, max_duration: float | None) -> tuple[np.nd
         if handle.format == "WAV":
             shortfall = _wav_data_shortfall(path)
             if shortfall:
-                raise AudioDecodeError(f"{path}: truncated audio: data chunk announces "
-                                       f"{shortfall[0]} bytes, only {shortfall[1]} present")
+                raise AudioDecodeError(f"{path}: corrupt or truncated audio (the data chunk announces "
+                                       f"{shortfall[0]} bytes, only {shortfall[1]} are present)")
+        if handle.format == "OGG":
+            problem = _ogg_end_problem(path)
+            if problem:
+                raise AudioDecodeError(f"{path}: corrupt or truncated audio ({problem})")
         rate = handle.samplerate
         expected = handle.frames
         if expected > 0:
@@ -154,8 +220,8 @@ def _read_with_libsndfile(path: Path, max_duration: float | None) -> tuple[np.nd
     # libsndfile returns what it could read; a header promising more means the file was cut.
     if expected > 0 and len(data) < expected * 0.99:
         raise AudioDecodeError(
-            f"{path}: truncated audio: header announces {expected / rate:.2f} s, "
-            f"only {len(data) / rate:.2f} s present"
+            f"{path}: corrupt or truncated audio (the header announces {expected / rate:.2f} s, "
+            f"only {len(data) / rate:.2f} s are present)"
         )
     _check_duration(path, len(data) / rate, max_duration)
     return data.mean(axis=1), rate

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import hashlib
 import os
+import signal
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -131,6 +134,24 @@ def _warm_up_signal(sample_rate: int, seconds: float = 12.0) -> np.ndarray:
     return (0.5 * np.concatenate(tones) + 0.01 * draw.standard_normal(note * len(tones))).astype(np.float32)
 
 
+_PR_SET_PDEATHSIG = 1  # prctl(2) option: the signal a process gets when its parent dies
+
+
+def _die_with_parent(parent_pid: int) -> None:
+    """Worker initializer: be killed with the ingest that started us (Linux), even by SIGKILL.
+
+    Forked workers inherit the index's lock file descriptor; a worker that outlived a
+    killed ingest would hold the write lock until someone killed it by hand.
+    """
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    except (OSError, AttributeError):  # not Linux: workers still exit when their queues close
+        return
+    if os.getppid() != parent_pid:  # the parent died before prctl took effect
+        os._exit(1)
+
+
 def _fingerprint_job(path: str, params: FingerprintParams, max_seconds: float) -> Fingerprint:
     # Runs in worker processes: must stay a module-level function so it pickles.
     return fingerprint_file(path, params, max_seconds)
@@ -251,7 +272,7 @@ class Refrain:
                 except (AudioDecodeError, FingerprintError) as err:
                     yield source, digest, err
             return
-        with ProcessPoolExecutor(max_workers=jobs) as pool:
+        with ProcessPoolExecutor(max_workers=jobs, initializer=_die_with_parent, initargs=(os.getpid(),)) as pool:
             futures = {pool.submit(_fingerprint_job, source, params, limit): (source, digest)
                        for source, digest in todo}
             try:

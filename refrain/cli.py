@@ -18,8 +18,10 @@ Commands
     Index ``sample_audio/catalogue/`` and match ``sample_audio/queries/``.
 ``refrain serve --index DIR [--host H] [--port P] [--db PATH]``
     Run the HTTP match service (``docs/service.md``) on the index.
-``refrain keys create --role ROLE (--index DIR | --db PATH) [--label TEXT]``
-    Make an API key for the service; the key is printed once.
+``refrain keys create --role ROLE --principal NAME (--index DIR | --db PATH) [--label TEXT]``
+    Make an API key for the service, acting for a principal; the key is printed once.
+``refrain keys list|revoke PREFIX (--index DIR | --db PATH)``
+    List the service's API keys; revoke one (never the last live admin key).
 ``refrain rescan catalogue --index DIR --out DIR [--resume] [--jobs N] [--dask local|ADDRESS]``
     Match every catalogue track against the index; groups of related works (:mod:`rescan`).
 ``refrain rescan uploads --index DIR [--db PATH] [--since ISO] [--apply] --out DIR [--resume] [--jobs N] …``
@@ -296,6 +298,7 @@ def cmd_serve(args) -> int:
     import uvicorn
 
     from refrain.service.app import create_app
+    from refrain.service.limits import header_timeout_protocol
 
     settings = _service_settings(args)
     # Open the index before uvicorn starts, so a locked or foreign index is one error line
@@ -303,11 +306,14 @@ def cmd_serve(args) -> int:
     _open_index(settings.index_dir, create=True).close()
     print(f"serving {settings.index_dir} on http://{settings.host}:{settings.port} "
           f"(database {settings.db_path}; analyst page /analyst, API docs /docs)", flush=True)
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="info")
+    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="info",
+                timeout_keep_alive=settings.keep_alive_timeout, limit_concurrency=settings.max_connections,
+                http=header_timeout_protocol(settings.header_timeout))
     return EXIT_OK
 
 
-def cmd_keys_create(args) -> int:
+def _open_service_db(args):
+    """The service database named by ``--db`` or beside ``--index`` (or ``REFRAIN_INDEX_DIR``)."""
     import sqlite3
 
     from refrain.service.db import SchemaError, ServiceDB
@@ -319,16 +325,52 @@ def cmd_keys_create(args) -> int:
     else:
         args.parser.error("give --index DIR or --db PATH (the service database)")
     try:
-        db = ServiceDB(db_path)
+        return ServiceDB(db_path)
     except (sqlite3.DatabaseError, SchemaError, OSError) as err:
         raise CliError(f"{db_path}: cannot open the service database ({err})", EXIT_INDEX) from err
-    try:
-        key, record = db.create_key(args.role, args.label)
-    finally:
-        db.close()
+
+
+def cmd_keys_create(args) -> int:
+    from refrain.service.db import PrincipalKindError
+
+    with closing(_open_service_db(args)) as db:
+        try:
+            key, record = db.create_key(args.role, args.principal, args.label)
+        except PrincipalKindError as err:
+            raise CliError(str(err)) from None
     print(key)
-    print(f"created {record.role} key {record.prefix}… in {db_path}; it is shown only "
+    print(f"created {record.role} key {record.prefix}… for {record.principal} in {db.path}; it is shown only "
           "this once", file=sys.stderr)
+    return EXIT_OK
+
+
+def cmd_keys_list(args) -> int:
+    with closing(_open_service_db(args)) as db:
+        keys = db.list_keys()
+    if args.json:
+        for record in keys:
+            print(json.dumps({"prefix": record.prefix, "role": record.role, "principal": record.principal,
+                              "label": record.label, "created_at": record.created_at.isoformat(),
+                              "revoked_at": record.revoked_at.isoformat() if record.revoked_at else None}))
+        return EXIT_OK
+    for record in keys:
+        state = f"revoked {record.revoked_at:%Y-%m-%d %H:%M}" if record.revoked_at else "live"
+        print(f"{record.prefix}  {record.role:<8}  {state:<22}  {record.principal}"
+              + (f"  ({record.label})" if record.label else ""))
+    return EXIT_OK
+
+
+def cmd_keys_revoke(args) -> int:
+    from refrain.service.db import LastAdminKeyError
+
+    with closing(_open_service_db(args)) as db:
+        try:
+            record = db.revoke_key(args.prefix)
+        except LastAdminKeyError as err:
+            raise CliError(str(err)) from None
+    if record is None:
+        raise CliError(f"no API key with prefix {args.prefix} in {db.path}")
+    print(f"revoked {record.role} key {record.prefix} of {record.principal}", file=sys.stderr)
     return EXIT_OK
 
 
@@ -493,10 +535,23 @@ def build_parser() -> argparse.ArgumentParser:
                                 epilog=EPILOG, formatter_class=formatter)
     create.set_defaults(run=cmd_keys_create, parser=create)
     create.add_argument("--role", required=True, choices=["uploader", "analyst", "admin"])
+    create.add_argument("--principal", required=True, metavar="NAME",
+                        help="who the key acts for (organisation or team); created if missing")
     create.add_argument("--label", default=None, help="who or what the key is for")
-    create.add_argument("--index", type=Path, default=None, metavar="DIR",
-                        help="index directory (the database is <index>.service.sqlite)")
-    create.add_argument("--db", type=Path, default=None, metavar="PATH", help="service database")
+    listing = actions.add_parser("list", help="list the API keys (prefixes, roles, principals)",
+                                 description="List the API keys: prefix, role, live or revoked, principal.",
+                                 epilog=EPILOG, formatter_class=formatter)
+    listing.set_defaults(run=cmd_keys_list, parser=listing)
+    listing.add_argument("--json", action="store_true", help="one JSON object per key")
+    revoke = actions.add_parser("revoke", help="revoke an API key by its prefix",
+                                description="Revoke an API key by its prefix (never the last live admin key).",
+                                epilog=EPILOG, formatter_class=formatter)
+    revoke.set_defaults(run=cmd_keys_revoke, parser=revoke)
+    revoke.add_argument("prefix", metavar="PREFIX", help="the key's prefix, as `refrain keys list` shows it")
+    for action in (create, listing, revoke):
+        action.add_argument("--index", type=Path, default=None, metavar="DIR",
+                            help="index directory (the database is <index>.service.sqlite)")
+        action.add_argument("--db", type=Path, default=None, metavar="PATH", help="service database")
 
     sub = command("rescan", None, "batch rescans: the catalogue against itself, past uploads against "
                                   "today's catalogue and policies")

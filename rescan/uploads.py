@@ -111,10 +111,12 @@ class UploadsJob:
             return {"status": "failed", **head, "error": f"stored fingerprint unusable: {err}"}
         # A licence is never deleted (revoking keeps it), so a missing id cannot cover anything.
         licences = [found for found in map(db.get_licence, old["licence_ids"]) if found is not None]
-        decided = decide_upload(refrain, db, fp, old["filename"], old["uploader_id"], licences,
+        # Licences are checked against the principal whose key made the upload, as at upload time.
+        decided = decide_upload(refrain, db, fp, old["filename"], old.get("principal"), licences,
                                 datetime.fromisoformat(self.at), self.review_confidence)
         new = jsonable(decision_body(decided, decision_id=decision_id, stored=True,
-                                     created_at=stored.created_at, uploader_id=old["uploader_id"],
+                                     created_at=stored.created_at, principal=old.get("principal"),
+                                     uploader_id=old["uploader_id"],
                                      licence_ids=old["licence_ids"], fingerprint=old["fingerprint"]))
         record = {"status": "ok", **head, "new_verdict": new["verdict"],
                   "changed": new["verdict"] != stored.verdict}

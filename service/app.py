@@ -15,9 +15,12 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from refrain import __version__
 from refrain.service.core import MatchService
+from refrain.service.db import DatabaseBusyError
 from refrain.service.deps import get_service
+from refrain.service.docs import add_offline_docs
 from refrain.service.errors import ApiError
-from refrain.service.routers import analyst, keys, licences, matches, works
+from refrain.service.limits import BodyTimeoutMiddleware, SecurityHeadersMiddleware
+from refrain.service.routers import analyst, keys, licences, matches, principals, works
 from refrain.service.schemas import ErrorBody, Health, MatchUploadForm, WorkUploadForm
 from refrain.service.settings import ServiceSettings
 from refrain.tuning import tune_process
@@ -34,8 +37,8 @@ Every error is a JSON `ErrorBody`. Guide: `docs/service.md`.
 """
 
 _STATUS_CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
-                 405: "method_not_allowed", 409: "conflict", 413: "payload_too_large",
-                 415: "unsupported_media_type", 422: "validation_error"}
+                 405: "method_not_allowed", 408: "request_timeout", 409: "conflict", 413: "payload_too_large",
+                 415: "unsupported_media_type", 422: "validation_error", 503: "busy"}
 
 
 def _error(status: int, code: str, message: str, details=None, headers=None) -> JSONResponse:
@@ -69,8 +72,18 @@ def create_app(settings: ServiceSettings) -> FastAPI:
             await run_in_threadpool(app.state.service.close)
 
     app = FastAPI(title="Refrain match service", version=__version__, description=DESCRIPTION,
-                  lifespan=lifespan)
+                  lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.settings = settings
+    app.add_middleware(BodyTimeoutMiddleware, idle=settings.body_idle_timeout, total=settings.body_timeout)
+    app.add_middleware(SecurityHeadersMiddleware)
+    add_offline_docs(app)
+
+    @app.exception_handler(DatabaseBusyError)
+    async def database_busy(request: Request, err: DatabaseBusyError):
+        log.warning("%s %s: %s", request.method, request.url.path, err)
+        return _error(503, "busy", "the service database is locked by another process; nothing was changed, "
+                      f"retry in {settings.retry_after_seconds} s",
+                      headers={"Retry-After": str(settings.retry_after_seconds)})
 
     @app.exception_handler(ApiError)
     async def api_error(request: Request, err: ApiError):
@@ -98,7 +111,7 @@ def create_app(settings: ServiceSettings) -> FastAPI:
     def health(service: MatchService = Depends(get_service)) -> Health:
         return Health(status="ok", tracks=service.track_count())
 
-    for module in (works, licences, matches, keys, analyst):
+    for module in (works, licences, matches, keys, principals, analyst):
         app.include_router(module.router)
 
     def openapi() -> dict:

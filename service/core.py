@@ -8,29 +8,38 @@ readers–writer lock around the index, and stores what was decided.
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import logging
 import re
 import secrets
 import shutil
+import time
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
+from typing import Callable, Iterator, TypeVar
 
 import numpy as np
+from starlette.concurrency import run_in_threadpool
 
 from refrain import policy
 from refrain.fingerprint import (AudioDecodeError, AudioTooLongError, Fingerprint, FingerprintError,
                          fingerprint_signal, load_audio)
+from refrain.fingerprint.decode import probe_duration
 from refrain.fingerprint.serialize import fingerprint_to_bytes
 from refrain.index import TrackMetadata
 from refrain.api import QueryResult, Refrain, TrackMatch
 from refrain.config import Config
-from refrain.service.db import ApiKey, ServiceDB, Work, WorkEvidence, utc_now
+from refrain.service.db import ApiKey, CatalogueIntent, ServiceDB, Work, WorkEvidence, utc_now
 from refrain.service.errors import ApiError
+from refrain.service.limits import Admission
 from refrain.service.locking import ReadWriteLock
 from refrain.service.render import spectrogram_png
 from refrain.service.settings import ServiceSettings
-from refrain.service.uploads import ReceivedForm
+from refrain.service.uploads import ReceivedForm, safe_suffix
 
 __all__ = ["MatchService", "MatchOutcome", "UploadDecision", "decide_upload", "decision_body", "jsonable",
            "policy_out", "work_out", "licence_out"]
@@ -38,6 +47,9 @@ __all__ = ["MatchService", "MatchOutcome", "UploadDecision", "decide_upload", "d
 log = logging.getLogger("refrain.service")
 
 _ISRC = re.compile(r"^[A-Z]{2}[A-Z0-9]{3}[0-9]{7}$")
+MAX_DECLARED_LICENCES = 32
+SPECTROGRAM_PURGE_INTERVAL = 3600.0  # seconds between two purges of old spectrogram images
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -96,7 +108,7 @@ class MatchService:
 
     def __init__(self, settings: ServiceSettings):
         self.settings = settings
-        self.db = ServiceDB(settings.db_path)
+        self.db = ServiceDB(settings.db_path, settings.db_busy_timeout)
         config = Config(max_query_seconds=settings.max_upload_seconds,
                         max_track_seconds=settings.max_reference_seconds).searching_covers(settings.match_covers)
         try:
@@ -116,16 +128,62 @@ class MatchService:
                         "`refrain upgrade --index %s` (with the service stopped)", settings.index_dir,
                         ", ".join(upgradable), settings.index_dir)
         self.lock = ReadWriteLock()
-        settings.works_dir.mkdir(parents=True, exist_ok=True)
+        for folder in (settings.works_dir, settings.upload_dir):
+            folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self.admission = Admission(settings.max_inflight_uploads, settings.analysis_budget_seconds,
+                                   settings.retry_after_seconds)
+        # Decoding and matching get their own threads: the shared pool stays free for health
+        # checks and every other request, however many uploads are being analysed.
+        self.analysis_pool = ThreadPoolExecutor(settings.analysis_threads, thread_name_prefix="refrain-analysis")
+        self._spectrograms_forgotten_at: float | None = None
+        self._tracks = self.refrain.info().tracks
+        try:
+            self.reconcile()
+            self.forget_old_spectrograms()
+        except BaseException:
+            self.close()
+            raise
 
     def close(self) -> None:
+        self.analysis_pool.shutdown(wait=True, cancel_futures=True)
         with self.lock.write():
             self.refrain.close()
             self.db.close()
 
+    async def analyse(self, form: ReceivedForm, max_seconds: float, work: Callable[..., T], *args) -> T:
+        """Run ``work(*args)`` on the analysis pool once the upload's audio fits the analysis budget.
+
+        The audio's length is read from its header (``max_seconds`` when unknown or longer:
+        the decoder refuses longer audio anyway); past the budget the upload gets 503.
+        """
+        seconds = await run_in_threadpool(probe_duration, form.file_path)
+        with self.admission.analysis(min(seconds or max_seconds, max_seconds)):
+            return await asyncio.get_running_loop().run_in_executor(self.analysis_pool,
+                                                                    functools.partial(work, *args))
+
+    def forget_old_spectrograms(self) -> None:
+        """Drop spectrogram images past ``spectrogram_retention_days`` (at most once an hour)."""
+        last = self._spectrograms_forgotten_at
+        if last is not None and time.monotonic() - last < SPECTROGRAM_PURGE_INTERVAL:
+            return
+        self._spectrograms_forgotten_at = time.monotonic()
+        dropped = self.db.forget_spectrograms(utc_now() - timedelta(days=self.settings.spectrogram_retention_days))
+        if dropped:
+            log.info("dropped %d spectrogram images older than %g days", dropped,
+                     self.settings.spectrogram_retention_days)
+
     def track_count(self) -> int:
-        with self.lock.read():
-            return self.refrain.info().tracks
+        """Matchable recordings, as of the last catalogue write: never waits for a write in progress."""
+        return self._tracks
+
+    @contextmanager
+    def _catalogue_write(self) -> Iterator[None]:
+        """The index's write lock; the track count is refreshed before it is released."""
+        with self.lock.write():
+            try:
+                yield
+            finally:
+                self._tracks = self.refrain.info().tracks
 
     # -- catalogue -----------------------------------------------------------------------------
 
@@ -133,7 +191,9 @@ class MatchService:
         """Ingest an uploaded reference recording and register it as a work.
 
         A recording already registered as a work raises 409; one already in the index
-        without a work (ingested with the CLI) is adopted as this work.
+        without a work (ingested with the CLI) is adopted as this work. The index and the
+        database change together or not at all: the intent is recorded first, undone here
+        if a step fails, and by :meth:`reconcile` at the next start if the process dies.
         """
         title, rights_holder = form.first("title"), form.first("rights_holder")
         artists, isrc = form.all("artists"), form.first("isrc")
@@ -154,55 +214,128 @@ class MatchService:
         except AudioDecodeError as err:
             raise _audio_error(err, form.file_path, form.filename) from None
 
-        suffix = Path(form.filename).suffix.lower()[:16]
-        stored = self.settings.works_dir / f"{form.sha256[:32]}{suffix}"
-        shutil.move(form.file_path, stored)
-        form.file_path = None
-        metadata = TrackMetadata(title=title, artist=", ".join(artists), isrc=isrc)
-        keep_file = False
+        stored = self.settings.works_dir / f"{form.sha256[:32]}{safe_suffix(form.filename)}"
+        existing = self.db.work_by_stored_path(str(stored))
+        if existing is not None:
+            raise ApiError(409, "conflict", f"this recording is already in the catalogue as work "
+                                            f"{existing.work_id}")
+        intent = self.db.begin_registration(str(stored))
         try:
-            with self.lock.write():
+            shutil.move(form.file_path, stored)
+            form.file_path = None
+            metadata = TrackMetadata(title=title, artist=", ".join(artists), isrc=isrc)
+            with self._catalogue_write():
                 # Refrain.ingest fingerprints inside this lock: the API has no way to add a
                 # fingerprint computed beforehand (see the report to the lead).
                 (result,) = list(self.refrain.ingest([stored], metadata=metadata))
-                if result.status == "error":
-                    raise _audio_error(FingerprintError(result.error.replace(str(stored), form.filename)),
-                                       stored, form.filename)
-                existing = self.db.works_by_track([result.track_id]).get(result.track_id)
-                if existing is not None:
-                    keep_file = True  # the same bytes: it *is* the existing work's file
-                    raise ApiError(409, "conflict", f"this recording is already in the catalogue as "
-                                                    f"work {existing.work_id}")
-                work = self.db.add_work(result.track_id, title, artists, rights_holder, isrc,
-                                        form.filename, str(stored), result.duration)
-                keep_file = True
-                return work
-        finally:
-            if not keep_file:
-                stored.unlink(missing_ok=True)
+            if result.status == "error":
+                raise _audio_error(FingerprintError(result.error.replace(str(stored), form.filename)),
+                                   stored, form.filename)
+            existing = self.db.works_by_track([result.track_id]).get(result.track_id)
+            if existing is not None:
+                raise ApiError(409, "conflict", f"this recording is already in the catalogue as "
+                                                f"work {existing.work_id}")
+            return self.db.add_work(result.track_id, title, artists, rights_holder, isrc,
+                                    form.filename, str(stored), result.duration, intent.intent_id)
+        except BaseException:
+            self._settle(intent)
+            raise
 
     def delete_work(self, work_id: int) -> Work:
-        """Remove a work from the index and the catalogue; its decisions stay for the audit."""
-        work = self.db.get_work(work_id)
-        if work is None:
+        """Remove a work from the catalogue and the index; its decisions stay for the audit.
+
+        The work's row goes first, in the transaction that records the intent to remove
+        its track: a failure before that changes nothing, one after it is finished here or
+        by :meth:`reconcile` at the next start.
+        """
+        deleted = self.db.delete_work(work_id)
+        if deleted is None:
             raise ApiError(404, "not_found", f"work {work_id} not found")
-        with self.lock.write():
-            try:
-                self.refrain.remove(work.track_id)
-            except KeyError:
-                log.warning("work %s: track %s was already gone from the index", work_id, work.track_id)
-            self.db.delete_work(work_id)
-        Path(work.stored_path).unlink(missing_ok=True)
+        work, intent = deleted
+        self._settle(intent)
         return work
+
+    def _settle(self, intent: CatalogueIntent) -> None:
+        """Bring the index and the works folder in line with the database for one intent, then close it.
+
+        What the database does not register is taken out: the intent's track (a deletion's,
+        or one a failed registration added under its stored path) and its stored file.
+        A track adopted from the CLI keeps its place (its source is not the stored file).
+        """
+        registered = self.db.work_track_ids()  # read before the lock: matches never wait on the database
+        with self._catalogue_write():
+            track = self.refrain.store.catalog.find_ready(source=intent.stored_path)
+            candidates = {intent.track_id, track.track_id if track else None} - {None} - registered
+            for track_id in candidates:
+                try:
+                    self.refrain.remove(track_id)
+                except KeyError:
+                    pass  # already gone: the removal was done before the interruption
+        if self.db.work_by_stored_path(intent.stored_path) is None:
+            Path(intent.stored_path).unlink(missing_ok=True)
+        self.db.finish_intent(intent.intent_id)
+
+    def reconcile(self) -> dict[str, int]:
+        """Repair what an interrupted registration or deletion left between the index and the database.
+
+        Run at startup, before any request: finishes or undoes each open intent, takes
+        out index tracks stored in ``works_dir`` that no work registers, drops works whose
+        track left the index, and deletes unregistered files in ``works_dir`` and every
+        file in ``upload_dir`` (both folders belong to the service alone).
+
+        Returns
+        -------
+        dict
+            How many of each repair were made (logged when not all zero).
+        """
+        repairs = {"intents": 0, "orphan_tracks": 0, "works_without_track": 0, "orphan_files": 0,
+                   "upload_files": 0}
+        for intent in self.db.unfinished_intents():
+            self._settle(intent)
+            repairs["intents"] += 1
+        works_dir = self.settings.works_dir
+        with self._catalogue_write():
+            registered = self.db.work_track_ids()
+            ready = self.refrain.store.catalog.ready_tracks()
+            for track_id, track in ready.items():
+                if track_id not in registered and Path(track.source).parent == works_dir:
+                    self.refrain.remove(track_id)
+                    repairs["orphan_tracks"] += 1
+            for track_id in registered - set(ready):
+                work = self.db.works_by_track([track_id])[track_id]
+                log.warning("work %s: its track %s is no longer in the index; the work is removed",
+                            work.work_id, track_id)
+                self.db.delete_work(work.work_id)
+                repairs["works_without_track"] += 1
+        for intent in self.db.unfinished_intents():  # the deletions just recorded: no track left
+            self.db.finish_intent(intent.intent_id)
+        kept = self.db.stored_paths()
+        for path in works_dir.iterdir():
+            if path.is_file() and str(path) not in kept:
+                path.unlink()
+                repairs["orphan_files"] += 1
+        for path in self.settings.upload_dir.iterdir():
+            if path.is_file():
+                path.unlink()
+                repairs["upload_files"] += 1
+        if any(repairs.values()):
+            log.warning("startup reconciliation: %s", ", ".join(f"{k}={v}" for k, v in repairs.items()))
+        return repairs
 
     # -- matching ------------------------------------------------------------------------------
 
     def match_upload(self, form: ReceivedForm, key: ApiKey, store: bool) -> MatchOutcome:
-        """Decode, fingerprint, match, decide, and (if ``store``) record the decision."""
+        """Decode, fingerprint, match, decide, and (if ``store``) record the decision.
+
+        The upload is made as ``key``'s principal: licences are checked against it. The
+        form's ``uploader_id`` only labels a sub-account of that principal, for the audit.
+        """
         uploader_id = form.first("uploader_id")
         licence_ids = form.all("licence_id")
         if uploader_id is not None and len(uploader_id) > 200:
             raise ApiError(422, "validation_error", "uploader_id is longer than 200 characters")
+        if len(licence_ids) > MAX_DECLARED_LICENCES:
+            raise ApiError(422, "validation_error", f"more than {MAX_DECLARED_LICENCES} licence_id values")
         licences = []
         for licence_id in licence_ids:
             licence = self.db.get_licence(licence_id)
@@ -221,18 +354,20 @@ class MatchService:
         with self.lock.read():
             # One consistent snapshot: the index, the works and their policies cannot change
             # between the match and the decision (catalogue writes take the write side).
-            decided = decide_upload(self.refrain, self.db, fp, form.filename, uploader_id, licences, now,
+            decided = decide_upload(self.refrain, self.db, fp, form.filename, key.principal, licences, now,
                                     self.settings.review_confidence)
 
         stored_evidence = [self._evidence(m, decided.points[m.track_id], decided.works.get(m.track_id), samples)
                            for m in decided.result.matches]
         body = decision_body(decided, decision_id=("dec_" + secrets.token_urlsafe(12)) if store else None,
-                             stored=store, created_at=now, uploader_id=uploader_id, licence_ids=licence_ids,
+                             stored=store, created_at=now, principal=key.principal, uploader_id=uploader_id,
+                             licence_ids=licence_ids,
                              fingerprint={"sha256": form.sha256, "bytes": form.file_bytes,
                                           "duration": round(fp.duration, 3), "landmarks": len(fp),
                                           "landmarks_per_second": round(len(fp) / max(fp.duration, 1e-9), 2)})
         if store:
-            self.db.add_decision(body["decision_id"], now, decided.decision.verdict, uploader_id, key.prefix,
+            self.forget_old_spectrograms()
+            self.db.add_decision(body["decision_id"], now, decided.decision.verdict, uploader_id, key,
                                  form.filename, jsonable(body), stored_evidence,
                                  fingerprint_to_bytes(fp, params))
         return MatchOutcome(body, stored_evidence)
@@ -273,7 +408,7 @@ class UploadDecision:
     points: dict[int, np.ndarray]
 
 
-def decide_upload(refrain: Refrain, db: ServiceDB, fp: Fingerprint, filename: str, uploader_id: str | None,
+def decide_upload(refrain: Refrain, db: ServiceDB, fp: Fingerprint, filename: str, principal: str | None,
                   licences: list[policy.Licence], at: datetime, review_confidence: float) -> UploadDecision:
     """Match an upload's fingerprint and decide its verdict: the one step uploads and rescans share.
 
@@ -287,8 +422,9 @@ def decide_upload(refrain: Refrain, db: ServiceDB, fp: Fingerprint, filename: st
         The upload's fingerprint (fresh, or rebuilt from the stored one).
     filename : str
         The upload's name, as reported.
-    uploader_id : str or None
-        Who uploaded; licences only cover their licensee.
+    principal : str or None
+        The principal whose key made the upload; licences only cover their licensee
+        principal (None: nobody's, e.g. a decision stored before principals existed).
     licences : list of policy.Licence
         The licences declared with the upload.
     at : datetime
@@ -304,12 +440,12 @@ def decide_upload(refrain: Refrain, db: ServiceDB, fp: Fingerprint, filename: st
                             track_id=m.track_id, kind=m.kind, confidence=m.confidence,
                             spans=tuple((s.query_start, s.query_end) for s in m.spans))
          for m in result.matches],
-        policies, licences, uploader_id, fp.duration, at, review_confidence)
+        policies, licences, principal, fp.duration, at, review_confidence)
     return UploadDecision(result, decision, works, policies, points)
 
 
 def decision_body(decided: UploadDecision, *, decision_id: str | None, stored: bool, created_at: datetime,
-                  uploader_id: str | None, licence_ids: list[str], fingerprint: dict) -> dict:
+                  principal: str | None, uploader_id: str | None, licence_ids: list[str], fingerprint: dict) -> dict:
     """The answer to an upload, shaped as :class:`service.schemas.DecisionOut`.
 
     ``fingerprint`` is the upload's summary (sha256, bytes, duration, landmarks,
@@ -318,7 +454,8 @@ def decision_body(decided: UploadDecision, *, decision_id: str | None, stored: b
     by_track = {w.track_id: w for w in decided.decision.works}
     return {
         "decision_id": decision_id, "stored": stored, "created_at": created_at,
-        "filename": decided.result.query, "uploader_id": uploader_id, "licence_ids": licence_ids,
+        "filename": decided.result.query, "principal": principal, "uploader_id": uploader_id,
+        "licence_ids": licence_ids,
         "verdict": decided.decision.verdict, "reason": decided.decision.reason,
         "works": [_matched_work(m, decided.works.get(m.track_id), decided.policies, by_track[m.track_id])
                   for m in decided.result.matches],

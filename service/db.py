@@ -15,19 +15,26 @@ import hashlib
 import json
 import secrets
 import sqlite3
+import os
 import threading
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 
 from refrain.policy import Licence, Policy
 
-__all__ = ["ServiceDB", "SchemaError", "Work", "ApiKey", "StoredDecision", "DecisionChange", "RescanCandidate",
-           "WorkEvidence", "ROLES", "hash_key", "utc_now"]
+__all__ = ["ServiceDB", "SchemaError", "DatabaseBusyError", "LastAdminKeyError", "PrincipalKindError", "Work",
+           "ApiKey", "Principal", "StoredDecision", "DecisionChange", "RescanCandidate", "WorkEvidence",
+           "CatalogueIntent", "ROLES", "PRINCIPAL_KINDS", "KIND_OF_ROLE", "hash_key", "utc_now"]
 
 ROLES = ("uploader", "analyst", "admin")
+PRINCIPAL_KINDS = ("uploader", "rights_holder", "analyst_team", "admin")
+#: The kind of principal a key of each role belongs to.
+KIND_OF_ROLE = {"uploader": "uploader", "analyst": "analyst_team", "admin": "admin"}
 KEY_PREFIX_LENGTH = 12  # "rk_" + 9 characters: shown in listings and logs, never enough to use
 
 # Each entry upgrades the schema by one version; never edit a released entry, append one.
@@ -112,11 +119,74 @@ _MIGRATIONS = [
     );
     CREATE INDEX decision_changes_by_decision ON decision_changes (decision_id, change_id);
     """,
+    # Principals: who a key acts for and whom a licence is granted to. Existing keys get one
+    # principal per (label, role) — the label is the only owner the old schema recorded —
+    # and existing licences the principal named by their licensee; old decisions record the
+    # principal of the key that made them, so a rescan checks licences against it.
+    """
+    CREATE TABLE principals (
+        principal_id  INTEGER PRIMARY KEY AUTOINCREMENT,
+        name          TEXT    NOT NULL UNIQUE,
+        kind          TEXT    NOT NULL CHECK (kind IN ('uploader', 'rights_holder', 'analyst_team', 'admin')),
+        created_at    TEXT    NOT NULL
+    );
+    ALTER TABLE api_keys ADD COLUMN principal_id INTEGER REFERENCES principals (principal_id);
+    ALTER TABLE licences ADD COLUMN licensee_principal_id INTEGER REFERENCES principals (principal_id);
+    ALTER TABLE decisions ADD COLUMN principal_id INTEGER REFERENCES principals (principal_id);
+    CREATE TEMP TABLE key_owners AS
+        SELECT prefix,
+               COALESCE(NULLIF(TRIM(label), ''), 'keys') || ' (' || role || ')' AS name,
+               CASE role WHEN 'uploader' THEN 'uploader' WHEN 'analyst' THEN 'analyst_team'
+                         ELSE 'admin' END AS kind,
+               created_at
+        FROM api_keys;
+    INSERT INTO principals (name, kind, created_at)
+        SELECT name, kind, MIN(created_at) FROM key_owners GROUP BY name, kind;
+    UPDATE api_keys SET principal_id = (SELECT p.principal_id FROM key_owners o JOIN principals p
+                                        ON p.name = o.name WHERE o.prefix = api_keys.prefix);
+    DROP TABLE key_owners;
+    INSERT INTO principals (name, kind, created_at)
+        SELECT licensee, 'uploader', MIN(granted_at) FROM licences
+        WHERE licensee NOT IN (SELECT name FROM principals) GROUP BY licensee;
+    UPDATE licences SET licensee_principal_id = (SELECT principal_id FROM principals
+                                                 WHERE name = licences.licensee);
+    UPDATE decisions SET principal_id = (SELECT principal_id FROM api_keys
+                                         WHERE api_keys.prefix = decisions.key_prefix);
+    UPDATE decisions SET body = json_set(body, '$.principal',
+                                         (SELECT name FROM principals
+                                          WHERE principals.principal_id = decisions.principal_id));
+    CREATE INDEX api_keys_by_principal ON api_keys (principal_id);
+    CREATE INDEX licences_by_principal ON licences (licensee_principal_id);
+    """,
+    # Catalogue intents: a registration or deletion in flight between the index and this
+    # database. Written before the first side changes and removed with the last, so the
+    # startup reconciliation knows what to finish or undo after a crash.
+    """
+    CREATE TABLE catalogue_intents (
+        intent_id     INTEGER PRIMARY KEY AUTOINCREMENT,
+        action        TEXT    NOT NULL CHECK (action IN ('register', 'delete')),
+        stored_path   TEXT    NOT NULL,           -- the reference recording in works_dir
+        track_id      INTEGER,                    -- for a deletion: the track to take out
+        created_at    TEXT    NOT NULL
+    );
+    """,
 ]
 
 
 class SchemaError(RuntimeError):
     """The database was written by a newer version of the service."""
+
+
+class DatabaseBusyError(RuntimeError):
+    """Another process held the database locked for longer than the busy timeout; nothing was changed."""
+
+
+class LastAdminKeyError(ValueError):
+    """Revoking this key would leave no live admin key: nobody could manage the service any more."""
+
+
+class PrincipalKindError(ValueError):
+    """A key's role does not fit the kind of the principal it would belong to."""
 
 
 def utc_now() -> datetime:
@@ -129,6 +199,16 @@ def _iso(moment: datetime | None) -> str | None:
 
 def _parse(text: str | None) -> datetime | None:
     return None if text is None else datetime.fromisoformat(text)
+
+
+@contextmanager
+def _busy_as_error() -> Iterator[None]:
+    try:
+        yield
+    except sqlite3.OperationalError as err:
+        if "locked" in str(err) or "busy" in str(err):
+            raise DatabaseBusyError(f"the service database is locked by another process ({err})") from err
+        raise
 
 
 def hash_key(key: str) -> str:
@@ -153,14 +233,36 @@ class Work:
 
 
 @dataclass(frozen=True)
+class Principal:
+    """Who acts: an uploader organisation, a rights holder, an analyst team or an administrator."""
+
+    principal_id: int
+    name: str
+    kind: str
+    created_at: datetime
+
+
+@dataclass(frozen=True)
 class ApiKey:
-    """A stored API key (never the key itself)."""
+    """A stored API key (never the key itself) and the principal it acts for."""
 
     prefix: str
     role: str
     label: str | None
     created_at: datetime
     revoked_at: datetime | None
+    principal_id: int
+    principal: str
+
+
+@dataclass(frozen=True)
+class CatalogueIntent:
+    """A work registration or deletion begun but not finished (see ``catalogue_intents``)."""
+
+    intent_id: int
+    action: str
+    stored_path: str
+    track_id: int | None
 
 
 @dataclass(frozen=True)
@@ -210,16 +312,35 @@ class WorkEvidence:
 
 
 class ServiceDB:
-    """The service database at ``path`` (created and migrated on open)."""
+    """The service database at ``path`` (created and migrated on open).
 
-    def __init__(self, path: Path):
+    Parameters
+    ----------
+    path : Path
+    busy_timeout : float
+        Seconds a statement waits for another process's lock before
+        :class:`DatabaseBusyError` (nothing changed).
+    """
+
+    def __init__(self, path: Path, busy_timeout: float = 10.0):
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
         self._lock = threading.RLock()
+        # Key hashes, licences and upload evidence: readable by the service's user only. SQLite
+        # gives its -wal and -shm files the database file's mode. The file is only opened here
+        # when new: closing a descriptor of a database this process has open would drop the
+        # POSIX locks SQLite holds on it.
+        try:
+            os.close(os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600))
+        except FileExistsError:
+            pass
+        for existing in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
+            if existing.exists():
+                existing.chmod(0o600)
         self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
         self._db.row_factory = sqlite3.Row
-        self._db.execute("PRAGMA busy_timeout=10000")
+        self._db.execute(f"PRAGMA busy_timeout={int(busy_timeout * 1000)}")
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA foreign_keys=ON")
         self._migrate()
@@ -230,19 +351,36 @@ class ServiceDB:
             raise SchemaError(f"{self.path}: service database schema v{version} is newer than this "
                               f"Refrain (v{len(_MIGRATIONS)})")
         for number, script in enumerate(_MIGRATIONS[version:], start=version + 1):
-            self._db.executescript(f"BEGIN; {script}; PRAGMA user_version={number}; COMMIT;")
+            try:
+                self._db.executescript(f"BEGIN IMMEDIATE; {script}; PRAGMA user_version={number}; COMMIT;")
+            except BaseException:
+                if self._db.in_transaction:
+                    self._db.execute("ROLLBACK")
+                raise
 
     def close(self) -> None:
         with self._lock:
             self._db.close()
 
     def _query(self, sql: str, params=()) -> list[sqlite3.Row]:
-        with self._lock:
+        with self._lock, _busy_as_error():
             return self._db.execute(sql, params).fetchall()
 
     def _execute(self, sql: str, params=()) -> sqlite3.Cursor:
-        with self._lock:
+        with self._lock, _busy_as_error():
             return self._db.execute(sql, params)
+
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction (taken at once: no upgrade deadlock); rolled back on any error."""
+        with self._lock, _busy_as_error():
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
 
     # -- works ---------------------------------------------------------------------------------
 
@@ -254,12 +392,15 @@ class ServiceDB:
                     duration=row["duration"], created_at=_parse(row["created_at"]))
 
     def add_work(self, track_id: int, title: str, artists: list[str], rights_holder: str,
-                 isrc: str | None, filename: str, stored_path: str, duration: float) -> Work:
-        cursor = self._execute(
-            "INSERT INTO works (track_id, title, artists, rights_holder, isrc, filename, stored_path,"
-            " duration, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (track_id, title, json.dumps(artists), rights_holder, isrc, filename, stored_path,
-             duration, _iso(utc_now())))
+                 isrc: str | None, filename: str, stored_path: str, duration: float, intent_id: int) -> Work:
+        """Register a work and close its registration intent, in one transaction."""
+        with self._transaction() as db:
+            cursor = db.execute(
+                "INSERT INTO works (track_id, title, artists, rights_holder, isrc, filename, stored_path,"
+                " duration, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (track_id, title, json.dumps(artists), rights_holder, isrc, filename, stored_path,
+                 duration, _iso(utc_now())))
+            db.execute("DELETE FROM catalogue_intents WHERE intent_id = ?", (intent_id,))
         return self.get_work(int(cursor.lastrowid))
 
     def get_work(self, work_id: int) -> Work | None:
@@ -278,8 +419,48 @@ class ServiceDB:
         total = self._query("SELECT COUNT(*) FROM works")[0][0]
         return [self._work(row) for row in rows], int(total)
 
-    def delete_work(self, work_id: int) -> None:
-        self._execute("DELETE FROM works WHERE work_id = ?", (work_id,))
+    def delete_work(self, work_id: int) -> tuple[Work, CatalogueIntent] | None:
+        """Delete a work's row and record the intent to take its track out of the index, atomically.
+
+        Returns None for an unknown work. The caller removes the track and then
+        :meth:`finish_intent`; after a crash the startup reconciliation does.
+        """
+        with self._transaction() as db:
+            rows = db.execute("SELECT * FROM works WHERE work_id = ?", (work_id,)).fetchall()
+            if not rows:
+                return None
+            work = self._work(rows[0])
+            db.execute("DELETE FROM works WHERE work_id = ?", (work_id,))
+            cursor = db.execute("INSERT INTO catalogue_intents (action, stored_path, track_id, created_at)"
+                                " VALUES ('delete', ?, ?, ?)", (work.stored_path, work.track_id, _iso(utc_now())))
+        return work, CatalogueIntent(int(cursor.lastrowid), "delete", work.stored_path, work.track_id)
+
+    def work_by_stored_path(self, stored_path: str) -> Work | None:
+        rows = self._query("SELECT * FROM works WHERE stored_path = ?", (stored_path,))
+        return self._work(rows[0]) if rows else None
+
+    # -- catalogue intents ---------------------------------------------------------------------
+
+    def begin_registration(self, stored_path: str) -> CatalogueIntent:
+        """Record that ``stored_path`` is about to be ingested (before the index changes)."""
+        cursor = self._execute("INSERT INTO catalogue_intents (action, stored_path, created_at)"
+                               " VALUES ('register', ?, ?)", (stored_path, _iso(utc_now())))
+        return CatalogueIntent(int(cursor.lastrowid), "register", stored_path, None)
+
+    def finish_intent(self, intent_id: int) -> None:
+        self._execute("DELETE FROM catalogue_intents WHERE intent_id = ?", (intent_id,))
+
+    def unfinished_intents(self) -> list[CatalogueIntent]:
+        rows = self._query("SELECT * FROM catalogue_intents ORDER BY intent_id")
+        return [CatalogueIntent(row["intent_id"], row["action"], row["stored_path"], row["track_id"])
+                for row in rows]
+
+    def stored_paths(self) -> set[str]:
+        """The reference recordings registered works keep."""
+        return {row[0] for row in self._query("SELECT stored_path FROM works")}
+
+    def work_track_ids(self) -> set[int]:
+        return {row[0] for row in self._query("SELECT track_id FROM works")}
 
     # -- policies ------------------------------------------------------------------------------
 
@@ -303,39 +484,46 @@ class ServiceDB:
 
     # -- licences ------------------------------------------------------------------------------
 
+    _LICENCES = ("SELECT l.*, p.name AS licensee_name FROM licences l"
+                 " LEFT JOIN principals p ON p.principal_id = l.licensee_principal_id")
+
     @staticmethod
     def _licence(row: sqlite3.Row) -> Licence:
-        return Licence(licence_id=row["licence_id"], work_id=row["work_id"], licensee=row["licensee"],
+        # The licensee is the principal's name (unique): policy compares it with the name of
+        # the principal whose key made the upload, never with anything the client typed.
+        return Licence(licence_id=row["licence_id"], work_id=row["work_id"],
+                       licensee=row["licensee_name"] or row["licensee"],
                        uses=frozenset(json.loads(row["uses"])), granted_at=_parse(row["granted_at"]),
                        valid_until=_parse(row["valid_until"]), revoked_at=_parse(row["revoked_at"]))
 
-    def add_licence(self, work_id: int, licensee: str, uses: list[str],
+    def add_licence(self, work_id: int, licensee: Principal, uses: list[str],
                     valid_until: datetime | None) -> Licence:
         licence_id = "lic_" + secrets.token_urlsafe(12)
         self._execute(
-            "INSERT INTO licences (licence_id, work_id, licensee, uses, granted_at, valid_until)"
-            " VALUES (?, ?, ?, ?, ?, ?)",
-            (licence_id, work_id, licensee, json.dumps(sorted(set(uses))), _iso(utc_now()),
-             _iso(valid_until)))
+            "INSERT INTO licences (licence_id, work_id, licensee, licensee_principal_id, uses, granted_at,"
+            " valid_until) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (licence_id, work_id, licensee.name, licensee.principal_id, json.dumps(sorted(set(uses))),
+             _iso(utc_now()), _iso(valid_until)))
         return self.get_licence(licence_id)
 
     def get_licence(self, licence_id: str) -> Licence | None:
-        rows = self._query("SELECT * FROM licences WHERE licence_id = ?", (licence_id,))
+        rows = self._query(f"{self._LICENCES} WHERE licence_id = ?", (licence_id,))
         return self._licence(rows[0]) if rows else None
 
     def list_licences(self, work_id: int | None, licensee: str | None, limit: int,
                       offset: int) -> tuple[list[Licence], int]:
         where, params = [], []
         if work_id is not None:
-            where.append("work_id = ?")
+            where.append("l.work_id = ?")
             params.append(work_id)
         if licensee is not None:
-            where.append("licensee = ?")
+            where.append("p.name = ?")
             params.append(licensee)
         clause = (" WHERE " + " AND ".join(where)) if where else ""
-        rows = self._query(f"SELECT * FROM licences{clause} ORDER BY granted_at, licence_id"
+        rows = self._query(f"{self._LICENCES}{clause} ORDER BY l.granted_at, l.licence_id"
                            " LIMIT ? OFFSET ?", (*params, limit, offset))
-        total = self._query(f"SELECT COUNT(*) FROM licences{clause}", params)[0][0]
+        total = self._query("SELECT COUNT(*) FROM licences l LEFT JOIN principals p"
+                            f" ON p.principal_id = l.licensee_principal_id{clause}", params)[0][0]
         return [self._licence(row) for row in rows], int(total)
 
     def revoke_licence(self, licence_id: str) -> Licence | None:
@@ -343,55 +531,121 @@ class ServiceDB:
                       (_iso(utc_now()), licence_id))
         return self.get_licence(licence_id)
 
+    # -- principals ----------------------------------------------------------------------------
+
+    @staticmethod
+    def _principal(row: sqlite3.Row) -> Principal:
+        return Principal(principal_id=row["principal_id"], name=row["name"], kind=row["kind"],
+                         created_at=_parse(row["created_at"]))
+
+    def get_principal(self, name: str) -> Principal | None:
+        rows = self._query("SELECT * FROM principals WHERE name = ?", (name,))
+        return self._principal(rows[0]) if rows else None
+
+    def list_principals(self) -> list[Principal]:
+        return [self._principal(row) for row in self._query("SELECT * FROM principals ORDER BY principal_id")]
+
+    def ensure_principal(self, name: str, kind: str) -> Principal:
+        """The principal called ``name``, created with ``kind`` if missing.
+
+        Raises
+        ------
+        PrincipalKindError
+            If it exists with another kind.
+        """
+        if kind not in PRINCIPAL_KINDS:
+            raise ValueError(f"unknown principal kind {kind!r}; kinds: {', '.join(PRINCIPAL_KINDS)}")
+        with self._transaction() as db:
+            db.execute("INSERT INTO principals (name, kind, created_at) VALUES (?, ?, ?)"
+                       " ON CONFLICT (name) DO NOTHING", (name, kind, _iso(utc_now())))
+            found = self._principal(db.execute("SELECT * FROM principals WHERE name = ?", (name,)).fetchone())
+        if found.kind != kind:
+            raise PrincipalKindError(f"principal {name!r} is of kind {found.kind}, not {kind}")
+        return found
+
     # -- API keys ------------------------------------------------------------------------------
 
-    def create_key(self, role: str, label: str | None = None) -> tuple[str, ApiKey]:
-        """Make a new key; returns (the key — shown once, never stored — and its record)."""
+    def create_key(self, role: str, principal: str, label: str | None = None) -> tuple[str, ApiKey]:
+        """Make a new key acting for ``principal`` (created if missing, with the kind the role implies).
+
+        Returns
+        -------
+        key : str
+            The key itself: shown once, never stored.
+        record : ApiKey
+
+        Raises
+        ------
+        PrincipalKindError
+            If the principal exists with a kind the role does not fit.
+        """
         if role not in ROLES:
             raise ValueError(f"unknown role {role!r}; roles: {', '.join(ROLES)}")
+        owner = self.ensure_principal(principal, KIND_OF_ROLE[role])
         key = "rk_" + secrets.token_urlsafe(32)
         prefix = key[:KEY_PREFIX_LENGTH]
-        self._execute("INSERT INTO api_keys (prefix, key_hash, role, label, created_at)"
-                      " VALUES (?, ?, ?, ?, ?)", (prefix, hash_key(key), role, label, _iso(utc_now())))
+        self._execute("INSERT INTO api_keys (prefix, key_hash, role, label, created_at, principal_id)"
+                      " VALUES (?, ?, ?, ?, ?, ?)",
+                      (prefix, hash_key(key), role, label, _iso(utc_now()), owner.principal_id))
         return key, self.get_key(prefix)
+
+    _KEYS = ("SELECT k.*, p.name AS principal_name FROM api_keys k"
+             " JOIN principals p ON p.principal_id = k.principal_id")
 
     @staticmethod
     def _key(row: sqlite3.Row) -> ApiKey:
         return ApiKey(prefix=row["prefix"], role=row["role"], label=row["label"],
-                      created_at=_parse(row["created_at"]), revoked_at=_parse(row["revoked_at"]))
+                      created_at=_parse(row["created_at"]), revoked_at=_parse(row["revoked_at"]),
+                      principal_id=row["principal_id"], principal=row["principal_name"])
 
     def get_key(self, prefix: str) -> ApiKey | None:
-        rows = self._query("SELECT * FROM api_keys WHERE prefix = ?", (prefix,))
+        rows = self._query(f"{self._KEYS} WHERE k.prefix = ?", (prefix,))
         return self._key(rows[0]) if rows else None
 
     def authenticate(self, key: str) -> ApiKey | None:
         """The live key record matching this key, or None (unknown or revoked)."""
-        rows = self._query("SELECT * FROM api_keys WHERE key_hash = ? AND revoked_at IS NULL",
-                           (hash_key(key),))
+        rows = self._query(f"{self._KEYS} WHERE k.key_hash = ? AND k.revoked_at IS NULL", (hash_key(key),))
         return self._key(rows[0]) if rows else None
 
     def list_keys(self) -> list[ApiKey]:
-        return [self._key(row) for row in self._query("SELECT * FROM api_keys ORDER BY created_at")]
+        return [self._key(row) for row in self._query(f"{self._KEYS} ORDER BY k.created_at, k.prefix")]
 
     def revoke_key(self, prefix: str) -> ApiKey | None:
-        self._execute("UPDATE api_keys SET revoked_at = ? WHERE prefix = ? AND revoked_at IS NULL",
-                      (_iso(utc_now()), prefix))
+        """Revoke a key (a no-op if it already is); None if unknown.
+
+        Raises
+        ------
+        LastAdminKeyError
+            If it is the last live admin key.
+        """
+        with self._transaction() as db:
+            row = db.execute("SELECT role, revoked_at FROM api_keys WHERE prefix = ?", (prefix,)).fetchone()
+            if row is None:
+                return None
+            if row["role"] == "admin" and row["revoked_at"] is None:
+                live_admins = db.execute("SELECT COUNT(*) FROM api_keys WHERE role = 'admin'"
+                                         " AND revoked_at IS NULL").fetchone()[0]
+                if live_admins <= 1:
+                    raise LastAdminKeyError(f"key {prefix} is the last live admin key: create another "
+                                            "admin key before revoking it")
+            db.execute("UPDATE api_keys SET revoked_at = ? WHERE prefix = ? AND revoked_at IS NULL",
+                       (_iso(utc_now()), prefix))
         return self.get_key(prefix)
 
     # -- decisions -----------------------------------------------------------------------------
 
     def add_decision(self, decision_id: str, created_at: datetime, verdict: str,
-                     uploader_id: str | None, key_prefix: str, filename: str, body: dict,
+                     uploader_id: str | None, key: ApiKey, filename: str, body: dict,
                      evidence: list[WorkEvidence], fingerprint: bytes | None = None) -> None:
-        """Store a decision, its evidence and (for later rescans) the upload's fingerprint blob."""
-        with self._lock:
-            self._db.execute("BEGIN")
+        """Store a decision made for ``key``'s principal, its evidence and the upload's fingerprint blob."""
+        with self._lock, _busy_as_error():
+            self._db.execute("BEGIN IMMEDIATE")
             try:
                 self._db.execute(
                     "INSERT INTO decisions (decision_id, created_at, verdict, uploader_id, key_prefix,"
-                    " filename, body) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                    (decision_id, _iso(created_at), verdict, uploader_id, key_prefix, filename,
-                     json.dumps(body)))
+                    " filename, body, principal_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    (decision_id, _iso(created_at), verdict, uploader_id, key.prefix, filename,
+                     json.dumps(body), key.principal_id))
                 self._db.executemany(
                     "INSERT INTO decision_works (decision_id, work_id, track_id, points, spectrogram,"
                     " spectrogram_start, spectrogram_end) VALUES (?, ?, ?, ?, ?, ?, ?)",
@@ -405,6 +659,16 @@ class ServiceDB:
             except BaseException:
                 self._db.execute("ROLLBACK")
                 raise
+
+    def forget_spectrograms(self, before: datetime) -> int:
+        """Drop the spectrogram images of decisions made before ``before``; how many were dropped.
+
+        The aligned points stay: they are the evidence; the image only illustrates it.
+        """
+        cursor = self._execute(
+            "UPDATE decision_works SET spectrogram = NULL WHERE spectrogram IS NOT NULL AND decision_id IN"
+            " (SELECT decision_id FROM decisions WHERE created_at < ?)", (_iso(before),))
+        return cursor.rowcount
 
     def get_decision(self, decision_id: str) -> StoredDecision | None:
         rows = self._query("SELECT * FROM decisions WHERE decision_id = ?", (decision_id,))

@@ -3,20 +3,40 @@
 from __future__ import annotations
 
 import dataclasses
-from datetime import datetime
-from typing import Any, Literal, get_type_hints
+from datetime import datetime, timezone
+from typing import Annotated, Any, Literal, get_type_hints
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, create_model
+from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field, create_model
 
 from refrain.matcher import KINDS, Match, Span
 
 __all__ = [
     "Action", "Use", "Verdict", "Outcome", "Role", "ErrorBody", "PolicyBody", "PolicyOut", "WorkOut",
     "WorkList", "WorkUploadForm", "LicenceIn", "LicenceOut", "LicenceList", "KeyIn", "KeyCreated",
-    "KeyOut", "KeyList", "MatchUploadForm", "SpanOut", "RoyaltyOut", "MatchedWorkOut",
+    "KeyOut", "KeyList", "PrincipalIn", "PrincipalOut", "PrincipalList", "MatchUploadForm", "SpanOut", "RoyaltyOut", "MatchedWorkOut",
     "FingerprintSummary", "DecisionOut", "EvidenceOut", "VerdictChangeOut", "DecisionDetail", "DecisionSummary",
-    "DecisionList", "Health",
+    "DecisionList", "Health", "MAX_DB_INTEGER", "DbId", "BoundedDatetime", "BoundedAwareDatetime",
 ]
+
+#: Ids and offsets are SQLite integers: larger ones cannot even be looked up.
+MAX_DB_INTEGER = 2**63 - 1
+#: Instants the service accepts: any time zone, as long as the instant in UTC is a real date.
+EARLIEST_YEAR, LATEST_YEAR = 1970, 9998
+
+
+def _within_calendar(moment: datetime) -> datetime:
+    """The instant if it is between 1970 and 9998 once in UTC (it is stored and compared in UTC)."""
+    naive_utc = moment.replace(tzinfo=timezone.utc) if moment.tzinfo is None else moment
+    if not EARLIEST_YEAR <= naive_utc.year <= LATEST_YEAR:
+        raise ValueError(f"the date must be between {EARLIEST_YEAR} and {LATEST_YEAR}")
+    return moment
+
+
+#: A datetime with a time zone, within the years the service stores.
+BoundedAwareDatetime = Annotated[AwareDatetime, AfterValidator(_within_calendar)]
+#: A datetime (UTC when it has no zone), within the years the service stores.
+BoundedDatetime = Annotated[datetime, AfterValidator(_within_calendar)]
+DbId = Annotated[int, Field(ge=1, le=MAX_DB_INTEGER)]
 
 Action = Literal["deny", "allow", "licence_required"]
 Use = Literal["copy", "remix", "cover"]
@@ -104,17 +124,19 @@ class WorkUploadForm(BaseModel):
 class LicenceIn(_Strict):
     """A licence to grant."""
 
-    work_id: int
-    licensee: str = Field(min_length=1, max_length=200, description="The uploader id that may rely on it")
-    uses: list[Use] = Field(min_length=1, description="Uses granted")
-    valid_until: AwareDatetime | None = Field(None, description="End of validity (with a time zone); "
-                                                               "null for no end")
+    work_id: DbId
+    licensee: str = Field(min_length=1, max_length=200,
+                          description="The principal (by name) whose keys may rely on it: only uploads "
+                                      "made with that principal's keys are covered")
+    uses: list[Use] = Field(min_length=1, max_length=3, description="Uses granted")
+    valid_until: BoundedAwareDatetime | None = Field(None, description="End of validity (with a time zone, "
+                                                                       "years 1970-9998); null for no end")
 
 
 class LicenceOut(BaseModel):
     licence_id: str
     work_id: int
-    licensee: str
+    licensee: str = Field(description="The licensee principal's name")
     uses: list[Use]
     granted_at: datetime
     valid_until: datetime | None
@@ -132,14 +154,21 @@ class LicenceList(BaseModel):
 # -- API keys -----------------------------------------------------------------------------------
 
 
+PrincipalName = Annotated[str, Field(min_length=1, max_length=200, pattern=r"^[^\x00-\x1f\x7f]+$")]
+
+
 class KeyIn(_Strict):
     role: Role
+    principal: PrincipalName = Field(description="Who the key acts for (an organisation or team), by name; "
+                                                 "created if missing, with the kind the role implies "
+                                                 "(uploader, analyst_team, admin)")
     label: str | None = Field(None, max_length=200, description="Who or what the key is for")
 
 
 class KeyOut(BaseModel):
     prefix: str = Field(description="The key's first characters: identifies it, cannot be used as it")
     role: Role
+    principal: str = Field(description="The principal the key acts for")
     label: str | None
     created_at: datetime
     revoked_at: datetime | None
@@ -153,6 +182,27 @@ class KeyList(BaseModel):
     items: list[KeyOut]
 
 
+PrincipalKind = Literal["uploader", "rights_holder", "analyst_team", "admin"]
+
+
+class PrincipalIn(_Strict):
+    name: PrincipalName
+    kind: PrincipalKind
+
+
+class PrincipalOut(BaseModel):
+    """Who acts: keys belong to a principal, licences are granted to one."""
+
+    principal_id: int
+    name: str
+    kind: PrincipalKind
+    created_at: datetime
+
+
+class PrincipalList(BaseModel):
+    items: list[PrincipalOut]
+
+
 # -- matches ------------------------------------------------------------------------------------
 
 
@@ -160,8 +210,9 @@ class MatchUploadForm(BaseModel):
     """`multipart/form-data` body of `POST /v1/matches` and `POST /v1/matches/adhoc`."""
 
     file: bytes = Field(description="The upload to check", json_schema_extra={"format": "binary"})
-    uploader_id: str | None = Field(None, max_length=200, description="Who uploads: a licence only "
-                                    "covers uploads by its licensee")
+    uploader_id: str | None = Field(None, max_length=200, description="A sub-account of the key's principal, "
+                                    "recorded with the decision. Never used for licensing: a licence covers "
+                                    "the uploads made with its licensee principal's keys")
     licence_id: list[str] | None = Field(None, description="Declared licences; repeat the field for "
                                          "several")
 
@@ -232,7 +283,9 @@ class DecisionOut(BaseModel):
     stored: bool
     created_at: datetime
     filename: str
-    uploader_id: str | None
+    principal: str | None = Field(description="The principal whose key made the upload (licences are checked "
+                                              "against it); null for decisions stored before principals")
+    uploader_id: str | None = Field(description="The sub-account label the upload declared")
     licence_ids: list[str]
     verdict: Verdict
     reason: str

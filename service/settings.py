@@ -54,6 +54,46 @@ class ServiceSettings(BaseSettings):
         benchmark's covers, with no false cover on same-style or real music, see
         docs/benchmarks.md#covers); a cover's verdict follows the work's ``covers`` policy. False
         leaves only the landmark tiers (faster for uploads of 16 s or more).
+    upload_dir : Path or None
+        Where uploads are spooled while they stream in and are analysed. Default:
+        ``<index_dir>.uploads/``. It belongs to the service: every file in it is deleted
+        at startup (leftovers of a killed process).
+    header_timeout : float
+        Longest time for a request's headers to arrive, on a new connection or after a
+        response (default 10 s); then the connection is closed.
+    body_idle_timeout : float
+        Longest wait for the next chunk of a request body (default 20 s); then 408 and
+        the connection is closed. Stalled uploads do not hold a connection longer.
+    body_timeout : float
+        Longest time to receive a whole request body (default 900 s: 200 MB at 2 Mbit/s);
+        then 408 and the connection is closed.
+    keep_alive_timeout : float
+        An idle keep-alive connection is closed after this (default 5 s; uvicorn's
+        ``timeout_keep_alive``).
+    max_connections : int
+        Concurrent connections and requests uvicorn accepts (default 1000, uvicorn's
+        ``limit_concurrency``); past it a new request gets 503 at once. Keep it under the
+        process's open-file limit (``ulimit -n``) less the index's files.
+    max_inflight_uploads : int
+        Uploads (``POST /v1/matches``, ``/v1/matches/adhoc``, ``/v1/works``, the analyst
+        page's check) receiving or being analysed at once (default 512); past it 503 with
+        ``Retry-After`` before the body is read.
+    analysis_budget_seconds : float
+        Seconds of audio being decoded and analysed at once, across all uploads (default
+        2400 s: two 20-minute uploads). An upload that would go over it gets 503 with
+        ``Retry-After``; a longer reference recording waits for the whole budget. This is
+        what bounds memory: see docs/service.md "Limits" for the RSS it implies.
+    analysis_threads : int
+        Threads that decode and match uploads (default 4): their own pool, so that
+        health checks and other requests never queue behind matching.
+    retry_after_seconds : int
+        The ``Retry-After`` sent with a 503 (default 10 s).
+    db_busy_timeout : float
+        How long a request waits for the database when another process holds it locked
+        (default 10 s); then 503 with ``Retry-After``, and nothing is changed.
+    spectrogram_retention_days : float
+        Stored decisions keep their spectrogram images this long (default 30 days; the
+        aligned points are kept for ever). Older images are dropped at startup and hourly.
     """
 
     model_config = SettingsConfigDict(env_prefix="REFRAIN_", extra="forbid")
@@ -70,6 +110,18 @@ class ServiceSettings(BaseSettings):
     port: int = Field(8000, ge=0, le=65535)
     cookie_secure: bool = False
     match_covers: bool = True
+    upload_dir: Path | None = None
+    header_timeout: float = Field(10.0, gt=0)
+    body_idle_timeout: float = Field(20.0, gt=0)
+    body_timeout: float = Field(900.0, gt=0)
+    keep_alive_timeout: float = Field(5.0, gt=0)
+    max_connections: int = Field(1000, ge=1)
+    max_inflight_uploads: int = Field(512, ge=1)
+    analysis_budget_seconds: float = Field(2400.0, gt=0)
+    analysis_threads: int = Field(4, ge=1)
+    retry_after_seconds: int = Field(10, ge=1)
+    db_busy_timeout: float = Field(10.0, gt=0)
+    spectrogram_retention_days: float = Field(30.0, ge=0)
 
     @model_validator(mode="after")
     def _default_paths(self) -> "ServiceSettings":
@@ -79,4 +131,12 @@ class ServiceSettings(BaseSettings):
             self.db_path = base.with_name(base.name + ".service.sqlite")
         if self.works_dir is None:
             self.works_dir = base.with_name(base.name + ".works")
+        if self.upload_dir is None:
+            self.upload_dir = base.with_name(base.name + ".uploads")
+        # Absolute: the startup reconciliation compares the index's track sources with them.
+        self.works_dir, self.upload_dir = self.works_dir.resolve(), self.upload_dir.resolve()
+        if self.analysis_budget_seconds < self.max_upload_seconds:
+            raise ValueError(f"analysis_budget_seconds ({self.analysis_budget_seconds:g}) must be at least "
+                             f"max_upload_seconds ({self.max_upload_seconds:g}), or the longest uploads "
+                             "could never be analysed")
         return self

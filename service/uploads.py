@@ -10,7 +10,9 @@ byte count is checked on every chunk.
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
+import re
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,14 +20,29 @@ from typing import Any
 
 from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 
 from refrain.service.errors import ApiError
 
-__all__ = ["ReceivedForm", "receive_form", "FIELD_MAX_BYTES"]
+__all__ = ["ReceivedForm", "receive_form", "safe_suffix", "FIELD_MAX_BYTES", "FILENAME_MAX_CHARS"]
+
+log = logging.getLogger("refrain.service")
 
 FIELD_MAX_BYTES = 8 * 1024      # a text field (title, uploader id, ...) longer than this is refused
+FILENAME_MAX_CHARS = 255        # what most file systems accept for one name
 MAX_FIELDS = 64
+_CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f]")
+_SUFFIX = re.compile(r"\.[A-Za-z0-9]{1,15}$")
+
+
+def safe_suffix(filename: str) -> str:
+    """The filename's extension if it is plain (dot, letters and digits), lower-cased; else ''.
+
+    Stored and temporary files are named by the service: only this much of the
+    client's name reaches the file system (decoders may go by the extension).
+    """
+    found = _SUFFIX.search(filename)
+    return found.group(0).lower() if found else ""
 # Room for the form's text fields and part headers on top of the file's own limit.
 FORM_OVERHEAD_BYTES = MAX_FIELDS * FIELD_MAX_BYTES
 
@@ -76,7 +93,7 @@ def _too_large(max_file_bytes: int) -> ApiError:
 class _FormCollector:
     """python-multipart callbacks that fill a :class:`ReceivedForm`."""
 
-    def __init__(self, form: ReceivedForm, file_field: str, max_file_bytes: int, temp_dir: Path | None):
+    def __init__(self, form: ReceivedForm, file_field: str, max_file_bytes: int, temp_dir: Path):
         self.form = form
         self.file_field = file_field
         self.max_file_bytes = max_file_bytes
@@ -119,10 +136,14 @@ class _FormCollector:
                 raise ApiError(400, "bad_request", f"the form has more than one {self.file_field!r} part")
             filename = options.get(b"filename", b"").decode("utf-8", "replace")
             # Only the last path component: browsers on some systems send full paths.
-            self.form.filename = os.path.basename(filename.replace("\\", "/")) or "upload"
+            filename = os.path.basename(filename.replace("\\", "/")) or "upload"
+            if _CONTROL_CHARACTERS.search(filename):
+                raise ApiError(400, "bad_request", "the file name contains control characters (such as NUL)")
+            if len(filename) > FILENAME_MAX_CHARS:
+                raise ApiError(400, "bad_request", f"the file name is longer than {FILENAME_MAX_CHARS} characters")
+            self.form.filename = filename
             handle = tempfile.NamedTemporaryFile(prefix="refrain-upload-", dir=self.temp_dir,
-                                                 suffix=Path(self.form.filename).suffix[:16],
-                                                 delete=False)
+                                                 suffix=safe_suffix(filename), delete=False)
             self.form.file_path = Path(handle.name)
             self._handle = handle
 
@@ -156,9 +177,12 @@ class _FormCollector:
             self._handle = None
 
 
-async def receive_form(request: Request, max_file_bytes: int, file_field: str = "file",
-                       temp_dir: Path | None = None) -> ReceivedForm:
-    """Stream a ``multipart/form-data`` request body; the file part is written to a temp file.
+async def receive_form(request: Request, max_file_bytes: int, temp_dir: Path,
+                       file_field: str = "file") -> ReceivedForm:
+    """Stream a ``multipart/form-data`` request body; the file part is written to a temp file in ``temp_dir``.
+
+    ``temp_dir`` is the service's own upload folder, so that files a killed process
+    left behind are known to be its own (and deleted at the next start).
 
     Raises
     ------
@@ -193,6 +217,11 @@ async def receive_form(request: Request, max_file_bytes: int, file_field: str = 
     except MultipartParseError as err:
         form.discard()
         raise ApiError(400, "bad_request", f"malformed multipart/form-data body ({err})") from None
+    except ClientDisconnect:
+        form.discard()
+        # Routine on real networks: one line, no traceback; nobody is left to read an answer.
+        log.info("client went away during %s %s after %d bytes", request.method, request.url.path, received)
+        raise ApiError(400, "client_disconnected", "the client closed the connection during the upload") from None
     except BaseException:
         form.discard()
         raise

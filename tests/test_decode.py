@@ -13,6 +13,7 @@ import soxr
 
 from refrain.fingerprint import (AudioDecodeError, FingerprintError, FingerprintParams, fingerprint_file,
                          load_audio)
+from refrain.fingerprint.decode import probe_duration
 
 SR = 22050  # rate of the rendered songs
 RATE = FingerprintParams().sample_rate  # the analysis rate load_audio is asked for
@@ -121,6 +122,11 @@ BAD_FILES = {
     "half a WAV": ("half.wav", lambda e: _cut(e["wav"], 0.5), r"truncated"),
     "half a FLAC": ("half.flac", lambda e: _cut(e["flac"], 0.5), r"truncated"),
     "half an MP3": ("half.mp3", lambda e: _cut(e["mp3"], 0.5), r"truncated"),
+    # libsndfile reads a cut Ogg to the cut without complaint: the missing end-of-stream page tells.
+    "40 % of an Ogg": ("cut.ogg", lambda e: _cut(e["ogg"], 0.4), r"corrupt or truncated audio"),
+    "half an Opus": ("cut.opus", lambda e: _cut(e["opus"], 0.5), r"corrupt or truncated audio"),
+    "an Ogg cut inside its last page": ("end.ogg", lambda e: e["ogg"].read_bytes()[:-10],
+                                        r"corrupt or truncated audio"),
     "WAV header only": ("header.wav", lambda e: e["wav"].read_bytes()[:44],
                         r"truncated|not a readable audio file|no audio samples"),
     "MP3 header only": ("header.mp3", lambda e: e["mp3"].read_bytes()[:400],
@@ -187,3 +193,14 @@ def test_audio_over_max_duration_is_refused(encoded, suffix):
     with pytest.raises(AudioDecodeError, match="over the limit of 5 s"):
         load_audio(encoded[suffix], RATE, max_duration=5.0)
     assert len(load_audio(encoded[suffix], RATE, max_duration=SECONDS + 1)) > 0
+
+
+@pytest.mark.parametrize("suffix", list(FORMATS))
+def test_probe_duration_reads_the_length_without_decoding(encoded, suffix):
+    assert probe_duration(encoded[suffix]) == pytest.approx(SECONDS, abs=0.1)
+
+
+def test_probe_duration_of_a_non_audio_file_is_unknown(tmp_path):
+    path = tmp_path / "notes.ogg"
+    path.write_text("not audio\n" * 50)
+    assert probe_duration(path) is None

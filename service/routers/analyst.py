@@ -16,7 +16,6 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 from markupsafe import Markup
-from starlette.concurrency import run_in_threadpool
 
 from refrain.service.core import MatchService
 from refrain.service.db import ApiKey
@@ -33,8 +32,8 @@ _templates = Environment(loader=FileSystemLoader(Path(__file__).resolve().parent
                          autoescape=select_autoescape(["html"]), trim_blocks=True, lstrip_blocks=True)
 
 
-def _page(name: str, status: int = 200, **context) -> HTMLResponse:
-    return HTMLResponse(_templates.get_template(name).render(**context), status_code=status)
+def _page(name: str, status_code: int = 200, headers: dict[str, str] | None = None, **context) -> HTMLResponse:
+    return HTMLResponse(_templates.get_template(name).render(**context), status_code=status_code, headers=headers)
 
 
 def _signed_in(request: Request, service: MatchService) -> ApiKey | None:
@@ -103,11 +102,13 @@ async def match(request: Request, service: MatchService = Depends(get_service)) 
     if key is None:
         return _sign_in_page("sign in with an analyst key first", 401)
     try:
-        form = await receive_form(request, service.settings.max_upload_bytes)
-        with form:
-            outcome = await run_in_threadpool(service.match_upload, form, key, False)
+        with service.admission.upload():
+            form = await receive_form(request, service.settings.max_upload_bytes, service.settings.upload_dir)
+            with form:
+                outcome = await service.analyse(form, service.settings.max_upload_seconds, service.match_upload,
+                                                form, key, False)
     except ApiError as err:
-        return _page("error.html", err.status, key=key, status=err.status, message=err.message)
+        return _page("error.html", err.status, err.headers, key=key, status=err.status, message=err.message)
     evidence = {e.track_id: e for e in outcome.evidence}
     return _page("decision.html", key=key, decision=outcome.body,
                  works=_works_view(outcome.body, evidence))
@@ -130,7 +131,7 @@ def show_decision(decision_id: str, request: Request,
     try:
         detail = stored_decision(service, decision_id)
     except ApiError as err:
-        return _page("error.html", err.status, key=key, status=err.status, message=err.message)
+        return _page("error.html", err.status, err.headers, key=key, status=err.status, message=err.message)
     body = detail.model_dump(mode="json", by_alias=True)
     return _page("decision.html", key=key, decision=body,
                  works=_works_view(body, service.db.decision_evidence(decision_id)))

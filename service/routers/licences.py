@@ -1,4 +1,4 @@
-"""Licences (admin): the right of one licensee to publish some uses of one work, until a date."""
+"""Licences (admin): the right of one licensee principal to publish some uses of one work, until a date."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from refrain.service.db import utc_now
 from refrain.service.deps import get_service, require_role
 from refrain.service.errors import ApiError
 from refrain.service.routers import error_responses
-from refrain.service.schemas import LicenceIn, LicenceList, LicenceOut
+from refrain.service.schemas import MAX_DB_INTEGER, LicenceIn, LicenceList, LicenceOut
 
 router = APIRouter(prefix="/v1/licences", tags=["licences (admin)"],
                    dependencies=[Depends(require_role("admin"))])
@@ -18,18 +18,24 @@ LicenceId = Path(description="The licence's id (`lic_…`)", max_length=100)
 
 
 @router.post("", status_code=201, response_model=LicenceOut, summary="Grant a licence",
-             responses=error_responses(404))
+             responses=error_responses(400, 404, 408))
 def grant(body: LicenceIn, service: MatchService = Depends(get_service)) -> LicenceOut:
-    """Grant `licensee` the right to publish the listed uses of a work until `valid_until`."""
+    """Grant the principal `licensee` the right to publish the listed uses of a work until
+    `valid_until`: uploads made with that principal's keys may rely on it, nobody else's."""
     if service.db.get_work(body.work_id) is None:
         raise ApiError(404, "not_found", f"work {body.work_id} not found")
-    licence = service.db.add_licence(body.work_id, body.licensee, list(body.uses), body.valid_until)
+    licensee = service.db.get_principal(body.licensee)
+    if licensee is None:
+        raise ApiError(404, "not_found", f"principal {body.licensee!r} not found: create it (POST /v1/principals "
+                                         "or with its first key) before granting it a licence")
+    licence = service.db.add_licence(body.work_id, licensee, list(body.uses), body.valid_until)
     return LicenceOut(**licence_out(licence, utc_now()))
 
 
 @router.get("", response_model=LicenceList, summary="List licences", responses=error_responses())
-def list_licences(work_id: int | None = Query(None, ge=1), licensee: str | None = Query(None, max_length=200),
-                  limit: int = Query(50, ge=1, le=500), offset: int = Query(0, ge=0),
+def list_licences(work_id: int | None = Query(None, ge=1, le=MAX_DB_INTEGER),
+                  licensee: str | None = Query(None, max_length=200, description="The licensee principal's name"),
+                  limit: int = Query(50, ge=1, le=500), offset: int = Query(0, ge=0, le=MAX_DB_INTEGER),
                   service: MatchService = Depends(get_service)) -> LicenceList:
     licences, total = service.db.list_licences(work_id, licensee, limit, offset)
     now = utc_now()

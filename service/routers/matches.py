@@ -5,28 +5,29 @@ from __future__ import annotations
 from datetime import datetime, timezone
 
 from fastapi import APIRouter, Depends, Path, Query, Request, Response
-from starlette.concurrency import run_in_threadpool
 
 from refrain.service.core import MatchService
 from refrain.service.db import ApiKey
 from refrain.service.deps import get_service, require_role
 from refrain.service.errors import ApiError
 from refrain.service.routers import error_responses, multipart_body
-from refrain.service.schemas import (DecisionDetail, DecisionList, DecisionOut, DecisionSummary, EvidenceOut,
-                             Verdict, VerdictChangeOut)
+from refrain.service.schemas import (MAX_DB_INTEGER, BoundedDatetime, DecisionDetail, DecisionList, DecisionOut,
+                                     DecisionSummary, EvidenceOut, Verdict, VerdictChangeOut)
 from refrain.service.uploads import receive_form
 
 router = APIRouter(prefix="/v1/matches", tags=["matches"])
 
 DecisionId = Path(description="The decision's id (`dec_…`)", max_length=100)
-_MATCH_ERRORS = error_responses(400, 404, 413, 415)
+_MATCH_ERRORS = error_responses(400, 404, 408, 413, 415)
 
 
 async def _match(request: Request, service: MatchService, key: ApiKey, store: bool) -> DecisionOut:
-    form = await receive_form(request, service.settings.max_upload_bytes)
-    with form:
-        # Decoding and matching are CPU work: off the event loop, so uploads keep streaming in.
-        outcome = await run_in_threadpool(service.match_upload, form, key, store)
+    with service.admission.upload():
+        form = await receive_form(request, service.settings.max_upload_bytes, service.settings.upload_dir)
+        with form:
+            # Decoding and matching are CPU work: off the event loop, in the analysis pool.
+            outcome = await service.analyse(form, service.settings.max_upload_seconds, service.match_upload,
+                                            form, key, store)
     return DecisionOut(**outcome.body)
 
 
@@ -53,11 +54,12 @@ async def match_adhoc(request: Request, service: MatchService = Depends(get_serv
 
 @router.get("", response_model=DecisionList, summary="List stored decisions",
             responses=error_responses())
-def list_decisions(work_id: int | None = Query(None, ge=1, description="Only decisions that matched this work"),
+def list_decisions(work_id: int | None = Query(None, ge=1, le=MAX_DB_INTEGER,
+                                                description="Only decisions that matched this work"),
                    verdict: Verdict | None = Query(None),
-                   since: datetime | None = Query(None, description="Only decisions made at or after "
-                                                  "this instant (ISO 8601; UTC if no zone)"),
-                   limit: int = Query(50, ge=1, le=500), offset: int = Query(0, ge=0),
+                   since: BoundedDatetime | None = Query(None, description="Only decisions made at or after "
+                                                         "this instant (ISO 8601; UTC if no zone)"),
+                   limit: int = Query(50, ge=1, le=500), offset: int = Query(0, ge=0, le=MAX_DB_INTEGER),
                    service: MatchService = Depends(get_service),
                    _: ApiKey = Depends(require_role("analyst"))) -> DecisionList:
     """Newest first."""
@@ -102,7 +104,7 @@ def get_decision(decision_id: str = DecisionId, service: MatchService = Depends(
             summary="Spectrogram of the upload where a track matched (PNG)",
             responses={**error_responses(404), 200: {"content": {"image/png": {}},
                                                      "description": "PNG image"}})
-def get_spectrogram(decision_id: str = DecisionId, track_id: int = Path(ge=1),
+def get_spectrogram(decision_id: str = DecisionId, track_id: int = Path(ge=1, le=MAX_DB_INTEGER),
                     service: MatchService = Depends(get_service),
                     _: ApiKey = Depends(require_role("analyst"))) -> Response:
     if service.db.get_decision(decision_id) is None:

@@ -3,20 +3,19 @@
 from __future__ import annotations
 
 from fastapi import APIRouter, Depends, Path, Query, Request, Response
-from starlette.concurrency import run_in_threadpool
 
 from refrain import policy
 from refrain.service.core import MatchService, policy_out, work_out
 from refrain.service.deps import get_service, require_role
 from refrain.service.errors import ApiError
 from refrain.service.routers import error_responses, multipart_body
-from refrain.service.schemas import PolicyBody, PolicyOut, WorkList, WorkOut
+from refrain.service.schemas import MAX_DB_INTEGER, PolicyBody, PolicyOut, WorkList, WorkOut
 from refrain.service.uploads import receive_form
 
 router = APIRouter(prefix="/v1/works", tags=["works (admin)"],
                    dependencies=[Depends(require_role("admin"))])
 
-WorkId = Path(description="The work's id", ge=1)
+WorkId = Path(description="The work's id", ge=1, le=MAX_DB_INTEGER)
 
 
 def _get_work(service: MatchService, work_id: int):
@@ -27,7 +26,7 @@ def _get_work(service: MatchService, work_id: int):
 
 
 @router.post("", status_code=201, response_model=WorkOut, summary="Upload a reference recording",
-             responses=error_responses(400, 409, 413, 415),
+             responses=error_responses(400, 408, 409, 413, 415),
              openapi_extra=multipart_body("WorkUploadForm"))
 async def create_work(request: Request, service: MatchService = Depends(get_service)) -> WorkOut:
     """Ingest a reference recording into the index and register it as a work.
@@ -36,15 +35,15 @@ async def create_work(request: Request, service: MatchService = Depends(get_serv
     the size limit is refused with 413 while it arrives. The work gets the default
     policy (deny everything) until `PUT /v1/works/{id}/policy` sets one.
     """
-    form = await receive_form(request, service.settings.max_upload_bytes,
-                              temp_dir=service.settings.works_dir)
-    with form:
-        work = await run_in_threadpool(service.add_work, form)
+    with service.admission.upload():
+        form = await receive_form(request, service.settings.max_upload_bytes, service.settings.upload_dir)
+        with form:
+            work = await service.analyse(form, service.settings.max_reference_seconds, service.add_work, form)
     return WorkOut(**work_out(work, None))
 
 
 @router.get("", response_model=WorkList, summary="List works", responses=error_responses())
-def list_works(limit: int = Query(50, ge=1, le=500), offset: int = Query(0, ge=0),
+def list_works(limit: int = Query(50, ge=1, le=500), offset: int = Query(0, ge=0, le=MAX_DB_INTEGER),
                service: MatchService = Depends(get_service)) -> WorkList:
     works, total = service.db.list_works(limit, offset)
     policies = service.db.policies([w.work_id for w in works])
@@ -74,7 +73,7 @@ def get_policy(work_id: int = WorkId, service: MatchService = Depends(get_servic
 
 
 @router.put("/{work_id}/policy", response_model=PolicyOut, summary="Set a work's AI-use policy",
-            responses=error_responses(404))
+            responses=error_responses(400, 404, 408))
 def put_policy(body: PolicyBody, work_id: int = WorkId,
                service: MatchService = Depends(get_service)) -> PolicyOut:
     """Replace the work's policy: an action for copies, remixes and covers, and the royalty share."""

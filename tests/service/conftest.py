@@ -3,7 +3,8 @@
 The server runs in a background thread of the test process (session scope) and
 is shut down by the fixture. Its catalogue is built through the HTTP API itself
 (``POST /v1/works``) from the suite's synthetic songs; the first admin key comes
-from ``refrain keys create``, as an operator would make it.
+from ``refrain keys create``, as an operator would make it. The uploader key acts for
+the principal ``LICENSEE`` (the AI studio the tests grant licences to).
 """
 
 from __future__ import annotations
@@ -21,7 +22,9 @@ import soxr
 import uvicorn
 
 from refrain.service.app import create_app
+from refrain.service.limits import header_timeout_protocol
 from refrain.service.settings import ServiceSettings
+from service_helpers import LICENSEE
 
 SR = 22050
 #: Small limits so that the over-limit tests send megabytes, not hundreds of them.
@@ -56,11 +59,15 @@ class LiveService:
 
 
 class _ServerThread:
-    """uvicorn.Server in a thread, started and stopped with bounded waits."""
+    """uvicorn.Server in a thread (with the limits ``refrain serve`` sets), started and stopped with bounded waits."""
 
     def __init__(self, app, port: int):
+        settings = app.state.settings
         config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning",
-                                lifespan="on", timeout_graceful_shutdown=5)
+                                lifespan="on", timeout_graceful_shutdown=5,
+                                timeout_keep_alive=settings.keep_alive_timeout,
+                                limit_concurrency=settings.max_connections,
+                                http=header_timeout_protocol(settings.header_timeout))
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, name="refrain-service", daemon=True)
 
@@ -88,8 +95,8 @@ def live_service(service_root, songs, run_refrain) -> LiveService:
     """The running service with an admin, analyst and uploader key and three registered works."""
     settings = ServiceSettings(index_dir=service_root / "index", max_upload_bytes=MAX_UPLOAD_BYTES,
                                max_upload_seconds=MAX_UPLOAD_SECONDS, match_covers=True)
-    made = run_refrain("keys", "create", "--role", "admin", "--label", "tests", "--index",
-                       settings.index_dir)
+    made = run_refrain("keys", "create", "--role", "admin", "--principal", "catalogue-ops", "--label", "tests",
+                       "--index", settings.index_dir)
     assert made.returncode == 0, made.stderr
     admin_key = made.stdout.strip()
     assert admin_key.startswith("rk_") and "shown only this once" in made.stderr
@@ -100,8 +107,8 @@ def live_service(service_root, songs, run_refrain) -> LiveService:
     try:
         live = LiveService(url=f"http://127.0.0.1:{port}", settings=settings, keys={"admin": admin_key})
         with live.client("admin") as admin:
-            for role in ("analyst", "uploader"):
-                made = admin.post("/v1/keys", json={"role": role, "label": f"test {role}"})
+            for role, principal in (("analyst", "analysts"), ("uploader", LICENSEE)):
+                made = admin.post("/v1/keys", json={"role": role, "principal": principal, "label": f"test {role}"})
                 assert made.status_code == 201, made.text
                 live.keys[role] = made.json()["key"]
             for name, seed in WORK_SEEDS.items():

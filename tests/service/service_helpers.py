@@ -7,7 +7,7 @@ from pathlib import Path
 
 import httpx
 
-#: The AI studio the tests grant licences to.
+#: The AI studio the tests grant licences to: the principal of the suite's uploader key.
 LICENSEE = "studio-ai"
 
 
@@ -31,7 +31,9 @@ def post_file(client: httpx.Client, url: str, path: Path, **data) -> httpx.Respo
 
 def grant(admin: httpx.Client, work_id: int, uses: list[str], licensee: str = LICENSEE,
           valid_until: datetime | None = None) -> dict:
-    """Grant a licence through the API (it must succeed) and return it."""
+    """Grant a licence to the uploader principal ``licensee`` (made if missing) through the API; return it."""
+    made = admin.post("/v1/principals", json={"name": licensee, "kind": "uploader"})
+    assert made.status_code == 201, made.text
     made = admin.post("/v1/licences", json={"work_id": work_id, "licensee": licensee, "uses": uses,
                                             "valid_until": valid_until.isoformat() if valid_until else None})
     assert made.status_code == 201, made.text

@@ -77,6 +77,9 @@ def test_a_policy_is_replaced_and_validated(admin, live_service):
 
 def test_licences_are_granted_listed_fetched_and_revoked(admin, live_service):
     work_id = live_service.works["default"]["work_id"]
+    assert_error(admin.post("/v1/licences", json={"work_id": work_id, "licensee": "lister", "uses": ["cover"]}),
+                 404, "not_found")  # a licence goes to a principal that exists
+    assert admin.post("/v1/principals", json={"name": "lister", "kind": "uploader"}).status_code == 201
     made = admin.post("/v1/licences", json={"work_id": work_id, "licensee": "lister", "uses": ["cover", "remix"],
                                             "valid_until": "2099-01-01T00:00:00Z"})
     assert made.status_code == 201, made.text
@@ -101,13 +104,18 @@ def test_licences_are_granted_listed_fetched_and_revoked(admin, live_service):
 
 
 def test_keys_are_created_listed_used_and_revoked(admin, live_service):
-    made = admin.post("/v1/keys", json={"role": "uploader", "label": "short-lived"})
+    made = admin.post("/v1/keys", json={"role": "uploader", "principal": "short-lived-studio", "label": "short-lived"})
     assert made.status_code == 201, made.text
     key = made.json()
     assert key["key"].startswith(key["prefix"]) and len(key["key"]) > 40
     listed = admin.get("/v1/keys").json()["items"]
     entry = next(k for k in listed if k["prefix"] == key["prefix"])
-    assert entry["role"] == "uploader" and "key" not in entry
+    assert entry["role"] == "uploader" and entry["principal"] == "short-lived-studio" and "key" not in entry
+    principals = {p["name"]: p["kind"] for p in admin.get("/v1/principals").json()["items"]}
+    assert principals["short-lived-studio"] == "uploader"  # made with its first key
+    # A principal's kind is fixed: an admin key cannot act for an uploader organisation.
+    assert_error(admin.post("/v1/keys", json={"role": "admin", "principal": "short-lived-studio"}), 409, "conflict")
+    assert_error(admin.post("/v1/keys", json={"role": "uploader"}), 422, "validation_error")  # no principal
     with live_service.client() as client:
         headers = {"X-API-Key": key["key"]}
         assert_error(client.get("/v1/matches", headers=headers), 403, "forbidden")  # live, wrong role

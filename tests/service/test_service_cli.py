@@ -13,7 +13,7 @@ from conftest import free_port
 @pytest.mark.slow
 def test_refrain_serve_answers_on_its_port_and_stops(tmp_path, refrain_command, run_refrain):
     index = tmp_path / "index"
-    made = run_refrain("keys", "create", "--role", "admin", "--index", index)
+    made = run_refrain("keys", "create", "--role", "admin", "--principal", "ops", "--index", index)
     assert made.returncode == 0 and made.stdout.startswith("rk_"), made.stderr
     port = free_port()
     server = subprocess.Popen([*refrain_command, "serve", "--index", str(index), "--port", str(port)],
@@ -48,6 +48,6 @@ def test_refrain_serve_on_a_foreign_directory_is_one_error_line(tmp_path, run_re
 
 
 def test_refrain_keys_create_needs_a_database_and_a_known_role(run_refrain, tmp_path):
-    assert run_refrain("keys", "create", "--role", "admin").returncode == 2
-    done = run_refrain("keys", "create", "--role", "root", "--db", tmp_path / "s.sqlite")
+    assert run_refrain("keys", "create", "--role", "admin", "--principal", "ops").returncode == 2
+    done = run_refrain("keys", "create", "--role", "root", "--principal", "ops", "--db", tmp_path / "s.sqlite")
     assert done.returncode == 2 and "invalid choice" in done.stderr

@@ -43,7 +43,8 @@ def scene(tmp_path_factory, songs, excerpt_file, sped_up_file):
     root = tmp_path_factory.mktemp("rescan-service")
     settings = ServiceSettings(index_dir=root / "index")
     db = ServiceDB(settings.db_path)
-    keys = {role: db.create_key(role)[0] for role in ("admin", "uploader", "analyst")}
+    keys = {role: db.create_key(role, principal)[0]
+            for role, principal in (("admin", "ops"), ("uploader", LICENSEE), ("analyst", "analysts"))}
     db.close()
     server = _ServerThread(create_app(settings), free_port())
     server.start()
