@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -266,6 +267,11 @@ class Refrain:
                 for future in futures:
                     future.cancel()
 
+    def tracks(self) -> list[Track]:
+        """The matchable catalogue recordings, by track id."""
+        ready = self._ready_tracks()
+        return [ready[track_id] for track_id in sorted(ready)]
+
     def remove(self, track_id: int) -> Track:
         """Remove a track (takedown or consent withdrawn); raises KeyError for an unknown id."""
         track = self.store.remove_track(track_id)
@@ -283,12 +289,22 @@ class Refrain:
         """
         return self.match_with_evidence(fp, name)[0]
 
-    def match_with_evidence(self, fp: Fingerprint, name: str) -> tuple[QueryResult, dict[int, np.ndarray]]:
+    def match_with_evidence(self, fp: Fingerprint, name: str,
+                            stats: dict[str, float] | None = None) -> tuple[QueryResult, dict[int, np.ndarray]]:
         """:meth:`match_fingerprint`, plus the aligned points behind each matched track.
 
         For analysts: the points of a track are its :attr:`matcher.Match.points`, the
         (query time, reference time) pairs behind the verdict, to plot against
         ``offset + time_ratio * query time`` (empty for a cover).
+
+        Parameters
+        ----------
+        fp : Fingerprint
+        name : str
+            The query's name in the result.
+        stats : dict, optional
+            If given, the seconds spent in the ``landmark`` tiers and the ``melody`` tier
+            are added to it (for the service's metrics).
 
         Returns
         -------
@@ -297,14 +313,20 @@ class Refrain:
             Per matched track id.
         """
         ready = self._ready_tracks()
+        started = time.perf_counter()
         found: list[Match] = match_fingerprint(
             fp, self.store.tiers, self.config.match, self.params,
             {t: track.duration for t, track in ready.items()})
+        landmark_done = time.perf_counter()
         melody = self.store.melody
         if melody is not None and self.params.melody is not None:
             found += match_covers(fp.melody, melody, self.config.cover,
                                   self.params.melody.chroma_seconds(self.params.frame_seconds),
                                   allowed=set(ready), skip={m.track_id for m in found})
+            if stats is not None:
+                stats["melody"] = stats.get("melody", 0.0) + time.perf_counter() - landmark_done
+        if stats is not None:
+            stats["landmark"] = stats.get("landmark", 0.0) + landmark_done - started
         matches = []
         for m in found:
             track = ready[m.track_id]

@@ -12,6 +12,7 @@ import logging
 import re
 import secrets
 import shutil
+import threading
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -29,6 +30,7 @@ from refrain.config import Config
 from refrain.service.db import ApiKey, ServiceDB, Work, WorkEvidence, utc_now
 from refrain.service.errors import ApiError
 from refrain.service.locking import ReadWriteLock
+from refrain.service.observability import annotate, stage, tier_timings
 from refrain.service.render import spectrogram_png
 from refrain.service.settings import ServiceSettings
 from refrain.service.uploads import ReceivedForm
@@ -106,12 +108,6 @@ class MatchService:
         except BaseException:
             self.db.close()
             raise
-        try:
-            self.refrain.warm_up()  # the first upload must not wait for compilation
-        except BaseException:
-            self.refrain.close()
-            self.db.close()
-            raise
         upgradable = self.refrain.store.upgradable()
         if upgradable:
             log.warning("%s: index from an earlier Refrain (%s tiers): lookups are slower until "
@@ -119,6 +115,24 @@ class MatchService:
                         ", ".join(upgradable), settings.index_dir)
         self.lock = ReadWriteLock()
         settings.works_dir.mkdir(parents=True, exist_ok=True)
+        self.warmed = threading.Event()
+        self.warm_up_error: str | None = None
+
+    def warm_up(self) -> None:
+        """Compile the matcher's kernels (or load them from numba's cache); sets :attr:`warmed`.
+
+        The application runs it in the background at startup, so that liveness answers at
+        once and readiness only once no upload would wait for compilation. A failure is
+        logged and kept in :attr:`warm_up_error` (the service then never turns ready).
+        """
+        try:
+            with self.lock.read():
+                self.refrain.warm_up()
+        except Exception as err:
+            self.warm_up_error = f"warm-up failed: {type(err).__name__}: {err}"
+            log.exception("the matcher's warm-up failed")
+            return
+        self.warmed.set()
 
     def close(self) -> None:
         with self.lock.write():
@@ -214,29 +228,35 @@ class MatchService:
 
         params = self.refrain.params
         try:
-            samples = load_audio(form.file_path, params.sample_rate, self.settings.max_upload_seconds)
-            fp = fingerprint_signal(samples, params, dense_peaks=True)
+            with stage("decode"):
+                samples = load_audio(form.file_path, params.sample_rate, self.settings.max_upload_seconds)
+            with stage("fingerprint"):
+                fp = fingerprint_signal(samples, params, dense_peaks=True)
         except (AudioDecodeError, FingerprintError) as err:
             raise _audio_error(err, form.file_path, form.filename) from None
 
         now = utc_now()
-        with self.lock.read():
+        with self.lock.read(), stage("match"):
             # One consistent snapshot: the index, the works and their policies cannot change
             # between the match and the decision (catalogue writes take the write side).
             decided = decide_upload(self.refrain, self.db, fp, form.filename, uploader_id, licences, now,
                                     self.settings.review_confidence)
 
-        stored_evidence = [self._evidence(m, decided.points[m.track_id], decided.works.get(m.track_id), samples)
-                           for m in decided.result.matches]
+        with stage("evidence"):
+            stored_evidence = [self._evidence(m, decided.points[m.track_id], decided.works.get(m.track_id),
+                                              samples) for m in decided.result.matches]
         body = decision_body(decided, decision_id=("dec_" + secrets.token_urlsafe(12)) if store else None,
                              stored=store, created_at=now, uploader_id=uploader_id, licence_ids=licence_ids,
                              fingerprint={"sha256": form.sha256, "bytes": form.file_bytes,
                                           "duration": round(fp.duration, 3), "landmarks": len(fp),
                                           "landmarks_per_second": round(len(fp) / max(fp.duration, 1e-9), 2)})
         if store:
-            self.db.add_decision(body["decision_id"], now, decided.decision.verdict, uploader_id, key.prefix,
-                                 form.filename, jsonable(body), stored_evidence,
-                                 fingerprint_to_bytes(fp, params))
+            with stage("store"):
+                self.db.add_decision(body["decision_id"], now, decided.decision.verdict, uploader_id, key.prefix,
+                                     form.filename, jsonable(body), stored_evidence,
+                                     fingerprint_to_bytes(fp, params))
+        annotate(audio_seconds=round(fp.duration, 3), decision_id=body["decision_id"], verdict=body["verdict"],
+                 matched_kinds=[m.kind for m in decided.result.matches])
         return MatchOutcome(body, stored_evidence)
 
     def _evidence(self, m: TrackMatch, points: np.ndarray, work: Work | None, samples: np.ndarray) -> WorkEvidence:
@@ -298,7 +318,7 @@ def decide_upload(refrain: Refrain, db: ServiceDB, fp: Fingerprint, filename: st
     review_confidence : float
         See :class:`service.settings.ServiceSettings`.
     """
-    result, points = refrain.match_with_evidence(fp, filename)
+    result, points = refrain.match_with_evidence(fp, filename, stats=tier_timings())
     works = db.works_by_track([m.track_id for m in result.matches])
     policies = db.policies([w.work_id for w in works.values()])
     decision = policy.decide(

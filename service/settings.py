@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field, model_validator
+from typing import Literal
+
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 __all__ = ["ServiceSettings"]
@@ -51,6 +53,26 @@ class ServiceSettings(BaseSettings):
         benchmark's covers, with no false cover on same-style or real music, see README
         "Melody tier"); a cover's verdict follows the work's ``covers`` policy. False
         leaves only the landmark tiers (faster for uploads of 16 s or more).
+    log_format : {"json", "text"}
+        ``refrain serve`` logs one JSON object per line (default), or plain text.
+    log_level : str
+        Level of the ``refrain`` loggers under ``refrain serve`` (default ``info``).
+    jobs_db_path : Path or None
+        Asynchronous upload jobs and the webhook delivery log (SQLite). Default:
+        ``<index_dir>.jobs.sqlite``.
+    jobs_dir : Path or None
+        Where asynchronous uploads wait for their job. Default: ``<index_dir>.jobs/``.
+    job_workers : int
+        Threads running asynchronous upload jobs (default 1).
+    webhook_secret : str or None
+        Key of the HMAC-SHA256 signature of every webhook (``X-Refrain-Signature``);
+        without one, uploads asking for a ``callback_url`` are refused (422).
+    webhook_attempts : int
+        Deliveries tried before a webhook is given up (default 5).
+    webhook_backoff_seconds : float
+        Wait before the second attempt, doubled for each next one (default 1 s).
+    webhook_timeout_seconds : float
+        Time allowed for one delivery attempt (default 10 s).
     """
 
     model_config = SettingsConfigDict(env_prefix="REFRAIN_", extra="forbid")
@@ -67,6 +89,15 @@ class ServiceSettings(BaseSettings):
     port: int = Field(8000, ge=0, le=65535)
     cookie_secure: bool = False
     match_covers: bool = True
+    log_format: Literal["json", "text"] = "json"
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    jobs_db_path: Path | None = None
+    jobs_dir: Path | None = None
+    job_workers: int = Field(1, ge=1, le=64)
+    webhook_secret: SecretStr | None = None
+    webhook_attempts: int = Field(5, ge=1, le=20)
+    webhook_backoff_seconds: float = Field(1.0, ge=0)
+    webhook_timeout_seconds: float = Field(10.0, gt=0)
 
     @model_validator(mode="after")
     def _default_paths(self) -> "ServiceSettings":
@@ -76,4 +107,8 @@ class ServiceSettings(BaseSettings):
             self.db_path = base.with_name(base.name + ".service.sqlite")
         if self.works_dir is None:
             self.works_dir = base.with_name(base.name + ".works")
+        if self.jobs_db_path is None:
+            self.jobs_db_path = base.with_name(base.name + ".jobs.sqlite")
+        if self.jobs_dir is None:
+            self.jobs_dir = base.with_name(base.name + ".jobs")
         return self
