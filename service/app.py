@@ -21,8 +21,8 @@ from refrain.service.jobs import JobRunner, JobStore
 from refrain.service.observability import Metrics, ObservabilityMiddleware
 from refrain.service.routers import analyst, health, jobs, keys, licences, matches, works
 from refrain.service.schemas import ErrorBody, MatchUploadForm, WorkUploadForm
-from refrain.service.webhooks import DeliveryLog
 from refrain.service.settings import ServiceSettings
+from refrain.service.webhooks import DeliveryLog
 
 __all__ = ["create_app"]
 
