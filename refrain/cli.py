@@ -61,6 +61,7 @@ import argparse
 import dataclasses
 import errno
 import json
+import logging
 import os
 import socket
 import sys
@@ -405,12 +406,13 @@ def cmd_serve(args) -> int:
     sock = _listening_socket(settings.host, settings.port)
     with closing(sock):
         _open_index(settings.index_dir, create=True).close()
-        print(f"serving {settings.index_dir} on http://{settings.host}:{settings.port} "
-              f"(database {settings.db_path}; analyst page /analyst, API docs /docs, readiness "
-              f"/v1/health/ready)", flush=True)
         configure_logging(settings.log_level, json_lines=settings.log_format == "json")
-        # The service writes its own access line (JSON, with the request id): uvicorn's is off.
-        config = uvicorn.Config(create_app(settings), log_level=settings.log_level, access_log=False)
+        logging.getLogger("refrain.service").info(
+            "serving %s on http://%s:%s (database %s; analyst page /analyst, API docs /docs, readiness "
+            "/v1/health/ready)", settings.index_dir, settings.host, settings.port, settings.db_path)
+        # The service writes its own access line (with the request id): uvicorn's is off.
+        config = uvicorn.Config(create_app(settings), log_level=settings.log_level, access_log=False,
+                                log_config=None)
         uvicorn.Server(config).run(sockets=[sock])
     return EXIT_OK
 

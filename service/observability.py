@@ -197,15 +197,20 @@ class JsonLogFormatter(logging.Formatter):
 
 
 def configure_logging(level: str, json_lines: bool) -> None:
-    """Send the ``refrain`` loggers to stdout, as JSON lines or as plain text."""
+    """Send the ``refrain`` and ``uvicorn`` loggers to stdout, as JSON lines or as plain text.
+
+    uvicorn's own records (startup, shutdown, server errors) get the same format, so that
+    every line of the service's output parses alike (run uvicorn with ``log_config=None``).
+    """
     handler = logging.StreamHandler(sys.stdout)
     handler.setFormatter(JsonLogFormatter() if json_lines else
                          logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s %(fields)s",
                                            defaults={"fields": ""}))
-    logger = logging.getLogger("refrain")
-    logger.handlers[:] = [handler]
-    logger.setLevel(level.upper())
-    logger.propagate = False
+    for name in ("refrain", "uvicorn"):
+        logger = logging.getLogger(name)
+        logger.handlers[:] = [handler]
+        logger.setLevel(level.upper())
+        logger.propagate = False
 
 
 # -- the middleware ------------------------------------------------------------------------------

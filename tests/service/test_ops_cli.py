@@ -89,7 +89,9 @@ def test_serve_logs_json_lines_with_request_ids(tmp_path, refrain_command):
     finally:
         server.terminate()
         stdout, stderr = server.communicate(timeout=30)
-    entries = [json.loads(line) for line in stdout.splitlines() if line.startswith("{")]
+    entries = [json.loads(line) for line in stdout.splitlines()]  # every line is JSON, uvicorn's too
     (line,) = [e for e in entries if e.get("request_id") == "ops-check-1"]
     assert line["status"] == 401 and line["route"] == "/v1/works" and line["logger"] == "refrain.access"
-    assert "Traceback" not in stderr
+    assert entries[0]["message"].startswith(f"serving {tmp_path / 'index'} on http://127.0.0.1:{port}")
+    assert any(e["logger"] == "uvicorn.error" and e["message"] == "Application startup complete." for e in entries)
+    assert stderr == ""
