@@ -213,8 +213,14 @@ class MatchService:
 
     # -- matching ------------------------------------------------------------------------------
 
-    def match_upload(self, form: ReceivedForm, key: ApiKey, store: bool) -> MatchOutcome:
-        """Decode, fingerprint, match, decide, and (if ``store``) record the decision."""
+    def match_upload(self, form: ReceivedForm, key: ApiKey, store: bool,
+                     decision_id: str | None = None) -> MatchOutcome:
+        """Decode, fingerprint, match, decide, and (if ``store``) record the decision.
+
+        ``decision_id`` names the stored decision (default: a new random id); an
+        asynchronous job passes its own, so that a job run again after a restart can tell
+        whether its decision was already stored.
+        """
         uploader_id = form.first("uploader_id")
         licence_ids = form.all("licence_id")
         if uploader_id is not None and len(uploader_id) > 200:
@@ -245,7 +251,7 @@ class MatchService:
         with stage("evidence"):
             stored_evidence = [self._evidence(m, decided.points[m.track_id], decided.works.get(m.track_id),
                                               samples) for m in decided.result.matches]
-        body = decision_body(decided, decision_id=("dec_" + secrets.token_urlsafe(12)) if store else None,
+        body = decision_body(decided, decision_id=(decision_id or "dec_" + secrets.token_urlsafe(12)) if store else None,
                              stored=store, created_at=now, uploader_id=uploader_id, licence_ids=licence_ids,
                              fingerprint={"sha256": form.sha256, "bytes": form.file_bytes,
                                           "duration": round(fp.duration, 3), "landmarks": len(fp),

@@ -5,8 +5,11 @@ A job's upload waits in ``jobs_dir`` and its record in the jobs database
 upload is matched (:meth:`service.core.MatchService.match_upload`, decision
 stored). Jobs outlive the process: at startup every job still ``queued`` or
 ``running`` (the service stopped under it) is queued again, so an upload accepted
-with 202 is decided at least once. When a job ends, its ``callback_url`` (if any)
-receives a signed ``match.completed`` or ``match.failed`` webhook (:mod:`service.webhooks`).
+with 202 is decided — and only once: the decision is stored under an id derived
+from the job's, so a job interrupted after storing it is not decided twice. When a
+job ends, its ``callback_url`` (if any) receives a signed ``match.completed`` or
+``match.failed`` webhook (:mod:`service.webhooks`); one a stop prevented is sent at
+the next start.
 """
 
 from __future__ import annotations
@@ -148,9 +151,11 @@ class JobStore:
         return self._job(rows[0]) if rows else None
 
     def unfinished(self) -> list[str]:
-        """Ids of the jobs queued or running (interrupted by a stop), oldest first."""
-        return [row[0] for row in self._execute("SELECT job_id FROM jobs WHERE state IN ('queued', 'running')"
-                                                " ORDER BY created_at, job_id")]
+        """Ids of the jobs queued or running (interrupted by a stop), or ended with their webhook not yet
+        tried, oldest first."""
+        return [row[0] for row in self._execute(
+            "SELECT job_id FROM jobs WHERE state IN ('queued', 'running')"
+            " OR (callback_url IS NOT NULL AND webhook IS NULL) ORDER BY created_at, job_id")]
 
     def counts(self) -> dict[str, int]:
         """Jobs per state (every state present, 0 if none)."""
@@ -244,26 +249,46 @@ class JobRunner:
                 log.exception("upload job %s could not be run", job_id)
 
     def run(self, job_id: str) -> Job:
-        """Match one job's upload, record the outcome and send its webhook."""
+        """Match one job's upload, record the outcome and send its webhook.
+
+        Each step happens once even when a stop interrupted the job: a decision already
+        stored under the job's decision id is taken as the job's outcome, and a finished
+        job only gets its webhook.
+        """
         job = self.store.get(job_id)
-        with recording(job.request_id) as record:
-            annotate(job_id=job_id, principal=job.key_prefix)
-            self.store.start(job_id)
-            outcome = self._match(job)
-            if outcome is not None:
-                self.store.succeed(job_id, outcome["decision_id"], outcome["verdict"])
+        if job.state in ("queued", "running"):
+            decision = self._decide(job)
             job = self.store.get(job_id)
-            self.metrics.observe_analysis(record)
-            log.info("upload job %s %s", job_id, job.state,
-                     extra={"fields": {"request_id": job.request_id, "job_id": job_id, "state": job.state,
-                                       "error": job.error, **record.fields,
-                                       "stages_ms": {k: round(v * 1000, 2) for k, v in record.stages.items()}}})
-        if job.callback_url:
-            self.store.set_webhook(job_id, self._notify(job, outcome))
+        else:
+            stored = self.service.db.get_decision(job.decision_id) if job.decision_id else None
+            decision = stored.body if stored else None
+        if job.callback_url and job.webhook is None:
+            self.store.set_webhook(job_id, self._notify(job, decision))
             job = self.store.get(job_id)
         return job
 
-    def _match(self, job: Job) -> dict | None:
+    def _decide(self, job: Job) -> dict | None:
+        """Run a queued (or interrupted) job; its decision body, or None when it failed."""
+        decision_id = "dec_" + job.job_id.removeprefix("job_")
+        stored = self.service.db.get_decision(decision_id)
+        if stored is not None:  # decided before the service stopped, but not marked so
+            self.store.succeed(job.job_id, decision_id, stored.verdict)
+            return stored.body
+        with recording(job.request_id) as record:
+            annotate(job_id=job.job_id, principal=job.key_prefix)
+            self.store.start(job.job_id)
+            decision = self._match(job, decision_id)
+            if decision is not None:
+                self.store.succeed(job.job_id, decision_id, decision["verdict"])
+            done = self.store.get(job.job_id)
+            self.metrics.observe_analysis(record)
+            log.info("upload job %s %s", job.job_id, done.state,
+                     extra={"fields": {"request_id": job.request_id, "job_id": job.job_id, "state": done.state,
+                                       "error": done.error, **record.fields,
+                                       "stages_ms": {k: round(v * 1000, 2) for k, v in record.stages.items()}}})
+        return decision
+
+    def _match(self, job: Job, decision_id: str) -> dict | None:
         """The decision body, or None when the job failed (recorded as the error an HTTP upload gets)."""
         path = Path(job.file_path)
         try:
@@ -278,7 +303,7 @@ class JobRunner:
         key = self.service.db.get_key(job.key_prefix)
         try:
             with form:
-                return self.service.match_upload(form, key, store=True).body
+                return self.service.match_upload(form, key, store=True, decision_id=decision_id).body
         except ApiError as err:
             self.store.fail(job.job_id, {"status": err.status, "code": err.code, "message": err.message})
         except Exception as err:

@@ -253,3 +253,33 @@ def test_a_refused_webhook_is_not_retried_and_an_unreachable_one_is_given_up(rec
     assert [a["attempt"] for a in log.attempts(gone.delivery_id)] == [1, 2, 3]
     assert log.attempts(refused.delivery_id)[0]["status"] == 410
     log.close()
+
+
+def test_a_job_stopped_after_its_decision_was_stored_is_not_decided_twice_and_still_calls_back(
+        settings, running, receiver, excerpt_file):
+    import sqlite3
+
+    hook = receiver()
+    with running.client("uploader") as uploader, running.client("analyst") as analyst:
+        job_id = post_file(uploader, f"/v1/matches?mode=async&callback_url={hook.url}",
+                           excerpt_file(30, 5.0, 12.0)).json()["job_id"]
+        first = poll(uploader, job_id, webhook=True)
+        decisions = analyst.get("/v1/matches").json()["total"]
+    hook.wait(1)
+    running.stop()
+    # As if the service had stopped between storing the decision and marking the job done.
+    with sqlite3.connect(settings.jobs_db_path) as raw:
+        raw.execute("UPDATE jobs SET state = 'running', finished_at = NULL, decision_id = NULL, verdict = NULL,"
+                    " webhook = NULL WHERE job_id = ?", (job_id,))
+    again = Running(settings, running.keys)
+    try:
+        with again.client("uploader") as uploader, again.client("analyst") as analyst:
+            done = poll(uploader, job_id, webhook=True)
+            assert analyst.get("/v1/matches").json()["total"] == decisions
+        assert (done["state"], done["decision_id"], done["verdict"]) == \
+            ("succeeded", first["decision_id"], first["verdict"])
+        assert done["webhook"]["delivered"] and done["webhook"]["delivery_id"] != first["webhook"]["delivery_id"]
+        (_, body) = hook.wait(2)[1]
+        assert json.loads(body)["data"]["decision"]["decision_id"] == first["decision_id"]
+    finally:
+        again.stop()
