@@ -263,7 +263,9 @@ class JobRunner:
             stored = self.service.db.get_decision(job.decision_id) if job.decision_id else None
             decision = stored.body if stored else None
         if job.callback_url and job.webhook is None:
-            self.store.set_webhook(job_id, self._notify(job, decision))
+            delivery = self._notify(job, decision)
+            self.store.set_webhook(job_id, delivery)
+            self.metrics.webhooks.labels(delivery.event, "delivered" if delivery.delivered else "failed").inc()
             job = self.store.get(job_id)
         return job
 

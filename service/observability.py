@@ -144,6 +144,8 @@ class Metrics:
         self.verdicts = Counter("refrain_verdicts", "Upload verdicts by kind", ["verdict"], registry=registry)
         self.matched_works = Counter("refrain_matched_works", "Works found in uploads, by kind of use",
                                      ["kind"], registry=registry)
+        self.webhooks = Counter("refrain_webhook_deliveries", "Webhooks sent, by event and outcome (delivered, failed)",
+                                ["event", "outcome"], registry=registry)
         self.uploads_in_flight = Gauge("refrain_uploads_in_flight",
                                        "Upload requests being received or analysed now", registry=registry)
         registry.register(_StateCollector(state))

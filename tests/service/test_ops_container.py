@@ -115,3 +115,13 @@ def test_the_locks_pin_every_dependency_as_pyproject_does_with_hashes():
     for text in (full_text, service_text):
         entries = re.split(r"\n(?=[A-Za-z0-9])", text.split("\n", 2)[2])
         assert all("--hash=sha256:" in entry for entry in entries if PIN.match(entry))
+
+
+def test_make_and_ci_install_exactly_the_lock_and_check_it():
+    makefile = (ROOT / "Makefile").read_text()
+    recipe = makefile.split("$(VENV)/.installed: pyproject.toml $(LOCK)\n", 1)[1].split("\n\n", 1)[0]
+    assert "pip install -q --require-hashes -r $(LOCK)" in recipe and "pip install -q --no-deps -e ." in recipe
+    assert "-e '.[dev]'" not in recipe  # nothing resolved outside the lock
+    ci = (ROOT / ".ci" / "run").read_text()
+    assert ci.index("make test") < ci.index("make lock-check") < ci.index("make image")
+    assert "if docker info >/dev/null 2>&1; then" in ci

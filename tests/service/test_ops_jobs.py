@@ -150,6 +150,11 @@ def test_an_async_upload_is_202_then_decided_and_its_signed_webhook_arrives_afte
     assert done["webhook"] == {"delivery_id": event["delivery_id"], "url": hook.url, "event": "match.completed",
                                "delivered": True, "attempts": 2, "last_status": 204, "last_error": None}
 
+    with running.client("admin") as admin:
+        metrics = admin.get("/metrics").text
+    assert 'refrain_webhook_deliveries_total{event="match.completed",outcome="delivered"} 1.0' in metrics
+    assert 'refrain_jobs{state="succeeded"} 1.0' in metrics and "refrain_uploads_total 1.0" in metrics
+
     with running.client("analyst") as analyst:
         stored = analyst.get(f"/v1/matches/{done['decision_id']}")
         assert stored.status_code == 200 and stored.json()["verdict"] == "blocked_copy"
