@@ -11,6 +11,7 @@ continue across the boundaries.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field, fields, replace
 
 import numpy as np
@@ -85,7 +86,8 @@ class MatchParams:
         return replace(self, tiers=tuple(tier if t.name == tier.name else t for t in self.tiers))
 
 
-def match(fp: Fingerprint, catalogue: Catalogue, params: MatchParams) -> list[Match]:
+def match(fp: Fingerprint, catalogue: Catalogue, params: MatchParams,
+          timings: dict[str, float] | None = None) -> list[Match]:
     """Find every catalogue recording the query copies or derives from.
 
     Parameters
@@ -95,6 +97,8 @@ def match(fp: Fingerprint, catalogue: Catalogue, params: MatchParams) -> list[Ma
     catalogue : Catalogue
         The index's tiers, its fingerprint settings and the reportable tracks.
     params : MatchParams
+    timings : dict of str to float, optional
+        If given, the seconds each tier took are added to it under the tier's name.
 
     Returns
     -------
@@ -110,9 +114,12 @@ def match(fp: Fingerprint, catalogue: Catalogue, params: MatchParams) -> list[Ma
         part = _excerpt(fp, first, first + window, catalogue.fingerprint_params) if windowed else fp
         query, in_window = Query(part), set[int]()
         for tier in params.tiers:
+            started = time.perf_counter()
             for m in tier.find(query, catalogue, skip=in_window):
                 in_window.add(m.track_id)
                 found[tier.name].setdefault(m.track_id, []).append(_moved(m, first * frame_seconds))
+            if timings is not None:
+                timings[tier.name] = timings.get(tier.name, 0.0) + time.perf_counter() - started
 
     matches: list[Match] = []
     reported: set[int] = set()

@@ -286,6 +286,11 @@ class Refrain:
                 for future in futures:
                     future.cancel()
 
+    def tracks(self) -> list[Track]:
+        """The matchable catalogue recordings, by track id."""
+        ready = self._ready_tracks()
+        return [ready[track_id] for track_id in sorted(ready)]
+
     def remove(self, track_id: int) -> Track:
         """Remove a track (takedown or consent withdrawn); raises KeyError for an unknown id."""
         track = self.store.remove_track(track_id)
@@ -303,12 +308,22 @@ class Refrain:
         """
         return self.match_with_evidence(fp, name)[0]
 
-    def match_with_evidence(self, fp: Fingerprint, name: str) -> tuple[QueryResult, dict[int, np.ndarray]]:
+    def match_with_evidence(self, fp: Fingerprint, name: str,
+                            stats: dict[str, float] | None = None) -> tuple[QueryResult, dict[int, np.ndarray]]:
         """:meth:`match_fingerprint`, plus the aligned points behind each matched track.
 
         For analysts: the points of a track are its :attr:`matcher.Match.points`, the
         (query time, reference time) pairs behind the verdict, to plot against
         ``offset + time_ratio * query time`` (empty for a cover).
+
+        Parameters
+        ----------
+        fp : Fingerprint
+        name : str
+            The query's name in the result.
+        stats : dict, optional
+            If given, the seconds spent in each tier are added to it under the tier's name
+            (for the service's metrics).
 
         Returns
         -------
@@ -318,7 +333,7 @@ class Refrain:
         """
         ready = self._ready_tracks()
         catalogue = Catalogue(self.store.tiers, self.params, {t: track.duration for t, track in ready.items()})
-        found = match(fp, catalogue, self.config.match)
+        found = match(fp, catalogue, self.config.match, timings=stats)
         matches = [TrackMatch(**{f.name: getattr(m, f.name) for f in fields(Match)},
                               source=ready[m.track_id].source, title=ready[m.track_id].title,
                               artist=ready[m.track_id].artist, isrc=ready[m.track_id].isrc) for m in found]

@@ -6,12 +6,15 @@ the library's, so the CLI, the HTTP service and library users all behave alike.
 
 Commands
 --------
-``refrain ingest --index DIR [--jobs N] [--title T --artist A --isrc I] PATH...``
-    Add files or folders (recursively) to the index, creating it if missing.
+``refrain ingest --index DIR [--jobs N] [--progress-interval S] [--title T --artist A --isrc I] PATH...``
+    Add files or folders (recursively) to the index, creating it if missing. Progress
+    counts audio seconds: a bar on a terminal, else a log line every ``S`` seconds.
 ``refrain match --index DIR [--json] PATH...``
     Match query files or folders; ``--json`` prints one JSON object per query.
 ``refrain remove --index DIR TRACK_ID``
     Take a track out of the index.
+``refrain tracks list --index DIR [--json]`` / ``refrain tracks show --index DIR [--json] TRACK_ID``
+    The index's tracks (ids for ``remove``), or one track's catalogue record.
 ``refrain info --index DIR [--json]``
     Tracks, hours, landmarks and bytes of an index.
 ``refrain demo [--index DIR]``
@@ -39,6 +42,9 @@ Exit codes
 3
     The index cannot be opened: missing, not an index, or locked by another writer
     (``serve``, ``keys``: or the service database cannot be opened).
+4
+    ``serve``: the address cannot be listened on (the port is in use); checked before
+    the index is opened.
 130
     Interrupted (Ctrl-C); work finished so far is saved.
 
@@ -54,10 +60,15 @@ Examples
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import errno
 import json
+import logging
 import os
+import socket
 import sys
 import tempfile
+import time
 from collections import Counter
 from contextlib import closing
 from pathlib import Path
@@ -73,7 +84,7 @@ from refrain.tuning import tune_process
 
 __all__ = ["main", "build_parser"]
 
-EXIT_OK, EXIT_FAILED, EXIT_INDEX, EXIT_INTERRUPTED = 0, 1, 3, 130  # argparse exits 2 itself
+EXIT_OK, EXIT_FAILED, EXIT_INDEX, EXIT_PORT, EXIT_INTERRUPTED = 0, 1, 3, 4, 130  # argparse exits 2 itself
 
 SAMPLE_AUDIO = Path(__file__).resolve().parents[1] / "sample_audio"
 
@@ -85,6 +96,7 @@ exit codes:
   2    usage error
   3    the index cannot be opened (missing, not an index, locked by another writer),
        or the service database or the Dask scheduler cannot be opened
+  4    serve: the address cannot be listened on (port in use), found before the warm-up
   130  interrupted; work finished so far is saved (a rescan continues with --resume)
 """
 
@@ -134,24 +146,70 @@ def _expand(paths: list[str]) -> tuple[list[tuple[str, Path]], bool]:
 # -- commands ------------------------------------------------------------------------------
 
 
+class _Progress:
+    """Ingest progress in seconds of audio: a bar on a terminal, else a log line every ``interval`` seconds.
+
+    Without a terminal (CI, nohup, a service manager) a bar would be invisible or
+    garbled, so progress is written as plain ``progress:`` lines on stderr.
+    """
+
+    def __init__(self, n_files: int, interval: float):
+        self.n_files, self.interval = n_files, interval
+        self.files = self.errors = 0
+        self.audio_seconds = 0.0
+        self.started = self.last_line = time.monotonic()
+        self.bar = (tqdm(unit=" s audio", unit_scale=True, file=sys.stderr, dynamic_ncols=True)
+                    if sys.stderr.isatty() else None)
+
+    def error(self, message: str) -> None:
+        self.errors += 1
+        if self.bar is not None:
+            self.bar.write("error: " + message, file=sys.stderr)
+        else:
+            _error(message)
+
+    def update(self, audio_seconds: float) -> None:
+        self.files += 1
+        self.audio_seconds += audio_seconds
+        if self.bar is not None:
+            self.bar.update(audio_seconds)
+            self.bar.set_postfix_str(f"{self.files}/{self.n_files} files", refresh=False)
+        elif time.monotonic() - self.last_line >= self.interval:
+            self._line()
+
+    def _line(self) -> None:
+        self.last_line = time.monotonic()
+        elapsed = max(self.last_line - self.started, 1e-9)
+        print(f"progress: {self.files}/{self.n_files} files, {self.audio_seconds:,.1f} s of audio "
+              f"({self.audio_seconds / elapsed:,.1f} s of audio per second), {self.errors} errors, "
+              f"{elapsed:,.0f} s elapsed", file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+        elif self.files:
+            self._line()
+
+
 def _ingest_all(refrain: Refrain, files: list[Path], jobs: int = 1,
-                metadata: TrackMetadata = TrackMetadata()) -> Counter:
+                metadata: TrackMetadata = TrackMetadata(), progress_interval: float = 30.0) -> Counter:
     counts: Counter = Counter()
     seconds = landmarks = 0
     results = refrain.ingest(files, jobs=jobs, metadata=metadata)
+    progress = _Progress(len(files), progress_interval)
     try:
         # closing(): if interrupted between two results, the generator still commits.
-        with tqdm(total=len(files), unit="file", file=sys.stderr, disable=None,
-                  dynamic_ncols=True) as bar, closing(results):
+        with closing(results):
             for result in results:
                 counts[result.status] += 1
                 if result.status == "error":
-                    bar.write("error: " + _with_path(result.path, result.error), file=sys.stderr)
+                    progress.error(_with_path(result.path, result.error))
                 elif result.status in ("added", "updated"):
                     seconds += result.duration
                     landmarks += result.n_landmarks
-                bar.update()
+                progress.update(result.duration or 0.0)
     finally:
+        progress.close()
         # Printed after Ctrl-C too: the files finished so far are saved, and how many matters.
         info = refrain.info()
         print(f"{counts['added']} added, {counts['updated']} updated, "
@@ -169,7 +227,7 @@ def cmd_ingest(args) -> int:
     if metadata != TrackMetadata() and len(files) != 1:
         args.parser.error("--title/--artist/--isrc describe one recording: give exactly one file")
     with _open_index(args.index, create=True) as refrain:
-        counts = _ingest_all(refrain, files, args.jobs, metadata)
+        counts = _ingest_all(refrain, files, args.jobs, metadata, args.progress_interval)
     return EXIT_FAILED if counts["error"] or empty_folder else EXIT_OK
 
 
@@ -225,6 +283,34 @@ def cmd_remove(args) -> int:
         except KeyError:
             raise CliError(f"no track with id {args.track_id} in {args.index}") from None
     print(f"removed track {track.track_id}: {track.source}")
+    return EXIT_OK
+
+
+def cmd_tracks_list(args) -> int:
+    with _open_index(args.index, mmap=True) as refrain:
+        tracks = refrain.tracks()
+    if args.json:
+        for track in tracks:
+            print(json.dumps(dataclasses.asdict(track)))
+        return EXIT_OK
+    for track in tracks:
+        described = " — ".join(value for value in (track.title, track.artist) if value)
+        print(f"{track.track_id:>7}  {track.duration:8.1f} s  {track.source}" + (f"  ({described})" if described else ""))
+    print(f"{len(tracks)} tracks", file=sys.stderr)
+    return EXIT_OK
+
+
+def cmd_tracks_show(args) -> int:
+    with _open_index(args.index, mmap=True) as refrain:
+        found = [track for track in refrain.tracks() if track.track_id == args.track_id]
+    if not found:
+        raise CliError(f"no track with id {args.track_id} in {args.index}")
+    record = dataclasses.asdict(found[0])
+    if args.json:
+        print(json.dumps(record))
+    else:
+        for name, value in record.items():
+            print(f"{name:<12} {'' if value is None else value}")
     return EXIT_OK
 
 
@@ -294,21 +380,45 @@ def _service_settings(args):
         raise CliError(f"invalid service settings ({problems})", 2) from None
 
 
+def _listening_socket(host: str, port: int) -> socket.socket:
+    """A socket bound to (host, port), handed to uvicorn; a busy port is one error line and exit code 4."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as err:
+        sock.close()
+        if err.errno == errno.EADDRINUSE:
+            raise CliError(f"{host}:{port} is already in use by another process: stop it or serve on another "
+                           f"--port", EXIT_PORT) from None
+        raise CliError(f"cannot listen on {host}:{port} ({err.strerror or err})", EXIT_PORT) from None
+    return sock
+
+
 def cmd_serve(args) -> int:
     import uvicorn
 
     from refrain.service.app import create_app
     from refrain.service.limits import header_timeout_protocol
+    from refrain.service.observability import configure_logging
 
     settings = _service_settings(args)
-    # Open the index before uvicorn starts, so a locked or foreign index is one error line
-    # and exit code 3, not a traceback from the application's startup.
-    _open_index(settings.index_dir, create=True).close()
-    print(f"serving {settings.index_dir} on http://{settings.host}:{settings.port} "
-          f"(database {settings.db_path}; analyst page /analyst, API docs /docs)", flush=True)
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="info",
-                timeout_keep_alive=settings.keep_alive_timeout, limit_concurrency=settings.max_connections,
-                http=header_timeout_protocol(settings.header_timeout))
+    # The port first, then the index, both before uvicorn starts: a busy port (exit 4) or a
+    # locked or foreign index (exit 3) is one error line, not a traceback after the startup.
+    sock = _listening_socket(settings.host, settings.port)
+    with closing(sock):
+        _open_index(settings.index_dir, create=True).close()
+        configure_logging(settings.log_level, json_lines=settings.log_format == "json")
+        logging.getLogger("refrain.service").info(
+            "serving %s on http://%s:%s (database %s; analyst page /analyst, API docs /docs, readiness "
+            "/v1/health/ready)", settings.index_dir, settings.host, settings.port, settings.db_path)
+        # The service writes its own access line (with the request id): uvicorn's is off.
+        config = uvicorn.Config(create_app(settings), log_level=settings.log_level, access_log=False,
+                                log_config=None, timeout_keep_alive=settings.keep_alive_timeout,
+                                limit_concurrency=settings.max_connections,
+                                http=header_timeout_protocol(settings.header_timeout))
+        uvicorn.Server(config).run(sockets=[sock])
     return EXIT_OK
 
 
@@ -493,6 +603,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--title", help="title of the recording (single-file ingest only)")
     sub.add_argument("--artist", help="artist of the recording (single-file ingest only)")
     sub.add_argument("--isrc", help="ISRC of the recording (single-file ingest only)")
+    sub.add_argument("--progress-interval", type=float, default=30.0, metavar="SECONDS",
+                     help="without a terminal, write a progress line at most this often (default 30)")
     sub.add_argument("paths", nargs="+", metavar="PATH", help="audio files or folders")
 
     sub = command("match", cmd_match, "find catalogue tracks in query files")
@@ -507,6 +619,18 @@ def build_parser() -> argparse.ArgumentParser:
     sub = command("remove", cmd_remove, "remove a track from an index")
     index_option(sub)
     sub.add_argument("track_id", type=int, metavar="TRACK_ID")
+
+    sub = command("tracks", None, "the index's tracks: their ids (for `refrain remove`), sources and metadata")
+    actions = sub.add_subparsers(dest="action", required=True, metavar="ACTION")
+    for name, run, help_text in (("list", cmd_tracks_list, "list the index's tracks, by id"),
+                                 ("show", cmd_tracks_show, "show one track's catalogue record")):
+        action = actions.add_parser(name, help=help_text, description=help_text, epilog=EPILOG,
+                                    formatter_class=formatter)
+        action.set_defaults(run=run, parser=action)
+        index_option(action)
+        action.add_argument("--json", action="store_true", help="JSON (one object per track)")
+        if name == "show":
+            action.add_argument("track_id", type=int, metavar="TRACK_ID")
 
     sub = command("upgrade", cmd_upgrade, "bring an index built by an earlier Refrain to the current "
                                           "layout, in place (faster lookups; no re-ingest)")

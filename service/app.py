@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import logging
+import threading
 from contextlib import asynccontextmanager
 
-from fastapi import Depends, FastAPI, Request
+from fastapi import FastAPI, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
@@ -16,13 +17,15 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from refrain import __version__
 from refrain.service.core import MatchService
 from refrain.service.db import DatabaseBusyError
-from refrain.service.deps import get_service
 from refrain.service.docs import add_offline_docs
 from refrain.service.errors import ApiError
+from refrain.service.jobs import JobRunner, JobStore
 from refrain.service.limits import BodyTimeoutMiddleware, SecurityHeadersMiddleware
-from refrain.service.routers import analyst, keys, licences, matches, principals, works
-from refrain.service.schemas import ErrorBody, Health, MatchUploadForm, WorkUploadForm
+from refrain.service.observability import Metrics, ObservabilityMiddleware
+from refrain.service.routers import analyst, health, jobs, keys, licences, matches, principals, works
+from refrain.service.schemas import ErrorBody, MatchUploadForm, WorkUploadForm
 from refrain.service.settings import ServiceSettings
+from refrain.service.webhooks import DeliveryLog
 from refrain.tuning import tune_process
 
 __all__ = ["create_app"]
@@ -65,11 +68,20 @@ def create_app(settings: ServiceSettings) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         tune_process()
-        app.state.service = await run_in_threadpool(MatchService, settings)
+        service = await run_in_threadpool(MatchService, settings)
+        app.state.service = service
+        # Warm up in the background: liveness answers at once, readiness once it is done.
+        threading.Thread(target=service.warm_up, name="refrain-warm-up", daemon=True).start()
+        job_store, deliveries = JobStore(settings.jobs_db_path), DeliveryLog(settings.jobs_db_path)
+        app.state.jobs = JobRunner(service, job_store, deliveries, app.state.metrics)
+        app.state.jobs.start()
         try:
             yield
         finally:
-            await run_in_threadpool(app.state.service.close)
+            await run_in_threadpool(app.state.jobs.stop)
+            job_store.close()
+            deliveries.close()
+            await run_in_threadpool(service.close)
 
     app = FastAPI(title="Refrain match service", version=__version__, description=DESCRIPTION,
                   lifespan=lifespan, docs_url=None, redoc_url=None)
@@ -77,6 +89,8 @@ def create_app(settings: ServiceSettings) -> FastAPI:
     app.add_middleware(BodyTimeoutMiddleware, idle=settings.body_idle_timeout, total=settings.body_timeout)
     app.add_middleware(SecurityHeadersMiddleware)
     add_offline_docs(app)
+    app.state.metrics = Metrics(lambda: health.service_gauges(app))
+    app.add_middleware(ObservabilityMiddleware, metrics=app.state.metrics)
 
     @app.exception_handler(DatabaseBusyError)
     async def database_busy(request: Request, err: DatabaseBusyError):
@@ -107,11 +121,7 @@ def create_app(settings: ServiceSettings) -> FastAPI:
         log.exception("unhandled error on %s %s", request.method, request.url.path)
         return _error(500, "internal_error", "internal error; it was logged on the server")
 
-    @app.get("/v1/health", response_model=Health, tags=["health"], summary="Liveness (no key needed)")
-    def health(service: MatchService = Depends(get_service)) -> Health:
-        return Health(status="ok", tracks=service.track_count())
-
-    for module in (works, licences, matches, keys, principals, analyst):
+    for module in (works, licences, matches, jobs, keys, principals, analyst, health):
         app.include_router(module.router)
 
     def openapi() -> dict:

@@ -14,6 +14,7 @@ import logging
 import re
 import secrets
 import shutil
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -37,6 +38,7 @@ from refrain.service.db import ApiKey, CatalogueIntent, ServiceDB, Work, WorkEvi
 from refrain.service.errors import ApiError
 from refrain.service.limits import Admission
 from refrain.service.locking import ReadWriteLock
+from refrain.service.observability import annotate, stage, tier_timings
 from refrain.service.render import spectrogram_png
 from refrain.service.settings import ServiceSettings
 from refrain.service.uploads import ReceivedForm, safe_suffix
@@ -116,12 +118,6 @@ class MatchService:
         except BaseException:
             self.db.close()
             raise
-        try:
-            self.refrain.warm_up()  # the first upload must not wait for compilation
-        except BaseException:
-            self.refrain.close()
-            self.db.close()
-            raise
         upgradable = self.refrain.store.upgradable()
         if upgradable:
             log.warning("%s: index from an earlier Refrain (%s tiers): lookups are slower until "
@@ -137,12 +133,30 @@ class MatchService:
         self.analysis_pool = ThreadPoolExecutor(settings.analysis_threads, thread_name_prefix="refrain-analysis")
         self._spectrograms_forgotten_at: float | None = None
         self._tracks = self.refrain.info().tracks
+        self.warmed = threading.Event()
+        self.warm_up_error: str | None = None
         try:
             self.reconcile()
             self.forget_old_spectrograms()
         except BaseException:
             self.close()
             raise
+
+    def warm_up(self) -> None:
+        """Compile the matcher's kernels (or load them from numba's cache); sets :attr:`warmed`.
+
+        The application runs it in the background at startup, so that liveness answers at
+        once and readiness only once no upload would wait for compilation. A failure is
+        logged and kept in :attr:`warm_up_error` (the service then never turns ready).
+        """
+        try:
+            with self.lock.read():
+                self.refrain.warm_up()
+        except Exception as err:
+            self.warm_up_error = f"warm-up failed: {type(err).__name__}: {err}"
+            log.exception("the matcher's warm-up failed")
+            return
+        self.warmed.set()
 
     def close(self) -> None:
         self.analysis_pool.shutdown(wait=True, cancel_futures=True)
@@ -324,11 +338,15 @@ class MatchService:
 
     # -- matching ------------------------------------------------------------------------------
 
-    def match_upload(self, form: ReceivedForm, key: ApiKey, store: bool) -> MatchOutcome:
+    def match_upload(self, form: ReceivedForm, key: ApiKey, store: bool,
+                     decision_id: str | None = None) -> MatchOutcome:
         """Decode, fingerprint, match, decide, and (if ``store``) record the decision.
 
         The upload is made as ``key``'s principal: licences are checked against it. The
         form's ``uploader_id`` only labels a sub-account of that principal, for the audit.
+        ``decision_id`` names the stored decision (default: a new random id); an
+        asynchronous job passes its own, so that a job run again after a restart can tell
+        whether its decision was already stored.
         """
         uploader_id = form.first("uploader_id")
         licence_ids = form.all("licence_id")
@@ -345,21 +363,25 @@ class MatchService:
 
         params = self.refrain.params
         try:
-            samples = load_audio(form.file_path, params.sample_rate, self.settings.max_upload_seconds)
-            fp = fingerprint_signal(samples, params, dense_peaks=True)
+            with stage("decode"):
+                samples = load_audio(form.file_path, params.sample_rate, self.settings.max_upload_seconds)
+            with stage("fingerprint"):
+                fp = fingerprint_signal(samples, params, dense_peaks=True)
         except (AudioDecodeError, FingerprintError) as err:
             raise _audio_error(err, form.file_path, form.filename) from None
 
         now = utc_now()
-        with self.lock.read():
+        with self.lock.read(), stage("match"):
             # One consistent snapshot: the index, the works and their policies cannot change
             # between the match and the decision (catalogue writes take the write side).
             decided = decide_upload(self.refrain, self.db, fp, form.filename, key.principal, licences, now,
                                     self.settings.review_confidence)
 
-        stored_evidence = [self._evidence(m, decided.points[m.track_id], decided.works.get(m.track_id), samples)
-                           for m in decided.result.matches]
-        body = decision_body(decided, decision_id=("dec_" + secrets.token_urlsafe(12)) if store else None,
+        with stage("evidence"):
+            stored_evidence = [self._evidence(m, decided.points[m.track_id], decided.works.get(m.track_id),
+                                              samples) for m in decided.result.matches]
+        body = decision_body(decided, decision_id=(decision_id or "dec_" + secrets.token_urlsafe(12)) if store
+                             else None,
                              stored=store, created_at=now, principal=key.principal, uploader_id=uploader_id,
                              licence_ids=licence_ids,
                              fingerprint={"sha256": form.sha256, "bytes": form.file_bytes,
@@ -367,9 +389,12 @@ class MatchService:
                                           "landmarks_per_second": round(len(fp) / max(fp.duration, 1e-9), 2)})
         if store:
             self.forget_old_spectrograms()
-            self.db.add_decision(body["decision_id"], now, decided.decision.verdict, uploader_id, key,
-                                 form.filename, jsonable(body), stored_evidence,
-                                 fingerprint_to_bytes(fp, params))
+            with stage("store"):
+                self.db.add_decision(body["decision_id"], now, decided.decision.verdict, uploader_id, key,
+                                     form.filename, jsonable(body), stored_evidence,
+                                     fingerprint_to_bytes(fp, params))
+        annotate(audio_seconds=round(fp.duration, 3), decision_id=body["decision_id"], verdict=body["verdict"],
+                 matched_kinds=[m.kind for m in decided.result.matches])
         return MatchOutcome(body, stored_evidence)
 
     def _evidence(self, m: TrackMatch, points: np.ndarray, work: Work | None, samples: np.ndarray) -> WorkEvidence:
@@ -432,7 +457,7 @@ def decide_upload(refrain: Refrain, db: ServiceDB, fp: Fingerprint, filename: st
     review_confidence : float
         See :class:`service.settings.ServiceSettings`.
     """
-    result, points = refrain.match_with_evidence(fp, filename)
+    result, points = refrain.match_with_evidence(fp, filename, stats=tier_timings())
     works = db.works_by_track([m.track_id for m in result.matches])
     policies = db.policies([w.work_id for w in works.values()])
     decision = policy.decide(

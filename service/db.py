@@ -362,6 +362,14 @@ class ServiceDB:
         with self._lock:
             self._db.close()
 
+    def ping(self) -> bool:
+        """Whether the database answers (for the readiness check)."""
+        try:
+            self._query("SELECT 1")
+        except sqlite3.Error:
+            return False
+        return True
+
     def _query(self, sql: str, params=()) -> list[sqlite3.Row]:
         with self._lock, _busy_as_error():
             return self._db.execute(sql, params).fetchall()

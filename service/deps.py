@@ -10,6 +10,7 @@ from fastapi.security import APIKeyHeader
 from refrain.service.core import MatchService
 from refrain.service.db import ApiKey
 from refrain.service.errors import ApiError
+from refrain.service.observability import annotate
 from refrain.service.settings import ServiceSettings
 
 __all__ = ["API_KEY_HEADER", "api_key_scheme", "get_settings", "get_service", "require_role",
@@ -41,6 +42,7 @@ def authenticate(service: MatchService, key: str | None, roles: tuple[str, ...])
     record = service.db.authenticate(key)
     if record is None:
         raise ApiError(401, "unauthorized", "unknown or revoked API key", challenge)
+    annotate(principal=record.prefix, role=record.role)
     if record.role not in roles:
         raise ApiError(403, "forbidden", f"this operation needs the {' or '.join(roles)} role; "
                                          f"this key has the {record.role} role")

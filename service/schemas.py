@@ -13,9 +13,10 @@ from refrain.matcher import KINDS, Match, Span
 __all__ = [
     "Action", "Use", "Verdict", "Outcome", "Role", "ErrorBody", "PolicyBody", "PolicyOut", "WorkOut",
     "WorkList", "WorkUploadForm", "LicenceIn", "LicenceOut", "LicenceList", "KeyIn", "KeyCreated",
-    "KeyOut", "KeyList", "PrincipalIn", "PrincipalOut", "PrincipalList", "MatchUploadForm", "SpanOut", "RoyaltyOut", "MatchedWorkOut",
-    "FingerprintSummary", "DecisionOut", "EvidenceOut", "VerdictChangeOut", "DecisionDetail", "DecisionSummary",
-    "DecisionList", "Health", "MAX_DB_INTEGER", "DbId", "BoundedDatetime", "BoundedAwareDatetime",
+    "KeyOut", "KeyList", "PrincipalIn", "PrincipalOut", "PrincipalList", "MatchUploadForm", "SpanOut",
+    "RoyaltyOut", "MatchedWorkOut", "FingerprintSummary", "DecisionOut", "EvidenceOut", "VerdictChangeOut",
+    "DecisionDetail", "DecisionSummary", "DecisionList", "Health", "MAX_DB_INTEGER", "DbId", "BoundedDatetime",
+    "BoundedAwareDatetime", "Readiness", "ReadinessChecks", "JobState", "JobError", "WebhookDeliveryOut", "JobOut",
 ]
 
 #: Ids and offsets are SQLite integers: larger ones cannot even be looked up.
@@ -59,6 +60,8 @@ class ErrorBody(BaseModel):
                                   "`unsupported_media_type`, `validation_error` (see docs/service.md)")
     message: str = Field(description="What was wrong, in one sentence")
     details: list[dict] | None = Field(None, description="Per-field problems of a 422 validation error")
+    request_id: str | None = Field(None, description="The request's id, as in the `X-Request-ID` header: "
+                                                     "quote it when reporting a problem")
 
 
 # -- works and policies --------------------------------------------------------------------------
@@ -342,3 +345,60 @@ class DecisionList(BaseModel):
 class Health(BaseModel):
     status: Literal["ok"]
     tracks: int = Field(description="Matchable recordings in the index")
+
+
+class ReadinessChecks(BaseModel):
+    index: bool = Field(description="The index is open")
+    database: bool = Field(description="The service database answers")
+    jobs: bool = Field(description="The jobs database answers")
+    warm_up: bool = Field(description="The matcher's kernels are compiled (or loaded from numba's cache)")
+
+
+class Readiness(BaseModel):
+    """Whether the service should receive traffic: 200 when every check passes, else 503."""
+
+    status: Literal["ready", "not_ready"]
+    checks: ReadinessChecks
+    detail: str | None = Field(None, description="What is not ready yet, or why it failed")
+
+
+# -- asynchronous uploads -------------------------------------------------------------------------
+
+JobState = Literal["queued", "running", "succeeded", "failed"]
+
+
+class JobError(BaseModel):
+    """Why a job failed: the error a synchronous upload would have answered."""
+
+    status: int
+    code: str
+    message: str
+
+
+class WebhookDeliveryOut(BaseModel):
+    """The completion webhook of a job: where it went and how its delivery went."""
+
+    delivery_id: str
+    url: str
+    event: str
+    delivered: bool
+    attempts: int = Field(description="Delivery attempts made")
+    last_status: int | None = Field(description="HTTP status of the last attempt (null: no answer)")
+    last_error: str | None
+
+
+class JobOut(BaseModel):
+    """An asynchronous upload (`POST /v1/matches?mode=async`): poll it until `succeeded` or `failed`."""
+
+    job_id: str
+    state: JobState
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    filename: str
+    decision_id: str | None = Field(description="The stored decision, once the job succeeded "
+                                                "(`GET /v1/matches/{decision_id}`)")
+    verdict: Verdict | None
+    error: JobError | None
+    callback_url: str | None = Field(description="Where the completion webhook is sent")
+    webhook: WebhookDeliveryOut | None = Field(description="The completion webhook's delivery, once tried")

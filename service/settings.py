@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field, model_validator
+from typing import Literal
+
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from refrain.policy import DEFAULT_REVIEW_CONFIDENCE
@@ -94,6 +96,26 @@ class ServiceSettings(BaseSettings):
     spectrogram_retention_days : float
         Stored decisions keep their spectrogram images this long (default 30 days; the
         aligned points are kept for ever). Older images are dropped at startup and hourly.
+    log_format : {"json", "text"}
+        ``refrain serve`` logs one JSON object per line (default), or plain text.
+    log_level : str
+        Level of the ``refrain`` loggers under ``refrain serve`` (default ``info``).
+    jobs_db_path : Path or None
+        Asynchronous upload jobs and the webhook delivery log (SQLite). Default:
+        ``<index_dir>.jobs.sqlite``.
+    jobs_dir : Path or None
+        Where asynchronous uploads wait for their job. Default: ``<index_dir>.jobs/``.
+    job_workers : int
+        Threads running asynchronous upload jobs (default 1).
+    webhook_secret : str or None
+        Key of the HMAC-SHA256 signature of every webhook (``X-Refrain-Signature``);
+        without one, uploads asking for a ``callback_url`` are refused (422).
+    webhook_attempts : int
+        Deliveries tried before a webhook is given up (default 5).
+    webhook_backoff_seconds : float
+        Wait before the second attempt, doubled for each next one (default 1 s).
+    webhook_timeout_seconds : float
+        Time allowed for one delivery attempt (default 10 s).
     """
 
     model_config = SettingsConfigDict(env_prefix="REFRAIN_", extra="forbid")
@@ -122,6 +144,15 @@ class ServiceSettings(BaseSettings):
     retry_after_seconds: int = Field(10, ge=1)
     db_busy_timeout: float = Field(10.0, gt=0)
     spectrogram_retention_days: float = Field(30.0, ge=0)
+    log_format: Literal["json", "text"] = "json"
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    jobs_db_path: Path | None = None
+    jobs_dir: Path | None = None
+    job_workers: int = Field(1, ge=1, le=64)
+    webhook_secret: SecretStr | None = None
+    webhook_attempts: int = Field(5, ge=1, le=20)
+    webhook_backoff_seconds: float = Field(1.0, ge=0)
+    webhook_timeout_seconds: float = Field(10.0, gt=0)
 
     @model_validator(mode="after")
     def _default_paths(self) -> "ServiceSettings":
@@ -139,4 +170,8 @@ class ServiceSettings(BaseSettings):
             raise ValueError(f"analysis_budget_seconds ({self.analysis_budget_seconds:g}) must be at least "
                              f"max_upload_seconds ({self.max_upload_seconds:g}), or the longest uploads "
                              "could never be analysed")
+        if self.jobs_db_path is None:
+            self.jobs_db_path = base.with_name(base.name + ".jobs.sqlite")
+        if self.jobs_dir is None:
+            self.jobs_dir = base.with_name(base.name + ".jobs")
         return self

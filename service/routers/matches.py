@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime, timezone
+from typing import Literal
 
 from fastapi import APIRouter, Depends, Path, Query, Request, Response
 
@@ -10,9 +11,11 @@ from refrain.service.core import MatchService
 from refrain.service.db import ApiKey
 from refrain.service.deps import get_service, require_role
 from refrain.service.errors import ApiError
+from refrain.service.jobs import JobRunner
 from refrain.service.routers import error_responses, multipart_body
+from refrain.service.routers.jobs import get_jobs, submit_upload
 from refrain.service.schemas import (MAX_DB_INTEGER, BoundedDatetime, DecisionDetail, DecisionList, DecisionOut,
-                                     DecisionSummary, EvidenceOut, Verdict, VerdictChangeOut)
+                                     DecisionSummary, EvidenceOut, JobOut, Verdict, VerdictChangeOut)
 from refrain.service.uploads import receive_form
 
 router = APIRouter(prefix="/v1/matches", tags=["matches"])
@@ -32,15 +35,27 @@ async def _match(request: Request, service: MatchService, key: ApiKey, store: bo
 
 
 @router.post("", response_model=DecisionOut, summary="Check an upload (stored decision)",
-             responses=_MATCH_ERRORS, openapi_extra=multipart_body("MatchUploadForm"))
-async def match_upload(request: Request, service: MatchService = Depends(get_service),
+             responses={**_MATCH_ERRORS, 202: {"model": JobOut, "description": "`mode=async`: the upload is "
+                                               "queued as a job (`Location`: `/v1/jobs/{job_id}`)"}},
+             openapi_extra=multipart_body("MatchUploadForm"))
+async def match_upload(request: Request,
+                       mode: Literal["sync", "async"] = Query("sync", description="`async`: answer 202 with a "
+                                                              "job at once, decide in the background"),
+                       callback_url: str | None = Query(None, description="`mode=async`: where to POST the "
+                                                        "signed `match.completed` / `match.failed` webhook"),
+                       service: MatchService = Depends(get_service), jobs: JobRunner = Depends(get_jobs),
                        key: ApiKey = Depends(require_role("uploader"))) -> DecisionOut:
     """Match an upload against the catalogue, apply each matched work's policy and the declared
     licences, store the decision for the audit and return it.
 
     The body is `multipart/form-data` (schema `MatchUploadForm`), streamed: over the size
-    limit it is refused with 413 while it arrives.
+    limit it is refused with 413 while it arrives. With `mode=async` the answer is 202 and a
+    job to poll (`GET /v1/jobs/{job_id}`) or to be called back about (`callback_url`).
     """
+    if mode == "async":
+        return await submit_upload(request, service, jobs, key, callback_url)
+    if callback_url is not None:
+        raise ApiError(422, "validation_error", "callback_url needs mode=async")
     return await _match(request, service, key, store=True)
 
 

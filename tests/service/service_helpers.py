@@ -16,7 +16,8 @@ def assert_error(response: httpx.Response, status: int, code: str | None = None)
     assert response.status_code == status, (response.status_code, response.text)
     assert response.headers["content-type"].startswith("application/json"), response.headers
     body = response.json()
-    assert set(body) == {"code", "message", "details"}, body
+    assert set(body) == {"code", "message", "details", "request_id"}, body
+    assert body["request_id"] == response.headers["X-Request-ID"], (body, response.headers)
     assert isinstance(body["message"], str) and body["message"], body
     if code is not None:
         assert body["code"] == code, body
