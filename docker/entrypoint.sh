@@ -4,7 +4,7 @@
 #                    listening on $REFRAIN_HOST (default 0.0.0.0) and $REFRAIN_PORT (default 8000)
 #   warm-up          compile numba's kernels into $NUMBA_CACHE_DIR (the image build runs it, so that
 #                    a container's warm-up only loads them)
-#   anything else    a refrain command, e.g. `keys create --role admin` or `tracks list --index ...`
+#   anything else    a refrain command, e.g. `keys create --role admin --principal ops` or `tracks list --index ...`
 set -eu
 export REFRAIN_INDEX_DIR="${REFRAIN_INDEX_DIR:-/data/index}"
 command="${1:-serve}"

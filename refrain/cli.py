@@ -295,7 +295,8 @@ def cmd_tracks_list(args) -> int:
         return EXIT_OK
     for track in tracks:
         described = " — ".join(value for value in (track.title, track.artist) if value)
-        print(f"{track.track_id:>7}  {track.duration:8.1f} s  {track.source}" + (f"  ({described})" if described else ""))
+        print(f"{track.track_id:>7}  {track.duration:8.1f} s  {track.source}"
+              + (f"  ({described})" if described else ""))
     print(f"{len(tracks)} tracks", file=sys.stderr)
     return EXIT_OK
 

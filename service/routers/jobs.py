@@ -10,7 +10,7 @@ from fastapi.encoders import jsonable_encoder
 
 from refrain.service.core import MatchService
 from refrain.service.db import ApiKey
-from refrain.service.deps import get_service, require_role
+from refrain.service.deps import require_role
 from refrain.service.errors import ApiError
 from refrain.service.jobs import JobRunner
 from refrain.service.routers import error_responses

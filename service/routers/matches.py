@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import timezone
 from typing import Literal
 
 from fastapi import APIRouter, Depends, Path, Query, Request, Response

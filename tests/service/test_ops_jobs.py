@@ -95,13 +95,14 @@ class Running:
 @pytest.fixture
 def running(settings, run_refrain, songs):
     """The service with work `Song 30` (default policy: copies blocked) and admin/uploader/analyst keys."""
-    made = run_refrain("keys", "create", "--role", "admin", "--index", settings.index_dir)
+    made = run_refrain("keys", "create", "--role", "admin", "--principal", "ops", "--index", settings.index_dir)
     assert made.returncode == 0, made.stderr
     service = Running(settings, {"admin": made.stdout.strip()})
     try:
         with service.client("admin") as admin:
             for role in ("uploader", "analyst"):
-                service.keys[role] = admin.post("/v1/keys", json={"role": role}).json()["key"]
+                made = admin.post("/v1/keys", json={"role": role, "principal": f"{role} team"})
+                service.keys[role] = made.json()["key"]
             work = post_file(admin, "/v1/works", songs[30].path, title="Song 30", artists="Ada",
                              rights_holder="Label 30")
             assert work.status_code == 201, work.text
@@ -186,7 +187,7 @@ def test_async_uploads_are_refused_like_sync_ones_and_jobs_are_private_to_their_
         assert_error(uploader.post("/v1/matches?mode=async", content=b"x",
                                    headers={"Content-Type": "text/plain"}), 415)
         assert_error(uploader.get("/v1/jobs/job_unknown"), 404, "not_found")
-        other = admin.post("/v1/keys", json={"role": "uploader"}).json()["key"]
+        other = admin.post("/v1/keys", json={"role": "uploader", "principal": "another studio"}).json()["key"]
         job = post_file(uploader, "/v1/matches?mode=async", excerpt_file(30, 5.0, 12.0)).json()
         with httpx.Client(base_url=running.url, headers={"X-API-Key": other}) as stranger:
             assert_error(stranger.get(f"/v1/jobs/{job['job_id']}"), 404, "not_found")
@@ -196,7 +197,7 @@ def test_async_uploads_are_refused_like_sync_ones_and_jobs_are_private_to_their_
 
 def test_a_callback_needs_a_webhook_secret(tmp_path, run_refrain, excerpt_file):
     settings = ServiceSettings(index_dir=tmp_path / "index")
-    made = run_refrain("keys", "create", "--role", "uploader", "--index", settings.index_dir)
+    made = run_refrain("keys", "create", "--role", "uploader", "--principal", "studio", "--index", settings.index_dir)
     service = Running(settings, {"uploader": made.stdout.strip()})
     try:
         with service.client("uploader") as uploader:
