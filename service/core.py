@@ -9,6 +9,7 @@ readers–writer lock around the index, and stores what was decided.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import functools
 import logging
 import re
@@ -172,8 +173,10 @@ class MatchService:
         """
         seconds = await run_in_threadpool(probe_duration, form.file_path)
         with self.admission.analysis(min(seconds or max_seconds, max_seconds)):
-            return await asyncio.get_running_loop().run_in_executor(self.analysis_pool,
-                                                                    functools.partial(work, *args))
+            # In the request's context, so that the work's stage timings and ids reach its log line.
+            context = contextvars.copy_context()
+            return await asyncio.get_running_loop().run_in_executor(
+                self.analysis_pool, functools.partial(context.run, work, *args))
 
     def forget_old_spectrograms(self) -> None:
         """Drop spectrogram images past ``spectrogram_retention_days`` (at most once an hour)."""

@@ -59,7 +59,7 @@ class RequestRecord:
     stages : dict of str to float
         Seconds spent per stage (``decode``, ``fingerprint``, ``match``, ``evidence``, ``store``).
     tiers : dict of str to float
-        Seconds spent per matcher tier (``landmark``, ``melody``), filled by
+        Seconds spent per matcher tier (``pair``, ``triplet``, ``peaks``, ``melody``), filled by
         :meth:`refrain.api.Refrain.match_with_evidence`.
     """
 
@@ -139,7 +139,7 @@ class Metrics:
                                        "Time per stage of an upload (decode, fingerprint, match, evidence, store)",
                                        ["stage"], buckets=_LATENCY_BUCKETS, registry=registry)
         self.match_seconds = Histogram("refrain_match_duration_seconds",
-                                       "Matcher latency per tier (landmark tiers, melody tier)",
+                                       "Matcher latency per tier (pair, triplet, peaks, melody)",
                                        ["tier"], buckets=_LATENCY_BUCKETS, registry=registry)
         self.verdicts = Counter("refrain_verdicts", "Upload verdicts by kind", ["verdict"], registry=registry)
         self.matched_works = Counter("refrain_matched_works", "Works found in uploads, by kind of use",

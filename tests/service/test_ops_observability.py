@@ -61,7 +61,7 @@ def test_metrics_change_as_uploads_are_made(live_service, admin, uploader, excer
         value(before, "refrain_verdicts_total", verdict="blocked_copy") + 1
     assert value(after, "refrain_matched_works_total", kind="excerpt") + value(after, "refrain_matched_works_total",
                                                                               kind="copy") >= 1
-    for tier in ("landmark", "melody"):  # match latency by tier: one more observation each
+    for tier in ("pair", "triplet", "peaks", "melody"):  # match latency by tier: one more observation each
         assert value(after, "refrain_match_duration_seconds_count", tier=tier) == \
             value(before, "refrain_match_duration_seconds_count", tier=tier) + 1
         assert value(after, "refrain_match_duration_seconds_sum", tier=tier) > \
@@ -106,7 +106,7 @@ def test_one_json_log_line_per_request_carries_the_ids_verdict_and_stage_duratio
     assert line["principal"] == live_service.keys["uploader"][:12] and line["role"] == "uploader"
     assert line["audio_seconds"] == pytest.approx(10.0, abs=0.05)
     assert set(line["stages_ms"]) == {"decode", "fingerprint", "match", "evidence", "store"}
-    assert set(line["tiers_ms"]) == {"landmark", "melody"}
+    assert set(line["tiers_ms"]) == {"pair", "triplet", "peaks", "melody"}
     assert line["duration_ms"] >= sum(line["stages_ms"].values()) > 0
     assert line["level"] == "info" and line["logger"] == "refrain.access"
 
