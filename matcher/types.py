@@ -9,7 +9,7 @@ runs them in order, each skipping the tracks an earlier one found.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import AbstractSet, Any, ClassVar, Mapping, Protocol
+from typing import AbstractSet, Any, ClassVar, Mapping, Protocol, TypedDict
 
 import numpy as np
 
@@ -39,6 +39,13 @@ class Span:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+class Rating(TypedDict):
+    """A match's :attr:`Match.chance` and :attr:`Match.confidence`."""
+
+    chance: float
+    confidence: float
 
 
 @dataclass(frozen=True)
@@ -87,7 +94,7 @@ class Calibration:
         tail = self.anchor_chance * np.exp(-(score - self.anchor_score) / self.scale)
         return float(min(1.0, tries * tail))
 
-    def rate(self, score: float, duration: float, catalogue_tracks: int | None = None) -> dict[str, float]:
+    def rate(self, score: float, duration: float, catalogue_tracks: int | None = None) -> Rating:
         """``chance`` and ``confidence = 1 - chance`` of a match, as :class:`Match` fields.
 
         The same evidence gives the same confidence whichever tier found it.
