@@ -478,3 +478,55 @@ def test_index_keeps_its_fingerprint_settings(tmp_path, songs):
         y = soxr.resample(songs[30].excerpt(5.0, 10.0), SR, refrain.params.sample_rate)
         assert len(fingerprint_signal(y, refrain.params)) > 0
         assert [m.track_id for m in refrain.match_signal(y).matches][:1] == [1]
+
+
+def _peaks(store, track_id):
+    frames, bins = store.peaks_between(track_id, 0, 1 << 30)
+    return frames.tolist(), bins.tolist()
+
+
+def test_peak_store_is_mapped_from_its_file_and_keeps_changes_until_saved(tmp_path):
+    from refrain.index.peaks import PeakStore
+    store = PeakStore.create()
+    store.add(3, np.array([40, 10, 20]), np.array([5, 7, 9]))
+    store.add(8, np.array([1, 2]), np.array([255, 0]))
+    store.add(12, np.array([7]), np.array([1]))
+    store.save(tmp_path / "peaks.npz")
+    loaded = PeakStore.load(tmp_path / "peaks.npz")
+    assert isinstance(loaded.peaks_between(3, 0, 100)[0].base, np.memmap)
+    assert _peaks(loaded, 3) == ([10, 20, 40], [7, 9, 5]) and loaded.ntotal == 6
+    # Changes after the load: a new track, a removed one, a replaced one.
+    loaded.add(20, np.array([5, 4]), np.array([2, 3]))
+    assert loaded.remove(8) == 2 and loaded.remove(8) == 0
+    loaded.add(12, np.array([9, 8]), np.array([4, 4]))
+    assert _peaks(loaded, 20) == ([4, 5], [3, 2]) and _peaks(loaded, 8) == ([], [])
+    assert _peaks(loaded, 12) == ([8, 9], [4, 4]) and loaded.ntotal == 3 + 2 + 2
+    loaded.save(tmp_path / "peaks.npz")
+    reread = PeakStore.load(tmp_path / "peaks.npz")
+    for store_ in (loaded, reread):
+        assert [_peaks(store_, t) for t in (3, 8, 12, 20)] == [
+            ([10, 20, 40], [7, 9, 5]), ([], []), ([8, 9], [4, 4]), ([4, 5], [3, 2])]
+        assert store_.ntotal == 7
+
+
+@pytest.mark.parametrize("damage", ["compressed", "missing array", "not a zip"])
+def test_a_peak_store_that_cannot_be_mapped_is_refused(tmp_path, damage):
+    from refrain.index.peaks import PeakStore
+    path = tmp_path / "peaks.npz"
+    arrays = {"track_ids": np.array([1]), "starts": np.array([0, 1]), "frames": np.array([5], np.int32),
+              "bins": np.array([3], np.uint8)}
+    if damage == "compressed":
+        np.savez_compressed(path, **arrays)
+    elif damage == "missing array":
+        np.savez(path, **{k: v for k, v in arrays.items() if k != "bins"})
+    else:
+        path.write_bytes(b"PK\x03\x04 nothing else")
+    with pytest.raises(ValueError, match="unreadable peak store"):
+        PeakStore.load(path)
+
+
+def test_an_index_opened_for_matching_maps_its_peaks(index_copy, catalogue_index):
+    track_id = catalogue_index.track_ids[34]
+    with Refrain.open(index_copy, mmap=True) as refrain:
+        frames, _ = refrain.store.tiers["peaks"].peaks_between(track_id, 0, 1 << 30)
+        assert len(frames) > 100 and isinstance(frames.base, np.memmap)
