@@ -158,8 +158,6 @@ class IndexStore:
                 lock_handle.close()
             raise
         if writable:
-            if store._faiss_tiers:
-                store.upgrade()
             store._finish_interrupted_writes()
         return store
 
@@ -248,6 +246,8 @@ class IndexStore:
         self.catalog.delete(leftovers)
 
     def _save_tiers(self) -> None:
+        if self._faiss_tiers:  # this Refrain cannot write an earlier Refrain's FAISS files
+            self.upgrade()
         for name, tier in self.tiers.items():
             tier.save(self._tier_files[name])
 
@@ -296,8 +296,9 @@ class IndexStore:
         bytes, no conversion at open), and tiers from before mixed codes are re-filed.
         Each goes to a new file; the manifest then switches to it in one atomic rename,
         and only then is the old file deleted, so an interrupted upgrade leaves the index
-        as it was (at most a stray new file, overwritten by the next upgrade). A writer
-        opening an index with FAISS tiers upgrades it first: it cannot write that format.
+        as it was (at most a stray new file, overwritten by the next upgrade). The first
+        save of an index with FAISS tiers (a commit, a removal) upgrades it first: this
+        Refrain cannot write that format.
 
         Returns
         -------

@@ -272,7 +272,7 @@ def _as_faiss_index(directory) -> None:
     (directory / "manifest.json").write_text(json.dumps(manifest))
 
 
-def test_an_index_of_an_earlier_refrain_matches_as_before_and_a_writer_upgrades_it(
+def test_an_index_of_an_earlier_refrain_matches_as_before_and_upgrades_in_place(
         index_copy, catalogue, catalogue_index, songs, write_audio, tmp_path):
     _as_faiss_index(index_copy)
     queries = [excerpt_file(tmp_path, write_audio, songs[seed].samples, start, name=f"{seed}.wav")
@@ -281,7 +281,8 @@ def test_an_index_of_an_earlier_refrain_matches_as_before_and_a_writer_upgrades_
     with Refrain.open(index_copy, mmap=True) as legacy:
         assert legacy.info().upgradable == ["pair", "triplet"]
         assert [legacy.match_file(query).matches for query in queries] == expected
-    Refrain.open(index_copy, writable=True).close()  # a writer cannot write FAISS tiers: it upgrades first
+    with Refrain.open(index_copy, writable=True) as writer:
+        assert writer.upgrade_index() == ["pair", "triplet"] and writer.upgrade_index() == []
     manifest = json.loads((index_copy / "manifest.json").read_text())
     assert [manifest["tiers"][tier].get("store") for tier in ("pair", "triplet")] == ["runs", "runs"]
     assert not list(index_copy.glob("*.faiss.counts.npy")) and not (index_copy / "pairs.faiss").exists()
@@ -309,6 +310,23 @@ def test_index_filed_before_the_code_mix_matches_as_a_new_one(tmp_path, pre_mix_
     (pre_mix_index / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(IndexOpenError, match="list filing"):
         Refrain.open(pre_mix_index)
+
+
+def test_the_first_write_to_an_index_of_an_earlier_refrain_upgrades_it(index_copy, catalogue_index, songs,
+                                                                      unrelated_songs, write_audio, tmp_path):
+    _as_faiss_index(index_copy)
+    newcomer = write_audio(tmp_path / "new.wav", unrelated_songs[45])
+    with Refrain.open(index_copy, writable=True) as writer:
+        assert writer.info().upgradable == ["pair", "triplet"]  # opening alone changes nothing
+        [added] = writer.ingest([newcomer])
+    manifest = json.loads((index_copy / "manifest.json").read_text())
+    assert [manifest["tiers"][tier]["file"] for tier in ("pair", "triplet")] == ["pairs.npz", "triplets.npz"]
+    assert not list(index_copy.glob("*.faiss.counts.npy"))
+    with Refrain.open(index_copy, mmap=True) as upgraded:
+        assert upgraded.info().upgradable == []
+        assert [m.track_id for m in upgraded.match_file(newcomer).matches] == [added.track_id]
+        query = excerpt_file(tmp_path, write_audio, songs[41].samples, 20.0)
+        assert [m.track_id for m in upgraded.match_file(query).matches] == [catalogue_index.track_ids[41]]
 
 
 def _lookups_and_matches(directory, queries, codes, mmap=False):
