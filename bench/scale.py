@@ -452,6 +452,9 @@ def main() -> int:
     parser.add_argument("--queries", type=int, default=40, help="catalogue tracks queried per condition (default 40)")
     parser.add_argument("--long-queries", type=int, default=20,
                         help="catalogue and held-out tracks also queried for 30 s (default 20)")
+    parser.add_argument("--commit-every-hours", type=float, default=40.0,
+                        help="while growing, commit every this many added hours (default 40): bounds "
+                             "the writer's memory for entries not yet merged")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/refrain-scale"))
     parser.add_argument("--keep", action="store_true", help="keep the index under --workdir")
@@ -505,7 +508,8 @@ def main() -> int:
         hours, synthetic = audio_seconds / 3600, 0
         spawn = multiprocessing.get_context("spawn")
         for size in args.hours:
-            added_seconds, add_cpu = 0.0, 0.0
+            added_seconds, add_cpu, commits = 0.0, 0.0, []
+            since_commit = 0.0
             while hours < size:
                 template = templates[int(rng.integers(len(templates)))]
                 track = synthetic_track(template, strata, rng)
@@ -516,6 +520,12 @@ def main() -> int:
                 synthetic += 1
                 hours += template.duration / 3600
                 added_seconds += template.duration
+                since_commit += template.duration / 3600
+                if since_commit >= args.commit_every_hours and hours < size:
+                    started = time.perf_counter()
+                    store.commit()
+                    commits.append(time.perf_counter() - started)
+                    since_commit = 0.0
             started = time.perf_counter()
             store.commit()
             commit_seconds = time.perf_counter() - started if added_seconds else commit_seconds
@@ -525,6 +535,7 @@ def main() -> int:
             row.update(ingest)
             row["tracks"] = len(catalogue) + synthetic
             row["commit_s"] = round(commit_seconds, 2)
+            row["commits_while_growing_s"] = [round(seconds, 1) for seconds in commits]
             if added_seconds:
                 row["add_track_ms_per_synthetic_track"] = round(1000 * add_cpu / (synthetic or 1), 2)
             results.append(row)
