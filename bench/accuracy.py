@@ -12,6 +12,7 @@ hit rate per condition, false matches on non-catalogue excerpts, ingest speed
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import random
 import resource
@@ -32,6 +33,7 @@ from refrain.fingerprint.decode import ffmpeg_executable  # noqa: E402
 from refrain.matcher import MatchParams  # noqa: E402
 from refrain.api import Refrain, audio_files  # noqa: E402
 from refrain.config import Config  # noqa: E402
+from refrain.tuning import tune_process  # noqa: E402
 
 SOURCE_RATE = 22050  # transformations are applied at this rate, before the analysis resampling
 
@@ -94,8 +96,8 @@ def list_tracks(folder: Path) -> list[Path]:
 
 
 def pair_tier_latency(index_dir: Path, tracks: list[Path], params) -> dict:
-    """Latency of 10 s queries (one per track) with the exact-copy tier alone."""
-    config = Config(match=MatchParams(tiers=("pair",)))
+    """Latency of 10 s queries (one per track) with the pair tier alone."""
+    config = Config(match=MatchParams().only("pair"))
     latencies = []
     with Refrain.open(index_dir, config) as refrain:
         for path in tracks:
@@ -127,6 +129,7 @@ def main() -> int:
     parser.add_argument("--index", type=Path, help="reuse/keep the index here (default: temporary)")
     parser.add_argument("--json", type=Path, help="also write all figures to this file")
     args = parser.parse_args()
+    tune_process()
 
     tracks = list_tracks(args.music)
     random.Random(args.seed).shuffle(tracks)
@@ -175,7 +178,9 @@ def main() -> int:
     ingested = {r.path: r.track_id for r in results if r.track_id is not None}
     sources = {track_id: path for path, track_id in ingested.items()}
     # Half the operating threshold: how close non-catalogue music comes to a match.
-    permissive = Config(match=MatchParams(min_score=config.match.min_score / 2))
+    pair = config.match.tier("pair")
+    permissive = Config(match=config.match.with_tier(
+        dataclasses.replace(pair, min_score=pair.min_score / 2, min_span_score=pair.min_span_score / 2)))
     hits = {c: [] for c in conditions}
     offset_ok = {c: [] for c in conditions}
     true_scores = {c: [] for c in conditions}
@@ -255,7 +260,7 @@ def main() -> int:
     report["true_track_score_p5"] = {c: round(float(np.percentile(v, 5)), 1)
                                      for c, v in true_scores.items() if v}
     report["non_catalogue_top_score_at_half_threshold_max"] = float(max(negative_top_scores, default=0))
-    report["threshold_min_score"] = config.match.min_score
+    report["threshold_min_score"] = config.match.tier("pair").min_score
     lat = np.array(latencies) * 1000
     report["query_latency_10s_ms_p50"] = round(float(np.percentile(lat, 50)), 2)
     report["query_latency_10s_ms_p99"] = round(float(np.percentile(lat, 99)), 2)

@@ -50,10 +50,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from refrain.fingerprint import fingerprint_signal, load_audio  # noqa: E402
 from refrain.fingerprint.melody import chroma_sequence, segment_descriptors, segment_starts  # noqa: E402
 from refrain.fingerprint.spectrogram import log_frequency_spectrogram  # noqa: E402
-from refrain.matcher import match_fingerprint  # noqa: E402
-from refrain.matcher.cover import CoverParams, match_covers, verify_candidates  # noqa: E402
+from refrain.matcher import Catalogue, match  # noqa: E402
+from refrain.matcher.melody import match_covers, verify_candidates  # noqa: E402
 from refrain.api import Refrain  # noqa: E402
 from refrain.config import Config  # noqa: E402
+from refrain.tuning import tune_process  # noqa: E402
 
 CACHE = Path.home() / ".cache" / "refrain-covers"
 RATE = 16000  # Refrain analyses at 8 kHz; 16 kHz keeps the renders small
@@ -345,6 +346,7 @@ def main() -> int:
                         help="the index of bench/accuracy.py --index from MUSIC_DIR; built here "
                              "(the same 150 catalogue tracks) if the directory does not exist")
     args = parser.parse_args()
+    tune_process()
     if args.real_music:
         if not args.real_index:
             parser.error("--real-music needs --real-index")
@@ -401,7 +403,7 @@ def main() -> int:
     same_tune = {negative: {key for key in catalogue_files if key.split(":")[0] == negative.split(":")[0]
                             and share_a_tune(all_notes[negative], all_notes[key])} for negative in negatives}
 
-    config = Config(cover=CoverParams(enabled=True))  # the melody tier is off by default
+    config = Config()
     with tempfile.TemporaryDirectory() as tmp:
         index_dir = Path(tmp) / "index"
         t0 = time.time()
@@ -415,7 +417,6 @@ def main() -> int:
         melody_cost = audio_cost = 0.0
         for path in sorted(catalogue_files.values())[:60]:
             y = load_audio(path, params.sample_rate)
-            t = time.perf_counter()
             S = log_frequency_spectrogram(y, params.sample_rate, params.n_fft, params.hop_length,
                                           params.fmin, params.fmax, params.bins_per_octave)
             t_spec = time.perf_counter()
@@ -465,10 +466,10 @@ def real_music_check(music: Path, index_dir: Path, catalogue: int = 150, negativ
                     print(f"  {result.error}", file=sys.stderr)
     rng = random.Random(seed)
     covers, related, queries, best_unrelated = [], [], 0, []
-    config = Config(cover=CoverParams(enabled=True))
+    config = Config()
     with Refrain.open(index_dir, config, mmap=True) as refrain:
         sources = {t: Path(track.source).name for t, track in refrain.store.catalog.ready_tracks().items()}
-        melody, cover_params = refrain.store.melody, config.cover
+        melody, cover_params = refrain.store.melody, config.match.tier("melody")
         for path, count in [(p, per_track) for p in held_out] + [(p, 1) for p in tracks[:catalogue]]:
             y = load_audio(path, refrain.params.sample_rate)
             for _ in range(count):
@@ -480,8 +481,7 @@ def real_music_check(music: Path, index_dir: Path, catalogue: int = 150, negativ
                     continue
                 queries += 1
                 # As Refrain.match_signal decides, but keeping every verified similarity for the sweep.
-                landmark = {m.track_id for m in match_fingerprint(fp, refrain.store.tiers, config.match,
-                                                                  refrain.params)}
+                landmark = {m.track_id for m in landmark_matches(refrain, fp)}
                 unrelated = [-1.0]
                 own = {track for track, source in sources.items() if source == path.name}  # its own recording
                 for track, verdict in verify_candidates(fp.melody, melody, cover_params, skip=landmark | own):
@@ -502,6 +502,11 @@ def real_music_check(music: Path, index_dir: Path, catalogue: int = 150, negativ
             "threshold_sweep_queries_with_unrelated_covers": {f"{t:.3f}": int(np.sum(best >= t)) for t in SWEEP}}
 
 
+def landmark_matches(refrain: Refrain, fp) -> list:
+    """What Refrain's tiers before the melody tier find in a query (their tracks are no cover)."""
+    return match(fp, Catalogue(refrain.store.tiers, refrain.params), refrain.config.match.without("melody"))
+
+
 def flat_search_scaling(segments: int, config: Config) -> dict:
     """Exact search time of one 30 s query's descriptors against 100,000 stored segments.
 
@@ -510,13 +515,14 @@ def flat_search_scaling(segments: int, config: Config) -> dict:
     """
     import faiss
     from refrain.fingerprint.melody import descriptor_dim
-    melody, cover = config.fingerprint.melody, config.cover
+    melody, cover = config.fingerprint.melody, config.match.tier("melody")
     rng = np.random.default_rng(0)
     stored = rng.standard_normal((100_000, descriptor_dim(melody))).astype(np.float32)
     stored /= np.linalg.norm(stored, axis=1, keepdims=True)
     index = faiss.IndexFlatIP(stored.shape[1])
     index.add(stored)
-    per_query = len(cover.tempo_hypotheses) * (1 + (117 - melody.segment_frames) // (melody.segment_hop // cover.query_hop_fraction))
+    query_hop = melody.segment_hop // cover.query_hop_fraction
+    per_query = len(cover.tempo_hypotheses) * (1 + (117 - melody.segment_frames) // query_hop)
     queries = stored[:per_query] + 0.01
     t = time.perf_counter()
     for _ in range(3):
@@ -533,7 +539,7 @@ def evaluate(refrain: Refrain, catalogue_files: dict, track_of: dict, covers: li
     (:func:`share_a_tune`): a cover match to one of those is no false match and is left
     out of the false-match figures (and counted apart).
     """
-    melody, cover_params = refrain.store.melody, refrain.config.cover
+    melody, cover_params = refrain.store.melody, refrain.config.match.tier("melody")
     chroma_seconds = refrain.params.melody.chroma_seconds(refrain.params.frame_seconds)
     negative_keys = set(negatives)
     ranks, reported, key_right, latencies = [], [], [], []
@@ -544,11 +550,10 @@ def evaluate(refrain: Refrain, catalogue_files: dict, track_of: dict, covers: li
         fp = fingerprint_signal(y, refrain.params)
         if len(latencies) < 150:  # the melody tier as Refrain runs it, timed on the first queries
             t = time.perf_counter()
-            match_covers(fp.melody, melody, cover_params, chroma_seconds)
+            match_covers(fp.melody, melody, cover_params, chroma_seconds, fp.duration)
             latencies.append(time.perf_counter() - t)
         # What Refrain reports: landmark matches first, covers only of tracks they did not find.
-        landmark = {m.track_id for m in match_fingerprint(fp, refrain.store.tiers, refrain.config.match,
-                                                          refrain.params)}
+        landmark = {m.track_id for m in landmark_matches(refrain, fp)}
         landmark_hits += len(landmark)
         # The full ranking behind the threshold: every verified candidate by similarity.
         verified = sorted(((v.similarity, track, v) for track, v in verify_candidates(fp.melody, melody, cover_params,

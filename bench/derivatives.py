@@ -52,6 +52,7 @@ from bench.accuracy import (CONDITIONS, SOURCE_RATE, list_tracks, peak_rss_mb,  
 from refrain.fingerprint import FingerprintError, load_audio  # noqa: E402
 from refrain.api import Refrain  # noqa: E402
 from refrain.config import Config  # noqa: E402
+from refrain.tuning import tune_process  # noqa: E402
 
 QUERY_SECONDS = 10.0
 MARGIN_SECONDS = 0.5  # extra output asked of a transform before trimming to QUERY_SECONDS
@@ -454,6 +455,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--json", type=Path, help="also write all figures to this file")
     parser.add_argument("--selfcheck", action="store_true", help="only check the transforms")
     args = parser.parse_args()
+    tune_process()
     args.conditions = args.conditions.split(",")
     unknown = set(args.conditions) - set(ALL_CONDITIONS)
     if unknown:
@@ -498,7 +500,7 @@ def run(args: argparse.Namespace, workdir: Path) -> dict:
     report["false_matches_non_catalogue"] = {c: f"{sum(v)}/{len(v)}" for c, v in negative_flags.items()}
     report["false_match_details"] = false_matches
     report["shared_material_matches"] = shared_material
-    report["threshold_min_score"] = config.match.min_score
+    report["threshold_min_score"] = config.match.tier("pair").min_score
     if latencies:
         lat = np.array(latencies) * 1000
         report["query_latency_10s_ms_p50"] = round(float(np.percentile(lat, 50)), 2)

@@ -15,7 +15,6 @@ peak RSS, the works found of those laid in, and any other work reported (marked 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import subprocess
 import sys
@@ -31,6 +30,7 @@ from bench.accuracy import peak_rss_mb, related_groups  # noqa: E402
 from refrain.fingerprint.decode import load_audio  # noqa: E402
 from refrain.api import Refrain  # noqa: E402
 from refrain.config import Config  # noqa: E402
+from refrain.tuning import tune_process  # noqa: E402
 
 #: A work counts as laid in when at least this many seconds of it are in the upload.
 MIN_SECONDS_LAID_IN = 10.0
@@ -38,8 +38,7 @@ MIN_SECONDS_LAID_IN = 10.0
 
 def one_upload(index: Path, minutes: float, skip: int, covers: bool) -> dict:
     """Build one upload of ``minutes`` and match it; the figures of that run."""
-    config = Config()
-    config = dataclasses.replace(config, cover=dataclasses.replace(config.cover, enabled=covers))
+    config = Config().searching_covers(covers)
     with Refrain.open(index, config, mmap=True) as refrain:
         rate = refrain.params.sample_rate
         wanted = int(minutes * 60 * rate)
@@ -61,7 +60,8 @@ def one_upload(index: Path, minutes: float, skip: int, covers: bool) -> dict:
         seconds = time.perf_counter() - started
     groups = related_groups()
     laid_groups = {groups.get(name) for name in laid_in.values()} - {None}
-    others = [f"{Path(m.source).name} ({m.kind}{', shares material' if groups.get(Path(m.source).name) in laid_groups else ''})"
+    others = [f"{Path(m.source).name} ({m.kind}"
+              f"{', shares material' if groups.get(Path(m.source).name) in laid_groups else ''})"
               for m in result.matches if m.track_id not in laid_in]
     return {"minutes": minutes, "match_seconds": round(seconds, 2),
             "seconds_per_upload_minute": round(seconds / minutes, 2),
@@ -81,6 +81,7 @@ def main() -> int:
     parser.add_argument("--json", type=Path, help="also write the figures to this file")
     parser.add_argument("--one", action="store_true", help=argparse.SUPPRESS)  # a child run: one length
     args = parser.parse_args()
+    tune_process()
     if not (args.index / "manifest.json").exists():
         parser.error(f"{args.index} is not a Refrain index (no manifest.json)")
     if args.one:

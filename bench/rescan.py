@@ -29,6 +29,7 @@ sys.path.insert(0, str(ROOT))
 from refrain.fingerprint import fingerprint_file  # noqa: E402
 from refrain.fingerprint.serialize import fingerprint_to_bytes  # noqa: E402
 from refrain.api import Refrain, audio_files  # noqa: E402
+from refrain.tuning import tune_process  # noqa: E402
 
 MODES = {"jobs1": {"jobs": 1}, "jobs2": {"jobs": 2}, "dask2": {"jobs": 2, "dask": "local"}}
 OUTPUTS = ("items.jsonl", "groups.jsonl", "summary.csv")
@@ -82,6 +83,7 @@ def main() -> int:
     parser.add_argument("--index", type=Path, help="reuse/keep the index here (default: temporary)")
     parser.add_argument("--run-one", nargs=3, metavar=("MODE", "INDEX", "OUT"), help=argparse.SUPPRESS)
     args = parser.parse_args()
+    tune_process()
     if args.run_one:
         mode, index, out = args.run_one
         run_one(mode, Path(index), Path(out))

@@ -58,6 +58,7 @@ from refrain.fingerprint import (AudioDecodeError, Fingerprint, FingerprintError
 from refrain.fingerprint.peaks import Peaks  # noqa: E402
 from refrain.index import IndexStore  # noqa: E402
 from refrain.index.landmarks import LandmarkIndex  # noqa: E402
+from refrain.tuning import tune_process  # noqa: E402
 
 SHORT_CONDITIONS = ("clean_10s", "pink_0dB", "speed_1.1", "mixed_-6dB")
 LONG_CONDITION = "clean_30s"
@@ -312,6 +313,7 @@ def memory_mb(field: str = "VmRSS") -> float:
 
 def measure(index_dir: str, queries_file: str) -> dict:
     """Match every query on the index (run in a fresh process); per-query figures and outcomes."""
+    tune_process()
     queries: list[Query] = pickle.loads(Path(queries_file).read_bytes())
     with Refrain.open(index_dir, Config(), mmap=True) as refrain:
         rss_open = memory_mb()

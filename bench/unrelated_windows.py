@@ -7,7 +7,7 @@ tracks are the catalogue, which ``--index`` must already hold (e.g. the index
 ``bench/accuracy.py --index`` keeps); the next ``--negatives`` are not in it. Every
 ``--seconds`` window, ``--hop`` seconds apart, of each held-out track is matched as an
 upload twice: alone, and mixed 6 dB under a window of another held-out track (new
-material laid over old, as an AI remix does: the under-mix tier's hardest negatives).
+material laid over old, as an AI remix does: the peaks tier's hardest negatives).
 The other benches draw one random excerpt per held-out track and condition; this one
 covers every part of every held-out track, which is where rare chance agreements show.
 
@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import random
 import sys
 import time
 from pathlib import Path
@@ -32,12 +31,14 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.accuracy import list_tracks, related_groups  # noqa: E402
+from bench.accuracy import related_groups  # noqa: E402
+from bench.corpus import add_split_arguments, split  # noqa: E402
 from bench.derivatives import mix_under  # noqa: E402
 from refrain.fingerprint import FingerprintError, load_audio  # noqa: E402
 from refrain.index.store import IndexOpenError  # noqa: E402
 from refrain.api import Refrain  # noqa: E402
 from refrain.config import Config  # noqa: E402
+from refrain.tuning import tune_process  # noqa: E402
 
 #: How far (dB, RMS) the held-out window lies under the other held-out track in the mixed variant.
 MIX_DB = -6.0
@@ -51,24 +52,17 @@ def windows(y: np.ndarray, sample_rate: int, seconds: float, hop: float) -> list
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("music", type=Path)
+    add_split_arguments(parser)
     parser.add_argument("--index", type=Path, required=True, help="an index holding the catalogue tracks")
-    parser.add_argument("--catalogue", type=int, default=150)
-    parser.add_argument("--negatives", type=int, default=50)
     parser.add_argument("--seconds", type=float, default=10.0, help="window length (default 10)")
     parser.add_argument("--hop", type=float, default=5.0, help="seconds between window starts (default 5)")
-    parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--json", type=Path, help="also write all figures to this file")
     args = parser.parse_args()
+    tune_process()
     if args.seconds <= 0 or args.hop <= 0:
         parser.error("--seconds and --hop must be positive")
 
-    tracks = list_tracks(args.music)
-    random.Random(args.seed).shuffle(tracks)
-    catalogue = tracks[:args.catalogue]
-    held_out = tracks[args.catalogue:args.catalogue + args.negatives]
-    if not held_out:
-        parser.error(f"{args.music} holds no track past the first {args.catalogue}")
+    catalogue, held_out = split(parser, args)
     groups = related_groups()
 
     try:

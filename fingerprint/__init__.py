@@ -7,5 +7,6 @@ from refrain.fingerprint.params import FingerprintParams
 from refrain.fingerprint.peaks import Peaks, find_peaks
 from refrain.fingerprint.pipeline import Fingerprint, FingerprintError, fingerprint_file, fingerprint_signal
 
-__all__ = ["AudioDecodeError", "AudioTooLongError", "Fingerprint", "FingerprintError", "FingerprintParams", "HashLayout",
-           "MelodyParams", "PAIR_LAYOUT", "Peaks", "find_peaks", "fingerprint_file", "fingerprint_signal", "load_audio"]
+__all__ = ["AudioDecodeError", "AudioTooLongError", "Fingerprint", "FingerprintError", "FingerprintParams",
+           "HashLayout", "MelodyParams", "PAIR_LAYOUT", "Peaks", "find_peaks", "fingerprint_file",
+           "fingerprint_signal", "load_audio"]

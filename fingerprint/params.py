@@ -70,7 +70,7 @@ class FingerprintParams:
         of 5 frames x 7 bins, any prominence): the peaks of a recording mixed 6-12 dB
         under other audio are mostly not among the upload's 32 strongest per second,
         but many are local maxima of a smaller neighbourhood; the matcher looks
-        catalogue peaks up in this set to verify such a mix (:mod:`matcher.layers`).
+        catalogue peaks up in this set to verify such a mix (:mod:`matcher.peaks`).
     melody : MelodyParams or None
         Settings of the melody tier's chroma and segment descriptors (see
         :class:`fingerprint.melody.MelodyParams`); None computes no melody.

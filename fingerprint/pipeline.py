@@ -36,7 +36,7 @@ class Fingerprint:
     peaks : Peaks
         The peaks the landmarks were built from (kept for evidence plots).
     triplets : Triplets
-        Tempo- and pitch-invariant peak triplets (the derivative tier).
+        Tempo- and pitch-invariant peak triplets (the triplet tier).
     melody : np.ndarray, shape (n, 12), float32, or None
         Chroma sequence of the melody tier (:func:`fingerprint.melody.chroma_sequence`);
         None when ``FingerprintParams.melody`` is None.

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import io
 import zipfile
+from typing import Any
 
 import numpy as np
 
@@ -59,12 +60,12 @@ def fingerprint_to_bytes(fp: Fingerprint, params: FingerprintParams) -> bytes:
     bytes
         A compressed ``.npz`` archive.
     """
-    arrays = {name: np.ascontiguousarray(getattr(fp.peaks, field), dtype=dtype)
-              for name, (field, dtype) in _PEAK_ARRAYS.items()}
+    arrays: dict[str, Any] = {name: np.ascontiguousarray(getattr(fp.peaks, field), dtype=dtype)
+                              for name, (field, dtype) in _PEAK_ARRAYS.items()}
     if fp.melody is not None:
         arrays["melody"] = np.ascontiguousarray(fp.melody, dtype=np.float32)
     if fp.dense_peaks is not None:
-        # The under-mix tier looks up positions only: strengths and sub-bin offsets of
+        # The peaks tier looks up positions only: strengths and sub-bin offsets of
         # the dense set are not kept (they would triple the blob).
         arrays["dense_frames"] = np.ascontiguousarray(fp.dense_peaks.frames, dtype=np.int32)
         arrays["dense_bins"] = np.ascontiguousarray(fp.dense_peaks.bins, dtype=np.int16)

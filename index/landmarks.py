@@ -37,8 +37,6 @@ runs without its entries.
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import os
 import threading
 
@@ -58,35 +56,6 @@ _CODE_BYTES = CODE_BITS // 8
 _ARRAYS = ("codes", "starts", "ids")
 # Odd multipliers of :func:`mix_codes` (from the "lowbias32" integer hash).
 _MIX_MULTIPLIERS = (np.uint32(0x7FEB352D), np.uint32(0x846CA68B))
-
-# One OpenMP thread for FAISS (the melody tier's searches, reading a FAISS-era landmark
-# file): its range searches over one query's codes measured 2-4x slower with two threads.
-# Parallelism comes from processes and requests instead.
-faiss.omp_set_num_threads(1)
-
-
-def _fix_malloc_thresholds() -> None:
-    """Keep glibc from unmapping the query's large temporary arrays after each query.
-
-    A lookup and the votes after it allocate arrays of a few MB per query. glibc's
-    default thresholds adapt to them, hand the memory back to the system after the
-    query and fault it in page by page on the next one: on the 150-track bench index a
-    10 s query took 134 ms p50 that way, 84 ms with these fixed thresholds (arrays up
-    to 32 MiB come from the heap; up to 256 MiB of free heap is kept). A no-op where
-    the C library is not glibc.
-    """
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        set_option = libc.mallopt
-    except (OSError, AttributeError):
-        return
-    m_trim_threshold, m_mmap_threshold = -1, -3  # from glibc's malloc.h
-    set_option(m_mmap_threshold, 32 << 20)
-    set_option(m_trim_threshold, 256 << 20)
-
-
-_fix_malloc_thresholds()
-
 
 def mix_codes(hashes: np.ndarray) -> np.ndarray:
     """An invertible mix of 32-bit codes whose low bits depend on every bit of the code.

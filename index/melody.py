@@ -42,10 +42,6 @@ MELODY_LAYOUT = "chroma-log-2dftm-v2"
 SEGMENT_BITS = 20
 _ID_BITS = 63
 
-# FAISS 1.15 sends a flat search to BLAS only from 128,000 queries on; a query's ~130
-# descriptors then take the one-by-one path, measured 10x slower (2.2 s vs 0.19 s against
-# 100,000 segments). BLAS from 20 queries, the threshold of earlier FAISS versions.
-faiss.cvar.distance_compute_blas_threshold = 20
 
 
 def chroma_path(path: os.PathLike) -> Path:

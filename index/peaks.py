@@ -2,7 +2,7 @@
 
 A recording mixed 6-12 dB under new material keeps few of its landmarks (a pair needs
 both of its peaks to survive, a triplet all three), but many of its single peaks still
-show as peaks of the upload. :mod:`matcher.layers` checks a weakly voted (track, offset)
+show as peaks of the upload. :mod:`matcher.peaks` checks a weakly voted (track, offset)
 by looking up the track's peaks at that offset in the upload; this store keeps them.
 
 One file per index directory, a NumPy ``.npz`` archive: ``track_ids`` (sorted),

@@ -1,7 +1,15 @@
-"""Align and score: which catalogue tracks a query copies or derives from, where, and how."""
+"""Align and score: which catalogue recordings a query copies or derives from, where, and how.
 
-from refrain.matcher.align import match_fingerprint
-from refrain.matcher.cover import CoverParams, match_covers
-from refrain.matcher.types import KINDS, Match, MatchParams, Span
+:func:`match` runs the tiers of :class:`MatchParams` in order; each tier is a module
+of its own that implements :class:`Tier` (``pair``, ``triplet``, ``peaks``, ``melody``).
+"""
 
-__all__ = ["KINDS", "CoverParams", "Match", "MatchParams", "Span", "match_covers", "match_fingerprint"]
+from refrain.matcher.match import MatchParams, match
+from refrain.matcher.melody import MelodyTier
+from refrain.matcher.pair import PairTier
+from refrain.matcher.peaks import PeaksTier
+from refrain.matcher.triplet import TripletTier
+from refrain.matcher.types import KINDS, Calibration, Catalogue, Match, Query, Span, Tier
+
+__all__ = ["KINDS", "Calibration", "Catalogue", "Match", "MatchParams", "MelodyTier", "PairTier", "PeaksTier",
+           "Query", "Span", "Tier", "TripletTier", "match"]

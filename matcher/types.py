@@ -1,260 +1,143 @@
-"""Parameters and results of the matcher."""
+"""What every tier shares: the query, the catalogue, the match record, the confidence scale, the seam.
+
+A tier is one way of finding catalogue recordings in a query (exact-copy landmarks,
+tempo/pitch-invariant landmarks, peaks under other audio, melody). Each is a frozen
+dataclass of its own parameters that implements :class:`Tier`; :func:`matcher.match`
+runs them in order, each skipping the tracks an earlier one found.
+"""
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from typing import AbstractSet, Any, ClassVar, Mapping, Protocol
 
 import numpy as np
 
-__all__ = ["MatchParams", "Span", "Match", "Alignment", "KINDS"]
+from refrain.fingerprint import Fingerprint, FingerprintParams
 
-#: ``cover`` comes from the melody tier (:mod:`matcher.cover`): the composition re-performed.
+__all__ = ["KINDS", "Span", "Match", "Alignment", "Calibration", "Query", "Catalogue", "Tier", "match_field"]
+
+#: How an upload uses a catalogue work; ``cover`` comes from the melody tier.
 KINDS = ("copy", "excerpt", "speed_changed", "pitch_shifted", "time_stretched", "mixed", "cover")
 
 
-@dataclass(frozen=True)
-class MatchParams:
-    """How lookup hits become reported matches.
-
-    Attributes
-    ----------
-    tiers : tuple of str
-        Fingerprint tiers searched (default all three): ``pair`` finds copies, excerpts and
-        copies under other audio; ``triplet`` adds speed-changed, pitch-shifted and
-        time-stretched derivatives at about twice the query time; ``layer`` verifies
-        recordings mixed 6-12 dB under other audio peak by peak (:mod:`matcher.layers`;
-        needs the index's peak store and a query fingerprinted with dense peaks).
-    min_score : float
-        Lowest score of an exact-copy (pair-tier) match (default 8.0), calibrated with
-        ``bench/accuracy.py`` on music that is not in the catalogue (figures in README).
-    triplet_min_score : float
-        Lowest score of a derivative (triplet-tier) match (default 6.0). A triplet must
-        agree on the track, the time offset, the tempo ratio and the pitch shift at once,
-        so chance agreement stays far lower than in the pair tier: on 299 derived queries
-        of music outside a 150-track catalogue no unrelated track passed 2.3 (the pair
-        tier's chance matches reach 5.9). 6 keeps the same safety ratio as the pair tier.
-    max_score_per_second : float
-        Cap on what one second of query contributes to a span's score (default 2.0,
-        so a match needs at least four seconds of agreement).
-        Unrelated music agrees with a catalogue track in bursts — one chord struck in
-        the same register — while a real copy agrees all along; the cap keeps a burst
-        from ever adding up to a match.
-    min_aligned : int
-        Fewest distinct query landmarks in a span (default 8).
-    offset_tolerance : int
-        Exact-copy tier: votes within this many frames of the best offset are aligned (1).
-    line_tolerance : float
-        Derivative tier: hits within this many frames of the fitted time line are
-        aligned (default 3).
-    line_ratio_tolerance, line_pitch_tolerance : float
-        Derivative tier: once a line is fitted, every hit of the track on it whose own
-        tempo estimate is within this log ratio of the line's (default 0.05) and whose
-        pitch shift is within this many bins of the alignment's (default 1.0) is aligned,
-        not only those of the voting cell: single hits estimate the tempo to only +-3 %,
-        so the cell held part of a true line (60 real tracks: 0.8x speed-ups found
-        92 -> 97 %; highest chance score over 420 unrelated queries 3.65 -> 4.23).
-    max_gap_seconds : float
-        Aligned hits further apart than this in query time belong to different spans
-        (default 2.5): a looped or re-ordered section becomes a span of its own.
-    span_edge_density : float
-        Hits at a span's start or end with fewer than this fraction (default 0.15) of the
-        median number of neighbours within 0.5 s are chance agreement next to the copied
-        passage: the span's bounds leave them out (a mash-up's next section would
-        otherwise be attributed to this work). They still count toward the score,
-        where the per-second cap keeps them small.
-    max_alignments : int
-        Alignments sought per track (default 4): a sample looped at several places
-        aligns at several offsets.
-    max_candidates : int
-        Tracks examined per tier and round, strongest votes first (default 24): bounds
-        the query time in a large catalogue, where many tracks collect some chance
-        votes; an upload holding more than 24 catalogue works is reported partly. In the
-        triplet tier a true derivative is not always among the 12 strongest raw vote
-        cells (a common code weighs in before the per-second cap): 24 found 5 % more
-        1.25x speed-ups than 12, at no measurable cost in query time.
-    cells_per_candidate : int
-        Derivative tier: (tempo ratio, pitch shift) cells tried per candidate track,
-        strongest first, until one holds a consistent time line (default 6). A track's
-        strongest cell can be chance agreement of common codes scattered over many
-        offsets, outweighing a true cell with 50-100 hits on one line: trying 6 cells
-        instead of 1 found 8 % more 0.8x and 3 % more 1.25x speed-ups (60 real tracks).
-    common_hash_entries_per_code : float
-        A code with ``E = entries_in_tier / this`` entries or fewer weighs 1, a commoner
-        one ``sqrt(E / entries)`` (default 2**20, about the number of distinct codes
-        music produces): common codes are what unrelated music shares by chance.
-    min_hash_weight : float
-        Hits of codes weighing less than this are ignored (default 0.1).
-    min_time_ratio, max_time_ratio : float
-        Tempo ratios (query / reference) the derivative tier considers (0.75–1.34).
-    max_pitch_shift_semitones : float
-        Largest pitch shift the derivative tier considers (default 4.25: a 0.8-1.25x
-        speed change moves pitch by 3.86 semitones). Wider costs query time.
-    tempo_hypotheses : tuple of float
-        Tempo ratios for which the query builds the triplets a reference would have
-        built (default 0.8, 0.9, 1.0, 1.1, 1.25; see :func:`fingerprint.hashes.query_triplets`).
-    ratio_bin : float
-        Width of the tempo-ratio cells the derivative tier votes in, as a log ratio
-        (default 0.03, about 3 %).
-    copy_ratio_tolerance, copy_pitch_tolerance : float
-        A derivative-tier alignment within 1.5 % of tempo and 0.5 semitone of pitch is
-        no tempo or pitch change.
-    mixed_coverage : float
-        A copy whose aligned landmarks are fewer than this fraction of the query's
-        landmarks in the same span is reported as ``mixed`` (default 0.12): the
-        reference is only part of what sounds there.
-    excerpt_fraction : float
-        A copy covering less than this fraction of the reference track is an
-        ``excerpt`` (default 0.8).
-    layer_candidates, layer_offsets_per_candidate : int
-        Under-mix tier: tracks (default 10) and offsets per track (default 3) proposed by
-        the pair tier's votes and verified. On 60 real 10 s mixes the true (track,
-        offset) was among them for 53 at -6 dB and 39 at -12 dB; 40 tracks gave 41.
-    layer_min_votes : float
-        Weakest vote (rarity-weighted hits within one frame of the offset) a candidate
-        needs to be verified at all (default 1.0).
-    layer_window_seconds : float
-        Query time verified per candidate, centred on its votes (default 10).
-    layer_background_seconds : (float, float)
-        Range of the other offsets (either side, seconds) at which the background is
-        measured (default 0.6-4.9 s: past a note's length, within one passage).
-    layer_background_shifts : int
-        Background offsets per side (default 40). With 20 the background's spread was
-        estimated loosely enough that unrelated music reached scores about 1 higher.
-    layer_min_peaks : int
-        Fewest catalogue peaks a comparison needs to count (default 100, some 3 s of
-        music): a few peaks of a track's fading end met by chance scored high on
-        generated songs.
-    layer_min_spread : float
-        Floor of the background's standard deviation (default 0.01), so that a nearly
-        constant background cannot turn a small excess into a large score.
-    layer_min_z : float
-        Lowest verification score reported (default 5.5): how many background standard
-        deviations the coincidence fraction lies above the background's mean, the peaks of
-        the proposing pair landmarks left out. Over every 10 s window (5 s apart) of the 50
-        held-out real tracks, alone and under another (76,000 candidates) the highest was
-        4.9; over the derivative harness's 299 unrelated queries 3.5, over 120 unrelated
-        generated songs 3.6.
-    layer_extend_z : float
-        Score from which another window of a long upload joins a verified match's spans
-        (default 4.5): the offset is then fixed, not one guess among many. A window of
-        unrelated music at a fixed offset reaches it about once in 9,700 (126,623 windows
-        of the candidates of 200 whole-track queries).
-    upload_window_seconds : float
-        Uploads longer than this (default 300 s) are searched one window of this length
-        at a time, and each work's alignments that continue one time line across a
-        window boundary are joined again: the landmark tiers' memory and time then grow
-        with the upload's length, not faster (a 20-minute upload searched whole peaked
-        at 4.2 GB). A derivative passage of a few seconds cut by a boundary may fall
-        short on both sides; a recording under other audio is verified in each window
-        on its own.
-    """
-
-    tiers: tuple[str, ...] = ("pair", "triplet", "layer")
-    min_score: float = 8.0
-    triplet_min_score: float = 6.0
-    max_score_per_second: float = 2.0
-    min_aligned: int = 8
-    offset_tolerance: int = 1
-    line_tolerance: float = 3.0
-    line_ratio_tolerance: float = 0.05
-    line_pitch_tolerance: float = 1.0
-    max_gap_seconds: float = 2.5
-    span_edge_density: float = 0.15
-    max_alignments: int = 4
-    max_candidates: int = 24
-    cells_per_candidate: int = 6
-    common_hash_entries_per_code: float = float(1 << 20)
-    min_hash_weight: float = 0.1
-    min_time_ratio: float = 0.75
-    max_time_ratio: float = 1.34
-    max_pitch_shift_semitones: float = 4.25
-    tempo_hypotheses: tuple[float, ...] = (0.8, 0.9, 1.0, 1.1, 1.25)
-    ratio_bin: float = 0.03
-    copy_ratio_tolerance: float = 0.015
-    copy_pitch_tolerance: float = 0.5
-    mixed_coverage: float = 0.12
-    excerpt_fraction: float = 0.8
-    layer_candidates: int = 10
-    layer_offsets_per_candidate: int = 3
-    layer_min_votes: float = 1.0
-    layer_window_seconds: float = 10.0
-    layer_background_seconds: tuple[float, float] = (0.6, 4.9)
-    layer_background_shifts: int = 40
-    layer_min_peaks: int = 100
-    layer_min_spread: float = 0.01
-    layer_min_z: float = 5.5
-    layer_extend_z: float = 4.5
-    upload_window_seconds: float = 300.0
+def match_field(doc: str, **kwargs: Any) -> Any:
+    """A dataclass field of the match record with its documentation, which the service's schema reads."""
+    return field(metadata={"doc": doc}, **kwargs)
 
 
 @dataclass(frozen=True)
 class Span:
     """One stretch of the query aligned with one stretch of the reference (seconds)."""
 
-    query_start: float
-    query_end: float
-    ref_start: float
-    ref_end: float
-    score: float
-    aligned: int
+    query_start: float = match_field("Where the stretch starts in the upload (s)")
+    query_end: float = match_field("Where it ends in the upload (s)")
+    ref_start: float = match_field("Where it starts in the catalogue recording (s)")
+    ref_end: float = match_field("Where it ends in the catalogue recording (s)")
+    score: float = match_field("The evidence of this stretch alone, on the scale of the match's score")
+    aligned: int = match_field("Agreeing landmarks (peaks, chroma frames) in this stretch")
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
 @dataclass(frozen=True)
-class Match:
-    """One catalogue track found in a query.
+class Calibration:
+    """How often music that is *not* in the catalogue reaches a score, in one tier.
+
+    Measured by ``bench/calibrate.py`` on a catalogue of ``catalogue_tracks`` real
+    tracks: the best score each unrelated 10 s query of held-out real music reaches in
+    the tier (threshold lowered) has an exponential upper tail. Above ``anchor_score``
+    the chance that an unrelated 10 s query scores ``s`` or more is
+    ``anchor_chance * exp(-(s - anchor_score) / scale)``. Chance agreement has more
+    tries in a longer query and in a larger catalogue: a query of ``d`` seconds against
+    ``n`` tracks multiplies that chance by ``max(1, d / 10) * n / catalogue_tracks``.
 
     Attributes
     ----------
-    track_id : int
-    score : float
-        Sum of the span scores: rarity-weighted aligned landmarks, at most
-        ``max_score_per_second`` per second of query.
-    aligned : int
-        Distinct query landmarks aligned, over all spans.
-    confidence : float
-        ``score / (score + threshold)`` (``min_score`` or ``triplet_min_score``, by the
-        tier of the match): 0.5 at the threshold, towards 1 for strong
-        matches. A ranking aid, not a probability.
-    query_start, query_end, ref_start, ref_end : float
-        The strongest span (seconds).
-    offset : float
-        Reference time at query time 0 on the strongest span's time line.
-    time_ratio : float
-        Query tempo / reference tempo (1.25: the upload plays 25 % faster).
-    pitch_shift_semitones : float
-        Query pitch - reference pitch.
-    kind : str
-        One of :data:`KINDS`.
-    spans : list of Span
-        Every aligned stretch, in query order.
-    tier : str
-        ``pair`` (exact-copy landmarks), ``triplet`` (tempo/pitch-invariant ones),
-        ``layer`` (catalogue peaks verified under other audio: ``score`` is then the
-        verification's standard score, ``aligned`` the peaks met) or ``melody`` (a cover: ``score`` is then the chroma similarity,
-        ``pitch_shift_semitones`` the key shift, ``aligned`` chroma frames).
-    points : np.ndarray, shape (n, 2)
-        (query time, reference time) in seconds of every aligned landmark of the kept
-        spans: the evidence an analyst plots against the fitted line.
+    anchor_score : float
+        A score that ``anchor_chance`` of unrelated 10 s queries reach.
+    anchor_chance : float
+        That fraction (about 0.1: the 90th percentile).
+    scale : float
+        Mean excess over ``anchor_score`` of the unrelated scores above it.
+    queries : int
+        Unrelated queries the figures were measured on.
+    catalogue_tracks : int
+        Tracks in the catalogue they were measured against.
     """
 
-    track_id: int
-    score: float
-    aligned: int
-    confidence: float
-    query_start: float
-    query_end: float
-    ref_start: float
-    ref_end: float
-    offset: float
-    time_ratio: float
-    pitch_shift_semitones: float
-    kind: str
-    spans: list[Span] = field(default_factory=list)
-    tier: str = "pair"
-    points: np.ndarray = field(default_factory=lambda: np.zeros((0, 2)), repr=False)
+    anchor_score: float
+    anchor_chance: float
+    scale: float
+    queries: int
+    catalogue_tracks: int
+
+    #: Query seconds the calibration's queries lasted.
+    REFERENCE_SECONDS: ClassVar[float] = 10.0
+
+    def chance(self, score: float, duration: float, catalogue_tracks: int | None = None) -> float:
+        """Estimated chance that unrelated music of ``duration`` seconds scores ``score`` or more.
+
+        ``catalogue_tracks`` is the size of the catalogue searched (None: the calibration's).
+        """
+        tries = max(1.0, duration / self.REFERENCE_SECONDS)
+        if catalogue_tracks is not None:
+            tries *= catalogue_tracks / self.catalogue_tracks
+        tail = self.anchor_chance * np.exp(-(score - self.anchor_score) / self.scale)
+        return float(min(1.0, tries * tail))
+
+    def rate(self, score: float, duration: float, catalogue_tracks: int | None = None) -> dict[str, float]:
+        """``chance`` and ``confidence = 1 - chance`` of a match, as :class:`Match` fields.
+
+        The same evidence gives the same confidence whichever tier found it.
+        """
+        chance = self.chance(score, duration, catalogue_tracks)
+        return {"chance": float(f"{chance:.3g}"), "confidence": 1.0 - chance}
+
+
+@dataclass(frozen=True)
+class Match:
+    """One catalogue recording found in a query: the library's match record.
+
+    The CLI's JSON, the service's ``MatchedWorkOut`` schema and the README's field table
+    are all built from these fields and their documentation.
+    """
+
+    track_id: int = match_field("The catalogue track (index id)")
+    score: float = match_field(
+        "The tier's evidence. pair/triplet: query landmarks agreeing with the track on one time line, "
+        "each weighted by its rarity, at most max_score_per_second per second of query; a match needs "
+        "the tier's min_score (pair 8, triplet 6). peaks: how many background standard deviations the "
+        "track's peaks meet the upload above chance (needs min_z, 5.5). melody: the chroma similarity "
+        "0-1 (needs min_similarity, 0.57)")
+    aligned: int = match_field(
+        "Agreeing landmarks over all spans; peaks tier: catalogue peaks met; melody tier: aligned chroma "
+        "frames")
+    confidence: float = match_field(
+        "1 - chance: the same value means the same evidence whichever tier found the match")
+    chance: float = match_field(
+        "Estimated chance that music not in the catalogue scores this high in this tier (calibrated on "
+        "held-out real music, scaled by the query's length)")
+    query_start: float = match_field("The strongest span's start in the upload (s)")
+    query_end: float = match_field("The strongest span's end in the upload (s)")
+    ref_start: float = match_field("The strongest span's start in the catalogue recording (s)")
+    ref_end: float = match_field("The strongest span's end in the catalogue recording (s)")
+    offset: float = match_field(
+        "Reference time at upload time 0 on the strongest span's line: ref = offset + time_ratio * query")
+    time_ratio: float = match_field("Upload tempo / reference tempo (1.25: played 25 % faster)")
+    pitch_shift_semitones: float = match_field(
+        "Upload pitch - reference pitch; melody tier: the key shift in whole semitones, -5..+6 (chroma "
+        "cannot tell octaves)")
+    kind: str = match_field(
+        "copy, excerpt (part of the recording), mixed (under other material), speed_changed (tempo and "
+        "pitch together), pitch_shifted, time_stretched, or cover (the composition re-performed)")
+    spans: list[Span] = match_field("Every stretch of the upload that uses the recording, in upload order",
+                                    default_factory=list)
+    tier: str = match_field("The tier that found it: pair, triplet, peaks or melody", default="pair")
+    points: np.ndarray = match_field(
+        "(upload time, reference time) of every aligned landmark of the spans, for evidence plots",
+        default_factory=lambda: np.zeros((0, 2)), repr=False, compare=False)
 
 
 @dataclass
@@ -270,3 +153,71 @@ class Alignment:
     ref_frames: np.ndarray
     query_ids: np.ndarray  # which query landmark each hit belongs to (distinctness, weights)
     weights: np.ndarray     # rarity weight of each hit
+
+
+@dataclass
+class Query:
+    """A query fingerprint (one window of an upload) and what the tiers computed from it.
+
+    ``shared`` holds results one tier computes and a later one reuses (the pair tier's
+    votes propose the peaks tier's candidates), keyed by the computing tier's name, so
+    that nothing is computed twice per window.
+    """
+
+    fingerprint: Fingerprint
+    shared: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Catalogue:
+    """What the tiers search.
+
+    Attributes
+    ----------
+    tiers : mapping of str to index structure
+        The index's stored tiers by name (``IndexStore.tiers``): a tier reads the one of
+        its own name, and finds nothing in an index without it.
+    fingerprint_params : FingerprintParams
+        The catalogue's fingerprint settings (frame duration, frequency resolution, zones).
+    track_durations : mapping of int to float, or None
+        Reportable tracks and their durations in seconds (to tell an excerpt from a
+        whole copy); hits on other tracks are ignored. None: every track, no excerpts.
+    """
+
+    tiers: Mapping[str, Any]
+    fingerprint_params: FingerprintParams
+    track_durations: Mapping[int, float] | None = None
+
+    def reportable(self, track_id: int) -> bool:
+        return self.track_durations is None or track_id in self.track_durations
+
+    @property
+    def size(self) -> int | None:
+        """Tracks that can be reported (None: not known)."""
+        return None if self.track_durations is None else len(self.track_durations)
+
+
+class Tier(Protocol):
+    """One way of finding catalogue recordings in a query.
+
+    An implementation is a frozen dataclass of its documented parameters (including its
+    :class:`Calibration`) in a module of the tier's name, with:
+
+    ``name``
+        The tier's one name: its module, its store key in ``IndexStore.tiers`` and
+        :attr:`Match.tier`.
+    ``additive``
+        Whether its scores add up over time (landmark evidence) or are a level (a
+        standard score, a similarity): how a long upload's windows are joined.
+    ``find(query, catalogue, skip)``
+        The matches of tracks not in ``skip`` whose evidence passes the tier's threshold,
+        with ``confidence`` and ``chance`` from :meth:`Calibration.confidence`.
+    """
+
+    name: ClassVar[str]
+    additive: ClassVar[bool]
+
+    @property
+    def calibration(self) -> Calibration: ...
+
+    def find(self, query: Query, catalogue: Catalogue, skip: AbstractSet[int]) -> list[Match]: ...

@@ -6,13 +6,13 @@ import numba
 import numpy as np
 
 from refrain.index.landmarks import LandmarkIndex
-from refrain.matcher.types import MatchParams
+from refrain.matcher.landmarks import LandmarkTierParams
 
-__all__ = ["rarity_weights", "weighted_lookup", "vote_keys", "vote_order", "best_cells_per_track",
-           "neighbourhood_sums"]
+__all__ = ["rarity_weights", "weighted_lookup", "vote_keys", "split_vote_keys", "vote_order",
+           "best_cells_per_track", "neighbourhood_sums"]
 
 
-def rarity_weights(entries_per_code: np.ndarray, entries_in_tier: int, params: MatchParams) -> np.ndarray:
+def rarity_weights(entries_per_code: np.ndarray, entries_in_tier: int, params: LandmarkTierParams) -> np.ndarray:
     """Weight of each query code: ``min(1, sqrt(E / entries with that code))``.
 
     Parameters
@@ -22,7 +22,7 @@ def rarity_weights(entries_per_code: np.ndarray, entries_in_tier: int, params: M
         from :meth:`index.landmarks.LandmarkIndex.code_counts`.
     entries_in_tier : int
         Entries stored in the tier looked up.
-    params : MatchParams
+    params : LandmarkTierParams
 
     Returns
     -------
@@ -32,7 +32,7 @@ def rarity_weights(entries_per_code: np.ndarray, entries_in_tier: int, params: M
     return np.minimum(1.0, np.sqrt(typical / np.maximum(entries_per_code, 1)))
 
 
-def weighted_lookup(tier: LandmarkIndex, codes: np.ndarray, params: MatchParams
+def weighted_lookup(tier: LandmarkIndex, codes: np.ndarray, params: LandmarkTierParams
                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Look codes up, skipping those too common to count, and weigh each by rarity.
 
@@ -44,7 +44,7 @@ def weighted_lookup(tier: LandmarkIndex, codes: np.ndarray, params: MatchParams
     tier : LandmarkIndex
     codes : np.ndarray of uint32
         Query codes.
-    params : MatchParams
+    params : LandmarkTierParams
 
     Returns
     -------
@@ -99,6 +99,11 @@ def vote_keys(track_ids: np.ndarray, cells: np.ndarray) -> np.ndarray:
     return (track_ids << 32) + cells
 
 
+def split_vote_keys(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The (track ids, cells) that :func:`vote_keys` packed."""
+    return keys >> 32, keys & 0xFFFFFFFF
+
+
 def best_cells_per_track(track_ids: np.ndarray, cells: np.ndarray, weights: np.ndarray,
                          neighbourhood: np.ndarray, min_weight: float, max_tracks: int,
                          cells_per_track: int = 1):
@@ -133,7 +138,7 @@ def best_cells_per_track(track_ids: np.ndarray, cells: np.ndarray, weights: np.n
         return []
     values, summed, first, best = neighbourhood_sums(vote_keys(track_ids, cells), np.asarray(weights, np.float64),
                                                       np.asarray(neighbourhood, np.int64))
-    value_tracks = values >> 32
+    value_tracks, value_cells = split_vote_keys(values)
     tracks = value_tracks[first]
     strongest = np.argsort(-best, kind="stable")[:max_tracks]
     result = []
@@ -142,7 +147,7 @@ def best_cells_per_track(track_ids: np.ndarray, cells: np.ndarray, weights: np.n
         if top < min_weight:
             break
         stop = np.searchsorted(value_tracks, track, side="right")
-        own_cells = values[start:stop] & 0xFFFFFFFF
+        own_cells = value_cells[start:stop]
         chosen: list[int] = []
         for position in np.argsort(-summed[start:stop], kind="stable"):
             if len(chosen) == cells_per_track or summed[start + position] < min_weight:

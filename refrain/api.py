@@ -5,18 +5,18 @@ from __future__ import annotations
 import hashlib
 import os
 from concurrent.futures import ProcessPoolExecutor, as_completed
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Iterable, Iterator
 
 import numpy as np
 
-from refrain.fingerprint import (AudioDecodeError, Fingerprint, FingerprintError, FingerprintParams,
-                         fingerprint_file, fingerprint_signal, load_audio)
-from refrain.index import IndexStore, Track, TrackMetadata
-from refrain.matcher import Match, Span, match_covers, match_fingerprint
 from refrain.config import Config
-from refrain.synth import render_song
+from refrain.fingerprint import (AudioDecodeError, Fingerprint, FingerprintError, FingerprintParams,
+                                 fingerprint_file, fingerprint_signal, load_audio)
+from refrain.index import IndexStore, Track, TrackMetadata
+from refrain.matcher import Catalogue, Match, match
+from refrain.matcher.types import match_field
 
 __all__ = ["Refrain", "IngestResult", "QueryResult", "TrackMatch", "IndexInfo", "audio_files",
            "AUDIO_EXTENSIONS"]
@@ -69,32 +69,21 @@ class IngestResult:
 
 
 @dataclass(frozen=True)
-class TrackMatch:
-    """A :class:`matcher.Match` joined with the matched track's catalogue metadata.
+class TrackMatch(Match):
+    """A :class:`matcher.Match` with the matched track's catalogue metadata: the one match record.
 
-    See :class:`matcher.Match` for the meaning of each measurement field. For
-    ``kind="cover"`` (the melody tier) ``score`` is the chroma similarity (0-1),
-    ``pitch_shift_semitones`` the whole-semitone key shift, ``aligned`` the chroma
-    frames of the aligned stretch.
+    :meth:`to_dict` gives its JSON form (``refrain match --json``), without the evidence
+    ``points`` (:meth:`Refrain.match_with_evidence` returns those).
     """
 
-    track_id: int
-    source: str
-    title: str | None
-    artist: str | None
-    isrc: str | None
-    score: float
-    aligned: int
-    confidence: float
-    query_start: float
-    query_end: float
-    ref_start: float
-    ref_end: float
-    offset: float
-    time_ratio: float
-    pitch_shift_semitones: float
-    kind: str
-    spans: list[Span]
+    source: str = match_field("The file the catalogue track was ingested from", default="")
+    title: str | None = match_field("The track's title, if given at ingest", default=None)
+    artist: str | None = match_field("The track's artist, if given at ingest", default=None)
+    isrc: str | None = match_field("The track's ISRC, if given at ingest", default=None)
+
+    def to_dict(self) -> dict:
+        return {f.name: getattr(self, f.name) if f.name != "spans" else [s.to_dict() for s in self.spans]
+                for f in fields(self) if f.name != "points"}
 
 
 @dataclass(frozen=True)
@@ -106,7 +95,7 @@ class QueryResult:
     matches: list[TrackMatch] = field(default_factory=list)
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        return {"query": self.query, "duration": self.duration, "matches": [m.to_dict() for m in self.matches]}
 
 
 @dataclass(frozen=True)
@@ -132,6 +121,16 @@ class IndexInfo:
         return asdict(self)
 
 
+def _warm_up_signal(sample_rate: int, seconds: float = 12.0) -> np.ndarray:
+    """Tones of random pitch, a quarter second each, over faint noise: every stage finds peaks in it."""
+    draw = np.random.default_rng(0)
+    note = int(sample_rate / 4)
+    t = np.arange(note) / sample_rate
+    tones = [np.sin(2 * np.pi * 110.0 * 2 ** (draw.integers(0, 48) / 12) * t) * np.hanning(note)
+             for _ in range(int(seconds * 4))]
+    return (0.5 * np.concatenate(tones) + 0.01 * draw.standard_normal(note * len(tones))).astype(np.float32)
+
+
 def _fingerprint_job(path: str, params: FingerprintParams, max_seconds: float) -> Fingerprint:
     # Runs in worker processes: must stay a module-level function so it pickles.
     return fingerprint_file(path, params, max_seconds)
@@ -154,11 +153,11 @@ class Refrain:
         self._ready: dict[int, Track] | None = None
 
     @classmethod
-    def open(cls, directory: os.PathLike, config: Config | None = None, writable: bool = False,
+    def open(cls, directory: str | os.PathLike, config: Config | None = None, writable: bool = False,
              create: bool = False, mmap: bool = False) -> "Refrain":
         """Open the index in ``directory`` (see :meth:`index.IndexStore.open`)."""
         config = config or Config()
-        store = IndexStore.open(directory, writable=writable, create=create,
+        store = IndexStore.open(Path(directory), writable=writable, create=create,
                                 params=config.fingerprint, list_bits=config.list_bits, mmap=mmap)
         return cls(store, config)
 
@@ -297,20 +296,11 @@ class Refrain:
             Per matched track id.
         """
         ready = self._ready_tracks()
-        found: list[Match] = match_fingerprint(
-            fp, self.store.tiers, self.config.match, self.params,
-            {t: track.duration for t, track in ready.items()})
-        melody = self.store.melody
-        if melody is not None and self.params.melody is not None:
-            found += match_covers(fp.melody, melody, self.config.cover,
-                                  self.params.melody.chroma_seconds(self.params.frame_seconds),
-                                  allowed=set(ready), skip={m.track_id for m in found})
-        matches = []
-        for m in found:
-            track = ready[m.track_id]
-            fields = {k: v for k, v in vars(m).items() if k not in ("tier", "points")}
-            matches.append(TrackMatch(source=track.source, title=track.title, artist=track.artist,
-                                      isrc=track.isrc, **fields))
+        catalogue = Catalogue(self.store.tiers, self.params, {t: track.duration for t, track in ready.items()})
+        found = match(fp, catalogue, self.config.match)
+        matches = [TrackMatch(**{f.name: getattr(m, f.name) for f in fields(Match)},
+                              source=ready[m.track_id].source, title=ready[m.track_id].title,
+                              artist=ready[m.track_id].artist, isrc=ready[m.track_id].isrc) for m in found]
         result = QueryResult(query=name, duration=round(fp.duration, 3), matches=matches)
         return result, {m.track_id: m.points for m in found}
 
@@ -333,9 +323,10 @@ class Refrain:
         first use: about 15 s in a fresh install (then cached on disk next to the
         sources, or under ``NUMBA_CACHE_DIR``), about half a second to load from the
         cache. A long-running service calls this at startup so that no upload waits for
-        it: a generated song is matched through the real index and the result dropped.
+        it: a few seconds of generated tones are matched through the real index and the
+        result dropped.
         """
-        self.match_signal(render_song(0, 12.0, sr=self.params.sample_rate))
+        self.match_signal(_warm_up_signal(self.params.sample_rate))
 
     def match_signal(self, y: np.ndarray, name: str = "<signal>") -> QueryResult:
         """Match mono samples already at ``self.params.sample_rate``."""

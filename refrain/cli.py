@@ -65,9 +65,9 @@ from tqdm import tqdm
 from refrain.fingerprint import AudioDecodeError, FingerprintError
 from refrain.index import IndexOpenError, TrackMetadata
 from refrain import __version__
-from refrain.matcher import CoverParams
 from refrain.api import QueryResult, Refrain, audio_files
 from refrain.config import Config
+from refrain.tuning import tune_process
 
 __all__ = ["main", "build_parser"]
 
@@ -181,8 +181,8 @@ def _print_result(result: QueryResult) -> None:
         print(f"  track {m.track_id}  {m.source}" + (f"  ({described})" if described else ""))
         # A cover's score is a similarity in 0-1 (threshold 0.57), the others' a weighted count.
         digits = 2 if m.kind == "cover" else 1
-        print(f"    {m.kind}  score {m.score:.{digits}f} ({m.aligned} aligned)  confidence {m.confidence:.3f}  "
-              f"tempo ×{m.time_ratio:.3f}  pitch {m.pitch_shift_semitones:+.2f} st")
+        print(f"    {m.kind}  {m.tier} score {m.score:.{digits}f} ({m.aligned} aligned)  "
+              f"chance if unrelated {m.chance:.0e}  tempo ×{m.time_ratio:.3f}  pitch {m.pitch_shift_semitones:+.2f} st")
         for span in m.spans:
             print(f"    query {span.query_start:.1f}–{span.query_end:.1f} s ↔ "
                   f"ref {span.ref_start:.1f}–{span.ref_end:.1f} s  (score {span.score:.{digits}f})")
@@ -210,7 +210,7 @@ def _match_all(refrain: Refrain, queries: list[tuple[str, Path]], as_json: bool)
 
 def cmd_match(args) -> int:
     queries, empty_folder = _expand(args.paths)
-    config = Config(cover=CoverParams(enabled=args.covers))
+    config = Config().searching_covers(args.covers)
     with _open_index(args.index, config=config, mmap=True) as refrain:
         ok = _match_all(refrain, queries, args.json)
     return EXIT_OK if ok and not empty_folder else EXIT_FAILED
@@ -362,7 +362,8 @@ def cmd_rescan_catalogue(args) -> int:
               + ", ".join(f"{t['track_id']} {t['source']}" for t in group["tracks"]))
         for pair in group["pairs"]:
             print(f"  {pair['track_id']} -> {pair['related_track_id']}  {pair['kind']}  "
-                  f"score {pair['score']:.1f}  tempo ×{pair['time_ratio']:.3f}  pitch {pair['pitch_shift_semitones']:+.2f} st")
+                  f"score {pair['score']:.1f}  tempo ×{pair['time_ratio']:.3f}  "
+                  f"pitch {pair['pitch_shift_semitones']:+.2f} st")
     run = report.run
     print(f"{len(run.records)} tracks scanned ({run.resumed} from the interrupted run), {run.failed} failed; "
           f"{len(report.groups)} groups of related works; outputs in {args.out}", flush=True)
@@ -458,7 +459,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--covers", action=argparse.BooleanOptionalAction, default=True,
                      help="search the melody tier for covers too (default; --no-covers: landmark tiers only, "
                           "faster for uploads of 16 s or more). It reports 95 %% of the benchmark's covers, "
-                          "no false cover on same-style or real music, see README")
+                          "no false cover on same-style or real music, see docs/benchmarks.md)")
     sub.add_argument("paths", nargs="+", metavar="PATH", help="query files or folders")
 
     sub = command("remove", cmd_remove, "remove a track from an index")
@@ -537,6 +538,7 @@ def main(argv: list[str] | None = None) -> int:
             stream.reconfigure(errors="backslashreplace")
     parser = build_parser()
     args = parser.parse_args(argv)
+    tune_process()
     try:
         return args.run(args)
     except CliError as err:

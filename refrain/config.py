@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from refrain.fingerprint import FingerprintParams
-from refrain.matcher import CoverParams, MatchParams
+from refrain.matcher import MatchParams
 
 __all__ = ["Config"]
 
@@ -20,9 +20,8 @@ class Config:
         Used when a new index is created; an existing index keeps its own (queries
         are always fingerprinted with the index's settings).
     match : MatchParams
-        Thresholds of the matcher's landmark tiers.
-    cover : CoverParams
-        Search and threshold of the melody tier (covers).
+        The matcher's tiers (pair, triplet, peaks, melody), each with its parameters and
+        calibration, and how a long upload is windowed.
     list_bits : int
         A new landmark index has ``2 ** list_bits`` inverted lists (default 16).
     max_query_seconds : float
@@ -36,8 +35,11 @@ class Config:
 
     fingerprint: FingerprintParams = field(default_factory=FingerprintParams)
     match: MatchParams = field(default_factory=MatchParams)
-    cover: CoverParams = field(default_factory=CoverParams)
     list_bits: int = 16
     max_query_seconds: float = 1200.0
     max_track_seconds: float = 6 * 3600.0
     commit_every: int = 50
+
+    def searching_covers(self, enabled: bool) -> "Config":
+        """This configuration with the melody tier (covers) searched, or left out."""
+        return self if enabled else replace(self, match=self.match.without("melody"))

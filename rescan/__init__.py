@@ -11,7 +11,7 @@ shell over these calls::
         print(group["track_ids"], [(p["track_id"], p["related_track_id"], p["kind"]) for p in group["pairs"]])
 
     report = rescan_uploads("catalogue-index", "catalogue-index.service.sqlite", "recheck/",
-                            review_confidence=0.6, apply=False)
+                            review_confidence=DEFAULT_REVIEW_CONFIDENCE, apply=False)  # from refrain.policy
     print(report.changed, "verdicts would change")
 
 Modules: :mod:`rescan.jobs` (the runner: local processes or Dask, checkpoint and

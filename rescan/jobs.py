@@ -191,7 +191,7 @@ def _read_checkpoint(path: Path) -> dict:
 
     The last line may be cut short by a kill; it is dropped and its item done again.
     """
-    done = {}
+    done: dict[str, dict] = {}
     if not path.exists():
         return done
     for line in path.read_text().splitlines():

@@ -54,17 +54,19 @@ def explain_change(old: dict, new: dict) -> list[str]:
     old, new : dict
         The stored answer and the recomputed one (``DecisionOut`` shape).
     """
-    before = {w["track_id"]: w for w in old["works"]}
-    after = {w["track_id"]: w for w in new["works"]}
+    before: dict[int, dict] = {w["track_id"]: w for w in old["works"]}
+    after: dict[int, dict] = {w["track_id"]: w for w in new["works"]}
     reasons = []
     for track_id in sorted(before.keys() | after.keys()):
-        was, now = before.get(track_id), after.get(track_id)
-        if was is None:
+        if track_id not in before:
+            now = after[track_id]
             reasons.append(f"{_work_label(now)} now matches as {now['kind']}: {now['outcome']} ({now['reason']})")
-        elif now is None:
-            reasons.append(f"{_work_label(was)} no longer matches")
-        elif (was["outcome"], was["work_id"]) != (now["outcome"], now["work_id"]):
-            reasons.append(f"{_work_label(now)}: {was['outcome']} -> {now['outcome']} ({now['reason']})")
+        elif track_id not in after:
+            reasons.append(f"{_work_label(before[track_id])} no longer matches")
+        else:
+            was, now = before[track_id], after[track_id]
+            if (was["outcome"], was["work_id"]) != (now["outcome"], now["work_id"]):
+                reasons.append(f"{_work_label(now)}: {was['outcome']} -> {now['outcome']} ({now['reason']})")
     return reasons
 
 

@@ -20,6 +20,7 @@ from refrain.service.errors import ApiError
 from refrain.service.routers import analyst, keys, licences, matches, works
 from refrain.service.schemas import ErrorBody, Health, MatchUploadForm, WorkUploadForm
 from refrain.service.settings import ServiceSettings
+from refrain.tuning import tune_process
 
 __all__ = ["create_app"]
 
@@ -60,6 +61,7 @@ def create_app(settings: ServiceSettings) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
+        tune_process()
         app.state.service = await run_in_threadpool(MatchService, settings)
         try:
             yield

@@ -24,7 +24,6 @@ from refrain.fingerprint import (AudioDecodeError, AudioTooLongError, Fingerprin
 from refrain.fingerprint.serialize import fingerprint_to_bytes
 from refrain.index import TrackMetadata
 from refrain.api import QueryResult, Refrain, TrackMatch
-from refrain.matcher import CoverParams
 from refrain.config import Config
 from refrain.service.db import ApiKey, ServiceDB, Work, WorkEvidence, utc_now
 from refrain.service.errors import ApiError
@@ -99,8 +98,7 @@ class MatchService:
         self.settings = settings
         self.db = ServiceDB(settings.db_path)
         config = Config(max_query_seconds=settings.max_upload_seconds,
-                        max_track_seconds=settings.max_reference_seconds,
-                        cover=CoverParams(enabled=settings.match_covers))
+                        max_track_seconds=settings.max_reference_seconds).searching_covers(settings.match_covers)
         try:
             self.refrain = Refrain.open(settings.index_dir, config=config, writable=True, create=True)
         except BaseException:
@@ -331,16 +329,13 @@ def decision_body(decided: UploadDecision, *, decision_id: str | None, stored: b
 
 def _matched_work(m: TrackMatch, work: Work | None, policies: dict, decided: policy.WorkDecision) -> dict:
     return {
-        "work_id": work.work_id if work else None, "track_id": m.track_id,
+        **{name: value for name, value in m.to_dict().items() if name not in ("source", "title", "artist", "isrc")},
+        "work_id": work.work_id if work else None,
         "title": work.title if work else m.title,
         "artists": work.artists if work else ([m.artist] if m.artist else []),
         "rights_holder": work.rights_holder if work else None,
         "isrc": work.isrc if work else m.isrc,
-        "kind": m.kind, "use": decided.use, "score": m.score, "aligned": m.aligned,
-        "confidence": m.confidence, "query_start": m.query_start, "query_end": m.query_end,
-        "ref_start": m.ref_start, "ref_end": m.ref_end, "offset": m.offset,
-        "time_ratio": m.time_ratio, "pitch_shift_semitones": m.pitch_shift_semitones,
-        "spans": [span.to_dict() for span in m.spans],
+        "use": decided.use,
         "policy": policy_out(policies.get(work.work_id) if work else None),
         "action": decided.action, "outcome": decided.outcome, "licence_id": decided.licence_id,
         "reason": decided.reason,

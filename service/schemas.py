@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import datetime
-from typing import Literal
+from typing import Any, Literal, get_type_hints
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, create_model
+
+from refrain.matcher import KINDS, Match, Span
 
 __all__ = [
     "Action", "Use", "Verdict", "Outcome", "Role", "ErrorBody", "PolicyBody", "PolicyOut", "WorkOut",
@@ -21,7 +24,8 @@ Verdict = Literal["clear", "allowed", "licensed", "blocked_copy", "blocked_unlic
                   "review"]
 Outcome = Literal["allowed", "licensed", "blocked", "review"]
 Role = Literal["uploader", "analyst", "admin"]
-Kind = Literal["copy", "excerpt", "speed_changed", "pitch_shifted", "time_stretched", "mixed", "cover"]
+Kind = Literal[KINDS]  # type: ignore[valid-type]
+Tier = Literal["pair", "triplet", "peaks", "melody"]
 
 
 class _Strict(BaseModel):
@@ -162,15 +166,24 @@ class MatchUploadForm(BaseModel):
                                          "several")
 
 
-class SpanOut(BaseModel):
-    """One stretch of the upload aligned with one stretch of the work (seconds)."""
+def _model_of(record: type, name: str, description: str, types: dict[str, Any],
+              leave_out: frozenset[str] = frozenset()) -> type[BaseModel]:
+    """A response model with the fields of a library record and the documentation they carry.
 
-    query_start: float
-    query_end: float
-    ref_start: float
-    ref_end: float
-    score: float
-    aligned: int
+    The library's dataclass (:class:`matcher.Match`, :class:`matcher.Span`) is the one
+    place a match field is defined and documented; ``types`` narrows a field's type for
+    the schema (a ``kind`` is one of the kinds, not any string).
+    """
+    hints = get_type_hints(record)
+    definitions = {f.name: (types.get(f.name, hints[f.name]), Field(description=f.metadata.get("doc")))
+                   for f in dataclasses.fields(record) if f.name not in leave_out}
+    return create_model(name, __doc__=description, **definitions)  # type: ignore[call-overload]
+
+
+SpanOut = _model_of(Span, "SpanOut", "One stretch of the upload aligned with one stretch of the work (seconds).",
+                    {})
+_MatchOut = _model_of(Match, "MatchOut", "What the matcher found of one work in the upload.",
+                      {"kind": Kind, "tier": Tier, "spans": list[SpanOut]}, frozenset({"points"}))
 
 
 class RoyaltyOut(BaseModel):
@@ -183,34 +196,17 @@ class RoyaltyOut(BaseModel):
                                           "licensed, else 0")
 
 
-class MatchedWorkOut(BaseModel):
-    """One work found in the upload, the policy applied and what it leads to."""
+class MatchedWorkOut(_MatchOut):  # type: ignore[misc, valid-type]
+    """One work found in the upload (the match fields of :class:`matcher.Match`), the policy applied and
+    what it leads to."""
 
     work_id: int | None = Field(description="null for an index track no work is registered for "
                                             "(e.g. ingested with the CLI): the default policy applies")
-    track_id: int
     title: str | None
     artists: list[str]
     rights_holder: str | None
     isrc: str | None
-    kind: Kind = Field(description="How the upload uses the work: a copy or derivative of the recording "
-                                   "(landmark tiers), or `cover`: the composition re-performed (melody tier)")
     use: Use
-    score: float = Field(description="Landmark kinds: rarity-weighted agreeing landmarks (a match needs 8). "
-                                     "`cover`: chroma similarity along the aligned line, 0-1 (a match "
-                                     "needs 0.5)")
-    aligned: int = Field(description="Agreeing landmarks; for a `cover`, aligned chroma frames (256 ms)")
-    confidence: float = Field(description="0.5 at the match threshold, towards 1 for strong matches")
-    query_start: float
-    query_end: float
-    ref_start: float
-    ref_end: float
-    offset: float = Field(description="Reference time at upload time 0 on the fitted line")
-    time_ratio: float = Field(description="Upload tempo / reference tempo")
-    pitch_shift_semitones: float = Field(description="Upload pitch - reference pitch; for a `cover`, the "
-                                                     "key shift in whole semitones, -5..+6 (chroma cannot "
-                                                     "tell octaves)")
-    spans: list[SpanOut]
     policy: PolicyOut
     action: Action = Field(description="The policy's action for this use")
     outcome: Outcome

@@ -7,6 +7,8 @@ from pathlib import Path
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from refrain.policy import DEFAULT_REVIEW_CONFIDENCE
+
 __all__ = ["ServiceSettings"]
 
 MB = 1_000_000
@@ -35,9 +37,10 @@ class ServiceSettings(BaseSettings):
     max_reference_seconds : float
         Longest accepted reference recording (default 6 h, as ``refrain ingest``).
     review_confidence : float
-        A match whose confidence is below this (default 0.6, i.e. a score of 12, at
-        least 6 s of agreement) is weak evidence: if the policy would block it, the
-        verdict is ``review`` instead.
+        A match whose confidence is below this (default
+        :data:`policy.DEFAULT_REVIEW_CONFIDENCE`, 1 - 1e-6: a chance above one in a million
+        that unrelated music matches this well) is weak evidence: if the policy would
+        block it, the verdict is ``review`` instead.
     spectrogram_max_seconds : float
         Longest stretch of an upload stored as a spectrogram image per matched work
         (default 30 s).
@@ -48,8 +51,8 @@ class ServiceSettings(BaseSettings):
         behind HTTPS).
     match_covers : bool
         Also search the melody tier for covers (default True: it reports 95 % of the
-        benchmark's covers, with no false cover on same-style or real music, see README
-        "Melody tier"); a cover's verdict follows the work's ``covers`` policy. False
+        benchmark's covers, with no false cover on same-style or real music, see
+        docs/benchmarks.md#covers); a cover's verdict follows the work's ``covers`` policy. False
         leaves only the landmark tiers (faster for uploads of 16 s or more).
     """
 
@@ -61,7 +64,7 @@ class ServiceSettings(BaseSettings):
     max_upload_bytes: int = Field(200 * MB, gt=0)
     max_upload_seconds: float = Field(1200.0, gt=0)
     max_reference_seconds: float = Field(6 * 3600.0, gt=0)
-    review_confidence: float = Field(0.6, ge=0.0, le=1.0)
+    review_confidence: float = Field(DEFAULT_REVIEW_CONFIDENCE, ge=0.0, le=1.0)
     spectrogram_max_seconds: float = Field(30.0, gt=0)
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)

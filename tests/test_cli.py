@@ -1,4 +1,4 @@
-"""The ``refrain`` console script, run as a user runs it (a subprocess)."""
+"""The ``refrain`` command line, run in-process as `refrain.cli.main` (a few tests start the real script)."""
 
 from __future__ import annotations
 
@@ -12,9 +12,9 @@ import pytest
 from refrain.index import IndexStore
 
 SR = 22050
-MATCH_FIELDS = {"track_id", "source", "title", "artist", "isrc", "score", "aligned", "confidence",
+MATCH_FIELDS = {"track_id", "source", "title", "artist", "isrc", "score", "aligned", "confidence", "chance",
                 "query_start", "query_end", "ref_start", "ref_end", "offset", "time_ratio",
-                "pitch_shift_semitones", "kind", "spans"}
+                "pitch_shift_semitones", "kind", "spans", "tier"}
 SEEDS = (33, 41, 49)
 
 
@@ -24,8 +24,8 @@ def assert_clean_errors(stderr: str) -> None:
 
 
 @pytest.fixture(scope="module")
-def cli_index(tmp_path_factory, songs, run_refrain):
-    """An index built by `refrain ingest` from a folder of three songs and one broken file."""
+def cli_index(tmp_path_factory, songs, run_refrain_process):
+    """An index built by the installed `refrain ingest` script from a folder of three songs and one broken file."""
     root = tmp_path_factory.mktemp("cli")
     folder = root / "music"
     (folder / "sub").mkdir(parents=True)
@@ -35,7 +35,7 @@ def cli_index(tmp_path_factory, songs, run_refrain):
     (folder / "broken.mp3").write_text("not audio at all\n" * 20)
     (folder / "notes.txt").write_text("not an audio extension: never looked at\n")
 
-    done = run_refrain("ingest", "--index", root / "index", folder)
+    done = run_refrain_process("ingest", "--index", root / "index", folder)
     return root / "index", folder, done
 
 
@@ -58,7 +58,7 @@ def test_ingest_again_changes_nothing(cli_index, run_refrain):
     assert re.search(r"\b0 added, 0 updated, 3 unchanged, 0 errors\b", done.stdout), done.stdout
 
 
-def test_match_json_gives_one_line_per_query(cli_index, songs, write_audio, tmp_path, run_refrain):
+def test_match_json_gives_one_line_per_query(cli_index, songs, write_audio, tmp_path, run_refrain_process):
     index, folder, _ = cli_index
     sources = {seed: str(next(folder.rglob(songs[seed].path.name))) for seed in SEEDS}
     first = write_audio(tmp_path / "a.wav", songs[41].excerpt(9.0, 10.0))
@@ -68,7 +68,7 @@ def test_match_json_gives_one_line_per_query(cli_index, songs, write_audio, tmp_
     in_folder = write_audio(tmp_path / "more" / "c.wav", songs[49].excerpt(20.0, 10.0))
     queries = [str(first), str(broken), str(second), str(tmp_path / "more")]
 
-    done = run_refrain("match", "--index", index, "--json", *queries)
+    done = run_refrain_process("match", "--index", index, "--json", *queries)
     assert done.returncode == 1, done.stderr
     assert_clean_errors(done.stderr)
     assert any(line.startswith("error: ") and str(broken) in line for line in done.stderr.splitlines())
@@ -95,7 +95,7 @@ def test_match_prints_readable_results(cli_index, songs, write_audio, tmp_path, 
     lines = done.stdout.splitlines()
     assert lines[0] == f"{query}  (10.0 s)"
     assert re.fullmatch(rf"  track \d+  {re.escape(str(folder / songs[49].path.name))}", lines[1])
-    assert re.match(r"    excerpt  score [\d.]+ \(\d+ aligned\)  confidence 0\.\d+  tempo ×1\.000  "
+    assert re.match(r"    excerpt  pair score [\d.]+ \(\d+ aligned\)  chance if unrelated \de-\d+  tempo ×1\.000  "
                     r"pitch [+-]0\.00 st", lines[2]), lines[2]
     assert re.search(r"query 0\.\d–(9\.\d|10\.0) s ↔ ref 12\.\d–(21\.\d|22\.0) s", lines[3]), lines[3]
 
@@ -210,6 +210,7 @@ def parse_human_output(text: str) -> dict[str, list[str]]:
     return blocks
 
 
+@pytest.mark.slow
 def test_demo_matches_each_sample_query(run_refrain, tmp_path):
     manifest = json.loads((Path(__file__).resolve().parents[1] / "sample_audio" /
                            "manifest.json").read_text())
@@ -232,6 +233,7 @@ def test_demo_matches_each_sample_query(run_refrain, tmp_path):
     assert list(tmp_path.iterdir()) == []  # nothing written to the working directory
 
 
+@pytest.mark.slow
 def test_demo_keeps_the_index_it_is_given(run_refrain, tmp_path):
     done = run_refrain("demo", "--index", tmp_path / "demo-index")
     assert done.returncode == 0, done.stderr
@@ -251,7 +253,8 @@ def test_a_folder_without_audio_is_an_error(cli_index, tmp_path, run_refrain):
 def test_upgrade_brings_an_old_index_up_to_date_once(pre_mix_index, run_refrain):
     info = run_refrain("info", "--index", pre_mix_index)
     assert info.returncode == 0 and "refrain upgrade --index" in info.stdout
-    assert json.loads(run_refrain("info", "--index", pre_mix_index, "--json").stdout)["upgradable"] == ["pair", "triplet"]
+    info = json.loads(run_refrain("info", "--index", pre_mix_index, "--json").stdout)
+    assert info["upgradable"] == ["pair", "triplet"]
     done = run_refrain("upgrade", "--index", pre_mix_index)
     assert done.returncode == 0, done.stderr
     assert "upgraded the pair and triplet tiers" in done.stdout

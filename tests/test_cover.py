@@ -17,20 +17,19 @@ from conftest import SR
 
 from refrain.fingerprint import FingerprintParams, fingerprint_signal
 from refrain.index import IndexOpenError
-from refrain.matcher import CoverParams
 from refrain.api import Refrain
 from refrain.config import Config
 from refrain.synth import describe_song, render_song
 
-#: The melody tier is searched by default (``CoverParams.enabled``); said explicitly here.
-COVER_SEARCH = Config(cover=CoverParams(enabled=True))
-#: The library with the melody tier switched off: landmark tiers only.
-NO_COVER_SEARCH = Config(cover=CoverParams(enabled=False))
+#: The melody tier is searched by default; said explicitly here.
+COVER_SEARCH = Config().searching_covers(True)
+#: The library with the melody tier left out: landmark tiers only.
+NO_COVER_SEARCH = Config().searching_covers(False)
 
 #: (catalogue seed, semitones, tempo factor, timbre seed): the composition re-performed.
 #: The synthesiser re-renders the very same notes at exactly scaled times, so with some timbre
 #: seeds (e.g. 204 for the last case) enough of the catalogue recording's own spectral peaks
-#: survive for the derivative tier to match it as the recording at 1.1x, +2 st; such a render
+#: survive for the triplet tier to match it as the recording at 1.1x, +2 st; such a render
 #: is reported from the landmark tiers and is not a test of the melody tier. The test checks
 #: that these covers share no landmark evidence with the recording.
 COVERS = [(30, -5, 0.9, 90), (41, -3, 0.9, 203), (41, 2, 1.1, 207)]
@@ -76,7 +75,8 @@ def test_a_transposed_re_timbred_rendering_is_found_as_a_cover(catalogue, catalo
     assert found.track_id == catalogue_index.track_ids[seed]
     assert found.pitch_shift_semitones == semitones
     assert found.time_ratio == pytest.approx(tempo, rel=0.03)
-    assert 0.5 <= found.confidence <= 1.0 and found.score >= Config().cover.min_similarity
+    assert found.tier == "melody" and found.confidence == pytest.approx(1.0 - found.chance)
+    assert found.score >= Config().match.tier("melody").min_similarity
     span, = found.spans
     # The cover starts at the song's beginning: query time t is reference time t * tempo.
     assert span.query_start <= 2.0 and span.query_end >= 20.0

@@ -9,9 +9,9 @@ import pytest
 
 from refrain.fingerprint.melody import MelodyParams
 from refrain.index.melody import MelodyIndex
-from refrain.matcher.cover import CoverParams, compress_chroma, offset_votes, prescreen
+from refrain.matcher.melody import MelodyTier, compress_chroma, offset_votes, prescreen
 
-PARAMS = CoverParams(enabled=True)
+PARAMS = MelodyTier()
 BIN = 4  # offset bin = the query segment hop (16 // 4 chroma frames)
 
 

@@ -454,7 +454,7 @@ def test_second_writer_is_refused(index_copy):
 
 def test_writer_in_another_process_blocks_this_one(index_copy):
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys; from index import IndexStore; "
+        [sys.executable, "-c", "import sys; from refrain.index import IndexStore; "
          f"s = IndexStore.open({str(index_copy)!r}, writable=True); print('locked', flush=True); "
          "sys.stdin.read()"],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)

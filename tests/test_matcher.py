@@ -13,9 +13,10 @@ import pytest
 import soxr
 
 from refrain.fingerprint import fingerprint_signal
-from refrain.matcher.align import _spans
-from refrain.matcher.derivatives import _fit_time_line, _may_hold_a_line
-from refrain.matcher.types import Alignment, MatchParams
+from refrain.matcher import MatchParams, PairTier, TripletTier
+from refrain.matcher.landmarks import alignment_spans
+from refrain.matcher.triplet import _fit_time_line, _may_hold_a_line
+from refrain.matcher.types import Alignment
 from refrain.matcher.voting import best_cells_per_track, vote_order
 from refrain.api import Refrain
 from refrain.config import Config
@@ -44,10 +45,10 @@ def test_noisy_excerpt_finds_its_song_and_position(catalogue, catalogue_index, s
     assert top.source == str(songs[seed].path)
     # A real copy clears the threshold by far, not by luck: scores are capped per second of
     # query, so 10 s can reach at most about 10 * max_score_per_second.
-    params = catalogue.config.match
-    assert top.score >= 2 * params.min_score
-    assert max(span.score for span in top.spans) >= 0.8 * 10 * params.max_score_per_second
-    assert 0.5 <= top.confidence < 1.0
+    pair = catalogue.config.match.tier("pair")
+    assert top.tier == "pair" and top.score >= 2 * pair.min_score
+    assert max(span.score for span in top.spans) >= 0.8 * 10 * pair.max_score_per_second
+    assert top.confidence == pytest.approx(1.0 - top.chance) and top.chance < 1e-4
     assert top.offset == pytest.approx(start, abs=0.1)
     # The query is the song from `start` on, all through.
     assert 0.0 <= top.query_start < 1.0
@@ -86,7 +87,7 @@ def test_music_not_in_the_catalogue_matches_nothing(catalogue, unrelated_songs, 
 
 def test_a_derivative_search_left_without_plausible_hits_reports_nothing(catalogue_index, songs):
     # Tempo ratios no hit can have: every triplet hit is implausible, and none is left to vote.
-    impossible = Config(match=MatchParams(tiers=("triplet",), min_time_ratio=5.0, max_time_ratio=6.0))
+    impossible = Config(match=MatchParams(tiers=(TripletTier(min_time_ratio=5.0, max_time_ratio=6.0),)))
     with Refrain.open(catalogue_index.directory, impossible, mmap=True) as refrain:
         assert refrain.match_signal(soxr.resample(songs[30].excerpt(4.0, 10.0), SR, 8000), "q").matches == []
 
@@ -129,10 +130,10 @@ def test_code_counts_are_the_hits_each_code_gets(catalogue, songs, tier):
 
 
 def test_line_pre_screen_never_rejects_a_set_the_fit_accepts():
-    # Hit sets as the derivative tier forms them: some hits on a line ref = offset + ratio * query,
+    # Hit sets as the triplet tier forms them: some hits on a line ref = offset + ratio * query,
     # the rest chance hits; the pre-screen may only reject sets that the fit rejects too.
     rng = np.random.default_rng(6)
-    params = MatchParams()
+    params = TripletTier()
     candidates, query_frames, ref_frames, ratios = [], [], [], []
     for on_line in list(range(0, 16)) * 12:
         n_chance = int(rng.integers(0, 40))
@@ -167,7 +168,8 @@ def test_vote_order_is_a_stable_sort_by_track_then_cell(track_range, cell_range)
     assert len(vote_order(track_ids[:0], cells[:0])) == 0
 
 
-@pytest.mark.parametrize("neighbourhood", [np.arange(-2, 3), np.array([d * 256 + e for d in (-1, 0, 1) for e in (-1, 0, 1)])])
+@pytest.mark.parametrize("neighbourhood", [np.arange(-2, 3),
+                                           np.array([d * 256 + e for d in (-1, 0, 1) for e in (-1, 0, 1)])])
 def test_best_cells_per_track_agrees_with_a_direct_count(neighbourhood):
     # The compiled neighbourhood sums against a plain dictionary count of the same votes.
     rng = np.random.default_rng(4)
@@ -205,7 +207,7 @@ def test_stray_hits_past_a_copied_passage_do_not_stretch_its_span():
                           query_frames=query_frames, ref_frames=query_frames + 100,
                           query_ids=np.arange(len(query_frames)),
                           weights=np.ones(len(query_frames)))
-    (span,) = _spans(alignment, MatchParams(), frame)
+    (span,) = alignment_spans(alignment, PairTier(), frame)
     assert span.query_start == pytest.approx(0.0) and span.query_end == pytest.approx(5.0, abs=0.1)
     assert span.ref_start == pytest.approx(100 * frame)
     assert span.aligned == len(query_frames)
@@ -244,15 +246,16 @@ def test_a_long_upload_searched_window_by_window_reports_each_work_once_across_b
         assert match.query_end == pytest.approx(whole[track_id].query_end, abs=1.0)
 
 
+@pytest.mark.slow
 def test_warm_up_compiles_the_kernels_a_query_needs(catalogue_index):
     # In a fresh interpreter, so that no earlier test has compiled them already.
     script = textwrap.dedent(f"""
-        import fingerprint.hashes, fingerprint.peaks, matcher.copies, matcher.derivatives, matcher.layers, matcher.voting
+        from refrain.fingerprint import hashes, peaks
+        from refrain.matcher import pair, peaks as peaks_tier, triplet, voting
         from refrain.api import Refrain
-        kernels = [fingerprint.peaks._rank_in_sliding_window, fingerprint.hashes._targets_in_zone,
-                   matcher.copies._votes_in_code_order, matcher.voting.neighbourhood_sums,
-                   matcher.derivatives._plausible_hits, matcher.derivatives._best_neighbourhood_per_track,
-                   matcher.layers._meetings_of]
+        kernels = [peaks._rank_in_sliding_window, hashes._targets_in_zone, pair._votes_in_code_order,
+                   voting.neighbourhood_sums, triplet._plausible_hits, triplet._best_neighbourhood_per_track,
+                   peaks_tier._meetings_of]
         assert not any(kernel.signatures for kernel in kernels)
         with Refrain.open({str(catalogue_index.directory)!r}) as refrain:
             refrain.warm_up()

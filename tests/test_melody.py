@@ -10,7 +10,7 @@ from refrain.fingerprint.melody import (chroma_sequence, descriptor_dim, resampl
                                 segment_starts)
 from refrain.fingerprint.spectrogram import log_frequency_spectrogram
 from refrain.index.melody import MelodyIndex
-from refrain.matcher.cover import CoverParams, verify_cover
+from refrain.matcher.melody import MelodyTier, verify_cover
 from refrain.synth import render_song
 
 RATE = 8000
@@ -75,7 +75,7 @@ def test_resampling_to_a_tempo_ratio_changes_the_length_only():
 
 
 def test_verification_recovers_key_shift_tempo_and_offset():
-    melody, params = MelodyParams(), CoverParams()
+    melody, params = MelodyParams(), MelodyTier()
     reference = random_chroma(300, 4)
     # The query: reference frames 80..200, played 1.25x faster and 3 semitones higher.
     query = np.roll(resample_chroma(reference[80:200], 1 / 1.25), 3, axis=1)
@@ -126,7 +126,7 @@ def test_synth_cover_options_keep_the_default_render_and_change_what_they_say():
         render_song(7, 4.0, tempo=0.0)
     # A transposed render aligns with the original at exactly that key shift.
     low, high = chroma_of(render_song(7, 20.0, RATE)), chroma_of(render_song(7, 20.0, RATE, transpose=4))
-    verdict = verify_cover(high, low, (1.0,), MelodyParams(), CoverParams())
+    verdict = verify_cover(high, low, (1.0,), MelodyParams(), MelodyTier())
     assert verdict.key_shift == 4 and verdict.offset_frames == 0
 
 
@@ -137,8 +137,8 @@ def test_a_drone_in_the_query_key_is_no_evidence_of_a_cover():
     drone = as_chroma(np.eye(12)[2] + 0.05 * np.random.default_rng(8).random((300, 12)))
     query = as_chroma(random_chroma(120, 9) + np.eye(12)[2])
     assert float(np.mean(query @ drone[0])) > 0.6  # what a raw correlation sees, at any offset
-    verdict = verify_cover(query, drone, (1.0,), MelodyParams(), CoverParams())
-    assert verdict.correlation < 0.2 and verdict.similarity < CoverParams().min_similarity
+    verdict = verify_cover(query, drone, (1.0,), MelodyParams(), MelodyTier())
+    assert verdict.correlation < 0.2 and verdict.similarity < MelodyTier().min_similarity
 
 
 def test_a_query_that_matches_the_reference_everywhere_is_judged_against_that_background():
@@ -146,10 +146,10 @@ def test_a_query_that_matches_the_reference_everywhere_is_judged_against_that_ba
     # stands out from nothing; the same frames without repeats stand out clearly.
     loop = random_chroma(8, 10)
     looped = np.tile(loop, (40, 1))
-    verdict = verify_cover(looped[:120], looped, (1.0,), MelodyParams(), CoverParams())
+    verdict = verify_cover(looped[:120], looped, (1.0,), MelodyParams(), MelodyTier())
     assert verdict.correlation > 0.9 and verdict.background > 0.9
-    assert verdict.similarity < CoverParams().min_similarity
+    assert verdict.similarity < MelodyTier().min_similarity
     reference = random_chroma(320, 11)
-    distinct = verify_cover(reference[100:220], reference, (1.0,), MelodyParams(), CoverParams())
+    distinct = verify_cover(reference[100:220], reference, (1.0,), MelodyParams(), MelodyTier())
     assert distinct.correlation > 0.9 and distinct.background < 0.3
-    assert distinct.similarity > CoverParams().min_similarity and distinct.offset_frames == 100
+    assert distinct.similarity > MelodyTier().min_similarity and distinct.offset_frames == 100

@@ -108,6 +108,7 @@ def _lines(path) -> int:
     return len(path.read_text().splitlines()) if path.exists() else 0
 
 
+@pytest.mark.slow
 def test_a_killed_run_resumes_to_the_same_output(planted, uninterrupted, tmp_path, refrain_command, run_refrain,
                                                  capsys):
     index, ids = planted

@@ -6,9 +6,11 @@ import subprocess
 import time
 
 import httpx
+import pytest
 from conftest import free_port
 
 
+@pytest.mark.slow
 def test_refrain_serve_answers_on_its_port_and_stops(tmp_path, refrain_command, run_refrain):
     index = tmp_path / "index"
     made = run_refrain("keys", "create", "--role", "admin", "--index", index)

@@ -56,7 +56,7 @@ def test_a_sped_up_derivative_without_a_licence_is_blocked(uploader, live_servic
 def test_a_work_buried_18_db_under_new_music_is_a_blocked_remix(uploader, live_service, songs,
                                                                 unrelated_songs, write_audio, upload_dir):
     # An AI vocal or a new beat over the original: song 34 at -18 dB under a song outside the
-    # catalogue. Only the under-mix tier's peak verification finds it.
+    # catalogue. Only the peaks tier's verification finds it.
     beat = np.asarray(unrelated_songs[45][5 * SR:15 * SR])
     path = write_audio(upload_dir / "buried-34.wav", mix(beat, songs[34].excerpt(10.0, 10.0), -18.0))
     done = post_file(uploader, "/v1/matches", path, uploader_id=LICENSEE)
@@ -135,15 +135,24 @@ def test_music_not_in_the_catalogue_is_clear(uploader, unrelated_songs, write_au
     assert done.json()["verdict"] == "clear" and done.json()["works"] == []
 
 
-def test_a_weak_match_of_a_denied_work_goes_to_review(uploader, live_service, excerpt_file):
-    threshold = live_service.settings.review_confidence
-    done = post_file(uploader, "/v1/matches", excerpt_file(34, 12.0, 5.0))
+def test_a_match_weaker_than_the_review_threshold_goes_to_review(uploader, live_service, excerpt_file, monkeypatch):
+    # By the calibrated chance model, 5 s of a clean copy is strong evidence in this catalogue: blocked.
+    path = excerpt_file(34, 12.0, 5.0)
+    done = post_file(uploader, "/v1/matches", path)
     assert done.status_code == 200, done.text
-    decision = done.json()
-    matched = only_work(decision)
+    matched = only_work(done.json())
     assert matched["work_id"] == live_service.works["default"]["work_id"]
     assert matched["policy"]["is_default"] and matched["action"] == "deny"
-    assert matched["confidence"] < threshold
+    assert matched["confidence"] == pytest.approx(1.0 - matched["chance"])
+    assert matched["confidence"] >= live_service.settings.review_confidence
+    assert done.json()["verdict"] == "blocked_copy", matched["chance"]
+
+    # An operator who wants ten times less chance than that before anything is blocked gets it reviewed.
+    monkeypatch.setattr(live_service.settings, "review_confidence", 1.0 - matched["chance"] / 10)
+    assert matched["confidence"] < live_service.settings.review_confidence
+    done = post_file(uploader, "/v1/matches", path)
+    decision = done.json()
+    matched = only_work(decision)
     assert decision["verdict"] == "review" and matched["outcome"] == "review"
     assert "weak" in matched["reason"]
 

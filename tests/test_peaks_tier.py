@@ -1,4 +1,4 @@
-"""The under-mix tier: catalogue recordings far under other audio, verified on stored peaks."""
+"""The peaks tier: catalogue recordings far under other audio, verified on stored peaks."""
 
 from __future__ import annotations
 
@@ -12,9 +12,9 @@ from refrain.fingerprint import Fingerprint, FingerprintParams, Peaks
 from refrain.fingerprint.hashes import Landmarks, hash_landmarks
 from refrain.index.peaks import PeakStore
 from refrain.index.store import IndexOpenError
-from refrain.matcher.copies import CopyVotes
-from refrain.matcher.layers import _background_shifts, layer_matches
-from refrain.matcher.types import MatchParams
+from refrain.matcher import Catalogue, PeaksTier
+from refrain.matcher.pair import PairVotes
+from refrain.matcher.peaks import _background_shifts, peaks_matches
 from refrain.api import Refrain
 from refrain.config import Config
 from refrain.synth import mix
@@ -40,10 +40,10 @@ def test_a_song_18_db_under_another_is_found_only_by_verifying_its_peaks(catalog
     assert match.time_ratio == 1.0 and match.pitch_shift_semitones == 0.0
     assert match.spans[0].ref_start == pytest.approx(10.0 + match.spans[0].query_start, abs=0.1)
     assert match.spans[0].query_end - match.spans[0].query_start > 5.0
-    assert match.score >= catalogue.config.match.layer_min_z
+    assert match.score >= catalogue.config.match.tier("peaks").min_z and match.tier == "peaks"
 
     # The landmark tiers alone do not see it: what found it is the peak verification.
-    landmarks_only = dataclasses.replace(catalogue.config.match, tiers=("pair", "triplet"))
+    landmarks_only = catalogue.config.match.only("pair", "triplet")
     with Refrain.open(catalogue_index.directory, Config(match=landmarks_only)) as plain:
         assert plain.match_file(path).matches == []
 
@@ -123,13 +123,13 @@ def test_a_looped_reference_verified_at_two_offsets_is_one_match():
                      frames=query_frames.astype(np.int32), duration=10.0, peaks=dense, triplets=None,
                      dense_peaks=dense)
     offsets = np.array([500, 500, 900, 900])
-    votes = CopyVotes(query_ids=np.array([0, 1, 0, 1]), track_ids=np.full(4, 7),
+    votes = PairVotes(query_ids=np.array([0, 1, 0, 1]), track_ids=np.full(4, 7),
                       ref_frames=offsets + np.tile(query_frames, 2), weights=np.ones(4),
                       query_frames=np.tile(query_frames, 2), offsets=offsets)
-    found = layer_matches(fp, votes, store, MatchParams(), params)
+    found = peaks_matches(fp, votes, store, PeaksTier(), Catalogue({}, params))
     assert [m.track_id for m in found] == [7]
     assert round(found[0].offset / params.frame_seconds) in (500, 900)
-    assert found[0].kind == "mixed" and found[0].tier == "layer"
+    assert found[0].kind == "mixed" and found[0].tier == "peaks"
 
 
 @pytest.mark.parametrize("upload_window_seconds", [300.0, 15.0])
@@ -138,15 +138,15 @@ def test_a_long_buried_passage_is_reported_over_its_whole_length(catalogue, cata
                                                                  upload_window_seconds):
     # 26 s of song 41 (from its 5 s) under 30 s of another song, from 2 s to 28 s of the
     # upload: the verified window holds 10 s of it, the spans must reach both ends. (With
-    # this much of it the pair tier finds it too, in pieces: the layer tier is asked alone.)
+    # this much of it the pair tier finds it too, in pieces: the peaks tier is asked alone.)
     # Searched in two 15 s upload windows, each verifies its part: one match again.
     background = unrelated_songs[45]
     song = np.zeros_like(background)
     song[2 * SR:28 * SR] = songs[41].samples[5 * SR:31 * SR]
     path = write_audio(tmp_path / "remix.wav", mix(background, song, -18.0))
-    layer_only = dataclasses.replace(catalogue.config.match, tiers=("layer",),
+    peaks_only = dataclasses.replace(catalogue.config.match.only("peaks"),
                                      upload_window_seconds=upload_window_seconds)
-    with Refrain.open(catalogue_index.directory, Config(match=layer_only)) as refrain:
+    with Refrain.open(catalogue_index.directory, Config(match=peaks_only)) as refrain:
         result = refrain.match_file(path)
     assert [m.track_id for m in result.matches] == [catalogue_index.track_ids[41]]
     match = result.matches[0]
@@ -191,10 +191,10 @@ def test_the_peaks_that_proposed_a_candidate_do_not_verify_it(buried):
                      duration=10.0, peaks=dense, triplets=None, dense_peaks=dense)
     order = np.argsort(landmarks.anchor_frames, kind="stable")
     query_frames = landmarks.anchor_frames[order]
-    votes = CopyVotes(query_ids=order, track_ids=np.full(40, 7), ref_frames=query_frames + offset,
+    votes = PairVotes(query_ids=order, track_ids=np.full(40, 7), ref_frames=query_frames + offset,
                       weights=np.ones(40), query_frames=query_frames, offsets=np.full(40, offset))
 
-    found = layer_matches(fp, votes, store, MatchParams(), params)
+    found = peaks_matches(fp, votes, store, PeaksTier(), Catalogue({}, params))
     if buried:
         assert [m.track_id for m in found] == [7]
         assert round(found[0].offset / params.frame_seconds) == offset
@@ -205,7 +205,7 @@ def test_the_peaks_that_proposed_a_candidate_do_not_verify_it(buried):
 def test_background_offsets_sample_every_beat_period_at_many_phases():
     # Evenly spaced offsets land on one phase of a beat whose period divides their step,
     # so the background of two pieces at one tempo would be all off-beat (or all on-beat).
-    shifts = _background_shifts(MatchParams(), FingerprintParams().frame_seconds)
+    shifts = _background_shifts(PeaksTier(), FingerprintParams().frame_seconds)
     periods = np.arange(3.0, 60.0, 0.05)[:, None]
     phase_concentration = np.abs(np.exp(2j * np.pi * shifts / periods).mean(axis=1))
     assert phase_concentration.max() < 0.5

@@ -1,4 +1,4 @@
-"""Under-mix tier: a catalogue recording that plays 6-12 dB under new material.
+"""Peaks tier: a catalogue recording that plays 6-12 dB under new material.
 
 Mixed under louder audio, a recording loses most of its landmarks: a pair needs
 both of its peaks among the upload's strongest, so the few pair hits left cannot be
@@ -17,18 +17,21 @@ the match's spans say everywhere the recording plays under the new material."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+from typing import AbstractSet, ClassVar
+
 import numba
 import numpy as np
 from scipy.ndimage import maximum_filter
 
-from refrain.fingerprint import Fingerprint, FingerprintParams
+from refrain.fingerprint import Fingerprint
 from refrain.fingerprint.hashes import unhash_landmarks
 from refrain.index.peaks import PeakStore
-from refrain.matcher.copies import OFFSET_BIAS, CopyVotes
-from refrain.matcher.types import Match, MatchParams, Span
+from refrain.matcher.pair import PairTier, PairVotes, pair_votes
+from refrain.matcher.types import Calibration, Catalogue, Match, Query, Span
 from refrain.matcher.voting import neighbourhood_sums, vote_keys
 
-__all__ = ["layer_matches"]
+__all__ = ["PeaksTier"]
 
 _OFFSET_NEIGHBOURS = np.array([0, 1, -1])
 # States of a query cell in the verification's surface (bits).
@@ -37,9 +40,81 @@ _MEETS, _EXCLUDED = np.uint8(1), np.uint8(2)
 _NEAR_BINS, _NEAR_FRAMES = (steps.ravel() for steps in np.meshgrid([-1, 0, 1], [-1, 0, 1]))
 
 
-def layer_matches(fp: Fingerprint, votes: CopyVotes, peaks: PeakStore, params: MatchParams,
-                  fingerprint_params: FingerprintParams, allowed: set[int] | None = None,
-                  skip: set[int] = frozenset()) -> list[Match]:
+@dataclass(frozen=True)
+class PeaksTier:
+    """The peaks tier and its parameters.
+
+    Attributes
+    ----------
+    candidates, offsets_per_candidate : int
+        Tracks (default 10) and offsets per track (default 3) proposed by the pair
+        tier's votes and verified. On 60 real 10 s mixes the true (track, offset) was
+        among them for 53 at -6 dB and 39 at -12 dB; 40 tracks gave 41.
+    min_votes : float
+        Weakest vote (rarity-weighted hits within one frame of the offset) a candidate
+        needs to be verified at all (default 1.0).
+    window_seconds : float
+        Query time verified per candidate, centred on its votes (default 10).
+    background_seconds : (float, float)
+        Range of the other offsets (either side, seconds) at which the background is
+        measured (default 0.6-4.9 s: past a note's length, within one passage).
+    background_shifts : int
+        Background offsets per side (default 40). With 20 the background's spread was
+        estimated loosely enough that unrelated music reached scores about 1 higher.
+    min_peaks : int
+        Fewest catalogue peaks a comparison needs to count (default 100, some 3 s of
+        music): a few peaks of a track's fading end met by chance scored high on
+        generated songs.
+    min_spread : float
+        Floor of the background's standard deviation (default 0.01), so that a nearly
+        constant background cannot turn a small excess into a large score.
+    min_z : float
+        Lowest verification score reported (default 5.5): how many background standard
+        deviations the coincidence fraction lies above the background's mean, the peaks
+        of the proposing pair landmarks left out. Over every 10 s window (5 s apart) of
+        the 50 held-out real tracks, alone and under another (76,000 candidates) the
+        highest was 4.9; over the derivative harness's 299 unrelated queries 3.5, over
+        120 unrelated generated songs 3.6.
+    extend_z : float
+        Score from which another window of a long upload joins a verified match's spans
+        (default 4.5): the offset is then fixed, not one guess among many. A window of
+        unrelated music at a fixed offset reaches it about once in 9,700 (126,623
+        windows of the candidates of 200 whole-track queries).
+    calibration : Calibration
+        Chance that unrelated music reaches a verification score (``bench/calibrate.py``).
+    """
+
+    name: ClassVar[str] = "peaks"
+    #: A verification score is a level, not a sum: a long upload reports its best window's.
+    additive: ClassVar[bool] = False
+    candidates: int = 10
+    offsets_per_candidate: int = 3
+    min_votes: float = 1.0
+    window_seconds: float = 10.0
+    background_seconds: tuple[float, float] = (0.6, 4.9)
+    background_shifts: int = 40
+    min_peaks: int = 100
+    min_spread: float = 0.01
+    min_z: float = 5.5
+    extend_z: float = 4.5
+    calibration: Calibration = field(default_factory=lambda: Calibration(
+        anchor_score=2.834, anchor_chance=0.1004, scale=0.397, queries=1624, catalogue_tracks=150))
+
+    def find(self, query: Query, catalogue: Catalogue, skip: AbstractSet[int]) -> list[Match]:
+        """Tracks the query holds under louder audio (see :class:`~matcher.types.Tier`).
+
+        Candidates come from the pair tier's votes of the same window (looked up here
+        with the default pair weighting if the pair tier did not run); the index needs
+        its pair tier and its peak store, the query its dense peaks.
+        """
+        if self.name not in catalogue.tiers or PairTier.name not in catalogue.tiers:
+            return []
+        return peaks_matches(query.fingerprint, pair_votes(query, catalogue, PairTier()),
+                             catalogue.tiers[self.name], self, catalogue, skip)
+
+
+def peaks_matches(fp: Fingerprint, votes: PairVotes, peaks: PeakStore, params: PeaksTier,
+                  catalogue: Catalogue, skip: AbstractSet[int] = frozenset()) -> list[Match]:
     """Catalogue tracks the query holds under other audio, verified peak by peak.
 
     Parameters
@@ -47,15 +122,13 @@ def layer_matches(fp: Fingerprint, votes: CopyVotes, peaks: PeakStore, params: M
     fp : Fingerprint
         The query, with :attr:`~fingerprint.Fingerprint.dense_peaks` (else nothing is
         searched).
-    votes : CopyVotes
-        The query's pair-tier votes (:func:`matcher.copies.copy_votes`): propose candidates.
+    votes : PairVotes
+        The query's pair-tier votes (:func:`matcher.pair.pair_votes`): propose candidates.
     peaks : PeakStore
         The catalogue's peaks: verify them.
-    params : MatchParams
-    fingerprint_params : FingerprintParams
-        The catalogue's settings (frame duration).
-    allowed : set of int, optional
-        Reportable track ids (None: all).
+    params : PeaksTier
+    catalogue : Catalogue
+        Reportable tracks, the fingerprint settings (frame duration).
     skip : set of int
         Tracks already reported by another tier.
 
@@ -63,14 +136,14 @@ def layer_matches(fp: Fingerprint, votes: CopyVotes, peaks: PeakStore, params: M
     -------
     list of Match
         At most one per track (its best-verified offset), ``kind="mixed"``,
-        ``tier="layer"``; ``score`` is the verification's standard
+        ``tier="peaks"``; ``score`` is the verification's standard
         score (how many background deviations the coincidence fraction lies above
         the background's mean); ``spans`` cover every window of the upload where the
-        track holds at that offset (``layer_extend_z``), not only the verified one.
+        track holds at that offset (``extend_z``), not only the verified one.
     """
     if fp.dense_peaks is None or len(fp.dense_peaks) == 0:
         return []
-    fpp = fingerprint_params
+    fpp = catalogue.fingerprint_params
     dense = fp.dense_peaks
     n_frames = int(np.ceil(fp.duration / fpp.frame_seconds))
     # A catalogue peak "meets" the query when a dense query peak lies within one frame
@@ -78,29 +151,29 @@ def layer_matches(fp: Fingerprint, votes: CopyVotes, peaks: PeakStore, params: M
     dense_cells = np.zeros((int(dense.bins.max()) + 2, n_frames + 1), dtype=bool)
     dense_cells[dense.bins, np.minimum(dense.frames, n_frames)] = True
     surface = maximum_filter(dense_cells, size=3).astype(np.uint8)
-    window = int(round(params.layer_window_seconds / fpp.frame_seconds))
+    window = int(round(params.window_seconds / fpp.frame_seconds))
     compared = np.concatenate([[0], _background_shifts(params, fpp.frame_seconds)])
 
     best: dict[int, Match] = {}
-    for track_id, offset, centre, proposing in _candidates(votes, params, allowed, skip):
+    for track_id, offset, centre, proposing in _candidates(votes, params, catalogue, skip):
         start = max(0, min(centre - window // 2, n_frames - window))
         end = min(n_frames, start + window)
         excluded = _proposing_cells(fp, votes.query_ids[proposing], surface.shape)
         surface[excluded] |= _EXCLUDED
         z = _standard_score(_coincidence(surface, peaks, track_id, offset, start, end, compared,
-                                         params.layer_min_peaks), params)
+                                         params.min_peaks), params)
         surface[excluded] &= _MEETS
-        if not z >= params.layer_min_z or (track_id in best and best[track_id].score >= z):
+        if not z >= params.min_z or (track_id in best and best[track_id].score >= z):
             continue
         # Once verified, the offset is no longer a guess: spans count every peak.
         windows = [(start, end, z)] + _other_windows(surface, peaks, track_id, offset, start, window,
                                                      compared, params)
         best[track_id] = _describe(track_id, offset, z, windows, surface, peaks, compared, params,
-                                   fpp.frame_seconds)
+                                   fpp.frame_seconds, fp.duration, catalogue.size)
     return list(best.values())
 
 
-def _standard_score(fractions: np.ndarray, params: MatchParams) -> float:
+def _standard_score(fractions: np.ndarray, params: PeaksTier) -> float:
     """How many background deviations the unshifted fraction lies above the background's mean.
 
     ``fractions[0]`` is the compared offset, the rest its background (NaN: too few
@@ -109,18 +182,18 @@ def _standard_score(fractions: np.ndarray, params: MatchParams) -> float:
     background = fractions[1:][~np.isnan(fractions[1:])]
     if np.isnan(fractions[0]) or len(background) < (len(fractions) - 1) // 2:
         return float("nan")
-    spread = max(float(np.std(background)), params.layer_min_spread)
+    spread = max(float(np.std(background)), params.min_spread)
     return (float(fractions[0]) - float(np.mean(background))) / spread
 
 
 def _other_windows(surface: np.ndarray, peaks: PeakStore, track_id: int, offset: int, verified_start: int,
-                   window: int, compared: np.ndarray, params: MatchParams) -> list[tuple[int, int, float]]:
+                   window: int, compared: np.ndarray, params: PeaksTier) -> list[tuple[int, int, float]]:
     """The query's other windows where a verified alignment also holds.
 
-    The verified window covers at most ``layer_window_seconds`` of a long upload; the
+    The verified window covers at most ``window_seconds`` of a long upload; the
     rest of the overlap is walked in windows of that length, half a window apart and
     in step with the verified one, each scored against its own background. Its offset
-    is no longer one guess among many, so ``layer_extend_z`` suffices.
+    is no longer one guess among many, so ``extend_z`` suffices.
 
     Returns
     -------
@@ -137,34 +210,34 @@ def _other_windows(surface: np.ndarray, peaks: PeakStore, track_id: int, offset:
         if start == verified_start or end - start < hop:
             continue
         z = _standard_score(_coincidence(surface, peaks, track_id, offset, start, end, compared,
-                                         params.layer_min_peaks), params)
-        if z >= params.layer_extend_z:
+                                         params.min_peaks), params)
+        if z >= params.extend_z:
             passed.append((start, end, z))
     return passed
 
 
-def _background_shifts(params: MatchParams, frame_seconds: float) -> np.ndarray:
+def _background_shifts(params: PeaksTier, frame_seconds: float) -> np.ndarray:
     """Offsets (frames, both signs) at which the background is measured.
 
-    One offset drawn in each of ``layer_background_shifts`` equal strata of the range,
+    One offset drawn in each of ``background_shifts`` equal strata of the range,
     on either side, with a fixed seed so that scores are reproducible. Evenly spaced
     offsets (every 7 frames) sampled a beat of that period, or a multiple, always at
     the same phase: two unrelated pieces at one tempo met at the background offsets
     only between their beats, so one offset on the beat scored 10.3 (a 10 s excerpt of
     a held-out real track reported as holding a catalogue track under it).
     """
-    lo, hi = (round(s / frame_seconds) for s in params.layer_background_seconds)
-    edges = np.linspace(lo, hi + 1, params.layer_background_shifts + 1)
+    lo, hi = (round(s / frame_seconds) for s in params.background_seconds)
+    edges = np.linspace(lo, hi + 1, params.background_shifts + 1)
     draw = np.random.default_rng(0)
     after, before = (np.floor(draw.uniform(edges[:-1], edges[1:])).astype(np.int64) for _ in range(2))
     return np.concatenate([-before[::-1], after])
 
 
-def _candidates(votes: CopyVotes, params: MatchParams, allowed: set[int] | None,
-                skip: set[int]) -> list[tuple[int, int, int, slice]]:
+def _candidates(votes: PairVotes, params: PeaksTier, catalogue: Catalogue,
+                skip: AbstractSet[int]) -> list[tuple[int, int, int, slice]]:
     """(track, offset, query frame at the centre of its votes, its votes) of the best-voted offsets.
 
-    The exact-copy tier's votes, with no threshold beyond ``layer_min_votes``:
+    The pair tier's votes, with no threshold beyond ``min_votes``:
     verification, not the vote, decides. (Pair landmarks of the dense peaks proposed
     the true offset slightly more often, 41 vs 39 of 60 real -12 dB mixes, at three
     times the query time.) A candidate's votes are those of its offset and the two
@@ -176,14 +249,14 @@ def _candidates(votes: CopyVotes, params: MatchParams, allowed: set[int] | None,
     # two neighbouring offsets:
     keys = vote_keys(votes.track_ids, votes.cells())
     cells, summed, _, _ = neighbourhood_sums(keys, votes.weights, _OFFSET_NEIGHBOURS)
-    cell_tracks = cells >> 32
+    cell_tracks, cell_offsets = PairVotes.track_offsets(cells)
     reportable = np.ones(len(cells), dtype=bool)
-    if allowed is not None:
-        reportable &= np.isin(cell_tracks, np.fromiter(allowed, dtype=np.int64))
+    if catalogue.track_durations is not None:
+        reportable &= np.isin(cell_tracks, np.fromiter(catalogue.track_durations, dtype=np.int64))
     if skip:
         reportable &= ~np.isin(cell_tracks, np.fromiter(skip, dtype=np.int64))
     summed = np.where(reportable, summed, 0.0)
-    wanted = params.layer_candidates * params.layer_offsets_per_candidate
+    wanted = params.candidates * params.offsets_per_candidate
     # Enough cells that ``wanted`` survive the per-track limit and the neighbour rule.
     pool = min(len(cells), 8 * wanted)
     best = np.argpartition(-summed, pool - 1)[:pool]
@@ -191,12 +264,12 @@ def _candidates(votes: CopyVotes, params: MatchParams, allowed: set[int] | None,
     candidates: list[tuple[int, int, int, slice]] = []
     taken: dict[int, list[int]] = {}
     for cell_index in best:
-        if summed[cell_index] < params.layer_min_votes or len(candidates) == wanted:
+        if summed[cell_index] < params.min_votes or len(candidates) == wanted:
             break
-        track_id, offset = int(cell_tracks[cell_index]), int(cells[cell_index] & 0xFFFFFFFF) - OFFSET_BIAS
+        track_id, offset = int(cell_tracks[cell_index]), int(cell_offsets[cell_index])
         track_offsets = taken.get(track_id, [])
-        new_track_over_limit = not track_offsets and len(taken) == params.layer_candidates
-        if new_track_over_limit or len(track_offsets) == params.layer_offsets_per_candidate \
+        new_track_over_limit = not track_offsets and len(taken) == params.candidates
+        if new_track_over_limit or len(track_offsets) == params.offsets_per_candidate \
                 or any(abs(offset - other) <= 2 for other in track_offsets):
             continue
         taken[track_id] = track_offsets + [offset]
@@ -266,7 +339,7 @@ def _meetings(surface: np.ndarray, peaks: PeakStore, track_id: int, offset: int,
 def _meetings_of(surface, ref_frames, ref_bins, offset, start, end, shifts, per_peak):
     """:func:`_meetings` for given reference peaks (sorted by frame), in one compiled pass.
 
-    The under-mix tier asks this of every candidate and shift (about 30 x 80 x 300 peaks
+    The peaks tier asks this of every candidate and shift (about 30 x 80 x 300 peaks
     per 10 s query), where numpy's many passes and fancy indexing cost most of its time.
     """
     n_bins, n_frames = surface.shape
@@ -299,7 +372,8 @@ def _fractions(inside: np.ndarray, met_count: np.ndarray, min_peaks: int) -> np.
 
 
 def _describe(track_id: int, offset: int, z: float, windows: list[tuple[int, int, float]], surface: np.ndarray,
-              peaks: PeakStore, compared: np.ndarray, params: MatchParams, frame_seconds: float) -> Match:
+              peaks: PeakStore, compared: np.ndarray, params: PeaksTier, frame_seconds: float,
+              query_duration: float, catalogue_tracks: int | None) -> Match:
     """The Match of a verified candidate: one span per run of overlapping passing windows.
 
     A window that passes may hold the recording over only part of its length, and
@@ -332,11 +406,11 @@ def _describe(track_id: int, offset: int, z: float, windows: list[tuple[int, int
         points.append(np.column_stack([q, q + offset]) * frame_seconds)
     score = round(z, 2)
     return Match(track_id=track_id, score=score, aligned=sum(span.aligned for span in spans),
-                 confidence=round(z / (z + params.layer_min_z), 4),
+                 **params.calibration.rate(score, query_duration, catalogue_tracks),
                  query_start=spans[0].query_start, query_end=spans[-1].query_end,
                  ref_start=spans[0].ref_start, ref_end=spans[-1].ref_end,
                  offset=round(offset * frame_seconds, 3), time_ratio=1.0,
-                 pitch_shift_semitones=0.0, kind="mixed", spans=spans, tier="layer",
+                 pitch_shift_semitones=0.0, kind="mixed", spans=spans, tier=params.name,
                  points=np.round(np.concatenate(points), 3))
 
 

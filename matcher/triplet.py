@@ -1,4 +1,6 @@
-"""Derivative tier: triplet landmarks that agree on one tempo ratio, pitch shift and time line.
+"""Triplet tier: speed-changed, pitch-shifted and time-stretched derivatives.
+
+Triplet landmarks that agree on one tempo ratio, pitch shift and time line.
 
 A triplet code survives a speed change, a pitch shift or a time-stretch, and each
 hit measures the change: the tempo ratio is the reference span over the query
@@ -10,16 +12,20 @@ fit refines.
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+from typing import AbstractSet, ClassVar
+
 import numba
 import numpy as np
 
 from refrain.fingerprint import Fingerprint, FingerprintParams
 from refrain.fingerprint.hashes import TRIPLET_MAX_SPAN, hash_triplets, query_triplets, unpack_triplet_payload
 from refrain.index.landmarks import LandmarkIndex
-from refrain.matcher.types import Alignment, MatchParams
+from refrain.matcher.landmarks import LandmarkTierParams, landmark_matches
+from refrain.matcher.types import Alignment, Calibration, Catalogue, Match, Query
 from refrain.matcher.voting import best_cells_per_track, vote_order, weighted_lookup
 
-__all__ = ["derivative_alignments"]
+__all__ = ["TripletTier"]
 
 _CELL_CENTRE = 128   # ratio and pitch cells are stored with this bias (non-negative)
 _PITCH_STRIDE = 256  # cell = ratio_cell * stride + pitch_cell
@@ -29,8 +35,79 @@ _NEIGHBOURS_2D = np.array([dr * _PITCH_STRIDE + dp for dr in (-1, 0, 1) for dp i
 _FIRST_INLIER_REACH = 10.0
 
 
-def derivative_alignments(fp: Fingerprint, tier: LandmarkIndex, params: MatchParams,
-                          fingerprint_params: FingerprintParams) -> list[Alignment]:
+@dataclass(frozen=True)
+class TripletTier(LandmarkTierParams):
+    """The triplet tier and its parameters (those of :class:`~matcher.landmarks.LandmarkTierParams`, and:).
+
+    Attributes
+    ----------
+    min_score : float
+        Lowest score of a match (default 6.0). A triplet must agree on the track, the
+        time offset, the tempo ratio and the pitch shift at once, so chance agreement
+        stays far lower than in the pair tier: on 299 derived queries of music outside
+        a 150-track catalogue no unrelated track passed 2.3 (the pair tier's chance
+        matches reach 5.9). 6 keeps the same safety ratio as the pair tier.
+    line_tolerance : float
+        Hits within this many frames of the fitted time line are aligned (default 3).
+    line_ratio_tolerance, line_pitch_tolerance : float
+        Once a line is fitted, every hit of the track on it whose own tempo estimate is
+        within this log ratio of the line's (default 0.05) and whose pitch shift is
+        within this many bins of the alignment's (default 1.0) is aligned, not only
+        those of the voting cell: single hits estimate the tempo to only +-3 %, so the
+        cell held part of a true line (60 real tracks: 0.8x speed-ups found 92 -> 97 %;
+        highest chance score over 420 unrelated queries 3.65 -> 4.23).
+    cells_per_candidate : int
+        (tempo ratio, pitch shift) cells tried per candidate track, strongest first,
+        until one holds a consistent time line (default 6). A track's strongest cell
+        can be chance agreement of common codes scattered over many offsets,
+        outweighing a true cell with 50-100 hits on one line: trying 6 cells instead of
+        1 found 8 % more 0.8x and 3 % more 1.25x speed-ups (60 real tracks). In this
+        tier a true derivative is not always among the 12 strongest raw vote cells (a
+        common code weighs in before the per-second cap): ``max_candidates`` 24 found
+        5 % more 1.25x speed-ups than 12, at no measurable cost in query time.
+    min_time_ratio, max_time_ratio : float
+        Tempo ratios (query / reference) considered (0.75-1.34).
+    max_pitch_shift_semitones : float
+        Largest pitch shift considered (default 4.25: a 0.8-1.25x speed change moves
+        pitch by 3.86 semitones). Wider costs query time.
+    tempo_hypotheses : tuple of float
+        Tempo ratios for which the query builds the triplets a reference would have
+        built (default 0.8, 0.9, 1.0, 1.1, 1.25; see :func:`fingerprint.hashes.query_triplets`).
+    ratio_bin : float
+        Width of the tempo-ratio cells hits vote in, as a log ratio (default 0.03, about 3 %).
+    calibration : Calibration
+        Chance that unrelated music reaches a triplet score (``bench/calibrate.py``).
+    """
+
+    name: ClassVar[str] = "triplet"
+    min_score: float = 6.0
+    line_tolerance: float = 3.0
+    line_ratio_tolerance: float = 0.05
+    line_pitch_tolerance: float = 1.0
+    cells_per_candidate: int = 6
+    min_time_ratio: float = 0.75
+    max_time_ratio: float = 1.34
+    max_pitch_shift_semitones: float = 4.25
+    tempo_hypotheses: tuple[float, ...] = (0.8, 0.9, 1.0, 1.1, 1.25)
+    ratio_bin: float = 0.03
+    calibration: Calibration = field(default_factory=lambda: Calibration(
+        anchor_score=2.0, anchor_chance=0.01909, scale=0.3139, queries=1624, catalogue_tracks=150))
+
+    def find(self, query: Query, catalogue: Catalogue, skip: AbstractSet[int]) -> list[Match]:
+        """Tracks the query derives from by a tempo or pitch change (see :class:`~matcher.types.Tier`)."""
+        if self.name not in catalogue.tiers:
+            return []
+        alignments = [a for a in triplet_alignments(query.fingerprint, catalogue.tiers[self.name], self,
+                                                    catalogue.fingerprint_params)
+                      if a.track_id not in skip and catalogue.reportable(a.track_id)]
+        # Spans are judged on the query's own triplets at tempo 1, the rule the catalogue
+        # used: the tempo-hypothesis superset would dilute the fraction.
+        return landmark_matches(alignments, query, catalogue, self, self.calibration,
+                                query.fingerprint.triplets.anchor_frames)
+
+
+def triplet_alignments(fp: Fingerprint, tier: LandmarkIndex, params: TripletTier,
+                       fingerprint_params: FingerprintParams) -> list[Alignment]:
     """Alignments of the query with catalogue tracks, allowing tempo and pitch changes.
 
     Parameters
@@ -39,7 +116,7 @@ def derivative_alignments(fp: Fingerprint, tier: LandmarkIndex, params: MatchPar
         The query.
     tier : LandmarkIndex
         The triplet tier of the catalogue.
-    params : MatchParams
+    params : TripletTier
     fingerprint_params : FingerprintParams
         The catalogue's settings: the query's triplets are built with its zones.
 
@@ -61,7 +138,7 @@ def derivative_alignments(fp: Fingerprint, tier: LandmarkIndex, params: MatchPar
     ratios = np.arange(TRIPLET_MAX_SPAN + 1)[None, :] / np.arange(1, int(triplets.dt_13.max()) + 1)[:, None]
     ratio_cells = np.round(np.log(np.where(ratios > 0, ratios, 1.0)) / params.ratio_bin).astype(np.int64)
     # One compiled pass over the hits keeps the plausible ones (tempo ratio and pitch shift
-    # within bounds) with their cells: the derivative tier's time grows with its hits,
+    # within bounds) with their cells: the triplet tier's time grows with its hits,
     # 100,000-500,000 per 10 s query, most of them chance hits of common codes.
     code_rows = rows[code_ids]
     track_ids, cells, hit_codes, hit_positions = _plausible_hits(
@@ -88,7 +165,7 @@ def derivative_alignments(fp: Fingerprint, tier: LandmarkIndex, params: MatchPar
     for _ in range(params.max_alignments):
         remaining = np.nonzero(active)[0]
         best = best_cells_per_track(track_ids[remaining], cells[remaining], hit_weights[remaining],
-                                    _NEIGHBOURS_2D, params.triplet_min_score, params.max_candidates,
+                                    _NEIGHBOURS_2D, params.min_score, params.max_candidates,
                                     params.cells_per_candidate)
         if not best:
             break
@@ -158,7 +235,7 @@ def _plausible_hits(first_hit, hits_per_code, labels, payload_bits, code_rows, d
     ratios, ratio_cells : np.ndarray, shape (longest query span, TRIPLET_MAX_SPAN + 1)
         The tempo ratio of each (query span - 1, reference span) and its ratio cell.
     min_ratio, max_ratio, max_pitch_bins : float
-        Bounds (see :class:`matcher.types.MatchParams`).
+        Bounds (see :class:`TripletTier`).
 
     Returns
     -------
@@ -210,16 +287,16 @@ def _hit_geometry(hit_codes, hit_positions, labels, payload_bits, code_rows, dt_
 
 
 def _strongest_tracks(track_ids: np.ndarray, cells: np.ndarray, weights: np.ndarray,
-                      params: MatchParams) -> np.ndarray:
+                      params: TripletTier) -> np.ndarray:
     """The ``max_candidates`` tracks whose best (ratio, pitch) neighbourhood weighs most.
 
     The same ranking as the first round of :func:`matcher.voting.best_cells_per_track`
     with the 3 x 3 neighbourhood, without a sort of all hits, whose count is what the
-    derivative tier's time grows with.
+    triplet tier's time grows with.
     """
     tracks, best = _best_neighbourhood_per_track(track_ids, cells, weights)
     strongest = np.argsort(-best, kind="stable")[:params.max_candidates]
-    return tracks[strongest[best[strongest] >= params.triplet_min_score]]
+    return tracks[strongest[best[strongest] >= params.min_score]]
 
 
 @numba.njit(cache=True, nogil=True)
@@ -342,7 +419,7 @@ def _may_hold_a_line(members, sizes, query_frames, ref_frames, ratio, min_aligne
     query_frames, ref_frames, ratio : np.ndarray
         Every hit's query frame, reference frame and tempo ratio.
     min_aligned : int
-        As in :class:`matcher.types.MatchParams`.
+        As in :class:`TripletTier`.
 
     Returns
     -------
@@ -373,7 +450,7 @@ def _may_hold_a_line(members, sizes, query_frames, ref_frames, ratio, min_aligne
 
 
 def _fit_time_line(query_frames: np.ndarray, ref_frames: np.ndarray, ratio: np.ndarray,
-                   weights: np.ndarray, params: MatchParams):
+                   weights: np.ndarray, params: TripletTier):
     """(offset, ratio, inlier mask) of the dominant line ``ref = offset + ratio * query``.
 
     The cell's median ratio gives each hit an offset; the densest offset (votes

@@ -3,7 +3,7 @@
 Three stages:
 
 1. **Candidates.** The query's chroma is re-timed to each tempo hypothesis
-   (:attr:`CoverParams.tempo_hypotheses`), cut into segments a quarter of the
+   (:attr:`MelodyTier.tempo_hypotheses`), cut into segments a quarter of the
    catalogue hop apart, and each segment's key- and shift-invariant descriptor is
    looked up in the melody index (top ``segment_neighbours``). Each hit implies a
    reference time offset; a track's vote under a hypothesis is how much of the query
@@ -34,17 +34,18 @@ Three stages:
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
+from typing import AbstractSet, ClassVar
 
 import numpy as np
 from scipy.ndimage import maximum_filter1d
 
 from refrain.fingerprint.melody import (PITCH_CLASSES, MelodyParams, centred_unit_rows, resample_chroma,
-                                segment_descriptors, segment_starts)
+                                        segment_descriptors, segment_starts)
 from refrain.index.melody import MelodyIndex
-from refrain.matcher.types import Match, Span
+from refrain.matcher.types import Calibration, Catalogue, Match, Query, Span
 
-__all__ = ["CoverParams", "CoverVerdict", "cover_candidates", "offset_votes", "prescreen", "shortlist",
+__all__ = ["MelodyTier", "CoverVerdict", "cover_candidates", "offset_votes", "prescreen", "shortlist",
            "tempo_grid", "verify_cover", "verify_candidates", "compress_chroma", "match_covers"]
 
 #: _SHIFTED_CLASSES[k, c] = (c + k) % 12: indexing a pitch-class axis with it lists all 12 circular shifts.
@@ -55,17 +56,16 @@ _MIN_BACKGROUND_LINES = 8
 
 
 @dataclass(frozen=True)
-class CoverParams:
-    """How the melody tier searches and decides.
+class MelodyTier:
+    """The melody tier (covers) and how it searches and decides.
+
+    On ``bench/covers.py`` it reports 95 % of the covers at the threshold, ranks 99 %
+    first, with no false cover among 200 same-style compositions and none among 300
+    real game-music excerpts (docs/benchmarks.md). It finds nothing in an index without
+    a melody tier, or for a query shorter than one segment at every tempo hypothesis.
 
     Attributes
     ----------
-    enabled : bool
-        Search the melody tier at all (default True: on ``bench/covers.py`` it reports
-        95 % of the covers at the threshold, ranks 99 % first, with no false cover among
-        200 same-style compositions and none among 300 real game-music excerpts; see
-        README "Melody tier"). It is skipped anyway for an index without one, or a query
-        shorter than one segment at every tempo hypothesis.
     tempo_hypotheses : tuple of float
         Query tempo / catalogue tempo ratios the query is re-timed to for the candidate
         search (default nine steps of about 6 % over 0.8-1.25). Each costs one set of
@@ -137,10 +137,14 @@ class CoverParams:
     min_similarity : float
         Lowest similarity reported as a cover (default 0.57, from the threshold sweeps of
         ``bench/covers.py``: no same-style composition and no unrelated real game-music
-        track reached it; see README "Melody tier").
+        track reached it).
+    calibration : Calibration
+        Chance that unrelated music reaches a similarity (``bench/calibrate.py``).
     """
 
-    enabled: bool = True
+    name: ClassVar[str] = "melody"
+    #: A similarity is a level, not a sum: a long upload reports its best window's.
+    additive: ClassVar[bool] = False
     tempo_hypotheses: tuple[float, ...] = (0.8, 0.85, 0.9, 0.95, 1.0, 1.06, 1.12, 1.18, 1.25)
     query_hop_fraction: int = 4
     segment_neighbours: int = 32
@@ -159,6 +163,18 @@ class CoverParams:
     background_weight: float = 0.5
     verify_exponent: float = 0.7
     min_similarity: float = 0.57
+    calibration: Calibration = field(default_factory=lambda: Calibration(
+        anchor_score=0.3499, anchor_chance=0.03359, scale=0.0359, queries=516, catalogue_tracks=150))
+
+    def find(self, query: Query, catalogue: Catalogue, skip: AbstractSet[int]) -> list[Match]:
+        """Compositions the query re-performs (see :class:`~matcher.types.Tier`)."""
+        melody_params = catalogue.fingerprint_params.melody
+        if self.name not in catalogue.tiers or melody_params is None:
+            return []
+        allowed = None if catalogue.track_durations is None else set(catalogue.track_durations)
+        return match_covers(query.fingerprint.melody, catalogue.tiers[self.name], self,
+                            melody_params.chroma_seconds(catalogue.fingerprint_params.frame_seconds),
+                            query.fingerprint.duration, allowed, skip)
 
 
 @dataclass(frozen=True)
@@ -204,7 +220,7 @@ class CoverVerdict:
     best_run: tuple[int, int]
 
 
-def cover_candidates(query_chroma: np.ndarray, index: MelodyIndex, params: CoverParams,
+def cover_candidates(query_chroma: np.ndarray, index: MelodyIndex, params: MelodyTier,
                      allowed: set[int] | None = None) -> list[tuple[int, float, tuple[float, ...]]]:
     """Catalogue tracks whose segments resemble the query's *in the same order*, best first.
 
@@ -213,7 +229,7 @@ def cover_candidates(query_chroma: np.ndarray, index: MelodyIndex, params: Cover
     query_chroma : np.ndarray, shape (n, 12)
         The query's chroma sequence.
     index : MelodyIndex
-    params : CoverParams
+    params : MelodyTier
     allowed : set of int, optional
         Reportable track ids; hits on others are ignored.
 
@@ -247,7 +263,7 @@ def cover_candidates(query_chroma: np.ndarray, index: MelodyIndex, params: Cover
 
 
 def offset_votes(similarity: np.ndarray, tracks: np.ndarray, offsets: np.ndarray, bin_frames: int,
-                 params: CoverParams) -> dict[int, float]:
+                 params: MelodyTier) -> dict[int, float]:
     """Each track's vote: how much of the query its segments match *on one time line*.
 
     A 2-D Fourier descriptor forgets where a patch lies, so chorales (or any pieces of
@@ -269,7 +285,7 @@ def offset_votes(similarity: np.ndarray, tracks: np.ndarray, offsets: np.ndarray
     bin_frames : int
         Offset bin width (the query segment hop: a query segment starts within half a
         catalogue hop of the reference segment it matches).
-    params : CoverParams
+    params : MelodyTier
 
     Returns
     -------
@@ -303,7 +319,7 @@ def offset_votes(similarity: np.ndarray, tracks: np.ndarray, offsets: np.ndarray
 
 
 def prescreen(query_chroma: np.ndarray, candidates: list[tuple[int, float, tuple[float, ...]]],
-              index: MelodyIndex, params: CoverParams) -> list[tuple[int, float, tuple[float, ...]]]:
+              index: MelodyIndex, params: MelodyTier) -> list[tuple[int, float, tuple[float, ...]]]:
     """The candidates worth a full verification: best of a coarse verification first.
 
     The coarse verification is :func:`verify_cover` on chroma averaged over
@@ -324,7 +340,7 @@ def prescreen(query_chroma: np.ndarray, candidates: list[tuple[int, float, tuple
                             segment_hop=max(1, melody.segment_hop // factor))
     coarse_params = replace(params, tempo_refinement=(1.0,))
     query = resample_chroma(query_chroma, 1.0 / factor)
-    scored, retimed = [], {}
+    scored, retimed = [], dict[float, np.ndarray]()
     for track, _, hypotheses in candidates:
         reference = resample_chroma(index.chroma(track), 1.0 / factor)
         verdict = verify_cover(query, reference, hypotheses[:1], coarse_melody, coarse_params, retimed)
@@ -333,22 +349,22 @@ def prescreen(query_chroma: np.ndarray, candidates: list[tuple[int, float, tuple
     return [(track, score, hypotheses) for score, track, hypotheses in scored[:params.verified_candidates]]
 
 
-def shortlist(query_chroma: np.ndarray, index: MelodyIndex, params: CoverParams,
+def shortlist(query_chroma: np.ndarray, index: MelodyIndex, params: MelodyTier,
               allowed: set[int] | None = None,
-              skip: set[int] = frozenset()) -> list[tuple[int, float, tuple[float, ...]]]:
+              skip: AbstractSet[int] = frozenset()) -> list[tuple[int, float, tuple[float, ...]]]:
     """The tracks :func:`match_covers` verifies: :func:`cover_candidates` other than ``skip``,
     then :func:`prescreen`."""
     candidates = [c for c in cover_candidates(query_chroma, index, params, allowed) if c[0] not in skip]
     return prescreen(query_chroma, candidates, index, params)
 
 
-def tempo_grid(hypotheses: tuple[float, ...], params: CoverParams) -> tuple[float, ...]:
+def tempo_grid(hypotheses: tuple[float, ...], params: MelodyTier) -> tuple[float, ...]:
     """The tempo ratios verification tries: each hypothesis times each refinement factor."""
     return tuple(h * f for h in hypotheses for f in params.tempo_refinement)
 
 
 def verify_cover(query_chroma: np.ndarray, reference_chroma: np.ndarray, tempo_ratios: tuple[float, ...],
-                 melody: MelodyParams, params: CoverParams,
+                 melody: MelodyParams, params: MelodyTier,
                  retimed: dict[float, np.ndarray] | None = None) -> CoverVerdict | None:
     """Align a query's chroma with a reference's under tempo, key shift and time offset.
 
@@ -360,7 +376,7 @@ def verify_cover(query_chroma: np.ndarray, reference_chroma: np.ndarray, tempo_r
         Query tempo / reference tempo ratios to try.
     melody : MelodyParams
         Window length (``segment_frames``) and window hop (``segment_hop``).
-    params : CoverParams
+    params : MelodyTier
     retimed : dict of float to np.ndarray, optional
         The query re-timed to each ratio (:func:`resample_chroma`), filled as needed: pass
         one dict for all candidates of a query, whose tempo grids mostly coincide.
@@ -427,7 +443,7 @@ def _centred_correlation(corr: np.ndarray, windows: np.ndarray, reference: np.nd
 
 
 def _best_line(query: np.ndarray, reference: np.ndarray, shifted_reference: np.ndarray, size: int,
-               melody: MelodyParams, params: CoverParams):
+               melody: MelodyParams, params: MelodyTier):
     """Best (similarity, correlation, background, pitch shift, offset, window starts, window values,
     window length, run)."""
     n_ref = len(reference)
@@ -478,7 +494,7 @@ def _best_line(query: np.ndarray, reference: np.ndarray, shifted_reference: np.n
             line - last, starts, window_values, length, (int(first), int(first) + run - 1))
 
 
-def _background(same_shift: np.ndarray, line: int, last: int, n_positions: int, params: CoverParams) -> float:
+def _background(same_shift: np.ndarray, line: int, last: int, n_positions: int, params: MelodyTier) -> float:
     """How well the query aligns with the reference *anywhere else* at the same key shift.
 
     The ``background_quantile`` of the run correlations of the other lines (more than
@@ -495,9 +511,9 @@ def _background(same_shift: np.ndarray, line: int, last: int, n_positions: int, 
     return max(float(np.partition(pool, rank)[rank]), 0.0)
 
 
-def match_covers(query_chroma: np.ndarray | None, index: MelodyIndex, params: CoverParams,
-                 chroma_seconds: float, allowed: set[int] | None = None,
-                 skip: set[int] = frozenset()) -> list[Match]:
+def match_covers(query_chroma: np.ndarray | None, index: MelodyIndex, params: MelodyTier,
+                 chroma_seconds: float, query_duration: float, allowed: set[int] | None = None,
+                 skip: AbstractSet[int] = frozenset()) -> list[Match]:
     """Every catalogue composition the query re-performs, as ``kind="cover"`` matches.
 
     Parameters
@@ -505,9 +521,11 @@ def match_covers(query_chroma: np.ndarray | None, index: MelodyIndex, params: Co
     query_chroma : np.ndarray, shape (n, 12), or None
         The query's chroma sequence (:attr:`fingerprint.Fingerprint.melody`).
     index : MelodyIndex
-    params : CoverParams
+    params : MelodyTier
     chroma_seconds : float
         Duration of one chroma frame.
+    query_duration : float
+        Seconds of query (the chance of a similarity grows with it).
     allowed : set of int, optional
         Reportable track ids (None: all).
     skip : set of int
@@ -520,18 +538,19 @@ def match_covers(query_chroma: np.ndarray | None, index: MelodyIndex, params: Co
         Most similar first. ``score`` is the similarity, ``pitch_shift_semitones`` the
         key shift, ``time_ratio`` the tempo ratio, ``spans`` the aligned stretch.
     """
-    if not params.enabled or query_chroma is None or len(query_chroma) == 0 or index.ntotal == 0:
+    if query_chroma is None or len(query_chroma) == 0 or index.ntotal == 0:
         return []
-    matches = [_describe(track_id, verdict, params, chroma_seconds, len(query_chroma))
+    tracks = None if allowed is None else len(allowed)
+    matches = [_describe(track_id, verdict, params, chroma_seconds, len(query_chroma), query_duration, tracks)
                for track_id, verdict in verify_candidates(query_chroma, index, params, allowed, skip)
                if verdict.similarity >= params.min_similarity]
     matches.sort(key=lambda m: (-m.score, m.track_id))
     return matches
 
 
-def verify_candidates(query_chroma: np.ndarray, index: MelodyIndex, params: CoverParams,
+def verify_candidates(query_chroma: np.ndarray, index: MelodyIndex, params: MelodyTier,
                       allowed: set[int] | None = None,
-                      skip: set[int] = frozenset()) -> list[tuple[int, CoverVerdict]]:
+                      skip: AbstractSet[int] = frozenset()) -> list[tuple[int, CoverVerdict]]:
     """The full verification of every :func:`shortlist` track, whatever its similarity.
 
     Both chroma sequences are first evened out (:func:`compress_chroma` with
@@ -543,7 +562,7 @@ def verify_candidates(query_chroma: np.ndarray, index: MelodyIndex, params: Cove
         In shortlist order; a track whose verification found nothing is left out.
     """
     query = compress_chroma(query_chroma, params.verify_exponent)
-    found, retimed = [], {}
+    found, retimed = [], dict[float, np.ndarray]()
     for track_id, _, hypotheses in shortlist(query_chroma, index, params, allowed, skip):
         reference = compress_chroma(index.chroma(track_id), params.verify_exponent)
         verdict = verify_cover(query, reference, tempo_grid(hypotheses, params), index.params, params, retimed)
@@ -564,8 +583,8 @@ def compress_chroma(chroma: np.ndarray, exponent: float) -> np.ndarray:
     return centred_unit_rows(np.sign(chroma) * np.abs(chroma) ** exponent).astype(np.float32)
 
 
-def _describe(track_id: int, verdict: CoverVerdict, params: CoverParams, chroma_seconds: float,
-              query_frames: int) -> Match:
+def _describe(track_id: int, verdict: CoverVerdict, params: MelodyTier, chroma_seconds: float,
+              query_frames: int, query_duration: float, catalogue_tracks: int | None) -> Match:
     """A cover Match: the best run, extended by neighbouring windows that also agree."""
     first, last = verdict.best_run
     values = verdict.window_similarity
@@ -581,11 +600,9 @@ def _describe(track_id: int, verdict: CoverVerdict, params: CoverParams, chroma_
                 ref_start=round((verdict.offset_frames + start) * chroma_seconds, 3),
                 ref_end=round((verdict.offset_frames + end) * chroma_seconds, 3),
                 score=round(float(values[first:last + 1].mean()), 4), aligned=end - start)
-    # 0.5 at the threshold, rising linearly to 1 at a perfect correlation.
-    confidence = 0.5 + 0.5 * (verdict.similarity - params.min_similarity) / (1.0 - params.min_similarity)
     return Match(track_id=track_id, score=similarity, aligned=span.aligned,
-                 confidence=round(float(np.clip(confidence, 0.0, 1.0)), 4),
+                 **params.calibration.rate(similarity, query_duration, catalogue_tracks),
                  query_start=span.query_start, query_end=span.query_end, ref_start=span.ref_start,
                  ref_end=span.ref_end, offset=round(verdict.offset_frames * chroma_seconds, 3),
                  time_ratio=round(ratio, 4), pitch_shift_semitones=float(verdict.key_shift), kind="cover",
-                 spans=[span], tier="melody")
+                 spans=[span], tier=params.name)

@@ -1,29 +1,64 @@
-"""Exact-copy tier: pair landmarks that agree on one constant time offset."""
+"""Pair tier: exact copies, excerpts and copies under other audio.
+
+Pair landmarks (two spectral peaks and their distance) of the query are looked up
+and each hit votes for (track, reference frame - query frame); a copy's hits agree
+on one constant time offset.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import AbstractSet, ClassVar
 
 import numba
 import numpy as np
 
 from refrain.fingerprint import Fingerprint
 from refrain.index.landmarks import LandmarkIndex
-from refrain.matcher.types import Alignment, MatchParams
-from refrain.matcher.voting import best_cells_per_track, vote_order, weighted_lookup
+from refrain.matcher.landmarks import LandmarkTierParams, landmark_matches
+from refrain.matcher.types import Alignment, Calibration, Catalogue, Match, Query
+from refrain.matcher.voting import best_cells_per_track, split_vote_keys, vote_order, weighted_lookup
 
-__all__ = ["CopyVotes", "copy_votes", "copy_alignments", "OFFSET_BIAS"]
+__all__ = ["PairTier", "PairVotes", "pair_votes"]
 
 #: Offsets are signed; vote cells must be non-negative.
-OFFSET_BIAS = 1 << 31
+_OFFSET_BIAS = 1 << 31
 
 
 @dataclass(frozen=True)
-class CopyVotes:
+class PairTier(LandmarkTierParams):
+    """The pair tier and its parameters (those of :class:`~matcher.landmarks.LandmarkTierParams`, and:).
+
+    Attributes
+    ----------
+    offset_tolerance : int
+        Votes within this many frames of the best offset are aligned (default 1).
+    calibration : Calibration
+        Chance that unrelated music reaches a pair score (``bench/calibrate.py``).
+    """
+
+    name: ClassVar[str] = "pair"
+    offset_tolerance: int = 1
+    calibration: Calibration = field(default_factory=lambda: Calibration(
+        anchor_score=3.25, anchor_chance=0.1016, scale=0.4407, queries=1624, catalogue_tracks=150))
+
+    def find(self, query: Query, catalogue: Catalogue, skip: AbstractSet[int]) -> list[Match]:
+        """Tracks the query copies without a tempo or pitch change (see :class:`~matcher.types.Tier`)."""
+        if self.name not in catalogue.tiers:
+            return []
+        votes = pair_votes(query, catalogue, self)
+        alignments = [a for a in pair_alignments(votes, self)
+                      if a.track_id not in skip and catalogue.reportable(a.track_id)]
+        return landmark_matches(alignments, query, catalogue, self, self.calibration, query.fingerprint.frames)
+
+
+@dataclass(frozen=True)
+class PairVotes:
     """The pair tier's hits of one query, sorted by (track, time offset).
 
-    Computed once per query: the exact-copy tier aligns on them, and the under-mix
-    tier (:mod:`matcher.layers`) takes its weak candidates from the same votes.
+    Computed once per query window (:func:`pair_votes`): the pair tier aligns on
+    them, and the peaks tier (:mod:`matcher.peaks`) takes its weak candidates from the
+    same votes.
     """
 
     query_ids: np.ndarray    # the query landmark of each hit
@@ -38,34 +73,48 @@ class CopyVotes:
 
     def cells(self) -> np.ndarray:
         """Non-negative vote cell of each hit: its offset, biased."""
-        return self.offsets + OFFSET_BIAS
+        return self.offsets + _OFFSET_BIAS
+
+    @staticmethod
+    def track_offsets(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(track ids, time offsets in frames) of vote keys made from :meth:`cells`."""
+        tracks, cells = split_vote_keys(keys)
+        return tracks, cells - _OFFSET_BIAS
 
 
-def copy_votes(fp: Fingerprint, tier: LandmarkIndex, params: MatchParams) -> CopyVotes:
-    """Look the query's pair landmarks up and sort the hits by (track, offset).
+def pair_votes(query: Query, catalogue: Catalogue, tier: PairTier) -> PairVotes:
+    """The query's pair-tier votes, looked up once per query window and shared.
 
     Parameters
     ----------
-    fp : Fingerprint
-        The query.
-    tier : LandmarkIndex
-        The pair tier of the catalogue.
-    params : MatchParams
+    query : Query
+        The query window; the votes are kept in its ``shared`` results.
+    catalogue : Catalogue
+        Must hold a pair tier.
+    tier : PairTier
+        Rarity weighting.
 
     Returns
     -------
-    CopyVotes
+    PairVotes
     """
+    if PairTier.name not in query.shared:
+        query.shared[PairTier.name] = _lookup_votes(query.fingerprint, catalogue.tiers[PairTier.name], tier)
+    return query.shared[PairTier.name]
+
+
+def _lookup_votes(fp: Fingerprint, index: LandmarkIndex, params: PairTier) -> PairVotes:
+    """Look the query's pair landmarks up and sort the hits by (track, offset)."""
     query_ids, track_ids, ref_frames, weights, query_frames, offsets = _votes_in_code_order(
-        *weighted_lookup(tier, fp.hashes, params), tier.payload_bits, fp.frames)
-    order = vote_order(track_ids, offsets + OFFSET_BIAS)
-    return CopyVotes(query_ids[order], track_ids[order], ref_frames[order], weights[order],
+        *weighted_lookup(index, fp.hashes, params), index.payload_bits, fp.frames)
+    order = vote_order(track_ids, offsets + _OFFSET_BIAS)
+    return PairVotes(query_ids[order], track_ids[order], ref_frames[order], weights[order],
                      query_frames[order], offsets[order])
 
 
 @numba.njit(cache=True, nogil=True)
 def _votes_in_code_order(code_ids, code_weights, first_hit, hits_per_code, labels, payload_bits, query_frames):
-    """Each hit of a :func:`matcher.voting.weighted_lookup` as a vote, in code order.
+    """Each hit of a :func:`~matcher.voting.weighted_lookup` as a vote, in code order.
 
     Returns
     -------
@@ -88,7 +137,7 @@ def _votes_in_code_order(code_ids, code_weights, first_hit, hits_per_code, label
     return query_ids, track_ids, ref_frames, weights, frames, offsets
 
 
-def copy_alignments(votes: CopyVotes, params: MatchParams) -> list[Alignment]:
+def pair_alignments(votes: PairVotes, params: PairTier) -> list[Alignment]:
     """Alignments of the query with catalogue tracks it copies without tempo or pitch change.
 
     Each hit votes for (track, reference frame - query frame); for every track the
@@ -98,9 +147,9 @@ def copy_alignments(votes: CopyVotes, params: MatchParams) -> list[Alignment]:
 
     Parameters
     ----------
-    votes : CopyVotes
-        The query's pair-tier hits (:func:`copy_votes`).
-    params : MatchParams
+    votes : PairVotes
+        The query's pair-tier hits (:func:`pair_votes`).
+    params : PairTier
 
     Returns
     -------
@@ -117,13 +166,13 @@ def copy_alignments(votes: CopyVotes, params: MatchParams) -> list[Alignment]:
     active = np.ones(len(track_ids), dtype=bool)
     for _ in range(params.max_alignments):
         remaining = np.nonzero(active)[0]
-        best = best_cells_per_track(track_ids[remaining], offsets[remaining] + OFFSET_BIAS,
+        best = best_cells_per_track(track_ids[remaining], offsets[remaining] + _OFFSET_BIAS,
                                    hit_weights[remaining], np.arange(-tol, tol + 1),
                                    params.min_score, params.max_candidates)
         if not best:
             break
         for track_id, (cell,) in best:
-            offset = cell - OFFSET_BIAS
+            offset = cell - _OFFSET_BIAS
             first, last = np.searchsorted(track_ids, [track_id, track_id + 1])
             own = np.arange(first, last)[active[first:last]]
             hits = own[np.abs(offsets[own] - offset) <= tol]

@@ -1,0 +1,210 @@
+"""Run the tiers over a query: every catalogue recording it uses, where, how, and how surely.
+
+The tiers run in order (by default pair, triplet, peaks, melody); each skips the
+tracks an earlier one found, so a track is reported once, by the most precise tier
+that explains it: an exact copy is not also reported as a derivative, a derivative of
+the recording not also as a cover. An upload longer than ``upload_window_seconds`` is
+searched one window at a time — memory then follows the window, not the upload — and
+each track's matches of consecutive windows are joined into one match whose spans
+continue across the boundaries.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields, replace
+
+import numpy as np
+
+from refrain.fingerprint import Fingerprint, FingerprintParams
+from refrain.fingerprint.hashes import Triplets
+from refrain.fingerprint.peaks import Peaks
+from refrain.matcher.landmarks import copy_or_excerpt
+from refrain.matcher.melody import MelodyTier
+from refrain.matcher.pair import PairTier
+from refrain.matcher.peaks import PeaksTier
+from refrain.matcher.triplet import TripletTier
+from refrain.matcher.types import Catalogue, Match, Query, Span, Tier
+
+__all__ = ["MatchParams", "match"]
+
+
+def _default_tiers() -> tuple[Tier, ...]:
+    return (PairTier(), TripletTier(), PeaksTier(), MelodyTier())
+
+
+@dataclass(frozen=True)
+class MatchParams:
+    """Which tiers run, in which order, and how a whole upload's matches are put together.
+
+    Attributes
+    ----------
+    tiers : tuple of Tier
+        The tiers, each with its own parameters, in the order they run (default pair,
+        triplet, peaks, melody): ``pair`` finds copies, excerpts and copies under other
+        audio; ``triplet`` speed-changed, pitch-shifted and time-stretched derivatives;
+        ``peaks`` recordings mixed 6-12 dB under other audio, verified peak by peak;
+        ``melody`` covers (the composition re-performed). :meth:`without` and
+        :meth:`tier` select and read them by name.
+    upload_window_seconds : float
+        Uploads longer than this (default 300 s) are searched one window of this length
+        at a time and each track's matches of consecutive windows joined: the tiers'
+        memory and time then grow with the upload's length, not faster (a 20-minute
+        upload searched whole peaked at 4.2 GB).
+    join_gap_seconds : float
+        Spans of consecutive windows are one span when the later starts at most this
+        long after the earlier ends (default 2.5, a landmark tier's ``max_gap_seconds``)
+        and both lie on one time line within ``join_line_seconds`` (default 0.2).
+    excerpt_fraction : float
+        A copy whose spans cover less than this fraction of the reference recording is
+        an ``excerpt`` (default 0.8).
+    """
+
+    tiers: tuple[Tier, ...] = field(default_factory=_default_tiers)
+    upload_window_seconds: float = 300.0
+    join_gap_seconds: float = 2.5
+    join_line_seconds: float = 0.2
+    excerpt_fraction: float = 0.8
+
+    def tier(self, name: str) -> Tier:
+        """The tier called ``name``; KeyError if it does not run."""
+        for tier in self.tiers:
+            if tier.name == name:
+                return tier
+        raise KeyError(name)
+
+    def without(self, *names: str) -> "MatchParams":
+        """The same parameters with the named tiers left out."""
+        return replace(self, tiers=tuple(t for t in self.tiers if t.name not in names))
+
+    def only(self, *names: str) -> "MatchParams":
+        """The same parameters with only the named tiers, in their order here."""
+        return replace(self, tiers=tuple(t for t in self.tiers if t.name in names))
+
+    def with_tier(self, tier: Tier) -> "MatchParams":
+        """The same parameters with ``tier`` in place of the tier of its name."""
+        return replace(self, tiers=tuple(tier if t.name == tier.name else t for t in self.tiers))
+
+
+def match(fp: Fingerprint, catalogue: Catalogue, params: MatchParams) -> list[Match]:
+    """Find every catalogue recording the query copies or derives from.
+
+    Parameters
+    ----------
+    fp : Fingerprint
+        The query (an upload of any length).
+    catalogue : Catalogue
+        The index's tiers, its fingerprint settings and the reportable tracks.
+    params : MatchParams
+
+    Returns
+    -------
+    list of Match
+        Best first (by confidence, then score); empty when nothing passes a tier's threshold.
+    """
+    frame_seconds = catalogue.fingerprint_params.frame_seconds
+    n_frames = int(np.ceil(fp.duration / frame_seconds))
+    window = max(1, int(round(params.upload_window_seconds / frame_seconds)))
+    windowed = n_frames > window
+    found: dict[str, dict[int, list[Match]]] = {tier.name: {} for tier in params.tiers}
+    for first in range(0, max(n_frames, 1), window):
+        part = _excerpt(fp, first, first + window, catalogue.fingerprint_params) if windowed else fp
+        query, in_window = Query(part), set[int]()
+        for tier in params.tiers:
+            for m in tier.find(query, catalogue, skip=in_window):
+                in_window.add(m.track_id)
+                found[tier.name].setdefault(m.track_id, []).append(_moved(m, first * frame_seconds))
+
+    matches: list[Match] = []
+    reported: set[int] = set()
+    for tier in params.tiers:   # a track is reported by the first tier that found it in any window
+        for track_id, windows in found[tier.name].items():
+            if track_id not in reported:
+                reported.add(track_id)
+                matches.append(_decide_excerpt(_join(windows, tier, params, catalogue, fp.duration), catalogue, params))
+    matches.sort(key=lambda m: (-m.confidence, -m.score, m.track_id))
+    return matches
+
+
+def _excerpt(fp: Fingerprint, first: int, end: int, fingerprint_params: FingerprintParams) -> Fingerprint:
+    """The query's landmarks, peaks and melody of frames ``first..end``, as a query of its own.
+
+    Frames are counted from ``first``. Pair landmarks keep their whole hash (a target
+    may lie past ``end``); the triplet tier builds its triplets from the peaks, so
+    triplets across the boundary are lost. The query's own tempo-1 triplets (used to
+    tell a derivative ``mixed`` under other audio) are left out.
+    """
+    def peaks_between(peaks: Peaks) -> Peaks:
+        lo, hi = np.searchsorted(peaks.frames, [first, end])
+        return Peaks(frames=peaks.frames[lo:hi] - first, bins=peaks.bins[lo:hi],
+                     strength=peaks.strength[lo:hi], bin_offsets=peaks.bin_offsets[lo:hi])
+
+    melody = None
+    if fp.melody is not None and fingerprint_params.melody is not None:
+        per_chroma = fingerprint_params.melody.frames_per_chroma
+        melody = fp.melody[first // per_chroma:end // per_chroma]
+    inside = (fp.frames >= first) & (fp.frames < end)
+    no_triplets = Triplets(**{f.name: getattr(fp.triplets, f.name)[:0] for f in fields(Triplets)})
+    frame_seconds = fingerprint_params.frame_seconds
+    return Fingerprint(hashes=fp.hashes[inside], frames=fp.frames[inside] - first,
+                       duration=min(fp.duration - first * frame_seconds, (end - first) * frame_seconds),
+                       peaks=peaks_between(fp.peaks), triplets=no_triplets, melody=melody,
+                       dense_peaks=None if fp.dense_peaks is None else peaks_between(fp.dense_peaks))
+
+
+def _moved(match: Match, seconds: float) -> Match:
+    """A match found in a window starting ``seconds`` into the upload, in upload time."""
+    if seconds == 0:
+        return match
+    return replace(match, query_start=round(match.query_start + seconds, 3),
+                   query_end=round(match.query_end + seconds, 3),
+                   offset=round(match.offset - match.time_ratio * seconds, 3),
+                   spans=[replace(s, query_start=round(s.query_start + seconds, 3),
+                                  query_end=round(s.query_end + seconds, 3)) for s in match.spans],
+                   points=match.points + np.array([seconds, 0.0]))
+
+
+def _join(windows: list[Match], tier: Tier, params: MatchParams, catalogue: Catalogue,
+          upload_seconds: float) -> Match:
+    """One match of a track from its matches in consecutive windows of one tier.
+
+    The best window's match gives the geometry (offset, tempo ratio, pitch) and kind.
+    Spans of windows side by side that continue one time line become one span. The
+    score adds up over the spans where the tier's evidence adds up (landmarks:
+    ``tier.additive``), else it is the best window's; the confidence is then the
+    tier's for that score over the whole upload.
+    """
+    if len(windows) == 1:
+        return windows[0]
+    best = max(windows, key=lambda m: m.score)
+    spans: list[Span] = []
+    for span in sorted((s for m in windows for s in m.spans), key=lambda s: s.query_start):
+        if spans and _continues(spans[-1], span, best.time_ratio, params):
+            last = spans[-1]
+            spans[-1] = replace(last, query_end=span.query_end, ref_end=span.ref_end,
+                                score=round(last.score + span.score if tier.additive
+                                            else max(last.score, span.score), 2),
+                                aligned=last.aligned + span.aligned)
+        else:
+            spans.append(span)
+    score = round(sum(s.score for s in spans), 2) if tier.additive else best.score
+    strongest = max(spans, key=lambda s: s.score)
+    return replace(best, score=score, aligned=sum(s.aligned for s in spans), spans=spans,
+                   **tier.calibration.rate(score, upload_seconds, catalogue.size),
+                   query_start=strongest.query_start, query_end=strongest.query_end,
+                   ref_start=strongest.ref_start, ref_end=strongest.ref_end,
+                   points=np.concatenate([m.points for m in windows]))
+
+
+def _continues(earlier: Span, later: Span, time_ratio: float, params: MatchParams) -> bool:
+    """Whether ``later`` carries on ``earlier`` across a window boundary, on one time line."""
+    gap = later.query_start - earlier.query_end
+    drift = (later.ref_start - earlier.ref_end) - time_ratio * gap
+    return -params.join_gap_seconds <= gap <= params.join_gap_seconds and abs(drift) <= params.join_line_seconds
+
+
+def _decide_excerpt(m: Match, catalogue: Catalogue, params: MatchParams) -> Match:
+    """A ``copy`` whose spans cover less than ``excerpt_fraction`` of the recording is an ``excerpt``."""
+    if m.kind != "copy" or catalogue.track_durations is None:
+        return m
+    return replace(m, kind=copy_or_excerpt(m.spans, params.excerpt_fraction,
+                                           catalogue.track_durations.get(m.track_id)))
