@@ -8,7 +8,7 @@ import struct
 import tempfile
 import zipfile
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 
@@ -48,7 +48,8 @@ def save_arrays(path: os.PathLike, arrays: dict[str, np.ndarray]) -> None:
     """Write flat arrays as an uncompressed ``.npz`` archive, atomically (see :func:`map_arrays`)."""
     def write(tmp: str) -> None:
         with open(tmp, "wb") as handle:
-            np.savez(handle, **{name: np.ascontiguousarray(array) for name, array in arrays.items()})
+            contiguous: dict[str, Any] = {name: np.ascontiguousarray(array) for name, array in arrays.items()}
+            np.savez(handle, **contiguous)
     replace_atomically(path, write)
 
 

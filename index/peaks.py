@@ -12,8 +12,9 @@ bytes per peak, 0.6 MB per catalogue hour at 32 peaks per second. Saved atomical
 like every file of the directory.
 
 The archive is written uncompressed, so :meth:`PeakStore.load` memory-maps its arrays
-(:func:`index.files.map_arrays`) instead of reading them. Opening costs the same at any catalogue size, processes share the pages, and a
-matching process's memory holds only the peaks its queries verified (the store used to
+(:func:`index.files.map_arrays`) instead of reading them. Opening costs the same at any
+catalogue size, processes share the pages, and a matching process's memory holds only
+the peaks its queries verified (the store used to
 be read whole, and cut into one pair of arrays per track, by every process at open:
 about 0.55 MB of private memory per catalogue hour). Tracks added or removed since
 the file was written are kept beside it until :meth:`PeakStore.save`.

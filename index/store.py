@@ -313,7 +313,10 @@ class IndexStore:
         refiled, old_files = {}, []
         for name in stale:
             old_file = self._tier_files[name]
-            tier = self.tiers[name] if self.tiers[name].hashed_lists else self.tiers[name].refiled()
+            tier = self.tiers[name]
+            assert isinstance(tier, LandmarkIndex)  # upgradable() lists landmark tiers only
+            if not tier.hashed_lists:
+                tier = tier.refiled()
             new_file = self.directory / _TIER_FILES[name]
             if new_file == old_file:
                 new_file = old_file.with_name(old_file.stem + "-hashed" + old_file.suffix)
