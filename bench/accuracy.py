@@ -160,7 +160,7 @@ def main() -> int:
     report["index_hours"] = info.hours
     report["pair_landmarks_per_second_of_audio"] = round(info.landmarks / (info.hours * 3600), 1)
     report["index_bytes_per_hour_MB"] = round(info.bytes / info.hours / 1e6, 2)
-    for tier_file in ("pairs.faiss", "triplets.faiss"):
+    for tier_file in ("pairs.npz", "triplets.npz"):
         report[f"{tier_file}_bytes_per_hour_MB"] = round(info.files[tier_file] / info.hours / 1e6, 2)
 
     # -- fingerprint speed from decoded PCM (decode excluded) ------------------------------

@@ -1,60 +1,61 @@
-"""The landmark store: 32-bit hash codes in a FAISS binary inverted file.
+"""The landmark store: each code's entries in one contiguous run of a memory-mapped file.
 
 Layout
 ------
-``faiss.IndexBinaryIVF`` over 32-bit codes with ``2 ** list_bits`` inverted lists.
-Its coarse quantizer is an ``IndexBinaryHash`` holding one centroid per value of
-the stored code's low ``list_bits`` bits, so a code is filed under exactly its low
-bits (one hash-table probe, no k-means) and a lookup scans one list for entries whose
-code is equal (Hamming distance 0).
+One uncompressed ``.npz`` archive per tier (:func:`index.files.save_arrays`), read
+memory-mapped (:func:`index.files.map_arrays`):
+
+``codes``  (uint32)  the distinct stored codes, in increasing order;
+``starts`` (int64)   where each code's entries begin in ``ids``, plus the end;
+``ids``    (uint8)   every entry's id, ``track_id << payload_bits | payload``, in the
+                     fewest little-endian bytes that hold ``payload_bits + TRACK_BITS``
+                     (6 for the pair tier, 8 for the triplet tier), grouped by code.
+
+An entry thus costs its id alone: the code is implied by the run it lies in, and each
+distinct code costs 12 bytes once. A lookup is one binary search per code in
+``codes`` and one copy of its run — exactly its hits, no neighbour's entries scanned —
+and the run lengths are the entry counts that rarity weights need before any lookup.
+A process maps the file: it opens in constant time at any catalogue size, its pages are
+shared between processes, and its memory holds only the runs its queries read.
+
+The FAISS binary inverted file this replaces (format of 2026-11 and before) stored the
+32-bit code and an 8-byte id per entry (12 bytes), filed codes in ``2 ** 16`` lists and
+scanned a whole list per lookup, and needed a count table beside it. Such a tier is read
+with :meth:`LandmarkIndex.from_faiss` and rewritten by ``refrain upgrade``.
 
 What is stored is the landmark code passed through an invertible integer mix
-(:func:`mix_codes`, xor-shifts and odd multiplications): the low bits of a raw code are
-a few of its fields, so popular field values crowded a few lists, and an exact lookup
-scanned 11 (triplet) to 15 (pair) entries per hit on the bench index; mixed codes
-spread evenly over the lists and a lookup scans about 2. Being a bijection, the mix
-keeps equal codes equal and distinct codes distinct. Stores from before the mix
-(``hashed_lists=False``) keep filing raw codes and are read as before.
+(:func:`mix_codes`): the FAISS lists were keyed by the low bits of the stored code,
+which in a raw code are a few popular field values; stores from before the mix
+(``hashed_lists=False``) keep raw codes and are read as before until upgraded.
 
-Each entry's FAISS id packs ``(track_id, payload)`` as
-``track_id << payload_bits | payload``; the payload is whatever the fingerprint
-tier needs back from a hit (the anchor frame; for triplets also the anchor bin and
-span). All of a track's entries form one id range, so removing a track is an
-``IDSelectorRange`` over the lists, with no rebuild and no side copy of the codes. The IVF form (unlike ``IndexBinaryHash``)
-supports ``remove_ids`` and can be memory-mapped on load.
-
-Next to the FAISS file, ``<file>.counts.npy`` holds how many entries each stored code
-has: a sparse table, row 0 the distinct stored codes in increasing order, row 1 their
-entry counts (uint32). Matching weighs a query code by that count, and knowing it before the
-lookup lets the commonest codes, too light to count, skip the lookup altogether. The
-table follows the FAISS file in :meth:`LandmarkIndex.save`; a table that is missing or
-does not add up to the file's entry count (an index from before it existed, a crash
-between the two renames) is recounted from the inverted lists.
+Within a code's run, entries keep the order they were added in (a track's entries
+after those of tracks added before it), as the FAISS lists kept them, so that every
+lookup returns the same hits in the same order. Added entries stay in memory until
+:meth:`LandmarkIndex.save` merges them into the runs; removing a track rewrites the
+runs without its entries.
 """
 
 from __future__ import annotations
 
 import os
 import threading
-from pathlib import Path
 
 import faiss
+import numba
 import numpy as np
 
-from refrain.index.files import replace_atomically
+from refrain.index.files import map_arrays, save_arrays
 
-__all__ = ["LandmarkIndex", "CODE_BITS", "counts_path", "mix_codes"]
+__all__ = ["LandmarkIndex", "CODE_BITS", "TRACK_BITS", "mix_codes"]
 
 CODE_BITS = 32
-_ID_BITS = 63  # FAISS ids are signed 64-bit
+#: Track ids of a landmark store lie below ``2 ** TRACK_BITS`` (67 million; ids are never
+#: reused, so this bounds tracks ever added to one index; a larger catalogue is sharded by track).
+TRACK_BITS = 26
 _CODE_BYTES = CODE_BITS // 8
+_ARRAYS = ("codes", "starts", "ids")
 # Odd multipliers of :func:`mix_codes` (from the "lowbias32" integer hash).
 _MIX_MULTIPLIERS = (np.uint32(0x7FEB352D), np.uint32(0x846CA68B))
-
-def _as_code_bytes(hashes: np.ndarray) -> np.ndarray:
-    """uint32 codes -> (n, 4) uint8 rows, little-endian so that FAISS reads the low bits first."""
-    return np.ascontiguousarray(np.asarray(hashes, dtype="<u4")).view(np.uint8).reshape(-1, _CODE_BYTES)
-
 
 def mix_codes(hashes: np.ndarray) -> np.ndarray:
     """An invertible mix of 32-bit codes whose low bits depend on every bit of the code.
@@ -68,75 +69,82 @@ def mix_codes(hashes: np.ndarray) -> np.ndarray:
     return mixed ^ (mixed >> np.uint32(16))
 
 
-def counts_path(path: os.PathLike) -> Path:
-    """Where the code-count table of the landmark file ``path`` is saved."""
-    path = Path(path)
-    return path.with_name(path.name + ".counts.npy")
+def id_bytes(payload_bits: int) -> int:
+    """Bytes an entry's id takes in a store whose payloads have ``payload_bits`` bits."""
+    return -(-(payload_bits + TRACK_BITS) // 8)
 
 
-def _count_codes(codes: np.ndarray) -> np.ndarray:
-    """(2, n) uint32 table of the distinct ``codes`` in increasing order and their counts."""
-    distinct, counts = np.unique(np.asarray(codes, dtype=np.uint32), return_counts=True)
-    return np.stack([distinct, counts.astype(np.uint32)])
+def _packed(ids: np.ndarray, width: int) -> np.ndarray:
+    """int64 ids -> (n, width) uint8 rows, little-endian, low bytes first."""
+    return np.ascontiguousarray(np.asarray(ids, dtype="<i8").view(np.uint8).reshape(-1, 8)[:, :width])
 
 
-def _merge_counts(table: np.ndarray, other: np.ndarray) -> np.ndarray:
-    """Sum of two code-count tables (a new table; neither argument is modified)."""
-    codes, counts = table
-    position = np.searchsorted(codes, other[0])
-    known = position < len(codes)
-    known[known] = codes[position[known]] == other[0][known]
-    merged_counts = counts.copy()
-    merged_counts[position[known]] += other[1][known]
-    fresh = ~known
-    return np.stack([np.insert(codes, position[fresh], other[0][fresh]),
-                     np.insert(merged_counts, position[fresh], other[1][fresh])])
+@numba.njit(cache=True, nogil=True)
+def _unpacked(rows: np.ndarray) -> np.ndarray:
+    """Inverse of :func:`_packed`: (n, width) uint8 rows -> int64 ids."""
+    n, width = rows.shape
+    ids = np.empty(n, np.int64)
+    for i in range(n):
+        value = np.int64(0)
+        for b in range(width):
+            value |= np.int64(rows[i, b]) << (8 * b)
+        ids[i] = value
+    return ids
+
+
+@numba.njit(cache=True, nogil=True)
+def _gather_runs(rows: np.ndarray, first: np.ndarray, lengths: np.ndarray, total: int) -> np.ndarray:
+    """The ids of the runs ``rows[first[k]:first[k] + lengths[k]]``, laid end to end."""
+    width = rows.shape[1]
+    labels = np.empty(total, np.int64)
+    out = 0
+    for k in range(len(first)):
+        for i in range(first[k], first[k] + lengths[k]):
+            value = np.int64(0)
+            for b in range(width):
+                value |= np.int64(rows[i, b]) << (8 * b)
+            labels[out] = value
+            out += 1
+    return labels
 
 
 class LandmarkIndex:
-    """FAISS store of landmark codes, each resolving to (track id, payload).
+    """Landmark codes, each resolving to (track id, payload) entries.
 
-    Use :meth:`create` for a new, empty store or :meth:`load` for a saved one.
+    Use :meth:`create` for a new, empty store, :meth:`load` for a saved one and
+    :meth:`from_faiss` for a tier of the earlier FAISS format.
 
     Parameters
     ----------
-    index : faiss.IndexBinaryIVF
     payload_bits : int
-        Low bits of each id that hold the payload; track ids get the other
-        ``63 - payload_bits``.
+        Low bits of each id that hold the payload; track ids get ``TRACK_BITS`` above them.
+    codes, starts : np.ndarray
+        The runs (see the module docstring).
+    ids : np.ndarray of uint8, shape (n, id_bytes(payload_bits))
+        Every entry's id, grouped by code.
     writable : bool
     hashed_lists : bool
         Codes are stored mixed (:func:`mix_codes`); False for stores from before the mix.
     """
 
-    def __init__(self, index: faiss.IndexBinaryIVF, payload_bits: int, writable: bool,
-                 code_counts: np.ndarray | None = None, hashed_lists: bool = True):
-        if not 0 < payload_bits < _ID_BITS - 16:
+    def __init__(self, payload_bits: int, codes: np.ndarray, starts: np.ndarray, ids: np.ndarray,
+                 writable: bool, hashed_lists: bool = True):
+        if not 0 < payload_bits <= 63 - TRACK_BITS:
             raise ValueError(f"payload_bits={payload_bits} leaves too few bits for track ids")
-        self._index = index
         self.payload_bits = payload_bits
         self.writable = writable
         self.hashed_lists = hashed_lists
-        # The count table (see the module docstring), or None until recounted from the lists.
-        self._counts = code_counts
-        # Codes added since the table was last brought up to date: folding them in per
-        # call to add would cost a copy of the table per track ingested.
-        self._unfolded: list[np.ndarray] = []
-        # Readers sharing the store may bring the table up to date concurrently.
-        self._counts_lock = threading.Lock()
+        self._codes, self._starts, self._ids = codes, starts, ids
+        # Entries added since the runs were last merged: (stored codes, ids) per add.
+        self._added: list[tuple[np.ndarray, np.ndarray]] = []
+        # Readers sharing a writer's store may merge the added entries concurrently.
+        self._merge_lock = threading.Lock()
 
     @classmethod
-    def create(cls, payload_bits: int, list_bits: int = 16) -> "LandmarkIndex":
-        """An empty store with ``2 ** list_bits`` inverted lists, storing mixed codes."""
-        nlist = 1 << list_bits
-        quantizer = faiss.IndexBinaryHash(CODE_BITS, list_bits)
-        quantizer.add(_as_code_bytes(np.arange(nlist, dtype=np.uint32)))
-        index = faiss.IndexBinaryIVF(quantizer, CODE_BITS, nlist)
-        index.own_fields = True
-        quantizer.this.disown()
-        index.nprobe = 1
-        assert index.is_trained
-        return cls(index, payload_bits, writable=True, code_counts=_count_codes(np.zeros(0, np.uint32)))
+    def create(cls, payload_bits: int, hashed_lists: bool = True) -> "LandmarkIndex":
+        """An empty store."""
+        return cls(payload_bits, np.zeros(0, np.uint32), np.zeros(1, np.int64),
+                   np.zeros((0, id_bytes(payload_bits)), np.uint8), writable=True, hashed_lists=hashed_lists)
 
     @classmethod
     def load(cls, path: os.PathLike, payload_bits: int, mmap: bool = False,
@@ -146,42 +154,76 @@ class LandmarkIndex:
         Parameters
         ----------
         path : path-like
-            The index file.
+            The store's file.
         payload_bits : int
             As given to :meth:`create` (recorded in the index manifest).
         mmap : bool
-            Memory-map the inverted lists (and the code-count table) instead of reading
-            them: near-instant load, pages shared between processes, but the store is
-            then read-only.
+            Leave the file memory-mapped (read-only) instead of reading it into memory
+            for a writer.
         hashed_lists : bool
             Whether the store holds mixed codes (recorded in the index manifest).
+
+        Raises
+        ------
+        ValueError
+            If the file is not a landmark store of this payload width (damaged or foreign).
         """
-        flags = faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY if mmap else 0
-        index = faiss.read_index_binary(str(path), flags)
-        index.nprobe = 1
+        arrays = map_arrays(path, _ARRAYS)
+        codes, starts, flat_ids = arrays["codes"], arrays["starts"], arrays["ids"]
+        width = id_bytes(payload_bits)
+        if (codes.dtype != np.uint32 or starts.dtype != np.int64 or flat_ids.dtype != np.uint8
+                or len(starts) != len(codes) + 1 or starts[0] != 0 or starts[-1] * width != len(flat_ids)):
+            raise ValueError(f"inconsistent landmark store {path}")
+        ids = flat_ids.reshape(-1, width)
+        if not mmap:
+            codes, starts, ids = np.array(codes), np.array(starts), np.array(ids)
+        return cls(payload_bits, codes, starts, ids, writable=not mmap, hashed_lists=hashed_lists)
+
+    @classmethod
+    def from_faiss(cls, path: os.PathLike, payload_bits: int, hashed_lists: bool) -> "LandmarkIndex":
+        """A store holding the entries of a FAISS-format tier (Refrain of 2026-11 and before).
+
+        Every entry keeps its id and its order among its code's entries, so every lookup
+        returns the same hits in the same order; the codes are mixed whatever the old
+        file held (``hashed_lists`` says which it held).
+
+        Raises
+        ------
+        ValueError
+            If the file is not a FAISS binary inverted file.
+        """
         try:
-            code_counts = np.load(counts_path(path), mmap_mode="r" if mmap else None, allow_pickle=False)
-        except (OSError, ValueError):  # missing (an index from before the table) or unreadable
-            code_counts = None
-        if code_counts is not None and (
-                code_counts.dtype != np.uint32 or code_counts.ndim != 2 or len(code_counts) != 2
-                or int(code_counts[1].sum(dtype=np.uint64)) != index.ntotal):
-            code_counts = None  # stale: recounted from the lists when first needed
-        return cls(index, payload_bits, writable=not mmap, code_counts=code_counts, hashed_lists=hashed_lists)
+            index = faiss.read_index_binary(os.fspath(path))
+        except RuntimeError as err:
+            raise ValueError(f"unreadable FAISS landmark file {path}: {err}") from err
+        if not isinstance(index, faiss.IndexBinaryIVF):
+            raise ValueError(f"unreadable FAISS landmark file {path}: not a binary inverted file")
+        lists = index.invlists
+        codes, ids = [np.zeros(0, np.uint32)], [np.zeros(0, np.int64)]
+        for list_no in range(lists.nlist):
+            size = lists.list_size(list_no)
+            if size:
+                pointer = lists.get_codes(list_no)
+                codes.append(np.frombuffer(faiss.rev_swig_ptr(pointer, size * _CODE_BYTES), dtype="<u4").copy())
+                lists.release_codes(list_no, pointer)
+                id_pointer = lists.get_ids(list_no)
+                ids.append(faiss.rev_swig_ptr(id_pointer, size).copy())
+                lists.release_ids(list_no, id_pointer)
+        stored = np.concatenate(codes)
+        store = cls.create(payload_bits)
+        store._added.append((stored if hashed_lists else mix_codes(stored), np.concatenate(ids)))
+        store._merge_added()
+        return store
 
     def save(self, path: os.PathLike) -> None:
-        """Write the FAISS file, then the code-count table, each atomically.
-
-        Each goes through a temporary file in the same folder, fsync, then rename.
-        """
-        code_counts = self._settled_counts()
-        replace_atomically(path, lambda tmp: faiss.write_index_binary(self._index, tmp))
-        replace_atomically(counts_path(path), lambda tmp: _save_array(tmp, code_counts))
+        """Write the store atomically (temporary file, fsync, rename)."""
+        self._merge_added()
+        save_arrays(path, {"codes": self._codes, "starts": self._starts, "ids": self._ids.reshape(-1)})
 
     @property
     def ntotal(self) -> int:
         """Number of landmark entries stored."""
-        return int(self._index.ntotal)
+        return int(self._starts[-1]) + sum(len(ids) for _, ids in self._added)
 
     def add(self, track_id: int, hashes: np.ndarray, payloads: np.ndarray) -> None:
         """Store one track's landmarks.
@@ -189,7 +231,7 @@ class LandmarkIndex:
         Parameters
         ----------
         track_id : int
-            Non-negative catalogue id of the track, below ``2 ** (63 - payload_bits)``.
+            Non-negative catalogue id of the track, below ``2 ** TRACK_BITS``.
         hashes : np.ndarray of uint32
             Landmark codes.
         payloads : np.ndarray of int
@@ -201,25 +243,24 @@ class LandmarkIndex:
             raise ValueError("hashes and payloads differ in length")
         if payloads.size and (payloads.min() < 0 or payloads.max() >= 1 << self.payload_bits):
             raise ValueError(f"payloads must lie in [0, 2**{self.payload_bits})")
-        if not 0 <= track_id < 1 << (_ID_BITS - self.payload_bits):
+        if not 0 <= track_id < 1 << TRACK_BITS:
             raise ValueError(f"track id {track_id} out of range")
-        ids = (np.int64(track_id) << self.payload_bits) | payloads
-        codes = _as_code_bytes(self._stored_form(hashes))
-        self._index.add_with_ids(codes, ids)
-        with self._counts_lock:
-            self._unfolded.append(codes.view("<u4").ravel().copy())
+        with self._merge_lock:
+            self._added.append((self._stored_form(hashes), (np.int64(track_id) << self.payload_bits) | payloads))
 
     def remove(self, track_id: int) -> int:
         """Remove every entry of ``track_id``; returns how many were removed."""
         self._require_writable()
-        selector = faiss.IDSelectorRange(int(track_id) << self.payload_bits,
-                                         (int(track_id) + 1) << self.payload_bits)
-        removed = int(self._index.remove_ids(selector))
-        if removed:
-            # The removed entries' codes are not known without a scan of every list,
-            # which the recount (when the table is next needed) does anyway.
-            with self._counts_lock:
-                self._counts, self._unfolded = None, []
+        self._merge_added()
+        with self._merge_lock:
+            kept = (_unpacked(self._ids) >> self.payload_bits) != track_id
+            removed = int(len(kept) - kept.sum())
+            if removed:
+                run_of_entry = np.repeat(np.arange(len(self._codes)), np.diff(self._starts))
+                lengths = np.bincount(run_of_entry[kept], minlength=len(self._codes))
+                self._codes = self._codes[lengths > 0]
+                self._starts = np.concatenate([[0], np.cumsum(lengths[lengths > 0])]).astype(np.int64)
+                self._ids = self._ids[kept]
         return removed
 
     def code_counts(self, hashes: np.ndarray) -> np.ndarray:
@@ -234,12 +275,7 @@ class LandmarkIndex:
         -------
         np.ndarray of int64, same length
         """
-        codes, counts = self._settled_counts()
-        hashes = self._stored_form(hashes)
-        if len(codes) == 0:
-            return np.zeros(len(hashes), dtype=np.int64)
-        position = np.minimum(np.searchsorted(codes, hashes), len(codes) - 1)
-        return np.where(codes[position] == hashes, counts[position], 0).astype(np.int64)
+        return self._runs(self._stored_form(hashes))[1]
 
     def lookup(self, hashes: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Find every stored entry whose code matches each query code.
@@ -255,19 +291,12 @@ class LandmarkIndex:
             One row per hit: which query code it answers, and the stored entry's
             track and payload.
         """
-        first_hit, hits_per_code, labels = self.lookup_slices(hashes)
-        # Each code's hits are one slice of the result: moved, in code order, to where
-        # code order puts them.
-        shift = first_hit - (np.cumsum(hits_per_code) - hits_per_code)
-        labels = labels[np.repeat(shift, hits_per_code) + np.arange(len(labels))]
+        _, hits_per_code, labels = self.lookup_slices(hashes)
         query_index = np.repeat(np.arange(len(hits_per_code), dtype=np.int64), hits_per_code)
         return query_index, labels >> self.payload_bits, labels & ((1 << self.payload_bits) - 1)
 
     def lookup_slices(self, hashes: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """:meth:`lookup`'s hits as FAISS returns them: one slice of entry ids per code.
-
-        For a caller that walks the hits code by code anyway (a compiled loop), this
-        spares the copy that puts them in code order.
+        """:meth:`lookup`'s hits as one slice of entry ids per code.
 
         Parameters
         ----------
@@ -277,84 +306,75 @@ class LandmarkIndex:
         Returns
         -------
         first_hit, hits_per_code : np.ndarray of int64
-            For each query code, where its hits start in ``labels`` and how many there are.
+            For each query code, where its hits start in ``labels`` and how many there are
+            (the slices follow each other in the order of ``hashes``).
         labels : np.ndarray of int64
             Every hit's entry id, ``track_id << payload_bits | payload``.
         """
-        hashes = self._stored_form(hashes)
-        if hashes.size == 0 or self.ntotal == 0:
-            empty = np.zeros(len(hashes), dtype=np.int64)
-            return empty, empty, np.zeros(0, dtype=np.int64)
-        # A stored code's list is its low bits (see the module docstring): computed here, it spares
-        # the coarse quantizer's hash-table probe per code.
-        lists = (hashes & np.uint32(self._index.nlist - 1)).astype(np.int64)
-        # Searched in list order, the codes read the lists in memory order, which caches
-        # and prefetches better: 20-25 % faster on the bench index, more than the sort
-        # and the reordering of the hits back into code order cost.
-        by_list = np.argsort(lists, kind="stable")
-        lims, _, labels = self._index.range_search_preassigned(_as_code_bytes(hashes[by_list]), 1,
-                                                               lists[by_list].reshape(-1, 1), None)
-        hits_per_code, first_hit = np.empty((2, len(hashes)), dtype=np.int64)
-        hits_per_code[by_list], first_hit[by_list] = np.diff(lims), lims[:-1]
-        return first_hit, hits_per_code, labels
+        first, hits_per_code = self._runs(self._stored_form(hashes))
+        total = int(hits_per_code.sum())
+        first_hit = np.cumsum(hits_per_code) - hits_per_code
+        return first_hit, hits_per_code, _gather_runs(self._ids, first, hits_per_code, total)
 
     def refiled(self) -> "LandmarkIndex":
-        """A new in-memory store holding this one's entries, filed by mixed code.
+        """A new in-memory store holding this one's entries under mixed codes.
 
-        For a store from before the mix (``hashed_lists=False``): its entries move to
-        the lists of their mixed codes, each code's entries keeping their order, so
-        every lookup returns the same hits in the same order, scanning fewer entries.
+        For a store from before the mix (``hashed_lists=False``): each code's entries keep
+        their order, so every lookup returns the same hits in the same order.
         """
         if self.hashed_lists:
             raise ValueError("this store already files mixed codes")
-        codes, ids = self._stored_entries()
-        refiled = LandmarkIndex.create(self.payload_bits, list_bits=int(self._index.nlist).bit_length() - 1)
-        mixed = mix_codes(codes)
-        refiled._index.add_with_ids(_as_code_bytes(mixed), ids)
-        refiled._counts = _count_codes(mixed)
+        self._merge_added()
+        refiled = LandmarkIndex.create(self.payload_bits)
+        raw = np.repeat(self._codes, np.diff(self._starts))
+        refiled._added.append((mix_codes(raw), _unpacked(self._ids)))
+        refiled._merge_added()
         return refiled
 
     def _stored_form(self, hashes: np.ndarray) -> np.ndarray:
-        """Landmark codes as this store files and counts them (mixed, or raw in an older store)."""
+        """Landmark codes as this store files them (mixed, or raw in an older store)."""
         hashes = np.asarray(hashes, dtype=np.uint32)
         return mix_codes(hashes) if self.hashed_lists else hashes
 
-    def _settled_counts(self) -> np.ndarray:
-        """The code-count table, recounted or with the codes added since folded in as needed."""
-        with self._counts_lock:
-            if self._counts is None:
-                self._counts, self._unfolded = _count_codes(self._stored_codes()), []
-            elif self._unfolded:
-                self._counts = _merge_counts(self._counts, _count_codes(np.concatenate(self._unfolded)))
-                self._unfolded = []
-            return self._counts
+    def _runs(self, stored: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Where each stored-form code's run starts in ``ids`` and its length (0 if absent)."""
+        self._merge_added()
+        codes, starts = self._codes, self._starts
+        if len(codes) == 0:
+            return np.zeros(len(stored), np.int64), np.zeros(len(stored), np.int64)
+        at = np.minimum(np.searchsorted(codes, stored), len(codes) - 1)
+        found = codes[at] == stored
+        first = np.asarray(starts[at], dtype=np.int64)
+        return first, np.where(found, np.asarray(starts[at + 1]) - first, 0).astype(np.int64)
 
-    def _stored_codes(self) -> np.ndarray:
-        """Every stored entry's (stored form of its) code, read from the inverted lists (about 50 ns per entry)."""
-        return self._stored_entries(with_ids=False)[0]
-
-    def _stored_entries(self, with_ids: bool = True) -> tuple[np.ndarray, np.ndarray | None]:
-        """Every stored entry's code (stored form) and, if asked, id: list by list, in list order."""
-        lists = self._index.invlists
-        codes, ids = [np.zeros(0, dtype=np.uint32)], [np.zeros(0, dtype=np.int64)]
-        for list_no in range(self._index.nlist):
-            size = lists.list_size(list_no)
-            if size:
-                pointer = lists.get_codes(list_no)
-                codes.append(np.frombuffer(faiss.rev_swig_ptr(pointer, size * _CODE_BYTES), dtype="<u4").copy())
-                lists.release_codes(list_no, pointer)
-                if with_ids:
-                    pointer = lists.get_ids(list_no)
-                    ids.append(faiss.rev_swig_ptr(pointer, size).copy())
-                    lists.release_ids(list_no, pointer)
-        return np.concatenate(codes), np.concatenate(ids) if with_ids else None
+    def _merge_added(self) -> None:
+        """Merge the entries added since the last merge into the runs, after each run's own."""
+        with self._merge_lock:
+            if not self._added:
+                return
+            new_codes = np.concatenate([codes for codes, _ in self._added])
+            new_ids = np.concatenate([ids for _, ids in self._added])
+            self._added = []
+            order = np.argsort(new_codes, kind="stable")
+            new_codes, new_ids = new_codes[order], new_ids[order]
+            codes, starts = self._codes, self._starts
+            at = np.searchsorted(codes, new_codes)
+            known = at < len(codes)
+            known[known] = codes[at[known]] == new_codes[known]
+            # A known code's new entries go after its run; a new code's where its run will be.
+            self._ids = np.insert(self._ids, np.where(known, starts[np.minimum(at + 1, len(codes))], starts[at]),
+                                  _packed(new_ids, self._ids.shape[1]), axis=0)
+            distinct, counts = np.unique(new_codes, return_counts=True)
+            lengths = np.diff(starts)
+            at = np.searchsorted(codes, distinct)
+            fresh = (at >= len(codes)) | (codes[np.minimum(at, max(len(codes) - 1, 0))] != distinct) \
+                if len(codes) else np.ones(len(distinct), dtype=bool)
+            lengths = lengths.copy()
+            lengths[at[~fresh]] += counts[~fresh]
+            self._codes = np.insert(codes, at[fresh], distinct[fresh])
+            lengths = np.insert(lengths, at[fresh], counts[fresh])
+            self._starts = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
 
     def _require_writable(self) -> None:
         if not self.writable:
             raise PermissionError("this landmark index was opened read-only (memory-mapped)")
-
-
-def _save_array(path: str, array: np.ndarray) -> None:
-    # Through a handle: given a name, np.save would append ".npy" to the temporary file's.
-    with open(path, "wb") as handle:
-        np.save(handle, np.ascontiguousarray(array), allow_pickle=False)

@@ -3,9 +3,8 @@
 ::
 
     DIR/manifest.json        format version, fingerprint settings, one entry per fingerprint tier
-    DIR/pairs.faiss          exact-copy tier: pair landmarks (:class:`index.landmarks.LandmarkIndex`)
-    DIR/triplets.faiss       derivative tier: tempo- and pitch-invariant triplet landmarks
-    DIR/*.faiss.counts.npy   entries per code of each landmark tier (rarity weights before the lookup)
+    DIR/pairs.npz            exact-copy tier: pair landmarks (:class:`index.landmarks.LandmarkIndex`)
+    DIR/triplets.npz         derivative tier: tempo- and pitch-invariant triplet landmarks
     DIR/melody.faiss         melody tier: key- and tempo-invariant segment descriptors
     DIR/melody-chroma.faiss  melody tier: the chroma sequences its candidates are verified on
     DIR/peaks.npz            every track's spectral peaks, to verify a recording mixed under other audio
@@ -19,6 +18,11 @@ has no ``melody`` entry in its manifest and still opens, without cover matching
 (``IndexStore.melody`` is None) until the catalogue is re-ingested into a new index.
 The peak store (:class:`index.peaks.PeakStore`) is optional the same way: without
 it the matcher does not look for recordings mixed under other audio.
+
+An index from an earlier Refrain is read as it is and can be brought up to date in
+place (:meth:`IndexStore.upgrade`, ``refrain upgrade``): landmark tiers in a FAISS
+inverted file (no ``store`` key in their manifest entry, up to 2026-11) are converted to
+the run store at every open until then, and tiers from before mixed codes are re-filed.
 
 Writes follow one protocol: a new track's row is committed as ``pending``, its
 landmarks are added in memory, :meth:`IndexStore.commit` saves the FAISS file
@@ -39,7 +43,7 @@ from refrain.fingerprint import Fingerprint, FingerprintParams
 from refrain.fingerprint.hashes import PAIR_LAYOUT, TIER_PAYLOAD_BITS, TRIPLET_LAYOUT
 from refrain.index.catalog import Catalog, Track, TrackMetadata
 from refrain.index.files import replace_atomically
-from refrain.index.landmarks import LandmarkIndex, counts_path
+from refrain.index.landmarks import LandmarkIndex
 from refrain.index.melody import MELODY_LAYOUT, MelodyIndex
 from refrain.index.peaks import PeakStore
 
@@ -47,7 +51,7 @@ __all__ = ["IndexStore", "IndexOpenError", "IndexBusyError"]
 
 FORMAT_VERSION = 2
 _MANIFEST, _CATALOG, _LOCK = "manifest.json", "catalog.sqlite", ".lock"
-_TIER_FILES = {"pair": "pairs.faiss", "triplet": "triplets.faiss"}
+_TIER_FILES = {"pair": "pairs.npz", "triplet": "triplets.npz"}
 _MELODY_FILE = "melody.faiss"
 _PEAKS_FILE = "peaks.npz"
 #: Layout of the peak store: (frame, log-frequency bin) of every peak, as ``find_peaks`` picks them.
@@ -57,6 +61,9 @@ _TIER_LAYOUTS = {"pair": PAIR_LAYOUT.name, "triplet": TRIPLET_LAYOUT.name, "melo
 # How a landmark tier files its codes in lists: "hashed" (mixed codes, see index.landmarks);
 # a tier without the key is from before the mix and files raw codes.
 _HASHED_LISTS = "hashed"
+# How a landmark tier is stored: "runs" (index.landmarks); a tier without the key is a
+# FAISS inverted file of an earlier Refrain.
+_RUN_STORE = "runs"
 
 
 def _hashed_lists(tier_entry: dict) -> bool:
@@ -65,6 +72,14 @@ def _hashed_lists(tier_entry: dict) -> bool:
     if lists not in (None, _HASHED_LISTS):
         raise ValueError(f"unknown list filing {lists!r}")
     return lists == _HASHED_LISTS
+
+
+def _in_faiss_file(tier_entry: dict) -> bool:
+    """Whether a landmark tier's manifest entry says it is an earlier Refrain's FAISS file."""
+    store = tier_entry.get("store")
+    if store not in (None, _RUN_STORE):
+        raise ValueError(f"unknown landmark store {store!r}")
+    return store is None
 
 
 class IndexOpenError(RuntimeError):
@@ -83,9 +98,11 @@ class IndexStore:
 
     def __init__(self, directory: Path, params: FingerprintParams,
                  tiers: dict[str, LandmarkIndex | MelodyIndex | PeakStore],
-                 tier_files: dict[str, Path], catalog: Catalog, lock_handle):
+                 tier_files: dict[str, Path], catalog: Catalog, lock_handle, faiss_tiers: frozenset[str] = frozenset()):
         self.directory = directory
         self._tier_files = tier_files
+        # Landmark tiers read from an earlier Refrain's FAISS file (converted in memory).
+        self._faiss_tiers = set(faiss_tiers)
         self.fingerprint_params = params
         self.tiers = tiers
         self.catalog = catalog
@@ -109,7 +126,8 @@ class IndexStore:
         params : FingerprintParams, optional
             Settings for a new index; an existing index keeps the ones it was built with.
         list_bits : int
-            Inverted lists of a new landmark tier (``2 ** list_bits``).
+            Not used: the landmark store has no inverted lists since the run store
+            (kept until ``Config.list_bits`` is retired).
         mmap : bool
             Memory-map the landmark file (read-only opens only).
         """
@@ -128,7 +146,7 @@ class IndexStore:
             if not manifest_path.exists():
                 params = params or FingerprintParams()
                 for tier, filename in _TIER_FILES.items():
-                    LandmarkIndex.create(TIER_PAYLOAD_BITS[tier], list_bits).save(directory / filename)
+                    LandmarkIndex.create(TIER_PAYLOAD_BITS[tier]).save(directory / filename)
                 if params.melody is not None:
                     MelodyIndex.create(params.melody).save(directory / _MELODY_FILE)
                 PeakStore.create().save(directory / _PEAKS_FILE)
@@ -151,7 +169,7 @@ class IndexStore:
         try:
             params = FingerprintParams.from_dict(manifest["fingerprint"])
             tier_files = {tier: directory / entry["file"] for tier, entry in manifest["tiers"].items()}
-            tiers = {}
+            tiers, faiss_tiers = {}, set()
             for tier, entry in manifest["tiers"].items():
                 if tier == "melody":
                     if params.melody is None:
@@ -159,6 +177,10 @@ class IndexStore:
                     tiers[tier] = MelodyIndex.load(tier_files[tier], params.melody, mmap=mmap and not writable)
                 elif tier == "peaks":
                     tiers[tier] = PeakStore.load(tier_files[tier])
+                elif _in_faiss_file(entry):
+                    tiers[tier] = LandmarkIndex.from_faiss(tier_files[tier], entry["payload_bits"],
+                                                           hashed_lists=_hashed_lists(entry))
+                    faiss_tiers.add(tier)
                 else:
                     tiers[tier] = LandmarkIndex.load(tier_files[tier], entry["payload_bits"],
                                                      mmap=mmap and not writable,
@@ -167,7 +189,7 @@ class IndexStore:
         except (RuntimeError, sqlite3.DatabaseError, KeyError, ValueError) as err:
             raise IndexOpenError(f"{directory}: cannot open the index: it is damaged or "
                                  f"unreadable ({err})") from err
-        return cls(directory, params, tiers, tier_files, catalog, lock_handle)
+        return cls(directory, params, tiers, tier_files, catalog, lock_handle, frozenset(faiss_tiers))
 
     @staticmethod
     def _acquire_lock(directory: Path):
@@ -182,7 +204,7 @@ class IndexStore:
     @staticmethod
     def _write_manifest(directory: Path, params: FingerprintParams) -> None:
         tiers = {tier: {"file": filename, "payload_bits": TIER_PAYLOAD_BITS[tier],
-                        "layout": _TIER_LAYOUTS[tier], "lists": _HASHED_LISTS}
+                        "layout": _TIER_LAYOUTS[tier], "lists": _HASHED_LISTS, "store": _RUN_STORE}
                  for tier, filename in _TIER_FILES.items()}
         if params.melody is not None:
             tiers["melody"] = {"file": _MELODY_FILE, "layout": MELODY_LAYOUT}
@@ -224,6 +246,8 @@ class IndexStore:
         self.catalog.delete(leftovers)
 
     def _save_tiers(self) -> None:
+        if self._faiss_tiers:  # this Refrain cannot write an earlier Refrain's FAISS files
+            self.upgrade()
         for name, tier in self.tiers.items():
             tier.save(self._tier_files[name])
 
@@ -262,16 +286,19 @@ class IndexStore:
     def upgradable(self) -> list[str]:
         """The tiers :meth:`upgrade` would bring to the current layout."""
         return [name for name, tier in self.tiers.items()
-                if isinstance(tier, LandmarkIndex) and not tier.hashed_lists]
+                if isinstance(tier, LandmarkIndex) and (not tier.hashed_lists or name in self._faiss_tiers)]
 
     def upgrade(self) -> list[str]:
         """Bring an index built by an earlier Refrain to the current layout, in place.
 
-        Landmark tiers from before mixed list filing (see :mod:`index.landmarks`) are
-        re-filed: same entries, same hits, fewer list entries scanned per lookup. Each
-        goes to a new file; the manifest then switches to it in one atomic rename, and
-        only then is the old file deleted, so an interrupted upgrade leaves the index as
-        it was (at most a stray new file, overwritten by the next upgrade).
+        Landmark tiers in an earlier Refrain's FAISS file are written as run stores (see
+        :mod:`index.landmarks`: same entries, same hits in the same order, about half the
+        bytes, no conversion at open), and tiers from before mixed codes are re-filed.
+        Each goes to a new file; the manifest then switches to it in one atomic rename,
+        and only then is the old file deleted, so an interrupted upgrade leaves the index
+        as it was (at most a stray new file, overwritten by the next upgrade). The first
+        save of an index with FAISS tiers (a commit, a removal) upgrades it first: this
+        Refrain cannot write that format.
 
         Returns
         -------
@@ -286,15 +313,23 @@ class IndexStore:
         refiled, old_files = {}, []
         for name in stale:
             old_file = self._tier_files[name]
-            new_file = old_file.with_name(old_file.stem + "-hashed" + old_file.suffix)
-            tier = self.tiers[name].refiled()
+            tier = self.tiers[name]
+            assert isinstance(tier, LandmarkIndex)  # upgradable() lists landmark tiers only
+            if not tier.hashed_lists:
+                tier = tier.refiled()
+            new_file = self.directory / _TIER_FILES[name]
+            if new_file == old_file:
+                new_file = old_file.with_name(old_file.stem + "-hashed" + old_file.suffix)
             tier.save(new_file)
             refiled[name] = (tier, new_file)
-            manifest["tiers"][name].update(file=new_file.name, lists=_HASHED_LISTS)
-            old_files += [old_file, counts_path(old_file)]
+            manifest["tiers"][name].update(file=new_file.name, lists=_HASHED_LISTS, store=_RUN_STORE)
+            old_files.append(old_file)
+            if name in self._faiss_tiers:
+                old_files.append(old_file.with_name(old_file.name + ".counts.npy"))  # its code-count table
         self._save_manifest(self.directory, manifest)
         for name, (tier, new_file) in refiled.items():
             self.tiers[name], self._tier_files[name] = tier, new_file
+        self._faiss_tiers.clear()
         for path in old_files:
             path.unlink(missing_ok=True)
         return stale

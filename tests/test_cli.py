@@ -148,7 +148,7 @@ def test_info_json(cli_index, songs, run_refrain):
     seconds = sum(len(songs[seed].samples) / SR for seed in SEEDS)
     assert info["hours"] == pytest.approx(seconds / 3600, abs=1e-3)
     assert info["landmarks"] > 3 * 500
-    assert "pairs.faiss" in info["files"] and "manifest.json" in info["files"]
+    assert "pairs.npz" in info["files"] and "manifest.json" in info["files"]
     assert info["bytes"] == sum(info["files"].values())
 
     text = run_refrain("info", "--index", index)
@@ -178,7 +178,7 @@ def test_index_that_cannot_be_opened_exits_3(tmp_path, cli_index, songs, run_ref
 def test_damaged_index_exits_3(tmp_path, cli_index, run_refrain):
     index = tmp_path / "index"
     shutil.copytree(cli_index[0], index, ignore=shutil.ignore_patterns(".lock"))
-    (index / "pairs.faiss").write_bytes(b"\0" * 100)
+    (index / "pairs.npz").write_bytes(b"\0" * 100)
     done = run_refrain("info", "--index", index)
     assert done.returncode == 3
     assert_clean_errors(done.stderr)

@@ -14,7 +14,6 @@ import soxr
 
 from refrain.fingerprint import fingerprint_file, fingerprint_signal
 from refrain.index import IndexBusyError, IndexOpenError, IndexStore, LandmarkIndex
-from refrain.index.landmarks import counts_path
 from refrain.api import Refrain
 from refrain.config import Config
 
@@ -35,7 +34,7 @@ def excerpt_file(tmp_path, write_audio, y, start, seconds=10.0, name="query.wav"
     return write_audio(tmp_path / name, y[i:i + int(seconds * SR)])
 
 
-# -- the FAISS landmark store on its own ------------------------------------------------------------
+# -- the landmark store on its own ------------------------------------------------------------
 
 
 def test_landmark_index_add_lookup_remove(tmp_path):
@@ -43,7 +42,7 @@ def test_landmark_index_add_lookup_remove(tmp_path):
     codes = {7: rng.integers(0, 1 << 23, 500, dtype=np.uint32),
              8: rng.integers(0, 1 << 23, 300, dtype=np.uint32)}
     frames = {7: np.arange(500) * 3, 8: np.arange(300) + 100_000}
-    store = LandmarkIndex.create(payload_bits=22, list_bits=16)
+    store = LandmarkIndex.create(payload_bits=22)
     for track, hashes in codes.items():
         store.add(track, hashes, frames[track])
     assert store.ntotal == 800
@@ -62,9 +61,9 @@ def test_landmark_index_add_lookup_remove(tmp_path):
     assert all(track == 8 for _, track, _ in hit_set(store, codes[7]))
     assert {(i, 8, 100_000 + i) for i in range(300)} <= hit_set(store, codes[8])
 
-    store.save(tmp_path / "pairs.faiss")
+    store.save(tmp_path / "pairs.npz")
     for mmap in (False, True):
-        loaded = LandmarkIndex.load(tmp_path / "pairs.faiss", 22, mmap=mmap)
+        loaded = LandmarkIndex.load(tmp_path / "pairs.npz", 22, mmap=mmap)
         assert loaded.ntotal == 300
         assert hit_set(loaded, codes[8]) == hit_set(store, codes[8])
 
@@ -73,7 +72,7 @@ def test_lookup_returns_hits_grouped_by_code_in_the_order_asked(tmp_path):
     # The lookup searches the codes in list order; its answer must still come code by code
     # in the order given, each code's hits in stored order, as one lookup per code gives.
     rng = np.random.default_rng(4)
-    store = LandmarkIndex.create(payload_bits=22, list_bits=8)
+    store = LandmarkIndex.create(payload_bits=22)
     stored = rng.integers(0, 1 << 12, 3000, dtype=np.uint32)  # few distinct codes: many hits each
     store.add(3, stored, np.arange(3000))
     store.add(5, stored[::7], np.arange(0, 3000, 7) + 1)
@@ -87,20 +86,8 @@ def test_lookup_returns_hits_grouped_by_code_in_the_order_asked(tmp_path):
         np.testing.assert_array_equal(got, want)
 
 
-def test_codes_alike_in_their_low_bits_spread_over_the_lists():
-    # Raw codes sharing their low 16 bits (fields that rarely change) would all share one
-    # list, which every lookup of any of them then scans; mixed, they spread out.
-    landmarks = LandmarkIndex.create(payload_bits=22)
-    codes = (np.arange(4000, dtype=np.uint32) << np.uint32(16)) | np.uint32(5)
-    landmarks.add(7, codes, np.arange(4000))
-    sizes = np.array([landmarks._index.invlists.list_size(i) for i in range(landmarks._index.nlist)])
-    assert sizes.max() <= 4 and (sizes > 0).sum() > 3800
-    assert hit_set(landmarks, codes[[3, 1234]]) == {(0, 7, 3), (1, 7, 1234)}
-    assert len(landmarks.lookup(codes + np.uint32(1))[0]) == 0
-
-
 def test_landmark_index_rejects_payloads_it_cannot_encode():
-    store = LandmarkIndex.create(payload_bits=22, list_bits=8)
+    store = LandmarkIndex.create(payload_bits=22)
     with pytest.raises(ValueError, match="payloads must lie in"):
         store.add(1, np.array([1, 2], dtype=np.uint32), np.array([0, -1]))
     with pytest.raises(ValueError, match="differ in length"):
@@ -108,10 +95,10 @@ def test_landmark_index_rejects_payloads_it_cannot_encode():
 
 
 def test_memory_mapped_store_is_read_only(tmp_path):
-    store = LandmarkIndex.create(payload_bits=22, list_bits=8)
+    store = LandmarkIndex.create(payload_bits=22)
     store.add(1, np.array([5], dtype=np.uint32), np.array([0]))
-    store.save(tmp_path / "l.faiss")
-    mapped = LandmarkIndex.load(tmp_path / "l.faiss", 22, mmap=True)
+    store.save(tmp_path / "l.npz")
+    mapped = LandmarkIndex.load(tmp_path / "l.npz", 22, mmap=True)
     with pytest.raises(PermissionError):
         mapped.add(2, np.array([6], dtype=np.uint32), np.array([0]))
     with pytest.raises(PermissionError):
@@ -129,7 +116,7 @@ def test_code_counts_follow_adds_removals_and_saves(tmp_path):
     codes = {track: rng.integers(0, 300, n, dtype=np.uint32) for track, n in ((1, 400), (2, 250), (3, 100))}
     probe = np.arange(320, dtype=np.uint32)  # every stored code, and some never stored
     counted = {track: np.bincount(c, minlength=len(probe)) for track, c in codes.items()}
-    store = LandmarkIndex.create(payload_bits=22, list_bits=8)
+    store = LandmarkIndex.create(payload_bits=22)
     np.testing.assert_array_equal(store.code_counts(probe), 0)
     store.add(1, codes[1], np.arange(400))
     np.testing.assert_array_equal(store.code_counts(probe), counted[1])
@@ -139,9 +126,8 @@ def test_code_counts_follow_adds_removals_and_saves(tmp_path):
     np.testing.assert_array_equal(store.code_counts(probe), expected)
     np.testing.assert_array_equal(expected, hits_per_code(store, probe))
 
-    path = tmp_path / "l.faiss"
+    path = tmp_path / "l.npz"
     store.save(path)
-    assert counts_path(path).exists()
     for mmap in (False, True):
         np.testing.assert_array_equal(LandmarkIndex.load(path, 22, mmap=mmap).code_counts(probe), expected)
 
@@ -160,29 +146,59 @@ def test_code_counts_follow_adds_removals_and_saves(tmp_path):
         np.testing.assert_array_equal(expected, hits_per_code(reloaded, probe))
 
 
-def test_code_counts_missing_or_stale_on_disk_are_recounted(tmp_path):
-    rng = np.random.default_rng(4)
-    probe = np.arange(1000, dtype=np.uint32)
-    first, second = (rng.integers(0, 1000, 600, dtype=np.uint32) for _ in range(2))
-    path = tmp_path / "l.faiss"
-    store = LandmarkIndex.create(payload_bits=22, list_bits=8)
-    store.add(1, first, np.arange(600))
-    store.save(path)
-    older_table = counts_path(path).read_bytes()
-    store.add(2, second, np.arange(600))
-    store.save(path)
-    expected = np.bincount(np.concatenate([first, second]), minlength=len(probe))
+def _as_faiss_file(store: LandmarkIndex, path, raw_codes=None) -> None:
+    """Write a store's entries as Refrain wrote a landmark tier up to 2026-11: a FAISS
+    binary inverted file of 2**16 lists keyed by the stored code's low 16 bits."""
+    import faiss
+    from refrain.index.landmarks import _unpacked
+    store.save(path.with_suffix(".npz"))  # merges the entries added since the last save into the runs
+    codes = np.repeat(store._codes, np.diff(store._starts)) if raw_codes is None else raw_codes
+    quantizer = faiss.IndexBinaryHash(32, 16)
+    quantizer.add(np.arange(1 << 16, dtype="<u4").view(np.uint8).reshape(-1, 4))
+    index = faiss.IndexBinaryIVF(quantizer, 32, 1 << 16)
+    index.own_fields = True
+    quantizer.this.disown()
+    index.add_with_ids(np.ascontiguousarray(codes, dtype="<u4").view(np.uint8).reshape(-1, 4),
+                       _unpacked(store._ids))
+    faiss.write_index_binary(index, str(path))
 
-    # A crash between the two renames: the FAISS file is new, the table is the older one.
-    counts_path(path).write_bytes(older_table)
-    for mmap in (False, True):
-        np.testing.assert_array_equal(LandmarkIndex.load(path, 22, mmap=mmap).code_counts(probe), expected)
-    # An index saved before the table existed.
-    counts_path(path).unlink()
-    for mmap in (False, True):
-        np.testing.assert_array_equal(LandmarkIndex.load(path, 22, mmap=mmap).code_counts(probe), expected)
-    LandmarkIndex.load(path, 22).save(path)  # a writer's next save writes the table again
-    assert np.load(counts_path(path))[1].sum() == 1200
+
+@pytest.mark.parametrize("mixed", [True, False])
+def test_a_faiss_tier_of_an_earlier_refrain_gives_the_same_hits_in_the_same_order(tmp_path, mixed):
+    rng = np.random.default_rng(6)
+    store = LandmarkIndex.create(payload_bits=22, hashed_lists=mixed)
+    stored = rng.integers(0, 1 << 12, 2000, dtype=np.uint32)
+    store.add(3, stored, np.arange(2000))
+    store.add(5, stored[::3], np.arange(0, 2000, 3) + 7)
+    asked = np.concatenate([rng.choice(stored, 300), rng.integers(1 << 12, 1 << 20, 20, dtype=np.uint32)])
+    _as_faiss_file(store, tmp_path / "l.faiss")
+    converted = LandmarkIndex.from_faiss(tmp_path / "l.faiss", 22, hashed_lists=mixed)
+    assert converted.hashed_lists and converted.ntotal == store.ntotal
+    for got, want in zip(converted.lookup(asked), store.lookup(asked)):
+        np.testing.assert_array_equal(got, want)
+    np.testing.assert_array_equal(converted.code_counts(asked), store.code_counts(asked))
+    (tmp_path / "junk.faiss").write_bytes(b"not FAISS")
+    with pytest.raises(ValueError, match="unreadable FAISS"):
+        LandmarkIndex.from_faiss(tmp_path / "junk.faiss", 22, hashed_lists=True)
+
+
+def test_an_entry_costs_its_id_alone(tmp_path):
+    # 100,000 entries under 50 codes: the file holds 6 bytes per pair entry (track id and
+    # 22-bit frame), 12 per distinct code, and the archive's headers.
+    store = LandmarkIndex.create(payload_bits=22)
+    codes = np.arange(100_000, dtype=np.uint32) % 50
+    store.add(9, codes, np.arange(100_000))
+    store.save(tmp_path / "l.npz")
+    assert 600_000 <= (tmp_path / "l.npz").stat().st_size <= 600_000 + 50 * 12 + 2_000
+    mapped = LandmarkIndex.load(tmp_path / "l.npz", 22, mmap=True)
+    assert mapped.lookup(np.array([7], np.uint32))[2].tolist() == list(range(7, 100_000, 50))
+
+
+def test_track_ids_beyond_the_store_width_are_refused():
+    from refrain.index.landmarks import TRACK_BITS
+    store = LandmarkIndex.create(payload_bits=22)
+    with pytest.raises(ValueError, match="out of range"):
+        store.add(1 << TRACK_BITS, np.array([1], np.uint32), np.array([0]))
 
 
 # -- a whole index directory --------------------------------------------------------------------
@@ -244,17 +260,39 @@ def test_reloaded_index_gives_identical_lookups(tmp_path, songs, mmap):
         np.testing.assert_array_equal(a, b)
 
 
-def test_index_without_code_counts_matches_as_with_them(index_copy, catalogue, catalogue_index, songs,
-                                                        write_audio, tmp_path):
-    # An index saved before the code-count tables existed: they are recounted on use.
-    for table in index_copy.glob("*.counts.npy"):
-        table.unlink()
+def _as_faiss_index(directory) -> None:
+    """Turn an index directory's landmark tiers into the FAISS files of Refrain up to 2026-11."""
+    manifest = json.loads((directory / "manifest.json").read_text())
+    with IndexStore.open(directory) as store:
+        for tier, name in (("pair", "pairs"), ("triplet", "triplets")):
+            _as_faiss_file(store.tiers[tier], directory / f"{name}.faiss")
+            (directory / f"{name}.npz").unlink()
+            del manifest["tiers"][tier]["store"]
+            manifest["tiers"][tier]["file"] = f"{name}.faiss"
+    (directory / "manifest.json").write_text(json.dumps(manifest))
+
+
+def test_an_index_of_an_earlier_refrain_matches_as_before_and_upgrades_in_place(
+        index_copy, catalogue, catalogue_index, songs, write_audio, tmp_path):
+    _as_faiss_index(index_copy)
     queries = [excerpt_file(tmp_path, write_audio, songs[seed].samples, start, name=f"{seed}.wav")
                for seed, start in ((30, 3.0), (44, 12.5))]
+    expected = [catalogue.match_file(query).matches for query in queries]
     with Refrain.open(index_copy, mmap=True) as legacy:
-        for query in queries:
-            assert legacy.match_file(query).matches == catalogue.match_file(query).matches
-
+        assert legacy.info().upgradable == ["pair", "triplet"]
+        assert [legacy.match_file(query).matches for query in queries] == expected
+    with Refrain.open(index_copy, writable=True) as writer:
+        assert writer.upgrade_index() == ["pair", "triplet"] and writer.upgrade_index() == []
+    manifest = json.loads((index_copy / "manifest.json").read_text())
+    assert [manifest["tiers"][tier].get("store") for tier in ("pair", "triplet")] == ["runs", "runs"]
+    assert not list(index_copy.glob("*.faiss.counts.npy")) and not (index_copy / "pairs.faiss").exists()
+    with Refrain.open(index_copy, mmap=True) as upgraded:
+        assert upgraded.info().upgradable == []
+        assert [upgraded.match_file(query).matches for query in queries] == expected
+    manifest["tiers"]["pair"]["store"] = "by-the-moon"
+    (index_copy / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(IndexOpenError, match="landmark store"):
+        Refrain.open(index_copy)
 
 def test_index_filed_before_the_code_mix_matches_as_a_new_one(tmp_path, pre_mix_index, songs, write_audio):
     with Refrain.open(tmp_path / "new", create=True) as refrain:
@@ -272,6 +310,23 @@ def test_index_filed_before_the_code_mix_matches_as_a_new_one(tmp_path, pre_mix_
     (pre_mix_index / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(IndexOpenError, match="list filing"):
         Refrain.open(pre_mix_index)
+
+
+def test_the_first_write_to_an_index_of_an_earlier_refrain_upgrades_it(index_copy, catalogue_index, songs,
+                                                                      unrelated_songs, write_audio, tmp_path):
+    _as_faiss_index(index_copy)
+    newcomer = write_audio(tmp_path / "new.wav", unrelated_songs[45])
+    with Refrain.open(index_copy, writable=True) as writer:
+        assert writer.info().upgradable == ["pair", "triplet"]  # opening alone changes nothing
+        [added] = writer.ingest([newcomer])
+    manifest = json.loads((index_copy / "manifest.json").read_text())
+    assert [manifest["tiers"][tier]["file"] for tier in ("pair", "triplet")] == ["pairs.npz", "triplets.npz"]
+    assert not list(index_copy.glob("*.faiss.counts.npy"))
+    with Refrain.open(index_copy, mmap=True) as upgraded:
+        assert upgraded.info().upgradable == []
+        assert [m.track_id for m in upgraded.match_file(newcomer).matches] == [added.track_id]
+        query = excerpt_file(tmp_path, write_audio, songs[41].samples, 20.0)
+        assert [m.track_id for m in upgraded.match_file(query).matches] == [catalogue_index.track_ids[41]]
 
 
 def _lookups_and_matches(directory, queries, codes, mmap=False):
@@ -293,9 +348,9 @@ def test_upgrade_refiles_an_old_index_in_place(pre_mix_index, songs, write_audio
         assert refrain.upgrade_index() == []
 
     manifest = json.loads((pre_mix_index / "manifest.json").read_text())
-    assert {manifest["tiers"][tier]["file"] for tier in ("pair", "triplet")} == {"pairs-hashed.faiss",
-                                                                                "triplets-hashed.faiss"}
-    assert not (pre_mix_index / "pairs.faiss").exists() and not (pre_mix_index / "triplets.faiss.counts.npy").exists()
+    assert {manifest["tiers"][tier]["file"] for tier in ("pair", "triplet")} == {"pairs-hashed.npz",
+                                                                                "triplets-hashed.npz"}
+    assert not (pre_mix_index / "pairs.npz").exists() and not (pre_mix_index / "triplets.npz").exists()
     for mmap in (False, True):
         assert _lookups_and_matches(pre_mix_index, queries, codes, mmap) == ([True, True], lookups, matches)
 
@@ -363,7 +418,7 @@ def test_crash_between_saving_landmarks_and_publishing(index_copy, catalogue_ind
         store = IndexStore.open({str(index_copy)!r}, writable=True)
         fp = fingerprint_file({str(new_file)!r}, store.fingerprint_params)
         track_id = store.add_track({str(new_file)!r}, "0" * 64, fp)
-        store.tiers["pair"].save(store.directory / "pairs.faiss")
+        store.tiers["pair"].save(store.directory / "pairs.npz")
         print(json.dumps([track_id, len(fp)]), flush=True)
         os._exit(9)
     """)
@@ -415,8 +470,8 @@ def test_writer_in_another_process_blocks_this_one(index_copy):
 
 def test_reingesting_an_unchanged_file_is_a_no_op(index_copy, catalogue_index, songs):
     song = songs[34]
-    faiss_file = index_copy / "pairs.faiss"
-    stamp = faiss_file.stat().st_mtime_ns
+    pair_file = index_copy / "pairs.npz"
+    stamp = pair_file.stat().st_mtime_ns
     with Refrain.open(index_copy, writable=True) as refrain:
         before = refrain.info()
         [result] = refrain.ingest([song.path])
@@ -424,7 +479,7 @@ def test_reingesting_an_unchanged_file_is_a_no_op(index_copy, catalogue_index, s
     assert result.status == "unchanged"
     assert result.track_id == catalogue_index.track_ids[34]
     assert (after.tracks, after.landmarks) == (before.tracks, before.landmarks)
-    assert faiss_file.stat().st_mtime_ns == stamp
+    assert pair_file.stat().st_mtime_ns == stamp
 
 
 def test_same_path_with_new_content_replaces_the_track(index_copy, unrelated_songs, write_audio,
@@ -478,3 +533,55 @@ def test_index_keeps_its_fingerprint_settings(tmp_path, songs):
         y = soxr.resample(songs[30].excerpt(5.0, 10.0), SR, refrain.params.sample_rate)
         assert len(fingerprint_signal(y, refrain.params)) > 0
         assert [m.track_id for m in refrain.match_signal(y).matches][:1] == [1]
+
+
+def _peaks(store, track_id):
+    frames, bins = store.peaks_between(track_id, 0, 1 << 30)
+    return frames.tolist(), bins.tolist()
+
+
+def test_peak_store_is_mapped_from_its_file_and_keeps_changes_until_saved(tmp_path):
+    from refrain.index.peaks import PeakStore
+    store = PeakStore.create()
+    store.add(3, np.array([40, 10, 20]), np.array([5, 7, 9]))
+    store.add(8, np.array([1, 2]), np.array([255, 0]))
+    store.add(12, np.array([7]), np.array([1]))
+    store.save(tmp_path / "peaks.npz")
+    loaded = PeakStore.load(tmp_path / "peaks.npz")
+    assert isinstance(loaded.peaks_between(3, 0, 100)[0].base, np.memmap)
+    assert _peaks(loaded, 3) == ([10, 20, 40], [7, 9, 5]) and loaded.ntotal == 6
+    # Changes after the load: a new track, a removed one, a replaced one.
+    loaded.add(20, np.array([5, 4]), np.array([2, 3]))
+    assert loaded.remove(8) == 2 and loaded.remove(8) == 0
+    loaded.add(12, np.array([9, 8]), np.array([4, 4]))
+    assert _peaks(loaded, 20) == ([4, 5], [3, 2]) and _peaks(loaded, 8) == ([], [])
+    assert _peaks(loaded, 12) == ([8, 9], [4, 4]) and loaded.ntotal == 3 + 2 + 2
+    loaded.save(tmp_path / "peaks.npz")
+    reread = PeakStore.load(tmp_path / "peaks.npz")
+    for store_ in (loaded, reread):
+        assert [_peaks(store_, t) for t in (3, 8, 12, 20)] == [
+            ([10, 20, 40], [7, 9, 5]), ([], []), ([8, 9], [4, 4]), ([4, 5], [3, 2])]
+        assert store_.ntotal == 7
+
+
+@pytest.mark.parametrize("damage", ["compressed", "missing array", "not a zip"])
+def test_a_peak_store_that_cannot_be_mapped_is_refused(tmp_path, damage):
+    from refrain.index.peaks import PeakStore
+    path = tmp_path / "peaks.npz"
+    arrays = {"track_ids": np.array([1]), "starts": np.array([0, 1]), "frames": np.array([5], np.int32),
+              "bins": np.array([3], np.uint8)}
+    if damage == "compressed":
+        np.savez_compressed(path, **arrays)
+    elif damage == "missing array":
+        np.savez(path, **{k: v for k, v in arrays.items() if k != "bins"})
+    else:
+        path.write_bytes(b"PK\x03\x04 nothing else")
+    with pytest.raises(ValueError, match="unreadable peak store"):
+        PeakStore.load(path)
+
+
+def test_an_index_opened_for_matching_maps_its_peaks(index_copy, catalogue_index):
+    track_id = catalogue_index.track_ids[34]
+    with Refrain.open(index_copy, mmap=True) as refrain:
+        frames, _ = refrain.store.tiers["peaks"].peaks_between(track_id, 0, 1 << 30)
+        assert len(frames) > 100 and isinstance(frames.base, np.memmap)
