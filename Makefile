@@ -13,7 +13,7 @@ COMPILE = $(BIN)/uv pip compile pyproject.toml --universal --python-version 3.11
 COMPILE_LOCK = $(COMPILE) --extra dev
 COMPILE_SERVICE_LOCK = $(COMPILE) --constraint $(LOCK)
 
-.PHONY: demo test bench browser clean lock lock-check image
+.PHONY: demo test lint bench browser clean lock lock-check image
 
 $(VENV)/.installed: pyproject.toml $(LOCK)
 	$(PYTHON) -m venv $(VENV)
@@ -44,8 +44,13 @@ image:
 demo: $(VENV)/.installed
 	$(BIN)/refrain demo
 
-test: $(VENV)/.installed browser
+test: $(VENV)/.installed browser lint
 	$(BIN)/python -m pytest -q
+
+# ruff over the repository and mypy over the library packages (.ci/typecheck.py says why it needs a view).
+lint: $(VENV)/.installed
+	$(BIN)/ruff check .
+	$(BIN)/python .ci/typecheck.py
 
 # The analyst-page test drives Debian's headless Chromium (a browser download by a test
 # tool does not work here); installed if missing (needs root, as on CI).

@@ -20,8 +20,8 @@ import numpy as np
 
 from refrain.fingerprint.peaks import Peaks
 
-__all__ = ["HashLayout", "PAIR_LAYOUT", "TRIPLET_LAYOUT", "TIER_PAYLOAD_BITS", "TRIPLET_MAX_SPAN", "Landmarks", "Triplets",
-           "pair_landmarks", "hash_landmarks", "unhash_landmarks", "triplet_landmarks", "query_triplets",
+__all__ = ["HashLayout", "PAIR_LAYOUT", "TRIPLET_LAYOUT", "TIER_PAYLOAD_BITS", "TRIPLET_MAX_SPAN", "Landmarks",
+           "Triplets", "pair_landmarks", "hash_landmarks", "unhash_landmarks", "triplet_landmarks", "query_triplets",
            "hash_triplets", "triplet_payloads", "unpack_triplet_payload"]
 
 # What an index entry of each tier carries besides its code and track id: the pair

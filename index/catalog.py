@@ -100,7 +100,8 @@ class Catalog:
             (source, content_hash, duration, n_landmarks, metadata.title, metadata.artist,
              metadata.isrc, datetime.now(timezone.utc).isoformat(timespec="seconds")),
         )
-        return int(cursor.lastrowid)
+        assert cursor.lastrowid is not None  # an INSERT always sets it
+        return cursor.lastrowid
 
     def set_status(self, track_ids: list[int], status: str) -> None:
         self._db.executemany("UPDATE tracks SET status = ? WHERE track_id = ?",

@@ -15,7 +15,7 @@ import numpy as np
 __all__ = ["replace_atomically", "save_arrays", "map_arrays"]
 
 
-def replace_atomically(path: os.PathLike, write: Callable[[str], None]) -> None:
+def replace_atomically(path: os.PathLike, write: Callable[[str], object]) -> None:
     """Write ``path`` through a temporary file in the same folder, fsync it, then rename.
 
     A crash at any point leaves either the old file or the new one, never a torn file.

@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import os
 import threading
+from typing import Any
 
 import faiss
 import numba
@@ -198,7 +199,7 @@ class LandmarkIndex:
             raise ValueError(f"unreadable FAISS landmark file {path}: {err}") from err
         if not isinstance(index, faiss.IndexBinaryIVF):
             raise ValueError(f"unreadable FAISS landmark file {path}: not a binary inverted file")
-        lists = index.invlists
+        lists: Any = index.invlists  # an ArrayInvertedLists: its release_* calls are not in the stubs
         codes, ids = [np.zeros(0, np.uint32)], [np.zeros(0, np.int64)]
         for list_no in range(lists.nlist):
             size = lists.list_size(list_no)

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import cast
 
 import faiss
 import numpy as np
@@ -97,8 +98,9 @@ class MelodyIndex:
             Memory-map both files: the store is then read-only.
         """
         flags = faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY if mmap else 0
-        segments = faiss.read_index(str(path), flags)
-        chroma = faiss.read_index(str(chroma_path(path)), flags)
+        # Both files hold the IndexIDMap2 that save() wrote (SWIG returns the concrete class).
+        segments = cast(faiss.IndexIDMap2, faiss.read_index(str(path), flags))
+        chroma = cast(faiss.IndexIDMap2, faiss.read_index(str(chroma_path(path)), flags))
         return cls(segments, chroma, params, writable=not mmap)
 
     def save(self, path: os.PathLike) -> None:

@@ -38,6 +38,7 @@ import json
 import os
 import sqlite3
 from pathlib import Path
+from typing import TypeVar
 
 from refrain.fingerprint import Fingerprint, FingerprintParams
 from refrain.fingerprint.hashes import PAIR_LAYOUT, TIER_PAYLOAD_BITS, TRIPLET_LAYOUT
@@ -48,6 +49,9 @@ from refrain.index.melody import MELODY_LAYOUT, MelodyIndex
 from refrain.index.peaks import PeakStore
 
 __all__ = ["IndexStore", "IndexOpenError", "IndexBusyError"]
+
+#: One of the index structures a tier is stored in.
+_Store = TypeVar("_Store", LandmarkIndex, MelodyIndex, PeakStore)
 
 FORMAT_VERSION = 2
 _MANIFEST, _CATALOG, _LOCK = "manifest.json", "catalog.sqlite", ".lock"
@@ -169,7 +173,8 @@ class IndexStore:
         try:
             params = FingerprintParams.from_dict(manifest["fingerprint"])
             tier_files = {tier: directory / entry["file"] for tier, entry in manifest["tiers"].items()}
-            tiers, faiss_tiers = {}, set()
+            tiers: dict[str, LandmarkIndex | MelodyIndex | PeakStore] = {}
+            faiss_tiers: set[str] = set()
             for tier, entry in manifest["tiers"].items():
                 if tier == "melody":
                     if params.melody is None:
@@ -267,11 +272,11 @@ class IndexStore:
         track_id = self.catalog.insert_pending(source, content_hash, fp.duration, len(fp), metadata)
         self._pending.append(track_id)
         for name, (codes, payloads) in fp.index_entries().items():
-            self.tiers[name].add(track_id, codes, payloads)
-        if melody is not None:
+            self._tier(name, LandmarkIndex).add(track_id, codes, payloads)
+        if melody is not None and fp.melody is not None:
             melody.add(track_id, fp.melody)
         if "peaks" in self.tiers:
-            self.tiers["peaks"].add(track_id, fp.peaks.frames, fp.peaks.bins)
+            self._tier("peaks", PeakStore).add(track_id, fp.peaks.frames, fp.peaks.bins)
         return track_id
 
     def commit(self) -> None:
@@ -358,7 +363,13 @@ class IndexStore:
     @property
     def melody(self) -> MelodyIndex | None:
         """The melody tier, or None for an index built before it existed."""
-        return self.tiers.get("melody")
+        return self._tier("melody", MelodyIndex) if "melody" in self.tiers else None
+
+    def _tier(self, name: str, kind: type[_Store]) -> _Store:
+        """The stored tier ``name``, which is a ``kind``."""
+        tier = self.tiers[name]
+        assert isinstance(tier, kind), (name, type(tier))
+        return tier
 
     def size_bytes(self) -> dict[str, int]:
         """Bytes on disk per file of the directory."""
