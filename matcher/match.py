@@ -3,7 +3,10 @@
 The tiers run in order (by default pair, triplet, peaks, melody); each skips the
 tracks an earlier one found, so a track is reported once, by the most precise tier
 that explains it: an exact copy is not also reported as a derivative, a derivative of
-the recording not also as a cover. An upload longer than ``upload_window_seconds`` is
+the recording not also as a cover. A *tentative* match (the pair tier's ``mixed``:
+a few ratio-1 fragments, which is also what a time-stretched recording leaves to the
+pair tier) does not make later tiers skip the track; of several tiers' explanations
+of one track, the one covering the most upload time is reported. An upload longer than ``upload_window_seconds`` is
 searched one window at a time — memory then follows the window, not the upload — and
 each track's matches of consecutive windows are joined into one match whose spans
 continue across the boundaries.
@@ -57,6 +60,11 @@ class MatchParams:
     excerpt_fraction : float
         A copy whose spans cover less than this fraction of the reference recording is
         an ``excerpt`` (default 0.8).
+    tentative : tuple of (str, str)
+        (tier, kind) of matches that do not make later tiers skip the track (default the
+        pair tier's ``mixed``). A time-stretched recording keeps a few ratio-1 fragments
+        the pair tier finds as ``mixed``; were the track then skipped, the triplet tier
+        could not report the stretch that explains the whole upload.
     """
 
     tiers: tuple[Tier, ...] = field(default_factory=_default_tiers)
@@ -64,6 +72,7 @@ class MatchParams:
     join_gap_seconds: float = 2.5
     join_line_seconds: float = 0.2
     excerpt_fraction: float = 0.8
+    tentative: tuple[tuple[str, str], ...] = (("pair", "mixed"),)
 
     def tier(self, name: str) -> Tier:
         """The tier called ``name``; KeyError if it does not run."""
@@ -111,16 +120,17 @@ def match(fp: Fingerprint, catalogue: Catalogue, params: MatchParams) -> list[Ma
         query, in_window = Query(part), set[int]()
         for tier in params.tiers:
             for m in tier.find(query, catalogue, skip=in_window):
-                in_window.add(m.track_id)
+                if (tier.name, m.kind) not in params.tentative:
+                    in_window.add(m.track_id)
                 found[tier.name].setdefault(m.track_id, []).append(_moved(m, first * frame_seconds))
 
-    matches: list[Match] = []
-    reported: set[int] = set()
-    for tier in params.tiers:   # a track is reported by the first tier that found it in any window
+    explanations: dict[int, list[Match]] = {}
+    for tier in params.tiers:
         for track_id, windows in found[tier.name].items():
-            if track_id not in reported:
-                reported.add(track_id)
-                matches.append(_decide_excerpt(_join(windows, tier, params, catalogue, fp.duration), catalogue, params))
+            explanations.setdefault(track_id, []).append(_join(windows, tier, params, catalogue, fp.duration))
+    # max() keeps the first of equals: on equal coverage, the earlier (more precise) tier's explanation
+    matches = [_decide_excerpt(max(explained, key=_covered_seconds), catalogue, params)
+               for explained in explanations.values()]
     matches.sort(key=lambda m: (-m.confidence, -m.score, m.track_id))
     return matches
 
@@ -200,6 +210,17 @@ def _continues(earlier: Span, later: Span, time_ratio: float, params: MatchParam
     gap = later.query_start - earlier.query_end
     drift = (later.ref_start - earlier.ref_end) - time_ratio * gap
     return -params.join_gap_seconds <= gap <= params.join_gap_seconds and abs(drift) <= params.join_line_seconds
+
+
+def _covered_seconds(m: Match) -> float:
+    """Upload time the match's spans cover, overlaps counted once."""
+    covered, reach = 0.0, -np.inf
+    for span in sorted(m.spans, key=lambda s: s.query_start):
+        start = max(span.query_start, reach)
+        if span.query_end > start:
+            covered += span.query_end - start
+            reach = span.query_end
+    return covered
 
 
 def _decide_excerpt(m: Match, catalogue: Catalogue, params: MatchParams) -> Match:
