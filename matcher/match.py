@@ -3,10 +3,11 @@
 The tiers run in order (by default pair, triplet, peaks, melody); each skips the
 tracks an earlier one found, so a track is reported once, by the most precise tier
 that explains it: an exact copy is not also reported as a derivative, a derivative of
-the recording not also as a cover. A *tentative* match (the pair tier's ``mixed``:
-a few ratio-1 fragments, which is also what a time-stretched recording leaves to the
-pair tier) does not make later tiers skip the track; of several tiers' explanations
-of one track, the one covering the most upload time is reported. An upload longer than ``upload_window_seconds`` is
+the recording not also as a cover. But a *tentative* match — the pair tier's, over
+less than half the query: a few ratio-1 fragments are also what a time-stretched
+recording leaves to the pair tier — does not make later tiers skip the track, and a
+later tier's explanation of it that covers clearly more of the upload is reported
+instead. An upload longer than ``upload_window_seconds`` is
 searched one window at a time — memory then follows the window, not the upload — and
 each track's matches of consecutive windows are joined into one match whose spans
 continue across the boundaries.
@@ -60,11 +61,16 @@ class MatchParams:
     excerpt_fraction : float
         A copy whose spans cover less than this fraction of the reference recording is
         an ``excerpt`` (default 0.8).
-    tentative : tuple of (str, str)
-        (tier, kind) of matches that do not make later tiers skip the track (default the
-        pair tier's ``mixed``). A time-stretched recording keeps a few ratio-1 fragments
-        the pair tier finds as ``mixed``; were the track then skipped, the triplet tier
-        could not report the stretch that explains the whole upload.
+    tentative_tiers : tuple of str
+        Tiers whose matches over less than ``settled_coverage`` of the query (a window)
+        do not make later tiers skip the track (default the pair tier, 0.5). A
+        time-stretched recording keeps a few ratio-1 fragments the pair tier finds (as
+        ``mixed`` or an ``excerpt``); were the track then skipped, the triplet tier could
+        not report the stretch that explains the whole upload.
+    better_coverage : float
+        A later tier's explanation of a track replaces an earlier one's when its spans
+        cover at least this many times as much upload time (default 1.5); otherwise the
+        earlier, more precise tier reports it.
     """
 
     tiers: tuple[Tier, ...] = field(default_factory=_default_tiers)
@@ -72,7 +78,9 @@ class MatchParams:
     join_gap_seconds: float = 2.5
     join_line_seconds: float = 0.2
     excerpt_fraction: float = 0.8
-    tentative: tuple[tuple[str, str], ...] = (("pair", "mixed"),)
+    tentative_tiers: tuple[str, ...] = ("pair",)
+    settled_coverage: float = 0.5
+    better_coverage: float = 1.5
 
     def tier(self, name: str) -> Tier:
         """The tier called ``name``; KeyError if it does not run."""
@@ -120,7 +128,8 @@ def match(fp: Fingerprint, catalogue: Catalogue, params: MatchParams) -> list[Ma
         query, in_window = Query(part), set[int]()
         for tier in params.tiers:
             for m in tier.find(query, catalogue, skip=in_window):
-                if (tier.name, m.kind) not in params.tentative:
+                if tier.name not in params.tentative_tiers or \
+                        _covered_seconds(m) >= params.settled_coverage * part.duration:
                     in_window.add(m.track_id)
                 found[tier.name].setdefault(m.track_id, []).append(_moved(m, first * frame_seconds))
 
@@ -128,8 +137,7 @@ def match(fp: Fingerprint, catalogue: Catalogue, params: MatchParams) -> list[Ma
     for tier in params.tiers:
         for track_id, windows in found[tier.name].items():
             explanations.setdefault(track_id, []).append(_join(windows, tier, params, catalogue, fp.duration))
-    # max() keeps the first of equals: on equal coverage, the earlier (more precise) tier's explanation
-    matches = [_decide_excerpt(max(explained, key=_covered_seconds), catalogue, params)
+    matches = [_decide_excerpt(_best_explanation(explained, params), catalogue, params)
                for explained in explanations.values()]
     matches.sort(key=lambda m: (-m.confidence, -m.score, m.track_id))
     return matches
@@ -210,6 +218,15 @@ def _continues(earlier: Span, later: Span, time_ratio: float, params: MatchParam
     gap = later.query_start - earlier.query_end
     drift = (later.ref_start - earlier.ref_end) - time_ratio * gap
     return -params.join_gap_seconds <= gap <= params.join_gap_seconds and abs(drift) <= params.join_line_seconds
+
+
+def _best_explanation(explained: list[Match], params: MatchParams) -> Match:
+    """Of one track's matches by tiers in order, the first unless a later one covers clearly more."""
+    best = explained[0]
+    for later in explained[1:]:
+        if _covered_seconds(later) >= params.better_coverage * _covered_seconds(best):
+            best = later
+    return best
 
 
 def _covered_seconds(m: Match) -> float:
