@@ -151,7 +151,8 @@ def judge(result, track_id: int | None, condition: WholeCondition | None, sounds
             continue
         name = names[m.track_id]
         if not any(name in groups and groups[name] == groups.get(r) for r in related):
-            outcome["false_matches"].append(f"{name} ({m.tier}, {m.kind}, confidence {m.confidence:.3f})")
+            outcome["false_matches"].append(f"{' + '.join(sorted(r for r in related if r))} -> {name} "
+                                            f"({m.tier}, {m.kind}, confidence {m.confidence:.3f})")
     if track_id is None or condition is None:
         return outcome
     found = next((m for m in result.matches if m.track_id == track_id), None)
