@@ -63,7 +63,7 @@ class MatchParams:
     excerpt_fraction : float
         A copy whose spans cover less than this fraction of the reference recording is
         an ``excerpt`` (default 0.8).
-    tentative_tiers : tuple of str
+    tentative_tiers, settled_coverage : tuple of str, float
         Tiers whose ``mixed`` matches, and matches over less than ``settled_coverage`` of
         the query (a window), do not make later tiers skip the track (default the pair
         tier, 0.5). A time-stretched recording keeps ratio-1 fragments the pair tier finds
