@@ -33,6 +33,8 @@ _NEIGHBOURS_2D = np.array([dr * _PITCH_STRIDE + dp for dr in (-1, 0, 1) for dp i
 # The time-line fit's first inliers lie within this many frames of the densest offset,
 # which a 3 % ratio error over a 10 s query moves by about 10 frames.
 _FIRST_INLIER_REACH = 10.0
+# Line fits at most per candidate (10 s queries settle after two; whole tracks in a few more).
+_MAX_FITS = 8
 
 
 @dataclass(frozen=True)
@@ -473,11 +475,16 @@ def _fit_time_line(query_frames: np.ndarray, ref_frames: np.ndarray, ratio: np.n
     if inliers.sum() < params.min_aligned:
         return None
     time_ratio, offset = first_ratio, float(np.median(offsets[inliers]))
-    for _ in range(2):
+    # Refit until the inliers settle: over a whole track the first inliers hold only the
+    # stretch where the cell's ratio stays within reach, and each fit reaches further.
+    for _ in range(_MAX_FITS):
         if np.ptp(query_frames[inliers]) >= 30:  # about a second: enough lever arm to fit a slope
             time_ratio, offset = np.polyfit(query_frames[inliers], ref_frames[inliers], 1)
         residual = ref_frames - (offset + time_ratio * query_frames)
-        inliers = np.abs(residual) <= params.line_tolerance
-        if inliers.sum() < params.min_aligned:
+        settled = np.abs(residual) <= params.line_tolerance
+        if settled.sum() < params.min_aligned:
             return None
+        if np.array_equal(settled, inliers):
+            break
+        inliers = settled
     return float(offset), float(time_ratio), inliers

@@ -265,3 +265,17 @@ def test_warm_up_compiles_the_kernels_a_query_needs(catalogue_index):
                           cwd=Path(__file__).resolve().parents[1])
     assert done.returncode == 0, done.stderr
     assert all(count > 0 for count in json.loads(done.stdout.strip()))
+
+
+def test_the_time_line_fit_follows_a_whole_track_from_a_rough_first_ratio():
+    # Hits of a 1.1x speed-up along 3 minutes whose own tempo estimates lean to 1.08 (a
+    # cell's median): the first inliers hold only the start, where that ratio stays
+    # within reach; the fit must reach the whole line, not stop at the first stretch.
+    rng = np.random.default_rng(3)
+    query_frames = np.sort(rng.choice(5600, size=900, replace=False))
+    ref_frames = np.round(40 + 1.1 * query_frames + rng.integers(-2, 3, len(query_frames))).astype(np.int64)
+    ratios = rng.normal(1.08, 0.01, len(query_frames))
+    offset, time_ratio, inliers = _fit_time_line(query_frames, ref_frames, ratios, np.ones(len(query_frames)),
+                                                 TripletTier())
+    assert time_ratio == pytest.approx(1.1, rel=1e-3) and offset == pytest.approx(40, abs=2)
+    assert inliers.mean() > 0.99
