@@ -20,18 +20,22 @@ verdict
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Iterable, Mapping, Sequence
 
 __all__ = ["USES", "ACTIONS", "OUTCOMES", "VERDICTS", "KIND_TO_USE", "Policy", "DEFAULT_POLICY",
            "Licence", "MatchedWork", "WorkDecision", "Decision", "use_of_kind", "licence_problem",
-           "covered_seconds", "decide", "DEFAULT_REVIEW_CONFIDENCE"]
+           "covered_seconds", "decide", "resolve", "RESOLUTIONS", "DEFAULT_REVIEW_CONFIDENCE"]
 
 USES = ("copy", "remix", "cover")
 ACTIONS = ("deny", "allow", "licence_required")
-OUTCOMES = ("allowed", "licensed", "blocked", "review")
+OUTCOMES = ("allowed", "licensed", "blocked", "review", "released")
 VERDICTS = ("clear", "allowed", "licensed", "blocked_copy", "blocked_unlicensed_derivative", "review")
+#: What an analyst's review does to one matched work: ``confirm`` its claim (the use stays
+#: blocked), ``allow`` the use (royalties owed as the policy says) or ``release`` the claim
+#: (the work no longer counts against the upload, nothing is owed).
+RESOLUTIONS = ("confirm", "allow", "release")
 
 #: Below this confidence a match that the policy would block goes to ``review`` instead: the
 #: calibrated chance that music not in the catalogue matches this well (:class:`matcher.Calibration`,
@@ -319,11 +323,19 @@ def decide(matches: Sequence[MatchedWork], policies: Mapping[int, Policy],
                                else default_policy, licences, uploader_id, at, review_confidence,
                                upload_seconds)
                   for m in matches)
+    return _verdict(works)
+
+
+def _verdict(works: tuple[WorkDecision, ...]) -> Decision:
+    """The upload's verdict from its works' outcomes (precedence documented in :func:`decide`)."""
     total_owed = round(min(1.0, sum(w.share_owed for w in works)), 4)
-    outcomes = {w.outcome for w in works}
-    blocked = [w for w in works if w.outcome == "blocked"]
+    claimed = [w for w in works if w.outcome != "released"]
+    outcomes = {w.outcome for w in claimed}
+    blocked = [w for w in claimed if w.outcome == "blocked"]
     if not works:
         verdict, reason = "clear", "no protected work was found"
+    elif not claimed:
+        verdict, reason = "allowed", "every claim on the upload was released"
     elif any(w.use == "copy" for w in blocked):
         verdict, reason = "blocked_copy", "the upload copies a protected recording without permission"
     elif blocked:
@@ -336,3 +348,47 @@ def decide(matches: Sequence[MatchedWork], policies: Mapping[int, Policy],
     else:
         verdict, reason = "allowed", "the policies allow every use found"
     return Decision(verdict=verdict, reason=reason, works=works, total_share_owed=total_owed)
+
+
+def resolve(works: Sequence[WorkDecision], resolutions: Mapping[int, str], note: str) -> Decision:
+    """The verdict on an upload once an analyst has resolved some of its matched works.
+
+    Parameters
+    ----------
+    works : sequence of WorkDecision
+        The upload's works as last decided.
+    resolutions : mapping of track id to str
+        One of :data:`RESOLUTIONS` per resolved work; works not named keep their outcome.
+    note : str
+        The analyst's reason, written into each resolved work's ``reason``.
+
+    Returns
+    -------
+    Decision
+        The verdict re-derived as :func:`decide` derives it; a released work is ignored by
+        it (every claim released: ``allowed``). An allowed work owes
+        ``duration_share * royalty_share``; a confirmed or released one owes nothing.
+
+    Raises
+    ------
+    ValueError
+        For a resolution not in :data:`RESOLUTIONS`, or a track id not among ``works``.
+    """
+    known = {w.track_id for w in works}
+    for track_id, resolution in resolutions.items():
+        if resolution not in RESOLUTIONS:
+            raise ValueError(f"unknown resolution {resolution!r}; known: {', '.join(RESOLUTIONS)}")
+        if track_id not in known:
+            raise ValueError(f"track {track_id} was not matched in this upload")
+    outcome_of = {"confirm": "blocked", "allow": "allowed", "release": "released"}
+    resolved = []
+    for work in works:
+        resolution = resolutions.get(work.track_id)
+        if resolution is None:
+            resolved.append(work)
+            continue
+        outcome = outcome_of[resolution]
+        owed = work.duration_share * work.royalty_share if outcome == "allowed" else 0.0
+        resolved.append(replace(work, outcome=outcome, share_owed=round(owed, 4),
+                                reason=f"an analyst chose to {resolution} this claim: {note}"))
+    return _verdict(tuple(resolved))

@@ -44,8 +44,8 @@ from refrain.service.render import spectrogram_png
 from refrain.service.settings import ServiceSettings
 from refrain.service.uploads import ReceivedForm, safe_suffix
 
-__all__ = ["MatchService", "MatchOutcome", "UploadDecision", "decide_upload", "decision_body", "jsonable",
-           "policy_out", "work_out", "licence_out"]
+__all__ = ["MatchService", "MatchOutcome", "UploadDecision", "decide_upload", "decision_body", "resolve_decision",
+           "jsonable", "policy_out", "work_out", "licence_out"]
 
 log = logging.getLogger("refrain.service")
 
@@ -508,6 +508,55 @@ def _matched_work(m: TrackMatch, work: Work | None, policies: dict, decided: pol
                     "duration_share": decided.duration_share,
                     "royalty_share": decided.royalty_share, "share_owed": decided.share_owed},
     }
+
+
+def resolve_decision(db: ServiceDB, decision_id: str, resolutions: dict[int, str], note: str,
+                     actor: str) -> dict:
+    """Apply an analyst's resolution to a stored decision and return its new answer.
+
+    Parameters
+    ----------
+    db : ServiceDB
+    decision_id : str
+    resolutions : dict of int to str
+        Track id -> one of :data:`policy.RESOLUTIONS`.
+    note : str
+        Why: kept in the decision history and in each resolved work's reason.
+    actor : str
+        The principal of the analyst's key.
+
+    Raises
+    ------
+    ApiError
+        404 for an unknown decision, 422 for a track the decision did not match, 409 when
+        the decision changed while it was being resolved (nothing was changed).
+    """
+    stored = db.get_decision(decision_id)
+    if stored is None:
+        raise ApiError(404, "not_found", f"decision {decision_id} not found")
+    body = stored.body
+    works = [policy.WorkDecision(work_id=w["work_id"], track_id=w["track_id"], use=w["use"], action=w["action"],
+                                 outcome=w["outcome"], licence_id=w["licence_id"], reason=w["reason"],
+                                 covered_seconds=w["royalty"]["covered_seconds"],
+                                 duration_share=w["royalty"]["duration_share"],
+                                 royalty_share=w["royalty"]["royalty_share"], share_owed=w["royalty"]["share_owed"])
+             for w in body["works"]]
+    try:
+        resolved = policy.resolve(works, resolutions, note)
+    except ValueError as err:
+        raise ApiError(422, "validation_error", f"decision {decision_id}: {err}") from None
+    by_track = {w.track_id: w for w in resolved.works}
+    new_body = {**body, "verdict": resolved.verdict, "reason": resolved.reason,
+                "total_share_owed": resolved.total_share_owed,
+                "works": [{**w, "outcome": by_track[w["track_id"]].outcome, "reason": by_track[w["track_id"]].reason,
+                           "royalty": {**w["royalty"], "share_owed": by_track[w["track_id"]].share_owed}}
+                          for w in body["works"]]}
+    if not db.apply_resolution(decision_id, "rev_" + secrets.token_urlsafe(9), utc_now(), body, new_body, actor,
+                               note):
+        raise ApiError(409, "conflict", f"decision {decision_id} changed while it was being resolved; "
+                                        "reload it and resolve again")
+    annotate(decision_id=decision_id, verdict=resolved.verdict)
+    return new_body
 
 
 def jsonable(value):

@@ -170,6 +170,13 @@ _MIGRATIONS = [
         created_at    TEXT    NOT NULL
     );
     """,
+    # Reviews: an analyst's resolution changes a verdict like a rescan does, so it joins the
+    # same history, saying who made it (the key's principal) and of which kind it was.
+    """
+    ALTER TABLE decision_changes ADD COLUMN kind TEXT NOT NULL DEFAULT 'rescan'
+        CHECK (kind IN ('rescan', 'resolution'));
+    ALTER TABLE decision_changes ADD COLUMN actor TEXT;
+    """,
 ]
 
 
@@ -277,7 +284,12 @@ class StoredDecision:
 
 @dataclass(frozen=True)
 class DecisionChange:
-    """A verdict changed after the fact by a rescan (``decision_changes``): what it was, when, why."""
+    """A verdict changed after the fact (``decision_changes``): what it was, when, why, by whom.
+
+    ``kind`` is ``rescan`` (``run_id`` is the rescan run, ``actor`` None) or ``resolution``
+    (an analyst's review: ``run_id`` is the review's id, ``actor`` the analyst's principal,
+    ``reason`` their note).
+    """
 
     decision_id: str
     run_id: str
@@ -286,6 +298,8 @@ class DecisionChange:
     new_verdict: str
     reason: str
     old_body: dict
+    kind: str
+    actor: str | None
 
 
 @dataclass(frozen=True)
@@ -696,8 +710,13 @@ class ServiceDB:
             spectrogram_end=row["spectrogram_end"]) for row in rows}
 
     def list_decisions(self, work_id: int | None, verdict: str | None, since: datetime | None,
-                       limit: int, offset: int) -> tuple[list[StoredDecision], int]:
-        """Stored decisions, newest first, filtered; and how many match the filters in all."""
+                       limit: int, offset: int, *, until: datetime | None = None, uploader_id: str | None = None,
+                       kind: str | None = None, oldest_first: bool = False) -> tuple[list[StoredDecision], int]:
+        """Stored decisions, newest first (or oldest first), filtered; and how many match the filters in all.
+
+        ``since`` is inclusive, ``until`` exclusive; ``kind`` keeps decisions with a work
+        matched as that matcher kind.
+        """
         where, params = [], []
         if work_id is not None:
             where.append("decision_id IN (SELECT decision_id FROM decision_works WHERE work_id = ?)")
@@ -708,8 +727,19 @@ class ServiceDB:
         if since is not None:
             where.append("created_at >= ?")
             params.append(_iso(since))
+        if until is not None:
+            where.append("created_at < ?")
+            params.append(_iso(until))
+        if uploader_id is not None:
+            where.append("uploader_id = ?")
+            params.append(uploader_id)
+        if kind is not None:
+            where.append("EXISTS (SELECT 1 FROM json_each(decisions.body, '$.works')"
+                         " WHERE json_extract(value, '$.kind') = ?)")
+            params.append(kind)
         clause = (" WHERE " + " AND ".join(where)) if where else ""
-        rows = self._query(f"SELECT * FROM decisions{clause} ORDER BY created_at DESC, decision_id DESC"
+        order = "ASC" if oldest_first else "DESC"
+        rows = self._query(f"SELECT * FROM decisions{clause} ORDER BY created_at {order}, decision_id {order}"
                            " LIMIT ? OFFSET ?", (*params, limit, offset))
         total = self._query(f"SELECT COUNT(*) FROM decisions{clause}", params)[0][0]
         return ([StoredDecision(r["decision_id"], _parse(r["created_at"]), r["verdict"],
@@ -758,18 +788,50 @@ class ServiceDB:
                 if not rows or done or rows[0]["verdict"] != old_verdict:
                     self._db.execute("ROLLBACK")
                     return False
-                self._db.execute(
-                    "INSERT INTO decision_changes (decision_id, run_id, changed_at, old_verdict, new_verdict,"
-                    " reason, old_body) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                    (decision_id, run_id, _iso(changed_at), old_verdict, new_body["verdict"], reason,
-                     rows[0]["body"]))
-                self._db.execute("UPDATE decisions SET verdict = ?, body = ? WHERE decision_id = ?",
-                                 (new_body["verdict"], json.dumps(new_body), decision_id))
+                self._record_change(decision_id, run_id, changed_at, old_verdict, new_body, reason,
+                                    rows[0]["body"], "rescan", None)
                 self._db.executemany(
                     "INSERT INTO decision_works (decision_id, work_id, track_id, points) VALUES (?, ?, ?, ?)"
                     " ON CONFLICT (decision_id, track_id) DO NOTHING",
                     [(decision_id, e.work_id, e.track_id, np.ascontiguousarray(e.points, dtype="<f4").tobytes())
                      for e in evidence])
+                self._db.execute("COMMIT")
+                return True
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+
+    def _record_change(self, decision_id: str, run_id: str, changed_at: datetime, old_verdict: str,
+                       new_body: dict, reason: str, old_body_json: str, kind: str, actor: str | None) -> None:
+        """Within a caller's write transaction: keep the old answer in the history, store the new one."""
+        self._db.execute(
+            "INSERT INTO decision_changes (decision_id, run_id, changed_at, old_verdict, new_verdict,"
+            " reason, old_body, kind, actor) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (decision_id, run_id, _iso(changed_at), old_verdict, new_body["verdict"], reason,
+             old_body_json, kind, actor))
+        self._db.execute("UPDATE decisions SET verdict = ?, body = ? WHERE decision_id = ?",
+                         (new_body["verdict"], json.dumps(new_body), decision_id))
+
+    def apply_resolution(self, decision_id: str, review_id: str, resolved_at: datetime, old_body: dict,
+                         new_body: dict, actor: str, note: str) -> bool:
+        """Store an analyst's resolution of a decision, keeping the old answer in its history.
+
+        Returns
+        -------
+        bool
+            False when nothing was changed: the decision is gone, or its answer is no longer
+            ``old_body`` (a rescan or another review changed it since it was read).
+        """
+        with self._lock, _busy_as_error():
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                row = self._db.execute("SELECT body FROM decisions WHERE decision_id = ?",
+                                       (decision_id,)).fetchone()
+                if row is None or json.loads(row["body"]) != old_body:
+                    self._db.execute("ROLLBACK")
+                    return False
+                self._record_change(decision_id, review_id, resolved_at, old_body["verdict"], new_body, note,
+                                    row["body"], "resolution", actor)
                 self._db.execute("COMMIT")
                 return True
             except BaseException:
@@ -782,8 +844,9 @@ class ServiceDB:
                                 (run_id, decision_id)))
 
     def decision_history(self, decision_id: str) -> list[DecisionChange]:
-        """Every rescan change of a decision, oldest first."""
+        """Every change of a decision (rescans and resolutions), oldest first."""
         rows = self._query("SELECT * FROM decision_changes WHERE decision_id = ? ORDER BY change_id",
                            (decision_id,))
         return [DecisionChange(row["decision_id"], row["run_id"], _parse(row["changed_at"]), row["old_verdict"],
-                               row["new_verdict"], row["reason"], json.loads(row["old_body"])) for row in rows]
+                               row["new_verdict"], row["reason"], json.loads(row["old_body"]), row["kind"],
+                               row["actor"]) for row in rows]

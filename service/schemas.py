@@ -15,7 +15,8 @@ __all__ = [
     "WorkList", "WorkUploadForm", "LicenceIn", "LicenceOut", "LicenceList", "KeyIn", "KeyCreated",
     "KeyOut", "KeyList", "PrincipalIn", "PrincipalOut", "PrincipalList", "MatchUploadForm", "SpanOut",
     "RoyaltyOut", "MatchedWorkOut", "FingerprintSummary", "DecisionOut", "EvidenceOut", "VerdictChangeOut",
-    "DecisionDetail", "DecisionSummary", "DecisionList", "Health", "MAX_DB_INTEGER", "DbId", "BoundedDatetime",
+    "DecisionDetail", "WorkResolutionIn", "ResolutionIn",
+    "DecisionSummary", "DecisionList", "Health", "MAX_DB_INTEGER", "DbId", "BoundedDatetime",
     "BoundedAwareDatetime", "Readiness", "ReadinessChecks", "JobState", "JobError", "WebhookDeliveryOut", "JobOut",
 ]
 
@@ -43,7 +44,7 @@ Action = Literal["deny", "allow", "licence_required"]
 Use = Literal["copy", "remix", "cover"]
 Verdict = Literal["clear", "allowed", "licensed", "blocked_copy", "blocked_unlicensed_derivative",
                   "review"]
-Outcome = Literal["allowed", "licensed", "blocked", "review"]
+Outcome = Literal["allowed", "licensed", "blocked", "review", "released"]
 Role = Literal["uploader", "analyst", "admin"]
 Kind = Literal[KINDS]  # type: ignore[valid-type]
 Tier = Literal["pair", "triplet", "peaks", "melody"]
@@ -310,13 +311,34 @@ class EvidenceOut(BaseModel):
 
 
 class VerdictChangeOut(BaseModel):
-    """A stored decision's verdict changed after the fact by ``refrain rescan uploads --apply``."""
+    """A stored decision's verdict changed after the fact: by ``refrain rescan uploads --apply`` or an
+    analyst's resolution."""
 
-    run_id: str = Field(description="The rescan run that made the change")
+    kind: Literal["rescan", "resolution"]
+    run_id: str = Field(description="The rescan run (`kind=rescan`) or the review (`rev_…`) that made the change")
+    actor: str | None = Field(description="The principal of the analyst who resolved it; null for a rescan")
     changed_at: datetime
     old_verdict: Verdict
     new_verdict: Verdict
-    reason: str = Field(description="Why the verdict changed, work by work")
+    reason: str = Field(description="Why the verdict changed: work by work for a rescan, the analyst's note "
+                                    "for a resolution")
+
+
+class WorkResolutionIn(_Strict):
+    """What the analyst decides about one matched work."""
+
+    track_id: DbId = Field(description="The matched track (`works[].track_id` of the decision)")
+    resolution: Literal["confirm", "allow", "release"] = Field(
+        description="`confirm`: the claim stands, the use stays blocked; `allow`: the use is allowed, royalties "
+                    "are owed as the policy says; `release`: the claim is dropped, nothing is owed")
+
+
+class ResolutionIn(_Strict):
+    """An analyst's resolution of a stored decision: one entry per work resolved, and why."""
+
+    works: list[WorkResolutionIn] = Field(min_length=1, max_length=100)
+    note: str = Field(min_length=1, max_length=2000, pattern=r"\S",
+                      description="Why: kept in the decision history with the analyst's principal")
 
 
 class DecisionDetail(DecisionOut):

@@ -7,7 +7,7 @@ from datetime import datetime, timedelta, timezone
 import pytest
 
 from refrain.policy import (DEFAULT_POLICY, KIND_TO_USE, Licence, MatchedWork, Policy, covered_seconds, decide,
-                    use_of_kind)
+                            resolve, use_of_kind)
 from refrain.matcher import KINDS
 
 NOW = datetime(2026, 6, 1, tzinfo=timezone.utc)
@@ -97,3 +97,35 @@ def test_policies_are_validated():
         Policy(copy="maybe")
     with pytest.raises(ValueError, match="royalty_share"):
         Policy(royalty_share=1.5)
+
+
+def test_a_resolution_rederives_the_verdict_from_the_resolved_works():
+    policies = {1: Policy(copy="deny", royalty_share=0.5), 2: Policy(remix="deny", royalty_share=0.2)}
+    decided = verdict([matched(1, "excerpt"), matched(2, "mixed", spans=((0.0, 5.0),))], policies)
+    assert decided.verdict == "blocked_copy"
+    copy_track, remix_track = (w.track_id for w in decided.works)
+
+    # Releasing the copy leaves the remix's block standing; confirming keeps a block.
+    released = resolve(decided.works, {copy_track: "release"}, "public-domain recording")
+    assert released.verdict == "blocked_unlicensed_derivative"
+    assert released.works[0].outcome == "released" and released.works[0].share_owed == 0.0
+    assert "public-domain recording" in released.works[0].reason
+    assert released.works[1] == decided.works[1]
+    assert resolve(decided.works, {copy_track: "confirm"}, "n").verdict == "blocked_copy"
+
+    # Allowing owes the policy's share of the covered time; every claim released is allowed.
+    allowed = resolve(decided.works, {copy_track: "allow", remix_track: "release"}, "licence on paper")
+    assert allowed.verdict == "allowed"
+    assert allowed.works[0].share_owed == pytest.approx(10.0 / 20.0 * 0.5)
+    assert allowed.total_share_owed == pytest.approx(0.25)
+    nothing = resolve(decided.works, {copy_track: "release", remix_track: "release"}, "not these works")
+    assert (nothing.verdict, nothing.total_share_owed) == ("allowed", 0.0)
+    assert nothing.reason == "every claim on the upload was released"
+
+
+def test_a_resolution_of_an_unknown_track_or_with_an_unknown_action_is_refused():
+    decided = verdict([matched(1, "copy")])
+    with pytest.raises(ValueError, match="not matched"):
+        resolve(decided.works, {999: "allow"}, "n")
+    with pytest.raises(ValueError, match="unknown resolution"):
+        resolve(decided.works, {decided.works[0].track_id: "forgive"}, "n")

@@ -102,8 +102,8 @@ def stored_decision(service: MatchService, decision_id: str) -> DecisionDetail:
             points=[] if found is None else [(round(float(q), 3), round(float(r), 3)) for q, r in found.points],
             spectrogram_start=found.spectrogram_start if found else None,
             spectrogram_end=found.spectrogram_end if found else None))
-    history = [VerdictChangeOut(run_id=c.run_id, changed_at=c.changed_at, old_verdict=c.old_verdict,
-                                new_verdict=c.new_verdict, reason=c.reason)
+    history = [VerdictChangeOut(kind=c.kind, run_id=c.run_id, actor=c.actor, changed_at=c.changed_at,
+                                old_verdict=c.old_verdict, new_verdict=c.new_verdict, reason=c.reason)
                for c in service.db.decision_history(decision_id)]
     return DecisionDetail(**stored.body, evidence=items, history=history)
 
