@@ -35,7 +35,8 @@ from refrain.fingerprint.serialize import fingerprint_to_bytes
 from refrain.index import TrackMetadata
 from refrain.api import QueryResult, Refrain, TrackMatch
 from refrain.config import Config
-from refrain.service.db import ApiKey, CatalogueIntent, ServiceDB, Work, WorkEvidence, utc_now
+from refrain.service.db import (ApiKey, CatalogueIntent, IdempotentDecision, ServiceDB, Work, WorkEvidence,
+                                utc_now)
 from refrain.service.errors import ApiError
 from refrain.service.limits import Admission
 from refrain.service.locking import ReadWriteLock
@@ -57,10 +58,15 @@ T = TypeVar("T")
 
 @dataclass(frozen=True)
 class MatchOutcome:
-    """The answer to one upload (``body``, shaped as :class:`service.schemas.DecisionOut`) and its evidence."""
+    """The answer to one upload (``body``, shaped as :class:`service.schemas.DecisionOut`) and its evidence.
+
+    ``replayed``: the answer is the decision stored for an earlier request with the same
+    idempotency key (no evidence is recomputed for it).
+    """
 
     body: dict
     evidence: list[WorkEvidence]
+    replayed: bool = False
 
 
 def policy_out(policy_: policy.Policy | None) -> dict:
@@ -342,15 +348,21 @@ class MatchService:
     # -- matching ------------------------------------------------------------------------------
 
     def match_upload(self, form: ReceivedForm, key: ApiKey, store: bool,
-                     decision_id: str | None = None) -> MatchOutcome:
+                     decision_id: str | None = None, idempotency_key: str | None = None) -> MatchOutcome:
         """Decode, fingerprint, match, decide, and (if ``store``) record the decision.
 
         The upload is made as ``key``'s principal: licences are checked against it. The
         form's ``uploader_id`` only labels a sub-account of that principal, for the audit.
         ``decision_id`` names the stored decision (default: a new random id); an
         asynchronous job passes its own, so that a job run again after a restart can tell
-        whether its decision was already stored.
+        whether its decision was already stored. ``idempotency_key`` (stored decisions
+        only): a key the principal already used with the same bytes answers that decision
+        as it stands now, without analysing again; with other bytes, 409.
         """
+        if idempotency_key is not None:
+            earlier = self.db.idempotent_decision(key.principal_id, idempotency_key)
+            if earlier is not None:
+                return self._replay(earlier, form.sha256, idempotency_key)
         uploader_id = form.first("uploader_id")
         licence_ids = form.all("licence_id")
         if uploader_id is not None and len(uploader_id) > 200:
@@ -393,12 +405,25 @@ class MatchService:
         if store:
             self.forget_old_spectrograms()
             with stage("store"):
-                self.db.add_decision(body["decision_id"], now, decided.decision.verdict, uploader_id, key,
-                                     form.filename, jsonable(body), stored_evidence,
-                                     fingerprint_to_bytes(fp, params))
+                earlier = self.db.add_decision(
+                    body["decision_id"], now, decided.decision.verdict, uploader_id, key, form.filename,
+                    jsonable(body), stored_evidence, fingerprint_to_bytes(fp, params),
+                    idempotency=(idempotency_key, form.sha256) if idempotency_key is not None else None)
+            if earlier is not None:  # a concurrent request with the same key stored its decision first
+                return self._replay(earlier, form.sha256, idempotency_key)
         annotate(audio_seconds=round(fp.duration, 3), decision_id=body["decision_id"], verdict=body["verdict"],
                  matched_kinds=[m.kind for m in decided.result.matches])
         return MatchOutcome(body, stored_evidence)
+
+    def _replay(self, earlier: IdempotentDecision, upload_sha256: str, idempotency_key: str) -> MatchOutcome:
+        """The decision stored for an earlier use of an idempotency key; 409 if it was used for other bytes."""
+        if earlier.upload_sha256 != upload_sha256:
+            raise ApiError(409, "idempotency_key_reused",
+                           f"Idempotency-Key {idempotency_key!r} was used for another upload (decision "
+                           f"{earlier.decision_id}); use a new key for new bytes")
+        stored = self.db.get_decision(earlier.decision_id)  # stored decisions are never deleted
+        annotate(decision_id=stored.decision_id, verdict=stored.verdict, idempotent_replay=True)
+        return MatchOutcome(stored.body, [], replayed=True)
 
     def _evidence(self, m: TrackMatch, points: np.ndarray, work: Work | None, samples: np.ndarray) -> WorkEvidence:
         """Aligned points and the spectrogram of the strongest span (padded 1 s, capped)."""

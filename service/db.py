@@ -29,7 +29,7 @@ from refrain.policy import Licence, Policy
 
 __all__ = ["ServiceDB", "SchemaError", "DatabaseBusyError", "LastAdminKeyError", "PrincipalKindError", "Work",
            "ApiKey", "Principal", "StoredDecision", "DecisionChange", "RescanCandidate", "WorkEvidence",
-           "CatalogueIntent", "ROLES", "PRINCIPAL_KINDS", "KIND_OF_ROLE", "hash_key", "utc_now"]
+           "CatalogueIntent", "IdempotentDecision", "ROLES", "PRINCIPAL_KINDS", "KIND_OF_ROLE", "hash_key", "utc_now"]
 
 ROLES = ("uploader", "analyst", "admin")
 PRINCIPAL_KINDS = ("uploader", "rights_holder", "analyst_team", "admin")
@@ -177,6 +177,18 @@ _MIGRATIONS = [
         CHECK (kind IN ('rescan', 'resolution'));
     ALTER TABLE decision_changes ADD COLUMN actor TEXT;
     """,
+    # Idempotency keys: a retried upload (same principal, same key, same bytes) gets the decision
+    # already made instead of a second one. Stored with the decision, in its transaction.
+    """
+    CREATE TABLE idempotency_keys (
+        principal_id  INTEGER NOT NULL REFERENCES principals (principal_id),
+        idempotency_key TEXT  NOT NULL,
+        upload_sha256 TEXT    NOT NULL,
+        decision_id   TEXT    NOT NULL REFERENCES decisions (decision_id) ON DELETE CASCADE,
+        created_at    TEXT    NOT NULL,
+        PRIMARY KEY (principal_id, idempotency_key)
+    );
+    """,
 ]
 
 
@@ -311,6 +323,14 @@ class RescanCandidate:
     verdict: str
     body: dict
     fingerprint: bytes | None
+
+
+@dataclass(frozen=True)
+class IdempotentDecision:
+    """The decision an idempotency key was first used for, and the SHA-256 of the upload it was used with."""
+
+    decision_id: str
+    upload_sha256: str
 
 
 @dataclass(frozen=True)
@@ -658,8 +678,14 @@ class ServiceDB:
 
     def add_decision(self, decision_id: str, created_at: datetime, verdict: str,
                      uploader_id: str | None, key: ApiKey, filename: str, body: dict,
-                     evidence: list[WorkEvidence], fingerprint: bytes | None = None) -> None:
-        """Store a decision made for ``key``'s principal, its evidence and the upload's fingerprint blob."""
+                     evidence: list[WorkEvidence], fingerprint: bytes | None = None,
+                     idempotency: tuple[str, str] | None = None) -> IdempotentDecision | None:
+        """Store a decision made for ``key``'s principal, its evidence and the upload's fingerprint blob.
+
+        ``idempotency`` is ``(idempotency key, upload sha256)``: stored with the decision. If
+        the principal already used that key (a concurrent retry won the race), nothing is
+        stored and the earlier decision is returned instead; otherwise None.
+        """
         with self._lock, _busy_as_error():
             self._db.execute("BEGIN IMMEDIATE")
             try:
@@ -677,10 +703,30 @@ class ServiceDB:
                 if fingerprint is not None:
                     self._db.execute("INSERT INTO decision_fingerprints (decision_id, fingerprint)"
                                      " VALUES (?, ?)", (decision_id, fingerprint))
+                if idempotency is not None:
+                    earlier = self._idempotent(key.principal_id, idempotency[0])
+                    if earlier is not None:
+                        self._db.execute("ROLLBACK")
+                        return earlier
+                    self._db.execute("INSERT INTO idempotency_keys (principal_id, idempotency_key, upload_sha256,"
+                                     " decision_id, created_at) VALUES (?, ?, ?, ?, ?)",
+                                     (key.principal_id, *idempotency, decision_id, _iso(created_at)))
                 self._db.execute("COMMIT")
+                return None
             except BaseException:
                 self._db.execute("ROLLBACK")
                 raise
+
+    def _idempotent(self, principal_id: int, idempotency_key: str) -> IdempotentDecision | None:
+        row = self._db.execute("SELECT decision_id, upload_sha256 FROM idempotency_keys"
+                               " WHERE principal_id = ? AND idempotency_key = ?",
+                               (principal_id, idempotency_key)).fetchone()
+        return IdempotentDecision(row["decision_id"], row["upload_sha256"]) if row else None
+
+    def idempotent_decision(self, principal_id: int, idempotency_key: str) -> IdempotentDecision | None:
+        """The decision this principal's idempotency key was first used for; None if unused."""
+        with self._lock, _busy_as_error():
+            return self._idempotent(principal_id, idempotency_key)
 
     def forget_spectrograms(self, before: datetime) -> int:
         """Drop the spectrogram images of decisions made before ``before``; how many were dropped.

@@ -15,7 +15,7 @@ __all__ = [
     "WorkList", "WorkUploadForm", "LicenceIn", "LicenceOut", "LicenceList", "KeyIn", "KeyCreated",
     "KeyOut", "KeyList", "PrincipalIn", "PrincipalOut", "PrincipalList", "MatchUploadForm", "SpanOut",
     "RoyaltyOut", "MatchedWorkOut", "FingerprintSummary", "DecisionOut", "EvidenceOut", "VerdictChangeOut",
-    "DecisionDetail", "ReviewQueueQuery", "WorkResolutionIn", "ResolutionIn",
+    "DecisionDetail", "WorkResolutionIn", "ResolutionIn",
     "DecisionSummary", "DecisionList", "Health", "MAX_DB_INTEGER", "DbId", "BoundedDatetime",
     "BoundedAwareDatetime", "Readiness", "ReadinessChecks", "JobState", "JobError", "WebhookDeliveryOut", "JobOut",
 ]
@@ -322,18 +322,6 @@ class VerdictChangeOut(BaseModel):
     new_verdict: Verdict
     reason: str = Field(description="Why the verdict changed: work by work for a rescan, the analyst's note "
                                     "for a resolution")
-
-
-class ReviewQueueQuery(_Strict):
-    """The analyst page's review queue filters, as its form sends them (empty fields left out)."""
-
-    verdict: Verdict | Literal["any"] = "review"
-    work_id: DbId | None = None
-    uploader_id: str | None = Field(None, max_length=200)
-    kind: Kind | None = None  # type: ignore[valid-type]
-    since: BoundedDatetime | None = None
-    until: BoundedDatetime | None = None
-    offset: int = Field(0, ge=0, le=MAX_DB_INTEGER)
 
 
 class WorkResolutionIn(_Strict):

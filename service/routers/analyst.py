@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import base64
 from pathlib import Path
+from typing import Literal
 from urllib.parse import quote
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 from markupsafe import Markup
-from pydantic import ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from refrain.service.core import MatchService, resolve_decision
 from refrain.matcher import KINDS
@@ -28,7 +29,7 @@ from refrain.service.errors import ApiError
 from refrain.service.render import alignment_svg
 from refrain.service.routers.matches import stored_decision
 from refrain.service.routers.reviews import MAX_EXPORT_DECISIONS, QueueFilters, export_csv, queue_filters
-from refrain.service.schemas import ResolutionIn, ReviewQueueQuery
+from refrain.service.schemas import MAX_DB_INTEGER, BoundedDatetime, DbId, Kind, ResolutionIn, Verdict
 from refrain.service.uploads import receive_form
 
 router = APIRouter(prefix="/analyst", include_in_schema=False)
@@ -73,6 +74,20 @@ def _works_view(body: dict, evidence: dict) -> list[dict]:
 
 
 QUEUE_PAGE_SIZE = 25
+
+
+class ReviewQueueQuery(BaseModel):
+    """The analyst page's review queue filters, as its form sends them (empty fields left out)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    verdict: Verdict | Literal["any"] = "review"
+    work_id: DbId | None = None
+    uploader_id: str | None = Field(None, max_length=200)
+    kind: Kind | None = None  # type: ignore[valid-type]
+    since: BoundedDatetime | None = None
+    until: BoundedDatetime | None = None
+    offset: int = Field(0, ge=0, le=MAX_DB_INTEGER)
 
 
 def _validation_message(err: ValidationError) -> str:

@@ -69,7 +69,7 @@ def queue_filters(verdict: Verdict | None = Query("review", description="Only de
 
 @router.post("/matches/{decision_id}/resolution", response_model=DecisionDetail,
              summary="Resolve a stored decision (confirm, allow or release each work)",
-             responses=error_responses(404, 409))
+             responses=error_responses(400, 404, 409))
 def resolve(body: ResolutionIn, decision_id: str = DecisionId, service: MatchService = Depends(get_service),
             key: ApiKey = Depends(require_role("analyst"))) -> DecisionDetail:
     """Confirm the block, allow the use or release the claim of each named work, with a required note.
