@@ -214,14 +214,21 @@ class MatchService:
         """Ingest an uploaded reference recording and register it as a work.
 
         A recording already registered as a work raises 409; one already in the index
-        without a work (ingested with the CLI) is adopted as this work. The index and the
+        without a work (ingested with the CLI) is adopted as this work. A recording that
+        copies a registered work (a re-encode, an excerpt: any match whose kind is a copy use,
+        at least as confident as ``review_confidence``) raises 409 ``ownership_conflict``
+        with the conflicting works, unless the form says ``conflict=true``: then the work is
+        registered and each conflict enters the conflict queue. The index and the
         database change together or not at all: the intent is recorded first, undone here
         if a step fails, and by :meth:`reconcile` at the next start if the process dies.
         """
         title, rights_holder = form.first("title"), form.first("rights_holder")
         artists, isrc = form.all("artists"), form.first("isrc")
+        as_conflict = form.first("conflict") or "false"
         problems = [f"{name} is required" for name, value in
                     (("title", title), ("rights_holder", rights_holder), ("artists", artists)) if not value]
+        if as_conflict not in ("true", "false"):
+            problems.append("conflict must be true or false")
         if isrc is not None:
             isrc = isrc.replace("-", "").upper()
             if not _ISRC.match(isrc):
@@ -233,8 +240,10 @@ class MatchService:
         # Decode once outside the lock: unreadable or over-long recordings fail fast, with the
         # decoder's typed error, and never hold up matches.
         try:
-            load_audio(form.file_path, self.refrain.params.sample_rate, self.settings.max_reference_seconds)
-        except AudioDecodeError as err:
+            samples = load_audio(form.file_path, self.refrain.params.sample_rate,
+                                 self.settings.max_reference_seconds)
+            fp = fingerprint_signal(samples, self.refrain.params, dense_peaks=True)
+        except (AudioDecodeError, FingerprintError) as err:
             raise _audio_error(err, form.file_path, form.filename) from None
 
         stored = self.settings.works_dir / f"{form.sha256[:32]}{safe_suffix(form.filename)}"
@@ -242,6 +251,12 @@ class MatchService:
         if existing is not None:
             raise ApiError(409, "conflict", f"this recording is already in the catalogue as work "
                                             f"{existing.work_id}")
+        conflicts = self._ownership_conflicts(fp, form.filename)
+        if conflicts and as_conflict == "false":
+            raise ApiError(409, "ownership_conflict",
+                           "this recording copies work " + ", ".join(str(c["work_id"]) for c in conflicts)
+                           + " (see details); register it with conflict=true to put both claims in the "
+                             "conflict queue", details=conflicts)
         intent = self.db.begin_registration(str(stored))
         try:
             shutil.move(form.file_path, stored)
@@ -259,10 +274,23 @@ class MatchService:
                 raise ApiError(409, "conflict", f"this recording is already in the catalogue as "
                                                 f"work {existing.work_id}")
             return self.db.add_work(result.track_id, title, artists, rights_holder, isrc,
-                                    form.filename, str(stored), result.duration, intent.intent_id)
+                                    form.filename, str(stored), result.duration, intent.intent_id,
+                                    tuple(conflicts))
         except BaseException:
             self._settle(intent)
             raise
+
+    def _ownership_conflicts(self, fp: Fingerprint, filename: str) -> list[dict]:
+        """The registered works a new reference recording copies (confident matches of a copy use)."""
+        with self.lock.read():
+            result, _ = self.refrain.match_with_evidence(fp, filename)
+            works = self.db.works_by_track([m.track_id for m in result.matches])
+        return [{"work_id": works[m.track_id].work_id, "title": works[m.track_id].title,
+                 "rights_holder": works[m.track_id].rights_holder, "kind": m.kind, "score": m.score,
+                 "confidence": m.confidence, "spans": [s.to_dict() for s in m.spans]}
+                for m in result.matches
+                if m.track_id in works and policy.use_of_kind(m.kind) == "copy"
+                and m.confidence >= self.settings.review_confidence]
 
     def delete_work(self, work_id: int) -> Work:
         """Remove a work from the catalogue and the index; its decisions stay for the audit.

@@ -29,7 +29,8 @@ from refrain.policy import Licence, Policy
 
 __all__ = ["ServiceDB", "SchemaError", "DatabaseBusyError", "LastAdminKeyError", "PrincipalKindError", "Work",
            "ApiKey", "Principal", "StoredDecision", "DecisionChange", "RescanCandidate", "WorkEvidence",
-           "CatalogueIntent", "IdempotentDecision", "ROLES", "PRINCIPAL_KINDS", "KIND_OF_ROLE", "hash_key", "utc_now"]
+           "CatalogueIntent", "IdempotentDecision",
+           "WorkConflict", "ROLES", "PRINCIPAL_KINDS", "KIND_OF_ROLE", "hash_key", "utc_now"]
 
 ROLES = ("uploader", "analyst", "admin")
 PRINCIPAL_KINDS = ("uploader", "rights_holder", "analyst_team", "admin")
@@ -189,6 +190,22 @@ _MIGRATIONS = [
         PRIMARY KEY (principal_id, idempotency_key)
     );
     """,
+    # Ownership conflicts: a work registered although its recording copies an existing work
+    # (the admin said so explicitly). Both claims stay in this queue until resolved.
+    """
+    CREATE TABLE work_conflicts (
+        conflict_id   INTEGER PRIMARY KEY AUTOINCREMENT,
+        work_id       INTEGER NOT NULL REFERENCES works (work_id) ON DELETE CASCADE,  -- the newer claim
+        claimed_work_id INTEGER NOT NULL REFERENCES works (work_id) ON DELETE CASCADE,  -- the earlier one
+        kind          TEXT    NOT NULL,           -- the matcher's kind of the newer recording vs the earlier
+        score         REAL    NOT NULL,
+        confidence    REAL    NOT NULL,
+        spans         TEXT    NOT NULL,           -- JSON list of matcher spans (newer s, earlier s)
+        created_at    TEXT    NOT NULL,
+        resolved_at   TEXT
+    );
+    CREATE INDEX work_conflicts_open ON work_conflicts (resolved_at, conflict_id);
+    """,
 ]
 
 
@@ -326,6 +343,21 @@ class RescanCandidate:
 
 
 @dataclass(frozen=True)
+class WorkConflict:
+    """Two works claiming one recording (``work_conflicts``): the newer work copies the earlier one."""
+
+    conflict_id: int
+    work_id: int
+    claimed_work_id: int
+    kind: str
+    score: float
+    confidence: float
+    spans: list[dict]
+    created_at: datetime
+    resolved_at: datetime | None
+
+
+@dataclass(frozen=True)
 class IdempotentDecision:
     """The decision an idempotency key was first used for, and the SHA-256 of the upload it was used with."""
 
@@ -434,16 +466,37 @@ class ServiceDB:
                     duration=row["duration"], created_at=_parse(row["created_at"]))
 
     def add_work(self, track_id: int, title: str, artists: list[str], rights_holder: str,
-                 isrc: str | None, filename: str, stored_path: str, duration: float, intent_id: int) -> Work:
-        """Register a work and close its registration intent, in one transaction."""
+                 isrc: str | None, filename: str, stored_path: str, duration: float, intent_id: int,
+                 conflicts: tuple[dict, ...] = ()) -> Work:
+        """Register a work and close its registration intent, in one transaction.
+
+        ``conflicts``: the existing works its recording copies, registered as ownership
+        conflicts with it (keys ``work_id``, ``kind``, ``score``, ``confidence``, ``spans``).
+        """
+        now = _iso(utc_now())
         with self._transaction() as db:
             cursor = db.execute(
                 "INSERT INTO works (track_id, title, artists, rights_holder, isrc, filename, stored_path,"
                 " duration, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (track_id, title, json.dumps(artists), rights_holder, isrc, filename, stored_path,
-                 duration, _iso(utc_now())))
+                 duration, now))
+            work_id = int(cursor.lastrowid)
+            db.executemany("INSERT INTO work_conflicts (work_id, claimed_work_id, kind, score, confidence, spans,"
+                           " created_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                           [(work_id, c["work_id"], c["kind"], c["score"], c["confidence"], json.dumps(c["spans"]),
+                             now) for c in conflicts])
             db.execute("DELETE FROM catalogue_intents WHERE intent_id = ?", (intent_id,))
-        return self.get_work(int(cursor.lastrowid))
+        return self.get_work(work_id)
+
+    def list_conflicts(self, include_resolved: bool, limit: int, offset: int) -> tuple[list[WorkConflict], int]:
+        """Ownership conflicts, oldest first (open ones only unless ``include_resolved``); and how many in all."""
+        clause = "" if include_resolved else " WHERE resolved_at IS NULL"
+        rows = self._query(f"SELECT * FROM work_conflicts{clause} ORDER BY conflict_id LIMIT ? OFFSET ?",
+                           (limit, offset))
+        total = self._query(f"SELECT COUNT(*) FROM work_conflicts{clause}")[0][0]
+        return [WorkConflict(row["conflict_id"], row["work_id"], row["claimed_work_id"], row["kind"], row["score"],
+                             row["confidence"], json.loads(row["spans"]), _parse(row["created_at"]),
+                             _parse(row["resolved_at"])) for row in rows], int(total)
 
     def get_work(self, work_id: int) -> Work | None:
         rows = self._query("SELECT * FROM works WHERE work_id = ?", (work_id,))

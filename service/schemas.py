@@ -12,7 +12,8 @@ from refrain.matcher import KINDS, Match, Span
 
 __all__ = [
     "Action", "Use", "Verdict", "Outcome", "Role", "ErrorBody", "PolicyBody", "PolicyOut", "WorkOut",
-    "WorkList", "WorkUploadForm", "LicenceIn", "LicenceOut", "LicenceList", "KeyIn", "KeyCreated",
+    "WorkList", "WorkUploadForm", "ConflictOut", "ConflictList", "LicenceIn", "LicenceOut", "LicenceList",
+    "KeyIn", "KeyCreated",
     "KeyOut", "KeyList", "PrincipalIn", "PrincipalOut", "PrincipalList", "MatchUploadForm", "SpanOut",
     "RoyaltyOut", "MatchedWorkOut", "FingerprintSummary", "DecisionOut", "EvidenceOut", "VerdictChangeOut",
     "DecisionDetail", "WorkResolutionIn", "ResolutionIn",
@@ -60,7 +61,10 @@ class ErrorBody(BaseModel):
     code: str = Field(description="Stable identifier, e.g. `not_found`, `payload_too_large`, "
                                   "`unsupported_media_type`, `validation_error` (see docs/service.md)")
     message: str = Field(description="What was wrong, in one sentence")
-    details: list[dict] | None = Field(None, description="Per-field problems of a 422 validation error")
+    details: list[dict] | None = Field(None, description="Per-field problems of a 422 validation error; the "
+                                                         "conflicting works (work_id, title, rights_holder, "
+                                                         "kind, score, confidence, spans) of a 409 "
+                                                         "`ownership_conflict`")
     request_id: str | None = Field(None, description="The request's id, as in the `X-Request-ID` header: "
                                                      "quote it when reporting a problem")
 
@@ -120,6 +124,33 @@ class WorkUploadForm(BaseModel):
     artists: list[str] = Field(min_length=1, description="Repeat the field once per artist")
     rights_holder: str = Field(max_length=500)
     isrc: str | None = Field(None, description="12 characters, e.g. `GBAYE0601498` (hyphens allowed)")
+    conflict: Literal["true", "false"] = Field(
+        "false", description="`true`: register the work although its recording copies a registered work "
+                             "(the 409 `ownership_conflict` lists them); each such claim enters the conflict "
+                             "queue (`GET /v1/conflicts`)")
+
+
+class ConflictOut(BaseModel):
+    """Two works claiming one recording: ``work_id`` was registered (explicitly, as a conflict) although its
+    recording copies ``claimed_work_id``."""
+
+    conflict_id: int
+    work_id: int = Field(description="The newer claim")
+    claimed_work_id: int = Field(description="The earlier work its recording copies")
+    kind: str = Field(description="The matcher's kind of the newer recording against the earlier one")
+    score: float
+    confidence: float
+    spans: list[dict] = Field(description="Matched spans: `query_*` seconds of the newer recording, `ref_*` of "
+                                          "the earlier one")
+    created_at: datetime
+    resolved_at: datetime | None
+
+
+class ConflictList(BaseModel):
+    items: list[ConflictOut]
+    total: int
+    limit: int
+    offset: int
 
 
 # -- licences -----------------------------------------------------------------------------------
