@@ -24,7 +24,8 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Iterable, Mapping, Sequence
 
-__all__ = ["USES", "ACTIONS", "OUTCOMES", "VERDICTS", "KIND_TO_USE", "Policy", "DEFAULT_POLICY",
+__all__ = ["USES", "ACTIONS", "BELOW_ACTIONS", "MatchCondition", "OUTCOMES", "VERDICTS", "KIND_TO_USE", "Policy",
+           "DEFAULT_POLICY",
            "Licence", "MatchedWork", "WorkDecision", "Decision", "use_of_kind", "licence_problem",
            "covered_seconds", "decide", "resolve", "RESOLUTIONS", "DEFAULT_REVIEW_CONFIDENCE"]
 
@@ -36,6 +37,8 @@ VERDICTS = ("clear", "allowed", "licensed", "blocked_copy", "blocked_unlicensed_
 #: blocked), ``allow`` the use (royalties owed as the policy says) or ``release`` the claim
 #: (the work no longer counts against the upload, nothing is owed).
 RESOLUTIONS = ("confirm", "allow", "release")
+#: What a :class:`MatchCondition` does with a match under its minimum: ``allow`` it or send it to ``review``.
+BELOW_ACTIONS = ("allow", "review")
 
 #: Below this confidence a match that the policy would block goes to ``review`` instead: the
 #: calibrated chance that music not in the catalogue matches this well (:class:`matcher.Calibration`,
@@ -75,6 +78,39 @@ def use_of_kind(kind: str) -> str:
 
 
 @dataclass(frozen=True)
+class MatchCondition:
+    """A minimum a match of one use must reach before the policy's action applies to it.
+
+    Attributes
+    ----------
+    use : str
+        :data:`USES`.
+    min_seconds : float
+        Seconds of the upload the work must cover (union of its spans; default 0).
+    min_share : float
+        Share (0–1) of the upload the work must cover (default 0).
+    below : str
+        :data:`BELOW_ACTIONS`: what a match under either minimum gets instead of a block
+        (``allow``: allowed, nothing owed; ``review``: an analyst decides).
+    """
+
+    use: str
+    min_seconds: float = 0.0
+    min_share: float = 0.0
+    below: str = "allow"
+
+    def __post_init__(self):
+        if self.use not in USES:
+            raise ValueError(f"unknown use {self.use!r}; known: {', '.join(USES)}")
+        if not (self.min_seconds >= 0.0) or math.isinf(self.min_seconds):
+            raise ValueError(f"min_seconds must be a finite number of seconds >= 0, not {self.min_seconds}")
+        if not (0.0 <= self.min_share <= 1.0):
+            raise ValueError(f"min_share must be between 0 and 1, not {self.min_share}")
+        if self.below not in BELOW_ACTIONS:
+            raise ValueError(f"below must be one of {', '.join(BELOW_ACTIONS)}, not {self.below!r}")
+
+
+@dataclass(frozen=True)
 class Policy:
     """A work's AI-use policy: one action per use, and the royalty share owed on permitted uses.
 
@@ -85,12 +121,16 @@ class Policy:
     royalty_share : float
         Fraction (0–1) of the revenue attributed to this work that is owed to its
         rights holder when a use is allowed or licensed (default 0).
+    conditions : tuple of MatchCondition
+        At most one per use: a match of that use under the minimum is not blocked but
+        allowed or reviewed, as the condition says (default none).
     """
 
     copy: str = "deny"
     remix: str = "deny"
     cover: str = "deny"
     royalty_share: float = 0.0
+    conditions: tuple[MatchCondition, ...] = ()
 
     def __post_init__(self):
         for use in USES:
@@ -99,6 +139,13 @@ class Policy:
                                  f"not {getattr(self, use)!r}")
         if not (0.0 <= self.royalty_share <= 1.0) or math.isnan(self.royalty_share):
             raise ValueError(f"royalty_share must be between 0 and 1, not {self.royalty_share}")
+        uses = [c.use for c in self.conditions]
+        if len(set(uses)) != len(uses):
+            raise ValueError("at most one condition per use")
+
+    def condition(self, use: str) -> MatchCondition | None:
+        """The condition set for one use, if any."""
+        return next((c for c in self.conditions if c.use == use), None)
 
     def action(self, use: str) -> str:
         """The action for one use (``copy``, ``remix`` or ``cover``)."""
@@ -278,7 +325,15 @@ def _decide_work(match: MatchedWork, policy: Policy, licences: Sequence[Licence]
                    f"matches this well, above {1.0 - review_confidence:.1e}): an analyst must decide")
     seconds = covered_seconds(match.spans, upload_seconds)
     duration_share = seconds / upload_seconds if upload_seconds > 0 else 0.0
-    owed = duration_share * policy.royalty_share if outcome in ("allowed", "licensed") else 0.0
+    condition = policy.condition(use)
+    under_minimum = condition is not None and (seconds < condition.min_seconds
+                                               or duration_share < condition.min_share)
+    if under_minimum and outcome in ("blocked", "review"):
+        outcome = "allowed" if condition.below == "allow" else "review"
+        reason = (f"the match ({seconds:.1f} s, {duration_share:.0%} of the upload) is under the policy's minimum "
+                  f"for {_PLURAL[use]} ({condition.min_seconds:g} s and {condition.min_share:.0%}): "
+                  + ("allowed, nothing owed" if outcome == "allowed" else "an analyst must decide"))
+    owed = duration_share * policy.royalty_share if outcome in ("allowed", "licensed") and not under_minimum else 0.0
     return WorkDecision(work_id=match.work_id, track_id=match.track_id, use=use, action=action,
                         outcome=outcome, licence_id=licence_id, reason=reason,
                         covered_seconds=round(seconds, 3), duration_share=round(duration_share, 4),

@@ -73,7 +73,10 @@ def policy_out(policy_: policy.Policy | None) -> dict:
     """A work's policy as :class:`service.schemas.PolicyOut` fields (None: the default)."""
     effective = policy_ or policy.DEFAULT_POLICY
     return {"copy": effective.copy, "remix": effective.remix, "cover": effective.cover,
-            "royalty_share": effective.royalty_share, "is_default": policy_ is None}
+            "royalty_share": effective.royalty_share,
+            "conditions": [{"use": c.use, "min_seconds": c.min_seconds, "min_share": c.min_share, "below": c.below}
+                           for c in effective.conditions],
+            "is_default": policy_ is None}
 
 
 def work_out(work: Work, policy_: policy.Policy | None) -> dict:

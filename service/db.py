@@ -18,14 +18,14 @@ import sqlite3
 import os
 import threading
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Iterator
 
 import numpy as np
 
-from refrain.policy import Licence, Policy
+from refrain.policy import Licence, MatchCondition, Policy
 
 __all__ = ["ServiceDB", "SchemaError", "DatabaseBusyError", "LastAdminKeyError", "PrincipalKindError", "Work",
            "ApiKey", "Principal", "StoredDecision", "DecisionChange", "RescanCandidate", "WorkEvidence",
@@ -205,6 +205,10 @@ _MIGRATIONS = [
         resolved_at   TEXT
     );
     CREATE INDEX work_conflicts_open ON work_conflicts (resolved_at, conflict_id);
+    """,
+    # Policy conditions: per use, the minimum a match must reach before the policy's action applies.
+    """
+    ALTER TABLE policies ADD COLUMN conditions TEXT NOT NULL DEFAULT '[]';  -- JSON list of MatchCondition fields
     """,
 ]
 
@@ -566,16 +570,18 @@ class ServiceDB:
         marks = ",".join("?" * len(work_ids))
         rows = self._query(f"SELECT * FROM policies WHERE work_id IN ({marks})", work_ids)
         return {row["work_id"]: Policy(copy=row["copy"], remix=row["remix"], cover=row["cover"],
-                                       royalty_share=row["royalty_share"]) for row in rows}
+                                       royalty_share=row["royalty_share"],
+                                       conditions=tuple(MatchCondition(**c) for c in json.loads(row["conditions"])))
+                for row in rows}
 
     def set_policy(self, work_id: int, policy: Policy) -> None:
         self._execute(
-            "INSERT INTO policies (work_id, copy, remix, cover, royalty_share, updated_at)"
-            " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (work_id) DO UPDATE SET copy = excluded.copy,"
-            " remix = excluded.remix, cover = excluded.cover,"
-            " royalty_share = excluded.royalty_share, updated_at = excluded.updated_at",
+            "INSERT INTO policies (work_id, copy, remix, cover, royalty_share, conditions, updated_at)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (work_id) DO UPDATE SET copy = excluded.copy,"
+            " remix = excluded.remix, cover = excluded.cover, royalty_share = excluded.royalty_share,"
+            " conditions = excluded.conditions, updated_at = excluded.updated_at",
             (work_id, policy.copy, policy.remix, policy.cover, policy.royalty_share,
-             _iso(utc_now())))
+             json.dumps([asdict(c) for c in policy.conditions]), _iso(utc_now())))
 
     # -- licences ------------------------------------------------------------------------------
 

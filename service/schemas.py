@@ -11,7 +11,7 @@ from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field
 from refrain.matcher import KINDS, Match, Span
 
 __all__ = [
-    "Action", "Use", "Verdict", "Outcome", "Role", "ErrorBody", "PolicyBody", "PolicyOut", "WorkOut",
+    "Action", "Use", "Verdict", "Outcome", "Role", "ErrorBody", "ConditionBody", "PolicyBody", "PolicyOut", "WorkOut",
     "WorkList", "WorkUploadForm", "ConflictOut", "ConflictList", "LicenceIn", "LicenceOut", "LicenceList",
     "KeyIn", "KeyCreated",
     "KeyOut", "KeyList", "PrincipalIn", "PrincipalOut", "PrincipalList", "MatchUploadForm", "SpanOut",
@@ -72,6 +72,16 @@ class ErrorBody(BaseModel):
 # -- works and policies --------------------------------------------------------------------------
 
 
+class ConditionBody(_Strict):
+    """A minimum one use's matches must reach before the policy's action applies to them."""
+
+    use: Use
+    min_seconds: float = Field(0.0, ge=0.0, le=86400.0, description="Seconds of the upload the work must cover")
+    min_share: float = Field(0.0, ge=0.0, le=1.0, description="Share (0–1) of the upload the work must cover")
+    below: Literal["allow", "review"] = Field("allow", description="What a match under either minimum gets "
+                                              "instead of a block: `allow` (nothing owed) or `review`")
+
+
 class PolicyBody(_Strict):
     """A work's AI-use policy: one action per use and the royalty share owed on permitted uses."""
 
@@ -84,6 +94,8 @@ class PolicyBody(_Strict):
     cover: Action = Field(description="The composition re-performed")
     royalty_share: float = Field(ge=0.0, le=1.0, description="Fraction of the revenue attributed "
                                  "to this work owed to its rights holder on an allowed or licensed use")
+    conditions: list[ConditionBody] = Field(default_factory=list, max_length=3,
+                                            description="At most one per use (Content ID's match policies)")
 
 
 class PolicyOut(PolicyBody):

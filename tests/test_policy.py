@@ -6,7 +6,8 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from refrain.policy import (DEFAULT_POLICY, KIND_TO_USE, Licence, MatchedWork, Policy, covered_seconds, decide,
+from refrain.policy import (DEFAULT_POLICY, KIND_TO_USE, Licence, MatchCondition, MatchedWork, Policy,
+                            covered_seconds, decide,
                             resolve, use_of_kind)
 from refrain.matcher import KINDS
 
@@ -129,3 +130,34 @@ def test_a_resolution_of_an_unknown_track_or_with_an_unknown_action_is_refused()
         resolve(decided.works, {999: "allow"}, "n")
     with pytest.raises(ValueError, match="unknown resolution"):
         resolve(decided.works, {decided.works[0].track_id: "forgive"}, "n")
+
+
+def test_a_match_under_a_condition_is_allowed_or_reviewed_as_the_policy_says():
+    allow_short = Policy(copy="deny", royalty_share=0.5,
+                         conditions=(MatchCondition("copy", min_seconds=8.0, min_share=0.3, below="allow"),))
+    short = verdict([matched(spans=((0.0, 5.0),))], {1: allow_short})
+    assert short.verdict == "allowed" and short.works[0].share_owed == 0.0
+    assert "under the policy's minimum" in short.works[0].reason
+    # Long enough in seconds but under the share of a 60 s upload: still allowed.
+    assert verdict([matched(spans=((0.0, 10.0),))], {1: allow_short}, seconds=60.0).verdict == "allowed"
+    # Over both minimums: the policy's action stands.
+    assert verdict([matched(spans=((0.0, 10.0),))], {1: allow_short}).verdict == "blocked_copy"
+    # Another use's condition says nothing about this one.
+    assert verdict([matched(kind="mixed", spans=((0.0, 5.0),))], {1: allow_short}).verdict == \
+        "blocked_unlicensed_derivative"
+    review_short = Policy(conditions=(MatchCondition("copy", min_seconds=8.0, below="review"),))
+    reviewed = verdict([matched(spans=((0.0, 5.0),))], {1: review_short})
+    assert reviewed.verdict == "review" and reviewed.works[0].outcome == "review"
+
+
+def test_conditions_are_validated():
+    with pytest.raises(ValueError, match="unknown use"):
+        MatchCondition("sample")
+    with pytest.raises(ValueError, match="min_share"):
+        MatchCondition("copy", min_share=1.5)
+    with pytest.raises(ValueError, match="min_seconds"):
+        MatchCondition("copy", min_seconds=float("nan"))
+    with pytest.raises(ValueError, match="below"):
+        MatchCondition("copy", below="deny")
+    with pytest.raises(ValueError, match="one condition per use"):
+        Policy(conditions=(MatchCondition("copy"), MatchCondition("copy", min_seconds=3)))
