@@ -30,7 +30,7 @@ from refrain.policy import Licence, MatchCondition, Policy
 __all__ = ["ServiceDB", "SchemaError", "DatabaseBusyError", "LastAdminKeyError", "PrincipalKindError", "Work",
            "ApiKey", "Principal", "StoredDecision", "DecisionChange", "RescanCandidate", "WorkEvidence",
            "CatalogueIntent", "IdempotentDecision",
-           "WorkConflict", "ROLES", "PRINCIPAL_KINDS", "KIND_OF_ROLE", "hash_key", "utc_now"]
+           "WorkConflict", "Webhook", "ROLES", "PRINCIPAL_KINDS", "KIND_OF_ROLE", "hash_key", "utc_now"]
 
 ROLES = ("uploader", "analyst", "admin")
 PRINCIPAL_KINDS = ("uploader", "rights_holder", "analyst_team", "admin")
@@ -210,6 +210,16 @@ _MIGRATIONS = [
     """
     ALTER TABLE policies ADD COLUMN conditions TEXT NOT NULL DEFAULT '[]';  -- JSON list of MatchCondition fields
     """,
+    # Webhooks an admin registered for decision changes. The secret is kept as given: it signs.
+    """
+    CREATE TABLE webhooks (
+        webhook_id    TEXT    PRIMARY KEY,
+        url           TEXT    NOT NULL,
+        events        TEXT    NOT NULL,           -- JSON list of event names
+        secret        TEXT    NOT NULL,
+        created_at    TEXT    NOT NULL
+    );
+    """,
 ]
 
 
@@ -344,6 +354,17 @@ class RescanCandidate:
     verdict: str
     body: dict
     fingerprint: bytes | None
+
+
+@dataclass(frozen=True)
+class Webhook:
+    """A receiver of decision-change notifications, registered by an admin."""
+
+    webhook_id: str
+    url: str
+    events: list[str]
+    secret: str
+    created_at: datetime
 
 
 @dataclass(frozen=True)
@@ -582,6 +603,27 @@ class ServiceDB:
             " conditions = excluded.conditions, updated_at = excluded.updated_at",
             (work_id, policy.copy, policy.remix, policy.cover, policy.royalty_share,
              json.dumps([asdict(c) for c in policy.conditions]), _iso(utc_now())))
+
+    # -- webhooks ------------------------------------------------------------------------------
+
+    @staticmethod
+    def _webhook(row: sqlite3.Row) -> Webhook:
+        return Webhook(row["webhook_id"], row["url"], json.loads(row["events"]), row["secret"],
+                       _parse(row["created_at"]))
+
+    def add_webhook(self, url: str, events: list[str], secret: str) -> Webhook:
+        webhook_id = "wh_" + secrets.token_urlsafe(9)
+        self._execute("INSERT INTO webhooks (webhook_id, url, events, secret, created_at) VALUES (?, ?, ?, ?, ?)",
+                      (webhook_id, url, json.dumps(events), secret, _iso(utc_now())))
+        return self._webhook(self._query("SELECT * FROM webhooks WHERE webhook_id = ?", (webhook_id,))[0])
+
+    def list_webhooks(self, event: str | None = None) -> list[Webhook]:
+        """The registered webhooks (those subscribed to ``event`` if given), oldest first."""
+        hooks = [self._webhook(row) for row in self._query("SELECT * FROM webhooks ORDER BY created_at, webhook_id")]
+        return [hook for hook in hooks if event is None or event in hook.events]
+
+    def delete_webhook(self, webhook_id: str) -> bool:
+        return self._execute("DELETE FROM webhooks WHERE webhook_id = ?", (webhook_id,)).rowcount > 0
 
     # -- licences ------------------------------------------------------------------------------
 

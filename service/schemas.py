@@ -16,7 +16,7 @@ __all__ = [
     "KeyIn", "KeyCreated",
     "KeyOut", "KeyList", "PrincipalIn", "PrincipalOut", "PrincipalList", "MatchUploadForm", "SpanOut",
     "RoyaltyOut", "MatchedWorkOut", "FingerprintSummary", "DecisionOut", "EvidenceOut", "VerdictChangeOut",
-    "DecisionDetail", "WorkResolutionIn", "ResolutionIn",
+    "DecisionDetail", "WebhookIn", "WebhookOut", "WebhookList", "WorkResolutionIn", "ResolutionIn",
     "DecisionSummary", "DecisionList", "Health", "MAX_DB_INTEGER", "DbId", "BoundedDatetime",
     "BoundedAwareDatetime", "Readiness", "ReadinessChecks", "JobState", "JobError", "WebhookDeliveryOut", "JobOut",
 ]
@@ -365,6 +365,31 @@ class VerdictChangeOut(BaseModel):
     new_verdict: Verdict
     reason: str = Field(description="Why the verdict changed: work by work for a rescan, the analyst's note "
                                     "for a resolution")
+
+
+WebhookEvent = Literal["decision.resolved"]
+
+
+class WebhookIn(_Strict):
+    """A receiver of decision-change notifications."""
+
+    url: str = Field(min_length=8, max_length=2000, pattern=r"^https?://[^\s]+$",
+                     description="Where the signed JSON is POSTed (http or https)")
+    events: list[WebhookEvent] = Field(min_length=1, description="`decision.resolved`: an analyst resolved a "
+                                                                  "decision")
+    secret: str = Field(min_length=16, max_length=200, description="Key of the HMAC-SHA256 signature "
+                        "(`X-Refrain-Signature`, see docs/operations.md); never shown again")
+
+
+class WebhookOut(BaseModel):
+    webhook_id: str
+    url: str
+    events: list[WebhookEvent]
+    created_at: datetime
+
+
+class WebhookList(BaseModel):
+    items: list[WebhookOut]
 
 
 class WorkResolutionIn(_Strict):

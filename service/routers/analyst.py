@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Literal
 from urllib.parse import quote
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, BackgroundTasks, Depends, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 from markupsafe import Markup
@@ -28,7 +28,9 @@ from refrain.service.deps import authenticate, get_service
 from refrain.service.errors import ApiError
 from refrain.service.render import alignment_svg
 from refrain.service.routers.matches import stored_decision
-from refrain.service.routers.reviews import MAX_EXPORT_DECISIONS, QueueFilters, export_csv, queue_filters
+from refrain.service.routers.jobs import get_jobs
+from refrain.service.routers.reviews import (MAX_EXPORT_DECISIONS, QueueFilters, export_csv, notify_resolution,
+                                             queue_filters)
 from refrain.service.schemas import MAX_DB_INTEGER, BoundedDatetime, DbId, Kind, ResolutionIn, Verdict
 from refrain.service.uploads import receive_form
 
@@ -200,9 +202,10 @@ def show_decision(decision_id: str, request: Request,
 
 
 @router.post("/decisions/{decision_id}/resolution", response_class=HTMLResponse)
-async def resolve(decision_id: str, request: Request, service: MatchService = Depends(get_service)) -> Response:
+async def resolve(decision_id: str, request: Request, tasks: BackgroundTasks,
+                  service: MatchService = Depends(get_service)) -> Response:
     """The decision page's resolution form (``resolution-<track id>`` per work, ``note``): as
-    ``POST /v1/matches/{id}/resolution``, then back to the decision's page."""
+    ``POST /v1/matches/{id}/resolution`` (webhooks included), then back to the decision's page."""
     key = _signed_in(request, service)
     if key is None:
         return _sign_in_page("sign in with an analyst key first", 401)
@@ -220,4 +223,5 @@ async def resolve(decision_id: str, request: Request, service: MatchService = De
                          key.principal)
     except ApiError as err:
         return _page("error.html", err.status, err.headers, key=key, status=err.status, message=err.message)
+    notify_resolution(tasks, service, get_jobs(request), decision_id)
     return RedirectResponse(f"/analyst/decisions/{quote(decision_id, safe='')}", status_code=303)

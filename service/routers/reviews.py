@@ -7,14 +7,17 @@ import io
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
-from fastapi import APIRouter, Depends, Query, Response
+from fastapi import APIRouter, BackgroundTasks, Depends, Query, Response
 
 from refrain.service.core import MatchService, resolve_decision
 from refrain.service.db import ApiKey, StoredDecision
 from refrain.service.deps import get_service, require_role
 from refrain.service.errors import ApiError
+from refrain.service.jobs import JobRunner
 from refrain.service.routers import error_responses
+from refrain.service.routers.jobs import get_jobs
 from refrain.service.routers.matches import DecisionId, stored_decision
+from refrain.service.routers.webhooks import notify
 from refrain.service.schemas import (MAX_DB_INTEGER, BoundedDatetime, DecisionDetail, DecisionList, DecisionSummary,
                                      Kind, ResolutionIn, Verdict)
 
@@ -70,14 +73,16 @@ def queue_filters(verdict: Verdict | None = Query("review", description="Only de
 @router.post("/matches/{decision_id}/resolution", response_model=DecisionDetail,
              summary="Resolve a stored decision (confirm, allow or release each work)",
              responses=error_responses(400, 404, 409))
-def resolve(body: ResolutionIn, decision_id: str = DecisionId, service: MatchService = Depends(get_service),
+def resolve(body: ResolutionIn, tasks: BackgroundTasks, decision_id: str = DecisionId,
+            service: MatchService = Depends(get_service), jobs: JobRunner = Depends(get_jobs),
             key: ApiKey = Depends(require_role("analyst"))) -> DecisionDetail:
     """Confirm the block, allow the use or release the claim of each named work, with a required note.
 
     The verdict is re-derived from the works' new outcomes (a released work no longer counts;
     every claim released: `allowed`) and the change is kept in the decision's `history` with
     the analyst's principal and note. Works not named keep their outcome. 409 when a rescan
-    or another analyst changed the decision meanwhile.
+    or another analyst changed the decision meanwhile. Webhooks subscribed to `decision.resolved`
+    are notified once the answer is sent.
     """
     resolutions: dict[int, str] = {}
     for item in body.works:
@@ -85,7 +90,18 @@ def resolve(body: ResolutionIn, decision_id: str = DecisionId, service: MatchSer
             raise ApiError(422, "validation_error", f"track {item.track_id} is resolved twice")
         resolutions[item.track_id] = item.resolution
     resolve_decision(service.db, decision_id, resolutions, body.note, key.principal)
-    return stored_decision(service, decision_id)
+    return notify_resolution(tasks, service, jobs, decision_id)
+
+
+def notify_resolution(tasks: BackgroundTasks, service: MatchService, jobs: JobRunner,
+                      decision_id: str) -> DecisionDetail:
+    """Queue the ``decision.resolved`` webhooks of a decision just resolved (sent after the answer); return it."""
+    detail = stored_decision(service, decision_id)
+    change = detail.history[-1]
+    tasks.add_task(notify, service.db, service.settings, jobs.deliveries, "decision.resolved",
+                   {"decision_id": decision_id, **change.model_dump(mode="json"), "verdict": detail.verdict,
+                    "total_share_owed": detail.total_share_owed})
+    return detail
 
 
 @router.get("/reviews", response_model=DecisionList, summary="The review queue (oldest first)",
