@@ -6,10 +6,11 @@ licences the uploader declared — and :func:`decide` returns the verdict and th
 royalty attribution. See ``docs/service.md`` for the rules in prose.
 """
 
-from refrain.policy.rules import (ACTIONS, DEFAULT_POLICY, DEFAULT_REVIEW_CONFIDENCE, KIND_TO_USE, OUTCOMES, USES,
-                                  VERDICTS, Decision, Licence, MatchedWork, Policy, WorkDecision, covered_seconds,
-                                  decide, licence_problem, use_of_kind)
+from refrain.policy.rules import (ACTIONS, BELOW_ACTIONS, DEFAULT_POLICY, DEFAULT_REVIEW_CONFIDENCE, KIND_TO_USE,
+                                  OUTCOMES, RESOLUTIONS, USES, VERDICTS, Decision, Licence, MatchCondition,
+                                  MatchedWork, Policy, WorkDecision, covered_seconds, decide, licence_problem,
+                                  resolve, use_of_kind)
 
-__all__ = ["ACTIONS", "DEFAULT_POLICY", "DEFAULT_REVIEW_CONFIDENCE", "KIND_TO_USE", "OUTCOMES", "USES", "VERDICTS",
-           "Decision", "Licence", "MatchedWork", "Policy", "WorkDecision", "covered_seconds", "decide",
-           "licence_problem", "use_of_kind"]
+__all__ = ["ACTIONS", "BELOW_ACTIONS", "DEFAULT_POLICY", "DEFAULT_REVIEW_CONFIDENCE", "KIND_TO_USE", "OUTCOMES",
+           "RESOLUTIONS", "USES", "VERDICTS", "Decision", "Licence", "MatchCondition", "MatchedWork", "Policy",
+           "WorkDecision", "covered_seconds", "decide", "licence_problem", "resolve", "use_of_kind"]

@@ -20,18 +20,25 @@ verdict
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Iterable, Mapping, Sequence
 
-__all__ = ["USES", "ACTIONS", "OUTCOMES", "VERDICTS", "KIND_TO_USE", "Policy", "DEFAULT_POLICY",
+__all__ = ["USES", "ACTIONS", "BELOW_ACTIONS", "MatchCondition", "OUTCOMES", "VERDICTS", "KIND_TO_USE", "Policy",
+           "DEFAULT_POLICY",
            "Licence", "MatchedWork", "WorkDecision", "Decision", "use_of_kind", "licence_problem",
-           "covered_seconds", "decide", "DEFAULT_REVIEW_CONFIDENCE"]
+           "covered_seconds", "decide", "resolve", "RESOLUTIONS", "DEFAULT_REVIEW_CONFIDENCE"]
 
 USES = ("copy", "remix", "cover")
 ACTIONS = ("deny", "allow", "licence_required")
-OUTCOMES = ("allowed", "licensed", "blocked", "review")
+OUTCOMES = ("allowed", "licensed", "blocked", "review", "released")
 VERDICTS = ("clear", "allowed", "licensed", "blocked_copy", "blocked_unlicensed_derivative", "review")
+#: What an analyst's review does to one matched work: ``confirm`` its claim (the use stays
+#: blocked), ``allow`` the use (royalties owed as the policy says) or ``release`` the claim
+#: (the work no longer counts against the upload, nothing is owed).
+RESOLUTIONS = ("confirm", "allow", "release")
+#: What a :class:`MatchCondition` does with a match under its minimum: ``allow`` it or send it to ``review``.
+BELOW_ACTIONS = ("allow", "review")
 
 #: Below this confidence a match that the policy would block goes to ``review`` instead: the
 #: calibrated chance that music not in the catalogue matches this well (:class:`matcher.Calibration`,
@@ -71,6 +78,39 @@ def use_of_kind(kind: str) -> str:
 
 
 @dataclass(frozen=True)
+class MatchCondition:
+    """A minimum a match of one use must reach before the policy's action applies to it.
+
+    Attributes
+    ----------
+    use : str
+        :data:`USES`.
+    min_seconds : float
+        Seconds of the upload the work must cover (union of its spans; default 0).
+    min_share : float
+        Share (0–1) of the upload the work must cover (default 0).
+    below : str
+        :data:`BELOW_ACTIONS`: what a match under either minimum gets instead of a block
+        (``allow``: allowed, nothing owed; ``review``: an analyst decides).
+    """
+
+    use: str
+    min_seconds: float = 0.0
+    min_share: float = 0.0
+    below: str = "allow"
+
+    def __post_init__(self):
+        if self.use not in USES:
+            raise ValueError(f"unknown use {self.use!r}; known: {', '.join(USES)}")
+        if not (self.min_seconds >= 0.0) or math.isinf(self.min_seconds):
+            raise ValueError(f"min_seconds must be a finite number of seconds >= 0, not {self.min_seconds}")
+        if not (0.0 <= self.min_share <= 1.0):
+            raise ValueError(f"min_share must be between 0 and 1, not {self.min_share}")
+        if self.below not in BELOW_ACTIONS:
+            raise ValueError(f"below must be one of {', '.join(BELOW_ACTIONS)}, not {self.below!r}")
+
+
+@dataclass(frozen=True)
 class Policy:
     """A work's AI-use policy: one action per use, and the royalty share owed on permitted uses.
 
@@ -81,12 +121,16 @@ class Policy:
     royalty_share : float
         Fraction (0–1) of the revenue attributed to this work that is owed to its
         rights holder when a use is allowed or licensed (default 0).
+    conditions : tuple of MatchCondition
+        At most one per use: a match of that use under the minimum is not blocked but
+        allowed or reviewed, as the condition says (default none).
     """
 
     copy: str = "deny"
     remix: str = "deny"
     cover: str = "deny"
     royalty_share: float = 0.0
+    conditions: tuple[MatchCondition, ...] = ()
 
     def __post_init__(self):
         for use in USES:
@@ -95,6 +139,13 @@ class Policy:
                                  f"not {getattr(self, use)!r}")
         if not (0.0 <= self.royalty_share <= 1.0) or math.isnan(self.royalty_share):
             raise ValueError(f"royalty_share must be between 0 and 1, not {self.royalty_share}")
+        uses = [c.use for c in self.conditions]
+        if len(set(uses)) != len(uses):
+            raise ValueError("at most one condition per use")
+
+    def condition(self, use: str) -> MatchCondition | None:
+        """The condition set for one use, if any."""
+        return next((c for c in self.conditions if c.use == use), None)
 
     def action(self, use: str) -> str:
         """The action for one use (``copy``, ``remix`` or ``cover``)."""
@@ -274,7 +325,15 @@ def _decide_work(match: MatchedWork, policy: Policy, licences: Sequence[Licence]
                    f"matches this well, above {1.0 - review_confidence:.1e}): an analyst must decide")
     seconds = covered_seconds(match.spans, upload_seconds)
     duration_share = seconds / upload_seconds if upload_seconds > 0 else 0.0
-    owed = duration_share * policy.royalty_share if outcome in ("allowed", "licensed") else 0.0
+    condition = policy.condition(use)
+    under_minimum = condition is not None and (seconds < condition.min_seconds
+                                               or duration_share < condition.min_share)
+    if under_minimum and outcome in ("blocked", "review"):
+        outcome = "allowed" if condition.below == "allow" else "review"
+        reason = (f"the match ({seconds:.1f} s, {duration_share:.0%} of the upload) is under the policy's minimum "
+                  f"for {_PLURAL[use]} ({condition.min_seconds:g} s and {condition.min_share:.0%}): "
+                  + ("allowed, nothing owed" if outcome == "allowed" else "an analyst must decide"))
+    owed = duration_share * policy.royalty_share if outcome in ("allowed", "licensed") and not under_minimum else 0.0
     return WorkDecision(work_id=match.work_id, track_id=match.track_id, use=use, action=action,
                         outcome=outcome, licence_id=licence_id, reason=reason,
                         covered_seconds=round(seconds, 3), duration_share=round(duration_share, 4),
@@ -319,11 +378,19 @@ def decide(matches: Sequence[MatchedWork], policies: Mapping[int, Policy],
                                else default_policy, licences, uploader_id, at, review_confidence,
                                upload_seconds)
                   for m in matches)
+    return _verdict(works)
+
+
+def _verdict(works: tuple[WorkDecision, ...]) -> Decision:
+    """The upload's verdict from its works' outcomes (precedence documented in :func:`decide`)."""
     total_owed = round(min(1.0, sum(w.share_owed for w in works)), 4)
-    outcomes = {w.outcome for w in works}
-    blocked = [w for w in works if w.outcome == "blocked"]
+    claimed = [w for w in works if w.outcome != "released"]
+    outcomes = {w.outcome for w in claimed}
+    blocked = [w for w in claimed if w.outcome == "blocked"]
     if not works:
         verdict, reason = "clear", "no protected work was found"
+    elif not claimed:
+        verdict, reason = "allowed", "every claim on the upload was released"
     elif any(w.use == "copy" for w in blocked):
         verdict, reason = "blocked_copy", "the upload copies a protected recording without permission"
     elif blocked:
@@ -336,3 +403,47 @@ def decide(matches: Sequence[MatchedWork], policies: Mapping[int, Policy],
     else:
         verdict, reason = "allowed", "the policies allow every use found"
     return Decision(verdict=verdict, reason=reason, works=works, total_share_owed=total_owed)
+
+
+def resolve(works: Sequence[WorkDecision], resolutions: Mapping[int, str], note: str) -> Decision:
+    """The verdict on an upload once an analyst has resolved some of its matched works.
+
+    Parameters
+    ----------
+    works : sequence of WorkDecision
+        The upload's works as last decided.
+    resolutions : mapping of track id to str
+        One of :data:`RESOLUTIONS` per resolved work; works not named keep their outcome.
+    note : str
+        The analyst's reason, written into each resolved work's ``reason``.
+
+    Returns
+    -------
+    Decision
+        The verdict re-derived as :func:`decide` derives it; a released work is ignored by
+        it (every claim released: ``allowed``). An allowed work owes
+        ``duration_share * royalty_share``; a confirmed or released one owes nothing.
+
+    Raises
+    ------
+    ValueError
+        For a resolution not in :data:`RESOLUTIONS`, or a track id not among ``works``.
+    """
+    known = {w.track_id for w in works}
+    for track_id, resolution in resolutions.items():
+        if resolution not in RESOLUTIONS:
+            raise ValueError(f"unknown resolution {resolution!r}; known: {', '.join(RESOLUTIONS)}")
+        if track_id not in known:
+            raise ValueError(f"track {track_id} was not matched in this upload")
+    outcome_of = {"confirm": "blocked", "allow": "allowed", "release": "released"}
+    resolved = []
+    for work in works:
+        resolution = resolutions.get(work.track_id)
+        if resolution is None:
+            resolved.append(work)
+            continue
+        outcome = outcome_of[resolution]
+        owed = work.duration_share * work.royalty_share if outcome == "allowed" else 0.0
+        resolved.append(replace(work, outcome=outcome, share_owed=round(owed, 4),
+                                reason=f"an analyst chose to {resolution} this claim: {note}"))
+    return _verdict(tuple(resolved))

@@ -22,7 +22,8 @@ from refrain.service.errors import ApiError
 from refrain.service.jobs import JobRunner, JobStore
 from refrain.service.limits import BodyTimeoutMiddleware, SecurityHeadersMiddleware
 from refrain.service.observability import Metrics, ObservabilityMiddleware
-from refrain.service.routers import analyst, health, jobs, keys, licences, matches, principals, works
+from refrain.service.routers import (analyst, conflicts, health, jobs, keys, licences, matches, principals, reviews,
+                                    webhooks, works)
 from refrain.service.schemas import ErrorBody, MatchUploadForm, WorkUploadForm
 from refrain.service.settings import ServiceSettings
 from refrain.service.webhooks import DeliveryLog
@@ -101,7 +102,7 @@ def create_app(settings: ServiceSettings) -> FastAPI:
 
     @app.exception_handler(ApiError)
     async def api_error(request: Request, err: ApiError):
-        return _error(err.status, err.code, err.message, headers=err.headers)
+        return _error(err.status, err.code, err.message, details=err.details, headers=err.headers)
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, err: RequestValidationError):
@@ -121,7 +122,8 @@ def create_app(settings: ServiceSettings) -> FastAPI:
         log.exception("unhandled error on %s %s", request.method, request.url.path)
         return _error(500, "internal_error", "internal error; it was logged on the server")
 
-    for module in (works, licences, matches, jobs, keys, principals, analyst, health):
+    for module in (works, conflicts, licences, matches, reviews, webhooks, jobs, keys, principals, analyst,
+                   health):
         app.include_router(module.router)
 
     def openapi() -> dict:

@@ -35,7 +35,8 @@ from refrain.fingerprint.serialize import fingerprint_to_bytes
 from refrain.index import TrackMetadata
 from refrain.api import QueryResult, Refrain, TrackMatch
 from refrain.config import Config
-from refrain.service.db import ApiKey, CatalogueIntent, ServiceDB, Work, WorkEvidence, utc_now
+from refrain.service.db import (ApiKey, CatalogueIntent, IdempotentDecision, ServiceDB, Work, WorkEvidence,
+                                utc_now)
 from refrain.service.errors import ApiError
 from refrain.service.limits import Admission
 from refrain.service.locking import ReadWriteLock
@@ -44,8 +45,8 @@ from refrain.service.render import spectrogram_png
 from refrain.service.settings import ServiceSettings
 from refrain.service.uploads import ReceivedForm, safe_suffix
 
-__all__ = ["MatchService", "MatchOutcome", "UploadDecision", "decide_upload", "decision_body", "jsonable",
-           "policy_out", "work_out", "licence_out"]
+__all__ = ["MatchService", "MatchOutcome", "UploadDecision", "decide_upload", "decision_body", "resolve_decision",
+           "jsonable", "policy_out", "work_out", "licence_out"]
 
 log = logging.getLogger("refrain.service")
 
@@ -57,17 +58,25 @@ T = TypeVar("T")
 
 @dataclass(frozen=True)
 class MatchOutcome:
-    """The answer to one upload (``body``, shaped as :class:`service.schemas.DecisionOut`) and its evidence."""
+    """The answer to one upload (``body``, shaped as :class:`service.schemas.DecisionOut`) and its evidence.
+
+    ``replayed``: the answer is the decision stored for an earlier request with the same
+    idempotency key (no evidence is recomputed for it).
+    """
 
     body: dict
     evidence: list[WorkEvidence]
+    replayed: bool = False
 
 
 def policy_out(policy_: policy.Policy | None) -> dict:
     """A work's policy as :class:`service.schemas.PolicyOut` fields (None: the default)."""
     effective = policy_ or policy.DEFAULT_POLICY
     return {"copy": effective.copy, "remix": effective.remix, "cover": effective.cover,
-            "royalty_share": effective.royalty_share, "is_default": policy_ is None}
+            "royalty_share": effective.royalty_share,
+            "conditions": [{"use": c.use, "min_seconds": c.min_seconds, "min_share": c.min_share, "below": c.below}
+                           for c in effective.conditions],
+            "is_default": policy_ is None}
 
 
 def work_out(work: Work, policy_: policy.Policy | None) -> dict:
@@ -208,14 +217,21 @@ class MatchService:
         """Ingest an uploaded reference recording and register it as a work.
 
         A recording already registered as a work raises 409; one already in the index
-        without a work (ingested with the CLI) is adopted as this work. The index and the
+        without a work (ingested with the CLI) is adopted as this work. A recording that
+        copies a registered work (a re-encode, an excerpt: any match whose kind is a copy use,
+        at least as confident as ``review_confidence``) raises 409 ``ownership_conflict``
+        with the conflicting works, unless the form says ``conflict=true``: then the work is
+        registered and each conflict enters the conflict queue. The index and the
         database change together or not at all: the intent is recorded first, undone here
         if a step fails, and by :meth:`reconcile` at the next start if the process dies.
         """
         title, rights_holder = form.first("title"), form.first("rights_holder")
         artists, isrc = form.all("artists"), form.first("isrc")
+        as_conflict = form.first("conflict") or "false"
         problems = [f"{name} is required" for name, value in
                     (("title", title), ("rights_holder", rights_holder), ("artists", artists)) if not value]
+        if as_conflict not in ("true", "false"):
+            problems.append("conflict must be true or false")
         if isrc is not None:
             isrc = isrc.replace("-", "").upper()
             if not _ISRC.match(isrc):
@@ -227,8 +243,10 @@ class MatchService:
         # Decode once outside the lock: unreadable or over-long recordings fail fast, with the
         # decoder's typed error, and never hold up matches.
         try:
-            load_audio(form.file_path, self.refrain.params.sample_rate, self.settings.max_reference_seconds)
-        except AudioDecodeError as err:
+            samples = load_audio(form.file_path, self.refrain.params.sample_rate,
+                                 self.settings.max_reference_seconds)
+            fp = fingerprint_signal(samples, self.refrain.params, dense_peaks=True)
+        except (AudioDecodeError, FingerprintError) as err:
             raise _audio_error(err, form.file_path, form.filename) from None
 
         stored = self.settings.works_dir / f"{form.sha256[:32]}{safe_suffix(form.filename)}"
@@ -236,6 +254,12 @@ class MatchService:
         if existing is not None:
             raise ApiError(409, "conflict", f"this recording is already in the catalogue as work "
                                             f"{existing.work_id}")
+        conflicts = self._ownership_conflicts(fp, form.filename)
+        if conflicts and as_conflict == "false":
+            raise ApiError(409, "ownership_conflict",
+                           "this recording copies work " + ", ".join(str(c["work_id"]) for c in conflicts)
+                           + " (see details); register it with conflict=true to put both claims in the "
+                             "conflict queue", details=conflicts)
         intent = self.db.begin_registration(str(stored))
         try:
             shutil.move(form.file_path, stored)
@@ -253,10 +277,23 @@ class MatchService:
                 raise ApiError(409, "conflict", f"this recording is already in the catalogue as "
                                                 f"work {existing.work_id}")
             return self.db.add_work(result.track_id, title, artists, rights_holder, isrc,
-                                    form.filename, str(stored), result.duration, intent.intent_id)
+                                    form.filename, str(stored), result.duration, intent.intent_id,
+                                    tuple(conflicts))
         except BaseException:
             self._settle(intent)
             raise
+
+    def _ownership_conflicts(self, fp: Fingerprint, filename: str) -> list[dict]:
+        """The registered works a new reference recording copies (confident matches of a copy use)."""
+        with self.lock.read():
+            result, _ = self.refrain.match_with_evidence(fp, filename)
+            works = self.db.works_by_track([m.track_id for m in result.matches])
+        return [{"work_id": works[m.track_id].work_id, "title": works[m.track_id].title,
+                 "rights_holder": works[m.track_id].rights_holder, "kind": m.kind, "score": m.score,
+                 "confidence": m.confidence, "spans": [s.to_dict() for s in m.spans]}
+                for m in result.matches
+                if m.track_id in works and policy.use_of_kind(m.kind) == "copy"
+                and m.confidence >= self.settings.review_confidence]
 
     def delete_work(self, work_id: int) -> Work:
         """Remove a work from the catalogue and the index; its decisions stay for the audit.
@@ -342,15 +379,21 @@ class MatchService:
     # -- matching ------------------------------------------------------------------------------
 
     def match_upload(self, form: ReceivedForm, key: ApiKey, store: bool,
-                     decision_id: str | None = None) -> MatchOutcome:
+                     decision_id: str | None = None, idempotency_key: str | None = None) -> MatchOutcome:
         """Decode, fingerprint, match, decide, and (if ``store``) record the decision.
 
         The upload is made as ``key``'s principal: licences are checked against it. The
         form's ``uploader_id`` only labels a sub-account of that principal, for the audit.
         ``decision_id`` names the stored decision (default: a new random id); an
         asynchronous job passes its own, so that a job run again after a restart can tell
-        whether its decision was already stored.
+        whether its decision was already stored. ``idempotency_key`` (stored decisions
+        only): a key the principal already used with the same bytes answers that decision
+        as it stands now, without analysing again; with other bytes, 409.
         """
+        if idempotency_key is not None:
+            earlier = self.db.idempotent_decision(key.principal_id, idempotency_key)
+            if earlier is not None:
+                return self._replay(earlier, form.sha256, idempotency_key)
         uploader_id = form.first("uploader_id")
         licence_ids = form.all("licence_id")
         if uploader_id is not None and len(uploader_id) > 200:
@@ -393,12 +436,25 @@ class MatchService:
         if store:
             self.forget_old_spectrograms()
             with stage("store"):
-                self.db.add_decision(body["decision_id"], now, decided.decision.verdict, uploader_id, key,
-                                     form.filename, jsonable(body), stored_evidence,
-                                     fingerprint_to_bytes(fp, params))
+                earlier = self.db.add_decision(
+                    body["decision_id"], now, decided.decision.verdict, uploader_id, key, form.filename,
+                    jsonable(body), stored_evidence, fingerprint_to_bytes(fp, params),
+                    idempotency=(idempotency_key, form.sha256) if idempotency_key is not None else None)
+            if earlier is not None:  # a concurrent request with the same key stored its decision first
+                return self._replay(earlier, form.sha256, idempotency_key)
         annotate(audio_seconds=round(fp.duration, 3), decision_id=body["decision_id"], verdict=body["verdict"],
                  matched_kinds=[m.kind for m in decided.result.matches])
         return MatchOutcome(body, stored_evidence)
+
+    def _replay(self, earlier: IdempotentDecision, upload_sha256: str, idempotency_key: str) -> MatchOutcome:
+        """The decision stored for an earlier use of an idempotency key; 409 if it was used for other bytes."""
+        if earlier.upload_sha256 != upload_sha256:
+            raise ApiError(409, "idempotency_key_reused",
+                           f"Idempotency-Key {idempotency_key!r} was used for another upload (decision "
+                           f"{earlier.decision_id}); use a new key for new bytes")
+        stored = self.db.get_decision(earlier.decision_id)  # stored decisions are never deleted
+        annotate(decision_id=stored.decision_id, verdict=stored.verdict, idempotent_replay=True)
+        return MatchOutcome(stored.body, [], replayed=True)
 
     def _evidence(self, m: TrackMatch, points: np.ndarray, work: Work | None, samples: np.ndarray) -> WorkEvidence:
         """Aligned points and the spectrogram of the strongest span (padded 1 s, capped)."""
@@ -508,6 +564,55 @@ def _matched_work(m: TrackMatch, work: Work | None, policies: dict, decided: pol
                     "duration_share": decided.duration_share,
                     "royalty_share": decided.royalty_share, "share_owed": decided.share_owed},
     }
+
+
+def resolve_decision(db: ServiceDB, decision_id: str, resolutions: dict[int, str], note: str,
+                     actor: str) -> dict:
+    """Apply an analyst's resolution to a stored decision and return its new answer.
+
+    Parameters
+    ----------
+    db : ServiceDB
+    decision_id : str
+    resolutions : dict of int to str
+        Track id -> one of :data:`policy.RESOLUTIONS`.
+    note : str
+        Why: kept in the decision history and in each resolved work's reason.
+    actor : str
+        The principal of the analyst's key.
+
+    Raises
+    ------
+    ApiError
+        404 for an unknown decision, 422 for a track the decision did not match, 409 when
+        the decision changed while it was being resolved (nothing was changed).
+    """
+    stored = db.get_decision(decision_id)
+    if stored is None:
+        raise ApiError(404, "not_found", f"decision {decision_id} not found")
+    body = stored.body
+    works = [policy.WorkDecision(work_id=w["work_id"], track_id=w["track_id"], use=w["use"], action=w["action"],
+                                 outcome=w["outcome"], licence_id=w["licence_id"], reason=w["reason"],
+                                 covered_seconds=w["royalty"]["covered_seconds"],
+                                 duration_share=w["royalty"]["duration_share"],
+                                 royalty_share=w["royalty"]["royalty_share"], share_owed=w["royalty"]["share_owed"])
+             for w in body["works"]]
+    try:
+        resolved = policy.resolve(works, resolutions, note)
+    except ValueError as err:
+        raise ApiError(422, "validation_error", f"decision {decision_id}: {err}") from None
+    by_track = {w.track_id: w for w in resolved.works}
+    new_body = {**body, "verdict": resolved.verdict, "reason": resolved.reason,
+                "total_share_owed": resolved.total_share_owed,
+                "works": [{**w, "outcome": by_track[w["track_id"]].outcome, "reason": by_track[w["track_id"]].reason,
+                           "royalty": {**w["royalty"], "share_owed": by_track[w["track_id"]].share_owed}}
+                          for w in body["works"]]}
+    if not db.apply_resolution(decision_id, "rev_" + secrets.token_urlsafe(9), utc_now(), body, new_body, actor,
+                               note):
+        raise ApiError(409, "conflict", f"decision {decision_id} changed while it was being resolved; "
+                                        "reload it and resolve again")
+    annotate(decision_id=decision_id, verdict=resolved.verdict)
+    return new_body
 
 
 def jsonable(value):

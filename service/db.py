@@ -18,18 +18,19 @@ import sqlite3
 import os
 import threading
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Iterator
 
 import numpy as np
 
-from refrain.policy import Licence, Policy
+from refrain.policy import Licence, MatchCondition, Policy
 
 __all__ = ["ServiceDB", "SchemaError", "DatabaseBusyError", "LastAdminKeyError", "PrincipalKindError", "Work",
            "ApiKey", "Principal", "StoredDecision", "DecisionChange", "RescanCandidate", "WorkEvidence",
-           "CatalogueIntent", "ROLES", "PRINCIPAL_KINDS", "KIND_OF_ROLE", "hash_key", "utc_now"]
+           "CatalogueIntent", "IdempotentDecision",
+           "WorkConflict", "Webhook", "ROLES", "PRINCIPAL_KINDS", "KIND_OF_ROLE", "hash_key", "utc_now"]
 
 ROLES = ("uploader", "analyst", "admin")
 PRINCIPAL_KINDS = ("uploader", "rights_holder", "analyst_team", "admin")
@@ -170,6 +171,55 @@ _MIGRATIONS = [
         created_at    TEXT    NOT NULL
     );
     """,
+    # Reviews: an analyst's resolution changes a verdict like a rescan does, so it joins the
+    # same history, saying who made it (the key's principal) and of which kind it was.
+    """
+    ALTER TABLE decision_changes ADD COLUMN kind TEXT NOT NULL DEFAULT 'rescan'
+        CHECK (kind IN ('rescan', 'resolution'));
+    ALTER TABLE decision_changes ADD COLUMN actor TEXT;
+    """,
+    # Idempotency keys: a retried upload (same principal, same key, same bytes) gets the decision
+    # already made instead of a second one. Stored with the decision, in its transaction.
+    """
+    CREATE TABLE idempotency_keys (
+        principal_id  INTEGER NOT NULL REFERENCES principals (principal_id),
+        idempotency_key TEXT  NOT NULL,
+        upload_sha256 TEXT    NOT NULL,
+        decision_id   TEXT    NOT NULL REFERENCES decisions (decision_id) ON DELETE CASCADE,
+        created_at    TEXT    NOT NULL,
+        PRIMARY KEY (principal_id, idempotency_key)
+    );
+    """,
+    # Ownership conflicts: a work registered although its recording copies an existing work
+    # (the admin said so explicitly). Both claims stay in this queue until resolved.
+    """
+    CREATE TABLE work_conflicts (
+        conflict_id   INTEGER PRIMARY KEY AUTOINCREMENT,
+        work_id       INTEGER NOT NULL REFERENCES works (work_id) ON DELETE CASCADE,  -- the newer claim
+        claimed_work_id INTEGER NOT NULL REFERENCES works (work_id) ON DELETE CASCADE,  -- the earlier one
+        kind          TEXT    NOT NULL,           -- the matcher's kind of the newer recording vs the earlier
+        score         REAL    NOT NULL,
+        confidence    REAL    NOT NULL,
+        spans         TEXT    NOT NULL,           -- JSON list of matcher spans (newer s, earlier s)
+        created_at    TEXT    NOT NULL,
+        resolved_at   TEXT
+    );
+    CREATE INDEX work_conflicts_open ON work_conflicts (resolved_at, conflict_id);
+    """,
+    # Policy conditions: per use, the minimum a match must reach before the policy's action applies.
+    """
+    ALTER TABLE policies ADD COLUMN conditions TEXT NOT NULL DEFAULT '[]';  -- JSON list of MatchCondition fields
+    """,
+    # Webhooks an admin registered for decision changes. The secret is kept as given: it signs.
+    """
+    CREATE TABLE webhooks (
+        webhook_id    TEXT    PRIMARY KEY,
+        url           TEXT    NOT NULL,
+        events        TEXT    NOT NULL,           -- JSON list of event names
+        secret        TEXT    NOT NULL,
+        created_at    TEXT    NOT NULL
+    );
+    """,
 ]
 
 
@@ -277,7 +327,12 @@ class StoredDecision:
 
 @dataclass(frozen=True)
 class DecisionChange:
-    """A verdict changed after the fact by a rescan (``decision_changes``): what it was, when, why."""
+    """A verdict changed after the fact (``decision_changes``): what it was, when, why, by whom.
+
+    ``kind`` is ``rescan`` (``run_id`` is the rescan run, ``actor`` None) or ``resolution``
+    (an analyst's review: ``run_id`` is the review's id, ``actor`` the analyst's principal,
+    ``reason`` their note).
+    """
 
     decision_id: str
     run_id: str
@@ -286,6 +341,8 @@ class DecisionChange:
     new_verdict: str
     reason: str
     old_body: dict
+    kind: str
+    actor: str | None
 
 
 @dataclass(frozen=True)
@@ -297,6 +354,40 @@ class RescanCandidate:
     verdict: str
     body: dict
     fingerprint: bytes | None
+
+
+@dataclass(frozen=True)
+class Webhook:
+    """A receiver of decision-change notifications, registered by an admin."""
+
+    webhook_id: str
+    url: str
+    events: list[str]
+    secret: str
+    created_at: datetime
+
+
+@dataclass(frozen=True)
+class WorkConflict:
+    """Two works claiming one recording (``work_conflicts``): the newer work copies the earlier one."""
+
+    conflict_id: int
+    work_id: int
+    claimed_work_id: int
+    kind: str
+    score: float
+    confidence: float
+    spans: list[dict]
+    created_at: datetime
+    resolved_at: datetime | None
+
+
+@dataclass(frozen=True)
+class IdempotentDecision:
+    """The decision an idempotency key was first used for, and the SHA-256 of the upload it was used with."""
+
+    decision_id: str
+    upload_sha256: str
 
 
 @dataclass(frozen=True)
@@ -400,16 +491,37 @@ class ServiceDB:
                     duration=row["duration"], created_at=_parse(row["created_at"]))
 
     def add_work(self, track_id: int, title: str, artists: list[str], rights_holder: str,
-                 isrc: str | None, filename: str, stored_path: str, duration: float, intent_id: int) -> Work:
-        """Register a work and close its registration intent, in one transaction."""
+                 isrc: str | None, filename: str, stored_path: str, duration: float, intent_id: int,
+                 conflicts: tuple[dict, ...] = ()) -> Work:
+        """Register a work and close its registration intent, in one transaction.
+
+        ``conflicts``: the existing works its recording copies, registered as ownership
+        conflicts with it (keys ``work_id``, ``kind``, ``score``, ``confidence``, ``spans``).
+        """
+        now = _iso(utc_now())
         with self._transaction() as db:
             cursor = db.execute(
                 "INSERT INTO works (track_id, title, artists, rights_holder, isrc, filename, stored_path,"
                 " duration, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (track_id, title, json.dumps(artists), rights_holder, isrc, filename, stored_path,
-                 duration, _iso(utc_now())))
+                 duration, now))
+            work_id = int(cursor.lastrowid)
+            db.executemany("INSERT INTO work_conflicts (work_id, claimed_work_id, kind, score, confidence, spans,"
+                           " created_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                           [(work_id, c["work_id"], c["kind"], c["score"], c["confidence"], json.dumps(c["spans"]),
+                             now) for c in conflicts])
             db.execute("DELETE FROM catalogue_intents WHERE intent_id = ?", (intent_id,))
-        return self.get_work(int(cursor.lastrowid))
+        return self.get_work(work_id)
+
+    def list_conflicts(self, include_resolved: bool, limit: int, offset: int) -> tuple[list[WorkConflict], int]:
+        """Ownership conflicts, oldest first (open ones only unless ``include_resolved``); and how many in all."""
+        clause = "" if include_resolved else " WHERE resolved_at IS NULL"
+        rows = self._query(f"SELECT * FROM work_conflicts{clause} ORDER BY conflict_id LIMIT ? OFFSET ?",
+                           (limit, offset))
+        total = self._query(f"SELECT COUNT(*) FROM work_conflicts{clause}")[0][0]
+        return [WorkConflict(row["conflict_id"], row["work_id"], row["claimed_work_id"], row["kind"], row["score"],
+                             row["confidence"], json.loads(row["spans"]), _parse(row["created_at"]),
+                             _parse(row["resolved_at"])) for row in rows], int(total)
 
     def get_work(self, work_id: int) -> Work | None:
         rows = self._query("SELECT * FROM works WHERE work_id = ?", (work_id,))
@@ -479,16 +591,39 @@ class ServiceDB:
         marks = ",".join("?" * len(work_ids))
         rows = self._query(f"SELECT * FROM policies WHERE work_id IN ({marks})", work_ids)
         return {row["work_id"]: Policy(copy=row["copy"], remix=row["remix"], cover=row["cover"],
-                                       royalty_share=row["royalty_share"]) for row in rows}
+                                       royalty_share=row["royalty_share"],
+                                       conditions=tuple(MatchCondition(**c) for c in json.loads(row["conditions"])))
+                for row in rows}
 
     def set_policy(self, work_id: int, policy: Policy) -> None:
         self._execute(
-            "INSERT INTO policies (work_id, copy, remix, cover, royalty_share, updated_at)"
-            " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (work_id) DO UPDATE SET copy = excluded.copy,"
-            " remix = excluded.remix, cover = excluded.cover,"
-            " royalty_share = excluded.royalty_share, updated_at = excluded.updated_at",
+            "INSERT INTO policies (work_id, copy, remix, cover, royalty_share, conditions, updated_at)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (work_id) DO UPDATE SET copy = excluded.copy,"
+            " remix = excluded.remix, cover = excluded.cover, royalty_share = excluded.royalty_share,"
+            " conditions = excluded.conditions, updated_at = excluded.updated_at",
             (work_id, policy.copy, policy.remix, policy.cover, policy.royalty_share,
-             _iso(utc_now())))
+             json.dumps([asdict(c) for c in policy.conditions]), _iso(utc_now())))
+
+    # -- webhooks ------------------------------------------------------------------------------
+
+    @staticmethod
+    def _webhook(row: sqlite3.Row) -> Webhook:
+        return Webhook(row["webhook_id"], row["url"], json.loads(row["events"]), row["secret"],
+                       _parse(row["created_at"]))
+
+    def add_webhook(self, url: str, events: list[str], secret: str) -> Webhook:
+        webhook_id = "wh_" + secrets.token_urlsafe(9)
+        self._execute("INSERT INTO webhooks (webhook_id, url, events, secret, created_at) VALUES (?, ?, ?, ?, ?)",
+                      (webhook_id, url, json.dumps(events), secret, _iso(utc_now())))
+        return self._webhook(self._query("SELECT * FROM webhooks WHERE webhook_id = ?", (webhook_id,))[0])
+
+    def list_webhooks(self, event: str | None = None) -> list[Webhook]:
+        """The registered webhooks (those subscribed to ``event`` if given), oldest first."""
+        hooks = [self._webhook(row) for row in self._query("SELECT * FROM webhooks ORDER BY created_at, webhook_id")]
+        return [hook for hook in hooks if event is None or event in hook.events]
+
+    def delete_webhook(self, webhook_id: str) -> bool:
+        return self._execute("DELETE FROM webhooks WHERE webhook_id = ?", (webhook_id,)).rowcount > 0
 
     # -- licences ------------------------------------------------------------------------------
 
@@ -644,8 +779,14 @@ class ServiceDB:
 
     def add_decision(self, decision_id: str, created_at: datetime, verdict: str,
                      uploader_id: str | None, key: ApiKey, filename: str, body: dict,
-                     evidence: list[WorkEvidence], fingerprint: bytes | None = None) -> None:
-        """Store a decision made for ``key``'s principal, its evidence and the upload's fingerprint blob."""
+                     evidence: list[WorkEvidence], fingerprint: bytes | None = None,
+                     idempotency: tuple[str, str] | None = None) -> IdempotentDecision | None:
+        """Store a decision made for ``key``'s principal, its evidence and the upload's fingerprint blob.
+
+        ``idempotency`` is ``(idempotency key, upload sha256)``: stored with the decision. If
+        the principal already used that key (a concurrent retry won the race), nothing is
+        stored and the earlier decision is returned instead; otherwise None.
+        """
         with self._lock, _busy_as_error():
             self._db.execute("BEGIN IMMEDIATE")
             try:
@@ -663,10 +804,30 @@ class ServiceDB:
                 if fingerprint is not None:
                     self._db.execute("INSERT INTO decision_fingerprints (decision_id, fingerprint)"
                                      " VALUES (?, ?)", (decision_id, fingerprint))
+                if idempotency is not None:
+                    earlier = self._idempotent(key.principal_id, idempotency[0])
+                    if earlier is not None:
+                        self._db.execute("ROLLBACK")
+                        return earlier
+                    self._db.execute("INSERT INTO idempotency_keys (principal_id, idempotency_key, upload_sha256,"
+                                     " decision_id, created_at) VALUES (?, ?, ?, ?, ?)",
+                                     (key.principal_id, *idempotency, decision_id, _iso(created_at)))
                 self._db.execute("COMMIT")
+                return None
             except BaseException:
                 self._db.execute("ROLLBACK")
                 raise
+
+    def _idempotent(self, principal_id: int, idempotency_key: str) -> IdempotentDecision | None:
+        row = self._db.execute("SELECT decision_id, upload_sha256 FROM idempotency_keys"
+                               " WHERE principal_id = ? AND idempotency_key = ?",
+                               (principal_id, idempotency_key)).fetchone()
+        return IdempotentDecision(row["decision_id"], row["upload_sha256"]) if row else None
+
+    def idempotent_decision(self, principal_id: int, idempotency_key: str) -> IdempotentDecision | None:
+        """The decision this principal's idempotency key was first used for; None if unused."""
+        with self._lock, _busy_as_error():
+            return self._idempotent(principal_id, idempotency_key)
 
     def forget_spectrograms(self, before: datetime) -> int:
         """Drop the spectrogram images of decisions made before ``before``; how many were dropped.
@@ -696,8 +857,13 @@ class ServiceDB:
             spectrogram_end=row["spectrogram_end"]) for row in rows}
 
     def list_decisions(self, work_id: int | None, verdict: str | None, since: datetime | None,
-                       limit: int, offset: int) -> tuple[list[StoredDecision], int]:
-        """Stored decisions, newest first, filtered; and how many match the filters in all."""
+                       limit: int, offset: int, *, until: datetime | None = None, uploader_id: str | None = None,
+                       kind: str | None = None, oldest_first: bool = False) -> tuple[list[StoredDecision], int]:
+        """Stored decisions, newest first (or oldest first), filtered; and how many match the filters in all.
+
+        ``since`` is inclusive, ``until`` exclusive; ``kind`` keeps decisions with a work
+        matched as that matcher kind.
+        """
         where, params = [], []
         if work_id is not None:
             where.append("decision_id IN (SELECT decision_id FROM decision_works WHERE work_id = ?)")
@@ -708,8 +874,19 @@ class ServiceDB:
         if since is not None:
             where.append("created_at >= ?")
             params.append(_iso(since))
+        if until is not None:
+            where.append("created_at < ?")
+            params.append(_iso(until))
+        if uploader_id is not None:
+            where.append("uploader_id = ?")
+            params.append(uploader_id)
+        if kind is not None:
+            where.append("EXISTS (SELECT 1 FROM json_each(decisions.body, '$.works')"
+                         " WHERE json_extract(value, '$.kind') = ?)")
+            params.append(kind)
         clause = (" WHERE " + " AND ".join(where)) if where else ""
-        rows = self._query(f"SELECT * FROM decisions{clause} ORDER BY created_at DESC, decision_id DESC"
+        order = "ASC" if oldest_first else "DESC"
+        rows = self._query(f"SELECT * FROM decisions{clause} ORDER BY created_at {order}, decision_id {order}"
                            " LIMIT ? OFFSET ?", (*params, limit, offset))
         total = self._query(f"SELECT COUNT(*) FROM decisions{clause}", params)[0][0]
         return ([StoredDecision(r["decision_id"], _parse(r["created_at"]), r["verdict"],
@@ -758,18 +935,50 @@ class ServiceDB:
                 if not rows or done or rows[0]["verdict"] != old_verdict:
                     self._db.execute("ROLLBACK")
                     return False
-                self._db.execute(
-                    "INSERT INTO decision_changes (decision_id, run_id, changed_at, old_verdict, new_verdict,"
-                    " reason, old_body) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                    (decision_id, run_id, _iso(changed_at), old_verdict, new_body["verdict"], reason,
-                     rows[0]["body"]))
-                self._db.execute("UPDATE decisions SET verdict = ?, body = ? WHERE decision_id = ?",
-                                 (new_body["verdict"], json.dumps(new_body), decision_id))
+                self._record_change(decision_id, run_id, changed_at, old_verdict, new_body, reason,
+                                    rows[0]["body"], "rescan", None)
                 self._db.executemany(
                     "INSERT INTO decision_works (decision_id, work_id, track_id, points) VALUES (?, ?, ?, ?)"
                     " ON CONFLICT (decision_id, track_id) DO NOTHING",
                     [(decision_id, e.work_id, e.track_id, np.ascontiguousarray(e.points, dtype="<f4").tobytes())
                      for e in evidence])
+                self._db.execute("COMMIT")
+                return True
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+
+    def _record_change(self, decision_id: str, run_id: str, changed_at: datetime, old_verdict: str,
+                       new_body: dict, reason: str, old_body_json: str, kind: str, actor: str | None) -> None:
+        """Within a caller's write transaction: keep the old answer in the history, store the new one."""
+        self._db.execute(
+            "INSERT INTO decision_changes (decision_id, run_id, changed_at, old_verdict, new_verdict,"
+            " reason, old_body, kind, actor) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (decision_id, run_id, _iso(changed_at), old_verdict, new_body["verdict"], reason,
+             old_body_json, kind, actor))
+        self._db.execute("UPDATE decisions SET verdict = ?, body = ? WHERE decision_id = ?",
+                         (new_body["verdict"], json.dumps(new_body), decision_id))
+
+    def apply_resolution(self, decision_id: str, review_id: str, resolved_at: datetime, old_body: dict,
+                         new_body: dict, actor: str, note: str) -> bool:
+        """Store an analyst's resolution of a decision, keeping the old answer in its history.
+
+        Returns
+        -------
+        bool
+            False when nothing was changed: the decision is gone, or its answer is no longer
+            ``old_body`` (a rescan or another review changed it since it was read).
+        """
+        with self._lock, _busy_as_error():
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                row = self._db.execute("SELECT body FROM decisions WHERE decision_id = ?",
+                                       (decision_id,)).fetchone()
+                if row is None or json.loads(row["body"]) != old_body:
+                    self._db.execute("ROLLBACK")
+                    return False
+                self._record_change(decision_id, review_id, resolved_at, old_body["verdict"], new_body, note,
+                                    row["body"], "resolution", actor)
                 self._db.execute("COMMIT")
                 return True
             except BaseException:
@@ -782,8 +991,9 @@ class ServiceDB:
                                 (run_id, decision_id)))
 
     def decision_history(self, decision_id: str) -> list[DecisionChange]:
-        """Every rescan change of a decision, oldest first."""
+        """Every change of a decision (rescans and resolutions), oldest first."""
         rows = self._query("SELECT * FROM decision_changes WHERE decision_id = ? ORDER BY change_id",
                            (decision_id,))
         return [DecisionChange(row["decision_id"], row["run_id"], _parse(row["changed_at"]), row["old_verdict"],
-                               row["new_verdict"], row["reason"], json.loads(row["old_body"])) for row in rows]
+                               row["new_verdict"], row["reason"], json.loads(row["old_body"]), row["kind"],
+                               row["actor"]) for row in rows]

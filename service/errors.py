@@ -19,11 +19,15 @@ class ApiError(Exception):
         One sentence saying what was wrong and, where it helps, what to do.
     headers : dict, optional
         Extra response headers (``WWW-Authenticate`` on 401).
+    details : list of dict, optional
+        Structured facts behind the error (e.g. the conflicting works of a 409).
     """
 
-    def __init__(self, status: int, code: str, message: str, headers: dict[str, str] | None = None):
+    def __init__(self, status: int, code: str, message: str, headers: dict[str, str] | None = None,
+                 details: list[dict] | None = None):
         super().__init__(message)
         self.status = status
         self.code = code
         self.message = message
         self.headers = headers or {}
+        self.details = details

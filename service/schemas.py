@@ -11,11 +11,13 @@ from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field
 from refrain.matcher import KINDS, Match, Span
 
 __all__ = [
-    "Action", "Use", "Verdict", "Outcome", "Role", "ErrorBody", "PolicyBody", "PolicyOut", "WorkOut",
-    "WorkList", "WorkUploadForm", "LicenceIn", "LicenceOut", "LicenceList", "KeyIn", "KeyCreated",
+    "Action", "Use", "Verdict", "Outcome", "Role", "ErrorBody", "ConditionBody", "PolicyBody", "PolicyOut", "WorkOut",
+    "WorkList", "WorkUploadForm", "ConflictOut", "ConflictList", "LicenceIn", "LicenceOut", "LicenceList",
+    "KeyIn", "KeyCreated",
     "KeyOut", "KeyList", "PrincipalIn", "PrincipalOut", "PrincipalList", "MatchUploadForm", "SpanOut",
     "RoyaltyOut", "MatchedWorkOut", "FingerprintSummary", "DecisionOut", "EvidenceOut", "VerdictChangeOut",
-    "DecisionDetail", "DecisionSummary", "DecisionList", "Health", "MAX_DB_INTEGER", "DbId", "BoundedDatetime",
+    "DecisionDetail", "WebhookIn", "WebhookOut", "WebhookList", "WorkResolutionIn", "ResolutionIn",
+    "DecisionSummary", "DecisionList", "Health", "MAX_DB_INTEGER", "DbId", "BoundedDatetime",
     "BoundedAwareDatetime", "Readiness", "ReadinessChecks", "JobState", "JobError", "WebhookDeliveryOut", "JobOut",
 ]
 
@@ -43,7 +45,7 @@ Action = Literal["deny", "allow", "licence_required"]
 Use = Literal["copy", "remix", "cover"]
 Verdict = Literal["clear", "allowed", "licensed", "blocked_copy", "blocked_unlicensed_derivative",
                   "review"]
-Outcome = Literal["allowed", "licensed", "blocked", "review"]
+Outcome = Literal["allowed", "licensed", "blocked", "review", "released"]
 Role = Literal["uploader", "analyst", "admin"]
 Kind = Literal[KINDS]  # type: ignore[valid-type]
 Tier = Literal["pair", "triplet", "peaks", "melody"]
@@ -59,12 +61,25 @@ class ErrorBody(BaseModel):
     code: str = Field(description="Stable identifier, e.g. `not_found`, `payload_too_large`, "
                                   "`unsupported_media_type`, `validation_error` (see docs/service.md)")
     message: str = Field(description="What was wrong, in one sentence")
-    details: list[dict] | None = Field(None, description="Per-field problems of a 422 validation error")
+    details: list[dict] | None = Field(None, description="Per-field problems of a 422 validation error; the "
+                                                         "conflicting works (work_id, title, rights_holder, "
+                                                         "kind, score, confidence, spans) of a 409 "
+                                                         "`ownership_conflict`")
     request_id: str | None = Field(None, description="The request's id, as in the `X-Request-ID` header: "
                                                      "quote it when reporting a problem")
 
 
 # -- works and policies --------------------------------------------------------------------------
+
+
+class ConditionBody(_Strict):
+    """A minimum one use's matches must reach before the policy's action applies to them."""
+
+    use: Use
+    min_seconds: float = Field(0.0, ge=0.0, le=86400.0, description="Seconds of the upload the work must cover")
+    min_share: float = Field(0.0, ge=0.0, le=1.0, description="Share (0–1) of the upload the work must cover")
+    below: Literal["allow", "review"] = Field("allow", description="What a match under either minimum gets "
+                                              "instead of a block: `allow` (nothing owed) or `review`")
 
 
 class PolicyBody(_Strict):
@@ -79,6 +94,8 @@ class PolicyBody(_Strict):
     cover: Action = Field(description="The composition re-performed")
     royalty_share: float = Field(ge=0.0, le=1.0, description="Fraction of the revenue attributed "
                                  "to this work owed to its rights holder on an allowed or licensed use")
+    conditions: list[ConditionBody] = Field(default_factory=list, max_length=3,
+                                            description="At most one per use (Content ID's match policies)")
 
 
 class PolicyOut(PolicyBody):
@@ -119,6 +136,33 @@ class WorkUploadForm(BaseModel):
     artists: list[str] = Field(min_length=1, description="Repeat the field once per artist")
     rights_holder: str = Field(max_length=500)
     isrc: str | None = Field(None, description="12 characters, e.g. `GBAYE0601498` (hyphens allowed)")
+    conflict: Literal["true", "false"] = Field(
+        "false", description="`true`: register the work although its recording copies a registered work "
+                             "(the 409 `ownership_conflict` lists them); each such claim enters the conflict "
+                             "queue (`GET /v1/conflicts`)")
+
+
+class ConflictOut(BaseModel):
+    """Two works claiming one recording: ``work_id`` was registered (explicitly, as a conflict) although its
+    recording copies ``claimed_work_id``."""
+
+    conflict_id: int
+    work_id: int = Field(description="The newer claim")
+    claimed_work_id: int = Field(description="The earlier work its recording copies")
+    kind: str = Field(description="The matcher's kind of the newer recording against the earlier one")
+    score: float
+    confidence: float
+    spans: list[dict] = Field(description="Matched spans: `query_*` seconds of the newer recording, `ref_*` of "
+                                          "the earlier one")
+    created_at: datetime
+    resolved_at: datetime | None
+
+
+class ConflictList(BaseModel):
+    items: list[ConflictOut]
+    total: int
+    limit: int
+    offset: int
 
 
 # -- licences -----------------------------------------------------------------------------------
@@ -310,13 +354,59 @@ class EvidenceOut(BaseModel):
 
 
 class VerdictChangeOut(BaseModel):
-    """A stored decision's verdict changed after the fact by ``refrain rescan uploads --apply``."""
+    """A stored decision's verdict changed after the fact: by ``refrain rescan uploads --apply`` or an
+    analyst's resolution."""
 
-    run_id: str = Field(description="The rescan run that made the change")
+    kind: Literal["rescan", "resolution"]
+    run_id: str = Field(description="The rescan run (`kind=rescan`) or the review (`rev_…`) that made the change")
+    actor: str | None = Field(description="The principal of the analyst who resolved it; null for a rescan")
     changed_at: datetime
     old_verdict: Verdict
     new_verdict: Verdict
-    reason: str = Field(description="Why the verdict changed, work by work")
+    reason: str = Field(description="Why the verdict changed: work by work for a rescan, the analyst's note "
+                                    "for a resolution")
+
+
+WebhookEvent = Literal["decision.resolved"]
+
+
+class WebhookIn(_Strict):
+    """A receiver of decision-change notifications."""
+
+    url: str = Field(min_length=8, max_length=2000, pattern=r"^https?://[^\s]+$",
+                     description="Where the signed JSON is POSTed (http or https)")
+    events: list[WebhookEvent] = Field(min_length=1, description="`decision.resolved`: an analyst resolved a "
+                                                                  "decision")
+    secret: str = Field(min_length=16, max_length=200, description="Key of the HMAC-SHA256 signature "
+                        "(`X-Refrain-Signature`, see docs/operations.md); never shown again")
+
+
+class WebhookOut(BaseModel):
+    webhook_id: str
+    url: str
+    events: list[WebhookEvent]
+    created_at: datetime
+
+
+class WebhookList(BaseModel):
+    items: list[WebhookOut]
+
+
+class WorkResolutionIn(_Strict):
+    """What the analyst decides about one matched work."""
+
+    track_id: DbId = Field(description="The matched track (`works[].track_id` of the decision)")
+    resolution: Literal["confirm", "allow", "release"] = Field(
+        description="`confirm`: the claim stands, the use stays blocked; `allow`: the use is allowed, royalties "
+                    "are owed as the policy says; `release`: the claim is dropped, nothing is owed")
+
+
+class ResolutionIn(_Strict):
+    """An analyst's resolution of a stored decision: one entry per work resolved, and why."""
+
+    works: list[WorkResolutionIn] = Field(min_length=1, max_length=100)
+    note: str = Field(min_length=1, max_length=2000, pattern=r"\S",
+                      description="Why: kept in the decision history with the analyst's principal")
 
 
 class DecisionDetail(DecisionOut):

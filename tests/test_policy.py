@@ -6,8 +6,9 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from refrain.policy import (DEFAULT_POLICY, KIND_TO_USE, Licence, MatchedWork, Policy, covered_seconds, decide,
-                    use_of_kind)
+from refrain.policy import (DEFAULT_POLICY, KIND_TO_USE, Licence, MatchCondition, MatchedWork, Policy,
+                            covered_seconds, decide,
+                            resolve, use_of_kind)
 from refrain.matcher import KINDS
 
 NOW = datetime(2026, 6, 1, tzinfo=timezone.utc)
@@ -97,3 +98,66 @@ def test_policies_are_validated():
         Policy(copy="maybe")
     with pytest.raises(ValueError, match="royalty_share"):
         Policy(royalty_share=1.5)
+
+
+def test_a_resolution_rederives_the_verdict_from_the_resolved_works():
+    policies = {1: Policy(copy="deny", royalty_share=0.5), 2: Policy(remix="deny", royalty_share=0.2)}
+    decided = verdict([matched(1, "excerpt"), matched(2, "mixed", spans=((0.0, 5.0),))], policies)
+    assert decided.verdict == "blocked_copy"
+    copy_track, remix_track = (w.track_id for w in decided.works)
+
+    # Releasing the copy leaves the remix's block standing; confirming keeps a block.
+    released = resolve(decided.works, {copy_track: "release"}, "public-domain recording")
+    assert released.verdict == "blocked_unlicensed_derivative"
+    assert released.works[0].outcome == "released" and released.works[0].share_owed == 0.0
+    assert "public-domain recording" in released.works[0].reason
+    assert released.works[1] == decided.works[1]
+    assert resolve(decided.works, {copy_track: "confirm"}, "n").verdict == "blocked_copy"
+
+    # Allowing owes the policy's share of the covered time; every claim released is allowed.
+    allowed = resolve(decided.works, {copy_track: "allow", remix_track: "release"}, "licence on paper")
+    assert allowed.verdict == "allowed"
+    assert allowed.works[0].share_owed == pytest.approx(10.0 / 20.0 * 0.5)
+    assert allowed.total_share_owed == pytest.approx(0.25)
+    nothing = resolve(decided.works, {copy_track: "release", remix_track: "release"}, "not these works")
+    assert (nothing.verdict, nothing.total_share_owed) == ("allowed", 0.0)
+    assert nothing.reason == "every claim on the upload was released"
+
+
+def test_a_resolution_of_an_unknown_track_or_with_an_unknown_action_is_refused():
+    decided = verdict([matched(1, "copy")])
+    with pytest.raises(ValueError, match="not matched"):
+        resolve(decided.works, {999: "allow"}, "n")
+    with pytest.raises(ValueError, match="unknown resolution"):
+        resolve(decided.works, {decided.works[0].track_id: "forgive"}, "n")
+
+
+def test_a_match_under_a_condition_is_allowed_or_reviewed_as_the_policy_says():
+    allow_short = Policy(copy="deny", royalty_share=0.5,
+                         conditions=(MatchCondition("copy", min_seconds=8.0, min_share=0.3, below="allow"),))
+    short = verdict([matched(spans=((0.0, 5.0),))], {1: allow_short})
+    assert short.verdict == "allowed" and short.works[0].share_owed == 0.0
+    assert "under the policy's minimum" in short.works[0].reason
+    # Long enough in seconds but under the share of a 60 s upload: still allowed.
+    assert verdict([matched(spans=((0.0, 10.0),))], {1: allow_short}, seconds=60.0).verdict == "allowed"
+    # Over both minimums: the policy's action stands.
+    assert verdict([matched(spans=((0.0, 10.0),))], {1: allow_short}).verdict == "blocked_copy"
+    # Another use's condition says nothing about this one.
+    assert verdict([matched(kind="mixed", spans=((0.0, 5.0),))], {1: allow_short}).verdict == \
+        "blocked_unlicensed_derivative"
+    review_short = Policy(conditions=(MatchCondition("copy", min_seconds=8.0, below="review"),))
+    reviewed = verdict([matched(spans=((0.0, 5.0),))], {1: review_short})
+    assert reviewed.verdict == "review" and reviewed.works[0].outcome == "review"
+
+
+def test_conditions_are_validated():
+    with pytest.raises(ValueError, match="unknown use"):
+        MatchCondition("sample")
+    with pytest.raises(ValueError, match="min_share"):
+        MatchCondition("copy", min_share=1.5)
+    with pytest.raises(ValueError, match="min_seconds"):
+        MatchCondition("copy", min_seconds=float("nan"))
+    with pytest.raises(ValueError, match="below"):
+        MatchCondition("copy", below="deny")
+    with pytest.raises(ValueError, match="one condition per use"):
+        Policy(conditions=(MatchCondition("copy"), MatchCondition("copy", min_seconds=3)))

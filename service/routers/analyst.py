@@ -1,28 +1,37 @@
 """The analyst page: server-rendered HTML (Jinja2, no JavaScript) over the same operations as the API.
 
 Sign in with an analyst key (kept in an HttpOnly, SameSite=Strict cookie), then
-upload a suspect file (an ad-hoc match, not stored) or open a stored decision.
-A decision page shows the verdict, each matched work with its policy, the
-alignment plot and the spectrogram of the matched region.
+work through the review queue (filtered, paged, exported as CSV), upload a suspect
+file (an ad-hoc match, not stored) or open a stored decision. A decision page shows
+the verdict, its history, each matched work with its policy, the alignment plot and
+the spectrogram of the matched region, and a form to resolve it.
 """
 
 from __future__ import annotations
 
 import base64
 from pathlib import Path
+from typing import Literal
 from urllib.parse import quote
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, BackgroundTasks, Depends, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 from markupsafe import Markup
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from refrain.service.core import MatchService
+from refrain.service.core import MatchService, resolve_decision
+from refrain.matcher import KINDS
+from refrain.policy import VERDICTS
 from refrain.service.db import ApiKey
 from refrain.service.deps import authenticate, get_service
 from refrain.service.errors import ApiError
 from refrain.service.render import alignment_svg
 from refrain.service.routers.matches import stored_decision
+from refrain.service.routers.jobs import get_jobs
+from refrain.service.routers.reviews import (MAX_EXPORT_DECISIONS, QueueFilters, export_csv, notify_resolution,
+                                             queue_filters)
+from refrain.service.schemas import MAX_DB_INTEGER, BoundedDatetime, DbId, Kind, ResolutionIn, Verdict
 from refrain.service.uploads import receive_form
 
 router = APIRouter(prefix="/analyst", include_in_schema=False)
@@ -66,13 +75,68 @@ def _works_view(body: dict, evidence: dict) -> list[dict]:
     return views
 
 
+QUEUE_PAGE_SIZE = 25
+
+
+class ReviewQueueQuery(BaseModel):
+    """The analyst page's review queue filters, as its form sends them (empty fields left out)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    verdict: Verdict | Literal["any"] = "review"
+    work_id: DbId | None = None
+    uploader_id: str | None = Field(None, max_length=200)
+    kind: Kind | None = None  # type: ignore[valid-type]
+    since: BoundedDatetime | None = None
+    until: BoundedDatetime | None = None
+    offset: int = Field(0, ge=0, le=MAX_DB_INTEGER)
+
+
+def _validation_message(err: ValidationError) -> str:
+    return "; ".join(f"{'.'.join(str(part) for part in e['loc']) or 'form'}: {e['msg']}" for e in err.errors())
+
+
+def _queue_query(request: Request) -> tuple[ReviewQueueQuery, QueueFilters]:
+    """The queue form's filters (empty fields ignored); ApiError 422 for a bad one."""
+    try:
+        query = ReviewQueueQuery(**{name: value for name, value in request.query_params.items() if value.strip()})
+    except ValidationError as err:
+        raise ApiError(422, "validation_error", _validation_message(err)) from None
+    filters = queue_filters(verdict=None if query.verdict == "any" else query.verdict, work_id=query.work_id,
+                            uploader_id=query.uploader_id, kind=query.kind, since=query.since, until=query.until)
+    return query, filters
+
+
 @router.get("", response_class=HTMLResponse)
 def home(request: Request, service: MatchService = Depends(get_service)) -> HTMLResponse:
     key = _signed_in(request, service)
     if key is None:
         return _sign_in_page()
+    try:
+        query, filters = _queue_query(request)
+    except ApiError as err:
+        return _page("error.html", err.status, err.headers, key=key, status=err.status, message=err.message)
+    queue, queue_total = filters.query(service, QUEUE_PAGE_SIZE, query.offset)
     recent, total = service.db.list_decisions(None, None, None, 20, 0)
-    return _page("home.html", key=key, recent=recent, total=total)
+    filter_params = {name: value for name, value in request.query_params.items() if name != "offset" and value}
+    return _page("home.html", key=key, recent=recent, total=total, queue=queue, queue_total=queue_total,
+                 query=query, page_size=QUEUE_PAGE_SIZE, filter_params=filter_params,
+                 verdicts=VERDICTS, kinds=KINDS)
+
+
+@router.get("/export")
+def export(request: Request, service: MatchService = Depends(get_service)) -> Response:
+    """The queue's CSV export, with the page's filters (as ``GET /v1/reviews/export``)."""
+    key = _signed_in(request, service)
+    if key is None:
+        return _sign_in_page("sign in with an analyst key first", 401)
+    try:
+        query, filters = _queue_query(request)
+    except ApiError as err:
+        return _page("error.html", err.status, err.headers, key=key, status=err.status, message=err.message)
+    decisions, _ = filters.query(service, MAX_EXPORT_DECISIONS, query.offset)
+    return Response(export_csv(decisions), media_type="text/csv; charset=utf-8",
+                    headers={"Content-Disposition": 'attachment; filename="refrain-decisions.csv"'})
 
 
 @router.post("/signin")
@@ -135,3 +199,29 @@ def show_decision(decision_id: str, request: Request,
     body = detail.model_dump(mode="json", by_alias=True)
     return _page("decision.html", key=key, decision=body,
                  works=_works_view(body, service.db.decision_evidence(decision_id)))
+
+
+@router.post("/decisions/{decision_id}/resolution", response_class=HTMLResponse)
+async def resolve(decision_id: str, request: Request, tasks: BackgroundTasks,
+                  service: MatchService = Depends(get_service)) -> Response:
+    """The decision page's resolution form (``resolution-<track id>`` per work, ``note``): as
+    ``POST /v1/matches/{id}/resolution`` (webhooks included), then back to the decision's page."""
+    key = _signed_in(request, service)
+    if key is None:
+        return _sign_in_page("sign in with an analyst key first", 401)
+    form = await request.form(max_files=0, max_fields=101)
+    choices = [{"track_id": name.removeprefix("resolution-"), "resolution": value}
+               for name, value in form.items() if name.startswith("resolution-") and value]
+    try:
+        if not choices:
+            raise ApiError(422, "validation_error", "choose confirm, allow or release for at least one work")
+        try:
+            body = ResolutionIn(works=choices, note=str(form.get("note", "")))
+        except ValidationError as err:
+            raise ApiError(422, "validation_error", _validation_message(err)) from None
+        resolve_decision(service.db, decision_id, {w.track_id: w.resolution for w in body.works}, body.note,
+                         key.principal)
+    except ApiError as err:
+        return _page("error.html", err.status, err.headers, key=key, status=err.status, message=err.message)
+    notify_resolution(tasks, service, get_jobs(request), decision_id)
+    return RedirectResponse(f"/analyst/decisions/{quote(decision_id, safe='')}", status_code=303)

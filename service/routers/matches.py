@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import timezone
 from typing import Literal
 
-from fastapi import APIRouter, Depends, Path, Query, Request, Response
+from fastapi import APIRouter, Depends, Header, Path, Query, Request, Response
 
 from refrain.service.core import MatchService
 from refrain.service.db import ApiKey
@@ -22,27 +22,41 @@ router = APIRouter(prefix="/v1/matches", tags=["matches"])
 
 DecisionId = Path(description="The decision's id (`dec_…`)", max_length=100)
 _MATCH_ERRORS = error_responses(400, 404, 408, 413, 415)
+REPLAYED_HEADER = "Idempotent-Replayed"
 
 
-async def _match(request: Request, service: MatchService, key: ApiKey, store: bool) -> DecisionOut:
+async def _match(request: Request, service: MatchService, key: ApiKey, store: bool,
+                 idempotency_key: str | None = None, response: Response | None = None) -> DecisionOut:
     with service.admission.upload():
         form = await receive_form(request, service.settings.max_upload_bytes, service.settings.upload_dir)
         with form:
             # Decoding and matching are CPU work: off the event loop, in the analysis pool.
             outcome = await service.analyse(form, service.settings.max_upload_seconds, service.match_upload,
-                                            form, key, store)
+                                            form, key, store, None, idempotency_key)
+    if response is not None and outcome.replayed:
+        response.headers[REPLAYED_HEADER] = "true"
     return DecisionOut(**outcome.body)
 
 
 @router.post("", response_model=DecisionOut, summary="Check an upload (stored decision)",
-             responses={**_MATCH_ERRORS, 202: {"model": JobOut, "description": "`mode=async`: the upload is "
-                                               "queued as a job (`Location`: `/v1/jobs/{job_id}`)"}},
+             responses={**_MATCH_ERRORS, **error_responses(409),
+                        200: {"description": "The decision (with `Idempotent-Replayed: true` when it is the one "
+                                             "stored for an earlier request with the same `Idempotency-Key`)",
+                              "headers": {REPLAYED_HEADER: {"description": "`true` on a replayed decision",
+                                                            "schema": {"type": "string"}}}},
+                        202: {"model": JobOut, "description": "`mode=async`: the upload is "
+                                                              "queued as a job (`Location`: `/v1/jobs/{job_id}`)"}},
              openapi_extra=multipart_body("MatchUploadForm"))
-async def match_upload(request: Request,
+async def match_upload(request: Request, response: Response,
                        mode: Literal["sync", "async"] = Query("sync", description="`async`: answer 202 with a "
                                                               "job at once, decide in the background"),
                        callback_url: str | None = Query(None, description="`mode=async`: where to POST the "
                                                         "signed `match.completed` / `match.failed` webhook"),
+                       idempotency_key: str | None = Header(
+                           None, alias="Idempotency-Key", min_length=1, max_length=200, pattern=r"^[\x21-\x7e]+$",
+                           description="Makes a retry safe: the same key (per principal) with the same bytes "
+                                       "answers the decision already made, as it stands now; with other bytes, "
+                                       "409 `idempotency_key_reused`. `mode=sync` only"),
                        service: MatchService = Depends(get_service), jobs: JobRunner = Depends(get_jobs),
                        key: ApiKey = Depends(require_role("uploader"))) -> DecisionOut:
     """Match an upload against the catalogue, apply each matched work's policy and the declared
@@ -53,10 +67,12 @@ async def match_upload(request: Request,
     job to poll (`GET /v1/jobs/{job_id}`) or to be called back about (`callback_url`).
     """
     if mode == "async":
+        if idempotency_key is not None:
+            raise ApiError(422, "validation_error", "Idempotency-Key is only honoured with mode=sync")
         return await submit_upload(request, service, jobs, key, callback_url)
     if callback_url is not None:
         raise ApiError(422, "validation_error", "callback_url needs mode=async")
-    return await _match(request, service, key, store=True)
+    return await _match(request, service, key, store=True, idempotency_key=idempotency_key, response=response)
 
 
 @router.post("/adhoc", response_model=DecisionOut, summary="Ad-hoc match (not stored)",
@@ -102,8 +118,8 @@ def stored_decision(service: MatchService, decision_id: str) -> DecisionDetail:
             points=[] if found is None else [(round(float(q), 3), round(float(r), 3)) for q, r in found.points],
             spectrogram_start=found.spectrogram_start if found else None,
             spectrogram_end=found.spectrogram_end if found else None))
-    history = [VerdictChangeOut(run_id=c.run_id, changed_at=c.changed_at, old_verdict=c.old_verdict,
-                                new_verdict=c.new_verdict, reason=c.reason)
+    history = [VerdictChangeOut(kind=c.kind, run_id=c.run_id, actor=c.actor, changed_at=c.changed_at,
+                                old_verdict=c.old_verdict, new_verdict=c.new_verdict, reason=c.reason)
                for c in service.db.decision_history(decision_id)]
     return DecisionDetail(**stored.body, evidence=items, history=history)
 

@@ -76,9 +76,13 @@ def get_policy(work_id: int = WorkId, service: MatchService = Depends(get_servic
             responses=error_responses(400, 404, 408))
 def put_policy(body: PolicyBody, work_id: int = WorkId,
                service: MatchService = Depends(get_service)) -> PolicyOut:
-    """Replace the work's policy: an action for copies, remixes and covers, and the royalty share."""
+    """Replace the work's policy: an action for copies, remixes and covers, the royalty share, and the
+    conditions under which a short match is allowed or reviewed instead."""
     _get_work(service, work_id)
-    new = policy.Policy(copy=body.copy_, remix=body.remix, cover=body.cover,
-                        royalty_share=body.royalty_share)
+    try:
+        new = policy.Policy(copy=body.copy_, remix=body.remix, cover=body.cover, royalty_share=body.royalty_share,
+                            conditions=tuple(policy.MatchCondition(**c.model_dump()) for c in body.conditions))
+    except ValueError as err:  # what the schema cannot say: one condition per use
+        raise ApiError(422, "validation_error", str(err)) from None
     service.db.set_policy(work_id, new)
     return PolicyOut(**policy_out(new))

@@ -22,6 +22,7 @@ import soxr
 import uvicorn
 
 from refrain.service.app import create_app
+from refrain.service.db import ServiceDB
 from refrain.service.limits import header_timeout_protocol
 from refrain.service.settings import ServiceSettings
 from service_helpers import LICENSEE
@@ -163,6 +164,27 @@ def sped_up_file(songs, write_audio, upload_dir):
         return path
 
     return make
+
+
+@pytest.fixture(scope="module")
+def private_admin(tmp_path_factory):
+    """An admin client of a service of the module's own, with an empty catalogue: for tests whose works or
+    policies would change what the session's shared service decides."""
+    root = tmp_path_factory.mktemp("private-service")
+    settings = ServiceSettings(index_dir=root / "index")
+    db = ServiceDB(settings.db_path)
+    key = db.create_key("admin", "ops")[0]
+    db.close()
+    server = _ServerThread(create_app(settings), free_port())
+    server.start()
+    client = httpx.Client(base_url=f"http://127.0.0.1:{server.server.config.port}", headers={"X-API-Key": key},
+                          timeout=120.0)
+    client.settings = settings
+    try:
+        yield client
+    finally:
+        client.close()
+        server.stop()
 
 
 # One client per role and test module, with that role's key.

@@ -39,3 +39,10 @@ def grant(admin: httpx.Client, work_id: int, uses: list[str], licensee: str = LI
                                             "valid_until": valid_until.isoformat() if valid_until else None})
     assert made.status_code == 201, made.text
     return made.json()
+
+
+def register(admin: httpx.Client, path: Path, title: str, rights_holder: str, **extra) -> httpx.Response:
+    """``POST /v1/works`` with this recording (``extra``: more form fields); the response."""
+    with open(path, "rb") as handle:
+        return admin.post("/v1/works", files={"file": (path.name, handle, "application/octet-stream")},
+                          data={"title": title, "artists": ["Someone"], "rights_holder": rights_holder, **extra})

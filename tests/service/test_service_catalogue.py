@@ -16,7 +16,7 @@ def test_works_are_listed_and_fetched_with_their_policy(admin, live_service):
         assert fetched.status_code == 200 and fetched.json() == by_id[work["work_id"]]
     default = admin.get(f"/v1/works/{live_service.works['default']['work_id']}/policy").json()
     assert default == {"copy": "deny", "remix": "deny", "cover": "deny", "royalty_share": 0.0,
-                       "is_default": True}
+                       "conditions": [], "is_default": True}
     work = live_service.works["free"]
     assert work["artists"] == ["Ada", "Band 33"] and work["isrc"] == "GBABC2600033"
     assert work["duration"] == pytest.approx(32.0, abs=0.01)
@@ -64,8 +64,8 @@ def test_a_policy_is_replaced_and_validated(admin, live_service):
     original = {k: v for k, v in live_service.works["free"]["policy"].items() if k != "is_default"}
     try:
         done = admin.put(f"/v1/works/{work_id}/policy", json=new)
-        assert done.status_code == 200 and done.json() == {**new, "is_default": False}
-        assert admin.get(f"/v1/works/{work_id}").json()["policy"] == {**new, "is_default": False}
+        assert done.status_code == 200 and done.json() == {**new, "conditions": [], "is_default": False}
+        assert admin.get(f"/v1/works/{work_id}").json()["policy"] == {**new, "conditions": [], "is_default": False}
     finally:
         assert admin.put(f"/v1/works/{work_id}/policy", json=original).status_code == 200
     for bad in ({**new, "copy": "maybe"}, {**new, "royalty_share": 1.5}, {"copy": "deny"},

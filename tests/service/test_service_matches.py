@@ -31,7 +31,7 @@ def test_an_excerpt_of_a_work_whose_policy_denies_copies_is_blocked_copy(uploade
     assert matched["kind"] == "excerpt" and matched["use"] == "copy"
     assert matched["action"] == "deny" and matched["outcome"] == "blocked"
     assert matched["policy"] == {"copy": "deny", "remix": "licence_required", "cover": "deny",
-                                 "royalty_share": 0.5, "is_default": False}
+                                 "royalty_share": 0.5, "conditions": [], "is_default": False}
     assert matched["ref_start"] == pytest.approx(8.0, abs=0.5)
     assert matched["spans"] and matched["time_ratio"] == pytest.approx(1.0, abs=0.02)
     # Blocked: nothing is owed, but the share of the upload is still attributed.
