@@ -328,7 +328,7 @@ def _decide_work(match: MatchedWork, policy: Policy, licences: Sequence[Licence]
     condition = policy.condition(use)
     under_minimum = condition is not None and (seconds < condition.min_seconds
                                                or duration_share < condition.min_share)
-    if under_minimum and outcome in ("blocked", "review"):
+    if condition is not None and under_minimum and outcome in ("blocked", "review"):
         outcome = "allowed" if condition.below == "allow" else "review"
         reason = (f"the match ({seconds:.1f} s, {duration_share:.0%} of the upload) is under the policy's minimum "
                   f"for {_PLURAL[use]} ({condition.min_seconds:g} s and {condition.min_share:.0%}): "
@@ -438,12 +438,12 @@ def resolve(works: Sequence[WorkDecision], resolutions: Mapping[int, str], note:
     outcome_of = {"confirm": "blocked", "allow": "allowed", "release": "released"}
     resolved = []
     for work in works:
-        resolution = resolutions.get(work.track_id)
-        if resolution is None:
+        chosen = resolutions.get(work.track_id)
+        if chosen is None:
             resolved.append(work)
             continue
-        outcome = outcome_of[resolution]
+        outcome = outcome_of[chosen]
         owed = work.duration_share * work.royalty_share if outcome == "allowed" else 0.0
         resolved.append(replace(work, outcome=outcome, share_owed=round(owed, 4),
-                                reason=f"an analyst chose to {resolution} this claim: {note}"))
+                                reason=f"an analyst chose to {chosen} this claim: {note}"))
     return _verdict(tuple(resolved))
