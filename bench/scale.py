@@ -477,7 +477,7 @@ def main() -> int:
     config = Config()
     results = []
     try:
-        store = IndexStore.open(index_dir, create=True, params=config.fingerprint, list_bits=config.list_bits)
+        store = IndexStore.open(index_dir, create=True, params=config.fingerprint)
         params = store.fingerprint_params
         # -- the real catalogue: decode, fingerprint, add (CPU time of this process) -------------
         templates, catalogue, audio_seconds = [], {}, 0.0

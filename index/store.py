@@ -115,8 +115,7 @@ class IndexStore:
 
     @classmethod
     def open(cls, directory: os.PathLike, writable: bool = False, create: bool = False,
-             params: FingerprintParams | None = None, list_bits: int = 16,
-             mmap: bool = False) -> "IndexStore":
+             params: FingerprintParams | None = None, mmap: bool = False) -> "IndexStore":
         """Open (or create) an index directory.
 
         Parameters
@@ -129,9 +128,6 @@ class IndexStore:
             Create the index if the directory has none (implies ``writable``).
         params : FingerprintParams, optional
             Settings for a new index; an existing index keeps the ones it was built with.
-        list_bits : int
-            Not used: the landmark store has no inverted lists since the run store
-            (kept until ``Config.list_bits`` is retired).
         mmap : bool
             Memory-map the landmark file (read-only opens only).
         """

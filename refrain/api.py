@@ -179,7 +179,7 @@ class Refrain:
         """Open the index in ``directory`` (see :meth:`index.IndexStore.open`)."""
         config = config or Config()
         store = IndexStore.open(Path(directory), writable=writable, create=create,
-                                params=config.fingerprint, list_bits=config.list_bits, mmap=mmap)
+                                params=config.fingerprint, mmap=mmap)
         return cls(store, config)
 
     def close(self) -> None:

@@ -335,8 +335,8 @@ def cmd_info(args) -> int:
           "melody     absent (index built before the melody tier: covers are not searched; "
           "re-ingest into a new index)")
     if info.upgradable:
-        print(f"layout     from an earlier Refrain ({', '.join(info.upgradable)}): lookups are slower until "
-              f"`refrain upgrade --index {args.index}`")
+        print(f"layout     from an earlier Refrain ({', '.join(info.upgradable)}): converted in memory at every "
+              f"open until `refrain upgrade --index {args.index}`")
     for name, size in sorted(info.files.items()):
         print(f"  {name:<24} {size:>14,}")
     return EXIT_OK

@@ -22,8 +22,6 @@ class Config:
     match : MatchParams
         The matcher's tiers (pair, triplet, peaks, melody), each with its parameters and
         calibration, and how a long upload is windowed.
-    list_bits : int
-        A new landmark index has ``2 ** list_bits`` inverted lists (default 16).
     max_query_seconds : float
         Longest query accepted by ``match`` (default 1200 s = 20 min).
     max_track_seconds : float
@@ -35,7 +33,6 @@ class Config:
 
     fingerprint: FingerprintParams = field(default_factory=FingerprintParams)
     match: MatchParams = field(default_factory=MatchParams)
-    list_bits: int = 16
     max_query_seconds: float = 1200.0
     max_track_seconds: float = 6 * 3600.0
     commit_every: int = 50

@@ -130,8 +130,8 @@ class MatchService:
             raise
         upgradable = self.refrain.store.upgradable()
         if upgradable:
-            log.warning("%s: index from an earlier Refrain (%s tiers): lookups are slower until "
-                        "`refrain upgrade --index %s` (with the service stopped)", settings.index_dir,
+            log.warning("%s: index from an earlier Refrain (%s tiers): converted in memory at every open "
+                        "until `refrain upgrade --index %s` (with the service stopped)", settings.index_dir,
                         ", ".join(upgradable), settings.index_dir)
         self.lock = ReadWriteLock()
         for folder in (settings.works_dir, settings.upload_dir):
