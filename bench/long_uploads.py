@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -27,6 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.accuracy import peak_rss_mb, related_groups  # noqa: E402
+from bench.fresh import run_fresh  # noqa: E402
 from refrain.fingerprint.decode import load_audio  # noqa: E402
 from refrain.api import Refrain  # noqa: E402
 from refrain.config import Config  # noqa: E402
@@ -89,12 +89,8 @@ def main() -> int:
         return 0
     report = []
     for minutes in args.minutes:
-        child = subprocess.run([sys.executable, __file__, str(args.index), "--minutes", str(minutes),
-                                "--skip", str(args.skip), "--covers" if args.covers else "--no-covers", "--one"],
-                               capture_output=True, text=True)
-        if child.returncode != 0:
-            sys.exit(f"{minutes} min upload failed: {child.stderr.strip().splitlines()[-1]}")
-        row = json.loads(child.stdout.strip().splitlines()[-1])
+        row = run_fresh([sys.executable, __file__, str(args.index), "--minutes", str(minutes), "--skip", str(args.skip),
+                         "--covers" if args.covers else "--no-covers", "--one"], f"{minutes} min upload")
         report.append(row)
         print(f"{row['minutes']:5.1f} min  {row['match_seconds']:6.1f} s  {row['seconds_per_upload_minute']:5.2f} s/min"
               f"  {row['x_realtime']:6.1f}x realtime  peak RSS {row['peak_rss_MB']:5d} MB"

@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 import tempfile
 import time
@@ -46,6 +45,7 @@ sys.path.insert(0, str(ROOT))
 
 from bench.accuracy import CONDITIONS, SOURCE_RATE, related_groups  # noqa: E402
 from bench.corpus import add_split_arguments, split  # noqa: E402
+from bench.fresh import run_fresh  # noqa: E402
 from bench.derivatives import (PITCH_TOLERANCE, RATIO_TOLERANCE, Derivative, ffmpeg_filter,  # noqa: E402
                                mix_under, pitch, speed, stretch)
 from refrain.api import Refrain  # noqa: E402
@@ -287,10 +287,7 @@ def run_lengths(args) -> list[dict]:
         command = [sys.executable, __file__, str(args.music), "--index", str(args.index),
                    "--catalogue", str(args.catalogue), "--negatives", str(args.negatives),
                    "--seed", str(args.seed), "--minutes", str(minutes), "--one-length"]
-        child = subprocess.run(command, capture_output=True, text=True)
-        if child.returncode != 0:
-            sys.exit(f"{minutes} min upload failed: {child.stderr.strip().splitlines()[-1]}")
-        row = json.loads(child.stdout.strip().splitlines()[-1])
+        row = run_fresh(command, f"{minutes} min upload")
         rows.append(row)
         print(f"{minutes:5.1f} min  {row['match_cpu_seconds']:7.1f} CPU s  {row['x_realtime_per_core']:6.1f}x "
               f"realtime/core  RSS before {row['rss_before_match_MB']} MB, peak {row['peak_rss_MB']} MB "
