@@ -28,7 +28,7 @@ from refrain.matcher.melody import MelodyTier
 from refrain.matcher.pair import PairTier
 from refrain.matcher.peaks import PeaksTier
 from refrain.matcher.triplet import TripletTier
-from refrain.matcher.types import Catalogue, Match, Query, Span, Tier
+from refrain.matcher.types import Catalogue, Match, Query, Span, Tier, covered_seconds
 
 __all__ = ["MatchParams", "match"]
 
@@ -135,8 +135,7 @@ def match(fp: Fingerprint, catalogue: Catalogue, params: MatchParams,
         for tier in params.tiers:
             started = time.perf_counter()
             for m in tier.find(query, catalogue, skip=in_window):
-                if tier.name not in params.tentative_tiers or (
-                        m.kind != "mixed" and _covered_seconds(m) >= params.settled_coverage * part.duration):
+                if _settles(m, tier, params, part.duration):
                     in_window.add(m.track_id)
                 found[tier.name].setdefault(m.track_id, []).append(_moved(m, first * frame_seconds))
             if timings is not None:
@@ -233,20 +232,25 @@ def _best_explanation(explained: list[Match], params: MatchParams, upload_second
     """Of one track's matches by tiers in order, the first unless a later one covers clearly more."""
     best = explained[0]
     for later in explained[1:]:
-        if _covered_seconds(later) - _covered_seconds(best) >= params.better_coverage * upload_seconds:
+        if _covered_seconds(later, upload_seconds) - _covered_seconds(best, upload_seconds) \
+                >= params.better_coverage * upload_seconds:
             best = later
     return best
 
 
-def _covered_seconds(m: Match) -> float:
+def _settles(m: Match, tier: Tier, params: MatchParams, window_seconds: float) -> bool:
+    """Whether ``m`` makes later tiers skip its track in this window.
+
+    A tentative tier's match does only when it is not ``mixed`` and covers at least
+    ``settled_coverage`` of the window.
+    """
+    return tier.name not in params.tentative_tiers or (
+        m.kind != "mixed" and _covered_seconds(m, window_seconds) >= params.settled_coverage * window_seconds)
+
+
+def _covered_seconds(m: Match, upload_seconds: float) -> float:
     """Upload time the match's spans cover, overlaps counted once."""
-    covered, reach = 0.0, -np.inf
-    for span in sorted(m.spans, key=lambda s: s.query_start):
-        start = max(span.query_start, reach)
-        if span.query_end > start:
-            covered += span.query_end - start
-            reach = span.query_end
-    return covered
+    return covered_seconds(((s.query_start, s.query_end) for s in m.spans), upload_seconds)
 
 
 def _decide_excerpt(m: Match, catalogue: Catalogue, params: MatchParams) -> Match:

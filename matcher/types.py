@@ -9,13 +9,14 @@ runs them in order, each skipping the tracks an earlier one found.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import AbstractSet, Any, ClassVar, Mapping, Protocol, TypedDict
+from typing import AbstractSet, Any, ClassVar, Iterable, Mapping, Protocol, TypedDict
 
 import numpy as np
 
 from refrain.fingerprint import Fingerprint, FingerprintParams
 
-__all__ = ["KINDS", "Span", "Match", "Alignment", "Calibration", "Query", "Catalogue", "Tier", "match_field"]
+__all__ = ["KINDS", "Span", "Match", "Alignment", "Calibration", "Query", "Catalogue", "Tier", "match_field",
+           "covered_seconds"]
 
 #: How an upload uses a catalogue work; ``cover`` comes from the melody tier.
 KINDS = ("copy", "excerpt", "speed_changed", "pitch_shifted", "time_stretched", "mixed", "cover")
@@ -24,6 +25,18 @@ KINDS = ("copy", "excerpt", "speed_changed", "pitch_shifted", "time_stretched", 
 def match_field(doc: str, **kwargs: Any) -> Any:
     """A dataclass field of the match record with its documentation, which the service's schema reads."""
     return field(metadata={"doc": doc}, **kwargs)
+
+
+def covered_seconds(spans: Iterable[tuple[float, float]], duration: float) -> float:
+    """Length of the union of ``(start, end)`` spans, clipped to ``[0, duration]`` (overlaps count once)."""
+    clipped = sorted((max(0.0, start), min(duration, end)) for start, end in spans)
+    total, reach = 0.0, 0.0
+    for start, end in clipped:
+        start = max(start, reach)
+        if end > start:
+            total += end - start
+            reach = end
+    return total
 
 
 @dataclass(frozen=True)

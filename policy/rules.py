@@ -22,7 +22,9 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field, replace
 from datetime import datetime
-from typing import Iterable, Mapping, Sequence
+from typing import Mapping, Sequence
+
+from refrain.matcher.types import covered_seconds
 
 __all__ = ["USES", "ACTIONS", "BELOW_ACTIONS", "MatchCondition", "OUTCOMES", "VERDICTS", "KIND_TO_USE", "Policy",
            "DEFAULT_POLICY",
@@ -280,18 +282,6 @@ class Decision:
     reason: str
     works: tuple[WorkDecision, ...] = field(default_factory=tuple)
     total_share_owed: float = 0.0
-
-
-def covered_seconds(spans: Iterable[tuple[float, float]], duration: float) -> float:
-    """Length of the union of ``spans``, clipped to ``[0, duration]`` (overlaps count once)."""
-    clipped = sorted((max(0.0, start), min(duration, end)) for start, end in spans)
-    total, reach = 0.0, 0.0
-    for start, end in clipped:
-        start = max(start, reach)
-        if end > start:
-            total += end - start
-            reach = end
-    return total
 
 
 def _decide_work(match: MatchedWork, policy: Policy, licences: Sequence[Licence],
