@@ -25,11 +25,12 @@ from datetime import datetime
 from typing import Mapping, Sequence
 
 from refrain.matcher.types import covered_seconds
+from refrain.policy.exclusions import AlignedSpan, RefSpan, exclude_spans
 
 __all__ = ["USES", "ACTIONS", "BELOW_ACTIONS", "MatchCondition", "OUTCOMES", "VERDICTS", "KIND_TO_USE", "Policy",
            "DEFAULT_POLICY",
            "Licence", "MatchedWork", "WorkDecision", "Decision", "use_of_kind", "licence_problem",
-           "covered_seconds", "decide", "resolve", "RESOLUTIONS", "DEFAULT_REVIEW_CONFIDENCE"]
+           "covered_seconds", "decide", "resolve", "RESOLUTIONS", "DEFAULT_REVIEW_CONFIDENCE", "without_exclusions"]
 
 USES = ("copy", "remix", "cover")
 ACTIONS = ("deny", "allow", "licence_required")
@@ -223,6 +224,9 @@ class MatchedWork:
         The matcher's confidence: 1 - the chance that unrelated music matches this well.
     spans : tuple of (float, float)
         The (start, end) seconds of the upload where the work sounds.
+    aligned_spans : tuple of (query_start, query_end, ref_start, ref_end)
+        The same stretches with their reference side, which reference exclusions are
+        checked against (empty: the match cannot be checked against exclusions).
     """
 
     work_id: int | None
@@ -230,6 +234,7 @@ class MatchedWork:
     kind: str
     confidence: float
     spans: tuple[tuple[float, float], ...] = ()
+    aligned_spans: tuple[AlignedSpan, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -259,6 +264,9 @@ class WorkDecision:
         ``duration_share * royalty_share`` for an ``allowed`` or ``licensed``
         outcome, else 0 (a blocked upload is not published; a reviewed one owes
         nothing until decided).
+    excluded_seconds : float
+        Seconds of the upload the matcher aligned with the work but that lie in the work's
+        excluded reference spans: not counted in ``covered_seconds`` (default 0).
     """
 
     work_id: int | None
@@ -272,6 +280,7 @@ class WorkDecision:
     duration_share: float
     royalty_share: float
     share_owed: float
+    excluded_seconds: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -333,7 +342,8 @@ def _decide_work(match: MatchedWork, policy: Policy, licences: Sequence[Licence]
 def decide(matches: Sequence[MatchedWork], policies: Mapping[int, Policy],
            licences: Sequence[Licence], uploader_id: str | None, upload_seconds: float,
            at: datetime, review_confidence: float,
-           default_policy: Policy = DEFAULT_POLICY) -> Decision:
+           default_policy: Policy = DEFAULT_POLICY,
+           exclusions: Mapping[int, Sequence[RefSpan]] | None = None) -> Decision:
     """The verdict on one upload.
 
     Parameters
@@ -353,6 +363,10 @@ def decide(matches: Sequence[MatchedWork], policies: Mapping[int, Policy],
     review_confidence : float
         A match below this confidence that would be blocked goes to ``review``.
     default_policy : Policy
+    exclusions : mapping of work id to sequence of (ref_start, ref_end), optional
+        Each work's excluded reference spans: the parts of a match aligned inside them are
+        dropped before anything is counted (:func:`policy.exclusions.exclude_spans`), and a
+        match with nothing left is no claim: it is left out of the decision.
 
     Returns
     -------
@@ -364,11 +378,41 @@ def decide(matches: Sequence[MatchedWork], policies: Mapping[int, Policy],
         ``licensed`` when every use is allowed or licensed and a licence was needed;
         ``allowed`` when the policies allow every use.
     """
-    works = tuple(_decide_work(m, policies.get(m.work_id, default_policy) if m.work_id is not None
-                               else default_policy, licences, uploader_id, at, review_confidence,
-                               upload_seconds)
-                  for m in matches)
-    return _verdict(works)
+    works = []
+    for match in matches:
+        excluded = (exclusions or {}).get(match.work_id, ()) if match.work_id is not None else ()
+        counted, excluded_seconds = without_exclusions(match, excluded, upload_seconds)
+        if counted is None:
+            continue
+        decided = _decide_work(counted, policies.get(match.work_id, default_policy) if match.work_id is not None
+                               else default_policy, licences, uploader_id, at, review_confidence, upload_seconds)
+        if excluded_seconds > 0:
+            decided = replace(decided, excluded_seconds=round(excluded_seconds, 3),
+                              reason=decided.reason + f"; {excluded_seconds:.1f} s of the match lie in the work's "
+                                                      "excluded reference spans and were not counted")
+        works.append(decided)
+    return _verdict(tuple(works))
+
+
+def without_exclusions(match: MatchedWork, excluded: Sequence[RefSpan],
+                       upload_seconds: float) -> tuple[MatchedWork | None, float]:
+    """A match with the parts aligned inside excluded reference spans dropped.
+
+    Returns
+    -------
+    match : MatchedWork or None
+        The match with its remaining spans; None when nothing is left (no claim).
+    excluded_seconds : float
+        Upload seconds the exclusions took away (union of spans before minus after).
+    """
+    if not excluded or not match.aligned_spans:
+        return match, 0.0
+    kept = exclude_spans(match.aligned_spans, excluded)
+    if not kept:
+        return None, covered_seconds(match.spans, upload_seconds)
+    spans = tuple((q0, q1) for q0, q1, _, _ in kept)
+    removed = covered_seconds(match.spans, upload_seconds) - covered_seconds(spans, upload_seconds)
+    return replace(match, spans=spans, aligned_spans=kept), max(0.0, removed)
 
 
 def _verdict(works: tuple[WorkDecision, ...]) -> Decision:

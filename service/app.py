@@ -22,8 +22,8 @@ from refrain.service.errors import ApiError
 from refrain.service.jobs import JobRunner, JobStore
 from refrain.service.limits import BodyTimeoutMiddleware, SecurityHeadersMiddleware
 from refrain.service.observability import Metrics, ObservabilityMiddleware
-from refrain.service.routers import (analyst, conflicts, health, jobs, keys, licences, matches, principals, reviews,
-                                    webhooks, works)
+from refrain.service.routers import (analyst, conflicts, disputes, exclusions, health, jobs, keys, licences, matches,
+                                    principals, reviews, webhooks, works)
 from refrain.service.schemas import ErrorBody, MatchUploadForm, WorkUploadForm
 from refrain.service.settings import ServiceSettings
 from refrain.service.webhooks import DeliveryLog
@@ -122,8 +122,8 @@ def create_app(settings: ServiceSettings) -> FastAPI:
         log.exception("unhandled error on %s %s", request.method, request.url.path)
         return _error(500, "internal_error", "internal error; it was logged on the server")
 
-    for module in (works, conflicts, licences, matches, reviews, webhooks, jobs, keys, principals, analyst,
-                   health):
+    for module in (works, exclusions, conflicts, licences, matches, reviews, disputes, webhooks, jobs, keys,
+                   principals, analyst, health):
         app.include_router(module.router)
 
     def openapi() -> dict:

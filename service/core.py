@@ -35,8 +35,8 @@ from refrain.fingerprint.serialize import fingerprint_to_bytes
 from refrain.index import TrackMetadata
 from refrain.api import QueryResult, Refrain, TrackMatch
 from refrain.config import Config
-from refrain.service.db import (ApiKey, CatalogueIntent, IdempotentDecision, ServiceDB, Work, WorkEvidence,
-                                utc_now)
+from refrain.service.db import (ApiKey, CatalogueIntent, Dispute, DisputeOpenError, IdempotentDecision, ServiceDB,
+                                Work, WorkConflict, WorkEvidence, utc_now)
 from refrain.service.errors import ApiError
 from refrain.service.limits import Admission
 from refrain.service.locking import ReadWriteLock
@@ -46,7 +46,8 @@ from refrain.service.settings import ServiceSettings
 from refrain.service.uploads import ReceivedForm, safe_suffix
 
 __all__ = ["MatchService", "MatchOutcome", "UploadDecision", "decide_upload", "decision_body", "resolve_decision",
-           "jsonable", "policy_out", "work_out", "licence_out"]
+           "jsonable", "policy_out", "work_out", "licence_out", "file_dispute", "close_dispute", "close_conflict",
+           "conflict_claims", "with_holds", "dispute_out"]
 
 log = logging.getLogger("refrain.service")
 
@@ -84,6 +85,15 @@ def work_out(work: Work, policy_: policy.Policy | None) -> dict:
             "artists": work.artists, "rights_holder": work.rights_holder, "isrc": work.isrc,
             "filename": work.filename, "duration": work.duration, "created_at": work.created_at,
             "policy": policy_out(policy_)}
+
+
+def dispute_out(dispute: Dispute) -> dict:
+    """A dispute as :class:`service.schemas.DisputeOut` fields."""
+    return {"dispute_id": dispute.dispute_id, "decision_id": dispute.decision_id, "principal": dispute.principal,
+            "reason": dispute.reason, "text": dispute.text, "track_ids": dispute.track_ids,
+            "filed_at": dispute.filed_at, "status": "open" if dispute.resolved_at is None else "resolved",
+            "outcome": dispute.outcome, "note": dispute.note, "resolved_by": dispute.resolved_by,
+            "resolved_at": dispute.resolved_at}
 
 
 def licence_out(licence: policy.Licence, now: datetime) -> dict:
@@ -476,7 +486,8 @@ class UploadDecision:
     result : QueryResult
         Every catalogue track found.
     decision : policy.Decision
-        The verdict, one :class:`policy.WorkDecision` per match (same order).
+        The verdict, one :class:`policy.WorkDecision` per match that is a claim (same order): a match
+        aligned only inside its work's excluded reference spans has none.
     works : dict of int to Work
         The registered work of each matched track that has one.
     policies : dict of int to policy.Policy
@@ -522,9 +533,12 @@ def decide_upload(refrain: Refrain, db: ServiceDB, fp: Fingerprint, filename: st
     decision = policy.decide(
         [policy.MatchedWork(work_id=works[m.track_id].work_id if m.track_id in works else None,
                             track_id=m.track_id, kind=m.kind, confidence=m.confidence,
-                            spans=tuple((s.query_start, s.query_end) for s in m.spans))
+                            spans=tuple((s.query_start, s.query_end) for s in m.spans),
+                            aligned_spans=tuple((s.query_start, s.query_end, s.ref_start, s.ref_end)
+                                                for s in m.spans))
          for m in result.matches],
-        policies, licences, principal, fp.duration, at, review_confidence)
+        policies, licences, principal, fp.duration, at, review_confidence,
+        exclusions=db.exclusions_by_work([w.work_id for w in works.values()]))
     return UploadDecision(result, decision, works, policies, points)
 
 
@@ -542,7 +556,7 @@ def decision_body(decided: UploadDecision, *, decision_id: str | None, stored: b
         "licence_ids": licence_ids,
         "verdict": decided.decision.verdict, "reason": decided.decision.reason,
         "works": [_matched_work(m, decided.works.get(m.track_id), decided.policies, by_track[m.track_id])
-                  for m in decided.result.matches],
+                  for m in decided.result.matches if m.track_id in by_track],
         "total_share_owed": decided.decision.total_share_owed,
         "fingerprint": fingerprint,
     }
@@ -562,8 +576,39 @@ def _matched_work(m: TrackMatch, work: Work | None, policies: dict, decided: pol
         "reason": decided.reason,
         "royalty": {"covered_seconds": decided.covered_seconds,
                     "duration_share": decided.duration_share,
-                    "royalty_share": decided.royalty_share, "share_owed": decided.share_owed},
+                    "royalty_share": decided.royalty_share, "share_owed": decided.share_owed,
+                    "excluded_seconds": decided.excluded_seconds},
     }
+
+
+def _work_decisions(body: dict) -> list[policy.WorkDecision]:
+    """A stored answer's works as the policy layer sees them."""
+    return [policy.WorkDecision(work_id=w["work_id"], track_id=w["track_id"], use=w["use"], action=w["action"],
+                                outcome=w["outcome"], licence_id=w["licence_id"], reason=w["reason"],
+                                covered_seconds=w["royalty"]["covered_seconds"],
+                                duration_share=w["royalty"]["duration_share"],
+                                royalty_share=w["royalty"]["royalty_share"], share_owed=w["royalty"]["share_owed"],
+                                excluded_seconds=w["royalty"].get("excluded_seconds", 0.0))
+            for w in body["works"]]
+
+
+def _resolved_body(body: dict, resolutions: dict[int, str], note: str) -> tuple[dict, policy.Decision]:
+    """A stored answer with ``resolutions`` applied and its verdict re-derived (ValueError from the policy)."""
+    resolved = policy.resolve(_work_decisions(body), resolutions, note)
+    by_track = {w.track_id: w for w in resolved.works}
+    new_body = {**body, "verdict": resolved.verdict, "reason": resolved.reason,
+                "total_share_owed": resolved.total_share_owed,
+                "works": [{**w, "outcome": by_track[w["track_id"]].outcome, "reason": by_track[w["track_id"]].reason,
+                           "royalty": {**w["royalty"], "share_owed": by_track[w["track_id"]].share_owed}}
+                          for w in body["works"]]}
+    return new_body, resolved
+
+
+def _stored(db: ServiceDB, decision_id: str):
+    stored = db.get_decision(decision_id)
+    if stored is None:
+        raise ApiError(404, "not_found", f"decision {decision_id} not found")
+    return stored
 
 
 def resolve_decision(db: ServiceDB, decision_id: str, resolutions: dict[int, str], note: str,
@@ -587,32 +632,113 @@ def resolve_decision(db: ServiceDB, decision_id: str, resolutions: dict[int, str
         404 for an unknown decision, 422 for a track the decision did not match, 409 when
         the decision changed while it was being resolved (nothing was changed).
     """
-    stored = db.get_decision(decision_id)
-    if stored is None:
-        raise ApiError(404, "not_found", f"decision {decision_id} not found")
-    body = stored.body
-    works = [policy.WorkDecision(work_id=w["work_id"], track_id=w["track_id"], use=w["use"], action=w["action"],
-                                 outcome=w["outcome"], licence_id=w["licence_id"], reason=w["reason"],
-                                 covered_seconds=w["royalty"]["covered_seconds"],
-                                 duration_share=w["royalty"]["duration_share"],
-                                 royalty_share=w["royalty"]["royalty_share"], share_owed=w["royalty"]["share_owed"])
-             for w in body["works"]]
+    body = _stored(db, decision_id).body
     try:
-        resolved = policy.resolve(works, resolutions, note)
+        new_body, resolved = _resolved_body(body, resolutions, note)
     except ValueError as err:
         raise ApiError(422, "validation_error", f"decision {decision_id}: {err}") from None
-    by_track = {w.track_id: w for w in resolved.works}
-    new_body = {**body, "verdict": resolved.verdict, "reason": resolved.reason,
-                "total_share_owed": resolved.total_share_owed,
-                "works": [{**w, "outcome": by_track[w["track_id"]].outcome, "reason": by_track[w["track_id"]].reason,
-                           "royalty": {**w["royalty"], "share_owed": by_track[w["track_id"]].share_owed}}
-                          for w in body["works"]]}
     if not db.apply_resolution(decision_id, "rev_" + secrets.token_urlsafe(9), utc_now(), body, new_body, actor,
                                note):
         raise ApiError(409, "conflict", f"decision {decision_id} changed while it was being resolved; "
                                         "reload it and resolve again")
     annotate(decision_id=decision_id, verdict=resolved.verdict)
     return new_body
+
+
+def file_dispute(db: ServiceDB, decision_id: str, key: ApiKey, reason: str, text: str) -> Dispute:
+    """The uploader's principal disputes the claims on one of its stored decisions.
+
+    Raises
+    ------
+    ApiError
+        404 for an unknown decision, 403 when another principal made it, 422 when it holds
+        no claim to dispute (nothing blocked or under review), 409 when a dispute of it is open.
+    """
+    body = _stored(db, decision_id).body
+    if db.decision_principal_id(decision_id) != key.principal_id:
+        raise ApiError(403, "forbidden", f"decision {decision_id} was made for another principal than "
+                                         f"{key.principal!r}: only its uploader may dispute it")
+    claims = policy.disputed_claims(_work_decisions(body))
+    if not claims:
+        raise ApiError(422, "validation_error", f"decision {decision_id} ({body['verdict']}) holds no blocked "
+                                                "or reviewed claim to dispute")
+    try:
+        dispute = db.add_dispute(decision_id, key.principal_id, reason, text, [w.track_id for w in claims])
+    except DisputeOpenError as err:
+        raise ApiError(409, "dispute_open", f"{err}: wait for an analyst to resolve it") from None
+    annotate(decision_id=decision_id, dispute_id=dispute.dispute_id)
+    return dispute
+
+
+def close_dispute(db: ServiceDB, dispute_id: str, outcome: str, note: str, actor: str) -> Dispute:
+    """An analyst closes an open dispute: the disputed claims are released or confirmed, the verdict
+    re-derived and kept in the decision history (kind ``dispute``, who and why); ``release_and_exclude``
+    also excludes each released work's matched reference span from its future claims.
+
+    Raises
+    ------
+    ApiError
+        404 for an unknown dispute, 409 when it is already resolved or its decision changed meanwhile.
+    """
+    dispute = db.get_dispute(dispute_id)
+    if dispute is None:
+        raise ApiError(404, "not_found", f"dispute {dispute_id} not found")
+    if dispute.resolved_at is not None:
+        raise ApiError(409, "conflict", f"dispute {dispute_id} was already resolved ({dispute.outcome})")
+    body = _stored(db, dispute.decision_id).body
+    works = [w for w in _work_decisions(body) if w.track_id in dispute.track_ids]
+    resolutions = policy.dispute_resolutions(works, outcome)
+    new_body, resolved = _resolved_body(body, resolutions, f"dispute {dispute_id} ({outcome}): {note}")
+    exclusions = []
+    if outcome == "release_and_exclude":
+        for work in body["works"]:
+            if work["track_id"] in resolutions and work["work_id"] is not None:
+                exclusions.extend((work["work_id"], start, end) for start, end in
+                                  policy.merge_spans([(s["ref_start"], s["ref_end"]) for s in work["spans"]]))
+    if not db.resolve_dispute(dispute_id, outcome, note, actor, body, new_body, exclusions):
+        raise ApiError(409, "conflict", f"dispute {dispute_id} or its decision changed while it was being "
+                                        "resolved; reload it and resolve again")
+    annotate(decision_id=dispute.decision_id, dispute_id=dispute_id, verdict=resolved.verdict)
+    return db.get_dispute(dispute_id)
+
+
+def close_conflict(db: ServiceDB, conflict_id: int, resolution: str, note: str, actor: str) -> WorkConflict:
+    """An admin resolves an ownership conflict: the hold on royalties is lifted and, unless both share the span,
+    the losing work's side of the span is excluded from its future claims.
+
+    Raises
+    ------
+    ApiError
+        404 for an unknown conflict, 409 when it is already resolved.
+    """
+    conflict = db.get_conflict(conflict_id)
+    if conflict is None:
+        raise ApiError(404, "not_found", f"conflict {conflict_id} not found")
+    loser = policy.conflict_loser(resolution, conflict.work_id, conflict.claimed_work_id, conflict.spans)
+    if not db.resolve_conflict(conflict_id, resolution, note, actor, loser):
+        raise ApiError(409, "conflict", f"conflict {conflict_id} was already resolved")
+    return db.get_conflict(conflict_id)
+
+
+def conflict_claims(conflicts: list[WorkConflict]) -> list[policy.ConflictClaim]:
+    """Both sides of each open conflict, as the policy's hold rule reads them."""
+    claims = []
+    for c in conflicts:
+        claims.append(policy.ConflictClaim(c.conflict_id, c.work_id, tuple(
+            policy.merge_spans([(s["query_start"], s["query_end"]) for s in c.spans]))))
+        claims.append(policy.ConflictClaim(c.conflict_id, c.claimed_work_id, tuple(
+            policy.merge_spans([(s["ref_start"], s["ref_end"]) for s in c.spans]))))
+    return claims
+
+
+def with_holds(body: dict, claims: list[policy.ConflictClaim]) -> dict:
+    """A decision's answer with each royalty line marked ``held`` (and by which conflicts) while an open
+    ownership conflict claims the span of the work it matched. Computed when read: a resolution lifts it."""
+    works = []
+    for work in body["works"]:
+        held = policy.held_by(work["work_id"], [(s["ref_start"], s["ref_end"]) for s in work["spans"]], claims)
+        works.append({**work, "royalty": {**work["royalty"], "held": bool(held), "held_by_conflicts": held}})
+    return {**body, "works": works}
 
 
 def jsonable(value):

@@ -30,7 +30,8 @@ from refrain.policy import Licence, MatchCondition, Policy
 __all__ = ["ServiceDB", "SchemaError", "DatabaseBusyError", "LastAdminKeyError", "PrincipalKindError", "Work",
            "ApiKey", "Principal", "StoredDecision", "DecisionChange", "RescanCandidate", "WorkEvidence",
            "CatalogueIntent", "IdempotentDecision",
-           "WorkConflict", "Webhook", "ROLES", "PRINCIPAL_KINDS", "KIND_OF_ROLE", "hash_key", "utc_now"]
+           "WorkConflict", "Webhook", "Dispute", "Exclusion", "DisputeOpenError",
+           "ROLES", "PRINCIPAL_KINDS", "KIND_OF_ROLE", "hash_key", "utc_now"]
 
 ROLES = ("uploader", "analyst", "admin")
 PRINCIPAL_KINDS = ("uploader", "rights_holder", "analyst_team", "admin")
@@ -220,6 +221,60 @@ _MIGRATIONS = [
         created_at    TEXT    NOT NULL
     );
     """,
+    # Disputes, reference exclusions and conflict resolutions (issue 19). A dispute's outcome joins
+    # the decision history as its own kind of change; decision_changes is rebuilt to allow it
+    # (SQLite cannot alter a CHECK constraint).
+    """
+    CREATE TABLE decision_changes_v2 (
+        change_id     INTEGER PRIMARY KEY AUTOINCREMENT,
+        decision_id   TEXT    NOT NULL REFERENCES decisions (decision_id) ON DELETE CASCADE,
+        run_id        TEXT    NOT NULL,           -- the rescan run, review (rev_…) or dispute (dsp_…)
+        changed_at    TEXT    NOT NULL,
+        old_verdict   TEXT    NOT NULL,
+        new_verdict   TEXT    NOT NULL,
+        reason        TEXT    NOT NULL,
+        old_body      TEXT    NOT NULL,
+        kind          TEXT    NOT NULL DEFAULT 'rescan' CHECK (kind IN ('rescan', 'resolution', 'dispute')),
+        actor         TEXT,
+        UNIQUE (run_id, decision_id)
+    );
+    INSERT INTO decision_changes_v2 (change_id, decision_id, run_id, changed_at, old_verdict, new_verdict, reason,
+                                     old_body, kind, actor)
+        SELECT change_id, decision_id, run_id, changed_at, old_verdict, new_verdict, reason, old_body, kind, actor
+        FROM decision_changes;
+    DROP TABLE decision_changes;
+    ALTER TABLE decision_changes_v2 RENAME TO decision_changes;
+    CREATE INDEX decision_changes_by_decision ON decision_changes (decision_id, change_id);
+    CREATE TABLE disputes (
+        dispute_id    TEXT    PRIMARY KEY,
+        decision_id   TEXT    NOT NULL REFERENCES decisions (decision_id) ON DELETE CASCADE,
+        principal_id  INTEGER NOT NULL REFERENCES principals (principal_id),  -- who filed it
+        reason        TEXT    NOT NULL,
+        text          TEXT    NOT NULL,
+        track_ids     TEXT    NOT NULL,           -- JSON list: the disputed claims when it was filed
+        filed_at      TEXT    NOT NULL,
+        outcome       TEXT    CHECK (outcome IN ('release', 'reinstate', 'release_and_exclude')),
+        note          TEXT,
+        resolved_by   TEXT,                       -- the analyst's principal
+        resolved_at   TEXT
+    );
+    CREATE UNIQUE INDEX disputes_one_open ON disputes (decision_id) WHERE resolved_at IS NULL;
+    CREATE INDEX disputes_queue ON disputes (resolved_at, filed_at);
+    CREATE TABLE work_exclusions (
+        exclusion_id  INTEGER PRIMARY KEY AUTOINCREMENT,
+        work_id       INTEGER NOT NULL REFERENCES works (work_id) ON DELETE CASCADE,
+        ref_start     REAL    NOT NULL,
+        ref_end       REAL    NOT NULL CHECK (ref_end > ref_start),
+        reason        TEXT    NOT NULL,
+        source        TEXT    NOT NULL,           -- 'api', a dispute (dsp_…) or a conflict (cfl_<id>)
+        created_by    TEXT    NOT NULL,
+        created_at    TEXT    NOT NULL
+    );
+    CREATE INDEX work_exclusions_by_work ON work_exclusions (work_id, ref_start);
+    ALTER TABLE work_conflicts ADD COLUMN resolution TEXT CHECK (resolution IN ('work', 'claimed_work', 'share'));
+    ALTER TABLE work_conflicts ADD COLUMN resolution_note TEXT;
+    ALTER TABLE work_conflicts ADD COLUMN resolved_by TEXT;
+    """,
 ]
 
 
@@ -237,6 +292,10 @@ class LastAdminKeyError(ValueError):
 
 class PrincipalKindError(ValueError):
     """A key's role does not fit the kind of the principal it would belong to."""
+
+
+class DisputeOpenError(ValueError):
+    """The decision already has an open dispute."""
 
 
 def utc_now() -> datetime:
@@ -380,6 +439,40 @@ class WorkConflict:
     spans: list[dict]
     created_at: datetime
     resolved_at: datetime | None
+    resolution: str | None = None
+    resolution_note: str | None = None
+    resolved_by: str | None = None
+
+
+@dataclass(frozen=True)
+class Dispute:
+    """An uploader's dispute of the claims on one of their decisions, and how an analyst closed it."""
+
+    dispute_id: str
+    decision_id: str
+    principal: str
+    reason: str
+    text: str
+    track_ids: list[int]
+    filed_at: datetime
+    outcome: str | None
+    note: str | None
+    resolved_by: str | None
+    resolved_at: datetime | None
+
+
+@dataclass(frozen=True)
+class Exclusion:
+    """A span of a work's reference recording that never counts as evidence of a claim."""
+
+    exclusion_id: int
+    work_id: int
+    ref_start: float
+    ref_end: float
+    reason: str
+    source: str
+    created_by: str
+    created_at: datetime
 
 
 @dataclass(frozen=True)
@@ -519,9 +612,7 @@ class ServiceDB:
         rows = self._query(f"SELECT * FROM work_conflicts{clause} ORDER BY conflict_id LIMIT ? OFFSET ?",
                            (limit, offset))
         total = self._query(f"SELECT COUNT(*) FROM work_conflicts{clause}")[0][0]
-        return [WorkConflict(row["conflict_id"], row["work_id"], row["claimed_work_id"], row["kind"], row["score"],
-                             row["confidence"], json.loads(row["spans"]), _parse(row["created_at"]),
-                             _parse(row["resolved_at"])) for row in rows], int(total)
+        return [self._conflict(row) for row in rows], int(total)
 
     def get_work(self, work_id: int) -> Work | None:
         rows = self._query("SELECT * FROM works WHERE work_id = ?", (work_id,))
@@ -997,3 +1088,173 @@ class ServiceDB:
         return [DecisionChange(row["decision_id"], row["run_id"], _parse(row["changed_at"]), row["old_verdict"],
                                row["new_verdict"], row["reason"], json.loads(row["old_body"]), row["kind"],
                                row["actor"]) for row in rows]
+
+    # -- disputes, reference exclusions and conflict resolutions ---------------------------------
+
+    @staticmethod
+    def _conflict(row: sqlite3.Row) -> WorkConflict:
+        return WorkConflict(row["conflict_id"], row["work_id"], row["claimed_work_id"], row["kind"], row["score"],
+                            row["confidence"], json.loads(row["spans"]), _parse(row["created_at"]),
+                            _parse(row["resolved_at"]), row["resolution"], row["resolution_note"],
+                            row["resolved_by"])
+
+    def get_conflict(self, conflict_id: int) -> WorkConflict | None:
+        rows = self._query("SELECT * FROM work_conflicts WHERE conflict_id = ?", (conflict_id,))
+        return self._conflict(rows[0]) if rows else None
+
+    def open_conflicts(self) -> list[WorkConflict]:
+        """Every unresolved ownership conflict (they hold royalties), oldest first."""
+        return [self._conflict(row) for row in
+                self._query("SELECT * FROM work_conflicts WHERE resolved_at IS NULL ORDER BY conflict_id")]
+
+    def resolve_conflict(self, conflict_id: int, resolution: str, note: str, actor: str,
+                         exclusion: tuple[int, list[tuple[float, float]]] | None) -> bool:
+        """Close an open conflict; the losing work's span (``exclusion``: work id, reference spans) is excluded
+        in the same transaction. False if the conflict is unknown or already resolved."""
+        now = _iso(utc_now())
+        with self._transaction() as db:
+            done = db.execute("UPDATE work_conflicts SET resolved_at = ?, resolution = ?, resolution_note = ?,"
+                              " resolved_by = ? WHERE conflict_id = ? AND resolved_at IS NULL",
+                              (now, resolution, note, actor, conflict_id)).rowcount
+            if done and exclusion is not None:
+                work_id, spans = exclusion
+                db.executemany("INSERT INTO work_exclusions (work_id, ref_start, ref_end, reason, source, created_by,"
+                               " created_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                               [(work_id, start, end, note, f"cfl_{conflict_id}", actor, now)
+                                for start, end in spans])
+        return bool(done)
+
+    @staticmethod
+    def _exclusion(row: sqlite3.Row) -> Exclusion:
+        return Exclusion(row["exclusion_id"], row["work_id"], row["ref_start"], row["ref_end"], row["reason"],
+                         row["source"], row["created_by"], _parse(row["created_at"]))
+
+    def add_exclusion(self, work_id: int, ref_start: float, ref_end: float, reason: str, created_by: str) -> Exclusion:
+        cursor = self._execute("INSERT INTO work_exclusions (work_id, ref_start, ref_end, reason, source, created_by,"
+                               " created_at) VALUES (?, ?, ?, ?, 'api', ?, ?)",
+                               (work_id, ref_start, ref_end, reason, created_by, _iso(utc_now())))
+        return self._exclusion(self._query("SELECT * FROM work_exclusions WHERE exclusion_id = ?",
+                                           (cursor.lastrowid,))[0])
+
+    def list_exclusions(self, work_id: int) -> list[Exclusion]:
+        rows = self._query("SELECT * FROM work_exclusions WHERE work_id = ? ORDER BY ref_start, exclusion_id",
+                           (work_id,))
+        return [self._exclusion(row) for row in rows]
+
+    def exclusions_by_work(self, work_ids: list[int]) -> dict[int, list[tuple[float, float]]]:
+        """The excluded reference spans of these works (works without any are absent)."""
+        if not work_ids:
+            return {}
+        marks = ",".join("?" * len(work_ids))
+        found: dict[int, list[tuple[float, float]]] = {}
+        for row in self._query(f"SELECT work_id, ref_start, ref_end FROM work_exclusions WHERE work_id IN ({marks})"
+                               " ORDER BY ref_start", work_ids):
+            found.setdefault(row["work_id"], []).append((row["ref_start"], row["ref_end"]))
+        return found
+
+    def delete_exclusion(self, work_id: int, exclusion_id: int) -> bool:
+        return self._execute("DELETE FROM work_exclusions WHERE work_id = ? AND exclusion_id = ?",
+                             (work_id, exclusion_id)).rowcount > 0
+
+    def decision_principal_id(self, decision_id: str) -> int | None:
+        """The principal whose key made a stored decision (None: unknown decision, or stored before principals)."""
+        rows = self._query("SELECT principal_id FROM decisions WHERE decision_id = ?", (decision_id,))
+        return rows[0][0] if rows else None
+
+    _DISPUTES = ("SELECT d.*, p.name AS principal_name FROM disputes d"
+                 " JOIN principals p ON p.principal_id = d.principal_id")
+
+    @staticmethod
+    def _dispute(row: sqlite3.Row) -> Dispute:
+        return Dispute(row["dispute_id"], row["decision_id"], row["principal_name"], row["reason"], row["text"],
+                       json.loads(row["track_ids"]), _parse(row["filed_at"]), row["outcome"], row["note"],
+                       row["resolved_by"], _parse(row["resolved_at"]))
+
+    def add_dispute(self, decision_id: str, principal_id: int, reason: str, text: str,
+                    track_ids: list[int]) -> Dispute:
+        """File a dispute.
+
+        Raises
+        ------
+        DisputeOpenError
+            If the decision already has an open dispute (nothing is stored).
+        """
+        dispute_id = "dsp_" + secrets.token_urlsafe(9)
+        try:
+            self._execute("INSERT INTO disputes (dispute_id, decision_id, principal_id, reason, text, track_ids,"
+                          " filed_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                          (dispute_id, decision_id, principal_id, reason, text, json.dumps(track_ids),
+                           _iso(utc_now())))
+        except sqlite3.IntegrityError:
+            raise DisputeOpenError(f"decision {decision_id} already has an open dispute") from None
+        return self.get_dispute(dispute_id)
+
+    def get_dispute(self, dispute_id: str) -> Dispute | None:
+        rows = self._query(f"{self._DISPUTES} WHERE d.dispute_id = ?", (dispute_id,))
+        return self._dispute(rows[0]) if rows else None
+
+    def decision_disputes(self, decision_id: str) -> list[Dispute]:
+        """Every dispute of one decision, oldest first."""
+        return [self._dispute(row) for row in
+                self._query(f"{self._DISPUTES} WHERE d.decision_id = ? ORDER BY d.filed_at", (decision_id,))]
+
+    def list_disputes(self, status: str, reason: str | None, work_id: int | None, since: datetime | None,
+                      until: datetime | None, limit: int, offset: int) -> tuple[list[Dispute], int]:
+        """Disputes, oldest first, filtered (``status``: ``open``, ``resolved`` or ``all``; ``work_id``: the
+        decision matched that work); and how many match the filters in all."""
+        where, params = [], []
+        if status != "all":
+            where.append("d.resolved_at IS NULL" if status == "open" else "d.resolved_at IS NOT NULL")
+        if reason is not None:
+            where.append("d.reason = ?")
+            params.append(reason)
+        if work_id is not None:
+            where.append("d.decision_id IN (SELECT decision_id FROM decision_works WHERE work_id = ?)")
+            params.append(work_id)
+        if since is not None:
+            where.append("d.filed_at >= ?")
+            params.append(_iso(since))
+        if until is not None:
+            where.append("d.filed_at < ?")
+            params.append(_iso(until))
+        clause = (" WHERE " + " AND ".join(where)) if where else ""
+        rows = self._query(f"{self._DISPUTES}{clause} ORDER BY d.filed_at, d.dispute_id LIMIT ? OFFSET ?",
+                           (*params, limit, offset))
+        total = self._query(f"SELECT COUNT(*) FROM disputes d{clause}", params)[0][0]
+        return [self._dispute(row) for row in rows], int(total)
+
+    def resolve_dispute(self, dispute_id: str, outcome: str, note: str, actor: str, old_body: dict,
+                        new_body: dict, exclusions: list[tuple[int, float, float]]) -> bool:
+        """Close an open dispute: its decision gets ``new_body`` (the old one kept in its history as a change of
+        kind ``dispute``) and ``exclusions`` (work id, reference start, end) are added, in one transaction.
+
+        Returns
+        -------
+        bool
+            False when nothing was changed: the dispute is no longer open, or its decision's answer is no
+            longer ``old_body`` (changed since it was read).
+        """
+        now = utc_now()
+        with self._lock, _busy_as_error():
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                dispute = self._db.execute("SELECT decision_id FROM disputes WHERE dispute_id = ?"
+                                           " AND resolved_at IS NULL", (dispute_id,)).fetchone()
+                row = None if dispute is None else self._db.execute(
+                    "SELECT body FROM decisions WHERE decision_id = ?", (dispute["decision_id"],)).fetchone()
+                if row is None or json.loads(row["body"]) != old_body:
+                    self._db.execute("ROLLBACK")
+                    return False
+                self._record_change(dispute["decision_id"], dispute_id, now, old_body["verdict"], new_body,
+                                    f"dispute {outcome}: {note}", row["body"], "dispute", actor)
+                self._db.execute("UPDATE disputes SET outcome = ?, note = ?, resolved_by = ?, resolved_at = ?"
+                                 " WHERE dispute_id = ?", (outcome, note, actor, _iso(now), dispute_id))
+                self._db.executemany("INSERT INTO work_exclusions (work_id, ref_start, ref_end, reason, source,"
+                                     " created_by, created_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                                     [(work_id, start, end, note, dispute_id, actor, _iso(now))
+                                      for work_id, start, end in exclusions])
+                self._db.execute("COMMIT")
+                return True
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise

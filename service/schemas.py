@@ -19,6 +19,8 @@ __all__ = [
     "DecisionDetail", "WebhookIn", "WebhookOut", "WebhookList", "WorkResolutionIn", "ResolutionIn",
     "DecisionSummary", "DecisionList", "Health", "MAX_DB_INTEGER", "DbId", "BoundedDatetime",
     "BoundedAwareDatetime", "Readiness", "ReadinessChecks", "JobState", "JobError", "WebhookDeliveryOut", "JobOut",
+    "DisputeReason", "DisputeOutcome", "DisputeIn", "DisputeOut", "DisputeList", "DisputeResolutionIn", "ExclusionIn",
+    "ExclusionOut", "ExclusionList", "ConflictResolutionIn",
 ]
 
 #: Ids and offsets are SQLite integers: larger ones cannot even be looked up.
@@ -156,6 +158,10 @@ class ConflictOut(BaseModel):
                                           "the earlier one")
     created_at: datetime
     resolved_at: datetime | None
+    resolution: Literal["work", "claimed_work", "share"] | None = Field(
+        None, description="Who kept the span: `work` (the newer claim), `claimed_work` (the earlier) or `share`")
+    resolution_note: str | None = None
+    resolved_by: str | None = Field(None, description="The admin's principal")
 
 
 class ConflictList(BaseModel):
@@ -292,6 +298,11 @@ class RoyaltyOut(BaseModel):
     royalty_share: float = Field(description="The policy's royalty share")
     share_owed: float = Field(description="duration_share × royalty_share if the use is allowed or "
                                           "licensed, else 0")
+    excluded_seconds: float = Field(0.0, description="Seconds the matcher aligned inside the work's excluded "
+                                                     "reference spans: not counted in covered_seconds")
+    held: bool = Field(False, description="An open ownership conflict claims the span this work matched: its "
+                                          "royalties are held until an admin resolves the conflict")
+    held_by_conflicts: list[int] = Field(default_factory=list, description="The conflicts holding them")
 
 
 class MatchedWorkOut(_MatchOut):  # type: ignore[misc, valid-type]
@@ -357,8 +368,9 @@ class VerdictChangeOut(BaseModel):
     """A stored decision's verdict changed after the fact: by ``refrain rescan uploads --apply`` or an
     analyst's resolution."""
 
-    kind: Literal["rescan", "resolution"]
-    run_id: str = Field(description="The rescan run (`kind=rescan`) or the review (`rev_…`) that made the change")
+    kind: Literal["rescan", "resolution", "dispute"]
+    run_id: str = Field(description="The rescan run (`kind=rescan`), the review (`rev_…`) or the dispute (`dsp_…`) "
+                                    "that made the change")
     actor: str | None = Field(description="The principal of the analyst who resolved it; null for a rescan")
     changed_at: datetime
     old_verdict: Verdict
@@ -367,7 +379,8 @@ class VerdictChangeOut(BaseModel):
                                     "for a resolution")
 
 
-WebhookEvent = Literal["decision.resolved"]
+WebhookEvent = Literal["decision.resolved", "decision.rescanned", "dispute.filed", "dispute.resolved",
+                       "conflict.resolved"]
 
 
 class WebhookIn(_Strict):
@@ -376,7 +389,9 @@ class WebhookIn(_Strict):
     url: str = Field(min_length=8, max_length=2000, pattern=r"^https?://[^\s]+$",
                      description="Where the signed JSON is POSTed (http or https)")
     events: list[WebhookEvent] = Field(min_length=1, description="`decision.resolved`: an analyst resolved a "
-                                                                  "decision")
+                                                                  "decision; `decision.rescanned`: `refrain rescan "
+                                                                  "uploads --apply` changed one; `dispute.filed`, "
+                                                                  "`dispute.resolved`; `conflict.resolved`")
     secret: str = Field(min_length=16, max_length=200, description="Key of the HMAC-SHA256 signature "
                         "(`X-Refrain-Signature`, see docs/operations.md); never shown again")
 
@@ -410,10 +425,11 @@ class ResolutionIn(_Strict):
 
 
 class DecisionDetail(DecisionOut):
-    """A stored decision with its evidence, and its verdict changes (oldest first; empty if never changed)."""
+    """A stored decision with its evidence, its verdict changes and its disputes (oldest first)."""
 
     evidence: list[EvidenceOut]
     history: list[VerdictChangeOut] = Field(default_factory=list)
+    disputes: list["DisputeOut"] = Field(default_factory=list)
 
 
 class DecisionSummary(BaseModel):
@@ -492,3 +508,87 @@ class JobOut(BaseModel):
     error: JobError | None
     callback_url: str | None = Field(description="Where the completion webhook is sent")
     webhook: WebhookDeliveryOut | None = Field(description="The completion webhook's delivery, once tried")
+
+
+# -- disputes, reference exclusions, conflict resolutions -----------------------------------------
+
+DisputeReason = Literal["original_work", "licence_held", "public_domain", "fair_use", "not_this_work"]
+DisputeOutcome = Literal["release", "reinstate", "release_and_exclude"]
+Note = Annotated[str, Field(min_length=1, max_length=2000, pattern=r"\S")]
+
+
+class DisputeIn(_Strict):
+    """An uploader's dispute of the claims on one of its decisions."""
+
+    reason: DisputeReason = Field(description="`original_work`: the uploader made it; `licence_held`: a licence "
+                                              "the service does not know of; `public_domain`; `fair_use`; "
+                                              "`not_this_work`: the match is wrong")
+    text: Note = Field(description="The uploader's explanation, for the analyst")
+
+
+class DisputeOut(BaseModel):
+    dispute_id: str
+    decision_id: str
+    principal: str = Field(description="Who filed it: the principal of the uploader's key")
+    reason: DisputeReason
+    text: str
+    track_ids: list[int] = Field(description="The disputed claims (matched tracks blocked or under review when "
+                                             "it was filed)")
+    filed_at: datetime
+    status: Literal["open", "resolved"]
+    outcome: DisputeOutcome | None
+    note: str | None = Field(description="The analyst's reason for the outcome")
+    resolved_by: str | None = Field(description="The analyst's principal")
+    resolved_at: datetime | None
+
+
+class DisputeList(BaseModel):
+    items: list[DisputeOut]
+    total: int
+    limit: int
+    offset: int
+
+
+class DisputeResolutionIn(_Strict):
+    """How an analyst closes a dispute."""
+
+    outcome: DisputeOutcome = Field(description="`release`: the disputed claims are released; `reinstate`: they "
+                                                "stand (confirmed); `release_and_exclude`: released, and each "
+                                                "released work's matched reference span is excluded from its "
+                                                "future claims")
+    note: Note = Field(description="Why: kept in the decision history with the analyst's principal")
+
+
+class ExclusionIn(_Strict):
+    """A span of the work's reference recording that must never count as evidence of a claim."""
+
+    ref_start: float = Field(ge=0, le=86400, description="Seconds into the reference recording")
+    ref_end: float = Field(gt=0, le=86400, description="Seconds into the reference recording (after ref_start)")
+    reason: Note = Field(description="Why (e.g. a public-domain intro, a sample the label does not own)")
+
+
+class ExclusionOut(BaseModel):
+    exclusion_id: int
+    work_id: int
+    ref_start: float
+    ref_end: float
+    reason: str
+    source: str = Field(description="`api`, the dispute (`dsp_…`) or the conflict (`cfl_<id>`) that added it")
+    created_by: str = Field(description="The principal who added it")
+    created_at: datetime
+
+
+class ExclusionList(BaseModel):
+    items: list[ExclusionOut]
+
+
+class ConflictResolutionIn(_Strict):
+    """Who keeps the conflicting span."""
+
+    keeps: Literal["work", "claimed_work", "share"] = Field(
+        description="`work`: the newer claim keeps it (the span is excluded from the earlier work); "
+                    "`claimed_work`: the earlier work keeps it (excluded from the newer one); `share`: both keep it")
+    note: Note = Field(description="Why: kept with the conflict")
+
+
+DecisionDetail.model_rebuild()

@@ -23,8 +23,11 @@ from typing import Callable
 
 import httpx
 
+from refrain.service.db import ServiceDB
+from refrain.service.settings import ServiceSettings
+
 __all__ = ["SIGNATURE_HEADER", "EVENT_HEADER", "DELIVERY_HEADER", "Delivery", "DeliveryLog", "sign", "verify",
-           "deliver"]
+           "deliver", "notify"]
 
 SIGNATURE_HEADER = "X-Refrain-Signature"
 EVENT_HEADER = "X-Refrain-Event"
@@ -196,3 +199,13 @@ def deliver(url: str, event: str, payload: dict, secret: str | bytes, *, attempt
                 sleep(backoff_seconds * 2 ** (attempt - 1))
     return Delivery(delivery_id, url, event, delivered=error is None, attempts=attempt, last_status=status,
                     last_error=error)
+
+
+def notify(db: ServiceDB, settings: ServiceSettings, log: DeliveryLog | None, event: str,
+           payload: dict) -> list[Delivery]:
+    """Deliver ``event`` to every webhook an admin subscribed to it (each signed with its own secret, retried
+    and logged as :func:`deliver` does, with the settings' attempts, backoff and timeout); one by one."""
+    return [deliver(hook.url, event, payload, hook.secret, attempts=settings.webhook_attempts,
+                    backoff_seconds=settings.webhook_backoff_seconds,
+                    timeout_seconds=settings.webhook_timeout_seconds, log=log)
+            for hook in db.list_webhooks(event)]

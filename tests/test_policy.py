@@ -161,3 +161,66 @@ def test_conditions_are_validated():
         MatchCondition("copy", below="deny")
     with pytest.raises(ValueError, match="one condition per use"):
         Policy(conditions=(MatchCondition("copy"), MatchCondition("copy", min_seconds=3)))
+
+
+# -- reference exclusions, disputes and conflicts -------------------------------------------------
+
+from refrain.policy import (ConflictClaim, conflict_loser, dispute_resolutions, exclude_spans,  # noqa: E402
+                            held_by, merge_spans)
+
+
+def test_an_exclusion_cuts_the_aligned_spans_and_maps_the_rest_to_the_upload():
+    # Upload 10-30 s aligned with reference 40-60 s at ratio 1; reference 45-50 s excluded.
+    assert exclude_spans([(10.0, 30.0, 40.0, 60.0)], [(45.0, 50.0)]) == ((10.0, 15.0, 40.0, 45.0),
+                                                                         (20.0, 30.0, 50.0, 60.0))
+    # A sped-up upload (ratio 2 on the reference side): the upload side follows the span's own alignment.
+    assert exclude_spans([(0.0, 10.0, 0.0, 20.0)], [(0.0, 10.0)]) == ((5.0, 10.0, 10.0, 20.0),)
+    # Overlapping exclusions merge; a span wholly inside is gone; one outside is untouched.
+    assert merge_spans([(5, 8), (0, 6), (9, 9)]) == [(0.0, 8.0)]
+    assert exclude_spans([(0.0, 5.0, 2.0, 7.0), (6.0, 8.0, 20.0, 22.0)], [(5.0, 8.0), (0.0, 6.0)]) == (
+        (6.0, 8.0, 20.0, 22.0),)
+
+
+def test_an_excluded_match_is_no_claim_and_a_partly_excluded_one_counts_what_is_left():
+    spans = ((0.0, 10.0),)
+    whole = MatchedWork(work_id=1, track_id=101, kind="copy", confidence=0.9, spans=spans,
+                        aligned_spans=((0.0, 10.0, 30.0, 40.0),))
+    assert verdict([whole]).verdict == "blocked_copy"
+    gone = decide([whole], {}, [], "ai", 20.0, NOW, REVIEW, exclusions={1: [(25.0, 45.0)]})
+    assert (gone.verdict, gone.works) == ("clear", ())
+    other_work = decide([whole], {}, [], "ai", 20.0, NOW, REVIEW, exclusions={2: [(25.0, 45.0)]})
+    assert other_work.verdict == "blocked_copy" and other_work.works[0].excluded_seconds == 0
+    policy = Policy(copy="allow", royalty_share=0.5)
+    part = decide([whole], {1: policy}, [], "ai", 20.0, NOW, REVIEW, exclusions={1: [(30.0, 36.0)]})
+    (work,) = part.works
+    assert (work.covered_seconds, work.excluded_seconds, work.share_owed) == (4.0, 6.0, 0.1)
+    assert "excluded reference spans" in work.reason
+    # With a condition, what is left may fall under the minimum: excluded seconds never count.
+    conditional = Policy(conditions=(MatchCondition(use="copy", min_seconds=5.0),))
+    short = decide([whole], {1: conditional}, [], "ai", 20.0, NOW, REVIEW, exclusions={1: [(30.0, 36.0)]})
+    assert short.verdict == "allowed"
+
+
+def test_dispute_outcomes_release_or_confirm_the_disputed_claims_only():
+    allowed = MatchedWork(work_id=2, track_id=102, kind="copy", confidence=0.9, spans=((0.0, 5.0),))
+    decided = verdict([matched(), allowed], {2: Policy(copy="allow")})
+    assert dispute_resolutions(decided.works, "release") == {101: "release"}
+    assert dispute_resolutions(decided.works, "release_and_exclude") == {101: "release"}
+    assert dispute_resolutions(decided.works, "reinstate") == {101: "confirm"}
+    assert resolve(decided.works, dispute_resolutions(decided.works, "release"), "mine").verdict == "allowed"
+    with pytest.raises(ValueError, match="unknown dispute outcome"):
+        dispute_resolutions(decided.works, "shrug")
+
+
+def test_an_open_conflict_holds_the_royalties_of_matches_overlapping_its_span():
+    claims = [ConflictClaim(7, work_id=1, ref_spans=((10.0, 20.0),)), ConflictClaim(7, 2, ((0.0, 10.0),))]
+    assert held_by(1, [(15.0, 30.0)], claims) == [7]
+    assert held_by(1, [(20.0, 30.0)], claims) == []  # touching is not overlapping
+    assert held_by(2, [(5.0, 6.0)], claims) == [7]
+    assert held_by(3, [(5.0, 6.0)], claims) == [] and held_by(None, [(5.0, 6.0)], claims) == []
+    spans = [{"query_start": 0.0, "query_end": 10.0, "ref_start": 30.0, "ref_end": 40.0}]
+    assert conflict_loser("claimed_work", 5, 1, spans) == (5, [(0.0, 10.0)])
+    assert conflict_loser("work", 5, 1, spans) == (1, [(30.0, 40.0)])
+    assert conflict_loser("share", 5, 1, spans) is None
+    with pytest.raises(ValueError, match="unknown conflict resolution"):
+        conflict_loser("coin", 5, 1, spans)

@@ -20,7 +20,7 @@ from jinja2 import Environment, FileSystemLoader, select_autoescape
 from markupsafe import Markup
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from refrain.service.core import MatchService, resolve_decision
+from refrain.service.core import MatchService, conflict_claims, resolve_decision
 from refrain.matcher import KINDS
 from refrain.policy import VERDICTS
 from refrain.service.db import ApiKey
@@ -135,7 +135,8 @@ def export(request: Request, service: MatchService = Depends(get_service)) -> Re
     except ApiError as err:
         return _page("error.html", err.status, err.headers, key=key, status=err.status, message=err.message)
     decisions, _ = filters.query(service, MAX_EXPORT_DECISIONS, query.offset)
-    return Response(export_csv(decisions), media_type="text/csv; charset=utf-8",
+    return Response(export_csv(decisions, conflict_claims(service.db.open_conflicts())),
+                    media_type="text/csv; charset=utf-8",
                     headers={"Content-Disposition": 'attachment; filename="refrain-decisions.csv"'})
 
 

@@ -7,7 +7,7 @@ from typing import Literal
 
 from fastapi import APIRouter, Depends, Header, Path, Query, Request, Response
 
-from refrain.service.core import MatchService
+from refrain.service.core import MatchService, conflict_claims, dispute_out, with_holds
 from refrain.service.db import ApiKey
 from refrain.service.deps import get_service, require_role
 from refrain.service.errors import ApiError
@@ -15,7 +15,7 @@ from refrain.service.jobs import JobRunner
 from refrain.service.routers import error_responses, multipart_body
 from refrain.service.routers.jobs import get_jobs, submit_upload
 from refrain.service.schemas import (MAX_DB_INTEGER, BoundedDatetime, DecisionDetail, DecisionList, DecisionOut,
-                                     DecisionSummary, EvidenceOut, JobOut, Verdict, VerdictChangeOut)
+                                     DecisionSummary, DisputeOut, EvidenceOut, JobOut, Verdict, VerdictChangeOut)
 from refrain.service.uploads import receive_form
 
 router = APIRouter(prefix="/v1/matches", tags=["matches"])
@@ -35,7 +35,7 @@ async def _match(request: Request, service: MatchService, key: ApiKey, store: bo
                                             form, key, store, None, idempotency_key)
     if response is not None and outcome.replayed:
         response.headers[REPLAYED_HEADER] = "true"
-    return DecisionOut(**outcome.body)
+    return DecisionOut(**with_holds(outcome.body, conflict_claims(service.db.open_conflicts())))
 
 
 @router.post("", response_model=DecisionOut, summary="Check an upload (stored decision)",
@@ -121,7 +121,9 @@ def stored_decision(service: MatchService, decision_id: str) -> DecisionDetail:
     history = [VerdictChangeOut(kind=c.kind, run_id=c.run_id, actor=c.actor, changed_at=c.changed_at,
                                 old_verdict=c.old_verdict, new_verdict=c.new_verdict, reason=c.reason)
                for c in service.db.decision_history(decision_id)]
-    return DecisionDetail(**stored.body, evidence=items, history=history)
+    return DecisionDetail(**with_holds(stored.body, conflict_claims(service.db.open_conflicts())), evidence=items,
+                          history=history,
+                          disputes=[DisputeOut(**dispute_out(d)) for d in service.db.decision_disputes(decision_id)])
 
 
 @router.get("/{decision_id}", response_model=DecisionDetail, summary="Get a stored decision with its evidence",

@@ -9,7 +9,8 @@ from datetime import datetime, timezone
 
 from fastapi import APIRouter, BackgroundTasks, Depends, Query, Response
 
-from refrain.service.core import MatchService, resolve_decision
+from refrain.policy import ConflictClaim
+from refrain.service.core import MatchService, conflict_claims, resolve_decision, with_holds
 from refrain.service.db import ApiKey, StoredDecision
 from refrain.service.deps import get_service, require_role
 from refrain.service.errors import ApiError
@@ -30,7 +31,7 @@ MAX_EXPORT_DECISIONS = 10_000
 #: for a decision that matched nothing), with its royalty attribution.
 EXPORT_COLUMNS = ("decision_id", "created_at", "verdict", "filename", "principal", "uploader_id", "work_id",
                   "track_id", "title", "rights_holder", "isrc", "kind", "use", "outcome", "licence_id",
-                  "covered_seconds", "duration_share", "royalty_share", "share_owed")
+                  "covered_seconds", "duration_share", "royalty_share", "share_owed", "excluded_seconds", "held")
 
 
 @dataclass(frozen=True)
@@ -117,13 +118,14 @@ def review_queue(filters: QueueFilters = Depends(queue_filters), limit: int = Qu
     return DecisionList(items=items, total=total, limit=limit, offset=offset)
 
 
-def export_csv(decisions: list[StoredDecision]) -> str:
-    """The CSV export (:data:`EXPORT_COLUMNS`) of these decisions."""
+def export_csv(decisions: list[StoredDecision], claims: list[ConflictClaim]) -> str:
+    """The CSV export (:data:`EXPORT_COLUMNS`) of these decisions; ``held`` says whether an open ownership
+    conflict (``claims``: :func:`service.core.conflict_claims`) holds a line's royalties."""
     out = io.StringIO()
     writer = csv.DictWriter(out, fieldnames=EXPORT_COLUMNS, lineterminator="\n")
     writer.writeheader()
     for decision in decisions:
-        body = decision.body
+        body = with_holds(decision.body, claims)
         common = {"decision_id": decision.decision_id, "created_at": decision.created_at.isoformat(),
                   "verdict": decision.verdict, "filename": body["filename"], "principal": body.get("principal"),
                   "uploader_id": body["uploader_id"]}
@@ -134,7 +136,8 @@ def export_csv(decisions: list[StoredDecision]) -> str:
                                                                        "rights_holder", "isrc", "kind", "use",
                                                                        "outcome", "licence_id")},
                              **{name: work["royalty"][name] for name in ("covered_seconds", "duration_share",
-                                                                         "royalty_share", "share_owed")}})
+                                                                         "royalty_share", "share_owed",
+                                                                         "excluded_seconds", "held")}})
     return out.getvalue()
 
 
@@ -147,9 +150,11 @@ def export_reviews(filters: QueueFilters = Depends(queue_filters),
                    offset: int = Query(0, ge=0, le=MAX_DB_INTEGER), service: MatchService = Depends(get_service),
                    _: ApiKey = Depends(require_role("analyst"))) -> Response:
     """The decisions the same filters select (oldest first), one CSV line per matched work with its royalty
-    lines (`covered_seconds`, `duration_share`, `royalty_share`, `share_owed`). `X-Total-Count` gives how many
+    lines (`covered_seconds`, `duration_share`, `royalty_share`, `share_owed`, `excluded_seconds`, and `held`:
+    an open ownership conflict holds them). `X-Total-Count` gives how many
     decisions the filters select in all."""
     decisions, total = filters.query(service, limit, offset)
-    return Response(export_csv(decisions), media_type="text/csv; charset=utf-8",
+    return Response(export_csv(decisions, conflict_claims(service.db.open_conflicts())),
+                    media_type="text/csv; charset=utf-8",
                     headers={"Content-Disposition": 'attachment; filename="refrain-decisions.csv"',
                              "X-Total-Count": str(total)})

@@ -5,23 +5,15 @@ from __future__ import annotations
 from fastapi import APIRouter, Depends, Path, Response
 
 from refrain.service.core import MatchService
-from refrain.service.db import ServiceDB
 from refrain.service.deps import get_service, require_role
 from refrain.service.errors import ApiError
 from refrain.service.routers import error_responses
 from refrain.service.schemas import WebhookIn, WebhookList, WebhookOut
-from refrain.service.settings import ServiceSettings
-from refrain.service.webhooks import DeliveryLog, deliver
+from refrain.service.webhooks import notify
+
+__all__ = ["router", "notify"]
 
 router = APIRouter(prefix="/v1/webhooks", tags=["webhooks (admin)"], dependencies=[Depends(require_role("admin"))])
-
-
-def notify(db: ServiceDB, settings: ServiceSettings, log: DeliveryLog, event: str, payload: dict) -> None:
-    """Deliver ``event`` to every webhook subscribed to it (signed with its own secret, retried, logged)."""
-    for hook in db.list_webhooks(event):
-        deliver(hook.url, event, payload, hook.secret, attempts=settings.webhook_attempts,
-                backoff_seconds=settings.webhook_backoff_seconds, timeout_seconds=settings.webhook_timeout_seconds,
-                log=log)
 
 
 def _out(hook) -> WebhookOut:

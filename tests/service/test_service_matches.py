@@ -179,7 +179,7 @@ def test_the_audit_lists_and_returns_stored_decisions_with_evidence(analyst, upl
     stored = analyst.get(f"/v1/matches/{made[0]['decision_id']}")
     assert stored.status_code == 200, stored.text
     detail = stored.json()
-    assert {k: v for k, v in detail.items() if k not in ("evidence", "history")} == made[0]
+    assert {k: v for k, v in detail.items() if k not in ("evidence", "history", "disputes")} == made[0]
     assert detail["history"] == []  # never changed by a rescan
     (evidence,) = detail["evidence"]
     assert evidence["work_id"] == work_id and len(evidence["points"]) >= 20

@@ -1,0 +1,97 @@
+"""Disputes: an uploader disputes the claims on its decision; analysts work through the dispute queue."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from fastapi import APIRouter, BackgroundTasks, Depends, Path, Query
+
+from refrain.service.core import MatchService, close_dispute, dispute_out, file_dispute
+from refrain.service.db import ApiKey, Dispute
+from refrain.service.deps import get_service, require_role
+from refrain.service.jobs import JobRunner
+from refrain.service.routers import error_responses
+from refrain.service.routers.jobs import get_jobs
+from refrain.service.routers.matches import DecisionId
+from refrain.service.routers.reviews import _utc
+from refrain.service.errors import ApiError
+from refrain.service.schemas import (MAX_DB_INTEGER, BoundedDatetime, DisputeIn, DisputeList, DisputeOut,
+                                     DisputeReason, DisputeResolutionIn)
+from refrain.service.webhooks import notify
+
+__all__ = ["router", "notify_dispute"]
+
+router = APIRouter(prefix="/v1", tags=["disputes"])
+
+DisputeId = Path(description="The dispute's id (`dsp_…`)", max_length=100)
+
+
+def notify_dispute(tasks: BackgroundTasks, service: MatchService, jobs: JobRunner, event: str,
+                   dispute: Dispute) -> DisputeOut:
+    """Queue the ``dispute.filed`` / ``dispute.resolved`` webhooks (sent after the answer); return the dispute.
+
+    The payload is the dispute and its decision's verdict as it stands (re-derived by a resolution).
+    """
+    out = DisputeOut(**dispute_out(dispute))
+    decision = service.db.get_decision(dispute.decision_id)
+    tasks.add_task(notify, service.db, service.settings, jobs.deliveries, event,
+                   {**out.model_dump(mode="json"), "verdict": decision.verdict,
+                    "total_share_owed": decision.body["total_share_owed"]})
+    return out
+
+
+@router.post("/matches/{decision_id}/disputes", status_code=201, response_model=DisputeOut,
+             summary="Dispute the claims on one of your decisions", responses=error_responses(400, 404, 409))
+def create_dispute(body: DisputeIn, tasks: BackgroundTasks, decision_id: str = DecisionId,
+                   service: MatchService = Depends(get_service), jobs: JobRunner = Depends(get_jobs),
+                   key: ApiKey = Depends(require_role("uploader"))) -> DisputeOut:
+    """The principal whose key made the upload disputes its blocked or reviewed claims, with a reason from the
+    fixed list and an explanation. 403 for another principal's decision, 409 `dispute_open` while a dispute of
+    it is open, 422 when nothing on it is blocked or under review. Webhooks subscribed to `dispute.filed` are
+    notified."""
+    return notify_dispute(tasks, service, jobs, "dispute.filed",
+                          file_dispute(service.db, decision_id, key, body.reason, body.text))
+
+
+@router.get("/disputes", response_model=DisputeList, summary="The dispute queue (oldest first)",
+            responses=error_responses())
+def list_disputes(status: Literal["open", "resolved", "all"] = Query("open", description="Default `open`: the "
+                                                                     "disputes waiting for an analyst"),
+                  reason: DisputeReason | None = Query(None),
+                  work_id: int | None = Query(None, ge=1, le=MAX_DB_INTEGER,
+                                              description="Only disputes of decisions that matched this work"),
+                  since: BoundedDatetime | None = Query(None, description="Filed at or after (ISO 8601; UTC if no "
+                                                        "zone)"),
+                  until: BoundedDatetime | None = Query(None, description="Filed before (ISO 8601; UTC if no zone)"),
+                  limit: int = Query(50, ge=1, le=500), offset: int = Query(0, ge=0, le=MAX_DB_INTEGER),
+                  service: MatchService = Depends(get_service),
+                  _: ApiKey = Depends(require_role("analyst"))) -> DisputeList:
+    since, until = _utc(since), _utc(until)
+    if since is not None and until is not None and until <= since:
+        raise ApiError(422, "validation_error", "until must be after since")
+    disputes, total = service.db.list_disputes(status, reason, work_id, since, until, limit, offset)
+    return DisputeList(items=[DisputeOut(**dispute_out(d)) for d in disputes], total=total, limit=limit, offset=offset)
+
+
+@router.get("/disputes/{dispute_id}", response_model=DisputeOut, summary="Get a dispute",
+            responses=error_responses(404))
+def get_dispute(dispute_id: str = DisputeId, service: MatchService = Depends(get_service),
+                _: ApiKey = Depends(require_role("analyst"))) -> DisputeOut:
+    dispute = service.db.get_dispute(dispute_id)
+    if dispute is None:
+        raise ApiError(404, "not_found", f"dispute {dispute_id} not found")
+    return DisputeOut(**dispute_out(dispute))
+
+
+@router.post("/disputes/{dispute_id}/resolution", response_model=DisputeOut, summary="Resolve a dispute",
+             responses=error_responses(400, 404, 409))
+def resolve_dispute(body: DisputeResolutionIn, tasks: BackgroundTasks, dispute_id: str = DisputeId,
+                    service: MatchService = Depends(get_service), jobs: JobRunner = Depends(get_jobs),
+                    key: ApiKey = Depends(require_role("analyst"))) -> DisputeOut:
+    """`release` the disputed claims, `reinstate` them (confirmed: the block stands) or `release_and_exclude`
+    (released, and each released work's matched reference span excluded from its future claims: see
+    `GET /v1/works/{id}/exclusions`). The decision's verdict is re-derived and the change kept in its history
+    (kind `dispute`, the analyst's principal, the note). 409 when the dispute is already resolved or the decision
+    changed meanwhile. Webhooks subscribed to `dispute.resolved` are notified."""
+    return notify_dispute(tasks, service, jobs, "dispute.resolved",
+                          close_dispute(service.db, dispute_id, body.outcome, body.note, key.principal))
