@@ -7,8 +7,11 @@ derivative, a mix). Connected components of those edges are the groups of
 related works, each reported with the evidence of every edge.
 
 Outputs in the run's folder: ``items.jsonl`` (one record per track),
-``groups.jsonl`` (one per group of related works) and ``summary.csv`` (one row
-per related pair).
+``groups.jsonl`` (one per group of related works), ``summary.csv`` (one row
+per related pair) and ``conflicts.jsonl``: the ownership conflicts between
+registered works of the match service (when its database is there) — those
+recorded (open or resolved) and the copies found between two works that none
+records (works registered before the service refused such copies).
 """
 
 from __future__ import annotations
@@ -19,9 +22,16 @@ from pathlib import Path
 
 from refrain.fingerprint import AudioDecodeError, FingerprintError, fingerprint_file
 from refrain.api import Refrain, TrackMatch
+from refrain.policy import use_of_kind
 from refrain.rescan.jobs import RescanOptions, RunResult, finish, run_items, write_csv, write_jsonl
+from refrain.service.db import ServiceDB
+from refrain.service.settings import ServiceSettings
 
-__all__ = ["CatalogueJob", "CatalogueReport", "rescan_catalogue", "group_related", "SUMMARY_COLUMNS"]
+__all__ = ["CatalogueJob", "CatalogueReport", "rescan_catalogue", "group_related", "catalogue_conflicts",
+           "SUMMARY_COLUMNS"]
+
+#: Most recorded conflicts a self-scan lists.
+MAX_LISTED_CONFLICTS = 100_000
 
 #: Columns of ``summary.csv``: one row per (track, related track) edge.
 SUMMARY_COLUMNS = ["group", "track_id", "source", "related_track_id", "related_source", "kind", "score",
@@ -119,16 +129,56 @@ def group_related(records: list[dict]) -> list[dict]:
     return groups
 
 
+def catalogue_conflicts(groups: list[dict], db: ServiceDB) -> list[dict]:
+    """The ownership conflicts between registered works: recorded ones, then copies no conflict records.
+
+    Parameters
+    ----------
+    groups : list of dict
+        :func:`group_related` output.
+    db : ServiceDB
+        The match service's database (its works and ``work_conflicts``).
+
+    Returns
+    -------
+    list of dict
+        ``{"conflict_id", "status", "work_id", "claimed_work_id", "kind", "score", "resolution"}``:
+        ``status`` is ``open`` or ``resolved`` for a recorded conflict, ``unrecorded`` (and
+        ``conflict_id`` None) for a pair of works whose recordings copy one another (a copy use:
+        copy or excerpt, either way round) that no conflict records; ``work_id`` is then the
+        later-registered work.
+    """
+    recorded, _ = db.list_conflicts(True, MAX_LISTED_CONFLICTS, 0)
+    listed = [{"conflict_id": c.conflict_id, "status": "open" if c.resolved_at is None else "resolved",
+               "work_id": c.work_id, "claimed_work_id": c.claimed_work_id, "kind": c.kind, "score": c.score,
+               "resolution": c.resolution} for c in recorded]
+    known = {frozenset((c.work_id, c.claimed_work_id)) for c in recorded}
+    pairs = [p for g in groups for p in g["pairs"] if use_of_kind(p["kind"]) == "copy"]
+    works = db.works_by_track(sorted({t for p in pairs for t in (p["track_id"], p["related_track_id"])}))
+    for pair in pairs:
+        if pair["track_id"] not in works or pair["related_track_id"] not in works:
+            continue
+        ids = sorted((works[pair["track_id"]].work_id, works[pair["related_track_id"]].work_id))
+        if frozenset(ids) in known:
+            continue
+        known.add(frozenset(ids))
+        listed.append({"conflict_id": None, "status": "unrecorded", "work_id": ids[1], "claimed_work_id": ids[0],
+                       "kind": pair["kind"], "score": pair["score"], "resolution": None})
+    return listed
+
+
 @dataclass(frozen=True)
 class CatalogueReport:
-    """A finished self-scan: the run (records, failures, worker memory) and the groups found."""
+    """A finished self-scan: the run (records, failures, worker memory), the groups found and the ownership
+    conflicts between registered works (empty without a service database)."""
 
     run: RunResult
     groups: list[dict]
+    conflicts: list[dict]
 
 
 def rescan_catalogue(index_dir: os.PathLike, out: os.PathLike, options: RescanOptions = RescanOptions(),
-                     resume: bool = False) -> CatalogueReport:
+                     resume: bool = False, db_path: os.PathLike | None = None) -> CatalogueReport:
     """Self-scan every ready catalogue track and write ``items.jsonl``, ``groups.jsonl``, ``summary.csv``.
 
     Parameters
@@ -141,6 +191,10 @@ def rescan_catalogue(index_dir: os.PathLike, out: os.PathLike, options: RescanOp
         Local processes or Dask, how many workers.
     resume : bool
         Continue the interrupted run in ``out`` instead of starting one.
+    db_path : path-like, optional
+        The match service's database, for :func:`catalogue_conflicts` (default: where the
+        service keeps it for this index, see :class:`service.settings.ServiceSettings`; no
+        conflicts are listed when there is none).
 
     Raises
     ------
@@ -155,10 +209,19 @@ def rescan_catalogue(index_dir: os.PathLike, out: os.PathLike, options: RescanOp
     run = run_items(lambda state: CatalogueJob(str(index_dir)), "catalogue", {"index": str(index_dir)},
                     track_ids, out, options, resume)
     groups = group_related(run.records)
+    db_path = Path(db_path) if db_path is not None else ServiceSettings(index_dir=index_dir).db_path
+    conflicts = []
+    if db_path.is_file():
+        db = ServiceDB(db_path)
+        try:
+            conflicts = catalogue_conflicts(groups, db)
+        finally:
+            db.close()
     out = Path(out)
     write_jsonl(out / "items.jsonl", run.records)
     write_jsonl(out / "groups.jsonl", groups)
+    write_jsonl(out / "conflicts.jsonl", conflicts)
     write_csv(out / "summary.csv", SUMMARY_COLUMNS,
               ({"group": group["group"], **pair} for group in groups for pair in group["pairs"]))
     finish(out)
-    return CatalogueReport(run, groups)
+    return CatalogueReport(run, groups, conflicts)

@@ -6,8 +6,10 @@ current index and decides again through :func:`service.core.decide_upload` — t
 very step ``POST /v1/matches`` runs — with the current works, policies and
 licences, the licences and uploader id declared with the upload, at the run's
 start time. A decision whose verdict would change is reported (old → new, and
-why, work by work); with ``apply`` the new answer replaces the stored one and the
-old one is kept in the decision's history (``decision_changes``).
+why, work by work); with ``apply`` the new answer replaces the stored one, the
+old one is kept in the decision's history (``decision_changes``), and each change
+is sent to the webhooks an admin subscribed to ``decision.rescanned`` (signed,
+retried, logged in the service's delivery log, as the service sends its own).
 
 Decisions stored before fingerprints were kept are ``skipped`` items, not failures.
 
@@ -30,6 +32,8 @@ from refrain.api import Refrain
 from refrain.rescan.jobs import RescanOptions, RunResult, finish, run_items, write_csv, write_jsonl
 from refrain.service.core import decide_upload, decision_body, jsonable
 from refrain.service.db import ServiceDB, WorkEvidence
+from refrain.service.settings import ServiceSettings
+from refrain.service.webhooks import DeliveryLog, notify
 
 __all__ = ["UploadsJob", "UploadsReport", "rescan_uploads", "explain_change", "SUMMARY_COLUMNS"]
 
@@ -166,6 +170,23 @@ def _apply(db: ServiceDB, run: RunResult, apply: bool) -> int:
     return applied
 
 
+def _notify_changes(db: ServiceDB, run: RunResult, settings: ServiceSettings) -> None:
+    """Send each verdict this run applied to the ``decision.rescanned`` webhooks (one delivery per change)."""
+    if not db.list_webhooks("decision.rescanned"):
+        return
+    log = DeliveryLog(settings.jobs_db_path)
+    try:
+        for record in run.records:
+            if record.get("applied"):
+                notify(db, settings, log, "decision.rescanned",
+                       {"decision_id": record["item"], "kind": "rescan", "run_id": run.state.run_id,
+                        "changed_at": run.state.started(), "old_verdict": record["old_verdict"],
+                        "new_verdict": record["new_verdict"], "reason": record["why"],
+                        "total_share_owed": record["new_body"]["total_share_owed"]})
+    finally:
+        log.close()
+
+
 def rescan_uploads(index_dir: os.PathLike, db_path: os.PathLike, out: os.PathLike,
                    review_confidence: float, since: datetime | None = None, apply: bool = False,
                    options: RescanOptions = RescanOptions(), resume: bool = False) -> UploadsReport:
@@ -213,6 +234,8 @@ def rescan_uploads(index_dir: os.PathLike, db_path: os.PathLike, out: os.PathLik
                                                  review_confidence),
                         "uploads", arguments, decision_ids, out, options, resume)
         applied = _apply(db, run, apply)
+        if applied:
+            _notify_changes(db, run, ServiceSettings(index_dir=index_dir, db_path=db_path))
     finally:
         db.close()
     out = Path(out)
