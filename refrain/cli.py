@@ -517,9 +517,14 @@ def cmd_rescan_catalogue(args) -> int:
             print(f"  {pair['track_id']} -> {pair['related_track_id']}  {pair['kind']}  "
                   f"score {pair['score']:.1f}  tempo ×{pair['time_ratio']:.3f}  "
                   f"pitch {pair['pitch_shift_semitones']:+.2f} st")
+    for conflict in report.conflicts:
+        print(f"conflict {conflict['conflict_id'] or '(not recorded)'}: work {conflict['work_id']} copies work "
+              f"{conflict['claimed_work_id']} ({conflict['kind']}, score {conflict['score']:.1f}): "
+              f"{conflict['status']}{' -> ' + conflict['resolution'] if conflict['resolution'] else ''}")
     run = report.run
     print(f"{len(run.records)} tracks scanned ({run.resumed} from the interrupted run), {run.failed} failed; "
-          f"{len(report.groups)} groups of related works; outputs in {args.out}", flush=True)
+          f"{len(report.groups)} groups of related works, {len(report.conflicts)} ownership conflicts; "
+          f"outputs in {args.out}", flush=True)
     return EXIT_FAILED if run.failed else EXIT_OK
 
 
