@@ -117,7 +117,7 @@ def test_an_open_conflict_holds_the_royalties_of_its_span_until_an_admin_resolve
         admin.delete(f"/v1/webhooks/{hook['webhook_id']}")
 
 
-def test_a_catalogue_rescan_lists_recorded_and_unrecorded_conflicts(service, tmp_path):
+def test_a_catalogue_rescan_lists_recorded_and_unrecorded_conflicts(service, tmp_path, run_refrain):
     settings = service["admin"].settings
     report = rescan_catalogue(settings.index_dir, tmp_path / "scan", QUIET)
     recorded = [c for c in report.conflicts if c["conflict_id"] == service["conflict"]["conflict_id"]]
@@ -135,3 +135,9 @@ def test_a_catalogue_rescan_lists_recorded_and_unrecorded_conflicts(service, tmp
     assert (found["work_id"], found["claimed_work_id"]) == (service["claimed"]["work_id"],
                                                             service["original"]["work_id"])
     assert found["kind"] in ("copy", "excerpt")
+
+    printed = run_refrain("rescan", "catalogue", "--index", settings.index_dir, "--out", tmp_path / "cli-scan")
+    assert printed.returncode == 0, printed.stderr
+    assert (f"conflict (not recorded): work {found['work_id']} copies work {found['claimed_work_id']}"
+            in printed.stdout), printed.stdout
+    assert "1 ownership conflicts" in printed.stdout
