@@ -30,8 +30,11 @@ from starlette.concurrency import run_in_threadpool
 from refrain import policy
 from refrain.fingerprint import (AudioDecodeError, AudioTooLongError, Fingerprint, FingerprintError,
                          fingerprint_signal, load_audio)
+from refrain.fingerprint import FingerprintParams
 from refrain.fingerprint.decode import probe_duration
-from refrain.fingerprint.serialize import fingerprint_to_bytes
+from refrain.fingerprint.melody import chroma_sequence
+from refrain.fingerprint.serialize import fingerprint_from_bytes, fingerprint_to_bytes
+from refrain.fingerprint.spectrogram import log_frequency_spectrogram
 from refrain.index import TrackMetadata
 from refrain.api import QueryResult, Refrain, TrackMatch
 from refrain.config import Config
@@ -41,13 +44,13 @@ from refrain.service.errors import ApiError
 from refrain.service.limits import Admission
 from refrain.service.locking import ReadWriteLock
 from refrain.service.observability import annotate, stage, tier_timings
-from refrain.service.render import spectrogram_png
+from refrain.service.render import resynthesise_peaks, spectrogram_png, wav_bytes
 from refrain.service.settings import ServiceSettings
 from refrain.service.uploads import ReceivedForm, safe_suffix
 
 __all__ = ["MatchService", "MatchOutcome", "UploadDecision", "decide_upload", "decision_body", "resolve_decision",
            "jsonable", "policy_out", "work_out", "licence_out", "file_dispute", "close_dispute", "close_conflict",
-           "conflict_claims", "with_holds", "dispute_out"]
+           "conflict_claims", "with_holds", "dispute_out", "SpanRegions", "cover_alignment"]
 
 log = logging.getLogger("refrain.service")
 
@@ -435,7 +438,7 @@ class MatchService:
 
         with stage("evidence"):
             stored_evidence = [self._evidence(m, decided.points[m.track_id], decided.works.get(m.track_id),
-                                              samples) for m in decided.result.matches]
+                                              samples, fp.melody) for m in decided.result.matches]
         body = decision_body(decided, decision_id=(decision_id or "dec_" + secrets.token_urlsafe(12)) if store
                              else None,
                              stored=store, created_at=now, principal=key.principal, uploader_id=uploader_id,
@@ -466,15 +469,172 @@ class MatchService:
         annotate(decision_id=stored.decision_id, verdict=stored.verdict, idempotent_replay=True)
         return MatchOutcome(stored.body, [], replayed=True)
 
-    def _evidence(self, m: TrackMatch, points: np.ndarray, work: Work | None, samples: np.ndarray) -> WorkEvidence:
-        """Aligned points and the spectrogram of the strongest span (padded 1 s, capped)."""
+    def _evidence(self, m: TrackMatch, points: np.ndarray, work: Work | None, samples: np.ndarray,
+                  melody: np.ndarray | None) -> WorkEvidence:
+        """Aligned points and the spectrogram of the strongest span (padded 1 s, capped).
+
+        A cover has no aligned landmarks: its points are the chroma frames of its spans that agree
+        with the reference's on the matched line (:func:`cover_alignment`), when the work's
+        reference recording is kept.
+        """
         rate = self.refrain.params.sample_rate
+        if m.kind == "cover" and len(points) == 0 and work is not None:
+            alignment = cover_alignment(self.refrain.params, melody, m.to_dict(), self._reference_samples(work))
+            if alignment is not None:
+                times, ref_times, _, _, agreement = alignment
+                points = np.column_stack([times, ref_times])[agreement > 0]
         start = max(0.0, m.query_start - 1.0)
         end = min(len(samples) / rate, m.query_end + 1.0, start + self.settings.spectrogram_max_seconds)
         png = spectrogram_png(samples[int(start * rate):int(end * rate)], self.refrain.params)
         return WorkEvidence(track_id=m.track_id, work_id=work.work_id if work else None,
                             points=np.asarray(points, dtype=np.float32), spectrogram_png=png,
                             spectrogram_start=round(start, 3), spectrogram_end=round(end, 3))
+
+    # -- evidence an analyst can look at and listen to -----------------------------------------
+
+    def _reference_samples(self, work: Work) -> np.ndarray:
+        return load_audio(work.stored_path, self.refrain.params.sample_rate, self.settings.max_reference_seconds)
+
+    def matched_regions(self, decision_id: str, track_id: int) -> SpanRegions:
+        """Where a stored decision's matched work sounds in the upload and in the reference; 404 if unknown.
+
+        The upload region is the stored spectrogram's (the strongest span padded 1 s, capped), or
+        that span padded if no image is kept; the reference region is the same stretch through
+        ``ref = offset + time_ratio × upload``, clipped to the recording.
+        """
+        stored = _stored(self.db, decision_id)
+        matched = next((w for w in stored.body["works"] if w["track_id"] == track_id), None)
+        if matched is None:
+            raise ApiError(404, "not_found", f"decision {decision_id} has no claim of track {track_id}")
+        evidence = self.db.decision_evidence(decision_id).get(track_id)
+        if evidence is not None and evidence.spectrogram_start is not None:
+            start, end = evidence.spectrogram_start, evidence.spectrogram_end
+        else:
+            start = max(0.0, matched["query_start"] - 1.0)
+            end = min(stored.body["fingerprint"]["duration"], matched["query_end"] + 1.0,
+                      start + self.settings.spectrogram_max_seconds)
+        work = self.db.get_work(matched["work_id"]) if matched["work_id"] is not None else None
+        ref_start = matched["offset"] + matched["time_ratio"] * start
+        ref_end = matched["offset"] + matched["time_ratio"] * end
+        if work is not None:
+            ref_start, ref_end = max(0.0, ref_start), min(work.duration, ref_end)
+        return SpanRegions(matched, work, round(start, 3), round(end, 3), round(max(0.0, ref_start), 3),
+                           round(max(ref_start, ref_end), 3))
+
+    def reference_audio(self, regions: SpanRegions) -> np.ndarray:
+        """The reference recording's samples over the matched region; 404 when the work is gone."""
+        if regions.work is None:
+            raise ApiError(404, "not_found", f"track {regions.matched['track_id']} has no registered work: its "
+                                             "reference recording is not kept by the service")
+        rate = self.refrain.params.sample_rate
+        samples = self._reference_samples(regions.work)
+        return samples[int(regions.ref_start * rate):int(regions.ref_end * rate)]
+
+    def upload_resynthesis(self, decision_id: str, regions: SpanRegions) -> tuple[np.ndarray, int]:
+        """The upload's matched region resynthesised from its stored fingerprint peaks (the upload's audio is not
+        kept), and how many peaks it is made of; 404 for a decision stored before fingerprints were kept."""
+        stored = self.db.rescan_candidate(decision_id)
+        if stored is None or stored.fingerprint is None:
+            raise ApiError(404, "not_found", f"decision {decision_id} was stored before upload fingerprints were "
+                                             "kept: nothing to resynthesise")
+        params = self.refrain.params
+        fp = fingerprint_from_bytes(stored.fingerprint, params)
+        peaks = fp.dense_peaks if fp.dense_peaks is not None else fp.peaks
+        seconds = peaks.frames * params.hop_length / params.sample_rate
+        inside = (seconds >= regions.start) & (seconds < regions.end)
+        audio = resynthesise_peaks(peaks.frames[inside], peaks.bins[inside], peaks.strength[inside], params,
+                                   regions.start, regions.end)
+        return audio, int(inside.sum())
+
+    def evidence_audio(self, decision_id: str, track_id: int, side: str) -> tuple[bytes, str]:
+        """WAV of a matched work's region: ``side`` ``reference`` (the kept recording) or ``upload`` (resynthesised
+        from the fingerprint's peaks: the upload's audio is not kept); and which of the two it is."""
+        regions = self.matched_regions(decision_id, track_id)
+        rate = self.refrain.params.sample_rate
+        if side == "reference":
+            return wav_bytes(self.reference_audio(regions), rate), "recording"
+        return wav_bytes(self.upload_resynthesis(decision_id, regions)[0], rate), "resynthesised-peaks"
+
+    def reference_spectrogram(self, regions: SpanRegions) -> bytes:
+        """PNG of the reference's spectrogram over the matched region (as the upload's is drawn)."""
+        return spectrogram_png(self.reference_audio(regions), self.refrain.params)
+
+    def cover_view(self, decision_id: str, regions: SpanRegions) -> tuple | None:
+        """A cover's chroma alignment over its spans (:func:`cover_alignment`), from the stored fingerprint's
+        chroma and the reference recording; None if either is missing."""
+        stored = self.db.rescan_candidate(decision_id)
+        if regions.work is None or stored is None or stored.fingerprint is None:
+            return None
+        melody = fingerprint_from_bytes(stored.fingerprint, self.refrain.params).melody
+        return cover_alignment(self.refrain.params, melody, regions.matched, self._reference_samples(regions.work))
+
+
+@dataclass(frozen=True)
+class SpanRegions:
+    """The upload and reference stretches shown for one matched work of a stored decision (seconds).
+
+    Attributes
+    ----------
+    matched : dict
+        The work as in the decision's answer.
+    work : Work or None
+        Its registered work (None: no reference recording is kept).
+    start, end : float
+        Upload region.
+    ref_start, ref_end : float
+        Reference region aligned with it.
+    """
+
+    matched: dict
+    work: Work | None
+    start: float
+    end: float
+    ref_start: float
+    ref_end: float
+
+
+def cover_alignment(params: FingerprintParams, upload_chroma: np.ndarray | None, matched: dict,
+                    reference: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None:
+    """How the upload's chroma lines up with the reference's along a cover match's line.
+
+    Parameters
+    ----------
+    params : FingerprintParams
+        The index's analysis settings (its melody settings make the chroma).
+    upload_chroma : np.ndarray, shape (n, 12), or None
+        The upload's chroma sequence (:attr:`fingerprint.Fingerprint.melody`).
+    matched : dict
+        The match (``spans``, ``offset``, ``time_ratio``, ``pitch_shift_semitones``).
+    reference : np.ndarray
+        The reference recording's samples.
+
+    Returns
+    -------
+    (times, ref_times, upload, ref, agreement) or None
+        For each upload chroma frame inside the match's spans: its time, the reference time on
+        ``ref = offset + time_ratio × time``, both pitch-class profiles (the upload's rotated by the
+        key shift onto the reference's key) and their correlation. None without chroma.
+    """
+    if upload_chroma is None or params.melody is None or len(upload_chroma) == 0:
+        return None
+    S_db = log_frequency_spectrogram(reference, params.sample_rate, params.n_fft, params.hop_length, params.fmin,
+                                     params.fmax, params.bins_per_octave)
+    ref_chroma = chroma_sequence(S_db, params.bins_per_octave, params.fmin, params.melody)
+    frame = params.melody.frames_per_chroma * params.hop_length / params.sample_rate
+    times = (np.arange(len(upload_chroma)) + 0.5) * frame
+    inside = np.zeros(len(times), dtype=bool)
+    for span in matched["spans"]:
+        inside |= (times >= span["query_start"]) & (times < span["query_end"])
+    ref_times = matched["offset"] + matched["time_ratio"] * times
+    ref_frames = np.floor(ref_times / frame).astype(int)
+    inside &= (ref_frames >= 0) & (ref_frames < len(ref_chroma))
+    if not inside.any():
+        return None
+    shift = int(round(matched["pitch_shift_semitones"]))
+    upload = np.roll(upload_chroma[inside], -shift, axis=1)
+    ref = ref_chroma[ref_frames[inside]]
+    agreement = np.einsum("ij,ij->i", upload, ref)
+    return times[inside], ref_times[inside], upload, ref, agreement
 
 
 @dataclass(frozen=True)

@@ -1,23 +1,27 @@
-"""Evidence pictures for analysts: the alignment plot (inline SVG) and a spectrogram (PNG).
+"""Evidence for analysts: the alignment plot (inline SVG), spectrograms (PNG, framed with time and frequency
+axes), the chroma alignment of a cover (SVG), and the audio of matched spans (WAV).
 
-Both are drawn on the server from numbers the library already produced — the
+All are drawn on the server from numbers the library already produced — the
 aligned landmark points of :meth:`refrain.api.Refrain.match_with_evidence`, the fitted line
-``ref = offset + time_ratio * q`` and the spans — so the analyst page needs no
-JavaScript and no plotting library.
+``ref = offset + time_ratio * q``, the spans, the fingerprint's peaks and chroma —
+so the analyst page needs no JavaScript and no plotting library.
 """
 
 from __future__ import annotations
 
+import base64
 import io
 from html import escape
 
 import numpy as np
+import soundfile
 from PIL import Image
 
 from refrain.fingerprint import FingerprintParams
-from refrain.fingerprint.spectrogram import log_frequency_spectrogram
+from refrain.fingerprint.spectrogram import log_frequency_axis, log_frequency_spectrogram
 
-__all__ = ["alignment_svg", "spectrogram_png", "MAX_PLOTTED_POINTS"]
+__all__ = ["alignment_svg", "spectrogram_png", "spectrogram_figure", "chroma_svg", "resynthesise_peaks", "wav_bytes",
+           "MAX_PLOTTED_POINTS"]
 
 MAX_PLOTTED_POINTS = 4000  # beyond this the page gets heavy and the cloud is no clearer
 _WIDTH, _HEIGHT, _MARGIN_LEFT, _MARGIN_BOTTOM, _MARGIN = 640, 400, 56, 40, 14
@@ -148,4 +152,180 @@ def spectrogram_png(samples: np.ndarray, params: FingerprintParams, dynamic_rang
     # made for every matched work of every upload, so its cost is paid on the upload path.
     buffer = io.BytesIO()
     image.save(buffer, format="PNG", compress_level=1)
+    return buffer.getvalue()
+
+
+_PITCH_CLASSES = ("C", "C♯", "D", "D♯", "E", "F", "F♯", "G", "G♯", "A", "A♯", "B")
+
+
+def _frequency_ticks(low: float, high: float) -> list[float]:
+    """1-2-5 frequencies (Hz) within [low, high], for a log axis."""
+    ticks = []
+    for decade in range(int(np.floor(np.log10(low))), int(np.ceil(np.log10(high))) + 1):
+        ticks.extend(m * 10.0 ** decade for m in (1, 2, 5) if low <= m * 10.0 ** decade <= high)
+    return ticks
+
+
+def spectrogram_figure(png: bytes, start: float, end: float, params: FingerprintParams, title: str,
+                       figure_id: str, width: int = 460, height: int = 300) -> str:
+    """A :func:`spectrogram_png` framed with its axes: time (s) below, frequency (Hz, log scale) on the left.
+
+    Parameters
+    ----------
+    png : bytes
+        The image (one pixel per frame and log-frequency bin, low frequencies at the bottom).
+    start, end : float
+        Seconds of the recording the image spans.
+    params : FingerprintParams
+        The analysis settings it was made with (its frequency axis).
+    title : str
+        Accessible name and caption of the figure.
+    figure_id : str
+        The ``id`` of the ``<svg>``.
+
+    Returns
+    -------
+    str
+        A ``<figure class="spectrogram-figure">``: the image (``img.spectrogram``) over an ``<svg>`` drawing its
+        frame and axes; tick labels are ``text.time-tick`` and ``text.freq-tick``.
+    """
+    left, bottom, top, right = 52, 34, 8, 8
+    plot_w, plot_h = width - left - right, height - top - bottom
+    centres = log_frequency_axis(params.fmin, params.fmax, params.bins_per_octave)
+    low, high = float(centres[0]), float(centres[-1])
+    uri = "data:image/png;base64," + base64.b64encode(png).decode()
+    out = [f'<figure class="spectrogram-figure" id="{escape(figure_id)}" style="position: relative; margin: 0; '
+           f'width: {width}px; height: {height}px">',
+           f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" viewBox="0 0 {width} {height}" '
+           f'role="img" aria-label="{escape(title)}"><title>{escape(title)}</title>',
+           f'<rect x="{left - 1}" y="{top - 1}" width="{plot_w + 2}" height="{plot_h + 2}" fill="none" stroke="#888"/>']
+    for tick in _ticks(start, max(end, start + 1e-3)):
+        if not start <= tick <= end:
+            continue
+        x = round(left + (tick - start) / max(end - start, 1e-9) * plot_w, 2)
+        out.append(f'<line x1="{x}" y1="{top + plot_h}" x2="{x}" y2="{top + plot_h + 5}" stroke="#444"/>'
+                   f'<text class="time-tick" x="{x}" y="{top + plot_h + 17}" text-anchor="middle" '
+                   f'font-size="11">{tick:g}</text>')
+    for tick in _frequency_ticks(low, high):
+        y = round(top + plot_h - np.log2(tick / low) / np.log2(high / low) * plot_h, 2)
+        label = f"{tick / 1000:g}k" if tick >= 1000 else f"{tick:g}"
+        out.append(f'<line x1="{left - 5}" y1="{y}" x2="{left}" y2="{y}" stroke="#444"/>'
+                   f'<text class="freq-tick" x="{left - 7}" y="{y + 4}" text-anchor="end" font-size="11">'
+                   f'{label}</text>')
+    out.append(f'<text x="{left + plot_w / 2}" y="{height - 4}" text-anchor="middle" font-size="12">time (s)</text>'
+               f'<text x="12" y="{top + plot_h / 2}" text-anchor="middle" font-size="12" '
+               f'transform="rotate(-90 12 {top + plot_h / 2})">frequency (Hz)</text></svg>')
+    out.append(f'<img class="spectrogram" alt="{escape(title)}" src="{uri}" style="position: absolute; left: {left}px; '
+               f'top: {top}px; width: {plot_w}px; height: {plot_h}px; border: 0; image-rendering: pixelated"></figure>')
+    return "".join(out)
+
+
+def chroma_svg(times: np.ndarray, upload_chroma: np.ndarray, reference_chroma: np.ndarray,
+               agreement: np.ndarray, title: str, width: int = 640) -> str:
+    """A cover's chroma alignment: the upload's pitch classes (re-keyed to the reference), the reference's on the
+    aligned time line, and how well each frame agrees.
+
+    Parameters
+    ----------
+    times : np.ndarray, shape (n,)
+        Upload seconds of each chroma frame.
+    upload_chroma, reference_chroma : np.ndarray, shape (n, 12)
+        Unit-length, centred pitch-class profiles of the same frames (the reference's read at
+        ``offset + time_ratio * time``), column 0 = C.
+    agreement : np.ndarray, shape (n,)
+        Correlation of each pair of frames, -1..1.
+    title : str
+
+    Returns
+    -------
+    str
+        An ``<svg class="chroma-alignment">``: two 12-row heat maps and an agreement strip
+        (``rect.agreement``, one per frame).
+    """
+    left, right, row, gap = 64, 8, 9, 16
+    n = len(times)
+    plot_w = width - left - right
+    cell = plot_w / max(n, 1)
+    band = 12 * row
+    height = 2 * band + 3 * gap + 30 + 40
+    out = [f'<svg class="chroma-alignment" xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
+           f'viewBox="0 0 {width} {height}" role="img" aria-label="{escape(title)}"><title>{escape(title)}</title>']
+
+    def heat(chroma: np.ndarray, y0: float, label: str) -> None:
+        out.append(f'<text x="4" y="{y0 + band / 2 + 4}" font-size="11">{label}</text>')
+        for pitch in range(12):
+            y = y0 + (11 - pitch) * row
+            if pitch in (0, 4, 7):
+                out.append(f'<text x="{left - 4}" y="{y + row - 1}" text-anchor="end" font-size="9">'
+                           f'{_PITCH_CLASSES[pitch]}</text>')
+            for i in range(n):
+                level = float(np.clip(chroma[i, pitch], 0.0, 1.0))
+                if level > 0.05:
+                    out.append(f'<rect x="{left + i * cell:.2f}" y="{y}" width="{cell + 0.3:.2f}" height="{row}" '
+                               f'fill="#3b0f70" fill-opacity="{level:.2f}"/>')
+        out.append(f'<rect x="{left}" y="{y0}" width="{plot_w}" height="{band}" fill="none" stroke="#888"/>')
+
+    heat(upload_chroma, gap, "upload")
+    heat(reference_chroma, 2 * gap + band, "reference")
+    y0 = 3 * gap + 2 * band
+    out.append(f'<text x="4" y="{y0 + 18}" font-size="11">agreement</text>')
+    for i, value in enumerate(agreement):
+        colour = "#2e7d32" if value > 0 else "#c62828"
+        out.append(f'<rect class="agreement" x="{left + i * cell:.2f}" y="{y0}" width="{cell + 0.3:.2f}" height="30" '
+                   f'fill="{colour}" fill-opacity="{min(1.0, abs(float(value))):.2f}">'
+                   f'<title>{times[i]:.2f} s: {float(value):+.2f}</title></rect>')
+    out.append(f'<rect x="{left}" y="{y0}" width="{plot_w}" height="30" fill="none" stroke="#888"/>')
+    if n:
+        for tick in _ticks(float(times[0]), float(times[-1])):
+            if times[0] <= tick <= times[-1]:
+                x = left + (tick - times[0]) / max(float(times[-1] - times[0]), 1e-9) * (plot_w - cell) + cell / 2
+                out.append(f'<text class="time-tick" x="{x:.2f}" y="{y0 + 46}" text-anchor="middle" '
+                           f'font-size="11">{tick:g}</text>')
+    out.append(f'<text x="{left + plot_w / 2}" y="{height - 2}" text-anchor="middle" font-size="12">'
+               'upload time (s)</text></svg>')
+    return "".join(out)
+
+
+def resynthesise_peaks(frames: np.ndarray, bins: np.ndarray, strength: np.ndarray, params: FingerprintParams,
+                       start: float, end: float) -> np.ndarray:
+    """Audio made from spectral peaks alone: a short sine burst per peak, at its frequency, louder when stronger.
+
+    Not the recording: what the fingerprint kept of it, to listen to where the audio is not stored.
+
+    Parameters
+    ----------
+    frames, bins : np.ndarray of int
+        Each peak's frame (hop units from the recording's start) and log-frequency bin.
+    strength : np.ndarray
+        Each peak's prominence in dB.
+    params : FingerprintParams
+    start, end : float
+        Seconds of the recording to render.
+
+    Returns
+    -------
+    np.ndarray, float32
+        Samples at ``params.sample_rate``, peak-normalised to 0.5 (silence if no peak lies in the range).
+    """
+    rate, hop = params.sample_rate, params.hop_length
+    out = np.zeros(max(1, int(round((end - start) * rate))), dtype=np.float32)
+    burst = 2 * hop
+    envelope = np.hanning(burst).astype(np.float32)
+    t = np.arange(burst) / rate
+    centres = log_frequency_axis(params.fmin, params.fmax, params.bins_per_octave)
+    for frame, bin_, level in zip(frames, bins, strength):
+        first = int(round(frame * hop - start * rate))
+        if first < 0 or first >= len(out) or not 0 <= bin_ < len(centres):
+            continue
+        piece = envelope * np.sin(2 * np.pi * centres[bin_] * t) * (10 ** (float(level) / 20))
+        stop = min(len(out), first + burst)
+        out[first:stop] += piece[:stop - first].astype(np.float32)
+    loudest = float(np.abs(out).max())
+    return out * (0.5 / loudest) if loudest > 0 else out
+
+
+def wav_bytes(samples: np.ndarray, sample_rate: int) -> bytes:
+    """16-bit PCM WAV of mono samples."""
+    buffer = io.BytesIO()
+    soundfile.write(buffer, np.asarray(samples, dtype=np.float32), sample_rate, format="WAV", subtype="PCM_16")
     return buffer.getvalue()

@@ -1,37 +1,41 @@
 """The analyst page: server-rendered HTML (Jinja2, no JavaScript) over the same operations as the API.
 
 Sign in with an analyst key (kept in an HttpOnly, SameSite=Strict cookie), then
-work through the review queue (filtered, paged, exported as CSV), upload a suspect
-file (an ad-hoc match, not stored) or open a stored decision. A decision page shows
-the verdict, its history, each matched work with its policy, the alignment plot and
-the spectrogram of the matched region, and a form to resolve it.
+work through the review queue (filtered, paged, exported as CSV) and the dispute
+queue, upload a suspect file (an ad-hoc match, not stored) or open a stored
+decision. A decision page shows the verdict, its history and disputes, each matched
+work with its policy, the alignment plot (the chroma alignment for a cover), the
+spectrograms of the matched region of the upload and of the reference side by side
+with their axes, both playable, and forms to resolve the decision or its dispute.
 """
 
 from __future__ import annotations
 
-import base64
 from pathlib import Path
 from typing import Literal
 from urllib.parse import quote
 
+import numpy as np
 from fastapi import APIRouter, BackgroundTasks, Depends, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 from markupsafe import Markup
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from refrain.service.core import MatchService, conflict_claims, resolve_decision
+from refrain.service.core import MatchService, close_dispute, conflict_claims, resolve_decision, with_holds
 from refrain.matcher import KINDS
-from refrain.policy import VERDICTS
+from refrain.policy import DISPUTE_OUTCOMES, DISPUTE_REASONS, VERDICTS
 from refrain.service.db import ApiKey
 from refrain.service.deps import authenticate, get_service
 from refrain.service.errors import ApiError
-from refrain.service.render import alignment_svg
+from refrain.service.render import alignment_svg, chroma_svg, spectrogram_figure
 from refrain.service.routers.matches import stored_decision
 from refrain.service.routers.jobs import get_jobs
 from refrain.service.routers.reviews import (MAX_EXPORT_DECISIONS, QueueFilters, export_csv, notify_resolution,
                                              queue_filters)
-from refrain.service.schemas import MAX_DB_INTEGER, BoundedDatetime, DbId, Kind, ResolutionIn, Verdict
+from refrain.service.routers.disputes import notify_dispute
+from refrain.service.schemas import (MAX_DB_INTEGER, BoundedDatetime, DbId, DisputeReason, DisputeResolutionIn, Kind,
+                                     ResolutionIn, Verdict)
 from refrain.service.uploads import receive_form
 
 router = APIRouter(prefix="/analyst", include_in_schema=False)
@@ -56,8 +60,15 @@ def _sign_in_page(message: str | None = None, status: int = 200) -> HTMLResponse
     return _page("signin.html", status, error=message)
 
 
-def _works_view(body: dict, evidence: dict) -> list[dict]:
-    """Per matched work: the body's fields plus the plot (SVG) and the spectrogram (data URI)."""
+def _works_view(body: dict, evidence: dict, service: MatchService) -> list[dict]:
+    """Per matched work: the body's fields plus the evidence figures and, for a stored decision, the audio.
+
+    The alignment plot and every count on the page come from the same stored points (a cover's
+    are its agreeing chroma frames). A stored decision also gets the reference's spectrogram
+    of the aligned region beside the upload's, the cover's chroma alignment, and the URLs of
+    both regions' audio (the upload's resynthesised from its fingerprint peaks).
+    """
+    params = service.refrain.params
     views = []
     for work in body["works"]:
         found = evidence.get(work["track_id"])
@@ -66,12 +77,39 @@ def _works_view(body: dict, evidence: dict) -> list[dict]:
         label = work["title"] or f"track {work['track_id']}"
         svg = alignment_svg(points, work["offset"], work["time_ratio"], spans,
                             f"Alignment of the upload with {label}")
-        png = found.spectrogram_png if found is not None else None
-        views.append({**work, "n_points": len(points), "plot": Markup(svg),
-                      "spectrogram": ("data:image/png;base64," + base64.b64encode(png).decode())
-                      if png else None,
-                      "spectrogram_start": found.spectrogram_start if found else None,
-                      "spectrogram_end": found.spectrogram_end if found else None})
+        view = {**work, "n_points": len(points), "plot": Markup(svg), "upload_figure": None,
+                "reference_figure": None, "reference_missing": None, "chroma": None, "audio": None}
+        if found is not None and found.spectrogram_png:
+            view["upload_start"], view["upload_end"] = found.spectrogram_start, found.spectrogram_end
+            view["upload_figure"] = Markup(spectrogram_figure(
+                found.spectrogram_png, found.spectrogram_start, found.spectrogram_end, params,
+                f"Spectrogram of the upload, {found.spectrogram_start:g}–{found.spectrogram_end:g} s",
+                f"upload-spectrogram-{work['track_id']}"))
+        if body.get("stored") and body.get("decision_id"):
+            regions = service.matched_regions(body["decision_id"], work["track_id"])
+            view["regions"] = regions
+            base = f"/analyst/decisions/{quote(body['decision_id'], safe='')}/audio/{work['track_id']}"
+            view["audio"] = {"upload": f"{base}/upload.wav",
+                             "reference": f"{base}/reference.wav" if regions.work is not None else None}
+            if regions.work is None:
+                view["reference_missing"] = "no registered work: the service keeps no reference recording for it"
+            else:
+                view["reference_figure"] = Markup(spectrogram_figure(
+                    service.reference_spectrogram(regions), regions.ref_start, regions.ref_end, params,
+                    f"Spectrogram of the reference, {regions.ref_start:g}–{regions.ref_end:g} s",
+                    f"reference-spectrogram-{work['track_id']}"))
+            if work["kind"] == "cover":
+                alignment = service.cover_view(body["decision_id"], regions)
+                if alignment is not None:
+                    times, ref_times, upload, ref, agreement = alignment
+                    view["chroma"] = Markup(chroma_svg(times, upload, ref, agreement,
+                                                       f"Chroma alignment of the upload with {label}"))
+                    if not len(points):  # a cover stored before its chroma frames were kept as its points
+                        points = np.column_stack([times, ref_times])[agreement > 0]
+                        view["n_points"] = len(points)
+                        view["plot"] = Markup(alignment_svg(points, work["offset"], work["time_ratio"], spans,
+                                                            f"Alignment of the upload with {label}"))
+        views.append(view)
     return views
 
 
@@ -90,6 +128,8 @@ class ReviewQueueQuery(BaseModel):
     since: BoundedDatetime | None = None
     until: BoundedDatetime | None = None
     offset: int = Field(0, ge=0, le=MAX_DB_INTEGER)
+    dispute_reason: DisputeReason | None = None
+    dispute_offset: int = Field(0, ge=0, le=MAX_DB_INTEGER)
 
 
 def _validation_message(err: ValidationError) -> str:
@@ -117,11 +157,15 @@ def home(request: Request, service: MatchService = Depends(get_service)) -> HTML
     except ApiError as err:
         return _page("error.html", err.status, err.headers, key=key, status=err.status, message=err.message)
     queue, queue_total = filters.query(service, QUEUE_PAGE_SIZE, query.offset)
+    disputes, disputes_total = service.db.list_disputes("open", query.dispute_reason, None, None, None,
+                                                        QUEUE_PAGE_SIZE, query.dispute_offset)
     recent, total = service.db.list_decisions(None, None, None, 20, 0)
-    filter_params = {name: value for name, value in request.query_params.items() if name != "offset" and value}
+    filter_params = {name: value for name, value in request.query_params.items()
+                     if name not in ("offset", "dispute_offset") and value}
     return _page("home.html", key=key, recent=recent, total=total, queue=queue, queue_total=queue_total,
                  query=query, page_size=QUEUE_PAGE_SIZE, filter_params=filter_params,
-                 verdicts=VERDICTS, kinds=KINDS)
+                 verdicts=VERDICTS, kinds=KINDS, disputes=disputes, disputes_total=disputes_total,
+                 dispute_reasons=DISPUTE_REASONS)
 
 
 @router.get("/export")
@@ -175,8 +219,9 @@ async def match(request: Request, service: MatchService = Depends(get_service)) 
     except ApiError as err:
         return _page("error.html", err.status, err.headers, key=key, status=err.status, message=err.message)
     evidence = {e.track_id: e for e in outcome.evidence}
-    return _page("decision.html", key=key, decision=outcome.body,
-                 works=_works_view(outcome.body, evidence))
+    body = with_holds(outcome.body, [])
+    return _page("decision.html", key=key, decision=body, works=_works_view(body, evidence, service),
+                 dispute_outcomes=DISPUTE_OUTCOMES)
 
 
 @router.get("/decisions", response_class=HTMLResponse)
@@ -199,7 +244,44 @@ def show_decision(decision_id: str, request: Request,
         return _page("error.html", err.status, err.headers, key=key, status=err.status, message=err.message)
     body = detail.model_dump(mode="json", by_alias=True)
     return _page("decision.html", key=key, decision=body,
-                 works=_works_view(body, service.db.decision_evidence(decision_id)))
+                 works=_works_view(body, service.db.decision_evidence(decision_id), service),
+                 dispute_outcomes=DISPUTE_OUTCOMES)
+
+
+@router.get("/decisions/{decision_id}/audio/{track_id}/{side}.wav")
+def audio(decision_id: str, track_id: int, side: Literal["reference", "upload"], request: Request,
+          service: MatchService = Depends(get_service)) -> Response:
+    """The decision page's ``<audio>`` sources (as ``GET /v1/matches/{id}/audio/{track_id}``), for the
+    signed-in analyst."""
+    key = _signed_in(request, service)
+    if key is None:
+        return _sign_in_page("sign in with an analyst key first", 401)
+    try:
+        wav, source = service.evidence_audio(decision_id, track_id, side)
+    except ApiError as err:
+        return _page("error.html", err.status, err.headers, key=key, status=err.status, message=err.message)
+    return Response(wav, media_type="audio/wav", headers={"X-Refrain-Audio-Source": source})
+
+
+@router.post("/disputes/{dispute_id}/resolution", response_class=HTMLResponse)
+async def resolve_dispute(dispute_id: str, request: Request, tasks: BackgroundTasks,
+                          service: MatchService = Depends(get_service)) -> Response:
+    """The decision page's dispute form (``outcome``, ``note``): as ``POST /v1/disputes/{id}/resolution``
+    (webhooks included), then back to the decision's page."""
+    key = _signed_in(request, service)
+    if key is None:
+        return _sign_in_page("sign in with an analyst key first", 401)
+    form = await request.form(max_files=0, max_fields=4)
+    try:
+        try:
+            body = DisputeResolutionIn(outcome=str(form.get("outcome", "")), note=str(form.get("note", "")))
+        except ValidationError as err:
+            raise ApiError(422, "validation_error", _validation_message(err)) from None
+        dispute = close_dispute(service.db, dispute_id, body.outcome, body.note, key.principal)
+    except ApiError as err:
+        return _page("error.html", err.status, err.headers, key=key, status=err.status, message=err.message)
+    notify_dispute(tasks, service, get_jobs(request), "dispute.resolved", dispute)
+    return RedirectResponse(f"/analyst/decisions/{quote(dispute.decision_id, safe='')}", status_code=303)
 
 
 @router.post("/decisions/{decision_id}/resolution", response_class=HTMLResponse)

@@ -146,3 +146,25 @@ def get_spectrogram(decision_id: str = DecisionId, track_id: int = Path(ge=1, le
     if found is None or found.spectrogram_png is None:
         raise ApiError(404, "not_found", f"decision {decision_id} has no evidence for track {track_id}")
     return Response(found.spectrogram_png, media_type="image/png")
+
+
+AUDIO_SOURCE_HEADER = "X-Refrain-Audio-Source"
+
+
+@router.get("/{decision_id}/audio/{track_id}", response_class=Response,
+            summary="Audio of the region where a track matched (WAV): the reference's, or the upload's resynthesised",
+            responses={**error_responses(404), 200: {
+                "content": {"audio/wav": {}},
+                "description": "16-bit WAV. `X-Refrain-Audio-Source`: `recording` (the reference as kept) or "
+                               "`resynthesised-peaks` (the upload's audio is not kept: a sine burst per fingerprint "
+                               "peak)",
+                "headers": {AUDIO_SOURCE_HEADER: {"schema": {"type": "string"}}}}})
+def get_audio(decision_id: str = DecisionId, track_id: int = Path(ge=1, le=MAX_DB_INTEGER),
+              side: Literal["reference", "upload"] = Query(description="`reference`: the work's recording over the "
+                                                                       "aligned region; `upload`: the upload's region"),
+              service: MatchService = Depends(get_service),
+              _: ApiKey = Depends(require_role("analyst"))) -> Response:
+    """The region shown on the decision page (the strongest span, padded 1 s): the reference recording over the
+    stretch aligned with it, or the upload's region rebuilt from its stored fingerprint peaks."""
+    audio, source = service.evidence_audio(decision_id, track_id, side)
+    return Response(audio, media_type="audio/wav", headers={AUDIO_SOURCE_HEADER: source})
