@@ -209,10 +209,11 @@ def rescan_catalogue(index_dir: os.PathLike, out: os.PathLike, options: RescanOp
     run = run_items(lambda state: CatalogueJob(str(index_dir)), "catalogue", {"index": str(index_dir)},
                     track_ids, out, options, resume)
     groups = group_related(run.records)
-    db_path = Path(db_path) if db_path is not None else ServiceSettings(index_dir=index_dir).db_path
+    service_db = Path(db_path) if db_path is not None else ServiceSettings.model_validate(
+        {"index_dir": index_dir}).db_path
     conflicts = []
-    if db_path.is_file():
-        db = ServiceDB(db_path)
+    if service_db is not None and service_db.is_file():
+        db = ServiceDB(service_db)
         try:
             conflicts = catalogue_conflicts(groups, db)
         finally:

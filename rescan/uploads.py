@@ -172,7 +172,7 @@ def _apply(db: ServiceDB, run: RunResult, apply: bool) -> int:
 
 def _notify_changes(db: ServiceDB, run: RunResult, settings: ServiceSettings) -> None:
     """Send each verdict this run applied to the ``decision.rescanned`` webhooks (one delivery per change)."""
-    if not db.list_webhooks("decision.rescanned"):
+    if not db.list_webhooks("decision.rescanned") or settings.jobs_db_path is None:
         return
     log = DeliveryLog(settings.jobs_db_path)
     try:
@@ -235,7 +235,8 @@ def rescan_uploads(index_dir: os.PathLike, db_path: os.PathLike, out: os.PathLik
                         "uploads", arguments, decision_ids, out, options, resume)
         applied = _apply(db, run, apply)
         if applied:
-            _notify_changes(db, run, ServiceSettings(index_dir=index_dir, db_path=db_path))
+            # The operator's webhook settings (REFRAIN_* variables), as the running service reads them.
+            _notify_changes(db, run, ServiceSettings.model_validate({"index_dir": index_dir, "db_path": db_path}))
     finally:
         db.close()
     out = Path(out)
