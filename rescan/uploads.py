@@ -5,7 +5,8 @@ Every stored decision keeps its upload's fingerprint (peaks only, see
 current index and decides again through :func:`service.core.decide_upload` — the
 very step ``POST /v1/matches`` runs — with the current works, policies and
 licences, the licences and uploader id declared with the upload, at the run's
-start time. A decision whose verdict would change is reported (old → new, and
+start time, the analysts' standing resolutions of its claims applied again (a
+released claim stays released). A decision whose verdict would change is reported (old → new, and
 why, work by work); with ``apply`` the new answer replaces the stored one, the
 old one is kept in the decision's history (``decision_changes``), and each change
 is sent to the webhooks an admin subscribed to ``decision.rescanned`` (signed,
@@ -30,7 +31,7 @@ from refrain.fingerprint import FingerprintError
 from refrain.fingerprint.serialize import FingerprintFormatError, fingerprint_from_bytes
 from refrain.api import Refrain
 from refrain.rescan.jobs import RescanOptions, RunResult, finish, run_items, write_csv, write_jsonl
-from refrain.service.core import decide_upload, decision_body, jsonable
+from refrain.service.core import decide_upload, decision_body, jsonable, with_standing_resolutions
 from refrain.service.db import ServiceDB, WorkEvidence
 from refrain.service.settings import ServiceSettings
 from refrain.service.webhooks import DeliveryLog, notify
@@ -122,6 +123,8 @@ class UploadsJob:
                                      created_at=stored.created_at, principal=old.get("principal"),
                                      uploader_id=old["uploader_id"],
                                      licence_ids=old["licence_ids"], fingerprint=old["fingerprint"]))
+        # What analysts resolved (reviews, disputes) still stands on the claims found again.
+        new = with_standing_resolutions(new, db.standing_resolutions(decision_id))
         record = {"status": "ok", **head, "new_verdict": new["verdict"],
                   "changed": new["verdict"] != stored.verdict}
         if record["changed"]:

@@ -50,7 +50,8 @@ from refrain.service.uploads import ReceivedForm, safe_suffix
 
 __all__ = ["MatchService", "MatchOutcome", "UploadDecision", "decide_upload", "decision_body", "resolve_decision",
            "jsonable", "policy_out", "work_out", "licence_out", "file_dispute", "close_dispute", "close_conflict",
-           "conflict_claims", "with_holds", "dispute_out", "SpanRegions", "cover_alignment"]
+           "conflict_claims", "with_holds", "dispute_out", "SpanRegions", "cover_alignment",
+           "with_standing_resolutions"]
 
 log = logging.getLogger("refrain.service")
 
@@ -764,6 +765,23 @@ def _resolved_body(body: dict, resolutions: dict[int, str], note: str) -> tuple[
     return new_body, resolved
 
 
+def with_standing_resolutions(body: dict, standing: dict[int, tuple[str, str]]) -> dict:
+    """A freshly decided answer with the analysts' standing resolutions applied again to the claims still found
+    (a released claim stays released, a confirmed one blocked, an allowed one allowed): what a rescan stores.
+
+    Parameters
+    ----------
+    body : dict
+        The answer as :func:`decision_body` made it.
+    standing : dict of int to (str, str)
+        Track id -> (resolution, note), from :meth:`ServiceDB.standing_resolutions`.
+    """
+    for track_id, (resolution, note) in sorted(standing.items()):
+        if any(w["track_id"] == track_id for w in body["works"]):
+            body, _ = _resolved_body(body, {track_id: resolution}, note)
+    return body
+
+
 def _stored(db: ServiceDB, decision_id: str):
     stored = db.get_decision(decision_id)
     if stored is None:
@@ -798,7 +816,7 @@ def resolve_decision(db: ServiceDB, decision_id: str, resolutions: dict[int, str
     except ValueError as err:
         raise ApiError(422, "validation_error", f"decision {decision_id}: {err}") from None
     if not db.apply_resolution(decision_id, "rev_" + secrets.token_urlsafe(9), utc_now(), body, new_body, actor,
-                               note):
+                               note, resolutions):
         raise ApiError(409, "conflict", f"decision {decision_id} changed while it was being resolved; "
                                         "reload it and resolve again")
     annotate(decision_id=decision_id, verdict=resolved.verdict)
@@ -855,7 +873,7 @@ def close_dispute(db: ServiceDB, dispute_id: str, outcome: str, note: str, actor
             if work["track_id"] in resolutions and work["work_id"] is not None:
                 exclusions.extend((work["work_id"], start, end) for start, end in
                                   policy.merge_spans([(s["ref_start"], s["ref_end"]) for s in work["spans"]]))
-    if not db.resolve_dispute(dispute_id, outcome, note, actor, body, new_body, exclusions):
+    if not db.resolve_dispute(dispute_id, outcome, note, actor, body, new_body, exclusions, resolutions):
         raise ApiError(409, "conflict", f"dispute {dispute_id} or its decision changed while it was being "
                                         "resolved; reload it and resolve again")
     annotate(decision_id=dispute.decision_id, dispute_id=dispute_id, verdict=resolved.verdict)

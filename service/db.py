@@ -271,6 +271,16 @@ _MIGRATIONS = [
         created_at    TEXT    NOT NULL
     );
     CREATE INDEX work_exclusions_by_work ON work_exclusions (work_id, ref_start);
+    -- The resolution standing on each claim an analyst resolved (a review or a dispute's outcome): a rescan
+    -- re-decides the upload and applies them again, so that a released claim stays released.
+    CREATE TABLE decision_resolutions (
+        decision_id   TEXT    NOT NULL REFERENCES decisions (decision_id) ON DELETE CASCADE,
+        track_id      INTEGER NOT NULL,
+        resolution    TEXT    NOT NULL CHECK (resolution IN ('confirm', 'allow', 'release')),
+        run_id        TEXT    NOT NULL,           -- the review (rev_…) or dispute (dsp_…) that made it
+        note          TEXT    NOT NULL,
+        PRIMARY KEY (decision_id, track_id)
+    );
     ALTER TABLE work_conflicts ADD COLUMN resolution TEXT CHECK (resolution IN ('work', 'claimed_work', 'share'));
     ALTER TABLE work_conflicts ADD COLUMN resolution_note TEXT;
     ALTER TABLE work_conflicts ADD COLUMN resolved_by TEXT;
@@ -1051,8 +1061,11 @@ class ServiceDB:
                          (new_body["verdict"], json.dumps(new_body), decision_id))
 
     def apply_resolution(self, decision_id: str, review_id: str, resolved_at: datetime, old_body: dict,
-                         new_body: dict, actor: str, note: str) -> bool:
+                         new_body: dict, actor: str, note: str, resolutions: dict[int, str] | None = None) -> bool:
         """Store an analyst's resolution of a decision, keeping the old answer in its history.
+
+        ``resolutions`` (track id -> resolution) are kept as the claims' standing resolutions
+        (:meth:`standing_resolutions`), in the same transaction.
 
         Returns
         -------
@@ -1070,6 +1083,7 @@ class ServiceDB:
                     return False
                 self._record_change(decision_id, review_id, resolved_at, old_body["verdict"], new_body, note,
                                     row["body"], "resolution", actor)
+                self._keep_resolutions(decision_id, resolutions or {}, review_id, note)
                 self._db.execute("COMMIT")
                 return True
             except BaseException:
@@ -1224,9 +1238,11 @@ class ServiceDB:
         return [self._dispute(row) for row in rows], int(total)
 
     def resolve_dispute(self, dispute_id: str, outcome: str, note: str, actor: str, old_body: dict,
-                        new_body: dict, exclusions: list[tuple[int, float, float]]) -> bool:
+                        new_body: dict, exclusions: list[tuple[int, float, float]],
+                        resolutions: dict[int, str]) -> bool:
         """Close an open dispute: its decision gets ``new_body`` (the old one kept in its history as a change of
-        kind ``dispute``) and ``exclusions`` (work id, reference start, end) are added, in one transaction.
+        kind ``dispute``), the claims their standing ``resolutions`` (track id -> resolution) and ``exclusions``
+        (work id, reference start, end) are added, in one transaction.
 
         Returns
         -------
@@ -1249,6 +1265,7 @@ class ServiceDB:
                                     f"dispute {outcome}: {note}", row["body"], "dispute", actor)
                 self._db.execute("UPDATE disputes SET outcome = ?, note = ?, resolved_by = ?, resolved_at = ?"
                                  " WHERE dispute_id = ?", (outcome, note, actor, _iso(now), dispute_id))
+                self._keep_resolutions(dispute["decision_id"], resolutions, dispute_id, f"dispute {outcome}: {note}")
                 self._db.executemany("INSERT INTO work_exclusions (work_id, ref_start, ref_end, reason, source,"
                                      " created_by, created_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
                                      [(work_id, start, end, note, dispute_id, actor, _iso(now))
@@ -1258,3 +1275,17 @@ class ServiceDB:
             except BaseException:
                 self._db.execute("ROLLBACK")
                 raise
+
+    def _keep_resolutions(self, decision_id: str, resolutions: dict[int, str], run_id: str, note: str) -> None:
+        """Within a caller's write transaction: the standing resolution of each resolved claim (the latest wins)."""
+        self._db.executemany(
+            "INSERT INTO decision_resolutions (decision_id, track_id, resolution, run_id, note) VALUES (?, ?, ?, ?, ?)"
+            " ON CONFLICT (decision_id, track_id) DO UPDATE SET resolution = excluded.resolution,"
+            " run_id = excluded.run_id, note = excluded.note",
+            [(decision_id, track_id, resolution, run_id, note) for track_id, resolution in resolutions.items()])
+
+    def standing_resolutions(self, decision_id: str) -> dict[int, tuple[str, str]]:
+        """Track id -> (resolution, note) of each claim of this decision an analyst resolved (last one standing)."""
+        return {row["track_id"]: (row["resolution"], row["note"]) for row in
+                self._query("SELECT track_id, resolution, note FROM decision_resolutions WHERE decision_id = ?",
+                            (decision_id,))}

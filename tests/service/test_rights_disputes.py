@@ -15,6 +15,7 @@ import pytest
 from service_helpers import LICENSEE, assert_error, post_file, register
 from test_rights_webhooks import SECRET, receiver  # noqa: F401 (receiver is a fixture)
 
+from refrain.rescan import RescanOptions, rescan_uploads
 from refrain.service.db import ServiceDB
 from refrain.service.webhooks import EVENT_HEADER, SIGNATURE_HEADER, verify
 
@@ -106,7 +107,7 @@ def test_an_uploader_disputes_and_an_analyst_releases_and_excludes(service, exce
     assert "excluded reference spans" in longer["works"][0]["reason"]
 
 
-def test_a_reinstated_claim_stands_and_an_allowed_decision_has_nothing_to_dispute(service, excerpt_file):
+def test_a_reinstated_claim_stands_and_an_allowed_decision_has_nothing_to_dispute(service, excerpt_file, tmp_path):
     uploader, analyst = service["uploader"], service["analyst"]
     decision = _blocked(service, excerpt_file, start=0.0, seconds=8.0)
     filed = uploader.post(f"/v1/matches/{decision['decision_id']}/disputes",
@@ -126,6 +127,13 @@ def test_a_reinstated_claim_stands_and_an_allowed_decision_has_nothing_to_disput
     analyst.post(f"/v1/disputes/{second.json()['dispute_id']}/resolution", json={"outcome": "release", "note": "ok"})
     released = analyst.get(f"/v1/matches/{decision['decision_id']}").json()
     assert released["verdict"] == "allowed"
+    # A rescan finds the same match again: the analyst's release stands (the claim is not silently reinstated).
+    settings = service["admin"].settings
+    report = rescan_uploads(settings.index_dir, settings.db_path, tmp_path / "recheck", settings.review_confidence,
+                            apply=True, options=RescanOptions(progress=False))
+    (record,) = [r for r in report.run.records if r["item"] == decision["decision_id"]]
+    assert (record["status"], record["new_verdict"], record["changed"]) == ("ok", "allowed", False), record
+    assert analyst.get(f"/v1/matches/{decision['decision_id']}").json()["verdict"] == "allowed"
     assert_error(uploader.post(f"/v1/matches/{decision['decision_id']}/disputes",
                                json={"reason": "fair_use", "text": "x"}), 422, "validation_error")
 
