@@ -480,7 +480,10 @@ class MatchService:
         """
         rate = self.refrain.params.sample_rate
         if m.kind == "cover" and len(points) == 0 and work is not None:
-            alignment = cover_alignment(self.refrain.params, melody, m.to_dict(), self._reference_samples(work))
+            try:
+                alignment = cover_alignment(self.refrain.params, melody, m.to_dict(), self._reference_samples(work))
+            except ApiError:  # logged: the decision stands without the cover's points
+                alignment = None
             if alignment is not None:
                 times, ref_times, _, _, agreement = alignment
                 points = np.column_stack([times, ref_times])[agreement > 0]
@@ -494,7 +497,12 @@ class MatchService:
     # -- evidence an analyst can look at and listen to -----------------------------------------
 
     def _reference_samples(self, work: Work) -> np.ndarray:
-        return load_audio(work.stored_path, self.refrain.params.sample_rate, self.settings.max_reference_seconds)
+        """The work's kept reference recording; 404 if it can no longer be read (the works folder was tampered with)."""
+        try:
+            return load_audio(work.stored_path, self.refrain.params.sample_rate, self.settings.max_reference_seconds)
+        except (AudioDecodeError, AudioTooLongError) as err:
+            log.error("work %s: its reference recording cannot be read: %s", work.work_id, err)
+            raise ApiError(404, "not_found", f"the reference recording of work {work.work_id} cannot be read") from None
 
     def matched_regions(self, decision_id: str, track_id: int) -> SpanRegions:
         """Where a stored decision's matched work sounds in the upload and in the reference; 404 if unknown.

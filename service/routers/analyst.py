@@ -91,13 +91,18 @@ def _works_view(body: dict, evidence: dict, service: MatchService) -> list[dict]
             base = f"/analyst/decisions/{quote(body['decision_id'], safe='')}/audio/{work['track_id']}"
             view["audio"] = {"upload": f"{base}/upload.wav",
                              "reference": f"{base}/reference.wav" if regions.work is not None else None}
-            if regions.work is None:
-                view["reference_missing"] = "no registered work: the service keeps no reference recording for it"
-            else:
+            try:
+                if regions.work is None:
+                    raise ApiError(404, "not_found", "no registered work: the service keeps no reference recording "
+                                                     "for it")
                 view["reference_figure"] = Markup(spectrogram_figure(
                     service.reference_spectrogram(regions), regions.ref_start, regions.ref_end, params,
                     f"Spectrogram of the reference, {regions.ref_start:g}–{regions.ref_end:g} s",
                     f"reference-spectrogram-{work['track_id']}"))
+            except ApiError as err:
+                view["reference_missing"], view["audio"]["reference"] = err.message, None
+                views.append(view)
+                continue
             if work["kind"] == "cover":
                 alignment = service.cover_view(body["decision_id"], regions)
                 if alignment is not None:

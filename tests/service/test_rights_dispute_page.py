@@ -109,3 +109,21 @@ def test_the_review_in_the_same_service_is_resolved_on_its_page(browser, service
     submit(browser, "resolve")
     assert browser.find_element(By.ID, "verdict").text == "allowed"
     assert "licence on file" in browser.find_element(By.ID, "history").text
+
+
+def test_a_reference_recording_that_cannot_be_read_is_said_so_not_a_server_error(browser, service):  # noqa: F811
+    db = ServiceDB(service.admin.settings.db_path)
+    stored = Path(db.get_work(service.work["work_id"]).stored_path)
+    db.close()
+    stored.write_bytes(b"not audio any more")
+    decision = service.disputes[1]["decision_id"]
+    track_id = service.blocked[1]["works"][0]["track_id"]
+    with httpx.Client(base_url=service.url, headers={"X-API-Key": service.keys["analyst"]}) as analyst:
+        refused = analyst.get(f"/v1/matches/{decision}/audio/{track_id}", params={"side": "reference"})
+        assert refused.status_code == 404 and "cannot be read" in refused.json()["message"], refused.text
+        assert analyst.get(f"/v1/matches/{decision}/audio/{track_id}", params={"side": "upload"}).status_code == 200
+    sign_in(browser, service, service.keys["analyst"])
+    browser.get(f"{service.url}/analyst/decisions/{decision}")
+    side = browser.find_element(By.ID, f"reference-side-{track_id}").text
+    assert "cannot be read" in side and not browser.find_elements(By.ID, f"reference-audio-{track_id}")
+    assert browser.find_element(By.ID, f"upload-audio-{track_id}")
