@@ -15,6 +15,7 @@ from service_helpers import LICENSEE, assert_error, post_file, register
 from test_rights_webhooks import SECRET, receiver  # noqa: F401 (receiver is a fixture)
 
 from refrain.rescan import RescanOptions, rescan_catalogue, rescan_uploads
+from refrain.service.routers.analyst import COOKIE
 from refrain.service.db import ServiceDB
 from refrain.service.webhooks import EVENT_HEADER, SIGNATURE_HEADER, verify
 
@@ -65,6 +66,9 @@ def test_an_open_conflict_holds_the_royalties_of_its_span_until_an_admin_resolve
     assert stored["works"] == inside["works"]
     export = analyst.get("/v1/reviews/export", params={"verdict": "blocked_copy"}).text
     assert {row["held"] for row in csv.DictReader(io.StringIO(export))} == {"True"}
+    page_url = f"/analyst/decisions/{inside['decision_id']}"
+    page = httpx.get(str(analyst.base_url).rstrip("/") + page_url, cookies={COOKIE: analyst.headers["X-API-Key"]})
+    assert page.status_code == 200 and page.text.count('<strong class="held">held</strong>') == 2, page.text
 
     url, received = receiver
     hook = admin.post("/v1/webhooks", json={"url": url, "events": ["conflict.resolved", "decision.rescanned"],
@@ -85,6 +89,8 @@ def test_an_open_conflict_holds_the_royalties_of_its_span_until_an_admin_resolve
         # The hold is lifted; the loser's side of the span is excluded from its work.
         after = analyst.get(f"/v1/matches/{inside['decision_id']}").json()
         assert not any(line["royalty"]["held"] for line in after["works"])
+        page = httpx.get(str(analyst.base_url).rstrip("/") + page_url, cookies={COOKIE: analyst.headers["X-API-Key"]})
+        assert page.status_code == 200 and 'class="held"' not in page.text
         (exclusion,) = admin.get(f"/v1/works/{claimed}/exclusions").json()["items"]
         assert exclusion["source"] == f"cfl_{conflict['conflict_id']}"
         assert exclusion["ref_start"] == pytest.approx(0.0, abs=1.0)
