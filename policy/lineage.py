@@ -155,13 +155,13 @@ def ancestry(work_id: int, links: Mapping[int, Sequence[LineageLink]]) -> list[t
     return paths
 
 
-def derivative_floor(parents: Sequence[tuple[LineageLink, Policy]]) -> Policy:
+def derivative_floor(parents: Sequence[tuple[str, Policy]]) -> Policy:
     """The most permissive policy a derivative may have, and its default.
 
     Parameters
     ----------
-    parents : sequence of (LineageLink, Policy)
-        Each parent's link and policy in force.
+    parents : sequence of (str, Policy)
+        Each parent's link kind (the derivative's matcher kind against it) and policy in force.
 
     Returns
     -------
@@ -171,7 +171,7 @@ def derivative_floor(parents: Sequence[tuple[LineageLink, Policy]]) -> Policy:
     """
     if not parents:
         return DEFAULT_POLICY
-    actions = {use: max((policy.action(use_along([_KIND_OF_USE[use], link.kind])) for link, policy in parents),
+    actions = {use: max((policy.action(use_along([_KIND_OF_USE[use], kind])) for kind, policy in parents),
                         key=_ACTION_RANK.__getitem__) for use in USES}
     return Policy(**actions, royalty_share=max(policy.royalty_share for _, policy in parents))
 
