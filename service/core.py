@@ -744,22 +744,24 @@ def resolve_decision(db: ServiceDB, decision_id: str, resolutions: dict[int, str
     if stored is None:
         raise ApiError(404, "not_found", f"decision {decision_id} not found")
     body = stored.body
+    # Lineage claims count like matched works: a track id names both a work and its claims (docs/lineage.md).
+    entries = [*body["works"], *body.get("lineage", [])]
     works = [policy.WorkDecision(work_id=w["work_id"], track_id=w["track_id"], use=w["use"], action=w["action"],
                                  outcome=w["outcome"], licence_id=w["licence_id"], reason=w["reason"],
                                  covered_seconds=w["royalty"]["covered_seconds"],
                                  duration_share=w["royalty"]["duration_share"],
                                  royalty_share=w["royalty"]["royalty_share"], share_owed=w["royalty"]["share_owed"])
-             for w in body["works"]]
+             for w in entries]
     try:
         resolved = policy.resolve(works, resolutions, note)
     except ValueError as err:
         raise ApiError(422, "validation_error", f"decision {decision_id}: {err}") from None
-    by_track = {w.track_id: w for w in resolved.works}
+    updated = [{**w, "outcome": new.outcome, "reason": new.reason,
+                "royalty": {**w["royalty"], "share_owed": new.share_owed}} for w, new in zip(entries, resolved.works)]
     new_body = {**body, "verdict": resolved.verdict, "reason": resolved.reason,
-                "total_share_owed": resolved.total_share_owed,
-                "works": [{**w, "outcome": by_track[w["track_id"]].outcome, "reason": by_track[w["track_id"]].reason,
-                           "royalty": {**w["royalty"], "share_owed": by_track[w["track_id"]].share_owed}}
-                          for w in body["works"]]}
+                "total_share_owed": resolved.total_share_owed, "works": updated[:len(body["works"])]}
+    if "lineage" in body:
+        new_body["lineage"] = updated[len(body["works"]):]
     if not db.apply_resolution(decision_id, "rev_" + secrets.token_urlsafe(9), utc_now(), body, new_body, actor,
                                note):
         raise ApiError(409, "conflict", f"decision {decision_id} changed while it was being resolved; "

@@ -182,6 +182,16 @@ def test_one_song_its_published_remix_and_everything_downstream(scene, songs):
     assert {line["decision_id"] for line in b_lines} == {licensed_copy["decision_id"], pitched["decision_id"]}
     assert_error(a.get("/v1/royalties", params={"holder": "studio-b"}), 403, "forbidden")
 
+    # An analyst's resolution weighs the lineage claims too: allowing B1 leaves A's claim blocking the upload.
+    resolved = analyst.post(f"/v1/matches/{only_b['decision_id']}/resolution",
+                            json={"works": [{"track_id": b1["track_id"], "resolution": "allow"},
+                                            {"track_id": work_a["track_id"], "resolution": "confirm"}],
+                                  "note": "B's licence checked; A never licensed the app"})
+    assert resolved.status_code == 200, resolved.text
+    assert resolved.json()["verdict"] == "blocked_unlicensed_derivative"
+    assert [c["reason"] for c in resolved.json()["lineage"]] == [
+        "an analyst chose to confirm this claim: B's licence checked; A never licensed the app"]
+
     # A withdraws its consent: a rescan of A's lineage flips A's remix and every descendant's upload.
     assert a.put("/v1/works/default-policy", json={**CONSENT, "remix": "deny"}).status_code == 200
     report = rescan_uploads(settings.index_dir, settings.db_path, settings.index_dir.parent / "withdrawn",
