@@ -208,19 +208,24 @@ def lineage_shares(amount: float, work_id: int, links: Mapping[int, Sequence[Lin
         What each ancestor keeps, per path of work ids from the derivative to it.
         ``kept + sum(shares.values()) == amount`` (to rounding).
     """
-    def passed(node: int) -> tuple[float, float]:
-        """(fraction passed to the parents in all, divisor making the parents' fractions sum to at most 1)."""
-        weights = sum(royalty_shares.get(link.parent_work_id, 0.0) * link.share for link in links.get(node, ()))
-        return min(1.0, weights), max(1.0, weights)
+    weights: dict[int, float] = {}
+
+    def passed(node: int) -> float:
+        """What ``node``'s parents ask for in all: Σ_q r(q) × ℓ(node→q)."""
+        if node not in weights:
+            weights[node] = sum(royalty_shares.get(link.parent_work_id, 0.0) * link.share
+                                for link in links.get(node, ()))
+        return weights[node]
 
     shares: dict[tuple[int, ...], float] = {}
-    for path in ancestry(work_id, links):
-        reaching = amount
-        for link in path:
-            reaching *= royalty_shares.get(link.parent_work_id, 0.0) * link.share / passed(link.work_id)[1]
-        ancestor = path[-1].parent_work_id
-        shares[(work_id, *(link.parent_work_id for link in path))] = reaching * (1.0 - passed(ancestor)[0])
-    return amount * (1.0 - passed(work_id)[0]), shares
+    reaching: dict[tuple[LineageLink, ...], float] = {(): amount}
+    for path in ancestry(work_id, links):  # shortest first: a path's prefix is already reached
+        link = path[-1]
+        reaching[path] = (reaching[path[:-1]] * royalty_shares.get(link.parent_work_id, 0.0) * link.share
+                          / max(1.0, passed(link.work_id)))
+        shares[(work_id, *(step.parent_work_id for step in path))] = \
+            reaching[path] * (1.0 - min(1.0, passed(link.parent_work_id)))
+    return amount * (1.0 - min(1.0, passed(work_id))), shares
 
 
 def decide_lineage(matches: Sequence[MatchedWork], decision: Decision, links: Mapping[int, Sequence[LineageLink]],
