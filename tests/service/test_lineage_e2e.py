@@ -139,6 +139,8 @@ def test_one_song_its_published_remix_and_everything_downstream(scene, songs):
     # A third uploader's copy of B1 is blocked unless licensed by both B and A.
     blocked = post_file(third, "/v1/matches", audio["b1_copy"]).json()
     assert blocked["verdict"] == "blocked_copy", blocked
+    assert_error(third.post(f"/v1/matches/{blocked['decision_id']}/publish",
+                            json={"title": "Mine now", "artists": ["App"]}), 409, "conflict")
     b_copy = _licence(b, b1["work_id"], "listener-app", ["copy", "remix"])
     only_b = post_file(third, "/v1/matches", audio["b1_copy"], licence_id=b_copy).json()
     assert only_b["verdict"] == "blocked_unlicensed_derivative", only_b

@@ -77,3 +77,24 @@ def test_a_rights_holder_sets_its_own_default_policy_only(private_admin):
     assert_error(private_admin.get("/v1/licences", headers=holder), 422, "validation_error")
     assert_error(private_admin.get("/v1/royalties", params={"holder": "someone"}, headers=holder), 403)
     assert_error(private_admin.delete("/v1/works/99999", headers=holder), 403, "forbidden")  # admins delete
+
+
+def test_the_new_routes_check_keys_and_roles_before_anything_else(private_admin):
+    keys = {role: {"X-API-Key": private_admin.post("/v1/keys", json={"role": role, "principal": f"p-{role}"})
+                   .json()["key"]} for role in ("uploader", "analyst", "rights_holder")}
+    publish = ("POST", "/v1/matches/dec_unknown/publish", {"title": "t", "artists": ["a"]})
+    lineage = ("GET", "/v1/works/99999/lineage", None)
+    royalties = ("GET", "/v1/royalties?holder=p-analyst", None)
+    default = ("PUT", "/v1/works/default-policy", CONSENT)
+    for method, path, body in (publish, lineage, royalties, default):
+        assert_error(private_admin.request(method, path, json=body, headers={"X-API-Key": ""}), 401, "unauthorized")
+    for (method, path, body), role in ((publish, "analyst"), (publish, "rights_holder"), (royalties, "uploader"),
+                                       (royalties, "rights_holder"), (default, "uploader"), (default, "analyst")):
+        assert_error(private_admin.request(method, path, json=body, headers=keys[role]), 403, "forbidden")
+    assert_error(private_admin.request(*publish[:2], json=publish[2], headers=keys["uploader"]), 404, "not_found")
+    assert_error(private_admin.post(publish[1], json={"title": "", "artists": []}, headers=keys["uploader"]), 422,
+                 "validation_error")
+    assert_error(private_admin.get(lineage[1], headers=keys["analyst"]), 404, "not_found")
+    assert private_admin.get(royalties[1], headers=keys["analyst"]).json()["lines"] == []
+    assert_error(private_admin.get("/v1/royalties", params={"holder": "x", "since": "2026-02-01",
+                                                            "until": "2026-01-01"}), 422, "validation_error")
