@@ -328,8 +328,8 @@ class MatchService:
         ------
         ApiError
             404 unknown decision; 403 another principal's upload; 409 a verdict that does
-            not allow publishing, a decision already published, no stored fingerprint, or a
-            recording already in the catalogue; 422 a bad ISRC or a policy more permissive
+            not allow publishing, a copy (kind ``copy``) of a work, a decision already
+            published, no stored fingerprint, or a recording already in the catalogue; 422 a bad ISRC or a policy more permissive
             than a parent allows.
         """
         stored = self.db.rescan_candidate(decision_id)
@@ -353,6 +353,11 @@ class MatchService:
             raise ApiError(422, "validation_error", problem)
         matched = [w for w in stored.body["works"]
                    if w["work_id"] is not None and w["outcome"] in ("allowed", "licensed")]
+        copied = [str(w["work_id"]) for w in matched if w["kind"] == "copy"]
+        if copied:  # the same recording again: publishing it would claim another's work, not add a derivative
+            raise ApiError(409, "conflict", f"decision {decision_id}: the upload is a copy of work "
+                                            f"{', '.join(copied)}, not a derivative of it: only derivatives "
+                                            "are published")
         parents = self.db.works_by_id([w["work_id"] for w in matched])
         links = [{"parent_work_id": w["work_id"], "kind": w["kind"], "score": w["score"],
                   "confidence": w["confidence"], "time_ratio": w["time_ratio"],

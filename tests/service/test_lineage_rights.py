@@ -98,3 +98,21 @@ def test_the_new_routes_check_keys_and_roles_before_anything_else(private_admin)
     assert private_admin.get(royalties[1], headers=keys["analyst"]).json()["lines"] == []
     assert_error(private_admin.get("/v1/royalties", params={"holder": "x", "since": "2026-02-01",
                                                             "until": "2026-01-01"}), 422, "validation_error")
+
+
+def test_a_copy_is_not_published_as_a_derivative(private_admin, songs):
+    song = songs[49]
+    with open(song.path, "rb") as handle:
+        work = private_admin.post("/v1/works", files={"file": (song.path.name, handle, "audio/wav")},
+                                  data={"title": "Free song", "artists": ["F"], "rights_holder": "Label F"}).json()
+    free = {"copy": "allow", "remix": "allow", "cover": "allow", "royalty_share": 0.1}
+    assert private_admin.put(f"/v1/works/{work['work_id']}/policy", json=free).status_code == 200
+    uploader = {"X-API-Key": private_admin.post("/v1/keys", json={"role": "uploader", "principal": "copier"})
+                .json()["key"]}
+    with open(song.path, "rb") as handle:
+        decided = private_admin.post("/v1/matches", files={"file": ("same.wav", handle, "audio/wav")},
+                                     headers=uploader).json()
+    assert decided["verdict"] == "allowed" and decided["works"][0]["kind"] == "copy", decided
+    refused = private_admin.post(f"/v1/matches/{decided['decision_id']}/publish",
+                                 json={"title": "Mine", "artists": ["Copier"]}, headers=uploader)
+    assert "copy of work" in assert_error(refused, 409, "conflict")["message"]
