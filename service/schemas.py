@@ -102,8 +102,9 @@ class PolicyBody(_Strict):
 class PolicyOut(PolicyBody):
     """The policy in force for a work."""
 
-    is_default: bool = Field(description="True when the work has no policy of its own and the "
-                                         "default (deny everything, royalty 0) applies")
+    is_default: bool = Field(description="True when the work has no policy of its own, its rights holder no "
+                                         "default policy (docs/lineage.md), and the default (deny everything, "
+                                         "royalty 0) applies")
 
 
 class WorkOut(BaseModel):
