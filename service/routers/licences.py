@@ -37,7 +37,7 @@ def grant(body: LicenceIn, service: MatchService = Depends(get_service),
     return LicenceOut(**licence_out(licence, utc_now()))
 
 
-@router.get("", response_model=LicenceList, summary="List licences", responses=error_responses())
+@router.get("", response_model=LicenceList, summary="List licences", responses=error_responses(404))
 def list_licences(work_id: int | None = Query(None, ge=1, le=MAX_DB_INTEGER),
                   licensee: str | None = Query(None, max_length=200, description="The licensee principal's name"),
                   limit: int = Query(50, ge=1, le=500), offset: int = Query(0, ge=0, le=MAX_DB_INTEGER),
