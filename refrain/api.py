@@ -286,6 +286,47 @@ class Refrain:
                 for future in futures:
                     future.cancel()
 
+    def ingest_fingerprint(self, fp: Fingerprint, source: str, content_hash: str,
+                           metadata: TrackMetadata = TrackMetadata()) -> IngestResult:
+        """Add a recording whose fingerprint is already computed (e.g. rebuilt from a stored one).
+
+        For a recording whose audio is no longer at hand: a published upload is kept
+        only as its fingerprint (:mod:`fingerprint.serialize`). The track is committed
+        before this returns. Same rules as :meth:`ingest`: a recording with these bytes
+        already in the catalogue is left ``unchanged``; a track of the same ``source``
+        with other bytes is replaced (``updated``).
+
+        Parameters
+        ----------
+        fp : Fingerprint
+            Made with :attr:`params` (a query fingerprint's dense peaks are ignored).
+        source : str
+            What the track is recorded as coming from (the catalogue's ``source``).
+        content_hash : str
+            SHA-256 hex of the recording's bytes: its identity in the catalogue.
+        metadata : TrackMetadata
+
+        Raises
+        ------
+        ValueError
+            When ``fp`` lacks what this index stores (a melody for an index with a melody
+            tier); the index is unchanged.
+        """
+        existing = self.store.catalog.find_ready(content_hash=content_hash)
+        if existing is not None:
+            return IngestResult(source, "unchanged", existing.track_id, existing.duration, existing.n_landmarks)
+        if self.store.melody is not None and fp.melody is None:
+            raise ValueError("the fingerprint has no melody, but this index has a melody tier")
+        replaced = self.store.catalog.find_ready(source=source)
+        if replaced is not None:
+            self.store.remove_track(replaced.track_id)
+        try:
+            track_id = self.store.add_track(source, content_hash, fp, metadata)
+        finally:
+            self.store.commit()
+            self._ready = None
+        return IngestResult(source, "updated" if replaced else "added", track_id, fp.duration, len(fp))
+
     def tracks(self) -> list[Track]:
         """The matchable catalogue recordings, by track id."""
         ready = self._ready_tracks()

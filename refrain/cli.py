@@ -664,7 +664,7 @@ def build_parser() -> argparse.ArgumentParser:
                                 description="Make an API key and print it (shown once).",
                                 epilog=EPILOG, formatter_class=formatter)
     create.set_defaults(run=cmd_keys_create, parser=create)
-    create.add_argument("--role", required=True, choices=["uploader", "analyst", "admin"])
+    create.add_argument("--role", required=True, choices=["uploader", "analyst", "admin", "rights_holder"])
     create.add_argument("--principal", required=True, metavar="NAME",
                         help="who the key acts for (organisation or team); created if missing")
     create.add_argument("--label", default=None, help="who or what the key is for")

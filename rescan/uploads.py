@@ -72,6 +72,20 @@ def explain_change(old: dict, new: dict) -> list[str]:
             was, now = before[track_id], after[track_id]
             if (was["outcome"], was["work_id"]) != (now["outcome"], now["work_id"]):
                 reasons.append(f"{_work_label(now)}: {was['outcome']} -> {now['outcome']} ({now['reason']})")
+    # Ancestors attributed through a matched derivative's lineage (docs/lineage.md), by route.
+    claims_before = {tuple(c["path"]): c for c in old.get("lineage", [])}
+    claims_after = {tuple(c["path"]): c for c in new.get("lineage", [])}
+    for path in sorted(claims_before.keys() | claims_after.keys()):
+        if path not in claims_before:
+            claim = claims_after[path]
+            reasons.append(f"ancestor {_work_label(claim)} through work {path[0]} is now attributed: "
+                           f"{claim['outcome']} ({claim['reason']})")
+        elif path not in claims_after:
+            reasons.append(f"ancestor {_work_label(claims_before[path])} through work {path[0]} is no longer "
+                           "attributed")
+        elif claims_before[path]["outcome"] != (claim := claims_after[path])["outcome"]:
+            reasons.append(f"ancestor {_work_label(claim)} through work {path[0]}: "
+                           f"{claims_before[path]['outcome']} -> {claim['outcome']} ({claim['reason']})")
     return reasons
 
 
@@ -118,7 +132,8 @@ class UploadsJob:
         licences = [found for found in map(db.get_licence, old["licence_ids"]) if found is not None]
         # Licences are checked against the principal whose key made the upload, as at upload time.
         decided = decide_upload(refrain, db, fp, old["filename"], old.get("principal"), licences,
-                                datetime.fromisoformat(self.at), self.review_confidence)
+                                datetime.fromisoformat(self.at), self.review_confidence,
+                                published_as=db.published_work(decision_id))
         new = jsonable(decision_body(decided, decision_id=decision_id, stored=True,
                                      created_at=stored.created_at, principal=old.get("principal"),
                                      uploader_id=old["uploader_id"],
@@ -192,7 +207,8 @@ def _notify_changes(db: ServiceDB, run: RunResult, settings: ServiceSettings) ->
 
 def rescan_uploads(index_dir: os.PathLike, db_path: os.PathLike, out: os.PathLike,
                    review_confidence: float, since: datetime | None = None, apply: bool = False,
-                   options: RescanOptions = RescanOptions(), resume: bool = False) -> UploadsReport:
+                   options: RescanOptions = RescanOptions(), resume: bool = False,
+                   lineage_of: int | None = None) -> UploadsReport:
     """Re-decide every stored decision (made at or after ``since``) and report the verdicts that change.
 
     Parameters
@@ -212,6 +228,10 @@ def rescan_uploads(index_dir: os.PathLike, db_path: os.PathLike, out: os.PathLik
     options : RescanOptions
     resume : bool
         Continue the interrupted run in ``out``.
+    lineage_of : int, optional
+        Only the decisions that matched this work or one of its published descendants:
+        what a change of the work's policy or licences (a withdrawn consent) can change,
+        since the descendants' uploads are judged by their ancestors' policies too.
 
     Raises
     ------
@@ -233,6 +253,11 @@ def rescan_uploads(index_dir: os.PathLike, db_path: os.PathLike, out: os.PathLik
                      "since": since.isoformat() if since is not None else None, "apply": apply,
                      "review_confidence": review_confidence}
         decision_ids = db.rescan_ids(since)
+        if lineage_of is not None:  # (only then an argument: runs begun before it existed still resume)
+            arguments["lineage_of"] = lineage_of
+            family = {lineage_of, *(link.work_id for link in db.descendant_links([lineage_of]))}
+            affected = set(db.decisions_matching(sorted(family)))
+            decision_ids = [decision_id for decision_id in decision_ids if decision_id in affected]
         run = run_items(lambda state: UploadsJob(str(index_dir), str(db_path), state.started_at,
                                                  review_confidence),
                         "uploads", arguments, decision_ids, out, options, resume)

@@ -22,8 +22,8 @@ from refrain.service.errors import ApiError
 from refrain.service.jobs import JobRunner, JobStore
 from refrain.service.limits import BodyTimeoutMiddleware, SecurityHeadersMiddleware
 from refrain.service.observability import Metrics, ObservabilityMiddleware
-from refrain.service.routers import (analyst, conflicts, disputes, exclusions, health, jobs, keys, licences, matches,
-                                    principals, reviews, webhooks, works)
+from refrain.service.routers import (analyst, conflicts, disputes, exclusions, health, jobs, keys, licences, lineage,
+                                    matches, principals, reviews, royalties, webhooks, works)
 from refrain.service.schemas import ErrorBody, MatchUploadForm, WorkUploadForm
 from refrain.service.settings import ServiceSettings
 from refrain.service.webhooks import DeliveryLog
@@ -123,7 +123,7 @@ def create_app(settings: ServiceSettings) -> FastAPI:
         return _error(500, "internal_error", "internal error; it was logged on the server")
 
     for module in (works, exclusions, conflicts, licences, matches, reviews, disputes, webhooks, jobs, keys,
-                   principals, analyst, health):
+                   principals, analyst, health, lineage, royalties):
         app.include_router(module.router)
 
     def openapi() -> dict:

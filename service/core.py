@@ -15,11 +15,12 @@ import logging
 import re
 import secrets
 import shutil
+import sqlite3
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Callable, Iterator, TypeVar
@@ -28,12 +29,14 @@ import numpy as np
 from starlette.concurrency import run_in_threadpool
 
 from refrain import policy
+from refrain.policy.lineage import (LineageClaim, LineageLink, decide_lineage, derivative_floor,
+                                    derivative_policy_problem)
 from refrain.fingerprint import (AudioDecodeError, AudioTooLongError, Fingerprint, FingerprintError,
                          fingerprint_signal, load_audio)
 from refrain.fingerprint import FingerprintParams
 from refrain.fingerprint.decode import probe_duration
 from refrain.fingerprint.melody import chroma_sequence
-from refrain.fingerprint.serialize import fingerprint_from_bytes, fingerprint_to_bytes
+from refrain.fingerprint.serialize import FingerprintFormatError, fingerprint_from_bytes, fingerprint_to_bytes
 from refrain.fingerprint.spectrogram import log_frequency_spectrogram
 from refrain.index import TrackMetadata
 from refrain.api import QueryResult, Refrain, TrackMatch
@@ -51,7 +54,7 @@ from refrain.service.uploads import ReceivedForm, safe_suffix
 __all__ = ["MatchService", "MatchOutcome", "UploadDecision", "decide_upload", "decision_body", "resolve_decision",
            "jsonable", "policy_out", "work_out", "licence_out", "file_dispute", "close_dispute", "close_conflict",
            "conflict_claims", "with_holds", "dispute_out", "SpanRegions", "cover_alignment",
-           "with_standing_resolutions"]
+           "with_standing_resolutions", "derivative_floor_of"]
 
 log = logging.getLogger("refrain.service")
 
@@ -110,6 +113,26 @@ def licence_out(licence: policy.Licence, now: datetime) -> dict:
     return {"licence_id": licence.licence_id, "work_id": licence.work_id, "licensee": licence.licensee,
             "uses": sorted(licence.uses), "granted_at": licence.granted_at,
             "valid_until": licence.valid_until, "revoked_at": licence.revoked_at, "status": status}
+
+
+def _normal_isrc(isrc: str | None) -> tuple[str | None, str | None]:
+    """An ISRC without dashes, in upper case; and what is wrong with it (None if nothing)."""
+    if isrc is None:
+        return None, None
+    isrc = isrc.replace("-", "").upper()
+    if not _ISRC.match(isrc):
+        return isrc, ("isrc must be 12 characters: 2-letter country, 3 alphanumerics, 7 digits "
+                      "(e.g. GBAYE0601498)")
+    return isrc, None
+
+
+def derivative_floor_of(db: ServiceDB, work_id: int) -> policy.Policy | None:
+    """The most permissive policy a published derivative may have (None: the work is no derivative)."""
+    links = [link for link in db.ancestor_links([work_id]) if link.work_id == work_id]
+    if not links:
+        return None
+    policies = db.effective_policies([link.parent_work_id for link in links])
+    return derivative_floor([(link.kind, policies.get(link.parent_work_id, policy.DEFAULT_POLICY)) for link in links])
 
 
 def _audio_error(err: Exception, path: Path, filename: str) -> ApiError:
@@ -227,8 +250,11 @@ class MatchService:
 
     # -- catalogue -----------------------------------------------------------------------------
 
-    def add_work(self, form: ReceivedForm) -> Work:
+    def add_work(self, form: ReceivedForm, owner: ApiKey | None = None) -> Work:
         """Ingest an uploaded reference recording and register it as a work.
+
+        ``owner``: a rights holder's key registering the work for its principal (the
+        form's ``rights_holder`` may be left out; any other name than the principal's is 422).
 
         A recording already registered as a work raises 409; one already in the index
         without a work (ingested with the CLI) is adopted as this work. A recording that
@@ -242,15 +268,19 @@ class MatchService:
         title, rights_holder = form.first("title"), form.first("rights_holder")
         artists, isrc = form.all("artists"), form.first("isrc")
         as_conflict = form.first("conflict") or "false"
-        problems = [f"{name} is required" for name, value in
-                    (("title", title), ("rights_holder", rights_holder), ("artists", artists)) if not value]
+        problems = []
+        if owner is not None:
+            if rights_holder not in (None, owner.principal):
+                problems.append(f"a rights holder registers works for itself: rights_holder must be "
+                                f"{owner.principal!r} or left out")
+            rights_holder = owner.principal
+        problems += [f"{name} is required" for name, value in
+                     (("title", title), ("rights_holder", rights_holder), ("artists", artists)) if not value]
         if as_conflict not in ("true", "false"):
             problems.append("conflict must be true or false")
-        if isrc is not None:
-            isrc = isrc.replace("-", "").upper()
-            if not _ISRC.match(isrc):
-                problems.append("isrc must be 12 characters: 2-letter country, 3 alphanumerics, "
-                                "7 digits (e.g. GBAYE0601498)")
+        isrc, problem = _normal_isrc(isrc)
+        if problem:
+            problems.append(problem)
         if problems:
             raise ApiError(422, "validation_error", "; ".join(problems))
 
@@ -292,7 +322,97 @@ class MatchService:
                                                 f"work {existing.work_id}")
             return self.db.add_work(result.track_id, title, artists, rights_holder, isrc,
                                     form.filename, str(stored), result.duration, intent.intent_id,
-                                    tuple(conflicts))
+                                    tuple(conflicts), owner.principal_id if owner is not None else None)
+        except BaseException:
+            self._settle(intent)
+            raise
+
+    def publish(self, decision_id: str, key: ApiKey, title: str, artists: list[str], isrc: str | None,
+                requested: policy.Policy | None) -> Work:
+        """Register a stored upload that may be published (``allowed`` or ``licensed``) as a derivative work.
+
+        The work belongs to ``key``'s principal (who made the upload), links to every
+        registered work the decision allowed or licensed (with the match as evidence),
+        and is added to the index from the upload's stored fingerprint, kept in
+        ``works_dir`` as its reference. Its policy is ``requested`` or, by default, the
+        most permissive its parents allow (:func:`policy.lineage.derivative_floor`).
+        Like :meth:`add_work`, the index and the database change together or not at all.
+
+        Raises
+        ------
+        ApiError
+            404 unknown decision; 403 another principal's upload; 409 a verdict that does
+            not allow publishing, a copy (kind ``copy``) of a work, a decision already
+            published, no stored fingerprint, or a recording already in the catalogue;
+            422 a bad ISRC or a policy more permissive than a parent allows.
+        """
+        stored = self.db.rescan_candidate(decision_id)
+        if stored is None:
+            raise ApiError(404, "not_found", f"decision {decision_id} not found")
+        if stored.body.get("principal") != key.principal:
+            raise ApiError(403, "forbidden", f"decision {decision_id} was made for another principal than "
+                                             f"{key.principal!r}: only the uploader may publish its upload")
+        if stored.verdict not in ("allowed", "licensed"):
+            raise ApiError(409, "conflict", f"decision {decision_id} is {stored.verdict}: only an allowed or "
+                                            "licensed upload may be published")
+        published = self.db.published_work(decision_id)
+        if published is not None:
+            raise ApiError(409, "conflict", f"decision {decision_id} is already published as work "
+                                            f"{published.work_id}")
+        if stored.fingerprint is None:
+            raise ApiError(409, "conflict", f"decision {decision_id} was stored before upload fingerprints were "
+                                            "kept: register the recording with POST /v1/works instead")
+        isrc, problem = _normal_isrc(isrc)
+        if problem:
+            raise ApiError(422, "validation_error", problem)
+        matched = [w for w in stored.body["works"]
+                   if w["work_id"] is not None and w["outcome"] in ("allowed", "licensed")]
+        copied = [str(w["work_id"]) for w in matched if w["kind"] == "copy"]
+        if copied:  # the same recording again: publishing it would claim another's work, not add a derivative
+            raise ApiError(409, "conflict", f"decision {decision_id}: the upload is a copy of work "
+                                            f"{', '.join(copied)}, not a derivative of it: only derivatives "
+                                            "are published")
+        parents = self.db.works_by_id([w["work_id"] for w in matched])
+        links = [{"parent_work_id": w["work_id"], "kind": w["kind"], "score": w["score"],
+                  "confidence": w["confidence"], "time_ratio": w["time_ratio"],
+                  "pitch_shift_semitones": w["pitch_shift_semitones"],
+                  "covered_seconds": w["royalty"]["covered_seconds"],
+                  "share": min(1.0, w["royalty"]["duration_share"]), "spans": w["spans"]}
+                 for w in matched if w["work_id"] in parents]
+        parent_policies = self.db.effective_policies(list(parents))
+        floor = derivative_floor([(link["kind"], parent_policies.get(link["parent_work_id"], policy.DEFAULT_POLICY))
+                                  for link in links]) if links else None
+        if requested is not None and floor is not None:
+            problem = derivative_policy_problem(requested, floor)
+            if problem:
+                raise ApiError(422, "validation_error", f"a derivative of work "
+                                                        f"{', '.join(str(p) for p in parents)}: {problem}")
+        chosen = requested or floor or policy.DEFAULT_POLICY
+        try:
+            fp = fingerprint_from_bytes(stored.fingerprint, self.refrain.params)
+        except (FingerprintFormatError, FingerprintError) as err:
+            raise ApiError(409, "conflict", f"decision {decision_id}: its stored fingerprint is unusable ({err})") \
+                from None
+
+        stored_path = self.settings.works_dir / f"{decision_id}.fingerprint"
+        intent = self.db.begin_registration(str(stored_path))
+        try:
+            stored_path.write_bytes(stored.fingerprint)
+            metadata = TrackMetadata(title=title, artist=", ".join(artists), isrc=isrc)
+            with self._catalogue_write():
+                result = self.refrain.ingest_fingerprint(fp, str(stored_path), stored.body["fingerprint"]["sha256"],
+                                                         metadata)
+            if result.status == "unchanged":
+                owner = self.db.works_by_track([result.track_id]).get(result.track_id)
+                raise ApiError(409, "conflict", "this recording is already in the catalogue"
+                                                + (f" as work {owner.work_id}" if owner else ""))
+            owner = self.db.get_principal(key.principal)
+            try:
+                return self.db.add_published_work(result.track_id, title, artists, owner, isrc,
+                                                  stored.body["filename"], str(stored_path), fp.duration,
+                                                  intent.intent_id, decision_id, chosen, links)
+            except sqlite3.IntegrityError:  # a concurrent request published it first
+                raise ApiError(409, "conflict", f"decision {decision_id} is already published") from None
         except BaseException:
             self._settle(intent)
             raise
@@ -663,6 +783,10 @@ class UploadDecision:
         The policies set for those works.
     points : dict of int to np.ndarray
         The aligned (query s, reference s) points behind each matched track.
+    claims : tuple of LineageClaim
+        The ancestors of matched derivatives, attributed the upload too (:mod:`policy.lineage`).
+    ancestors : dict of int to Work
+        Those ancestors' works by work id (``policies`` has their policies in force).
     """
 
     result: QueryResult
@@ -670,10 +794,13 @@ class UploadDecision:
     works: dict[int, Work]
     policies: dict[int, policy.Policy]
     points: dict[int, np.ndarray]
+    claims: tuple[LineageClaim, ...] = ()
+    ancestors: dict[int, Work] = field(default_factory=dict)
 
 
 def decide_upload(refrain: Refrain, db: ServiceDB, fp: Fingerprint, filename: str, principal: str | None,
-                  licences: list[policy.Licence], at: datetime, review_confidence: float) -> UploadDecision:
+                  licences: list[policy.Licence], at: datetime, review_confidence: float,
+                  published_as: Work | None = None) -> UploadDecision:
     """Match an upload's fingerprint and decide its verdict: the one step uploads and rescans share.
 
     Parameters
@@ -695,20 +822,39 @@ def decide_upload(refrain: Refrain, db: ServiceDB, fp: Fingerprint, filename: st
         When the verdict is taken (licence validity is judged then).
     review_confidence : float
         See :class:`service.settings.ServiceSettings`.
+    published_as : Work, optional
+        The work this upload was published as (a rescan of its decision): the upload is
+        that recording, so it is judged against the works it derives from, not itself.
     """
     result, points = refrain.match_with_evidence(fp, filename, stats=tier_timings())
+    if published_as is not None:
+        result = replace(result, matches=[m for m in result.matches if m.track_id != published_as.track_id])
     works = db.works_by_track([m.track_id for m in result.matches])
-    policies = db.policies([w.work_id for w in works.values()])
-    decision = policy.decide(
-        [policy.MatchedWork(work_id=works[m.track_id].work_id if m.track_id in works else None,
-                            track_id=m.track_id, kind=m.kind, confidence=m.confidence,
-                            spans=tuple((s.query_start, s.query_end) for s in m.spans),
-                            aligned_spans=tuple((s.query_start, s.query_end, s.ref_start, s.ref_end)
-                                                for s in m.spans))
-         for m in result.matches],
-        policies, licences, principal, fp.duration, at, review_confidence,
-        exclusions=db.exclusions_by_work([w.work_id for w in works.values()]))
-    return UploadDecision(result, decision, works, policies, points)
+    links = db.ancestor_links([w.work_id for w in works.values()])
+    ancestors = db.works_by_id(sorted({link.parent_work_id for link in links}))
+    # Works without a policy of their own get their owner's default (a rights holder's consent given once).
+    policies = db.effective_policies(sorted({w.work_id for w in works.values()} | set(ancestors)))
+    # Ancestors' exclusions too: a lineage claim is cut by its work's excluded spans like a direct claim.
+    exclusions = db.exclusions_by_work(sorted({w.work_id for w in works.values()} | set(ancestors)))
+    matches = [policy.MatchedWork(work_id=works[m.track_id].work_id if m.track_id in works else None,
+                                  track_id=m.track_id, kind=m.kind, confidence=m.confidence,
+                                  spans=tuple((s.query_start, s.query_end) for s in m.spans),
+                                  aligned_spans=tuple((s.query_start, s.query_end, s.ref_start, s.ref_end)
+                                                      for s in m.spans))
+               for m in result.matches]
+    decision = policy.decide(matches, policies, licences, principal, fp.duration, at, review_confidence,
+                             exclusions=exclusions)
+    if not links:
+        return UploadDecision(result, decision, works, policies, points)
+    parents: dict[int, list[LineageLink]] = {}
+    for link in links:
+        parents.setdefault(link.work_id, []).append(LineageLink(
+            link.work_id, link.parent_work_id, link.kind, link.share,
+            tuple((s["query_start"], s["query_end"], s["ref_start"], s["ref_end"]) for s in link.spans)))
+    judged = decide_lineage(matches, decision, parents, {w.work_id: w.track_id for w in ancestors.values()},
+                            policies, licences, principal, fp.duration, at, review_confidence,
+                            exclusions=exclusions)
+    return UploadDecision(result, judged.decision, works, policies, points, judged.claims, ancestors)
 
 
 def decision_body(decided: UploadDecision, *, decision_id: str | None, stored: bool, created_at: datetime,
@@ -728,7 +874,28 @@ def decision_body(decided: UploadDecision, *, decision_id: str | None, stored: b
                   for m in decided.result.matches if m.track_id in by_track],
         "total_share_owed": decided.decision.total_share_owed,
         "fingerprint": fingerprint,
+        "lineage": [_lineage_claim(claim, decided.ancestors[claim.decision.work_id], decided.policies)
+                    for claim in decided.claims],
     }
+
+
+def _royalty_out(decided: policy.WorkDecision) -> dict:
+    return {"covered_seconds": decided.covered_seconds, "duration_share": decided.duration_share,
+            "royalty_share": decided.royalty_share, "share_owed": decided.share_owed,
+            "excluded_seconds": decided.excluded_seconds}
+
+
+def _lineage_claim(claim: LineageClaim, ancestor: Work, policies: dict) -> dict:
+    """A lineage claim as :class:`service.schemas.LineageClaimOut` fields."""
+    decided = claim.decision
+    return {"work_id": ancestor.work_id, "track_id": ancestor.track_id, "title": ancestor.title,
+            "rights_holder": ancestor.rights_holder, "via_work_id": claim.via_work_id,
+            "via_track_id": claim.via_track_id, "path": list(claim.path), "kind": claim.kind, "use": decided.use,
+            "policy": policy_out(policies.get(ancestor.work_id)), "action": decided.action,
+            "outcome": decided.outcome, "licence_id": decided.licence_id, "reason": decided.reason,
+            "royalty": _royalty_out(decided),
+            "spans": [{"query_start": q0, "query_end": q1, "ref_start": r0, "ref_end": r1}
+                      for q0, q1, r0, r1 in claim.spans]}
 
 
 def _matched_work(m: TrackMatch, work: Work | None, policies: dict, decided: policy.WorkDecision) -> dict:
@@ -743,33 +910,37 @@ def _matched_work(m: TrackMatch, work: Work | None, policies: dict, decided: pol
         "policy": policy_out(policies.get(work.work_id) if work else None),
         "action": decided.action, "outcome": decided.outcome, "licence_id": decided.licence_id,
         "reason": decided.reason,
-        "royalty": {"covered_seconds": decided.covered_seconds,
-                    "duration_share": decided.duration_share,
-                    "royalty_share": decided.royalty_share, "share_owed": decided.share_owed,
-                    "excluded_seconds": decided.excluded_seconds},
+        "royalty": _royalty_out(decided),
     }
 
 
+def _claims_of(body: dict) -> list[dict]:
+    """Every claim of a stored answer: its matched works, then its lineage claims. They count alike (a track id
+    names a work and its claims, docs/lineage.md); answers stored before lineage have none of the latter."""
+    return [*body["works"], *body.get("lineage", [])]
+
+
 def _work_decisions(body: dict) -> list[policy.WorkDecision]:
-    """A stored answer's works as the policy layer sees them."""
+    """A stored answer's claims (:func:`_claims_of`) as the policy layer sees them."""
     return [policy.WorkDecision(work_id=w["work_id"], track_id=w["track_id"], use=w["use"], action=w["action"],
                                 outcome=w["outcome"], licence_id=w["licence_id"], reason=w["reason"],
                                 covered_seconds=w["royalty"]["covered_seconds"],
                                 duration_share=w["royalty"]["duration_share"],
                                 royalty_share=w["royalty"]["royalty_share"], share_owed=w["royalty"]["share_owed"],
                                 excluded_seconds=w["royalty"].get("excluded_seconds", 0.0))
-            for w in body["works"]]
+            for w in _claims_of(body)]
 
 
 def _resolved_body(body: dict, resolutions: dict[int, str], note: str) -> tuple[dict, policy.Decision]:
     """A stored answer with ``resolutions`` applied and its verdict re-derived (ValueError from the policy)."""
     resolved = policy.resolve(_work_decisions(body), resolutions, note)
-    by_track = {w.track_id: w for w in resolved.works}
+    updated = [{**w, "outcome": new.outcome, "reason": new.reason,
+                "royalty": {**w["royalty"], "share_owed": new.share_owed}}
+               for w, new in zip(_claims_of(body), resolved.works)]
     new_body = {**body, "verdict": resolved.verdict, "reason": resolved.reason,
-                "total_share_owed": resolved.total_share_owed,
-                "works": [{**w, "outcome": by_track[w["track_id"]].outcome, "reason": by_track[w["track_id"]].reason,
-                           "royalty": {**w["royalty"], "share_owed": by_track[w["track_id"]].share_owed}}
-                          for w in body["works"]]}
+                "total_share_owed": resolved.total_share_owed, "works": updated[:len(body["works"])]}
+    if "lineage" in body:
+        new_body["lineage"] = updated[len(body["works"]):]
     return new_body, resolved
 
 
@@ -785,7 +956,7 @@ def with_standing_resolutions(body: dict, standing: dict[int, tuple[str, str]]) 
         Track id -> (resolution, note), from :meth:`ServiceDB.standing_resolutions`.
     """
     for track_id, (resolution, note) in sorted(standing.items()):
-        if any(w["track_id"] == track_id for w in body["works"]):
+        if any(w["track_id"] == track_id for w in _claims_of(body)):
             body, _ = _resolved_body(body, {track_id: resolution}, note)
     return body
 
@@ -877,7 +1048,7 @@ def close_dispute(db: ServiceDB, dispute_id: str, outcome: str, note: str, actor
     new_body, resolved = _resolved_body(body, resolutions, f"dispute {dispute_id} ({outcome}): {note}")
     exclusions = []
     if outcome == "release_and_exclude":
-        for work in body["works"]:
+        for work in _claims_of(body):  # an ancestor's span too: a lineage claim's spans are on its recording
             if work["track_id"] in resolutions and work["work_id"] is not None:
                 exclusions.extend((work["work_id"], start, end) for start, end in
                                   policy.merge_spans([(s["ref_start"], s["ref_end"]) for s in work["spans"]]))
@@ -920,11 +1091,15 @@ def conflict_claims(conflicts: list[WorkConflict]) -> list[policy.ConflictClaim]
 def with_holds(body: dict, claims: list[policy.ConflictClaim]) -> dict:
     """A decision's answer with each royalty line marked ``held`` (and by which conflicts) while an open
     ownership conflict claims the span of the work it matched. Computed when read: a resolution lifts it."""
-    works = []
-    for work in body["works"]:
-        held = policy.held_by(work["work_id"], [(s["ref_start"], s["ref_end"]) for s in work["spans"]], claims)
-        works.append({**work, "royalty": {**work["royalty"], "held": bool(held), "held_by_conflicts": held}})
-    return {**body, "works": works}
+    def marked(work: dict) -> dict:
+        held = policy.held_by(work["work_id"], [(s["ref_start"], s["ref_end"]) for s in work.get("spans", [])],
+                              claims)
+        return {**work, "royalty": {**work["royalty"], "held": bool(held), "held_by_conflicts": held}}
+
+    marked_body = {**body, "works": [marked(work) for work in body["works"]]}
+    if "lineage" in body:  # a lineage claim's spans are on its ancestor's recording: held like a direct claim
+        marked_body["lineage"] = [marked(claim) for claim in body["lineage"]]
+    return marked_body
 
 
 def jsonable(value):

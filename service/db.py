@@ -30,13 +30,13 @@ from refrain.policy import Licence, MatchCondition, Policy
 __all__ = ["ServiceDB", "SchemaError", "DatabaseBusyError", "LastAdminKeyError", "PrincipalKindError", "Work",
            "ApiKey", "Principal", "StoredDecision", "DecisionChange", "RescanCandidate", "WorkEvidence",
            "CatalogueIntent", "IdempotentDecision",
-           "WorkConflict", "Webhook", "Dispute", "Exclusion", "DisputeOpenError",
+           "WorkConflict", "Webhook", "Dispute", "Exclusion", "DisputeOpenError", "WorkLink",
            "ROLES", "PRINCIPAL_KINDS", "KIND_OF_ROLE", "hash_key", "utc_now"]
 
-ROLES = ("uploader", "analyst", "admin")
+ROLES = ("uploader", "analyst", "admin", "rights_holder")
 PRINCIPAL_KINDS = ("uploader", "rights_holder", "analyst_team", "admin")
 #: The kind of principal a key of each role belongs to.
-KIND_OF_ROLE = {"uploader": "uploader", "analyst": "analyst_team", "admin": "admin"}
+KIND_OF_ROLE = {"uploader": "uploader", "analyst": "analyst_team", "admin": "admin", "rights_holder": "rights_holder"}
 KEY_PREFIX_LENGTH = 12  # "rk_" + 9 characters: shown in listings and logs, never enough to use
 
 # Each entry upgrades the schema by one version; never edit a released entry, append one.
@@ -285,6 +285,54 @@ _MIGRATIONS = [
     ALTER TABLE work_conflicts ADD COLUMN resolution_note TEXT;
     ALTER TABLE work_conflicts ADD COLUMN resolved_by TEXT;
     """,
+    # Lineage: keys of rights holders (the role CHECK is widened by rebuilding the table: SQLite
+    # cannot alter a CHECK), works owned by a principal, a principal's default policy for its
+    # works without one, and published derivatives with the evidence of each link to a parent.
+    """
+    CREATE TABLE api_keys_widened (
+        prefix        TEXT    PRIMARY KEY,
+        key_hash      TEXT    NOT NULL UNIQUE,
+        role          TEXT    NOT NULL CHECK (role IN ('uploader', 'analyst', 'admin', 'rights_holder')),
+        label         TEXT,
+        created_at    TEXT    NOT NULL,
+        revoked_at    TEXT,
+        principal_id  INTEGER REFERENCES principals (principal_id)
+    );
+    INSERT INTO api_keys_widened (prefix, key_hash, role, label, created_at, revoked_at, principal_id)
+        SELECT prefix, key_hash, role, label, created_at, revoked_at, principal_id FROM api_keys;
+    DROP TABLE api_keys;
+    ALTER TABLE api_keys_widened RENAME TO api_keys;
+    CREATE INDEX api_keys_by_principal ON api_keys (principal_id);
+    ALTER TABLE works ADD COLUMN owner_principal_id INTEGER REFERENCES principals (principal_id);
+    ALTER TABLE works ADD COLUMN published_from TEXT;   -- the decision a published derivative was
+    CREATE INDEX works_by_owner ON works (owner_principal_id);
+    CREATE UNIQUE INDEX works_by_publication ON works (published_from) WHERE published_from IS NOT NULL;
+    CREATE TABLE principal_policies (
+        principal_id  INTEGER PRIMARY KEY REFERENCES principals (principal_id),
+        copy          TEXT    NOT NULL,
+        remix         TEXT    NOT NULL,
+        cover         TEXT    NOT NULL,
+        royalty_share REAL    NOT NULL,
+        conditions    TEXT    NOT NULL DEFAULT '[]',
+        updated_at    TEXT    NOT NULL
+    );
+    CREATE TABLE work_links (
+        work_id       INTEGER NOT NULL REFERENCES works (work_id) ON DELETE CASCADE,   -- the derivative
+        parent_work_id INTEGER NOT NULL REFERENCES works (work_id) ON DELETE CASCADE,
+        decision_id   TEXT    NOT NULL,           -- the decision the derivative was published from
+        kind          TEXT    NOT NULL,           -- the matcher's kind of the derivative vs the parent
+        score         REAL    NOT NULL,
+        confidence    REAL    NOT NULL,
+        time_ratio    REAL    NOT NULL,
+        pitch_shift_semitones REAL NOT NULL,
+        covered_seconds REAL  NOT NULL,           -- seconds of the derivative where the parent sounds
+        share         REAL    NOT NULL,           -- covered_seconds / the derivative's duration
+        spans         TEXT    NOT NULL,           -- JSON list of matcher spans (derivative s, parent s)
+        created_at    TEXT    NOT NULL,
+        PRIMARY KEY (work_id, parent_work_id)
+    );
+    CREATE INDEX work_links_by_parent ON work_links (parent_work_id);
+    """,
 ]
 
 
@@ -349,6 +397,8 @@ class Work:
     stored_path: str
     duration: float
     created_at: datetime
+    owner_principal_id: int | None = None  # the principal whose keys manage it (None: admins only)
+    published_from: str | None = None  # a published derivative: the decision it was published from
 
 
 @dataclass(frozen=True)
@@ -505,6 +555,24 @@ class WorkEvidence:
     spectrogram_end: float | None
 
 
+@dataclass(frozen=True)
+class WorkLink:
+    """A published derivative's link to one parent work, with the match evidence it was published on."""
+
+    work_id: int
+    parent_work_id: int
+    decision_id: str
+    kind: str
+    score: float
+    confidence: float
+    time_ratio: float
+    pitch_shift_semitones: float
+    covered_seconds: float
+    share: float
+    spans: list[dict]
+    created_at: datetime
+
+
 class ServiceDB:
     """The service database at ``path`` (created and migrated on open).
 
@@ -591,23 +659,25 @@ class ServiceDB:
         return Work(work_id=row["work_id"], track_id=row["track_id"], title=row["title"],
                     artists=json.loads(row["artists"]), rights_holder=row["rights_holder"],
                     isrc=row["isrc"], filename=row["filename"], stored_path=row["stored_path"],
-                    duration=row["duration"], created_at=_parse(row["created_at"]))
+                    duration=row["duration"], created_at=_parse(row["created_at"]),
+                    owner_principal_id=row["owner_principal_id"], published_from=row["published_from"])
 
     def add_work(self, track_id: int, title: str, artists: list[str], rights_holder: str,
                  isrc: str | None, filename: str, stored_path: str, duration: float, intent_id: int,
-                 conflicts: tuple[dict, ...] = ()) -> Work:
+                 conflicts: tuple[dict, ...] = (), owner_principal_id: int | None = None) -> Work:
         """Register a work and close its registration intent, in one transaction.
 
         ``conflicts``: the existing works its recording copies, registered as ownership
         conflicts with it (keys ``work_id``, ``kind``, ``score``, ``confidence``, ``spans``).
+        ``owner_principal_id``: the principal whose keys may manage it (a rights holder's).
         """
         now = _iso(utc_now())
         with self._transaction() as db:
             cursor = db.execute(
                 "INSERT INTO works (track_id, title, artists, rights_holder, isrc, filename, stored_path,"
-                " duration, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                " duration, created_at, owner_principal_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (track_id, title, json.dumps(artists), rights_holder, isrc, filename, stored_path,
-                 duration, now))
+                 duration, now, owner_principal_id))
             work_id = int(cursor.lastrowid)
             db.executemany("INSERT INTO work_conflicts (work_id, claimed_work_id, kind, score, confidence, spans,"
                            " created_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
@@ -691,10 +761,12 @@ class ServiceDB:
             return {}
         marks = ",".join("?" * len(work_ids))
         rows = self._query(f"SELECT * FROM policies WHERE work_id IN ({marks})", work_ids)
-        return {row["work_id"]: Policy(copy=row["copy"], remix=row["remix"], cover=row["cover"],
-                                       royalty_share=row["royalty_share"],
-                                       conditions=tuple(MatchCondition(**c) for c in json.loads(row["conditions"])))
-                for row in rows}
+        return {row["work_id"]: self._policy(row) for row in rows}
+
+    @staticmethod
+    def _policy(row: sqlite3.Row) -> Policy:
+        return Policy(copy=row["copy"], remix=row["remix"], cover=row["cover"], royalty_share=row["royalty_share"],
+                      conditions=tuple(MatchCondition(**c) for c in json.loads(row["conditions"])))
 
     def set_policy(self, work_id: int, policy: Policy) -> None:
         self._execute(
@@ -1215,16 +1287,19 @@ class ServiceDB:
     def list_disputes(self, status: str, reason: str | None, work_id: int | None, since: datetime | None,
                       until: datetime | None, limit: int, offset: int) -> tuple[list[Dispute], int]:
         """Disputes, oldest first, filtered (``status``: ``open``, ``resolved`` or ``all``; ``work_id``: the
-        decision matched that work); and how many match the filters in all."""
-        where, params = [], []
+        decision matched that work or disputes its lineage claim); and how many match the filters in all."""
+        where: list[str] = []
+        params: list = []
         if status != "all":
             where.append("d.resolved_at IS NULL" if status == "open" else "d.resolved_at IS NOT NULL")
         if reason is not None:
             where.append("d.reason = ?")
             params.append(reason)
-        if work_id is not None:
-            where.append("d.decision_id IN (SELECT decision_id FROM decision_works WHERE work_id = ?)")
-            params.append(work_id)
+        if work_id is not None:  # matched directly, or disputed as an ancestor attributed through a lineage
+            where.append("(d.decision_id IN (SELECT decision_id FROM decision_works WHERE work_id = ?)"
+                         " OR d.dispute_id IN (SELECT dispute_id FROM disputes, json_each(disputes.track_ids) t"
+                         " JOIN works w ON w.track_id = t.value WHERE w.work_id = ?))")
+            params.extend([work_id, work_id])
         if since is not None:
             where.append("d.filed_at >= ?")
             params.append(_iso(since))
@@ -1289,3 +1364,126 @@ class ServiceDB:
         return {row["track_id"]: (row["resolution"], row["note"]) for row in
                 self._query("SELECT track_id, resolution, note FROM decision_resolutions WHERE decision_id = ?",
                             (decision_id,))}
+
+    # -- lineage: owners, principal default policies, published derivatives -------------------
+
+    def works_owned_by(self, principal_id: int, limit: int, offset: int) -> tuple[list[Work], int]:
+        """The works a principal owns, by id; and how many in all."""
+        rows = self._query("SELECT * FROM works WHERE owner_principal_id = ? ORDER BY work_id LIMIT ? OFFSET ?",
+                           (principal_id, limit, offset))
+        total = self._query("SELECT COUNT(*) FROM works WHERE owner_principal_id = ?", (principal_id,))[0][0]
+        return [self._work(row) for row in rows], int(total)
+
+    def principal_policy(self, principal_id: int) -> Policy | None:
+        """The default policy a principal set for its works without one of their own (None: not set)."""
+        rows = self._query("SELECT * FROM principal_policies WHERE principal_id = ?", (principal_id,))
+        return self._policy(rows[0]) if rows else None
+
+    def set_principal_policy(self, principal_id: int, policy: Policy) -> None:
+        self._execute(
+            "INSERT INTO principal_policies (principal_id, copy, remix, cover, royalty_share, conditions, updated_at)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (principal_id) DO UPDATE SET copy = excluded.copy,"
+            " remix = excluded.remix, cover = excluded.cover, royalty_share = excluded.royalty_share,"
+            " conditions = excluded.conditions, updated_at = excluded.updated_at",
+            (principal_id, policy.copy, policy.remix, policy.cover, policy.royalty_share,
+             json.dumps([asdict(c) for c in policy.conditions]), _iso(utc_now())))
+
+    def effective_policies(self, work_ids: list[int]) -> dict[int, Policy]:
+        """The policy in force for each work: its own, else its owner's default (absent: neither is set)."""
+        if not work_ids:
+            return {}
+        marks = ",".join("?" * len(work_ids))
+        rows = self._query(f"SELECT w.work_id, pp.* FROM works w JOIN principal_policies pp"
+                           f" ON pp.principal_id = w.owner_principal_id WHERE w.work_id IN ({marks})", work_ids)
+        return {**{row["work_id"]: self._policy(row) for row in rows}, **self.policies(work_ids)}
+
+    def works_by_id(self, work_ids: list[int]) -> dict[int, Work]:
+        if not work_ids:
+            return {}
+        marks = ",".join("?" * len(work_ids))
+        return {row["work_id"]: self._work(row)
+                for row in self._query(f"SELECT * FROM works WHERE work_id IN ({marks})", work_ids)}
+
+    def published_work(self, decision_id: str) -> Work | None:
+        """The work published from this decision, if any."""
+        rows = self._query("SELECT * FROM works WHERE published_from = ?", (decision_id,))
+        return self._work(rows[0]) if rows else None
+
+    def add_published_work(self, track_id: int, title: str, artists: list[str], owner: Principal, isrc: str | None,
+                           filename: str, stored_path: str, duration: float, intent_id: int, decision_id: str,
+                           policy: Policy, links: list[dict]) -> Work:
+        """Register a published derivative, its policy and its links to its parents; close the intent; atomically.
+
+        ``links``: one dict per parent with the :class:`WorkLink` fields but ``work_id``,
+        ``decision_id`` and ``created_at``.
+        """
+        now = _iso(utc_now())
+        with self._transaction() as db:
+            cursor = db.execute(
+                "INSERT INTO works (track_id, title, artists, rights_holder, isrc, filename, stored_path, duration,"
+                " created_at, owner_principal_id, published_from) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (track_id, title, json.dumps(artists), owner.name, isrc, filename, stored_path, duration, now,
+                 owner.principal_id, decision_id))
+            work_id = int(cursor.lastrowid)
+            db.execute("INSERT INTO policies (work_id, copy, remix, cover, royalty_share, conditions, updated_at)"
+                       " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                       (work_id, policy.copy, policy.remix, policy.cover, policy.royalty_share,
+                        json.dumps([asdict(c) for c in policy.conditions]), now))
+            db.executemany(
+                "INSERT INTO work_links (work_id, parent_work_id, decision_id, kind, score, confidence, time_ratio,"
+                " pitch_shift_semitones, covered_seconds, share, spans, created_at)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [(work_id, link["parent_work_id"], decision_id, link["kind"], link["score"], link["confidence"],
+                  link["time_ratio"], link["pitch_shift_semitones"], link["covered_seconds"], link["share"],
+                  json.dumps(link["spans"]), now) for link in links])
+            db.execute("DELETE FROM catalogue_intents WHERE intent_id = ?", (intent_id,))
+        return self.get_work(work_id)
+
+    @staticmethod
+    def _link(row: sqlite3.Row) -> WorkLink:
+        return WorkLink(row["work_id"], row["parent_work_id"], row["decision_id"], row["kind"], row["score"],
+                        row["confidence"], row["time_ratio"], row["pitch_shift_semitones"], row["covered_seconds"],
+                        row["share"], json.loads(row["spans"]), _parse(row["created_at"]))
+
+    def ancestor_links(self, work_ids: list[int]) -> list[WorkLink]:
+        """Every link on the way up from these works to their furthest ancestors."""
+        return self._lineage_links(work_ids, "work_id", "parent_work_id")
+
+    def descendant_links(self, work_ids: list[int]) -> list[WorkLink]:
+        """Every link on the way down from these works to their furthest descendants."""
+        return self._lineage_links(work_ids, "parent_work_id", "work_id")
+
+    def _lineage_links(self, work_ids: list[int], start: str, step: str) -> list[WorkLink]:
+        if not work_ids:
+            return []
+        marks = ",".join("?" * len(work_ids))
+        # UNION (not UNION ALL) stops at works already reached: a corrupt cycle cannot loop.
+        rows = self._query(
+            f"WITH RECURSIVE reached (id) AS (SELECT value FROM json_each(json_array({marks}))"
+            f" UNION SELECT l.{step} FROM work_links l JOIN reached r ON l.{start} = r.id)"
+            f" SELECT l.* FROM work_links l WHERE l.{start} IN (SELECT id FROM reached)"
+            f" ORDER BY l.work_id, l.parent_work_id", work_ids)
+        return [self._link(row) for row in rows]
+
+    def decisions_matching(self, work_ids: list[int]) -> list[str]:
+        """Ids of the stored decisions that matched any of these works, oldest first."""
+        if not work_ids:
+            return []
+        marks = ",".join("?" * len(work_ids))
+        rows = self._query(f"SELECT decision_id FROM decisions WHERE decision_id IN (SELECT decision_id FROM"
+                           f" decision_works WHERE work_id IN ({marks})) ORDER BY created_at, decision_id", work_ids)
+        return [row[0] for row in rows]
+
+    def decisions_owing(self, since: datetime | None, until: datetime | None) -> list[StoredDecision]:
+        """The stored decisions that let an upload be published (``allowed``, ``licensed``) in ``[since, until)``."""
+        where, params = ["verdict IN ('allowed', 'licensed')"], []
+        if since is not None:
+            where.append("created_at >= ?")
+            params.append(_iso(since))
+        if until is not None:
+            where.append("created_at < ?")
+            params.append(_iso(until))
+        rows = self._query(f"SELECT * FROM decisions WHERE {' AND '.join(where)} ORDER BY created_at, decision_id",
+                           params)
+        return [StoredDecision(r["decision_id"], _parse(r["created_at"]), r["verdict"], json.loads(r["body"]))
+                for r in rows]

@@ -22,7 +22,8 @@ api_key_scheme = APIKeyHeader(
     name=API_KEY_HEADER, scheme_name="ApiKey", auto_error=False,
     description="An API key made with `refrain keys create --role ROLE` or `POST /v1/keys`. "
                 "Roles: `uploader` (POST /v1/matches), `analyst` (decisions, evidence, ad-hoc "
-                "matches), `admin` (works, policies, licences, keys).")
+                "matches), `admin` (works, policies, licences, keys), `rights_holder` (its own works, their "
+                "policies and licences, its default policy, its royalty statement).")
 
 
 def get_settings(request: Request) -> ServiceSettings:

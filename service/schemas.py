@@ -21,6 +21,8 @@ __all__ = [
     "BoundedAwareDatetime", "Readiness", "ReadinessChecks", "JobState", "JobError", "WebhookDeliveryOut", "JobOut",
     "DisputeReason", "DisputeOutcome", "DisputeIn", "DisputeOut", "DisputeList", "DisputeResolutionIn", "ExclusionIn",
     "ExclusionOut", "ExclusionList", "ConflictResolutionIn",
+    "CarriedSpanOut", "LineageClaimOut", "PublishIn", "LineageLinkOut", "LineageOut", "RoyaltyLineOut",
+    "RoyaltyStatement",
 ]
 
 #: Ids and offsets are SQLite integers: larger ones cannot even be looked up.
@@ -48,7 +50,7 @@ Use = Literal["copy", "remix", "cover"]
 Verdict = Literal["clear", "allowed", "licensed", "blocked_copy", "blocked_unlicensed_derivative",
                   "review"]
 Outcome = Literal["allowed", "licensed", "blocked", "review", "released"]
-Role = Literal["uploader", "analyst", "admin"]
+Role = Literal["uploader", "analyst", "admin", "rights_holder"]
 Kind = Literal[KINDS]  # type: ignore[valid-type]
 Tier = Literal["pair", "triplet", "peaks", "melody"]
 
@@ -103,8 +105,9 @@ class PolicyBody(_Strict):
 class PolicyOut(PolicyBody):
     """The policy in force for a work."""
 
-    is_default: bool = Field(description="True when the work has no policy of its own and the "
-                                         "default (deny everything, royalty 0) applies")
+    is_default: bool = Field(description="True when the work has no policy of its own, its rights holder no "
+                                         "default policy (docs/lineage.md), and the default (deny everything, "
+                                         "royalty 0) applies")
 
 
 class WorkOut(BaseModel):
@@ -214,7 +217,7 @@ class KeyIn(_Strict):
     role: Role
     principal: PrincipalName = Field(description="Who the key acts for (an organisation or team), by name; "
                                                  "created if missing, with the kind the role implies "
-                                                 "(uploader, analyst_team, admin)")
+                                                 "(uploader, analyst_team, admin, rights_holder)")
     label: str | None = Field(None, max_length=200, description="Who or what the key is for")
 
 
@@ -334,6 +337,39 @@ class FingerprintSummary(BaseModel):
     landmarks_per_second: float
 
 
+class CarriedSpanOut(BaseModel):
+    """One stretch of the upload against an ancestor's recording, carried through the lineage's links (seconds)."""
+
+    query_start: float
+    query_end: float
+    ref_start: float = Field(description="Seconds of the ancestor's recording")
+    ref_end: float
+
+
+class LineageClaimOut(BaseModel):
+    """An ancestor of a matched published derivative: its policy judges the use, it shares the derivative's royalty."""
+
+    work_id: int
+    track_id: int
+    title: str
+    rights_holder: str
+    via_work_id: int = Field(description="The matched derivative the claim comes through")
+    via_track_id: int
+    path: list[int] = Field(description="Work ids from the matched derivative up to this ancestor")
+    kind: Kind = Field(description="The upload's kind relative to the ancestor: the most transforming along the path")
+    use: Use
+    policy: PolicyOut
+    action: Action
+    outcome: Outcome
+    licence_id: str | None = Field(description="The declared licence of this ancestor covering the use, if any")
+    reason: str
+    royalty: RoyaltyOut = Field(description="share_owed: the ancestor's part of the derivative's share "
+                                            "(docs/lineage.md); seconds and duration share: the derivative's match")
+    spans: list[CarriedSpanOut] = Field(default_factory=list, description="Where the ancestor sounds in the upload: "
+                                        "the match carried through the links and cut by the ancestor's excluded "
+                                        "reference spans; an open conflict on them holds the claim's royalties")
+
+
 class DecisionOut(BaseModel):
     """The answer to an upload."""
 
@@ -348,8 +384,10 @@ class DecisionOut(BaseModel):
     verdict: Verdict
     reason: str
     works: list[MatchedWorkOut]
-    total_share_owed: float = Field(description="Sum of the works' share_owed, at most 1")
+    total_share_owed: float = Field(description="Sum of the works' and the lineage claims' share_owed, at most 1")
     fingerprint: FingerprintSummary
+    lineage: list[LineageClaimOut] = Field(default_factory=list, description="The ancestors of matched published "
+                                           "derivatives, attributed the upload too (docs/lineage.md)")
 
 
 class EvidenceOut(BaseModel):
@@ -589,6 +627,73 @@ class ConflictResolutionIn(_Strict):
         description="`work`: the newer claim keeps it (the span is excluded from the earlier work); "
                     "`claimed_work`: the earlier work keeps it (excluded from the newer one); `share`: both keep it")
     note: Note = Field(description="Why: kept with the conflict")
+
+
+
+# -- lineage and royalties ------------------------------------------------------------------------
+
+
+class PublishIn(_Strict):
+    """`POST /v1/matches/{id}/publish`: the upload, licensed or allowed, becomes a work of the uploader's principal."""
+
+    title: str = Field(min_length=1, max_length=300)
+    artists: list[Annotated[str, Field(min_length=1, max_length=200)]] = Field(min_length=1, max_length=50)
+    isrc: str | None = Field(None, max_length=20, description="12 characters once dashes are dropped")
+    policy: PolicyBody | None = Field(None, description="The derivative's policy; default: the most permissive its "
+                                                        "parents allow (docs/lineage.md). A more permissive one is 422")
+
+
+class LineageLinkOut(BaseModel):
+    """A published derivative's link to one parent, with the match evidence it was published on."""
+
+    work_id: int = Field(description="The derivative")
+    parent_work_id: int
+    decision_id: str = Field(description="The decision the derivative was published from")
+    kind: Kind = Field(description="The matcher's kind of the derivative against the parent")
+    score: float
+    confidence: float
+    time_ratio: float
+    pitch_shift_semitones: float
+    covered_seconds: float = Field(description="Seconds of the derivative where the parent sounds")
+    share: float = Field(description="covered_seconds / the derivative's duration (the split's ℓ)")
+    spans: list[SpanOut] = Field(description="Derivative seconds (query_*) against parent seconds (ref_*)")
+    created_at: datetime
+
+
+class LineageOut(BaseModel):
+    """A work with every ancestor and descendant, and the links between them."""
+
+    work: WorkOut
+    ancestors: list[WorkOut]
+    descendants: list[WorkOut]
+    links: list[LineageLinkOut]
+
+
+class RoyaltyLineOut(BaseModel):
+    """One share owed to the holder by one decision."""
+
+    decision_id: str
+    created_at: datetime
+    verdict: Verdict
+    work_id: int | None
+    title: str | None
+    via_work_id: int | None = Field(description="null for a work matched directly; else the matched derivative "
+                                                "the share comes through")
+    share_owed: float = Field(description="Fraction of the upload's revenue owed")
+    held: bool = Field(description="An open ownership conflict claims the span: owed, but held until an admin "
+                                   "resolves it")
+
+
+class RoyaltyStatement(BaseModel):
+    """What the decisions of a period owe one rights holder (uploads that may be published only)."""
+
+    holder: str
+    since: datetime | None
+    until: datetime | None
+    total_share_owed: float = Field(description="Sum of the lines' share_owed (upload-revenue units)")
+    held_share: float = Field(description="The part of total_share_owed in held lines")
+    decisions: int = Field(description="Decisions with at least one line")
+    lines: list[RoyaltyLineOut]
 
 
 DecisionDetail.model_rebuild()

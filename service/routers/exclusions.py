@@ -1,4 +1,7 @@
-"""Reference exclusions (admin, analyst): spans of a work's recording that never count as evidence of a claim."""
+"""Reference exclusions: spans of a work's recording that never count as evidence of a claim.
+
+Admins and analysts manage any work's; a rights holder those of its own works only (403 elsewhere).
+"""
 
 from __future__ import annotations
 
@@ -11,32 +14,36 @@ from refrain.service.db import ApiKey
 from refrain.service.deps import get_service, require_role
 from refrain.service.errors import ApiError
 from refrain.service.routers import error_responses
-from refrain.service.routers.works import WorkId, _get_work
+from refrain.service.routers.works import WorkId, managed_work
 from refrain.service.schemas import MAX_DB_INTEGER, ExclusionIn, ExclusionList, ExclusionOut
 
 __all__ = ["router"]
 
 router = APIRouter(prefix="/v1/works/{work_id}/exclusions", tags=["exclusions"])
 
+#: The roles that manage exclusions; a rights holder's key only on works its principal owns.
+EXCLUSION_ROLES = ("admin", "analyst", "rights_holder")
+_OVERSEERS = ("admin", "analyst")
+
 
 @router.get("", response_model=ExclusionList, summary="A work's excluded reference spans",
             responses=error_responses(404))
 def list_exclusions(work_id: int = WorkId, service: MatchService = Depends(get_service),
-                    _: ApiKey = Depends(require_role("admin", "analyst"))) -> ExclusionList:
+                    key: ApiKey = Depends(require_role(*EXCLUSION_ROLES))) -> ExclusionList:
     """In reference order: those added here, by a dispute resolved with `release_and_exclude` and by a resolved
     ownership conflict."""
-    _get_work(service, work_id)
+    managed_work(service, key, work_id, _OVERSEERS)
     return ExclusionList(items=[ExclusionOut(**asdict(e)) for e in service.db.list_exclusions(work_id)])
 
 
 @router.post("", status_code=201, response_model=ExclusionOut, summary="Exclude a span of a work's recording",
              responses=error_responses(400, 404))
 def add_exclusion(body: ExclusionIn, work_id: int = WorkId, service: MatchService = Depends(get_service),
-                  key: ApiKey = Depends(require_role("admin", "analyst"))) -> ExclusionOut:
+                  key: ApiKey = Depends(require_role(*EXCLUSION_ROLES))) -> ExclusionOut:
     """From now on the parts of a match aligned inside `ref_start`–`ref_end` of this work's recording are dropped
     before the policy counts anything; a match with nothing left is no claim. Decisions already stored change
     only through `refrain rescan uploads --apply`."""
-    work = _get_work(service, work_id)
+    work = managed_work(service, key, work_id, _OVERSEERS)
     if body.ref_end <= body.ref_start:
         raise ApiError(422, "validation_error", "ref_end must be after ref_start")
     if body.ref_start >= work.duration:
@@ -50,8 +57,8 @@ def add_exclusion(body: ExclusionIn, work_id: int = WorkId, service: MatchServic
                responses=error_responses(404))
 def delete_exclusion(work_id: int = WorkId, exclusion_id: int = Path(ge=1, le=MAX_DB_INTEGER),
                      service: MatchService = Depends(get_service),
-                     _: ApiKey = Depends(require_role("admin", "analyst"))) -> Response:
-    _get_work(service, work_id)
+                     key: ApiKey = Depends(require_role(*EXCLUSION_ROLES))) -> Response:
+    managed_work(service, key, work_id, _OVERSEERS)
     if not service.db.delete_exclusion(work_id, exclusion_id):
         raise ApiError(404, "not_found", f"work {work_id} has no exclusion {exclusion_id}")
     return Response(status_code=204)

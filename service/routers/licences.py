@@ -1,29 +1,34 @@
-"""Licences (admin): the right of one licensee principal to publish some uses of one work, until a date."""
+"""Licences: the right of one licensee principal to publish some uses of one work, until a date.
+
+Admins manage every licence; a work's owner (a rights holder, or the uploader principal
+that published a derivative) grants, lists and revokes the licences of its own works only.
+"""
 
 from __future__ import annotations
 
 from fastapi import APIRouter, Depends, Path, Query
 
 from refrain.service.core import MatchService, licence_out
-from refrain.service.db import utc_now
-from refrain.service.deps import get_service, require_role
+from refrain.service.db import ApiKey, utc_now
+from refrain.service.deps import get_service
 from refrain.service.errors import ApiError
 from refrain.service.routers import error_responses
+from refrain.service.routers.works import managed_work, require_manager
 from refrain.service.schemas import MAX_DB_INTEGER, LicenceIn, LicenceList, LicenceOut
 
-router = APIRouter(prefix="/v1/licences", tags=["licences (admin)"],
-                   dependencies=[Depends(require_role("admin"))])
+router = APIRouter(prefix="/v1/licences", tags=["licences"])
 
 LicenceId = Path(description="The licence's id (`lic_…`)", max_length=100)
 
 
 @router.post("", status_code=201, response_model=LicenceOut, summary="Grant a licence",
              responses=error_responses(400, 404, 408))
-def grant(body: LicenceIn, service: MatchService = Depends(get_service)) -> LicenceOut:
+def grant(body: LicenceIn, service: MatchService = Depends(get_service),
+          key: ApiKey = Depends(require_manager)) -> LicenceOut:
     """Grant the principal `licensee` the right to publish the listed uses of a work until
-    `valid_until`: uploads made with that principal's keys may rely on it, nobody else's."""
-    if service.db.get_work(body.work_id) is None:
-        raise ApiError(404, "not_found", f"work {body.work_id} not found")
+    `valid_until`: uploads made with that principal's keys may rely on it, nobody else's.
+    A rights holder grants licences for its own works only (403 for another's)."""
+    managed_work(service, key, body.work_id)
     licensee = service.db.get_principal(body.licensee)
     if licensee is None:
         raise ApiError(404, "not_found", f"principal {body.licensee!r} not found: create it (POST /v1/principals "
@@ -32,11 +37,16 @@ def grant(body: LicenceIn, service: MatchService = Depends(get_service)) -> Lice
     return LicenceOut(**licence_out(licence, utc_now()))
 
 
-@router.get("", response_model=LicenceList, summary="List licences", responses=error_responses())
+@router.get("", response_model=LicenceList, summary="List licences", responses=error_responses(404))
 def list_licences(work_id: int | None = Query(None, ge=1, le=MAX_DB_INTEGER),
                   licensee: str | None = Query(None, max_length=200, description="The licensee principal's name"),
                   limit: int = Query(50, ge=1, le=500), offset: int = Query(0, ge=0, le=MAX_DB_INTEGER),
-                  service: MatchService = Depends(get_service)) -> LicenceList:
+                  service: MatchService = Depends(get_service), key: ApiKey = Depends(require_manager)) -> LicenceList:
+    """Every licence (admins); a work owner names one of its works with `work_id`."""
+    if key.role != "admin":
+        if work_id is None:
+            raise ApiError(422, "validation_error", "name one of your works: ?work_id=ID")
+        managed_work(service, key, work_id)
     licences, total = service.db.list_licences(work_id, licensee, limit, offset)
     now = utc_now()
     return LicenceList(items=[LicenceOut(**licence_out(x, now)) for x in licences], total=total,
@@ -45,18 +55,26 @@ def list_licences(work_id: int | None = Query(None, ge=1, le=MAX_DB_INTEGER),
 
 @router.get("/{licence_id}", response_model=LicenceOut, summary="Get a licence",
             responses=error_responses(404))
-def get_licence(licence_id: str = LicenceId, service: MatchService = Depends(get_service)) -> LicenceOut:
-    licence = service.db.get_licence(licence_id)
-    if licence is None:
-        raise ApiError(404, "not_found", f"licence {licence_id} not found")
+def get_licence(licence_id: str = LicenceId, service: MatchService = Depends(get_service),
+                key: ApiKey = Depends(require_manager)) -> LicenceOut:
+    licence = _managed_licence(service, key, licence_id)
     return LicenceOut(**licence_out(licence, utc_now()))
 
 
 @router.delete("/{licence_id}", response_model=LicenceOut, summary="Revoke a licence",
                responses=error_responses(404))
-def revoke(licence_id: str = LicenceId, service: MatchService = Depends(get_service)) -> LicenceOut:
+def revoke(licence_id: str = LicenceId, service: MatchService = Depends(get_service),
+           key: ApiKey = Depends(require_manager)) -> LicenceOut:
     """Revoke the licence from now on (the record stays, with `revoked_at`; revoking twice is a no-op)."""
-    licence = service.db.revoke_licence(licence_id)
+    _managed_licence(service, key, licence_id)
+    return LicenceOut(**licence_out(service.db.revoke_licence(licence_id), utc_now()))
+
+
+def _managed_licence(service: MatchService, key: ApiKey, licence_id: str):
+    """The licence if the key may manage its work: 404 if unknown, 403 if the work is another's."""
+    licence = service.db.get_licence(licence_id)
     if licence is None:
         raise ApiError(404, "not_found", f"licence {licence_id} not found")
-    return LicenceOut(**licence_out(licence, utc_now()))
+    if key.role != "admin":
+        managed_work(service, key, licence.work_id)
+    return licence
