@@ -547,7 +547,7 @@ def cmd_rescan_uploads(args) -> int:
     try:
         report = _run_rescan(args, lambda: rescan_uploads(
             settings.index_dir, settings.db_path, args.out, settings.review_confidence, since, args.apply,
-            _rescan_options(args), resume=args.resume))
+            _rescan_options(args), resume=args.resume, lineage_of=args.lineage_of))
     except FileNotFoundError as err:
         raise CliError(str(err), EXIT_INDEX) from None
     except (sqlite3.DatabaseError, SchemaError) as err:
@@ -703,6 +703,9 @@ def build_parser() -> argparse.ArgumentParser:
             kind.add_argument("--apply", action="store_true",
                               help="write the changed verdicts to the database (the old ones stay in "
                                    "each decision's history)")
+            kind.add_argument("--lineage-of", type=_positive_int, default=None, metavar="WORK",
+                              help="only the decisions that matched this work or one of its published "
+                                   "descendants (after its consent changed: docs/lineage.md)")
         kind.add_argument("--out", type=Path, required=True, metavar="DIR",
                           help="output folder: items.jsonl, summary.csv (and the checkpoint while unfinished)")
         kind.add_argument("--resume", action="store_true",

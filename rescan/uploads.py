@@ -30,7 +30,7 @@ import numpy as np
 from refrain.fingerprint import FingerprintError
 from refrain.fingerprint.serialize import FingerprintFormatError, fingerprint_from_bytes
 from refrain.api import Refrain
-from refrain.rescan.jobs import RescanOptions, RunResult, finish, run_items, write_csv, write_jsonl
+from refrain.rescan.jobs import RescanOptions, RunResult, RunUsageError, finish, run_items, write_csv, write_jsonl
 from refrain.service.core import decide_upload, decision_body, jsonable, with_standing_resolutions
 from refrain.service.db import ServiceDB, WorkEvidence
 from refrain.service.settings import ServiceSettings
@@ -240,7 +240,8 @@ def rescan_uploads(index_dir: os.PathLike, db_path: os.PathLike, out: os.PathLik
     index.IndexOpenError
         The index cannot be opened.
     rescan.jobs.RunUsageError
-        ``out`` holds an unfinished run and ``resume`` is False (or the reverse).
+        ``out`` holds an unfinished run and ``resume`` is False (or the reverse), or
+        ``lineage_of`` is not a registered work.
     """
     index_dir, db_path = Path(index_dir).resolve(), Path(db_path).resolve()
     if not db_path.is_file():  # ServiceDB would create an empty one: nothing to rescan, silently
@@ -254,6 +255,8 @@ def rescan_uploads(index_dir: os.PathLike, db_path: os.PathLike, out: os.PathLik
                      "review_confidence": review_confidence}
         decision_ids = db.rescan_ids(since)
         if lineage_of is not None:  # (only then an argument: runs begun before it existed still resume)
+            if db.get_work(lineage_of) is None:
+                raise RunUsageError(f"work {lineage_of} is not registered in {db_path}: no lineage to rescan")
             arguments["lineage_of"] = lineage_of
             family = {lineage_of, *(link.work_id for link in db.descendant_links([lineage_of]))}
             affected = set(db.decisions_matching(sorted(family)))

@@ -1275,6 +1275,12 @@ class ServiceDB:
             raise DisputeOpenError(f"decision {decision_id} already has an open dispute") from None
         return self.get_dispute(dispute_id)
 
+    def disputes_claims_of(self, dispute_id: str, holder_id: int) -> bool:
+        """Whether a dispute disputes a claim of a work that principal owns (its rights holder may follow it)."""
+        return bool(self._query("SELECT 1 FROM disputes d, json_each(d.track_ids) t JOIN works w"
+                                " ON w.track_id = t.value WHERE d.dispute_id = ? AND w.owner_principal_id = ?"
+                                " LIMIT 1", (dispute_id, holder_id)))
+
     def get_dispute(self, dispute_id: str) -> Dispute | None:
         rows = self._query(f"{self._DISPUTES} WHERE d.dispute_id = ?", (dispute_id,))
         return self._dispute(rows[0]) if rows else None
@@ -1285,11 +1291,17 @@ class ServiceDB:
                 self._query(f"{self._DISPUTES} WHERE d.decision_id = ? ORDER BY d.filed_at", (decision_id,))]
 
     def list_disputes(self, status: str, reason: str | None, work_id: int | None, since: datetime | None,
-                      until: datetime | None, limit: int, offset: int) -> tuple[list[Dispute], int]:
+                      until: datetime | None, limit: int, offset: int,
+                      holder_id: int | None = None) -> tuple[list[Dispute], int]:
         """Disputes, oldest first, filtered (``status``: ``open``, ``resolved`` or ``all``; ``work_id``: the
-        decision matched that work or disputes its lineage claim); and how many match the filters in all."""
+        decision matched that work or disputes its lineage claim; ``holder_id``: a disputed claim is of a work
+        that principal owns, directly or through a lineage); and how many match the filters in all."""
         where: list[str] = []
         params: list = []
+        if holder_id is not None:
+            where.append("d.dispute_id IN (SELECT dispute_id FROM disputes, json_each(disputes.track_ids) t"
+                         " JOIN works w ON w.track_id = t.value WHERE w.owner_principal_id = ?)")
+            params.append(holder_id)
         if status != "all":
             where.append("d.resolved_at IS NULL" if status == "open" else "d.resolved_at IS NOT NULL")
         if reason is not None:

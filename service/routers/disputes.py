@@ -1,4 +1,8 @@
-"""Disputes: an uploader disputes the claims on its decision; analysts work through the dispute queue."""
+"""Disputes: an uploader disputes the claims on its decision; analysts work through the dispute queue.
+
+A rights holder's key reads the queue of the disputes of its own works' claims (matched directly or attributed
+through a lineage); resolving stays with analysts.
+"""
 
 from __future__ import annotations
 
@@ -53,7 +57,8 @@ def create_dispute(body: DisputeIn, tasks: BackgroundTasks, decision_id: str = D
                           file_dispute(service.db, decision_id, key, body.reason, body.text))
 
 
-@router.get("/disputes", response_model=DisputeList, summary="The dispute queue (oldest first)",
+@router.get("/disputes", response_model=DisputeList, summary="The dispute queue (oldest first; a rights holder: "
+                                                              "its works')",
             responses=error_responses())
 def list_disputes(status: Literal["open", "resolved", "all"] = Query("open", description="Default `open`: the "
                                                                      "disputes waiting for an analyst"),
@@ -65,21 +70,27 @@ def list_disputes(status: Literal["open", "resolved", "all"] = Query("open", des
                   until: BoundedDatetime | None = Query(None, description="Filed before (ISO 8601; UTC if no zone)"),
                   limit: int = Query(50, ge=1, le=500), offset: int = Query(0, ge=0, le=MAX_DB_INTEGER),
                   service: MatchService = Depends(get_service),
-                  _: ApiKey = Depends(require_role("analyst"))) -> DisputeList:
+                  key: ApiKey = Depends(require_role("analyst", "rights_holder"))) -> DisputeList:
+    """Analysts see every dispute; a rights holder those disputing a claim of one of its works (directly matched
+    or an ancestor attributed through a lineage), with the same filters."""
     since, until = _utc(since), _utc(until)
     if since is not None and until is not None and until <= since:
         raise ApiError(422, "validation_error", "until must be after since")
-    disputes, total = service.db.list_disputes(status, reason, work_id, since, until, limit, offset)
+    disputes, total = service.db.list_disputes(status, reason, work_id, since, until, limit, offset,
+                                               holder_id=key.principal_id if key.role == "rights_holder" else None)
     return DisputeList(items=[DisputeOut(**dispute_out(d)) for d in disputes], total=total, limit=limit, offset=offset)
 
 
 @router.get("/disputes/{dispute_id}", response_model=DisputeOut, summary="Get a dispute",
             responses=error_responses(404))
 def get_dispute(dispute_id: str = DisputeId, service: MatchService = Depends(get_service),
-                _: ApiKey = Depends(require_role("analyst"))) -> DisputeOut:
+                key: ApiKey = Depends(require_role("analyst", "rights_holder"))) -> DisputeOut:
+    """A rights holder reads the disputes of its own works' claims only (403 for any other)."""
     dispute = service.db.get_dispute(dispute_id)
     if dispute is None:
         raise ApiError(404, "not_found", f"dispute {dispute_id} not found")
+    if key.role == "rights_holder" and not service.db.disputes_claims_of(dispute_id, key.principal_id):
+        raise ApiError(403, "forbidden", f"dispute {dispute_id} disputes no claim of a work of {key.principal!r}")
     return DisputeOut(**dispute_out(dispute))
 
 
