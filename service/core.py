@@ -1020,7 +1020,9 @@ def file_dispute(db: ServiceDB, decision_id: str, key: ApiKey, reason: str, text
         raise ApiError(422, "validation_error", f"decision {decision_id} ({body['verdict']}) holds no blocked "
                                                 "or reviewed claim to dispute")
     try:
-        dispute = db.add_dispute(decision_id, key.principal_id, reason, text, [w.track_id for w in claims])
+        # A track id names a matched work and its lineage claims alike: each disputed track once.
+        dispute = db.add_dispute(decision_id, key.principal_id, reason, text,
+                                 list(dict.fromkeys(w.track_id for w in claims)))
     except DisputeOpenError as err:
         raise ApiError(409, "dispute_open", f"{err}: wait for an analyst to resolve it") from None
     annotate(decision_id=decision_id, dispute_id=dispute.dispute_id)

@@ -31,7 +31,8 @@ MAX_EXPORT_DECISIONS = 10_000
 #: for a decision that matched nothing), with its royalty attribution.
 EXPORT_COLUMNS = ("decision_id", "created_at", "verdict", "filename", "principal", "uploader_id", "work_id",
                   "track_id", "title", "rights_holder", "isrc", "kind", "use", "outcome", "licence_id",
-                  "covered_seconds", "duration_share", "royalty_share", "share_owed", "excluded_seconds", "held")
+                  "covered_seconds", "duration_share", "royalty_share", "share_owed", "excluded_seconds", "held",
+                  "via_work_id")
 
 
 @dataclass(frozen=True)
@@ -119,8 +120,9 @@ def review_queue(filters: QueueFilters = Depends(queue_filters), limit: int = Qu
 
 
 def export_csv(decisions: list[StoredDecision], claims: list[ConflictClaim]) -> str:
-    """The CSV export (:data:`EXPORT_COLUMNS`) of these decisions; ``held`` says whether an open ownership
-    conflict (``claims``: :func:`service.core.conflict_claims`) holds a line's royalties."""
+    """The CSV export (:data:`EXPORT_COLUMNS`) of these decisions: a line per matched work, then per lineage claim
+    (``via_work_id``: the matched derivative it comes through; docs/lineage.md); ``held`` says whether an open
+    ownership conflict (``claims``: :func:`service.core.conflict_claims`) holds a line's royalties."""
     out = io.StringIO()
     writer = csv.DictWriter(out, fieldnames=EXPORT_COLUMNS, lineterminator="\n")
     writer.writeheader()
@@ -131,13 +133,14 @@ def export_csv(decisions: list[StoredDecision], claims: list[ConflictClaim]) -> 
                   "uploader_id": body["uploader_id"]}
         if not body["works"]:
             writer.writerow(common)
-        for work in body["works"]:
-            writer.writerow({**common, **{name: work[name] for name in ("work_id", "track_id", "title",
-                                                                       "rights_holder", "isrc", "kind", "use",
-                                                                       "outcome", "licence_id")},
-                             **{name: work["royalty"][name] for name in ("covered_seconds", "duration_share",
-                                                                         "royalty_share", "share_owed",
-                                                                         "excluded_seconds", "held")}})
+        for work in [*body["works"], *body.get("lineage", [])]:
+            writer.writerow({**common, **{name: work.get(name) for name in ("work_id", "track_id", "title",
+                                                                           "rights_holder", "isrc", "kind", "use",
+                                                                           "outcome", "licence_id", "via_work_id")},
+                             **{name: work["royalty"].get(name, 0.0) for name in ("covered_seconds",
+                                                                                  "duration_share",
+                                                                                  "royalty_share", "share_owed",
+                                                                                  "excluded_seconds", "held")}})
     return out.getvalue()
 
 
@@ -149,9 +152,10 @@ def export_reviews(filters: QueueFilters = Depends(queue_filters),
                                       description="Most decisions exported"),
                    offset: int = Query(0, ge=0, le=MAX_DB_INTEGER), service: MatchService = Depends(get_service),
                    _: ApiKey = Depends(require_role("analyst"))) -> Response:
-    """The decisions the same filters select (oldest first), one CSV line per matched work with its royalty
-    lines (`covered_seconds`, `duration_share`, `royalty_share`, `share_owed`, `excluded_seconds`, and `held`:
-    an open ownership conflict holds them). `X-Total-Count` gives how many
+    """The decisions the same filters select (oldest first), one CSV line per matched work, then per lineage
+    claim (`via_work_id`: the derivative it comes through), with its royalty lines (`covered_seconds`,
+    `duration_share`, `royalty_share`, `share_owed`, `excluded_seconds`, and `held`: an open ownership
+    conflict holds them). `X-Total-Count` gives how many
     decisions the filters select in all."""
     decisions, total = filters.query(service, limit, offset)
     return Response(export_csv(decisions, conflict_claims(service.db.open_conflicts())),

@@ -11,11 +11,16 @@ its own works only; `refrain rescan uploads --lineage-of` re-decides A's lineage
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 
+import httpx
 import pytest
 from service_helpers import assert_error, post_file, register
 from test_lineage_e2e import B1_POLICY, CONSENT, _licence, _work, scene  # noqa: F401 (scene is a fixture)
+
+from refrain.service.routers.analyst import COOKIE
 
 
 def _claim_of(body: dict, work_id: int) -> dict | None:
@@ -70,6 +75,17 @@ def test_rights_workflow_along_a_lineage(scene, published, songs, excerpt_file, 
     (line,) = [line for line in statement["lines"] if line["decision_id"] == both["decision_id"]]
     assert line["held"] and line["via_work_id"] == b1["work_id"]
     assert statement["held_share"] == pytest.approx(sum(x["share_owed"] for x in statement["lines"] if x["held"]))
+    page = httpx.get(f"{str(analyst.base_url).rstrip('/')}/analyst/decisions/{both['decision_id']}",
+                     cookies={COOKIE: analyst.headers["X-API-Key"]})
+    table = page.text[page.text.index('id="lineage-claims"'):]
+    assert '<strong class="held">held</strong> by ownership conflict' in table[:table.index("</table>")]
+    export = analyst.get("/v1/reviews/export", params={"verdict": "licensed"}).text
+    rows = [row for row in csv.DictReader(io.StringIO(export)) if row["decision_id"] == both["decision_id"]]
+    assert len(rows) == len(both["works"]) + len(both["lineage"])
+    (through,) = [row for row in rows if row["via_work_id"]]
+    assert (through["work_id"], through["via_work_id"], through["held"]) == (
+        str(work_a["work_id"]), str(b1["work_id"]), "True")
+    assert float(through["share_owed"]) == pytest.approx(held["royalty"]["share_owed"])
     resolved = admin.post(f"/v1/conflicts/{conflict['conflict_id']}/resolution",
                           json={"keeps": "claimed_work", "note": "A holds the master"})
     assert resolved.status_code == 200, resolved.text
@@ -83,7 +99,7 @@ def test_rights_workflow_along_a_lineage(scene, published, songs, excerpt_file, 
                          json={"reason": "licence_held", "text": "A licensed us by e-mail"})
     assert dispute.status_code == 201, dispute.text
     dispute = dispute.json()
-    assert work_a["track_id"] in dispute["track_ids"]
+    assert work_a["track_id"] in dispute["track_ids"] and len(set(dispute["track_ids"])) == len(dispute["track_ids"])
     for query in ({}, {"work_id": work_a["work_id"]}, {"reason": "licence_held"}):
         queue = a.get("/v1/disputes", params=query).json()
         assert [d["dispute_id"] for d in queue["items"]] == [dispute["dispute_id"]] and queue["total"] == 1, query
