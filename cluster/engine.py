@@ -15,8 +15,9 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
-from concurrent.futures import CancelledError, TimeoutError as FutureTimeout
+from concurrent.futures import CancelledError
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -83,20 +84,26 @@ class ShardEngine:
                                       pure=False)
                    for shard, more in zip(shards, extra)]
         allowed = self.deadline_seconds if deadline_seconds is None else deadline_seconds
+        remaining = threading.Semaphore(0)
+        for future in futures:
+            future.add_done_callback(lambda _: remaining.release())
         deadline = time.monotonic() + allowed
-        results, unavailable = [], []
-        try:
-            for shard, future in zip(shards, futures):
-                try:
-                    results.append(future.result(timeout=max(0.0, deadline - time.monotonic())))
-                except (TimeoutError, FutureTimeout, KilledWorker, CancelledError, OSError):
-                    unavailable.append(shard.shard_id)
-        finally:
-            if unavailable:
-                self.client.cancel(futures)
+        for _ in futures:
+            if not remaining.acquire(timeout=max(0.0, deadline - time.monotonic())):
+                break
+        unavailable = [shard.shard_id for shard, future in zip(shards, futures) if future.status != "finished"]
         if unavailable:
+            errors = [future.exception() for future in futures if future.status == "error"]
+            self.client.cancel(futures)
+            # A shard's own failure (not a lost process) is a bug to report as it is.
+            for error in errors:
+                if not isinstance(error, (KilledWorker, CancelledError, OSError, TimeoutError)):
+                    raise error
             raise ShardUnavailableError(unavailable, allowed)
-        return results
+        return self.client.gather(futures)
+
+
+_QUIET = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
 
 
 class LocalCluster:
@@ -118,22 +125,32 @@ class LocalCluster:
         self.directory = Path(directory)
         self.scheduler_file = self.directory / SCHEDULER_FILE
         self.scheduler_file.unlink(missing_ok=True)
-        dask = [sys.executable, "-m"]
-        quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
-        self.scheduler = subprocess.Popen(dask + ["distributed.cli.dask_scheduler", "--host", "127.0.0.1",
-                                                  "--port", "0", "--dashboard-address", ":0", "--no-show",
-                                                  "--scheduler-file", str(self.scheduler_file)],
-                                          start_new_session=True, **quiet)
+        self.replicas = replicas
+        self.scheduler = subprocess.Popen([sys.executable, "-m", "distributed.cli.dask_scheduler", "--host",
+                                           "127.0.0.1", "--port", "0", "--dashboard-address", ":0", "--no-show",
+                                           "--scheduler-file", str(self.scheduler_file)],
+                                          start_new_session=True, **_QUIET)
+        self.shards = {shard.shard_id: shard for shard in shards}
         self.workers: dict[int, list[subprocess.Popen]] = {}
         for shard in shards:
-            self.workers[shard.shard_id] = [
-                subprocess.Popen(dask + ["distributed.cli.dask_worker", "--scheduler-file", str(self.scheduler_file),
-                                         "--host", "127.0.0.1", "--nthreads", "1", "--nworkers", "1",
-                                         "--name", f"{shard.resource}-{replica}", "--resources",
-                                         f"{shard.resource}=1", "--memory-limit", "0",
-                                         "--dashboard-address", ":0"],
-                                 start_new_session=True, **quiet)
-                for replica in range(replicas)]
+            self.start_shard(shard.shard_id)
+
+    def start_shard(self, shard_id: int) -> None:
+        """Start the shard's worker processes (each under its nanny, which restarts it if it dies)."""
+        resource = self.shards[shard_id].resource
+        self.workers[shard_id] = [
+            subprocess.Popen([sys.executable, "-m", "distributed.cli.dask_worker", "--scheduler-file",
+                              str(self.scheduler_file), "--host", "127.0.0.1", "--nthreads", "1", "--nworkers", "1",
+                              "--name", f"{resource}-{replica}", "--resources", f"{resource}=1",
+                              "--memory-limit", "0", "--dashboard-address", ":0"],
+                             start_new_session=True, **_QUIET)
+            for replica in range(self.replicas)]
+
+    def kill_shard(self, shard_id: int) -> None:
+        """Kill the shard's processes at once (SIGKILL, nannies included): a machine lost."""
+        for process in self.workers.pop(shard_id, []):
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
 
     def wait_ready(self, timeout: float = 60.0) -> None:
         """Wait until every shard worker has joined the scheduler."""

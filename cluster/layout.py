@@ -228,7 +228,8 @@ class ClusterCatalog:
 
     def ready_tracks(self) -> dict[int, Track]:
         """Every track of the cluster by cluster-wide id."""
-        return {row["track_id"]: self._track(row) for row in self._db.execute("SELECT * FROM tracks WHERE status = 'ready'")}
+        rows = self._db.execute("SELECT * FROM tracks WHERE status = 'ready'")
+        return {row["track_id"]: self._track(row) for row in rows}
 
     def totals(self) -> tuple[int, float, int]:
         """(tracks, their total seconds, their landmarks)."""

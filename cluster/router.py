@@ -36,7 +36,7 @@ from refrain.index import IndexStore, Track, TrackMetadata
 from refrain.index.peaks import PeakStore
 from refrain.matcher import Catalogue, MatchParams, match
 
-__all__ = ["ClusterRefrain", "looked_up_codes", "ShardUnavailableError"]
+__all__ = ["ClusterRefrain", "looked_up_codes", "open_for_matching", "ShardUnavailableError"]
 
 #: How long a query waits for every shard by default (seconds).
 DEFAULT_DEADLINE_SECONDS = 10.0
@@ -350,3 +350,19 @@ class ClusterRefrain:
                          landmarks=landmarks, bytes=sum(files.values()), files=files,
                          melody_segments=melody_segments, upgradable=[])
 
+
+
+def open_for_matching(directory: str | os.PathLike, cluster: bool = False,
+                      config: Config | None = None) -> Refrain | ClusterRefrain:
+    """A catalogue opened read-only for matching: an index directory (memory-mapped), or a cluster's router.
+
+    Parameters
+    ----------
+    directory : path-like
+        The index directory, or with ``cluster`` the cluster directory.
+    cluster : bool
+    config : Config, optional
+    """
+    if cluster:
+        return ClusterRefrain.open(directory, config=config)
+    return Refrain.open(directory, config=config, mmap=True)

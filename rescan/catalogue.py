@@ -19,6 +19,7 @@ from pathlib import Path
 
 from refrain.fingerprint import AudioDecodeError, FingerprintError, fingerprint_file
 from refrain.api import Refrain, TrackMatch
+from refrain.cluster import ClusterRefrain, open_for_matching
 from refrain.rescan.jobs import RescanOptions, RunResult, finish, run_items, write_csv, write_jsonl
 
 __all__ = ["CatalogueJob", "CatalogueReport", "rescan_catalogue", "group_related", "SUMMARY_COLUMNS"]
@@ -46,13 +47,16 @@ class CatalogueJob:
     ----------
     index_dir : str
         The index directory, as every worker sees it (absolute, on a cluster).
+    cluster : bool
+        ``index_dir`` is a cluster directory (:mod:`refrain.cluster`): match through its router.
     """
 
     index_dir: str
+    cluster: bool = False
 
-    def open(self) -> Refrain:
+    def open(self) -> Refrain | ClusterRefrain:
         # Read-only and memory-mapped: the workers of one machine share the index's pages.
-        return Refrain.open(self.index_dir, mmap=True)
+        return open_for_matching(self.index_dir, self.cluster)
 
     def process(self, refrain: Refrain, track_id: int) -> dict:
         """Fingerprint one catalogue track from its source and match it against the index."""
@@ -128,7 +132,7 @@ class CatalogueReport:
 
 
 def rescan_catalogue(index_dir: os.PathLike, out: os.PathLike, options: RescanOptions = RescanOptions(),
-                     resume: bool = False) -> CatalogueReport:
+                     resume: bool = False, cluster: bool = False) -> CatalogueReport:
     """Self-scan every ready catalogue track and write ``items.jsonl``, ``groups.jsonl``, ``summary.csv``.
 
     Parameters
@@ -141,6 +145,8 @@ def rescan_catalogue(index_dir: os.PathLike, out: os.PathLike, options: RescanOp
         Local processes or Dask, how many workers.
     resume : bool
         Continue the interrupted run in ``out`` instead of starting one.
+    cluster : bool
+        ``index_dir`` is a cluster directory: tracks have cluster-wide ids, matches come from every shard.
 
     Raises
     ------
@@ -150,9 +156,9 @@ def rescan_catalogue(index_dir: os.PathLike, out: os.PathLike, options: RescanOp
         ``out`` holds an unfinished run and ``resume`` is False (or the reverse).
     """
     index_dir = Path(index_dir).resolve()
-    with Refrain.open(index_dir, mmap=True) as refrain:
+    with open_for_matching(index_dir, cluster) as refrain:
         track_ids = sorted(refrain.store.catalog.ready_tracks())
-    run = run_items(lambda state: CatalogueJob(str(index_dir)), "catalogue", {"index": str(index_dir)},
+    run = run_items(lambda state: CatalogueJob(str(index_dir), cluster), "catalogue", {"index": str(index_dir)},
                     track_ids, out, options, resume)
     groups = group_related(run.records)
     out = Path(out)

@@ -27,6 +27,7 @@ import numpy as np
 from refrain.fingerprint import FingerprintError
 from refrain.fingerprint.serialize import FingerprintFormatError, fingerprint_from_bytes
 from refrain.api import Refrain
+from refrain.cluster import ClusterRefrain, open_for_matching
 from refrain.rescan.jobs import RescanOptions, RunResult, finish, run_items, write_csv, write_jsonl
 from refrain.service.core import decide_upload, decision_body, jsonable
 from refrain.service.db import ServiceDB, WorkEvidence
@@ -83,17 +84,20 @@ class UploadsJob:
         also after a resume).
     review_confidence : float
         The service's setting (:class:`service.settings.ServiceSettings`).
+    cluster : bool
+        ``index_dir`` is a cluster directory (:mod:`refrain.cluster`): match through its router.
     """
 
     index_dir: str
     db_path: str
     at: str
     review_confidence: float
+    cluster: bool = False
 
-    def open(self) -> tuple[Refrain, ServiceDB]:
-        return Refrain.open(self.index_dir, mmap=True), ServiceDB(Path(self.db_path))
+    def open(self) -> tuple[Refrain | ClusterRefrain, ServiceDB]:
+        return open_for_matching(self.index_dir, self.cluster), ServiceDB(Path(self.db_path))
 
-    def process(self, context: tuple[Refrain, ServiceDB], decision_id: str) -> dict:
+    def process(self, context: tuple[Refrain | ClusterRefrain, ServiceDB], decision_id: str) -> dict:
         """Decide one stored decision again; the record says whether its verdict changes."""
         refrain, db = context
         stored = db.rescan_candidate(decision_id)
@@ -168,7 +172,8 @@ def _apply(db: ServiceDB, run: RunResult, apply: bool) -> int:
 
 def rescan_uploads(index_dir: os.PathLike, db_path: os.PathLike, out: os.PathLike,
                    review_confidence: float, since: datetime | None = None, apply: bool = False,
-                   options: RescanOptions = RescanOptions(), resume: bool = False) -> UploadsReport:
+                   options: RescanOptions = RescanOptions(), resume: bool = False,
+                   cluster: bool = False) -> UploadsReport:
     """Re-decide every stored decision (made at or after ``since``) and report the verdicts that change.
 
     Parameters
@@ -188,6 +193,8 @@ def rescan_uploads(index_dir: os.PathLike, db_path: os.PathLike, out: os.PathLik
     options : RescanOptions
     resume : bool
         Continue the interrupted run in ``out``.
+    cluster : bool
+        ``index_dir`` is a cluster directory: matches come from every shard.
 
     Raises
     ------
@@ -203,14 +210,14 @@ def rescan_uploads(index_dir: os.PathLike, db_path: os.PathLike, out: os.PathLik
         raise FileNotFoundError(f"{db_path}: no service database here")
     db = ServiceDB(db_path)  # migrates an older database once, before any worker opens it
     try:
-        with Refrain.open(index_dir, mmap=True):
+        with open_for_matching(index_dir, cluster):
             pass  # fail here, once, on an index that cannot be opened
         arguments = {"index": str(index_dir), "db": str(db_path),
                      "since": since.isoformat() if since is not None else None, "apply": apply,
                      "review_confidence": review_confidence}
         decision_ids = db.rescan_ids(since)
         run = run_items(lambda state: UploadsJob(str(index_dir), str(db_path), state.started_at,
-                                                 review_confidence),
+                                                 review_confidence, cluster),
                         "uploads", arguments, decision_ids, out, options, resume)
         applied = _apply(db, run, apply)
     finally:
