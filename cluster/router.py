@@ -28,7 +28,7 @@ from refrain.api import (IndexInfo, IngestResult, QueryResult, Refrain, TrackMat
                          file_digest)
 from refrain.cluster.engine import ShardEngine, ShardUnavailableError
 from refrain.cluster.layout import SCHEDULER_FILE, ClusterCatalog, Shard
-from refrain.cluster.shard import CatalogueStatistics, CodeCounts, shard_code_counts, shard_match
+from refrain.cluster.shard import CatalogueStatistics, CodeCounts
 from refrain.config import Config
 from refrain.fingerprint import Fingerprint, FingerprintParams, fingerprint_signal, load_audio
 from refrain.fingerprint.hashes import TIER_PAYLOAD_BITS
@@ -269,7 +269,7 @@ class ClusterRefrain:
     def statistics(self, fp: Fingerprint, deadline_seconds: float | None = None) -> CatalogueStatistics:
         """The cluster-wide counts of the codes the matcher will look up for ``fp``, and the track total."""
         codes = looked_up_codes(fp, self.config.match, self.params)
-        answers = self.engine.each(self.catalog.shards(), shard_code_counts, codes, deadline_seconds=deadline_seconds)
+        answers = self.engine.each(self.catalog.shards(), "code_counts", codes, deadline_seconds=deadline_seconds)
         tiers = {name: CodeCounts(tier_codes, sum(counts[name] for counts, _, _ in answers),
                                   sum(entries[name] for _, entries, _ in answers))
                  for name, tier_codes in codes.items()}
@@ -296,7 +296,7 @@ class ClusterRefrain:
         statistics = self.statistics(fp, deadline_seconds)
         counted = time.perf_counter()
         shards = self.catalog.shards()
-        answers = self.engine.each(shards, shard_match, fp, name, self.config.match, statistics,
+        answers = self.engine.each(shards, "match", fp, name, self.config.match, statistics,
                                    deadline_seconds=deadline_seconds)
         matched = time.perf_counter()
         matches: list[TrackMatch] = []

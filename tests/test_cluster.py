@@ -176,7 +176,7 @@ def test_service_on_a_cluster_decides_as_on_one_index_and_never_clears_without_a
             local.kill_shard(victim)
             during = [f.result() for f in pending]
             during += [_upload(cluster.url, cluster_key, uploads[name]) for name in ("excerpt", "unrelated")]
-        assert any(r.status_code == 503 for r in during)
+        assert any(r.status_code == 503 for r in during), [(r.status_code, r.text[:300]) for r in during]
         for response in during:
             if response.status_code == 503:
                 assert response.json()["code"] == "catalogue_unavailable"
