@@ -100,18 +100,20 @@ class ClusterRefrain:
     Parameters
     ----------
     catalog : ClusterCatalog
-    engine : ShardEngine
     config : Config
     params : FingerprintParams
         The shards' fingerprint settings.
     writable : bool
+    deadline_seconds : float
+        Longest wait for every shard's answer to one query (default 10 s).
     """
 
-    def __init__(self, catalog: ClusterCatalog, engine: ShardEngine, config: Config, params: FingerprintParams,
-                 writable: bool = False):
+    def __init__(self, catalog: ClusterCatalog, config: Config, params: FingerprintParams,
+                 writable: bool = False, deadline_seconds: float = DEFAULT_DEADLINE_SECONDS):
         self.catalog = catalog
-        self.engine = engine
         self.config = config
+        self.deadline_seconds = deadline_seconds
+        self._engine: ShardEngine | None = None
         self._params = params
         self.writable = writable
         self.store = _ClusterStore(catalog)
@@ -120,29 +122,43 @@ class ClusterRefrain:
     @classmethod
     def open(cls, directory: str | os.PathLike, config: Config | None = None, writable: bool = False,
              deadline_seconds: float = DEFAULT_DEADLINE_SECONDS) -> "ClusterRefrain":
-        """Open the cluster in ``directory`` through its scheduler (``DIR/scheduler.json``).
+        """Open the cluster in ``directory``; queries go through its scheduler (``DIR/scheduler.json``).
+
+        The scheduler is reached at the first query: ingest and removal write the shards'
+        directories and need no running shard.
 
         Raises
         ------
         ClusterOpenError
             If ``directory`` holds no cluster.
-        ShardUnavailableError
-            If its scheduler does not answer.
         """
         catalog = ClusterCatalog(directory)
         try:
             with IndexStore.open(catalog.shards()[0].directory) as first:
                 params = first.fingerprint_params
-            engine = ShardEngine(Path(catalog.directory) / SCHEDULER_FILE, deadline_seconds)
         except BaseException:
             catalog.close()
             raise
         if writable:
             catalog.drop_pending()
-        return cls(catalog, engine, config or Config(), params, writable)
+        return cls(catalog, config or Config(), params, writable, deadline_seconds)
+
+    @property
+    def engine(self) -> ShardEngine:
+        """The connection to the shards (made at first use).
+
+        Raises
+        ------
+        ShardUnavailableError
+            If the scheduler does not answer.
+        """
+        if self._engine is None:
+            self._engine = ShardEngine(Path(self.catalog.directory) / SCHEDULER_FILE, self.deadline_seconds)
+        return self._engine
 
     def close(self) -> None:
-        self.engine.close()
+        if self._engine is not None:
+            self._engine.close()
         self.catalog.close()
 
     def __enter__(self) -> "ClusterRefrain":

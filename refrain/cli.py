@@ -622,6 +622,23 @@ def cmd_cluster_add_shard(args) -> int:
     return EXIT_OK
 
 
+def cmd_cluster_rebalance(args) -> int:
+    from refrain.cluster import ClusterCatalog
+    from refrain.cluster.rebalance import rebalance
+
+    catalog = ClusterCatalog(args.cluster)
+    try:
+        moves = rebalance(catalog)
+        seconds = catalog.seconds_per_shard()
+    finally:
+        catalog.close()
+    for move in moves:
+        print(f"track {move.track_id} ({move.seconds:.1f} s): shard {move.source} -> shard {move.destination}")
+    print(f"moved {len(moves)} tracks; seconds per shard: "
+          + ", ".join(f"{shard_id}: {held:.0f}" for shard_id, held in seconds.items()))
+    return EXIT_OK
+
+
 def _dask_address(text: str) -> str:
     if text == "local" or "://" in text:
         return text
@@ -791,7 +808,13 @@ def build_parser() -> argparse.ArgumentParser:
                              description="Add an empty shard to a cluster.", epilog=EPILOG,
                              formatter_class=formatter)
     add.set_defaults(run=cmd_cluster_add_shard, parser=add)
-    for action in (up, add):
+    rebalance = actions.add_parser(
+        "rebalance", help="move tracks between shards (their stored entries, no audio decoded) so that each "
+                          "holds about as many catalogue seconds", epilog=EPILOG, formatter_class=formatter,
+        description="Move tracks from the fullest shards to the emptiest, copying each track's stored entries "
+                    "(no audio is decoded). Needs every shard's write lock: run it with no other writer.")
+    rebalance.set_defaults(run=cmd_cluster_rebalance, parser=rebalance)
+    for action in (up, add, rebalance):
         action.add_argument("--cluster", type=Path, required=True, metavar="DIR", help="the cluster directory")
     return parser
 

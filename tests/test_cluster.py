@@ -210,3 +210,56 @@ def test_a_missing_shard_fails_the_query_not_part_of_it(cluster_and_index, songs
         finally:
             local.start_shard(victim)
             local.wait_ready()
+
+
+def _same_answers(cluster_dir, single_dir, songs, render) -> None:
+    import soxr
+    with Refrain.open(single_dir, mmap=True) as single, \
+            ClusterRefrain.open(cluster_dir, deadline_seconds=120) as cluster:
+        for name, y in _queries(songs, render).items():
+            y = soxr.resample(y, SR, single.params.sample_rate).astype(np.float32)
+            fp = fingerprint_signal(y, single.params, dense_peaks=True)
+            # Every field but the source path: the grown cluster ingested copies of the songs.
+            assert [m[:-1] for m in _described(cluster.match_fingerprint(fp, name).matches)] == \
+                [m[:-1] for m in _described(single.match_fingerprint(fp, name).matches)], name
+
+
+def test_added_shards_are_filled_by_a_rebalance_that_decodes_nothing(tmp_path, cluster_and_index, songs, render):
+    import shutil
+
+    from refrain import cli
+    _, _, single_dir = cluster_and_index
+    directory = tmp_path / "grown"
+    ClusterCatalog.create(directory, 1).close()
+    copies = []
+    for song in songs.values():  # ingested from copies deleted before the move: nothing can be decoded again
+        copies.append(tmp_path / song.path.name)
+        shutil.copy(song.path, copies[-1])
+    with ClusterRefrain.open(directory, writable=True) as cluster:
+        assert [r.track_id for r in cluster.ingest(copies)] == list(range(1, len(copies) + 1))
+    for copy in copies:
+        copy.unlink()
+    catalog = ClusterCatalog(directory)
+    catalog.add_shard()
+    catalog.add_shard()
+    assert cli.main(["cluster", "rebalance", "--cluster", str(directory)]) == 0
+    seconds = catalog.seconds_per_shard()
+    assert len(seconds) == 3 and max(seconds.values()) - min(seconds.values()) < 40.0, seconds
+    with LocalCluster(directory, catalog.shards()) as local:
+        local.wait_ready()
+        _same_answers(directory, single_dir, songs, render)
+    catalog.close()
+
+
+def test_cli_matches_a_cluster_as_an_index(cluster_and_index, songs, capsys):
+    import json
+
+    from refrain import cli
+    directory, _, single_dir = cluster_and_index
+    query = str(songs[41].path)
+    assert cli.main(["match", "--index", str(single_dir), "--json", query]) == 0
+    expected = json.loads(capsys.readouterr().out)
+    assert cli.main(["match", "--cluster", str(directory), "--json", query]) == 0
+    assert json.loads(capsys.readouterr().out) == expected and expected["matches"]
+    assert cli.main(["info", "--cluster", str(directory)]) == 0
+    assert f"tracks     {len(songs)}" in capsys.readouterr().out
