@@ -29,6 +29,10 @@ Commands
     Match every catalogue track against the index; groups of related works (:mod:`rescan`).
 ``refrain rescan uploads --index DIR [--db PATH] [--since ISO] [--apply] --out DIR [--resume] [--jobs N] …``
     Re-decide stored upload decisions; report (and apply) the verdicts that change.
+``refrain cluster up --cluster DIR [--shards N] [--replicas R]`` / ``add-shard`` / ``rebalance``
+    A catalogue partitioned into shards on Dask (``docs/cluster.md``): start a local cluster, add an
+    empty shard, move tracks between shards. ``ingest``, ``match``, ``remove``, ``tracks``, ``info``,
+    ``serve`` and ``rescan`` take ``--cluster DIR`` in place of ``--index DIR``.
 
 Exit codes
 ----------
