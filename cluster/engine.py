@@ -158,9 +158,6 @@ class ShardEngine:
         return answers
 
 
-_QUIET = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
-
-
 class LocalCluster:
     """A scheduler and one worker process per shard on this machine (``refrain cluster up``).
 
@@ -184,7 +181,8 @@ class LocalCluster:
         self.scheduler = subprocess.Popen([sys.executable, "-m", "distributed.cli.dask_scheduler", "--host",
                                            "127.0.0.1", "--port", "0", "--dashboard-address", ":0", "--no-show",
                                            "--scheduler-file", str(self.scheduler_file)],
-                                          start_new_session=True, **_QUIET)
+                                          start_new_session=True, stdout=subprocess.DEVNULL,
+                                          stderr=subprocess.DEVNULL)
         self.shards = {shard.shard_id: shard for shard in shards}
         self.workers: dict[int, list[subprocess.Popen]] = {}
         for shard in shards:
@@ -198,7 +196,7 @@ class LocalCluster:
                               str(self.scheduler_file), "--host", "127.0.0.1", "--nthreads", "1", "--nworkers", "1",
                               "--name", f"{resource}-{replica}", "--resources", f"{resource}=1",
                               "--memory-limit", "0", "--dashboard-address", ":0"],
-                             start_new_session=True, **_QUIET)
+                             start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             for replica in range(self.replicas)]
 
     def kill_shard(self, shard_id: int) -> None:

@@ -89,7 +89,7 @@ class ClusterCatalog:
     against one index's catalogue reads a cluster's the same way.
     """
 
-    def __init__(self, directory: os.PathLike):
+    def __init__(self, directory: str | os.PathLike):
         self.directory = Path(directory).resolve()
         path = self.directory / CLUSTER_FILE
         if not path.exists():
@@ -134,7 +134,7 @@ class ClusterCatalog:
         """
         existing = self.shards()
         if existing:
-            with IndexStore.open(existing[0].directory) as first:
+            with IndexStore.open(Path(existing[0].directory)) as first:
                 params = first.fingerprint_params
         shard_id = max((s.shard_id for s in existing), default=-1) + 1
         directory = self.directory / _SHARDS / f"shard-{shard_id:03d}"

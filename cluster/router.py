@@ -134,7 +134,7 @@ class ClusterRefrain:
         """
         catalog = ClusterCatalog(directory)
         try:
-            with IndexStore.open(catalog.shards()[0].directory) as first:
+            with IndexStore.open(Path(catalog.shards()[0].directory)) as first:
                 params = first.fingerprint_params
         except BaseException:
             catalog.close()

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import threading
 from dataclasses import dataclass, field, fields
-from typing import Mapping
+from typing import Any, Mapping
 
 import numpy as np
 
@@ -142,8 +142,9 @@ def shard_code_counts(directory: str, codes: Mapping[str, np.ndarray]) -> tuple[
     """
     refrain = open_shard(directory)
     tiers = refrain.store.tiers
-    counts = {name: tiers[name].code_counts(tier_codes) for name, tier_codes in codes.items() if name in tiers}
-    entries = {name: tiers[name].ntotal for name in codes if name in tiers}
+    landmarks = {name: tier for name, tier in tiers.items() if isinstance(tier, LandmarkIndex)}
+    counts = {name: landmarks[name].code_counts(tier_codes) for name, tier_codes in codes.items() if name in landmarks}
+    entries = {name: landmarks[name].ntotal for name in codes if name in landmarks}
     return counts, entries, len(refrain.tracks())
 
 
@@ -171,9 +172,9 @@ def shard_match(directory: str, fp: Fingerprint, name: str, params: MatchParams,
     """
     refrain = open_shard(directory)
     ready = {t.track_id: t for t in refrain.tracks()}
-    tiers = dict(refrain.store.tiers)
-    wide = {tier: CatalogueWideCounts(tiers[tier], counts) for tier, counts in statistics.tiers.items()
-            if isinstance(tiers.get(tier), LandmarkIndex)}
+    tiers: dict[str, Any] = dict(refrain.store.tiers)
+    wide = {name: CatalogueWideCounts(tier, statistics.tiers[name]) for name, tier in tiers.items()
+            if isinstance(tier, LandmarkIndex) and name in statistics.tiers}
     tiers.update(wide)
     catalogue = Catalogue(tiers, refrain.params, {t: track.duration for t, track in ready.items()},
                           total_tracks=statistics.total_tracks)

@@ -21,6 +21,7 @@ import os
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 
@@ -116,7 +117,8 @@ class UploadsJob:
         # A licence is never deleted (revoking keeps it), so a missing id cannot cover anything.
         licences = [found for found in map(db.get_licence, old["licence_ids"]) if found is not None]
         # Licences are checked against the principal whose key made the upload, as at upload time.
-        decided = decide_upload(refrain, db, fp, old["filename"], old.get("principal"), licences,
+        # A cluster's router has Refrain's matching API; decide_upload is annotated with Refrain alone.
+        decided = decide_upload(cast(Refrain, refrain), db, fp, old["filename"], old.get("principal"), licences,
                                 datetime.fromisoformat(self.at), self.review_confidence)
         new = jsonable(decision_body(decided, decision_id=decision_id, stored=True,
                                      created_at=stored.created_at, principal=old.get("principal"),

@@ -263,3 +263,13 @@ def test_cli_matches_a_cluster_as_an_index(cluster_and_index, songs, capsys):
     assert json.loads(capsys.readouterr().out) == expected and expected["matches"]
     assert cli.main(["info", "--cluster", str(directory)]) == 0
     assert f"tracks     {len(songs)}" in capsys.readouterr().out
+
+
+def test_a_catalogue_rescan_of_a_cluster_finds_what_one_index_finds(cluster_and_index, tmp_path, capsys):
+    from refrain import cli
+    directory, _, single_dir = cluster_and_index
+    assert cli.main(["rescan", "catalogue", "--index", str(single_dir), "--out", str(tmp_path / "single")]) == 0
+    assert cli.main(["rescan", "catalogue", "--cluster", str(directory), "--out", str(tmp_path / "cluster")]) == 0
+    capsys.readouterr()
+    for name in ("items.jsonl", "groups.jsonl"):
+        assert (tmp_path / "cluster" / name).read_text() == (tmp_path / "single" / name).read_text()
