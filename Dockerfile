@@ -31,6 +31,7 @@ COPY matcher ./matcher
 COPY policy ./policy
 COPY rescan ./rescan
 COPY service ./service
+COPY cluster ./cluster
 RUN pip install --no-deps . && rm -rf build
 COPY docker/entrypoint.sh /usr/local/bin/refrain-entrypoint
 

@@ -174,7 +174,7 @@ class MelodyTier:
         allowed = None if catalogue.track_durations is None else set(catalogue.track_durations)
         return match_covers(query.fingerprint.melody, catalogue.tiers[self.name], self,
                             melody_params.chroma_seconds(catalogue.fingerprint_params.frame_seconds),
-                            query.fingerprint.duration, allowed, skip)
+                            query.fingerprint.duration, allowed, skip, catalogue.size)
 
 
 @dataclass(frozen=True)
@@ -513,7 +513,7 @@ def _background(same_shift: np.ndarray, line: int, last: int, n_positions: int, 
 
 def match_covers(query_chroma: np.ndarray | None, index: MelodyIndex, params: MelodyTier,
                  chroma_seconds: float, query_duration: float, allowed: set[int] | None = None,
-                 skip: AbstractSet[int] = frozenset()) -> list[Match]:
+                 skip: AbstractSet[int] = frozenset(), catalogue_tracks: int | None = None) -> list[Match]:
     """Every catalogue composition the query re-performs, as ``kind="cover"`` matches.
 
     Parameters
@@ -531,6 +531,9 @@ def match_covers(query_chroma: np.ndarray | None, index: MelodyIndex, params: Me
     skip : set of int
         Tracks already matched by the landmark tiers: a copy or derivative of the
         recording is reported as such, not as a cover, and is not verified again.
+    catalogue_tracks : int, optional
+        Tracks of the catalogue searched, the scale of chance agreement (default: as many
+        as ``allowed``; a cluster's shard passes the whole catalogue's).
 
     Returns
     -------
@@ -540,7 +543,7 @@ def match_covers(query_chroma: np.ndarray | None, index: MelodyIndex, params: Me
     """
     if query_chroma is None or len(query_chroma) == 0 or index.ntotal == 0:
         return []
-    tracks = None if allowed is None else len(allowed)
+    tracks = catalogue_tracks if catalogue_tracks is not None else None if allowed is None else len(allowed)
     matches = [_describe(track_id, verdict, params, chroma_seconds, len(query_chroma), query_duration, tracks)
                for track_id, verdict in verify_candidates(query_chroma, index, params, allowed, skip)
                if verdict.similarity >= params.min_similarity]

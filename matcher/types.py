@@ -202,18 +202,25 @@ class Catalogue:
     track_durations : mapping of int to float, or None
         Reportable tracks and their durations in seconds (to tell an excerpt from a
         whole copy); hits on other tracks are ignored. None: every track, no excerpts.
+    total_tracks : int or None
+        Tracks of the whole catalogue when these tiers hold one shard of it (a cluster,
+        :mod:`refrain.cluster`): chance agreement scales with the whole catalogue, so a
+        shard rates its matches as the whole index would. None: ``track_durations``'s.
     """
 
     tiers: Mapping[str, Any]
     fingerprint_params: FingerprintParams
     track_durations: Mapping[int, float] | None = None
+    total_tracks: int | None = None
 
     def reportable(self, track_id: int) -> bool:
         return self.track_durations is None or track_id in self.track_durations
 
     @property
     def size(self) -> int | None:
-        """Tracks that can be reported (None: not known)."""
+        """Tracks of the catalogue searched, the scale of chance agreement (None: not known)."""
+        if self.total_tracks is not None:
+            return self.total_tracks
         return None if self.track_durations is None else len(self.track_durations)
 
 

@@ -29,6 +29,10 @@ Commands
     Match every catalogue track against the index; groups of related works (:mod:`rescan`).
 ``refrain rescan uploads --index DIR [--db PATH] [--since ISO] [--apply] --out DIR [--resume] [--jobs N] …``
     Re-decide stored upload decisions; report (and apply) the verdicts that change.
+``refrain cluster up --cluster DIR [--shards N] [--replicas R]`` / ``add-shard`` / ``rebalance``
+    A catalogue partitioned into shards on Dask (``docs/cluster.md``): start a local cluster, add an
+    empty shard, move tracks between shards. ``ingest``, ``match``, ``remove``, ``tracks``, ``info``,
+    ``serve`` and ``rescan`` take ``--cluster DIR`` in place of ``--index DIR``.
 
 Exit codes
 ----------
@@ -126,6 +130,21 @@ def _open_index(directory: Path, **options) -> Refrain:
         raise CliError(str(err), EXIT_INDEX) from err
     except OSError as err:  # e.g. no permission to create or lock the directory
         raise CliError(f"{directory}: cannot open the index ({err})", EXIT_INDEX) from err
+
+
+def _open_catalogue(args, config: Config | None = None, writable: bool = False, **options):
+    """The index of ``--index`` (opened with ``options``), or the router of the cluster of ``--cluster``."""
+    if getattr(args, "cluster", None) is None:
+        return _open_index(args.index, config=config, writable=writable, **options)
+    from refrain.cluster import ClusterRefrain, ShardUnavailableError
+    try:
+        return ClusterRefrain.open(args.cluster, config=config, writable=writable)
+    except ShardUnavailableError as err:
+        raise CliError(str(err), EXIT_INDEX) from err
+
+
+def _catalogue_name(args) -> Path:
+    return args.index if getattr(args, "cluster", None) is None else args.cluster
 
 
 def _expand(paths: list[str]) -> tuple[list[tuple[str, Path]], bool]:
@@ -226,7 +245,7 @@ def cmd_ingest(args) -> int:
     metadata = TrackMetadata(args.title, args.artist, args.isrc)
     if metadata != TrackMetadata() and len(files) != 1:
         args.parser.error("--title/--artist/--isrc describe one recording: give exactly one file")
-    with _open_index(args.index, create=True) as refrain:
+    with _open_catalogue(args, writable=True, create=True) as refrain:
         counts = _ingest_all(refrain, files, args.jobs, metadata, args.progress_interval)
     return EXIT_FAILED if counts["error"] or empty_folder else EXIT_OK
 
@@ -271,23 +290,23 @@ def _match_all(refrain: Refrain, queries: list[tuple[str, Path]], as_json: bool)
 def cmd_match(args) -> int:
     queries, empty_folder = _expand(args.paths)
     config = Config().searching_covers(args.covers)
-    with _open_index(args.index, config=config, mmap=True) as refrain:
+    with _open_catalogue(args, config=config, mmap=True) as refrain:
         ok = _match_all(refrain, queries, args.json)
     return EXIT_OK if ok and not empty_folder else EXIT_FAILED
 
 
 def cmd_remove(args) -> int:
-    with _open_index(args.index, writable=True) as refrain:
+    with _open_catalogue(args, writable=True) as refrain:
         try:
             track = refrain.remove(args.track_id)
         except KeyError:
-            raise CliError(f"no track with id {args.track_id} in {args.index}") from None
+            raise CliError(f"no track with id {args.track_id} in {_catalogue_name(args)}") from None
     print(f"removed track {track.track_id}: {track.source}")
     return EXIT_OK
 
 
 def cmd_tracks_list(args) -> int:
-    with _open_index(args.index, mmap=True) as refrain:
+    with _open_catalogue(args, mmap=True) as refrain:
         tracks = refrain.tracks()
     if args.json:
         for track in tracks:
@@ -302,10 +321,10 @@ def cmd_tracks_list(args) -> int:
 
 
 def cmd_tracks_show(args) -> int:
-    with _open_index(args.index, mmap=True) as refrain:
+    with _open_catalogue(args, mmap=True) as refrain:
         found = [track for track in refrain.tracks() if track.track_id == args.track_id]
     if not found:
-        raise CliError(f"no track with id {args.track_id} in {args.index}")
+        raise CliError(f"no track with id {args.track_id} in {_catalogue_name(args)}")
     record = dataclasses.asdict(found[0])
     if args.json:
         print(json.dumps(record))
@@ -324,7 +343,7 @@ def cmd_upgrade(args) -> int:
 
 
 def cmd_info(args) -> int:
-    with _open_index(args.index, mmap=True) as refrain:
+    with _open_catalogue(args, mmap=True) as refrain:
         info = refrain.info()
     if args.json:
         print(json.dumps(info.to_dict()))
@@ -368,7 +387,9 @@ def _service_settings(args):
 
     from refrain.service.settings import ServiceSettings
 
-    given = {name: value for name, value in (("index_dir", getattr(args, "index", None)),
+    cluster = getattr(args, "cluster", None)
+    given = {name: value for name, value in (("index_dir", cluster or getattr(args, "index", None)),
+                                             ("cluster", True if cluster else None),
                                              ("db_path", getattr(args, "db", None)),
                                              ("host", getattr(args, "host", None)),
                                              ("port", getattr(args, "port", None)))
@@ -409,7 +430,11 @@ def cmd_serve(args) -> int:
     # locked or foreign index (exit 3) is one error line, not a traceback after the startup.
     sock = _listening_socket(settings.host, settings.port)
     with closing(sock):
-        _open_index(settings.index_dir, create=True).close()
+        if settings.cluster:
+            from refrain.cluster import ClusterCatalog
+            ClusterCatalog(settings.index_dir).close()
+        else:
+            _open_index(settings.index_dir, create=True).close()
         configure_logging(settings.log_level, json_lines=settings.log_format == "json")
         logging.getLogger("refrain.service").info(
             "serving %s on http://%s:%s (database %s; analyst page /analyst, API docs /docs, readiness "
@@ -508,8 +533,8 @@ def _run_rescan(args, start):
 def cmd_rescan_catalogue(args) -> int:
     from refrain.rescan.catalogue import rescan_catalogue
 
-    report = _run_rescan(args, lambda: rescan_catalogue(args.index, args.out, _rescan_options(args),
-                                                        resume=args.resume))
+    report = _run_rescan(args, lambda: rescan_catalogue(_catalogue_name(args), args.out, _rescan_options(args),
+                                                        resume=args.resume, cluster=args.cluster is not None))
     for group in report.groups:
         print(f"group {group['group']}: "
               + ", ".join(f"{t['track_id']} {t['source']}" for t in group["tracks"]))
@@ -547,7 +572,7 @@ def cmd_rescan_uploads(args) -> int:
     try:
         report = _run_rescan(args, lambda: rescan_uploads(
             settings.index_dir, settings.db_path, args.out, settings.review_confidence, since, args.apply,
-            _rescan_options(args), resume=args.resume, lineage_of=args.lineage_of))
+            _rescan_options(args), resume=args.resume, lineage_of=args.lineage_of, cluster=settings.cluster))
     except FileNotFoundError as err:
         raise CliError(str(err), EXIT_INDEX) from None
     except (sqlite3.DatabaseError, SchemaError) as err:
@@ -562,6 +587,65 @@ def cmd_rescan_uploads(args) -> int:
           f"{run.failed} failed; {report.changed} verdicts would change, {report.applied} changed; "
           f"outputs in {args.out}", flush=True)
     return EXIT_FAILED if run.failed else EXIT_OK
+
+
+def cmd_cluster_up(args) -> int:
+    import signal as signals
+
+    from refrain.cluster import ClusterCatalog, LocalCluster
+
+    directory = args.cluster
+    if (directory / "cluster.sqlite").exists():
+        catalog = ClusterCatalog(directory)
+        if args.shards is not None and args.shards != len(catalog.shards()):
+            catalog.close()
+            raise CliError(f"{directory} has {len(catalog.shards())} shards, not {args.shards}: add shards with "
+                           "`refrain cluster add-shard`", 2)
+    else:
+        catalog = ClusterCatalog.create(directory, args.shards or 1)
+    shards = catalog.shards()
+    catalog.close()
+    with LocalCluster(directory, shards, replicas=args.replicas) as local:
+        local.wait_ready()
+        print(f"cluster {directory}: {len(shards)} shards, {args.replicas} worker process(es) each; scheduler "
+              f"address in {local.scheduler_file}. Use --cluster {directory} with ingest, match, serve, "
+              "rescan. Ctrl-C stops it.", flush=True)
+        # Blocked only now, so that the engine's processes do not inherit the mask.
+        stop = {signals.SIGINT, signals.SIGTERM}
+        signals.pthread_sigmask(signals.SIG_BLOCK, stop)
+        signals.sigwait(stop)
+    return EXIT_OK
+
+
+def cmd_cluster_add_shard(args) -> int:
+    from refrain.cluster import ClusterCatalog
+
+    catalog = ClusterCatalog(args.cluster)
+    try:
+        shard = catalog.add_shard()
+    finally:
+        catalog.close()
+    print(f"added shard {shard.shard_id} ({shard.directory}): new tracks go to it until it has caught up. "
+          f"Start its worker: dask worker --scheduler-file {args.cluster}/scheduler.json --nthreads 1 "
+          f"--resources {shard.resource}=1 (or restart `refrain cluster up`)")
+    return EXIT_OK
+
+
+def cmd_cluster_rebalance(args) -> int:
+    from refrain.cluster import ClusterCatalog
+    from refrain.cluster.rebalance import rebalance
+
+    catalog = ClusterCatalog(args.cluster)
+    try:
+        moves = rebalance(catalog)
+        seconds = catalog.seconds_per_shard()
+    finally:
+        catalog.close()
+    for move in moves:
+        print(f"track {move.track_id} ({move.seconds:.1f} s): shard {move.source} -> shard {move.destination}")
+    print(f"moved {len(moves)} tracks; seconds per shard: "
+          + ", ".join(f"{shard_id}: {held:.0f}" for shard_id, held in seconds.items()))
+    return EXIT_OK
 
 
 def _dask_address(text: str) -> str:
@@ -597,13 +681,18 @@ def build_parser() -> argparse.ArgumentParser:
         sub.set_defaults(run=run, parser=sub)
         return sub
 
-    def index_option(sub, required=True):
-        sub.add_argument("--index", type=Path, required=required, metavar="DIR",
-                         help="index directory")
+    def index_option(sub, required=True, cluster=False):
+        if not cluster:
+            sub.add_argument("--index", type=Path, required=required, metavar="DIR", help="index directory")
+            return
+        where = sub.add_mutually_exclusive_group(required=required)
+        where.add_argument("--index", type=Path, metavar="DIR", help="index directory")
+        where.add_argument("--cluster", type=Path, metavar="DIR",
+                           help="a cluster directory (`refrain cluster up`): its shards, through its scheduler")
 
     sub = command("ingest", cmd_ingest, "add recordings (files or folders) to an index, "
                                         "creating it if missing")
-    index_option(sub)
+    index_option(sub, cluster=True)
     sub.add_argument("--jobs", type=_positive_int, default=1, metavar="N",
                      help="worker processes for decoding and fingerprinting (default 1)")
     sub.add_argument("--title", help="title of the recording (single-file ingest only)")
@@ -614,7 +703,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("paths", nargs="+", metavar="PATH", help="audio files or folders")
 
     sub = command("match", cmd_match, "find catalogue tracks in query files")
-    index_option(sub)
+    index_option(sub, cluster=True)
     sub.add_argument("--json", action="store_true", help="one JSON object per query on stdout")
     sub.add_argument("--covers", action=argparse.BooleanOptionalAction, default=True,
                      help="search the melody tier for covers too (default; --no-covers: landmark tiers only, "
@@ -623,7 +712,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("paths", nargs="+", metavar="PATH", help="query files or folders")
 
     sub = command("remove", cmd_remove, "remove a track from an index")
-    index_option(sub)
+    index_option(sub, cluster=True)
     sub.add_argument("track_id", type=int, metavar="TRACK_ID")
 
     sub = command("tracks", None, "the index's tracks: their ids (for `refrain remove`), sources and metadata")
@@ -633,7 +722,7 @@ def build_parser() -> argparse.ArgumentParser:
         action = actions.add_parser(name, help=help_text, description=help_text, epilog=EPILOG,
                                     formatter_class=formatter)
         action.set_defaults(run=run, parser=action)
-        index_option(action)
+        index_option(action, cluster=True)
         action.add_argument("--json", action="store_true", help="JSON (one object per track)")
         if name == "show":
             action.add_argument("track_id", type=int, metavar="TRACK_ID")
@@ -643,7 +732,7 @@ def build_parser() -> argparse.ArgumentParser:
     index_option(sub)
 
     sub = command("info", cmd_info, "size of an index")
-    index_option(sub)
+    index_option(sub, cluster=True)
     sub.add_argument("--json", action="store_true", help="print one JSON object")
 
     sub = command("demo", cmd_demo, "index the bundled sample catalogue and match the sample "
@@ -652,7 +741,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.epilog = EPILOG + "\nWithout --index the demo uses a temporary index, deleted afterwards.\n"
 
     sub = command("serve", cmd_serve, "run the HTTP match service on an index (see docs/service.md)")
-    index_option(sub)
+    index_option(sub, cluster=True)
     sub.add_argument("--host", default=None, help="address to listen on (default 127.0.0.1)")
     sub.add_argument("--port", type=int, default=None, help="port (default 8000)")
     sub.add_argument("--db", type=Path, default=None, metavar="PATH",
@@ -694,7 +783,7 @@ def build_parser() -> argparse.ArgumentParser:
         kind = kinds.add_parser(name, help=help_text, description=help_text, epilog=EPILOG,
                                 formatter_class=formatter)
         kind.set_defaults(run=run, parser=kind)
-        index_option(kind)
+        index_option(kind, cluster=True)
         if name == "uploads":
             kind.add_argument("--db", type=Path, default=None, metavar="PATH",
                               help="service database (default: <index>.service.sqlite beside the index)")
@@ -715,6 +804,30 @@ def build_parser() -> argparse.ArgumentParser:
         kind.add_argument("--dask", type=_dask_address, default=None, metavar="local|ADDRESS",
                           help="run on Dask: `local` starts a LocalCluster of --jobs workers, "
                                "tcp://host:8786 uses a running scheduler")
+
+    sub = command("cluster", None, "a catalogue partitioned into shards served by Dask (see docs/cluster.md)")
+    actions = sub.add_subparsers(dest="action", required=True, metavar="ACTION")
+    up = actions.add_parser("up", help="start a local cluster: a Dask scheduler and a worker per shard",
+                            description="Create the cluster directory if missing (with --shards shards), start "
+                                        "a Dask scheduler and one worker process per shard on this machine, "
+                                        "and run until interrupted.", epilog=EPILOG, formatter_class=formatter)
+    up.set_defaults(run=cmd_cluster_up, parser=up)
+    up.add_argument("--shards", type=_positive_int, default=None, metavar="N",
+                    help="shards of a new cluster (default 1); an existing cluster keeps its own")
+    up.add_argument("--replicas", type=_positive_int, default=1, metavar="R",
+                    help="worker processes per shard (default 1)")
+    add = actions.add_parser("add-shard", help="add an empty shard: new tracks go to it until it has caught up",
+                             description="Add an empty shard to a cluster.", epilog=EPILOG,
+                             formatter_class=formatter)
+    add.set_defaults(run=cmd_cluster_add_shard, parser=add)
+    rebalance = actions.add_parser(
+        "rebalance", help="move tracks between shards (their stored entries, no audio decoded) so that each "
+                          "holds about as many catalogue seconds", epilog=EPILOG, formatter_class=formatter,
+        description="Move tracks from the fullest shards to the emptiest, copying each track's stored entries "
+                    "(no audio is decoded). Needs every shard's write lock: run it with no other writer.")
+    rebalance.set_defaults(run=cmd_cluster_rebalance, parser=rebalance)
+    for action in (up, add, rebalance):
+        action.add_argument("--cluster", type=Path, required=True, metavar="DIR", help="the cluster directory")
     return parser
 
 

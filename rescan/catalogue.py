@@ -22,6 +22,7 @@ from pathlib import Path
 
 from refrain.fingerprint import AudioDecodeError, FingerprintError, fingerprint_file
 from refrain.api import Refrain, TrackMatch
+from refrain.cluster import ClusterRefrain, open_for_matching
 from refrain.policy import use_of_kind
 from refrain.rescan.jobs import RescanOptions, RunResult, finish, run_items, write_csv, write_jsonl
 from refrain.service.db import ServiceDB
@@ -56,13 +57,16 @@ class CatalogueJob:
     ----------
     index_dir : str
         The index directory, as every worker sees it (absolute, on a cluster).
+    cluster : bool
+        ``index_dir`` is a cluster directory (:mod:`refrain.cluster`): match through its router.
     """
 
     index_dir: str
+    cluster: bool = False
 
-    def open(self) -> Refrain:
+    def open(self) -> Refrain | ClusterRefrain:
         # Read-only and memory-mapped: the workers of one machine share the index's pages.
-        return Refrain.open(self.index_dir, mmap=True)
+        return open_for_matching(self.index_dir, self.cluster)
 
     def process(self, refrain: Refrain, track_id: int) -> dict:
         """Fingerprint one catalogue track from its source and match it against the index."""
@@ -178,7 +182,8 @@ class CatalogueReport:
 
 
 def rescan_catalogue(index_dir: os.PathLike, out: os.PathLike, options: RescanOptions = RescanOptions(),
-                     resume: bool = False, db_path: os.PathLike | None = None) -> CatalogueReport:
+                     resume: bool = False, db_path: os.PathLike | None = None,
+                     cluster: bool = False) -> CatalogueReport:
     """Self-scan every ready catalogue track and write ``items.jsonl``, ``groups.jsonl``, ``summary.csv``.
 
     Parameters
@@ -195,6 +200,8 @@ def rescan_catalogue(index_dir: os.PathLike, out: os.PathLike, options: RescanOp
         The match service's database, for :func:`catalogue_conflicts` (default: where the
         service keeps it for this index, see :class:`service.settings.ServiceSettings`; no
         conflicts are listed when there is none).
+    cluster : bool
+        ``index_dir`` is a cluster directory: tracks have cluster-wide ids, matches come from every shard.
 
     Raises
     ------
@@ -204,9 +211,9 @@ def rescan_catalogue(index_dir: os.PathLike, out: os.PathLike, options: RescanOp
         ``out`` holds an unfinished run and ``resume`` is False (or the reverse).
     """
     index_dir = Path(index_dir).resolve()
-    with Refrain.open(index_dir, mmap=True) as refrain:
+    with open_for_matching(index_dir, cluster) as refrain:
         track_ids = sorted(refrain.store.catalog.ready_tracks())
-    run = run_items(lambda state: CatalogueJob(str(index_dir)), "catalogue", {"index": str(index_dir)},
+    run = run_items(lambda state: CatalogueJob(str(index_dir), cluster), "catalogue", {"index": str(index_dir)},
                     track_ids, out, options, resume)
     groups = group_related(run.records)
     service_db = Path(db_path) if db_path is not None else ServiceSettings.model_validate(

@@ -24,12 +24,14 @@ import os
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 
 from refrain.fingerprint import FingerprintError
 from refrain.fingerprint.serialize import FingerprintFormatError, fingerprint_from_bytes
 from refrain.api import Refrain
+from refrain.cluster import ClusterRefrain, open_for_matching
 from refrain.rescan.jobs import RescanOptions, RunResult, RunUsageError, finish, run_items, write_csv, write_jsonl
 from refrain.service.core import decide_upload, decision_body, jsonable, with_standing_resolutions
 from refrain.service.db import ServiceDB, WorkEvidence
@@ -102,17 +104,20 @@ class UploadsJob:
         also after a resume).
     review_confidence : float
         The service's setting (:class:`service.settings.ServiceSettings`).
+    cluster : bool
+        ``index_dir`` is a cluster directory (:mod:`refrain.cluster`): match through its router.
     """
 
     index_dir: str
     db_path: str
     at: str
     review_confidence: float
+    cluster: bool = False
 
-    def open(self) -> tuple[Refrain, ServiceDB]:
-        return Refrain.open(self.index_dir, mmap=True), ServiceDB(Path(self.db_path))
+    def open(self) -> tuple[Refrain | ClusterRefrain, ServiceDB]:
+        return open_for_matching(self.index_dir, self.cluster), ServiceDB(Path(self.db_path))
 
-    def process(self, context: tuple[Refrain, ServiceDB], decision_id: str) -> dict:
+    def process(self, context: tuple[Refrain | ClusterRefrain, ServiceDB], decision_id: str) -> dict:
         """Decide one stored decision again; the record says whether its verdict changes."""
         refrain, db = context
         stored = db.rescan_candidate(decision_id)
@@ -131,7 +136,8 @@ class UploadsJob:
         # A licence is never deleted (revoking keeps it), so a missing id cannot cover anything.
         licences = [found for found in map(db.get_licence, old["licence_ids"]) if found is not None]
         # Licences are checked against the principal whose key made the upload, as at upload time.
-        decided = decide_upload(refrain, db, fp, old["filename"], old.get("principal"), licences,
+        # A cluster's router has Refrain's matching API; decide_upload is annotated with Refrain alone.
+        decided = decide_upload(cast(Refrain, refrain), db, fp, old["filename"], old.get("principal"), licences,
                                 datetime.fromisoformat(self.at), self.review_confidence,
                                 published_as=db.published_work(decision_id))
         new = jsonable(decision_body(decided, decision_id=decision_id, stored=True,
@@ -208,7 +214,7 @@ def _notify_changes(db: ServiceDB, run: RunResult, settings: ServiceSettings) ->
 def rescan_uploads(index_dir: os.PathLike, db_path: os.PathLike, out: os.PathLike,
                    review_confidence: float, since: datetime | None = None, apply: bool = False,
                    options: RescanOptions = RescanOptions(), resume: bool = False,
-                   lineage_of: int | None = None) -> UploadsReport:
+                   lineage_of: int | None = None, cluster: bool = False) -> UploadsReport:
     """Re-decide every stored decision (made at or after ``since``) and report the verdicts that change.
 
     Parameters
@@ -232,6 +238,8 @@ def rescan_uploads(index_dir: os.PathLike, db_path: os.PathLike, out: os.PathLik
         Only the decisions that matched this work or one of its published descendants:
         what a change of the work's policy or licences (a withdrawn consent) can change,
         since the descendants' uploads are judged by their ancestors' policies too.
+    cluster : bool
+        ``index_dir`` is a cluster directory: matches come from every shard.
 
     Raises
     ------
@@ -248,7 +256,7 @@ def rescan_uploads(index_dir: os.PathLike, db_path: os.PathLike, out: os.PathLik
         raise FileNotFoundError(f"{db_path}: no service database here")
     db = ServiceDB(db_path)  # migrates an older database once, before any worker opens it
     try:
-        with Refrain.open(index_dir, mmap=True):
+        with open_for_matching(index_dir, cluster):
             pass  # fail here, once, on an index that cannot be opened
         arguments = {"index": str(index_dir), "db": str(db_path),
                      "since": since.isoformat() if since is not None else None, "apply": apply,
@@ -262,7 +270,7 @@ def rescan_uploads(index_dir: os.PathLike, db_path: os.PathLike, out: os.PathLik
             affected = set(db.decisions_matching(sorted(family)))
             decision_ids = [decision_id for decision_id in decision_ids if decision_id in affected]
         run = run_items(lambda state: UploadsJob(str(index_dir), str(db_path), state.started_at,
-                                                 review_confidence),
+                                                 review_confidence, cluster),
                         "uploads", arguments, decision_ids, out, options, resume)
         applied = _apply(db, run, apply)
         if applied:

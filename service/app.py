@@ -15,6 +15,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from refrain import __version__
+from refrain.cluster import ShardUnavailableError
 from refrain.service.core import MatchService
 from refrain.service.db import DatabaseBusyError
 from refrain.service.docs import add_offline_docs
@@ -99,6 +100,13 @@ def create_app(settings: ServiceSettings) -> FastAPI:
         return _error(503, "busy", "the service database is locked by another process; nothing was changed, "
                       f"retry in {settings.retry_after_seconds} s",
                       headers={"Retry-After": str(settings.retry_after_seconds)})
+
+    @app.exception_handler(ShardUnavailableError)
+    async def shard_unavailable(request: Request, err: ShardUnavailableError):
+        # Never a verdict from part of the catalogue: a `clear` could hide a match in the missing shard.
+        log.warning("%s %s: %s", request.method, request.url.path, err)
+        return _error(503, "catalogue_unavailable", f"{err}; nothing was decided, retry in "
+                      f"{settings.retry_after_seconds} s", headers={"Retry-After": str(settings.retry_after_seconds)})
 
     @app.exception_handler(ApiError)
     async def api_error(request: Request, err: ApiError):

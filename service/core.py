@@ -40,6 +40,7 @@ from refrain.fingerprint.serialize import FingerprintFormatError, fingerprint_fr
 from refrain.fingerprint.spectrogram import log_frequency_spectrogram
 from refrain.index import TrackMetadata
 from refrain.api import QueryResult, Refrain, TrackMatch
+from refrain.cluster import ClusterRefrain
 from refrain.config import Config
 from refrain.service.db import (ApiKey, CatalogueIntent, Dispute, DisputeOpenError, IdempotentDecision, ServiceDB,
                                 Work, WorkConflict, WorkEvidence, utc_now)
@@ -161,7 +162,10 @@ class MatchService:
         config = Config(max_query_seconds=settings.max_upload_seconds,
                         max_track_seconds=settings.max_reference_seconds).searching_covers(settings.match_covers)
         try:
-            self.refrain = Refrain.open(settings.index_dir, config=config, writable=True, create=True)
+            self.refrain = (ClusterRefrain.open(settings.index_dir, config=config, writable=True,
+                                                deadline_seconds=settings.shard_deadline_seconds)
+                            if settings.cluster else
+                            Refrain.open(settings.index_dir, config=config, writable=True, create=True))
         except BaseException:
             self.db.close()
             raise

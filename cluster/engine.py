@@ -1,0 +1,239 @@
+"""The shards on Dask distributed: one long-lived worker process (or several replicas) per shard.
+
+Each shard worker is started with the resource named after its shard (``shard-000=1``);
+the router places one actor (:class:`ShardServer`) per shard on a worker with that
+resource and calls it directly; the worker keeps the shard memory-mapped between calls
+(:func:`refrain.cluster.shard.open_shard`). A worker that dies is restarted by its
+nanny and answers again as soon as it is back; a call that has not finished by its
+deadline is cancelled and raises :class:`ShardUnavailableError`. See docs/cluster.md
+for why Dask and not Ray.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import CancelledError
+from pathlib import Path
+from typing import Any, Sequence
+
+from distributed import Client
+from distributed.scheduler import KilledWorker
+
+from refrain.cluster.layout import SCHEDULER_FILE, Shard
+from refrain.cluster.shard import open_shard, shard_code_counts, shard_match
+
+log = logging.getLogger("refrain.cluster")
+
+__all__ = ["ShardUnavailableError", "ShardEngine", "ShardServer", "LocalCluster"]
+
+
+class ShardUnavailableError(RuntimeError):
+    """A shard did not answer within its deadline (or its process died): no answer from part of the catalogue.
+
+    Attributes
+    ----------
+    shards : list of int
+        The shards that did not answer.
+    """
+
+    def __init__(self, shards: Sequence[int], deadline: float, reason: str = "did not answer"):
+        self.shards = list(shards)
+        names = ", ".join(f"shard {s}" for s in self.shards)
+        super().__init__(f"{names} {reason} within {deadline:g} s: the catalogue cannot be searched whole")
+
+
+class ShardServer:
+    """The Dask actor of one shard: lives in a shard worker and answers the router's calls directly.
+
+    Calls to an actor go from the router to the worker without the scheduler: a quarter
+    of a task's overhead on this machine (docs/cluster.md).
+    """
+
+    def __init__(self, directory: str):
+        self.directory = directory
+        open_shard(directory)  # mapped now: the first query does not wait for it
+
+    def code_counts(self, codes):
+        return shard_code_counts(self.directory, codes)
+
+    def match(self, fp, name, params, statistics):
+        return shard_match(self.directory, fp, name, params, statistics)
+
+
+class ShardEngine:
+    """Calls to the shards of a cluster through its Dask scheduler: one actor per shard.
+
+    An actor is placed on a worker holding the shard's resource when first needed; a
+    call that fails because its worker died drops the actor, and the next call places a
+    new one on the restarted worker (or a replica).
+
+    Parameters
+    ----------
+    scheduler_file : path-like
+        The scheduler's address file (``DIR/scheduler.json``).
+    deadline_seconds : float
+        Longest wait for every shard's answer to one call.
+    """
+
+    def __init__(self, scheduler_file: os.PathLike, deadline_seconds: float):
+        self.deadline_seconds = deadline_seconds
+        try:
+            self.client = Client(scheduler_file=str(scheduler_file), timeout=deadline_seconds,
+                                 set_as_default=False)
+        except (OSError, TimeoutError) as err:
+            raise ShardUnavailableError([], deadline_seconds, f"(no scheduler at {scheduler_file}: {err})") from err
+        self._actors: dict[int, Any] = {}
+        self._placing = threading.Lock()
+
+    def close(self) -> None:
+        self.client.close()
+
+    def _place(self, shards: Sequence[Shard], deadline: float, allowed: float) -> list[Any]:
+        """Each shard's actor, placing the missing ones (all at once) by the deadline."""
+        with self._placing:
+            missing = [s for s in shards if s.shard_id not in self._actors]
+            if missing:
+                # Inside the client's context, so that the actor handles bind to this client.
+                with self.client.as_current():
+                    futures = {s.shard_id: self.client.submit(ShardServer, s.directory, actor=True, pure=False,
+                                                              resources={s.resource: 1}) for s in missing}
+                    late = []
+                    for shard_id, future in futures.items():
+                        try:
+                            self._actors[shard_id] = future.result(timeout=max(0.0, deadline - time.monotonic()))
+                        except (TimeoutError, KilledWorker, CancelledError, OSError):
+                            late.append(shard_id)
+                    if late:
+                        self.client.cancel([futures[shard_id] for shard_id in late])
+                        raise ShardUnavailableError(late, allowed)
+            return [self._actors[s.shard_id] for s in shards]
+
+    def _lost(self, shard: Shard, err: Exception) -> None:
+        log.warning("shard %s: %s: %s; its actor is placed again at the next call", shard.shard_id,
+                    type(err).__name__, err)
+        self._actors.pop(shard.shard_id, None)
+
+    @staticmethod
+    def _shard_of(shards: Sequence[Shard], shard_id: int) -> Shard:
+        return next(s for s in shards if s.shard_id == shard_id)
+
+    def each(self, shards: Sequence[Shard], method: str, *args: Any,
+             deadline_seconds: float | None = None) -> list[Any]:
+        """``ShardServer.<method>(*args)`` on every shard at once; the answers in shard order.
+
+        ``deadline_seconds``: this call's deadline (default the engine's).
+
+        Raises
+        ------
+        ShardUnavailableError
+            If a shard has not answered within the deadline or its process died.
+        """
+        allowed = self.deadline_seconds if deadline_seconds is None else deadline_seconds
+        deadline = time.monotonic() + allowed
+        actors = self._place(shards, deadline, allowed)
+        lost = (OSError, CancelledError, KilledWorker, RuntimeError)
+        calls, answers, unavailable = {}, [], []
+        for shard, actor in zip(shards, actors):
+            try:
+                calls[shard.shard_id] = getattr(actor, method)(*args)
+            except lost as err:  # the handle knows already: "Worker holding Actor was lost"
+                self._lost(shard, err)
+                unavailable.append(shard.shard_id)
+        for shard_id, call in calls.items():
+            try:
+                answers.append(call.result(timeout=None if call.done() else max(0.0, deadline - time.monotonic())))
+            except TimeoutError:
+                unavailable.append(shard_id)  # slow, perhaps not dead: its actor is kept
+            except lost as err:  # its worker died during the call
+                self._lost(self._shard_of(shards, shard_id), err)
+                unavailable.append(shard_id)
+        if unavailable:
+            raise ShardUnavailableError(sorted(unavailable), allowed)
+        return answers
+
+
+class LocalCluster:
+    """A scheduler and one worker process per shard on this machine (``refrain cluster up``).
+
+    Plain ``dask scheduler`` / ``dask worker`` commands, each worker under its nanny (which
+    restarts it if it dies): the same processes an operator starts on many machines.
+
+    Parameters
+    ----------
+    directory : path-like
+        The cluster directory; the scheduler writes its address to ``DIR/scheduler.json``.
+    shards : sequence of Shard
+    replicas : int
+        Worker processes per shard (each serves the shard's calls; default 1).
+    """
+
+    def __init__(self, directory: os.PathLike, shards: Sequence[Shard], replicas: int = 1):
+        self.directory = Path(directory)
+        self.scheduler_file = self.directory / SCHEDULER_FILE
+        self.scheduler_file.unlink(missing_ok=True)
+        self.replicas = replicas
+        self.scheduler = subprocess.Popen([sys.executable, "-m", "distributed.cli.dask_scheduler", "--host",
+                                           "127.0.0.1", "--port", "0", "--dashboard-address", ":0", "--no-show",
+                                           "--scheduler-file", str(self.scheduler_file)],
+                                          start_new_session=True, stdout=subprocess.DEVNULL,
+                                          stderr=subprocess.DEVNULL)
+        self.shards = {shard.shard_id: shard for shard in shards}
+        self.workers: dict[int, list[subprocess.Popen]] = {}
+        for shard in shards:
+            self.start_shard(shard.shard_id)
+
+    def start_shard(self, shard_id: int) -> None:
+        """Start the shard's worker processes (each under its nanny, which restarts it if it dies)."""
+        resource = self.shards[shard_id].resource
+        self.workers[shard_id] = [
+            subprocess.Popen([sys.executable, "-m", "distributed.cli.dask_worker", "--scheduler-file",
+                              str(self.scheduler_file), "--host", "127.0.0.1", "--nthreads", "1", "--nworkers", "1",
+                              "--name", f"{resource}-{replica}", "--resources", f"{resource}=1",
+                              "--memory-limit", "0", "--dashboard-address", ":0"],
+                             start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            for replica in range(self.replicas)]
+
+    def kill_shard(self, shard_id: int) -> None:
+        """Kill the shard's processes at once (SIGKILL, nannies included): a machine lost."""
+        for process in self.workers.pop(shard_id, []):
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+
+    def wait_ready(self, timeout: float = 60.0) -> None:
+        """Wait until every shard worker has joined the scheduler."""
+        deadline = time.monotonic() + timeout
+        while not self.scheduler_file.exists():
+            if time.monotonic() > deadline or self.scheduler.poll() is not None:
+                raise RuntimeError("the Dask scheduler did not start")
+            time.sleep(0.1)
+        wanted = sum(len(w) for w in self.workers.values())
+        with Client(scheduler_file=str(self.scheduler_file), timeout=timeout, set_as_default=False) as client:
+            client.wait_for_workers(wanted, timeout=max(1.0, deadline - time.monotonic()))
+
+    def processes(self) -> list[subprocess.Popen]:
+        return [self.scheduler] + [p for workers in self.workers.values() for p in workers]
+
+    def stop(self) -> None:
+        """Stop every process (each worker's nanny takes its worker with it)."""
+        for process in reversed(self.processes()):
+            if process.poll() is None:
+                os.killpg(process.pid, signal.SIGTERM)
+        for process in self.processes():
+            try:
+                process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+        self.scheduler_file.unlink(missing_ok=True)
+
+    def __enter__(self) -> "LocalCluster":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()

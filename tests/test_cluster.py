@@ -1,0 +1,275 @@
+"""A catalogue on 3 shard processes answers as one index over the same tracks, and never `clear` from part of it.
+
+A local Dask cluster (scheduler + one worker process per shard) is started by the
+fixture; the suite's generated songs are ingested into it and into one index; real
+queries go through the library and through the real service over HTTP.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import fields
+
+import httpx
+import numpy as np
+import pytest
+import uvicorn
+
+from refrain.api import Refrain
+from refrain.cluster import ClusterCatalog, ClusterRefrain, LocalCluster, ShardUnavailableError
+from refrain.fingerprint import fingerprint_signal
+from refrain.matcher import Match
+from refrain.service.app import create_app
+from refrain.service.db import ServiceDB
+from refrain.service.settings import ServiceSettings
+
+pytestmark = pytest.mark.slow
+
+SHARDS = 3
+SR = 22050
+POLICY = {"copy": "deny", "remix": "licence_required", "cover": "deny", "royalty_share": 0.5}
+
+
+@pytest.fixture(scope="module")
+def cluster_and_index(tmp_path_factory, songs):
+    """(cluster directory, LocalCluster, single index directory), both holding the catalogue songs."""
+    root = tmp_path_factory.mktemp("cluster")
+    files = [song.path for song in songs.values()]
+    with Refrain.open(root / "single", create=True) as single:
+        assert all(r.status == "added" for r in single.ingest(files))
+    ClusterCatalog.create(root / "cluster", SHARDS).close()
+    catalog = ClusterCatalog(root / "cluster")
+    with LocalCluster(root / "cluster", catalog.shards()) as local:
+        local.wait_ready()
+        with ClusterRefrain.open(root / "cluster", writable=True) as cluster:
+            assert [(r.status, r.track_id) for r in cluster.ingest(files)] == \
+                [("added", i) for i in range(1, len(files) + 1)]
+            # Placement by catalogue seconds spreads the six songs over every shard.
+            assert all(seconds > 0 for seconds in catalog.seconds_per_shard().values())
+            cluster.warm_up()
+        yield root / "cluster", local, root / "single"
+    catalog.close()
+
+
+def _described(matches) -> list[tuple]:
+    return [tuple(getattr(m, f.name) for f in fields(Match) if f.name != "points") + (m.source,) for m in matches]
+
+
+def _queries(songs, render) -> dict[str, np.ndarray]:
+    """Excerpts, a noisy excerpt, a tempo change, two songs back to back (windowed), unrelated music."""
+    from refrain.synth import render_song
+    song = songs[34]
+    draw = np.random.default_rng(1)
+    return {"excerpt": song.excerpt(8.0, 10.0),
+            "noisy": song.excerpt(3.0, 12.0) + 0.05 * draw.standard_normal(int(12.0 * SR)).astype(np.float32),
+            "faster": render_song(41, 20.0, sr=SR, tempo=1.1),
+            "medley": np.concatenate([songs[30].samples, songs[49].samples]),
+            "unrelated": render(45, 15.0)}
+
+
+def test_cluster_matches_as_one_index(cluster_and_index, songs, render):
+    directory, _, single_dir = cluster_and_index
+    with Refrain.open(single_dir, mmap=True) as single, ClusterRefrain.open(directory) as cluster:
+        import soxr
+        for name, y in _queries(songs, render).items():
+            y = soxr.resample(y, SR, single.params.sample_rate).astype(np.float32)
+            fp = fingerprint_signal(y, single.params, dense_peaks=True)
+            expected = single.match_fingerprint(fp, name)
+            got = cluster.match_fingerprint(fp, name)
+            assert _described(got.matches) == _described(expected.matches), name
+            assert cluster.last_overhead["uncounted_codes"] == 0
+            if name != "unrelated":
+                assert got.matches, name
+        assert [t.source for t in cluster.tracks()] == [t.source for t in single.tracks()]
+        assert cluster.info().tracks == single.info().tracks == len(songs)
+
+
+class _Server:
+    def __init__(self, settings: ServiceSettings, port: int):
+        self.server = uvicorn.Server(uvicorn.Config(create_app(settings), host="127.0.0.1", port=port,
+                                                    log_level="warning", timeout_graceful_shutdown=5))
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.url = f"http://127.0.0.1:{port}"
+
+    def __enter__(self) -> "_Server":
+        self.thread.start()
+        deadline = time.monotonic() + 60
+        while not self.server.started:
+            assert self.thread.is_alive() and time.monotonic() < deadline, "the service did not start"
+            time.sleep(0.05)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.server.should_exit = True
+        self.thread.join(15)
+
+
+def _free_port() -> int:
+    import socket
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _service(settings: ServiceSettings, songs) -> tuple[_Server, str]:
+    """A started service whose catalogue holds two songs registered as works; its uploader key."""
+    db = ServiceDB(settings.db_path)
+    try:
+        admin, _ = db.create_key("admin", "ops")
+        uploader, _ = db.create_key("uploader", "studio")
+    finally:
+        db.close()
+    server = _Server(settings, _free_port()).__enter__()
+    with httpx.Client(base_url=server.url, headers={"X-API-Key": admin}, timeout=120) as client:
+        for seed in (34, 41):
+            with open(songs[seed].path, "rb") as handle:
+                made = client.post("/v1/works", files={"file": (songs[seed].path.name, handle, "audio/wav")},
+                                   data={"title": f"Song {seed}", "artists": ["Ada"], "rights_holder": "Label"})
+            assert made.status_code == 201, made.text
+            assert client.put(f"/v1/works/{made.json()['work_id']}/policy", json=POLICY).status_code == 200
+    return server, uploader
+
+
+def _upload(url: str, key: str, path) -> httpx.Response:
+    with open(path, "rb") as handle:
+        return httpx.post(f"{url}/v1/matches", headers={"X-API-Key": key}, timeout=120,
+                          files={"file": (path.name, handle, "audio/wav")})
+
+
+def _decided(body: dict) -> tuple:
+    return body["verdict"], [(w["title"], w["kind"], w["score"], w["confidence"]) for w in body["works"]]
+
+
+def test_service_on_a_cluster_decides_as_on_one_index_and_never_clears_without_a_shard(
+        tmp_path, cluster_and_index, songs, write_audio, render):
+    _, local, _ = cluster_and_index
+    # A fresh cluster for the service (it registers its own works), on the running engine's shards.
+    directory = local.directory
+    uploads = {"excerpt": write_audio(tmp_path / "excerpt.wav", songs[34].excerpt(5.0, 10.0)),
+               "unrelated": write_audio(tmp_path / "unrelated.wav", render(45, 10.0)),
+               "other": write_audio(tmp_path / "other.wav", songs[41].excerpt(12.0, 10.0))}
+    single_settings = ServiceSettings(index_dir=tmp_path / "single", max_upload_seconds=60)
+    with Refrain.open(single_settings.index_dir, create=True) as index:  # the cluster's tracks, in its order
+        list(index.ingest([song.path for song in songs.values()]))
+    cluster_settings = ServiceSettings(index_dir=directory, cluster=True, shard_deadline_seconds=4.0,
+                                       db_path=tmp_path / "cluster.service.sqlite", works_dir=tmp_path / "works",
+                                       upload_dir=tmp_path / "cluster-uploads", jobs_db_path=tmp_path / "jobs.sqlite",
+                                       jobs_dir=tmp_path / "jobs", max_upload_seconds=60)
+    single, single_key = _service(single_settings, songs)
+    cluster, cluster_key = _service(cluster_settings, songs)
+    try:
+        expected = {name: _upload(single.url, single_key, path).json() for name, path in uploads.items()}
+        for name, path in uploads.items():
+            answer = _upload(cluster.url, cluster_key, path)
+            assert answer.status_code == 200, answer.text
+            assert _decided(answer.json()) == _decided(expected[name]), name
+        assert expected["excerpt"]["verdict"] != "clear" and expected["unrelated"]["verdict"] == "clear"
+
+        # One shard lost mid-load: every upload is refused with 503 or decided whole; none is `clear`
+        # unless every shard answered, and the shard's return brings the answers back.
+        victim = next(iter(local.workers))
+        with ThreadPoolExecutor(4) as pool:
+            pending = [pool.submit(_upload, cluster.url, cluster_key, uploads["excerpt"]) for _ in range(6)]
+            time.sleep(0.3)
+            local.kill_shard(victim)
+            during = [f.result() for f in pending]
+            during += [_upload(cluster.url, cluster_key, uploads[name]) for name in ("excerpt", "unrelated")]
+        assert any(r.status_code == 503 for r in during), [(r.status_code, r.text[:300]) for r in during]
+        for response in during:
+            if response.status_code == 503:
+                assert response.json()["code"] == "catalogue_unavailable"
+                assert f"shard {victim}" in response.json()["message"]
+            else:
+                assert response.status_code == 200 and _decided(response.json()) == _decided(expected["excerpt"])
+        restarted = time.monotonic()
+        local.start_shard(victim)
+        local.wait_ready()
+        # Back once its process has imported the matcher and mapped its shard: a few seconds.
+        while _upload(cluster.url, cluster_key, uploads["excerpt"]).status_code == 503:
+            assert time.monotonic() - restarted < 60, "the restarted shard never answered"
+        for name, path in uploads.items():
+            answer = _upload(cluster.url, cluster_key, path)
+            assert answer.status_code == 200, answer.text
+            assert _decided(answer.json()) == _decided(expected[name]), name
+        assert time.monotonic() - restarted < 60
+    finally:
+        cluster.__exit__()
+        single.__exit__()
+
+
+def test_a_missing_shard_fails_the_query_not_part_of_it(cluster_and_index, songs):
+    directory, local, _ = cluster_and_index
+    with ClusterRefrain.open(directory, deadline_seconds=1.0) as cluster:
+        victim = next(iter(local.workers))
+        local.kill_shard(victim)
+        try:
+            with pytest.raises(ShardUnavailableError, match=f"shard {victim}"):
+                cluster.match_file(songs[34].path)
+        finally:
+            local.start_shard(victim)
+            local.wait_ready()
+
+
+def _same_answers(cluster_dir, single_dir, songs, render) -> None:
+    import soxr
+    with Refrain.open(single_dir, mmap=True) as single, \
+            ClusterRefrain.open(cluster_dir, deadline_seconds=120) as cluster:
+        for name, y in _queries(songs, render).items():
+            y = soxr.resample(y, SR, single.params.sample_rate).astype(np.float32)
+            fp = fingerprint_signal(y, single.params, dense_peaks=True)
+            # Every field but the source path: the grown cluster ingested copies of the songs.
+            assert [m[:-1] for m in _described(cluster.match_fingerprint(fp, name).matches)] == \
+                [m[:-1] for m in _described(single.match_fingerprint(fp, name).matches)], name
+
+
+def test_added_shards_are_filled_by_a_rebalance_that_decodes_nothing(tmp_path, cluster_and_index, songs, render):
+    import shutil
+
+    from refrain import cli
+    _, _, single_dir = cluster_and_index
+    directory = tmp_path / "grown"
+    ClusterCatalog.create(directory, 1).close()
+    copies = []
+    for song in songs.values():  # ingested from copies deleted before the move: nothing can be decoded again
+        copies.append(tmp_path / song.path.name)
+        shutil.copy(song.path, copies[-1])
+    with ClusterRefrain.open(directory, writable=True) as cluster:
+        assert [r.track_id for r in cluster.ingest(copies)] == list(range(1, len(copies) + 1))
+    for copy in copies:
+        copy.unlink()
+    catalog = ClusterCatalog(directory)
+    catalog.add_shard()
+    catalog.add_shard()
+    assert cli.main(["cluster", "rebalance", "--cluster", str(directory)]) == 0
+    seconds = catalog.seconds_per_shard()
+    assert len(seconds) == 3 and max(seconds.values()) - min(seconds.values()) < 40.0, seconds
+    with LocalCluster(directory, catalog.shards()) as local:
+        local.wait_ready()
+        _same_answers(directory, single_dir, songs, render)
+    catalog.close()
+
+
+def test_cli_matches_a_cluster_as_an_index(cluster_and_index, songs, capsys):
+    import json
+
+    from refrain import cli
+    directory, _, single_dir = cluster_and_index
+    query = str(songs[41].path)
+    assert cli.main(["match", "--index", str(single_dir), "--json", query]) == 0
+    expected = json.loads(capsys.readouterr().out)
+    assert cli.main(["match", "--cluster", str(directory), "--json", query]) == 0
+    assert json.loads(capsys.readouterr().out) == expected and expected["matches"]
+    assert cli.main(["info", "--cluster", str(directory)]) == 0
+    assert f"tracks     {len(songs)}" in capsys.readouterr().out
+
+
+def test_a_catalogue_rescan_of_a_cluster_finds_what_one_index_finds(cluster_and_index, tmp_path, capsys):
+    from refrain import cli
+    directory, _, single_dir = cluster_and_index
+    assert cli.main(["rescan", "catalogue", "--index", str(single_dir), "--out", str(tmp_path / "single")]) == 0
+    assert cli.main(["rescan", "catalogue", "--cluster", str(directory), "--out", str(tmp_path / "cluster")]) == 0
+    capsys.readouterr()
+    for name in ("items.jsonl", "groups.jsonl"):
+        assert (tmp_path / "cluster" / name).read_text() == (tmp_path / "single" / name).read_text()
