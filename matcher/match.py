@@ -27,6 +27,7 @@ from refrain.matcher.landmarks import copy_or_excerpt
 from refrain.matcher.melody import MelodyTier
 from refrain.matcher.pair import PairTier
 from refrain.matcher.peaks import PeaksTier
+from refrain.matcher.proposals import QUAD_TIER, ProposalParams, propose
 from refrain.matcher.triplet import TripletTier
 from refrain.matcher.types import Catalogue, Match, Query, Span, Tier, covered_seconds
 
@@ -74,6 +75,11 @@ class MatchParams:
         A later tier's explanation of a track replaces an earlier one's when its spans
         cover more upload time by at least this fraction of the upload (default 0.1);
         otherwise the earlier, more precise tier reports it.
+    proposals : ProposalParams or None
+        How each window's candidate tracks are proposed by the catalogue's quad codes
+        (:mod:`matcher.proposals`); the landmark tiers then search only those, so a
+        query's work does not grow with the catalogue. None, or a catalogue without
+        quad codes (an index from before them), searches every track.
     """
 
     tiers: tuple[Tier, ...] = field(default_factory=_default_tiers)
@@ -84,6 +90,7 @@ class MatchParams:
     tentative_tiers: tuple[str, ...] = ("pair",)
     settled_coverage: float = 0.5
     better_coverage: float = 0.1
+    proposals: ProposalParams | None = field(default_factory=ProposalParams)
 
     def tier(self, name: str) -> Tier:
         """The tier called ``name``; KeyError if it does not run."""
@@ -131,7 +138,7 @@ def match(fp: Fingerprint, catalogue: Catalogue, params: MatchParams,
     found: dict[str, dict[int, list[Match]]] = {tier.name: {} for tier in params.tiers}
     for first in range(0, max(n_frames, 1), window):
         part = _excerpt(fp, first, first + window, catalogue.fingerprint_params) if windowed else fp
-        query, in_window = Query(part), set[int]()
+        query, in_window = Query(part, candidates=_candidates(part, catalogue, params)), set[int]()
         for tier in params.tiers:
             started = time.perf_counter()
             for m in tier.find(query, catalogue, skip=in_window):
@@ -149,6 +156,15 @@ def match(fp: Fingerprint, catalogue: Catalogue, params: MatchParams,
                for explained in explanations.values()]
     matches.sort(key=lambda m: (-m.confidence, -m.score, m.track_id))
     return matches
+
+
+def _candidates(fp: Fingerprint, catalogue: Catalogue, params: MatchParams) -> np.ndarray | None:
+    """The window's proposed tracks that can be reported (sorted), or None to search every track."""
+    quads = catalogue.tiers.get(QUAD_TIER)
+    if params.proposals is None or quads is None:
+        return None
+    proposed = propose(fp, quads, catalogue.fingerprint_params, params.proposals)
+    return np.sort([track for track in proposed if catalogue.reportable(int(track))]).astype(np.int64)
 
 
 def _excerpt(fp: Fingerprint, first: int, end: int, fingerprint_params: FingerprintParams) -> Fingerprint:

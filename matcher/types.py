@@ -181,11 +181,13 @@ class Query:
 
     ``shared`` holds results one tier computes and a later one reuses (the pair tier's
     votes propose the peaks tier's candidates), keyed by the computing tier's name, so
-    that nothing is computed twice per window.
+    that nothing is computed twice per window. ``candidates`` are the tracks the
+    landmark tiers search (:mod:`matcher.proposals`; sorted), None for every track.
     """
 
     fingerprint: Fingerprint
     shared: dict[str, Any] = field(default_factory=dict)
+    candidates: np.ndarray | None = None
 
 
 @dataclass(frozen=True)
