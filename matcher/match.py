@@ -76,10 +76,10 @@ class MatchParams:
         cover more upload time by at least this fraction of the upload (default 0.1);
         otherwise the earlier, more precise tier reports it.
     proposals : ProposalParams or None
-        How each window's candidate tracks are proposed by the catalogue's quad codes
-        (:mod:`matcher.proposals`); the landmark tiers then search only those, so a
-        query's work does not grow with the catalogue. None, or a catalogue without
-        quad codes (an index from before them), searches every track.
+        How each window's candidate derivatives are proposed by the catalogue's quad
+        codes (:mod:`matcher.proposals`); the triplet tier, which made three quarters of
+        a query's work, then searches only those. None, or a catalogue without quad
+        codes (an index from before them), searches every track.
     """
 
     tiers: tuple[Tier, ...] = field(default_factory=_default_tiers)

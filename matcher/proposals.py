@@ -1,21 +1,23 @@
-"""Proposals: the few catalogue tracks a query window can be using, found by specific codes.
+"""Proposals: the few catalogue tracks a query window may derive from, found by specific codes.
 
-The tiers' own codes are not specific: a pair or triplet code carries about 16 bits of
-geometry, so each code's run holds entries of a constant share of the catalogue and a
-full search reads ~50,000 hits per catalogue hour per 10 s query (docs/scale.md). A
-quad code (:func:`fingerprint.hashes.hash_quads`: three bin differences and two time
-ratios, invariant to speed, pitch and tempo changes) is specific: its run holds a
-handful of entries at any size we measured. The query's quads, under the triplet tier's
-tempo hypotheses, are looked up first; each hit estimates a tempo ratio (reference span
-over query span) and so a time line ``ref = offset + ratio * query``; hits of one track
-that agree on a (ratio, offset) neighbourhood propose it. Only the strongest
-``max_candidates`` tracks are then searched by the tiers (:attr:`matcher.types.Query.candidates`),
-which read just those tracks' entries (:meth:`index.landmarks.LandmarkIndex.lookup_slices`).
+The triplet tier's codes are not specific: a triplet code carries about 16 bits of
+geometry and a query looks each triplet up under five tempo hypotheses with tolerant
+variants, so a full search read ~42,000 of a 10 s query's ~56,000 hits per catalogue
+hour (docs/scale.md). A quad code (:func:`fingerprint.hashes.hash_quads`: three bin
+differences and two time ratios, invariant to speed, pitch and tempo changes) carries
+more: its run holds about one entry per catalogue hour per code. The query's quads,
+under the same tempo hypotheses, are looked up first; each hit estimates a tempo ratio
+(reference span over query span) and so a time line ``ref = offset + ratio * query``;
+hits of one track that agree on a (ratio, offset) neighbourhood propose it. The triplet
+tier then searches only the strongest ``max_candidates`` tracks
+(:attr:`matcher.types.Query.candidates`), reading just their entries
+(:meth:`index.landmarks.LandmarkIndex.lookup_slices` with ``tracks``).
 
-A true copy or derivative leaves many agreeing quad hits (a clean 10 s excerpt about a
-hundred, one mixed 6 dB under other music still several); chance hits of unrelated tracks
-scatter over their (ratio, offset) plane. The work is the query's quad codes times (a
-binary search + a few hits), plus a bounded number of verified tracks.
+A speed, pitch or tempo change of a 10 s excerpt leaves 10-100 agreeing quad hits;
+chance hits of unrelated tracks scatter over their (ratio, offset) plane. A recording
+mixed 6-12 dB under other music keeps too few intact quads (four peaks each) to be
+proposed reliably — the true track was among 32 proposals for about half of such
+queries — so the pair and peaks tiers, which find those, still search every track.
 """
 
 from __future__ import annotations

@@ -182,7 +182,7 @@ class Query:
     ``shared`` holds results one tier computes and a later one reuses (the pair tier's
     votes propose the peaks tier's candidates), keyed by the computing tier's name, so
     that nothing is computed twice per window. ``candidates`` are the tracks the
-    landmark tiers search (:mod:`matcher.proposals`; sorted), None for every track.
+    triplet tier searches (:mod:`matcher.proposals`; sorted), None for every track.
     """
 
     fingerprint: Fingerprint

@@ -56,7 +56,8 @@ def test_quad_codes_survive_speed_pitch_and_tempo_changes(songs):
     shared = {}
     for name, y in derivatives.items():
         peaks = fingerprint_signal(y, params).peaks
-        query = query_quads(peaks, *zones, tempo_ratios=ProposalParams().tempo_hypotheses)
+        query = query_quads(peaks, *zones, tempo_ratios=ProposalParams().tempo_hypotheses,
+                            slack=ProposalParams().slack)
         codes, rows = hash_quads(query, tolerant=True, margin=0.15, pitch_reach_bins=15.0)
         found = np.unique(rows[np.isin(codes, list(stored))])
         shared[name] = len(found)
@@ -80,14 +81,14 @@ def test_quads_are_the_reference_rule_at_tempo_one():
     assert set(hash_quads(stored)[0].tolist()) == set(hash_quads(queried)[0].tolist())
 
 
-@pytest.mark.parametrize("transform", ["excerpt", "speed", "noisy", "mixed"])
-def test_the_true_track_is_proposed(catalogue, catalogue_index, songs, unrelated_songs, transform):
+@pytest.mark.parametrize("transform", ["excerpt", "speed", "noisy", "tempo"])
+def test_the_true_track_is_proposed(catalogue, catalogue_index, songs, transform):
     rate = catalogue.params.sample_rate
     clip = songs[44].excerpt(11.0, 10.0)
     y = {"excerpt": lambda: _at_rate(clip, rate),
          "speed": lambda: soxr.resample(clip, SR * 1.2, rate),
          "noisy": lambda: _at_rate(clip + np.random.default_rng(1).normal(0, 2 * clip.std(), len(clip)), rate),
-         "mixed": lambda: _at_rate(0.5 * clip + unrelated_songs[45][:len(clip)], rate)}[transform]()
+         "tempo": lambda: _at_rate(librosa.effects.time_stretch(clip, rate=1.15), rate)}[transform]()
     fp = fingerprint_signal(y.astype(np.float32), catalogue.params)
     proposed = propose(fp, catalogue.store.tiers["quad"], catalogue.params, ProposalParams())
     assert catalogue_index.track_ids[44] in proposed.tolist(), proposed
