@@ -8,7 +8,7 @@ import hashlib
 import os
 import signal
 from concurrent.futures import ProcessPoolExecutor, as_completed
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Iterable, Iterator
 
@@ -172,6 +172,7 @@ class Refrain:
         self.store = store
         self.config = config
         self._ready: dict[int, Track] | None = None
+        self._catalogue: Catalogue | None = None
 
     @classmethod
     def open(cls, directory: str | os.PathLike, config: Config | None = None, writable: bool = False,
@@ -199,7 +200,16 @@ class Refrain:
     def _ready_tracks(self) -> dict[int, Track]:
         if self._ready is None:
             self._ready = self.store.catalog.ready_tracks()
+            self._catalogue = None
         return self._ready
+
+    def _searched_catalogue(self) -> Catalogue:
+        """What the matcher searches: built once per catalogue change, not per query."""
+        ready = self._ready_tracks()
+        if self._catalogue is None:
+            self._catalogue = Catalogue(self.store.tiers, self.params,
+                                        {t: track.duration for t, track in ready.items()})
+        return self._catalogue
 
     # -- catalogue writes ----------------------------------------------------------------
 
@@ -332,8 +342,7 @@ class Refrain:
             Per matched track id.
         """
         ready = self._ready_tracks()
-        catalogue = Catalogue(self.store.tiers, self.params, {t: track.duration for t, track in ready.items()})
-        found = match(fp, catalogue, self.config.match, timings=stats)
+        found = match(fp, self._searched_catalogue(), self.config.match, timings=stats)
         matches = [TrackMatch(**{f.name: getattr(m, f.name) for f in fields(Match)},
                               source=ready[m.track_id].source, title=ready[m.track_id].title,
                               artist=ready[m.track_id].artist, isrc=ready[m.track_id].isrc) for m in found]
@@ -359,10 +368,13 @@ class Refrain:
         first use: about 15 s in a fresh install (then cached on disk next to the
         sources, or under ``NUMBA_CACHE_DIR``), about half a second to load from the
         cache. A long-running service calls this at startup so that no upload waits for
-        it: a few seconds of generated tones are matched through the real index and the
-        result dropped.
+        it: a few seconds of generated tones are matched through the real index, with
+        and without proposals (tones propose no candidate, and the derivative search
+        must compile too), and the results dropped.
         """
-        self.match_signal(_warm_up_signal(self.params.sample_rate))
+        fp = fingerprint_signal(_warm_up_signal(self.params.sample_rate), self.params, dense_peaks=True)
+        for params in (self.config.match, replace(self.config.match, proposals=None)):
+            match(fp, self._searched_catalogue(), params)
 
     def match_signal(self, y: np.ndarray, name: str = "<signal>") -> QueryResult:
         """Match mono samples already at ``self.params.sample_rate``."""
