@@ -6,13 +6,15 @@ One uncompressed ``.npz`` archive per tier (:func:`index.files.save_arrays`), re
 memory-mapped (:func:`index.files.map_arrays`):
 
 ``codes``  (uint32)  the distinct stored codes, in increasing order;
-``starts`` (int64)   where each code's entries begin in ``ids``, plus the end;
+``starts`` (uint32)  where each code's entries begin in ``ids``, plus the end (int64 in a
+                     store of 2 ** 32 entries or more);
 ``ids``    (uint8)   every entry's id, ``track_id << payload_bits | payload``, in the
                      fewest little-endian bytes that hold ``payload_bits + TRACK_BITS``
                      (6 for the pair tier, 8 for the triplet tier), grouped by code.
 
 An entry thus costs its id alone: the code is implied by the run it lies in, and each
-distinct code costs 12 bytes once. A lookup is one binary search per code in
+distinct code costs 8 bytes once (the specific codes of the proposal tiers have about
+one entry each, so this is a third of their store). A lookup is one binary search per code in
 ``codes`` and one copy of its run — exactly its hits, no neighbour's entries scanned —
 and the run lengths are the entry counts that rarity weights need before any lookup.
 A process maps the file: it opens in constant time at any catalogue size, its pages are
@@ -226,12 +228,12 @@ class LandmarkIndex:
         arrays = map_arrays(path, _ARRAYS)
         codes, starts, flat_ids = arrays["codes"], arrays["starts"], arrays["ids"]
         width = id_bytes(payload_bits)
-        if (codes.dtype != np.uint32 or starts.dtype != np.int64 or flat_ids.dtype != np.uint8
+        if (codes.dtype != np.uint32 or starts.dtype not in (np.uint32, np.int64) or flat_ids.dtype != np.uint8
                 or len(starts) != len(codes) + 1 or starts[0] != 0 or starts[-1] * width != len(flat_ids)):
             raise ValueError(f"inconsistent landmark store {path}")
         ids = flat_ids.reshape(-1, width)
         if not mmap:
-            codes, starts, ids = np.array(codes), np.array(starts), np.array(ids)
+            codes, starts, ids = np.array(codes), np.array(starts, dtype=np.int64), np.array(ids)
         return cls(payload_bits, codes, starts, ids, writable=not mmap, hashed_lists=hashed_lists)
 
     @classmethod
@@ -273,7 +275,8 @@ class LandmarkIndex:
     def save(self, path: os.PathLike) -> None:
         """Write the store atomically (temporary file, fsync, rename)."""
         self._merge_added()
-        save_arrays(path, {"codes": self._codes, "starts": self._starts, "ids": self._ids.reshape(-1)})
+        starts = self._starts.astype(np.uint32) if self._starts[-1] < 1 << 32 else self._starts
+        save_arrays(path, {"codes": self._codes, "starts": starts, "ids": self._ids.reshape(-1)})
 
     @property
     def ntotal(self) -> int:

@@ -27,7 +27,7 @@ from refrain.matcher.landmarks import copy_or_excerpt
 from refrain.matcher.melody import MelodyTier
 from refrain.matcher.pair import PairTier
 from refrain.matcher.peaks import PeaksTier
-from refrain.matcher.proposals import QUAD_TIER, ProposalParams, propose
+from refrain.matcher.proposals import DOUBLE_TIER, QUAD_TIER, ProposalParams, propose, propose_copies
 from refrain.matcher.triplet import TripletTier
 from refrain.matcher.types import Catalogue, Match, Query, Span, Tier, covered_seconds
 
@@ -76,10 +76,11 @@ class MatchParams:
         cover more upload time by at least this fraction of the upload (default 0.1);
         otherwise the earlier, more precise tier reports it.
     proposals : ProposalParams or None
-        How each window's candidate derivatives are proposed by the catalogue's quad
-        codes (:mod:`matcher.proposals`); the triplet tier, which made three quarters of
-        a query's work, then searches only those. None, or a catalogue without quad
-        codes (an index from before them), searches every track.
+        How each window's candidate copies and derivatives are proposed by the
+        catalogue's specific double and quad codes (:mod:`matcher.proposals`); the pair
+        (and through its votes the peaks) tier and the triplet tier then search only
+        those, so a query's work follows its candidates, not the catalogue. None, or a
+        catalogue without those codes (an index from before them), searches every track.
     """
 
     tiers: tuple[Tier, ...] = field(default_factory=_default_tiers)
@@ -158,13 +159,17 @@ def match(fp: Fingerprint, catalogue: Catalogue, params: MatchParams,
     return matches
 
 
-def _candidates(fp: Fingerprint, catalogue: Catalogue, params: MatchParams) -> np.ndarray | None:
-    """The window's proposed tracks that can be reported (sorted), or None to search every track."""
-    quads = catalogue.tiers.get(QUAD_TIER)
-    if params.proposals is None or quads is None:
-        return None
-    proposed = propose(fp, quads, catalogue.fingerprint_params, params.proposals)
-    return np.sort([track for track in proposed if catalogue.reportable(int(track))]).astype(np.int64)
+def _candidates(fp: Fingerprint, catalogue: Catalogue, params: MatchParams) -> dict[str, np.ndarray]:
+    """Each landmark tier's proposed, reportable tracks for the window (sorted); none: search every track."""
+    if params.proposals is None:
+        return {}
+    found = {}
+    for tier, store, propose_tracks in ((PairTier.name, DOUBLE_TIER, propose_copies),
+                                        (TripletTier.name, QUAD_TIER, propose)):
+        if store in catalogue.tiers:
+            proposed = propose_tracks(fp, catalogue.tiers[store], catalogue.fingerprint_params, params.proposals)
+            found[tier] = np.sort([t for t in proposed.tolist() if catalogue.reportable(t)]).astype(np.int64)
+    return found
 
 
 def _excerpt(fp: Fingerprint, first: int, end: int, fingerprint_params: FingerprintParams) -> Fingerprint:

@@ -1,23 +1,26 @@
-"""Proposals: the few catalogue tracks a query window may derive from, found by specific codes.
+"""Proposals: the few catalogue tracks a query window may use, found by specific codes.
 
-The triplet tier's codes are not specific: a triplet code carries about 16 bits of
-geometry and a query looks each triplet up under five tempo hypotheses with tolerant
-variants, so a full search read ~42,000 of a 10 s query's ~56,000 hits per catalogue
-hour (docs/scale.md). A quad code (:func:`fingerprint.hashes.hash_quads`: three bin
-differences and two time ratios, invariant to speed, pitch and tempo changes) carries
-more: its run holds about one entry per catalogue hour per code. The query's quads,
-under the same tempo hypotheses, are looked up first; each hit estimates a tempo ratio
-(reference span over query span) and so a time line ``ref = offset + ratio * query``;
-hits of one track that agree on a (ratio, offset) neighbourhood propose it. The triplet
-tier then searches only the strongest ``max_candidates`` tracks
+The tiers' own codes are not specific: a pair or triplet code carries about 16 bits of
+geometry, so every code's run holds entries of a constant share of the catalogue, and a
+full search read ~56,000 hits per catalogue hour per 10 s query (docs/scale.md), 76 % of
+them the triplet tier's (five tempo hypotheses, tolerant variants). Two stores of
+specific codes propose candidates first; each tier then searches only its candidates
 (:attr:`matcher.types.Query.candidates`), reading just their entries
-(:meth:`index.landmarks.LandmarkIndex.lookup_slices` with ``tracks``).
+(:meth:`index.landmarks.LandmarkIndex.lookup_slices` with ``tracks``):
 
-A speed, pitch or tempo change of a 10 s excerpt leaves 10-100 agreeing quad hits;
-chance hits of unrelated tracks scatter over their (ratio, offset) plane. A recording
-mixed 6-12 dB under other music keeps too few intact quads (four peaks each) to be
-proposed reliably — the true track was among 32 proposals for about half of such
-queries — so the pair and peaks tiers, which find those, still search every track.
+* **copies** (pair tier, and through its votes the peaks tier): a *double* code — an
+  anchor and its two nearest targets (:func:`fingerprint.hashes.double_landmarks`) —
+  votes for ``ref frame - query frame`` like a pair;
+* **derivatives** (triplet tier): a *quad* code — three bin differences and two time
+  ratios, invariant to speed, pitch and tempo changes (:func:`fingerprint.hashes.hash_quads`)
+  — looked up under the triplet tier's tempo hypotheses; each hit estimates a tempo
+  ratio and so a time line ``ref = offset + ratio * query``, and hits of one track that
+  agree on a (ratio, offset) neighbourhood propose it.
+
+Both stores hold about one entry per anchor peak; their codes carry about twice a pair's
+geometry, so a lookup returns a few hits where a pair lookup returns hundreds. A query
+combines each zone's next-nearest peaks too (``slack``): a peak that other music mixed
+over the recording adds then still leaves the reference's code among the query's.
 """
 
 from __future__ import annotations
@@ -28,14 +31,16 @@ import numba
 import numpy as np
 
 from refrain.fingerprint import Fingerprint, FingerprintParams
-from refrain.fingerprint.hashes import hash_quads, query_quads, unpack_quad_payload
+from refrain.fingerprint.hashes import double_landmarks, hash_quads, query_quads, unpack_quad_payload
 from refrain.index.landmarks import LandmarkIndex
 from refrain.matcher.voting import best_cells_per_track, vote_order
 
-__all__ = ["ProposalParams", "propose"]
+__all__ = ["ProposalParams", "propose", "propose_copies", "QUAD_TIER", "DOUBLE_TIER"]
 
-#: The store key of the quad codes (``IndexStore.tiers``).
-QUAD_TIER = "quad"
+#: The store keys of the quad and double codes (``IndexStore.tiers``).
+QUAD_TIER, DOUBLE_TIER = "quad", "double"
+_COPY_NEIGHBOURS = np.array([-1, 0, 1], dtype=np.int64)
+_COPY_OFFSET_BIAS = 1 << 30
 # Vote cells: (ratio cell + bias) * stride + (offset cell + bias), both biases keeping them non-negative.
 _RATIO_BIAS, _OFFSET_BIAS = 64, 1 << 20
 _STRIDE = 1 << 21
@@ -49,12 +54,18 @@ class ProposalParams:
     Attributes
     ----------
     max_candidates : int
-        Tracks proposed at most (default 32), strongest first: the tiers verify only
-        these, so the query's work is bounded whatever the catalogue's size. An upload
-        holding more works in one window than this is reported partly.
+        Tracks proposed at most per kind (default 32), strongest first: the tiers verify
+        only these, so the query's work is bounded whatever the catalogue's size. An
+        upload holding more works in one window than this is reported partly.
+    copy_min_votes : int
+        Double hits agreeing on one time offset (within a frame) a track needs to be
+        proposed as a copy (default 2): on 40 real 10 s excerpts mixed 6 dB under other
+        music the true track had a median of 2.5, unrelated tracks 2.
+    copy_slack : int
+        Next-nearest targets per anchor the query also combines into doubles (default 1).
     min_votes : int
-        Agreeing quad hits a track needs to be proposed (default 3). Unrelated tracks'
-        hits scatter over the (ratio, offset) plane and rarely reach this.
+        Agreeing quad hits a track needs to be proposed as a derivative (default 3).
+        Unrelated tracks' hits scatter over the (ratio, offset) plane and rarely reach this.
     slack : int
         Next-nearest peaks per zone the query also combines into quads (default 1;
         :func:`fingerprint.hashes.query_quads`): one peak added by audio mixed over the
@@ -80,6 +91,8 @@ class ProposalParams:
     """
 
     max_candidates: int = 32
+    copy_min_votes: int = 2
+    copy_slack: int = 1
     min_votes: int = 3
     slack: int = 1
     margin: float = 0.15
@@ -91,9 +104,42 @@ class ProposalParams:
     offset_bin_seconds: float = 1.0
 
 
+def propose_copies(fp: Fingerprint, doubles: LandmarkIndex, fingerprint_params: FingerprintParams,
+                   params: ProposalParams) -> np.ndarray:
+    """The tracks a query window may copy (also in part, or under other audio), strongest first.
+
+    Parameters
+    ----------
+    fp : Fingerprint
+        The query window.
+    doubles : LandmarkIndex
+        The catalogue's double codes.
+    fingerprint_params : FingerprintParams
+        The catalogue's settings (the pair tier's target zone).
+    params : ProposalParams
+
+    Returns
+    -------
+    np.ndarray of int64
+        At most ``params.max_candidates`` track ids.
+    """
+    fpp = fingerprint_params
+    query = double_landmarks(fp.peaks, fpp.target_dt_min, fpp.target_dt_max, fpp.target_df_max,
+                             params.copy_slack)
+    _, hits_per_code, labels = doubles.lookup_slices(query.codes)
+    if len(labels) == 0:
+        return np.zeros(0, dtype=np.int64)
+    track_ids = labels >> doubles.payload_bits
+    offsets = (labels & ((1 << doubles.payload_bits) - 1)) - np.repeat(query.anchor_frames, hits_per_code)
+    order = vote_order(track_ids, offsets + _COPY_OFFSET_BIAS)
+    best = best_cells_per_track(track_ids[order], offsets[order] + _COPY_OFFSET_BIAS, np.ones(len(order)),
+                                _COPY_NEIGHBOURS, params.copy_min_votes, params.max_candidates)
+    return np.array([track for track, _ in best], dtype=np.int64)
+
+
 def propose(fp: Fingerprint, quads: LandmarkIndex, fingerprint_params: FingerprintParams,
             params: ProposalParams) -> np.ndarray:
-    """The tracks a query window may use, strongest first.
+    """The tracks a query window may derive from by a speed, pitch or tempo change, strongest first.
 
     Parameters
     ----------

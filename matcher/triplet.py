@@ -100,7 +100,7 @@ class TripletTier(LandmarkTierParams):
         if self.name not in catalogue.tiers:
             return []
         alignments = [a for a in triplet_alignments(query.fingerprint, catalogue.tiers[self.name], self,
-                                                    catalogue.fingerprint_params, query.candidates)
+                                                    catalogue.fingerprint_params, query.candidates.get(self.name))
                       if a.track_id not in skip and catalogue.reportable(a.track_id)]
         # Spans are judged on the query's own triplets at tempo 1, the rule the catalogue
         # used: the tempo-hypothesis superset would dilute the fraction.

@@ -181,13 +181,14 @@ class Query:
 
     ``shared`` holds results one tier computes and a later one reuses (the pair tier's
     votes propose the peaks tier's candidates), keyed by the computing tier's name, so
-    that nothing is computed twice per window. ``candidates`` are the tracks the
-    triplet tier searches (:mod:`matcher.proposals`; sorted), None for every track.
+    that nothing is computed twice per window. ``candidates`` are, by tier
+    name, the only tracks that tier searches (:mod:`matcher.proposals`; sorted); a tier
+    not named searches every track.
     """
 
     fingerprint: Fingerprint
     shared: dict[str, Any] = field(default_factory=dict)
-    candidates: np.ndarray | None = None
+    candidates: Mapping[str, np.ndarray] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

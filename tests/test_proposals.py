@@ -16,7 +16,7 @@ from refrain.fingerprint import fingerprint_signal
 from refrain.fingerprint.hashes import hash_quads, quad_landmarks, query_quads
 from refrain.fingerprint.peaks import Peaks
 from refrain.index.landmarks import LandmarkIndex
-from refrain.matcher.proposals import ProposalParams, propose
+from refrain.matcher.proposals import ProposalParams, propose, propose_copies
 
 
 def _at_rate(y: np.ndarray, rate: int) -> np.ndarray:
@@ -95,6 +95,28 @@ def test_the_true_track_is_proposed(catalogue, catalogue_index, songs, transform
     # The six songs are one generator's: chance agreement proposes others too, never more than asked.
     fewer = propose(fp, catalogue.store.tiers["quad"], catalogue.params, ProposalParams(max_candidates=2))
     assert len(fewer) <= 2 and fewer.tolist() == proposed[:len(fewer)].tolist()
+
+
+@pytest.mark.parametrize("transform", ["excerpt", "noisy", "mixed"])
+def test_a_copy_is_proposed_also_under_other_music(catalogue, catalogue_index, songs, unrelated_songs, transform):
+    rate = catalogue.params.sample_rate
+    clip = songs[34].excerpt(6.0, 10.0)
+    y = {"excerpt": lambda: _at_rate(clip, rate),
+         "noisy": lambda: _at_rate(clip + np.random.default_rng(2).normal(0, 2 * clip.std(), len(clip)), rate),
+         "mixed": lambda: _at_rate(0.5 * clip + unrelated_songs[45][:len(clip)], rate)}[transform]()
+    fp = fingerprint_signal(y.astype(np.float32), catalogue.params)
+    proposed = propose_copies(fp, catalogue.store.tiers["double"], catalogue.params, ProposalParams())
+    assert catalogue_index.track_ids[34] in proposed.tolist(), proposed
+
+
+def test_a_song_12_db_under_another_is_proposed_and_found_by_its_peaks(catalogue, catalogue_index, songs,
+                                                                       unrelated_songs):
+    rate = catalogue.params.sample_rate
+    song = songs[34].samples[10 * SR:]
+    background = unrelated_songs[45][:len(song)]
+    gain = np.sqrt(np.mean(background ** 2) / np.mean(song ** 2)) * 10 ** (-12 / 20)
+    result = catalogue.match_signal(_at_rate(background + gain * song, rate).astype(np.float32), "remix")
+    assert [(m.track_id, m.kind) for m in result.matches] == [(catalogue_index.track_ids[34], "mixed")]
 
 
 def test_matching_with_proposals_finds_what_a_search_of_every_track_finds(catalogue, songs, unrelated_songs):
