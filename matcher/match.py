@@ -76,11 +76,12 @@ class MatchParams:
         cover more upload time by at least this fraction of the upload (default 0.1);
         otherwise the earlier, more precise tier reports it.
     proposals : ProposalParams or None
-        How each window's candidate copies and derivatives are proposed by the
-        catalogue's specific double and quad codes (:mod:`matcher.proposals`); the pair
-        (and through its votes the peaks) tier and the triplet tier then search only
-        those, so a query's work follows its candidates, not the catalogue. None, or a
-        catalogue without those codes (an index from before them), searches every track.
+        How each window's candidate derivatives (and, with ``copies``, copies) are
+        proposed by the catalogue's specific quad and double codes
+        (:mod:`matcher.proposals`); the triplet tier (and the pair and peaks tiers) then
+        search only those, so that work follows the candidates, not the catalogue. None,
+        or a catalogue without those codes (an index from before them), searches every
+        track.
     """
 
     tiers: tuple[Tier, ...] = field(default_factory=_default_tiers)
@@ -160,15 +161,25 @@ def match(fp: Fingerprint, catalogue: Catalogue, params: MatchParams,
 
 
 def _candidates(fp: Fingerprint, catalogue: Catalogue, params: MatchParams) -> dict[str, np.ndarray]:
-    """Each landmark tier's proposed, reportable tracks for the window (sorted); none: search every track."""
-    if params.proposals is None:
+    """The window's proposed, reportable tracks per bounded tier (sorted); a tier not named searches every track.
+
+    The triplet tier searches the proposed derivatives; the pair tier, when
+    ``ProposalParams.copies``, the union of proposed copies and derivatives.
+    """
+    proposals = params.proposals
+    if proposals is None:
         return {}
+
+    def reportable(proposed: np.ndarray) -> np.ndarray:
+        return np.sort([t for t in proposed.tolist() if catalogue.reportable(t)]).astype(np.int64)
+
     found = {}
-    for tier, store, propose_tracks in ((PairTier.name, DOUBLE_TIER, propose_copies),
-                                        (TripletTier.name, QUAD_TIER, propose)):
-        if store in catalogue.tiers:
-            proposed = propose_tracks(fp, catalogue.tiers[store], catalogue.fingerprint_params, params.proposals)
-            found[tier] = np.sort([t for t in proposed.tolist() if catalogue.reportable(t)]).astype(np.int64)
+    if QUAD_TIER in catalogue.tiers:
+        found[TripletTier.name] = reportable(propose(fp, catalogue.tiers[QUAD_TIER], catalogue.fingerprint_params,
+                                                     proposals))
+    if proposals.copies and DOUBLE_TIER in catalogue.tiers and TripletTier.name in found:
+        copies = propose_copies(fp, catalogue.tiers[DOUBLE_TIER], catalogue.fingerprint_params, proposals)
+        found[PairTier.name] = np.union1d(reportable(copies), found[TripletTier.name])
     return found
 
 
