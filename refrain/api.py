@@ -19,6 +19,7 @@ from refrain.fingerprint import (AudioDecodeError, Fingerprint, FingerprintError
                                  fingerprint_file, fingerprint_signal, load_audio)
 from refrain.index import IndexStore, Track, TrackMetadata
 from refrain.matcher import Catalogue, Match, match
+from refrain.matcher.proposals import DOUBLE_TIER, QUAD_TIER
 from refrain.matcher.types import match_field
 
 __all__ = ["Refrain", "IngestResult", "QueryResult", "TrackMatch", "IndexInfo", "audio_files",
@@ -108,7 +109,10 @@ class IndexInfo:
     ``melody_segments`` is the number of melody-tier segment descriptors, or None for
     an index built without a melody tier (covers are then not searched).
     ``upgradable`` lists the tiers :meth:`Refrain.upgrade_index` would bring up to date
-    (an index from an earlier Refrain: slower lookups until then).
+    (an index from an earlier Refrain: slower lookups until then). ``proposals`` says
+    whether the index holds the codes that bound a query's search to proposed tracks
+    (:mod:`matcher.proposals`); an index from before them searches every track until its
+    recordings are ingested into a new index.
     """
 
     directory: str
@@ -119,6 +123,7 @@ class IndexInfo:
     files: dict[str, int]
     melody_segments: int | None = None
     upgradable: list[str] = field(default_factory=list)
+    proposals: bool = True
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -400,4 +405,5 @@ class Refrain:
                          hours=round(seconds / 3600.0, 4), landmarks=landmarks,
                          bytes=sum(files.values()), files=files,
                          melody_segments=None if melody is None else melody.ntotal,
-                         upgradable=self.store.upgradable())
+                         upgradable=self.store.upgradable(),
+                         proposals=all(tier in self.store.tiers for tier in (QUAD_TIER, DOUBLE_TIER)))
