@@ -239,8 +239,8 @@ class CountingLandmarks:
         self.codes_asked += len(hashes)
         return self._tier.code_counts(hashes)
 
-    def lookup_slices(self, hashes):
-        first_hit, hits_per_code, labels = self._tier.lookup_slices(hashes)
+    def lookup_slices(self, hashes, tracks=None):
+        first_hit, hits_per_code, labels = self._tier.lookup_slices(hashes, tracks)
         self.codes_looked_up += len(hashes)
         self.hits += int(hits_per_code.sum())
         buckets = np.searchsorted(LIST_LENGTH_EDGES, hits_per_code, side="right")

@@ -22,14 +22,19 @@ from refrain.fingerprint.peaks import Peaks
 
 __all__ = ["HashLayout", "PAIR_LAYOUT", "TRIPLET_LAYOUT", "TIER_PAYLOAD_BITS", "TRIPLET_MAX_SPAN", "Landmarks",
            "Triplets", "pair_landmarks", "hash_landmarks", "unhash_landmarks", "triplet_landmarks", "query_triplets",
-           "hash_triplets", "triplet_payloads", "unpack_triplet_payload"]
+           "hash_triplets", "triplet_payloads", "unpack_triplet_payload", "QUAD_LAYOUT", "Quads",
+           "quad_landmarks", "query_quads", "hash_quads", "quad_payloads", "unpack_quad_payload",
+           "DOUBLE_LAYOUT", "Doubles", "double_landmarks"]
 
 # What an index entry of each tier carries besides its code and track id: the pair
 # tier only the anchor frame (22 bits: 37 h at 32 ms frames); the triplet tier also
 # the anchor's bin and the anchor-to-second-target span, from which every hit
-# estimates the tempo ratio and pitch shift between query and reference.
+# estimates the tempo ratio and pitch shift between query and reference; the quad
+# tier the anchor frame and the anchor-to-farthest-target span (a tempo estimate); the
+# double tier the anchor frame.
 _FRAME_BITS, _BIN_BITS, _SPAN_BITS = 22, 8, 6
-TIER_PAYLOAD_BITS = {"pair": _FRAME_BITS, "triplet": _FRAME_BITS + _BIN_BITS + _SPAN_BITS}
+TIER_PAYLOAD_BITS = {"pair": _FRAME_BITS, "triplet": _FRAME_BITS + _BIN_BITS + _SPAN_BITS,
+                     "quad": _FRAME_BITS + _SPAN_BITS, "double": _FRAME_BITS}
 #: The longest anchor-to-second-target span (frames) a triplet entry can carry.
 TRIPLET_MAX_SPAN = (1 << _SPAN_BITS) - 1
 
@@ -365,34 +370,61 @@ def hash_triplets(triplets: Triplets, tolerant: bool = False, margin: float = 0.
     -------
     codes : np.ndarray of uint32
     rows : np.ndarray of int64
-        The triplet each code belongs to (a triplet has up to 8 codes when tolerant).
+        The triplet each code belongs to (a triplet has up to 16 codes when tolerant).
     """
-    names = ("delta_bin_12", "delta_bin_13", "time_ratio", "anchor_band")
     reach = pitch_reach_bins if tolerant else 0.0
     # Levels of the ratio are centred on (k + 0.5) / levels, so x.5 is a level boundary.
-    quantised = [_quantise(triplets.delta_12, tolerant, margin),
-                 _quantise(triplets.delta_13, tolerant, margin),
-                 _quantise(triplets.time_ratio * _TIME_RATIO_LEVELS - 0.5, tolerant, margin),
-                 (np.floor((triplets.anchor_positions - reach) / _BAND_BINS).astype(np.int64),
-                  np.floor((triplets.anchor_positions + reach) / _BAND_BINS).astype(np.int64))]
-    offsets = (_TRIPLET_DELTA_OFFSET, _TRIPLET_DELTA_OFFSET, 0, 0)
-    limits = (127, 127, _TIME_RATIO_LEVELS - 1, 7)
-    # Each field's two candidate values, clipped and shifted into place once: a variant's
-    # code is then the OR of one of them per field (16 variants would otherwise repeat
+    return _tolerant_codes(TRIPLET_LAYOUT, [
+        (_quantise(triplets.delta_12, tolerant, margin), _TRIPLET_DELTA_OFFSET, 127),
+        (_quantise(triplets.delta_13, tolerant, margin), _TRIPLET_DELTA_OFFSET, 127),
+        (_quantise(triplets.time_ratio * _TIME_RATIO_LEVELS - 0.5, tolerant, margin), 0, _TIME_RATIO_LEVELS - 1),
+        (_anchor_bands(triplets.anchor_positions, reach), 0, 7)], tolerant)
+
+
+def _anchor_bands(anchor_positions: np.ndarray, reach: float) -> tuple[np.ndarray, np.ndarray]:
+    """The octave band of each anchor, lowest and highest within ``reach`` bins of it."""
+    return (np.floor((anchor_positions - reach) / _BAND_BINS).astype(np.int64),
+            np.floor((anchor_positions + reach) / _BAND_BINS).astype(np.int64))
+
+
+def _tolerant_codes(layout: HashLayout, quantised: list[tuple[tuple[np.ndarray, np.ndarray], int, int]],
+                    tolerant: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Pack quantised fields into codes, every combination of each field's two values when ``tolerant``.
+
+    Parameters
+    ----------
+    layout : HashLayout
+        Its fields, in order, are those of ``quantised``.
+    quantised : list of ((nearest, other), offset, limit)
+        Per field: its two candidate values per row (equal where the value is not near a
+        boundary), the offset that makes them non-negative and the largest storable value.
+    tolerant : bool
+        Code the other values too; otherwise only the nearest.
+
+    Returns
+    -------
+    codes : np.ndarray of uint32
+    rows : np.ndarray of int64
+        The row each code belongs to.
+    """
+    names = [name for name, _ in layout.fields]
+    n_rows = len(quantised[0][0][0])
+    zeros = np.zeros(n_rows, dtype=np.int64)
+    # Each field's candidate values, clipped and shifted into place once: a variant's
+    # code is then the OR of one of them per field (the variants would otherwise repeat
     # the clipping and packing of every field).
-    zeros = np.zeros(len(triplets), dtype=np.int64)
     placed, differs = [], []
-    for name, (nearest, other), offset, limit in zip(names, quantised, offsets, limits):
+    for name, ((nearest, other), offset, limit) in zip(names, quantised):
         alone = dict.fromkeys(names, zeros)
-        placed.append([TRIPLET_LAYOUT.pack(**{**alone, name: np.clip(value + offset, 0, limit)})
+        placed.append([layout.pack(**{**alone, name: np.clip(value + offset, 0, limit)})
                        for value in ((nearest, other) if tolerant else (nearest,))])
         differs.append(other != nearest)
-    rows = np.arange(len(triplets))
+    rows = np.arange(n_rows)
     codes, code_rows = [], []
-    for variant in itertools.product((False, True), repeat=4) if tolerant else [(False,) * 4]:
+    for variant in itertools.product((False, True), repeat=len(names)) if tolerant else [(False,) * len(names)]:
         # A variant takes the other side of the boundary for the flagged fields; it exists
-        # only for triplets where every flagged field really is near a boundary.
-        keep = np.ones(len(rows), dtype=bool)
+        # only for rows where every flagged field really is near a boundary.
+        keep = np.ones(n_rows, dtype=bool)
         for flagged, field_differs in zip(variant, differs):
             if flagged:
                 keep &= field_differs
@@ -403,6 +435,217 @@ def hash_triplets(triplets: Triplets, tolerant: bool = False, margin: float = 0.
         codes.append(code)
         code_rows.append(rows[kept])
     return np.concatenate(codes), np.concatenate(code_rows)
+
+
+# Double codes propose candidate copies before the pair tier's search (:mod:`matcher.proposals`):
+# an anchor and its two nearest targets in the pair tier's zone give the anchor's bin, two bin
+# differences and two frame differences, 36 bits of geometry folded into one 32-bit code,
+# where a pair code has 23 (measured: about 16 bits of entropy).
+DOUBLE_LAYOUT = "double-v1"
+_FOLD_MULTIPLIER = np.uint64(0xFF51AFD7ED558CCD)
+
+
+@dataclass(frozen=True)
+class Doubles:
+    """Anchor peak + two pair targets, as codes (one row per double).
+
+    Attributes
+    ----------
+    codes : np.ndarray of uint32
+    anchor_frames : np.ndarray of int64
+    anchors : np.ndarray of int64
+        Index of each row's anchor in the peaks it was built from.
+    """
+
+    codes: np.ndarray
+    anchor_frames: np.ndarray
+    anchors: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.codes)
+
+
+def double_landmarks(peaks: Peaks, dt_min: int, dt_max: int, df_max: int, slack: int = 0) -> Doubles:
+    """Each anchor with its two nearest targets in the pair tier's zone, hashed.
+
+    Parameters
+    ----------
+    peaks : Peaks
+        Peaks sorted by frame.
+    dt_min, dt_max, df_max : int
+        The pair tier's target zone (``FingerprintParams.target_*``).
+    slack : int
+        For queries: each anchor's ``slack`` next-nearest targets are candidates too and
+        every two of them make a double, so that a peak added by audio mixed over the
+        recording leaves the reference's double among the query's.
+
+    Returns
+    -------
+    Doubles
+        Sorted by anchor frame.
+    """
+    frames, bins = peaks.frames.astype(np.int64), peaks.bins.astype(np.int64)
+    count = 2 + slack
+    anchor, target = _targets_in_zone(frames, bins, count, dt_min, dt_max, df_max)
+    table = np.full((len(frames), count), -1, dtype=np.int64)
+    table[anchor, np.arange(len(anchor)) - np.searchsorted(anchor, anchor, side="left")] = target
+    rows = np.concatenate([np.stack(np.broadcast_arrays(np.arange(len(frames)), table[:, i], table[:, j]))
+                           for i in range(count) for j in range(i + 1, count)], axis=1)
+    rows = rows[:, (rows >= 0).all(axis=0)]
+    rows = rows[:, np.argsort(rows[0], kind="stable")]
+    a, first, second = rows
+    packed = bins[a]
+    for target in (first, second):
+        packed = (((packed << 8) | (bins[target] - bins[a] + _DELTA_BIN_OFFSET)) << 6) | (frames[target] - frames[a])
+    # Fold 36 bits into 32 with a 64-bit mix: distinct geometries rarely share a code.
+    mixed = packed.astype(np.uint64)
+    for _ in range(2):
+        mixed = (mixed ^ (mixed >> np.uint64(33))) * _FOLD_MULTIPLIER
+    codes = ((mixed ^ (mixed >> np.uint64(33))) & np.uint64(0xFFFFFFFF)).astype(np.uint32)
+    return Doubles(codes=codes, anchor_frames=frames[a], anchors=a)
+
+
+# Quad codes propose candidate tracks before any tier's search (:mod:`matcher.proposals`):
+# they must be specific — a posting list holds a handful of entries even in a large
+# catalogue — and survive the same changes as triplets. An anchor, its nearest peak in the
+# near zone and its two nearest in the far zone give three bin differences (pitch- and
+# speed-invariant on the log axis) and two ratios of time differences (tempo-invariant):
+# about twice a triplet's geometry in one 32-bit code.
+QUAD_LAYOUT = HashLayout("quad-v1", (("delta_bin_near", 7), ("delta_bin_far", 7), ("delta_bin_farther", 7),
+                                     ("ratio_near", 4), ("ratio_far", 4), ("anchor_band", 3)))
+
+
+@dataclass(frozen=True)
+class Quads:
+    """Anchor peak + a near target + two far targets (one row per quad).
+
+    Attributes
+    ----------
+    anchor_frames : np.ndarray of int
+    anchor_positions : np.ndarray of float
+        Anchor bin refined to sub-bin precision.
+    deltas : np.ndarray of float, shape (n, 3)
+        Sub-bin-precise log-frequency differences of the near, far and farther target
+        from the anchor.
+    spans : np.ndarray of int, shape (n, 3)
+        Frame differences of the same targets from the anchor (increasing along a row).
+    """
+
+    anchor_frames: np.ndarray
+    anchor_positions: np.ndarray
+    deltas: np.ndarray
+    spans: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.anchor_frames)
+
+
+def _quad_indices(peaks: Peaks, near_zone: tuple[int, int], far_zone: tuple[int, int], near_count: int,
+                  df_max: int, slack: int = 0) -> np.ndarray:
+    """Peak indices (anchor, near, far, farther) of :func:`quad_landmarks`, one column per quad.
+
+    With ``slack`` > 0, each zone's ``slack`` next-nearest peaks are candidates too and
+    every choice of one near and two far candidates is a quad (see :func:`query_quads`).
+    """
+    frames, bins = peaks.frames.astype(np.int64), peaks.bins.astype(np.int64)
+    n = len(frames)
+    tables = []
+    for (low, high), count in ((near_zone, near_count + slack), (far_zone, 2 + slack)):
+        anchor, target = _targets_in_zone(frames, bins, count, low, high, df_max)
+        table = np.full((n, count), -1, dtype=np.int64)
+        table[anchor, np.arange(len(anchor)) - np.searchsorted(anchor, anchor, side="left")] = target
+        tables.append(table)
+    near, far = tables
+    columns = [np.stack(np.broadcast_arrays(np.arange(n), near[:, i], far[:, j], far[:, k]))
+               for i in range(near.shape[1]) for j in range(far.shape[1]) for k in range(j + 1, far.shape[1])]
+    quads = np.concatenate(columns, axis=1)
+    quads = quads[:, (quads >= 0).all(axis=0)]
+    return quads[:, np.argsort(quads[0], kind="stable")]
+
+
+def _quads_of(peaks: Peaks, indices: np.ndarray) -> Quads:
+    """The :class:`Quads` of peak index columns (anchor, near, far, farther)."""
+    frames = peaks.frames.astype(np.int64)
+    positions = peaks.bins.astype(np.int64) + peaks.bin_offsets.astype(np.float64)
+    anchor, targets = indices[0], indices[1:]
+    return Quads(anchor_frames=frames[anchor], anchor_positions=positions[anchor],
+                 deltas=(positions[targets] - positions[anchor]).T,
+                 spans=(frames[targets] - frames[anchor]).T)
+
+
+def quad_landmarks(peaks: Peaks, near_zone: tuple[int, int], far_zone: tuple[int, int], near_count: int,
+                   df_max: int) -> Quads:
+    """Each anchor with each of its ``near_count`` nearest near-zone peaks and its two nearest far-zone peaks.
+
+    Parameters
+    ----------
+    peaks : Peaks
+        Peaks sorted by frame.
+    near_zone, far_zone : (int, int)
+        Inclusive frame-difference ranges after the anchor (the triplet zones).
+    near_count : int
+        Near targets per anchor: at most this many quads per anchor.
+    df_max : int
+        Largest absolute bin difference between the anchor and any target.
+
+    Returns
+    -------
+    Quads
+        Sorted by anchor frame.
+    """
+    return _quads_of(peaks, _quad_indices(peaks, near_zone, far_zone, near_count, df_max))
+
+
+def query_quads(peaks: Peaks, near_zone: tuple[int, int], far_zone: tuple[int, int], near_count: int,
+                df_max: int, tempo_ratios: tuple[float, ...], slack: int = 0) -> Quads:
+    """The quads a query shares with its reference under any of ``tempo_ratios``.
+
+    As :func:`query_triplets`: the zones are divided by each hypothesised ratio (query
+    tempo / reference tempo) and the union kept, each quad once. A peak that another
+    recording mixed over the reference adds, or one a zone boundary between two
+    hypotheses cuts off, changes which peaks are the nearest; with ``slack`` the query
+    also combines each zone's next ``slack`` peaks, so the reference's quad is still
+    among its own.
+    """
+    found = np.concatenate([
+        _quad_indices(peaks, (max(1, round(near_zone[0] / r)), round(near_zone[1] / r)),
+                      (round(far_zone[0] / r), round(far_zone[1] / r)), near_count, df_max, slack)
+        for r in tempo_ratios], axis=1)
+    return _quads_of(peaks, np.unique(found, axis=1))
+
+
+def hash_quads(quads: Quads, tolerant: bool = False, margin: float = 0.2,
+               pitch_reach_bins: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+    """Quantise quads into :data:`QUAD_LAYOUT` codes (``tolerant`` and its arguments as for :func:`hash_triplets`).
+
+    Returns
+    -------
+    codes : np.ndarray of uint32
+    rows : np.ndarray of int64
+        The quad each code belongs to.
+    """
+    reach = pitch_reach_bins if tolerant else 0.0
+    farthest = quads.spans[:, 2]
+    return _tolerant_codes(QUAD_LAYOUT, [
+        (_quantise(quads.deltas[:, 0], tolerant, margin), _TRIPLET_DELTA_OFFSET, 127),
+        (_quantise(quads.deltas[:, 1], tolerant, margin), _TRIPLET_DELTA_OFFSET, 127),
+        (_quantise(quads.deltas[:, 2], tolerant, margin), _TRIPLET_DELTA_OFFSET, 127),
+        (_quantise(quads.spans[:, 0] / farthest * _TIME_RATIO_LEVELS - 0.5, tolerant, margin),
+         0, _TIME_RATIO_LEVELS - 1),
+        (_quantise(quads.spans[:, 1] / farthest * _TIME_RATIO_LEVELS - 0.5, tolerant, margin),
+         0, _TIME_RATIO_LEVELS - 1),
+        (_anchor_bands(quads.anchor_positions, reach), 0, 7)], tolerant)
+
+
+def quad_payloads(quads: Quads) -> np.ndarray:
+    """Pack (anchor frame, anchor-to-farthest-target span) of each quad into one int64 index payload."""
+    return (quads.anchor_frames.astype(np.int64) << _SPAN_BITS) | quads.spans[:, 2].astype(np.int64)
+
+
+@numba.njit(cache=True, nogil=True)
+def unpack_quad_payload(payload: int) -> tuple[int, int]:
+    """Inverse of :func:`quad_payloads` for one payload: (anchor frame, anchor-to-farthest-target span)."""
+    return payload >> _SPAN_BITS, payload & ((1 << _SPAN_BITS) - 1)
 
 
 def triplet_payloads(triplets: Triplets) -> np.ndarray:

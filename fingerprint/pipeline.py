@@ -7,8 +7,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from refrain.fingerprint.decode import load_audio
-from refrain.fingerprint.hashes import (Triplets, hash_landmarks, hash_triplets, pair_landmarks,
-                                triplet_landmarks, triplet_payloads)
+from refrain.fingerprint.hashes import (Doubles, Quads, Triplets, double_landmarks, hash_landmarks, hash_quads,
+                                         hash_triplets, pair_landmarks, quad_landmarks, quad_payloads,
+                                         triplet_landmarks, triplet_payloads)
 from refrain.fingerprint.melody import chroma_sequence
 from refrain.fingerprint.params import FingerprintParams
 from refrain.fingerprint.peaks import Peaks, find_peaks
@@ -44,6 +45,12 @@ class Fingerprint:
         A query's denser peak set (``FingerprintParams.dense_peaks_per_second``), in
         which catalogue peaks are looked up to verify a recording mixed under other
         audio; None for catalogue recordings and stored fingerprints.
+    quads : Quads or None
+        The specific, tempo- and pitch-invariant codes that propose candidate
+        derivatives (the quad tier); None in a fingerprint built without them.
+    doubles : Doubles or None
+        The specific codes that propose candidate copies (the double tier); None in a
+        fingerprint built without them.
     """
 
     hashes: np.ndarray
@@ -53,6 +60,8 @@ class Fingerprint:
     triplets: Triplets
     melody: np.ndarray | None = None
     dense_peaks: Peaks | None = None
+    quads: Quads | None = None
+    doubles: Doubles | None = None
 
     def __len__(self) -> int:
         return len(self.hashes)
@@ -60,8 +69,14 @@ class Fingerprint:
     def index_entries(self) -> dict[str, tuple[np.ndarray, np.ndarray]]:
         """(codes, payloads) per index tier, as a catalogue recording is stored."""
         triplet_codes, rows = hash_triplets(self.triplets)
-        return {"pair": (self.hashes, self.frames.astype(np.int64)),
-                "triplet": (triplet_codes, triplet_payloads(self.triplets)[rows])}
+        entries = {"pair": (self.hashes, self.frames.astype(np.int64)),
+                   "triplet": (triplet_codes, triplet_payloads(self.triplets)[rows])}
+        if self.quads is not None:
+            quad_codes, rows = hash_quads(self.quads)
+            entries["quad"] = (quad_codes, quad_payloads(self.quads)[rows])
+        if self.doubles is not None:
+            entries["double"] = (self.doubles.codes, self.doubles.anchor_frames)
+        return entries
 
 
 def fingerprint_peaks(peaks: Peaks, duration: float, params: FingerprintParams,
@@ -102,9 +117,12 @@ def fingerprint_peaks(peaks: Peaks, duration: float, params: FingerprintParams,
         )
     triplets = triplet_landmarks(peaks, params.triplet_near_zone, params.triplet_far_zone,
                                  params.triplet_per_zone, params.triplet_df_max)
+    quads = quad_landmarks(peaks, params.triplet_near_zone, params.triplet_far_zone, params.quad_near_targets,
+                           params.triplet_df_max)
+    doubles = double_landmarks(peaks, params.target_dt_min, params.target_dt_max, params.target_df_max)
     return Fingerprint(hash_landmarks(landmarks),
                        landmarks.anchor_frames.astype(np.int32), duration, peaks, triplets, melody,
-                       dense_peaks)
+                       dense_peaks, quads, doubles)
 
 
 def fingerprint_signal(y: np.ndarray, params: FingerprintParams, dense_peaks: bool = False) -> Fingerprint:

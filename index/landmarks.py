@@ -6,13 +6,15 @@ One uncompressed ``.npz`` archive per tier (:func:`index.files.save_arrays`), re
 memory-mapped (:func:`index.files.map_arrays`):
 
 ``codes``  (uint32)  the distinct stored codes, in increasing order;
-``starts`` (int64)   where each code's entries begin in ``ids``, plus the end;
+``starts`` (uint32)  where each code's entries begin in ``ids``, plus the end (int64 in a
+                     store of 2 ** 32 entries or more);
 ``ids``    (uint8)   every entry's id, ``track_id << payload_bits | payload``, in the
                      fewest little-endian bytes that hold ``payload_bits + TRACK_BITS``
                      (6 for the pair tier, 8 for the triplet tier), grouped by code.
 
 An entry thus costs its id alone: the code is implied by the run it lies in, and each
-distinct code costs 12 bytes once. A lookup is one binary search per code in
+distinct code costs 8 bytes once (the specific codes of the proposal tiers have about
+one entry each, so this is a third of their store). A lookup is one binary search per code in
 ``codes`` and one copy of its run — exactly its hits, no neighbour's entries scanned —
 and the run lengths are the entry counts that rarity weights need before any lookup.
 A process maps the file: it opens in constant time at any catalogue size, its pages are
@@ -30,7 +32,10 @@ which in a raw code are a few popular field values; stores from before the mix
 
 Within a code's run, entries keep the order they were added in (a track's entries
 after those of tracks added before it), as the FAISS lists kept them, so that every
-lookup returns the same hits in the same order. Added entries stay in memory until
+lookup returns the same hits in the same order. Track ids are handed out in increasing
+order and never reused (:mod:`index.catalog`), so a run is also sorted by track: a lookup
+restricted to a few candidate tracks (:meth:`LandmarkIndex.lookup_slices` with
+``tracks``) finds each one's entries by binary search in the run and reads nothing else. Added entries stay in memory until
 :meth:`LandmarkIndex.save` merges them into the runs; removing a track rewrites the
 runs without its entries.
 """
@@ -109,6 +114,57 @@ def _gather_runs(rows: np.ndarray, first: np.ndarray, lengths: np.ndarray, total
     return labels
 
 
+@numba.njit(cache=True, nogil=True)
+def _track_at(rows: np.ndarray, i: int, payload_bits: int) -> int:
+    """Track id of entry ``i`` of ``rows``."""
+    value = np.int64(0)
+    for b in range(rows.shape[1]):
+        value |= np.int64(rows[i, b]) << (8 * b)
+    return value >> payload_bits
+
+
+@numba.njit(cache=True, nogil=True)
+def _first_of_track(rows: np.ndarray, low: int, high: int, track: int, payload_bits: int) -> int:
+    """First position in ``rows[low:high]`` (sorted by track) whose track is ``track`` or later."""
+    while low < high:
+        middle = (low + high) // 2
+        if _track_at(rows, middle, payload_bits) < track:
+            low = middle + 1
+        else:
+            high = middle
+    return low
+
+
+@numba.njit(cache=True, nogil=True)
+def _gather_track_runs(rows: np.ndarray, first: np.ndarray, lengths: np.ndarray, tracks: np.ndarray,
+                       payload_bits: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """As :func:`_gather_runs`, keeping only the entries of ``tracks`` (sorted): (first_hit, hits_per_code, ids)."""
+    n_codes = len(first)
+    bounds = np.empty((n_codes, len(tracks), 2), np.int64)
+    hits_per_code = np.zeros(n_codes, np.int64)
+    for k in range(n_codes):
+        low, end = first[k], first[k] + lengths[k]
+        for t in range(len(tracks)):
+            start = _first_of_track(rows, low, end, tracks[t], payload_bits)
+            stop = _first_of_track(rows, start, end, tracks[t] + 1, payload_bits)
+            bounds[k, t, 0], bounds[k, t, 1] = start, stop
+            hits_per_code[k] += stop - start
+            low = stop
+    first_hit = np.cumsum(hits_per_code) - hits_per_code
+    labels = np.empty(hits_per_code.sum(), np.int64)
+    width = rows.shape[1]
+    out = 0
+    for k in range(n_codes):
+        for t in range(len(tracks)):
+            for i in range(bounds[k, t, 0], bounds[k, t, 1]):
+                value = np.int64(0)
+                for b in range(width):
+                    value |= np.int64(rows[i, b]) << (8 * b)
+                labels[out] = value
+                out += 1
+    return first_hit, hits_per_code, labels
+
+
 class LandmarkIndex:
     """Landmark codes, each resolving to (track id, payload) entries.
 
@@ -172,12 +228,12 @@ class LandmarkIndex:
         arrays = map_arrays(path, _ARRAYS)
         codes, starts, flat_ids = arrays["codes"], arrays["starts"], arrays["ids"]
         width = id_bytes(payload_bits)
-        if (codes.dtype != np.uint32 or starts.dtype != np.int64 or flat_ids.dtype != np.uint8
+        if (codes.dtype != np.uint32 or starts.dtype not in (np.uint32, np.int64) or flat_ids.dtype != np.uint8
                 or len(starts) != len(codes) + 1 or starts[0] != 0 or starts[-1] * width != len(flat_ids)):
             raise ValueError(f"inconsistent landmark store {path}")
         ids = flat_ids.reshape(-1, width)
         if not mmap:
-            codes, starts, ids = np.array(codes), np.array(starts), np.array(ids)
+            codes, starts, ids = np.array(codes), np.array(starts, dtype=np.int64), np.array(ids)
         return cls(payload_bits, codes, starts, ids, writable=not mmap, hashed_lists=hashed_lists)
 
     @classmethod
@@ -219,7 +275,8 @@ class LandmarkIndex:
     def save(self, path: os.PathLike) -> None:
         """Write the store atomically (temporary file, fsync, rename)."""
         self._merge_added()
-        save_arrays(path, {"codes": self._codes, "starts": self._starts, "ids": self._ids.reshape(-1)})
+        starts = self._starts.astype(np.uint32) if self._starts[-1] < 1 << 32 else self._starts
+        save_arrays(path, {"codes": self._codes, "starts": starts, "ids": self._ids.reshape(-1)})
 
     @property
     def ntotal(self) -> int:
@@ -296,13 +353,17 @@ class LandmarkIndex:
         query_index = np.repeat(np.arange(len(hits_per_code), dtype=np.int64), hits_per_code)
         return query_index, labels >> self.payload_bits, labels & ((1 << self.payload_bits) - 1)
 
-    def lookup_slices(self, hashes: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def lookup_slices(self, hashes: np.ndarray, tracks: np.ndarray | None = None
+                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """:meth:`lookup`'s hits as one slice of entry ids per code.
 
         Parameters
         ----------
         hashes : np.ndarray of uint32
             Query codes.
+        tracks : np.ndarray of int, optional
+            Only hits on these tracks (sorted, distinct): each is found by binary search
+            in each code's run, so the work follows the candidates, not the run lengths.
 
         Returns
         -------
@@ -313,6 +374,9 @@ class LandmarkIndex:
             Every hit's entry id, ``track_id << payload_bits | payload``.
         """
         first, hits_per_code = self._runs(self._stored_form(hashes))
+        if tracks is not None:
+            return _gather_track_runs(self._ids, first, hits_per_code, np.asarray(tracks, np.int64),
+                                      self.payload_bits)
         total = int(hits_per_code.sum())
         first_hit = np.cumsum(hits_per_code) - hits_per_code
         return first_hit, hits_per_code, _gather_runs(self._ids, first, hits_per_code, total)

@@ -5,6 +5,8 @@
     DIR/manifest.json        format version, fingerprint settings, one entry per fingerprint tier
     DIR/pairs.npz            exact-copy tier: pair landmarks (:class:`index.landmarks.LandmarkIndex`)
     DIR/triplets.npz         derivative tier: tempo- and pitch-invariant triplet landmarks
+    DIR/quads.npz            proposals of derivatives: specific tempo- and pitch-invariant quad codes
+    DIR/doubles.npz          proposals of copies: specific anchor + two targets codes (:mod:`matcher.proposals`)
     DIR/melody.faiss         melody tier: key- and tempo-invariant segment descriptors
     DIR/melody-chroma.faiss  melody tier: the chroma sequences its candidates are verified on
     DIR/peaks.npz            every track's spectral peaks, to verify a recording mixed under other audio
@@ -16,6 +18,9 @@ recovery), sharing the catalogue and its track ids. The melody tier
 (:class:`index.melody.MelodyIndex`) is optional: an index built before it existed
 has no ``melody`` entry in its manifest and still opens, without cover matching
 (``IndexStore.melody`` is None) until the catalogue is re-ingested into a new index.
+An index from before the proposal tiers (``quad``, ``double``; 2026-12) opens likewise:
+without proposals every track is a candidate of every query, as it was, until the
+catalogue is re-ingested.
 The peak store (:class:`index.peaks.PeakStore`) is optional the same way: without
 it the matcher does not look for recordings mixed under other audio.
 
@@ -41,7 +46,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from refrain.fingerprint import Fingerprint, FingerprintParams
-from refrain.fingerprint.hashes import PAIR_LAYOUT, TIER_PAYLOAD_BITS, TRIPLET_LAYOUT
+from refrain.fingerprint.hashes import DOUBLE_LAYOUT, PAIR_LAYOUT, QUAD_LAYOUT, TIER_PAYLOAD_BITS, TRIPLET_LAYOUT
 from refrain.index.catalog import Catalog, Track, TrackMetadata
 from refrain.index.files import replace_atomically
 from refrain.index.landmarks import LandmarkIndex
@@ -55,12 +60,13 @@ _Store = TypeVar("_Store", LandmarkIndex, MelodyIndex, PeakStore)
 
 FORMAT_VERSION = 2
 _MANIFEST, _CATALOG, _LOCK = "manifest.json", "catalog.sqlite", ".lock"
-_TIER_FILES = {"pair": "pairs.npz", "triplet": "triplets.npz"}
+_TIER_FILES = {"pair": "pairs.npz", "triplet": "triplets.npz", "quad": "quads.npz", "double": "doubles.npz"}
 _MELODY_FILE = "melody.faiss"
 _PEAKS_FILE = "peaks.npz"
 #: Layout of the peak store: (frame, log-frequency bin) of every peak, as ``find_peaks`` picks them.
 PEAKS_LAYOUT = "peaks-v1"
-_TIER_LAYOUTS = {"pair": PAIR_LAYOUT.name, "triplet": TRIPLET_LAYOUT.name, "melody": MELODY_LAYOUT,
+_TIER_LAYOUTS = {"pair": PAIR_LAYOUT.name, "triplet": TRIPLET_LAYOUT.name, "quad": QUAD_LAYOUT.name,
+                 "double": DOUBLE_LAYOUT, "melody": MELODY_LAYOUT,
                  "peaks": PEAKS_LAYOUT}
 # How a landmark tier files its codes in lists: "hashed" (mixed codes, see index.landmarks);
 # a tier without the key is from before the mix and files raw codes.
@@ -268,7 +274,8 @@ class IndexStore:
         track_id = self.catalog.insert_pending(source, content_hash, fp.duration, len(fp), metadata)
         self._pending.append(track_id)
         for name, (codes, payloads) in fp.index_entries().items():
-            self._tier(name, LandmarkIndex).add(track_id, codes, payloads)
+            if name in self.tiers:  # an index from before the proposal tiers has none
+                self._tier(name, LandmarkIndex).add(track_id, codes, payloads)
         if melody is not None and fp.melody is not None:
             melody.add(track_id, fp.melody)
         if "peaks" in self.tiers:

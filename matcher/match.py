@@ -27,6 +27,7 @@ from refrain.matcher.landmarks import copy_or_excerpt
 from refrain.matcher.melody import MelodyTier
 from refrain.matcher.pair import PairTier
 from refrain.matcher.peaks import PeaksTier
+from refrain.matcher.proposals import DOUBLE_TIER, QUAD_TIER, ProposalParams, propose, propose_copies
 from refrain.matcher.triplet import TripletTier
 from refrain.matcher.types import Catalogue, Match, Query, Span, Tier, covered_seconds
 
@@ -74,6 +75,13 @@ class MatchParams:
         A later tier's explanation of a track replaces an earlier one's when its spans
         cover more upload time by at least this fraction of the upload (default 0.1);
         otherwise the earlier, more precise tier reports it.
+    proposals : ProposalParams or None
+        How each window's candidate derivatives (and, with ``copies``, copies) are
+        proposed by the catalogue's specific quad and double codes
+        (:mod:`matcher.proposals`); the triplet tier (and the pair and peaks tiers) then
+        search only those, so that work follows the candidates, not the catalogue. None,
+        or a catalogue without those codes (an index from before them), searches every
+        track.
     """
 
     tiers: tuple[Tier, ...] = field(default_factory=_default_tiers)
@@ -84,6 +92,7 @@ class MatchParams:
     tentative_tiers: tuple[str, ...] = ("pair",)
     settled_coverage: float = 0.5
     better_coverage: float = 0.1
+    proposals: ProposalParams | None = field(default_factory=ProposalParams)
 
     def tier(self, name: str) -> Tier:
         """The tier called ``name``; KeyError if it does not run."""
@@ -131,7 +140,7 @@ def match(fp: Fingerprint, catalogue: Catalogue, params: MatchParams,
     found: dict[str, dict[int, list[Match]]] = {tier.name: {} for tier in params.tiers}
     for first in range(0, max(n_frames, 1), window):
         part = _excerpt(fp, first, first + window, catalogue.fingerprint_params) if windowed else fp
-        query, in_window = Query(part), set[int]()
+        query, in_window = Query(part, candidates=_candidates(part, catalogue, params)), set[int]()
         for tier in params.tiers:
             started = time.perf_counter()
             for m in tier.find(query, catalogue, skip=in_window):
@@ -149,6 +158,29 @@ def match(fp: Fingerprint, catalogue: Catalogue, params: MatchParams,
                for explained in explanations.values()]
     matches.sort(key=lambda m: (-m.confidence, -m.score, m.track_id))
     return matches
+
+
+def _candidates(fp: Fingerprint, catalogue: Catalogue, params: MatchParams) -> dict[str, np.ndarray]:
+    """The window's proposed, reportable tracks per bounded tier (sorted); a tier not named searches every track.
+
+    The triplet tier searches the proposed derivatives; the pair tier, when
+    ``ProposalParams.copies``, the union of proposed copies and derivatives.
+    """
+    proposals = params.proposals
+    if proposals is None:
+        return {}
+
+    def reportable(proposed: np.ndarray) -> np.ndarray:
+        return np.sort([t for t in proposed.tolist() if catalogue.reportable(t)]).astype(np.int64)
+
+    found = {}
+    if QUAD_TIER in catalogue.tiers:
+        found[TripletTier.name] = reportable(propose(fp, catalogue.tiers[QUAD_TIER], catalogue.fingerprint_params,
+                                                     proposals))
+    if proposals.copies and DOUBLE_TIER in catalogue.tiers and TripletTier.name in found:
+        copies = propose_copies(fp, catalogue.tiers[DOUBLE_TIER], catalogue.fingerprint_params, proposals)
+        found[PairTier.name] = np.union1d(reportable(copies), found[TripletTier.name])
+    return found
 
 
 def _excerpt(fp: Fingerprint, first: int, end: int, fingerprint_params: FingerprintParams) -> Fingerprint:

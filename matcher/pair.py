@@ -99,14 +99,16 @@ def pair_votes(query: Query, catalogue: Catalogue, tier: PairTier) -> PairVotes:
     PairVotes
     """
     if PairTier.name not in query.shared:
-        query.shared[PairTier.name] = _lookup_votes(query.fingerprint, catalogue.tiers[PairTier.name], tier)
+        query.shared[PairTier.name] = _lookup_votes(query.fingerprint, catalogue.tiers[PairTier.name], tier,
+                                                    query.candidates.get(PairTier.name))
     return query.shared[PairTier.name]
 
 
-def _lookup_votes(fp: Fingerprint, index: LandmarkIndex, params: PairTier) -> PairVotes:
-    """Look the query's pair landmarks up and sort the hits by (track, offset)."""
+def _lookup_votes(fp: Fingerprint, index: LandmarkIndex, params: PairTier,
+                  candidates: np.ndarray | None) -> PairVotes:
+    """Look the query's pair landmarks up (on the candidate tracks) and sort the hits by (track, offset)."""
     query_ids, track_ids, ref_frames, weights, query_frames, offsets = _votes_in_code_order(
-        *weighted_lookup(index, fp.hashes, params), index.payload_bits, fp.frames)
+        *weighted_lookup(index, fp.hashes, params, candidates), index.payload_bits, fp.frames)
     order = vote_order(track_ids, offsets + _OFFSET_BIAS)
     return PairVotes(query_ids[order], track_ids[order], ref_frames[order], weights[order],
                      query_frames[order], offsets[order])

@@ -100,7 +100,7 @@ class TripletTier(LandmarkTierParams):
         if self.name not in catalogue.tiers:
             return []
         alignments = [a for a in triplet_alignments(query.fingerprint, catalogue.tiers[self.name], self,
-                                                    catalogue.fingerprint_params)
+                                                    catalogue.fingerprint_params, query.candidates.get(self.name))
                       if a.track_id not in skip and catalogue.reportable(a.track_id)]
         # Spans are judged on the query's own triplets at tempo 1, the rule the catalogue
         # used: the tempo-hypothesis superset would dilute the fraction.
@@ -109,7 +109,8 @@ class TripletTier(LandmarkTierParams):
 
 
 def triplet_alignments(fp: Fingerprint, tier: LandmarkIndex, params: TripletTier,
-                       fingerprint_params: FingerprintParams) -> list[Alignment]:
+                       fingerprint_params: FingerprintParams, candidates: np.ndarray | None = None
+                       ) -> list[Alignment]:
     """Alignments of the query with catalogue tracks, allowing tempo and pitch changes.
 
     Parameters
@@ -121,6 +122,8 @@ def triplet_alignments(fp: Fingerprint, tier: LandmarkIndex, params: TripletTier
     params : TripletTier
     fingerprint_params : FingerprintParams
         The catalogue's settings: the query's triplets are built with its zones.
+    candidates : np.ndarray of int, optional
+        The only tracks searched (sorted; :mod:`matcher.proposals`), None for all.
 
     Returns
     -------
@@ -134,7 +137,7 @@ def triplet_alignments(fp: Fingerprint, tier: LandmarkIndex, params: TripletTier
         return []
     codes, rows = hash_triplets(triplets, tolerant=True,
                                 pitch_reach_bins=params.max_pitch_shift_semitones * bins_per_semitone)
-    code_ids, code_weights, first_hit, hits_per_code, labels = weighted_lookup(tier, codes, params)
+    code_ids, code_weights, first_hit, hits_per_code, labels = weighted_lookup(tier, codes, params, candidates)
     # A hit's tempo ratio is a reference span over a query span, both whole frames: a
     # table of every such ratio and its cell spares each hit a division and a logarithm.
     ratios = np.arange(TRIPLET_MAX_SPAN + 1)[None, :] / np.arange(1, int(triplets.dt_13.max()) + 1)[:, None]
@@ -151,9 +154,7 @@ def triplet_alignments(fp: Fingerprint, tier: LandmarkIndex, params: TripletTier
         return []
     hit_weights = code_weights[hit_codes]
     # Only the strongest tracks' hits go on to the sort and the per-cell search below.
-    is_contender = np.zeros(int(track_ids.max()) + 1, dtype=bool)
-    is_contender[_strongest_tracks(track_ids, cells, hit_weights, params)] = True
-    contenders = np.flatnonzero(is_contender[track_ids])
+    contenders = np.flatnonzero(np.isin(track_ids, _strongest_tracks(track_ids, cells, hit_weights, params)))
     order = contenders[vote_order(track_ids[contenders], cells[contenders])]
     track_ids, cells, hit_weights = track_ids[order], cells[order], hit_weights[order]
     ratio, pitch, query_ids, ref_frames = _hit_geometry(hit_codes[order], hit_positions[order], labels,

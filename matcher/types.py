@@ -181,11 +181,14 @@ class Query:
 
     ``shared`` holds results one tier computes and a later one reuses (the pair tier's
     votes propose the peaks tier's candidates), keyed by the computing tier's name, so
-    that nothing is computed twice per window.
+    that nothing is computed twice per window. ``candidates`` are, by tier
+    name, the only tracks that tier searches (:mod:`matcher.proposals`; sorted); a tier
+    not named searches every track.
     """
 
     fingerprint: Fingerprint
     shared: dict[str, Any] = field(default_factory=dict)
+    candidates: Mapping[str, np.ndarray] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

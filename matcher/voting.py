@@ -32,7 +32,8 @@ def rarity_weights(entries_per_code: np.ndarray, entries_in_tier: int, params: L
     return np.minimum(1.0, np.sqrt(typical / np.maximum(entries_per_code, 1)))
 
 
-def weighted_lookup(tier: LandmarkIndex, codes: np.ndarray, params: LandmarkTierParams
+def weighted_lookup(tier: LandmarkIndex, codes: np.ndarray, params: LandmarkTierParams,
+                    tracks: np.ndarray | None = None
                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Look codes up, skipping those too common to count, and weigh each by rarity.
 
@@ -45,6 +46,8 @@ def weighted_lookup(tier: LandmarkIndex, codes: np.ndarray, params: LandmarkTier
     codes : np.ndarray of uint32
         Query codes.
     params : LandmarkTierParams
+    tracks : np.ndarray of int, optional
+        Only hits on these tracks (sorted; the query's candidates), None for all.
 
     Returns
     -------
@@ -58,7 +61,7 @@ def weighted_lookup(tier: LandmarkIndex, codes: np.ndarray, params: LandmarkTier
     """
     code_weights = rarity_weights(tier.code_counts(codes), tier.ntotal, params)
     code_ids = np.flatnonzero(code_weights >= params.min_hash_weight)
-    return (code_ids, code_weights[code_ids]) + tier.lookup_slices(codes[code_ids])
+    return (code_ids, code_weights[code_ids]) + tier.lookup_slices(codes[code_ids], tracks)
 
 
 def vote_order(track_ids: np.ndarray, cells: np.ndarray) -> np.ndarray:

@@ -8,7 +8,7 @@ import hashlib
 import os
 import signal
 from concurrent.futures import ProcessPoolExecutor, as_completed
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Iterable, Iterator
 
@@ -19,6 +19,7 @@ from refrain.fingerprint import (AudioDecodeError, Fingerprint, FingerprintError
                                  fingerprint_file, fingerprint_signal, load_audio)
 from refrain.index import IndexStore, Track, TrackMetadata
 from refrain.matcher import Catalogue, Match, match
+from refrain.matcher.proposals import DOUBLE_TIER, QUAD_TIER
 from refrain.matcher.types import match_field
 
 __all__ = ["Refrain", "IngestResult", "QueryResult", "TrackMatch", "IndexInfo", "audio_files",
@@ -108,7 +109,10 @@ class IndexInfo:
     ``melody_segments`` is the number of melody-tier segment descriptors, or None for
     an index built without a melody tier (covers are then not searched).
     ``upgradable`` lists the tiers :meth:`Refrain.upgrade_index` would bring up to date
-    (an index from an earlier Refrain: slower lookups until then).
+    (an index from an earlier Refrain: slower lookups until then). ``proposals`` says
+    whether the index holds the codes that bound a query's search to proposed tracks
+    (:mod:`matcher.proposals`); an index from before them searches every track until its
+    recordings are ingested into a new index.
     """
 
     directory: str
@@ -119,6 +123,7 @@ class IndexInfo:
     files: dict[str, int]
     melody_segments: int | None = None
     upgradable: list[str] = field(default_factory=list)
+    proposals: bool = True
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -172,6 +177,7 @@ class Refrain:
         self.store = store
         self.config = config
         self._ready: dict[int, Track] | None = None
+        self._catalogue: Catalogue | None = None
 
     @classmethod
     def open(cls, directory: str | os.PathLike, config: Config | None = None, writable: bool = False,
@@ -199,7 +205,16 @@ class Refrain:
     def _ready_tracks(self) -> dict[int, Track]:
         if self._ready is None:
             self._ready = self.store.catalog.ready_tracks()
+            self._catalogue = None
         return self._ready
+
+    def _searched_catalogue(self) -> Catalogue:
+        """What the matcher searches: built once per catalogue change, not per query."""
+        ready = self._ready_tracks()
+        if self._catalogue is None:
+            self._catalogue = Catalogue(self.store.tiers, self.params,
+                                        {t: track.duration for t, track in ready.items()})
+        return self._catalogue
 
     # -- catalogue writes ----------------------------------------------------------------
 
@@ -373,8 +388,7 @@ class Refrain:
             Per matched track id.
         """
         ready = self._ready_tracks()
-        catalogue = Catalogue(self.store.tiers, self.params, {t: track.duration for t, track in ready.items()})
-        found = match(fp, catalogue, self.config.match, timings=stats)
+        found = match(fp, self._searched_catalogue(), self.config.match, timings=stats)
         matches = [TrackMatch(**{f.name: getattr(m, f.name) for f in fields(Match)},
                               source=ready[m.track_id].source, title=ready[m.track_id].title,
                               artist=ready[m.track_id].artist, isrc=ready[m.track_id].isrc) for m in found]
@@ -400,10 +414,13 @@ class Refrain:
         first use: about 15 s in a fresh install (then cached on disk next to the
         sources, or under ``NUMBA_CACHE_DIR``), about half a second to load from the
         cache. A long-running service calls this at startup so that no upload waits for
-        it: a few seconds of generated tones are matched through the real index and the
-        result dropped.
+        it: a few seconds of generated tones are matched through the real index, with
+        and without proposals (tones propose no candidate, and the derivative search
+        must compile too), and the results dropped.
         """
-        self.match_signal(_warm_up_signal(self.params.sample_rate))
+        fp = fingerprint_signal(_warm_up_signal(self.params.sample_rate), self.params, dense_peaks=True)
+        for params in (self.config.match, replace(self.config.match, proposals=None)):
+            match(fp, self._searched_catalogue(), params)
 
     def match_signal(self, y: np.ndarray, name: str = "<signal>") -> QueryResult:
         """Match mono samples already at ``self.params.sample_rate``."""
@@ -429,4 +446,5 @@ class Refrain:
                          hours=round(seconds / 3600.0, 4), landmarks=landmarks,
                          bytes=sum(files.values()), files=files,
                          melody_segments=None if melody is None else melody.ntotal,
-                         upgradable=self.store.upgradable())
+                         upgradable=self.store.upgradable(),
+                         proposals=all(tier in self.store.tiers for tier in (QUAD_TIER, DOUBLE_TIER)))

@@ -353,6 +353,9 @@ def cmd_info(args) -> int:
     print(f"melody     {info.melody_segments:,} segments" if info.melody_segments is not None else
           "melody     absent (index built before the melody tier: covers are not searched; "
           "re-ingest into a new index)")
+    if not info.proposals:
+        print("proposals  absent (index built before them: every query searches every track, a cost that grows "
+              "with the catalogue; re-ingest into a new index)")
     if info.upgradable:
         print(f"layout     from an earlier Refrain ({', '.join(info.upgradable)}): converted in memory at every "
               f"open until `refrain upgrade --index {args.index}`")

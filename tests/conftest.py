@@ -137,7 +137,8 @@ def index_copy(catalogue_index, tmp_path) -> Path:
 def pre_mix_index(tmp_path, songs, monkeypatch) -> Path:
     """An index of songs 30, 41 and 44 as Refrain wrote them before mixed list filing.
 
-    Raw codes in the landmark lists, no "lists" key in the manifest (index.landmarks).
+    Raw codes in the landmark lists, no "lists" key in the manifest (index.landmarks),
+    and no proposal tiers (they came later).
     """
     from refrain.index import landmarks
     directory = tmp_path / "pre-mix"
@@ -148,6 +149,8 @@ def pre_mix_index(tmp_path, songs, monkeypatch) -> Path:
     manifest = json.loads((directory / "manifest.json").read_text())
     for tier in ("pair", "triplet"):
         del manifest["tiers"][tier]["lists"]
+    for tier in ("quad", "double"):
+        (directory / manifest["tiers"].pop(tier)["file"]).unlink()
     (directory / "manifest.json").write_text(json.dumps(manifest))
     return directory
 

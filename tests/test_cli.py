@@ -143,8 +143,8 @@ def test_info_json(cli_index, songs, run_refrain):
     assert done.returncode == 0, done.stderr
     info = json.loads(done.stdout)
     assert set(info) == {"directory", "tracks", "hours", "landmarks", "bytes", "files", "melody_segments",
-                         "upgradable"}
-    assert info["tracks"] == 3 and info["upgradable"] == []
+                         "upgradable", "proposals"}
+    assert info["tracks"] == 3 and info["upgradable"] == [] and info["proposals"] is True
     seconds = sum(len(songs[seed].samples) / SR for seed in SEEDS)
     assert info["hours"] == pytest.approx(seconds / 3600, abs=1e-3)
     assert info["landmarks"] > 3 * 500

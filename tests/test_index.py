@@ -301,6 +301,7 @@ def test_index_filed_before_the_code_mix_matches_as_a_new_one(tmp_path, pre_mix_
                for seed, start in ((30, 3.0), (44, 12.5))}
     with Refrain.open(pre_mix_index) as old, Refrain.open(tmp_path / "new") as new:
         assert not old.store.tiers["pair"].hashed_lists and new.store.tiers["pair"].hashed_lists
+        assert not old.info().proposals and new.info().proposals
         for seed, query in queries.items():
             found = old.match_file(query).matches
             assert found and found[0].source == str(songs[seed].path)

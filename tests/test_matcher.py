@@ -251,11 +251,12 @@ def test_warm_up_compiles_the_kernels_a_query_needs(catalogue_index):
     # In a fresh interpreter, so that no earlier test has compiled them already.
     script = textwrap.dedent(f"""
         from refrain.fingerprint import hashes, peaks
-        from refrain.matcher import pair, peaks as peaks_tier, triplet, voting
+        from refrain.index import landmarks
+        from refrain.matcher import pair, peaks as peaks_tier, proposals, triplet, voting
         from refrain.api import Refrain
         kernels = [peaks._rank_in_sliding_window, hashes._targets_in_zone, pair._votes_in_code_order,
                    voting.neighbourhood_sums, triplet._plausible_hits, triplet._best_neighbourhood_per_track,
-                   peaks_tier._meetings_of]
+                   peaks_tier._meetings_of, proposals._hit_cells, landmarks._gather_track_runs]
         assert not any(kernel.signatures for kernel in kernels)
         with Refrain.open({str(catalogue_index.directory)!r}) as refrain:
             refrain.warm_up()

@@ -1,0 +1,143 @@
+"""Proposals: specific quad codes name the few tracks a query can use; the tiers search only those."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import librosa
+import numpy as np
+import pytest
+import soxr
+
+from conftest import SR
+from refrain.api import Refrain
+from refrain.config import Config
+from refrain.fingerprint import fingerprint_signal
+from refrain.fingerprint.hashes import hash_quads, quad_landmarks, query_quads
+from refrain.fingerprint.peaks import Peaks
+from refrain.index.landmarks import LandmarkIndex
+from refrain.matcher.proposals import ProposalParams, propose, propose_copies
+
+
+def _at_rate(y: np.ndarray, rate: int) -> np.ndarray:
+    return soxr.resample(y, SR, rate)
+
+
+def test_a_lookup_restricted_to_tracks_returns_exactly_their_hits():
+    rng = np.random.default_rng(3)
+    store = LandmarkIndex.create(payload_bits=22)
+    for track in range(1, 40):
+        codes = rng.integers(0, 50, size=300).astype(np.uint32)
+        store.add(track, codes, rng.integers(0, 1 << 22, size=300))
+    store.add(41, np.zeros(0, np.uint32), np.zeros(0, np.int64))
+    query = np.arange(60, dtype=np.uint32)  # ten codes no track has
+    full_first, full_counts, full_labels = store.lookup_slices(query)
+    for tracks in ([5], [1, 2, 39], [7, 8, 20, 33, 41], [40, 41], []):
+        first, counts, labels = store.lookup_slices(query, np.array(tracks))
+        for code in range(len(query)):
+            everything = full_labels[full_first[code]:full_first[code] + full_counts[code]]
+            wanted = everything[np.isin(everything >> 22, tracks)]
+            np.testing.assert_array_equal(labels[first[code]:first[code] + counts[code]], wanted)
+
+
+def test_quad_codes_survive_speed_pitch_and_tempo_changes(songs):
+    """A derivative's query quads (under the tempo hypotheses) find most of the reference's codes."""
+    params = Config().fingerprint
+    zones = (params.triplet_near_zone, params.triplet_far_zone, params.quad_near_targets, params.triplet_df_max)
+    reference = fingerprint_signal(_at_rate(songs[41].samples, params.sample_rate), params)
+    stored = set(hash_quads(reference.quads)[0].tolist())
+    clip = songs[41].excerpt(8.0, 10.0)
+    derivatives = {
+        "copy": _at_rate(clip, params.sample_rate),
+        "speed 1.1": soxr.resample(clip, SR * 1.1, params.sample_rate),
+        "pitch +2": _at_rate(librosa.effects.pitch_shift(clip, sr=SR, n_steps=2.0), params.sample_rate),
+        "tempo 0.9": _at_rate(librosa.effects.time_stretch(clip, rate=0.9), params.sample_rate),
+    }
+    shared = {}
+    for name, y in derivatives.items():
+        peaks = fingerprint_signal(y, params).peaks
+        query = query_quads(peaks, *zones, tempo_ratios=ProposalParams().tempo_hypotheses,
+                            slack=ProposalParams().slack)
+        codes, rows = hash_quads(query, tolerant=True, margin=0.15, pitch_reach_bins=15.0)
+        found = np.unique(rows[np.isin(codes, list(stored))])
+        shared[name] = len(found)
+    # An unrelated song shares hardly any: the codes are specific.
+    other = fingerprint_signal(_at_rate(songs[30].excerpt(8.0, 10.0), params.sample_rate), params)
+    codes, rows = hash_quads(query_quads(other.peaks, *zones, tempo_ratios=(1.0,)), tolerant=True, margin=0.15)
+    assert shared["copy"] >= 100, shared
+    assert min(shared.values()) >= 10, shared
+    assert len(np.unique(rows[np.isin(codes, list(stored))])) < min(shared.values()) / 4
+
+
+def test_quads_are_the_reference_rule_at_tempo_one():
+    frames = np.arange(0, 400, 3)
+    rng = np.random.default_rng(0)
+    peaks = Peaks(frames=frames, bins=rng.integers(0, 100, len(frames)), strength=np.ones(len(frames)),
+                  bin_offsets=np.zeros(len(frames)))
+    zones = ((2, 12), (14, 40), 2, 36)
+    stored = quad_landmarks(peaks, *zones)
+    queried = query_quads(peaks, *zones, tempo_ratios=(1.0,))
+    assert len(stored) == len(queried) > 0
+    assert set(hash_quads(stored)[0].tolist()) == set(hash_quads(queried)[0].tolist())
+
+
+@pytest.mark.parametrize("transform", ["excerpt", "speed", "noisy", "tempo"])
+def test_the_true_track_is_proposed(catalogue, catalogue_index, songs, transform):
+    rate = catalogue.params.sample_rate
+    clip = songs[44].excerpt(11.0, 10.0)
+    y = {"excerpt": lambda: _at_rate(clip, rate),
+         "speed": lambda: soxr.resample(clip, SR * 1.2, rate),
+         "noisy": lambda: _at_rate(clip + np.random.default_rng(1).normal(0, 2 * clip.std(), len(clip)), rate),
+         "tempo": lambda: _at_rate(librosa.effects.time_stretch(clip, rate=1.15), rate)}[transform]()
+    fp = fingerprint_signal(y.astype(np.float32), catalogue.params)
+    proposed = propose(fp, catalogue.store.tiers["quad"], catalogue.params, ProposalParams())
+    assert catalogue_index.track_ids[44] in proposed.tolist(), proposed
+    # The six songs are one generator's: chance agreement proposes others too, never more than asked.
+    fewer = propose(fp, catalogue.store.tiers["quad"], catalogue.params, ProposalParams(max_candidates=2))
+    assert len(fewer) <= 2 and fewer.tolist() == proposed[:len(fewer)].tolist()
+
+
+@pytest.mark.parametrize("transform", ["excerpt", "noisy", "mixed"])
+def test_a_copy_is_proposed_also_under_other_music(catalogue, catalogue_index, songs, unrelated_songs, transform):
+    rate = catalogue.params.sample_rate
+    clip = songs[34].excerpt(6.0, 10.0)
+    y = {"excerpt": lambda: _at_rate(clip, rate),
+         "noisy": lambda: _at_rate(clip + np.random.default_rng(2).normal(0, 2 * clip.std(), len(clip)), rate),
+         "mixed": lambda: _at_rate(0.5 * clip + unrelated_songs[45][:len(clip)], rate)}[transform]()
+    fp = fingerprint_signal(y.astype(np.float32), catalogue.params)
+    proposed = propose_copies(fp, catalogue.store.tiers["double"], catalogue.params, ProposalParams())
+    assert catalogue_index.track_ids[34] in proposed.tolist(), proposed
+
+
+def _bounded_copies(catalogue) -> Refrain:
+    """The catalogue searched with the pair and peaks tiers bound to proposed tracks too."""
+    match = catalogue.config.match
+    return Refrain(catalogue.store, replace(catalogue.config, match=replace(
+        match, proposals=replace(match.proposals, copies=True))))
+
+
+def test_with_bounded_copies_a_song_12_db_under_another_is_proposed_and_found_by_its_peaks(
+        catalogue, catalogue_index, songs, unrelated_songs):
+    rate = catalogue.params.sample_rate
+    song = songs[34].samples[10 * SR:]
+    background = unrelated_songs[45][:len(song)]
+    gain = np.sqrt(np.mean(background ** 2) / np.mean(song ** 2)) * 10 ** (-12 / 20)
+    result = _bounded_copies(catalogue).match_signal(_at_rate(background + gain * song, rate).astype(np.float32),
+                                                     "remix")
+    assert [(m.track_id, m.kind) for m in result.matches] == [(catalogue_index.track_ids[34], "mixed")]
+
+
+def test_matching_with_proposals_finds_what_a_search_of_every_track_finds(catalogue, songs, unrelated_songs):
+    rate = catalogue.params.sample_rate
+    queries = [_at_rate(songs[30].excerpt(3.0, 10.0), rate),
+               soxr.resample(songs[33].excerpt(5.0, 12.0), SR * 0.9, rate),
+               _at_rate(np.concatenate([songs[49].excerpt(2.0, 9.0), songs[41].excerpt(20.0, 9.0)]), rate),
+               _at_rate(0.5 * songs[34].excerpt(4.0, 12.0) + unrelated_songs[35][:12 * SR], rate)]
+    every_track = Refrain(catalogue.store, replace(catalogue.config,
+                                                   match=replace(catalogue.config.match, proposals=None)))
+    bounded = _bounded_copies(catalogue)
+    for y in queries:
+        searched_all = every_track.match_signal(y.astype(np.float32), "q").matches
+        assert searched_all
+        assert catalogue.match_signal(y.astype(np.float32), "q").matches == searched_all
+        assert bounded.match_signal(y.astype(np.float32), "q").matches == searched_all
