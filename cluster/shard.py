@@ -91,8 +91,9 @@ class CatalogueWideCounts:
         self.uncounted += int((~known).sum())
         return np.where(known, self._counts.counts[where] if len(codes) else 0, self._tier.code_counts(hashes))
 
-    def lookup_slices(self, hashes: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        return self._tier.lookup_slices(hashes)
+    def lookup_slices(self, hashes: np.ndarray, tracks: np.ndarray | None = None
+                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        return self._tier.lookup_slices(hashes, tracks)
 
     def lookup(self, hashes: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         return self._tier.lookup(hashes)
