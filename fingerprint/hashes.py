@@ -611,7 +611,14 @@ def query_quads(peaks: Peaks, near_zone: tuple[int, int], far_zone: tuple[int, i
         _quad_indices(peaks, (max(1, round(near_zone[0] / r)), round(near_zone[1] / r)),
                       (round(far_zone[0] / r), round(far_zone[1] / r)), near_count, df_max, slack)
         for r in tempo_ratios], axis=1)
-    return _quads_of(peaks, np.unique(found, axis=1))
+    # One key per quad: the anchor's index and each target's distance from it in peaks
+    # (a zone spans far fewer than 2 ** 12 peaks), ordered by anchor.
+    anchor, gaps = found[0], found[1:] - found[0]
+    keys = np.unique((anchor << 36) | (gaps[0] << 24) | (gaps[1] << 12) | gaps[2])
+    mask = (1 << 12) - 1
+    anchor = keys >> 36
+    return _quads_of(peaks, np.stack([anchor, anchor + ((keys >> 24) & mask), anchor + ((keys >> 12) & mask),
+                                      anchor + (keys & mask)]))
 
 
 def hash_quads(quads: Quads, tolerant: bool = False, margin: float = 0.2,

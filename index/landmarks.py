@@ -125,7 +125,17 @@ def _track_at(rows: np.ndarray, i: int, payload_bits: int) -> int:
 
 @numba.njit(cache=True, nogil=True)
 def _first_of_track(rows: np.ndarray, low: int, high: int, track: int, payload_bits: int) -> int:
-    """First position in ``rows[low:high]`` (sorted by track) whose track is ``track`` or later."""
+    """First position in ``rows[low:high]`` (sorted by track) whose track is ``track`` or later.
+
+    Galloping from ``low`` (steps 1, 2, 4, ... then a binary search inside the last
+    step): a lookup's candidates are visited in increasing order, so each search costs
+    the log of the distance it moves, not of the run.
+    """
+    step = 1
+    while low + step < high and _track_at(rows, low + step - 1, payload_bits) < track:
+        low += step
+        step *= 2
+    high = min(high, low + step)
     while low < high:
         middle = (low + high) // 2
         if _track_at(rows, middle, payload_bits) < track:
