@@ -181,8 +181,9 @@ class Match:
     track_id: int = match_field("The catalogue track (index id)")
     score: float = match_field(
         "The tier's evidence. pair/triplet: query landmarks agreeing with the track on one time line, "
-        "each weighted by its rarity, at most max_score_per_second per second of query; a match needs "
-        "the tier's min_score (pair 8, triplet 6). peaks: how many background standard deviations the "
+        "each weighted by its rarity, at most max_score_per_second per second of query; a 10 s query needs "
+        "the tier's min_score (pair 8, triplet 6), a shorter one as rare by chance less (pair 5.6 at 3 s), "
+        "a longer one a little more (pair 8.8 at 60 s). peaks: how many background standard deviations the "
         "track's peaks meet the upload above chance (needs min_z, 5.5). melody: the chroma similarity "
         "0-1 (needs min_similarity, 0.57)")
     aligned: int = match_field(
