@@ -133,7 +133,7 @@ def stream_audio(path, sample_rate: int, max_duration: float | None = None,
             except soundfile.LibsndfileError as err:
                 raise AudioDecodeError(f"{path}: corrupt or truncated audio ({err})") from err
             last = data is None
-            mono = np.zeros(0, np.float32) if last else data.mean(axis=1, dtype=np.float32)
+            mono = np.zeros(0, np.float32) if data is None else data.mean(axis=1, dtype=np.float32)
             read += len(mono)
             _check_duration(path, read / rate, max_duration)
             block = mono if resampler is None else resampler.resample_chunk(mono, last=last)
