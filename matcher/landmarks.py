@@ -31,17 +31,18 @@ class LandmarkTierParams:
         is the chance this score has over 10 s (the tier's :class:`Calibration`): a
         match of a query of any length passes when its score is at most that likely by
         chance over the query's length (:meth:`min_score_for`). A shorter query's
-        scores are capped over fewer seconds, so it needs less (pair: 5.5 at 3 s, the
-        8 of 10 s), a longer one a little more (pair: 8.8 at 60 s).
+        scores are capped over fewer seconds, so it needs less (pair: 5.6 at 3 s, 6.9
+        at 5 s), a longer one a little more (pair: 8.8 at 60 s). The tiers' candidate
+        searches still drop tracks whose uncapped vote weight is under ``min_score``
+        (a short real copy's is far above it).
     min_span_score : float
         A stretch of aligned hits scoring less than this is a stray vote next to a real
         span, not a span of its own (default 2.0).
     max_score_per_second : float
         Cap on what one second of query contributes to a span's score (default 2.0).
-        Unrelated music
-        agrees with a catalogue track in bursts — one chord struck in the same
-        register — while a real copy agrees all along; the cap keeps a burst from ever
-        adding up to a match.
+        Unrelated music agrees with a catalogue track in bursts — one chord struck in
+        the same register — while a real copy agrees all along; the cap keeps a burst
+        from ever adding up to a match.
     min_aligned : int
         Fewest distinct query landmarks in a span (default 8).
     max_gap_seconds : float
