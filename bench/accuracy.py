@@ -71,6 +71,7 @@ def mp3_64k(x, _rng, workdir: Path):
 CONDITIONS = {
     "clean_10s": (10.0, lambda x, rng, w: x),
     "clean_5s": (5.0, lambda x, rng, w: x),
+    "clean_3s": (3.0, lambda x, rng, w: x),
     "mp3_64k": (10.0, lambda x, rng, w: mp3_64k(x, rng, w)),
     "white_10dB": (10.0, lambda x, rng, w: white_noise(x, 10, rng)),
     "white_0dB": (10.0, lambda x, rng, w: white_noise(x, 0, rng)),
@@ -78,7 +79,7 @@ CONDITIONS = {
     "pink_0dB": (10.0, lambda x, rng, w: pink_noise(x, 0, rng)),
     "phone_band": (10.0, lambda x, rng, w: phone_band(x, rng)),
 }
-NEGATIVE_CONDITIONS = ["clean_10s", "mp3_64k", "white_0dB", "phone_band"]
+NEGATIVE_CONDITIONS = ["clean_10s", "clean_5s", "clean_3s", "mp3_64k", "white_0dB", "phone_band"]
 
 
 def related_groups() -> dict[str, str]:

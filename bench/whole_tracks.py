@@ -21,10 +21,12 @@ kind, with its time ratio within 1 % and pitch within 0.25 semitone, and with sp
 covering at least 90 % of the upload time where the work sounds; the false matches
 (works reported that are not in the upload and share no material with it,
 ``bench/related-tracks.tsv``). Then, per upload length (``--minutes``, default 1 3 10
-20), an upload of catalogue tracks time-stretched to 0.9 laid end to end is matched in
-a fresh process: CPU seconds of the match (``time.process_time``: the machine may be
-shared), times realtime per core, and the match's peak RSS (``VmHWM`` reset just
-before it) above the process before the match (index open, warmed up, upload decoded).
+20), an upload of catalogue tracks time-stretched to 0.9 laid end to end is written to a
+FLAC file and matched from it in a fresh process, as a request is (``Refrain.match_file``:
+decoded, fingerprinted and searched window by window): CPU seconds of the match, decode
+included (``time.process_time``: the machine may be shared), times realtime per core, and
+the match's peak RSS (``VmHWM`` reset just before it) above the process before the match
+(index open and warmed up, the upload on disk).
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import soundfile
 import soxr
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -263,16 +266,21 @@ def one_length(args, catalogue: list[Path], minutes: float) -> dict:
             if total >= wanted:
                 break
         x = np.concatenate(pieces)
-        y = soxr.resample(x, SOURCE_RATE, refrain.params.sample_rate, quality="HQ").astype(np.float32)
-        del x, pieces
-        refrain.match_signal(y[:10 * refrain.params.sample_rate], "warm-up")
-        reset_peak_rss()
-        idle = rss_mb("VmRSS")
-        started, wall = time.process_time(), time.perf_counter()
-        result = refrain.match_signal(y, "upload")
-        cpu, wall = time.process_time() - started, time.perf_counter() - wall
-        peak = rss_mb("VmHWM")
-    seconds = len(y) / refrain.params.sample_rate
+        del pieces
+        refrain.match_signal(soxr.resample(x[:10 * SOURCE_RATE], SOURCE_RATE, refrain.params.sample_rate,
+                                           quality="HQ").astype(np.float32), "warm-up")
+        with tempfile.TemporaryDirectory(prefix="refrain-upload-") as folder:
+            # The upload is a file, decoded (and resampled) as a request's is: block by block.
+            upload = Path(folder) / "upload.flac"
+            soundfile.write(upload, x, SOURCE_RATE, subtype="PCM_16")
+            seconds = len(x) / SOURCE_RATE
+            del x
+            reset_peak_rss()
+            idle = rss_mb("VmRSS")
+            started, wall = time.process_time(), time.perf_counter()
+            result = refrain.match_file(upload, "upload")
+            cpu, wall = time.process_time() - started, time.perf_counter() - wall
+            peak = rss_mb("VmHWM")
     return {"minutes": minutes, "match_cpu_seconds": round(cpu, 2), "match_wall_seconds": round(wall, 2),
             "x_realtime_per_core": round(seconds / cpu, 1), "rss_before_match_MB": round(idle),
             "peak_rss_MB": round(peak), "peak_above_before_MB": round(peak - idle),

@@ -11,13 +11,16 @@ from __future__ import annotations
 import os
 import re
 import subprocess
+import tempfile
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import soundfile
 import soxr
 
-__all__ = ["AudioDecodeError", "AudioTooLongError", "load_audio", "probe_duration", "ffmpeg_executable"]
+__all__ = ["AudioDecodeError", "AudioTooLongError", "load_audio", "stream_audio", "probe_duration",
+           "ffmpeg_executable"]
 
 
 class AudioDecodeError(ValueError):
@@ -67,14 +70,7 @@ def load_audio(path, sample_rate: int, max_duration: float | None = None) -> np.
         For a missing, empty, non-audio or truncated file, or one with no samples.
         The message names the file and the reason.
     """
-    path = Path(path)
-    if not path.exists():
-        raise AudioDecodeError(f"{path}: no such file")
-    if not path.is_file():
-        raise AudioDecodeError(f"{path}: not a regular file")
-    if path.stat().st_size == 0:
-        raise AudioDecodeError(f"{path}: file is empty (0 bytes)")
-
+    path = _checked_path(path)
     try:
         if _looks_like_mp3(path):
             # libsndfile's MP3 decoder prints warnings for damaged files straight to the
@@ -89,6 +85,75 @@ def load_audio(path, sample_rate: int, max_duration: float | None = None) -> np.
     if native_rate != sample_rate:
         samples = soxr.resample(samples, native_rate, sample_rate, quality="HQ")
     return np.ascontiguousarray(samples, dtype=np.float32)
+
+
+def stream_audio(path, sample_rate: int, max_duration: float | None = None,
+                 block_seconds: float = 10.0) -> Iterator[np.ndarray]:
+    """Decode an audio file block by block: :func:`load_audio` without the whole signal in memory.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        The file to decode.
+    sample_rate : int
+        Target rate in Hz (down-mixed to mono, resampled with soxr's streaming resampler).
+    max_duration : float, optional
+        Longest accepted audio in seconds (as in :func:`load_audio`).
+    block_seconds : float
+        About this many seconds of samples per block (default 10).
+
+    Yields
+    ------
+    np.ndarray, shape (n,), float32
+        Consecutive blocks of the signal, each non-empty.
+
+    Raises
+    ------
+    AudioTooLongError, AudioDecodeError
+        As :func:`load_audio`. A file whose damage shows only at its end (a cut-off
+        stream) raises after the blocks before the damage were yielded: a caller
+        must not keep a result built from them.
+    """
+    path = _checked_path(path)
+    try:
+        if _looks_like_mp3(path):
+            raise _NotForLibsndfile("MP3")
+        handle = _open_with_libsndfile(path, max_duration)
+    except _NotForLibsndfile:
+        yield from _stream_with_ffmpeg(path, sample_rate, max_duration, block_seconds)
+        return
+    with handle:
+        rate, expected, read = handle.samplerate, handle.frames, 0
+        resampler = (None if rate == sample_rate
+                     else soxr.ResampleStream(rate, sample_rate, 1, dtype="float32", quality="HQ"))
+        blocks = handle.blocks(blocksize=max(1, int(block_seconds * rate)), dtype="float32", always_2d=True)
+        while True:
+            try:
+                data = next(blocks, None)
+            except soundfile.LibsndfileError as err:
+                raise AudioDecodeError(f"{path}: corrupt or truncated audio ({err})") from err
+            last = data is None
+            mono = np.zeros(0, np.float32) if data is None else data.mean(axis=1, dtype=np.float32)
+            read += len(mono)
+            _check_duration(path, read / rate, max_duration)
+            block = mono if resampler is None else resampler.resample_chunk(mono, last=last)
+            if len(block):
+                yield np.ascontiguousarray(block, dtype=np.float32)
+            if last:
+                break
+    _check_complete(path, read, expected, rate)
+
+
+def _checked_path(path) -> Path:
+    """``path`` as a Path, once it names a non-empty regular file."""
+    path = Path(path)
+    if not path.exists():
+        raise AudioDecodeError(f"{path}: no such file")
+    if not path.is_file():
+        raise AudioDecodeError(f"{path}: not a regular file")
+    if path.stat().st_size == 0:
+        raise AudioDecodeError(f"{path}: file is empty (0 bytes)")
+    return path
 
 
 class _NotForLibsndfile(Exception):
@@ -194,12 +259,13 @@ def _check_duration(path: Path, seconds: float, max_duration: float | None) -> N
         )
 
 
-def _read_with_libsndfile(path: Path, max_duration: float | None) -> tuple[np.ndarray, int]:
+def _open_with_libsndfile(path: Path, max_duration: float | None) -> soundfile.SoundFile:
+    """The file opened by libsndfile, once its header shows no cut and no excess length."""
     try:
         handle = soundfile.SoundFile(path)
     except soundfile.LibsndfileError as err:
         raise _NotForLibsndfile(str(err)) from err
-    with handle:
+    try:
         if handle.format == "WAV":
             shortfall = _wav_data_shortfall(path)
             if shortfall:
@@ -209,25 +275,39 @@ def _read_with_libsndfile(path: Path, max_duration: float | None) -> tuple[np.nd
             problem = _ogg_end_problem(path)
             if problem:
                 raise AudioDecodeError(f"{path}: corrupt or truncated audio ({problem})")
-        rate = handle.samplerate
-        expected = handle.frames
-        if expected > 0:
-            _check_duration(path, expected / rate, max_duration)
+        if handle.frames > 0:
+            _check_duration(path, handle.frames / handle.samplerate, max_duration)
+    except AudioDecodeError:
+        handle.close()
+        raise
+    return handle
+
+
+def _check_complete(path: Path, read: int, expected: int, rate: int) -> None:
+    """libsndfile returns what it could read; a header promising more means the file was cut."""
+    if read == 0:
+        raise AudioDecodeError(f"{path}: contains no audio samples (zero-length audio)")
+    if expected > 0 and read < expected * 0.99:
+        raise AudioDecodeError(
+            f"{path}: corrupt or truncated audio (the header announces {expected / rate:.2f} s, "
+            f"only {read / rate:.2f} s are present)"
+        )
+
+
+def _read_with_libsndfile(path: Path, max_duration: float | None) -> tuple[np.ndarray, int]:
+    with _open_with_libsndfile(path, max_duration) as handle:
+        rate, expected = handle.samplerate, handle.frames
         try:
             data = handle.read(dtype="float32", always_2d=True)
         except soundfile.LibsndfileError as err:
             raise AudioDecodeError(f"{path}: corrupt or truncated audio ({err})") from err
-    # libsndfile returns what it could read; a header promising more means the file was cut.
-    if expected > 0 and len(data) < expected * 0.99:
-        raise AudioDecodeError(
-            f"{path}: corrupt or truncated audio (the header announces {expected / rate:.2f} s, "
-            f"only {len(data) / rate:.2f} s are present)"
-        )
+    if len(data):
+        _check_complete(path, len(data), expected, rate)
     _check_duration(path, len(data) / rate, max_duration)
     return data.mean(axis=1), rate
 
 
-def _read_with_ffmpeg(path: Path, sample_rate: int, max_duration: float | None) -> tuple[np.ndarray, int]:
+def _ffmpeg_command(path: Path, sample_rate: int, max_duration: float | None) -> list[str]:
     # Warnings are requested too: a cut-off MP3 decodes "successfully" and is only
     # betrayed by a warning that its size and announced duration disagree.
     command = [ffmpeg_executable(), "-nostdin", "-hide_banner", "-v", "warning", "-i", str(path),
@@ -236,20 +316,69 @@ def _read_with_ffmpeg(path: Path, sample_rate: int, max_duration: float | None) 
         # Decode one second past the limit: enough to know the limit was crossed.
         command += ["-t", f"{max_duration + 1:.3f}"]
     command.append("pipe:1")
-    try:
-        result = subprocess.run(command, capture_output=True, check=False)
-    except OSError as err:
-        raise AudioDecodeError(f"{path}: cannot run the ffmpeg decoder ({err})") from err
-    reason = _ffmpeg_reason(result.stderr)
-    if result.returncode != 0:
+    return command
+
+
+def _check_ffmpeg_result(path: Path, returncode: int, stderr: bytes) -> None:
+    reason = _ffmpeg_reason(stderr)
+    if returncode != 0:
         raise AudioDecodeError(f"{path}: not a readable audio file ({reason or 'ffmpeg failed'})")
     if reason:
         raise AudioDecodeError(f"{path}: corrupt or truncated audio ({reason})")
-    samples = np.frombuffer(result.stdout, dtype="<f4")
-    if max_duration is not None and samples.size / sample_rate > max_duration:
+
+
+def _too_long(path: Path, samples: int, sample_rate: int, max_duration: float | None) -> None:
+    if max_duration is not None and samples / sample_rate > max_duration:
         # Only the limit plus one second was decoded, so the true length is unknown here.
         raise AudioTooLongError(f"{path}: audio runs over the limit of {max_duration:.0f} s")
+
+
+def _read_with_ffmpeg(path: Path, sample_rate: int, max_duration: float | None) -> tuple[np.ndarray, int]:
+    try:
+        result = subprocess.run(_ffmpeg_command(path, sample_rate, max_duration), capture_output=True, check=False)
+    except OSError as err:
+        raise AudioDecodeError(f"{path}: cannot run the ffmpeg decoder ({err})") from err
+    _check_ffmpeg_result(path, result.returncode, result.stderr)
+    samples = np.frombuffer(result.stdout, dtype="<f4")
+    _too_long(path, samples.size, sample_rate, max_duration)
     return samples, sample_rate
+
+
+def _stream_with_ffmpeg(path: Path, sample_rate: int, max_duration: float | None,
+                        block_seconds: float) -> Iterator[np.ndarray]:
+    """:func:`_read_with_ffmpeg` a block at a time; ffmpeg's messages go to a file, not a pipe that could fill."""
+    block_bytes = 4 * max(1, int(block_seconds * sample_rate))
+    with tempfile.TemporaryFile() as messages:
+        try:
+            process = subprocess.Popen(_ffmpeg_command(path, sample_rate, max_duration), stdout=subprocess.PIPE,
+                                       stderr=messages)
+        except OSError as err:
+            raise AudioDecodeError(f"{path}: cannot run the ffmpeg decoder ({err})") from err
+        assert process.stdout is not None
+        decoded, pending = 0, b""
+        try:
+            while True:
+                chunk = process.stdout.read(block_bytes)
+                if not chunk:
+                    break
+                pending += chunk
+                whole = len(pending) - len(pending) % 4
+                block = np.frombuffer(pending[:whole], dtype="<f4")
+                pending = pending[whole:]
+                decoded += block.size
+                _too_long(path, decoded, sample_rate, max_duration)
+                if block.size:
+                    yield block.copy()
+            process.wait()
+        finally:
+            if process.poll() is None:  # the caller stopped early, or a check above raised
+                process.kill()
+                process.wait()
+            process.stdout.close()
+        messages.seek(0)
+        _check_ffmpeg_result(path, process.returncode, messages.read())
+    if decoded == 0:
+        raise AudioDecodeError(f"{path}: contains no audio samples (zero-length audio)")
 
 
 # ffmpeg messages that mean the input is damaged, as opposed to benign notes such as

@@ -1,8 +1,15 @@
-"""The whole landmark pipeline: samples -> spectrogram -> peaks -> hashes."""
+"""The whole landmark pipeline: samples -> spectrogram -> peaks -> hashes.
+
+:func:`fingerprint_signal` fingerprints a signal at once; :func:`fingerprint_windows`
+fingerprints one that arrives in blocks (a long upload being decoded), one window
+at a time, so that memory follows the window and not the upload.
+"""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
+from typing import Iterable, Iterator
 
 import numpy as np
 
@@ -15,7 +22,8 @@ from refrain.fingerprint.params import FingerprintParams
 from refrain.fingerprint.peaks import Peaks, find_peaks
 from refrain.fingerprint.spectrogram import log_frequency_spectrogram
 
-__all__ = ["Fingerprint", "FingerprintError", "fingerprint_signal", "fingerprint_file", "fingerprint_peaks"]
+__all__ = ["Fingerprint", "FingerprintError", "fingerprint_signal", "fingerprint_file", "fingerprint_peaks",
+           "fingerprint_windows", "peaks_between"]
 
 
 class FingerprintError(ValueError):
@@ -147,6 +155,13 @@ def fingerprint_signal(y: np.ndarray, params: FingerprintParams, dense_peaks: bo
     FingerprintError
         When the signal yields no landmark (silent, or too short for one window).
     """
+    peaks, dense, melody = _analyse(y, params, dense_peaks)
+    return fingerprint_peaks(peaks, len(y) / params.sample_rate, params, melody, dense)
+
+
+def _analyse(y: np.ndarray, params: FingerprintParams,
+             dense_peaks: bool) -> tuple[Peaks, Peaks | None, np.ndarray | None]:
+    """Peaks, dense peaks (if asked) and melody chroma of a signal."""
     S_db = log_frequency_spectrogram(y, params.sample_rate, params.n_fft, params.hop_length,
                                      params.fmin, params.fmax, params.bins_per_octave)
     peaks = find_peaks(S_db, params.frame_seconds, params.peak_time_radius,
@@ -159,7 +174,120 @@ def fingerprint_signal(y: np.ndarray, params: FingerprintParams, dense_peaks: bo
              if dense_peaks else None)
     melody = (None if params.melody is None
               else chroma_sequence(S_db, params.bins_per_octave, params.fmin, params.melody))
-    return fingerprint_peaks(peaks, len(y) / params.sample_rate, params, melody, dense)
+    return peaks, dense, melody
+
+
+def peaks_between(peaks: Peaks, first: int, end: int) -> Peaks:
+    """The peaks of frames ``first..end``, with frames counted from ``first``."""
+    lo, hi = np.searchsorted(peaks.frames, [first, end])
+    return Peaks(frames=peaks.frames[lo:hi] - first, bins=peaks.bins[lo:hi],
+                 strength=peaks.strength[lo:hi], bin_offsets=peaks.bin_offsets[lo:hi])
+
+
+def window_margin_frames(params: FingerprintParams) -> int:
+    """Frames of audio a window is analysed with on either side of its own.
+
+    Enough that the window's peaks and landmarks are those of the whole signal: a peak's
+    neighbourhood and density window reach ``peak_time_radius`` frames and half
+    ``density_window`` either way, a landmark's target up to ``target_dt_max`` frames
+    on. Rounded up to whole chroma frames so that the melody's frames stay aligned.
+    """
+    reach = (params.target_dt_max + params.peak_time_radius
+             + math.ceil(params.density_window / 2 / params.frame_seconds))
+    per_chroma = 1 if params.melody is None else params.melody.frames_per_chroma
+    return per_chroma * math.ceil(reach / per_chroma)
+
+
+def fingerprint_windows(blocks: Iterable[np.ndarray], params: FingerprintParams, window_seconds: float,
+                        dense_peaks: bool = False) -> Iterator[Fingerprint]:
+    """Fingerprint a signal that arrives in blocks, one window of ``window_seconds`` at a time.
+
+    Each window is analysed with :func:`window_margin_frames` of audio on either side
+    and keeps the landmarks anchored in it (their targets may lie past its end), its
+    peaks, dense peaks and melody frames, counted from its own start: a window is a
+    query of its own, as the matcher searches an upload (:func:`matcher.match_windows`).
+    Only a window and its margins are held, whatever the signal's length. A signal
+    no longer than one window gives exactly :func:`fingerprint_signal`'s fingerprint.
+
+    Parameters
+    ----------
+    blocks : iterable of np.ndarray
+        Consecutive pieces of a mono signal at ``params.sample_rate`` (e.g.
+        :func:`fingerprint.decode.stream_audio`).
+    params : FingerprintParams
+    window_seconds : float
+        Window length; rounded to whole frames.
+    dense_peaks : bool
+        Also keep the dense peak set a query is verified against.
+
+    Yields
+    ------
+    Fingerprint
+        One per window, in order; every window but the last lasts ``window_seconds``.
+        A silent window holds no landmark.
+
+    Raises
+    ------
+    FingerprintError
+        After the last window, when no window held a landmark (as
+        :func:`fingerprint_signal` raises at once).
+    """
+    window = max(1, int(round(window_seconds / params.frame_seconds)))
+    margin, hop = window_margin_frames(params), params.hop_length
+    pending: list[np.ndarray] = []
+    buffer, buffer_first, received = np.zeros(0, np.float32), 0, 0  # buffer[0] is sample buffer_first
+    core, landmarks = 0, 0  # the next window's first frame; landmarks yielded so far
+
+    def chunk_end(first_frame: int) -> int:
+        return (first_frame + window + margin) * hop + params.n_fft
+
+    def next_window() -> Fingerprint:
+        nonlocal buffer, buffer_first, core, landmarks
+        if pending:
+            buffer = np.concatenate([buffer, *pending])
+            pending.clear()
+        chunk_first = max(0, core - margin)
+        start = chunk_first * hop - buffer_first
+        fp = _window_fingerprint(buffer[start:chunk_end(core) - buffer_first], params, core - chunk_first,
+                                 window, dense_peaks,
+                                 min(window * params.frame_seconds, received / params.sample_rate
+                                     - core * params.frame_seconds))
+        landmarks += len(fp)
+        core += window
+        drop = max(0, (core - margin) * hop - buffer_first)
+        buffer, buffer_first = buffer[drop:], buffer_first + drop
+        return fp
+
+    for block in blocks:
+        pending.append(np.asarray(block, dtype=np.float32))
+        received += len(block)
+        while received >= chunk_end(core):
+            yield next_window()
+    if received == 0:
+        raise FingerprintError("no audio samples to fingerprint")
+    while core == 0 or core * hop < received:
+        yield next_window()
+    if landmarks == 0:
+        raise FingerprintError(
+            f"no landmarks in {received / params.sample_rate:.2f} s of audio: it is silent, too quiet or too short")
+
+
+def _window_fingerprint(y: np.ndarray, params: FingerprintParams, lead: int, window: int, dense_peaks: bool,
+                        duration: float) -> Fingerprint:
+    """The fingerprint of frames ``lead..lead + window`` of ``y``, frames counted from ``lead``."""
+    peaks, dense, melody = _analyse(y, params, dense_peaks)
+    landmarks = pair_landmarks(peaks, params.fanout, params.target_dt_min, params.target_dt_max,
+                               params.target_df_max)
+    inside = (landmarks.anchor_frames >= lead) & (landmarks.anchor_frames < lead + window)
+    own = peaks_between(peaks, lead, lead + window)
+    if melody is not None and params.melody is not None:
+        per_chroma = params.melody.frames_per_chroma
+        melody = melody[-(-lead // per_chroma):(lead + window) // per_chroma]
+    return Fingerprint(hash_landmarks(landmarks)[inside],
+                       (landmarks.anchor_frames[inside] - lead).astype(np.int32), duration, own,
+                       triplet_landmarks(own, params.triplet_near_zone, params.triplet_far_zone,
+                                         params.triplet_per_zone, params.triplet_df_max),
+                       melody, None if dense is None else peaks_between(dense, lead, lead + window))
 
 
 def fingerprint_file(path, params: FingerprintParams, max_duration: float | None = None,

@@ -26,17 +26,23 @@ class LandmarkTierParams:
     Attributes
     ----------
     min_score : float
-        Lowest score of a match, calibrated with ``bench/accuracy.py`` and
-        ``bench/derivatives.py`` on music that is not in the catalogue.
+        Lowest score of a match of a 10 s query, calibrated with ``bench/accuracy.py``
+        and ``bench/derivatives.py`` on music that is not in the catalogue. The pass rule
+        is the chance this score has over 10 s (the tier's :class:`Calibration`): a
+        match of a query of any length passes when its score is at most that likely by
+        chance over the query's length (:meth:`min_score_for`). A shorter query's
+        scores are capped over fewer seconds, so it needs less (pair: 5.6 at 3 s, 6.9
+        at 5 s), a longer one a little more (pair: 8.8 at 60 s). The tiers' candidate
+        searches still drop tracks whose uncapped vote weight is under ``min_score``
+        (a short real copy's is far above it).
     min_span_score : float
         A stretch of aligned hits scoring less than this is a stray vote next to a real
         span, not a span of its own (default 2.0).
     max_score_per_second : float
-        Cap on what one second of query contributes to a span's score (default 2.0,
-        so a pair match needs at least four seconds of agreement). Unrelated music
-        agrees with a catalogue track in bursts — one chord struck in the same
-        register — while a real copy agrees all along; the cap keeps a burst from ever
-        adding up to a match.
+        Cap on what one second of query contributes to a span's score (default 2.0).
+        Unrelated music agrees with a catalogue track in bursts — one chord struck in
+        the same register — while a real copy agrees all along; the cap keeps a burst
+        from ever adding up to a match.
     min_aligned : int
         Fewest distinct query landmarks in a span (default 8).
     max_gap_seconds : float
@@ -87,11 +93,21 @@ class LandmarkTierParams:
     copy_pitch_tolerance: float = 0.5
     mixed_coverage: float = 0.12
 
+    def min_score_for(self, duration: float, calibration: Calibration) -> float:
+        """The lowest score of a match of a ``duration``-second query: as rare by chance as ``min_score`` at 10 s.
+
+        Judged against the calibration's catalogue, not the one searched, so that the
+        threshold does not move as a catalogue grows (the reported ``chance`` does).
+        """
+        return round(calibration.equally_rare(self.min_score, duration), 4)
+
 
 def landmark_matches(alignments: list[Alignment], query: Query, catalogue: Catalogue,
                      params: LandmarkTierParams, calibration: Calibration,
                      coverage_frames: np.ndarray) -> list[Match]:
-    """One match per track from a landmark tier's alignments that pass ``params.min_score``.
+    """One match per track from a landmark tier's alignments that pass the tier's threshold.
+
+    The threshold is :meth:`LandmarkTierParams.min_score_for` the query's duration.
 
     Parameters
     ----------
@@ -112,10 +128,11 @@ def landmark_matches(alignments: list[Alignment], query: Query, catalogue: Catal
     list of Match
     """
     frame_seconds = catalogue.fingerprint_params.frame_seconds
+    min_score = params.min_score_for(query.fingerprint.duration, calibration)
     by_track: dict[int, list[tuple[Alignment, list[Span]]]] = {}
     for alignment in alignments:
         spans = alignment_spans(alignment, params, frame_seconds)
-        if sum(span.score for span in spans) >= params.min_score:
+        if spans and sum(span.score for span in spans) >= min_score:
             by_track.setdefault(alignment.track_id, []).append((alignment, spans))
     bins_per_semitone = catalogue.fingerprint_params.bins_per_octave / 12.0
     return [_describe(track_id, found, params, calibration, frame_seconds, bins_per_semitone,

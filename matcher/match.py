@@ -17,12 +17,13 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field, fields, replace
+from typing import Iterable, Iterator
 
 import numpy as np
 
 from refrain.fingerprint import Fingerprint, FingerprintParams
 from refrain.fingerprint.hashes import Triplets
-from refrain.fingerprint.peaks import Peaks
+from refrain.fingerprint.pipeline import peaks_between
 from refrain.matcher.landmarks import copy_or_excerpt
 from refrain.matcher.melody import MelodyTier
 from refrain.matcher.pair import PairTier
@@ -31,7 +32,7 @@ from refrain.matcher.proposals import DOUBLE_TIER, QUAD_TIER, ProposalParams, pr
 from refrain.matcher.triplet import TripletTier
 from refrain.matcher.types import Catalogue, Match, Query, Span, Tier, covered_seconds
 
-__all__ = ["MatchParams", "match"]
+__all__ = ["MatchParams", "match", "match_windows", "upload_windows"]
 
 
 def _default_tiers() -> tuple[Tier, ...]:
@@ -133,28 +134,59 @@ def match(fp: Fingerprint, catalogue: Catalogue, params: MatchParams,
     list of Match
         Best first (by confidence, then score); empty when nothing passes a tier's threshold.
     """
+    return match_windows(upload_windows(fp, catalogue.fingerprint_params, params.upload_window_seconds),
+                         catalogue, params, timings)
+
+
+def upload_windows(fp: Fingerprint, fingerprint_params: FingerprintParams,
+                   window_seconds: float) -> Iterator[Fingerprint]:
+    """A whole upload's fingerprint as the windows :func:`match_windows` searches.
+
+    An upload no longer than one window is one window; a longer one is cut into
+    windows of ``window_seconds`` (whole frames) as :func:`fingerprint.fingerprint_windows`
+    cuts a signal arriving in blocks.
+    """
+    n_frames = int(np.ceil(fp.duration / fingerprint_params.frame_seconds))
+    window = max(1, int(round(window_seconds / fingerprint_params.frame_seconds)))
+    if n_frames <= window:
+        yield fp
+        return
+    for first in range(0, n_frames, window):
+        yield _excerpt(fp, first, first + window, fingerprint_params)
+
+
+def match_windows(windows: Iterable[Fingerprint], catalogue: Catalogue, params: MatchParams,
+                  timings: dict[str, float] | None = None) -> list[Match]:
+    """:func:`match` of an upload given as consecutive windows, each searched as it comes.
+
+    Window ``k`` starts ``k * upload_window_seconds`` (whole frames) into the upload;
+    only the matches found so far are kept between windows, so a caller that
+    fingerprints the upload window by window (:func:`fingerprint.fingerprint_windows`)
+    holds one window's fingerprint at a time.
+    """
     frame_seconds = catalogue.fingerprint_params.frame_seconds
-    n_frames = int(np.ceil(fp.duration / frame_seconds))
-    window = max(1, int(round(params.upload_window_seconds / frame_seconds)))
-    windowed = n_frames > window
+    window_frames = max(1, int(round(params.upload_window_seconds / frame_seconds)))
     found: dict[str, dict[int, list[Match]]] = {tier.name: {} for tier in params.tiers}
-    for first in range(0, max(n_frames, 1), window):
-        part = _excerpt(fp, first, first + window, catalogue.fingerprint_params) if windowed else fp
+    upload_seconds = 0.0
+    for number, part in enumerate(windows):
         query, in_window = Query(part, candidates=_candidates(part, catalogue, params)), set[int]()
+        upload_seconds += part.duration
         for tier in params.tiers:
             started = time.perf_counter()
             for m in tier.find(query, catalogue, skip=in_window):
                 if _settles(m, tier, params, part.duration):
                     in_window.add(m.track_id)
-                found[tier.name].setdefault(m.track_id, []).append(_moved(m, first * frame_seconds))
+                found[tier.name].setdefault(m.track_id, []).append(
+                    _moved(m, number * window_frames * frame_seconds))
             if timings is not None:
                 timings[tier.name] = timings.get(tier.name, 0.0) + time.perf_counter() - started
 
     explanations: dict[int, list[Match]] = {}
     for tier in params.tiers:
-        for track_id, windows in found[tier.name].items():
-            explanations.setdefault(track_id, []).append(_join(windows, tier, params, catalogue, fp.duration))
-    matches = [_decide_excerpt(_best_explanation(explained, params, fp.duration), catalogue, params)
+        for track_id, windows_found in found[tier.name].items():
+            explanations.setdefault(track_id, []).append(
+                _join(windows_found, tier, params, catalogue, upload_seconds))
+    matches = [_decide_excerpt(_best_explanation(explained, params, upload_seconds), catalogue, params)
                for explained in explanations.values()]
     matches.sort(key=lambda m: (-m.confidence, -m.score, m.track_id))
     return matches
@@ -191,11 +223,6 @@ def _excerpt(fp: Fingerprint, first: int, end: int, fingerprint_params: Fingerpr
     triplets across the boundary are lost. The query's own tempo-1 triplets (used to
     tell a derivative ``mixed`` under other audio) are left out.
     """
-    def peaks_between(peaks: Peaks) -> Peaks:
-        lo, hi = np.searchsorted(peaks.frames, [first, end])
-        return Peaks(frames=peaks.frames[lo:hi] - first, bins=peaks.bins[lo:hi],
-                     strength=peaks.strength[lo:hi], bin_offsets=peaks.bin_offsets[lo:hi])
-
     melody = None
     if fp.melody is not None and fingerprint_params.melody is not None:
         per_chroma = fingerprint_params.melody.frames_per_chroma
@@ -205,8 +232,8 @@ def _excerpt(fp: Fingerprint, first: int, end: int, fingerprint_params: Fingerpr
     frame_seconds = fingerprint_params.frame_seconds
     return Fingerprint(hashes=fp.hashes[inside], frames=fp.frames[inside] - first,
                        duration=min(fp.duration - first * frame_seconds, (end - first) * frame_seconds),
-                       peaks=peaks_between(fp.peaks), triplets=no_triplets, melody=melody,
-                       dense_peaks=None if fp.dense_peaks is None else peaks_between(fp.dense_peaks))
+                       peaks=peaks_between(fp.peaks, first, end), triplets=no_triplets, melody=melody,
+                       dense_peaks=None if fp.dense_peaks is None else peaks_between(fp.dense_peaks, first, end))
 
 
 def _moved(match: Match, seconds: float) -> Match:

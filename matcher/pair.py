@@ -16,7 +16,7 @@ import numpy as np
 from refrain.fingerprint import Fingerprint
 from refrain.index.landmarks import LandmarkIndex
 from refrain.matcher.landmarks import LandmarkTierParams, landmark_matches
-from refrain.matcher.types import Alignment, Calibration, Catalogue, Match, Query
+from refrain.matcher.types import Alignment, Calibration, Catalogue, Match, Query, ShortQueryTail
 from refrain.matcher.voting import best_cells_per_track, split_vote_keys, vote_order, weighted_lookup
 
 __all__ = ["PairTier", "PairVotes", "pair_votes"]
@@ -40,7 +40,11 @@ class PairTier(LandmarkTierParams):
     name: ClassVar[str] = "pair"
     offset_tolerance: int = 1
     calibration: Calibration = field(default_factory=lambda: Calibration(
-        anchor_score=3.25, anchor_chance=0.1016, scale=0.4407, queries=1624, catalogue_tracks=150))
+        anchor_score=3.26, anchor_chance=0.10283, scale=0.4465, queries=1624, catalogue_tracks=150,
+        short_queries=(ShortQueryTail(seconds=3.0, anchor_score=2.548, anchor_chance=0.10013, scale=0.2927,
+                                      queries=5553),
+                       ShortQueryTail(seconds=5.0, anchor_score=2.853, anchor_chance=0.10006, scale=0.38,
+                                      queries=3308))))
 
     def find(self, query: Query, catalogue: Catalogue, skip: AbstractSet[int]) -> list[Match]:
         """Tracks the query copies without a tempo or pitch change (see :class:`~matcher.types.Tier`)."""

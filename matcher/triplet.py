@@ -93,7 +93,7 @@ class TripletTier(LandmarkTierParams):
     tempo_hypotheses: tuple[float, ...] = (0.8, 0.9, 1.0, 1.1, 1.25)
     ratio_bin: float = 0.03
     calibration: Calibration = field(default_factory=lambda: Calibration(
-        anchor_score=2.0, anchor_chance=0.01909, scale=0.3139, queries=1624, catalogue_tracks=150))
+        anchor_score=2.0, anchor_chance=0.02217, scale=0.305, queries=1624, catalogue_tracks=150))
 
     def find(self, query: Query, catalogue: Catalogue, skip: AbstractSet[int]) -> list[Match]:
         """Tracks the query derives from by a tempo or pitch change (see :class:`~matcher.types.Tier`)."""

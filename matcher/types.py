@@ -15,8 +15,8 @@ import numpy as np
 
 from refrain.fingerprint import Fingerprint, FingerprintParams
 
-__all__ = ["KINDS", "Span", "Match", "Alignment", "Calibration", "Query", "Catalogue", "Tier", "match_field",
-           "covered_seconds"]
+__all__ = ["KINDS", "Span", "Match", "Alignment", "Calibration", "ShortQueryTail", "Query", "Catalogue", "Tier",
+           "match_field", "covered_seconds"]
 
 #: How an upload uses a catalogue work; ``cover`` comes from the melody tier.
 KINDS = ("copy", "excerpt", "speed_changed", "pitch_shifted", "time_stretched", "mixed", "cover")
@@ -62,6 +62,22 @@ class Rating(TypedDict):
 
 
 @dataclass(frozen=True)
+class ShortQueryTail:
+    """The upper tail of unrelated scores of queries shorter than the calibration's reference.
+
+    Fitted like the reference tail (see :class:`Calibration`) on ``queries`` unrelated
+    queries of ``seconds`` each: above ``anchor_score`` the chance that one such query
+    scores ``s`` or more is ``anchor_chance * exp(-(s - anchor_score) / scale)``.
+    """
+
+    seconds: float
+    anchor_score: float
+    anchor_chance: float
+    scale: float
+    queries: int
+
+
+@dataclass(frozen=True)
 class Calibration:
     """How often music that is *not* in the catalogue reaches a score, in one tier.
 
@@ -72,6 +88,13 @@ class Calibration:
     ``anchor_chance * exp(-(s - anchor_score) / scale)``. Chance agreement has more
     tries in a longer query and in a larger catalogue: a query of ``d`` seconds against
     ``n`` tracks multiplies that chance by ``max(1, d / 10) * n / catalogue_tracks``.
+
+    A shorter query is not a fraction of a try: its scores are capped per second, so
+    its tail is steeper and lower (a 3 s query's best unrelated pair score has a 90th
+    percentile near 2.5, a 10 s query's 3.25). ``short_queries`` holds the tails
+    measured at shorter lengths (3 and 5 s for the landmark tiers); a query between two
+    measured lengths gets their log-chances interpolated linearly in its length, one
+    shorter than all of them the shortest's (more audio can only help chance agreement).
 
     Attributes
     ----------
@@ -85,6 +108,9 @@ class Calibration:
         Unrelated queries the figures were measured on.
     catalogue_tracks : int
         Tracks in the catalogue they were measured against.
+    short_queries : tuple of ShortQueryTail
+        Tails of queries shorter than 10 s, shortest first (default none: a shorter query
+        counts as one 10 s try).
     """
 
     anchor_score: float
@@ -92,20 +118,48 @@ class Calibration:
     scale: float
     queries: int
     catalogue_tracks: int
+    short_queries: tuple[ShortQueryTail, ...] = ()
 
     #: Query seconds the calibration's queries lasted.
     REFERENCE_SECONDS: ClassVar[float] = 10.0
+
+    def _log_tail(self, duration: float, catalogue_tracks: int | None) -> tuple[float, float]:
+        """``(a, b)`` with ``log(chance) = a - b * score`` over the tail, before the chance is capped at 1."""
+        tails = [(t.seconds, t.anchor_score, t.anchor_chance, t.scale) for t in self.short_queries]
+        tails.append((self.REFERENCE_SECONDS, self.anchor_score, self.anchor_chance, self.scale))
+        lines = [(np.log(chance) + anchor / scale, 1.0 / scale) for _, anchor, chance, scale in tails]
+        lengths = [seconds for seconds, *_ in tails]
+        # Linear in the query's length between measured lengths, flat outside them.
+        weight = float(np.interp(duration, lengths, np.arange(len(lengths))))
+        below = min(int(weight), len(lines) - 1)
+        above = min(below + 1, len(lines) - 1)
+        fraction = weight - below
+        a = (1 - fraction) * lines[below][0] + fraction * lines[above][0]
+        b = (1 - fraction) * lines[below][1] + fraction * lines[above][1]
+        tries = max(1.0, duration / self.REFERENCE_SECONDS)
+        if catalogue_tracks is not None:
+            tries *= catalogue_tracks / self.catalogue_tracks
+        return float(a + np.log(tries)), float(b)
 
     def chance(self, score: float, duration: float, catalogue_tracks: int | None = None) -> float:
         """Estimated chance that unrelated music of ``duration`` seconds scores ``score`` or more.
 
         ``catalogue_tracks`` is the size of the catalogue searched (None: the calibration's).
         """
-        tries = max(1.0, duration / self.REFERENCE_SECONDS)
-        if catalogue_tracks is not None:
-            tries *= catalogue_tracks / self.catalogue_tracks
-        tail = self.anchor_chance * np.exp(-(score - self.anchor_score) / self.scale)
-        return float(min(1.0, tries * tail))
+        a, b = self._log_tail(duration, catalogue_tracks)
+        return float(min(1.0, np.exp(a - b * score)))
+
+    def equally_rare(self, score: float, duration: float, reference_duration: float | None = None) -> float:
+        """The score a ``duration``-second query needs to be as rare by chance as ``score`` is.
+
+        ``score`` is judged over ``reference_duration`` seconds (None: the calibration's
+        10 s), both against the calibration's catalogue. Computed on the uncapped tails,
+        so that it is defined for any score (``-inf`` gives ``-inf``).
+        """
+        a_ref, b_ref = self._log_tail(self.REFERENCE_SECONDS if reference_duration is None
+                                      else reference_duration, None)
+        a, b = self._log_tail(duration, None)
+        return (a - (a_ref - b_ref * score)) / b
 
     def rate(self, score: float, duration: float, catalogue_tracks: int | None = None) -> Rating:
         """``chance`` and ``confidence = 1 - chance`` of a match, as :class:`Match` fields.
@@ -127,8 +181,9 @@ class Match:
     track_id: int = match_field("The catalogue track (index id)")
     score: float = match_field(
         "The tier's evidence. pair/triplet: query landmarks agreeing with the track on one time line, "
-        "each weighted by its rarity, at most max_score_per_second per second of query; a match needs "
-        "the tier's min_score (pair 8, triplet 6). peaks: how many background standard deviations the "
+        "each weighted by its rarity, at most max_score_per_second per second of query; a 10 s query needs "
+        "the tier's min_score (pair 8, triplet 6), a shorter one as rare by chance less (pair 5.6 at 3 s), "
+        "a longer one a little more (pair 8.8 at 60 s). peaks: how many background standard deviations the "
         "track's peaks meet the upload above chance (needs min_z, 5.5). melody: the chroma similarity "
         "0-1 (needs min_similarity, 0.57)")
     aligned: int = match_field(

@@ -16,9 +16,12 @@ import numpy as np
 
 from refrain.config import Config
 from refrain.fingerprint import (AudioDecodeError, Fingerprint, FingerprintError, FingerprintParams,
-                                 fingerprint_file, fingerprint_signal, load_audio)
+                                 fingerprint_file, fingerprint_signal)
+from refrain.fingerprint.decode import stream_audio
+from refrain.fingerprint.pipeline import fingerprint_windows
 from refrain.index import IndexStore, Track, TrackMetadata
 from refrain.matcher import Catalogue, Match, match
+from refrain.matcher.match import match_windows
 from refrain.matcher.proposals import DOUBLE_TIER, QUAD_TIER
 from refrain.matcher.types import match_field
 
@@ -387,12 +390,51 @@ class Refrain:
         points : dict of int to np.ndarray, shape (n, 2)
             Per matched track id.
         """
-        ready = self._ready_tracks()
         found = match(fp, self._searched_catalogue(), self.config.match, timings=stats)
+        return self._reported(found, fp.duration, name)
+
+    def match_blocks(self, blocks: Iterable[np.ndarray], name: str,
+                     stats: dict[str, float] | None = None) -> tuple[QueryResult, dict[int, np.ndarray]]:
+        """:meth:`match_with_evidence` of a signal that arrives in blocks, held one window at a time.
+
+        Each window of ``config.match.upload_window_seconds`` is fingerprinted and searched
+        as soon as its samples (and the few seconds after it its landmarks reach) have
+        arrived, then dropped (:func:`fingerprint.pipeline.fingerprint_windows`): memory
+        follows the window, not the upload.
+
+        Parameters
+        ----------
+        blocks : iterable of np.ndarray
+            Consecutive pieces of a mono signal at ``self.params.sample_rate`` (e.g.
+            :func:`fingerprint.decode.stream_audio`).
+        name : str
+        stats : dict, optional
+            As for :meth:`match_with_evidence`.
+
+        Raises
+        ------
+        FingerprintError
+            When no window holds a landmark; and whatever ``blocks`` raises.
+        """
+        durations: list[float] = []
+
+        def windows() -> Iterator[Fingerprint]:
+            for window in fingerprint_windows(blocks, self.params, self.config.match.upload_window_seconds,
+                                              dense_peaks=True):
+                durations.append(window.duration)
+                yield window
+
+        found = match_windows(windows(), self._searched_catalogue(), self.config.match, timings=stats)
+        return self._reported(found, sum(durations), name)
+
+    def _reported(self, found: list[Match], seconds: float,
+                  name: str) -> tuple[QueryResult, dict[int, np.ndarray]]:
+        """The matches with their tracks' metadata, and the aligned points behind each."""
+        ready = self._ready_tracks()
         matches = [TrackMatch(**{f.name: getattr(m, f.name) for f in fields(Match)},
                               source=ready[m.track_id].source, title=ready[m.track_id].title,
                               artist=ready[m.track_id].artist, isrc=ready[m.track_id].isrc) for m in found]
-        result = QueryResult(query=name, duration=round(fp.duration, 3), matches=matches)
+        result = QueryResult(query=name, duration=round(seconds, 3), matches=matches)
         return result, {m.track_id: m.points for m in found}
 
     def upgrade_index(self) -> list[str]:
@@ -423,19 +465,19 @@ class Refrain:
             match(fp, self._searched_catalogue(), params)
 
     def match_signal(self, y: np.ndarray, name: str = "<signal>") -> QueryResult:
-        """Match mono samples already at ``self.params.sample_rate``."""
-        return self.match_fingerprint(fingerprint_signal(y, self.params, dense_peaks=True), name)
+        """Match mono samples already at ``self.params.sample_rate`` (window by window, :meth:`match_blocks`)."""
+        return self.match_blocks([y], name)[0]
 
     def match_file(self, path: os.PathLike, name: str | None = None) -> QueryResult:
-        """Decode and match one query file.
+        """Decode and match one query file, block by block (:func:`fingerprint.decode.stream_audio`).
 
         Raises
         ------
         AudioDecodeError, FingerprintError
             For a file that is not usable audio; the message says why.
         """
-        y = load_audio(path, self.params.sample_rate, self.config.max_query_seconds)
-        return self.match_signal(y, str(path) if name is None else name)
+        blocks = stream_audio(path, self.params.sample_rate, self.config.max_query_seconds)
+        return self.match_blocks(blocks, str(path) if name is None else name)[0]
 
     def info(self) -> IndexInfo:
         """Tracks, hours, landmarks and bytes of the index."""

@@ -13,7 +13,7 @@ import soxr
 
 from refrain.fingerprint import (AudioDecodeError, FingerprintError, FingerprintParams, fingerprint_file,
                          load_audio)
-from refrain.fingerprint.decode import probe_duration
+from refrain.fingerprint.decode import probe_duration, stream_audio
 
 SR = 22050  # rate of the rendered songs
 RATE = FingerprintParams().sample_rate  # the analysis rate load_audio is asked for
@@ -204,3 +204,48 @@ def test_probe_duration_of_a_non_audio_file_is_unknown(tmp_path):
     path = tmp_path / "notes.ogg"
     path.write_text("not audio\n" * 50)
     assert probe_duration(path) is None
+
+
+# -- decoding block by block (long uploads) ------------------------------------------------------
+
+
+def streamed(path, max_duration: float | None = None) -> np.ndarray:
+    blocks = list(stream_audio(path, RATE, max_duration, block_seconds=1.0))
+    assert all(len(block) > 0 and block.dtype == np.float32 for block in blocks)
+    return np.concatenate(blocks)
+
+
+@pytest.mark.parametrize("suffix", list(FORMATS))
+def test_decoding_block_by_block_gives_the_whole_decoding(encoded, suffix):
+    blocks = list(stream_audio(encoded[suffix], RATE, block_seconds=1.0))
+    assert len(blocks) >= SECONDS - 1  # one second at a time, not the whole file at once
+    y, whole = np.concatenate(blocks), load_audio(encoded[suffix], RATE)
+    # The streaming resampler's output is the one-shot one's to rounding.
+    assert abs(len(y) - len(whole)) <= 2
+    n = min(len(y), len(whole))
+    assert np.max(np.abs(y[:n] - whole[:n])) < 1e-3
+
+
+@pytest.mark.parametrize("case", list(BAD_FILES))
+def test_a_bad_file_streamed_is_reported_with_its_reason(tmp_path, encoded, case):
+    name, make, reason = BAD_FILES[case]
+    path = tmp_path / name
+    path.write_bytes(make(encoded))
+    with pytest.raises(AudioDecodeError) as info:
+        streamed(path)
+    assert str(path) in str(info.value)
+    assert re.search(reason, str(info.value)), str(info.value)
+
+
+def test_zero_length_audio_streamed(tmp_path):
+    path = tmp_path / "zero.wav"
+    sf.write(path, np.zeros(0, dtype="<i2"), SR, subtype="PCM_16")
+    with pytest.raises(AudioDecodeError, match="zero-length audio"):
+        streamed(path)
+
+
+@pytest.mark.parametrize("suffix", ["wav", "mp3", "m4a"])  # header-checked and ffmpeg paths
+def test_audio_over_max_duration_streamed_is_refused(encoded, suffix):
+    with pytest.raises(AudioDecodeError, match="over the limit of 5 s"):
+        streamed(encoded[suffix], max_duration=5.0)
+    assert len(streamed(encoded[suffix], max_duration=SECONDS + 1)) > 0

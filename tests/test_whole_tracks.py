@@ -9,6 +9,8 @@ import soxr
 
 from refrain.api import Refrain
 from refrain.config import Config
+from refrain.fingerprint import fingerprint_signal, load_audio
+from refrain.fingerprint.pipeline import fingerprint_windows, window_margin_frames
 from refrain.matcher import MatchParams
 
 SR = 22050
@@ -62,3 +64,69 @@ def test_a_copy_mixed_under_other_music_is_still_reported_as_mixed(catalogue, ca
     found = {m.track_id: m for m in catalogue.match_signal(y, "mixed").matches}
     assert set(found) == {catalogue_index.track_ids[44]}, found
     assert found[catalogue_index.track_ids[44]].kind == "mixed"
+
+
+# -- streaming: an upload fingerprinted and searched window by window ------------------------------
+
+
+def test_an_upload_no_longer_than_a_window_is_fingerprinted_as_a_whole(catalogue, songs):
+    y = soxr.resample(songs[41].samples, SR, catalogue.params.sample_rate).astype(np.float32)
+    blocks = [y[start:start + 5000] for start in range(0, len(y), 5000)]
+    (window,) = fingerprint_windows(blocks, catalogue.params, 60.0, dense_peaks=True)
+    whole = fingerprint_signal(y, catalogue.params, dense_peaks=True)
+    assert window.duration == whole.duration
+    assert np.array_equal(window.hashes, whole.hashes) and np.array_equal(window.frames, whole.frames)
+    assert np.array_equal(window.peaks.frames, whole.peaks.frames)
+    assert np.array_equal(window.dense_peaks.frames, whole.dense_peaks.frames)
+    assert np.array_equal(window.triplets.anchor_frames, whole.triplets.anchor_frames)
+    assert np.array_equal(window.melody, whole.melody)
+
+
+def test_windows_hold_the_landmarks_of_the_whole_upload_and_arrive_before_the_upload_ends(catalogue, songs):
+    params = catalogue.params
+    y = soxr.resample(np.concatenate([songs[seed].samples for seed in (30, 33, 34)]), SR,
+                      params.sample_rate).astype(np.float32)
+    block = params.sample_rate  # one second
+    consumed = []
+
+    def blocks():
+        for start in range(0, len(y), block):
+            consumed.append(start + block)
+            yield y[start:start + block]
+
+    whole = fingerprint_signal(y, params, dense_peaks=True)
+    window_frames = int(round(20.0 / params.frame_seconds))
+    margin_seconds = (window_margin_frames(params) * params.hop_length + params.n_fft) / params.sample_rate
+    windows = fingerprint_windows(blocks(), params, 20.0, dense_peaks=True)
+    for number, part in enumerate(windows):
+        # Yielded once its own samples and the margin after it came in, not at the end of the upload.
+        end = min(len(y), (number + 1) * 20.0 * params.sample_rate)
+        assert consumed[-1] <= end + (margin_seconds + 1.0) * params.sample_rate
+        first = number * window_frames
+        inside = (whole.frames >= first) & (whole.frames < first + window_frames)
+        # The landmarks the whole signal has there, counted from the window's start.
+        assert np.array_equal(np.sort(part.hashes), np.sort(whole.hashes[inside]))
+        assert np.array_equal(np.sort(part.frames), np.sort(whole.frames[inside] - first))
+    assert number == int(np.ceil(len(y) / params.sample_rate / 20.0)) - 1
+
+
+def test_an_upload_file_matched_block_by_block_reports_what_the_signal_matched_whole_does(
+        catalogue_index, songs, write_audio, tmp_path):
+    # Three songs end to end in 20 s windows: the file is decoded, fingerprinted and
+    # searched a window at a time, with the same result as the decoded signal.
+    windowed = Config(match=MatchParams(upload_window_seconds=20.0))
+    y = np.concatenate([songs[seed].samples for seed in (44, 49, 41)])
+    path = write_audio(tmp_path / "upload.flac", y)
+    with Refrain.open(catalogue_index.directory, windowed, mmap=True) as refrain:
+        streamed = refrain.match_file(path, "upload")
+        whole = refrain.match_with_evidence(
+            fingerprint_signal(load_audio(path, refrain.params.sample_rate), refrain.params, dense_peaks=True),
+            "upload")[0]
+    ids = catalogue_index.track_ids
+    assert {m.track_id for m in streamed.matches} == {ids[44], ids[49], ids[41]}
+    assert streamed.duration == pytest.approx(len(y) / SR, abs=0.01)
+    for found, expected in zip(streamed.matches, whole.matches):
+        assert (found.track_id, found.kind, found.tier) == (expected.track_id, expected.kind, expected.tier)
+        assert found.offset == pytest.approx(expected.offset, abs=0.1)
+        assert [bound for s in found.spans for bound in (s.query_start, s.query_end)] == pytest.approx(
+            [bound for s in expected.spans for bound in (s.query_start, s.query_end)], abs=0.5)
