@@ -35,9 +35,9 @@ after those of tracks added before it), as the FAISS lists kept them, so that ev
 lookup returns the same hits in the same order. Track ids are handed out in increasing
 order and never reused (:mod:`index.catalog`), so a run is also sorted by track: a lookup
 restricted to a few candidate tracks (:meth:`LandmarkIndex.lookup_slices` with
-``tracks``) finds each one's entries by binary search in the run and reads nothing else. Added entries stay in memory until
-:meth:`LandmarkIndex.save` merges them into the runs; removing a track rewrites the
-runs without its entries.
+``tracks``) finds each one's entries by binary search in the run and reads nothing else.
+Added entries stay in memory until :meth:`LandmarkIndex.save` merges them into the runs;
+removing a track rewrites the runs without its entries.
 """
 
 from __future__ import annotations
@@ -115,7 +115,7 @@ def _gather_runs(rows: np.ndarray, first: np.ndarray, lengths: np.ndarray, total
 
 
 @numba.njit(cache=True, nogil=True)
-def _track_at(rows: np.ndarray, i: int, payload_bits: int) -> int:
+def _track_at(rows: np.ndarray, i: int, payload_bits: int) -> np.int64:
     """Track id of entry ``i`` of ``rows``."""
     value = np.int64(0)
     for b in range(rows.shape[1]):
