@@ -79,10 +79,10 @@ class MatchParams:
     proposals : ProposalParams or None
         How each window's candidate derivatives (and, with ``copies``, copies) are
         proposed by the catalogue's specific quad and double codes
-        (:mod:`matcher.proposals`); the triplet tier (and the pair and peaks tiers) then
-        search only those, so that work follows the candidates, not the catalogue. None,
-        or a catalogue without those codes (an index from before them), searches every
-        track.
+        (:mod:`matcher.proposals`) once the catalogue holds ``min_catalogue_tracks``;
+        the triplet tier (and the pair and peaks tiers) then search only those, so that
+        work follows the candidates, not the catalogue. None, a smaller catalogue, or
+        one without those codes (an index from before them) is searched exhaustively.
     """
 
     tiers: tuple[Tier, ...] = field(default_factory=_default_tiers)
@@ -199,7 +199,8 @@ def _candidates(fp: Fingerprint, catalogue: Catalogue, params: MatchParams) -> d
     ``ProposalParams.copies``, the union of proposed copies and derivatives.
     """
     proposals = params.proposals
-    if proposals is None:
+    size = catalogue.size
+    if proposals is None or (size is not None and size < proposals.min_catalogue_tracks):
         return {}
 
     def reportable(proposed: np.ndarray) -> np.ndarray:

@@ -461,7 +461,9 @@ class Refrain:
         must compile too), and the results dropped.
         """
         fp = fingerprint_signal(_warm_up_signal(self.params.sample_rate), self.params, dense_peaks=True)
-        for params in (self.config.match, replace(self.config.match, proposals=None)):
+        proposals = self.config.match.proposals
+        bounded = None if proposals is None else replace(proposals, min_catalogue_tracks=0)
+        for params in (replace(self.config.match, proposals=bounded), replace(self.config.match, proposals=None)):
             match(fp, self._searched_catalogue(), params)
 
     def match_signal(self, y: np.ndarray, name: str = "<signal>") -> QueryResult:

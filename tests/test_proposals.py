@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 from dataclasses import replace
 
 import librosa
@@ -109,11 +110,26 @@ def test_a_copy_is_proposed_also_under_other_music(catalogue, catalogue_index, s
     assert catalogue_index.track_ids[34] in proposed.tolist(), proposed
 
 
-def _bounded_copies(catalogue) -> Refrain:
-    """The catalogue searched with the pair and peaks tiers bound to proposed tracks too."""
+def _bounded(catalogue, copies: bool = False) -> Refrain:
+    """The catalogue searched through proposals although it is small (and with copies bounded too)."""
     match = catalogue.config.match
     return Refrain(catalogue.store, replace(catalogue.config, match=replace(
-        match, proposals=replace(match.proposals, copies=True))))
+        match, proposals=replace(match.proposals, min_catalogue_tracks=0, copies=copies))))
+
+
+def test_a_catalogue_smaller_than_the_bound_is_searched_exhaustively(catalogue, songs, monkeypatch):
+    proposed = []
+
+    def counting(*args):
+        proposed.append(args)
+        return np.zeros(0, np.int64)
+
+    # (refrain.matcher exports its match function under the module's name)
+    monkeypatch.setattr(importlib.import_module("refrain.matcher.match"), "propose", counting)
+    query = _at_rate(songs[30].excerpt(3.0, 10.0), catalogue.params.sample_rate).astype(np.float32)
+    assert catalogue.match_signal(query, "q").matches and not proposed
+    _bounded(catalogue).match_signal(query, "q")
+    assert proposed
 
 
 def test_with_bounded_copies_a_song_12_db_under_another_is_proposed_and_found_by_its_peaks(
@@ -122,7 +138,7 @@ def test_with_bounded_copies_a_song_12_db_under_another_is_proposed_and_found_by
     song = songs[34].samples[10 * SR:]
     background = unrelated_songs[45][:len(song)]
     gain = np.sqrt(np.mean(background ** 2) / np.mean(song ** 2)) * 10 ** (-12 / 20)
-    result = _bounded_copies(catalogue).match_signal(_at_rate(background + gain * song, rate).astype(np.float32),
+    result = _bounded(catalogue, copies=True).match_signal(_at_rate(background + gain * song, rate).astype(np.float32),
                                                      "remix")
     assert [(m.track_id, m.kind) for m in result.matches] == [(catalogue_index.track_ids[34], "mixed")]
 
@@ -135,9 +151,8 @@ def test_matching_with_proposals_finds_what_a_search_of_every_track_finds(catalo
                _at_rate(0.5 * songs[34].excerpt(4.0, 12.0) + unrelated_songs[35][:12 * SR], rate)]
     every_track = Refrain(catalogue.store, replace(catalogue.config,
                                                    match=replace(catalogue.config.match, proposals=None)))
-    bounded = _bounded_copies(catalogue)
     for y in queries:
         searched_all = every_track.match_signal(y.astype(np.float32), "q").matches
         assert searched_all
-        assert catalogue.match_signal(y.astype(np.float32), "q").matches == searched_all
-        assert bounded.match_signal(y.astype(np.float32), "q").matches == searched_all
+        for bounded in (_bounded(catalogue), _bounded(catalogue, copies=True)):
+            assert bounded.match_signal(y.astype(np.float32), "q").matches == searched_all
