@@ -453,13 +453,10 @@ class Doubles:
     ----------
     codes : np.ndarray of uint32
     anchor_frames : np.ndarray of int64
-    anchors : np.ndarray of int64
-        Index of each row's anchor in the peaks it was built from.
     """
 
     codes: np.ndarray
     anchor_frames: np.ndarray
-    anchors: np.ndarray
 
     def __len__(self) -> int:
         return len(self.codes)
@@ -502,7 +499,7 @@ def double_landmarks(peaks: Peaks, dt_min: int, dt_max: int, df_max: int, slack:
     for _ in range(2):
         mixed = (mixed ^ (mixed >> np.uint64(33))) * _FOLD_MULTIPLIER
     codes = ((mixed ^ (mixed >> np.uint64(33))) & np.uint64(0xFFFFFFFF)).astype(np.uint32)
-    return Doubles(codes=codes, anchor_frames=frames[a], anchors=a)
+    return Doubles(codes=codes, anchor_frames=frames[a])
 
 
 # Quad codes propose candidate tracks before any tier's search (:mod:`matcher.proposals`):
