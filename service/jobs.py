@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
+from refrain.cluster import ShardUnavailableError
 from refrain.service.core import MatchService
 from refrain.service.db import ApiKey
 from refrain.service.errors import ApiError
@@ -308,6 +309,11 @@ class JobRunner:
                 return self.service.match_upload(form, key, store=True, decision_id=decision_id).body
         except ApiError as err:
             self.store.fail(job.job_id, {"status": err.status, "code": err.code, "message": err.message})
+        except ShardUnavailableError as err:
+            # As a synchronous upload gets it (service.app): never a verdict from part of the catalogue.
+            log.warning("upload job %s: %s", job.job_id, err)
+            self.store.fail(job.job_id, {"status": 503, "code": "catalogue_unavailable",
+                                         "message": f"{err}; nothing was decided, send the upload again"})
         except Exception as err:
             log.exception("upload job %s failed", job.job_id)
             self.store.fail(job.job_id, {"status": 500, "code": "internal_error",

@@ -14,7 +14,9 @@ from conftest import _ServerThread, free_port
 from service_helpers import assert_error, post_file
 
 from refrain.service import webhooks
+from refrain.cluster import ShardUnavailableError
 from refrain.service.app import create_app
+from refrain.service.core import MatchService
 from refrain.service.jobs import JobRunner
 from refrain.service.settings import ServiceSettings
 
@@ -175,6 +177,20 @@ def test_a_failed_job_records_the_error_a_synchronous_upload_gets(running, uploa
     assert "not-audio.mp3" in done["error"]["message"]
     ((headers, body),) = hook.wait(1)
     assert headers["X-Refrain-Event"] == "match.failed" and json.loads(body)["data"]["error"] == done["error"]
+
+
+def test_a_job_whose_catalogue_shard_is_down_fails_with_503_not_a_verdict(running, excerpt_file, monkeypatch):
+    def shard_down(*args, **kwargs):
+        raise ShardUnavailableError([2], 10.0)
+
+    monkeypatch.setattr(MatchService, "match_upload", shard_down)
+    with running.client("uploader") as uploader:
+        accepted = post_file(uploader, "/v1/matches?mode=async", excerpt_file(30, 5.0, 12.0))
+        assert accepted.status_code == 202
+        done = poll(uploader, accepted.json()["job_id"])
+    assert done["state"] == "failed" and done["decision_id"] is None and done.get("verdict") is None
+    assert done["error"]["status"] == 503 and done["error"]["code"] == "catalogue_unavailable"
+    assert "shard 2" in done["error"]["message"]
 
 
 def test_async_uploads_are_refused_like_sync_ones_and_jobs_are_private_to_their_uploader(
