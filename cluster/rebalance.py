@@ -27,7 +27,7 @@ from refrain.api import Refrain
 from refrain.cluster.layout import ClusterCatalog, Shard
 from refrain.index import IndexStore, TrackMetadata
 from refrain.index.files import map_arrays
-from refrain.index.landmarks import _MIX_MULTIPLIERS, LandmarkIndex, id_bytes, mix_codes
+from refrain.index.landmarks import LandmarkIndex, id_bytes, mix_codes, unmix_codes
 
 __all__ = ["StoredTrack", "stored_track", "rebalance", "remove_unrecorded", "Move"]
 
@@ -54,16 +54,6 @@ class StoredTrack:
         return len(self.entries["pair"][0])  # a fingerprint's length: its pair landmarks
 
 
-def _unmixed(stored: np.ndarray) -> np.ndarray:
-    """The landmark codes whose :func:`~refrain.index.landmarks.mix_codes` are ``stored``."""
-    codes = stored.astype(np.uint32)
-    codes = codes ^ (codes >> np.uint32(16))
-    for multiplier in reversed(_MIX_MULTIPLIERS):
-        codes = codes * np.uint32(pow(int(multiplier), -1, 1 << 32))
-        codes = codes ^ (codes >> np.uint32(16))
-    return codes
-
-
 def _landmark_entries(path: Path, payload_bits: int, hashed: bool, track_id: int) -> tuple[np.ndarray, np.ndarray]:
     """(codes, payloads) of one track in a saved landmark tier file, in their stored order."""
     arrays = map_arrays(path, ("codes", "starts", "ids"))
@@ -75,7 +65,7 @@ def _landmark_entries(path: Path, payload_bits: int, hashed: bool, track_id: int
     mine = np.flatnonzero((ids >> payload_bits) == track_id)
     run_of_entry = np.searchsorted(np.asarray(arrays["starts"]), mine, side="right") - 1
     stored = np.asarray(arrays["codes"])[run_of_entry]
-    codes = _unmixed(stored) if hashed else stored.astype(np.uint32)
+    codes = unmix_codes(stored) if hashed else stored.astype(np.uint32)
     if hashed and not np.array_equal(mix_codes(codes), stored):
         raise RuntimeError(f"{path}: stored codes do not unmix: the run store's layout has changed")
     return codes, ids[mine] & ((1 << payload_bits) - 1)

@@ -245,6 +245,15 @@ def _targets_in_zone(frames: np.ndarray, bins: np.ndarray, count: int, dt_min: i
     return anchors[:found], targets[:found]
 
 
+def _nearest_targets(frames: np.ndarray, bins: np.ndarray, count: int, dt_min: int, dt_max: int,
+                     df_max: int) -> np.ndarray:
+    """Each peak's ``count`` nearest targets in a zone by rank, shape (n, count), -1 where it has fewer."""
+    anchor, target = _targets_in_zone(frames, bins, count, dt_min, dt_max, df_max)
+    table = np.full((len(frames), count), -1, dtype=np.int64)
+    table[anchor, np.arange(len(anchor)) - np.searchsorted(anchor, anchor, side="left")] = target
+    return table
+
+
 def triplet_landmarks(peaks: Peaks, near_zone: tuple[int, int], far_zone: tuple[int, int],
                       per_zone: int, df_max: int) -> Triplets:
     """Combine each anchor with target pairs: one peak from a near zone, one from a far zone.
@@ -280,12 +289,7 @@ def _triplet_indices(peaks: Peaks, near_zone: tuple[int, int], far_zone: tuple[i
     frames, bins = peaks.frames.astype(np.int64), peaks.bins.astype(np.int64)
     n = len(frames)
     # Each anchor's targets by rank (nearest first), -1 where it has fewer than per_zone.
-    nearest = []
-    for low, high in (near_zone, far_zone):
-        anchor, target = _targets_in_zone(frames, bins, per_zone, low, high, df_max)
-        table = np.full((n, per_zone), -1, dtype=np.int64)
-        table[anchor, np.arange(len(anchor)) - np.searchsorted(anchor, anchor, side="left")] = target
-        nearest.append(table)
+    nearest = [_nearest_targets(frames, bins, per_zone, low, high, df_max) for low, high in (near_zone, far_zone)]
     # Columns (i, j) in row-major order: the i-th near target with the j-th far target.
     # Reading the table row by row puts the triplets in anchor order, and an anchor's
     # triplets in (i, j) order.
@@ -483,9 +487,7 @@ def double_landmarks(peaks: Peaks, dt_min: int, dt_max: int, df_max: int, slack:
     """
     frames, bins = peaks.frames.astype(np.int64), peaks.bins.astype(np.int64)
     count = 2 + slack
-    anchor, target = _targets_in_zone(frames, bins, count, dt_min, dt_max, df_max)
-    table = np.full((len(frames), count), -1, dtype=np.int64)
-    table[anchor, np.arange(len(anchor)) - np.searchsorted(anchor, anchor, side="left")] = target
+    table = _nearest_targets(frames, bins, count, dt_min, dt_max, df_max)
     rows = np.concatenate([np.stack(np.broadcast_arrays(np.arange(len(frames)), table[:, i], table[:, j]))
                            for i in range(count) for j in range(i + 1, count)], axis=1)
     rows = rows[:, (rows >= 0).all(axis=0)]
@@ -546,13 +548,8 @@ def _quad_indices(peaks: Peaks, near_zone: tuple[int, int], far_zone: tuple[int,
     """
     frames, bins = peaks.frames.astype(np.int64), peaks.bins.astype(np.int64)
     n = len(frames)
-    tables = []
-    for (low, high), count in ((near_zone, near_count + slack), (far_zone, 2 + slack)):
-        anchor, target = _targets_in_zone(frames, bins, count, low, high, df_max)
-        table = np.full((n, count), -1, dtype=np.int64)
-        table[anchor, np.arange(len(anchor)) - np.searchsorted(anchor, anchor, side="left")] = target
-        tables.append(table)
-    near, far = tables
+    near = _nearest_targets(frames, bins, near_count + slack, near_zone[0], near_zone[1], df_max)
+    far = _nearest_targets(frames, bins, 2 + slack, far_zone[0], far_zone[1], df_max)
     columns = [np.stack(np.broadcast_arrays(np.arange(n), near[:, i], far[:, j], far[:, k]))
                for i in range(near.shape[1]) for j in range(far.shape[1]) for k in range(j + 1, far.shape[1])]
     quads = np.concatenate(columns, axis=1)

@@ -52,7 +52,7 @@ import numpy as np
 
 from refrain.index.files import map_arrays, save_arrays
 
-__all__ = ["LandmarkIndex", "CODE_BITS", "TRACK_BITS", "mix_codes"]
+__all__ = ["LandmarkIndex", "CODE_BITS", "TRACK_BITS", "mix_codes", "unmix_codes"]
 
 CODE_BITS = 32
 #: Track ids of a landmark store lie below ``2 ** TRACK_BITS`` (67 million; ids are never
@@ -75,6 +75,20 @@ def mix_codes(hashes: np.ndarray) -> np.ndarray:
     return mixed ^ (mixed >> np.uint32(16))
 
 
+def unmix_codes(stored: np.ndarray) -> np.ndarray:
+    """Inverse of :func:`mix_codes`: the landmark codes whose mixes are ``stored``.
+
+    Each step of the mix is undone in reverse order (``x ^= x >> 16`` is its own
+    inverse on 32 bits; a product by an odd number is undone by its inverse modulo ``2 ** 32``).
+    """
+    codes = np.asarray(stored, dtype=np.uint32)
+    codes = codes ^ (codes >> np.uint32(16))
+    for multiplier in reversed(_MIX_MULTIPLIERS):
+        codes = codes * np.uint32(pow(int(multiplier), -1, 1 << 32))
+        codes = codes ^ (codes >> np.uint32(16))
+    return codes
+
+
 def id_bytes(payload_bits: int) -> int:
     """Bytes an entry's id takes in a store whose payloads have ``payload_bits`` bits."""
     return -(-(payload_bits + TRACK_BITS) // 8)
@@ -86,30 +100,31 @@ def _packed(ids: np.ndarray, width: int) -> np.ndarray:
 
 
 @numba.njit(cache=True, nogil=True)
+def _id_at(rows: np.ndarray, i: int) -> np.int64:
+    """The id packed in row ``i`` of ``rows`` (little-endian bytes, see :func:`_packed`)."""
+    value = np.int64(0)
+    for b in range(rows.shape[1]):
+        value |= np.int64(rows[i, b]) << (8 * b)
+    return value
+
+
+@numba.njit(cache=True, nogil=True)
 def _unpacked(rows: np.ndarray) -> np.ndarray:
     """Inverse of :func:`_packed`: (n, width) uint8 rows -> int64 ids."""
-    n, width = rows.shape
-    ids = np.empty(n, np.int64)
-    for i in range(n):
-        value = np.int64(0)
-        for b in range(width):
-            value |= np.int64(rows[i, b]) << (8 * b)
-        ids[i] = value
+    ids = np.empty(rows.shape[0], np.int64)
+    for i in range(rows.shape[0]):
+        ids[i] = _id_at(rows, i)
     return ids
 
 
 @numba.njit(cache=True, nogil=True)
 def _gather_runs(rows: np.ndarray, first: np.ndarray, lengths: np.ndarray, total: int) -> np.ndarray:
     """The ids of the runs ``rows[first[k]:first[k] + lengths[k]]``, laid end to end."""
-    width = rows.shape[1]
     labels = np.empty(total, np.int64)
     out = 0
     for k in range(len(first)):
         for i in range(first[k], first[k] + lengths[k]):
-            value = np.int64(0)
-            for b in range(width):
-                value |= np.int64(rows[i, b]) << (8 * b)
-            labels[out] = value
+            labels[out] = _id_at(rows, i)
             out += 1
     return labels
 
@@ -117,10 +132,7 @@ def _gather_runs(rows: np.ndarray, first: np.ndarray, lengths: np.ndarray, total
 @numba.njit(cache=True, nogil=True)
 def _track_at(rows: np.ndarray, i: int, payload_bits: int) -> np.int64:
     """Track id of entry ``i`` of ``rows``."""
-    value = np.int64(0)
-    for b in range(rows.shape[1]):
-        value |= np.int64(rows[i, b]) << (8 * b)
-    return value >> payload_bits
+    return _id_at(rows, i) >> payload_bits
 
 
 @numba.njit(cache=True, nogil=True)
@@ -162,15 +174,11 @@ def _gather_track_runs(rows: np.ndarray, first: np.ndarray, lengths: np.ndarray,
             low = stop
     first_hit = np.cumsum(hits_per_code) - hits_per_code
     labels = np.empty(hits_per_code.sum(), np.int64)
-    width = rows.shape[1]
     out = 0
     for k in range(n_codes):
         for t in range(len(tracks)):
             for i in range(bounds[k, t, 0], bounds[k, t, 1]):
-                value = np.int64(0)
-                for b in range(width):
-                    value |= np.int64(rows[i, b]) << (8 * b)
-                labels[out] = value
+                labels[out] = _id_at(rows, i)
                 out += 1
     return first_hit, hits_per_code, labels
 

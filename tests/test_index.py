@@ -14,6 +14,7 @@ import soxr
 
 from refrain.fingerprint import fingerprint_file, fingerprint_signal
 from refrain.index import IndexBusyError, IndexOpenError, IndexStore, LandmarkIndex
+from refrain.index.landmarks import mix_codes, unmix_codes
 from refrain.api import Refrain
 from refrain.config import Config
 
@@ -586,3 +587,8 @@ def test_an_index_opened_for_matching_maps_its_peaks(index_copy, catalogue_index
     with Refrain.open(index_copy, mmap=True) as refrain:
         frames, _ = refrain.store.tiers["peaks"].peaks_between(track_id, 0, 1 << 30)
         assert len(frames) > 100 and isinstance(frames.base, np.memmap)
+
+
+def test_unmixing_a_stored_code_gives_back_the_landmark_code():
+    codes = np.random.default_rng(5).integers(0, 1 << 32, size=10_000, dtype=np.uint64).astype(np.uint32)
+    np.testing.assert_array_equal(unmix_codes(mix_codes(codes)), codes)
