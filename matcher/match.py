@@ -207,9 +207,10 @@ def _candidates(fp: Fingerprint, catalogue: Catalogue, params: MatchParams) -> d
         return np.sort([t for t in proposed.tolist() if catalogue.reportable(t)]).astype(np.int64)
 
     found = {}
-    if QUAD_TIER in catalogue.tiers:
+    derivatives = next((tier for tier in params.tiers if isinstance(tier, TripletTier)), None)
+    if QUAD_TIER in catalogue.tiers and derivatives is not None:
         found[TripletTier.name] = reportable(propose(fp, catalogue.tiers[QUAD_TIER], catalogue.fingerprint_params,
-                                                     proposals))
+                                                     proposals, derivatives))
     if proposals.copies and DOUBLE_TIER in catalogue.tiers and TripletTier.name in found:
         copies = propose_copies(fp, catalogue.tiers[DOUBLE_TIER], catalogue.fingerprint_params, proposals)
         found[PairTier.name] = np.union1d(reportable(copies), found[TripletTier.name])

@@ -33,6 +33,7 @@ import numpy as np
 from refrain.fingerprint import Fingerprint, FingerprintParams
 from refrain.fingerprint.hashes import double_landmarks, hash_quads, query_quads, unpack_quad_payload
 from refrain.index.landmarks import LandmarkIndex
+from refrain.matcher.triplet import TripletTier
 from refrain.matcher.voting import best_cells_per_track, vote_order
 
 __all__ = ["ProposalParams", "propose", "propose_copies", "QUAD_TIER", "DOUBLE_TIER"]
@@ -91,13 +92,6 @@ class ProposalParams:
         Quantisation margin of the query's tolerant quad codes (default 0.15 steps): a
         proposal needs a few surviving codes, not all of them, so fewer variants per
         quad than the triplet tier looks up.
-    tempo_hypotheses : tuple of float
-        Query tempo / reference tempo hypotheses the query's quads are built under
-        (default that of the triplet tier).
-    min_time_ratio, max_time_ratio : float
-        Tempo ratios considered (default 0.75-1.34, the triplet tier's).
-    max_pitch_shift_semitones : float
-        Pitch shift the anchor band lookup allows for (default 4.25).
     ratio_bin : float
         Width of the tempo-ratio cells, as a log ratio (default 0.04: one hit's ratio
         estimate is good to about 3 %).
@@ -114,10 +108,6 @@ class ProposalParams:
     min_votes: int = 3
     slack: int = 1
     margin: float = 0.15
-    tempo_hypotheses: tuple[float, ...] = (0.8, 0.9, 1.0, 1.1, 1.25)
-    min_time_ratio: float = 0.75
-    max_time_ratio: float = 1.34
-    max_pitch_shift_semitones: float = 4.25
     ratio_bin: float = 0.04
     offset_bin_seconds: float = 1.0
 
@@ -156,7 +146,7 @@ def propose_copies(fp: Fingerprint, doubles: LandmarkIndex, fingerprint_params: 
 
 
 def propose(fp: Fingerprint, quads: LandmarkIndex, fingerprint_params: FingerprintParams,
-            params: ProposalParams) -> np.ndarray:
+            params: ProposalParams, derivatives: TripletTier) -> np.ndarray:
     """The tracks a query window may derive from by a speed, pitch or tempo change, strongest first.
 
     Parameters
@@ -168,6 +158,9 @@ def propose(fp: Fingerprint, quads: LandmarkIndex, fingerprint_params: Fingerpri
     fingerprint_params : FingerprintParams
         The catalogue's settings (zones, frame length, log-frequency resolution).
     params : ProposalParams
+    derivatives : TripletTier
+        The tier the proposals are for: its tempo hypotheses, the tempo ratios and the
+        pitch shift it considers.
 
     Returns
     -------
@@ -176,16 +169,17 @@ def propose(fp: Fingerprint, quads: LandmarkIndex, fingerprint_params: Fingerpri
     """
     fpp = fingerprint_params
     query = query_quads(fp.peaks, fpp.triplet_near_zone, fpp.triplet_far_zone, fpp.quad_near_targets,
-                        fpp.triplet_df_max, params.tempo_hypotheses, params.slack)
+                        fpp.triplet_df_max, derivatives.tempo_hypotheses, params.slack)
     if len(query) == 0:
         return np.zeros(0, dtype=np.int64)
     codes, rows = hash_quads(query, tolerant=True, margin=params.margin,
-                             pitch_reach_bins=params.max_pitch_shift_semitones * fpp.bins_per_octave / 12.0)
+                             pitch_reach_bins=derivatives.max_pitch_shift_semitones * fpp.bins_per_octave / 12.0)
     first_hit, hits_per_code, labels = quads.lookup_slices(codes)
     middle = (int(fp.peaks.frames.min()) + int(fp.peaks.frames.max())) // 2
     track_ids, cells = _hit_cells(first_hit, hits_per_code, labels, quads.payload_bits, rows,
                                   query.anchor_frames.astype(np.int64) - middle,
-                                  query.spans[:, 2].astype(np.int64), params.min_time_ratio, params.max_time_ratio,
+                                  query.spans[:, 2].astype(np.int64), derivatives.min_time_ratio,
+                                  derivatives.max_time_ratio,
                                   params.ratio_bin, params.offset_bin_seconds / fpp.frame_seconds)
     if len(track_ids) == 0:
         return np.zeros(0, dtype=np.int64)

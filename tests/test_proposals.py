@@ -17,6 +17,7 @@ from refrain.fingerprint import fingerprint_signal
 from refrain.fingerprint.hashes import hash_quads, quad_landmarks, query_quads
 from refrain.fingerprint.peaks import Peaks
 from refrain.index.landmarks import LandmarkIndex
+from refrain.matcher import TripletTier
 from refrain.matcher.proposals import ProposalParams, propose, propose_copies
 
 
@@ -57,7 +58,7 @@ def test_quad_codes_survive_speed_pitch_and_tempo_changes(songs):
     shared = {}
     for name, y in derivatives.items():
         peaks = fingerprint_signal(y, params).peaks
-        query = query_quads(peaks, *zones, tempo_ratios=ProposalParams().tempo_hypotheses,
+        query = query_quads(peaks, *zones, tempo_ratios=TripletTier().tempo_hypotheses,
                             slack=ProposalParams().slack)
         codes, rows = hash_quads(query, tolerant=True, margin=0.15, pitch_reach_bins=15.0)
         found = np.unique(rows[np.isin(codes, list(stored))])
@@ -91,10 +92,11 @@ def test_the_true_track_is_proposed(catalogue, catalogue_index, songs, transform
          "noisy": lambda: _at_rate(clip + np.random.default_rng(1).normal(0, 2 * clip.std(), len(clip)), rate),
          "tempo": lambda: _at_rate(librosa.effects.time_stretch(clip, rate=1.15), rate)}[transform]()
     fp = fingerprint_signal(y.astype(np.float32), catalogue.params)
-    proposed = propose(fp, catalogue.store.tiers["quad"], catalogue.params, ProposalParams())
+    proposed = propose(fp, catalogue.store.tiers["quad"], catalogue.params, ProposalParams(), TripletTier())
     assert catalogue_index.track_ids[44] in proposed.tolist(), proposed
     # The six songs are one generator's: chance agreement proposes others too, never more than asked.
-    fewer = propose(fp, catalogue.store.tiers["quad"], catalogue.params, ProposalParams(max_candidates=2))
+    fewer = propose(fp, catalogue.store.tiers["quad"], catalogue.params, ProposalParams(max_candidates=2),
+                    TripletTier())
     assert len(fewer) <= 2 and fewer.tolist() == proposed[:len(fewer)].tolist()
 
 
