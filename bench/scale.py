@@ -10,9 +10,13 @@ corpus, split and shuffled as in bench/accuracy.py), then, up to each size of
 template track's entries of every tier (payloads, peaks, chroma) with each landmark
 code relabelled by a random bijection inside its frequency stratum — the codes that
 occur about equally often in the real catalogue — so that codes per hour and the
-rarity profile of the codes are those of real music, while no synthetic track shares
-a time line with any real one. Its chroma's pitch classes are permuted (not rotated)
-for the same reason: the melody tier searches them but cannot take them for covers.
+rarity profile of the codes are those of real music. Its time line is the template's
+played backwards (every entry's anchor frame and every peak), so that no synthetic
+track shares a time line with a real one even where the relabelling cannot move a
+code: the codes a looped track repeats are popular enough to sit in strata of a few
+codes, and a forward copy of one (cave.ogg) kept 20 of its codes at their frames and
+matched its query as ``mixed`` at 160 h. Its chroma's pitch classes are permuted (not
+rotated) for the same reason: the melody tier searches them but cannot take them for covers.
 
 Queries are real: 10 s excerpts of catalogue tracks (clean, pink noise 0 dB, speed
 1.1x, mixed 6 dB under held-out music) and 30 s clean excerpts, plus held-out
@@ -55,6 +59,7 @@ from refrain.api import Refrain, file_digest  # noqa: E402
 from refrain.config import Config  # noqa: E402
 from refrain.fingerprint import (AudioDecodeError, Fingerprint, FingerprintError, fingerprint_file,  # noqa: E402
                                  fingerprint_signal, load_audio)
+from refrain.fingerprint.hashes import TIER_PAYLOAD_BITS  # noqa: E402
 from refrain.fingerprint.peaks import Peaks  # noqa: E402
 from refrain.index import IndexStore  # noqa: E402
 from refrain.index.landmarks import LandmarkIndex  # noqa: E402
@@ -173,16 +178,15 @@ class CodeStrata:
 class SyntheticTrack:
     """What ``IndexStore.add_track`` reads of a fingerprint, for a relabelled copy of a real track.
 
-    Its peaks are the template's played backwards: the same number and spread, but no
-    real track's (the under-mix tier verifies candidates on them).
+    Its peaks are the template's played backwards, like its entries' anchor frames: the
+    same number and spread, but no real track's (the under-mix tier verifies candidates on them).
     """
 
     def __init__(self, template: Fingerprint, entries: dict[str, tuple[np.ndarray, np.ndarray]],
-                 melody: np.ndarray | None):
+                 melody: np.ndarray | None, last_frame: int):
         self.duration, self.melody = template.duration, melody
         frames = template.peaks.frames
-        last = int(frames.max()) if len(frames) else 0
-        self.peaks = Peaks(frames=(last - frames)[::-1].copy(), bins=template.peaks.bins[::-1].copy(),
+        self.peaks = Peaks(frames=(last_frame - frames)[::-1].copy(), bins=template.peaks.bins[::-1].copy(),
                            strength=template.peaks.strength[::-1].copy(),
                            bin_offsets=template.peaks.bin_offsets[::-1].copy())
         self._entries = entries
@@ -203,13 +207,29 @@ def far_from_rotations(rng: np.random.Generator) -> np.ndarray:
             return permutation
 
 
+def reversed_payloads(payloads: np.ndarray, tier: str, last_frame: int) -> np.ndarray:
+    """Payloads with their anchor frame ``f`` replaced by ``last_frame - f``.
+
+    Every tier's payload holds the anchor frame in its high bits, above the bits of
+    what else it carries (the pair tier's payload is the frame alone).
+    """
+    shift = TIER_PAYLOAD_BITS[tier] - TIER_PAYLOAD_BITS["pair"]
+    payloads = np.asarray(payloads, np.int64)
+    return ((last_frame - (payloads >> shift)) << shift) | (payloads & ((1 << shift) - 1))
+
+
 def synthetic_track(template: Fingerprint, strata: dict[str, CodeStrata], rng: np.random.Generator) -> SyntheticTrack:
     entries = {}
-    for tier, (codes, payloads) in template.index_entries().items():
-        entries[tier] = (strata[tier].relabel(codes, strata[tier].relabelling(rng)), payloads)
+    tiers = template.index_entries()
+    last_frame = max([int(template.peaks.frames.max()) if len(template.peaks.frames) else 0]
+                     + [int(payloads.max()) >> (TIER_PAYLOAD_BITS[tier] - TIER_PAYLOAD_BITS["pair"])
+                        for tier, (_, payloads) in tiers.items() if len(payloads)])
+    for tier, (codes, payloads) in tiers.items():
+        entries[tier] = (strata[tier].relabel(codes, strata[tier].relabelling(rng)),
+                         reversed_payloads(payloads, tier, last_frame))
     # Backwards in time and with pitch classes permuted: no real composition's chroma.
     melody = None if template.melody is None else template.melody[::-1, far_from_rotations(rng)].copy()
-    return SyntheticTrack(template, entries, melody)
+    return SyntheticTrack(template, entries, melody, last_frame)
 
 
 # -- measuring one size ------------------------------------------------------------------------
