@@ -16,19 +16,26 @@ its own without breaking the old ones.
 from __future__ import annotations
 
 import io
+import os
 import zipfile
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from refrain.fingerprint.params import FingerprintParams
 from refrain.fingerprint.peaks import Peaks
-from refrain.fingerprint.pipeline import Fingerprint, fingerprint_peaks
+from refrain.fingerprint.pipeline import Fingerprint, fingerprint_file, fingerprint_peaks
 
-__all__ = ["FORMAT_VERSION", "FingerprintFormatError", "fingerprint_to_bytes", "fingerprint_from_bytes"]
+__all__ = ["FORMAT_VERSION", "STORED_SUFFIX", "FingerprintFormatError", "fingerprint_to_bytes",
+           "fingerprint_from_bytes", "fingerprint_source"]
 
 #: Version of the blob layout; bump it when an array changes meaning, not when one is added.
 FORMAT_VERSION = 1
+
+#: File suffix of a stored fingerprint kept as a catalogue track's source: a published
+#: upload enters the catalogue without its audio, from the fingerprint its decision kept.
+STORED_SUFFIX = ".fingerprint"
 
 #: The settings that decide where peaks are: stored peaks only make sense under the same ones.
 _PEAK_SETTINGS = ("sample_rate", "n_fft", "hop_length", "fmin", "fmax", "bins_per_octave")
@@ -125,3 +132,31 @@ def fingerprint_from_bytes(blob: bytes, params: FingerprintParams) -> Fingerprin
         dense = Peaks(frames=dense_frames, bins=arrays["dense_bins"].astype(np.int32), strength=zeros,
                       bin_offsets=zeros)
     return fingerprint_peaks(peaks, float(arrays["duration"]), params, arrays.get("melody"), dense)
+
+
+def fingerprint_source(path: os.PathLike | str, params: FingerprintParams, max_duration: float | None = None,
+                       dense_peaks: bool = False) -> Fingerprint:
+    """The fingerprint of a catalogue track's source file, whichever kind it is.
+
+    Parameters
+    ----------
+    path : path-like
+        A stored fingerprint (named ``*`` + :data:`STORED_SUFFIX`), read back; or an
+        audio file, decoded and fingerprinted (:func:`fingerprint.pipeline.fingerprint_file`).
+    params : FingerprintParams
+    max_duration : float, optional
+        Longest audio decoded (seconds).
+    dense_peaks : bool
+        Also pick the dense peaks a query needs (a stored fingerprint holds them if its
+        upload was fingerprinted with them).
+
+    Raises
+    ------
+    FingerprintFormatError
+        A stored fingerprint this version cannot read.
+    AudioDecodeError, FingerprintError, OSError
+        As :func:`fingerprint.pipeline.fingerprint_file`, or the file cannot be read.
+    """
+    if Path(path).suffix == STORED_SUFFIX:
+        return fingerprint_from_bytes(Path(path).read_bytes(), params)
+    return fingerprint_file(path, params, max_duration, dense_peaks)

@@ -1,9 +1,10 @@
 """Catalogue self-scan: every catalogue track matched against the index, related works grouped.
 
-Each ready track is fingerprinted again from its stored ``source`` file and
-matched like an upload; the match with itself is dropped, every other match is
-an edge between two works (a copy, an excerpt, a sped-up or pitch-shifted
-derivative, a mix). Connected components of those edges are the groups of
+Each ready track is fingerprinted again from its stored ``source`` file (a
+published upload's source is the fingerprint its decision kept) and matched
+like an upload; the match with itself is dropped, every other match is an edge
+between two works (a copy, an excerpt, a sped-up or pitch-shifted derivative, a
+mix). Connected components of those edges are the groups of
 related works, each reported with the evidence of every edge.
 
 Outputs in the run's folder: ``items.jsonl`` (one record per track),
@@ -20,7 +21,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from refrain.fingerprint import AudioDecodeError, FingerprintError, fingerprint_file
+from refrain.fingerprint import AudioDecodeError, FingerprintError
+from refrain.fingerprint.serialize import FingerprintFormatError, fingerprint_source
 from refrain.api import Refrain, TrackMatch
 from refrain.cluster import ClusterRefrain, open_for_matching
 from refrain.policy import use_of_kind
@@ -75,9 +77,9 @@ class CatalogueJob:
             return {"status": "failed", "track_id": track_id,
                     "error": f"track {track_id} is no longer in the index"}
         try:
-            fp = fingerprint_file(track.source, refrain.params, refrain.config.max_track_seconds,
-                                  dense_peaks=True)
-        except (AudioDecodeError, FingerprintError, OSError) as err:
+            fp = fingerprint_source(track.source, refrain.params, refrain.config.max_track_seconds,
+                                    dense_peaks=True)
+        except (AudioDecodeError, FingerprintError, FingerprintFormatError, OSError) as err:
             message = str(err) if str(err).startswith(track.source) else f"{track.source}: {err}"
             return {"status": "failed", "track_id": track_id, "source": track.source, "error": message}
         result = refrain.match_fingerprint(fp, track.source)

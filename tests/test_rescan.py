@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import soxr
 
-from refrain.fingerprint import FingerprintParams, fingerprint_signal
+from refrain.fingerprint import FingerprintParams, fingerprint_signal, load_audio
 from refrain.fingerprint.serialize import FingerprintFormatError, fingerprint_from_bytes, fingerprint_to_bytes
 from refrain.api import Refrain
 from refrain.cli import main as cli_main
@@ -203,3 +203,27 @@ def test_a_bad_or_foreign_fingerprint_blob_is_refused(songs):
         fingerprint_from_bytes(b"not a blob", params)
     with pytest.raises(FingerprintFormatError, match="other settings"):
         fingerprint_from_bytes(fingerprint_to_bytes(fp, params), FingerprintParams(bins_per_octave=24))
+
+
+def test_a_published_upload_is_scanned_from_its_stored_fingerprint(songs, write_audio, tmp_path):
+    """A published derivative enters the catalogue from its decision's stored fingerprint: no audio to decode."""
+    works = tmp_path / "works"
+    works.mkdir()
+    with Refrain.open(tmp_path / "index", create=True) as refrain:
+        parent = next(iter(refrain.ingest([write_audio(tmp_path / "song-41.flac", songs[41].samples)]))).track_id
+        ids = {}
+        for name, samples in (("dec_1", songs[41].excerpt(10.0, 14.0)), ("dec_2", songs[44].samples)):
+            # As the service keeps an upload: decoded at the index's rate, a query's dense peaks, stored as bytes.
+            upload = load_audio(write_audio(tmp_path / f"{name}.wav", samples), refrain.params.sample_rate)
+            blob = fingerprint_to_bytes(fingerprint_signal(upload, refrain.params, dense_peaks=True), refrain.params)
+            (works / f"{name}.fingerprint").write_bytes(blob)
+            ids[name] = refrain.ingest_fingerprint(fingerprint_from_bytes(blob, refrain.params),
+                                                   str(works / f"{name}.fingerprint"), name * 8).track_id
+    (works / "dec_2.fingerprint").write_bytes(b"damaged")
+
+    report = rescan_catalogue(tmp_path / "index", tmp_path / "scan", RescanOptions(progress=False))
+    records = {r["item"]: r for r in report.run.records}
+    assert records[ids["dec_1"]]["status"] == "ok"
+    assert {frozenset(group["track_ids"]) for group in report.groups} == {frozenset({parent, ids["dec_1"]})}
+    damaged = records[ids["dec_2"]]
+    assert damaged["status"] == "failed" and "dec_2.fingerprint: not a stored fingerprint" in damaged["error"]
