@@ -118,6 +118,12 @@ class ServiceSettings(BaseSettings):
     webhook_secret : str or None
         Key of the HMAC-SHA256 signature of every webhook (``X-Refrain-Signature``);
         without one, uploads asking for a ``callback_url`` are refused (422).
+    callback_hosts : list of str
+        Hosts a job's ``callback_url`` may name: a host name, or ``.example.com`` for that
+        domain and every name under it (``REFRAIN_CALLBACK_HOSTS='["hooks.example.com"]'``).
+        Empty (the default): any host. An uploader key chooses the URL the service then
+        POSTs to from inside the platform's network; set this so that it can only be the
+        upload pipeline's own receivers.
     webhook_attempts : int
         Deliveries tried before a webhook is given up (default 5).
     webhook_backoff_seconds : float
@@ -160,6 +166,7 @@ class ServiceSettings(BaseSettings):
     jobs_dir: Path | None = None
     job_workers: int = Field(1, ge=1, le=64)
     webhook_secret: SecretStr | None = None
+    callback_hosts: list[str] = Field(default_factory=list)
     webhook_attempts: int = Field(5, ge=1, le=20)
     webhook_backoff_seconds: float = Field(1.0, ge=0)
     webhook_timeout_seconds: float = Field(10.0, gt=0)

@@ -35,6 +35,18 @@ def _check_callback(url: str | None, service: MatchService) -> None:
     if service.settings.webhook_secret is None:
         raise ApiError(422, "validation_error", "this service sends no webhooks (no webhook_secret is "
                                                "configured): leave out callback_url and poll the job")
+    allowed = service.settings.callback_hosts
+    if allowed and not any(_host_matches(parts.hostname, pattern) for pattern in allowed):
+        raise ApiError(422, "validation_error", f"callback_url host {parts.hostname!r} is not one this service "
+                                               f"calls back (callback_hosts: {', '.join(allowed)})")
+
+
+def _host_matches(host: str, pattern: str) -> bool:
+    """``host`` is ``pattern``, or lies under it when ``pattern`` starts with a dot (host names are caseless)."""
+    host, pattern = host.lower().rstrip("."), pattern.lower().rstrip(".")
+    if pattern.startswith("."):
+        return host == pattern[1:] or host.endswith(pattern)
+    return host == pattern
 
 
 async def submit_upload(request: Request, service: MatchService, jobs: JobRunner, key: ApiKey,

@@ -224,6 +224,26 @@ def test_a_callback_needs_a_webhook_secret(tmp_path, run_refrain, excerpt_file):
         service.stop()
 
 
+def test_a_callback_may_only_name_the_configured_hosts(tmp_path, run_refrain, excerpt_file, receiver):
+    hook = receiver()  # listens on 127.0.0.1
+    settings = ServiceSettings(index_dir=tmp_path / "index", webhook_secret=SECRET,
+                               callback_hosts=["hooks.example.com", ".pipeline.example", "127.0.0.1"])
+    made = run_refrain("keys", "create", "--role", "uploader", "--principal", "studio", "--index", settings.index_dir)
+    service = Running(settings, {"uploader": made.stdout.strip()})
+    try:
+        with service.client("uploader") as uploader:
+            for url in ("http://10.0.0.7/admin", "http://localhost:8080/x", "https://hooks.example.com.evil.test/x",
+                        "https://evilpipeline.example/x"):
+                refused = post_file(uploader, f"/v1/matches?mode=async&callback_url={url}", excerpt_file(30, 5.0, 12.0))
+                assert "callback_hosts" in assert_error(refused, 422, "validation_error")["message"], url
+            accepted = post_file(uploader, f"/v1/matches?mode=async&callback_url={hook.url}",
+                                 excerpt_file(30, 5.0, 12.0))
+            assert accepted.status_code == 202
+            assert poll(uploader, accepted.json()["job_id"], webhook=True)["webhook"]["delivered"]
+    finally:
+        service.stop()
+
+
 def test_jobs_accepted_before_a_restart_are_decided_after_it(settings, running, receiver, excerpt_file, monkeypatch):
     hook = receiver()
     running.stop()  # its catalogue and keys are used by the two processes below, one after the other
