@@ -26,31 +26,14 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.accuracy import list_tracks, related_groups  # noqa: E402
 from refrain.fingerprint import fingerprint_file  # noqa: E402
 from refrain.fingerprint.serialize import fingerprint_to_bytes  # noqa: E402
-from refrain.api import Refrain, audio_files  # noqa: E402
+from refrain.api import Refrain  # noqa: E402
 from refrain.tuning import tune_process  # noqa: E402
 
 MODES = {"jobs1": {"jobs": 1}, "jobs2": {"jobs": 2}, "dask2": {"jobs": 2, "dask": "local"}}
 OUTPUTS = ("items.jsonl", "groups.jsonl", "summary.csv")
-
-
-def list_tracks(folder: Path) -> list[Path]:
-    """The corpus in INVENTORY.tsv order (as bench/accuracy.py lists it)."""
-    inventory = folder / "INVENTORY.tsv"
-    if inventory.exists():
-        return [folder / row.split("\t")[0] for row in inventory.read_text().splitlines()[1:] if row]
-    return audio_files([folder])
-
-
-def related_groups() -> dict[str, set[str]]:
-    """bench/related-tracks.tsv: group name -> file names."""
-    groups: dict[str, set[str]] = {}
-    for row in (ROOT / "bench" / "related-tracks.tsv").read_text().splitlines():
-        if row and not row.startswith("#"):
-            group, name = row.split("\t")[:2]
-            groups.setdefault(group, set()).add(name)
-    return groups
 
 
 def run_one(mode: str, index: Path, out: Path) -> None:
@@ -115,7 +98,9 @@ def main() -> int:
 
     groups = [json.loads(line) for line in (work / "jobs1" / "groups.jsonl").read_text().splitlines()]
     found = [{Path(t["source"]).name for t in g["tracks"]} for g in groups]
-    known = related_groups()
+    known: dict[str, set[str]] = {}  # group -> its file names
+    for name, group in related_groups().items():
+        known.setdefault(group, set()).add(name)
     in_catalogue = {Path(p).name for p in catalogue}
 
     print(f"\nself-scan of {info.tracks} tracks ({info.hours:.2f} h) on {len(MODES)} set-ups")
