@@ -364,6 +364,17 @@ def _iso(moment: datetime | None) -> str | None:
     return None if moment is None else moment.astimezone(timezone.utc).isoformat(timespec="microseconds")
 
 
+def _within_period(where: list[str], params: list, column: str, since: datetime | None,
+                   until: datetime | None) -> None:
+    """Add the conditions ``since <= column < until`` (either bound left out when None) to a query's WHERE parts."""
+    if since is not None:
+        where.append(f"{column} >= ?")
+        params.append(_iso(since))
+    if until is not None:
+        where.append(f"{column} < ?")
+        params.append(_iso(until))
+
+
 def _parse(text: str | None) -> datetime | None:
     return None if text is None else datetime.fromisoformat(text)
 
@@ -1044,12 +1055,7 @@ class ServiceDB:
         if verdict is not None:
             where.append("verdict = ?")
             params.append(verdict)
-        if since is not None:
-            where.append("created_at >= ?")
-            params.append(_iso(since))
-        if until is not None:
-            where.append("created_at < ?")
-            params.append(_iso(until))
+        _within_period(where, params, "created_at", since, until)
         if uploader_id is not None:
             where.append("uploader_id = ?")
             params.append(uploader_id)
@@ -1312,12 +1318,7 @@ class ServiceDB:
                          " OR d.dispute_id IN (SELECT dispute_id FROM disputes, json_each(disputes.track_ids) t"
                          " JOIN works w ON w.track_id = t.value WHERE w.work_id = ?))")
             params.extend([work_id, work_id])
-        if since is not None:
-            where.append("d.filed_at >= ?")
-            params.append(_iso(since))
-        if until is not None:
-            where.append("d.filed_at < ?")
-            params.append(_iso(until))
+        _within_period(where, params, "d.filed_at", since, until)
         clause = (" WHERE " + " AND ".join(where)) if where else ""
         rows = self._query(f"{self._DISPUTES}{clause} ORDER BY d.filed_at, d.dispute_id LIMIT ? OFFSET ?",
                            (*params, limit, offset))
@@ -1489,12 +1490,7 @@ class ServiceDB:
     def decisions_owing(self, since: datetime | None, until: datetime | None) -> list[StoredDecision]:
         """The stored decisions that let an upload be published (``allowed``, ``licensed``) in ``[since, until)``."""
         where, params = ["verdict IN ('allowed', 'licensed')"], []
-        if since is not None:
-            where.append("created_at >= ?")
-            params.append(_iso(since))
-        if until is not None:
-            where.append("created_at < ?")
-            params.append(_iso(until))
+        _within_period(where, params, "created_at", since, until)
         rows = self._query(f"SELECT * FROM decisions WHERE {' AND '.join(where)} ORDER BY created_at, decision_id",
                            params)
         return [StoredDecision(r["decision_id"], _parse(r["created_at"]), r["verdict"], json.loads(r["body"]))
