@@ -1045,13 +1045,16 @@ class ServiceDB:
                        kind: str | None = None, oldest_first: bool = False) -> tuple[list[StoredDecision], int]:
         """Stored decisions, newest first (or oldest first), filtered; and how many match the filters in all.
 
-        ``since`` is inclusive, ``until`` exclusive; ``kind`` keeps decisions with a work
-        matched as that matcher kind.
+        ``work_id`` keeps decisions that matched the work or claim it as the ancestor of a
+        matched derivative (a lineage claim, docs/lineage.md); ``since`` is inclusive, ``until``
+        exclusive; ``kind`` keeps decisions with a work matched as that matcher kind.
         """
         where, params = [], []
         if work_id is not None:
-            where.append("decision_id IN (SELECT decision_id FROM decision_works WHERE work_id = ?)")
-            params.append(work_id)
+            where.append("(decision_id IN (SELECT decision_id FROM decision_works WHERE work_id = ?)"
+                         " OR EXISTS (SELECT 1 FROM json_each(decisions.body, '$.lineage')"
+                         " WHERE json_extract(value, '$.work_id') = ?))")
+            params.extend([work_id, work_id])
         if verdict is not None:
             where.append("verdict = ?")
             params.append(verdict)

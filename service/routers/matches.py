@@ -86,7 +86,8 @@ async def match_adhoc(request: Request, service: MatchService = Depends(get_serv
 @router.get("", response_model=DecisionList, summary="List stored decisions",
             responses=error_responses())
 def list_decisions(work_id: int | None = Query(None, ge=1, le=MAX_DB_INTEGER,
-                                                description="Only decisions that matched this work"),
+                                                description="Only decisions that matched this work "
+                                                "or claim it through a lineage (docs/lineage.md)"),
                    verdict: Verdict | None = Query(None),
                    since: BoundedDatetime | None = Query(None, description="Only decisions made at or after "
                                                          "this instant (ISO 8601; UTC if no zone)"),

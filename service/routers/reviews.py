@@ -58,7 +58,8 @@ def _utc(moment: datetime | None) -> datetime | None:
 def queue_filters(verdict: Verdict | None = Query("review", description="Only decisions with this verdict "
                                                   "(default `review`: the decisions waiting for an analyst)"),
                   work_id: int | None = Query(None, ge=1, le=MAX_DB_INTEGER,
-                                              description="Only decisions that matched this work"),
+                                              description="Only decisions that matched this work "
+                                              "or claim it through a lineage (docs/lineage.md)"),
                   uploader_id: str | None = Query(None, max_length=200,
                                                   description="Only uploads that declared this uploader_id"),
                   kind: Kind | None = Query(None, description="Only decisions with a work matched as this kind"),

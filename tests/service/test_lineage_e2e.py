@@ -167,6 +167,10 @@ def test_one_song_its_published_remix_and_everything_downstream(scene, songs):
     assert _by_work(pitched)[b1["work_id"]]["use"] == "remix", pitched
     assert [(c["via_work_id"], c["work_id"]) for c in pitched["lineage"]] == [(b1["work_id"], work_a["work_id"])]
     assert pitched["verdict"] == "licensed", pitched
+    # An analyst looking into A sees the uploads that claim it through B1 beside those that matched it.
+    listed = analyst.get("/v1/matches", params={"work_id": work_a["work_id"], "limit": 500})
+    about_a = {d["decision_id"] for d in listed.json()["items"]}
+    assert {only_b["decision_id"], licensed_copy["decision_id"], pitched["decision_id"]} <= about_a
 
     # Royalty statements: A is owed by B's remix directly and by the third's uploads through B1.
     statement = a.get("/v1/royalties", params={"holder": "artist-a"}).json()

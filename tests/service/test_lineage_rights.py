@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import sqlite3
+from datetime import datetime, timedelta, timezone
 
+import numpy as np
 import pytest
 from service_helpers import assert_error
 
 from refrain.service import db as service_db
-from refrain.service.db import ServiceDB, hash_key
+from refrain.service.db import ServiceDB, WorkEvidence, hash_key
 
 CONSENT = {"copy": "deny", "remix": "licence_required", "cover": "deny", "royalty_share": 0.4}
 
@@ -116,3 +118,26 @@ def test_a_copy_is_not_published_as_a_derivative(private_admin, songs):
     refused = private_admin.post(f"/v1/matches/{decided['decision_id']}/publish",
                                  json={"title": "Mine", "artists": ["Copier"]}, headers=uploader)
     assert "copy of work" in assert_error(refused, 409, "conflict")["message"]
+
+
+def test_a_work_filter_keeps_the_decisions_that_claim_the_work_through_a_lineage(tmp_path):
+    db = ServiceDB(tmp_path / "service.sqlite")
+    try:
+        _, uploader = db.create_key("uploader", "studio")
+        now = datetime.now(timezone.utc)
+        # Work 2 is a published remix of work 1: one upload matched 1 itself, one only 2 (claiming 1 through it).
+        bodies = {"dec_direct": {"works": [{"work_id": 1}], "lineage": []},
+                  "dec_through": {"works": [{"work_id": 2}], "lineage": [{"work_id": 1, "via_work_id": 2}]},
+                  "dec_other": {"works": [{"work_id": 3}], "lineage": []}}
+        for number, (decision_id, body) in enumerate(bodies.items()):
+            evidence = [WorkEvidence(track_id=w["work_id"], work_id=w["work_id"], points=np.zeros((0, 2), np.float32),
+                                     spectrogram_png=None, spectrogram_start=None, spectrogram_end=None)
+                        for w in body["works"]]
+            db.add_decision(decision_id, now + timedelta(seconds=number), "review", None, uploader, "x.wav",
+                            {**body, "verdict": "review"}, evidence)
+        listed = {work_id: sorted(d.decision_id for d in db.list_decisions(work_id, None, None, 10, 0)[0])
+                  for work_id in (1, 2, 3)}
+        assert listed == {1: ["dec_direct", "dec_through"], 2: ["dec_through"], 3: ["dec_other"]}
+        assert db.list_decisions(1, None, None, 10, 0)[1] == 2
+    finally:
+        db.close()
