@@ -5,6 +5,8 @@
     DIR/cluster.sqlite       every track of the cluster: its cluster-wide id, the shard holding it, its
                              id in that shard and its catalogue metadata (:class:`ClusterCatalog`)
     DIR/shards/shard-000/    one Refrain index directory per shard (:class:`refrain.index.IndexStore`)
+    DIR/counts.npz           every landmark code's entries over all shards (:mod:`refrain.cluster.counts`),
+                             rewritten by the writer at each commit, memory-mapped by every shard
     DIR/scheduler.json       where the engine's scheduler listens (``dask scheduler --scheduler-file``)
 
 The catalogue is partitioned by track: a shard holds every tier of the tracks it owns,
@@ -29,6 +31,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
+from refrain.cluster.counts import COUNTS_FILE, write_count_table
 from refrain.fingerprint import FingerprintParams
 from refrain.index import IndexStore, Track
 from refrain.index.store import IndexOpenError
@@ -140,7 +143,17 @@ class ClusterCatalog:
         directory = self.directory / _SHARDS / f"shard-{shard_id:03d}"
         IndexStore.open(directory, create=True, params=params).close()
         self._db.execute("INSERT INTO shards (shard_id, directory) VALUES (?, ?)", (shard_id, str(directory)))
+        self.recount()
         return Shard(shard_id, str(directory))
+
+    @property
+    def counts_path(self) -> Path:
+        """The cluster's count table (:mod:`refrain.cluster.counts`)."""
+        return self.directory / COUNTS_FILE
+
+    def recount(self) -> None:
+        """Rewrite the count table from every shard's committed files: after each commit, removal or new shard."""
+        write_count_table(self.directory, [(s.shard_id, s.directory) for s in self.shards()])
 
     def shard(self, shard_id: int) -> Shard:
         row = self._db.execute("SELECT * FROM shards WHERE shard_id = ?", (shard_id,)).fetchone()

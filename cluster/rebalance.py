@@ -150,8 +150,10 @@ def rebalance(catalog: ClusterCatalog) -> list[Move]:
             new_id = new_store.add_track(local.source, local.content_hash, moved,  # type: ignore[arg-type]
                                          TrackMetadata(local.title, local.artist, local.isrc))
             new_store.commit()
+            catalog.recount()
             catalog.move(track_id, destination, new_id)
             old_store.remove_track(place[1])
+            catalog.recount()
             moves.append(Move(track_id, track.duration, source, destination))
     finally:
         for writer in writers.values():
@@ -172,4 +174,6 @@ def _remove_unrecorded_in(catalog: ClusterCatalog, shard: Shard) -> int:
         leftovers = catalog.unrecorded(shard, set(writer.store.catalog.ready_tracks()))
         for local_id in leftovers:
             writer.remove(local_id)
+    if leftovers:
+        catalog.recount()
     return len(leftovers)

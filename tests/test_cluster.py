@@ -79,11 +79,43 @@ def test_cluster_matches_as_one_index(cluster_and_index, songs, render):
             expected = single.match_fingerprint(fp, name)
             got = cluster.match_fingerprint(fp, name)
             assert _described(got.matches) == _described(expected.matches), name
-            assert cluster.last_overhead["uncounted_codes"] == 0
+            assert cluster.last_overhead["stale_counts"] == 0
             if name != "unrelated":
                 assert got.matches, name
         assert [t.source for t in cluster.tracks()] == [t.source for t in single.tracks()]
         assert cluster.info().tracks == single.info().tracks == len(songs)
+
+
+def test_the_count_table_holds_the_counts_of_one_index(cluster_and_index, tmp_path, songs):
+    import json
+
+    from refrain.cluster.counts import CountTable
+    from refrain.index.files import map_arrays
+    from refrain.index.landmarks import LandmarkIndex, unmix_codes
+    directory, _, single_dir = cluster_and_index
+    table = CountTable(directory / "counts.npz")
+    with Refrain.open(single_dir, mmap=True) as single:
+        manifest = json.loads((single_dir / "manifest.json").read_text())
+        landmark_tiers = {name: tier for name, tier in single.store.tiers.items() if isinstance(tier, LandmarkIndex)}
+        assert set(table.tiers) == set(landmark_tiers) and table.total_tracks == len(songs)
+        for name, tier in landmark_tiers.items():
+            stored = map_arrays(single_dir / manifest["tiers"][name]["file"], ("codes",))["codes"]
+            codes = unmix_codes(np.asarray(stored))
+            absent = (codes.astype(np.uint64) * 7 + 3).astype(np.uint32)  # mostly codes no track holds
+            for asked in (codes, absent):
+                assert np.array_equal(table.tiers[name].code_counts(asked), tier.code_counts(asked)), name
+            assert table.tiers[name].entries == tier.ntotal
+
+    # A takedown rewrites the table: the track's entries and the track leave the totals.
+    grown = tmp_path / "takedown"
+    ClusterCatalog.create(grown, 2).close()
+    with ClusterRefrain.open(grown, writable=True) as cluster:
+        list(cluster.ingest([song.path for song in songs.values()]))
+        before = CountTable(grown / "counts.npz")
+        removed = cluster.remove(1)
+        after = CountTable(grown / "counts.npz")
+    assert after.total_tracks == before.total_tracks - 1 == len(songs) - 1
+    assert after.tiers["pair"].entries == before.tiers["pair"].entries - removed.n_landmarks
 
 
 class _Server:
