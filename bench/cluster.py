@@ -130,7 +130,7 @@ def _router_overhead(directory: Path, single: Path, uploads: list[Path]) -> dict
     Also the whole cluster query beside one index's match of the same fingerprint (wall ms):
     with one shard the difference is the router's and the engine's cost alone.
     """
-    added, cpu, single_ms, cluster_ms = [], [], [], []
+    added, transport, cpu, single_ms, cluster_ms = [], [], [], [], []
     with Refrain.open(single, mmap=True) as index, ClusterRefrain.open(directory, deadline_seconds=120) as cluster:
         cluster.warm_up()
         for path in uploads * 5:
@@ -144,8 +144,10 @@ def _router_overhead(directory: Path, single: Path, uploads: list[Path]) -> dict
             cpu.append((time.process_time() - cpu_started) * 1000)
             spent = cluster.last_overhead
             added.append((spent["shards"] + spent["merged"] - spent["slowest_shard_matching"]) * 1000)
+            transport.append((spent["shards"] - spent["slowest_shard_call"]) * 1000)
     return {"queries": len(added), "added_wall_ms_p50": round(float(np.median(added)), 1),
             "added_wall_ms_p90": round(float(np.percentile(added, 90)), 1),
+            "engine_round_trip_ms_p50": round(float(np.median(transport)), 1),
             "router_cpu_ms_p50": round(float(np.median(cpu)), 1),
             "router_cpu_ms_p90": round(float(np.percentile(cpu, 90)), 1),
             "cluster_match_ms_p50": round(float(np.median(cluster_ms)), 1),

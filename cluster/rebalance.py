@@ -129,9 +129,16 @@ def _plan(catalog: ClusterCatalog) -> list[tuple[int, int, int]]:
 def rebalance(catalog: ClusterCatalog) -> list[Move]:
     """Move tracks so that every shard holds about as many catalogue seconds; nothing is decoded.
 
-    Needs every shard's write lock (run it with no other writer). Readers keep answering:
+    Takes the cluster's write lock (:meth:`ClusterCatalog.writing`; raises
+    :class:`refrain.index.store.IndexBusyError` at once if another writer holds it) and
+    every shard's. Readers keep answering:
     each track is reported by exactly one shard throughout (see the module's notes).
     """
+    with catalog.writing(timeout=0.0):
+        return _rebalance(catalog)
+
+
+def _rebalance(catalog: ClusterCatalog) -> list[Move]:
     remove_unrecorded(catalog)
     moves = []
     writers: dict[int, Refrain] = {}

@@ -102,8 +102,6 @@ class ClusterRefrain:
             catalog.close()
             raise
         try:
-            if writable:
-                catalog.drop_pending()
             if not catalog.counts_path.exists():  # a cluster made before the count table
                 catalog.recount()
         except BaseException:
@@ -159,9 +157,14 @@ class ClusterRefrain:
         A file already in the cluster (same bytes, in any shard) is ``unchanged``; a file
         whose source path is in the cluster with other bytes replaces that track, wherever
         it lives. Each shard written to is saved every ``config.commit_every`` tracks and
-        when the generator ends.
+        when the generator ends. The cluster's write lock is held until the generator ends
+        (:meth:`ClusterCatalog.writing`: another writer is waited for up to the deadline).
         """
         self._require_writable()
+        with self.catalog.writing(self.deadline_seconds):
+            yield from self._ingest(paths, jobs, metadata)
+
+    def _ingest(self, paths: Iterable[os.PathLike], jobs: int, metadata: TrackMetadata) -> Iterator[IngestResult]:
         todo: list[tuple[str, str]] = []
         queued: set[str] = set()
         for path in audio_files(paths):
@@ -231,11 +234,12 @@ class ClusterRefrain:
         """Remove a track (takedown) from its shard and the cluster; raises KeyError for an unknown id."""
         self._require_writable()
         writers: dict[int, Refrain] = {}
-        try:
-            return self._remove(track_id, writers)
-        finally:
-            for writer in writers.values():
-                writer.close()
+        with self.catalog.writing(self.deadline_seconds):
+            try:
+                return self._remove(track_id, writers)
+            finally:
+                for writer in writers.values():
+                    writer.close()
 
     def _remove(self, track_id: int, writers: dict[int, Refrain]) -> Track:
         track, place = self.catalog.get(track_id), self.catalog.locate(track_id)
@@ -295,6 +299,7 @@ class ClusterRefrain:
         self.last_overhead = {"shards": answered - started, "merged": time.perf_counter() - answered,
                               "slowest_shard_matching": max((sum(a.tier_seconds.values()) for a in answers),
                                                             default=0.0),
+                              "slowest_shard_call": max((a.seconds for a in answers), default=0.0),
                               "stale_counts": float(len(stale))}
         result = QueryResult(query=name, duration=round(fp.duration, 3), matches=matches)
         return result, {m.track_id: m.points for m in matches}

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from dataclasses import dataclass, field, fields
 from typing import Any
 
@@ -20,6 +21,7 @@ import numpy as np
 from refrain.api import Refrain, TrackMatch
 from refrain.cluster.counts import CountTable, TierCounts
 from refrain.fingerprint import Fingerprint
+from refrain.index import Track
 from refrain.index.landmarks import LandmarkIndex
 from refrain.matcher import Catalogue, Match, MatchParams, match
 
@@ -28,12 +30,14 @@ __all__ = ["ShardAnswer", "CatalogueWideCounts", "shard_match", "open_shard", "o
 
 @dataclass
 class ShardAnswer:
-    """One shard's matches (shard-local track ids), its matching time per tier, and whether the count table
-    described its files (False only while a writer is between the shard's commit and the table's rewrite)."""
+    """One shard's matches (shard-local track ids), its matching time per tier and in all, and whether the count
+    table described its files (False only while a writer is between the shard's commit and the table's rewrite)."""
 
     matches: list[TrackMatch] = field(default_factory=list)
     tier_seconds: dict[str, float] = field(default_factory=dict)
     counts_current: bool = True
+    #: The whole call in the shard (its tiers' matching, opening checks, the answer's making).
+    seconds: float = 0.0
 
 
 class CatalogueWideCounts:
@@ -93,9 +97,28 @@ def _held(path: str, signature: tuple, opener):
         return opened
 
 
-def open_shard(directory: str) -> Refrain:
+@dataclass(frozen=True)
+class _ShardView:
+    """A shard opened for matching, with what every query reads of it prepared once per opening."""
+
+    refrain: Refrain
+    ready: dict[int, Track]
+    durations: dict[int, float]
+    landmarks: dict[str, LandmarkIndex]
+    entries: dict[str, int]
+
+    @classmethod
+    def open(cls, directory: str) -> "_ShardView":
+        refrain = Refrain.open(directory, mmap=True)
+        ready = {t.track_id: t for t in refrain.tracks()}
+        landmarks = {name: tier for name, tier in refrain.store.tiers.items() if isinstance(tier, LandmarkIndex)}
+        return cls(refrain, ready, {t: track.duration for t, track in ready.items()}, landmarks,
+                   {name: tier.ntotal for name, tier in landmarks.items()})
+
+
+def open_shard(directory: str) -> _ShardView:
     """The shard's index, read-only and memory-mapped, re-opened when its files have changed."""
-    return _held(directory, _signature(directory), lambda path: Refrain.open(path, mmap=True))
+    return _held(directory, _signature(directory), _ShardView.open)
 
 
 def open_count_table(path: str) -> CountTable:
@@ -127,19 +150,18 @@ def shard_match(directory: str, shard_id: int, counts_path: str, fp: Fingerprint
     ShardAnswer
         Matches with shard-local track ids and their metadata.
     """
-    refrain = open_shard(directory)
+    started = time.perf_counter()
+    shard = open_shard(directory)
     table = open_count_table(counts_path)
-    ready = {t.track_id: t for t in refrain.tracks()}
-    tiers: dict[str, Any] = dict(refrain.store.tiers)
-    landmarks = {name: tier for name, tier in tiers.items() if isinstance(tier, LandmarkIndex)}
-    current = table.describes(shard_id, len(ready), {name: tier.ntotal for name, tier in landmarks.items()})
-    tiers.update({name: CatalogueWideCounts(tier, table.tiers[name]) for name, tier in landmarks.items()
+    tiers: dict[str, Any] = dict(shard.refrain.store.tiers)
+    tiers.update({name: CatalogueWideCounts(tier, table.tiers[name]) for name, tier in shard.landmarks.items()
                   if name in table.tiers})
-    catalogue = Catalogue(tiers, refrain.params, {t: track.duration for t, track in ready.items()},
-                          total_tracks=table.total_tracks)
+    catalogue = Catalogue(tiers, shard.refrain.params, shard.durations, total_tracks=table.total_tracks)
     timings: dict[str, float] = {}
     found = match(fp, catalogue, params, timings=timings)
+    ready = shard.ready
     matches = [TrackMatch(**{f.name: getattr(m, f.name) for f in fields(Match)}, source=ready[m.track_id].source,
                           title=ready[m.track_id].title, artist=ready[m.track_id].artist,
                           isrc=ready[m.track_id].isrc) for m in found]
-    return ShardAnswer(matches, timings, current)
+    return ShardAnswer(matches, timings, table.describes(shard_id, len(ready), shard.entries),
+                       time.perf_counter() - started)
