@@ -305,3 +305,74 @@ def test_a_catalogue_rescan_of_a_cluster_finds_what_one_index_finds(cluster_and_
     capsys.readouterr()
     for name in ("items.jsonl", "groups.jsonl"):
         assert (tmp_path / "cluster" / name).read_text() == (tmp_path / "single" / name).read_text()
+
+
+def test_serve_runs_several_worker_processes_on_one_port(cluster_and_index, tmp_path, songs, write_audio, capsys):
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    import psutil
+
+    from refrain import cli
+    directory, _, single_dir = cluster_and_index
+    assert cli.main(["serve", "--index", str(single_dir), "--workers", "2"]) == 2
+    assert "--workers N (N > 1) needs --cluster" in capsys.readouterr().err
+
+    db = tmp_path / "workers.service.sqlite"
+    assert cli.main(["keys", "create", "--role", "uploader", "--principal", "t", "--db", str(db)]) == 0
+    key = capsys.readouterr().out.strip()
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}"
+    env = {**os.environ, "REFRAIN_WORKS_DIR": str(tmp_path / "works"), "REFRAIN_UPLOAD_DIR": str(tmp_path / "up"),
+           "REFRAIN_JOBS_DB_PATH": str(tmp_path / "jobs.sqlite"), "REFRAIN_JOBS_DIR": str(tmp_path / "jobs")}
+    for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS"):
+        env.pop(name, None)
+    supervisor = subprocess.Popen([sys.executable, "-m", "refrain.cli", "serve", "--cluster", str(directory),
+                                   "--db", str(db), "--port", str(port), "--workers", "2"], env=env)
+    try:
+        def workers() -> list[psutil.Process]:
+            return [p for p in psutil.Process(supervisor.pid).children() if p.is_running()
+                    and p.status() != psutil.STATUS_ZOMBIE]
+
+        def wait_ready(count: int) -> None:
+            deadline = time.monotonic() + 120
+            while len(workers()) != count or not all(_ready(url) for _ in range(4)):
+                assert supervisor.poll() is None and time.monotonic() < deadline, "the workers did not start"
+                time.sleep(0.5)
+
+        wait_ready(2)
+        started = time.monotonic()
+        threads = str(max(1, (os.cpu_count() or 1) // 2))
+        assert [w.environ()["OMP_NUM_THREADS"] for w in workers()] == [threads, threads]
+        upload = write_audio(tmp_path / "excerpt.wav", songs[34].excerpt(5.0, 10.0))
+        with ThreadPoolExecutor(4) as pool:
+            answers = list(pool.map(lambda _: _upload(url, key, upload), range(8)))
+        assert {a.status_code for a in answers} == {200}
+        decided = [_decided(a.json()) for a in answers]
+        assert decided == decided[:1] * len(decided)
+
+        # A worker that dies after its start-up window is replaced; the port keeps answering.
+        victim = workers()[0]
+        time.sleep(max(0.0, cli._WORKER_CRASH_SECONDS - (time.monotonic() - started) + 0.5))
+        victim.kill()
+        victim.wait(10)
+        deadline = time.monotonic() + 120
+        while victim.pid in [w.pid for w in workers()] or len(workers()) != 2:
+            assert time.monotonic() < deadline, "the worker was not replaced"
+            time.sleep(0.2)
+        wait_ready(2)
+        assert _upload(url, key, upload).status_code == 200
+        supervisor.send_signal(signal.SIGTERM)
+        assert supervisor.wait(60) == 0
+    finally:
+        if supervisor.poll() is None:
+            supervisor.kill()
+
+
+def _ready(url: str) -> bool:
+    try:
+        return httpx.get(url + "/v1/health/ready", timeout=5).is_success
+    except httpx.TransportError:
+        return False
