@@ -20,7 +20,7 @@ import threading
 import time
 from concurrent.futures import CancelledError
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 from distributed import Client
 from distributed.scheduler import KilledWorker
@@ -173,9 +173,13 @@ class LocalCluster:
     shards : sequence of Shard
     replicas : int
         Worker processes per shard (each serves the shard's calls; default 1).
+    environment : mapping of str to str, optional
+        Variables set for the shard workers beside this process's (e.g. their thread pools).
     """
 
-    def __init__(self, directory: os.PathLike, shards: Sequence[Shard], replicas: int = 1):
+    def __init__(self, directory: os.PathLike, shards: Sequence[Shard], replicas: int = 1,
+                 environment: Mapping[str, str] | None = None):
+        self.environment = {**os.environ, **(environment or {})}
         self.directory = Path(directory)
         self.scheduler_file = self.directory / SCHEDULER_FILE
         self.scheduler_file.unlink(missing_ok=True)
@@ -198,7 +202,8 @@ class LocalCluster:
                               str(self.scheduler_file), "--host", "127.0.0.1", "--nthreads", "1", "--nworkers", "1",
                               "--name", f"{resource}-{replica}", "--resources", f"{resource}=1",
                               "--memory-limit", "0", "--dashboard-address", ":0"],
-                             start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                             start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                             env=self.environment)
             for replica in range(self.replicas)]
 
     def kill_shard(self, shard_id: int) -> None:
