@@ -376,3 +376,30 @@ def _ready(url: str) -> bool:
         return httpx.get(url + "/v1/health/ready", timeout=5).is_success
     except httpx.TransportError:
         return False
+
+
+def test_a_shard_tells_when_the_count_table_does_not_describe_it(tmp_path, songs):
+    from refrain.cluster.shard import shard_match
+    from refrain.fingerprint import load_audio
+    from refrain.matcher import MatchParams
+    directory = tmp_path / "stale"
+    ClusterCatalog.create(directory, 2).close()
+    catalog = ClusterCatalog(directory)
+    first, *extra = [song.path for song in songs.values()]
+    with ClusterRefrain.open(directory, writable=True) as cluster:
+        list(cluster.ingest([first]))
+    shard = catalog.placement()  # the shard without the song
+    with Refrain.open(shard.directory) as index:
+        fp = fingerprint_signal(load_audio(songs[34].path, index.params.sample_rate, 60.0), index.params,
+                                dense_peaks=True)
+
+    def answer():
+        return shard_match(shard.directory, shard.shard_id, str(catalog.counts_path), fp, "q", MatchParams())
+
+    assert answer().counts_current
+    with Refrain.open(shard.directory, writable=True) as index:  # behind the cluster's back: no recount
+        list(index.ingest(extra[:1]))
+    assert not answer().counts_current
+    catalog.recount()
+    assert answer().counts_current
+    catalog.close()
