@@ -1,19 +1,24 @@
 """The cluster on this machine: throughput, latency, router overhead, memory per shard, engine overheads.
 
-For 1, 2 and 4 shards (a local cluster: a Dask scheduler and one worker process per
-shard) over one generated catalogue, and 1 and 2 service processes
-(``refrain serve --cluster``, the clients spread over them), a bounded number of 10 s
-and 3-minute uploads (excerpts of catalogue songs and songs played back to back); then
-the router's overhead per query against a single index of the same tracks (in this
-process: the time the router adds to the slowest shard's own matching), the resident
-memory of each shard process, and the per-call overhead of the engines compared in
-docs/cluster.md (Dask tasks, Dask actors and, when ``ray`` is importable, Ray actors)::
+First one index served by 1 and 2 service processes (one ``refrain serve --index`` per
+copy of the index: an index directory has one writing process); then, for 1, 2 and 4
+shards (a local cluster: a Dask scheduler and one worker process per shard) over the
+same generated catalogue, ``refrain serve --cluster --workers N`` for N = 1 and 2: a
+bounded number of 10 s and 3-minute uploads (excerpts of catalogue songs and songs
+played back to back), each on a new connection; the router's overhead per query
+against a single index of the same tracks (in this process: the time the router adds
+to the slowest shard's own matching, and the engine's round trip beyond the shard's
+whole call), the resident memory of each shard process, and the per-call overhead of
+the engines compared in docs/cluster.md (Dask tasks, Dask actors and, when ``ray`` is
+importable, Ray actors)::
 
     flock /work/bench.lock python bench/cluster.py [--songs 12] [--requests 40] [--long-requests 4]
-    flock /work/bench.lock python bench/cluster.py --engines-only
+    flock /work/bench.lock python bench/cluster.py --parts engines
 
-Prints one JSON object. Wall-clock figures on a shared machine are noisy: the router's
-overhead is also given in CPU time of this process, and the load average is reported.
+Every service and shard process runs with one thread per BLAS/OpenMP/numba pool. CPU
+is reported in cores (CPU seconds per wall second) for the service processes, the shard
+processes and the load generator (this process), with the load average before and
+after each load. Prints one JSON object (and each part on stderr as it is measured).
 """
 
 from __future__ import annotations
@@ -22,10 +27,10 @@ import argparse
 import itertools
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -65,43 +70,81 @@ def _catalogue(tmp: Path, songs: int, seconds: float) -> tuple[list[Path], list[
     return files, short, long
 
 
-def _load(urls: list[str], key: str, uploads: list[Path], n_requests: int, clients: int) -> dict:
-    """Uploads spread over the service processes; uploads/s and client-side latency percentiles."""
-    local, threads = threading.local(), itertools.count()
+#: Every service and shard process of a measurement runs with one thread per pool (BLAS, OpenMP, numba).
+PINNED = {name: "1" for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS")}
+
+
+def _cpu_seconds(processes: list[psutil.Process]) -> float:
+    total = 0.0
+    for process in processes:
+        try:
+            times = process.cpu_times()
+            total += times.user + times.system
+        except psutil.NoSuchProcess:
+            pass
+    return total
+
+
+def _load(urls: list[str], key: str, uploads: list[Path], n_requests: int, clients: int,
+          servers: list[psutil.Process], shards: list[psutil.Process] = ()) -> dict:
+    """Uploads spread over the services' addresses; uploads/s, client-side latency, CPU used by each side.
+
+    Every upload opens a new connection (as many uploaders do), so that processes sharing
+    one listening socket each accept their share. CPU is given in cores (CPU seconds per
+    wall second) for the service processes, the shard processes and this load generator.
+    """
+    turn = itertools.count()
+    # "Connection: close": the service closes each connection after its answer, the pool opens a new one.
+    client = httpx.Client(timeout=600, headers={"X-API-Key": key, "Connection": "close"},
+                          limits=httpx.Limits(max_connections=clients))
 
     def one(i: int) -> float:
-        if not hasattr(local, "client"):  # one keep-alive connection per client thread, threads spread over urls
-            local.client = httpx.Client(base_url=urls[next(threads) % len(urls)], headers={"X-API-Key": key},
-                                        timeout=600)
         path = uploads[i % len(uploads)]
         with open(path, "rb") as handle:
             started = time.perf_counter()
-            response = local.client.post("/v1/matches", files={"file": (path.name, handle, "audio/wav")})
+            response = client.post(urls[next(turn) % len(urls)] + "/v1/matches",
+                                   files={"file": (path.name, handle, "audio/wav")})
             elapsed = time.perf_counter() - started
         response.raise_for_status()
         return elapsed
 
+    me = psutil.Process()
     with ThreadPoolExecutor(clients) as pool:
-        list(pool.map(one, range(clients)))  # warm-up: connections, page cache
+        list(pool.map(one, range(2 * clients)))  # warm-up: page cache, every worker's first query
+        cpu = [_cpu_seconds(servers), _cpu_seconds(list(shards)), _cpu_seconds([me])]
+        load_before = os.getloadavg()[0]
         started = time.perf_counter()
         latencies = np.array(list(pool.map(one, range(n_requests))))
         wall = time.perf_counter() - started
+        used = [_cpu_seconds(servers) - cpu[0], _cpu_seconds(list(shards)) - cpu[1], _cpu_seconds([me]) - cpu[2]]
+    client.close()
     return {"requests": n_requests, "clients": clients, "uploads_per_second": round(n_requests / wall, 2),
             "p50_ms": round(float(np.percentile(latencies, 50)) * 1000, 1),
-            "p99_ms": round(float(np.percentile(latencies, 99)) * 1000, 1)}
+            "p99_ms": round(float(np.percentile(latencies, 99)) * 1000, 1),
+            "service_cores": round(used[0] / wall, 2), "shard_cores": round(used[1] / wall, 2),
+            "load_generator_cores": round(used[2] / wall, 2),
+            "load_average": [round(load_before, 2), round(os.getloadavg()[0], 2)]}
 
 
-def _serve(refrain: list[str], directory: Path, workers: int) -> tuple[list[subprocess.Popen], list[str]]:
-    processes, urls = [], []
-    for _ in range(workers):
-        port = _free_port()
-        processes.append(subprocess.Popen([*refrain, "serve", "--cluster", str(directory), "--port", str(port)],
-                                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
-        urls.append(f"http://127.0.0.1:{port}")
-        _wait_for(urls[-1], processes[-1])
-        while not httpx.get(urls[-1] + "/v1/health/ready", timeout=5).is_success:  # warmed up
-            time.sleep(0.5)
-    return processes, urls
+def _serve(refrain: list[str], option: str, directory: Path, db: Path, workers: int
+           ) -> tuple[subprocess.Popen, str, list[psutil.Process]]:
+    """``refrain serve`` with ``workers`` processes, warmed up: (supervisor or server, url, serving processes)."""
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}"
+    process = subprocess.Popen([*refrain, "serve", option, str(directory), "--db", str(db), "--port", str(port),
+                                "--workers", str(workers)], env={**os.environ, **PINNED},
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    _wait_for(url, process)
+    supervisor = psutil.Process(process.pid)
+    serving = supervisor.children() if workers > 1 else [supervisor]
+    while len(serving) < workers:
+        time.sleep(0.2)
+        serving = supervisor.children()
+    ready = 0
+    while ready < 4 * workers:  # warmed up (readiness answers once the matcher's kernels are loaded)
+        ready = ready + 1 if httpx.get(url + "/v1/health/ready", timeout=30).is_success else 0
+        time.sleep(0.1)
+    return process, url, serving
 
 
 def _stop(processes: list[subprocess.Popen]) -> None:
@@ -109,9 +152,47 @@ def _stop(processes: list[subprocess.Popen]) -> None:
         process.terminate()
     for process in processes:
         try:
-            process.wait(30)
+            process.wait(60)
         except subprocess.TimeoutExpired:
             process.kill()
+
+
+def _threads(serving: list[psutil.Process]) -> list[dict]:
+    """What each serving process really runs with: its threads, and its pools' environment."""
+    return [{"threads": p.num_threads(), **{name: p.environ().get(name) for name in PINNED}} for p in serving]
+
+
+def _uploader_key(refrain: list[str], db: Path) -> str:
+    """An uploader key of the service database ``db`` (created with the database)."""
+    return subprocess.run([*refrain, "keys", "create", "--role", "uploader", "--principal", "bench", "--db", str(db)],
+                          capture_output=True, text=True, check=True).stdout.strip()
+
+
+def _index_workers(refrain: list[str], single: Path, short: list[Path], workers: int, requests: int,
+                   clients: int) -> dict:
+    """One index served by ``workers`` processes: one ``refrain serve --index`` per copy of the index.
+
+    An index directory has one writer (the service holds its write lock), so N processes
+    serve N identical copies here: the same matching over the same bytes, each process's
+    own page-cache copy (a few MB for this catalogue).
+    """
+    processes, urls, serving = [], [], []
+    keys = single.with_name("index-keys.service.sqlite")
+    key = _uploader_key(refrain, keys)
+    try:
+        for number in range(workers):
+            copy = single.with_name(f"{single.name}-copy-{number}")
+            db = copy.with_name(copy.name + ".service.sqlite")
+            if not copy.exists():
+                shutil.copytree(single, copy, ignore=shutil.ignore_patterns(".lock"))
+            shutil.copy(keys, db)  # the same keys for every copy's service
+            process, url, started = _serve(refrain, "--index", copy, db, 1)
+            processes.append(process)
+            urls.append(url)
+            serving += started
+        return {**_load(urls, key, short, requests, clients, serving), "processes": _threads(serving)}
+    finally:
+        _stop(processes)
 
 
 def _shard_rss_mb(local: LocalCluster) -> list[float]:
@@ -125,23 +206,32 @@ def _shard_rss_mb(local: LocalCluster) -> list[float]:
 
 
 def _router_overhead(directory: Path, single: Path, uploads: list[Path]) -> dict:
-    """What the router adds to a query: wall ms beyond the slowest shard's matching, and this process's CPU ms."""
-    added, cpu, single_ms = [], [], []
+    """What the router adds to a query: wall ms beyond the slowest shard's matching, and this process's CPU ms.
+
+    Also the whole cluster query beside one index's match of the same fingerprint (wall ms):
+    with one shard the difference is the router's and the engine's cost alone.
+    """
+    added, transport, cpu, single_ms, cluster_ms = [], [], [], [], []
     with Refrain.open(single, mmap=True) as index, ClusterRefrain.open(directory, deadline_seconds=120) as cluster:
         cluster.warm_up()
-        for path in uploads * 3:
+        for path in uploads * 5:
             fp = fingerprint_signal(load_audio(path, index.params.sample_rate, 60), index.params, dense_peaks=True)
             started = time.perf_counter()
             index.match_fingerprint(fp, "q")
             single_ms.append((time.perf_counter() - started) * 1000)
-            cpu_started = time.process_time()
+            cpu_started, started = time.process_time(), time.perf_counter()
             cluster.match_fingerprint(fp, "q")
+            cluster_ms.append((time.perf_counter() - started) * 1000)
             cpu.append((time.process_time() - cpu_started) * 1000)
             spent = cluster.last_overhead
-            added.append((spent["codes_and_counts"] + spent["shards"] - spent["slowest_shard_matching"]) * 1000)
+            added.append((spent["shards"] + spent["merged"] - spent["slowest_shard_matching"]) * 1000)
+            transport.append((spent["shards"] - spent["slowest_shard_call"]) * 1000)
     return {"queries": len(added), "added_wall_ms_p50": round(float(np.median(added)), 1),
             "added_wall_ms_p90": round(float(np.percentile(added, 90)), 1),
+            "engine_round_trip_ms_p50": round(float(np.median(transport)), 1),
             "router_cpu_ms_p50": round(float(np.median(cpu)), 1),
+            "router_cpu_ms_p90": round(float(np.percentile(cpu, 90)), 1),
+            "cluster_match_ms_p50": round(float(np.median(cluster_ms)), 1),
             "single_index_match_ms_p50": round(float(np.median(single_ms)), 1)}
 
 
@@ -208,44 +298,55 @@ def main() -> int:
     parser.add_argument("--song-seconds", type=float, default=40.0)
     parser.add_argument("--requests", type=int, default=40, help="10 s uploads per setting (default 40)")
     parser.add_argument("--long-requests", type=int, default=4, help="3-minute uploads per setting (default 4)")
-    parser.add_argument("--clients", type=int, default=4, help="concurrent uploaders (default 4)")
+    parser.add_argument("--clients", type=int, default=8, help="concurrent uploaders (default 8)")
     parser.add_argument("--shards", type=int, nargs="+", default=[1, 2, 4])
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2], help="service processes")
-    parser.add_argument("--engines-only", action="store_true", help="only the engines' per-call overhead")
+    parser.add_argument("--parts", nargs="+", choices=["engines", "index", "cluster"],
+                        default=["engines", "index", "cluster"],
+                        help="what to measure: the engines' per-call overhead, one index served by 1 and 2 "
+                             "processes, the clusters (default all three)")
     args = parser.parse_args()
     refrain = [str(Path(sys.executable).with_name("refrain"))]
     report: dict = {"cpus": os.cpu_count(), "load_average_at_start": os.getloadavg()}
     with tempfile.TemporaryDirectory(prefix="refrain-bench-cluster-") as tmp:
         tmp = Path(tmp)
-        report["engines"] = _engines(tmp)
-        if args.engines_only:
-            print(json.dumps(report, indent=2))
-            return 0
+        if "engines" in args.parts:
+            report["engines"] = _engines(tmp)
         files, short, long = _catalogue(tmp, args.songs, args.song_seconds)
         with Refrain.open(tmp / "single", create=True) as single:
             list(single.ingest(files))
         report["catalogue"] = {"tracks": len(files), "hours": round(len(files) * args.song_seconds / 3600, 3)}
         report["runs"] = []
-        for shards in args.shards:
+        for workers in args.workers if "index" in args.parts else []:
+            report[f"index_workers_{workers}"] = _index_workers(refrain, tmp / "single", short, workers,
+                                                                args.requests, args.clients)
+            print(json.dumps({f"index_workers_{workers}": report[f"index_workers_{workers}"]}), file=sys.stderr,
+                  flush=True)
+        for shards in args.shards if "cluster" in args.parts else []:
             directory = tmp / f"cluster-{shards}"
             ClusterCatalog.create(directory, shards).close()
             with ClusterRefrain.open(directory, writable=True) as cluster:
                 list(cluster.ingest(files))
             catalog = ClusterCatalog(directory)
-            with LocalCluster(directory, catalog.shards()) as local:
+            with LocalCluster(directory, catalog.shards(), environment=PINNED) as local:
                 local.wait_ready()
-                key = subprocess.run([*refrain, "keys", "create", "--role", "uploader", "--principal", "bench",
-                                      "--db", str(directory.with_name(directory.name + ".service.sqlite"))],
-                                     capture_output=True, text=True, check=True).stdout.strip()
+                db = directory.with_name(directory.name + ".service.sqlite")
+                key = _uploader_key(refrain, db)
                 run = {"shards": shards, "router_overhead": _router_overhead(directory, tmp / "single", short[:4])}
+                shard_processes = [child for workers in local.workers.values() for nanny in workers
+                                   for child in psutil.Process(nanny.pid).children()]
                 for workers in args.workers:
-                    processes, urls = _serve(refrain, directory, workers)
+                    process, url, serving = _serve(refrain, "--cluster", directory, db, workers)
                     try:
                         run[f"workers_{workers}"] = {
-                            "uploads_10s": _load(urls, key, short, args.requests, args.clients),
-                            "uploads_3min": _load(urls, key, long, args.long_requests, min(args.clients, 2))}
+                            "uploads_10s": _load([url], key, short, args.requests, args.clients, serving,
+                                                 shard_processes),
+                            "processes": _threads(serving)}
+                        if args.long_requests:
+                            run[f"workers_{workers}"]["uploads_3min"] = _load(
+                                [url], key, long, args.long_requests, min(args.clients, 2), serving, shard_processes)
                     finally:
-                        _stop(processes)
+                        _stop([process])
                 run["shard_rss_mb"] = _shard_rss_mb(local)
                 report["runs"].append(run)
                 print(json.dumps(run), file=sys.stderr, flush=True)

@@ -5,7 +5,7 @@
 
 from refrain.cluster.engine import LocalCluster, ShardEngine, ShardUnavailableError
 from refrain.cluster.layout import ClusterCatalog, ClusterOpenError, Shard
-from refrain.cluster.router import ClusterRefrain, looked_up_codes, open_for_matching
+from refrain.cluster.router import ClusterRefrain, open_for_matching
 
 __all__ = ["ClusterRefrain", "ClusterCatalog", "ClusterOpenError", "Shard", "ShardEngine", "LocalCluster",
-           "ShardUnavailableError", "looked_up_codes", "open_for_matching"]
+           "ShardUnavailableError", "open_for_matching"]

@@ -20,13 +20,13 @@ import threading
 import time
 from concurrent.futures import CancelledError
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 from distributed import Client
 from distributed.scheduler import KilledWorker
 
 from refrain.cluster.layout import SCHEDULER_FILE, Shard
-from refrain.cluster.shard import open_shard, shard_code_counts, shard_match
+from refrain.cluster.shard import open_count_table, open_shard, shard_match
 
 log = logging.getLogger("refrain.cluster")
 
@@ -55,15 +55,13 @@ class ShardServer:
     of a task's overhead on this machine (docs/cluster.md).
     """
 
-    def __init__(self, directory: str):
-        self.directory = directory
+    def __init__(self, directory: str, shard_id: int, counts_path: str):
+        self.directory, self.shard_id, self.counts_path = directory, shard_id, counts_path
         open_shard(directory)  # mapped now: the first query does not wait for it
+        open_count_table(counts_path)
 
-    def code_counts(self, codes):
-        return shard_code_counts(self.directory, codes)
-
-    def match(self, fp, name, params, statistics):
-        return shard_match(self.directory, fp, name, params, statistics)
+    def match(self, fp, name, params):
+        return shard_match(self.directory, self.shard_id, self.counts_path, fp, name, params)
 
 
 class ShardEngine:
@@ -77,12 +75,15 @@ class ShardEngine:
     ----------
     scheduler_file : path-like
         The scheduler's address file (``DIR/scheduler.json``).
+    counts_path : path-like
+        The cluster's count table (``DIR/counts.npz``), which every shard maps.
     deadline_seconds : float
         Longest wait for every shard's answer to one call.
     """
 
-    def __init__(self, scheduler_file: os.PathLike, deadline_seconds: float):
+    def __init__(self, scheduler_file: os.PathLike, counts_path: os.PathLike, deadline_seconds: float):
         self.deadline_seconds = deadline_seconds
+        self.counts_path = str(counts_path)
         try:
             self.client = Client(scheduler_file=str(scheduler_file), timeout=deadline_seconds,
                                  set_as_default=False)
@@ -101,8 +102,9 @@ class ShardEngine:
             if missing:
                 # Inside the client's context, so that the actor handles bind to this client.
                 with self.client.as_current():
-                    futures = {s.shard_id: self.client.submit(ShardServer, s.directory, actor=True, pure=False,
-                                                              resources={s.resource: 1}) for s in missing}
+                    futures = {s.shard_id: self.client.submit(ShardServer, s.directory, s.shard_id, self.counts_path,
+                                                              actor=True, pure=False, resources={s.resource: 1})
+                               for s in missing}
                     late = []
                     for shard_id, future in futures.items():
                         try:
@@ -171,9 +173,13 @@ class LocalCluster:
     shards : sequence of Shard
     replicas : int
         Worker processes per shard (each serves the shard's calls; default 1).
+    environment : mapping of str to str, optional
+        Variables set for the shard workers beside this process's (e.g. their thread pools).
     """
 
-    def __init__(self, directory: os.PathLike, shards: Sequence[Shard], replicas: int = 1):
+    def __init__(self, directory: os.PathLike, shards: Sequence[Shard], replicas: int = 1,
+                 environment: Mapping[str, str] | None = None):
+        self.environment = {**os.environ, **(environment or {})}
         self.directory = Path(directory)
         self.scheduler_file = self.directory / SCHEDULER_FILE
         self.scheduler_file.unlink(missing_ok=True)
@@ -196,7 +202,8 @@ class LocalCluster:
                               str(self.scheduler_file), "--host", "127.0.0.1", "--nthreads", "1", "--nworkers", "1",
                               "--name", f"{resource}-{replica}", "--resources", f"{resource}=1",
                               "--memory-limit", "0", "--dashboard-address", ":0"],
-                             start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                             start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                             env=self.environment)
             for replica in range(self.replicas)]
 
     def kill_shard(self, shard_id: int) -> None:

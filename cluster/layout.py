@@ -5,6 +5,8 @@
     DIR/cluster.sqlite       every track of the cluster: its cluster-wide id, the shard holding it, its
                              id in that shard and its catalogue metadata (:class:`ClusterCatalog`)
     DIR/shards/shard-000/    one Refrain index directory per shard (:class:`refrain.index.IndexStore`)
+    DIR/counts.npz           every landmark code's entries over all shards (:mod:`refrain.cluster.counts`),
+                             rewritten by the writer at each commit, memory-mapped by every shard
     DIR/scheduler.json       where the engine's scheduler listens (``dask scheduler --scheduler-file``)
 
 The catalogue is partitioned by track: a shard holds every tier of the tracks it owns,
@@ -23,20 +25,26 @@ router never reports.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import sqlite3
+import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Iterator
 
+from refrain.cluster.counts import COUNTS_FILE, write_count_table
 from refrain.fingerprint import FingerprintParams
 from refrain.index import IndexStore, Track
-from refrain.index.store import IndexOpenError
+from refrain.index.store import IndexBusyError, IndexOpenError
 
 __all__ = ["ClusterCatalog", "Shard", "ClusterOpenError", "CLUSTER_FILE", "SCHEDULER_FILE"]
 
 CLUSTER_FILE = "cluster.sqlite"
 SCHEDULER_FILE = "scheduler.json"
+_WRITE_LOCK = ".write.lock"
 _SHARDS = "shards"
 
 _SCHEMA = """
@@ -140,7 +148,17 @@ class ClusterCatalog:
         directory = self.directory / _SHARDS / f"shard-{shard_id:03d}"
         IndexStore.open(directory, create=True, params=params).close()
         self._db.execute("INSERT INTO shards (shard_id, directory) VALUES (?, ?)", (shard_id, str(directory)))
+        self.recount()
         return Shard(shard_id, str(directory))
+
+    @property
+    def counts_path(self) -> Path:
+        """The cluster's count table (:mod:`refrain.cluster.counts`)."""
+        return self.directory / COUNTS_FILE
+
+    def recount(self) -> None:
+        """Rewrite the count table from every shard's committed files: after each commit, removal or new shard."""
+        write_count_table(self.directory, [(s.shard_id, s.directory) for s in self.shards()])
 
     def shard(self, shard_id: int) -> Shard:
         row = self._db.execute("SELECT * FROM shards WHERE shard_id = ?", (shard_id,)).fetchone()
@@ -182,6 +200,36 @@ class ClusterCatalog:
     def publish(self, track_ids: list[int]) -> None:
         """Mark recorded tracks ``ready``, once their shard has committed them."""
         self._db.executemany("UPDATE tracks SET status = 'ready' WHERE track_id = ?", [(t,) for t in track_ids])
+
+    @contextmanager
+    def writing(self, timeout: float) -> Iterator[None]:
+        """Hold the cluster's write lock (``DIR/.write.lock``): one writer at a time, across processes.
+
+        Waits up to ``timeout`` seconds for another writer (a second service worker, a CLI
+        ingest) to finish. Records still ``pending`` when the lock is taken were left by a
+        crashed writer: they are dropped (:meth:`drop_pending`).
+
+        Raises
+        ------
+        IndexBusyError
+            If another writer held the lock for the whole ``timeout``.
+        """
+        with open(self.directory / _WRITE_LOCK, "a+") as handle:
+            deadline = time.monotonic() + timeout
+            while True:
+                try:
+                    fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() > deadline:
+                        raise IndexBusyError(f"{self.directory}: another process has been writing to this cluster "
+                                             f"for over {timeout:g} s") from None
+                    time.sleep(0.05)
+            try:
+                self.drop_pending()
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
 
     def drop_pending(self) -> int:
         """Delete the records a crashed writer left ``pending``; returns how many."""

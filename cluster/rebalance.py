@@ -129,9 +129,16 @@ def _plan(catalog: ClusterCatalog) -> list[tuple[int, int, int]]:
 def rebalance(catalog: ClusterCatalog) -> list[Move]:
     """Move tracks so that every shard holds about as many catalogue seconds; nothing is decoded.
 
-    Needs every shard's write lock (run it with no other writer). Readers keep answering:
+    Takes the cluster's write lock (:meth:`ClusterCatalog.writing`; raises
+    :class:`refrain.index.store.IndexBusyError` at once if another writer holds it) and
+    every shard's. Readers keep answering:
     each track is reported by exactly one shard throughout (see the module's notes).
     """
+    with catalog.writing(timeout=0.0):
+        return _rebalance(catalog)
+
+
+def _rebalance(catalog: ClusterCatalog) -> list[Move]:
     remove_unrecorded(catalog)
     moves = []
     writers: dict[int, Refrain] = {}
@@ -150,8 +157,10 @@ def rebalance(catalog: ClusterCatalog) -> list[Move]:
             new_id = new_store.add_track(local.source, local.content_hash, moved,  # type: ignore[arg-type]
                                          TrackMetadata(local.title, local.artist, local.isrc))
             new_store.commit()
+            catalog.recount()
             catalog.move(track_id, destination, new_id)
             old_store.remove_track(place[1])
+            catalog.recount()
             moves.append(Move(track_id, track.duration, source, destination))
     finally:
         for writer in writers.values():
@@ -172,4 +181,6 @@ def _remove_unrecorded_in(catalog: ClusterCatalog, shard: Shard) -> int:
         leftovers = catalog.unrecorded(shard, set(writer.store.catalog.ready_tracks()))
         for local_id in leftovers:
             writer.remove(local_id)
+    if leftovers:
+        catalog.recount()
     return len(leftovers)

@@ -1,14 +1,12 @@
 """The router: one object with :class:`refrain.api.Refrain`'s API over a cluster of shards.
 
-A query is fingerprinted once, here. The router then runs the matcher against a
-catalogue with no entries that records every code each landmark tier looks up
-(:func:`looked_up_codes`: exactly the codes of every window the shards' matcher will
-look up), asks every shard in parallel how many entries it holds under those codes,
-adds them up, and sends the fingerprint with these cluster-wide counts and the
-cluster's track total to every shard in parallel (:func:`refrain.cluster.shard.shard_match`).
-Each shard thus weighs each code and rates each match as one index of the whole
-catalogue would; the router maps shard-local track ids to cluster-wide ones and ranks
-the union as :func:`matcher.match` ranks one index's matches.
+A query is fingerprinted once, here, and sent to every shard in parallel, once
+(:func:`refrain.cluster.shard.shard_match`). Each shard weighs the query's codes by the
+cluster's count table (:mod:`refrain.cluster.counts`: every code's entries in the whole
+catalogue, rewritten by the writer at each commit and memory-mapped by every shard), so
+it rates each match as one index of the whole catalogue would; the router maps
+shard-local track ids to cluster-wide ones and ranks the union as :func:`matcher.match`
+ranks one index's matches.
 
 A shard that does not answer within the deadline fails the whole query with
 :class:`ShardUnavailableError`: never an answer from part of the catalogue.
@@ -16,6 +14,7 @@ A shard that does not answer within the deadline fails the whole query with
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from dataclasses import replace
@@ -28,56 +27,18 @@ from refrain.api import (IndexInfo, IngestResult, QueryResult, Refrain, TrackMat
                          file_digest)
 from refrain.cluster.engine import ShardEngine, ShardUnavailableError
 from refrain.cluster.layout import SCHEDULER_FILE, ClusterCatalog, Shard
-from refrain.cluster.shard import CatalogueStatistics, CodeCounts
 from refrain.config import Config
 from refrain.fingerprint import Fingerprint, FingerprintParams, fingerprint_signal, load_audio
-from refrain.fingerprint.hashes import TIER_PAYLOAD_BITS
 from refrain.index import IndexStore, Track, TrackMetadata
-from refrain.index.peaks import PeakStore
-from refrain.matcher import Catalogue, MatchParams, match
 
-__all__ = ["ClusterRefrain", "looked_up_codes", "open_for_matching", "ShardUnavailableError"]
+log = logging.getLogger("refrain.cluster")
+
+__all__ = ["ClusterRefrain", "open_for_matching", "ShardUnavailableError"]
 
 #: How long a query waits for every shard by default (seconds).
 DEFAULT_DEADLINE_SECONDS = 10.0
 #: How long the warm-up waits for the shards (they may be compiling the matcher's kernels).
 WARM_UP_DEADLINE_SECONDS = 300.0
-
-
-class _CodeRecorder:
-    """A landmark tier without entries that records the codes the matcher asks it to count."""
-
-    ntotal = 0
-
-    def __init__(self, payload_bits: int):
-        self.payload_bits = payload_bits
-        self.asked: list[np.ndarray] = []
-
-    def code_counts(self, hashes: np.ndarray) -> np.ndarray:
-        self.asked.append(np.asarray(hashes, dtype=np.uint32))
-        return np.zeros(len(hashes), np.int64)
-
-    def lookup_slices(self, hashes: np.ndarray, tracks: np.ndarray | None = None
-                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        none = np.zeros(len(hashes), np.int64)
-        return none, none, np.zeros(0, np.int64)
-
-    def codes(self) -> np.ndarray:
-        return np.unique(np.concatenate(self.asked)) if self.asked else np.zeros(0, np.uint32)
-
-
-def looked_up_codes(fp: Fingerprint, params: MatchParams, fingerprint_params: FingerprintParams
-                    ) -> dict[str, np.ndarray]:
-    """Per landmark tier, every distinct code the matcher counts when it searches ``fp``.
-
-    The matcher itself runs, against tiers with no entries: every window of a long
-    upload, every tier's own way of making codes (the triplet tier's tempo hypotheses),
-    whatever the tiers' parameters — so the table the shards get never misses a code.
-    """
-    recorders = {name: _CodeRecorder(bits) for name, bits in TIER_PAYLOAD_BITS.items()}
-    tiers: dict[str, object] = {**recorders, "peaks": PeakStore.create()}
-    match(fp, Catalogue(tiers, fingerprint_params, {}), params.without("melody"))
-    return {name: recorder.codes() for name, recorder in recorders.items()}
 
 
 class _ClusterStore:
@@ -140,8 +101,12 @@ class ClusterRefrain:
         except BaseException:
             catalog.close()
             raise
-        if writable:
-            catalog.drop_pending()
+        try:
+            if not catalog.counts_path.exists():  # a cluster made before the count table
+                catalog.recount()
+        except BaseException:
+            catalog.close()
+            raise
         return cls(catalog, config or Config(), params, writable, deadline_seconds)
 
     @property
@@ -154,7 +119,8 @@ class ClusterRefrain:
             If the scheduler does not answer.
         """
         if self._engine is None:
-            self._engine = ShardEngine(Path(self.catalog.directory) / SCHEDULER_FILE, self.deadline_seconds)
+            self._engine = ShardEngine(Path(self.catalog.directory) / SCHEDULER_FILE, self.catalog.counts_path,
+                                       self.deadline_seconds)
         return self._engine
 
     def close(self) -> None:
@@ -191,9 +157,14 @@ class ClusterRefrain:
         A file already in the cluster (same bytes, in any shard) is ``unchanged``; a file
         whose source path is in the cluster with other bytes replaces that track, wherever
         it lives. Each shard written to is saved every ``config.commit_every`` tracks and
-        when the generator ends.
+        when the generator ends. The cluster's write lock is held until the generator ends
+        (:meth:`ClusterCatalog.writing`: another writer is waited for up to the deadline).
         """
         self._require_writable()
+        with self.catalog.writing(self.deadline_seconds):
+            yield from self._ingest(paths, jobs, metadata)
+
+    def _ingest(self, paths: Iterable[os.PathLike], jobs: int, metadata: TrackMetadata) -> Iterator[IngestResult]:
         todo: list[tuple[str, str]] = []
         queued: set[str] = set()
         for path in audio_files(paths):
@@ -218,7 +189,11 @@ class ClusterRefrain:
 
         def commit(shard_id: int) -> None:
             writers[shard_id].store.commit()
-            self.catalog.publish(uncommitted.pop(shard_id, []))
+            published = uncommitted.pop(shard_id, [])
+            if published:
+                # The counts before the tracks: a query that reports a new track weighs its codes.
+                self.catalog.recount()
+                self.catalog.publish(published)
 
         try:
             placement = self.catalog.placement()
@@ -259,11 +234,12 @@ class ClusterRefrain:
         """Remove a track (takedown) from its shard and the cluster; raises KeyError for an unknown id."""
         self._require_writable()
         writers: dict[int, Refrain] = {}
-        try:
-            return self._remove(track_id, writers)
-        finally:
-            for writer in writers.values():
-                writer.close()
+        with self.catalog.writing(self.deadline_seconds):
+            try:
+                return self._remove(track_id, writers)
+            finally:
+                for writer in writers.values():
+                    writer.close()
 
     def _remove(self, track_id: int, writers: dict[int, Refrain]) -> Track:
         track, place = self.catalog.get(track_id), self.catalog.locate(track_id)
@@ -278,19 +254,11 @@ class ClusterRefrain:
         try:
             writers[shard.shard_id].remove(local_id)
         except KeyError:
-            pass  # added in this call and not yet committed: its commit will not publish it
+            return track  # added in this call and not yet committed: its commit will not publish it
+        self.catalog.recount()
         return track
 
     # -- queries -------------------------------------------------------------------------------
-
-    def statistics(self, fp: Fingerprint, deadline_seconds: float | None = None) -> CatalogueStatistics:
-        """The cluster-wide counts of the codes the matcher will look up for ``fp``, and the track total."""
-        codes = looked_up_codes(fp, self.config.match, self.params)
-        answers = self.engine.each(self.catalog.shards(), "code_counts", codes, deadline_seconds=deadline_seconds)
-        tiers = {name: CodeCounts(tier_codes, sum(counts[name] for counts, _, _ in answers),
-                                  sum(entries[name] for _, entries, _ in answers))
-                 for name, tier_codes in codes.items()}
-        return CatalogueStatistics(tiers, sum(tracks for _, _, tracks in answers))
 
     def match_fingerprint(self, fp: Fingerprint, name: str) -> QueryResult:
         """Match an already computed query fingerprint against every shard (see :meth:`match_with_evidence`)."""
@@ -310,12 +278,9 @@ class ClusterRefrain:
     def _search(self, fp: Fingerprint, name: str, stats: dict[str, float] | None = None,
                 deadline_seconds: float | None = None) -> tuple[QueryResult, dict[int, np.ndarray]]:
         started = time.perf_counter()
-        statistics = self.statistics(fp, deadline_seconds)
-        counted = time.perf_counter()
         shards = self.catalog.shards()
-        answers = self.engine.each(shards, "match", fp, name, self.config.match, statistics,
-                                   deadline_seconds=deadline_seconds)
-        matched = time.perf_counter()
+        answers = self.engine.each(shards, "match", fp, name, self.config.match, deadline_seconds=deadline_seconds)
+        answered = time.perf_counter()
         matches: list[TrackMatch] = []
         for shard, answer in zip(shards, answers):
             for m in answer.matches:
@@ -326,10 +291,16 @@ class ClusterRefrain:
                 for tier, seconds in answer.tier_seconds.items():
                     stats[tier] = max(stats.get(tier, 0.0), seconds)
         matches.sort(key=lambda m: (-m.confidence, -m.score, m.track_id))
-        slowest_shard = max((sum(a.tier_seconds.values()) for a in answers), default=0.0)
-        self.last_overhead = {"codes_and_counts": counted - started, "shards": matched - counted,
-                              "slowest_shard_matching": slowest_shard,
-                              "uncounted_codes": float(sum(a.uncounted_codes for a in answers))}
+        stale = [shard.shard_id for shard, answer in zip(shards, answers) if not answer.counts_current]
+        if stale:
+            log.warning("shards %s matched with a count table that did not describe their files (a writer "
+                        "between a shard's commit and the table's rewrite): rarity weights may differ "
+                        "slightly from one index's", stale)
+        self.last_overhead = {"shards": answered - started, "merged": time.perf_counter() - answered,
+                              "slowest_shard_matching": max((sum(a.tier_seconds.values()) for a in answers),
+                                                            default=0.0),
+                              "slowest_shard_call": max((a.seconds for a in answers), default=0.0),
+                              "stale_counts": float(len(stale))}
         result = QueryResult(query=name, duration=round(fp.duration, 3), matches=matches)
         return result, {m.track_id: m.points for m in matches}
 

@@ -1,95 +1,64 @@
-"""What a shard process does: hold its index memory-mapped, count the query's codes, match with global statistics.
+"""What a shard process does: hold its index and the cluster's count table memory-mapped, and match.
 
 These functions run in the engine's shard workers (they pickle by reference: module-level).
 A worker opens its shard read-only and memory-mapped on the first call (constant time at
 any size: the pages are the page cache's) and re-opens it when a writer has replaced
-its files, so a restarted shard process answers again within seconds.
+its files, so a restarted shard process answers again within seconds. It maps the
+cluster's count table (:mod:`refrain.cluster.counts`) the same way, so that it weighs
+each code as one index of the whole catalogue would without asking the other shards.
 """
 
 from __future__ import annotations
 
 import os
 import threading
+import time
 from dataclasses import dataclass, field, fields
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 
 from refrain.api import Refrain, TrackMatch
+from refrain.cluster.counts import CountTable, TierCounts
 from refrain.fingerprint import Fingerprint
+from refrain.index import Track
 from refrain.index.landmarks import LandmarkIndex
 from refrain.matcher import Catalogue, Match, MatchParams, match
 
-__all__ = ["CodeCounts", "CatalogueStatistics", "ShardAnswer", "CatalogueWideCounts", "shard_code_counts",
-           "shard_match", "open_shard"]
-
-
-@dataclass(frozen=True)
-class CodeCounts:
-    """A landmark tier's entries under each of some codes, and its entries in all.
-
-    ``codes`` are distinct and sorted; ``counts`` is aligned with them.
-    """
-
-    codes: np.ndarray
-    counts: np.ndarray
-    entries: int
-
-
-@dataclass(frozen=True)
-class CatalogueStatistics:
-    """What the whole catalogue's index would know that one shard does not.
-
-    Attributes
-    ----------
-    tiers : dict of str to CodeCounts
-        Per landmark tier, the cluster's entry count of every code the query looks up, and
-        the cluster's total entries: the rarity weights (:func:`matcher.voting.rarity_weights`).
-    total_tracks : int
-        Tracks of the cluster: the scale of chance agreement (:class:`matcher.types.Calibration`).
-    """
-
-    tiers: dict[str, CodeCounts]
-    total_tracks: int
+__all__ = ["ShardAnswer", "CatalogueWideCounts", "shard_match", "open_shard", "open_count_table"]
 
 
 @dataclass
 class ShardAnswer:
-    """One shard's matches (shard-local track ids) and how many looked-up codes the router had not counted."""
+    """One shard's matches (shard-local track ids), its matching time per tier and in all, and whether the count
+    table described its files (False only while a writer is between the shard's commit and the table's rewrite)."""
 
     matches: list[TrackMatch] = field(default_factory=list)
-    uncounted_codes: int = 0
     tier_seconds: dict[str, float] = field(default_factory=dict)
+    counts_current: bool = True
+    #: The whole call in the shard (its tiers' matching, opening checks, the answer's making).
+    seconds: float = 0.0
 
 
 class CatalogueWideCounts:
     """A shard's landmark tier that reports the whole catalogue's code counts and size.
 
     Lookups are the shard's own (its hits); :meth:`code_counts` and :attr:`ntotal` answer
-    from the router's cluster-wide table, so that each code weighs what it weighs in
-    one index of the whole catalogue. A code missing from the table (none, when the
-    router ran the same matcher: see :func:`refrain.cluster.router.looked_up_codes`)
-    falls back to the shard's own count and is counted in :attr:`uncounted`.
+    from the cluster's count table, so that each code weighs what it weighs in one index
+    of the whole catalogue.
     """
 
-    def __init__(self, tier: LandmarkIndex, counts: CodeCounts):
+    def __init__(self, tier: LandmarkIndex, counts: TierCounts):
         self._tier = tier
         self._counts = counts
         self.payload_bits = tier.payload_bits
-        self.uncounted = 0
 
     @property
     def ntotal(self) -> int:
         return self._counts.entries
 
     def code_counts(self, hashes: np.ndarray) -> np.ndarray:
-        codes = self._counts.codes
-        where = np.minimum(np.searchsorted(codes, hashes), max(len(codes) - 1, 0))
-        known = (codes[where] == hashes) if len(codes) else np.zeros(len(hashes), bool)
-        if known.all():
-            return self._counts.counts[where]
-        self.uncounted += int((~known).sum())
-        return np.where(known, self._counts.counts[where] if len(codes) else 0, self._tier.code_counts(hashes))
+        return self._counts.code_counts(hashes)
 
     def lookup_slices(self, hashes: np.ndarray, tracks: np.ndarray | None = None
                       ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -99,8 +68,13 @@ class CatalogueWideCounts:
         return self._tier.lookup(hashes)
 
 
-_opened: dict[str, tuple[tuple, Refrain]] = {}
+_opened: dict[str, tuple[tuple, Any]] = {}
 _opening = threading.Lock()
+
+
+def _file_signature(path: str) -> tuple:
+    status = os.stat(path)
+    return status.st_ino, status.st_size, status.st_mtime_ns
 
 
 def _signature(directory: str) -> tuple:
@@ -110,78 +84,84 @@ def _signature(directory: str) -> tuple:
                  if e.is_file() and e.name != ".lock")
 
 
-def open_shard(directory: str) -> Refrain:
-    """The shard's index, read-only and memory-mapped, re-opened when its files have changed."""
-    signature = _signature(directory)
+def _held(path: str, signature: tuple, opener):
+    """The object ``opener(path)`` made for ``path``'s files as they are now, made again when they changed."""
     with _opening:
-        held = _opened.get(directory)
+        held = _opened.get(path)
         if held is not None and held[0] == signature:
             return held[1]
-        refrain = Refrain.open(directory, mmap=True)
-        _opened[directory] = (signature, refrain)
+        opened = opener(path)
+        _opened[path] = (signature, opened)
         # The replaced view is left to the garbage collector: a match still running on
         # another thread may hold it.
-        return refrain
+        return opened
 
 
-def shard_code_counts(directory: str, codes: Mapping[str, np.ndarray]) -> tuple[dict[str, np.ndarray],
-                                                                                   dict[str, int], int]:
-    """The shard's entries under each code of each landmark tier, its entries per tier, and its tracks.
+@dataclass(frozen=True)
+class _ShardView:
+    """A shard opened for matching, with what every query reads of it prepared once per opening."""
 
-    Parameters
-    ----------
-    directory : str
-        The shard's index directory.
-    codes : mapping of str to np.ndarray of uint32
-        Per tier, the query's distinct codes.
+    refrain: Refrain
+    ready: dict[int, Track]
+    durations: dict[int, float]
+    landmarks: dict[str, LandmarkIndex]
+    entries: dict[str, int]
 
-    Returns
-    -------
-    counts : dict of str to np.ndarray of int64
-    entries : dict of str to int
-    tracks : int
-    """
-    refrain = open_shard(directory)
-    tiers = refrain.store.tiers
-    landmarks = {name: tier for name, tier in tiers.items() if isinstance(tier, LandmarkIndex)}
-    counts = {name: landmarks[name].code_counts(tier_codes) for name, tier_codes in codes.items() if name in landmarks}
-    entries = {name: landmarks[name].ntotal for name in codes if name in landmarks}
-    return counts, entries, len(refrain.tracks())
+    @classmethod
+    def open(cls, directory: str) -> "_ShardView":
+        refrain = Refrain.open(directory, mmap=True)
+        ready = {t.track_id: t for t in refrain.tracks()}
+        landmarks = {name: tier for name, tier in refrain.store.tiers.items() if isinstance(tier, LandmarkIndex)}
+        return cls(refrain, ready, {t: track.duration for t, track in ready.items()}, landmarks,
+                   {name: tier.ntotal for name, tier in landmarks.items()})
 
 
-def shard_match(directory: str, fp: Fingerprint, name: str, params: MatchParams,
-                statistics: CatalogueStatistics) -> ShardAnswer:
+def open_shard(directory: str) -> _ShardView:
+    """The shard's index, read-only and memory-mapped, re-opened when its files have changed."""
+    return _held(directory, _signature(directory), _ShardView.open)
+
+
+def open_count_table(path: str) -> CountTable:
+    """The cluster's count table, memory-mapped, re-opened when a writer has replaced it."""
+    return _held(path, _file_signature(path), CountTable)
+
+
+def shard_match(directory: str, shard_id: int, counts_path: str, fp: Fingerprint, name: str,
+                params: MatchParams) -> ShardAnswer:
     """Match a query fingerprint against one shard as the whole catalogue's index would rate it.
 
     Parameters
     ----------
     directory : str
         The shard's index directory.
+    shard_id : int
+        The shard's number (its row in the count table).
+    counts_path : str
+        The cluster's count table (``DIR/counts.npz``).
     fp : Fingerprint
         The query, fingerprinted once by the router.
     name : str
         The query's name.
     params : MatchParams
         The router's matcher settings (which tiers run).
-    statistics : CatalogueStatistics
-        The cluster-wide code counts and track total.
 
     Returns
     -------
     ShardAnswer
         Matches with shard-local track ids and their metadata.
     """
-    refrain = open_shard(directory)
-    ready = {t.track_id: t for t in refrain.tracks()}
-    tiers: dict[str, Any] = dict(refrain.store.tiers)
-    wide = {name: CatalogueWideCounts(tier, statistics.tiers[name]) for name, tier in tiers.items()
-            if isinstance(tier, LandmarkIndex) and name in statistics.tiers}
-    tiers.update(wide)
-    catalogue = Catalogue(tiers, refrain.params, {t: track.duration for t, track in ready.items()},
-                          total_tracks=statistics.total_tracks)
+    started = time.perf_counter()
+    shard = open_shard(directory)
+    table = open_count_table(counts_path)
+    tiers: dict[str, Any] = dict(shard.refrain.store.tiers)
+    tiers.update({name: CatalogueWideCounts(tier, table.tiers[name]) for name, tier in shard.landmarks.items()
+                  if name in table.tiers})
+    catalogue = Catalogue(tiers, shard.refrain.params, shard.durations, total_tracks=table.total_tracks)
     timings: dict[str, float] = {}
     found = match(fp, catalogue, params, timings=timings)
+    ready = shard.ready
     matches = [TrackMatch(**{f.name: getattr(m, f.name) for f in fields(Match)}, source=ready[m.track_id].source,
                           title=ready[m.track_id].title, artist=ready[m.track_id].artist,
                           isrc=ready[m.track_id].isrc) for m in found]
-    return ShardAnswer(matches, sum(w.uncounted for w in wide.values()), timings)
+    return ShardAnswer(matches, timings, table.describes(shard_id, len(ready), shard.entries),
+                       time.perf_counter() - started)

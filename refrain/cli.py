@@ -19,8 +19,9 @@ Commands
     Tracks, hours, landmarks and bytes of an index.
 ``refrain demo [--index DIR]``
     Index ``sample_audio/catalogue/`` and match ``sample_audio/queries/``.
-``refrain serve --index DIR [--host H] [--port P] [--db PATH]``
-    Run the HTTP match service (``docs/service.md``) on the index.
+``refrain serve --index DIR [--host H] [--port P] [--db PATH]`` / ``refrain serve --cluster DIR [--workers N] …``
+    Run the HTTP match service (``docs/service.md``) on the index; on a cluster, in N processes
+    sharing the port (``docs/cluster.md``).
 ``refrain keys create --role ROLE --principal NAME (--index DIR | --db PATH) [--label TEXT]``
     Make an API key for the service, acting for a principal; the key is printed once.
 ``refrain keys list|revoke PREFIX (--index DIR | --db PATH)``
@@ -421,6 +422,18 @@ def _listening_socket(host: str, port: int) -> socket.socket:
     return sock
 
 
+#: Set by ``refrain serve --workers N`` for each worker process it starts: the inherited
+#: descriptor of the socket the supervisor listens on (an internal handoff, not a setting).
+_WORKER_SOCKET_FD = "REFRAIN_SERVE_SOCKET_FD"
+#: The thread pools each worker is limited to (BLAS, OpenMP, numba): set before the worker's
+#: interpreter loads them, so N workers on N cores do not each start one thread per core.
+_THREAD_POOL_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS")
+#: A worker that exits this soon after its start is not restarted: the service stops.
+_WORKER_CRASH_SECONDS = 10.0
+#: How long a stopping worker may finish its requests before it is killed.
+_WORKER_STOP_SECONDS = 30.0
+
+
 def cmd_serve(args) -> int:
     import uvicorn
 
@@ -429,9 +442,15 @@ def cmd_serve(args) -> int:
     from refrain.service.observability import configure_logging
 
     settings = _service_settings(args)
+    inherited = os.environ.get(_WORKER_SOCKET_FD)
+    if args.workers > 1 and not settings.cluster and inherited is None:
+        raise CliError("--workers N (N > 1) needs --cluster: the service holds an index directory's write lock, "
+                       "which one process can hold; serve a cluster (docs/cluster.md) to run several "
+                       "processes", 2)
     # The port first, then the index, both before uvicorn starts: a busy port (exit 4) or a
     # locked or foreign index (exit 3) is one error line, not a traceback after the startup.
-    sock = _listening_socket(settings.host, settings.port)
+    sock = (socket.socket(fileno=int(inherited)) if inherited is not None
+            else _listening_socket(settings.host, settings.port))
     with closing(sock):
         if settings.cluster:
             from refrain.cluster import ClusterCatalog
@@ -439,6 +458,8 @@ def cmd_serve(args) -> int:
         else:
             _open_index(settings.index_dir, create=True).close()
         configure_logging(settings.log_level, json_lines=settings.log_format == "json")
+        if args.workers > 1 and inherited is None:
+            return _supervise_workers(args.workers, sock, settings)
         logging.getLogger("refrain.service").info(
             "serving %s on http://%s:%s (database %s; analyst page /analyst, API docs /docs, readiness "
             "/v1/health/ready)", settings.index_dir, settings.host, settings.port, settings.db_path)
@@ -449,6 +470,69 @@ def cmd_serve(args) -> int:
                                 http=header_timeout_protocol(settings.header_timeout))
         uvicorn.Server(config).run(sockets=[sock])
     return EXIT_OK
+
+
+def _supervise_workers(workers: int, sock: socket.socket, settings) -> int:
+    """Run ``workers`` service processes accepting on ``sock``; stop them on SIGTERM or Ctrl-C.
+
+    Each worker is a fresh ``refrain serve`` process (its own router, matcher and database
+    connections) handed the listening socket, so the kernel spreads connections over them;
+    its BLAS, OpenMP and numba pools are limited to the cores divided by the workers unless
+    the environment sets them. A worker that dies later than ``_WORKER_CRASH_SECONDS`` after
+    its start is started again; one that dies sooner stops the service (it would again).
+    """
+    import signal
+    import subprocess
+
+    log = logging.getLogger("refrain.service")
+    threads = str(max(1, (os.cpu_count() or 1) // workers))
+    env = {**os.environ, _WORKER_SOCKET_FD: str(sock.fileno()),
+           **{name: os.environ.get(name, threads) for name in _THREAD_POOL_VARIABLES}}
+    command = [sys.executable, "-m", "refrain.cli", "serve", "--cluster" if settings.cluster else "--index",
+               str(settings.index_dir), "--db", str(settings.db_path), "--host", settings.host,
+               "--port", str(settings.port)]
+    stopping: list[int] = []
+
+    def stop(signum, frame) -> None:
+        stopping.append(signum)
+
+    previous = {signum: signal.signal(signum, stop) for signum in (signal.SIGTERM, signal.SIGINT)}
+
+    def start() -> tuple[subprocess.Popen, float]:
+        return subprocess.Popen(command, env=env, pass_fds=[sock.fileno()]), time.monotonic()
+
+    running = [start() for _ in range(workers)]
+    log.info("serving %s on http://%s:%s with %d worker processes (%s threads per pool each)", settings.index_dir,
+             settings.host, settings.port, workers, threads)
+    status = EXIT_OK
+    try:
+        while not stopping:
+            for number, (process, started) in enumerate(running):
+                if process.poll() is None:
+                    continue
+                if time.monotonic() - started < _WORKER_CRASH_SECONDS:
+                    _error(f"service worker {process.pid} exited with code {process.returncode} "
+                           f"{time.monotonic() - started:.0f} s after its start: stopping the service")
+                    stopping.append(0)
+                    status = EXIT_FAILED
+                    break
+                log.warning("service worker %d exited with code %d: starting another", process.pid,
+                            process.returncode)
+                running[number] = start()
+            time.sleep(0.2)
+    finally:
+        for process, _ in running:
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)  # uvicorn's graceful shutdown
+        for process, _ in running:
+            try:
+                process.wait(_WORKER_STOP_SECONDS)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+    return status
 
 
 def _open_service_db(args):
@@ -749,6 +833,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--port", type=int, default=None, help="port (default 8000)")
     sub.add_argument("--db", type=Path, default=None, metavar="PATH",
                      help="service database (default: <index>.service.sqlite beside the index)")
+    sub.add_argument("--workers", type=_positive_int, default=1, metavar="N",
+                     help="service processes sharing the port, each with its own router (default 1; N > 1 "
+                          "needs --cluster). One process uses about one core: run one per core")
 
     sub = command("keys", None, "manage the match service's API keys")
     actions = sub.add_subparsers(dest="action", required=True, metavar="ACTION")

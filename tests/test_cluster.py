@@ -79,11 +79,43 @@ def test_cluster_matches_as_one_index(cluster_and_index, songs, render):
             expected = single.match_fingerprint(fp, name)
             got = cluster.match_fingerprint(fp, name)
             assert _described(got.matches) == _described(expected.matches), name
-            assert cluster.last_overhead["uncounted_codes"] == 0
+            assert cluster.last_overhead["stale_counts"] == 0
             if name != "unrelated":
                 assert got.matches, name
         assert [t.source for t in cluster.tracks()] == [t.source for t in single.tracks()]
         assert cluster.info().tracks == single.info().tracks == len(songs)
+
+
+def test_the_count_table_holds_the_counts_of_one_index(cluster_and_index, tmp_path, songs):
+    import json
+
+    from refrain.cluster.counts import CountTable
+    from refrain.index.files import map_arrays
+    from refrain.index.landmarks import LandmarkIndex, unmix_codes
+    directory, _, single_dir = cluster_and_index
+    table = CountTable(directory / "counts.npz")
+    with Refrain.open(single_dir, mmap=True) as single:
+        manifest = json.loads((single_dir / "manifest.json").read_text())
+        landmark_tiers = {name: tier for name, tier in single.store.tiers.items() if isinstance(tier, LandmarkIndex)}
+        assert set(table.tiers) == set(landmark_tiers) and table.total_tracks == len(songs)
+        for name, tier in landmark_tiers.items():
+            stored = map_arrays(single_dir / manifest["tiers"][name]["file"], ("codes",))["codes"]
+            codes = unmix_codes(np.asarray(stored))
+            absent = (codes.astype(np.uint64) * 7 + 3).astype(np.uint32)  # mostly codes no track holds
+            for asked in (codes, absent):
+                assert np.array_equal(table.tiers[name].code_counts(asked), tier.code_counts(asked)), name
+            assert table.tiers[name].entries == tier.ntotal
+
+    # A takedown rewrites the table: the track's entries and the track leave the totals.
+    grown = tmp_path / "takedown"
+    ClusterCatalog.create(grown, 2).close()
+    with ClusterRefrain.open(grown, writable=True) as cluster:
+        list(cluster.ingest([song.path for song in songs.values()]))
+        before = CountTable(grown / "counts.npz")
+        removed = cluster.remove(1)
+        after = CountTable(grown / "counts.npz")
+    assert after.total_tracks == before.total_tracks - 1 == len(songs) - 1
+    assert after.tiers["pair"].entries == before.tiers["pair"].entries - removed.n_landmarks
 
 
 class _Server:
@@ -273,3 +305,101 @@ def test_a_catalogue_rescan_of_a_cluster_finds_what_one_index_finds(cluster_and_
     capsys.readouterr()
     for name in ("items.jsonl", "groups.jsonl"):
         assert (tmp_path / "cluster" / name).read_text() == (tmp_path / "single" / name).read_text()
+
+
+def test_serve_runs_several_worker_processes_on_one_port(cluster_and_index, tmp_path, songs, write_audio, capsys):
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    import psutil
+
+    from refrain import cli
+    directory, _, single_dir = cluster_and_index
+    assert cli.main(["serve", "--index", str(single_dir), "--workers", "2"]) == 2
+    assert "--workers N (N > 1) needs --cluster" in capsys.readouterr().err
+
+    db = tmp_path / "workers.service.sqlite"
+    assert cli.main(["keys", "create", "--role", "uploader", "--principal", "t", "--db", str(db)]) == 0
+    key = capsys.readouterr().out.strip()
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}"
+    env = {**os.environ, "REFRAIN_WORKS_DIR": str(tmp_path / "works"), "REFRAIN_UPLOAD_DIR": str(tmp_path / "up"),
+           "REFRAIN_JOBS_DB_PATH": str(tmp_path / "jobs.sqlite"), "REFRAIN_JOBS_DIR": str(tmp_path / "jobs")}
+    for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS"):
+        env.pop(name, None)
+    supervisor = subprocess.Popen([sys.executable, "-m", "refrain.cli", "serve", "--cluster", str(directory),
+                                   "--db", str(db), "--port", str(port), "--workers", "2"], env=env)
+    try:
+        def workers() -> list[psutil.Process]:
+            return [p for p in psutil.Process(supervisor.pid).children() if p.is_running()
+                    and p.status() != psutil.STATUS_ZOMBIE]
+
+        def wait_ready(count: int) -> None:
+            deadline = time.monotonic() + 120
+            while len(workers()) != count or not all(_ready(url) for _ in range(4)):
+                assert supervisor.poll() is None and time.monotonic() < deadline, "the workers did not start"
+                time.sleep(0.5)
+
+        wait_ready(2)
+        started = time.monotonic()
+        threads = str(max(1, (os.cpu_count() or 1) // 2))
+        assert [w.environ()["OMP_NUM_THREADS"] for w in workers()] == [threads, threads]
+        upload = write_audio(tmp_path / "excerpt.wav", songs[34].excerpt(5.0, 10.0))
+        with ThreadPoolExecutor(4) as pool:
+            answers = list(pool.map(lambda _: _upload(url, key, upload), range(8)))
+        assert {a.status_code for a in answers} == {200}
+        decided = [_decided(a.json()) for a in answers]
+        assert decided == decided[:1] * len(decided)
+
+        # A worker that dies after its start-up window is replaced; the port keeps answering.
+        victim = workers()[0]
+        time.sleep(max(0.0, cli._WORKER_CRASH_SECONDS - (time.monotonic() - started) + 0.5))
+        victim.kill()
+        victim.wait(10)
+        deadline = time.monotonic() + 120
+        while victim.pid in [w.pid for w in workers()] or len(workers()) != 2:
+            assert time.monotonic() < deadline, "the worker was not replaced"
+            time.sleep(0.2)
+        wait_ready(2)
+        assert _upload(url, key, upload).status_code == 200
+        supervisor.send_signal(signal.SIGTERM)
+        assert supervisor.wait(60) == 0
+    finally:
+        if supervisor.poll() is None:
+            supervisor.kill()
+
+
+def _ready(url: str) -> bool:
+    try:
+        return httpx.get(url + "/v1/health/ready", timeout=5).is_success
+    except httpx.TransportError:
+        return False
+
+
+def test_a_shard_tells_when_the_count_table_does_not_describe_it(tmp_path, songs):
+    from refrain.cluster.shard import shard_match
+    from refrain.fingerprint import load_audio
+    from refrain.matcher import MatchParams
+    directory = tmp_path / "stale"
+    ClusterCatalog.create(directory, 2).close()
+    catalog = ClusterCatalog(directory)
+    first, *extra = [song.path for song in songs.values()]
+    with ClusterRefrain.open(directory, writable=True) as cluster:
+        list(cluster.ingest([first]))
+    shard = catalog.placement()  # the shard without the song
+    with Refrain.open(shard.directory) as index:
+        fp = fingerprint_signal(load_audio(songs[34].path, index.params.sample_rate, 60.0), index.params,
+                                dense_peaks=True)
+
+    def answer():
+        return shard_match(shard.directory, shard.shard_id, str(catalog.counts_path), fp, "q", MatchParams())
+
+    assert answer().counts_current
+    with Refrain.open(shard.directory, writable=True) as index:  # behind the cluster's back: no recount
+        list(index.ingest(extra[:1]))
+    assert not answer().counts_current
+    catalog.recount()
+    assert answer().counts_current
+    catalog.close()
