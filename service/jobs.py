@@ -10,6 +10,15 @@ from the job's, so a job interrupted after storing it is not decided twice. When
 job ends, its ``callback_url`` (if any) receives a signed ``match.completed`` or
 ``match.failed`` webhook (:mod:`service.webhooks`); one a stop prevented is sent at
 the next start.
+
+Several service processes share one jobs database (``refrain serve --workers N``), so
+a job's remaining work (deciding it, then its webhook) is *claimed* before it is done:
+the claim records the runner (host, process, its start time, the runner object) in
+one conditional update, taken only if the job's previous runner is none or no longer
+alive. Every process resumes the unfinished jobs at its start, and a replaced process
+resumes those of the one that died, but each job is run by one runner at a time and
+each step happens once. The database belongs to the processes of one machine: a runner
+recorded under another host name (a container started again) is taken as gone.
 """
 
 from __future__ import annotations
@@ -17,8 +26,10 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import queue
 import secrets
+import socket
 import sqlite3
 import threading
 from dataclasses import dataclass
@@ -56,10 +67,45 @@ CREATE TABLE IF NOT EXISTS jobs (
     decision_id   TEXT,
     verdict       TEXT,
     error         TEXT,                   -- JSON {status, code, message} of a failed job
-    webhook       TEXT                    -- JSON Delivery of the completion webhook
+    webhook       TEXT,                   -- JSON Delivery of the completion webhook
+    runner        TEXT                    -- who claimed the job's remaining work (see the module docstring)
 );
 CREATE INDEX IF NOT EXISTS jobs_by_state ON jobs (state, created_at);
 """
+
+
+def _process_started(pid: int) -> str | None:
+    """When process ``pid`` started (clock ticks since boot, Linux), "" where unknown; None if there is none.
+
+    With the pid it names one process: a pid reused by a later process has another start time.
+    """
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat:
+            return stat.read().rsplit(b")", 1)[1].split()[19].decode()  # field 22, counted after the name
+    except FileNotFoundError:
+        return None if os.path.isdir("/proc") else _signalled(pid)
+    except (OSError, IndexError):
+        return ""
+
+
+def _signalled(pid: int) -> str | None:
+    """:func:`_process_started` where there is no ``/proc``: "" for a live process, its start unknown."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return None
+    except PermissionError:
+        pass
+    return ""
+
+
+def runner_alive(runner: str) -> bool:
+    """Whether the runner recorded as ``runner`` (:attr:`JobRunner.runner`) may still be running."""
+    host, pid, started, _ = runner.split("/", 3)
+    if host != socket.gethostname():
+        return False
+    now = _process_started(int(pid))
+    return now is not None and (now == started or "" in (now, started))
 
 
 def _now() -> str:
@@ -111,6 +157,12 @@ class JobStore:
         self._db.execute("PRAGMA busy_timeout=10000")
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.executescript(_SCHEMA)
+        columns = {row[1] for row in self._db.execute("PRAGMA table_info(jobs)")}
+        if "runner" not in columns:  # a jobs database from before claims
+            try:
+                self._db.execute("ALTER TABLE jobs ADD COLUMN runner TEXT")
+            except sqlite3.OperationalError:  # another process added it first
+                pass
 
     def close(self) -> None:
         with self._lock:
@@ -164,6 +216,31 @@ class JobStore:
         counts.update({row[0]: row[1] for row in self._execute("SELECT state, COUNT(*) FROM jobs GROUP BY state")})
         return counts
 
+    def claim(self, job_id: str, runner: str) -> Job | None:
+        """Make ``runner`` the one that does the job's remaining work; the job, or None if another has it.
+
+        The claim is taken when no runner has the job, or when its runner is no longer alive
+        (:func:`runner_alive`); the update is conditional on the runner read, so of two
+        runners claiming at once one gets the job.
+        """
+        job = self.get(job_id)
+        if job is None:
+            return None
+        rows = self._execute("SELECT runner FROM jobs WHERE job_id = ?", (job_id,))
+        current = rows[0][0] if rows else None
+        if current == runner:
+            return job
+        if current is not None and runner_alive(current):
+            return None
+        with self._lock:
+            taken = self._db.execute("UPDATE jobs SET runner = ? WHERE job_id = ? AND runner IS ?",
+                                     (runner, job_id, current)).rowcount
+        return self.get(job_id) if taken else None
+
+    def release(self, runner: str) -> None:
+        """Let other runners claim the jobs ``runner`` has (it stopped with none of them running)."""
+        self._execute("UPDATE jobs SET runner = NULL WHERE runner = ?", (runner,))
+
     def start(self, job_id: str) -> None:
         self._execute("UPDATE jobs SET state = 'running', started_at = ? WHERE job_id = ?", (_now(), job_id))
 
@@ -200,6 +277,9 @@ class JobRunner:
         self.metrics = metrics
         self._queue: queue.Queue[str | None] = queue.Queue()
         self._threads: list[threading.Thread] = []
+        #: This runner in the jobs' records: host / pid / the process's start / this object.
+        self.runner = (f"{socket.gethostname()}/{os.getpid()}/{_process_started(os.getpid()) or ''}/"
+                       f"{secrets.token_hex(4)}")
 
     def start(self) -> None:
         """Queue the jobs left unfinished by an earlier run, and start the workers."""
@@ -225,6 +305,8 @@ class JobRunner:
             self._queue.put(None)
         for thread in self._threads:
             thread.join(timeout)
+        if not any(thread.is_alive() for thread in self._threads):
+            self.store.release(self.runner)
         self._threads.clear()
 
     def submit(self, form: ReceivedForm, key: ApiKey, request_id: str, callback_url: str | None) -> Job:
@@ -249,14 +331,16 @@ class JobRunner:
             except Exception:  # a worker must survive any one job
                 log.exception("upload job %s could not be run", job_id)
 
-    def run(self, job_id: str) -> Job:
-        """Match one job's upload, record the outcome and send its webhook.
+    def run(self, job_id: str) -> Job | None:
+        """Match one job's upload, record the outcome and send its webhook; None if another runner has it.
 
         Each step happens once even when a stop interrupted the job: a decision already
         stored under the job's decision id is taken as the job's outcome, and a finished
         job only gets its webhook.
         """
-        job = self.store.get(job_id)
+        job = self.store.claim(job_id, self.runner)
+        if job is None:
+            return None
         if job.state in ("queued", "running"):
             decision = self._decide(job)
             job = self.store.get(job_id)

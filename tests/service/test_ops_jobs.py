@@ -4,6 +4,8 @@ the process."""
 from __future__ import annotations
 
 import json
+import os
+import socket
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -17,7 +19,7 @@ from refrain.service import webhooks
 from refrain.cluster import ShardUnavailableError
 from refrain.service.app import create_app
 from refrain.service.core import MatchService
-from refrain.service.jobs import JobRunner
+from refrain.service.jobs import JobRunner, JobStore, _process_started
 from refrain.service.settings import ServiceSettings
 
 SECRET = "webhook-test-secret"
@@ -269,6 +271,58 @@ def test_jobs_accepted_before_a_restart_are_decided_after_it(settings, running, 
         hook.wait(1)
     finally:
         second.stop()
+
+
+def test_two_runners_resuming_the_same_jobs_decide_and_call_back_each_once(settings, running, receiver,
+                                                                          excerpt_file, monkeypatch):
+    """As N service processes (refrain serve --workers N) do when they start after a stop: each job is claimed once."""
+    hook = receiver()
+    running.stop()
+    with monkeypatch.context() as patch:
+        patch.setattr(JobRunner, "start", lambda runner: None)
+        first = Running(settings, running.keys)
+        try:
+            with first.client("uploader") as uploader:
+                job_ids = [post_file(uploader, f"/v1/matches?mode=async&callback_url={hook.url}",
+                                     excerpt_file(30, 5.0 + n, 12.0 + n)).json()["job_id"] for n in range(3)]
+        finally:
+            first.stop()
+    second = Running(settings, running.keys)  # its runner resumes the jobs at its start ...
+    app = second.server.server.config.app
+    store = JobStore(settings.jobs_db_path)
+    other = JobRunner(app.state.service, store, app.state.jobs.deliveries, app.state.metrics)
+    other.start()  # ... and so does another worker's, at the same time
+    try:
+        with second.client("uploader") as uploader, second.client("analyst") as analyst:
+            done = [poll(uploader, job_id, webhook=True) for job_id in job_ids]
+            decisions = analyst.get("/v1/matches", params={"limit": 500}).json()["items"]
+        assert [d["state"] for d in done] == ["succeeded"] * 3 and all(d["webhook"]["delivered"] for d in done)
+        assert sorted(d["decision_id"] for d in decisions) == sorted(d["decision_id"] for d in done)
+        time.sleep(0.5)  # a second delivery of any job would have arrived by now
+        assert len(hook.requests) == 3
+    finally:
+        other.stop()
+        store.close()
+        second.stop()
+
+
+def test_a_dead_runners_claim_is_taken_over_and_a_live_ones_is_not(tmp_path):
+    store = JobStore(tmp_path / "jobs.sqlite")
+    try:
+        store.add("job_a", "req", "rk_x", "a.wav", tmp_path / "a.wav", 1, {}, None)
+        store.add("job_b", "req", "rk_x", "b.wav", tmp_path / "b.wav", 1, {}, None)
+        dead = f"{socket.gethostname()}/{2 ** 22 + 1}/1/gone"  # above Linux's largest pid: no such process
+        assert store.claim("job_a", dead) is not None
+        assert store.claim("job_b", "another-host/1/1/gone") is not None
+        me, sibling = (f"{socket.gethostname()}/{os.getpid()}/{_process_started(os.getpid())}/{token}"
+                       for token in ("me", "sibling"))  # two runners of this process, as JobRunner names them
+        assert store.claim("job_a", me).job_id == "job_a"  # its runner died: taken over
+        assert store.claim("job_b", me).job_id == "job_b"  # recorded on another host: taken over
+        assert store.claim("job_a", sibling) is None  # a live runner's claim stands
+        store.release(me)
+        assert store.claim("job_a", sibling) is not None
+    finally:
+        store.close()
 
 
 def test_signatures_cover_the_body_and_the_time():
