@@ -11,7 +11,7 @@ import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Generator, Iterable, Iterator, cast
 
 import numpy as np
 
@@ -112,9 +112,9 @@ class UploadWindows:
 
     Each window's peaks, dense peaks and melody frames are kept in upload time (a few
     tens of kB per minute), never its audio, spectrogram or landmarks; :meth:`fingerprint`
-    then rebuilds the fingerprint :func:`fingerprint.fingerprint_signal` gives for the
-    whole signal (the windows' peaks are the whole signal's: each window is analysed
-    with margins, :func:`fingerprint.pipeline.window_margin_frames`).
+    then rebuilds from them the fingerprint of the whole upload: that of
+    :func:`fingerprint.fingerprint_signal` but for a few peaks at window boundaries
+    (each window is analysed with margins, :func:`fingerprint.pipeline.window_margin_frames`).
 
     Parameters
     ----------
@@ -178,7 +178,7 @@ class _StageClock:
     decoded blocks) counts only its own time; the wait is the inner stage's.
     """
 
-    def __init__(self):
+    def __init__(self) -> None:
         self.seconds: dict[str, float] = {}
         self._counted = 0.0
 
@@ -197,9 +197,10 @@ class _StageClock:
 
     def add_to(self, stages: dict[str, float] | None) -> None:
         """Add the seconds counted to ``stages`` (if given)."""
+        if stages is None:
+            return
         for stage, seconds in self.seconds.items():
-            if stages is not None:
-                stages[stage] = stages.get(stage, 0.0) + seconds
+            stages[stage] = stages.get(stage, 0.0) + seconds
 
 
 def fingerprint_stream(blocks: Iterable[np.ndarray], params: FingerprintParams, window_seconds: float,
@@ -264,10 +265,13 @@ def audio_between(path: os.PathLike, sample_rate: int, ranges: list[tuple[float,
     AudioDecodeError, AudioTooLongError
         As :func:`fingerprint.decode.stream_audio`.
     """
+    if not ranges:
+        return []
     bounds = [(int(start * sample_rate), int(end * sample_rate)) for start, end in ranges]
     parts: list[list[np.ndarray]] = [[] for _ in bounds]
     last = max((end for _, end in bounds), default=0)
-    blocks = stream_audio(path, sample_rate, max_duration)
+    # A generator: closed as soon as the last range is read, which stops the decoder.
+    blocks = cast(Generator[np.ndarray, None, None], stream_audio(path, sample_rate, max_duration))
     try:
         first = 0
         for block in blocks:

@@ -33,9 +33,8 @@ from refrain.policy.lineage import (LineageClaim, LineageLink, decide_lineage, d
                                     derivative_policy_problem)
 from refrain.fingerprint import (AudioDecodeError, AudioTooLongError, Fingerprint, FingerprintError,
                          fingerprint_signal, load_audio)
-from refrain.fingerprint.decode import stream_audio
 from refrain.fingerprint import FingerprintParams
-from refrain.fingerprint.decode import probe_duration
+from refrain.fingerprint.decode import probe_duration, stream_audio
 from refrain.fingerprint.melody import chroma_sequence
 from refrain.fingerprint.serialize import FingerprintFormatError, fingerprint_from_bytes, fingerprint_to_bytes
 from refrain.fingerprint.spectrogram import log_frequency_spectrogram
@@ -552,6 +551,7 @@ class MatchService:
             with self.lock.read():
                 # One consistent snapshot: the index, the works and their policies cannot change
                 # between the match and the decision (catalogue writes take the write side).
+                # Decoding is inside it too: a streamed upload is decoded as it is matched.
                 streamed = self._match_stream(form)
                 with stage("match"):
                     decided = decide_matched(self.db, streamed.result, streamed.points, streamed.windows.duration,

@@ -161,3 +161,4 @@ def test_audio_between_reads_the_ranges_a_whole_decode_holds(songs, write_audio,
     parts = audio_between(path, 8000, ranges)
     for (start, end), part in zip(ranges, parts):
         assert np.array_equal(part, y[int(start * 8000):int(end * 8000)])
+    assert audio_between(path, 8000, []) == []
