@@ -15,6 +15,7 @@ continue across the boundaries.
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field, fields, replace
 from typing import Iterable, Iterator
@@ -32,7 +33,7 @@ from refrain.matcher.proposals import DOUBLE_TIER, QUAD_TIER, ProposalParams, pr
 from refrain.matcher.triplet import TripletTier
 from refrain.matcher.types import Catalogue, Match, Query, Span, Tier, covered_seconds
 
-__all__ = ["MatchParams", "match", "match_windows", "upload_windows"]
+__all__ = ["MatchParams", "match", "match_windows", "upload_windows", "upload_window_frames"]
 
 
 def _default_tiers() -> tuple[Tier, ...]:
@@ -53,7 +54,8 @@ class MatchParams:
         ``melody`` covers (the composition re-performed). :meth:`without` and
         :meth:`tier` select and read them by name.
     upload_window_seconds : float
-        Uploads longer than this (default 60 s) are searched one window of this length
+        Uploads longer than this (default 60 s; rounded up to whole melody chroma frames,
+        :func:`upload_window_frames`) are searched one window of this length
         at a time and each track's matches of consecutive windows joined: the tiers'
         memory and time then grow with the upload's length, not faster (a 20-minute
         upload searched whole peaked at 4.2 GB), and a tempo-changed work's time line
@@ -138,16 +140,29 @@ def match(fp: Fingerprint, catalogue: Catalogue, params: MatchParams,
                          catalogue, params, timings)
 
 
+def upload_window_frames(fingerprint_params: FingerprintParams, window_seconds: float) -> int:
+    """Frames in one upload window: ``window_seconds`` rounded up to whole melody chroma frames.
+
+    A window's chroma frames are counted from its own start; on a whole number of them
+    every window's lie on the whole upload's grid (a 60 s window of 1875 frames would
+    start each later window 3/8 of a chroma frame off it, and joined windows' melody
+    would drift from the upload's time by 0.375 frames per window).
+    """
+    per_chroma = 1 if fingerprint_params.melody is None else fingerprint_params.melody.frames_per_chroma
+    frames = max(1, int(round(window_seconds / fingerprint_params.frame_seconds)))
+    return per_chroma * math.ceil(frames / per_chroma)
+
+
 def upload_windows(fp: Fingerprint, fingerprint_params: FingerprintParams,
                    window_seconds: float) -> Iterator[Fingerprint]:
     """A whole upload's fingerprint as the windows :func:`match_windows` searches.
 
     An upload no longer than one window is one window; a longer one is cut into
     windows of ``window_seconds`` (whole frames) as :func:`fingerprint.fingerprint_windows`
-    cuts a signal arriving in blocks.
+    cuts a signal arriving in blocks (:func:`upload_window_frames` each).
     """
     n_frames = int(np.ceil(fp.duration / fingerprint_params.frame_seconds))
-    window = max(1, int(round(window_seconds / fingerprint_params.frame_seconds)))
+    window = upload_window_frames(fingerprint_params, window_seconds)
     if n_frames <= window:
         yield fp
         return
@@ -159,13 +174,13 @@ def match_windows(windows: Iterable[Fingerprint], catalogue: Catalogue, params: 
                   timings: dict[str, float] | None = None) -> list[Match]:
     """:func:`match` of an upload given as consecutive windows, each searched as it comes.
 
-    Window ``k`` starts ``k * upload_window_seconds`` (whole frames) into the upload;
+    Window ``k`` starts ``k`` windows of :func:`upload_window_frames` into the upload;
     only the matches found so far are kept between windows, so a caller that
     fingerprints the upload window by window (:func:`fingerprint.fingerprint_windows`)
     holds one window's fingerprint at a time.
     """
     frame_seconds = catalogue.fingerprint_params.frame_seconds
-    window_frames = max(1, int(round(params.upload_window_seconds / frame_seconds)))
+    window_frames = upload_window_frames(catalogue.fingerprint_params, params.upload_window_seconds)
     found: dict[str, dict[int, list[Match]]] = {tier.name: {} for tier in params.tiers}
     upload_seconds = 0.0
     for number, part in enumerate(windows):

@@ -7,10 +7,11 @@ import ctypes.util
 import hashlib
 import os
 import signal
+import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Generator, Iterable, Iterator, cast
 
 import numpy as np
 
@@ -18,15 +19,16 @@ from refrain.config import Config
 from refrain.fingerprint import (AudioDecodeError, Fingerprint, FingerprintError, FingerprintParams,
                                  fingerprint_file, fingerprint_signal)
 from refrain.fingerprint.decode import stream_audio
-from refrain.fingerprint.pipeline import fingerprint_windows
+from refrain.fingerprint.peaks import Peaks
+from refrain.fingerprint.pipeline import fingerprint_peaks, fingerprint_windows
 from refrain.index import IndexStore, Track, TrackMetadata
 from refrain.matcher import Catalogue, Match, match
-from refrain.matcher.match import match_windows
+from refrain.matcher.match import match_windows, upload_window_frames
 from refrain.matcher.proposals import DOUBLE_TIER, QUAD_TIER
 from refrain.matcher.types import match_field
 
-__all__ = ["Refrain", "IngestResult", "QueryResult", "TrackMatch", "IndexInfo", "audio_files",
-           "AUDIO_EXTENSIONS"]
+__all__ = ["Refrain", "IngestResult", "QueryResult", "TrackMatch", "IndexInfo", "StreamedMatch", "UploadWindows",
+           "audio_files", "audio_between", "fingerprint_stream", "AUDIO_EXTENSIONS"]
 
 AUDIO_EXTENSIONS = frozenset({".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".m4a", ".aac",
                               ".mp4", ".aif", ".aiff", ".wma", ".webm", ".mka"})
@@ -103,6 +105,185 @@ class QueryResult:
 
     def to_dict(self) -> dict:
         return {"query": self.query, "duration": self.duration, "matches": [m.to_dict() for m in self.matches]}
+
+
+class UploadWindows:
+    """A streamed upload's window fingerprints, kept as the whole upload's fingerprint needs them.
+
+    Each window's peaks, dense peaks and melody frames are kept in upload time (a few
+    tens of kB per minute), never its audio, spectrogram or landmarks; :meth:`fingerprint`
+    then rebuilds from them the fingerprint of the whole upload: that of
+    :func:`fingerprint.fingerprint_signal` but for a few peaks at window boundaries
+    (each window is analysed with margins, :func:`fingerprint.pipeline.window_margin_frames`).
+
+    Parameters
+    ----------
+    params : FingerprintParams
+    window_seconds : float
+        The matcher's ``upload_window_seconds``: windows are :attr:`window_seconds` long
+        (:func:`matcher.match.upload_window_frames`), as :func:`matcher.match_windows` places them.
+    """
+
+    def __init__(self, params: FingerprintParams, window_seconds: float):
+        self.params = params
+        self.window_frames = upload_window_frames(params, window_seconds)
+        self.window_seconds = self.window_frames * params.frame_seconds
+        self.duration = 0.0
+        self.landmarks = 0
+        self._peaks: list[Peaks] = []
+        self._dense: list[Peaks] = []
+        self._melody: list[np.ndarray] = []
+        self._only: Fingerprint | None = None
+        self._whole: Fingerprint | None = None
+
+    def kept(self, windows: Iterable[Fingerprint]) -> Iterator[Fingerprint]:
+        """Pass ``windows`` through, keeping what :meth:`fingerprint` needs of each."""
+        for number, window in enumerate(windows):
+            first = number * self.window_frames
+            self._only = window if number == 0 else None
+            self.duration += window.duration
+            self.landmarks += len(window)
+            self._peaks.append(_moved_peaks(window.peaks, first))
+            if window.dense_peaks is not None:
+                self._dense.append(_moved_peaks(window.dense_peaks, first))
+            if window.melody is not None:
+                self._melody.append(window.melody)
+            yield window
+
+    def fingerprint(self) -> Fingerprint:
+        """The whole upload's fingerprint (an upload of one window: that window's, as it is)."""
+        if self._only is not None:
+            return self._only
+        if not self._peaks:
+            raise FingerprintError("no audio samples to fingerprint")
+        if self._whole is None:
+            self._whole = fingerprint_peaks(_joined_peaks(self._peaks), self.duration, self.params,
+                                            np.concatenate(self._melody) if self._melody else None,
+                                            _joined_peaks(self._dense) if self._dense else None)
+        return self._whole
+
+
+def _moved_peaks(peaks: Peaks, frames: int) -> Peaks:
+    return replace(peaks, frames=(peaks.frames + frames).astype(peaks.frames.dtype, copy=False))
+
+
+def _joined_peaks(parts: list[Peaks]) -> Peaks:
+    return Peaks(**{f.name: np.concatenate([getattr(p, f.name) for p in parts]) for f in fields(Peaks)})
+
+
+class _StageClock:
+    """Seconds spent in each stage of a chain of generators, each second counted once.
+
+    A stage's pull that waits on the stage it draws from (fingerprinting waiting for
+    decoded blocks) counts only its own time; the wait is the inner stage's.
+    """
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+        self._counted = 0.0
+
+    def timed(self, items: Iterable, stage: str) -> Iterator:
+        iterator, end = iter(items), object()
+        self.seconds.setdefault(stage, 0.0)
+        while True:
+            started, counted_before = time.perf_counter(), self._counted
+            item = next(iterator, end)
+            own = time.perf_counter() - started - (self._counted - counted_before)
+            self.seconds[stage] += own
+            self._counted += own
+            if item is end:
+                return
+            yield item
+
+    def add_to(self, stages: dict[str, float] | None) -> None:
+        """Add the seconds counted to ``stages`` (if given)."""
+        if stages is None:
+            return
+        for stage, seconds in self.seconds.items():
+            stages[stage] = stages.get(stage, 0.0) + seconds
+
+
+def fingerprint_stream(blocks: Iterable[np.ndarray], params: FingerprintParams, window_seconds: float,
+                       stages: dict[str, float] | None = None) -> UploadWindows:
+    """Fingerprint a signal that arrives in blocks one window at a time, keeping only what the whole
+    upload's fingerprint needs (:class:`UploadWindows`): for a matcher that searches a whole fingerprint.
+
+    Parameters
+    ----------
+    blocks : iterable of np.ndarray
+        As for :meth:`Refrain.match_stream`.
+    params : FingerprintParams
+    window_seconds : float
+        Window length (the matcher's ``upload_window_seconds``).
+    stages : dict, optional
+        If given, the seconds spent getting ``blocks`` (``decode``) and fingerprinting
+        (``fingerprint``) are added to it.
+
+    Raises
+    ------
+    FingerprintError
+        When no window holds a landmark; and whatever ``blocks`` raises.
+    """
+    clock, windows = _StageClock(), UploadWindows(params, window_seconds)
+    for _ in windows.kept(clock.timed(fingerprint_windows(clock.timed(blocks, "decode"), params,
+                                                          windows.window_seconds, dense_peaks=True), "fingerprint")):
+        pass
+    clock.add_to(stages)
+    return windows
+
+
+@dataclass(frozen=True)
+class StreamedMatch:
+    """What :meth:`Refrain.match_stream` found in an upload, and the upload's fingerprint.
+
+    Attributes
+    ----------
+    result : QueryResult
+    points : dict of int to np.ndarray, shape (n, 2)
+        The aligned points behind each matched track (as :meth:`Refrain.match_with_evidence`).
+    windows : UploadWindows
+        The upload's windows as kept: ``windows.fingerprint()`` is the whole upload's
+        fingerprint (e.g. to store it), ``windows.landmarks`` its landmark count.
+    """
+
+    result: QueryResult
+    points: dict[int, np.ndarray]
+    windows: UploadWindows
+
+
+def audio_between(path: os.PathLike, sample_rate: int, ranges: list[tuple[float, float]],
+                  max_duration: float | None = None) -> list[np.ndarray]:
+    """The samples of ``path`` in each (start, end) range in seconds, decoded block by block.
+
+    Only the ranges are kept, and decoding stops at the last range's end: an upload's
+    evidence (a few seconds around each match) is read back from its file rather than
+    held while the upload is matched. The samples are those :func:`fingerprint.decode.stream_audio`
+    gives for the whole file, cut at ``int(seconds * sample_rate)``.
+
+    Raises
+    ------
+    AudioDecodeError, AudioTooLongError
+        As :func:`fingerprint.decode.stream_audio`.
+    """
+    if not ranges:
+        return []
+    bounds = [(int(start * sample_rate), int(end * sample_rate)) for start, end in ranges]
+    parts: list[list[np.ndarray]] = [[] for _ in bounds]
+    last = max((end for _, end in bounds), default=0)
+    # A generator: closed as soon as the last range is read, which stops the decoder.
+    blocks = cast(Generator[np.ndarray, None, None], stream_audio(path, sample_rate, max_duration))
+    try:
+        first = 0
+        for block in blocks:
+            for (start, end), part in zip(bounds, parts):
+                if start < first + len(block) and end > first:
+                    part.append(block[max(0, start - first):max(0, end - first)])
+            first += len(block)
+            if first >= last:
+                break
+    finally:
+        blocks.close()
+    return [np.concatenate(part) if part else np.zeros(0, np.float32) for part in parts]
 
 
 @dataclass(frozen=True)
@@ -395,12 +576,19 @@ class Refrain:
 
     def match_blocks(self, blocks: Iterable[np.ndarray], name: str,
                      stats: dict[str, float] | None = None) -> tuple[QueryResult, dict[int, np.ndarray]]:
+        """:meth:`match_with_evidence` of a signal that arrives in blocks (:meth:`match_stream`)."""
+        streamed = self.match_stream(blocks, name, stats)
+        return streamed.result, streamed.points
+
+    def match_stream(self, blocks: Iterable[np.ndarray], name: str, stats: dict[str, float] | None = None,
+                     stages: dict[str, float] | None = None) -> StreamedMatch:
         """:meth:`match_with_evidence` of a signal that arrives in blocks, held one window at a time.
 
         Each window of ``config.match.upload_window_seconds`` is fingerprinted and searched
         as soon as its samples (and the few seconds after it its landmarks reach) have
         arrived, then dropped (:func:`fingerprint.pipeline.fingerprint_windows`): memory
-        follows the window, not the upload.
+        follows the window, not the upload. What the whole upload's fingerprint needs
+        (peaks and melody, tens of kB per minute) is kept in :attr:`StreamedMatch.windows`.
 
         Parameters
         ----------
@@ -410,22 +598,25 @@ class Refrain:
         name : str
         stats : dict, optional
             As for :meth:`match_with_evidence`.
+        stages : dict, optional
+            If given, the seconds spent getting ``blocks`` (``decode``), fingerprinting
+            (``fingerprint``) and the rest (``match``) are added to it, each second once.
 
         Raises
         ------
         FingerprintError
             When no window holds a landmark; and whatever ``blocks`` raises.
         """
-        durations: list[float] = []
-
-        def windows() -> Iterator[Fingerprint]:
-            for window in fingerprint_windows(blocks, self.params, self.config.match.upload_window_seconds,
-                                              dense_peaks=True):
-                durations.append(window.duration)
-                yield window
-
-        found = match_windows(windows(), self._searched_catalogue(), self.config.match, timings=stats)
-        return self._reported(found, sum(durations), name)
+        started, clock = time.perf_counter(), _StageClock()
+        windows = UploadWindows(self.params, self.config.match.upload_window_seconds)
+        fingerprinted = fingerprint_windows(clock.timed(blocks, "decode"), self.params, windows.window_seconds,
+                                            dense_peaks=True)
+        found = match_windows(windows.kept(clock.timed(fingerprinted, "fingerprint")), self._searched_catalogue(),
+                              self.config.match, timings=stats)
+        result, points = self._reported(found, windows.duration, name)
+        clock.seconds["match"] = time.perf_counter() - started - sum(clock.seconds.values())
+        clock.add_to(stages)
+        return StreamedMatch(result, points, windows)
 
     def _reported(self, found: list[Match], seconds: float,
                   name: str) -> tuple[QueryResult, dict[int, np.ndarray]]:

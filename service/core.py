@@ -34,12 +34,12 @@ from refrain.policy.lineage import (LineageClaim, LineageLink, decide_lineage, d
 from refrain.fingerprint import (AudioDecodeError, AudioTooLongError, Fingerprint, FingerprintError,
                          fingerprint_signal, load_audio)
 from refrain.fingerprint import FingerprintParams
-from refrain.fingerprint.decode import probe_duration
+from refrain.fingerprint.decode import probe_duration, stream_audio
 from refrain.fingerprint.melody import chroma_sequence
 from refrain.fingerprint.serialize import FingerprintFormatError, fingerprint_from_bytes, fingerprint_to_bytes
 from refrain.fingerprint.spectrogram import log_frequency_spectrogram
 from refrain.index import TrackMetadata
-from refrain.api import QueryResult, Refrain, TrackMatch
+from refrain.api import QueryResult, Refrain, StreamedMatch, TrackMatch, audio_between, fingerprint_stream
 from refrain.cluster import ClusterRefrain
 from refrain.config import Config
 from refrain.service.db import (ApiKey, CatalogueIntent, Dispute, DisputeOpenError, IdempotentDecision, ServiceDB,
@@ -47,14 +47,14 @@ from refrain.service.db import (ApiKey, CatalogueIntent, Dispute, DisputeOpenErr
 from refrain.service.errors import ApiError
 from refrain.service.limits import Admission
 from refrain.service.locking import ReadWriteLock
-from refrain.service.observability import annotate, stage, tier_timings
+from refrain.service.observability import add_stage_seconds, annotate, stage, tier_timings
 from refrain.service.render import resynthesise_peaks, spectrogram_png, wav_bytes
 from refrain.service.settings import ServiceSettings
 from refrain.service.uploads import ReceivedForm, safe_suffix
 
 __all__ = ["MatchService", "MatchOutcome", "UploadDecision", "decide_upload", "decision_body", "resolve_decision",
            "jsonable", "policy_out", "work_out", "licence_out", "file_dispute", "close_dispute", "close_conflict",
-           "conflict_claims", "with_holds", "dispute_out", "SpanRegions", "cover_alignment",
+           "conflict_claims", "with_holds", "dispute_out", "SpanRegions", "cover_alignment", "decide_matched",
            "with_standing_resolutions", "derivative_floor_of"]
 
 log = logging.getLogger("refrain.service")
@@ -546,24 +546,22 @@ class MatchService:
             licences.append(licence)
 
         params = self.refrain.params
+        now = utc_now()
         try:
-            with stage("decode"):
-                samples = load_audio(form.file_path, params.sample_rate, self.settings.max_upload_seconds)
+            with self.lock.read():
+                # One consistent snapshot: the index, the works and their policies cannot change
+                # between the match and the decision (catalogue writes take the write side).
+                # Decoding is inside it too: a streamed upload is decoded as it is matched.
+                streamed = self._match_stream(form)
+                with stage("match"):
+                    decided = decide_matched(self.db, streamed.result, streamed.points, streamed.windows.duration,
+                                             key.principal, licences, now, self.settings.review_confidence)
             with stage("fingerprint"):
-                fp = fingerprint_signal(samples, params, dense_peaks=True)
+                fp = streamed.windows.fingerprint()
+            with stage("evidence"):
+                stored_evidence = self._evidence_of(decided, form.file_path, fp)
         except (AudioDecodeError, FingerprintError) as err:
             raise _audio_error(err, form.file_path, form.filename) from None
-
-        now = utc_now()
-        with self.lock.read(), stage("match"):
-            # One consistent snapshot: the index, the works and their policies cannot change
-            # between the match and the decision (catalogue writes take the write side).
-            decided = decide_upload(self.refrain, self.db, fp, form.filename, key.principal, licences, now,
-                                    self.settings.review_confidence)
-
-        with stage("evidence"):
-            stored_evidence = [self._evidence(m, decided.points[m.track_id], decided.works.get(m.track_id),
-                                              samples, fp.melody) for m in decided.result.matches]
         body = decision_body(decided, decision_id=(decision_id or "dec_" + secrets.token_urlsafe(12)) if store
                              else None,
                              stored=store, created_at=now, principal=key.principal, uploader_id=uploader_id,
@@ -594,15 +592,51 @@ class MatchService:
         annotate(decision_id=stored.decision_id, verdict=stored.verdict, idempotent_replay=True)
         return MatchOutcome(stored.body, [], replayed=True)
 
+    def _match_stream(self, form: ReceivedForm) -> StreamedMatch:
+        """Decode, fingerprint and match the upload window by window (:meth:`refrain.api.Refrain.match_stream`).
+
+        No more than a window of the upload's audio is held at once, whatever its length. A
+        cluster's router matches the whole fingerprint at once (its shards then search it
+        window by window): the audio is still decoded and fingerprinted a window at a time.
+        """
+        blocks = stream_audio(form.file_path, self.refrain.params.sample_rate, self.settings.max_upload_seconds)
+        stages: dict[str, float] = {}
+        try:
+            if isinstance(self.refrain, Refrain):
+                return self.refrain.match_stream(blocks, form.filename, stats=tier_timings(), stages=stages)
+            windows = fingerprint_stream(blocks, self.refrain.params, self.refrain.config.match.upload_window_seconds,
+                                         stages)
+            with stage("match"):
+                result, points = self.refrain.match_with_evidence(windows.fingerprint(), form.filename,
+                                                                  stats=tier_timings())
+            return StreamedMatch(result, points, windows)
+        finally:
+            for name, seconds in stages.items():
+                add_stage_seconds(name, seconds)
+
+    def _evidence_of(self, decided: UploadDecision, upload: Path, fp: Fingerprint) -> list[WorkEvidence]:
+        """Each matched work's evidence, its spectrogram's audio read back from the upload's file.
+
+        The stretches drawn (the strongest span of each match, padded 1 s, capped) are decoded
+        in one pass that stops after the last of them: the upload's audio was not kept.
+        """
+        matches = decided.result.matches
+        ranges = []
+        for m in matches:
+            start = max(0.0, m.query_start - 1.0)
+            ranges.append((start, min(fp.duration, m.query_end + 1.0, start + self.settings.spectrogram_max_seconds)))
+        audio = audio_between(upload, self.refrain.params.sample_rate, ranges, self.settings.max_upload_seconds)
+        return [self._evidence(m, decided.points[m.track_id], decided.works.get(m.track_id), samples, span,
+                               fp.melody) for m, samples, span in zip(matches, audio, ranges)]
+
     def _evidence(self, m: TrackMatch, points: np.ndarray, work: Work | None, samples: np.ndarray,
-                  melody: np.ndarray | None) -> WorkEvidence:
-        """Aligned points and the spectrogram of the strongest span (padded 1 s, capped).
+                  span: tuple[float, float], melody: np.ndarray | None) -> WorkEvidence:
+        """Aligned points and the spectrogram of ``samples``, the upload's audio over ``span`` (seconds).
 
         A cover has no aligned landmarks: its points are the chroma frames of its spans that agree
         with the reference's on the matched line (:func:`cover_alignment`), when the work's
         reference recording is kept.
         """
-        rate = self.refrain.params.sample_rate
         if m.kind == "cover" and len(points) == 0 and work is not None:
             try:
                 alignment = cover_alignment(self.refrain.params, melody, m.to_dict(), self._reference_samples(work))
@@ -611,9 +645,8 @@ class MatchService:
             if alignment is not None:
                 times, ref_times, _, _, agreement = alignment
                 points = np.column_stack([times, ref_times])[agreement > 0]
-        start = max(0.0, m.query_start - 1.0)
-        end = min(len(samples) / rate, m.query_end + 1.0, start + self.settings.spectrogram_max_seconds)
-        png = spectrogram_png(samples[int(start * rate):int(end * rate)], self.refrain.params)
+        start, end = span
+        png = spectrogram_png(samples, self.refrain.params)
         return WorkEvidence(track_id=m.track_id, work_id=work.work_id if work else None,
                             points=np.asarray(points, dtype=np.float32), spectrogram_png=png,
                             spectrogram_start=round(start, 3), spectrogram_end=round(end, 3))
@@ -831,6 +864,26 @@ def decide_upload(refrain: Refrain, db: ServiceDB, fp: Fingerprint, filename: st
         that recording, so it is judged against the works it derives from, not itself.
     """
     result, points = refrain.match_with_evidence(fp, filename, stats=tier_timings())
+    return decide_matched(db, result, points, fp.duration, principal, licences, at, review_confidence, published_as)
+
+
+def decide_matched(db: ServiceDB, result: QueryResult, points: dict[int, np.ndarray], duration: float,
+                   principal: str | None, licences: list[policy.Licence], at: datetime, review_confidence: float,
+                   published_as: Work | None = None) -> UploadDecision:
+    """:func:`decide_upload` of an upload already matched (e.g. streamed: :meth:`refrain.api.Refrain.match_stream`).
+
+    Parameters
+    ----------
+    db : ServiceDB
+    result : QueryResult
+        The upload's matches.
+    points : dict of int to np.ndarray
+        The aligned points behind each matched track.
+    duration : float
+        The upload's length in seconds.
+    principal, licences, at, review_confidence, published_as
+        As for :func:`decide_upload`.
+    """
     if published_as is not None:
         result = replace(result, matches=[m for m in result.matches if m.track_id != published_as.track_id])
     works = db.works_by_track([m.track_id for m in result.matches])
@@ -846,7 +899,7 @@ def decide_upload(refrain: Refrain, db: ServiceDB, fp: Fingerprint, filename: st
                                   aligned_spans=tuple((s.query_start, s.query_end, s.ref_start, s.ref_end)
                                                       for s in m.spans))
                for m in result.matches]
-    decision = policy.decide(matches, policies, licences, principal, fp.duration, at, review_confidence,
+    decision = policy.decide(matches, policies, licences, principal, duration, at, review_confidence,
                              exclusions=exclusions)
     if not links:
         return UploadDecision(result, decision, works, policies, points)
@@ -856,7 +909,7 @@ def decide_upload(refrain: Refrain, db: ServiceDB, fp: Fingerprint, filename: st
             link.work_id, link.parent_work_id, link.kind, link.share,
             tuple((s["query_start"], s["query_end"], s["ref_start"], s["ref_end"]) for s in link.spans)))
     judged = decide_lineage(matches, decision, parents, {w.work_id: w.track_id for w in ancestors.values()},
-                            policies, licences, principal, fp.duration, at, review_confidence,
+                            policies, licences, principal, duration, at, review_confidence,
                             exclusions=exclusions)
     return UploadDecision(result, judged.decision, works, policies, points, judged.claims, ancestors)
 

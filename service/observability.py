@@ -97,9 +97,15 @@ def stage(name: str) -> Iterator[None]:
     try:
         yield
     finally:
-        record = _current.get()
-        if record is not None:
-            record.stages[name] = record.stages.get(name, 0.0) + time.perf_counter() - started
+        add_stage_seconds(name, time.perf_counter() - started)
+
+
+def add_stage_seconds(name: str, seconds: float) -> None:
+    """Count ``seconds`` to the stage ``name`` of the current request: stages that interleave (a streamed
+    upload is decoded, fingerprinted and matched window by window) are timed by their caller."""
+    record = _current.get()
+    if record is not None:
+        record.stages[name] = record.stages.get(name, 0.0) + seconds
 
 
 def tier_timings() -> dict[str, float] | None:

@@ -215,13 +215,14 @@ def test_stray_hits_past_a_copied_passage_do_not_stretch_its_span():
 
 def test_a_long_upload_searched_window_by_window_reports_each_work_once_across_boundaries(
         catalogue_index, catalogue, songs):
-    # 7 s windows: the 20 s copy of song 44 crosses two window boundaries, the sped-up
-    # (1.1x, resampled) 15 s of song 33 after it crosses two more.
+    # 6.9 s windows (216 frames, whole chroma frames: boundaries at 6.9, 13.8, 20.7, 27.6 s):
+    # the 20 s copy of song 44 crosses two window boundaries, the sped-up (1.1x,
+    # resampled) 15 s of song 33 after it crosses two more.
     rate = catalogue.params.sample_rate
     copy = soxr.resample(songs[44].excerpt(3.0, 20.0), SR, rate)
     sped_up = soxr.resample(songs[33].excerpt(10.0, 16.5), SR * 1.1, rate)
     y = np.concatenate([copy, sped_up]).astype(np.float32)
-    windowed = Config(match=MatchParams(upload_window_seconds=7.0))
+    windowed = Config(match=MatchParams(upload_window_seconds=6.9))
     with Refrain.open(catalogue_index.directory, windowed, mmap=True) as refrain:
         result = refrain.match_signal(y, "long")
     ids = catalogue_index.track_ids
@@ -238,7 +239,7 @@ def test_a_long_upload_searched_window_by_window_reports_each_work_once_across_b
     assert derived.ref_start == pytest.approx(10.0, abs=1.5)
 
     # The same upload searched whole finds the same works in the same places (but for the
-    # second of the speed-up left alone in the window before its boundary at 21 s).
+    # 0.7 s of the speed-up left alone in the window before its boundary at 20.7 s).
     whole = {m.track_id: m for m in catalogue.match_signal(y, "long").matches}
     assert set(whole) == set(found)
     for track_id, match in found.items():

@@ -7,9 +7,10 @@ import numpy as np
 import pytest
 import soxr
 
-from refrain.api import Refrain
+from refrain.api import Refrain, audio_between
 from refrain.config import Config
 from refrain.fingerprint import fingerprint_signal, load_audio
+from refrain.fingerprint.decode import stream_audio
 from refrain.fingerprint.pipeline import fingerprint_windows, window_margin_frames
 from refrain.matcher import MatchParams
 
@@ -130,3 +131,34 @@ def test_an_upload_file_matched_block_by_block_reports_what_the_signal_matched_w
         assert found.offset == pytest.approx(expected.offset, abs=0.1)
         assert [bound for s in found.spans for bound in (s.query_start, s.query_end)] == pytest.approx(
             [bound for s in expected.spans for bound in (s.query_start, s.query_end)], abs=0.5)
+
+
+def test_a_streamed_upload_keeps_the_whole_uploads_fingerprint_and_times_each_stage_once(
+        catalogue_index, songs, write_audio, tmp_path):
+    # 12 s windows over a 41 s upload: four windows, joined into the fingerprint of the whole signal.
+    windowed = Config(match=MatchParams(upload_window_seconds=12.0))
+    path = write_audio(tmp_path / "upload.flac", np.concatenate([songs[44].samples, songs[41].excerpt(0.0, 6.0)]))
+    with Refrain.open(catalogue_index.directory, windowed, mmap=True) as refrain:
+        params = refrain.params
+        stages: dict[str, float] = {}
+        streamed = refrain.match_stream(stream_audio(path, params.sample_rate, block_seconds=1.0), "upload",
+                                        stages=stages)
+    y = load_audio(path, params.sample_rate)
+    whole = fingerprint_signal(y, params, dense_peaks=True)
+    joined = streamed.windows.fingerprint()
+    assert streamed.windows.window_frames % params.melody.frames_per_chroma == 0
+    assert joined.duration == pytest.approx(whole.duration) and streamed.windows.landmarks == len(joined)
+    assert np.array_equal(joined.melody, whole.melody)
+    assert len(joined) == pytest.approx(len(whole), rel=0.002)
+    assert streamed.result.matches[0].track_id == catalogue_index.track_ids[44]
+    assert set(stages) == {"decode", "fingerprint", "match"} and all(s > 0 for s in stages.values())
+
+
+def test_audio_between_reads_the_ranges_a_whole_decode_holds(songs, write_audio, tmp_path):
+    path = write_audio(tmp_path / "upload.wav", songs[30].samples)
+    y = load_audio(path, 8000)
+    ranges = [(0.0, 2.5), (12.25, 13.0), (30.0, 40.0), (1.0, 3.0)]
+    parts = audio_between(path, 8000, ranges)
+    for (start, end), part in zip(ranges, parts):
+        assert np.array_equal(part, y[int(start * 8000):int(end * 8000)])
+    assert audio_between(path, 8000, []) == []
