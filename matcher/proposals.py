@@ -32,7 +32,7 @@ import numpy as np
 
 from refrain.fingerprint import Fingerprint, FingerprintParams
 from refrain.fingerprint.hashes import double_landmarks, hash_quads, query_quads, unpack_quad_payload
-from refrain.index.landmarks import LandmarkIndex
+from refrain.index.landmarks import LandmarkIndex, mix_codes
 from refrain.matcher.triplet import TripletTier
 from refrain.matcher.voting import best_cells_per_track, vote_order
 
@@ -104,7 +104,8 @@ class ProposalParams:
     max_candidates: int = 32
     copies: bool = False
     copy_min_votes: int = 2
-    copy_slack: int = 1
+    copy_slack: int = 8
+    copy_max_hits: int = 30000
     min_votes: int = 3
     slack: int = 1
     margin: float = 0.15
@@ -115,6 +116,15 @@ class ProposalParams:
 def propose_copies(fp: Fingerprint, doubles: LandmarkIndex, fingerprint_params: FingerprintParams,
                    params: ProposalParams) -> np.ndarray:
     """The tracks a query window may copy (also in part, or under other audio), strongest first.
+
+    The query's doubles are built from its dense peaks when it has them
+    (:attr:`fingerprint.Fingerprint.dense_peaks`), combining each anchor's
+    ``2 + params.copy_slack`` nearest targets two by two: a catalogue recording's peaks
+    under other audio are far more often among the dense peaks than among the
+    strongest, and the extra dense peaks between them then do not hide its doubles.
+    The rarest codes are looked up first, until their hits would pass
+    ``params.copy_max_hits``: the work is bounded whatever the catalogue's size, and
+    goes to the codes whose hits say most.
 
     Parameters
     ----------
@@ -132,13 +142,20 @@ def propose_copies(fp: Fingerprint, doubles: LandmarkIndex, fingerprint_params: 
         At most ``params.max_candidates`` track ids.
     """
     fpp = fingerprint_params
-    query = double_landmarks(fp.peaks, fpp.target_dt_min, fpp.target_dt_max, fpp.target_df_max,
-                             params.copy_slack)
-    _, hits_per_code, labels = doubles.lookup_slices(query.codes)
+    peaks = fp.peaks if fp.dense_peaks is None else fp.dense_peaks
+    query = double_landmarks(peaks, fpp.target_dt_min, fpp.target_dt_max, fpp.target_df_max, params.copy_slack)
+    # Asked in the order the store files its codes (index.landmarks.mix_codes), tens of
+    # thousands of binary searches stay in cache: 3x faster than in anchor order.
+    filed = np.argsort(mix_codes(query.codes), kind="stable")
+    codes, anchor_frames = query.codes[filed], query.anchor_frames[filed]
+    counts = doubles.code_counts(codes)
+    rarest_first = np.argsort(counts, kind="stable")
+    specific = np.sort(rarest_first[np.cumsum(counts[rarest_first]) <= params.copy_max_hits])
+    _, hits_per_code, labels = doubles.lookup_slices(codes[specific])
     if len(labels) == 0:
         return np.zeros(0, dtype=np.int64)
     track_ids = labels >> doubles.payload_bits
-    offsets = (labels & ((1 << doubles.payload_bits) - 1)) - np.repeat(query.anchor_frames, hits_per_code)
+    offsets = (labels & ((1 << doubles.payload_bits) - 1)) - np.repeat(anchor_frames[specific], hits_per_code)
     order = vote_order(track_ids, offsets + _COPY_OFFSET_BIAS)
     best = best_cells_per_track(track_ids[order], offsets[order] + _COPY_OFFSET_BIAS, np.ones(len(order)),
                                 _COPY_NEIGHBOURS, params.copy_min_votes, params.max_candidates)
