@@ -150,7 +150,8 @@ def propose_copies(fp: Fingerprint, doubles: LandmarkIndex, fingerprint_params: 
     codes, anchor_frames = query.codes[filed], query.anchor_frames[filed]
     counts = doubles.code_counts(codes)
     rarest_first = np.argsort(counts, kind="stable")
-    specific = np.sort(rarest_first[np.cumsum(counts[rarest_first]) <= params.copy_max_hits])
+    within_budget = rarest_first[np.cumsum(counts[rarest_first]) <= params.copy_max_hits]
+    specific = np.sort(within_budget[counts[within_budget] > 0])
     _, hits_per_code, labels = doubles.lookup_slices(codes[specific])
     if len(labels) == 0:
         return np.zeros(0, dtype=np.int64)
