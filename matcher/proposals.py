@@ -75,12 +75,14 @@ class ProposalParams:
         music 100 / 92.5 / 100 / 80.0 % at 10 h and 100 / 87.5 / 100 / 77.5 % at 40 h,
         against an exhaustive search's 100 / 95.0 / 100 / 77.5 % at both, 0 false matches,
         3.4x and 10.5x fewer hits; with the default budget 100 / 90.0 / 100 / 80.0 % at
-        40 h. On 40 real queries per condition against 150 tracks the proposals held the
-        true track of every clean, noisy, speed-, pitch- and tempo-changed query the
-        exhaustive search found, but not 3 of the 31 recordings 6 dB under other music it
-        found (two or three surviving pairs, verified peak by peak). Not within a point on
-        every condition, so by default copies are searched for in every track and only
-        the triplet tier is bounded (docs/scale.md, step 4).
+        40 h and 100 / 95.0 / 100 / 72.5 % at 160 h (the default: 95.0 and 75.0 %), with
+        6.6x fewer hits and 115 against 328 ms of CPU per 10 s query. On 40 real queries
+        per condition against 150 tracks the proposals held the true track of every clean,
+        noisy, speed-, pitch- and tempo-changed query the exhaustive search found, but not
+        3 of the 31 recordings 6 dB under other music it found (two or three surviving
+        pairs, verified peak by peak). Not within a point on every condition, so by default
+        copies are searched for in every track and only the triplet tier is bounded
+        (docs/scale.md, step 4).
     copy_min_votes : int
         Double hits agreeing on one time offset (within a frame) a track needs to be
         proposed as a copy (default 2): on 40 real 10 s excerpts mixed 6 dB under other
