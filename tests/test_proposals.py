@@ -100,16 +100,76 @@ def test_the_true_track_is_proposed(catalogue, catalogue_index, songs, transform
     assert len(fewer) <= 2 and fewer.tolist() == proposed[:len(fewer)].tolist()
 
 
+def _copy_query(clip: np.ndarray, transform: str, background: np.ndarray, rate: int) -> np.ndarray:
+    return {"excerpt": lambda: _at_rate(clip, rate),
+            "noisy": lambda: _at_rate(clip + np.random.default_rng(2).normal(0, 2 * clip.std(), len(clip)), rate),
+            "mixed": lambda: _at_rate(0.5 * clip + background[:len(clip)], rate)}[transform]().astype(np.float32)
+
+
 @pytest.mark.parametrize("transform", ["excerpt", "noisy", "mixed"])
 def test_a_copy_is_proposed_also_under_other_music(catalogue, catalogue_index, songs, unrelated_songs, transform):
-    rate = catalogue.params.sample_rate
-    clip = songs[34].excerpt(6.0, 10.0)
-    y = {"excerpt": lambda: _at_rate(clip, rate),
-         "noisy": lambda: _at_rate(clip + np.random.default_rng(2).normal(0, 2 * clip.std(), len(clip)), rate),
-         "mixed": lambda: _at_rate(0.5 * clip + unrelated_songs[45][:len(clip)], rate)}[transform]()
-    fp = fingerprint_signal(y.astype(np.float32), catalogue.params)
-    proposed = propose_copies(fp, catalogue.store.tiers["double"], catalogue.params, ProposalParams())
+    """As a query is fingerprinted for matching: with its dense peaks, from which its doubles are built."""
+    params = catalogue.params
+    y = _copy_query(songs[34].excerpt(6.0, 10.0), transform, unrelated_songs[45], params.sample_rate)
+    fp = fingerprint_signal(y, params, dense_peaks=True)
+    proposed = propose_copies(fp, catalogue.store.tiers["double"], params, ProposalParams())
     assert catalogue_index.track_ids[34] in proposed.tolist(), proposed
+
+
+class _CountingStore:
+    """A double store that records the codes looked up and the hits they returned."""
+
+    def __init__(self, store: LandmarkIndex):
+        self._store, self.looked_up, self.hits = store, [], 0
+
+    def __getattr__(self, name):
+        return getattr(self._store, name)
+
+    def lookup_slices(self, hashes, tracks=None):
+        found = self._store.lookup_slices(hashes, tracks)
+        self.looked_up.append(np.asarray(hashes))
+        self.hits += int(found[1].sum())
+        return found
+
+
+def test_copy_proposals_read_at_most_their_budget_of_hits_rarest_codes_first(catalogue, catalogue_index, songs,
+                                                                             unrelated_songs):
+    params = catalogue.params
+    store = catalogue.store.tiers["double"]
+    y = _copy_query(songs[34].excerpt(6.0, 10.0), "mixed", unrelated_songs[45], params.sample_rate)
+    fp = fingerprint_signal(y, params, dense_peaks=True)
+    everything = _CountingStore(store)
+    propose_copies(fp, everything, params, ProposalParams(copy_max_hits=10 ** 9))
+    (all_codes,) = everything.looked_up
+    counts = store.code_counts(all_codes)
+    budget = int(counts.sum()) // 4
+    assert budget > 0
+    bounded = _CountingStore(store)
+    proposed = propose_copies(fp, bounded, params, ProposalParams(copy_max_hits=budget))
+    (kept,) = bounded.looked_up
+    assert 0 < bounded.hits <= budget < everything.hits
+    # The codes left out are the commonest: none is rarer than a code looked up.
+    kept_counts = store.code_counts(kept)
+    left_out = np.setdiff1d(all_codes, kept)
+    assert store.code_counts(left_out).min() >= kept_counts.max()
+    # A quarter of the hits, from the rarest codes, still name the song first.
+    assert proposed[:1].tolist() == [catalogue_index.track_ids[34]], proposed
+
+
+def test_dense_peaks_keep_copy_proposals_that_the_strongest_peaks_lose(catalogue, catalogue_index, songs,
+                                                                       unrelated_songs):
+    """12 dB under another song: few of the song's doubles survive among the strongest peaks."""
+    params = catalogue.params
+    song = songs[34].excerpt(6.0, 10.0)
+    background = unrelated_songs[45][:len(song)]
+    gain = np.sqrt(np.mean(background ** 2) / np.mean(song ** 2)) * 10 ** (-12 / 20)
+    fp = fingerprint_signal(_at_rate(background + gain * song, params.sample_rate).astype(np.float32), params,
+                            dense_peaks=True)
+    store, true_track = catalogue.store.tiers["double"], catalogue_index.track_ids[34]
+    with_dense = propose_copies(fp, store, params, ProposalParams())
+    strongest_only = propose_copies(replace(fp, dense_peaks=None), store, params, ProposalParams(copy_slack=1))
+    assert true_track in with_dense.tolist(), with_dense
+    assert true_track not in strongest_only.tolist(), strongest_only
 
 
 def _bounded(catalogue, copies: bool = False) -> Refrain:
