@@ -36,7 +36,8 @@ from refrain.fingerprint import (AudioDecodeError, AudioTooLongError, Fingerprin
 from refrain.fingerprint import FingerprintParams
 from refrain.fingerprint.decode import probe_duration, stream_audio
 from refrain.fingerprint.melody import chroma_sequence
-from refrain.fingerprint.serialize import FingerprintFormatError, fingerprint_from_bytes, fingerprint_to_bytes
+from refrain.fingerprint.serialize import (STORED_SUFFIX, FingerprintFormatError, fingerprint_from_bytes,
+                                          fingerprint_to_bytes)
 from refrain.fingerprint.spectrogram import log_frequency_spectrogram
 from refrain.index import TrackMetadata
 from refrain.api import QueryResult, Refrain, StreamedMatch, TrackMatch, audio_between, fingerprint_stream
@@ -398,7 +399,7 @@ class MatchService:
             raise ApiError(409, "conflict", f"decision {decision_id}: its stored fingerprint is unusable ({err})") \
                 from None
 
-        stored_path = self.settings.works_dir / f"{decision_id}.fingerprint"
+        stored_path = self.settings.works_dir / f"{decision_id}{STORED_SUFFIX}"
         intent = self.db.begin_registration(str(stored_path))
         try:
             stored_path.write_bytes(stored.fingerprint)
@@ -654,7 +655,11 @@ class MatchService:
     # -- evidence an analyst can look at and listen to -----------------------------------------
 
     def _reference_samples(self, work: Work) -> np.ndarray:
-        """The work's kept reference recording; 404 if it can no longer be read (the works folder was tampered with)."""
+        """The work's kept reference recording; 404 for a published upload (kept as a fingerprint, not audio)
+        or if it can no longer be read (the works folder was tampered with)."""
+        if Path(work.stored_path).suffix == STORED_SUFFIX:
+            raise ApiError(404, "not_found", f"work {work.work_id} was published from an upload, whose audio the "
+                                             "service does not keep: there is no reference recording to play")
         try:
             return load_audio(work.stored_path, self.refrain.params.sample_rate, self.settings.max_reference_seconds)
         except (AudioDecodeError, AudioTooLongError) as err:
@@ -687,14 +692,24 @@ class MatchService:
         return SpanRegions(matched, work, round(start, 3), round(end, 3), round(max(0.0, ref_start), 3),
                            round(max(ref_start, ref_end), 3))
 
-    def reference_audio(self, regions: SpanRegions) -> np.ndarray:
-        """The reference recording's samples over the matched region; 404 when the work is gone."""
+    def reference_audio(self, regions: SpanRegions) -> tuple[np.ndarray, str]:
+        """The reference's samples over the matched region, and their source: ``recording`` (as kept), or
+        ``resynthesised-peaks`` for a work published from an upload (only its fingerprint is kept); 404 when
+        the work is gone."""
         if regions.work is None:
             raise ApiError(404, "not_found", f"track {regions.matched['track_id']} has no registered work: its "
                                              "reference recording is not kept by the service")
+        if Path(regions.work.stored_path).suffix == STORED_SUFFIX:
+            try:
+                blob = Path(regions.work.stored_path).read_bytes()
+            except OSError as err:
+                log.error("work %s: its stored fingerprint cannot be read: %s", regions.work.work_id, err)
+                raise ApiError(404, "not_found", f"the stored fingerprint of work {regions.work.work_id} cannot be "
+                                                 "read") from None
+            return self._resynthesised(blob, regions.ref_start, regions.ref_end)[0], "resynthesised-peaks"
         rate = self.refrain.params.sample_rate
         samples = self._reference_samples(regions.work)
-        return samples[int(regions.ref_start * rate):int(regions.ref_end * rate)]
+        return samples[int(regions.ref_start * rate):int(regions.ref_end * rate)], "recording"
 
     def upload_resynthesis(self, decision_id: str, regions: SpanRegions) -> tuple[np.ndarray, int]:
         """The upload's matched region resynthesised from its stored fingerprint peaks (the upload's audio is not
@@ -703,27 +718,33 @@ class MatchService:
         if stored is None or stored.fingerprint is None:
             raise ApiError(404, "not_found", f"decision {decision_id} was stored before upload fingerprints were "
                                              "kept: nothing to resynthesise")
+        return self._resynthesised(stored.fingerprint, regions.start, regions.end)
+
+    def _resynthesised(self, blob: bytes, start: float, end: float) -> tuple[np.ndarray, int]:
+        """A stored fingerprint's peaks between ``start`` and ``end`` (s) as sound, and how many peaks that is."""
         params = self.refrain.params
-        fp = fingerprint_from_bytes(stored.fingerprint, params)
+        fp = fingerprint_from_bytes(blob, params)
         peaks = fp.dense_peaks if fp.dense_peaks is not None else fp.peaks
         seconds = peaks.frames * params.hop_length / params.sample_rate
-        inside = (seconds >= regions.start) & (seconds < regions.end)
+        inside = (seconds >= start) & (seconds < end)
         audio = resynthesise_peaks(peaks.frames[inside], peaks.bins[inside], peaks.strength[inside], params,
-                                   regions.start, regions.end)
+                                   start, end)
         return audio, int(inside.sum())
 
     def evidence_audio(self, decision_id: str, track_id: int, side: str) -> tuple[bytes, str]:
-        """WAV of a matched work's region: ``side`` ``reference`` (the kept recording) or ``upload`` (resynthesised
-        from the fingerprint's peaks: the upload's audio is not kept); and which of the two it is."""
+        """WAV of a matched work's region: ``side`` ``reference`` (the kept recording, or a published work's
+        fingerprint resynthesised) or ``upload`` (resynthesised from the fingerprint's peaks: the upload's audio is
+        not kept); and which of the two it is."""
         regions = self.matched_regions(decision_id, track_id)
         rate = self.refrain.params.sample_rate
         if side == "reference":
-            return wav_bytes(self.reference_audio(regions), rate), "recording"
+            samples, source = self.reference_audio(regions)
+            return wav_bytes(samples, rate), source
         return wav_bytes(self.upload_resynthesis(decision_id, regions)[0], rate), "resynthesised-peaks"
 
     def reference_spectrogram(self, regions: SpanRegions) -> bytes:
         """PNG of the reference's spectrogram over the matched region (as the upload's is drawn)."""
-        return spectrogram_png(self.reference_audio(regions), self.refrain.params)
+        return spectrogram_png(self.reference_audio(regions)[0], self.refrain.params)
 
     def cover_view(self, decision_id: str, regions: SpanRegions) -> tuple | None:
         """A cover's chroma alignment over its spans (:func:`cover_alignment`), from the stored fingerprint's

@@ -157,8 +157,8 @@ AUDIO_SOURCE_HEADER = "X-Refrain-Audio-Source"
             responses={**error_responses(404), 200: {
                 "content": {"audio/wav": {}},
                 "description": "16-bit WAV. `X-Refrain-Audio-Source`: `recording` (the reference as kept) or "
-                               "`resynthesised-peaks` (the upload's audio is not kept: a sine burst per fingerprint "
-                               "peak)",
+                               "`resynthesised-peaks` (the upload's audio, or a work published from an upload, is "
+                               "not kept: a sine burst per fingerprint peak)",
                 "headers": {AUDIO_SOURCE_HEADER: {"schema": {"type": "string"}}}}})
 def get_audio(decision_id: str = DecisionId, track_id: int = Path(ge=1, le=MAX_DB_INTEGER),
               side: Literal["reference", "upload"] = Query(description="`reference`: the work's recording over the "

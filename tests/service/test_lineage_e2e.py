@@ -171,6 +171,11 @@ def test_one_song_its_published_remix_and_everything_downstream(scene, songs):
     listed = analyst.get("/v1/matches", params={"work_id": work_a["work_id"], "limit": 500})
     about_a = {d["decision_id"] for d in listed.json()["items"]}
     assert {only_b["decision_id"], licensed_copy["decision_id"], pitched["decision_id"]} <= about_a
+    # B1 was published from an upload, so only its fingerprint is kept: its side of the evidence is resynthesised.
+    heard = analyst.get(f"/v1/matches/{licensed_copy['decision_id']}/audio/{b1['track_id']}",
+                        params={"side": "reference"})
+    assert heard.status_code == 200 and heard.headers["X-Refrain-Audio-Source"] == "resynthesised-peaks"
+    assert len(heard.content) > 10_000  # a WAV header, then the matched region as sound
 
     # Royalty statements: A is owed by B's remix directly and by the third's uploads through B1.
     statement = a.get("/v1/royalties", params={"holder": "artist-a"}).json()
