@@ -53,7 +53,8 @@ import soxr
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.accuracy import CONDITIONS, SOURCE_RATE, list_tracks, related_groups  # noqa: E402
+from bench.accuracy import (BOUNDED_CHOICES, CONDITIONS, SOURCE_RATE, bench_config, list_tracks,  # noqa: E402
+                            related_groups)
 from bench.derivatives import DERIVATIVES, derive, excerpt, mix_under  # noqa: E402
 from refrain.api import Refrain, file_digest  # noqa: E402
 from refrain.config import Config  # noqa: E402
@@ -331,11 +332,14 @@ def memory_mb(field: str = "VmRSS") -> float:
     return float("nan")
 
 
-def measure(index_dir: str, queries_file: str) -> dict:
-    """Match every query on the index (run in a fresh process); per-query figures and outcomes."""
+def measure(index_dir: str, queries_file: str, bounded: str = "none") -> dict:
+    """Match every query on the index (run in a fresh process); per-query figures and outcomes.
+
+    ``bounded``: which tiers search through proposals at every size (:func:`bench.accuracy.bench_config`).
+    """
     tune_process()
     queries: list[Query] = pickle.loads(Path(queries_file).read_bytes())
-    with Refrain.open(index_dir, Config(), mmap=True) as refrain:
+    with Refrain.open(index_dir, bench_config(bounded), mmap=True) as refrain:
         rss_open = memory_mb()
         refrain.match_fingerprint(queries[0].fingerprint, "warm-up")  # kernels, catalogue rows
         timed = []
@@ -478,6 +482,10 @@ def main() -> int:
                         help="while growing, commit every this many added hours (default 40): bounds "
                              "the writer's memory for entries not yet merged")
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--bounded", choices=BOUNDED_CHOICES, default="none",
+                        help="tiers searched through proposals at every size: none (the defaults: derivatives from "
+                             "ProposalParams.min_catalogue_tracks on), derivatives, copies (the pair and peaks tiers "
+                             "too)")
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/refrain-scale"))
     parser.add_argument("--keep", action="store_true", help="keep the index under --workdir")
     parser.add_argument("--json", type=Path, help="also write the figures (a list, one object per size) here")
@@ -552,7 +560,7 @@ def main() -> int:
             store.commit()
             commit_seconds = time.perf_counter() - started if added_seconds else commit_seconds
             with spawn.Pool(1) as pool:
-                measured = pool.apply(measure, (str(index_dir), str(queries_file)))
+                measured = pool.apply(measure, (str(index_dir), str(queries_file), args.bounded))
             row = summarize(hours, queries, measured, real_ids, groups, sources, store.size_bytes())
             row.update(ingest)
             row["tracks"] = len(catalogue) + synthetic
