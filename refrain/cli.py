@@ -443,6 +443,8 @@ def cmd_serve(args) -> int:
 
     settings = _service_settings(args)
     inherited = os.environ.get(_WORKER_SOCKET_FD)
+    if inherited is not None:  # a worker: its supervisor ran the startup repairs, once for all of them
+        settings = settings.model_copy(update={"startup_repairs": False})
     if args.workers > 1 and not settings.cluster and inherited is None:
         raise CliError("--workers N (N > 1) needs --cluster: the service holds an index directory's write lock, "
                        "which one process can hold; serve a cluster (docs/cluster.md) to run several "
@@ -459,6 +461,8 @@ def cmd_serve(args) -> int:
             _open_index(settings.index_dir, create=True).close()
         configure_logging(settings.log_level, json_lines=settings.log_format == "json")
         if args.workers > 1 and inherited is None:
+            from refrain.service.core import MatchService
+            MatchService(settings).close()  # the startup repairs, before any worker serves a request
             return _supervise_workers(args.workers, sock, settings)
         logging.getLogger("refrain.service").info(
             "serving %s on http://%s:%s (database %s; analyst page /analyst, API docs /docs, readiness "

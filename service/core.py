@@ -188,7 +188,8 @@ class MatchService:
         self.warmed = threading.Event()
         self.warm_up_error: str | None = None
         try:
-            self.reconcile()
+            if settings.startup_repairs:
+                self.reconcile()
             self.forget_old_spectrograms()
         except BaseException:
             self.close()

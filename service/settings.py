@@ -104,6 +104,12 @@ class ServiceSettings(BaseSettings):
     spectrogram_retention_days : float
         Stored decisions keep their spectrogram images this long (default 30 days; the
         aligned points are kept for ever). Older images are dropped at startup and hourly.
+    startup_repairs : bool
+        Repair at startup what an interrupted registration or deletion left, and empty
+        ``upload_dir`` (:meth:`service.core.MatchService.reconcile`; default True).
+        ``refrain serve --workers N`` runs the repairs once before it starts its workers
+        and turns them off in each: a worker started again beside live ones must not undo
+        their registrations in progress or delete the uploads they are reading.
     log_format : {"json", "text"}
         ``refrain serve`` logs one JSON object per line (default), or plain text.
     log_level : str
@@ -160,6 +166,7 @@ class ServiceSettings(BaseSettings):
     retry_after_seconds: int = Field(10, ge=1)
     db_busy_timeout: float = Field(10.0, gt=0)
     spectrogram_retention_days: float = Field(30.0, ge=0)
+    startup_repairs: bool = True
     log_format: Literal["json", "text"] = "json"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     jobs_db_path: Path | None = None

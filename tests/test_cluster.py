@@ -329,6 +329,9 @@ def test_serve_runs_several_worker_processes_on_one_port(cluster_and_index, tmp_
            "REFRAIN_JOBS_DB_PATH": str(tmp_path / "jobs.sqlite"), "REFRAIN_JOBS_DIR": str(tmp_path / "jobs")}
     for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS"):
         env.pop(name, None)
+    spooled = tmp_path / "up"
+    spooled.mkdir()
+    (spooled / "left-by-a-crash.wav").write_bytes(b"RIFF")
     supervisor = subprocess.Popen([sys.executable, "-m", "refrain.cli", "serve", "--cluster", str(directory),
                                    "--db", str(db), "--port", str(port), "--workers", "2"], env=env)
     try:
@@ -344,6 +347,7 @@ def test_serve_runs_several_worker_processes_on_one_port(cluster_and_index, tmp_
 
         wait_ready(2)
         started = time.monotonic()
+        assert not (spooled / "left-by-a-crash.wav").exists()  # the startup repairs ran, once, before the workers
         threads = str(max(1, (os.cpu_count() or 1) // 2))
         assert [w.environ()["OMP_NUM_THREADS"] for w in workers()] == [threads, threads]
         upload = write_audio(tmp_path / "excerpt.wav", songs[34].excerpt(5.0, 10.0))
@@ -354,7 +358,8 @@ def test_serve_runs_several_worker_processes_on_one_port(cluster_and_index, tmp_
         assert decided == decided[:1] * len(decided)
 
         # A worker that dies after its start-up window is replaced; the port keeps answering.
-        victim = workers()[0]
+        victim, first_pids = workers()[0], {w.pid for w in workers()}
+        (spooled / "being-read-by-a-live-worker.wav").write_bytes(b"RIFF")
         time.sleep(max(0.0, cli._WORKER_CRASH_SECONDS - (time.monotonic() - started) + 0.5))
         victim.kill()
         victim.wait(10)
@@ -363,6 +368,14 @@ def test_serve_runs_several_worker_processes_on_one_port(cluster_and_index, tmp_
             assert time.monotonic() < deadline, "the worker was not replaced"
             time.sleep(0.2)
         wait_ready(2)
+        (replacement,) = [w for w in workers() if w.pid not in first_pids]
+        while True:  # until it has started up (opened the catalogue, warmed the matcher): it then idles
+            busy = sum(replacement.cpu_times()[:2])
+            time.sleep(1.0)
+            if sum(replacement.cpu_times()[:2]) - busy < 0.05:
+                break
+            assert time.monotonic() < deadline, "the new worker did not settle"
+        assert (spooled / "being-read-by-a-live-worker.wav").exists()  # the new worker repaired nothing
         assert _upload(url, key, upload).status_code == 200
         supervisor.send_signal(signal.SIGTERM)
         assert supervisor.wait(60) == 0
