@@ -38,7 +38,6 @@ from dataclasses import dataclass, field, replace
 from typing import AbstractSet, ClassVar
 
 import numpy as np
-from scipy.ndimage import maximum_filter1d
 
 from refrain.fingerprint.melody import (PITCH_CLASSES, MelodyParams, centred_unit_rows, resample_chroma,
                                         segment_descriptors, segment_starts)
@@ -76,6 +75,11 @@ class MelodyTier:
         every catalogue segment.
     segment_neighbours : int
         Catalogue segments returned per query segment (default 32).
+    nprobe : int
+        Inverted lists searched per query segment once the catalogue's descriptors are in
+        an IVF (``MelodyParams.ivf_min_segments``; default 16 of ``4 sqrt(n)`` lists):
+        with it a query segment compares with about ``8 sqrt(n)`` stored descriptors
+        instead of all ``n``.
     vote_floor : float
         Descriptor similarity a hit must exceed to count in a vote; it counts by its
         excess (default 0.3, well below a typical hit's 0.6: a cut-off near the typical
@@ -148,6 +152,7 @@ class MelodyTier:
     tempo_hypotheses: tuple[float, ...] = (0.8, 0.85, 0.9, 0.95, 1.0, 1.06, 1.12, 1.18, 1.25)
     query_hop_fraction: int = 4
     segment_neighbours: int = 32
+    nprobe: int = 16
     vote_floor: float = 0.3
     vote_offset_bins: int = 5
     max_candidates: int = 48
@@ -249,7 +254,7 @@ def cover_candidates(query_chroma: np.ndarray, index: MelodyIndex, params: Melod
         descriptors = segment_descriptors(retimed, starts, melody)
         if len(descriptors) == 0:
             continue
-        similarity, tracks, segments = index.search(descriptors, params.segment_neighbours)
+        similarity, tracks, segments = index.search(descriptors, params.segment_neighbours, params.nprobe)
         if allowed is not None:
             tracks = np.where(np.isin(tracks, np.fromiter(allowed, dtype=np.int64, count=len(allowed))),
                               tracks, -1)
@@ -393,8 +398,7 @@ def verify_cover(query_chroma: np.ndarray, reference_chroma: np.ndarray, tempo_r
     # The reference's spectrum under every circular pitch shift, once for all ratios:
     # shifted[f, c, k] = spectrum[f, (c + k) % 12].
     size = 1 << int(np.ceil(np.log2(n_ref + melody.segment_frames)))
-    spectrum = np.fft.rfft(reference_chroma, n=size, axis=0)
-    shifted = spectrum[:, _SHIFTED_CLASSES]
+    shifted = np.fft.rfft(reference_chroma, n=size, axis=0)[:, _SHIFTED_CLASSES]
     retimed = {} if retimed is None else retimed
     for ratio in tempo_ratios:
         if ratio not in retimed:
@@ -454,13 +458,12 @@ def _best_line(query: np.ndarray, reference: np.ndarray, shifted_reference: np.n
     # corr[w, d, k] = mean_t sum_c window_w[t, c] * reference[d + t, c + k]: a time
     # cross-correlation per pitch shift, all shifts in one product of spectra.
     product = np.matmul(np.conj(spectrum).transpose(1, 0, 2), shifted_reference)   # (f, w, k)
-    corr = np.fft.irfft(product, n=size, axis=0).transpose(1, 0, 2) / length
     n_positions = n_ref - length + 1                                              # full overlap only
-    corr = _centred_correlation(corr[:, :n_positions, :], windows, reference, params.min_chroma_variance)
+    corr = np.fft.irfft(product, n=size, axis=0)[:n_positions].transpose(1, 0, 2) / length
+    corr = _centred_correlation(corr, windows, reference, params.min_chroma_variance)
     if params.offset_tolerance:
         # A small share of the unfiltered value keeps the exact offset the best of its neighbours.
-        corr = maximum_filter1d(corr, 2 * params.offset_tolerance + 1, axis=1, mode="constant",
-                                cval=-1.0) + 1e-6 * corr
+        corr = _neighbourhood_maximum(corr, params.offset_tolerance) + 1e-6 * corr
     # Line d0 puts window w at reference frame d0 + starts[w]; line index d0 + last holds
     # it (d0 may be negative: the query starts before the reference). A run of ``run``
     # consecutive windows is scored on every line by the mean of its windows' values,
@@ -492,6 +495,16 @@ def _best_line(query: np.ndarray, reference: np.ndarray, shifted_reference: np.n
     background = _background(same_shift, line, last, n_positions, params)
     return (correlation - params.background_weight * background, correlation, background, int(shift),
             line - last, starts, window_values, length, (int(first), int(first) + run - 1))
+
+
+def _neighbourhood_maximum(corr: np.ndarray, reach: int) -> np.ndarray:
+    """Maximum over offsets ``d - reach .. d + reach`` (axis 1), offsets off the reference counting as -1."""
+    padded = np.full((corr.shape[0], corr.shape[1] + 2 * reach, corr.shape[2]), -1.0)
+    padded[:, reach:reach + corr.shape[1]] = corr
+    best = padded[:, :corr.shape[1]].copy()
+    for step in range(1, 2 * reach + 1):
+        np.maximum(best, padded[:, step:step + corr.shape[1]], out=best)
+    return best
 
 
 def _background(same_shift: np.ndarray, line: int, last: int, n_positions: int, params: MelodyTier) -> float:
