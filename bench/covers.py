@@ -343,6 +343,7 @@ def main() -> int:
     parser.add_argument("--ivf-min-segments", type=int, metavar="N",
                         help="build the catalogue's melody store as an IVF from N descriptors (default: the "
                              "setting's 8,000, more than this catalogue's ~3,000, so an exact search)")
+    parser.add_argument("--nprobe", type=int, help="IVF lists searched per query segment (default: the tier's)")
     parser.add_argument("--real-music", type=Path, metavar="MUSIC_DIR",
                         help="instead: false covers on real music, 30 s excerpts of the tracks "
                              "bench/accuracy.py keeps out of its index (needs --real-index)")
@@ -411,6 +412,8 @@ def main() -> int:
     if args.ivf_min_segments is not None:
         melody = replace(config.fingerprint.melody, ivf_min_segments=args.ivf_min_segments)
         config = replace(config, fingerprint=replace(config.fingerprint, melody=melody))
+    if args.nprobe is not None:
+        config = replace(config, match=config.match.with_tier(replace(config.match.tier("melody"), nprobe=args.nprobe)))
     with tempfile.TemporaryDirectory() as tmp:
         index_dir = Path(tmp) / "index"
         t0 = time.time()
