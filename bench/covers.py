@@ -39,6 +39,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
@@ -339,6 +340,10 @@ def main() -> int:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--seed", type=int, default=6)
     parser.add_argument("--json", type=Path, help="also write the figures here")
+    parser.add_argument("--ivf-min-segments", type=int, metavar="N",
+                        help="build the catalogue's melody store as an IVF from N descriptors (default: the "
+                             "setting's 8,000, more than this catalogue's ~3,000, so an exact search)")
+    parser.add_argument("--nprobe", type=int, help="IVF lists searched per query segment (default: the tier's)")
     parser.add_argument("--real-music", type=Path, metavar="MUSIC_DIR",
                         help="instead: false covers on real music, 30 s excerpts of the tracks "
                              "bench/accuracy.py keeps out of its index (needs --real-index)")
@@ -404,6 +409,11 @@ def main() -> int:
                             and share_a_tune(all_notes[negative], all_notes[key])} for negative in negatives}
 
     config = Config()
+    if args.ivf_min_segments is not None:
+        melody = replace(config.fingerprint.melody, ivf_min_segments=args.ivf_min_segments)
+        config = replace(config, fingerprint=replace(config.fingerprint, melody=melody))
+    if args.nprobe is not None:
+        config = replace(config, match=config.match.with_tier(replace(config.match.tier("melody"), nprobe=args.nprobe)))
     with tempfile.TemporaryDirectory() as tmp:
         index_dir = Path(tmp) / "index"
         t0 = time.time()
@@ -428,6 +438,7 @@ def main() -> int:
         with Refrain.open(index_dir, config, mmap=True) as refrain:
             info = refrain.info()
             melody_bytes = info.files.get("melody.faiss", 0) + info.files.get("melody-chroma.faiss", 0)
+            melody_lists = refrain.store.melody.lists
             figures = evaluate(refrain, catalogue_files, track_of, covers, negatives, same_tune, rng)
     hours = audio_seconds / 3600.0
     figures.update(flat_search_scaling(info.melody_segments, config))
@@ -437,6 +448,7 @@ def main() -> int:
         "melody_tier_ingest_x_realtime": round(audio_cost / max(melody_cost, 1e-9), 1),
         "melody_bytes_per_catalogue_hour": int(melody_bytes / max(hours, 1e-9)),
         "melody_segments": info.melody_segments,
+        "melody_ivf_lists": melody_lists,
     })
     print(json.dumps(figures, indent=2))
     if args.json:

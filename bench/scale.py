@@ -48,6 +48,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import faiss
 import numpy as np
 import soxr
 
@@ -311,9 +312,13 @@ class CountingMelody:
     def __getattr__(self, name):
         return getattr(self._index, name)
 
-    def search(self, descriptors, k):
-        self.comparisons += len(descriptors) * self._index.ntotal
-        return self._index.search(descriptors, k)
+    def search(self, descriptors, k, nprobe=1):
+        # An IVF compares with every list centroid, then with the entries of the lists probed.
+        compared = faiss.cvar.indexIVF_stats.ndis
+        found = self._index.search(descriptors, k, nprobe)
+        self.comparisons += (len(descriptors) * self._index.lists + faiss.cvar.indexIVF_stats.ndis - compared
+                             if self._index.lists else len(descriptors) * self._index.ntotal)
+        return found
 
     def chroma(self, track_id):
         self.chroma_reads += 1

@@ -75,6 +75,21 @@ class MelodyParams:
         C = 10 / 100 / 10,000 did less offline, and the full CRP (zeroing the lowest
         12-30 DCT coefficients along the pitch axis as well) raised unrelated real-music
         similarities more than the covers'.
+    ivf_min_segments : int
+        Segment descriptors from which the store searches an inverted file (IVF) of 8-bit
+        codes rather than every float32 descriptor (default 8,000, about 9 catalogue
+        hours). Below it an exact search is cheap (a 60 s window's ~400 descriptors
+        against 6,000: 25 ms) and needs no training; past it the flat search grows with
+        the catalogue and costs 1 KB per descriptor. The IVF is trained at the first save
+        (commit) past this size.
+    ivf_lists_per_root : float
+        The IVF has ``ivf_lists_per_root * sqrt(n)`` lists for ``n`` descriptors (default
+        4): a query descriptor then compares with the list centroids and ``nprobe`` lists
+        of ``sqrt(n) / 4`` entries, work that grows with the square root of the catalogue.
+    ivf_retrain_growth : float
+        The IVF is trained again, with more lists, once the store holds this many times
+        the descriptors it was trained on (default 2): lists grown longer cost more per
+        probe, and centroids learned on a small catalogue fit a larger one less well.
     """
 
     frames_per_chroma: int = 8
@@ -83,6 +98,9 @@ class MelodyParams:
     segment_hop: int = 16
     temporal_bins: int = 24
     log_compression: float = 1000.0
+    ivf_min_segments: int = 8_000
+    ivf_lists_per_root: float = 4.0
+    ivf_retrain_growth: float = 2.0
 
     def chroma_seconds(self, frame_seconds: float) -> float:
         """Duration of one chroma frame, given the spectrogram hop in seconds."""

@@ -1,4 +1,4 @@
-"""The melody tier's candidate stage: time-line votes and the coarse prescreen."""
+"""The melody tier's candidate stage: time-line votes, the coarse prescreen, the tempo-first verification."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from refrain.fingerprint.melody import MelodyParams
+from refrain.fingerprint.melody import MelodyParams, resample_chroma
 from refrain.index.melody import MelodyIndex
-from refrain.matcher.melody import MelodyTier, compress_chroma, offset_votes, prescreen
+from refrain.matcher.melody import MelodyTier, compress_chroma, offset_votes, prescreen, verify_candidates
 
 PARAMS = MelodyTier()
 BIN = 4  # offset bin = the query segment hop (16 // 4 chroma frames)
@@ -85,3 +85,24 @@ def test_compressed_chroma_evens_out_a_frame_s_pitch_classes_and_stays_unit_leng
     frame -= frame.mean()
     before, after = frame[0], compress_chroma(frame / np.linalg.norm(frame), 0.5)[0]
     assert after[7] / after[0] > before[7] / before[0]
+
+
+def test_a_track_is_verified_under_the_whole_tempo_grid_only_when_it_aligns_at_its_best_voted_tempo():
+    rng = np.random.default_rng(7)
+    index = MelodyIndex.create(MelodyParams())
+    pieces = {track: chord_sequence(rng, 90) for track in range(6)}
+    for track, chroma in pieces.items():
+        index.add(track, chroma)
+    # 30 s of piece 4 played 1.06 x 0.97 faster: between the grid's steps, found at 1.06 x 0.97 only by refining.
+    query = resample_chroma(pieces[4][60:200], 1 / (1.06 * 0.97))
+    verdicts = dict(verify_candidates(query, index, PARAMS))
+    assert verdicts[4].tempo_ratio == pytest.approx(1.06 * 0.97)
+    assert verdicts[4].similarity >= PARAMS.min_similarity
+    # Every other track stays below refine_from at its best-voted tempo: verified there alone.
+    others = {track: v for track, v in verdicts.items() if track != 4}
+    assert others and all(v.similarity < PARAMS.refine_from for v in others.values())
+    assert all(v.tempo_ratio in PARAMS.tempo_hypotheses for v in others.values())
+    # Refining nothing leaves the true piece at its best-voted tempo, with less similarity.
+    unrefined = dict(verify_candidates(query, index, replace(PARAMS, refine_from=2.0)))
+    assert unrefined[4].tempo_ratio in PARAMS.tempo_hypotheses
+    assert unrefined[4].similarity < verdicts[4].similarity

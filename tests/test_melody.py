@@ -9,7 +9,9 @@ from refrain.fingerprint import FingerprintParams, MelodyParams
 from refrain.fingerprint.melody import (chroma_sequence, descriptor_dim, resample_chroma, segment_descriptors,
                                 segment_starts)
 from refrain.fingerprint.spectrogram import log_frequency_spectrogram
-from refrain.index.melody import MelodyIndex
+import faiss
+
+from refrain.index.melody import MelodyIndex, ivf_lists
 from refrain.matcher.melody import MelodyTier, verify_cover
 from refrain.synth import render_song
 
@@ -95,8 +97,9 @@ def test_melody_store_adds_finds_removes_and_reloads(tmp_path):
     assert added == {t: len(segment_starts(len(c), melody, melody.segment_hop)) for t, c in tracks.items()}
     query = segment_descriptors(tracks[9], np.array([16]), melody)
     similarity, found, segments = store.search(query, 3)
-    assert (found[0, 0], segments[0, 0]) == (9, 1) and similarity[0, 0] == pytest.approx(1.0, abs=1e-4)
-    np.testing.assert_allclose(store.chroma(7)[:150], tracks[7], atol=2e-3)  # float16 storage
+    assert (found[0, 0], segments[0, 0]) == (9, 1) and similarity[0, 0] == pytest.approx(1.0, abs=1e-5)
+    np.testing.assert_allclose(store.chroma(7)[:150], tracks[7], atol=1.0 / 255 + 1e-6)  # 8-bit codes, half a step
+    assert store.lists == 0  # two tracks: an exact search
     store.save(tmp_path / "melody.faiss")
     reloaded = MelodyIndex.load(tmp_path / "melody.faiss", melody, mmap=True)
     assert reloaded.ntotal == store.ntotal and not reloaded.writable
@@ -104,6 +107,68 @@ def test_melody_store_adds_finds_removes_and_reloads(tmp_path):
         reloaded.remove(7)
     assert store.remove(9) == added[9] and len(store.chroma(9)) == 0
     assert store.search(query, 3)[1][0, 0] == 7
+
+
+def many_tracks(count: int, first_seed: int = 100) -> dict[int, np.ndarray]:
+    return {track: random_chroma(160, first_seed + track) for track in range(count)}
+
+
+def test_a_grown_store_searches_an_inverted_file_trained_at_its_save_and_again_as_it_grows(tmp_path):
+    melody = MelodyParams(ivf_min_segments=200, ivf_lists_per_root=2.0)
+    store, tracks = MelodyIndex.create(melody), many_tracks(40)
+    for track, chroma in list(tracks.items())[:20]:
+        store.add(track, chroma)
+    store.save(tmp_path / "melody.faiss")
+    assert store.ntotal == 140 and store.lists == 0  # below ivf_min_segments: flat
+    for track, chroma in list(tracks.items())[20:30]:
+        store.add(track, chroma)
+    store.save(tmp_path / "melody.faiss")  # 210 descriptors: trained as an IVF at this save
+    assert store.ntotal == 210 and store.lists == ivf_lists(210, melody) == 29
+    # Every descriptor is found as its own nearest neighbour when every list is probed,
+    # and mostly so with a few: the lists hold each descriptor near its centroid.
+    query = segment_descriptors(tracks[25], segment_starts(160, melody, melody.segment_hop), melody)
+    assert (store.search(query, 1, nprobe=29)[1][:, 0] == 25).all()
+    assert (store.search(query, 1, nprobe=4)[1][:, 0] == 25).mean() >= 0.7
+    reloaded = MelodyIndex.load(tmp_path / "melody.faiss", melody, mmap=True)
+    assert reloaded.lists == 29 and (reloaded.search(query, 1, nprobe=29)[1][:, 0] == 25).all()
+    # Taken out by its id range, as from a flat store.
+    assert store.remove(25) == 7 and store.ntotal == 203 and 25 not in store.search(query, 5, nprobe=29)[1]
+    # Past ivf_retrain_growth x the size its lists were chosen for (29 lists: 210), trained again.
+    for track, chroma in list(tracks.items())[30:]:
+        store.add(track, chroma)
+    assert not store.rebuild_if_grown()  # 273 < 2 x 210
+    more = many_tracks(30, first_seed=500)
+    for track, chroma in more.items():
+        store.add(100 + track, chroma)
+    store.save(tmp_path / "melody.faiss")
+    assert store.ntotal == 483 and store.lists == ivf_lists(483, melody) == 44
+    query = segment_descriptors(more[3], segment_starts(160, melody, melody.segment_hop), melody)
+    assert (store.search(query, 1, nprobe=44)[1][:, 0] == 103).all()
+
+
+def test_a_store_written_before_compact_codes_opens_grows_and_moves_into_an_ivf(tmp_path):
+    # The former files: float32 descriptors in an IndexFlatIP, float16 chroma.
+    melody = MelodyParams(ivf_min_segments=100)
+    old = MelodyIndex(faiss.IndexIDMap2(faiss.IndexFlatIP(descriptor_dim(melody))),
+                      faiss.IndexIDMap2(faiss.IndexScalarQuantizer(12 * melody.segment_hop,
+                                                                   faiss.ScalarQuantizer.QT_fp16)),
+                      melody, writable=True)
+    tracks = many_tracks(20)
+    for track, chroma in list(tracks.items())[:10]:
+        old.add(track, chroma)
+    faiss.write_index(old._segments, str(tmp_path / "melody.faiss"))
+    faiss.write_index(old._chroma, str(tmp_path / "melody-chroma.faiss"))
+    reopened = MelodyIndex.load(tmp_path / "melody.faiss", melody, mmap=True)
+    query = segment_descriptors(tracks[4], np.array([16]), melody)
+    similarity, found, _ = reopened.search(query, 1)
+    assert found[0, 0] == 4 and similarity[0, 0] == pytest.approx(1.0, abs=1e-5)  # float32, as written
+    np.testing.assert_allclose(reopened.chroma(4)[:160], tracks[4], atol=2e-3)
+    writable = MelodyIndex.load(tmp_path / "melody.faiss", melody)
+    for track, chroma in list(tracks.items())[10:]:
+        writable.add(track, chroma)
+    writable.save(tmp_path / "melody.faiss")
+    assert writable.ntotal == 140 and writable.lists == ivf_lists(140, melody)
+    assert writable.search(query, 1, nprobe=writable.lists)[1][0, 0] == 4
 
 
 def test_melody_params_round_trip_through_the_manifest_form():
