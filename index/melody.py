@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import cast
 
 import faiss
 import numpy as np
@@ -142,7 +143,7 @@ class MelodyIndex:
         # The segment file holds an IndexIDMap2 or an IndexIVFScalarQuantizer, the chroma file an
         # IndexIDMap2 (SWIG returns the concrete class).
         segments = faiss.read_index(str(path), flags)
-        chroma = faiss.read_index(str(chroma_path(path)), flags)
+        chroma = cast(faiss.IndexIDMap2, faiss.read_index(str(chroma_path(path)), flags))
         return cls(segments, chroma, params, writable=not mmap)
 
     def save(self, path: os.PathLike) -> None:
@@ -280,7 +281,10 @@ class MelodyIndex:
         if n == 0 or self.ntotal == 0:
             return (np.full((n, k), -np.inf, dtype=np.float32), np.full((n, k), -1, dtype=np.int64),
                     np.full((n, k), -1, dtype=np.int64))
-        search = faiss.SearchParametersIVF(nprobe=nprobe) if self.lists else None
+        search = None
+        if self.lists:
+            search = faiss.SearchParametersIVF()
+            search.nprobe = nprobe
         similarity, ids = self._segments.search(np.ascontiguousarray(descriptors, dtype=np.float32), k,
                                                 params=search)
         missing = ids < 0
@@ -291,15 +295,16 @@ class MelodyIndex:
 
     def chroma(self, track_id: int) -> np.ndarray:
         """The stored chroma sequence of a track, shape (n, 12) (zero-padded to whole blocks)."""
-        if self._chroma_ids is None:
+        if self._chroma_ids is None or self._chroma_positions is None:
             ids = faiss.vector_to_array(self._chroma.id_map).astype(np.int64)
             self._chroma_positions = np.argsort(ids, kind="stable")
             self._chroma_ids = ids[self._chroma_positions]
+        positions = self._chroma_positions
         first, end = np.searchsorted(self._chroma_ids, [int(track_id) << SEGMENT_BITS,
                                                         (int(track_id) + 1) << SEGMENT_BITS])
         if first == end:
             return np.zeros((0, PITCH_CLASSES), dtype=np.float32)
-        blocks = self._chroma.index.reconstruct_batch(self._chroma_positions[first:end])
+        blocks = self._chroma.index.reconstruct_batch(positions[first:end])
         return blocks.reshape(-1, PITCH_CLASSES).astype(np.float32)
 
     def _require_writable(self) -> None:
