@@ -34,20 +34,12 @@ import numpy as np
 import soundfile as sf
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from bench.fresh import status_mb  # noqa: E402
+from bench.service import _free_port  # noqa: E402
+
 REFRAIN = [sys.executable, "-m", "refrain.cli"]
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
 
 
 def _serve(root: Path) -> tuple[subprocess.Popen, str, str]:
@@ -138,7 +130,7 @@ def long_uploads(uploaders: int, minutes: float, seconds: float, root: Path) -> 
     server, url, key = _serve(root)
     try:
         path = _audio(root / "long.wav", minutes * 60)
-        baseline = _rss_mb(server.pid)
+        baseline = status_mb("VmRSS", server.pid)
         statuses: Counter = Counter()
         peak = [baseline]
         stop = time.monotonic() + seconds
@@ -146,7 +138,7 @@ def long_uploads(uploaders: int, minutes: float, seconds: float, root: Path) -> 
 
         def sample() -> None:
             while not done.is_set():
-                peak[0] = max(peak[0], _rss_mb(server.pid))
+                peak[0] = max(peak[0], status_mb("VmRSS", server.pid))
                 time.sleep(0.2)
 
         def client_loop() -> None:

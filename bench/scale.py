@@ -56,6 +56,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.accuracy import (BOUNDED_CHOICES, CONDITIONS, SOURCE_RATE, bench_config, list_tracks,  # noqa: E402
                             related_groups)
+from bench.fresh import status_mb  # noqa: E402
 from bench.derivatives import DERIVATIVES, derive, excerpt, mix_under  # noqa: E402
 from refrain.api import Refrain, file_digest  # noqa: E402
 from refrain.config import Config  # noqa: E402
@@ -325,18 +326,6 @@ class CountingMelody:
         return self._index.chroma(track_id)
 
 
-def memory_mb(field: str = "VmRSS") -> float:
-    """This process's resident memory now (``VmRSS``) or at its peak (``VmHWM``), in MB.
-
-    Read from /proc: ``getrusage``'s peak survives ``exec``, so a process started from a
-    large one would report its parent's peak.
-    """
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
-
-
 def measure(index_dir: str, queries_file: str, bounded: str = "none") -> dict:
     """Match every query on the index (run in a fresh process); per-query figures and outcomes.
 
@@ -345,7 +334,7 @@ def measure(index_dir: str, queries_file: str, bounded: str = "none") -> dict:
     tune_process()
     queries: list[Query] = pickle.loads(Path(queries_file).read_bytes())
     with Refrain.open(index_dir, bench_config(bounded), mmap=True) as refrain:
-        rss_open = memory_mb()
+        rss_open = status_mb()
         refrain.match_fingerprint(queries[0].fingerprint, "warm-up")  # kernels, catalogue rows
         timed = []
         for query in queries:
@@ -353,7 +342,7 @@ def measure(index_dir: str, queries_file: str, bounded: str = "none") -> dict:
             result = refrain.match_fingerprint(query.fingerprint, query.source)
             timed.append((time.process_time() - cpu, time.perf_counter() - wall,
                           [(m.track_id, m.kind) for m in result.matches]))
-        rss_after_queries, peak = memory_mb(), memory_mb("VmHWM")
+        rss_after_queries, peak = status_mb(), status_mb("VmHWM")
         # A second pass through counting tiers: what each 10 s and 30 s query reads.
         counters = {name: CountingLandmarks(tier) for name, tier in refrain.store.tiers.items()
                     if isinstance(tier, LandmarkIndex)}

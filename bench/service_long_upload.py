@@ -28,7 +28,6 @@ import time
 from pathlib import Path
 
 import httpx
-import numpy as np
 import soundfile
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -37,31 +36,9 @@ sys.path.insert(0, str(ROOT))
 from bench.accuracy import SOURCE_RATE  # noqa: E402
 from bench.corpus import add_split_arguments, split  # noqa: E402
 from bench.service import _free_port, _wait_for  # noqa: E402
-from bench.whole_tracks import WHOLE_CONDITIONS  # noqa: E402
-from bench.derivatives import ffmpeg_filter  # noqa: E402
+from bench.fresh import status_mb  # noqa: E402
+from bench.whole_tracks import stretched_upload  # noqa: E402
 from refrain.api import Refrain  # noqa: E402
-from refrain.fingerprint import load_audio  # noqa: E402
-
-
-def stretched_upload(catalogue: list[Path], ids: dict[str, int], minutes: float) -> tuple[np.ndarray, set[int]]:
-    """Catalogue tracks of the index time-stretched to 0.9, end to end to ``minutes``; and their track ids."""
-    stretch = WHOLE_CONDITIONS["tempo_0.9"].derivative
-    wanted, pieces, total, laid_in = int(minutes * 60 * SOURCE_RATE), [], 0, set()
-    for path in catalogue:
-        if path.name not in ids:
-            continue
-        x = ffmpeg_filter(load_audio(path, SOURCE_RATE), stretch.filters)[:wanted - total]
-        pieces.append(x)
-        total += len(x)
-        laid_in.add(ids[path.name])
-        if total >= wanted:
-            break
-    return np.concatenate(pieces), laid_in
-
-
-def proc_status_mb(pid: int, field: str) -> float:
-    line = next(row for row in Path(f"/proc/{pid}/status").read_text().splitlines() if row.startswith(field + ":"))
-    return int(line.split()[1]) / 1024
 
 
 def proc_cpu_seconds(pid: int) -> float:
@@ -117,14 +94,14 @@ def main() -> int:
                 time.sleep(0.5)
             with httpx.Client(base_url=url, headers={"X-API-Key": key}, timeout=900) as client:
                 post(client, short).raise_for_status()
-                idle = proc_status_mb(server.pid, "VmRSS")
+                idle = status_mb("VmRSS", server.pid)
                 Path(f"/proc/{server.pid}/clear_refs").write_text("5")  # VmHWM from here on
                 cpu_before, started = proc_cpu_seconds(server.pid), time.perf_counter()
                 answer = post(client, upload)
                 wall = time.perf_counter() - started
                 cpu = proc_cpu_seconds(server.pid) - cpu_before
                 answer.raise_for_status()
-            peak = proc_status_mb(server.pid, "VmHWM")
+            peak = status_mb("VmHWM", server.pid)
         finally:
             server.terminate()
             try:

@@ -48,7 +48,7 @@ sys.path.insert(0, str(ROOT))
 
 from bench.accuracy import CONDITIONS, SOURCE_RATE, related_groups  # noqa: E402
 from bench.corpus import add_split_arguments, split  # noqa: E402
-from bench.fresh import run_fresh  # noqa: E402
+from bench.fresh import run_fresh, status_mb  # noqa: E402
 from bench.derivatives import (PITCH_TOLERANCE, RATIO_TOLERANCE, Derivative, ffmpeg_filter,  # noqa: E402
                                mix_under, pitch, speed, stretch)
 from refrain.api import Refrain  # noqa: E402
@@ -239,34 +239,33 @@ def run_conditions(args, catalogue: list[Path], held_out: list[Path]) -> dict:
     return report
 
 
-def rss_mb(field: str) -> float:
-    """``VmRSS`` (now) or ``VmHWM`` (peak since the last :func:`reset_peak_rss`) in MB (Linux /proc)."""
-    line = next(row for row in Path("/proc/self/status").read_text().splitlines() if row.startswith(field + ":"))
-    return int(line.split()[1]) / 1024
-
-
 def reset_peak_rss() -> None:
     """Start ``VmHWM`` afresh: opening the index and making the upload peak higher than a match may."""
     Path("/proc/self/clear_refs").write_text("5")
+
+
+def stretched_upload(catalogue: list[Path], ids: dict[str, int], minutes: float) -> tuple[np.ndarray, set[int]]:
+    """Catalogue tracks of the index (file name -> track id in ``ids``) time-stretched to 0.9, end to end to
+    ``minutes`` (at ``SOURCE_RATE``); and the track ids laid in."""
+    stretch = WHOLE_CONDITIONS["tempo_0.9"].derivative
+    wanted, pieces, total, laid_in = int(minutes * 60 * SOURCE_RATE), [], 0, set()
+    for path in catalogue:
+        if path.name not in ids:
+            continue
+        x = ffmpeg_filter(load_audio(path, SOURCE_RATE), stretch.filters)[:wanted - total]
+        pieces.append(x)
+        total += len(x)
+        laid_in.add(ids[path.name])
+        if total >= wanted:
+            break
+    return np.concatenate(pieces), laid_in
 
 
 def one_length(args, catalogue: list[Path], minutes: float) -> dict:
     """Catalogue tracks stretched to 0.9, laid end to end to ``minutes``, matched once (a child run)."""
     with Refrain.open(args.index, Config(), mmap=True) as refrain:
         ids = {Path(t.source).name: track_id for track_id, t in refrain.store.catalog.ready_tracks().items()}
-        d = WHOLE_CONDITIONS["tempo_0.9"].derivative
-        wanted, pieces, total, laid_in = int(minutes * 60 * SOURCE_RATE), [], 0, set()
-        for path in catalogue:
-            if path.name not in ids:
-                continue
-            x = ffmpeg_filter(load_audio(path, SOURCE_RATE), d.filters)[:wanted - total]
-            pieces.append(x)
-            total += len(x)
-            laid_in.add(ids[path.name])
-            if total >= wanted:
-                break
-        x = np.concatenate(pieces)
-        del pieces
+        x, laid_in = stretched_upload(catalogue, ids, minutes)
         refrain.match_signal(soxr.resample(x[:10 * SOURCE_RATE], SOURCE_RATE, refrain.params.sample_rate,
                                            quality="HQ").astype(np.float32), "warm-up")
         with tempfile.TemporaryDirectory(prefix="refrain-upload-") as folder:
@@ -276,11 +275,11 @@ def one_length(args, catalogue: list[Path], minutes: float) -> dict:
             seconds = len(x) / SOURCE_RATE
             del x
             reset_peak_rss()
-            idle = rss_mb("VmRSS")
+            idle = status_mb("VmRSS")
             started, wall = time.process_time(), time.perf_counter()
             result = refrain.match_file(upload, "upload")
             cpu, wall = time.process_time() - started, time.perf_counter() - wall
-            peak = rss_mb("VmHWM")
+            peak = status_mb("VmHWM")
     return {"minutes": minutes, "match_cpu_seconds": round(cpu, 2), "match_wall_seconds": round(wall, 2),
             "x_realtime_per_core": round(seconds / cpu, 1), "rss_before_match_MB": round(idle),
             "peak_rss_MB": round(peak), "peak_above_before_MB": round(peak - idle),
