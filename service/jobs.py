@@ -223,11 +223,10 @@ class JobStore:
         (:func:`runner_alive`); the update is conditional on the runner read, so of two
         runners claiming at once one gets the job.
         """
-        job = self.get(job_id)
-        if job is None:
+        rows = self._execute("SELECT * FROM jobs WHERE job_id = ?", (job_id,))
+        if not rows:
             return None
-        rows = self._execute("SELECT runner FROM jobs WHERE job_id = ?", (job_id,))
-        current = rows[0][0] if rows else None
+        job, current = self._job(rows[0]), rows[0]["runner"]
         if current == runner:
             return job
         if current is not None and runner_alive(current):
@@ -235,7 +234,8 @@ class JobStore:
         with self._lock:
             taken = self._db.execute("UPDATE jobs SET runner = ? WHERE job_id = ? AND runner IS ?",
                                      (runner, job_id, current)).rowcount
-        return self.get(job_id) if taken else None
+        # Only the runner holding a job changes it: as read, unless another took it first.
+        return job if taken else None
 
     def release(self, runner: str) -> None:
         """Let other runners claim the jobs ``runner`` has (it stopped with none of them running)."""
