@@ -28,7 +28,7 @@ from refrain.fingerprint.peaks import Peaks
 from refrain.fingerprint.pipeline import Fingerprint, fingerprint_file, fingerprint_peaks
 
 __all__ = ["FORMAT_VERSION", "STORED_SUFFIX", "FingerprintFormatError", "fingerprint_to_bytes",
-           "fingerprint_from_bytes", "fingerprint_source"]
+           "fingerprint_from_bytes", "fingerprint_source", "is_stored_fingerprint"]
 
 #: Version of the blob layout; bump it when an array changes meaning, not when one is added.
 FORMAT_VERSION = 1
@@ -134,6 +134,11 @@ def fingerprint_from_bytes(blob: bytes, params: FingerprintParams) -> Fingerprin
     return fingerprint_peaks(peaks, float(arrays["duration"]), params, arrays.get("melody"), dense)
 
 
+def is_stored_fingerprint(path: os.PathLike | str) -> bool:
+    """Whether a catalogue source is a stored fingerprint (a published upload's), not audio."""
+    return Path(path).suffix == STORED_SUFFIX
+
+
 def fingerprint_source(path: os.PathLike | str, params: FingerprintParams, max_duration: float | None = None,
                        dense_peaks: bool = False) -> Fingerprint:
     """The fingerprint of a catalogue track's source file, whichever kind it is.
@@ -157,6 +162,6 @@ def fingerprint_source(path: os.PathLike | str, params: FingerprintParams, max_d
     AudioDecodeError, FingerprintError, OSError
         As :func:`fingerprint.pipeline.fingerprint_file`, or the file cannot be read.
     """
-    if Path(path).suffix == STORED_SUFFIX:
+    if is_stored_fingerprint(path):
         return fingerprint_from_bytes(Path(path).read_bytes(), params)
     return fingerprint_file(path, params, max_duration, dense_peaks)

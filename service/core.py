@@ -37,7 +37,7 @@ from refrain.fingerprint import FingerprintParams
 from refrain.fingerprint.decode import probe_duration, stream_audio
 from refrain.fingerprint.melody import chroma_sequence
 from refrain.fingerprint.serialize import (STORED_SUFFIX, FingerprintFormatError, fingerprint_from_bytes,
-                                          fingerprint_to_bytes)
+                                          fingerprint_to_bytes, is_stored_fingerprint)
 from refrain.fingerprint.spectrogram import log_frequency_spectrogram
 from refrain.index import TrackMetadata
 from refrain.api import QueryResult, Refrain, StreamedMatch, TrackMatch, audio_between, fingerprint_stream
@@ -658,7 +658,7 @@ class MatchService:
     def _reference_samples(self, work: Work) -> np.ndarray:
         """The work's kept reference recording; 404 for a published upload (kept as a fingerprint, not audio)
         or if it can no longer be read (the works folder was tampered with)."""
-        if Path(work.stored_path).suffix == STORED_SUFFIX:
+        if is_stored_fingerprint(work.stored_path):
             raise ApiError(404, "not_found", f"work {work.work_id} was published from an upload, whose audio the "
                                              "service does not keep: there is no reference recording to play")
         try:
@@ -700,7 +700,7 @@ class MatchService:
         if regions.work is None:
             raise ApiError(404, "not_found", f"track {regions.matched['track_id']} has no registered work: its "
                                              "reference recording is not kept by the service")
-        if Path(regions.work.stored_path).suffix == STORED_SUFFIX:
+        if is_stored_fingerprint(regions.work.stored_path):
             try:
                 blob = Path(regions.work.stored_path).read_bytes()
             except OSError as err:
