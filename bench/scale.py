@@ -47,6 +47,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Sequence
 
 import faiss
 import numpy as np
@@ -54,7 +55,7 @@ import soxr
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.accuracy import (BOUNDED_CHOICES, CONDITIONS, SOURCE_RATE, bench_config, list_tracks,  # noqa: E402
+from bench.accuracy import (CONDITIONS, SOURCE_RATE, add_bounded_arguments, bench_config, list_tracks,  # noqa: E402
                             related_groups)
 from bench.fresh import status_mb  # noqa: E402
 from bench.derivatives import DERIVATIVES, derive, excerpt, mix_under  # noqa: E402
@@ -326,14 +327,16 @@ class CountingMelody:
         return self._index.chroma(track_id)
 
 
-def measure(index_dir: str, queries_file: str, bounded: str = "none") -> dict:
+def measure(index_dir: str, queries_file: str, bounded: str = "none",
+            proposal_settings: Sequence[tuple[str, object]] = ()) -> dict:
     """Match every query on the index (run in a fresh process); per-query figures and outcomes.
 
-    ``bounded``: which tiers search through proposals at every size (:func:`bench.accuracy.bench_config`).
+    ``bounded``, ``proposal_settings``: which tiers search through proposals at every size,
+    and with which settings (:func:`bench.accuracy.bench_config`).
     """
     tune_process()
     queries: list[Query] = pickle.loads(Path(queries_file).read_bytes())
-    with Refrain.open(index_dir, bench_config(bounded), mmap=True) as refrain:
+    with Refrain.open(index_dir, bench_config(bounded, proposal_settings), mmap=True) as refrain:
         rss_open = status_mb()
         refrain.match_fingerprint(queries[0].fingerprint, "warm-up")  # kernels, catalogue rows
         timed = []
@@ -476,10 +479,7 @@ def main() -> int:
                         help="while growing, commit every this many added hours (default 40): bounds "
                              "the writer's memory for entries not yet merged")
     parser.add_argument("--seed", type=int, default=1)
-    parser.add_argument("--bounded", choices=BOUNDED_CHOICES, default="none",
-                        help="tiers searched through proposals at every size: none (the defaults: derivatives from "
-                             "ProposalParams.min_catalogue_tracks on), derivatives, copies (the pair and peaks tiers "
-                             "too)")
+    add_bounded_arguments(parser)
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/refrain-scale"))
     parser.add_argument("--keep", action="store_true", help="keep the index under --workdir")
     parser.add_argument("--json", type=Path, help="also write the figures (a list, one object per size) here")
@@ -554,9 +554,10 @@ def main() -> int:
             store.commit()
             commit_seconds = time.perf_counter() - started if added_seconds else commit_seconds
             with spawn.Pool(1) as pool:
-                measured = pool.apply(measure, (str(index_dir), str(queries_file), args.bounded))
+                measured = pool.apply(measure, (str(index_dir), str(queries_file), args.bounded, args.proposal))
             row = summarize(hours, queries, measured, real_ids, groups, sources, store.size_bytes())
             row.update(ingest)
+            row.update(bounded=args.bounded, proposal_settings=dict(args.proposal))
             row["tracks"] = len(catalogue) + synthetic
             row["commit_s"] = round(commit_seconds, 2)
             row["commits_while_growing_s"] = [round(seconds, 1) for seconds in commits]
