@@ -64,9 +64,9 @@ class ProposalParams:
         exhaustive at 10 h, 128 against 116 ms at 40 h and 328 against 389 ms at 160 h;
         and below the bound the search is exact.
     max_candidates : int
-        Tracks proposed at most per kind (default 32), strongest first: the tiers verify
-        only these, so the query's work is bounded whatever the catalogue's size. An
-        upload holding more works in one window than this is reported partly.
+        Tracks proposed at most as derivatives (default 32), strongest first: the triplet
+        tier verifies only these, so the query's work is bounded whatever the catalogue's
+        size. An upload holding more works in one window than this is reported partly.
     copies : bool
         Also bound the pair tier (and through its votes the peaks tier) to proposed
         copies (default False). With the dense-peak doubles (``copy_slack``; a budget of
@@ -87,6 +87,11 @@ class ProposalParams:
         Double hits agreeing on one time offset (within a frame) a track needs to be
         proposed as a copy (default 2): on 40 real 10 s excerpts mixed 6 dB under other
         music the true track had a median of 2.5, unrelated tracks 2.
+    copy_max_candidates : int
+        Tracks proposed at most as copies (default 32), most double votes first. The pair
+        tier then reads only these tracks' entries of its codes (one binary search per code
+        and candidate), and its own votes rank them: a recording under other music keeps
+        two or three doubles, as many as chance tracks, and is kept or lost by the cap.
     copy_slack : int
         Next-nearest targets per anchor the query also combines into doubles (default 8:
         each anchor's 10 nearest targets two by two, 45 doubles). The query's doubles are
@@ -104,11 +109,17 @@ class ProposalParams:
         Agreeing quad hits a track needs to be proposed as a derivative (default 3).
         Unrelated tracks' hits scatter over the (ratio, offset) plane and rarely reach this.
     max_hits : int
-        Hits the derivative proposals read at most per query window (default 60,000),
+        Hits the derivative proposals read at most per query window (default 250,000),
         from its rarest quad codes up (:func:`rarest_within_budget`), as the copy
         proposals do: every quad code's run grows with the catalogue (a 10 s query's
-        ~22,500 codes read 54,000 hits at 40 catalogue hours and 217,000 at 160, the
-        largest share of a bounded query's hits), so without a budget so would the work.
+        ~22,500 codes read 54,000 hits at 40 catalogue hours and 217,000 at 160), so
+        without a budget so would the work. Once it binds it costs recall: on 60 real
+        10 s derivatives per weak condition (speed 0.8x / 1.25x, pitch -4 st, stretch
+        1.25x, under noise) against 150 tracks, with the budget scaled down to read what
+        it reads of a larger catalogue (``bench/proposal_budget.py``), the true track was
+        proposed for 96.7-100 % of the queries unbounded, 96.7-100 % with 60,000 hits at
+        80 h, 93.3-100 % at 160 h and 63-92 % at 640 h. The default does not bind below
+        about 180 catalogue hours; at 640 h it reads what 60,000 read at 160 h.
     slack : int
         Next-nearest peaks per zone the query also combines into quads (default 1;
         :func:`fingerprint.hashes.query_quads`): one peak added by audio mixed over the
@@ -130,10 +141,11 @@ class ProposalParams:
     max_candidates: int = 32
     copies: bool = False
     copy_min_votes: int = 2
+    copy_max_candidates: int = 32
     copy_slack: int = 8
     copy_max_hits: int = 60000
     min_votes: int = 3
-    max_hits: int = 60000
+    max_hits: int = 250000
     slack: int = 1
     margin: float = 0.15
     ratio_bin: float = 0.04
@@ -166,7 +178,7 @@ def propose_copies(fp: Fingerprint, doubles: LandmarkIndex, fingerprint_params: 
     Returns
     -------
     np.ndarray of int64
-        At most ``params.max_candidates`` track ids.
+        At most ``params.copy_max_candidates`` track ids.
     """
     fpp = fingerprint_params
     peaks = fp.peaks if fp.dense_peaks is None else fp.dense_peaks
@@ -180,7 +192,7 @@ def propose_copies(fp: Fingerprint, doubles: LandmarkIndex, fingerprint_params: 
                                                                       hits_per_code)
     order = vote_order(track_ids, offsets + _COPY_OFFSET_BIAS)
     best = best_cells_per_track(track_ids[order], offsets[order] + _COPY_OFFSET_BIAS, np.ones(len(order)),
-                                _COPY_NEIGHBOURS, params.copy_min_votes, params.max_candidates)
+                                _COPY_NEIGHBOURS, params.copy_min_votes, params.copy_max_candidates)
     return np.array([track for track, _ in best], dtype=np.int64)
 
 
