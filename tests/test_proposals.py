@@ -114,6 +114,8 @@ def test_a_copy_is_proposed_also_under_other_music(catalogue, catalogue_index, s
     fp = fingerprint_signal(y, params, dense_peaks=True)
     proposed = propose_copies(fp, catalogue.store.tiers["double"], params, ProposalParams())
     assert catalogue_index.track_ids[34] in proposed.tolist(), proposed
+    fewer = propose_copies(fp, catalogue.store.tiers["double"], params, ProposalParams(copy_max_candidates=1))
+    assert fewer.tolist() == proposed[:1].tolist()
 
 
 class _CountingStore:
