@@ -57,7 +57,8 @@ def main() -> int:
     parser.add_argument("--variant", type=json.loads, action="append",
                         help='other ProposalParams fields as JSON, e.g. \'{"min_votes": 2}\' (repeatable; '
                              "default: the defaults)")
-    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--seed", type=int, default=1, help="the corpus split of the index (default 1)")
+    parser.add_argument("--query-seed", type=int, default=7, help="where the excerpts are cut (default 7)")
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args()
     conditions = args.conditions.split(",")
@@ -68,7 +69,7 @@ def main() -> int:
 
     tracks = list_tracks(args.music)
     random.Random(args.seed).shuffle(tracks)
-    rng = np.random.default_rng(args.seed)
+    rng = np.random.default_rng(args.query_seed)
     cpu = time.process_time()
     report: dict = {"tracks": args.tracks, "budgets": args.budgets, "recall_percent": {}}
     with Refrain.open(args.index, mmap=True) as refrain, \
