@@ -80,9 +80,11 @@ class ProposalParams:
         per condition against 150 tracks the proposals held the true track of every clean,
         noisy, speed-, pitch- and tempo-changed query the exhaustive search found, but not
         3 of the 31 recordings 6 dB under other music it found (two or three surviving
-        pairs, verified peak by peak). Not within a point on every condition, so by default
-        copies are searched for in every track and only the triplet tier is bounded
-        (docs/scale.md, step 4).
+        pairs, verified peak by peak). At 640 h (20 queries per condition) 134 against
+        2,145 ms of CPU, but pink noise 0 dB 78.9 against 94.7 % and mixed 6 dB under 60.0
+        against 75.0 %: the hit budget then reaches few of the true track's doubles. Not
+        within a point on every condition, so by default copies are searched for in every
+        track and only the triplet tier is bounded (docs/scale.md, steps 4 and 5).
     copy_min_votes : int
         Double hits agreeing on one time offset (within a frame) a track needs to be
         proposed as a copy (default 2): on 40 real 10 s excerpts mixed 6 dB under other
@@ -91,7 +93,9 @@ class ProposalParams:
         Tracks proposed at most as copies (default 32), most double votes first. The pair
         tier then reads only these tracks' entries of its codes (one binary search per code
         and candidate), and its own votes rank them: a recording under other music keeps
-        two or three doubles, as many as chance tracks, and is kept or lost by the cap.
+        two or three doubles, as many as chance tracks. 256 instead of 32 changed no top-1
+        of ``bench/scale.py`` at 10, 160 or 640 h (the lost queries had too few double hits to
+        be proposed at all) and cost 16-30 ms more per 10 s query.
     copy_slack : int
         Next-nearest targets per anchor the query also combines into doubles (default 8:
         each anchor's 10 nearest targets two by two, 45 doubles). The query's doubles are
@@ -118,8 +122,9 @@ class ProposalParams:
         1.25x, under noise) against 150 tracks, with the budget scaled down to read what
         it reads of a larger catalogue (``bench/proposal_budget.py``), the true track was
         proposed for 96.7-100 % of the queries unbounded, 96.7-100 % with 60,000 hits at
-        80 h, 93.3-100 % at 160 h and 63-92 % at 640 h. The default does not bind below
-        about 180 catalogue hours; at 640 h it reads what 60,000 read at 160 h.
+        80 h, 93.3-100 % at 160 h and 63-92 % at 640 h. The default is about what a 10 s
+        query reads unbounded at 200 catalogue hours; at 640 h it reads what 60,000 read
+        at 160 h (measured there: 228,797 quad hits per query; speed 1.1x still 100 %).
     slack : int
         Next-nearest peaks per zone the query also combines into quads (default 1;
         :func:`fingerprint.hashes.query_quads`): one peak added by audio mixed over the
