@@ -21,6 +21,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 import soxr
@@ -31,6 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from refrain.fingerprint import FingerprintError, fingerprint_signal, load_audio  # noqa: E402
 from refrain.fingerprint.decode import ffmpeg_executable  # noqa: E402
 from refrain.matcher import MatchParams  # noqa: E402
+from refrain.matcher.proposals import ProposalParams  # noqa: E402
 from refrain.api import Refrain, audio_files  # noqa: E402
 from refrain.config import Config  # noqa: E402
 from refrain.tuning import tune_process  # noqa: E402
@@ -123,19 +125,49 @@ def peak_rss_mb() -> float:
 BOUNDED_CHOICES = ("none", "derivatives", "copies")
 
 
-def bench_config(bounded: str) -> Config:
+def bench_config(bounded: str, proposal_settings: Sequence[tuple[str, object]] = ()) -> Config:
     """The default settings, with proposals bounding the tiers at every catalogue size if asked.
 
     ``none``: the defaults (below ``ProposalParams.min_catalogue_tracks`` every tier searches
     every track); ``derivatives``: the triplet tier searches only proposed tracks;
     ``copies``: the pair and peaks tiers too (``ProposalParams.copies``). A bench's
     150 tracks are far below the bound, so this is how it measures a bounded search.
+    ``proposal_settings`` (``--proposal``, :func:`proposal_setting`) then replace
+    ``ProposalParams`` fields, e.g. a hit budget scaled down to what it reads of a
+    larger catalogue.
     """
     config = Config()
-    if bounded == "none":
-        return config
-    proposals = dataclasses.replace(config.match.proposals, min_catalogue_tracks=0, copies=bounded == "copies")
+    proposals = config.match.proposals
+    if bounded != "none":
+        proposals = dataclasses.replace(proposals, min_catalogue_tracks=0, copies=bounded == "copies")
+    proposals = dataclasses.replace(proposals, **dict(proposal_settings))
     return dataclasses.replace(config, match=dataclasses.replace(config.match, proposals=proposals))
+
+
+def proposal_setting(text: str) -> tuple[str, object]:
+    """``--proposal NAME=VALUE``: one ``ProposalParams`` field and its value, of the field's type."""
+    name, _, value = text.partition("=")
+    defaults = {f.name: getattr(ProposalParams(), f.name) for f in dataclasses.fields(ProposalParams)}
+    if name not in defaults or not value:
+        raise argparse.ArgumentTypeError(f"expected NAME=VALUE with NAME one of {', '.join(defaults)}")
+    kind = type(defaults[name])
+    if kind is bool:
+        if value not in ("true", "false"):
+            raise argparse.ArgumentTypeError(f"{name} takes true or false")
+        return name, value == "true"
+    try:
+        return name, kind(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{name} takes a {kind.__name__}, not {value!r}") from None
+
+
+def add_bounded_arguments(parser: argparse.ArgumentParser) -> None:
+    """The benches' ``--bounded`` and ``--proposal`` options (:func:`bench_config`)."""
+    parser.add_argument("--bounded", choices=BOUNDED_CHOICES, default="none",
+                        help="search through proposals although the catalogue is small: none (the defaults), "
+                             "derivatives (the triplet tier), copies (the pair and peaks tiers too)")
+    parser.add_argument("--proposal", type=proposal_setting, action="append", default=[], metavar="NAME=VALUE",
+                        help="set a ProposalParams field, e.g. max_hits=2800 (repeatable)")
 
 
 def main() -> int:
@@ -148,8 +180,7 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--index", type=Path, help="reuse/keep the index here (default: temporary)")
     parser.add_argument("--json", type=Path, help="also write all figures to this file")
-    parser.add_argument("--bounded", choices=BOUNDED_CHOICES, default="none",
-                        help="search through proposals although the catalogue is small (see bench_config)")
+    add_bounded_arguments(parser)
     args = parser.parse_args()
     tune_process()
 
@@ -162,8 +193,9 @@ def main() -> int:
     scratch = tempfile.TemporaryDirectory(prefix="refrain-bench-")
     workdir = Path(scratch.name)
     index_dir = args.index or workdir / "index"
-    config = bench_config(args.bounded)
-    report: dict = {"catalogue_tracks": len(catalogue), "negative_tracks": len(negatives), "bounded": args.bounded}
+    config = bench_config(args.bounded, args.proposal)
+    report: dict = {"catalogue_tracks": len(catalogue), "negative_tracks": len(negatives), "bounded": args.bounded,
+                    "proposal_settings": dict(args.proposal)}
 
     # -- ingest, decode included (one process) ---------------------------------------------
     with Refrain.open(index_dir, config, create=True) as refrain:

@@ -47,8 +47,8 @@ from scipy import signal
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.accuracy import (BOUNDED_CHOICES, CONDITIONS, SOURCE_RATE, bench_config, list_tracks, peak_rss_mb,  # noqa: E402
-                            related_groups)
+from bench.accuracy import (CONDITIONS, SOURCE_RATE, add_bounded_arguments, bench_config, list_tracks,  # noqa: E402
+                            peak_rss_mb, related_groups)
 from refrain.fingerprint import FingerprintError, load_audio  # noqa: E402
 from refrain.api import Refrain  # noqa: E402
 from refrain.tuning import tune_process  # noqa: E402
@@ -453,8 +453,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--index", type=Path, help="reuse/keep the index here (default: temporary)")
     parser.add_argument("--json", type=Path, help="also write all figures to this file")
     parser.add_argument("--selfcheck", action="store_true", help="only check the transforms")
-    parser.add_argument("--bounded", choices=BOUNDED_CHOICES, default="none",
-                        help="search through proposals although the catalogue is small (bench.accuracy.bench_config)")
+    add_bounded_arguments(parser)
     args = parser.parse_args()
     tune_process()
     args.conditions = args.conditions.split(",")
@@ -471,8 +470,8 @@ def run(args: argparse.Namespace, workdir: Path) -> dict:
     negatives = tracks[args.catalogue:args.catalogue + args.negatives]
     rng = np.random.default_rng(args.seed)
     index_dir = args.index or workdir / "index"
-    config = bench_config(args.bounded)
-    report: dict = {"bounded": args.bounded,
+    config = bench_config(args.bounded, args.proposal)
+    report: dict = {"bounded": args.bounded, "proposal_settings": dict(args.proposal),
                     "transform_selfcheck": selfcheck(tracks[0], load_audio(tracks[0], SOURCE_RATE), rng)}
     if args.selfcheck:
         return report

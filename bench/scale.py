@@ -47,6 +47,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Sequence
 
 import faiss
 import numpy as np
@@ -54,8 +55,8 @@ import soxr
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.accuracy import (BOUNDED_CHOICES, CONDITIONS, SOURCE_RATE, bench_config, list_tracks,  # noqa: E402
-                            related_groups)
+from bench.accuracy import (BOUNDED_CHOICES, CONDITIONS, SOURCE_RATE, add_bounded_arguments,  # noqa: E402
+                            bench_config, list_tracks, proposal_setting, related_groups)
 from bench.fresh import status_mb  # noqa: E402
 from bench.derivatives import DERIVATIVES, derive, excerpt, mix_under  # noqa: E402
 from refrain.api import Refrain, file_digest  # noqa: E402
@@ -326,14 +327,16 @@ class CountingMelody:
         return self._index.chroma(track_id)
 
 
-def measure(index_dir: str, queries_file: str, bounded: str = "none") -> dict:
+def measure(index_dir: str, queries_file: str, bounded: str = "none",
+            proposal_settings: Sequence[tuple[str, object]] = ()) -> dict:
     """Match every query on the index (run in a fresh process); per-query figures and outcomes.
 
-    ``bounded``: which tiers search through proposals at every size (:func:`bench.accuracy.bench_config`).
+    ``bounded``, ``proposal_settings``: which tiers search through proposals at every size,
+    and with which settings (:func:`bench.accuracy.bench_config`).
     """
     tune_process()
     queries: list[Query] = pickle.loads(Path(queries_file).read_bytes())
-    with Refrain.open(index_dir, bench_config(bounded), mmap=True) as refrain:
+    with Refrain.open(index_dir, bench_config(bounded, proposal_settings), mmap=True) as refrain:
         rss_open = status_mb()
         refrain.match_fingerprint(queries[0].fingerprint, "warm-up")  # kernels, catalogue rows
         timed = []
@@ -462,6 +465,14 @@ def summarize(hours: float, queries: list[Query], measured: dict, real_ids: set[
 
 # -- the run -----------------------------------------------------------------------------------
 
+def search_variant(text: str) -> tuple[str, list[tuple[str, object]]]:
+    """``--also BOUNDED[,NAME=VALUE...]``: a ``--bounded`` choice and ``--proposal`` settings."""
+    bounded, *settings = text.split(",")
+    if bounded not in BOUNDED_CHOICES:
+        raise argparse.ArgumentTypeError(f"{bounded!r} is not one of {', '.join(BOUNDED_CHOICES)}")
+    return bounded, [proposal_setting(setting) for setting in settings]
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("music", type=Path)
@@ -476,10 +487,11 @@ def main() -> int:
                         help="while growing, commit every this many added hours (default 40): bounds "
                              "the writer's memory for entries not yet merged")
     parser.add_argument("--seed", type=int, default=1)
-    parser.add_argument("--bounded", choices=BOUNDED_CHOICES, default="none",
-                        help="tiers searched through proposals at every size: none (the defaults: derivatives from "
-                             "ProposalParams.min_catalogue_tracks on), derivatives, copies (the pair and peaks tiers "
-                             "too)")
+    add_bounded_arguments(parser)
+    parser.add_argument("--also", type=search_variant, action="append", default=[],
+                        metavar="BOUNDED[,NAME=VALUE...]",
+                        help="also measure every size with these settings (--bounded, then --proposal fields), "
+                             "on the same index and queries, e.g. copies,copy_max_candidates=256 (repeatable)")
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/refrain-scale"))
     parser.add_argument("--keep", action="store_true", help="keep the index under --workdir")
     parser.add_argument("--json", type=Path, help="also write the figures (a list, one object per size) here")
@@ -553,19 +565,21 @@ def main() -> int:
             started = time.perf_counter()
             store.commit()
             commit_seconds = time.perf_counter() - started if added_seconds else commit_seconds
-            with spawn.Pool(1) as pool:
-                measured = pool.apply(measure, (str(index_dir), str(queries_file), args.bounded))
-            row = summarize(hours, queries, measured, real_ids, groups, sources, store.size_bytes())
-            row.update(ingest)
-            row["tracks"] = len(catalogue) + synthetic
-            row["commit_s"] = round(commit_seconds, 2)
-            row["commits_while_growing_s"] = [round(seconds, 1) for seconds in commits]
-            if added_seconds:
-                row["add_track_ms_per_synthetic_track"] = round(1000 * add_cpu / (synthetic or 1), 2)
-            results.append(row)
-            print(json.dumps(row, indent=2), flush=True)
-            if args.json:
-                args.json.write_text(json.dumps(results, indent=2) + "\n")
+            for bounded, proposal_settings in [(args.bounded, args.proposal), *args.also]:
+                with spawn.Pool(1) as pool:
+                    measured = pool.apply(measure, (str(index_dir), str(queries_file), bounded, proposal_settings))
+                row = summarize(hours, queries, measured, real_ids, groups, sources, store.size_bytes())
+                row.update(ingest)
+                row.update(bounded=bounded, proposal_settings=dict(proposal_settings))
+                row["tracks"] = len(catalogue) + synthetic
+                row["commit_s"] = round(commit_seconds, 2)
+                row["commits_while_growing_s"] = [round(seconds, 1) for seconds in commits]
+                if added_seconds:
+                    row["add_track_ms_per_synthetic_track"] = round(1000 * add_cpu / (synthetic or 1), 2)
+                results.append(row)
+                print(json.dumps(row, indent=2), flush=True)
+                if args.json:
+                    args.json.write_text(json.dumps(results, indent=2) + "\n")
         store.close()
     finally:
         if not args.keep:
@@ -576,11 +590,13 @@ def main() -> int:
 
 def print_table(results: list[dict]) -> None:
     """The headline figures, one line per size."""
-    print(f"{'hours':>7} {'hits/q p50':>11} {'hits/h':>8} {'10s cpu p50/p99 ms':>19} {'10s wall p50':>12} "
-          f"{'30s wall p50':>12} {'rss MB':>7} {'MB/h':>6} {'false':>5}  top-1 %")
+    print(f"{'hours':>7} {'search':>12} {'hits/q p50':>11} {'hits/h':>8} {'10s cpu p50/p99 ms':>19} "
+          f"{'10s wall p50':>12} {'30s wall p50':>12} {'rss MB':>7} {'MB/h':>6} {'false':>5}  top-1 %")
     for row in results:
-        print(f"{row['hours']:>7} {row['hits_per_query_p50']:>11,.0f} {row['hits_per_catalogue_hour_p50']:>8,} "
-              f"{row['query10_cpu_ms_p50']:>9} / {row['query10_cpu_ms_p99']:<7} {row['query10_wall_ms_p50']:>12} "
+        search = row["bounded"] + "".join(f" {name}={value}" for name, value in row["proposal_settings"].items())
+        print(f"{row['hours']:>7} {search:>12} {row['hits_per_query_p50']:>11,.0f} "
+              f"{row['hits_per_catalogue_hour_p50']:>8,} {row['query10_cpu_ms_p50']:>9} / "
+              f"{row['query10_cpu_ms_p99']:<7} {row['query10_wall_ms_p50']:>12} "
               f"{row['query30_wall_ms_p50']:>12} {row['rss_mb']:>7} {row['bytes_per_hour'] / 1e6:>6.2f} "
               f"{row['false_matches']:>5}  " + " ".join(f"{c} {v}" for c, v in row["top1"].items()))
 

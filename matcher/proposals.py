@@ -38,7 +38,7 @@ from refrain.index.landmarks import LandmarkIndex, mix_codes
 from refrain.matcher.triplet import TripletTier
 from refrain.matcher.voting import best_cells_per_track, vote_order
 
-__all__ = ["ProposalParams", "propose", "propose_copies", "QUAD_TIER", "DOUBLE_TIER"]
+__all__ = ["ProposalParams", "propose", "propose_copies", "rarest_within_budget", "QUAD_TIER", "DOUBLE_TIER"]
 
 #: The store keys of the quad and double codes (``IndexStore.tiers``).
 QUAD_TIER, DOUBLE_TIER = "quad", "double"
@@ -64,9 +64,9 @@ class ProposalParams:
         exhaustive at 10 h, 128 against 116 ms at 40 h and 328 against 389 ms at 160 h;
         and below the bound the search is exact.
     max_candidates : int
-        Tracks proposed at most per kind (default 32), strongest first: the tiers verify
-        only these, so the query's work is bounded whatever the catalogue's size. An
-        upload holding more works in one window than this is reported partly.
+        Tracks proposed at most as derivatives (default 32), strongest first: the triplet
+        tier verifies only these, so the query's work is bounded whatever the catalogue's
+        size. An upload holding more works in one window than this is reported partly.
     copies : bool
         Also bound the pair tier (and through its votes the peaks tier) to proposed
         copies (default False). With the dense-peak doubles (``copy_slack``; a budget of
@@ -80,13 +80,22 @@ class ProposalParams:
         per condition against 150 tracks the proposals held the true track of every clean,
         noisy, speed-, pitch- and tempo-changed query the exhaustive search found, but not
         3 of the 31 recordings 6 dB under other music it found (two or three surviving
-        pairs, verified peak by peak). Not within a point on every condition, so by default
-        copies are searched for in every track and only the triplet tier is bounded
-        (docs/scale.md, step 4).
+        pairs, verified peak by peak). At 640 h (20 queries per condition) 134 against
+        2,145 ms of CPU, but pink noise 0 dB 78.9 against 94.7 % and mixed 6 dB under 60.0
+        against 75.0 %: the hit budget then reaches few of the true track's doubles. Not
+        within a point on every condition, so by default copies are searched for in every
+        track and only the triplet tier is bounded (docs/scale.md, steps 4 and 5).
     copy_min_votes : int
         Double hits agreeing on one time offset (within a frame) a track needs to be
         proposed as a copy (default 2): on 40 real 10 s excerpts mixed 6 dB under other
         music the true track had a median of 2.5, unrelated tracks 2.
+    copy_max_candidates : int
+        Tracks proposed at most as copies (default 32), most double votes first. The pair
+        tier then reads only these tracks' entries of its codes (one binary search per code
+        and candidate), and its own votes rank them: a recording under other music keeps
+        two or three doubles, as many as chance tracks. 256 instead of 32 changed no top-1
+        of ``bench/scale.py`` at 10, 160 or 640 h (the lost queries had too few double hits to
+        be proposed at all) and cost 16-30 ms more per 10 s query.
     copy_slack : int
         Next-nearest targets per anchor the query also combines into doubles (default 8:
         each anchor's 10 nearest targets two by two, 45 doubles). The query's doubles are
@@ -103,6 +112,19 @@ class ProposalParams:
     min_votes : int
         Agreeing quad hits a track needs to be proposed as a derivative (default 3).
         Unrelated tracks' hits scatter over the (ratio, offset) plane and rarely reach this.
+    max_hits : int
+        Hits the derivative proposals read at most per query window (default 250,000),
+        from its rarest quad codes up (:func:`rarest_within_budget`), as the copy
+        proposals do: every quad code's run grows with the catalogue (a 10 s query's
+        ~22,500 codes read 54,000 hits at 40 catalogue hours and 217,000 at 160), so
+        without a budget so would the work. Once it binds it costs recall: on 60 real
+        10 s derivatives per weak condition (speed 0.8x / 1.25x, pitch -4 st, stretch
+        1.25x, under noise) against 150 tracks, with the budget scaled down to read what
+        it reads of a larger catalogue (``bench/proposal_budget.py``), the true track was
+        proposed for 96.7-100 % of the queries unbounded, 96.7-100 % with 60,000 hits at
+        80 h, 93.3-100 % at 160 h and 63-92 % at 640 h. The default is about what a 10 s
+        query reads unbounded at 200 catalogue hours; at 640 h it reads what 60,000 read
+        at 160 h (measured there: 228,797 quad hits per query; speed 1.1x still 100 %).
     slack : int
         Next-nearest peaks per zone the query also combines into quads (default 1;
         :func:`fingerprint.hashes.query_quads`): one peak added by audio mixed over the
@@ -124,9 +146,11 @@ class ProposalParams:
     max_candidates: int = 32
     copies: bool = False
     copy_min_votes: int = 2
+    copy_max_candidates: int = 32
     copy_slack: int = 8
     copy_max_hits: int = 60000
     min_votes: int = 3
+    max_hits: int = 250000
     slack: int = 1
     margin: float = 0.15
     ratio_bin: float = 0.04
@@ -159,27 +183,21 @@ def propose_copies(fp: Fingerprint, doubles: LandmarkIndex, fingerprint_params: 
     Returns
     -------
     np.ndarray of int64
-        At most ``params.max_candidates`` track ids.
+        At most ``params.copy_max_candidates`` track ids.
     """
     fpp = fingerprint_params
     peaks = fp.peaks if fp.dense_peaks is None else fp.dense_peaks
     query = double_landmarks(peaks, fpp.target_dt_min, fpp.target_dt_max, fpp.target_df_max, params.copy_slack)
-    # Asked in the order the store files its codes (index.landmarks.mix_codes), tens of
-    # thousands of binary searches stay in cache: 3x faster than in anchor order.
-    filed = np.argsort(mix_codes(query.codes), kind="stable")
-    codes, anchor_frames = query.codes[filed], query.anchor_frames[filed]
-    counts = doubles.code_counts(codes)
-    rarest_first = np.argsort(counts, kind="stable")
-    within_budget = rarest_first[np.cumsum(counts[rarest_first]) <= params.copy_max_hits]
-    specific = np.sort(within_budget[counts[within_budget] > 0])
-    _, hits_per_code, labels = doubles.lookup_slices(codes[specific])
+    specific = rarest_within_budget(query.codes, doubles, params.copy_max_hits)
+    _, hits_per_code, labels = doubles.lookup_slices(query.codes[specific])
     if len(labels) == 0:
         return np.zeros(0, dtype=np.int64)
     track_ids = labels >> doubles.payload_bits
-    offsets = (labels & ((1 << doubles.payload_bits) - 1)) - np.repeat(anchor_frames[specific], hits_per_code)
+    offsets = (labels & ((1 << doubles.payload_bits) - 1)) - np.repeat(query.anchor_frames[specific],
+                                                                      hits_per_code)
     order = vote_order(track_ids, offsets + _COPY_OFFSET_BIAS)
     best = best_cells_per_track(track_ids[order], offsets[order] + _COPY_OFFSET_BIAS, np.ones(len(order)),
-                                _COPY_NEIGHBOURS, params.copy_min_votes, params.max_candidates)
+                                _COPY_NEIGHBOURS, params.copy_min_votes, params.copy_max_candidates)
     return np.array([track for track, _ in best], dtype=np.int64)
 
 
@@ -212,6 +230,8 @@ def propose(fp: Fingerprint, quads: LandmarkIndex, fingerprint_params: Fingerpri
         return np.zeros(0, dtype=np.int64)
     codes, rows = hash_quads(query, tolerant=True, margin=params.margin,
                              pitch_reach_bins=derivatives.max_pitch_shift_semitones * fpp.bins_per_octave / 12.0)
+    specific = rarest_within_budget(codes, quads, params.max_hits)
+    codes, rows = codes[specific], rows[specific]
     first_hit, hits_per_code, labels = quads.lookup_slices(codes)
     middle = (int(fp.peaks.frames.min()) + int(fp.peaks.frames.max())) // 2
     track_ids, cells = _hit_cells(first_hit, hits_per_code, labels, quads.payload_bits, rows,
@@ -225,6 +245,37 @@ def propose(fp: Fingerprint, quads: LandmarkIndex, fingerprint_params: Fingerpri
     best = best_cells_per_track(track_ids[order], cells[order], np.ones(len(order)), _NEIGHBOURS,
                                 params.min_votes, params.max_candidates)
     return np.array([track for track, _ in best], dtype=np.int64)
+
+
+def rarest_within_budget(codes: np.ndarray, store: LandmarkIndex, max_hits: int) -> np.ndarray:
+    """Which query codes to look up: the rarest first, as long as their hits fit in ``max_hits``.
+
+    A code's hits grow with the catalogue, and a common code's hits say least about
+    which track the query uses; reading the rarest codes first bounds the work whatever
+    the catalogue's size and spends it where a hit is most specific. Codes no track
+    stores are left out (they cost a lookup and return nothing).
+
+    Parameters
+    ----------
+    codes : np.ndarray of uint32
+        The query's codes.
+    store : LandmarkIndex
+        The store they are looked up in (its run lengths are the codes' hits).
+    max_hits : int
+        Hits the chosen codes may return together.
+
+    Returns
+    -------
+    np.ndarray of int64
+        Indices into ``codes``, in the order the store files its codes
+        (:func:`index.landmarks.mix_codes`): tens of thousands of binary searches asked
+        in that order stay in cache, 3x faster than in the query's order.
+    """
+    filed = np.argsort(mix_codes(codes), kind="stable")
+    counts = store.code_counts(codes[filed])
+    rarest_first = np.argsort(counts, kind="stable")
+    within_budget = rarest_first[np.cumsum(counts[rarest_first]) <= max_hits]
+    return filed[np.sort(within_budget[counts[within_budget] > 0])]
 
 
 @numba.njit(cache=True, nogil=True)

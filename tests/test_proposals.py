@@ -114,10 +114,12 @@ def test_a_copy_is_proposed_also_under_other_music(catalogue, catalogue_index, s
     fp = fingerprint_signal(y, params, dense_peaks=True)
     proposed = propose_copies(fp, catalogue.store.tiers["double"], params, ProposalParams())
     assert catalogue_index.track_ids[34] in proposed.tolist(), proposed
+    fewer = propose_copies(fp, catalogue.store.tiers["double"], params, ProposalParams(copy_max_candidates=1))
+    assert fewer.tolist() == proposed[:1].tolist()
 
 
 class _CountingStore:
-    """A double store that records the codes looked up and the hits they returned."""
+    """A landmark store that records the codes looked up and the hits they returned."""
 
     def __init__(self, store: LandmarkIndex):
         self._store, self.looked_up, self.hits = store, [], 0
@@ -155,6 +157,37 @@ def test_copy_proposals_read_at_most_their_budget_of_hits_rarest_codes_first(cat
     # A quarter of the hits, from the rarest codes, still name the song first.
     assert proposed[:1].tolist() == [catalogue_index.track_ids[34]], proposed
 
+
+
+def test_derivative_proposals_read_at_most_their_budget_of_hits_rarest_codes_first(catalogue, catalogue_index,
+                                                                                   songs):
+    """In a catalogue where half of a song's quad codes are common (200 other tracks hold them too)."""
+    params = catalogue.params
+    store = LandmarkIndex.create(payload_bits=catalogue.store.tiers["quad"].payload_bits)
+    for seed, song in songs.items():
+        codes, payloads = fingerprint_signal(_at_rate(song.samples, params.sample_rate), params).index_entries()["quad"]
+        store.add(catalogue_index.track_ids[seed], codes, payloads)
+        if seed == 44:
+            rng = np.random.default_rng(5)
+            common = rng.choice(codes, size=len(codes) // 2, replace=False)
+    for chance_track in range(1000, 1200):
+        store.add(chance_track, common, rng.integers(0, 1 << store.payload_bits, size=len(common)))
+    y = soxr.resample(songs[44].excerpt(11.0, 10.0), SR * 1.2, params.sample_rate).astype(np.float32)
+    fp = fingerprint_signal(y, params)
+    everything = _CountingStore(store)
+    propose(fp, everything, params, ProposalParams(max_hits=10 ** 9), TripletTier())
+    (all_codes,) = everything.looked_up
+    assert store.code_counts(all_codes).min() > 0  # codes no track stores are not looked up
+    budget = everything.hits // 10
+    bounded = _CountingStore(store)
+    proposed = propose(fp, bounded, params, ProposalParams(max_hits=budget), TripletTier())
+    (kept,) = bounded.looked_up
+    assert 0 < bounded.hits <= budget
+    # The codes left out are the commonest: none is rarer than a code looked up.
+    left_out = np.setdiff1d(all_codes, kept)
+    assert store.code_counts(left_out).min() >= store.code_counts(kept).max()
+    # A tenth of the hits, from the rarest codes, still name the sped-up song first.
+    assert proposed[:1].tolist() == [catalogue_index.track_ids[44]], proposed
 
 def test_dense_peaks_keep_copy_proposals_that_the_strongest_peaks_lose(catalogue, catalogue_index, songs,
                                                                        unrelated_songs):
