@@ -1,7 +1,7 @@
 """The cluster on this machine: throughput, latency, router overhead, memory per shard, engine overheads.
 
-First one index served by 1 and 2 service processes (one ``refrain serve --index`` per
-copy of the index: an index directory has one writing process); then, for 1, 2 and 4
+First one index directory served by 1 and 2 service processes (``refrain serve --index
+DIR --workers N``); then, for 1, 2 and 4
 shards (a local cluster: a Dask scheduler and one worker process per shard) over the
 same generated catalogue, ``refrain serve --cluster --workers N`` for N = 1 and 2: a
 bounded number of 10 s and 3-minute uploads (excerpts of catalogue songs and songs
@@ -27,7 +27,6 @@ import argparse
 import itertools
 import json
 import os
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -170,29 +169,14 @@ def _uploader_key(refrain: list[str], db: Path) -> str:
 
 def _index_workers(refrain: list[str], single: Path, short: list[Path], workers: int, requests: int,
                    clients: int) -> dict:
-    """One index served by ``workers`` processes: one ``refrain serve --index`` per copy of the index.
-
-    An index directory has one writer (the service holds its write lock), so N processes
-    serve N identical copies here: the same matching over the same bytes, each process's
-    own page-cache copy (a few MB for this catalogue).
-    """
-    processes, urls, serving = [], [], []
-    keys = single.with_name("index-keys.service.sqlite")
-    key = _uploader_key(refrain, keys)
+    """One index directory served by ``refrain serve --index DIR --workers N``: every process its own read-only view."""
+    db = single.with_name(single.name + ".service.sqlite")
+    key = _uploader_key(refrain, db)
+    process, url, serving = _serve(refrain, "--index", single, db, workers)
     try:
-        for number in range(workers):
-            copy = single.with_name(f"{single.name}-copy-{number}")
-            db = copy.with_name(copy.name + ".service.sqlite")
-            if not copy.exists():
-                shutil.copytree(single, copy, ignore=shutil.ignore_patterns(".lock"))
-            shutil.copy(keys, db)  # the same keys for every copy's service
-            process, url, started = _serve(refrain, "--index", copy, db, 1)
-            processes.append(process)
-            urls.append(url)
-            serving += started
-        return {**_load(urls, key, short, requests, clients, serving), "processes": _threads(serving)}
+        return {**_load([url], key, short, requests, clients, serving), "processes": _threads(serving)}
     finally:
-        _stop(processes)
+        _stop([process])
 
 
 def _shard_rss_mb(local: LocalCluster) -> list[float]:
