@@ -8,7 +8,8 @@ so that writes from every process and from the CLI take turns and a reader never
 half-written index. A process notices another's commit at its next request: the index
 files' identities (inode, size, time: :func:`refrain.cluster.shard.directory_signature`)
 changed, and it opens a new view; the queries still running finish on the old one, which
-is closed after the last of them.
+is closed when the last of them lets it go (its memory maps and its catalogue connection
+are released with the object).
 
 A cluster (``--cluster``) is written through its router, whose writes take the cluster's
 own write lock; within a process its matches and writes take turns on a
@@ -64,15 +65,13 @@ class CatalogueAccess(Protocol):
     def close(self) -> None: ...
 
 
-@dataclass(eq=False)
+@dataclass(frozen=True)
 class _View:
-    """One read-only opening of the index, the files it was opened from, and the queries using it."""
+    """One read-only opening of the index, the files it was opened from, and its matchable tracks."""
 
     refrain: Refrain
     signature: tuple
     tracks: int
-    users: int = 0
-    retired: bool = False
 
 
 class SharedIndex:
@@ -92,7 +91,6 @@ class SharedIndex:
         self.directory = Path(directory)
         self.config = config
         self.write_deadline_seconds = write_deadline_seconds
-        self._mutex = threading.Lock()  # guards the view and its users
         self._reopening = threading.Lock()  # one thread opens a new view; the others use the old one meanwhile
         self._writer = threading.Lock()  # this process's writes take turns before they wait on other processes
         if not (self.directory.is_dir() and any(self.directory.iterdir())):
@@ -123,18 +121,28 @@ class SharedIndex:
         return self._view.refrain
 
     def track_count(self) -> int:
-        if directory_signature(self.directory) != self._view.signature:
-            self.refresh()
+        self.refresh(wait=False)
         return self._view.tracks
 
-    def refresh(self) -> None:
+    def refresh(self, wait: bool = True) -> None:
         """Open a new view if the index's files changed since the current one was opened (another writer's commit).
 
-        Queries running on the old view finish on it; it is closed after the last. While
-        writers keep committing the old view stays (tried again at the next request); a
-        view that cannot be opened is logged and the old one kept.
+        Queries running on the old view finish on it. While writers keep committing the old
+        view stays (tried again at the next request); a view that cannot be opened is logged
+        and the old one kept.
+
+        Parameters
+        ----------
+        wait : bool
+            If another thread is opening a new view already: wait for it and look again
+            (a match, which must see every write answered before it began), or return at
+            once and leave the view as it is (the liveness probe's track count).
         """
-        with self._reopening:
+        if directory_signature(self.directory) == self._view.signature:
+            return
+        if not self._reopening.acquire(blocking=wait):
+            return
+        try:
             if directory_signature(self.directory) == self._view.signature:
                 return
             try:
@@ -147,30 +155,16 @@ class SharedIndex:
                 log.warning("%s: the index changed but could not be opened again (%s); matching on the "
                             "previous view", self.directory, err)
                 return
-            if fresh is None:
-                return
-            with self._mutex:
-                old, self._view = self._view, fresh
-                old.retired = True
-                unused = old.users == 0
-            if unused:
-                old.refrain.close()
+            if fresh is not None:
+                # The old view is not closed here: queries still running hold it, and it goes with the last.
+                self._view = fresh
+        finally:
+            self._reopening.release()
 
     @contextmanager
     def reading(self) -> Iterator[Refrain]:
-        if directory_signature(self.directory) != self._view.signature:
-            self.refresh()
-        with self._mutex:
-            view = self._view
-            view.users += 1
-        try:
-            yield view.refrain
-        finally:
-            with self._mutex:
-                view.users -= 1
-                unused = view.retired and view.users == 0
-            if unused:
-                view.refrain.close()
+        self.refresh()
+        yield self._view.refrain
 
     @contextmanager
     def writing(self) -> Iterator[Refrain]:
@@ -203,7 +197,7 @@ class SharedIndex:
             self._writer.release()
 
     def close(self) -> None:
-        with self._writer, self._reopening, self._mutex:
+        with self._writer, self._reopening:
             self._view.refrain.close()
 
 
