@@ -39,6 +39,8 @@ class ShardAnswer:
     counts_current: bool = True
     #: The whole call in the shard (its tiers' matching, opening checks, the answer's making).
     seconds: float = 0.0
+    #: The name of the shard's worker (replica) that answered.
+    served_by: str = ""
 
 
 class CatalogueWideCounts:
