@@ -80,7 +80,7 @@ def _file_signature(path: str) -> tuple:
     return status.st_ino, status.st_size, status.st_mtime_ns
 
 
-def directory_signature(directory: str | os.PathLike) -> tuple:
+def directory_signature(directory: str | os.PathLike[str]) -> tuple:
     """What changes when a writer commits to an index directory: its files' inodes, sizes and times.
 
     Every commit replaces the tier files and writes the catalogue. Left out: the write lock
@@ -90,7 +90,7 @@ def directory_signature(directory: str | os.PathLike) -> tuple:
     removes it.
     """
     signature: list[tuple] = []
-    for entry in sorted(os.scandir(directory), key=lambda entry: entry.name):
+    for entry in sorted(os.scandir(os.fspath(directory)), key=lambda entry: entry.name):
         if not entry.is_file() or entry.name == ".lock" or entry.name.endswith("-shm"):
             continue
         try:
