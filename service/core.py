@@ -308,12 +308,9 @@ class MatchService:
             form.file_path = None
             metadata = TrackMetadata(title=title, artist=", ".join(artists), isrc=isrc)
             with self.index.writing() as refrain:
-                # Refrain.ingest fingerprints inside the write lock: a cluster's router cannot add a
-                # fingerprint computed beforehand.
-                (result,) = list(refrain.ingest([stored], metadata=metadata))
-            if result.status == "error":
-                raise _audio_error(FingerprintError(result.error.replace(str(stored), form.filename)),
-                                   stored, form.filename)
+                # The fingerprint made above: the write lock, which every service process and the CLI
+                # share, is held for the commit alone.
+                result = refrain.ingest_fingerprint(fp, str(stored), form.sha256, metadata)
             existing = self.db.works_by_track([result.track_id]).get(result.track_id)
             if existing is not None:
                 raise ApiError(409, "conflict", f"this recording is already in the catalogue as "
