@@ -1,7 +1,7 @@
 """The cluster on this machine: throughput, latency, router overhead, memory per shard, engine overheads.
 
-First one index served by 1 and 2 service processes (one ``refrain serve --index`` per
-copy of the index: an index directory has one writing process); then, for 1, 2 and 4
+First one index directory served by 1 and 2 service processes (``refrain serve --index
+DIR --workers N``); then, for 1, 2 and 4
 shards (a local cluster: a Dask scheduler and one worker process per shard) over the
 same generated catalogue, ``refrain serve --cluster --workers N`` for N = 1 and 2: a
 bounded number of 10 s and 3-minute uploads (excerpts of catalogue songs and songs
@@ -27,7 +27,6 @@ import argparse
 import itertools
 import json
 import os
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -170,29 +169,14 @@ def _uploader_key(refrain: list[str], db: Path) -> str:
 
 def _index_workers(refrain: list[str], single: Path, short: list[Path], workers: int, requests: int,
                    clients: int) -> dict:
-    """One index served by ``workers`` processes: one ``refrain serve --index`` per copy of the index.
-
-    An index directory has one writer (the service holds its write lock), so N processes
-    serve N identical copies here: the same matching over the same bytes, each process's
-    own page-cache copy (a few MB for this catalogue).
-    """
-    processes, urls, serving = [], [], []
-    keys = single.with_name("index-keys.service.sqlite")
-    key = _uploader_key(refrain, keys)
+    """One index directory served by ``refrain serve --index DIR --workers N``: every process its own read-only view."""
+    db = single.with_name(single.name + ".service.sqlite")
+    key = _uploader_key(refrain, db)
+    process, url, serving = _serve(refrain, "--index", single, db, workers)
     try:
-        for number in range(workers):
-            copy = single.with_name(f"{single.name}-copy-{number}")
-            db = copy.with_name(copy.name + ".service.sqlite")
-            if not copy.exists():
-                shutil.copytree(single, copy, ignore=shutil.ignore_patterns(".lock"))
-            shutil.copy(keys, db)  # the same keys for every copy's service
-            process, url, started = _serve(refrain, "--index", copy, db, 1)
-            processes.append(process)
-            urls.append(url)
-            serving += started
-        return {**_load(urls, key, short, requests, clients, serving), "processes": _threads(serving)}
+        return {**_load([url], key, short, requests, clients, serving), "processes": _threads(serving)}
     finally:
-        _stop(processes)
+        _stop([process])
 
 
 def _shard_rss_mb(local: LocalCluster) -> list[float]:
@@ -211,11 +195,14 @@ def _router_overhead(directory: Path, single: Path, uploads: list[Path]) -> dict
     Also the whole cluster query beside one index's match of the same fingerprint (wall ms):
     with one shard the difference is the router's and the engine's cost alone.
     """
-    added, transport, cpu, single_ms, cluster_ms = [], [], [], [], []
+    import pickle
+
+    added, transport, cpu, single_ms, cluster_ms, sizes = [], [], [], [], [], []
     with Refrain.open(single, mmap=True) as index, ClusterRefrain.open(directory, deadline_seconds=120) as cluster:
         cluster.warm_up()
         for path in uploads * 5:
             fp = fingerprint_signal(load_audio(path, index.params.sample_rate, 60), index.params, dense_peaks=True)
+            sizes.append(len(pickle.dumps((fp, "q", cluster.config.match), protocol=pickle.HIGHEST_PROTOCOL)))
             started = time.perf_counter()
             index.match_fingerprint(fp, "q")
             single_ms.append((time.perf_counter() - started) * 1000)
@@ -232,7 +219,46 @@ def _router_overhead(directory: Path, single: Path, uploads: list[Path]) -> dict
             "router_cpu_ms_p50": round(float(np.median(cpu)), 1),
             "router_cpu_ms_p90": round(float(np.percentile(cpu, 90)), 1),
             "cluster_match_ms_p50": round(float(np.median(cluster_ms)), 1),
-            "single_index_match_ms_p50": round(float(np.median(single_ms)), 1)}
+            "single_index_match_ms_p50": round(float(np.median(single_ms)), 1),
+            "query_bytes": int(np.median(sizes))}
+
+
+def _engine_floor(local: LocalCluster, payload_bytes: int, rounds: int = 40) -> dict:
+    """The engine alone: one no-op actor call to every shard worker, awaited together, ms per round.
+
+    Once with a query's arguments in the call (as to a shard on another machine), once with
+    a few bytes (as to a shard on the router's machine, which reads them from shared
+    memory). Beside the router's overhead on real queries, this tells what the shards'
+    matching adds to the round trip when the shard processes share this machine's cores
+    with each other and the router.
+    """
+    import asyncio
+
+    from distributed import Client
+
+    async def together(calls):
+        return await asyncio.gather(*[_awaited(call) for call in calls])
+
+    report = {"payload_bytes": payload_bytes}
+    with Client(scheduler_file=str(local.scheduler_file), set_as_default=False) as client:
+        with client.as_current():
+            actors = [client.submit(_Echo, actor=True, pure=False, resources={shard.resource: 1}).result()
+                      for shard in local.shards.values()]
+        for label, size in (("with_arguments", payload_bytes), ("few_bytes", 64)):
+            payload = np.zeros(size, np.uint8).tobytes()
+            rounds_ms = []
+            for number in range(rounds + 5):
+                started = time.perf_counter()
+                client.sync(together, [actor.call(payload) for actor in actors])
+                if number >= 5:
+                    rounds_ms.append((time.perf_counter() - started) * 1000)
+            report[f"{label}_round_ms_p50"] = round(float(np.median(rounds_ms)), 1)
+            report[f"{label}_round_ms_p90"] = round(float(np.percentile(rounds_ms, 90)), 1)
+    return report
+
+
+async def _awaited(call):
+    return await call
 
 
 def _noop(directory, payload):
@@ -301,10 +327,11 @@ def main() -> int:
     parser.add_argument("--clients", type=int, default=8, help="concurrent uploaders (default 8)")
     parser.add_argument("--shards", type=int, nargs="+", default=[1, 2, 4])
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2], help="service processes")
-    parser.add_argument("--parts", nargs="+", choices=["engines", "index", "cluster"],
+    parser.add_argument("--parts", nargs="+", choices=["engines", "index", "cluster", "router"],
                         default=["engines", "index", "cluster"],
                         help="what to measure: the engines' per-call overhead, one index served by 1 and 2 "
-                             "processes, the clusters (default all three)")
+                             "processes, the clusters (default these three); `router`: for each --shards, only "
+                             "the router's overhead and the engine's no-op round trip (no service load)")
     args = parser.parse_args()
     refrain = [str(Path(sys.executable).with_name("refrain"))]
     report: dict = {"cpus": os.cpu_count(), "load_average_at_start": os.getloadavg()}
@@ -322,7 +349,7 @@ def main() -> int:
                                                                 args.requests, args.clients)
             print(json.dumps({f"index_workers_{workers}": report[f"index_workers_{workers}"]}), file=sys.stderr,
                   flush=True)
-        for shards in args.shards if "cluster" in args.parts else []:
+        for shards in args.shards if {"cluster", "router"} & set(args.parts) else []:
             directory = tmp / f"cluster-{shards}"
             ClusterCatalog.create(directory, shards).close()
             with ClusterRefrain.open(directory, writable=True) as cluster:
@@ -333,6 +360,12 @@ def main() -> int:
                 db = directory.with_name(directory.name + ".service.sqlite")
                 key = _uploader_key(refrain, db)
                 run = {"shards": shards, "router_overhead": _router_overhead(directory, tmp / "single", short[:4])}
+                if "cluster" not in args.parts:
+                    run["engine_floor"] = _engine_floor(local, run["router_overhead"]["query_bytes"])
+                    report["runs"].append(run)
+                    print(json.dumps(run), file=sys.stderr, flush=True)
+                    catalog.close()
+                    continue
                 shard_processes = [child for workers in local.workers.values() for nanny in workers
                                    for child in psutil.Process(nanny.pid).children()]
                 for workers in args.workers:

@@ -3,7 +3,10 @@
 Each shard worker is started with the resource named after its shard (``shard-000=1``);
 the router places one actor (:class:`ShardServer`) per shard on a worker with that
 resource and calls it directly; the worker keeps the shard memory-mapped between calls
-(:func:`refrain.cluster.shard.open_shard`). A worker that dies is restarted by its
+(:func:`refrain.cluster.shard.open_shard`). A query's arguments are pickled once; shards
+on the router's machine read them from one file in shared memory (:data:`SHARED_MEMORY`),
+the others get them in the call, and every answer is awaited on the client's event loop
+at once. A worker that dies is restarted by its
 nanny and answers again as soon as it is back; a call that has not finished by its
 deadline is cancelled and raises :class:`ShardUnavailableError`. See docs/cluster.md
 for why Dask and not Ray.
@@ -11,18 +14,24 @@ for why Dask and not Ray.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
+import pickle
+import secrets
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from concurrent.futures import CancelledError
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
-from distributed import Client
+from distributed import Client, get_worker
 from distributed.scheduler import KilledWorker
 
 from refrain.cluster.layout import SCHEDULER_FILE, Shard
@@ -31,6 +40,22 @@ from refrain.cluster.shard import open_count_table, open_shard, shard_match
 log = logging.getLogger("refrain.cluster")
 
 __all__ = ["ShardUnavailableError", "ShardEngine", "ShardServer", "LocalCluster"]
+
+#: How often the router looks for new or restarted replicas of its shards (seconds).
+REPLICA_CHECK_SECONDS = 5.0
+#: Where the router leaves a query's arguments for the shard processes of its own machine: memory, not disk.
+SHARED_MEMORY = Path("/dev/shm") if Path("/dev/shm").is_dir() else Path(tempfile.gettempdir())
+
+
+@contextmanager
+def _shared_file(data: bytes) -> Iterator[Path]:
+    """``data`` in a file of :data:`SHARED_MEMORY` for the ``with`` block (then removed)."""
+    with tempfile.NamedTemporaryFile(dir=SHARED_MEMORY, prefix="refrain-query-", delete=False) as handle:
+        handle.write(data)
+    try:
+        yield Path(handle.name)
+    finally:
+        os.unlink(handle.name)
 
 
 class ShardUnavailableError(RuntimeError):
@@ -57,19 +82,51 @@ class ShardServer:
 
     def __init__(self, directory: str, shard_id: int, counts_path: str):
         self.directory, self.shard_id, self.counts_path = directory, shard_id, counts_path
+        self.worker = get_worker().name  # the replica's name, in every answer
         open_shard(directory)  # mapped now: the first query does not wait for it
         open_count_table(counts_path)
 
     def match(self, fp, name, params):
-        return shard_match(self.directory, self.shard_id, self.counts_path, fp, name, params)
+        answer = shard_match(self.directory, self.shard_id, self.counts_path, fp, name, params)
+        answer.served_by = str(self.worker)
+        return answer
+
+    def call(self, method: str, arguments: bytes):
+        """``self.<method>(*arguments)``, the arguments pickled once by the router for every shard."""
+        return getattr(self, method)(*pickle.loads(arguments))
+
+    def call_from_file(self, method: str, path: str):
+        """:meth:`call` with the arguments the router left in a file of this machine's shared memory."""
+        return self.call(method, Path(path).read_bytes())
+
+    def placed(self, path: str, token: bytes) -> tuple[str, bool]:
+        """The address of this actor's worker, and whether it reads the router's file ``path`` as ``token`` (whether it
+        shares the router's shared-memory files)."""
+        try:
+            beside = Path(path).read_bytes() == token
+        except OSError:
+            beside = False
+        return get_worker().address, beside
+
+
+@dataclass
+class _Replica:
+    """One actor serving a shard, where it runs, and whether it reads the router's shared-memory files."""
+
+    actor: Any
+    address: str | None = None
+    beside: bool = False
 
 
 class ShardEngine:
-    """Calls to the shards of a cluster through its Dask scheduler: one actor per shard.
+    """Calls to the shards of a cluster through its Dask scheduler: one actor per shard replica.
 
-    An actor is placed on a worker holding the shard's resource when first needed; a
-    call that fails because its worker died drops the actor, and the next call places a
-    new one on the restarted worker (or a replica).
+    Every worker holding a shard's resource (``shard-NNN=1``) is a replica of that shard: an
+    actor is placed on each, and the router spreads its calls over them in turn (load
+    balancing), looking for new or restarted replicas every ``REPLICA_CHECK_SECONDS``. A call
+    that fails because its worker died drops that replica and goes to another within the
+    same deadline; a shard left with none has its actor placed again at the next call (on the
+    restarted worker).
 
     Parameters
     ----------
@@ -89,75 +146,153 @@ class ShardEngine:
                                  set_as_default=False)
         except (OSError, TimeoutError) as err:
             raise ShardUnavailableError([], deadline_seconds, f"(no scheduler at {scheduler_file}: {err})") from err
-        self._actors: dict[int, Any] = {}
+        self._replicas: dict[int, list[_Replica]] = {}
+        self._turns: dict[int, int] = {}
+        self._checked_at = -REPLICA_CHECK_SECONDS
         self._placing = threading.Lock()
 
     def close(self) -> None:
         self.client.close()
 
-    def _place(self, shards: Sequence[Shard], deadline: float, allowed: float) -> list[Any]:
-        """Each shard's actor, placing the missing ones (all at once) by the deadline."""
+    def _holders(self) -> dict[str, list[str]]:
+        """Resource name -> the addresses of the workers that hold it."""
+        holders: dict[str, list[str]] = {}
+        for address, info in self.client.scheduler_info()["workers"].items():
+            for resource in info.get("resources", {}):
+                holders.setdefault(resource, []).append(address)
+        return holders
+
+    def _place(self, shards: Sequence[Shard], deadline: float, allowed: float) -> None:
+        """An actor on every replica of each shard; raises for a shard none of whose replicas could be placed."""
         with self._placing:
-            missing = [s for s in shards if s.shard_id not in self._actors]
-            if missing:
-                # Inside the client's context, so that the actor handles bind to this client.
-                with self.client.as_current():
-                    futures = {s.shard_id: self.client.submit(ShardServer, s.directory, s.shard_id, self.counts_path,
-                                                              actor=True, pure=False, resources={s.resource: 1})
-                               for s in missing}
-                    late = []
-                    for shard_id, future in futures.items():
-                        try:
-                            self._actors[shard_id] = future.result(timeout=max(0.0, deadline - time.monotonic()))
-                        except (TimeoutError, KilledWorker, CancelledError, OSError):
-                            late.append(shard_id)
-                    if late:
-                        self.client.cancel([futures[shard_id] for shard_id in late])
-                        raise ShardUnavailableError(late, allowed)
-            return [self._actors[s.shard_id] for s in shards]
+            unserved = [s for s in shards if not self._replicas.get(s.shard_id)]
+            if not unserved and time.monotonic() - self._checked_at < REPLICA_CHECK_SECONDS:
+                return
+            self._checked_at = time.monotonic()
+            holders = self._holders()
+            wanted: list[tuple[Shard, str | None]] = []
+            for shard in shards:
+                serving = {replica.address for replica in self._replicas.get(shard.shard_id, [])}
+                new = [address for address in holders.get(shard.resource, []) if address not in serving]
+                # No worker holds the resource yet (its worker restarting): placed once one does, by the deadline.
+                wanted += [(shard, address) for address in new] or ([(shard, None)] if not serving else [])
+            if not wanted:
+                return
+            # Inside the client's context, so that the actor handles bind to this client.
+            with self.client.as_current():
+                futures = [self.client.submit(ShardServer, shard.directory, shard.shard_id, self.counts_path,
+                                              actor=True, pure=False, resources={shard.resource: 1},
+                                              workers=None if address is None else [address],
+                                              allow_other_workers=False)
+                           for shard, address in wanted]
+                placed: list[tuple[Shard, Any]] = []
+                for (shard, _), future in zip(wanted, futures):
+                    try:
+                        placed.append((shard, future.result(timeout=max(0.0, deadline - time.monotonic()))))
+                    except (TimeoutError, KilledWorker, CancelledError, OSError):
+                        self.client.cancel([future])
+            token = secrets.token_bytes(16)
+            with _shared_file(token) as path:
+                calls = {number: actor.placed(str(path), token) for number, (_, actor) in enumerate(placed)}
+                outcomes = self.client.sync(_outcomes, calls, max(0.0, deadline - time.monotonic()))
+            for number, (shard, actor) in enumerate(placed):
+                outcome = outcomes[number]
+                if isinstance(outcome, tuple):
+                    self._replicas.setdefault(shard.shard_id, []).append(_Replica(actor, *outcome))
+            late = [s.shard_id for s in unserved if not self._replicas.get(s.shard_id)]
+            if late:
+                raise ShardUnavailableError(late, allowed)
 
-    def _lost(self, shard: Shard, err: Exception) -> None:
-        log.warning("shard %s: %s: %s; its actor is placed again at the next call", shard.shard_id,
-                    type(err).__name__, err)
-        self._actors.pop(shard.shard_id, None)
+    def _next_replica(self, shard_id: int) -> _Replica:
+        """The shard's replicas in turn."""
+        replicas = self._replicas[shard_id]
+        turn = self._turns.get(shard_id, 0)
+        self._turns[shard_id] = turn + 1
+        return replicas[turn % len(replicas)]
 
-    @staticmethod
-    def _shard_of(shards: Sequence[Shard], shard_id: int) -> Shard:
-        return next(s for s in shards if s.shard_id == shard_id)
+    def _lost(self, shard_id: int, replica: _Replica, err: BaseException) -> None:
+        replicas = self._replicas.get(shard_id, [])
+        if replica in replicas:
+            replicas.remove(replica)
+        log.warning("shard %s, replica %s: %s: %s; %s", shard_id, replica.address, type(err).__name__, err,
+                    f"{len(replicas)} replicas left" if replicas else "placed again at the next call")
 
     def each(self, shards: Sequence[Shard], method: str, *args: Any,
              deadline_seconds: float | None = None) -> list[Any]:
-        """``ShardServer.<method>(*args)`` on every shard at once; the answers in shard order.
+        """``ShardServer.<method>(*args)`` on every shard at once (on one of its replicas); the answers in shard order.
 
         ``deadline_seconds``: this call's deadline (default the engine's).
 
         Raises
         ------
         ShardUnavailableError
-            If a shard has not answered within the deadline or its process died.
+            If a shard has not answered within the deadline, or its last replica died.
         """
         allowed = self.deadline_seconds if deadline_seconds is None else deadline_seconds
         deadline = time.monotonic() + allowed
-        actors = self._place(shards, deadline, allowed)
+        self._place(shards, deadline, allowed)
         lost = (OSError, CancelledError, KilledWorker, RuntimeError)
-        calls, answers, unavailable = {}, [], []
-        for shard, actor in zip(shards, actors):
-            try:
-                calls[shard.shard_id] = getattr(actor, method)(*args)
-            except lost as err:  # the handle knows already: "Worker holding Actor was lost"
-                self._lost(shard, err)
-                unavailable.append(shard.shard_id)
-        for shard_id, call in calls.items():
-            try:
-                answers.append(call.result(timeout=None if call.done() else max(0.0, deadline - time.monotonic())))
-            except TimeoutError:
-                unavailable.append(shard_id)  # slow, perhaps not dead: its actor is kept
-            except lost as err:  # its worker died during the call
-                self._lost(self._shard_of(shards, shard_id), err)
-                unavailable.append(shard_id)
+        # Pickled once for every shard (a 10 s query's arguments are 200-300 kB, most of it the
+        # fingerprint), and written once to shared memory for the shards on this machine: sent to
+        # each over its socket, they cost the round trip ~1.5 ms per shard on 2 cores (docs/cluster.md).
+        arguments = pickle.dumps(args, protocol=pickle.HIGHEST_PROTOCOL)
+        answers: dict[int, Any] = {}
+        unavailable: list[int] = []
+        todo = [shard.shard_id for shard in shards]
+        with _shared_file(arguments) if any(r.beside for s in todo for r in self._replicas.get(s, [])) \
+                else nullcontext() as path:
+            while todo:
+                calls, chosen = {}, {}
+                for shard_id in todo:
+                    if not self._replicas.get(shard_id):
+                        unavailable.append(shard_id)
+                        continue
+                    replica = chosen[shard_id] = self._next_replica(shard_id)
+                    try:
+                        calls[shard_id] = (replica.actor.call_from_file(method, str(path)) if replica.beside
+                                           else replica.actor.call(method, arguments))
+                    except lost as err:  # the handle knows already: "Worker holding Actor was lost"
+                        self._lost(shard_id, replica, err)
+                todo = [shard_id for shard_id in todo if shard_id not in calls and shard_id not in unavailable]
+                outcomes = self.client.sync(_outcomes, calls, max(0.0, deadline - time.monotonic())) if calls else {}
+                for shard_id, outcome in outcomes.items():
+                    if isinstance(outcome, TimeoutError):
+                        unavailable.append(shard_id)  # slow, perhaps not dead: its replica is kept
+                    elif isinstance(outcome, lost):  # its worker died during the call: another replica, if any
+                        self._lost(shard_id, chosen[shard_id], outcome)
+                        todo.append(shard_id)
+                    elif isinstance(outcome, BaseException):
+                        raise outcome
+                    else:
+                        answers[shard_id] = outcome
+                if time.monotonic() >= deadline:
+                    unavailable += todo
+                    break
         if unavailable:
-            raise ShardUnavailableError(sorted(unavailable), allowed)
-        return answers
+            raise ShardUnavailableError(sorted(set(unavailable)), allowed)
+        return [answers[shard.shard_id] for shard in shards]
+
+
+async def _outcomes(calls: dict[int, Any], timeout: float) -> dict[int, Any]:
+    """Each call's answer, or the exception it raised, or a ``TimeoutError`` if it is not back by ``timeout``.
+
+    Awaited on the client's event loop all at once: one hand-off from the caller's thread to
+    the loop and back per query, not one per shard.
+    """
+    async def answer(call):
+        return await call
+
+    tasks = {shard_id: asyncio.ensure_future(answer(call)) for shard_id, call in calls.items()}
+    if tasks:
+        await asyncio.wait(tasks.values(), timeout=timeout)
+    outcomes: dict[int, Any] = {}
+    for shard_id, task in tasks.items():
+        if not task.done():
+            task.cancel()
+            outcomes[shard_id] = TimeoutError()
+        else:
+            outcomes[shard_id] = task.exception() or task.result()
+    return outcomes
 
 
 class LocalCluster:

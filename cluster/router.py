@@ -185,6 +185,28 @@ class ClusterRefrain:
         if not todo:
             return
         writers: dict[int, Refrain] = {}
+        placement = self.catalog.placement()
+        writers[placement.shard_id] = self._writer(placement)
+        yield from self._add(writers[placement.shard_id]._fingerprint_all(todo, jobs), writers, metadata)
+
+    def ingest_fingerprint(self, fp: Fingerprint, source: str, content_hash: str,
+                           metadata: TrackMetadata = TrackMetadata()) -> IngestResult:
+        """:meth:`refrain.api.Refrain.ingest_fingerprint` over the cluster: the track goes to the placement's shard.
+
+        Committed (and counted in the count table) before this returns; ``unchanged`` if a
+        recording with these bytes is in the cluster already.
+        """
+        self._require_writable()
+        with self.catalog.writing(self.deadline_seconds):
+            existing = self.catalog.find_ready(content_hash=content_hash)
+            if existing is not None:
+                return IngestResult(source, "unchanged", existing.track_id, existing.duration, existing.n_landmarks)
+            (result,) = self._add([(source, content_hash, fp)], {}, metadata)
+            return result
+
+    def _add(self, fingerprinted: Iterable[tuple[str, str, Fingerprint | Exception]], writers: dict[int, Refrain],
+             metadata: TrackMetadata) -> Iterator[IngestResult]:
+        """Add each (source, digest, fingerprint or its error) where the placement says; commit, close ``writers``."""
         uncommitted: dict[int, list[int]] = {}  # per shard, cluster-wide ids its next commit publishes
 
         def commit(shard_id: int) -> None:
@@ -196,10 +218,7 @@ class ClusterRefrain:
                 self.catalog.publish(published)
 
         try:
-            placement = self.catalog.placement()
-            writers[placement.shard_id] = self._writer(placement)
-            fingerprints = writers[placement.shard_id]._fingerprint_all(todo, jobs)
-            for source, digest, outcome in fingerprints:
+            for source, digest, outcome in fingerprinted:
                 if isinstance(outcome, Exception):
                     yield IngestResult(source, "error", error=str(outcome))
                     continue

@@ -25,7 +25,8 @@ from refrain.index import Track
 from refrain.index.landmarks import LandmarkIndex
 from refrain.matcher import Catalogue, Match, MatchParams, match
 
-__all__ = ["ShardAnswer", "CatalogueWideCounts", "shard_match", "open_shard", "open_count_table"]
+__all__ = ["ShardAnswer", "CatalogueWideCounts", "shard_match", "open_shard", "open_count_table",
+           "directory_signature"]
 
 
 @dataclass
@@ -38,6 +39,8 @@ class ShardAnswer:
     counts_current: bool = True
     #: The whole call in the shard (its tiers' matching, opening checks, the answer's making).
     seconds: float = 0.0
+    #: The name of the shard's worker (replica) that answered.
+    served_by: str = ""
 
 
 class CatalogueWideCounts:
@@ -77,11 +80,28 @@ def _file_signature(path: str) -> tuple:
     return status.st_ino, status.st_size, status.st_mtime_ns
 
 
-def _signature(directory: str) -> tuple:
-    """What changes when a writer commits to the shard: its files' inodes, sizes and times."""
-    entries = sorted(os.scandir(directory), key=lambda entry: entry.name)
-    return tuple((e.name, e.inode(), e.stat().st_size, e.stat().st_mtime_ns) for e in entries
-                 if e.is_file() and e.name != ".lock")
+def directory_signature(directory: str | os.PathLike[str]) -> tuple:
+    """What changes when a writer commits to an index directory: its files' inodes, sizes and times.
+
+    Every commit replaces the tier files and writes the catalogue. Left out: the write lock
+    and SQLite's shared-memory index (``-shm``), which readers write to as well; SQLite's
+    write-ahead log (``-wal``) counts by its size and time, and only while it holds
+    something: a reader's connection creates it empty, and the last connection to close
+    removes it.
+    """
+    signature: list[tuple] = []
+    for entry in sorted(os.scandir(os.fspath(directory)), key=lambda entry: entry.name):
+        if not entry.is_file() or entry.name == ".lock" or entry.name.endswith("-shm"):
+            continue
+        try:
+            status = entry.stat()
+        except FileNotFoundError:  # replaced or removed since the listing: the next call sees what is there
+            continue
+        if not entry.name.endswith("-wal"):
+            signature.append((entry.name, entry.inode(), status.st_size, status.st_mtime_ns))
+        elif status.st_size:
+            signature.append((entry.name, status.st_size, status.st_mtime_ns))
+    return tuple(signature)
 
 
 def _held(path: str, signature: tuple, opener):
@@ -118,7 +138,7 @@ class _ShardView:
 
 def open_shard(directory: str) -> _ShardView:
     """The shard's index, read-only and memory-mapped, re-opened when its files have changed."""
-    return _held(directory, _signature(directory), _ShardView.open)
+    return _held(directory, directory_signature(directory), _ShardView.open)
 
 
 def open_count_table(path: str) -> CountTable:

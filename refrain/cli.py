@@ -19,8 +19,8 @@ Commands
     Tracks, hours, landmarks and bytes of an index.
 ``refrain demo [--index DIR]``
     Index ``sample_audio/catalogue/`` and match ``sample_audio/queries/``.
-``refrain serve --index DIR [--host H] [--port P] [--db PATH]`` / ``refrain serve --cluster DIR [--workers N] …``
-    Run the HTTP match service (``docs/service.md``) on the index; on a cluster, in N processes
+``refrain serve (--index DIR | --cluster DIR) [--workers N] [--host H] [--port P] [--db PATH]``
+    Run the HTTP match service (``docs/service.md``) on the index or the cluster, in N processes
     sharing the port (``docs/cluster.md``).
 ``refrain keys create --role ROLE --principal NAME (--index DIR | --db PATH) [--label TEXT]``
     Make an API key for the service, acting for a principal; the key is printed once.
@@ -445,10 +445,6 @@ def cmd_serve(args) -> int:
     inherited = os.environ.get(_WORKER_SOCKET_FD)
     if inherited is not None:  # a worker: its supervisor ran the startup repairs, once for all of them
         settings = settings.model_copy(update={"startup_repairs": False})
-    if args.workers > 1 and not settings.cluster and inherited is None:
-        raise CliError("--workers N (N > 1) needs --cluster: the service holds an index directory's write lock, "
-                       "which one process can hold; serve a cluster (docs/cluster.md) to run several "
-                       "processes", 2)
     # The port first, then the index, both before uvicorn starts: a busy port (exit 4) or a
     # locked or foreign index (exit 3) is one error line, not a traceback after the startup.
     sock = (socket.socket(fileno=int(inherited)) if inherited is not None
@@ -458,7 +454,10 @@ def cmd_serve(args) -> int:
             from refrain.cluster import ClusterCatalog
             ClusterCatalog(settings.index_dir).close()
         else:
-            _open_index(settings.index_dir, create=True).close()
+            try:  # read-only: another service process or the CLI may be writing it
+                Refrain.open(settings.index_dir, mmap=True).close()
+            except IndexOpenError:  # none yet (made now), or what keeps this directory from being served
+                _open_index(settings.index_dir, create=True).close()
         configure_logging(settings.log_level, json_lines=settings.log_format == "json")
         if args.workers > 1 and inherited is None:
             from refrain.service.core import MatchService
@@ -838,8 +837,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--db", type=Path, default=None, metavar="PATH",
                      help="service database (default: <index>.service.sqlite beside the index)")
     sub.add_argument("--workers", type=_positive_int, default=1, metavar="N",
-                     help="service processes sharing the port, each with its own router (default 1; N > 1 "
-                          "needs --cluster). One process uses about one core: run one per core")
+                     help="service processes sharing the port (default 1), each matching on its own view of "
+                          "the index (or its own router): one process uses about one core, run one per core")
 
     sub = command("keys", None, "manage the match service's API keys")
     actions = sub.add_subparsers(dest="action", required=True, metavar="ACTION")

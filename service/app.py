@@ -16,6 +16,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from refrain import __version__
 from refrain.cluster import ShardUnavailableError
+from refrain.index import IndexBusyError
 from refrain.service.core import MatchService
 from refrain.service.db import DatabaseBusyError
 from refrain.service.docs import add_offline_docs
@@ -99,6 +100,13 @@ def create_app(settings: ServiceSettings) -> FastAPI:
         log.warning("%s %s: %s", request.method, request.url.path, err)
         return _error(503, "busy", "the service database is locked by another process; nothing was changed, "
                       f"retry in {settings.retry_after_seconds} s",
+                      headers={"Retry-After": str(settings.retry_after_seconds)})
+
+    @app.exception_handler(IndexBusyError)
+    async def index_busy(request: Request, err: IndexBusyError):
+        # Raised before the write began: the index and the database are as they were.
+        log.warning("%s %s: %s", request.method, request.url.path, err)
+        return _error(503, "index_busy", f"{err}; nothing was changed, retry in {settings.retry_after_seconds} s",
                       headers={"Retry-After": str(settings.retry_after_seconds)})
 
     @app.exception_handler(ShardUnavailableError)

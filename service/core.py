@@ -2,8 +2,9 @@
 
 No fingerprinting or matching logic lives here: audio goes through
 :mod:`fingerprint` and :class:`refrain.api.Refrain`, verdicts come from
-:func:`policy.decide`. This module only sequences those calls, holds the
-readers–writer lock around the index, and stores what was decided.
+:func:`policy.decide`. This module only sequences those calls, reads and writes the catalogue
+through :mod:`service.access` (which lets several processes serve one index), and stores
+what was decided.
 """
 
 from __future__ import annotations
@@ -19,11 +20,10 @@ import sqlite3
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Callable, Iterator, TypeVar
+from typing import Callable, TypeVar
 
 import numpy as np
 from starlette.concurrency import run_in_threadpool
@@ -42,12 +42,12 @@ from refrain.fingerprint.spectrogram import log_frequency_spectrogram
 from refrain.index import TrackMetadata
 from refrain.api import QueryResult, Refrain, StreamedMatch, TrackMatch, audio_between, fingerprint_stream
 from refrain.cluster import ClusterRefrain
+from refrain.service.access import CatalogueAccess, ClusterAccess, SharedIndex
 from refrain.config import Config
 from refrain.service.db import (ApiKey, CatalogueIntent, Dispute, DisputeOpenError, IdempotentDecision, ServiceDB,
                                 Work, WorkConflict, WorkEvidence, utc_now)
 from refrain.service.errors import ApiError
 from refrain.service.limits import Admission
-from refrain.service.locking import ReadWriteLock
 from refrain.service.observability import add_stage_seconds, annotate, stage, tier_timings
 from refrain.service.render import resynthesise_peaks, spectrogram_png, wav_bytes
 from refrain.service.settings import ServiceSettings
@@ -150,7 +150,7 @@ def _audio_error(err: Exception, path: Path, filename: str) -> ApiError:
 
 
 class MatchService:
-    """The index (opened writable: the service holds its write lock), the database and the lock.
+    """The catalogue (:attr:`index`: read-only views, each write under the index's lock), the database, the pools.
 
     Parameters
     ----------
@@ -163,10 +163,9 @@ class MatchService:
         config = Config(max_query_seconds=settings.max_upload_seconds,
                         max_track_seconds=settings.max_reference_seconds).searching_covers(settings.match_covers)
         try:
-            self.refrain = (ClusterRefrain.open(settings.index_dir, config=config, writable=True,
-                                                deadline_seconds=settings.shard_deadline_seconds)
-                            if settings.cluster else
-                            Refrain.open(settings.index_dir, config=config, writable=True, create=True))
+            self.index: CatalogueAccess = (
+                ClusterAccess(settings.index_dir, config, settings.shard_deadline_seconds) if settings.cluster
+                else SharedIndex(settings.index_dir, config, settings.index_write_deadline_seconds))
         except BaseException:
             self.db.close()
             raise
@@ -175,7 +174,6 @@ class MatchService:
             log.warning("%s: index from an earlier Refrain (%s tiers): converted in memory at every open "
                         "until `refrain upgrade --index %s` (with the service stopped)", settings.index_dir,
                         ", ".join(upgradable), settings.index_dir)
-        self.lock = ReadWriteLock()
         for folder in (settings.works_dir, settings.upload_dir):
             folder.mkdir(mode=0o700, parents=True, exist_ok=True)
         self.admission = Admission(settings.max_inflight_uploads, settings.analysis_budget_seconds,
@@ -184,7 +182,6 @@ class MatchService:
         # checks and every other request, however many uploads are being analysed.
         self.analysis_pool = ThreadPoolExecutor(settings.analysis_threads, thread_name_prefix="refrain-analysis")
         self._spectrograms_forgotten_at: float | None = None
-        self._tracks = self.refrain.info().tracks
         self.warmed = threading.Event()
         self.warm_up_error: str | None = None
         try:
@@ -203,8 +200,8 @@ class MatchService:
         logged and kept in :attr:`warm_up_error` (the service then never turns ready).
         """
         try:
-            with self.lock.read():
-                self.refrain.warm_up()
+            with self.index.reading() as refrain:
+                refrain.warm_up()
         except Exception as err:
             self.warm_up_error = f"warm-up failed: {type(err).__name__}: {err}"
             log.exception("the matcher's warm-up failed")
@@ -213,9 +210,13 @@ class MatchService:
 
     def close(self) -> None:
         self.analysis_pool.shutdown(wait=True, cancel_futures=True)
-        with self.lock.write():
-            self.refrain.close()
-            self.db.close()
+        self.index.close()
+        self.db.close()
+
+    @property
+    def refrain(self) -> Refrain | ClusterRefrain:
+        """The catalogue as last opened: for its settings and totals (matches go through ``index.reading()``)."""
+        return self.index.current
 
     async def analyse(self, form: ReceivedForm, max_seconds: float, work: Callable[..., T], *args) -> T:
         """Run ``work(*args)`` on the analysis pool once the upload's audio fits the analysis budget.
@@ -242,17 +243,8 @@ class MatchService:
                      self.settings.spectrogram_retention_days)
 
     def track_count(self) -> int:
-        """Matchable recordings, as of the last catalogue write: never waits for a write in progress."""
-        return self._tracks
-
-    @contextmanager
-    def _catalogue_write(self) -> Iterator[None]:
-        """The index's write lock; the track count is refreshed before it is released."""
-        with self.lock.write():
-            try:
-                yield
-            finally:
-                self._tracks = self.refrain.info().tracks
+        """Matchable recordings, as of the last committed write seen: never waits for a write in progress."""
+        return self.index.track_count()
 
     # -- catalogue -----------------------------------------------------------------------------
 
@@ -315,13 +307,10 @@ class MatchService:
             shutil.move(form.file_path, stored)
             form.file_path = None
             metadata = TrackMetadata(title=title, artist=", ".join(artists), isrc=isrc)
-            with self._catalogue_write():
-                # Refrain.ingest fingerprints inside this lock: the API has no way to add a
-                # fingerprint computed beforehand (see the report to the lead).
-                (result,) = list(self.refrain.ingest([stored], metadata=metadata))
-            if result.status == "error":
-                raise _audio_error(FingerprintError(result.error.replace(str(stored), form.filename)),
-                                   stored, form.filename)
+            with self.index.writing() as refrain:
+                # The fingerprint made above: the write lock, which every service process and the CLI
+                # share, is held for the commit alone.
+                result = refrain.ingest_fingerprint(fp, str(stored), form.sha256, metadata)
             existing = self.db.works_by_track([result.track_id]).get(result.track_id)
             if existing is not None:
                 raise ApiError(409, "conflict", f"this recording is already in the catalogue as "
@@ -405,9 +394,9 @@ class MatchService:
         try:
             stored_path.write_bytes(stored.fingerprint)
             metadata = TrackMetadata(title=title, artist=", ".join(artists), isrc=isrc)
-            with self._catalogue_write():
-                result = self.refrain.ingest_fingerprint(fp, str(stored_path), stored.body["fingerprint"]["sha256"],
-                                                         metadata)
+            with self.index.writing() as refrain:
+                result = refrain.ingest_fingerprint(fp, str(stored_path), stored.body["fingerprint"]["sha256"],
+                                                    metadata)
             if result.status == "unchanged":
                 owner = self.db.works_by_track([result.track_id]).get(result.track_id)
                 raise ApiError(409, "conflict", "this recording is already in the catalogue"
@@ -425,9 +414,9 @@ class MatchService:
 
     def _ownership_conflicts(self, fp: Fingerprint, filename: str) -> list[dict]:
         """The registered works a new reference recording copies (confident matches of a copy use)."""
-        with self.lock.read():
-            result, _ = self.refrain.match_with_evidence(fp, filename)
-            works = self.db.works_by_track([m.track_id for m in result.matches])
+        with self.index.reading() as refrain:
+            result, _ = refrain.match_with_evidence(fp, filename)
+        works = self.db.works_by_track([m.track_id for m in result.matches])
         return [{"work_id": works[m.track_id].work_id, "title": works[m.track_id].title,
                  "rights_holder": works[m.track_id].rights_holder, "kind": m.kind, "score": m.score,
                  "confidence": m.confidence, "spans": [s.to_dict() for s in m.spans]}
@@ -457,14 +446,22 @@ class MatchService:
         A track adopted from the CLI keeps its place (its source is not the stored file).
         """
         registered = self.db.work_track_ids()  # read before the lock: matches never wait on the database
-        with self._catalogue_write():
-            track = self.refrain.store.catalog.find_ready(source=intent.stored_path)
-            candidates = {intent.track_id, track.track_id if track else None} - {None} - registered
-            for track_id in candidates:
-                try:
-                    self.refrain.remove(track_id)
-                except KeyError:
-                    pass  # already gone: the removal was done before the interruption
+
+        def unregistered(refrain: Refrain | ClusterRefrain) -> set[int]:
+            track = refrain.store.catalog.find_ready(source=intent.stored_path)
+            return {intent.track_id, track.track_id if track else None} - {None} - registered
+
+        # The catalogue's rows as they are now (a view reads them live): the write lock only if a track
+        # must go, so that a registration refused for a busy index does not wait for the lock twice.
+        with self.index.reading() as refrain:
+            needed = unregistered(refrain)
+        if needed:
+            with self.index.writing() as refrain:
+                for track_id in unregistered(refrain):
+                    try:
+                        refrain.remove(track_id)
+                    except KeyError:
+                        pass  # already gone: the removal was done before the interruption
         if self.db.work_by_stored_path(intent.stored_path) is None:
             Path(intent.stored_path).unlink(missing_ok=True)
         self.db.finish_intent(intent.intent_id)
@@ -488,12 +485,12 @@ class MatchService:
             self._settle(intent)
             repairs["intents"] += 1
         works_dir = self.settings.works_dir
-        with self._catalogue_write():
+        with self.index.writing() as refrain:
             registered = self.db.work_track_ids()
-            ready = self.refrain.store.catalog.ready_tracks()
+            ready = refrain.store.catalog.ready_tracks()
             for track_id, track in ready.items():
                 if track_id not in registered and Path(track.source).parent == works_dir:
-                    self.refrain.remove(track_id)
+                    refrain.remove(track_id)
                     repairs["orphan_tracks"] += 1
             for track_id in registered - set(ready):
                 work = self.db.works_by_track([track_id])[track_id]
@@ -550,11 +547,11 @@ class MatchService:
         params = self.refrain.params
         now = utc_now()
         try:
-            with self.lock.read():
-                # One consistent snapshot: the index, the works and their policies cannot change
-                # between the match and the decision (catalogue writes take the write side).
-                # Decoding is inside it too: a streamed upload is decoded as it is matched.
-                streamed = self._match_stream(form)
+            with self.index.reading() as refrain:
+                # One view of the index for the whole upload (another process's commit is seen by
+                # the next upload). Decoding is inside it too: a streamed upload is decoded as it
+                # is matched.
+                streamed = self._match_stream(form, refrain)
                 with stage("match"):
                     decided = decide_matched(self.db, streamed.result, streamed.points, streamed.windows.duration,
                                              key.principal, licences, now, self.settings.review_confidence)
@@ -594,23 +591,22 @@ class MatchService:
         annotate(decision_id=stored.decision_id, verdict=stored.verdict, idempotent_replay=True)
         return MatchOutcome(stored.body, [], replayed=True)
 
-    def _match_stream(self, form: ReceivedForm) -> StreamedMatch:
+    def _match_stream(self, form: ReceivedForm, refrain: Refrain | ClusterRefrain) -> StreamedMatch:
         """Decode, fingerprint and match the upload window by window (:meth:`refrain.api.Refrain.match_stream`).
 
         No more than a window of the upload's audio is held at once, whatever its length. A
         cluster's router matches the whole fingerprint at once (its shards then search it
         window by window): the audio is still decoded and fingerprinted a window at a time.
         """
-        blocks = stream_audio(form.file_path, self.refrain.params.sample_rate, self.settings.max_upload_seconds)
+        blocks = stream_audio(form.file_path, refrain.params.sample_rate, self.settings.max_upload_seconds)
         stages: dict[str, float] = {}
         try:
-            if isinstance(self.refrain, Refrain):
-                return self.refrain.match_stream(blocks, form.filename, stats=tier_timings(), stages=stages)
-            windows = fingerprint_stream(blocks, self.refrain.params, self.refrain.config.match.upload_window_seconds,
-                                         stages)
+            if isinstance(refrain, Refrain):
+                return refrain.match_stream(blocks, form.filename, stats=tier_timings(), stages=stages)
+            windows = fingerprint_stream(blocks, refrain.params, refrain.config.match.upload_window_seconds, stages)
             with stage("match"):
-                result, points = self.refrain.match_with_evidence(windows.fingerprint(), form.filename,
-                                                                  stats=tier_timings())
+                result, points = refrain.match_with_evidence(windows.fingerprint(), form.filename,
+                                                             stats=tier_timings())
             return StreamedMatch(result, points, windows)
         finally:
             for name, seconds in stages.items():

@@ -193,11 +193,15 @@ class _StateCollector:
 
 
 class JsonLogFormatter(logging.Formatter):
-    """One JSON object per log record: time, level, logger, message, and the record's ``fields``."""
+    """One JSON object per log record: time, level, logger, message, process id, and the record's ``fields``.
+
+    The process id tells the lines of ``refrain serve --workers N``'s processes apart.
+    """
 
     def format(self, record: logging.LogRecord) -> str:
         entry = {"time": datetime.fromtimestamp(record.created, timezone.utc).isoformat(timespec="milliseconds"),
-                 "level": record.levelname.lower(), "logger": record.name, "message": record.getMessage()}
+                 "level": record.levelname.lower(), "logger": record.name, "message": record.getMessage(),
+                 "pid": record.process}
         entry.update(getattr(record, "fields", {}))
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)

@@ -23,15 +23,22 @@ class ServiceSettings(BaseSettings):
     ----------
     index_dir : Path
         The Refrain index directory (the same one ``refrain ingest`` uses). Created if
-        missing. The service holds its write lock while it runs. With ``cluster``, the
-        cluster directory instead (``refrain cluster up``; ``refrain serve --cluster DIR``).
+        missing. The service matches on it read-only and takes its write lock for each
+        write alone, so several service processes (``refrain serve --workers N``) and the
+        CLI can share it (:mod:`service.access`). With ``cluster``, the cluster directory
+        instead (``refrain cluster up``; ``refrain serve --cluster DIR``).
     cluster : bool
         Serve the cluster of shards in ``index_dir`` through its Dask scheduler (default
         False: one index directory). See docs/cluster.md.
     shard_deadline_seconds : float
         With ``cluster``: longest wait for every shard's answer to one upload (default
         10 s); a shard that misses it makes the upload fail with 503
-        ``catalogue_unavailable``, never a verdict from part of the catalogue.
+        ``catalogue_unavailable``, never a verdict from part of the catalogue. Also the
+        longest wait for the cluster's write lock.
+    index_write_deadline_seconds : float
+        Longest wait of a catalogue write (a new work, a takedown, a published derivative)
+        for the index's write lock while another process writes (default 30 s); then 503
+        ``index_busy`` with ``Retry-After``, and nothing was changed.
     db_path : Path or None
         The service's SQLite database (works, policies, licences, API keys,
         decisions). Default: ``<index_dir>.service.sqlite`` beside the index directory
@@ -143,6 +150,7 @@ class ServiceSettings(BaseSettings):
     index_dir: Path
     cluster: bool = False
     shard_deadline_seconds: float = Field(10.0, gt=0)
+    index_write_deadline_seconds: float = Field(30.0, gt=0)
     db_path: Path | None = None
     works_dir: Path | None = None
     max_upload_bytes: int = Field(200 * MB, gt=0)

@@ -244,6 +244,39 @@ def test_a_missing_shard_fails_the_query_not_part_of_it(cluster_and_index, songs
             local.wait_ready()
 
 
+def test_replicas_share_a_shards_calls_and_stand_in_for_a_lost_one(tmp_path, songs):
+    import os
+    import signal
+
+    from refrain.fingerprint import load_audio
+
+    directory = tmp_path / "replicated"
+    ClusterCatalog.create(directory, 1).close()
+    with ClusterRefrain.open(directory, writable=True) as cluster:
+        assert [r.status for r in cluster.ingest([songs[34].path, songs[30].path])] == ["added", "added"]
+    catalog = ClusterCatalog(directory)
+    shards = catalog.shards()
+    with LocalCluster(directory, shards, replicas=2) as local, \
+            ClusterRefrain.open(directory, deadline_seconds=120) as cluster:
+        local.wait_ready()
+        rate = cluster.params.sample_rate
+        fp = fingerprint_signal(load_audio(songs[34].path, rate, 60.0)[5 * rate:15 * rate], cluster.params,
+                                dense_peaks=True)
+
+        def answer():
+            (shard_answer,) = cluster.engine.each(shards, "match", fp, "q", cluster.config.match)
+            assert [m.track_id for m in shard_answer.matches][:1] == [1]
+            return shard_answer.served_by
+
+        assert sorted(answer() for _ in range(4)) == ["shard-000-0", "shard-000-0", "shard-000-1", "shard-000-1"]
+        # One replica's processes killed: every query is still answered whole, by the other one.
+        lost = local.workers[0][0]
+        os.killpg(lost.pid, signal.SIGKILL)
+        lost.wait()
+        assert [answer() for _ in range(4)] == ["shard-000-1"] * 4
+    catalog.close()
+
+
 def _same_answers(cluster_dir, single_dir, songs, render) -> None:
     import soxr
     with Refrain.open(single_dir, mmap=True) as single, \
@@ -316,10 +349,7 @@ def test_serve_runs_several_worker_processes_on_one_port(cluster_and_index, tmp_
     import psutil
 
     from refrain import cli
-    directory, _, single_dir = cluster_and_index
-    assert cli.main(["serve", "--index", str(single_dir), "--workers", "2"]) == 2
-    assert "--workers N (N > 1) needs --cluster" in capsys.readouterr().err
-
+    directory, _, _ = cluster_and_index
     db = tmp_path / "workers.service.sqlite"
     assert cli.main(["keys", "create", "--role", "uploader", "--principal", "t", "--db", str(db)]) == 0
     key = capsys.readouterr().out.strip()

@@ -17,8 +17,9 @@ _DESCRIPTIONS = {
     408: "The request body stalled or took too long (see the body timeouts in docs/service.md); "
          "the connection is closed",
     422: "Invalid parameters, or audio that decodes but holds nothing to fingerprint",
-    503: "Busy: too many uploads in flight, the audio analysis budget is spent, or the database is "
-         "locked by another process. Nothing was changed; retry after `Retry-After` seconds",
+    503: "Busy: too many uploads in flight, the audio analysis budget is spent, the database is locked by "
+         "another process, or (code `index_busy`) another process has been writing to the index past the "
+         "write deadline. Nothing was changed; retry after `Retry-After` seconds",
 }
 
 

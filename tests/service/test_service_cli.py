@@ -11,7 +11,7 @@ from conftest import free_port
 
 
 @pytest.mark.slow
-def test_refrain_serve_answers_on_its_port_and_stops(tmp_path, refrain_command, run_refrain):
+def test_refrain_serve_answers_on_its_port_and_stops(tmp_path, refrain_command, run_refrain, songs):
     index = tmp_path / "index"
     made = run_refrain("keys", "create", "--role", "admin", "--principal", "ops", "--index", index)
     assert made.returncode == 0 and made.stdout.startswith("rk_"), made.stderr
@@ -29,9 +29,11 @@ def test_refrain_serve_answers_on_its_port_and_stops(tmp_path, refrain_command, 
         assert health is not None and health.json() == {"status": "ok", "tracks": 0}, server.poll()
         works = httpx.get(f"http://127.0.0.1:{port}/v1/works", headers={"X-API-Key": made.stdout.strip()})
         assert works.status_code == 200 and works.json()["total"] == 0
-        # The service holds the index's write lock: a CLI ingest is refused meanwhile (exit 3).
-        busy = run_refrain("ingest", "--index", index, tmp_path)
-        assert busy.returncode == 3 and "another process is writing" in busy.stderr
+        # The service takes the index's write lock only to write: a CLI ingest lands meanwhile, and the
+        # service counts (and matches) its track from its next request on.
+        ingested = run_refrain("ingest", "--index", index, songs[33].path)
+        assert ingested.returncode == 0, ingested.stderr
+        assert httpx.get(f"http://127.0.0.1:{port}/v1/health", timeout=5).json() == {"status": "ok", "tracks": 1}
     finally:
         server.terminate()
         output, _ = server.communicate(timeout=30)

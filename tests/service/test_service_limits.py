@@ -172,7 +172,7 @@ def test_audio_past_the_analysis_budget_gets_503_with_retry_after(tight, excerpt
 
 
 def _hold_catalogue_write(service, release: threading.Event, holding: threading.Event) -> None:
-    with service.lock.write():  # as a long reference recording's ingest does
+    with service.index.writing():  # as a long reference recording's ingest does
         holding.set()
         release.wait(30)
 
