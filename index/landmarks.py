@@ -615,10 +615,18 @@ class LandmarkIndex:
         found = [segment.find(stored) for segment in segments]
         if tracks is not None:
             wanted = np.asarray(tracks, np.int64)
-            parts = [_gather_track_runs(segment.ids, first, lengths, wanted, self.payload_bits)
-                     for segment, (first, lengths) in zip(segments, found)]
-            if len(parts) == 1:
-                return parts[0]
+            if len(segments) == 1:
+                return _gather_track_runs(segments[0].ids, *found[0], wanted, self.payload_bits)
+            parts = []
+            for segment, (first, lengths) in zip(segments, found):
+                # Only the codes the segment holds: a candidate search costs each code's run's
+                # tracks, and a small delta holds few of the query's codes.
+                held = np.flatnonzero(lengths)
+                part_first, part_hits = np.zeros(len(stored), np.int64), np.zeros(len(stored), np.int64)
+                held_first, held_hits, part_labels = _gather_track_runs(segment.ids, first[held], lengths[held],
+                                                                        wanted, self.payload_bits)
+                part_first[held], part_hits[held] = held_first, held_hits
+                parts.append((part_first, part_hits, part_labels))
             hits_per_code = np.sum([part[1] for part in parts], axis=0)
             first_hit = np.cumsum(hits_per_code) - hits_per_code
             labels = np.empty(int(hits_per_code.sum()), np.int64)

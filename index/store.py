@@ -106,10 +106,10 @@ class IndexWriteParams:
     ----------
     whole_below_bytes : int
         A landmark tier or peak store whose main file is smaller than this (and has no
-        delta) is rewritten whole at each commit, as before deltas: that costs about what
-        a delta costs (a few tenths of a second at 32 MiB), keeps small indexes one file
-        per tier, and readable by a Refrain from before deltas. Default 32 MiB (about 3
-        catalogue hours of the triplet tier).
+        delta) is rewritten whole at each commit, as before deltas: that costs little more
+        than a delta (hundredths of a second at 8 MiB), keeps small indexes one file
+        per tier, and readable by a Refrain from before deltas. Default 8 MiB (about an
+        hour of catalogue in the triplet tier).
     merge_share : float
         Once a tier's deltas hold this share of its main file's bytes, they are merged
         into a new main file. Each merge rewrites ``1 + merge_share`` times the main file
@@ -123,7 +123,7 @@ class IndexWriteParams:
         the commit. Default True.
     """
 
-    whole_below_bytes: int = 32 << 20
+    whole_below_bytes: int = 8 << 20
     merge_share: float = 0.25
     background: bool = True
 
