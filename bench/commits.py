@@ -104,7 +104,7 @@ def query_cpu(directory: Path, queries: list[Fingerprint]) -> tuple[dict, list]:
             result = refrain.match_fingerprint(fp, str(number))
             cpu.append(1000 * (time.process_time() - started))
             answers.append(result.matches)
-    return {"p50_ms": round(float(np.percentile(cpu, 50)), 1), "p99_ms": round(float(np.percentile(cpu, 99)), 1)}, answers
+    return {f"p{q}_ms": round(float(np.percentile(cpu, q)), 1) for q in (50, 99)}, answers
 
 
 def main() -> int:
@@ -155,10 +155,9 @@ def main() -> int:
                 store.commit()
             store.merge()
             files = store.size_bytes()
-            row: dict = {"hours": round(grower.hours, 1), "index_mb": round(sum(files.values()) / 1e6, 1),
-                         "melody_mb": round(sum(b for name, b in files.items() if name.startswith("melody")) / 1e6, 1),
-                         "peaks_mb": round(sum(b for name, b in files.items() if name.startswith("peaks")) / 1e6, 1),
-                         "catalog_mb": round(sum(b for name, b in files.items() if name.startswith("catalog")) / 1e6, 1)}
+            row: dict = {"hours": round(grower.hours, 1), "index_mb": round(sum(files.values()) / 1e6, 1)}
+            for kind in ("pairs", "triplets", "quads", "doubles", "peaks", "melody", "catalog"):
+                row[f"{kind}_mb"] = round(sum(size for name, size in files.items() if name.startswith(kind)) / 1e6, 1)
             row["query_cpu_no_delta"] = query_cpu(index_dir, queries)[0]
             grower.add(args.tracks)
             row["commit_whole_rewrite"] = timed_commit(store, WHOLE)
@@ -176,7 +175,8 @@ def main() -> int:
             row["query_cpu_several_deltas"] = with_deltas
             before_bytes, wall, cpu = written_bytes(), time.perf_counter(), time.process_time()
             store.merge()
-            row["merge"] = {"wall_s": round(time.perf_counter() - wall, 2), "cpu_s": round(time.process_time() - cpu, 2),
+            row["merge"] = {"wall_s": round(time.perf_counter() - wall, 2),
+                            "cpu_s": round(time.process_time() - cpu, 2),
                             "mb_written": round((written_bytes() - before_bytes) / 1e6, 1)}
             merged, answers_merged = query_cpu(index_dir, queries)
             row["query_cpu_merged"] = merged

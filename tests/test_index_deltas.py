@@ -111,7 +111,8 @@ def _peaks(store: PeakStore, track: int) -> tuple[list[int], list[int]]:
 
 def test_peak_store_deltas_merge_and_removal(tmp_path):
     rng = np.random.default_rng(13)
-    peaks = {t: (np.sort(rng.integers(0, 5000, n)), rng.integers(0, 256, n)) for t, n in zip(range(1, 10), range(5, 50, 5))}
+    peaks = {t: (np.sort(rng.integers(0, 5000, n)), rng.integers(0, 256, n))
+             for t, n in zip(range(1, 10), range(5, 50, 5))}
     store = PeakStore.create()
     for t in (1, 2, 3):
         store.add(t, *peaks[t])
@@ -249,3 +250,29 @@ def test_a_crash_in_the_middle_of_a_merge_leaves_a_consistent_index(tmp_path, so
         assert {p.name for p in directory.glob("*.npz")} == listed
         store.merge()
     assert _answers(directory, queries, codes) == before
+
+
+def test_a_reader_opening_while_a_merge_deletes_its_files_opens_the_merged_index(tmp_path, songs, write_audio,
+                                                                                  monkeypatch):
+    paths = [songs[seed].path for seed in sorted(songs)]
+    directory = tmp_path / "index"
+    with Refrain.open(directory, create=True, config=replace(Config(), commit_every=3,
+                                                               index_writes=DELTAS_ONLY)) as refrain:
+        list(refrain.ingest(paths))
+    queries = _queries(tmp_path, write_audio, songs)
+    codes = _fingerprint_codes(songs, Config().fingerprint)
+    expected = _answers(directory, queries, codes)
+    writer = IndexStore.open(directory, writable=True)
+    original, merged = LandmarkIndex.load, []
+
+    def load_after_a_merge(cls, *args, **kwargs):
+        if not merged:  # the reader has read the manifest; the writer merges and deletes the deltas
+            merged.extend(writer.merge())
+        return original(*args, **kwargs)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(LandmarkIndex, "load", classmethod(load_after_a_merge))
+        with Refrain.open(directory, mmap=True) as reader:
+            assert "pair" in merged and set(reader.store.delta_segments().values()) == {0}
+    writer.close()
+    assert _answers(directory, queries, codes) == expected
