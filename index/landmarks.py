@@ -645,6 +645,25 @@ class LandmarkIndex:
             dest += lengths
         return first_hit, hits_per_code, labels
 
+    def code_table(self) -> tuple[np.ndarray, np.ndarray]:
+        """Every distinct stored code (as stored: mixed, increasing) and its entry count, over all segments.
+
+        What a catalogue-wide count table is built from (``cluster/counts.py``); reading a
+        tier's main file alone would miss its deltas.
+
+        Returns
+        -------
+        codes : np.ndarray of uint32
+        counts : np.ndarray of int64
+        """
+        segments = [segment for segment in self._segments() if len(segment.codes)]
+        if len(segments) <= 1:
+            only = segments[0] if segments else _Runs.empty(self._width)
+            return np.asarray(only.codes), np.diff(np.asarray(only.starts, dtype=np.int64))
+        codes, inverse = np.unique(np.concatenate([segment.codes for segment in segments]), return_inverse=True)
+        lengths = np.concatenate([np.diff(np.asarray(segment.starts, dtype=np.int64)) for segment in segments])
+        return codes, np.bincount(inverse, weights=lengths, minlength=len(codes)).astype(np.int64)
+
     def refiled(self) -> "LandmarkIndex":
         """A new in-memory store holding this one's entries under mixed codes.
 

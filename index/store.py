@@ -108,8 +108,8 @@ class IndexWriteParams:
         A landmark tier or peak store whose main file is smaller than this (and has no
         delta) is rewritten whole at each commit, as before deltas: that costs little more
         than a delta (hundredths of a second at 8 MiB), keeps small indexes one file
-        per tier, and readable by a Refrain from before deltas. Default 8 MiB (about an
-        hour of catalogue in the triplet tier).
+        per tier, and readable by a Refrain from before deltas. Default 8 MiB (about 2.5
+        catalogue hours in the pair or triplet tier, 3.4 MB per hour each).
     merge_share : float
         Once a tier's deltas hold this share of its main file's bytes, they are merged
         into a new main file. Each merge rewrites ``1 + merge_share`` times the main file

@@ -36,6 +36,8 @@ def _same_answers(store: LandmarkIndex, reference: LandmarkIndex, rng) -> None:
         np.testing.assert_array_equal(got, want)
     np.testing.assert_array_equal(store.code_counts(asked), reference.code_counts(asked))
     assert store.ntotal == reference.ntotal
+    for got, want in zip(store.code_table(), reference.code_table()):
+        np.testing.assert_array_equal(got, want)
 
 
 def test_a_store_of_deltas_answers_as_one_merged_store(tmp_path):
