@@ -170,9 +170,20 @@ def _first_of_track(rows: np.ndarray, low: int, high: int, track: int, payload_b
 
 
 @numba.njit(cache=True, nogil=True)
-def _gather_track_runs(rows: np.ndarray, first: np.ndarray, lengths: np.ndarray, tracks: np.ndarray,
-                       payload_bits: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """As :func:`_gather_runs`, keeping only the entries of ``tracks`` (sorted): (first_hit, hits_per_code, ids)."""
+def _track_span(rows: np.ndarray, payload_bits: int) -> tuple[int, int]:
+    """(smallest, largest) track id of the entries ``rows``."""
+    low, high = np.int64(1) << 62, np.int64(-1)
+    for i in range(rows.shape[0]):
+        track = _track_at(rows, i, payload_bits)
+        low, high = min(low, track), max(high, track)
+    return low, high
+
+
+@numba.njit(cache=True, nogil=True)
+def _track_bounds(rows: np.ndarray, first: np.ndarray, lengths: np.ndarray, tracks: np.ndarray,
+                  payload_bits: int) -> tuple[np.ndarray, np.ndarray]:
+    """Where the entries of each of ``tracks`` (sorted) lie in each run: ``bounds[code, track]`` is
+    (start, stop); and the hits of each code."""
     n_codes = len(first)
     bounds = np.empty((n_codes, len(tracks), 2), np.int64)
     hits_per_code = np.zeros(n_codes, np.int64)
@@ -184,14 +195,29 @@ def _gather_track_runs(rows: np.ndarray, first: np.ndarray, lengths: np.ndarray,
             bounds[k, t, 0], bounds[k, t, 1] = start, stop
             hits_per_code[k] += stop - start
             low = stop
-    first_hit = np.cumsum(hits_per_code) - hits_per_code
-    labels = np.empty(hits_per_code.sum(), np.int64)
-    out = 0
-    for k in range(n_codes):
-        for t in range(len(tracks)):
+    return bounds, hits_per_code
+
+
+@numba.njit(cache=True, nogil=True)
+def _copy_track_entries(labels: np.ndarray, rows: np.ndarray, bounds: np.ndarray, dest: np.ndarray) -> None:
+    """Copy the ids within :func:`_track_bounds`' bounds of each code ``k`` to ``labels[dest[k]:]``."""
+    for k in range(bounds.shape[0]):
+        out = dest[k]
+        for t in range(bounds.shape[1]):
             for i in range(bounds[k, t, 0], bounds[k, t, 1]):
                 labels[out] = _id_at(rows, i)
                 out += 1
+
+
+@numba.njit(cache=True, nogil=True)
+def _gather_track_runs(rows: np.ndarray, first: np.ndarray, lengths: np.ndarray, tracks: np.ndarray,
+                       payload_bits: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The ids of the runs ``rows[first[k]:first[k] + lengths[k]]`` that belong to ``tracks`` (sorted),
+    laid end to end: (first_hit, hits_per_code, ids)."""
+    bounds, hits_per_code = _track_bounds(rows, first, lengths, tracks, payload_bits)
+    first_hit = np.cumsum(hits_per_code) - hits_per_code
+    labels = np.empty(hits_per_code.sum(), np.int64)
+    _copy_track_entries(labels, rows, bounds, first_hit)
     return first_hit, hits_per_code, labels
 
 
@@ -202,10 +228,11 @@ class _Runs:
     writer replaces it.
     """
 
-    __slots__ = ("codes", "starts", "ids")
+    __slots__ = ("codes", "starts", "ids", "_tracks")
 
     def __init__(self, codes: np.ndarray, starts: np.ndarray, ids: np.ndarray):
         self.codes, self.starts, self.ids = codes, starts, ids
+        self._tracks: tuple[int, int] | None = None
 
     @classmethod
     def empty(cls, width: int) -> "_Runs":
@@ -278,6 +305,12 @@ class _Runs:
         lengths = np.insert(lengths, at[fresh], counts[fresh])
         return _Runs(np.insert(codes, at[fresh], distinct[fresh]),
                      np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64), ids)
+
+    def track_span(self, payload_bits: int) -> tuple[int, int]:
+        """The smallest and largest track id of the segment's entries (read once, on first use)."""
+        if self._tracks is None:
+            self._tracks = _track_span(self.ids, payload_bits) if len(self.ids) else (0, -1)
+        return self._tracks
 
     def entries_of(self, track_id: int, payload_bits: int) -> int:
         """How many entries ``track_id`` has in this segment."""
@@ -617,24 +650,26 @@ class LandmarkIndex:
             wanted = np.asarray(tracks, np.int64)
             if len(segments) == 1:
                 return _gather_track_runs(segments[0].ids, *found[0], wanted, self.payload_bits)
-            parts = []
-            for segment, (first, lengths) in zip(segments, found):
-                # Only the codes the segment holds: a candidate search costs each code's run's
-                # tracks, and a small delta holds few of the query's codes.
+            # Main holds most of the query's codes, a delta few: only the codes a delta holds are searched.
+            main_bounds, hits_per_code = _track_bounds(segments[0].ids, *found[0], wanted, self.payload_bits)
+            deltas = []
+            for segment, (first, lengths) in zip(segments[1:], found[1:]):
+                # A delta holds a few commits' tracks: candidates outside them are not searched for.
+                low, high = segment.track_span(self.payload_bits)
+                here = wanted[(wanted >= low) & (wanted <= high)]
+                if not len(here):
+                    continue
                 held = np.flatnonzero(lengths)
-                part_first, part_hits = np.zeros(len(stored), np.int64), np.zeros(len(stored), np.int64)
-                held_first, held_hits, part_labels = _gather_track_runs(segment.ids, first[held], lengths[held],
-                                                                        wanted, self.payload_bits)
-                part_first[held], part_hits[held] = held_first, held_hits
-                parts.append((part_first, part_hits, part_labels))
-            hits_per_code = np.sum([part[1] for part in parts], axis=0)
+                bounds, hits = _track_bounds(segment.ids, first[held], lengths[held], here, self.payload_bits)
+                hits_per_code[held] += hits
+                deltas.append((segment, held, bounds, hits))
             first_hit = np.cumsum(hits_per_code) - hits_per_code
             labels = np.empty(int(hits_per_code.sum()), np.int64)
-            dest = first_hit.copy()
-            for part_first, part_hits, part_labels in parts:
-                # A part's slices are contiguous: move each code's slice to its place in the whole.
-                labels[np.repeat(dest - part_first, part_hits) + np.arange(len(part_labels))] = part_labels
-                dest += part_hits
+            _copy_track_entries(labels, segments[0].ids, main_bounds, first_hit)
+            dest = first_hit + main_bounds[:, :, 1].sum(axis=1) - main_bounds[:, :, 0].sum(axis=1)
+            for segment, held, bounds, hits in deltas:
+                _copy_track_entries(labels, segment.ids, bounds, dest[held])
+                dest[held] += hits
             return first_hit, hits_per_code, labels
         hits_per_code = np.sum([lengths for _, lengths in found], axis=0)
         first_hit = np.cumsum(hits_per_code) - hits_per_code

@@ -53,7 +53,7 @@ class PeakStore:
     """
 
     def __init__(self, segments: tuple[dict[str, np.ndarray], ...]):
-        self._saved = segments
+        self._set_saved(segments)
         # Changes since the files were written: added tracks' (frames, bins), and saved tracks
         # removed or replaced.
         self._added: dict[int, tuple[np.ndarray, np.ndarray]] = {}
@@ -80,7 +80,8 @@ class PeakStore:
         """Write every track as one main file, atomically (temporary file, fsync, rename), then map it."""
         kept = [int(t) for segment in self._saved for t in segment["track_ids"] if int(t) not in self._dropped]
         _write(path, {t: self._peaks_of(t) for t in kept + list(self._added)})
-        self._saved, self._added, self._dropped, self._rewrite = (_mapped(path),), {}, set(), False
+        self._set_saved((_mapped(path),))
+        self._added, self._dropped, self._rewrite = {}, set(), False
 
     def save_delta(self, path: os.PathLike) -> bool:
         """Write the tracks added since the last save as a delta file, and map it.
@@ -100,7 +101,7 @@ class PeakStore:
         if not self._added:
             return False
         _write(path, self._added)
-        self._saved = self._saved + (_mapped(path),)
+        self._set_saved(self._saved + (_mapped(path),))
         self._added = {}
         return True
 
@@ -132,7 +133,7 @@ class PeakStore:
         segment, saved = _mapped(path), self._saved
         for at in range(len(saved) - len(merged) + 1):
             if all(a is b for a, b in zip(saved[at:at + len(merged)], merged)):
-                self._saved = saved[:at] + (segment,) + saved[at + len(merged):]
+                self._set_saved(saved[:at] + (segment,) + saved[at + len(merged):])
                 return
         raise RuntimeError("the merged peak files are no longer this store's")
 
@@ -176,14 +177,31 @@ class PeakStore:
             self._dropped.add(track_id)
             self._rewrite = True
 
+    def _set_saved(self, segments: tuple[dict[str, np.ndarray], ...]) -> None:
+        """Make ``segments`` the saved files, with one sorted table of their tracks.
+
+        The matcher asks for a track's peaks many times per query: one binary search in
+        the table finds the file, instead of one per file.
+        """
+        ids = [np.asarray(segment["track_ids"], dtype=np.int64) for segment in segments]
+        every = np.concatenate(ids) if ids else np.zeros(0, np.int64)
+        order = np.argsort(every, kind="stable")  # a track in two files: the newer one last
+        in_file = np.repeat(np.arange(len(ids)), [len(i) for i in ids])[order]
+        position = (np.concatenate([np.arange(len(i)) for i in ids]) if ids else np.zeros(0, np.int64))[order]
+        # One tuple, replaced whole: a concurrent reader sees one state or the other.
+        self._saved_state = (segments, every[order], in_file, position)
+
+    @property
+    def _saved(self) -> tuple[dict[str, np.ndarray], ...]:
+        return self._saved_state[0]
+
     def _saved_at(self, track_id: int) -> tuple[dict[str, np.ndarray], int] | None:
-        """The saved file holding the track and its position there, or None."""
-        for segment in reversed(self._saved):
-            track_ids = segment["track_ids"]
-            at = int(np.searchsorted(track_ids, track_id))
-            if at < len(track_ids) and track_ids[at] == track_id:
-                return segment, at
-        return None
+        """The saved file holding the track (the newest, should two) and its position there, or None."""
+        segments, track_ids, in_file, position = self._saved_state
+        at = int(np.searchsorted(track_ids, track_id, side="right")) - 1
+        if at < 0 or track_ids[at] != track_id:
+            return None
+        return segments[in_file[at]], int(position[at])
 
     def _peaks_of(self, track_id: int) -> tuple[np.ndarray, np.ndarray]:
         """A track's (frames, bins): added since the save, or a slice of a saved file."""
