@@ -170,7 +170,7 @@ def _first_of_track(rows: np.ndarray, low: int, high: int, track: int, payload_b
 
 
 @numba.njit(cache=True, nogil=True)
-def _track_span(rows: np.ndarray, payload_bits: int) -> tuple[int, int]:
+def _track_span(rows: np.ndarray, payload_bits: int) -> tuple[np.int64, np.int64]:
     """(smallest, largest) track id of the entries ``rows``."""
     low, high = np.int64(1) << 62, np.int64(-1)
     for i in range(rows.shape[0]):
@@ -309,7 +309,8 @@ class _Runs:
     def track_span(self, payload_bits: int) -> tuple[int, int]:
         """The smallest and largest track id of the segment's entries (read once, on first use)."""
         if self._tracks is None:
-            self._tracks = _track_span(self.ids, payload_bits) if len(self.ids) else (0, -1)
+            low, high = _track_span(self.ids, payload_bits) if len(self.ids) else (0, -1)
+            self._tracks = (int(low), int(high))
         return self._tracks
 
     def entries_of(self, track_id: int, payload_bits: int) -> int:
