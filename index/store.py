@@ -113,10 +113,11 @@ class IndexWriteParams:
     merge_share : float
         Once a tier's deltas hold this share of its main file's bytes, they are merged
         into a new main file. Each merge rewrites ``1 + merge_share`` times the main file
-        for ``merge_share`` of new entries, so every byte is written about
-        ``(1 + merge_share) / merge_share`` times (5 at 0.25) instead of once per commit
-        (~90 times at 160 h with 50-track commits); a lookup reads one more run per delta,
-        and the deltas cost that share more memory while merging. Default 0.25.
+        for ``merge_share`` of new entries: about ``(1 + merge_share) / merge_share`` bytes
+        written per byte added (5 at 0.25), where rewriting every tier at each 50-track
+        commit wrote ~54 at 160 h. A smaller share merges more often; a larger one lets
+        more deltas pile up (each costs lookups one binary search per code) and makes
+        each merge longer. Default 0.25.
     background : bool
         Merge into main in a background thread (the commit that triggers it returns at
         once; a removal or :meth:`IndexStore.close` waits for it). False merges within
