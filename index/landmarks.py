@@ -252,7 +252,9 @@ class _Runs:
         if (codes.dtype != np.uint32 or starts.dtype not in (np.uint32, np.int64) or flat_ids.dtype != np.uint8
                 or len(starts) != len(codes) + 1 or starts[0] != 0 or starts[-1] * width != len(flat_ids)):
             raise ValueError(f"inconsistent landmark store {path}")
-        return cls(codes, starts, flat_ids.reshape(-1, width))
+        # Plain views of the mapped file (no copy): indexing a np.memmap makes a memmap object
+        # per result, which a lookup over several segments would pay thousands of times per query.
+        return cls(np.asarray(codes), np.asarray(starts), np.asarray(flat_ids).reshape(-1, width))
 
     def save(self, path: os.PathLike) -> None:
         """Write the segment atomically (temporary file, fsync, rename)."""
@@ -268,12 +270,21 @@ class _Runs:
         """Bytes of the segment's arrays (its file's size, less the archive's headers)."""
         return int(self.codes.nbytes + self.starts.nbytes + self.ids.nbytes)
 
-    def find(self, stored: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Where each stored-form code's run starts in ``ids`` and its length (0 if absent)."""
+    def find(self, stored: np.ndarray, order: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Where each stored-form code's run starts in ``ids`` and its length (0 if absent).
+
+        ``order`` (``np.argsort(stored)``, optional) makes the binary searches run in increasing
+        order, which walks ``codes`` once: worth it when several segments are searched.
+        """
         codes, starts = self.codes, self.starts
         if len(codes) == 0:
             return np.zeros(len(stored), np.int64), np.zeros(len(stored), np.int64)
-        at = np.minimum(np.searchsorted(codes, stored), len(codes) - 1)
+        if order is None:
+            at = np.searchsorted(codes, stored)
+        else:
+            at = np.empty(len(stored), np.int64)
+            at[order] = np.searchsorted(codes, stored[order])
+        at = np.minimum(at, len(codes) - 1)
         found = codes[at] == stored
         first = np.asarray(starts[at], dtype=np.int64)
         return first, np.where(found, np.asarray(starts[at + 1]) - first, 0).astype(np.int64)
@@ -598,9 +609,11 @@ class LandmarkIndex:
         np.ndarray of int64, same length
         """
         stored = self._stored_form(hashes)
+        segments = self._segments()
+        order = np.argsort(stored) if len(segments) > 1 else None
         counts = np.zeros(len(stored), np.int64)
-        for segment in self._segments():
-            counts += segment.find(stored)[1]
+        for segment in segments:
+            counts += segment.find(stored, order)[1]
         return counts
 
     def lookup(self, hashes: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -646,7 +659,8 @@ class LandmarkIndex:
         """
         stored = self._stored_form(hashes)
         segments = [segment for segment in self._segments() if len(segment.codes)] or [_Runs.empty(self._width)]
-        found = [segment.find(stored) for segment in segments]
+        order = np.argsort(stored) if len(segments) > 1 else None
+        found = [segment.find(stored, order) for segment in segments]
         if tracks is not None:
             wanted = np.asarray(tracks, np.int64)
             if len(segments) == 1:
