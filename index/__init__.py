@@ -3,7 +3,7 @@
 from refrain.index.catalog import Catalog, Track, TrackMetadata
 from refrain.index.landmarks import LandmarkIndex
 from refrain.index.melody import MelodyIndex
-from refrain.index.store import IndexBusyError, IndexOpenError, IndexStore
+from refrain.index.store import IndexBusyError, IndexOpenError, IndexStore, IndexWriteParams
 
-__all__ = ["Catalog", "IndexBusyError", "IndexOpenError", "IndexStore", "LandmarkIndex", "MelodyIndex", "Track",
-           "TrackMetadata"]
+__all__ = ["Catalog", "IndexBusyError", "IndexOpenError", "IndexStore", "IndexWriteParams", "LandmarkIndex",
+           "MelodyIndex", "Track", "TrackMetadata"]

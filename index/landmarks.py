@@ -36,8 +36,21 @@ lookup returns the same hits in the same order. Track ids are handed out in incr
 order and never reused (:mod:`index.catalog`), so a run is also sorted by track: a lookup
 restricted to a few candidate tracks (:meth:`LandmarkIndex.lookup_slices` with
 ``tracks``) finds each one's entries by binary search in the run and reads nothing else.
-Added entries stay in memory until :meth:`LandmarkIndex.save` merges them into the runs;
-removing a track rewrites the runs without its entries.
+Segments
+--------
+A store is a *main* file and, after it, any number of *delta* segments in the same
+layout, each holding the entries of later tracks (:meth:`LandmarkIndex.save_delta`
+writes the entries added since the last save as one; :mod:`index.store` decides when
+and records the files in the manifest). Track ids only grow, so a code's entries in
+segment order are its entries in the order they were added: a lookup reads each
+segment's run of each code and lays them end to end, and returns exactly the hits,
+in exactly the order, of one store holding everything; counts are the sums of the
+segments' run lengths. :meth:`LandmarkIndex.save` writes everything as one main file
+(the merge of an LSM tree); :meth:`LandmarkIndex.merged` merges consecutive segments
+without touching the others, which a background merge needs. Added entries stay in
+memory, as one more segment, until saved. Removing a track whose entries are saved
+folds every segment into one in memory without its entries, and the next save
+writes it whole: a takedown leaves no trace of the track in any file at once.
 """
 
 from __future__ import annotations
@@ -118,15 +131,14 @@ def _unpacked(rows: np.ndarray) -> np.ndarray:
 
 
 @numba.njit(cache=True, nogil=True)
-def _gather_runs(rows: np.ndarray, first: np.ndarray, lengths: np.ndarray, total: int) -> np.ndarray:
-    """The ids of the runs ``rows[first[k]:first[k] + lengths[k]]``, laid end to end."""
-    labels = np.empty(total, np.int64)
-    out = 0
+def _gather_runs_into(labels: np.ndarray, rows: np.ndarray, first: np.ndarray, lengths: np.ndarray,
+                      dest: np.ndarray) -> None:
+    """Copy the ids of the runs ``rows[first[k]:first[k] + lengths[k]]`` to ``labels[dest[k]:]``."""
     for k in range(len(first)):
+        out = dest[k]
         for i in range(first[k], first[k] + lengths[k]):
             labels[out] = _id_at(rows, i)
             out += 1
-    return labels
 
 
 @numba.njit(cache=True, nogil=True)
@@ -158,9 +170,20 @@ def _first_of_track(rows: np.ndarray, low: int, high: int, track: int, payload_b
 
 
 @numba.njit(cache=True, nogil=True)
-def _gather_track_runs(rows: np.ndarray, first: np.ndarray, lengths: np.ndarray, tracks: np.ndarray,
-                       payload_bits: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """As :func:`_gather_runs`, keeping only the entries of ``tracks`` (sorted): (first_hit, hits_per_code, ids)."""
+def _track_span(rows: np.ndarray, payload_bits: int) -> tuple[np.int64, np.int64]:
+    """(smallest, largest) track id of the entries ``rows``."""
+    low, high = np.int64(1) << 62, np.int64(-1)
+    for i in range(rows.shape[0]):
+        track = _track_at(rows, i, payload_bits)
+        low, high = min(low, track), max(high, track)
+    return low, high
+
+
+@numba.njit(cache=True, nogil=True)
+def _track_bounds(rows: np.ndarray, first: np.ndarray, lengths: np.ndarray, tracks: np.ndarray,
+                  payload_bits: int) -> tuple[np.ndarray, np.ndarray]:
+    """Where the entries of each of ``tracks`` (sorted) lie in each run: ``bounds[code, track]`` is
+    (start, stop); and the hits of each code."""
     n_codes = len(first)
     bounds = np.empty((n_codes, len(tracks), 2), np.int64)
     hits_per_code = np.zeros(n_codes, np.int64)
@@ -172,15 +195,163 @@ def _gather_track_runs(rows: np.ndarray, first: np.ndarray, lengths: np.ndarray,
             bounds[k, t, 0], bounds[k, t, 1] = start, stop
             hits_per_code[k] += stop - start
             low = stop
-    first_hit = np.cumsum(hits_per_code) - hits_per_code
-    labels = np.empty(hits_per_code.sum(), np.int64)
-    out = 0
-    for k in range(n_codes):
-        for t in range(len(tracks)):
+    return bounds, hits_per_code
+
+
+@numba.njit(cache=True, nogil=True)
+def _copy_track_entries(labels: np.ndarray, rows: np.ndarray, bounds: np.ndarray, dest: np.ndarray) -> None:
+    """Copy the ids within :func:`_track_bounds`' bounds of each code ``k`` to ``labels[dest[k]:]``."""
+    for k in range(bounds.shape[0]):
+        out = dest[k]
+        for t in range(bounds.shape[1]):
             for i in range(bounds[k, t, 0], bounds[k, t, 1]):
                 labels[out] = _id_at(rows, i)
                 out += 1
+
+
+@numba.njit(cache=True, nogil=True)
+def _gather_track_runs(rows: np.ndarray, first: np.ndarray, lengths: np.ndarray, tracks: np.ndarray,
+                       payload_bits: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The ids of the runs ``rows[first[k]:first[k] + lengths[k]]`` that belong to ``tracks`` (sorted),
+    laid end to end: (first_hit, hits_per_code, ids)."""
+    bounds, hits_per_code = _track_bounds(rows, first, lengths, tracks, payload_bits)
+    first_hit = np.cumsum(hits_per_code) - hits_per_code
+    labels = np.empty(hits_per_code.sum(), np.int64)
+    _copy_track_entries(labels, rows, bounds, first_hit)
     return first_hit, hits_per_code, labels
+
+
+class _Runs:
+    """One segment of a store: its distinct codes (sorted), where each code's run starts, its packed ids.
+
+    Never changed once made (a change makes a new one), so a reader may hold one while a
+    writer replaces it.
+    """
+
+    __slots__ = ("codes", "starts", "ids", "_tracks")
+
+    def __init__(self, codes: np.ndarray, starts: np.ndarray, ids: np.ndarray):
+        self.codes, self.starts, self.ids = codes, starts, ids
+        self._tracks: tuple[int, int] | None = None
+
+    @classmethod
+    def empty(cls, width: int) -> "_Runs":
+        return cls(np.zeros(0, np.uint32), np.zeros(1, np.int64), np.zeros((0, width), np.uint8))
+
+    @classmethod
+    def load(cls, path: os.PathLike, width: int) -> "_Runs":
+        """Map a segment file written by :meth:`save` (read-only).
+
+        Raises
+        ------
+        ValueError
+            If the file is not a landmark store of this id width (damaged or foreign).
+        """
+        arrays = map_arrays(path, _ARRAYS)
+        codes, starts, flat_ids = arrays["codes"], arrays["starts"], arrays["ids"]
+        if (codes.dtype != np.uint32 or starts.dtype not in (np.uint32, np.int64) or flat_ids.dtype != np.uint8
+                or len(starts) != len(codes) + 1 or starts[0] != 0 or starts[-1] * width != len(flat_ids)):
+            raise ValueError(f"inconsistent landmark store {path}")
+        # Plain views of the mapped file (no copy): indexing a np.memmap makes a memmap object
+        # per result, which a lookup over several segments would pay thousands of times per query.
+        return cls(np.asarray(codes), np.asarray(starts), np.asarray(flat_ids).reshape(-1, width))
+
+    def save(self, path: os.PathLike) -> None:
+        """Write the segment atomically (temporary file, fsync, rename)."""
+        starts = self.starts.astype(np.uint32) if self.starts[-1] < 1 << 32 else self.starts
+        save_arrays(path, {"codes": self.codes, "starts": starts, "ids": self.ids.reshape(-1)})
+
+    @property
+    def ntotal(self) -> int:
+        return int(self.starts[-1])
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the segment's arrays (its file's size, less the archive's headers)."""
+        return int(self.codes.nbytes + self.starts.nbytes + self.ids.nbytes)
+
+    def find(self, stored: np.ndarray, order: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Where each stored-form code's run starts in ``ids`` and its length (0 if absent).
+
+        ``order`` (``np.argsort(stored)``, optional) makes the binary searches run in increasing
+        order, which walks ``codes`` once: worth it when several segments are searched.
+        """
+        codes, starts = self.codes, self.starts
+        if len(codes) == 0:
+            return np.zeros(len(stored), np.int64), np.zeros(len(stored), np.int64)
+        if order is None:
+            at = np.searchsorted(codes, stored)
+        else:
+            at = np.empty(len(stored), np.int64)
+            at[order] = np.searchsorted(codes, stored[order])
+        at = np.minimum(at, len(codes) - 1)
+        found = codes[at] == stored
+        first = np.asarray(starts[at], dtype=np.int64)
+        return first, np.where(found, np.asarray(starts[at + 1]) - first, 0).astype(np.int64)
+
+    def entry_codes(self) -> np.ndarray:
+        """Every entry's stored code, in entry order."""
+        return np.repeat(self.codes, np.diff(self.starts))
+
+    def with_entries(self, new_codes: np.ndarray, new_rows: np.ndarray) -> "_Runs":
+        """A segment holding these entries and, after each code's own run, the new ones in the order given."""
+        if len(new_codes) == 0:
+            return self
+        order = np.argsort(new_codes, kind="stable")
+        new_codes, new_rows = new_codes[order], new_rows[order]
+        codes, starts = self.codes, np.asarray(self.starts, dtype=np.int64)
+        at = np.searchsorted(codes, new_codes)
+        known = at < len(codes)
+        known[known] = codes[at[known]] == new_codes[known]
+        # A known code's new entries go after its run; a new code's where its run will be.
+        ids = np.insert(self.ids, np.where(known, starts[np.minimum(at + 1, len(codes))], starts[at]),
+                        new_rows, axis=0)
+        distinct, counts = np.unique(new_codes, return_counts=True)
+        lengths = np.diff(starts)
+        at = np.searchsorted(codes, distinct)
+        fresh = (at >= len(codes)) | (codes[np.minimum(at, max(len(codes) - 1, 0))] != distinct) \
+            if len(codes) else np.ones(len(distinct), dtype=bool)
+        lengths = lengths.copy()
+        lengths[at[~fresh]] += counts[~fresh]
+        lengths = np.insert(lengths, at[fresh], counts[fresh])
+        return _Runs(np.insert(codes, at[fresh], distinct[fresh]),
+                     np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64), ids)
+
+    def track_span(self, payload_bits: int) -> tuple[int, int]:
+        """The smallest and largest track id of the segment's entries (read once, on first use)."""
+        if self._tracks is None:
+            low, high = _track_span(self.ids, payload_bits) if len(self.ids) else (0, -1)
+            self._tracks = (int(low), int(high))
+        return self._tracks
+
+    def entries_of(self, track_id: int, payload_bits: int) -> int:
+        """How many entries ``track_id`` has in this segment."""
+        return int(np.count_nonzero((_unpacked(self.ids) >> payload_bits) == track_id))
+
+    def without_track(self, track_id: int, payload_bits: int) -> tuple["_Runs", int]:
+        """This segment without ``track_id``'s entries, and how many there were."""
+        kept = (_unpacked(self.ids) >> payload_bits) != track_id
+        removed = int(len(kept) - kept.sum())
+        if not removed:
+            return self, 0
+        run_of_entry = np.repeat(np.arange(len(self.codes)), np.diff(self.starts))
+        lengths = np.bincount(run_of_entry[kept], minlength=len(self.codes))
+        return _Runs(self.codes[lengths > 0], np.concatenate([[0], np.cumsum(lengths[lengths > 0])]).astype(np.int64),
+                     self.ids[kept]), removed
+
+
+def _merged(segments: tuple[_Runs, ...], width: int) -> _Runs:
+    """One segment holding the entries of consecutive ``segments``, each code's in segment order.
+
+    The first (usually the largest) is copied once; the others' entries are inserted after its runs.
+    """
+    if not segments:
+        return _Runs.empty(width)
+    if len(segments) == 1:
+        return segments[0]
+    rest = segments[1:]
+    return segments[0].with_entries(np.concatenate([s.entry_codes() for s in rest]),
+                                    np.concatenate([s.ids for s in rest]))
 
 
 class LandmarkIndex:
@@ -193,66 +364,62 @@ class LandmarkIndex:
     ----------
     payload_bits : int
         Low bits of each id that hold the payload; track ids get ``TRACK_BITS`` above them.
-    codes, starts : np.ndarray
-        The runs (see the module docstring).
-    ids : np.ndarray of uint8, shape (n, id_bytes(payload_bits))
-        Every entry's id, grouped by code.
+    segments : tuple of _Runs
+        The saved segments, main first (see the module docstring); empty for a store not
+        yet saved.
     writable : bool
     hashed_lists : bool
         Codes are stored mixed (:func:`mix_codes`); False for stores from before the mix.
     """
 
-    def __init__(self, payload_bits: int, codes: np.ndarray, starts: np.ndarray, ids: np.ndarray,
-                 writable: bool, hashed_lists: bool = True):
+    def __init__(self, payload_bits: int, segments: tuple[_Runs, ...], writable: bool, hashed_lists: bool = True):
         if not 0 < payload_bits <= 63 - TRACK_BITS:
             raise ValueError(f"payload_bits={payload_bits} leaves too few bits for track ids")
         self.payload_bits = payload_bits
         self.writable = writable
         self.hashed_lists = hashed_lists
-        self._codes, self._starts, self._ids = codes, starts, ids
-        # Entries added since the runs were last merged: (stored codes, ids) per add.
+        self._width = id_bytes(payload_bits)
+        # (saved segments, entries added since the last save as one more segment or None),
+        # replaced as a whole so that a concurrent reader sees one state or the other.
+        self._state: tuple[tuple[_Runs, ...], _Runs | None] = (segments, None)
+        # Entries added since they were last folded into the unsaved segment: (stored codes, ids) per add.
         self._added: list[tuple[np.ndarray, np.ndarray]] = []
-        # Readers sharing a writer's store may merge the added entries concurrently.
+        # The saved files no longer hold this store's saved entries (a new store, or a removal).
+        self._rewrite = not segments
+        # Readers sharing a writer's store may fold the added entries concurrently.
         self._merge_lock = threading.Lock()
 
     @classmethod
     def create(cls, payload_bits: int, hashed_lists: bool = True) -> "LandmarkIndex":
         """An empty store."""
-        return cls(payload_bits, np.zeros(0, np.uint32), np.zeros(1, np.int64),
-                   np.zeros((0, id_bytes(payload_bits)), np.uint8), writable=True, hashed_lists=hashed_lists)
+        return cls(payload_bits, (), writable=True, hashed_lists=hashed_lists)
 
     @classmethod
-    def load(cls, path: os.PathLike, payload_bits: int, mmap: bool = False,
-             hashed_lists: bool = True) -> "LandmarkIndex":
-        """Read a store written by :meth:`save`.
+    def load(cls, path: os.PathLike, payload_bits: int, mmap: bool = False, hashed_lists: bool = True,
+             deltas: tuple[os.PathLike, ...] = ()) -> "LandmarkIndex":
+        """Map a store written by :meth:`save`, and the delta segments written after it by :meth:`save_delta`.
 
         Parameters
         ----------
         path : path-like
-            The store's file.
+            The store's main file.
         payload_bits : int
             As given to :meth:`create` (recorded in the index manifest).
         mmap : bool
-            Leave the file memory-mapped (read-only) instead of reading it into memory
-            for a writer.
+            Open read-only. A writable store maps its files too: changes go to new files.
         hashed_lists : bool
             Whether the store holds mixed codes (recorded in the index manifest).
+        deltas : tuple of path-like
+            Its delta segments, oldest first (recorded in the index manifest).
 
         Raises
         ------
         ValueError
-            If the file is not a landmark store of this payload width (damaged or foreign).
+            If a file is not a landmark store of this payload width (damaged or foreign).
         """
-        arrays = map_arrays(path, _ARRAYS)
-        codes, starts, flat_ids = arrays["codes"], arrays["starts"], arrays["ids"]
         width = id_bytes(payload_bits)
-        if (codes.dtype != np.uint32 or starts.dtype not in (np.uint32, np.int64) or flat_ids.dtype != np.uint8
-                or len(starts) != len(codes) + 1 or starts[0] != 0 or starts[-1] * width != len(flat_ids)):
-            raise ValueError(f"inconsistent landmark store {path}")
-        ids = flat_ids.reshape(-1, width)
-        if not mmap:
-            codes, starts, ids = np.array(codes), np.array(starts, dtype=np.int64), np.array(ids)
-        return cls(payload_bits, codes, starts, ids, writable=not mmap, hashed_lists=hashed_lists)
+        segments = tuple(_Runs.load(file, width) for file in (path, *deltas))
+        return cls(payload_bits, segments, writable=not mmap, hashed_lists=hashed_lists)
 
     @classmethod
     def from_faiss(cls, path: os.PathLike, payload_bits: int, hashed_lists: bool) -> "LandmarkIndex":
@@ -290,16 +457,95 @@ class LandmarkIndex:
         store._merge_added()
         return store
 
+    # -- saving ------------------------------------------------------------------------------
+
     def save(self, path: os.PathLike) -> None:
-        """Write the store atomically (temporary file, fsync, rename)."""
+        """Write every entry as one main file, atomically (temporary file, fsync, rename), and map it.
+
+        The store's segments are then that file alone: the caller records it in place of
+        the files it had (:mod:`index.store`).
+        """
+        merged = _merged(self._segments(), self._width)
+        merged.save(path)
+        with self._merge_lock:
+            self._state = ((_Runs.load(path, self._width),), None)
+            self._rewrite = False
+
+    def save_delta(self, path: os.PathLike) -> bool:
+        """Write the entries added since the last save as a delta segment, and map it.
+
+        Returns
+        -------
+        bool
+            False if there was nothing to write (no file is written).
+
+        Raises
+        ------
+        RuntimeError
+            If the saved files no longer describe the store (:attr:`needs_rewrite`): only
+            :meth:`save` can write it.
+        """
+        if self._rewrite:
+            raise RuntimeError("this landmark store must be saved whole (save), not as a delta")
         self._merge_added()
-        starts = self._starts.astype(np.uint32) if self._starts[-1] < 1 << 32 else self._starts
-        save_arrays(path, {"codes": self._codes, "starts": starts, "ids": self._ids.reshape(-1)})
+        saved, unsaved = self._state
+        if unsaved is None or unsaved.ntotal == 0:
+            return False
+        unsaved.save(path)
+        with self._merge_lock:
+            self._state = (saved + (_Runs.load(path, self._width),), None)
+        return True
+
+    @property
+    def needs_rewrite(self) -> bool:
+        """Whether only :meth:`save` can write the store (it is new, or a removal changed saved entries)."""
+        return self._rewrite
+
+    def segment_bytes(self) -> list[int]:
+        """Bytes of each saved segment, main first."""
+        return [segment.nbytes for segment in self._state[0]]
+
+    def write_merged(self, first: int, last: int, path: os.PathLike) -> tuple[_Runs, ...]:
+        """Write saved segments ``first:last`` merged into one file, atomically; the store is unchanged.
+
+        Reads only segments, which never change, so it may run beside lookups, adds and
+        :meth:`save_delta` (a background merge); :meth:`adopt_merged` then puts the file
+        in their place.
+
+        Returns
+        -------
+        tuple
+            The segments merged, to give to :meth:`adopt_merged`.
+        """
+        merged = self._state[0][first:last]
+        _merged(merged, self._width).save(path)
+        return merged
+
+    def adopt_merged(self, merged: tuple[_Runs, ...], path: os.PathLike) -> None:
+        """Replace the saved segments ``merged`` (still consecutive) by the file :meth:`write_merged` wrote.
+
+        Raises
+        ------
+        RuntimeError
+            If the store no longer holds those segments (a removal or a save came between).
+        """
+        segment = _Runs.load(path, self._width)
+        with self._merge_lock:
+            saved, unsaved = self._state
+            for at in range(len(saved) - len(merged) + 1):
+                if all(a is b for a, b in zip(saved[at:at + len(merged)], merged)):
+                    self._state = (saved[:at] + (segment,) + saved[at + len(merged):], unsaved)
+                    return
+        raise RuntimeError("the merged segments are no longer this store's")
+
+    # -- writing -----------------------------------------------------------------------------
 
     @property
     def ntotal(self) -> int:
         """Number of landmark entries stored."""
-        return int(self._starts[-1]) + sum(len(ids) for _, ids in self._added)
+        saved, unsaved = self._state
+        return (sum(segment.ntotal for segment in saved) + (unsaved.ntotal if unsaved is not None else 0)
+                + sum(len(ids) for _, ids in self._added))
 
     def add(self, track_id: int, hashes: np.ndarray, payloads: np.ndarray) -> None:
         """Store one track's landmarks.
@@ -307,7 +553,8 @@ class LandmarkIndex:
         Parameters
         ----------
         track_id : int
-            Non-negative catalogue id of the track, below ``2 ** TRACK_BITS``.
+            Non-negative catalogue id of the track, below ``2 ** TRACK_BITS``, above every
+            track id stored before (ids are never reused).
         hashes : np.ndarray of uint32
             Landmark codes.
         payloads : np.ndarray of int
@@ -325,19 +572,29 @@ class LandmarkIndex:
             self._added.append((self._stored_form(hashes), (np.int64(track_id) << self.payload_bits) | payloads))
 
     def remove(self, track_id: int) -> int:
-        """Remove every entry of ``track_id``; returns how many were removed."""
+        """Remove every entry of ``track_id``; returns how many were removed.
+
+        Entries not yet saved are simply dropped; if saved segments hold any, every
+        segment is folded into one in memory without them, which the next :meth:`save`
+        writes whole (:attr:`needs_rewrite`).
+        """
         self._require_writable()
         self._merge_added()
         with self._merge_lock:
-            kept = (_unpacked(self._ids) >> self.payload_bits) != track_id
-            removed = int(len(kept) - kept.sum())
-            if removed:
-                run_of_entry = np.repeat(np.arange(len(self._codes)), np.diff(self._starts))
-                lengths = np.bincount(run_of_entry[kept], minlength=len(self._codes))
-                self._codes = self._codes[lengths > 0]
-                self._starts = np.concatenate([[0], np.cumsum(lengths[lengths > 0])]).astype(np.int64)
-                self._ids = self._ids[kept]
-        return removed
+            saved, unsaved = self._state
+            in_saved = any(segment.entries_of(track_id, self.payload_bits) for segment in saved)
+            if in_saved:
+                everything, removed = _merged(self._segments_of(saved, unsaved), self._width).without_track(
+                    track_id, self.payload_bits)
+                self._state, self._rewrite = ((), everything), True
+                return removed
+            if unsaved is None:
+                return 0
+            kept, removed = unsaved.without_track(track_id, self.payload_bits)
+            self._state = (saved, kept)
+            return removed
+
+    # -- reading -----------------------------------------------------------------------------
 
     def code_counts(self, hashes: np.ndarray) -> np.ndarray:
         """How many stored entries have each code: the hits :meth:`lookup` would return for it.
@@ -351,7 +608,13 @@ class LandmarkIndex:
         -------
         np.ndarray of int64, same length
         """
-        return self._runs(self._stored_form(hashes))[1]
+        stored = self._stored_form(hashes)
+        segments = self._segments()
+        order = np.argsort(stored) if len(segments) > 1 else None
+        counts = np.zeros(len(stored), np.int64)
+        for segment in segments:
+            counts += segment.find(stored, order)[1]
+        return counts
 
     def lookup(self, hashes: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Find every stored entry whose code matches each query code.
@@ -375,6 +638,9 @@ class LandmarkIndex:
                       ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """:meth:`lookup`'s hits as one slice of entry ids per code.
 
+        Each code's hits are its runs in the segments, laid end to end in segment order:
+        the hits, in the order, of one merged store.
+
         Parameters
         ----------
         hashes : np.ndarray of uint32
@@ -391,13 +657,62 @@ class LandmarkIndex:
         labels : np.ndarray of int64
             Every hit's entry id, ``track_id << payload_bits | payload``.
         """
-        first, hits_per_code = self._runs(self._stored_form(hashes))
+        stored = self._stored_form(hashes)
+        segments = [segment for segment in self._segments() if len(segment.codes)] or [_Runs.empty(self._width)]
+        order = np.argsort(stored) if len(segments) > 1 else None
+        found = [segment.find(stored, order) for segment in segments]
         if tracks is not None:
-            return _gather_track_runs(self._ids, first, hits_per_code, np.asarray(tracks, np.int64),
-                                      self.payload_bits)
-        total = int(hits_per_code.sum())
+            wanted = np.asarray(tracks, np.int64)
+            if len(segments) == 1:
+                return _gather_track_runs(segments[0].ids, *found[0], wanted, self.payload_bits)
+            # Main holds most of the query's codes, a delta few: only the codes a delta holds are searched.
+            main_bounds, hits_per_code = _track_bounds(segments[0].ids, *found[0], wanted, self.payload_bits)
+            deltas = []
+            for segment, (first, lengths) in zip(segments[1:], found[1:]):
+                # A delta holds a few commits' tracks: candidates outside them are not searched for.
+                low, high = segment.track_span(self.payload_bits)
+                here = wanted[(wanted >= low) & (wanted <= high)]
+                if not len(here):
+                    continue
+                held = np.flatnonzero(lengths)
+                bounds, hits = _track_bounds(segment.ids, first[held], lengths[held], here, self.payload_bits)
+                hits_per_code[held] += hits
+                deltas.append((segment, held, bounds, hits))
+            first_hit = np.cumsum(hits_per_code) - hits_per_code
+            labels = np.empty(int(hits_per_code.sum()), np.int64)
+            _copy_track_entries(labels, segments[0].ids, main_bounds, first_hit)
+            dest = first_hit + main_bounds[:, :, 1].sum(axis=1) - main_bounds[:, :, 0].sum(axis=1)
+            for segment, held, bounds, hits in deltas:
+                _copy_track_entries(labels, segment.ids, bounds, dest[held])
+                dest[held] += hits
+            return first_hit, hits_per_code, labels
+        hits_per_code = np.sum([lengths for _, lengths in found], axis=0)
         first_hit = np.cumsum(hits_per_code) - hits_per_code
-        return first_hit, hits_per_code, _gather_runs(self._ids, first, hits_per_code, total)
+        labels = np.empty(int(hits_per_code.sum()), np.int64)
+        dest = first_hit.copy()
+        for segment, (first, lengths) in zip(segments, found):
+            _gather_runs_into(labels, segment.ids, first, lengths, dest)
+            dest += lengths
+        return first_hit, hits_per_code, labels
+
+    def code_table(self) -> tuple[np.ndarray, np.ndarray]:
+        """Every distinct stored code (as stored: mixed, increasing) and its entry count, over all segments.
+
+        What a catalogue-wide count table is built from (``cluster/counts.py``); reading a
+        tier's main file alone would miss its deltas.
+
+        Returns
+        -------
+        codes : np.ndarray of uint32
+        counts : np.ndarray of int64
+        """
+        segments = [segment for segment in self._segments() if len(segment.codes)]
+        if len(segments) <= 1:
+            only = segments[0] if segments else _Runs.empty(self._width)
+            return np.asarray(only.codes), np.diff(np.asarray(only.starts, dtype=np.int64))
+        codes, inverse = np.unique(np.concatenate([segment.codes for segment in segments]), return_inverse=True)
+        lengths = np.concatenate([np.diff(np.asarray(segment.starts, dtype=np.int64)) for segment in segments])
+        return codes, np.bincount(inverse, weights=lengths, minlength=len(codes)).astype(np.int64)
 
     def refiled(self) -> "LandmarkIndex":
         """A new in-memory store holding this one's entries under mixed codes.
@@ -407,10 +722,9 @@ class LandmarkIndex:
         """
         if self.hashed_lists:
             raise ValueError("this store already files mixed codes")
-        self._merge_added()
+        everything = _merged(self._segments(), self._width)
         refiled = LandmarkIndex.create(self.payload_bits)
-        raw = np.repeat(self._codes, np.diff(self._starts))
-        refiled._added.append((mix_codes(raw), _unpacked(self._ids)))
+        refiled._added.append((mix_codes(everything.entry_codes()), _unpacked(everything.ids)))
         refiled._merge_added()
         return refiled
 
@@ -419,44 +733,26 @@ class LandmarkIndex:
         hashes = np.asarray(hashes, dtype=np.uint32)
         return mix_codes(hashes) if self.hashed_lists else hashes
 
-    def _runs(self, stored: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Where each stored-form code's run starts in ``ids`` and its length (0 if absent)."""
+    @staticmethod
+    def _segments_of(saved: tuple[_Runs, ...], unsaved: _Runs | None) -> tuple[_Runs, ...]:
+        return saved + (unsaved,) if unsaved is not None else saved
+
+    def _segments(self) -> tuple[_Runs, ...]:
+        """Every segment, saved ones first, the added entries last: one consistent state."""
         self._merge_added()
-        codes, starts = self._codes, self._starts
-        if len(codes) == 0:
-            return np.zeros(len(stored), np.int64), np.zeros(len(stored), np.int64)
-        at = np.minimum(np.searchsorted(codes, stored), len(codes) - 1)
-        found = codes[at] == stored
-        first = np.asarray(starts[at], dtype=np.int64)
-        return first, np.where(found, np.asarray(starts[at + 1]) - first, 0).astype(np.int64)
+        return self._segments_of(*self._state)
 
     def _merge_added(self) -> None:
-        """Merge the entries added since the last merge into the runs, after each run's own."""
+        """Fold the entries added since the last fold into the unsaved segment, after its own."""
         with self._merge_lock:
             if not self._added:
                 return
             new_codes = np.concatenate([codes for codes, _ in self._added])
             new_ids = np.concatenate([ids for _, ids in self._added])
             self._added = []
-            order = np.argsort(new_codes, kind="stable")
-            new_codes, new_ids = new_codes[order], new_ids[order]
-            codes, starts = self._codes, self._starts
-            at = np.searchsorted(codes, new_codes)
-            known = at < len(codes)
-            known[known] = codes[at[known]] == new_codes[known]
-            # A known code's new entries go after its run; a new code's where its run will be.
-            self._ids = np.insert(self._ids, np.where(known, starts[np.minimum(at + 1, len(codes))], starts[at]),
-                                  _packed(new_ids, self._ids.shape[1]), axis=0)
-            distinct, counts = np.unique(new_codes, return_counts=True)
-            lengths = np.diff(starts)
-            at = np.searchsorted(codes, distinct)
-            fresh = (at >= len(codes)) | (codes[np.minimum(at, max(len(codes) - 1, 0))] != distinct) \
-                if len(codes) else np.ones(len(distinct), dtype=bool)
-            lengths = lengths.copy()
-            lengths[at[~fresh]] += counts[~fresh]
-            self._codes = np.insert(codes, at[fresh], distinct[fresh])
-            lengths = np.insert(lengths, at[fresh], counts[fresh])
-            self._starts = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+            saved, unsaved = self._state
+            base = unsaved if unsaved is not None else _Runs.empty(self._width)
+            self._state = (saved, base.with_entries(new_codes, _packed(new_ids, self._width)))
 
     def _require_writable(self) -> None:
         if not self.writable:

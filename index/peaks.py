@@ -17,7 +17,14 @@ catalogue size, processes share the pages, and a matching process's memory holds
 the peaks its queries verified (the store used to
 be read whole, and cut into one pair of arrays per track, by every process at open:
 about 0.55 MB of private memory per catalogue hour). Tracks added or removed since
-the file was written are kept beside it until :meth:`PeakStore.save`.
+the file was written are kept beside it until saved.
+
+A store is a main file and any number of *delta* files in the same layout, each holding
+the tracks of one commit (:meth:`PeakStore.save_delta`; :mod:`index.store` decides when
+and records them in the manifest), so that a commit writes its own tracks' peaks, not
+the catalogue's. A track lies in one file. :meth:`PeakStore.save` writes everything as
+one main file; it is the only way to save a store after a saved track was removed, so
+that a takedown leaves no trace of the track in any file.
 """
 
 from __future__ import annotations
@@ -33,11 +40,6 @@ __all__ = ["PeakStore"]
 _ARRAYS = ("track_ids", "starts", "frames", "bins")
 
 
-def _empty() -> dict[str, np.ndarray]:
-    return {"track_ids": np.zeros(0, np.int64), "starts": np.zeros(1, np.int64),
-            "frames": np.zeros(0, np.int32), "bins": np.zeros(0, np.uint8)}
-
-
 class PeakStore:
     """Frames and log-frequency bins of each catalogue track's peaks.
 
@@ -45,51 +47,95 @@ class PeakStore:
 
     Parameters
     ----------
-    saved : dict of str to np.ndarray
-        The arrays of the file (see the module docstring), usually memory-mapped.
+    segments : tuple of dict of str to np.ndarray
+        The arrays of each saved file (see the module docstring), main first, usually
+        memory-mapped; empty for a store not yet saved.
     """
 
-    def __init__(self, saved: dict[str, np.ndarray]):
-        self._saved = saved
-        # Changes since the file was written: added tracks' (frames, bins), and saved tracks
+    def __init__(self, segments: tuple[dict[str, np.ndarray], ...]):
+        self._set_saved(segments)
+        # Changes since the files were written: added tracks' (frames, bins), and saved tracks
         # removed or replaced.
         self._added: dict[int, tuple[np.ndarray, np.ndarray]] = {}
         self._dropped: set[int] = set()
+        # The saved files no longer describe the store (a new store, or a saved track dropped).
+        self._rewrite = not segments
 
     @classmethod
     def create(cls) -> "PeakStore":
-        return cls(_empty())
+        return cls(())
 
     @classmethod
-    def load(cls, path: os.PathLike) -> "PeakStore":
-        """Memory-map a store written by :meth:`save`.
+    def load(cls, path: os.PathLike, deltas: tuple[os.PathLike, ...] = ()) -> "PeakStore":
+        """Memory-map a store written by :meth:`save`, and the delta files written after it.
 
         Raises
         ------
         ValueError
-            If the file is not a peak store (damaged or foreign).
+            If a file is not a peak store (damaged or foreign).
         """
-        try:
-            saved = map_arrays(path, _ARRAYS)
-        except ValueError as err:
-            raise ValueError(f"unreadable peak store {path}: {err}") from err
-        track_ids, starts = saved["track_ids"], saved["starts"]
-        if (len(starts) != len(track_ids) + 1 or starts[-1] != len(saved["frames"])
-                or len(saved["frames"]) != len(saved["bins"]) or np.any(np.diff(track_ids) <= 0)):
-            raise ValueError(f"inconsistent peak store {path}")
-        return cls(saved)
+        return cls(tuple(_mapped(file) for file in (path, *deltas)))
 
     def save(self, path: os.PathLike) -> None:
-        """Write atomically (temporary file, fsync, rename), then map the written file."""
-        kept = [int(t) for t in self._saved["track_ids"] if int(t) not in self._dropped]
-        track_ids = np.array(sorted(kept + list(self._added)), dtype=np.int64)
-        parts = [self._peaks_of(int(t)) for t in track_ids]
-        starts = np.concatenate([[0], np.cumsum([len(frames) for frames, _ in parts], dtype=np.int64)])
-        frames = np.concatenate([frames for frames, _ in parts] or [np.zeros(0, np.int32)])
-        bins = np.concatenate([bins for _, bins in parts] or [np.zeros(0, np.uint8)])
-        save_arrays(path, {"track_ids": track_ids, "starts": starts.astype(np.int64),
-                           "frames": frames.astype(np.int32), "bins": bins.astype(np.uint8)})
-        self._saved, self._added, self._dropped = map_arrays(path, _ARRAYS), {}, set()
+        """Write every track as one main file, atomically (temporary file, fsync, rename), then map it."""
+        kept = [int(t) for segment in self._saved for t in segment["track_ids"] if int(t) not in self._dropped]
+        _write(path, {t: self._peaks_of(t) for t in kept + list(self._added)})
+        self._set_saved((_mapped(path),))
+        self._added, self._dropped, self._rewrite = {}, set(), False
+
+    def save_delta(self, path: os.PathLike) -> bool:
+        """Write the tracks added since the last save as a delta file, and map it.
+
+        Returns
+        -------
+        bool
+            False if there was nothing to write (no file is written).
+
+        Raises
+        ------
+        RuntimeError
+            If the saved files no longer describe the store (:attr:`needs_rewrite`).
+        """
+        if self._rewrite:
+            raise RuntimeError("this peak store must be saved whole (save), not as a delta")
+        if not self._added:
+            return False
+        _write(path, self._added)
+        self._set_saved(self._saved + (_mapped(path),))
+        self._added = {}
+        return True
+
+    @property
+    def needs_rewrite(self) -> bool:
+        """Whether only :meth:`save` can write the store (it is new, or a saved track was removed)."""
+        return self._rewrite
+
+    def segment_bytes(self) -> list[int]:
+        """Bytes of each saved file's arrays, main first."""
+        return [sum(array.nbytes for array in segment.values()) for segment in self._saved]
+
+    def write_merged(self, first: int, last: int, path: os.PathLike) -> tuple[dict[str, np.ndarray], ...]:
+        """Write saved files ``first:last`` as one, atomically; the store is unchanged (see
+        :meth:`index.landmarks.LandmarkIndex.write_merged`)."""
+        merged = self._saved[first:last]
+        _write(path, {int(t): _slice(segment, at) for segment in merged
+                      for at, t in enumerate(segment["track_ids"])})
+        return merged
+
+    def adopt_merged(self, merged: tuple[dict[str, np.ndarray], ...], path: os.PathLike) -> None:
+        """Replace the saved files ``merged`` (still consecutive) by the file :meth:`write_merged` wrote.
+
+        Raises
+        ------
+        RuntimeError
+            If the store no longer holds them.
+        """
+        segment, saved = _mapped(path), self._saved
+        for at in range(len(saved) - len(merged) + 1):
+            if all(a is b for a, b in zip(saved[at:at + len(merged)], merged)):
+                self._set_saved(saved[:at] + (segment,) + saved[at + len(merged):])
+                return
+        raise RuntimeError("the merged peak files are no longer this store's")
 
     def add(self, track_id: int, frames: np.ndarray, bins: np.ndarray) -> None:
         """Store one track's peaks (frames sorted ascending, bins below 256)."""
@@ -99,14 +145,14 @@ class PeakStore:
         if bins.size and (bins.min() < 0 or bins.max() > 255):
             raise ValueError("peak bins must lie in [0, 255]")
         order = np.argsort(frames, kind="stable")
-        self._dropped.add(int(track_id))
+        self._drop_saved(int(track_id))
         self._added[int(track_id)] = (frames[order].astype(np.int32), bins[order].astype(np.uint8))
 
     def remove(self, track_id: int) -> int:
         """Forget a track's peaks; returns how many were removed."""
         removed = len(self._peaks_of(int(track_id))[0])
         self._added.pop(int(track_id), None)
-        self._dropped.add(int(track_id))
+        self._drop_saved(int(track_id))
         return removed
 
     def peaks_between(self, track_id: int, first_frame: int, end_frame: int) -> tuple[np.ndarray, np.ndarray]:
@@ -118,21 +164,80 @@ class PeakStore:
     @property
     def ntotal(self) -> int:
         """Number of peaks stored."""
-        track_ids, starts = self._saved["track_ids"], self._saved["starts"]
-        dropped = [int(t) for t in self._dropped]
-        at = np.searchsorted(track_ids, dropped)
-        saved = at < len(track_ids)
-        saved[saved] = track_ids[at[saved]] == np.array(dropped, dtype=np.int64)[saved]
-        dropped_peaks = int(np.sum(starts[at[saved] + 1] - starts[at[saved]]))
-        return int(starts[-1]) - dropped_peaks + sum(len(frames) for frames, _ in self._added.values())
+        saved = sum(int(segment["starts"][-1]) for segment in self._saved)
+        dropped = 0
+        for track_id in self._dropped:
+            found = self._saved_at(track_id)
+            if found is not None:
+                dropped += len(_slice(*found)[0])
+        return saved - dropped + sum(len(frames) for frames, _ in self._added.values())
+
+    def _drop_saved(self, track_id: int) -> None:
+        if self._saved_at(track_id) is not None:
+            self._dropped.add(track_id)
+            self._rewrite = True
+
+    def _set_saved(self, segments: tuple[dict[str, np.ndarray], ...]) -> None:
+        """Make ``segments`` the saved files, with one sorted table of their tracks.
+
+        The matcher asks for a track's peaks many times per query: one binary search in
+        the table finds the file, instead of one per file.
+        """
+        ids = [np.asarray(segment["track_ids"], dtype=np.int64) for segment in segments]
+        every = np.concatenate(ids) if ids else np.zeros(0, np.int64)
+        order = np.argsort(every, kind="stable")  # a track in two files: the newer one last
+        in_file = np.repeat(np.arange(len(ids)), [len(i) for i in ids])[order]
+        position = (np.concatenate([np.arange(len(i)) for i in ids]) if ids else np.zeros(0, np.int64))[order]
+        # One tuple, replaced whole: a concurrent reader sees one state or the other.
+        self._saved_state = (segments, every[order], in_file, position)
+
+    @property
+    def _saved(self) -> tuple[dict[str, np.ndarray], ...]:
+        return self._saved_state[0]
+
+    def _saved_at(self, track_id: int) -> tuple[dict[str, np.ndarray], int] | None:
+        """The saved file holding the track (the newest, should two) and its position there, or None."""
+        segments, track_ids, in_file, position = self._saved_state
+        at = int(np.searchsorted(track_ids, track_id, side="right")) - 1
+        if at < 0 or track_ids[at] != track_id:
+            return None
+        return segments[in_file[at]], int(position[at])
 
     def _peaks_of(self, track_id: int) -> tuple[np.ndarray, np.ndarray]:
-        """A track's (frames, bins): added since the save, or a slice of the saved file."""
+        """A track's (frames, bins): added since the save, or a slice of a saved file."""
         if track_id in self._added:
             return self._added[track_id]
-        track_ids = self._saved["track_ids"]
-        at = int(np.searchsorted(track_ids, track_id))
-        if track_id in self._dropped or at == len(track_ids) or track_ids[at] != track_id:
+        found = None if track_id in self._dropped else self._saved_at(track_id)
+        if found is None:
             return np.zeros(0, np.int32), np.zeros(0, np.uint8)
-        start, end = int(self._saved["starts"][at]), int(self._saved["starts"][at + 1])
-        return self._saved["frames"][start:end], self._saved["bins"][start:end]
+        return _slice(*found)
+
+
+def _slice(segment: dict[str, np.ndarray], at: int) -> tuple[np.ndarray, np.ndarray]:
+    """(frames, bins) of the ``at``-th track of a saved file."""
+    start, end = int(segment["starts"][at]), int(segment["starts"][at + 1])
+    return segment["frames"][start:end], segment["bins"][start:end]
+
+
+def _mapped(path: os.PathLike) -> dict[str, np.ndarray]:
+    """The arrays of a peak file, memory-mapped and checked."""
+    try:
+        saved = map_arrays(path, _ARRAYS)
+    except ValueError as err:
+        raise ValueError(f"unreadable peak store {path}: {err}") from err
+    track_ids, starts = saved["track_ids"], saved["starts"]
+    if (len(starts) != len(track_ids) + 1 or starts[-1] != len(saved["frames"])
+            or len(saved["frames"]) != len(saved["bins"]) or np.any(np.diff(track_ids) <= 0)):
+        raise ValueError(f"inconsistent peak store {path}")
+    return saved
+
+
+def _write(path: os.PathLike, peaks: dict[int, tuple[np.ndarray, np.ndarray]]) -> None:
+    """Write tracks' (frames, bins) as one peak file, atomically."""
+    track_ids = np.array(sorted(peaks), dtype=np.int64)
+    parts = [peaks[int(t)] for t in track_ids]
+    starts = np.concatenate([[0], np.cumsum([len(frames) for frames, _ in parts], dtype=np.int64)])
+    frames = np.concatenate([frames for frames, _ in parts] or [np.zeros(0, np.int32)])
+    bins = np.concatenate([bins for _, bins in parts] or [np.zeros(0, np.uint8)])
+    save_arrays(path, {"track_ids": track_ids, "starts": starts.astype(np.int64),
+                       "frames": frames.astype(np.int32), "bins": bins.astype(np.uint8)})

@@ -30,10 +30,24 @@ inverted file (no ``store`` key in their manifest entry, up to 2026-11) are conv
 the run store at every open until then, and tiers from before mixed codes are re-filed.
 
 Writes follow one protocol: a new track's row is committed as ``pending``, its
-landmarks are added in memory, :meth:`IndexStore.commit` saves the FAISS file
+landmarks are added in memory, :meth:`IndexStore.commit` saves the tier files
 atomically and only then marks the rows ``ready``. A crash at any point leaves
 either the old index or the new one, never a torn file, and the next writer
-removes whatever a ``pending``/``removing`` row may have left in FAISS.
+removes whatever a ``pending``/``removing`` row may have left in the tiers.
+
+Delta segments (docs/index-format.md). Once a landmark tier's or the peak store's
+main file is large (:attr:`IndexWriteParams.whole_below_bytes`), a commit no longer
+rewrites it: it writes the new tracks' entries as a *delta* file in the same layout
+(``pairs.7.npz``), listed after the main file in the tier's manifest entry
+(``"deltas"``); lookups read main and deltas and return the hits of one merged file.
+Small deltas are merged with each other as they accumulate (the two newest while the
+older is under twice the newer: a binary counter, so a tier has about log2(commits)
+deltas), and once a tier's deltas reach :attr:`IndexWriteParams.merge_share` of its
+main file a background thread merges them into a new main file. Every change of files
+is a new file, then one atomic manifest switch, then the deletion of the files it
+replaced: a crash leaves the old set or the new one, and the next writer deletes files
+the manifest does not name. An index whose manifest lists deltas says format 3, which a
+Refrain from before deltas refuses (it would not read them); one without is format 2.
 """
 
 from __future__ import annotations
@@ -41,7 +55,10 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import re
 import sqlite3
+import threading
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
@@ -53,12 +70,17 @@ from refrain.index.landmarks import LandmarkIndex
 from refrain.index.melody import MELODY_LAYOUT, MelodyIndex
 from refrain.index.peaks import PeakStore
 
-__all__ = ["IndexStore", "IndexOpenError", "IndexBusyError"]
+__all__ = ["IndexStore", "IndexOpenError", "IndexBusyError", "IndexWriteParams"]
 
 #: One of the index structures a tier is stored in.
 _Store = TypeVar("_Store", LandmarkIndex, MelodyIndex, PeakStore)
 
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
+#: Format of a manifest that lists no delta segments: what a Refrain from before them reads.
+_FORMAT_WITHOUT_DELTAS = 2
+_READABLE_FORMATS = (_FORMAT_WITHOUT_DELTAS, FORMAT_VERSION)
+# How many times a reader re-reads a manifest a writer replaced while the reader opened its files.
+_OPEN_ATTEMPTS = 5
 _MANIFEST, _CATALOG, _LOCK = "manifest.json", "catalog.sqlite", ".lock"
 _TIER_FILES = {"pair": "pairs.npz", "triplet": "triplets.npz", "quad": "quads.npz", "double": "doubles.npz"}
 _MELODY_FILE = "melody.faiss"
@@ -74,6 +96,37 @@ _HASHED_LISTS = "hashed"
 # How a landmark tier is stored: "runs" (index.landmarks); a tier without the key is a
 # FAISS inverted file of an earlier Refrain.
 _RUN_STORE = "runs"
+
+
+@dataclass(frozen=True)
+class IndexWriteParams:
+    """When a commit writes delta segments instead of rewriting tier files, and when they are merged.
+
+    Attributes
+    ----------
+    whole_below_bytes : int
+        A landmark tier or peak store whose main file is smaller than this (and has no
+        delta) is rewritten whole at each commit, as before deltas: that costs little more
+        than a delta (hundredths of a second at 8 MiB), keeps small indexes one file
+        per tier, and readable by a Refrain from before deltas. Default 8 MiB (about 2.5
+        catalogue hours in the pair or triplet tier, 3.4 MB per hour each).
+    merge_share : float
+        Once a tier's deltas hold this share of its main file's bytes, they are merged
+        into a new main file. Each merge rewrites ``1 + merge_share`` times the main file
+        for ``merge_share`` of new entries: about ``(1 + merge_share) / merge_share`` bytes
+        written per byte added (5 at 0.25), where rewriting every tier at each 50-track
+        commit wrote ~54 at 160 h. A smaller share merges more often; a larger one lets
+        more deltas pile up (each costs lookups one binary search per code) and makes
+        each merge longer. Default 0.25.
+    background : bool
+        Merge into main in a background thread (the commit that triggers it returns at
+        once; a removal or :meth:`IndexStore.close` waits for it). False merges within
+        the commit. Default True.
+    """
+
+    whole_below_bytes: int = 8 << 20
+    merge_share: float = 0.25
+    background: bool = True
 
 
 def _hashed_lists(tier_entry: dict) -> bool:
@@ -100,6 +153,10 @@ class IndexBusyError(IndexOpenError):
     """Another process holds the index's write lock."""
 
 
+#: A tier kept as a main file and delta segments.
+_Segmented = (LandmarkIndex, PeakStore)
+
+
 class IndexStore:
     """One index directory opened for reading or writing.
 
@@ -108,20 +165,31 @@ class IndexStore:
 
     def __init__(self, directory: Path, params: FingerprintParams,
                  tiers: dict[str, LandmarkIndex | MelodyIndex | PeakStore],
-                 tier_files: dict[str, Path], catalog: Catalog, lock_handle, faiss_tiers: frozenset[str] = frozenset()):
+                 tier_files: dict[str, list[Path]], catalog: Catalog, lock_handle,
+                 faiss_tiers: frozenset[str] = frozenset(), writes: IndexWriteParams = IndexWriteParams()):
         self.directory = directory
+        # Each tier's files: its main file, then its delta segments, as the manifest lists them.
         self._tier_files = tier_files
         # Landmark tiers read from an earlier Refrain's FAISS file (converted in memory).
         self._faiss_tiers = set(faiss_tiers)
         self.fingerprint_params = params
         self.tiers = tiers
         self.catalog = catalog
+        self.writes = writes
         self._lock_handle = lock_handle
         self._pending: list[int] = []
+        # Held while files and the manifest change: by the writer and by a background merge.
+        self._files_lock = threading.RLock()
+        self._next_file = 1
+        self._merge_thread: threading.Thread | None = None
+        self._merge_error: BaseException | None = None
+        # Tier -> how many of its first segments the background merge is merging.
+        self._merging: dict[str, int] = {}
 
     @classmethod
     def open(cls, directory: os.PathLike, writable: bool = False, create: bool = False,
-             params: FingerprintParams | None = None, mmap: bool = False) -> "IndexStore":
+             params: FingerprintParams | None = None, mmap: bool = False,
+             writes: IndexWriteParams = IndexWriteParams()) -> "IndexStore":
         """Open (or create) an index directory.
 
         Parameters
@@ -136,6 +204,8 @@ class IndexStore:
             Settings for a new index; an existing index keeps the ones it was built with.
         mmap : bool
             Memory-map the landmark file (read-only opens only).
+        writes : IndexWriteParams
+            When commits write delta segments and when those are merged (writers only).
         """
         directory = Path(directory)
         manifest_path = directory / _MANIFEST
@@ -158,45 +228,63 @@ class IndexStore:
                 PeakStore.create().save(directory / _PEAKS_FILE)
                 Catalog(directory / _CATALOG).close()
                 cls._write_manifest(directory, params)
-            store = cls._load(directory, writable, mmap, lock_handle)
+            store = cls._load(directory, writable, mmap, lock_handle, writes)
         except BaseException:
             if lock_handle:
                 lock_handle.close()
             raise
         if writable:
+            store._delete_unlisted_segments()
             store._finish_interrupted_writes()
         return store
 
     @classmethod
-    def _load(cls, directory: Path, writable: bool, mmap: bool, lock_handle) -> "IndexStore":
-        manifest = cls._read_manifest(directory)
+    def _load(cls, directory: Path, writable: bool, mmap: bool, lock_handle,
+              writes: IndexWriteParams) -> "IndexStore":
+        # A writer may replace the manifest and delete the files it no longer lists while a
+        # reader opens them: the reader then tries again with the new manifest.
+        for attempt in range(_OPEN_ATTEMPTS):
+            manifest = cls._read_manifest(directory)
+            try:
+                return cls._load_manifest(directory, manifest, writable, mmap, lock_handle, writes)
+            except IndexOpenError:
+                if attempt + 1 == _OPEN_ATTEMPTS or cls._read_manifest(directory) == manifest:
+                    raise
+        raise AssertionError("unreachable")
+
+    @classmethod
+    def _load_manifest(cls, directory: Path, manifest: dict, writable: bool, mmap: bool, lock_handle,
+                       writes: IndexWriteParams) -> "IndexStore":
         if not (directory / _CATALOG).exists():
             raise IndexOpenError(f"{directory}: the catalogue file {_CATALOG} is missing")
         try:
             params = FingerprintParams.from_dict(manifest["fingerprint"])
-            tier_files = {tier: directory / entry["file"] for tier, entry in manifest["tiers"].items()}
+            tier_files = {tier: [directory / name for name in _segment_names(entry)]
+                          for tier, entry in manifest["tiers"].items()}
             tiers: dict[str, LandmarkIndex | MelodyIndex | PeakStore] = {}
             faiss_tiers: set[str] = set()
             for tier, entry in manifest["tiers"].items():
+                main, *deltas = tier_files[tier]
                 if tier == "melody":
                     if params.melody is None:
                         raise ValueError("the manifest has a melody tier but no melody parameters")
-                    tiers[tier] = MelodyIndex.load(tier_files[tier], params.melody, mmap=mmap and not writable)
+                    if deltas:
+                        raise ValueError("the melody tier has no delta segments")
+                    tiers[tier] = MelodyIndex.load(main, params.melody, mmap=mmap and not writable)
                 elif tier == "peaks":
-                    tiers[tier] = PeakStore.load(tier_files[tier])
+                    tiers[tier] = PeakStore.load(main, deltas=tuple(deltas))
                 elif _in_faiss_file(entry):
-                    tiers[tier] = LandmarkIndex.from_faiss(tier_files[tier], entry["payload_bits"],
+                    tiers[tier] = LandmarkIndex.from_faiss(main, entry["payload_bits"],
                                                            hashed_lists=_hashed_lists(entry))
                     faiss_tiers.add(tier)
                 else:
-                    tiers[tier] = LandmarkIndex.load(tier_files[tier], entry["payload_bits"],
-                                                     mmap=mmap and not writable,
-                                                     hashed_lists=_hashed_lists(entry))
+                    tiers[tier] = LandmarkIndex.load(main, entry["payload_bits"], mmap=mmap and not writable,
+                                                     hashed_lists=_hashed_lists(entry), deltas=tuple(deltas))
             catalog = Catalog(directory / _CATALOG, writable=writable)
         except (RuntimeError, sqlite3.DatabaseError, KeyError, ValueError) as err:
             raise IndexOpenError(f"{directory}: cannot open the index: it is damaged or "
                                  f"unreadable ({err})") from err
-        return cls(directory, params, tiers, tier_files, catalog, lock_handle, frozenset(faiss_tiers))
+        return cls(directory, params, tiers, tier_files, catalog, lock_handle, frozenset(faiss_tiers), writes)
 
     @staticmethod
     def _acquire_lock(directory: Path):
@@ -216,7 +304,7 @@ class IndexStore:
         if params.melody is not None:
             tiers["melody"] = {"file": _MELODY_FILE, "layout": MELODY_LAYOUT}
         tiers["peaks"] = {"file": _PEAKS_FILE, "layout": PEAKS_LAYOUT}
-        IndexStore._save_manifest(directory, {"format": FORMAT_VERSION, "fingerprint": params.to_dict(),
+        IndexStore._save_manifest(directory, {"format": _FORMAT_WITHOUT_DELTAS, "fingerprint": params.to_dict(),
                                               "tiers": tiers})
 
     @staticmethod
@@ -230,9 +318,10 @@ class IndexStore:
             manifest = json.loads((directory / _MANIFEST).read_text())
         except (OSError, ValueError) as err:
             raise IndexOpenError(f"{directory}: unreadable {_MANIFEST} ({err})") from err
-        if manifest.get("format") != FORMAT_VERSION:
+        if manifest.get("format") not in _READABLE_FORMATS:
             raise IndexOpenError(f"{directory}: index format {manifest.get('format')} is not "
-                                 f"supported (this Refrain reads format {FORMAT_VERSION})")
+                                 f"supported (this Refrain reads formats "
+                                 f"{' and '.join(map(str, _READABLE_FORMATS))})")
         # Codes of another hash layout would be looked up as if they were ours: silently
         # wrong matches. Such an index must be rebuilt from its recordings.
         for tier, entry in manifest.get("tiers", {}).items():
@@ -241,6 +330,54 @@ class IndexStore:
                                      f"{entry.get('layout')}, this Refrain uses "
                                      f"{_TIER_LAYOUTS.get(tier)}: re-ingest the catalogue")
         return manifest
+
+    def _record_files(self, tier_files: dict[str, list[Path]] | None = None,
+                      entry_updates: dict[str, dict] | None = None) -> None:
+        """Make the manifest list the tiers' files (by default as they are now), in one atomic switch.
+
+        Parameters
+        ----------
+        tier_files : dict of str to list of Path, optional
+            Each tier's main file and delta segments.
+        entry_updates : dict of str to dict, optional
+            More keys to set in tiers' manifest entries.
+        """
+        tier_files = self._tier_files if tier_files is None else tier_files
+        manifest = self._read_manifest(self.directory)
+        for name, files in tier_files.items():
+            entry = manifest["tiers"][name]
+            entry["file"] = files[0].name
+            entry.pop("deltas", None)
+            if len(files) > 1:
+                entry["deltas"] = [path.name for path in files[1:]]
+            entry.update((entry_updates or {}).get(name, {}))
+        with_deltas = any(len(files) > 1 for files in tier_files.values())
+        manifest["format"] = FORMAT_VERSION if with_deltas else _FORMAT_WITHOUT_DELTAS
+        self._save_manifest(self.directory, manifest)
+
+    def _delete_unlisted_segments(self) -> None:
+        """Delete segment files of the tiers that the manifest does not list (left by a crash)."""
+        listed = {path.name for files in self._tier_files.values() for path in files}
+        pattern = re.compile(r"(?P<stem>[a-z]+)(\.(?P<number>\d+))?\.npz")
+        stems = {Path(name).stem for name in (*_TIER_FILES.values(), _PEAKS_FILE)}
+        for path in self.directory.iterdir():
+            found = pattern.fullmatch(path.name)
+            if found and found["stem"] in stems:
+                if path.name not in listed:
+                    path.unlink(missing_ok=True)
+                elif found["number"]:
+                    self._next_file = max(self._next_file, int(found["number"]) + 1)
+
+    def _new_segment_file(self, name: str, main: bool = False) -> Path:
+        """A file name for a new segment of tier ``name``: ``pairs.7.npz``, or ``pairs.npz`` for a main if free."""
+        with self._files_lock:
+            stem = Path(_PEAKS_FILE if name == "peaks" else _TIER_FILES[name]).stem
+            canonical = self.directory / f"{stem}.npz"
+            if main and not canonical.exists():
+                return canonical
+            path = self.directory / f"{stem}.{self._next_file}.npz"
+            self._next_file += 1
+            return path
 
     def _finish_interrupted_writes(self) -> None:
         leftovers = self.catalog.unfinished()
@@ -252,11 +389,124 @@ class IndexStore:
         self._save_tiers()
         self.catalog.delete(leftovers)
 
+    def _segmented_tiers(self) -> dict[str, LandmarkIndex | PeakStore]:
+        return {name: tier for name, tier in self.tiers.items() if isinstance(tier, _Segmented)}
+
     def _save_tiers(self) -> None:
+        """Save every tier's changes: a delta segment, or the whole tier where it is small or a removal
+        changed its saved entries; then switch the manifest and delete the files it no longer lists."""
         if self._faiss_tiers:  # this Refrain cannot write an earlier Refrain's FAISS files
             self.upgrade()
-        for name, tier in self.tiers.items():
-            tier.save(self._tier_files[name])
+        with self._files_lock:
+            replaced: list[Path] = []
+            for name, tier in self.tiers.items():
+                files = self._tier_files[name]
+                if not isinstance(tier, _Segmented):
+                    tier.save(files[0])
+                    continue
+                if len(files) == 1 and (tier.needs_rewrite or tier.segment_bytes()[0] < self.writes.whole_below_bytes):
+                    tier.save(files[0])  # alone in the manifest: replaced atomically in place
+                elif tier.needs_rewrite:
+                    main = self._new_segment_file(name, main=True)
+                    tier.save(main)
+                    replaced += files
+                    self._tier_files[name] = [main]
+                else:
+                    delta = self._new_segment_file(name)
+                    if tier.save_delta(delta):
+                        files.append(delta)
+            self._record_files()
+        for path in replaced:
+            path.unlink(missing_ok=True)
+
+    def _merge_segments(self, name: str, first: int, last: int) -> None:
+        """Merge segments ``first:last`` of tier ``name`` into one new file (into main if ``first`` is 0).
+
+        Only the switch holds the files lock: a background merge writes its file while
+        commits add deltas after the segments it merges.
+        """
+        tier = self._segmented_tiers()[name]
+        with self._files_lock:
+            merged_files = self._tier_files[name][first:last]
+            path = self._new_segment_file(name, main=first == 0)
+        merged = tier.write_merged(first, last, path)
+        with self._files_lock:
+            tier.adopt_merged(merged, path)  # type: ignore[arg-type]  # the segments write_merged returned
+            files = self._tier_files[name]
+            at = files.index(merged_files[0])
+            files[at:at + len(merged_files)] = [path]
+            self._record_files()
+        for old in merged_files:
+            old.unlink(missing_ok=True)
+
+    def _merge_due_deltas(self) -> None:
+        """After a commit: merge the newest deltas while the older is under twice the newer's size
+        (a binary counter: about log2(commits) deltas), then, once a tier's deltas reach
+        ``writes.merge_share`` of its main file, merge them into main (in the background)."""
+        for name, tier in self._segmented_tiers().items():
+            while True:
+                sizes = tier.segment_bytes()
+                if len(sizes) - 2 < max(1, self._merging.get(name, 0)) or sizes[-2] >= 2 * sizes[-1]:
+                    break
+                self._merge_segments(name, len(sizes) - 2, len(sizes))
+        if self._merge_thread is not None and self._merge_thread.is_alive():
+            return
+        self._raise_merge_error()
+        due = {name: len(tier.segment_bytes()) for name, tier in self._segmented_tiers().items()
+               if sum(tier.segment_bytes()[1:]) > 0
+               and sum(tier.segment_bytes()[1:]) >= self.writes.merge_share * tier.segment_bytes()[0]}
+        if not due:
+            return
+        if not self.writes.background:
+            for name, count in due.items():
+                self._merge_segments(name, 0, count)
+            return
+        self._merging = due
+        self._merge_thread = threading.Thread(target=self._merge_in_background, args=(due,),
+                                              name=f"refrain-merge {self.directory.name}", daemon=True)
+        self._merge_thread.start()
+
+    def _merge_in_background(self, due: dict[str, int]) -> None:
+        try:
+            for name, count in due.items():
+                self._merge_segments(name, 0, count)
+        except BaseException as err:  # reported by the writer's next call that waits for merges
+            self._merge_error = err
+        finally:
+            self._merging = {}
+
+    def wait_for_merge(self) -> None:
+        """Wait for a background merge to finish.
+
+        Raises
+        ------
+        OSError
+            What stopped the merge (a full disk, say); the index is as it was before it.
+        """
+        if self._merge_thread is not None:
+            self._merge_thread.join()
+            self._merge_thread = None
+        self._raise_merge_error()
+
+    def _raise_merge_error(self) -> None:
+        error, self._merge_error = self._merge_error, None
+        if error is not None:
+            raise error
+
+    def merge(self) -> list[str]:
+        """Merge every tier's delta segments into its main file now (after any background merge).
+
+        Returns
+        -------
+        list of str
+            The tiers merged.
+        """
+        self._require_writable()
+        self.wait_for_merge()
+        merged = [name for name, files in self._tier_files.items() if len(files) > 1]
+        for name in merged:
+            self._merge_segments(name, 0, len(self._tier_files[name]))
+        return merged
 
     def _require_writable(self) -> None:
         if self._lock_handle is None:
@@ -283,13 +533,18 @@ class IndexStore:
         return track_id
 
     def commit(self) -> None:
-        """Save the landmark file atomically, then publish the pending tracks."""
+        """Save the pending tracks' entries (delta segments of a large index), then publish the tracks.
+
+        Deltas due for merging are merged after the tracks are published (into main in
+        the background: see :class:`IndexWriteParams`).
+        """
         if not self._pending:
             return
         self._require_writable()
         self._save_tiers()
         self.catalog.set_status(self._pending, "ready")
         self._pending = []
+        self._merge_due_deltas()
 
     def upgradable(self) -> list[str]:
         """The tiers :meth:`upgrade` would bring to the current layout."""
@@ -314,36 +569,40 @@ class IndexStore:
             The tiers upgraded (empty if the index was already current).
         """
         self._require_writable()
+        self.wait_for_merge()
         stale = self.upgradable()
         if not stale:
             return []
-        manifest = self._read_manifest(self.directory)
-        refiled, old_files = {}, []
-        for name in stale:
-            old_file = self._tier_files[name]
-            tier = self.tiers[name]
-            assert isinstance(tier, LandmarkIndex)  # upgradable() lists landmark tiers only
-            if not tier.hashed_lists:
-                tier = tier.refiled()
-            new_file = self.directory / _TIER_FILES[name]
-            if new_file == old_file:
-                new_file = old_file.with_name(old_file.stem + "-hashed" + old_file.suffix)
-            tier.save(new_file)
-            refiled[name] = (tier, new_file)
-            manifest["tiers"][name].update(file=new_file.name, lists=_HASHED_LISTS, store=_RUN_STORE)
-            old_files.append(old_file)
-            if name in self._faiss_tiers:
-                old_files.append(old_file.with_name(old_file.name + ".counts.npy"))  # its code-count table
-        self._save_manifest(self.directory, manifest)
-        for name, (tier, new_file) in refiled.items():
-            self.tiers[name], self._tier_files[name] = tier, new_file
-        self._faiss_tiers.clear()
+        with self._files_lock:
+            refiled, old_files = {}, []
+            for name in stale:
+                files = self._tier_files[name]
+                tier = self.tiers[name]
+                assert isinstance(tier, LandmarkIndex)  # upgradable() lists landmark tiers only
+                if not tier.hashed_lists:
+                    tier = tier.refiled()
+                new_file = self.directory / _TIER_FILES[name]
+                if new_file in files:
+                    new_file = new_file.with_name(new_file.stem + "-hashed" + new_file.suffix)
+                tier.save(new_file)
+                refiled[name] = (tier, new_file)
+                old_files += files
+                if name in self._faiss_tiers:
+                    old_files.append(files[0].with_name(files[0].name + ".counts.npy"))  # its code-count table
+            self._record_files({**self._tier_files, **{name: [new_file] for name, (_, new_file) in refiled.items()}},
+                               {name: {"lists": _HASHED_LISTS, "store": _RUN_STORE} for name in refiled})
+            for name, (tier, new_file) in refiled.items():
+                self.tiers[name], self._tier_files[name] = tier, [new_file]
+            self._faiss_tiers.clear()
         for path in old_files:
             path.unlink(missing_ok=True)
         return stale
 
     def remove_track(self, track_id: int) -> Track:
         """Take a track out of the index and the catalogue (takedown, consent withdrawn).
+
+        The tiers holding its saved entries are rewritten whole, so that no file keeps
+        them (see :class:`IndexWriteParams` for what a commit writes).
 
         Raises
         ------
@@ -354,6 +613,7 @@ class IndexStore:
         track = self.catalog.get(track_id)
         if track is None:
             raise KeyError(track_id)
+        self.wait_for_merge()
         self.catalog.set_status([track_id], "removing")
         for tier in self.tiers.values():
             tier.remove(track_id)
@@ -374,19 +634,35 @@ class IndexStore:
         assert isinstance(tier, kind), (name, type(tier))
         return tier
 
+    def delta_segments(self) -> dict[str, int]:
+        """How many delta segments each tier has beside its main file."""
+        return {name: len(files) - 1 for name, files in self._tier_files.items()}
+
     def size_bytes(self) -> dict[str, int]:
         """Bytes on disk per file of the directory."""
         return {path.name: path.stat().st_size for path in self.directory.iterdir()
                 if path.is_file() and path.name != _LOCK}
 
     def close(self) -> None:
-        self.catalog.close()
-        if self._lock_handle:
-            self._lock_handle.close()
-            self._lock_handle = None
+        try:
+            if self._lock_handle:
+                self.wait_for_merge()
+        finally:
+            self.catalog.close()
+            if self._lock_handle:
+                self._lock_handle.close()
+                self._lock_handle = None
 
     def __enter__(self) -> "IndexStore":
         return self
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _segment_names(tier_entry: dict) -> list[str]:
+    """A tier's files as its manifest entry lists them: main first, then its delta segments."""
+    deltas = tier_entry.get("deltas", [])
+    if not isinstance(deltas, list) or not all(isinstance(name, str) and "/" not in name for name in deltas):
+        raise ValueError(f"unreadable delta list {deltas!r}")
+    return [tier_entry["file"], *deltas]

@@ -369,7 +369,7 @@ class Refrain:
         """Open the index in ``directory`` (see :meth:`index.IndexStore.open`)."""
         config = config or Config()
         store = IndexStore.open(Path(directory), writable=writable, create=create,
-                                params=config.fingerprint, mmap=mmap)
+                                params=config.fingerprint, mmap=mmap, writes=config.index_writes)
         return cls(store, config)
 
     def close(self) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 
 from refrain.fingerprint import FingerprintParams
+from refrain.index.store import IndexWriteParams
 from refrain.matcher import MatchParams
 
 __all__ = ["Config"]
@@ -29,6 +30,9 @@ class Config:
     commit_every : int
         During ingest, save the index after this many new tracks (default 50), so an
         interrupted run keeps what it finished.
+    index_writes : IndexWriteParams
+        When a commit appends delta segments instead of rewriting tier files, and when
+        they are merged (see :class:`index.store.IndexWriteParams` and docs/index-format.md).
     """
 
     fingerprint: FingerprintParams = field(default_factory=FingerprintParams)
@@ -36,6 +40,7 @@ class Config:
     max_query_seconds: float = 1200.0
     max_track_seconds: float = 6 * 3600.0
     commit_every: int = 50
+    index_writes: IndexWriteParams = field(default_factory=IndexWriteParams)
 
     def searching_covers(self, enabled: bool) -> "Config":
         """This configuration with the melody tier (covers) searched, or left out."""

@@ -152,15 +152,16 @@ def _as_faiss_file(store: LandmarkIndex, path, raw_codes=None) -> None:
     binary inverted file of 2**16 lists keyed by the stored code's low 16 bits."""
     import faiss
     from refrain.index.landmarks import _unpacked
-    store.save(path.with_suffix(".npz"))  # merges the entries added since the last save into the runs
-    codes = np.repeat(store._codes, np.diff(store._starts)) if raw_codes is None else raw_codes
+    store.save(path.with_suffix(".npz"))  # merges every segment and the entries added since the last save
+    [main] = store._state[0]
+    codes = main.entry_codes() if raw_codes is None else raw_codes
     quantizer = faiss.IndexBinaryHash(32, 16)
     quantizer.add(np.arange(1 << 16, dtype="<u4").view(np.uint8).reshape(-1, 4))
     index = faiss.IndexBinaryIVF(quantizer, 32, 1 << 16)
     index.own_fields = True
     quantizer.this.disown()
     index.add_with_ids(np.ascontiguousarray(codes, dtype="<u4").view(np.uint8).reshape(-1, 4),
-                       _unpacked(store._ids))
+                       _unpacked(main.ids))
     faiss.write_index_binary(index, str(path))
 
 
