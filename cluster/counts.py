@@ -30,7 +30,6 @@ distinct code, not the entries) and merges them: linear in the distinct codes.
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,14 +54,8 @@ def _shard_runs(directory: Path) -> tuple[dict[str, tuple[np.ndarray, np.ndarray
             raise ValueError(f"{directory}: a shard from an earlier Refrain: run `refrain upgrade --index "
                              f"{directory}` first")
         tracks = len(store.catalog.ready_tracks())
-        manifest = json.loads((directory / "manifest.json").read_text())
-        runs = {}
-        for name in TIER_PAYLOAD_BITS:
-            if name not in manifest["tiers"]:
-                continue
-            arrays = map_arrays(directory / manifest["tiers"][name]["file"], ("codes", "starts"))
-            codes = np.asarray(arrays["codes"])
-            runs[name] = (codes, np.diff(np.asarray(arrays["starts"], dtype=np.int64)))
+        # Over the main file and its delta segments: a large shard's recent commits live in deltas.
+        runs = {name: store.tiers[name].code_table() for name in TIER_PAYLOAD_BITS if name in store.tiers}
     return runs, tracks
 
 

@@ -7,6 +7,8 @@ queries go through the library and through the real service over HTTP.
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -136,6 +138,37 @@ class _Server:
     def __exit__(self, *exc) -> None:
         self.server.should_exit = True
         self.thread.join(15)
+
+
+def test_the_count_table_counts_the_entries_of_shards_committed_in_deltas(tmp_path, songs):
+    from dataclasses import replace
+
+    from refrain.cluster.counts import CountTable
+    from refrain.config import Config
+    from refrain.index import IndexWriteParams
+    from refrain.index.landmarks import LandmarkIndex
+    # Every commit writes a delta, none is merged: as in a shard past a few catalogue hours.
+    config = replace(Config(), commit_every=1,
+                     index_writes=IndexWriteParams(whole_below_bytes=0, merge_share=float("inf")))
+    paths = [song.path for song in songs.values()]
+    directory = tmp_path / "deltas"
+    ClusterCatalog.create(directory, 1).close()
+    with ClusterRefrain.open(directory, config=config, writable=True) as cluster:
+        list(cluster.ingest(paths))
+    single_dir = tmp_path / "single"
+    with Refrain.open(single_dir, writable=True, create=True) as single:
+        list(single.ingest(paths))
+    shard_dir = Path(ClusterCatalog(directory).placement().directory)
+    manifest = json.loads((shard_dir / "manifest.json").read_text())
+    assert any(entry.get("deltas") for entry in manifest["tiers"].values())
+    table = CountTable(directory / "counts.npz")
+    with Refrain.open(single_dir, mmap=True) as single:
+        for name, tier in single.store.tiers.items():
+            if isinstance(tier, LandmarkIndex):
+                codes, _ = tier.code_table()
+                asked = np.concatenate([codes, codes + 1])
+                assert np.array_equal(table.tiers[name].code_counts(asked), tier.code_counts(asked)), name
+                assert table.tiers[name].entries == tier.ntotal
 
 
 def _free_port() -> int:
