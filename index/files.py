@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import struct
+import threading
 import tempfile
 import zipfile
 from pathlib import Path
@@ -42,6 +43,10 @@ def replace_atomically(path: os.PathLike, write: Callable[[str], object]) -> Non
 
 _LOCAL_HEADER = struct.Struct("<4s22xHH")  # signature, ..., file name length, extra field length
 _LOCAL_SIGNATURE = b"PK\x03\x04"
+# numpy parses a .npy header with ast.literal_eval, which CPython 3.11.7 cannot run in two
+# threads at once (python/cpython#106905: a spurious "AST constructor recursion depth
+# mismatch"); shard and service threads map files concurrently.
+_HEADER_PARSE_LOCK = threading.Lock()
 
 
 def save_arrays(path: os.PathLike, arrays: dict[str, np.ndarray]) -> None:
@@ -82,7 +87,8 @@ def map_arrays(path: os.PathLike, names: tuple[str, ...]) -> dict[str, np.ndarra
                 version = np.lib.format.read_magic(handle)
                 read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
                                else np.lib.format.read_array_header_2_0)
-                shape, fortran_order, dtype = read_header(handle)
+                with _HEADER_PARSE_LOCK:
+                    shape, fortran_order, dtype = read_header(handle)
                 if fortran_order or len(shape) != 1 or dtype.hasobject:
                     raise ValueError(f"{name} is not a flat array")
                 arrays[name] = (np.memmap(path, dtype=dtype, mode="r", offset=handle.tell(), shape=shape)
