@@ -438,9 +438,7 @@ def _may_hold_a_line(members, sizes, query_frames, ref_frames, ratio, min_aligne
         if count < min_aligned:
             continue
         hits = members[start:end]
-        ranked = np.sort(ratio[hits])
-        # The median as np.median takes it (mean of the middle two of an even count).
-        median = ranked[count // 2] if count % 2 == 1 else (ranked[count // 2 - 1] + ranked[count // 2]) / 2
+        median = np.median(ratio[hits])  # the fit's first ratio, as it takes it
         offsets = np.sort(ref_frames[hits] - median * query_frames[hits])
         last = 0
         for first in range(count):
