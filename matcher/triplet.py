@@ -247,6 +247,13 @@ def _plausible_hits(first_hit, hits_per_code, labels, payload_bits, code_rows, d
         (``ratio_cell * _PITCH_STRIDE + pitch_cell``, both biased by ``_CELL_CENTRE``),
         which looked-up code it answers and where it lies in ``labels``.
     """
+    # Each (query span, reference span)'s ratio cell, biased and strided, or -1 where its
+    # ratio is out of bounds: one look-up per hit (two thirds of the hits fail a bound).
+    ratio_parts = np.full(ratios.shape, -1, np.int64)
+    for span_row in range(ratios.shape[0]):
+        for ref_span in range(ratios.shape[1]):
+            if min_ratio <= ratios[span_row, ref_span] <= max_ratio:
+                ratio_parts[span_row, ref_span] = (ratio_cells[span_row, ref_span] + _CELL_CENTRE) * _PITCH_STRIDE
     count = len(labels)
     track_ids, cells = np.empty(count, np.int64), np.empty(count, np.int64)
     hit_codes, hit_positions = np.empty(count, np.int64), np.empty(count, np.int64)
@@ -254,16 +261,14 @@ def _plausible_hits(first_hit, hits_per_code, labels, payload_bits, code_rows, d
     kept = 0
     for code in range(len(first_hit)):
         row = code_rows[code]
-        span_row, anchor = dt_13[row] - 1, np.float64(anchor_positions[row])
+        parts, anchor = ratio_parts[dt_13[row] - 1], np.float64(anchor_positions[row])
         for hit in range(first_hit[code], first_hit[code] + hits_per_code[code]):
             _, ref_bin, ref_span = unpack_triplet_payload(labels[hit] & payload_mask)
-            hit_ratio = ratios[span_row, ref_span]
             hit_pitch = anchor - ref_bin
-            if hit_ratio < min_ratio or hit_ratio > max_ratio or abs(hit_pitch) > max_pitch_bins:
+            if parts[ref_span] < 0 or abs(hit_pitch) > max_pitch_bins:
                 continue
             track_ids[kept] = labels[hit] >> payload_bits
-            cells[kept] = (ratio_cells[span_row, ref_span] + _CELL_CENTRE) * _PITCH_STRIDE \
-                + np.int64(np.round(hit_pitch)) + _CELL_CENTRE
+            cells[kept] = parts[ref_span] + np.int64(np.round(hit_pitch)) + _CELL_CENTRE
             hit_codes[kept], hit_positions[kept] = code, hit
             kept += 1
     return track_ids[:kept], cells[:kept], hit_codes[:kept], hit_positions[:kept]
