@@ -143,7 +143,8 @@ def match(fp: Fingerprint, catalogue: Catalogue, params: MatchParams,
         The index's tiers, its fingerprint settings and the reportable tracks.
     params : MatchParams
     timings : dict of str to float, optional
-        If given, the seconds each tier took are added to it under the tier's name.
+        If given, the seconds each tier took are added to it under the tier's name (a
+        tier that skipped an explained window took the time of that decision).
 
     Returns
     -------
@@ -202,10 +203,9 @@ def match_windows(windows: Iterable[Fingerprint], catalogue: Catalogue, params: 
         settled: list[Match] = []
         upload_seconds += part.duration
         for tier in params.tiers:
-            if tier.name in params.unexplained_tiers and _explained(settled, part.duration, params):
-                continue
             started = time.perf_counter()
-            for m in tier.find(query, catalogue, skip=in_window):
+            explained = tier.name in params.unexplained_tiers and _explained(settled, part.duration, params)
+            for m in [] if explained else tier.find(query, catalogue, skip=in_window):
                 if _settles(m, tier, params, part.duration):
                     in_window.add(m.track_id)
                     settled.append(m)
