@@ -22,10 +22,10 @@ from typing import AbstractSet, ClassVar
 
 import numba
 import numpy as np
-from scipy.ndimage import maximum_filter
 
 from refrain.fingerprint import Fingerprint
 from refrain.fingerprint.hashes import unhash_landmarks
+from refrain.fingerprint.peaks import maximum_filter
 from refrain.index.peaks import PeakStore
 from refrain.matcher.pair import PairTier, PairVotes, pair_votes
 from refrain.matcher.types import Calibration, Catalogue, Match, Query, Span
@@ -150,7 +150,7 @@ def peaks_matches(fp: Fingerprint, votes: PairVotes, peaks: PeakStore, params: P
     # and one bin of it: peak times and bins jitter by that much under re-encoding.
     dense_cells = np.zeros((int(dense.bins.max()) + 2, n_frames + 1), dtype=bool)
     dense_cells[dense.bins, np.minimum(dense.frames, n_frames)] = True
-    surface = maximum_filter(dense_cells, size=3).astype(np.uint8)
+    surface = maximum_filter(dense_cells, (3, 3)).astype(np.uint8)
     window = int(round(params.window_seconds / fpp.frame_seconds))
     compared = np.concatenate([[0], _background_shifts(params, fpp.frame_seconds)])
 

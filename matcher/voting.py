@@ -5,7 +5,7 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-from refrain.index.landmarks import LandmarkIndex
+from refrain.index.landmarks import LandmarkIndex, mix_codes
 from refrain.matcher.landmarks import LandmarkTierParams
 
 __all__ = ["rarity_weights", "weighted_lookup", "vote_keys", "split_vote_keys", "vote_order",
@@ -56,12 +56,25 @@ def weighted_lookup(tier: LandmarkIndex, codes: np.ndarray, params: LandmarkTier
     code_weights : np.ndarray of float
         The rarity weight of each.
     first_hit, hits_per_code, labels : np.ndarray of int64
-        Their hits, as :meth:`index.landmarks.LandmarkIndex.lookup_slices` returns them:
-        the tiers walk them code by code in compiled loops.
+        Their hits, as :meth:`index.landmarks.LandmarkIndex.lookup_slices` returns them
+        (each code's hits one slice of ``labels``, though the slices do not follow each
+        other in the order of ``code_ids``): the tiers walk them code by code in compiled
+        loops.
     """
-    code_weights = rarity_weights(tier.code_counts(codes), tier.ntotal, params)
-    code_ids = np.flatnonzero(code_weights >= params.min_hash_weight)
-    return (code_ids, code_weights[code_ids]) + tier.lookup_slices(codes[code_ids], tracks)
+    # The store files its runs in the order of the mixed codes: asked in that order, its
+    # binary searches and gathers walk forward through it (a 60 s window's 60,000 triplet
+    # codes: 30 instead of 46 ms). Each code's hits are the same; only where its slice
+    # lies in ``labels`` differs, and ``first_hit`` says where.
+    in_store_order = np.argsort(mix_codes(codes), kind="stable")
+    entries_per_code = np.empty(len(codes), np.int64)
+    entries_per_code[in_store_order] = tier.code_counts(codes[in_store_order])
+    code_weights = rarity_weights(entries_per_code, tier.ntotal, params)
+    looked_up = in_store_order[code_weights[in_store_order] >= params.min_hash_weight]
+    first_hit, hits_per_code, labels = tier.lookup_slices(codes[looked_up], tracks)
+    code_ids = np.sort(looked_up)
+    slice_of = np.empty(len(codes), np.int64)
+    slice_of[looked_up] = np.arange(len(looked_up))
+    return code_ids, code_weights[code_ids], first_hit[slice_of[code_ids]], hits_per_code[slice_of[code_ids]], labels
 
 
 def vote_order(track_ids: np.ndarray, cells: np.ndarray) -> np.ndarray:

@@ -108,6 +108,16 @@ def test_stereo_at_another_rate_is_mixed_down_and_resampled(tmp_path, source, re
     assert np.std(y[:n]) == pytest.approx(0.75 * np.std(reference[:n]), rel=0.01)
 
 
+@pytest.mark.parametrize("channels", [2, 6])
+def test_mono_is_exactly_the_mean_of_the_channels(tmp_path, channels):
+    frames = np.random.default_rng(channels).uniform(-0.5, 0.5, (3 * RATE, channels)).astype(np.float32)
+    sf.write(tmp_path / "many.wav", frames, RATE, subtype="FLOAT")
+    expected = frames.mean(axis=1)
+    assert np.array_equal(load_audio(tmp_path / "many.wav", RATE), expected)
+    streamed = np.concatenate(list(stream_audio(tmp_path / "many.wav", RATE, block_seconds=1.0)))
+    assert np.array_equal(streamed, expected)
+
+
 # -- files that are not usable audio ------------------------------------------------------------
 
 

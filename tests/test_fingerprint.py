@@ -7,10 +7,12 @@ from dataclasses import replace
 import numpy as np
 import pytest
 import soxr
+from scipy import ndimage
 
 from refrain.fingerprint import (PAIR_LAYOUT, FingerprintError, FingerprintParams, HashLayout,
                          fingerprint_signal)
 from refrain.fingerprint.hashes import hash_landmarks, pair_landmarks, unhash_landmarks
+from refrain.fingerprint.peaks import maximum_filter
 
 PARAMS = FingerprintParams()
 SEEDS = (30, 34, 41)  # ballad, chiptune, pop: sparse to dense arrangements
@@ -129,3 +131,16 @@ def test_a_landmark_code_and_its_anchor_frame_give_back_both_peaks(signals):
     back = unhash_landmarks(fp.hashes, fp.frames)
     for field in ("anchor_frames", "anchor_bins", "target_frames", "target_bins"):
         np.testing.assert_array_equal(getattr(back, field), getattr(landmarks, field))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, bool])
+def test_the_maximum_filter_gives_scipys_numbers(dtype):
+    draw = np.random.default_rng(7)
+    for shape in [(183, 400), (1, 1), (3, 2), (20, 7)]:
+        # Values rounded to a tenth: plenty of ties, as a spectrogram's plateaus have.
+        values = draw.random(shape) > 0.8 if dtype is bool else np.round(draw.standard_normal(shape), 1).astype(dtype)
+        for size in [(13, 9), (7, 5), (3, 3), (1, 5), (31, 17)]:
+            expected = ndimage.maximum_filter(values, size=size, mode="nearest")
+            assert np.array_equal(maximum_filter(values, size), expected)
+    with pytest.raises(ValueError, match="odd"):
+        maximum_filter(values, (4, 3))

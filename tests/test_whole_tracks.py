@@ -13,6 +13,8 @@ from refrain.fingerprint import fingerprint_signal, load_audio
 from refrain.fingerprint.decode import stream_audio
 from refrain.fingerprint.pipeline import fingerprint_windows, window_margin_frames
 from refrain.matcher import MatchParams
+from refrain.matcher.melody import MelodyTier
+from refrain.matcher.peaks import PeaksTier
 
 SR = 22050
 
@@ -162,3 +164,27 @@ def test_audio_between_reads_the_ranges_a_whole_decode_holds(songs, write_audio,
     for (start, end), part in zip(ranges, parts):
         assert np.array_equal(part, y[int(start * 8000):int(end * 8000)])
     assert audio_between(path, 8000, []) == []
+
+
+def test_the_peaks_and_melody_tiers_search_only_the_windows_the_recordings_found_leave_unexplained(
+        catalogue_index, songs, unrelated_songs, monkeypatch):
+    # 12 s windows: two of a catalogue song, then two of music outside the catalogue.
+    searched: list[str] = []
+    for tier in (PeaksTier, MelodyTier):
+        monkeypatch.setattr(tier, "find", lambda self, query, *args, find=tier.find, **kwargs: (
+            searched.append(self.name), find(self, query, *args, **kwargs))[1])
+    outcomes = {}
+    for unexplained_tiers in [("peaks", "melody"), ()]:
+        windowed = Config(match=MatchParams(upload_window_seconds=12.0, unexplained_tiers=unexplained_tiers))
+        with Refrain.open(catalogue_index.directory, windowed, mmap=True) as refrain:
+            rate = refrain.params.sample_rate
+            upload = np.concatenate([songs[41].samples[:int(24.0 * SR)], unrelated_songs[45][:int(24.0 * SR)]])
+            y = soxr.resample(upload, SR, rate).astype(np.float32)
+            searched.clear()
+            outcomes[unexplained_tiers] = refrain.match_signal(y, "copy then other"), sorted(searched)
+    (result, skipping), (everywhere, all_windows) = outcomes[("peaks", "melody")], outcomes[()]
+    assert skipping == ["melody"] * 2 + ["peaks"] * 2 and all_windows == ["melody"] * 4 + ["peaks"] * 4
+    (found,) = result.matches
+    assert found.track_id == catalogue_index.track_ids[41] and found.kind in ("copy", "excerpt")
+    assert covered_share(found, 24.0) >= 0.9
+    assert [m.track_id for m in everywhere.matches] == [found.track_id]
