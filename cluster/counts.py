@@ -40,7 +40,7 @@ import numpy as np
 from refrain.fingerprint.hashes import TIER_PAYLOAD_BITS
 from refrain.index import IndexStore
 from refrain.index.files import map_arrays, save_arrays
-from refrain.index.landmarks import mix_codes
+from refrain.index.landmarks import LandmarkIndex, mix_codes
 
 __all__ = ["COUNTS_FILE", "CountTable", "TierCounts", "write_count_table"]
 
@@ -55,7 +55,8 @@ def _shard_runs(directory: Path) -> tuple[dict[str, tuple[np.ndarray, np.ndarray
                              f"{directory}` first")
         tracks = len(store.catalog.ready_tracks())
         # Over the main file and its delta segments: a large shard's recent commits live in deltas.
-        runs = {name: store.tiers[name].code_table() for name in TIER_PAYLOAD_BITS if name in store.tiers}
+        runs = {name: tier.code_table() for name, tier in store.tiers.items()
+                if name in TIER_PAYLOAD_BITS and isinstance(tier, LandmarkIndex)}
     return runs, tracks
 
 
