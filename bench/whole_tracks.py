@@ -36,7 +36,7 @@ import json
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -183,7 +183,7 @@ def run_conditions(args, catalogue: list[Path], held_out: list[Path]) -> dict:
     groups = related_groups()
     report: dict = {}
     with tempfile.TemporaryDirectory(prefix="refrain-whole-") as scratch, \
-            Refrain.open(args.index, Config(), mmap=True) as refrain:
+            Refrain.open(args.index, whole_track_config(args), mmap=True) as refrain:
         tracks = refrain.store.catalog.ready_tracks()
         names = {track_id: Path(t.source).name for track_id, t in tracks.items()}
         ids = {Path(t.source).name: track_id for track_id, t in tracks.items()}
@@ -239,6 +239,13 @@ def run_conditions(args, catalogue: list[Path], held_out: list[Path]) -> dict:
     return report
 
 
+def whole_track_config(args) -> Config:
+    """The library's defaults, with the explained-window skip where ``--skip-explained`` asks for it."""
+    if not args.skip_explained:
+        return Config()
+    return replace(Config(), match=replace(Config().match, unexplained_tiers=("peaks", "melody")))
+
+
 def reset_peak_rss() -> None:
     """Start ``VmHWM`` afresh: opening the index and making the upload peak higher than a match may."""
     Path("/proc/self/clear_refs").write_text("5")
@@ -263,7 +270,7 @@ def stretched_upload(catalogue: list[Path], ids: dict[str, int], minutes: float)
 
 def one_length(args, catalogue: list[Path], minutes: float) -> dict:
     """Catalogue tracks stretched to 0.9, laid end to end to ``minutes``, matched once (a child run)."""
-    with Refrain.open(args.index, Config(), mmap=True) as refrain:
+    with Refrain.open(args.index, whole_track_config(args), mmap=True) as refrain:
         ids = {Path(t.source).name: track_id for track_id, t in refrain.store.catalog.ready_tracks().items()}
         x, laid_in = stretched_upload(catalogue, ids, minutes)
         refrain.match_signal(soxr.resample(x[:10 * SOURCE_RATE], SOURCE_RATE, refrain.params.sample_rate,
@@ -293,7 +300,8 @@ def run_lengths(args) -> list[dict]:
     for minutes in args.minutes:
         command = [sys.executable, __file__, str(args.music), "--index", str(args.index),
                    "--catalogue", str(args.catalogue), "--negatives", str(args.negatives),
-                   "--seed", str(args.seed), "--minutes", str(minutes), "--one-length"]
+                   "--seed", str(args.seed), "--minutes", str(minutes), "--one-length",
+                   *(["--skip-explained"] if args.skip_explained else [])]
         row = run_fresh(command, f"{minutes} min upload")
         rows.append(row)
         print(f"{minutes:5.1f} min  {row['match_cpu_seconds']:7.1f} CPU s  {row['x_realtime_per_core']:6.1f}x "
@@ -312,6 +320,9 @@ def main() -> int:
     parser.add_argument("--minutes", type=float, nargs="*", default=[1.0, 3.0, 10.0, 20.0],
                         help="upload lengths for speed and memory (none: skip)")
     parser.add_argument("--json", type=Path, help="also write the figures to this file")
+    parser.add_argument("--skip-explained", action="store_true",
+                        help="the peaks and melody tiers skip windows the earlier tiers explain "
+                             "(MatchParams.unexplained_tiers; off by default)")
     parser.add_argument("--one-length", action="store_true", help=argparse.SUPPRESS)  # a child run
     args = parser.parse_args()
     tune_process()
