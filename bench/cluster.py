@@ -43,7 +43,7 @@ from refrain.api import Refrain
 from refrain.cluster import ClusterCatalog, ClusterRefrain, LocalCluster
 from refrain.fingerprint import fingerprint_signal, load_audio
 from refrain.synth import render_song
-from service import _free_port, _wait_for  # bench/service.py
+from service import _free_port, _stop, _wait_for  # bench/service.py
 
 SR = 22050
 SHORT_SECONDS, LONG_SECONDS = 10.0, 180.0
@@ -144,16 +144,6 @@ def _serve(refrain: list[str], option: str, directory: Path, db: Path, workers: 
         ready = ready + 1 if httpx.get(url + "/v1/health/ready", timeout=30).is_success else 0
         time.sleep(0.1)
     return process, url, serving
-
-
-def _stop(processes: list[subprocess.Popen]) -> None:
-    for process in processes:
-        process.terminate()
-    for process in processes:
-        try:
-            process.wait(60)
-        except subprocess.TimeoutExpired:
-            process.kill()
 
 
 def _threads(serving: list[psutil.Process]) -> list[dict]:

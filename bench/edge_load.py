@@ -37,7 +37,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.fresh import status_mb  # noqa: E402
-from bench.service import _free_port  # noqa: E402
+from bench.service import _free_port, _stop, _wait_for  # noqa: E402
 
 REFRAIN = [sys.executable, "-m", "refrain.cli"]
 
@@ -53,15 +53,12 @@ def _serve(root: Path) -> tuple[subprocess.Popen, str, str]:
     server = subprocess.Popen([*REFRAIN, "serve", "--index", str(index), "--port", str(port)],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"{url}/v1/health", timeout=2).status_code == 200:
-                return server, url, key
-        except httpx.TransportError:
-            time.sleep(0.2)
-    server.kill()
-    raise SystemExit("the service did not start")
+    try:
+        _wait_for(url, server)
+    except SystemExit:
+        server.kill()
+        raise
+    return server, url, key
 
 
 def _audio(path: Path, seconds: float, seed: int = 0) -> Path:
@@ -122,8 +119,7 @@ def stalled(connections: int, root: Path) -> None:
         print(f"stalled connections closed by the server: {len(closed_after)} of {connections}, "
               f"after {min(closed_after):.1f}-{max(closed_after):.1f} s; answers: {dict(first_lines)}")
     finally:
-        server.terminate()
-        server.wait(60)
+        _stop([server])
 
 
 def long_uploads(uploaders: int, minutes: float, seconds: float, root: Path) -> None:
@@ -169,8 +165,7 @@ def long_uploads(uploaders: int, minutes: float, seconds: float, root: Path) -> 
               f"statuses {dict(statuses)}")
         print(f"server RSS: {baseline:.0f} MB at rest, peak {peak[0]:.0f} MB")
     finally:
-        server.terminate()
-        server.wait(60)
+        _stop([server])
 
 
 def main() -> int:

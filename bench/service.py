@@ -59,6 +59,17 @@ def _wait_for(url: str, server: subprocess.Popen, timeout: float = 120.0) -> Non
     raise SystemExit("refrain serve did not answer in time")
 
 
+def _stop(processes: list[subprocess.Popen]) -> None:
+    """Ask every server to stop, then wait for each, killing one that does not stop within a minute."""
+    for process in processes:
+        process.terminate()
+    for process in processes:
+        try:
+            process.wait(60)
+        except subprocess.TimeoutExpired:
+            process.kill()
+
+
 def _run(url: str, key: str, uploads: list[Path], n_requests: int, clients: int) -> dict:
     def one(i: int) -> tuple[float, str]:
         path = uploads[i % len(uploads)]
@@ -145,11 +156,7 @@ def main() -> int:
                       "runs": [_run(url, uploader_key, uploads, args.requests, clients)
                                for clients in args.clients]}
         finally:
-            server.terminate()
-            try:
-                server.wait(30)
-            except subprocess.TimeoutExpired:
-                server.kill()
+            _stop([server])
     print(json.dumps(report, indent=2))
     return 0
 

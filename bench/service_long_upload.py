@@ -35,7 +35,7 @@ sys.path.insert(0, str(ROOT))
 
 from bench.accuracy import SOURCE_RATE  # noqa: E402
 from bench.corpus import add_split_arguments, split  # noqa: E402
-from bench.service import _free_port, _wait_for  # noqa: E402
+from bench.service import _free_port, _stop, _wait_for  # noqa: E402
 from bench.fresh import status_mb  # noqa: E402
 from bench.whole_tracks import stretched_upload  # noqa: E402
 from refrain.api import Refrain  # noqa: E402
@@ -103,11 +103,7 @@ def main() -> int:
                 answer.raise_for_status()
             peak = status_mb("VmHWM", server.pid)
         finally:
-            server.terminate()
-            try:
-                server.wait(30)
-            except subprocess.TimeoutExpired:
-                server.kill()
+            _stop([server])
     decision = answer.json()
     found = {w["track_id"]: w["kind"] for w in decision["works"]}
     report = {"upload_minutes": round(seconds / 60, 2), "idle_rss_MB": round(idle), "peak_rss_MB": round(peak),
