@@ -132,9 +132,9 @@ def main() -> int:
         index = args.index or tmp / "index"
         refrain = [str(Path(sys.executable).with_name("refrain"))]
         admin_key, uploader_key = (
-            subprocess.run([*refrain, "keys", "create", "--role", role, "--label", "bench", "--index",
-                            str(index)], capture_output=True, text=True, check=True).stdout.strip()
-            for role in ("admin", "uploader"))
+            subprocess.run([*refrain, "keys", "create", "--role", role, "--principal", principal, "--label", "bench",
+                            "--index", str(index)], capture_output=True, text=True, check=True).stdout.strip()
+            for role, principal in (("admin", "ops"), ("uploader", "bench")))
 
         port = _free_port()
         url = f"http://127.0.0.1:{port}"
