@@ -12,6 +12,8 @@ from __future__ import annotations
 import socket
 import threading
 import time
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -84,6 +86,26 @@ class _ServerThread:
         self.server.should_exit = True
         self.thread.join(timeout)
         assert not self.thread.is_alive(), "the service did not shut down"
+
+
+@contextmanager
+def private_service(settings: ServiceSettings, keys: Iterable[tuple[str, str, str]],
+                    timeout: float = 120.0) -> Iterator[dict[str, httpx.Client]]:
+    """A running service of the caller's own on ``settings``: one client per ``(name, role, principal)`` key."""
+    db = ServiceDB(settings.db_path)
+    made = {name: db.create_key(role, principal)[0] for name, role, principal in keys}
+    db.close()
+    server = _ServerThread(create_app(settings), free_port())
+    server.start()
+    url = f"http://127.0.0.1:{server.server.config.port}"
+    clients = {name: httpx.Client(base_url=url, headers={"X-API-Key": key}, timeout=timeout)
+               for name, key in made.items()}
+    try:
+        yield clients
+    finally:
+        for client in clients.values():
+            client.close()
+        server.stop()
 
 
 @pytest.fixture(scope="session")
@@ -170,21 +192,10 @@ def sped_up_file(songs, write_audio, upload_dir):
 def private_admin(tmp_path_factory):
     """An admin client of a service of the module's own, with an empty catalogue: for tests whose works or
     policies would change what the session's shared service decides."""
-    root = tmp_path_factory.mktemp("private-service")
-    settings = ServiceSettings(index_dir=root / "index")
-    db = ServiceDB(settings.db_path)
-    key = db.create_key("admin", "ops")[0]
-    db.close()
-    server = _ServerThread(create_app(settings), free_port())
-    server.start()
-    client = httpx.Client(base_url=f"http://127.0.0.1:{server.server.config.port}", headers={"X-API-Key": key},
-                          timeout=120.0)
-    client.settings = settings
-    try:
-        yield client
-    finally:
-        client.close()
-        server.stop()
+    settings = ServiceSettings(index_dir=tmp_path_factory.mktemp("private-service") / "index")
+    with private_service(settings, [("admin", "admin", "ops")]) as clients:
+        clients["admin"].settings = settings
+        yield clients["admin"]
 
 
 # One client per role and test module, with that role's key.

@@ -18,13 +18,11 @@ import httpx
 import librosa
 import pytest
 import soundfile
-from conftest import SR, _ServerThread, free_port
+from conftest import SR, private_service
 from service_helpers import assert_error, post_file
 
 from refrain.rescan.jobs import RescanOptions
 from refrain.rescan.uploads import rescan_uploads
-from refrain.service.app import create_app
-from refrain.service.db import ServiceDB
 from refrain.service.settings import ServiceSettings
 
 A_SEED = 44
@@ -37,17 +35,8 @@ def scene(tmp_path_factory, songs, sped_up_file, write_audio):
     """The running service, a client per principal, and the audio of each step."""
     root = tmp_path_factory.mktemp("lineage-service")
     settings = ServiceSettings(index_dir=root / "index")
-    db = ServiceDB(settings.db_path)
-    keys = {name: db.create_key(role, principal)[0]
-            for name, role, principal in (("admin", "admin", "ops"), ("analyst", "analyst", "analysts"),
-                                          ("a", "rights_holder", "artist-a"), ("other", "rights_holder", "label-c"),
-                                          ("b", "uploader", "studio-b"), ("third", "uploader", "listener-app"))}
-    db.close()
-    server = _ServerThread(create_app(settings), free_port())
-    server.start()
-    url = f"http://127.0.0.1:{server.server.config.port}"
-    clients = {name: httpx.Client(base_url=url, headers={"X-API-Key": key}, timeout=120.0)
-               for name, key in keys.items()}
+    keys = [("admin", "admin", "ops"), ("analyst", "analyst", "analysts"), ("a", "rights_holder", "artist-a"),
+            ("other", "rights_holder", "label-c"), ("b", "uploader", "studio-b"), ("third", "uploader", "listener-app")]
     remix_path = sped_up_file(A_SEED, 4.0, 17.0, 1.1)
     b1_audio, rate = soundfile.read(remix_path, dtype="float32")
     assert rate == SR
@@ -55,12 +44,8 @@ def scene(tmp_path_factory, songs, sped_up_file, write_audio):
              "b1_copy": write_audio(root / "b1-copy.wav", b1_audio[2 * SR:12 * SR]),
              "b1_pitched": write_audio(root / "b1-pitched.wav",
                                        librosa.effects.pitch_shift(b1_audio, sr=SR, n_steps=2.0))}
-    try:
+    with private_service(settings, keys) as clients:
         yield settings, clients, audio
-    finally:
-        for client in clients.values():
-            client.close()
-        server.stop()
 
 
 def _work(clients, songs) -> dict:

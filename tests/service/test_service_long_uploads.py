@@ -9,16 +9,14 @@ images must be those of the whole upload.
 
 from __future__ import annotations
 
-import httpx
 import numpy as np
 import pytest
-from conftest import SR, _ServerThread, free_port
+from conftest import SR, private_service
 from service_helpers import post_file
 
 from refrain.config import Config
 from refrain.fingerprint import fingerprint_signal, load_audio
 from refrain.fingerprint.serialize import fingerprint_from_bytes
-from refrain.service.app import create_app
 from refrain.service.db import ServiceDB
 from refrain.service.render import spectrogram_png
 from refrain.service.settings import ServiceSettings
@@ -35,16 +33,7 @@ def long_service(tmp_path_factory, songs):
     """The running service with an admin and an uploader key and works for songs 34 and 30."""
     root = tmp_path_factory.mktemp("long-uploads")
     settings = ServiceSettings(index_dir=root / "index", max_upload_seconds=600.0)
-    db = ServiceDB(settings.db_path)
-    keys = {role: db.create_key(role, principal)[0] for role, principal in (("admin", "ops"),
-                                                                             ("uploader", "studio"))}
-    db.close()
-    server = _ServerThread(create_app(settings), free_port())
-    server.start()
-    url = f"http://127.0.0.1:{server.server.config.port}"
-    clients = {role: httpx.Client(base_url=url, headers={"X-API-Key": key}, timeout=120.0)
-               for role, key in keys.items()}
-    try:
+    with private_service(settings, [("admin", "admin", "ops"), ("uploader", "uploader", "studio")]) as clients:
         works = {}
         for seed in (34, 30):
             with open(songs[seed].path, "rb") as handle:
@@ -54,10 +43,6 @@ def long_service(tmp_path_factory, songs):
             assert made.status_code == 201, made.text
             works[seed] = made.json()
         yield settings, clients, works
-    finally:
-        for client in clients.values():
-            client.close()
-        server.stop()
 
 
 @pytest.fixture(scope="module")

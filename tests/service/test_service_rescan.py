@@ -14,13 +14,11 @@ from datetime import datetime
 
 import httpx
 import pytest
-from conftest import _ServerThread, free_port
+from conftest import private_service
 from service_helpers import LICENSEE, grant, post_file
 
 from refrain.rescan.jobs import RescanOptions
 from refrain.rescan.uploads import rescan_uploads
-from refrain.service.app import create_app
-from refrain.service.db import ServiceDB
 from refrain.service.settings import ServiceSettings
 
 QUIET = RescanOptions(progress=False)
@@ -42,16 +40,8 @@ def scene(tmp_path_factory, songs, excerpt_file, sped_up_file):
     """The running service, its settings, API clients by role and the stored decision ids by name."""
     root = tmp_path_factory.mktemp("rescan-service")
     settings = ServiceSettings(index_dir=root / "index")
-    db = ServiceDB(settings.db_path)
-    keys = {role: db.create_key(role, principal)[0]
-            for role, principal in (("admin", "ops"), ("uploader", LICENSEE), ("analyst", "analysts"))}
-    db.close()
-    server = _ServerThread(create_app(settings), free_port())
-    server.start()
-    url = f"http://127.0.0.1:{server.server.config.port}"
-    clients = {role: httpx.Client(base_url=url, headers={"X-API-Key": key}, timeout=60.0)
-               for role, key in keys.items()}
-    try:
+    keys = [("admin", "admin", "ops"), ("uploader", "uploader", LICENSEE), ("analyst", "analyst", "analysts")]
+    with private_service(settings, keys, timeout=60.0) as clients:
         admin, uploader = clients["admin"], clients["uploader"]
         remixable = _register(admin, songs[30], 30, {"copy": "deny", "remix": "licence_required",
                                                       "cover": "deny", "royalty_share": 0.5})
@@ -73,10 +63,6 @@ def scene(tmp_path_factory, songs, excerpt_file, sped_up_file):
             raw.execute("DELETE FROM decision_fingerprints WHERE decision_id = ?",
                         (decisions["old-30"]["decision_id"],))
         yield settings, clients, decisions, licence
-    finally:
-        for client in clients.values():
-            client.close()
-        server.stop()
 
 
 def _rescan(settings, out, **options):
