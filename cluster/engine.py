@@ -47,15 +47,50 @@ REPLICA_CHECK_SECONDS = 5.0
 SHARED_MEMORY = Path("/dev/shm") if Path("/dev/shm").is_dir() else Path(tempfile.gettempdir())
 
 
+#: A query file's name starts with this and the router's process id, so that a later router can tell a dead one's files.
+SHARED_PREFIX = "refrain-query-"
+
+
 @contextmanager
 def _shared_file(data: bytes) -> Iterator[Path]:
     """``data`` in a file of :data:`SHARED_MEMORY` for the ``with`` block (then removed)."""
-    with tempfile.NamedTemporaryFile(dir=SHARED_MEMORY, prefix="refrain-query-", delete=False) as handle:
+    with tempfile.NamedTemporaryFile(dir=SHARED_MEMORY, prefix=f"{SHARED_PREFIX}{os.getpid()}-",
+                                     delete=False) as handle:
         handle.write(data)
     try:
         yield Path(handle.name)
     finally:
         os.unlink(handle.name)
+
+
+def remove_orphaned_query_files(directory: Path = SHARED_MEMORY) -> int:
+    """Remove the query files routers that are no longer running left in ``directory``; returns how many.
+
+    A router killed inside a query (``SIGKILL``, out of memory) cannot unlink its file, and
+    ``/dev/shm`` is memory until the machine restarts, so each router clears its dead
+    predecessors' files when it starts.
+    """
+    removed = 0
+    for path in directory.glob(f"{SHARED_PREFIX}*-*"):
+        owner = path.name[len(SHARED_PREFIX):].split("-", 1)[0]
+        if not owner.isdigit() or _running(int(owner)):
+            continue
+        try:
+            path.unlink()
+            removed += 1
+        except FileNotFoundError:  # another starting router removed it first
+            pass
+    return removed
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True
 
 
 class ShardUnavailableError(RuntimeError):
@@ -141,6 +176,8 @@ class ShardEngine:
     def __init__(self, scheduler_file: os.PathLike, counts_path: os.PathLike, deadline_seconds: float):
         self.deadline_seconds = deadline_seconds
         self.counts_path = str(counts_path)
+        if removed := remove_orphaned_query_files():
+            log.info("removed %d query files left in %s by routers that died mid-query", removed, SHARED_MEMORY)
         try:
             self.client = Client(scheduler_file=str(scheduler_file), timeout=deadline_seconds,
                                  set_as_default=False)

@@ -8,6 +8,9 @@ queries go through the library and through the real service over HTTP.
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 import threading
 import time
@@ -479,3 +482,18 @@ def test_a_shard_tells_when_the_count_table_does_not_describe_it(tmp_path, songs
     catalog.recount()
     assert answer().counts_current
     catalog.close()
+
+
+def test_a_starting_router_removes_the_query_files_of_dead_routers_only(tmp_path):
+    from refrain.cluster.engine import SHARED_PREFIX, remove_orphaned_query_files
+
+    finished = subprocess.Popen([sys.executable, "-c", "pass"])
+    finished.wait()
+    dead = tmp_path / f"{SHARED_PREFIX}{finished.pid}-abc"
+    alive = tmp_path / f"{SHARED_PREFIX}{os.getpid()}-def"
+    foreign = tmp_path / f"{SHARED_PREFIX}xyz-ghi"
+    for path in (dead, alive, foreign):
+        path.write_bytes(b"arguments")
+
+    assert remove_orphaned_query_files(tmp_path) == 1
+    assert not dead.exists() and alive.exists() and foreign.exists()
