@@ -36,6 +36,7 @@ import dataclasses
 import json
 import pickle
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -164,7 +165,9 @@ def check_same_peaks(y: np.ndarray, params: FingerprintParams, peaks: FinePeaks)
                                             params.target_df_max))
     ours = codes_of(peaks, Design("check"), params.fanout, params.target_dt_min, params.target_dt_max,
                     params.target_df_max, tolerant=False)[0]
-    if len(np.unique(library)) != len(np.unique(ours)):
+    # Landmark by landmark, one library code for each of ours and the other way round.
+    pairs = np.unique(np.stack([library.astype(np.int64), ours]), axis=1)
+    if len(library) != len(ours) or not pairs.shape[1] == len(np.unique(library)) == len(np.unique(ours)):
         raise SystemExit("bench/copy_codes.py: today's design does not reproduce the library's pair codes")
 
 
@@ -308,12 +311,15 @@ def analysed_corpus(args: argparse.Namespace, catalogue: list[Path], held_out: l
     backgrounds = [load_audio(path, SOURCE_RATE) for path in held_out]
     chosen = rng.permutation(len(catalogue))[:args.queries]
     queries = []
-    with _scratch(args.cache) as workdir:
+    args.cache.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=args.cache) as scratch:  # the MP3 round trip's files
+        workdir = Path(scratch)
         for number, track in enumerate(chosen):
             y = load_audio(catalogue[track], SOURCE_RATE)
             for condition in QUERY_CONDITIONS:
                 cut = excerpt(catalogue[track], y, QUERY_SECONDS, rng)
                 if condition in MIX_LEVELS:
+                    # A held-out track per mix, taken in turn (the two mixes of a track get different ones).
                     background = backgrounds[(number + len(queries)) % len(backgrounds)]
                     start = rng.uniform(0, max(0.0, len(background) / SOURCE_RATE - QUERY_SECONDS))
                     under = background[int(start * SOURCE_RATE):int((start + QUERY_SECONDS) * SOURCE_RATE)]
@@ -329,25 +335,8 @@ def analysed_corpus(args: argparse.Namespace, catalogue: list[Path], held_out: l
                 queries.append(QueryRecord(condition, int(track), first_sample / params.hop_length, peaks, dense))
     print(f"{len(queries)} queries analysed, {time.process_time() - started:.0f} CPU s in all", file=sys.stderr)
     result = (references, durations, queries)
-    args.cache.mkdir(parents=True, exist_ok=True)
     cached.write_bytes(pickle.dumps(result))
     return result
-
-
-class _scratch:
-    """A scratch folder under the cache for the MP3 round trip (removed after)."""
-
-    def __init__(self, root: Path):
-        self.path = root / "scratch"
-
-    def __enter__(self) -> Path:
-        self.path.mkdir(parents=True, exist_ok=True)
-        return self.path
-
-    def __exit__(self, *_exc) -> None:
-        for item in self.path.iterdir():
-            item.unlink()
-        self.path.rmdir()
 
 
 # -- counting ----------------------------------------------------------------------------------------
@@ -378,13 +367,24 @@ def catalogue_codes(references: list[FinePeaks], design: Design, params: Fingerp
     return Catalogue(all_keys[order], np.concatenate(tracks)[order], np.concatenate(frames)[order])
 
 
-def specificity(catalogue: Catalogue, hours: float) -> dict:
-    """Entropy of the catalogue's codes and their collision probability (see the module docstring)."""
+def specificity(catalogue: Catalogue, hours: np.ndarray) -> dict:
+    """Entropy of the catalogue's codes and their collision probability (see the module docstring).
+
+    Also how the number of distinct codes grows with the catalogue (its first half of tracks
+    against the whole): the run store spends 8 bytes per distinct code (its ``codes`` and
+    ``starts``) besides each entry's id.
+    """
     counts = np.unique(catalogue.keys, return_counts=True)[1].astype(np.float64)
     n = counts.sum()
     p = counts / n
     plug_in = float(-(p * np.log2(p)).sum())
-    return {"entries_per_hour": n / hours, "distinct_codes": int(len(counts)),
+    half = catalogue.tracks < len(hours) // 2
+    distinct_half = len(np.unique(catalogue.keys[half]))
+    growth = float(np.log(len(counts) / distinct_half) / np.log(hours.sum() / hours[:len(hours) // 2].sum()))
+    return {"entries_per_hour": n / hours.sum(), "distinct_codes": int(len(counts)),
+            "distinct_codes_half_catalogue": distinct_half, "distinct_growth_exponent": growth,
+            "distinct_codes_per_hour_at_640_h": float(min(n / hours.sum() * 640, len(counts) * (
+                640 / hours.sum()) ** growth) / 640),
             "entropy_plug_in_bits": plug_in,
             # Miller-Madow: the plug-in estimate is low by about (distinct - 1) / 2n nats.
             "entropy_miller_madow_bits": plug_in + (len(counts) - 1) / (2 * n) / np.log(2),
@@ -483,7 +483,7 @@ def run(args: argparse.Namespace, catalogue: list[Path], held_out: list[Path]) -
     for design in DESIGNS:
         started = time.process_time()
         store = today if design == DESIGNS[0] else catalogue_codes(references, design, params)
-        row: dict = {"design": design.name, **specificity(store, float(durations_h.sum())), "variants": {}}
+        row: dict = {"design": design.name, **specificity(store, durations_h), "variants": {}}
         for variant, dense_fanout, tolerant in variants:
             if tolerant and design.fine_fields == 0:
                 continue
@@ -529,13 +529,16 @@ def run(args: argparse.Namespace, catalogue: list[Path], held_out: list[Path]) -
 def print_tables(report: dict) -> None:
     print(f"catalogue {report['catalogue_tracks']} tracks, {report['catalogue_hours']:.2f} h; "
           f"queries {report['queries']}; dense fanout {report['dense_fanout']}")
-    print("\n| design | entries/h | distinct | H plug-in | H Miller-Madow | H2 collision | mean run at 640 h |")
-    print("|---|---|---|---|---|---|---|")
+    print("\n| design | entries/h | distinct | H plug-in | H Miller-Madow | H2 collision | mean run at 640 h | "
+          "distinct growth exponent | run-store code bytes per hour now / at 640 h |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for row in report["designs"]:
         run_640 = row["entries_per_hour"] * 640 * row["collision_probability"]
         print(f"| {row['design']} | {row['entries_per_hour']:,.0f} | {row['distinct_codes']:,} | "
               f"{row['entropy_plug_in_bits']:.1f} | {row['entropy_miller_madow_bits']:.1f} | "
-              f"{row['collision_entropy_bits']:.1f} | {run_640:,.0f} |")
+              f"{row['collision_entropy_bits']:.1f} | {run_640:,.0f} | {row['distinct_growth_exponent']:.2f} | "
+              f"{8 * row['distinct_codes'] / report['catalogue_hours'] / 1e6:.2f} / "
+              f"{8 * row['distinct_codes_per_hour_at_640_h'] / 1e6:.2f} MB |")
     conditions = [c for c in QUERY_CONDITIONS if c in report["queries"]]
     print("\nAfter the pair tier's rarity cut (every code: chance hits measured / predicted from the collision "
           "probability)")
