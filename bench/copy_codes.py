@@ -27,6 +27,7 @@ of :mod:`fingerprint` (checked equal to :func:`fingerprint_signal`'s), each peak
 the library's parabola (``_parabolic_offsets`` along the frame axis) and in frequency on the linear
 STFT (the strongest STFT bin under the peak's log bin, refined by the same parabola). Decoded and
 analysed peaks are cached under ``--cache`` (default /tmp/copycodes), so a second run only counts.
+The findings, and what they say about which code to build next: docs/copy-codes.md.
 """
 
 from __future__ import annotations
