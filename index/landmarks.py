@@ -219,6 +219,8 @@ def _copy_track_entries(labels: np.ndarray, rows: np.ndarray, bounds: np.ndarray
 # its bit position and its track, from which a lookup can decode forward without the entries
 # before it; a run's first entry is ``run_bits`` bits after the skip point at or before it.
 
+#: An integer argument of the compiled helpers: a Python int or a numpy scalar.
+_Int = int | np.int64
 #: Layout of a compact segment: what ``layout`` holds, in this order.
 _LAYOUT_FIELDS = ("version", "skip", "gap_bits", "track_bits", "payload_bits", "min_track", "max_track")
 _COMPACT_VERSION = 1
@@ -229,7 +231,7 @@ SKIP = 64
 
 
 @numba.njit(cache=True, nogil=True)
-def _read_bits(words: np.ndarray, position: int, count: int) -> np.int64:
+def _read_bits(words: np.ndarray, position: _Int, count: int) -> np.int64:
     """The ``count`` (< 64) bits at bit ``position`` of ``words``, low bits first.
 
     Without a branch (the two words are read whether or not the bits cross into the second,
@@ -242,7 +244,7 @@ def _read_bits(words: np.ndarray, position: int, count: int) -> np.int64:
 
 
 @numba.njit(cache=True, nogil=True)
-def _write_bits(words: np.ndarray, position: int, value: int, count: int) -> None:
+def _write_bits(words: np.ndarray, position: _Int, value: _Int, count: int) -> None:
     """Write ``value`` (< 2 ** count) as ``count`` bits at bit ``position`` of ``words`` (zeros there)."""
     if count == 0:
         return
@@ -254,7 +256,7 @@ def _write_bits(words: np.ndarray, position: int, value: int, count: int) -> Non
 
 
 @numba.njit(cache=True, nogil=True)
-def _read_entry(words: np.ndarray, position: int, previous: int, gap_bits: int, track_bits: int,
+def _read_entry(words: np.ndarray, position: _Int, previous: _Int, gap_bits: int, track_bits: int,
                 value_bits: int) -> tuple[np.int64, np.int64, np.int64]:
     """(track, payload, position after) of the entry at bit ``position``; ``previous`` is the track
     of the entry before it in its run (0 for a run's first)."""
@@ -268,7 +270,7 @@ def _read_entry(words: np.ndarray, position: int, previous: int, gap_bits: int, 
 
 
 @numba.njit(cache=True, nogil=True)
-def _bit_length(value: int) -> int:
+def _bit_length(value: _Int) -> int:
     length = 0
     while value:
         value >>= 1
@@ -500,12 +502,12 @@ class _Runs:
     def gather_into(self, labels: np.ndarray, found: tuple[np.ndarray, ...], dest: np.ndarray,
                     payload_bits: int) -> None:
         """Copy each found run's ids to ``labels[dest[k]:]``."""
-        _gather_runs_into(labels, self.ids, *found, dest)
+        _gather_runs_into(labels, self.ids, found[0], found[1], dest)
 
     def track_bounds(self, found: tuple[np.ndarray, ...], tracks: np.ndarray, payload_bits: int
                      ) -> tuple[np.ndarray, np.ndarray]:
         """Where each of ``tracks``' entries lie in each found run, and the hits of each."""
-        return _track_bounds(self.ids, *found, tracks, payload_bits)
+        return _track_bounds(self.ids, found[0], found[1], tracks, payload_bits)
 
     def copy_track_entries(self, labels: np.ndarray, bounds: np.ndarray, dest: np.ndarray,
                            payload_bits: int) -> None:
@@ -680,8 +682,9 @@ class _CompactRuns:
 
     def track_bounds(self, found: tuple[np.ndarray, ...], tracks: np.ndarray, payload_bits: int
                      ) -> tuple[np.ndarray, np.ndarray]:
+        first, lengths, positions = found
         return _compact_track_bounds(self.stream, self.skip_bits, self.skip_tracks, self.skip, *self._widths(),
-                                     *found, tracks)
+                                     first, lengths, positions, tracks)
 
     def copy_track_entries(self, labels: np.ndarray, bounds: np.ndarray, dest: np.ndarray,
                            payload_bits: int) -> None:
