@@ -1,21 +1,53 @@
 """The landmark store: each code's entries in one contiguous run of a memory-mapped file.
 
-Layout
-------
-One uncompressed ``.npz`` archive per tier (:func:`index.files.save_arrays`), read
+Layout (the compact encoding, 2026-12-07)
+-----------------------------------------
+One uncompressed ``.npz`` archive per segment (:func:`index.files.save_arrays`), read
 memory-mapped (:func:`index.files.map_arrays`):
 
-``codes``  (uint32)  the distinct stored codes, in increasing order;
-``starts`` (uint32)  where each code's entries begin in ``ids``, plus the end (int64 in a
-                     store of 2 ** 32 entries or more);
-``ids``    (uint8)   every entry's id, ``track_id << payload_bits | payload``, in the
-                     fewest little-endian bytes that hold ``payload_bits + TRACK_BITS``
-                     (6 for the pair tier, 8 for the triplet tier), grouped by code.
+``codes``       (uint32)  the distinct stored codes, in increasing order;
+``starts``      (uint32)  where each code's entries begin (entry number), plus the end
+                          (int64 in a segment of 2 ** 32 entries or more): the run lengths;
+``stream``      (uint64)  every entry, bit-packed, run after run (little-endian words, one
+                          spare word at the end);
+``skip_bits``   (uint64)  the bit position of every ``SKIP``-th entry (entry 0, 64, 128, ...
+``skip_tracks`` (uint32)  of the segment) and its track id: the skip points;
+``run_bits``    (uint16)  where each code's first entry lies, in bits after the skip point
+                          at or before it;
+``layout``      (int64)   version, ``SKIP``, and the widths below, the smallest and largest track.
 
-An entry thus costs its id alone: the code is implied by the run it lies in, and each
-distinct code costs 8 bytes once (the specific codes of the proposal tiers have about
-one entry each, so this is a third of their store). A lookup is one binary search per code in
-``codes`` and one copy of its run — exactly its hits, no neighbour's entries scanned —
+An entry is ``[gap: g bits][payload: p bits]`` and, only when the gap field is all ones
+(an *escape*), ``[track: G bits]``. The gap is the entry's track id minus the one before
+it in its run (the run's first: minus 0); within a run entries are sorted by track, so a
+gap is small and often 0 (a track holding the code several times). G is the bit length of
+the segment's largest track id, p that of its largest payload (the anchor frame is a
+payload's top field, so p follows the segment's longest track: 14 bits for tracks under
+8.7 minutes where the tier reserves 22), and g the width that makes the stream shortest,
+chosen at each save from the gaps' bit lengths (an escape costs G more bits). An entry
+decodes from the one before it; a lookup decodes each run from its start (``skip_bits`` +
+``run_bits``), and a lookup restricted to candidate tracks gallops over the run's skip
+points (their tracks are stored) to the last one before a candidate and decodes at most
+``SKIP`` entries from there. Every reader returns the ids, ``track_id << payload_bits |
+payload``, of the plain layout below, in the same order: the encoding is invisible above
+this module.
+
+Why it stays small as the catalogue grows: a code's run grows in proportion to the
+catalogue, so the gaps between its tracks keep their size (g and the share of escapes
+stay the same); only G grows (14 bits at 13,000 tracks, 22 at 3.5 million), and it is
+paid by the escapes and runs' first entries alone. Per entry: g + p + (escape share) * G
++ 96 / SKIP bits for the skip points, and 10 bytes per distinct code (docs/scale.md,
+step 6).
+
+The plain layout (before 2026-12-07)
+------------------------------------
+``codes`` and ``starts`` as above, and ``ids`` (uint8): every entry's id in the fewest
+little-endian bytes that hold ``payload_bits + TRACK_BITS`` (6 for the pair tier, 8 for
+the triplet tier). Entries added in memory are kept this way until saved, and segment
+files written by an earlier Refrain are read as they are (any segment may be of either
+layout); every save, merge and ``refrain upgrade`` writes the compact encoding.
+
+The code is implied by the run an entry lies in. A lookup is one binary search per code
+in ``codes`` and one pass over its run — exactly its hits, no neighbour's entries read —
 and the run lengths are the entry counts that rarity weights need before any lookup.
 A process maps the file: it opens in constant time at any catalogue size, its pages are
 shared between processes, and its memory holds only the runs its queries read.
@@ -35,11 +67,12 @@ after those of tracks added before it), as the FAISS lists kept them, so that ev
 lookup returns the same hits in the same order. Track ids are handed out in increasing
 order and never reused (:mod:`index.catalog`), so a run is also sorted by track: a lookup
 restricted to a few candidate tracks (:meth:`LandmarkIndex.lookup_slices` with
-``tracks``) finds each one's entries by binary search in the run and reads nothing else.
+``tracks``) finds each one's entries by a search in the run and reads little else.
+
 Segments
 --------
 A store is a *main* file and, after it, any number of *delta* segments in the same
-layout, each holding the entries of later tracks (:meth:`LandmarkIndex.save_delta`
+format, each holding the entries of later tracks (:meth:`LandmarkIndex.save_delta`
 writes the entries added since the last save as one; :mod:`index.store` decides when
 and records the files in the manifest). Track ids only grow, so a code's entries in
 segment order are its entries in the order they were added: a lookup reads each

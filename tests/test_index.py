@@ -556,7 +556,7 @@ def test_peak_store_is_mapped_from_its_file_and_keeps_changes_until_saved(tmp_pa
     store.add(12, np.array([7]), np.array([1]))
     store.save(tmp_path / "peaks.npz")
     loaded = PeakStore.load(tmp_path / "peaks.npz")
-    assert isinstance(loaded.peaks_between(3, 0, 100)[0].base, np.memmap)
+    assert isinstance(loaded.peaks_between(3, 0, 100)[1].base, np.memmap)  # frames: decoded from mapped steps
     assert _peaks(loaded, 3) == ([10, 20, 40], [7, 9, 5]) and loaded.ntotal == 6
     # Changes after the load: a new track, a removed one, a replaced one.
     loaded.add(20, np.array([5, 4]), np.array([2, 3]))
@@ -591,8 +591,8 @@ def test_a_peak_store_that_cannot_be_mapped_is_refused(tmp_path, damage):
 def test_an_index_opened_for_matching_maps_its_peaks(index_copy, catalogue_index):
     track_id = catalogue_index.track_ids[34]
     with Refrain.open(index_copy, mmap=True) as refrain:
-        frames, _ = refrain.store.tiers["peaks"].peaks_between(track_id, 0, 1 << 30)
-        assert len(frames) > 100 and isinstance(frames.base, np.memmap)
+        frames, bins = refrain.store.tiers["peaks"].peaks_between(track_id, 0, 1 << 30)
+        assert len(frames) > 100 and isinstance(bins.base, np.memmap)
 
 
 def test_unmixing_a_stored_code_gives_back_the_landmark_code():

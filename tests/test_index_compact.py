@@ -146,6 +146,35 @@ def test_the_compact_encoding_costs_what_its_widths_say(tmp_path):
     assert segment.nbytes < 0.55 * plain.nbytes
 
 
+def test_peak_frames_are_stored_as_steps_and_frame_files_still_read(tmp_path):
+    from refrain.index.peaks import PeakStore
+    rng = np.random.default_rng(4)
+    tracks = {t: np.sort(rng.integers(0, 60_000, int(rng.integers(1, 500)))) for t in (2, 5, 9)}
+    store = PeakStore.create()
+    for track, frames in tracks.items():
+        store.add(track, frames, frames % 256)
+    store.save(tmp_path / "steps.npz")
+    assert np.load(tmp_path / "steps.npz")["frames"].dtype == np.uint16
+    # A track with 35 minutes without a peak: that file keeps the frames themselves.
+    store.add(11, np.array([3, 70_000, 200_000]), np.array([1, 2, 3]))
+    store.save(tmp_path / "frames.npz")
+    assert np.load(tmp_path / "frames.npz")["frames"].dtype == np.int32
+    # A file as the Refrain before wrote every peak file: frames (int32), not steps.
+    save_arrays(tmp_path / "old.npz", {"track_ids": np.array(sorted(tracks), np.int64),
+                                       "starts": np.cumsum([0] + [len(f) for f in tracks.values()]).astype(np.int64),
+                                       "frames": np.concatenate(list(tracks.values())).astype(np.int32),
+                                       "bins": (np.concatenate(list(tracks.values())) % 256).astype(np.uint8)})
+    for name in ("steps.npz", "frames.npz", "old.npz"):
+        loaded = PeakStore.load(tmp_path / name)
+        for track, frames in tracks.items():
+            got_frames, got_bins = loaded.peaks_between(track, 1_000, 50_000)
+            kept = (frames >= 1_000) & (frames < 50_000)
+            assert got_frames.dtype == np.int32
+            np.testing.assert_array_equal(got_frames, frames[kept])
+            np.testing.assert_array_equal(got_bins, frames[kept] % 256)
+    assert PeakStore.load(tmp_path / "frames.npz").peaks_between(11, 0, 1 << 30)[0].tolist() == [3, 70_000, 200_000]
+
+
 # -- indexes written before the compact encoding ------------------------------------------------
 
 
