@@ -255,7 +255,8 @@ def _copy_track_entries(labels: np.ndarray, rows: np.ndarray, bounds: np.ndarray
 #: An integer argument of the compiled helpers: a Python int or a numpy scalar.
 _Int = int | np.int64
 #: Layout of a compact segment: what ``layout`` holds, in this order.
-_LAYOUT_FIELDS = ("version", "skip", "gap_bits", "track_bits", "payload_bits", "min_track", "max_track")
+_LAYOUT_FIELDS = ("version", "skip", "gap_bits", "track_bits", "payload_bits", "min_track", "max_track",
+                  "stream_bits")
 _COMPACT_VERSION = 1
 _COMPACT_ARRAYS = ("layout", "codes", "starts", "run_bits", "skip_bits", "skip_tracks", "stream")
 #: Entries between two skip points: a restricted lookup decodes at most this many before its first hit
@@ -627,7 +628,7 @@ def _compact_arrays(runs: _Runs, payload_bits: int) -> dict[str, np.ndarray]:
     _encode(runs.ids, starts, payload_bits, gap_bits, track_bits, value_bits, SKIP, words, run_bits, skip_bits,
             skip_tracks)
     layout = dict(version=_COMPACT_VERSION, skip=SKIP, gap_bits=gap_bits, track_bits=track_bits,
-                  payload_bits=value_bits, min_track=int(low) if n else 0, max_track=int(high))
+                  payload_bits=value_bits, min_track=int(low) if n else 0, max_track=int(high), stream_bits=total_bits)
     return {"layout": np.array([layout[field] for field in _LAYOUT_FIELDS], np.int64), "codes": runs.codes,
             "starts": starts.astype(np.uint32) if n < 1 << 32 else starts, "run_bits": run_bits,
             "skip_bits": skip_bits, "skip_tracks": skip_tracks, "stream": words}
@@ -640,13 +641,14 @@ class _CompactRuns:
     """
 
     __slots__ = ("codes", "starts", "run_bits", "skip_bits", "skip_tracks", "stream", "skip", "gap_bits",
-                 "track_bits", "value_bits", "_span", "_width", "_payload")
+                 "track_bits", "value_bits", "_span", "_stream_bits", "_width", "_payload")
 
     def __init__(self, arrays: dict[str, np.ndarray], payload_bits: int):
         layout = dict(zip(_LAYOUT_FIELDS, (int(value) for value in arrays["layout"])))
         self.skip, self.gap_bits, self.track_bits = layout["skip"], layout["gap_bits"], layout["track_bits"]
         self.value_bits = layout["payload_bits"]
         self._span = (layout["min_track"], layout["max_track"])
+        self._stream_bits = layout["stream_bits"]
         # The store's payload width: where the track starts in a plain id, and its bytes.
         self._payload, self._width = payload_bits, id_bytes(payload_bits)
         # Plain views of the mapped file, as in _Runs.load.
@@ -670,14 +672,17 @@ class _CompactRuns:
                 or len(starts) != len(codes) + 1 or len(arrays["run_bits"]) != len(codes) or starts[0] != 0
                 or len(arrays["skip_bits"]) != -(-int(starts[-1]) // int(layout[1]))
                 or len(arrays["skip_tracks"]) != len(arrays["skip_bits"])
-                or arrays["stream"].dtype != np.uint64 or layout[4] > payload_bits or layout[3] > TRACK_BITS):
+                or arrays["stream"].dtype != np.uint64 or len(arrays["stream"]) != layout[7] // 64 + 2
+                or (len(arrays["skip_bits"]) and arrays["skip_bits"][-1] > layout[7])
+                or layout[4] > payload_bits or layout[3] > TRACK_BITS):
             raise ValueError(f"inconsistent landmark store {path}")
         return cls(arrays, payload_bits)
 
     def save(self, path: os.PathLike, payload_bits: int) -> None:
         """Write the segment as it is, atomically."""
         layout = dict(version=_COMPACT_VERSION, skip=self.skip, gap_bits=self.gap_bits, track_bits=self.track_bits,
-                      payload_bits=self.value_bits, min_track=self._span[0], max_track=self._span[1])
+                      payload_bits=self.value_bits, min_track=self._span[0], max_track=self._span[1],
+                      stream_bits=self._stream_bits)
         save_arrays(path, {"layout": np.array([layout[field] for field in _LAYOUT_FIELDS], np.int64),
                            "codes": self.codes, "starts": self.starts, "run_bits": self.run_bits,
                            "skip_bits": self.skip_bits, "skip_tracks": self.skip_tracks, "stream": self.stream})
