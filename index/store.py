@@ -46,8 +46,13 @@ deltas), and once a tier's deltas reach :attr:`IndexWriteParams.merge_share` of 
 main file a background thread merges them into a new main file. Every change of files
 is a new file, then one atomic manifest switch, then the deletion of the files it
 replaced: a crash leaves the old set or the new one, and the next writer deletes files
-the manifest does not name. An index whose manifest lists deltas says format 3, which a
-Refrain from before deltas refuses (it would not read them); one without is format 2.
+the manifest does not name.
+
+Every manifest written says format 4: landmark files may be in the compact encoding
+(:mod:`index.landmarks`, 2026-12-07), which a Refrain from before it refuses to open
+rather than misread. Formats 2 (no deltas) and 3 (deltas) are read as they are, their
+plain landmark files included; the first rewrite of a file, or :meth:`IndexStore.upgrade`,
+writes it compact.
 """
 
 from __future__ import annotations
