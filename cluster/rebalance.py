@@ -17,17 +17,14 @@ which :func:`remove_unrecorded` takes out.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
 from refrain.api import Refrain
 from refrain.cluster.layout import ClusterCatalog, Shard
 from refrain.index import IndexStore, TrackMetadata
-from refrain.index.files import map_arrays
-from refrain.index.landmarks import LandmarkIndex, id_bytes, mix_codes, unmix_codes
+from refrain.index.landmarks import LandmarkIndex
 
 __all__ = ["StoredTrack", "stored_track", "rebalance", "remove_unrecorded", "Move"]
 
@@ -54,32 +51,10 @@ class StoredTrack:
         return len(self.entries["pair"][0])  # a fingerprint's length: its pair landmarks
 
 
-def _landmark_entries(path: Path, payload_bits: int, hashed: bool, track_id: int) -> tuple[np.ndarray, np.ndarray]:
-    """(codes, payloads) of one track in a saved landmark tier file, in their stored order."""
-    arrays = map_arrays(path, ("codes", "starts", "ids"))
-    width = id_bytes(payload_bits)
-    rows = np.asarray(arrays["ids"]).reshape(-1, width)
-    padded = np.zeros((len(rows), 8), np.uint8)
-    padded[:, :width] = rows
-    ids = padded.view("<u8").ravel().astype(np.int64)
-    mine = np.flatnonzero((ids >> payload_bits) == track_id)
-    run_of_entry = np.searchsorted(np.asarray(arrays["starts"]), mine, side="right") - 1
-    stored = np.asarray(arrays["codes"])[run_of_entry]
-    codes = unmix_codes(stored) if hashed else stored.astype(np.uint32)
-    if hashed and not np.array_equal(mix_codes(codes), stored):
-        raise RuntimeError(f"{path}: stored codes do not unmix: the run store's layout has changed")
-    return codes, ids[mine] & ((1 << payload_bits) - 1)
-
-
 def stored_track(store: IndexStore, track_id: int) -> StoredTrack:
     """Read back every tier's entries of a committed track of ``store``."""
-    manifest = json.loads((store.directory / "manifest.json").read_text())
-    entries = {}
-    for name, tier in store.tiers.items():
-        if isinstance(tier, LandmarkIndex):
-            entry = manifest["tiers"][name]
-            entries[name] = _landmark_entries(store.directory / entry["file"], entry["payload_bits"],
-                                              tier.hashed_lists, track_id)
+    entries = {name: tier.track_entries(track_id) for name, tier in store.tiers.items()
+               if isinstance(tier, LandmarkIndex)}
     track = store.catalog.get(track_id)
     if track is None:
         raise KeyError(track_id)

@@ -13,7 +13,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-__all__ = ["replace_atomically", "save_arrays", "map_arrays"]
+__all__ = ["replace_atomically", "save_arrays", "map_arrays", "array_names"]
 
 
 def replace_atomically(path: os.PathLike, write: Callable[[str], object]) -> None:
@@ -56,6 +56,21 @@ def save_arrays(path: os.PathLike, arrays: dict[str, np.ndarray]) -> None:
             contiguous: dict[str, Any] = {name: np.ascontiguousarray(array) for name, array in arrays.items()}
             np.savez(handle, **contiguous)
     replace_atomically(path, write)
+
+
+def array_names(path: os.PathLike) -> set[str]:
+    """The names of the arrays an ``.npz`` archive holds (what tells one file layout from another).
+
+    Raises
+    ------
+    ValueError
+        If the file is not a zip archive.
+    """
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return {name.removesuffix(".npy") for name in archive.namelist()}
+    except (OSError, zipfile.BadZipFile) as err:
+        raise ValueError(f"unreadable {Path(path).name}: {err}") from err
 
 
 def map_arrays(path: os.PathLike, names: tuple[str, ...]) -> dict[str, np.ndarray]:

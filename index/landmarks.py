@@ -1,21 +1,53 @@
 """The landmark store: each code's entries in one contiguous run of a memory-mapped file.
 
-Layout
-------
-One uncompressed ``.npz`` archive per tier (:func:`index.files.save_arrays`), read
+Layout (the compact encoding, 2026-12-07)
+-----------------------------------------
+One uncompressed ``.npz`` archive per segment (:func:`index.files.save_arrays`), read
 memory-mapped (:func:`index.files.map_arrays`):
 
-``codes``  (uint32)  the distinct stored codes, in increasing order;
-``starts`` (uint32)  where each code's entries begin in ``ids``, plus the end (int64 in a
-                     store of 2 ** 32 entries or more);
-``ids``    (uint8)   every entry's id, ``track_id << payload_bits | payload``, in the
-                     fewest little-endian bytes that hold ``payload_bits + TRACK_BITS``
-                     (6 for the pair tier, 8 for the triplet tier), grouped by code.
+``codes``       (uint32)  the distinct stored codes, in increasing order;
+``starts``      (uint32)  where each code's entries begin (entry number), plus the end
+                          (int64 in a segment of 2 ** 32 entries or more): the run lengths;
+``stream``      (uint64)  every entry, bit-packed, run after run (little-endian words, one
+                          spare word at the end);
+``skip_bits``   (uint64)  the bit position of every ``SKIP``-th entry (entry 0, 64, 128, ...
+``skip_tracks`` (uint32)  of the segment) and its track id: the skip points;
+``run_bits``    (uint16)  where each code's first entry lies, in bits after the skip point
+                          at or before it;
+``layout``      (int64)   version, ``SKIP``, and the widths below, the smallest and largest track.
 
-An entry thus costs its id alone: the code is implied by the run it lies in, and each
-distinct code costs 8 bytes once (the specific codes of the proposal tiers have about
-one entry each, so this is a third of their store). A lookup is one binary search per code in
-``codes`` and one copy of its run — exactly its hits, no neighbour's entries scanned —
+An entry is ``[gap: g bits][payload: p bits]`` and, only when the gap field is all ones
+(an *escape*), ``[track: G bits]``. The gap is the entry's track id minus the one before
+it in its run (the run's first: minus 0); within a run entries are sorted by track, so a
+gap is small and often 0 (a track holding the code several times). G is the bit length of
+the segment's largest track id, p that of its largest payload (the anchor frame is a
+payload's top field, so p follows the segment's longest track: 14 bits for tracks under
+8.7 minutes where the tier reserves 22), and g the width that makes the stream shortest,
+chosen at each save from the gaps' bit lengths (an escape costs G more bits). An entry
+decodes from the one before it; a lookup decodes each run from its start (``skip_bits`` +
+``run_bits``), and a lookup restricted to candidate tracks gallops over the run's skip
+points (their tracks are stored) to the last one before a candidate and decodes at most
+``SKIP`` entries from there. Every reader returns the ids, ``track_id << payload_bits |
+payload``, of the plain layout below, in the same order: the encoding is invisible above
+this module.
+
+Why it stays small as the catalogue grows: a code's run grows in proportion to the
+catalogue, so the gaps between its tracks keep their size (g and the share of escapes
+stay the same); only G grows (14 bits at 13,000 tracks, 22 at 3.5 million), and it is
+paid by the escapes and runs' first entries alone. Per entry: g + p + (escape share) * G
++ 96 / SKIP bits for the skip points, and 10 bytes per distinct code (docs/scale.md,
+step 6).
+
+The plain layout (before 2026-12-07)
+------------------------------------
+``codes`` and ``starts`` as above, and ``ids`` (uint8): every entry's id in the fewest
+little-endian bytes that hold ``payload_bits + TRACK_BITS`` (6 for the pair tier, 8 for
+the triplet tier). Entries added in memory are kept this way until saved, and segment
+files written by an earlier Refrain are read as they are (any segment may be of either
+layout); every save, merge and ``refrain upgrade`` writes the compact encoding.
+
+The code is implied by the run an entry lies in. A lookup is one binary search per code
+in ``codes`` and one pass over its run — exactly its hits, no neighbour's entries read —
 and the run lengths are the entry counts that rarity weights need before any lookup.
 A process maps the file: it opens in constant time at any catalogue size, its pages are
 shared between processes, and its memory holds only the runs its queries read.
@@ -35,11 +67,12 @@ after those of tracks added before it), as the FAISS lists kept them, so that ev
 lookup returns the same hits in the same order. Track ids are handed out in increasing
 order and never reused (:mod:`index.catalog`), so a run is also sorted by track: a lookup
 restricted to a few candidate tracks (:meth:`LandmarkIndex.lookup_slices` with
-``tracks``) finds each one's entries by binary search in the run and reads nothing else.
+``tracks``) finds each one's entries by a search in the run and reads little else.
+
 Segments
 --------
 A store is a *main* file and, after it, any number of *delta* segments in the same
-layout, each holding the entries of later tracks (:meth:`LandmarkIndex.save_delta`
+format, each holding the entries of later tracks (:meth:`LandmarkIndex.save_delta`
 writes the entries added since the last save as one; :mod:`index.store` decides when
 and records the files in the manifest). Track ids only grow, so a code's entries in
 segment order are its entries in the order they were added: a lookup reads each
@@ -63,7 +96,7 @@ import faiss
 import numba
 import numpy as np
 
-from refrain.index.files import map_arrays, save_arrays
+from refrain.index.files import array_names, map_arrays, save_arrays
 
 __all__ = ["LandmarkIndex", "CODE_BITS", "TRACK_BITS", "mix_codes", "unmix_codes"]
 
@@ -209,23 +242,245 @@ def _copy_track_entries(labels: np.ndarray, rows: np.ndarray, bounds: np.ndarray
                 out += 1
 
 
+# -- the compact encoding ----------------------------------------------------------------------
+#
+# A compact segment's entries are one bit stream (``stream``, little-endian 64-bit words), run
+# after run; an entry is [gap: g bits][payload: p bits][track: G bits, only if the gap field is
+# all ones], where the gap is the entry's track minus the previous entry's in the run (the first's
+# minus 0). g, G (bits of the segment's largest track) and p (bits of its largest payload) are the
+# segment's, in ``layout``. Every SKIP-th entry of the segment (global position) has a skip point:
+# its bit position and its track, from which a lookup can decode forward without the entries
+# before it; a run's first entry is ``run_bits`` bits after the skip point at or before it.
+
+#: An integer argument of the compiled helpers: a Python int or a numpy scalar.
+_Int = int | np.int64
+#: Layout of a compact segment: what ``layout`` holds, in this order.
+_LAYOUT_FIELDS = ("version", "skip", "gap_bits", "track_bits", "payload_bits", "min_track", "max_track",
+                  "stream_bits")
+_COMPACT_VERSION = 1
+_COMPACT_ARRAYS = ("layout", "codes", "starts", "run_bits", "skip_bits", "skip_tracks", "stream")
+#: Entries between two skip points: a restricted lookup decodes at most this many before its first hit
+#: in a run; each skip point costs 12 bytes (1.5 bits per entry).
+SKIP = 64
+
+
 @numba.njit(cache=True, nogil=True)
-def _gather_track_runs(rows: np.ndarray, first: np.ndarray, lengths: np.ndarray, tracks: np.ndarray,
-                       payload_bits: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The ids of the runs ``rows[first[k]:first[k] + lengths[k]]`` that belong to ``tracks`` (sorted),
-    laid end to end: (first_hit, hits_per_code, ids)."""
-    bounds, hits_per_code = _track_bounds(rows, first, lengths, tracks, payload_bits)
-    first_hit = np.cumsum(hits_per_code) - hits_per_code
-    labels = np.empty(hits_per_code.sum(), np.int64)
-    _copy_track_entries(labels, rows, bounds, first_hit)
-    return first_hit, hits_per_code, labels
+def _read_bits(words: np.ndarray, position: _Int, count: int) -> np.int64:
+    """The ``count`` (< 64) bits at bit ``position`` of ``words``, low bits first.
+
+    Without a branch (the two words are read whether or not the bits cross into the second,
+    which a stream's spare last word allows): a decoding loop mispredicts nothing.
+    """
+    offset = np.uint64(position & 63)
+    word = position >> 6
+    value = (words[word] >> offset) | ((words[word + 1] << np.uint64(1)) << (np.uint64(63) - offset))
+    return np.int64(value & ((np.uint64(1) << np.uint64(count)) - np.uint64(1)))
+
+
+@numba.njit(cache=True, nogil=True)
+def _write_bits(words: np.ndarray, position: _Int, value: _Int, count: int) -> None:
+    """Write ``value`` (< 2 ** count) as ``count`` bits at bit ``position`` of ``words`` (zeros there)."""
+    if count == 0:
+        return
+    offset = position & 63
+    bits = np.uint64(value)
+    words[position >> 6] |= bits << np.uint64(offset)
+    if offset + count > 64:
+        words[(position >> 6) + 1] |= bits >> np.uint64(64 - offset)
+
+
+@numba.njit(cache=True, nogil=True)
+def _read_entry(words: np.ndarray, position: _Int, previous: _Int, gap_bits: int, track_bits: int,
+                value_bits: int) -> tuple[np.int64, np.int64, np.int64]:
+    """(track, payload, position after) of the entry at bit ``position``; ``previous`` is the track
+    of the entry before it in its run (0 for a run's first)."""
+    fields = _read_bits(words, position, gap_bits + value_bits)
+    escape = (np.int64(1) << gap_bits) - 1
+    gap, payload = fields & escape, fields >> gap_bits
+    position += gap_bits + value_bits
+    if gap == escape:
+        return _read_bits(words, position, track_bits), payload, np.int64(position + track_bits)
+    return previous + gap, payload, np.int64(position)
+
+
+@numba.njit(cache=True, nogil=True)
+def _bit_length(value: _Int) -> int:
+    length = 0
+    while value:
+        value >>= 1
+        length += 1
+    return length
+
+
+@numba.njit(cache=True, nogil=True)
+def _gap_statistics(rows: np.ndarray, starts: np.ndarray, payload_bits: int
+                    ) -> tuple[np.ndarray, np.int64, np.int64, np.int64]:
+    """What the encoding's widths are chosen from: how many gaps have each bit length of ``gap + 1``
+    (64: a negative gap), and the smallest track, largest track and largest payload."""
+    lengths = np.zeros(65, np.int64)
+    low, high, payloads = np.int64(1) << 62, np.int64(-1), np.int64(0)
+    mask = (np.int64(1) << payload_bits) - 1
+    for r in range(len(starts) - 1):
+        previous = np.int64(0)
+        for i in range(starts[r], starts[r + 1]):
+            entry = _id_at(rows, i)
+            track = entry >> payload_bits
+            gap = track - previous
+            lengths[_bit_length(gap + 1) if gap >= 0 else 64] += 1
+            low, high, payloads = min(low, track), max(high, track), max(payloads, entry & mask)
+            previous = track
+    return lengths, low, high, payloads
+
+
+@numba.njit(cache=True, nogil=True)
+def _encode(rows: np.ndarray, starts: np.ndarray, payload_bits: int, gap_bits: int, track_bits: int,
+            value_bits: int, skip: int, words: np.ndarray, run_bits: np.ndarray, skip_bits: np.ndarray,
+            skip_tracks: np.ndarray) -> None:
+    """Write the entries ``rows`` (runs at ``starts``) into ``words`` (zeros), with their skip points."""
+    escape = (np.int64(1) << gap_bits) - 1
+    mask = (np.int64(1) << payload_bits) - 1
+    position = np.int64(0)
+    for r in range(len(starts) - 1):
+        previous = np.int64(0)
+        for i in range(starts[r], starts[r + 1]):
+            entry = _id_at(rows, i)
+            track = entry >> payload_bits
+            if i % skip == 0:
+                skip_bits[i // skip], skip_tracks[i // skip] = position, track
+            if i == starts[r]:
+                run_bits[r] = position - skip_bits[i // skip]
+            gap = track - previous
+            _write_bits(words, position, gap if 0 <= gap < escape else escape, gap_bits)
+            _write_bits(words, position + gap_bits, entry & mask, value_bits)
+            position += gap_bits + value_bits
+            if not 0 <= gap < escape:
+                _write_bits(words, position, track, track_bits)
+                position += track_bits
+            previous = track
+
+
+@numba.njit(cache=True, nogil=True)
+def _decode_rows(words: np.ndarray, starts: np.ndarray, run_positions: np.ndarray, gap_bits: int,
+                 track_bits: int, value_bits: int, payload_bits: int, rows: np.ndarray) -> None:
+    """Decode every entry into ``rows`` (the plain layout of :func:`_packed`)."""
+    for r in range(len(starts) - 1):
+        position, previous = run_positions[r], np.int64(0)
+        for i in range(starts[r], starts[r + 1]):
+            track, payload, position = _read_entry(words, position, previous, gap_bits, track_bits, value_bits)
+            entry = (track << payload_bits) | payload
+            for b in range(rows.shape[1]):
+                rows[i, b] = (entry >> (8 * b)) & 0xFF
+            previous = track
+
+
+@numba.njit(cache=True, nogil=True)
+def _compact_gather_into(labels: np.ndarray, words: np.ndarray, positions: np.ndarray, lengths: np.ndarray,
+                         dest: np.ndarray, gap_bits: int, track_bits: int, value_bits: int,
+                         payload_bits: int) -> None:
+    """Decode ``lengths[k]`` entries from bit ``positions[k]`` (a run's start) to ``labels[dest[k]:]``."""
+    for k in range(len(positions)):
+        position, previous, out = positions[k], np.int64(0), dest[k]
+        for _ in range(lengths[k]):
+            track, payload, position = _read_entry(words, position, previous, gap_bits, track_bits, value_bits)
+            labels[out] = (track << payload_bits) | payload
+            previous = track
+            out += 1
+
+
+@numba.njit(cache=True, nogil=True)
+def _compact_track_bounds(words: np.ndarray, skip_bits: np.ndarray, skip_tracks: np.ndarray, skip: int,
+                          gap_bits: int, track_bits: int, value_bits: int, first: np.ndarray,
+                          lengths: np.ndarray, positions: np.ndarray, tracks: np.ndarray
+                          ) -> tuple[np.ndarray, np.ndarray]:
+    """Where the entries of each of ``tracks`` (sorted) lie in each run: ``bounds[code, track]`` is
+    (bit position of the first, track of the entry before it, how many); and the hits of each code.
+
+    Within a run, the search for the next candidate gallops over the run's skip points (whose
+    tracks are stored) to the last one before the candidate, then decodes forward: at most
+    ``skip`` entries, wherever the candidate lies in the run.
+    """
+    n_codes = len(first)
+    bounds = np.empty((n_codes, len(tracks), 3), np.int64)
+    hits_per_code = np.zeros(n_codes, np.int64)
+    for k in range(n_codes):
+        i, end, position, previous = first[k], first[k] + lengths[k], positions[k], np.int64(0)
+        last_skip = (end - 1) // skip
+        for t in range(len(tracks)):
+            target = tracks[t]
+            low = (i + skip - 1) // skip  # the first skip point not behind the decoder
+            if low <= last_skip and skip_tracks[low] < target:
+                step = 1
+                while low + step <= last_skip and skip_tracks[low + step] < target:
+                    low += step
+                    step *= 2
+                high = min(low + step, last_skip + 1)
+                while high - low > 1:
+                    middle = (low + high) // 2
+                    if skip_tracks[middle] < target:
+                        low = middle
+                    else:
+                        high = middle
+                _, _, position = _read_entry(words, skip_bits[low], 0, gap_bits, track_bits, value_bits)
+                i, previous = low * skip + 1, np.int64(skip_tracks[low])
+            while i < end:
+                track, _, after = _read_entry(words, position, previous, gap_bits, track_bits, value_bits)
+                if track >= target:
+                    break
+                i, position, previous = i + 1, after, track
+            start, before, count = position, previous, 0
+            while i < end:
+                track, _, after = _read_entry(words, position, previous, gap_bits, track_bits, value_bits)
+                if track != target:
+                    break
+                i, position, previous, count = i + 1, after, track, count + 1
+            bounds[k, t, 0], bounds[k, t, 1], bounds[k, t, 2] = start, before, count
+            hits_per_code[k] += count
+    return bounds, hits_per_code
+
+
+@numba.njit(cache=True, nogil=True)
+def _compact_copy_track_entries(labels: np.ndarray, words: np.ndarray, bounds: np.ndarray, dest: np.ndarray,
+                                gap_bits: int, track_bits: int, value_bits: int, payload_bits: int) -> None:
+    """Decode the entries within :func:`_compact_track_bounds`' bounds of each code ``k`` to ``labels[dest[k]:]``."""
+    for k in range(bounds.shape[0]):
+        out = dest[k]
+        for t in range(bounds.shape[1]):
+            position, previous = bounds[k, t, 0], bounds[k, t, 1]
+            for _ in range(bounds[k, t, 2]):
+                track, payload, position = _read_entry(words, position, previous, gap_bits, track_bits, value_bits)
+                labels[out] = (track << payload_bits) | payload
+                previous = track
+                out += 1
+
+
+def _find_runs(codes: np.ndarray, starts: np.ndarray, stored: np.ndarray, order: np.ndarray | None
+               ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Each stored-form code's run in a segment: (its index, where it starts, its length: 0 if absent).
+
+    ``order`` (``np.argsort(stored)``, optional) makes the binary searches run in increasing
+    order, which walks ``codes`` once: worth it when several segments are searched.
+    """
+    if len(codes) == 0:
+        zeros = np.zeros(len(stored), np.int64)
+        return zeros, zeros, zeros
+    if order is None:
+        at = np.searchsorted(codes, stored)
+    else:
+        at = np.empty(len(stored), np.int64)
+        at[order] = np.searchsorted(codes, stored[order])
+    at = np.minimum(at, len(codes) - 1)
+    found = codes[at] == stored
+    first = np.asarray(starts[at], dtype=np.int64)
+    return at, first, np.where(found, np.asarray(starts[at + 1]) - first, 0).astype(np.int64)
 
 
 class _Runs:
-    """One segment of a store: its distinct codes (sorted), where each code's run starts, its packed ids.
+    """One segment of a store in the plain layout: its distinct codes (sorted), where each code's run
+    starts, its packed ids (``id_bytes`` bytes each).
 
-    Never changed once made (a change makes a new one), so a reader may hold one while a
-    writer replaces it.
+    What entries added in memory are kept as, and how segment files from before the compact
+    encoding (2026-12-07) are read. Never changed once made (a change makes a new one), so a
+    reader may hold one while a writer replaces it.
     """
 
     __slots__ = ("codes", "starts", "ids", "_tracks")
@@ -240,7 +495,7 @@ class _Runs:
 
     @classmethod
     def load(cls, path: os.PathLike, width: int) -> "_Runs":
-        """Map a segment file written by :meth:`save` (read-only).
+        """Map a segment file of the plain layout (read-only).
 
         Raises
         ------
@@ -256,10 +511,9 @@ class _Runs:
         # per result, which a lookup over several segments would pay thousands of times per query.
         return cls(np.asarray(codes), np.asarray(starts), np.asarray(flat_ids).reshape(-1, width))
 
-    def save(self, path: os.PathLike) -> None:
-        """Write the segment atomically (temporary file, fsync, rename)."""
-        starts = self.starts.astype(np.uint32) if self.starts[-1] < 1 << 32 else self.starts
-        save_arrays(path, {"codes": self.codes, "starts": starts, "ids": self.ids.reshape(-1)})
+    def save(self, path: os.PathLike, payload_bits: int) -> None:
+        """Write the segment in the compact encoding, atomically (temporary file, fsync, rename)."""
+        save_arrays(path, _compact_arrays(self, payload_bits))
 
     @property
     def ntotal(self) -> int:
@@ -271,23 +525,35 @@ class _Runs:
         return int(self.codes.nbytes + self.starts.nbytes + self.ids.nbytes)
 
     def find(self, stored: np.ndarray, order: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """Where each stored-form code's run starts in ``ids`` and its length (0 if absent).
+        """Where each stored-form code's run starts in ``ids`` and its length (0 if absent): the
+        arrays the other readers take, one element per code (see :func:`_find_runs`)."""
+        return _find_runs(self.codes, self.starts, stored, order)[1:]
 
-        ``order`` (``np.argsort(stored)``, optional) makes the binary searches run in increasing
-        order, which walks ``codes`` once: worth it when several segments are searched.
-        """
-        codes, starts = self.codes, self.starts
-        if len(codes) == 0:
-            return np.zeros(len(stored), np.int64), np.zeros(len(stored), np.int64)
-        if order is None:
-            at = np.searchsorted(codes, stored)
-        else:
-            at = np.empty(len(stored), np.int64)
-            at[order] = np.searchsorted(codes, stored[order])
-        at = np.minimum(at, len(codes) - 1)
-        found = codes[at] == stored
-        first = np.asarray(starts[at], dtype=np.int64)
-        return first, np.where(found, np.asarray(starts[at + 1]) - first, 0).astype(np.int64)
+    def run_lengths(self, stored: np.ndarray, order: np.ndarray | None = None) -> np.ndarray:
+        """How many entries each stored-form code has in the segment (see :func:`_find_runs`)."""
+        return _find_runs(self.codes, self.starts, stored, order)[2]
+
+    def gather_into(self, labels: np.ndarray, found: tuple[np.ndarray, ...], dest: np.ndarray,
+                    payload_bits: int) -> None:
+        """Copy each found run's ids to ``labels[dest[k]:]``."""
+        _gather_runs_into(labels, self.ids, found[0], found[1], dest)
+
+    def track_bounds(self, found: tuple[np.ndarray, ...], tracks: np.ndarray, payload_bits: int
+                     ) -> tuple[np.ndarray, np.ndarray]:
+        """Where each of ``tracks``' entries lie in each found run, and the hits of each."""
+        return _track_bounds(self.ids, found[0], found[1], tracks, payload_bits)
+
+    def copy_track_entries(self, labels: np.ndarray, bounds: np.ndarray, dest: np.ndarray,
+                           payload_bits: int) -> None:
+        """Copy the ids within :meth:`track_bounds`' bounds to ``labels[dest[k]:]``."""
+        _copy_track_entries(labels, self.ids, bounds, dest)
+
+    def rows(self) -> np.ndarray:
+        """Every entry's packed id, in entry order."""
+        return self.ids
+
+    def plain(self) -> "_Runs":
+        return self
 
     def entry_codes(self) -> np.ndarray:
         """Every entry's stored code, in entry order."""
@@ -340,7 +606,177 @@ class _Runs:
                      self.ids[kept]), removed
 
 
-def _merged(segments: tuple[_Runs, ...], width: int) -> _Runs:
+def _compact_arrays(runs: _Runs, payload_bits: int) -> dict[str, np.ndarray]:
+    """The arrays of a compact segment file holding the entries of ``runs`` (see the module docstring).
+
+    The gap field's width is the one that makes the stream shortest: each gap that does not
+    fit costs the track's full width after the field.
+    """
+    starts = np.asarray(runs.starts, dtype=np.int64)
+    n = int(starts[-1])
+    lengths, low, high, payloads = _gap_statistics(runs.ids, starts, payload_bits) if n else (
+        np.zeros(65, np.int64), 0, -1, 0)
+    track_bits, value_bits = max(1, int(high).bit_length()), int(payloads).bit_length()
+    escapes = lengths[::-1].cumsum()[::-1]  # escapes[b]: gaps whose gap + 1 has b bits or more
+    cost = [n * g + int(escapes[g + 1]) * track_bits for g in range(track_bits + 1)]
+    gap_bits = int(np.argmin(cost))
+    total_bits = n * (gap_bits + value_bits) + int(escapes[gap_bits + 1]) * track_bits
+    words = np.zeros(total_bits // 64 + 2, np.uint64)  # a spare word: a read may touch the one after
+    run_bits = np.zeros(len(runs.codes), np.uint16)
+    skip_bits = np.zeros(-(-n // SKIP), np.uint64)
+    skip_tracks = np.zeros(len(skip_bits), np.uint32)
+    _encode(runs.ids, starts, payload_bits, gap_bits, track_bits, value_bits, SKIP, words, run_bits, skip_bits,
+            skip_tracks)
+    layout = dict(version=_COMPACT_VERSION, skip=SKIP, gap_bits=gap_bits, track_bits=track_bits,
+                  payload_bits=value_bits, min_track=int(low) if n else 0, max_track=int(high), stream_bits=total_bits)
+    return {"layout": np.array([layout[field] for field in _LAYOUT_FIELDS], np.int64), "codes": runs.codes,
+            "starts": starts.astype(np.uint32) if n < 1 << 32 else starts, "run_bits": run_bits,
+            "skip_bits": skip_bits, "skip_tracks": skip_tracks, "stream": words}
+
+
+class _CompactRuns:
+    """One saved segment in the compact encoding (see the module docstring), memory-mapped.
+
+    Answers every lookup as the plain segment of the same entries would, in the same order.
+    """
+
+    __slots__ = ("codes", "starts", "run_bits", "skip_bits", "skip_tracks", "stream", "skip", "gap_bits",
+                 "track_bits", "value_bits", "_span", "_stream_bits", "_width", "_payload")
+
+    def __init__(self, arrays: dict[str, np.ndarray], payload_bits: int):
+        layout = dict(zip(_LAYOUT_FIELDS, (int(value) for value in arrays["layout"])))
+        self.skip, self.gap_bits, self.track_bits = layout["skip"], layout["gap_bits"], layout["track_bits"]
+        self.value_bits = layout["payload_bits"]
+        self._span = (layout["min_track"], layout["max_track"])
+        self._stream_bits = layout["stream_bits"]
+        # The store's payload width: where the track starts in a plain id, and its bytes.
+        self._payload, self._width = payload_bits, id_bytes(payload_bits)
+        # Plain views of the mapped file, as in _Runs.load.
+        self.codes, self.starts = np.asarray(arrays["codes"]), np.asarray(arrays["starts"])
+        self.run_bits, self.stream = np.asarray(arrays["run_bits"]), np.asarray(arrays["stream"])
+        self.skip_bits, self.skip_tracks = np.asarray(arrays["skip_bits"]), np.asarray(arrays["skip_tracks"])
+
+    @classmethod
+    def load(cls, path: os.PathLike, payload_bits: int) -> "_CompactRuns":
+        """Map a compact segment file (read-only).
+
+        Raises
+        ------
+        ValueError
+            If the file is not a compact landmark store whose payloads fit ``payload_bits``.
+        """
+        arrays = map_arrays(path, _COMPACT_ARRAYS)
+        layout, codes, starts = arrays["layout"], arrays["codes"], arrays["starts"]
+        if (len(layout) != len(_LAYOUT_FIELDS) or layout[0] != _COMPACT_VERSION
+                or codes.dtype != np.uint32 or starts.dtype not in (np.uint32, np.int64)
+                or len(starts) != len(codes) + 1 or len(arrays["run_bits"]) != len(codes) or starts[0] != 0
+                or len(arrays["skip_bits"]) != -(-int(starts[-1]) // int(layout[1]))
+                or len(arrays["skip_tracks"]) != len(arrays["skip_bits"])
+                or arrays["stream"].dtype != np.uint64 or len(arrays["stream"]) != layout[7] // 64 + 2
+                or (len(arrays["skip_bits"]) and arrays["skip_bits"][-1] > layout[7])
+                or layout[4] > payload_bits or layout[3] > TRACK_BITS):
+            raise ValueError(f"inconsistent landmark store {path}")
+        return cls(arrays, payload_bits)
+
+    def save(self, path: os.PathLike, payload_bits: int) -> None:
+        """Write the segment as it is, atomically."""
+        layout = dict(version=_COMPACT_VERSION, skip=self.skip, gap_bits=self.gap_bits, track_bits=self.track_bits,
+                      payload_bits=self.value_bits, min_track=self._span[0], max_track=self._span[1],
+                      stream_bits=self._stream_bits)
+        save_arrays(path, {"layout": np.array([layout[field] for field in _LAYOUT_FIELDS], np.int64),
+                           "codes": self.codes, "starts": self.starts, "run_bits": self.run_bits,
+                           "skip_bits": self.skip_bits, "skip_tracks": self.skip_tracks, "stream": self.stream})
+
+    @property
+    def ntotal(self) -> int:
+        return int(self.starts[-1])
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the segment's arrays (its file's size, less the archive's headers)."""
+        return int(self.codes.nbytes + self.starts.nbytes + self.run_bits.nbytes + self.skip_bits.nbytes
+                   + self.skip_tracks.nbytes + self.stream.nbytes)
+
+    def _widths(self) -> tuple[int, int, int]:
+        return self.gap_bits, self.track_bits, self.value_bits
+
+    def find(self, stored: np.ndarray, order: np.ndarray | None = None
+             ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Where each stored-form code's run starts (entry), its length (0 if absent), and the bit
+        position of its first entry in ``stream``."""
+        at, first, lengths = _find_runs(self.codes, self.starts, stored, order)
+        if len(self.codes) == 0:
+            return first, lengths, first
+        positions = self.skip_bits[first // self.skip].astype(np.int64) + self.run_bits[at]
+        return first, lengths, positions
+
+    def run_lengths(self, stored: np.ndarray, order: np.ndarray | None = None) -> np.ndarray:
+        return _find_runs(self.codes, self.starts, stored, order)[2]
+
+    def gather_into(self, labels: np.ndarray, found: tuple[np.ndarray, ...], dest: np.ndarray,
+                    payload_bits: int) -> None:
+        _, lengths, positions = found
+        _compact_gather_into(labels, self.stream, positions, lengths, dest, *self._widths(), payload_bits)
+
+    def track_bounds(self, found: tuple[np.ndarray, ...], tracks: np.ndarray, payload_bits: int
+                     ) -> tuple[np.ndarray, np.ndarray]:
+        first, lengths, positions = found
+        return _compact_track_bounds(self.stream, self.skip_bits, self.skip_tracks, self.skip, *self._widths(),
+                                     first, lengths, positions, tracks)
+
+    def copy_track_entries(self, labels: np.ndarray, bounds: np.ndarray, dest: np.ndarray,
+                           payload_bits: int) -> None:
+        _compact_copy_track_entries(labels, self.stream, bounds, dest, *self._widths(), payload_bits)
+
+    def rows(self) -> np.ndarray:
+        """Every entry's id in the plain layout (decoded: a copy in memory)."""
+        starts = np.asarray(self.starts, dtype=np.int64)
+        rows = np.empty((int(starts[-1]), self._width), np.uint8)
+        if len(self.codes):
+            positions = self.skip_bits[starts[:-1] // self.skip].astype(np.int64) + self.run_bits
+            _decode_rows(self.stream, starts, positions, *self._widths(), self._payload, rows)
+        return rows
+
+    def plain(self) -> _Runs:
+        """The same entries in the plain layout, in memory."""
+        return _Runs(self.codes, self.starts, self.rows())
+
+    def entry_codes(self) -> np.ndarray:
+        return np.repeat(self.codes, np.diff(self.starts))
+
+    def with_entries(self, new_codes: np.ndarray, new_rows: np.ndarray) -> _Runs:
+        return self.plain().with_entries(new_codes, new_rows)
+
+    def track_span(self, payload_bits: int) -> tuple[int, int]:
+        return self._span if self.ntotal else (0, -1)
+
+    def entries_of(self, track_id: int, payload_bits: int) -> int:
+        low, high = self.track_span(payload_bits)
+        return self.plain().entries_of(track_id, payload_bits) if low <= track_id <= high else 0
+
+    def without_track(self, track_id: int, payload_bits: int) -> tuple["_Runs | _CompactRuns", int]:
+        if not self.entries_of(track_id, payload_bits):
+            return self, 0
+        return self.plain().without_track(track_id, payload_bits)
+
+
+_Segment = _Runs | _CompactRuns
+
+
+def _load_segment(path: os.PathLike, payload_bits: int) -> _Segment:
+    """Map a segment file, compact or (written before 2026-12-07) plain.
+
+    Raises
+    ------
+    ValueError
+        If the file is not a landmark store of this payload width (damaged or foreign).
+    """
+    if "stream" in array_names(path):
+        return _CompactRuns.load(path, payload_bits)
+    return _Runs.load(path, id_bytes(payload_bits))
+
+
+def _merged(segments: tuple[_Segment, ...], width: int) -> _Segment:
     """One segment holding the entries of consecutive ``segments``, each code's in segment order.
 
     The first (usually the largest) is copied once; the others' entries are inserted after its runs.
@@ -351,7 +787,7 @@ def _merged(segments: tuple[_Runs, ...], width: int) -> _Runs:
         return segments[0]
     rest = segments[1:]
     return segments[0].with_entries(np.concatenate([s.entry_codes() for s in rest]),
-                                    np.concatenate([s.ids for s in rest]))
+                                    np.concatenate([s.rows() for s in rest]))
 
 
 class LandmarkIndex:
@@ -364,7 +800,7 @@ class LandmarkIndex:
     ----------
     payload_bits : int
         Low bits of each id that hold the payload; track ids get ``TRACK_BITS`` above them.
-    segments : tuple of _Runs
+    segments : tuple of _Runs or _CompactRuns
         The saved segments, main first (see the module docstring); empty for a store not
         yet saved.
     writable : bool
@@ -372,7 +808,7 @@ class LandmarkIndex:
         Codes are stored mixed (:func:`mix_codes`); False for stores from before the mix.
     """
 
-    def __init__(self, payload_bits: int, segments: tuple[_Runs, ...], writable: bool, hashed_lists: bool = True):
+    def __init__(self, payload_bits: int, segments: tuple[_Segment, ...], writable: bool, hashed_lists: bool = True):
         if not 0 < payload_bits <= 63 - TRACK_BITS:
             raise ValueError(f"payload_bits={payload_bits} leaves too few bits for track ids")
         self.payload_bits = payload_bits
@@ -381,7 +817,7 @@ class LandmarkIndex:
         self._width = id_bytes(payload_bits)
         # (saved segments, entries added since the last save as one more segment or None),
         # replaced as a whole so that a concurrent reader sees one state or the other.
-        self._state: tuple[tuple[_Runs, ...], _Runs | None] = (segments, None)
+        self._state: tuple[tuple[_Segment, ...], _Runs | None] = (segments, None)
         # Entries added since they were last folded into the unsaved segment: (stored codes, ids) per add.
         self._added: list[tuple[np.ndarray, np.ndarray]] = []
         # The saved files no longer hold this store's saved entries (a new store, or a removal).
@@ -417,8 +853,7 @@ class LandmarkIndex:
         ValueError
             If a file is not a landmark store of this payload width (damaged or foreign).
         """
-        width = id_bytes(payload_bits)
-        segments = tuple(_Runs.load(file, width) for file in (path, *deltas))
+        segments = tuple(_load_segment(file, payload_bits) for file in (path, *deltas))
         return cls(payload_bits, segments, writable=not mmap, hashed_lists=hashed_lists)
 
     @classmethod
@@ -466,9 +901,9 @@ class LandmarkIndex:
         the files it had (:mod:`index.store`).
         """
         merged = _merged(self._segments(), self._width)
-        merged.save(path)
+        merged.save(path, self.payload_bits)
         with self._merge_lock:
-            self._state = ((_Runs.load(path, self._width),), None)
+            self._state = ((_CompactRuns.load(path, self.payload_bits),), None)
             self._rewrite = False
 
     def save_delta(self, path: os.PathLike) -> bool:
@@ -491,10 +926,15 @@ class LandmarkIndex:
         saved, unsaved = self._state
         if unsaved is None or unsaved.ntotal == 0:
             return False
-        unsaved.save(path)
+        unsaved.save(path, self.payload_bits)
         with self._merge_lock:
-            self._state = (saved + (_Runs.load(path, self._width),), None)
+            self._state = (saved + (_CompactRuns.load(path, self.payload_bits),), None)
         return True
+
+    def segment_encodings(self) -> list[str]:
+        """How each saved segment is encoded, main first: ``"compact"``, or ``"plain"`` for a file
+        written before the compact encoding (read as it is; the next rewrite of it is compact)."""
+        return ["compact" if isinstance(segment, _CompactRuns) else "plain" for segment in self._state[0]]
 
     @property
     def needs_rewrite(self) -> bool:
@@ -505,7 +945,7 @@ class LandmarkIndex:
         """Bytes of each saved segment, main first."""
         return [segment.nbytes for segment in self._state[0]]
 
-    def write_merged(self, first: int, last: int, path: os.PathLike) -> tuple[_Runs, ...]:
+    def write_merged(self, first: int, last: int, path: os.PathLike) -> tuple[_Segment, ...]:
         """Write saved segments ``first:last`` merged into one file, atomically; the store is unchanged.
 
         Reads only segments, which never change, so it may run beside lookups, adds and
@@ -518,10 +958,10 @@ class LandmarkIndex:
             The segments merged, to give to :meth:`adopt_merged`.
         """
         merged = self._state[0][first:last]
-        _merged(merged, self._width).save(path)
+        _merged(merged, self._width).save(path, self.payload_bits)
         return merged
 
-    def adopt_merged(self, merged: tuple[_Runs, ...], path: os.PathLike) -> None:
+    def adopt_merged(self, merged: tuple[_Segment, ...], path: os.PathLike) -> None:
         """Replace the saved segments ``merged`` (still consecutive) by the file :meth:`write_merged` wrote.
 
         Raises
@@ -529,7 +969,7 @@ class LandmarkIndex:
         RuntimeError
             If the store no longer holds those segments (a removal or a save came between).
         """
-        segment = _Runs.load(path, self._width)
+        segment = _CompactRuns.load(path, self.payload_bits)
         with self._merge_lock:
             saved, unsaved = self._state
             for at in range(len(saved) - len(merged) + 1):
@@ -586,7 +1026,7 @@ class LandmarkIndex:
             if in_saved:
                 everything, removed = _merged(self._segments_of(saved, unsaved), self._width).without_track(
                     track_id, self.payload_bits)
-                self._state, self._rewrite = ((), everything), True
+                self._state, self._rewrite = ((), everything.plain()), True
                 return removed
             if unsaved is None:
                 return 0
@@ -613,7 +1053,7 @@ class LandmarkIndex:
         order = np.argsort(stored) if len(segments) > 1 else None
         counts = np.zeros(len(stored), np.int64)
         for segment in segments:
-            counts += segment.find(stored, order)[1]
+            counts += segment.run_lengths(stored, order)
         return counts
 
     def lookup(self, hashes: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -658,41 +1098,41 @@ class LandmarkIndex:
             Every hit's entry id, ``track_id << payload_bits | payload``.
         """
         stored = self._stored_form(hashes)
-        segments = [segment for segment in self._segments() if len(segment.codes)] or [_Runs.empty(self._width)]
+        segments: list[_Segment] = [segment for segment in self._segments() if len(segment.codes)] \
+            or [_Runs.empty(self._width)]
         order = np.argsort(stored) if len(segments) > 1 else None
         found = [segment.find(stored, order) for segment in segments]
         if tracks is not None:
             wanted = np.asarray(tracks, np.int64)
-            if len(segments) == 1:
-                return _gather_track_runs(segments[0].ids, *found[0], wanted, self.payload_bits)
-            # Main holds most of the query's codes, a delta few: only the codes a delta holds are searched.
-            main_bounds, hits_per_code = _track_bounds(segments[0].ids, *found[0], wanted, self.payload_bits)
+            main_bounds, main_hits = segments[0].track_bounds(found[0], wanted, self.payload_bits)
+            hits_per_code = main_hits.copy()
             deltas = []
-            for segment, (first, lengths) in zip(segments[1:], found[1:]):
+            # Main holds most of the query's codes, a delta few: only the codes a delta holds are searched.
+            for segment, located in zip(segments[1:], found[1:]):
                 # A delta holds a few commits' tracks: candidates outside them are not searched for.
                 low, high = segment.track_span(self.payload_bits)
                 here = wanted[(wanted >= low) & (wanted <= high)]
                 if not len(here):
                     continue
-                held = np.flatnonzero(lengths)
-                bounds, hits = _track_bounds(segment.ids, first[held], lengths[held], here, self.payload_bits)
+                held = np.flatnonzero(located[1])
+                bounds, hits = segment.track_bounds(tuple(array[held] for array in located), here, self.payload_bits)
                 hits_per_code[held] += hits
                 deltas.append((segment, held, bounds, hits))
             first_hit = np.cumsum(hits_per_code) - hits_per_code
             labels = np.empty(int(hits_per_code.sum()), np.int64)
-            _copy_track_entries(labels, segments[0].ids, main_bounds, first_hit)
-            dest = first_hit + main_bounds[:, :, 1].sum(axis=1) - main_bounds[:, :, 0].sum(axis=1)
+            segments[0].copy_track_entries(labels, main_bounds, first_hit, self.payload_bits)
+            dest = first_hit + main_hits
             for segment, held, bounds, hits in deltas:
-                _copy_track_entries(labels, segment.ids, bounds, dest[held])
+                segment.copy_track_entries(labels, bounds, dest[held], self.payload_bits)
                 dest[held] += hits
             return first_hit, hits_per_code, labels
-        hits_per_code = np.sum([lengths for _, lengths in found], axis=0)
+        hits_per_code = np.sum([located[1] for located in found], axis=0)
         first_hit = np.cumsum(hits_per_code) - hits_per_code
         labels = np.empty(int(hits_per_code.sum()), np.int64)
         dest = first_hit.copy()
-        for segment, (first, lengths) in zip(segments, found):
-            _gather_runs_into(labels, segment.ids, first, lengths, dest)
-            dest += lengths
+        for segment, located in zip(segments, found):
+            segment.gather_into(labels, located, dest, self.payload_bits)
+            dest += located[1]
         return first_hit, hits_per_code, labels
 
     def code_table(self) -> tuple[np.ndarray, np.ndarray]:
@@ -714,6 +1154,24 @@ class LandmarkIndex:
         lengths = np.concatenate([np.diff(np.asarray(segment.starts, dtype=np.int64)) for segment in segments])
         return codes, np.bincount(inverse, weights=lengths, minlength=len(codes)).astype(np.int64)
 
+    def track_entries(self, track_id: int) -> tuple[np.ndarray, np.ndarray]:
+        """One track's (landmark codes, payloads), segment by segment, each in its store order.
+
+        What moving a track to another index reads back (``cluster/rebalance.py``): adding
+        them to a store gives the track exactly the entries it has here.
+        """
+        codes, payloads = [np.zeros(0, np.uint32)], [np.zeros(0, np.int64)]
+        for segment in self._segments():
+            low, high = segment.track_span(self.payload_bits)
+            if not low <= track_id <= high:
+                continue
+            ids = _unpacked(segment.rows())
+            mine = np.flatnonzero((ids >> self.payload_bits) == track_id)
+            stored = segment.codes[np.searchsorted(np.asarray(segment.starts), mine, side="right") - 1]
+            codes.append(unmix_codes(stored) if self.hashed_lists else np.asarray(stored, np.uint32))
+            payloads.append(ids[mine] & ((1 << self.payload_bits) - 1))
+        return np.concatenate(codes), np.concatenate(payloads)
+
     def refiled(self) -> "LandmarkIndex":
         """A new in-memory store holding this one's entries under mixed codes.
 
@@ -724,7 +1182,7 @@ class LandmarkIndex:
             raise ValueError("this store already files mixed codes")
         everything = _merged(self._segments(), self._width)
         refiled = LandmarkIndex.create(self.payload_bits)
-        refiled._added.append((mix_codes(everything.entry_codes()), _unpacked(everything.ids)))
+        refiled._added.append((mix_codes(everything.entry_codes()), _unpacked(everything.rows())))
         refiled._merge_added()
         return refiled
 
@@ -734,10 +1192,10 @@ class LandmarkIndex:
         return mix_codes(hashes) if self.hashed_lists else hashes
 
     @staticmethod
-    def _segments_of(saved: tuple[_Runs, ...], unsaved: _Runs | None) -> tuple[_Runs, ...]:
+    def _segments_of(saved: tuple[_Segment, ...], unsaved: _Runs | None) -> tuple[_Segment, ...]:
         return saved + (unsaved,) if unsaved is not None else saved
 
-    def _segments(self) -> tuple[_Runs, ...]:
+    def _segments(self) -> tuple[_Segment, ...]:
         """Every segment, saved ones first, the added entries last: one consistent state."""
         self._merge_added()
         return self._segments_of(*self._state)

@@ -46,8 +46,13 @@ deltas), and once a tier's deltas reach :attr:`IndexWriteParams.merge_share` of 
 main file a background thread merges them into a new main file. Every change of files
 is a new file, then one atomic manifest switch, then the deletion of the files it
 replaced: a crash leaves the old set or the new one, and the next writer deletes files
-the manifest does not name. An index whose manifest lists deltas says format 3, which a
-Refrain from before deltas refuses (it would not read them); one without is format 2.
+the manifest does not name.
+
+Every manifest written says format 4: landmark files may be in the compact encoding
+(:mod:`index.landmarks`, 2026-12-07), which a Refrain from before it refuses to open
+rather than misread. Formats 2 (no deltas) and 3 (deltas) are read as they are, their
+plain landmark files included; the first rewrite of a file, or :meth:`IndexStore.upgrade`,
+writes it compact.
 """
 
 from __future__ import annotations
@@ -75,10 +80,12 @@ __all__ = ["IndexStore", "IndexOpenError", "IndexBusyError", "IndexWriteParams"]
 #: One of the index structures a tier is stored in.
 _Store = TypeVar("_Store", LandmarkIndex, MelodyIndex, PeakStore)
 
-FORMAT_VERSION = 3
-#: Format of a manifest that lists no delta segments: what a Refrain from before them reads.
-_FORMAT_WITHOUT_DELTAS = 2
-_READABLE_FORMATS = (_FORMAT_WITHOUT_DELTAS, FORMAT_VERSION)
+#: Format of every manifest this Refrain writes: landmark files may be in the compact encoding
+#: (index/landmarks.py, 2026-12-07), which a Refrain before it cannot read; it refuses format 4.
+FORMAT_VERSION = 4
+#: Formats read: 2 (no delta segments) and 3 (deltas) were written before the compact encoding;
+#: their landmark files are read as they are.
+_READABLE_FORMATS = (2, 3, FORMAT_VERSION)
 # How many times a reader re-reads a manifest a writer replaced while the reader opened its files.
 _OPEN_ATTEMPTS = 5
 _MANIFEST, _CATALOG, _LOCK = "manifest.json", "catalog.sqlite", ".lock"
@@ -304,7 +311,7 @@ class IndexStore:
         if params.melody is not None:
             tiers["melody"] = {"file": _MELODY_FILE, "layout": MELODY_LAYOUT}
         tiers["peaks"] = {"file": _PEAKS_FILE, "layout": PEAKS_LAYOUT}
-        IndexStore._save_manifest(directory, {"format": _FORMAT_WITHOUT_DELTAS, "fingerprint": params.to_dict(),
+        IndexStore._save_manifest(directory, {"format": FORMAT_VERSION, "fingerprint": params.to_dict(),
                                               "tiers": tiers})
 
     @staticmethod
@@ -351,8 +358,7 @@ class IndexStore:
             if len(files) > 1:
                 entry["deltas"] = [path.name for path in files[1:]]
             entry.update((entry_updates or {}).get(name, {}))
-        with_deltas = any(len(files) > 1 for files in tier_files.values())
-        manifest["format"] = FORMAT_VERSION if with_deltas else _FORMAT_WITHOUT_DELTAS
+        manifest["format"] = FORMAT_VERSION
         self._save_manifest(self.directory, manifest)
 
     def _delete_unlisted_segments(self) -> None:
@@ -549,19 +555,21 @@ class IndexStore:
     def upgradable(self) -> list[str]:
         """The tiers :meth:`upgrade` would bring to the current layout."""
         return [name for name, tier in self.tiers.items()
-                if isinstance(tier, LandmarkIndex) and (not tier.hashed_lists or name in self._faiss_tiers)]
+                if isinstance(tier, LandmarkIndex) and (not tier.hashed_lists or name in self._faiss_tiers
+                                                        or "plain" in tier.segment_encodings())]
 
     def upgrade(self) -> list[str]:
         """Bring an index built by an earlier Refrain to the current layout, in place.
 
         Landmark tiers in an earlier Refrain's FAISS file are written as run stores (see
         :mod:`index.landmarks`: same entries, same hits in the same order, about half the
-        bytes, no conversion at open), and tiers from before mixed codes are re-filed.
-        Each goes to a new file; the manifest then switches to it in one atomic rename,
-        and only then is the old file deleted, so an interrupted upgrade leaves the index
-        as it was (at most a stray new file, overwritten by the next upgrade). The first
-        save of an index with FAISS tiers (a commit, a removal) upgrades it first: this
-        Refrain cannot write that format.
+        bytes, no conversion at open), tiers from before mixed codes are re-filed, and tiers
+        with files in the plain id encoding (before 2026-12-07) are rewritten compact, main and
+        deltas as one file (a third to a half of the bytes). Each goes to a new file; the
+        manifest then switches to it in one atomic rename, and only then is the old file
+        deleted, so an interrupted upgrade leaves the index as it was (at most a stray new
+        file, deleted by the next writer). The first save of an index with FAISS tiers (a
+        commit, a removal) upgrades it first: this Refrain cannot write that format.
 
         Returns
         -------
@@ -581,9 +589,7 @@ class IndexStore:
                 assert isinstance(tier, LandmarkIndex)  # upgradable() lists landmark tiers only
                 if not tier.hashed_lists:
                     tier = tier.refiled()
-                new_file = self.directory / _TIER_FILES[name]
-                if new_file in files:
-                    new_file = new_file.with_name(new_file.stem + "-hashed" + new_file.suffix)
+                new_file = self._new_segment_file(name, main=True)
                 tier.save(new_file)
                 refiled[name] = (tier, new_file)
                 old_files += files

@@ -161,7 +161,7 @@ def _as_faiss_file(store: LandmarkIndex, path, raw_codes=None) -> None:
     index.own_fields = True
     quantizer.this.disown()
     index.add_with_ids(np.ascontiguousarray(codes, dtype="<u4").view(np.uint8).reshape(-1, 4),
-                       _unpacked(main.ids))
+                       _unpacked(main.rows()))
     faiss.write_index_binary(index, str(path))
 
 
@@ -184,16 +184,22 @@ def test_a_faiss_tier_of_an_earlier_refrain_gives_the_same_hits_in_the_same_orde
         LandmarkIndex.from_faiss(tmp_path / "junk.faiss", 22, hashed_lists=True)
 
 
-def test_an_entry_costs_its_id_alone(tmp_path):
-    # 100,000 entries under 50 codes: the file holds 6 bytes per pair entry (track id and
-    # 22-bit frame), 12 per distinct code, and the archive's headers.
+def test_an_entry_costs_its_gap_and_payload_bits(tmp_path):
+    # 100,000 entries of one track under 50 codes: in the compact encoding an entry costs a 1-bit
+    # gap field (0: the same track as the entry before it in its run) and its payload's 17 bits;
+    # a run's first entry adds the track's 4 bits; every 64 entries a skip point costs 12 bytes,
+    # every distinct code 10 (code, run start, bit offset); then the archive's headers.
     store = LandmarkIndex.create(payload_bits=22)
     codes = np.arange(100_000, dtype=np.uint32) % 50
     store.add(9, codes, np.arange(100_000))
     store.save(tmp_path / "l.npz")
-    assert 600_000 <= (tmp_path / "l.npz").stat().st_size <= 600_000 + 50 * 12 + 2_000
+    stream_bytes = (100_000 * (1 + 17) + 50 * 4) // 8
+    assert stream_bytes + 1563 * 12 + 50 * 10 <= (tmp_path / "l.npz").stat().st_size \
+        <= stream_bytes + 1563 * 12 + 50 * 10 + 3_000
     mapped = LandmarkIndex.load(tmp_path / "l.npz", 22, mmap=True)
     assert mapped.lookup(np.array([7], np.uint32))[2].tolist() == list(range(7, 100_000, 50))
+    assert mapped.lookup_slices(np.array([7], np.uint32), np.array([9]))[2].tolist() == \
+        [9 << 22 | frame for frame in range(7, 100_000, 50)]
 
 
 def test_track_ids_beyond_the_store_width_are_refused():
@@ -351,8 +357,7 @@ def test_upgrade_refiles_an_old_index_in_place(pre_mix_index, songs, write_audio
         assert refrain.upgrade_index() == []
 
     manifest = json.loads((pre_mix_index / "manifest.json").read_text())
-    assert {manifest["tiers"][tier]["file"] for tier in ("pair", "triplet")} == {"pairs-hashed.npz",
-                                                                                "triplets-hashed.npz"}
+    assert [manifest["tiers"][tier]["file"].split(".")[0] for tier in ("pair", "triplet")] == ["pairs", "triplets"]
     assert not (pre_mix_index / "pairs.npz").exists() and not (pre_mix_index / "triplets.npz").exists()
     for mmap in (False, True):
         assert _lookups_and_matches(pre_mix_index, queries, codes, mmap) == ([True, True], lookups, matches)
@@ -551,7 +556,7 @@ def test_peak_store_is_mapped_from_its_file_and_keeps_changes_until_saved(tmp_pa
     store.add(12, np.array([7]), np.array([1]))
     store.save(tmp_path / "peaks.npz")
     loaded = PeakStore.load(tmp_path / "peaks.npz")
-    assert isinstance(loaded.peaks_between(3, 0, 100)[0].base, np.memmap)
+    assert isinstance(loaded.peaks_between(3, 0, 100)[1].base, np.memmap)  # frames: decoded from mapped steps
     assert _peaks(loaded, 3) == ([10, 20, 40], [7, 9, 5]) and loaded.ntotal == 6
     # Changes after the load: a new track, a removed one, a replaced one.
     loaded.add(20, np.array([5, 4]), np.array([2, 3]))
@@ -586,8 +591,8 @@ def test_a_peak_store_that_cannot_be_mapped_is_refused(tmp_path, damage):
 def test_an_index_opened_for_matching_maps_its_peaks(index_copy, catalogue_index):
     track_id = catalogue_index.track_ids[34]
     with Refrain.open(index_copy, mmap=True) as refrain:
-        frames, _ = refrain.store.tiers["peaks"].peaks_between(track_id, 0, 1 << 30)
-        assert len(frames) > 100 and isinstance(frames.base, np.memmap)
+        frames, bins = refrain.store.tiers["peaks"].peaks_between(track_id, 0, 1 << 30)
+        assert len(frames) > 100 and isinstance(bins.base, np.memmap)
 
 
 def test_unmixing_a_stored_code_gives_back_the_landmark_code():

@@ -1,0 +1,311 @@
+"""The compact entry encoding of the landmark run stores: the same answers as the plain ids it
+replaces, at every width and shape of run; and indexes written in the plain encoding (Refrain
+before 2026-12-07) opened as they are, written compact from their first rewrite or upgrade."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+from refrain.api import Refrain
+from refrain.config import Config
+from refrain.fingerprint import fingerprint_file
+from refrain.index import IndexStore, IndexWriteParams, LandmarkIndex
+from refrain.index.files import array_names, save_arrays
+from refrain.index.landmarks import SKIP, TRACK_BITS, _CompactRuns, _load_segment, _Runs
+
+SR = 22050
+
+
+def _plain_twin(store: LandmarkIndex) -> LandmarkIndex:
+    """The same saved segments in the plain encoding, read by the code that read them before."""
+    segments = tuple(segment.plain() for segment in store._state[0])
+    assert all(isinstance(segment, _Runs) for segment in segments)
+    return LandmarkIndex(store.payload_bits, segments, writable=False)
+
+
+def _assert_same_answers(store: LandmarkIndex, reference: LandmarkIndex, asked: np.ndarray,
+                         candidate_sets: list[np.ndarray]) -> None:
+    for got, want in zip(store.lookup(asked), reference.lookup(asked)):
+        np.testing.assert_array_equal(got, want)  # the same hits in the same order
+    for got, want in zip(store.lookup_slices(asked), reference.lookup_slices(asked)):
+        np.testing.assert_array_equal(got, want)
+    for tracks in candidate_sets:
+        for got, want in zip(store.lookup_slices(asked, tracks), reference.lookup_slices(asked, tracks)):
+            np.testing.assert_array_equal(got, want)
+    np.testing.assert_array_equal(store.code_counts(asked), reference.code_counts(asked))
+    for got, want in zip(store.code_table(), reference.code_table()):
+        np.testing.assert_array_equal(got, want)
+    assert store.ntotal == reference.ntotal
+
+
+def _random_store(rng, payload_bits: int, tracks: np.ndarray, distinct_codes: int) -> LandmarkIndex:
+    """Tracks whose codes repeat within and across tracks (runs of every length, many skip points
+    long) and whose payloads use the tier's full width."""
+    store = LandmarkIndex.create(payload_bits)
+    for track in tracks:
+        n = int(rng.integers(1, 600))
+        codes = (rng.zipf(1.3, n) % distinct_codes).astype(np.uint32)
+        store.add(int(track), codes, rng.integers(0, 1 << payload_bits, n))
+    return store
+
+
+@pytest.mark.parametrize("payload_bits", [22, 28, 36])
+@pytest.mark.parametrize("spread", ["dense", "sparse"])
+def test_compact_segments_answer_exactly_as_plain_ones(tmp_path, payload_bits, spread):
+    rng = np.random.default_rng(payload_bits)
+    # Dense track ids (gaps of a few bits) or ids spread up to the largest a store takes (escapes).
+    tracks = (np.arange(1, 160) if spread == "dense"
+              else np.sort(rng.choice(1 << TRACK_BITS, 160, replace=False)))
+    store = _random_store(rng, payload_bits, tracks[:100], distinct_codes=3000)
+    store.save(tmp_path / "main.npz")
+    for part, first in enumerate(range(100, 160, 20)):
+        for track in tracks[first:first + 20]:
+            n = int(rng.integers(1, 400))
+            store.add(int(track), (rng.zipf(1.3, n) % 3000).astype(np.uint32), rng.integers(0, 1 << payload_bits, n))
+        assert store.save_delta(tmp_path / f"delta{part}.npz")
+    assert store.segment_encodings() == ["compact"] * 4
+    assert max(np.diff(np.asarray(store._state[0][0].starts, np.int64))) > 8 * SKIP  # runs over many skip points
+    asked = np.concatenate([rng.integers(0, 3000, 4000).astype(np.uint32), np.arange(5000, 5020, dtype=np.uint32)])
+    candidate_sets = [tracks[[0]], tracks[-1:], tracks[::7], tracks[40:140:3], np.sort(rng.choice(tracks, 32)),
+                      np.unique(np.concatenate([tracks[::11], tracks[::11] + 1])), np.array([], np.int64)]
+    candidate_sets = [np.unique(c) for c in candidate_sets]
+    for mmap in (False, True):
+        loaded = LandmarkIndex.load(tmp_path / "main.npz", payload_bits, mmap=mmap,
+                                    deltas=tuple(tmp_path / f"delta{part}.npz" for part in range(3)))
+        _assert_same_answers(loaded, _plain_twin(loaded), asked, candidate_sets)
+    # The entries decode back to the very ids they were encoded from.
+    for segment in store._state[0]:
+        np.testing.assert_array_equal(segment.rows(), segment.plain().rows())
+    merged = LandmarkIndex.load(tmp_path / "main.npz", payload_bits,
+                                deltas=tuple(tmp_path / f"delta{part}.npz" for part in range(3)))
+    merged.save(tmp_path / "merged.npz")
+    _assert_same_answers(LandmarkIndex.load(tmp_path / "merged.npz", payload_bits, mmap=True), _plain_twin(loaded),
+                         asked, candidate_sets)
+
+
+def test_tracks_added_out_of_order_and_edge_widths_still_decode(tmp_path):
+    # Track ids added in decreasing order (negative gaps: written as escapes), payloads all 0
+    # (a 0-bit payload field), one entry, an empty store.
+    store = LandmarkIndex.create(payload_bits=22)
+    for track in (900, 40, 7, (1 << TRACK_BITS) - 1, 0):
+        store.add(track, np.array([5, 5, 9, track % 3], np.uint32), np.zeros(4, np.int64))
+    store.save(tmp_path / "l.npz")
+    loaded = LandmarkIndex.load(tmp_path / "l.npz", 22, mmap=True)
+    [segment] = loaded._state[0]
+    assert isinstance(segment, _CompactRuns) and segment.value_bits == 0
+    asked = np.array([5, 9, 0, 1, 2, 3], np.uint32)
+    for got, want in zip(loaded.lookup(asked), _plain_twin(loaded).lookup(asked)):
+        np.testing.assert_array_equal(got, want)
+    assert loaded.lookup(np.array([5], np.uint32))[1].tolist() == [900, 900, 40, 40, 7, 7, (1 << TRACK_BITS) - 1,
+                                                                    (1 << TRACK_BITS) - 1, 0, 0]
+    one = LandmarkIndex.create(payload_bits=36)
+    one.add(3, np.array([1], np.uint32), np.array([(1 << 36) - 1]))
+    one.save(tmp_path / "one.npz")
+    assert LandmarkIndex.load(tmp_path / "one.npz", 36).lookup(np.array([1], np.uint32))[2].tolist() == [(1 << 36) - 1]
+    LandmarkIndex.create(payload_bits=22).save(tmp_path / "empty.npz")
+    empty = LandmarkIndex.load(tmp_path / "empty.npz", 22, mmap=True)
+    assert empty.ntotal == 0 and empty.lookup_slices(asked, np.array([3]))[1].tolist() == [0] * 6
+
+
+def test_a_damaged_or_mismatched_compact_file_is_refused(tmp_path):
+    store = LandmarkIndex.create(payload_bits=22)
+    store.add(1, np.arange(100, dtype=np.uint32), np.arange(100))
+    store.save(tmp_path / "l.npz")
+    with pytest.raises(ValueError, match="inconsistent landmark store"):
+        LandmarkIndex.load(tmp_path / "l.npz", 6)  # payloads wider than the tier says
+    (tmp_path / "junk.npz").write_bytes(b"not an archive")
+    with pytest.raises(ValueError, match="unreadable"):
+        LandmarkIndex.load(tmp_path / "junk.npz", 22)
+
+
+def test_the_compact_encoding_costs_what_its_widths_say(tmp_path):
+    # 2,000 tracks, every 3rd id, 200 entries each under 4,000 codes: gaps of a few bits, frames
+    # of 13 bits. The stream holds each entry's gap field and payload, plus the track of each
+    # escape; about 3 bytes an entry where the plain ids took 6.
+    rng = np.random.default_rng(3)
+    store = LandmarkIndex.create(payload_bits=22)
+    for track in range(3, 6003, 3):
+        store.add(track, rng.integers(0, 4000, 200).astype(np.uint32), rng.integers(0, 1 << 13, 200))
+    store.save(tmp_path / "l.npz")
+    [segment] = LandmarkIndex.load(tmp_path / "l.npz", 22)._state[0]
+    assert (segment.value_bits, segment.track_bits) == (13, 13)
+    plain = segment.plain()
+    ids = plain.rows()
+    tracks = (np.pad(ids, ((0, 0), (0, 2))).view("<u8").ravel().astype(np.int64)) >> 22
+    first = np.zeros(len(tracks), bool)
+    first[np.asarray(plain.starts[:-1], np.int64)] = True
+    gaps = np.where(first, tracks, np.diff(tracks, prepend=0))
+    escapes = int(np.count_nonzero(gaps >= (1 << segment.gap_bits) - 1))
+    expected_bits = len(tracks) * (segment.gap_bits + 13) + escapes * 13
+    assert segment.stream.nbytes == (expected_bits // 64 + 2) * 8
+    assert segment.nbytes < 0.55 * plain.nbytes
+
+
+def test_peak_frames_are_stored_as_steps_and_frame_files_still_read(tmp_path):
+    from refrain.index.peaks import PeakStore
+    rng = np.random.default_rng(4)
+    tracks = {t: np.sort(rng.integers(0, 60_000, int(rng.integers(1, 500)))) for t in (2, 5, 9)}
+    store = PeakStore.create()
+    for track, frames in tracks.items():
+        store.add(track, frames, frames % 256)
+    store.save(tmp_path / "steps.npz")
+    assert np.load(tmp_path / "steps.npz")["frames"].dtype == np.uint16
+    # A track with 35 minutes without a peak: that file keeps the frames themselves.
+    store.add(11, np.array([3, 70_000, 200_000]), np.array([1, 2, 3]))
+    store.save(tmp_path / "frames.npz")
+    assert np.load(tmp_path / "frames.npz")["frames"].dtype == np.int32
+    # A file as the Refrain before wrote every peak file: frames (int32), not steps.
+    save_arrays(tmp_path / "old.npz", {"track_ids": np.array(sorted(tracks), np.int64),
+                                       "starts": np.cumsum([0] + [len(f) for f in tracks.values()]).astype(np.int64),
+                                       "frames": np.concatenate(list(tracks.values())).astype(np.int32),
+                                       "bins": (np.concatenate(list(tracks.values())) % 256).astype(np.uint8)})
+    for name in ("steps.npz", "frames.npz", "old.npz"):
+        loaded = PeakStore.load(tmp_path / name)
+        for track, frames in tracks.items():
+            got_frames, got_bins = loaded.peaks_between(track, 1_000, 50_000)
+            kept = (frames >= 1_000) & (frames < 50_000)
+            assert got_frames.dtype == np.int32
+            np.testing.assert_array_equal(got_frames, frames[kept])
+            np.testing.assert_array_equal(got_bins, frames[kept] % 256)
+    assert PeakStore.load(tmp_path / "frames.npz").peaks_between(11, 0, 1 << 30)[0].tolist() == [3, 70_000, 200_000]
+
+
+# -- indexes written before the compact encoding ------------------------------------------------
+
+
+def _as_plain_index(directory) -> None:
+    """Rewrite an index's landmark files as Refrain wrote them before the compact encoding
+    (``codes``, ``starts`` and ``ids`` in id_bytes-wide rows), with that Refrain's manifest format."""
+    manifest = json.loads((directory / "manifest.json").read_text())
+    for entry in manifest["tiers"].values():
+        if "payload_bits" not in entry:
+            continue
+        for name in (entry["file"], *entry.get("deltas", [])):
+            segment = _load_segment(directory / name, entry["payload_bits"]).plain()
+            starts = np.asarray(segment.starts, np.int64)
+            save_arrays(directory / name, {"codes": segment.codes, "starts": starts.astype(np.uint32),
+                                           "ids": segment.rows().reshape(-1)})
+    manifest["format"] = 3 if any("deltas" in entry for entry in manifest["tiers"].values()) else 2
+    (directory / "manifest.json").write_text(json.dumps(manifest))
+
+
+_LANDMARK_TIERS = ("pair", "triplet", "quad", "double")
+
+
+def _answers(directory, queries, codes, mmap=True):
+    with Refrain.open(directory, mmap=mmap) as refrain:
+        tiers = refrain.store.tiers
+        lookups = [a.tolist() for name in _LANDMARK_TIERS for a in tiers[name].lookup_slices(codes)]
+        restricted = [a.tolist() for name in _LANDMARK_TIERS
+                      for a in tiers[name].lookup_slices(codes, np.array([1, 3, 4]))]
+        return lookups, restricted, [refrain.match_file(query).matches for query in queries]
+
+
+def _encodings(directory) -> dict[str, list[str]]:
+    manifest = json.loads((directory / "manifest.json").read_text())
+    return {name: ["compact" if "stream" in array_names(directory / file) else "plain"
+                   for file in (manifest["tiers"][name]["file"], *manifest["tiers"][name].get("deltas", []))]
+            for name in _LANDMARK_TIERS}
+
+
+@pytest.fixture
+def queries_and_codes(songs, write_audio, tmp_path):
+    queries = []
+    for seed, start in ((30, 3.0), (41, 20.0), (44, 12.5)):
+        i = int(start * SR)
+        queries.append(write_audio(tmp_path / f"q{seed}.wav", songs[seed].samples[i:i + int(10 * SR)]))
+    codes = np.concatenate([fingerprint_file(songs[seed].path, Config().fingerprint).hashes for seed in (30, 44)])
+    return queries, codes
+
+
+def test_an_index_in_the_plain_encoding_opens_as_it_is_and_upgrades_in_place(
+        index_copy, catalogue_index, queries_and_codes):
+    queries, codes = queries_and_codes
+    expected = _answers(catalogue_index.directory, queries, codes)
+    assert all(expected[2])
+    _as_plain_index(index_copy)
+    assert set(sum(_encodings(index_copy).values(), [])) == {"plain"}
+    for mmap in (True, False):
+        assert _answers(index_copy, queries, codes, mmap) == expected
+    with Refrain.open(index_copy, mmap=True) as reader:
+        assert reader.info().upgradable == list(_LANDMARK_TIERS)
+    plain_bytes = {name: (index_copy / name).stat().st_size for name in ("pairs.npz", "triplets.npz")}
+    with Refrain.open(index_copy, writable=True) as writer:
+        assert writer.upgrade_index() == list(_LANDMARK_TIERS) and writer.upgrade_index() == []
+    manifest = json.loads((index_copy / "manifest.json").read_text())
+    assert manifest["format"] == 4
+    assert set(sum(_encodings(index_copy).values(), [])) == {"compact"}
+    assert not (index_copy / "pairs.npz").exists()  # replaced, then deleted
+    compact_bytes = {name: (index_copy / manifest["tiers"][tier]["file"]).stat().st_size
+                     for name, tier in (("pairs.npz", "pair"), ("triplets.npz", "triplet"))}
+    assert all(compact_bytes[name] < plain_bytes[name] for name in plain_bytes)
+    assert _answers(index_copy, queries, codes) == expected
+    with Refrain.open(index_copy, mmap=True) as reader:
+        assert reader.info().upgradable == []
+
+
+def test_a_commit_to_a_plain_index_writes_compact_deltas_beside_plain_mains(
+        index_copy, catalogue_index, unrelated_songs, write_audio, queries_and_codes, tmp_path):
+    queries, codes = queries_and_codes
+    newcomer = write_audio(tmp_path / "newcomer.wav", next(iter(unrelated_songs.values())))
+    shutil.copytree(catalogue_index.directory, tmp_path / "reference", ignore=shutil.ignore_patterns(".lock"))
+    with Refrain.open(tmp_path / "reference", writable=True) as refrain:
+        assert [r.status for r in refrain.ingest([newcomer])] == ["added"]
+    expected = _answers(tmp_path / "reference", queries, codes)
+
+    _as_plain_index(index_copy)
+    deltas_only = replace(Config(), index_writes=IndexWriteParams(whole_below_bytes=0, merge_share=float("inf")))
+    with Refrain.open(index_copy, writable=True, config=deltas_only) as refrain:
+        assert [r.status for r in refrain.ingest([newcomer])] == ["added"]
+    assert _encodings(index_copy) == {name: ["plain", "compact"] for name in _LANDMARK_TIERS}
+    assert json.loads((index_copy / "manifest.json").read_text())["format"] == 4
+    assert _answers(index_copy, queries, codes) == expected
+    assert _answers(index_copy, queries, codes, mmap=False) == expected
+
+    with IndexStore.open(index_copy, writable=True) as store:  # the merge into main: compact
+        assert set(store.merge()) >= set(_LANDMARK_TIERS)
+    assert _encodings(index_copy) == {name: ["compact"] for name in _LANDMARK_TIERS}
+    assert _answers(index_copy, queries, codes) == expected
+
+
+def test_a_takedown_in_a_plain_index_rewrites_it_compact(index_copy, catalogue_index, queries_and_codes, tmp_path):
+    queries, codes = queries_and_codes
+    victim = catalogue_index.track_ids[41]
+    shutil.copytree(catalogue_index.directory, tmp_path / "reference", ignore=shutil.ignore_patterns(".lock"))
+    with IndexStore.open(tmp_path / "reference", writable=True) as store:
+        store.remove_track(victim)
+    expected = _answers(tmp_path / "reference", queries, codes)
+    _as_plain_index(index_copy)
+    with IndexStore.open(index_copy, writable=True) as store:
+        store.remove_track(victim)
+    assert set(sum(_encodings(index_copy).values(), [])) == {"compact"}
+    assert _answers(index_copy, queries, codes) == expected
+    with IndexStore.open(index_copy, mmap=True) as store:
+        for name in _LANDMARK_TIERS:
+            assert victim not in store.tiers[name].lookup(codes)[1]
+
+
+def test_a_track_reads_back_its_entries_from_main_and_deltas(tmp_path):
+    rng = np.random.default_rng(9)
+    store = _random_store(rng, 28, np.arange(1, 30), distinct_codes=500)
+    store.save(tmp_path / "main.npz")
+    added = (rng.integers(0, 500, 300).astype(np.uint32), rng.integers(0, 1 << 28, 300))
+    store.add(40, *added)
+    assert store.save_delta(tmp_path / "delta.npz")
+    loaded = LandmarkIndex.load(tmp_path / "main.npz", 28, mmap=True, deltas=(tmp_path / "delta.npz",))
+    codes, payloads = loaded.track_entries(40)
+    order = np.argsort(added[0], kind="stable")  # filed by (mixed) code, each code's in the order added
+    assert sorted(zip(codes.tolist(), payloads.tolist())) == sorted(zip(added[0].tolist(), added[1].tolist()))
+    assert len(codes) == len(order)
+    copy = LandmarkIndex.create(28)
+    for track in range(1, 30):
+        copy.add(track, *loaded.track_entries(track))
+    copy.add(40, codes, payloads)
+    asked = rng.integers(0, 520, 800).astype(np.uint32)
+    for got, want in zip(copy.lookup(asked), loaded.lookup(asked)):
+        np.testing.assert_array_equal(got, want)
