@@ -2,6 +2,8 @@
 
     python bench/scale.py ~/.cache/refrain-music --hours 10 40 160 --json scale.json
     python bench/scale.py ~/.cache/refrain-music --hours 10 40 160 640 --workdir /tmp/refrain-scale
+    python bench/scale.py ~/.cache/refrain-music --hours 640 --keep --workdir /tmp/scale640 --grow-only
+    python bench/scale.py ~/.cache/refrain-music --reuse --workdir /tmp/scale640 --json after.json
 
 Grows one index honestly, through the store's own API (``IndexStore.add_track`` /
 ``commit``): first the real catalogue (the first ``--catalogue`` tracks of the
@@ -31,7 +33,11 @@ rate per condition and their false matches (negatives matching anything unrelate
 and any query matching a synthetic track). ``--json OUT`` writes the same figures.
 
 Fingerprinting is excluded from query times (5-8 ms per 10 s query). Indexes are
-written under ``--workdir`` and deleted at the end unless ``--keep``.
+written under ``--workdir`` and deleted at the end unless ``--keep``. A kept index
+(its queries and what the growth recorded are kept beside it) is measured again
+without re-growing it with ``--reuse``: another build of the matcher, or other search
+settings, on the same index and queries. ``--grow-only`` grows and keeps the index
+without measuring it.
 """
 
 from __future__ import annotations
@@ -76,6 +82,8 @@ NEGATIVE_CONDITIONS = ("negative_10s", "negative_30s")
 EXACT_STRATUM_COUNTS = 8
 # Hits grouped by the length of the list (entries under the code) that produced them.
 LIST_LENGTH_EDGES = (10, 30, 100, 300, 1_000, 3_000, 10_000, 30_000)
+# Beside a kept index (``--keep``): what its growth recorded, for ``--reuse``.
+GROWTH_RECORD = "growth.json"
 
 
 # -- queries -------------------------------------------------------------------------------
@@ -494,10 +502,22 @@ def main() -> int:
                              "on the same index and queries, e.g. copies,copy_max_candidates=256 (repeatable)")
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/refrain-scale"))
     parser.add_argument("--keep", action="store_true", help="keep the index under --workdir")
+    parser.add_argument("--grow-only", action="store_true",
+                        help="grow the index to the last size of --hours and keep it, measuring nothing")
+    parser.add_argument("--reuse", action="store_true",
+                        help="measure the index kept under --workdir (--keep) again, without growing it; "
+                             "--hours, --catalogue, --negatives, --queries, --long-queries are those of its growth")
     parser.add_argument("--json", type=Path, help="also write the figures (a list, one object per size) here")
     args = parser.parse_args()
     if sorted(args.hours) != list(args.hours):
         parser.error("--hours must be ascending: one index grows through every size")
+    if args.reuse:
+        if not (args.workdir / GROWTH_RECORD).is_file():
+            parser.error(f"--reuse: no kept index under {args.workdir} (grow one with --keep)")
+        results = measure_kept(args.workdir, [(args.bounded, args.proposal), *args.also], args.json)
+        print_table(results)
+        return 0
+    args.keep = args.keep or args.grow_only
 
     tracks = list_tracks(args.music)
     random.Random(args.seed).shuffle(tracks)
@@ -565,17 +585,20 @@ def main() -> int:
             started = time.perf_counter()
             store.commit()
             commit_seconds = time.perf_counter() - started if added_seconds else commit_seconds
+            growth = dict(ingest, tracks=len(catalogue) + synthetic, commit_s=round(commit_seconds, 2),
+                          commits_while_growing_s=[round(seconds, 1) for seconds in commits])
+            if added_seconds:
+                growth["add_track_ms_per_synthetic_track"] = round(1000 * add_cpu / (synthetic or 1), 2)
+            if args.keep:
+                (args.workdir / GROWTH_RECORD).write_text(json.dumps(
+                    {"hours": hours, "growth": growth, "sources": {str(k): v for k, v in sources.items()}}))
+            if args.grow_only:
+                continue
             for bounded, proposal_settings in [(args.bounded, args.proposal), *args.also]:
                 with spawn.Pool(1) as pool:
                     measured = pool.apply(measure, (str(index_dir), str(queries_file), bounded, proposal_settings))
                 row = summarize(hours, queries, measured, real_ids, groups, sources, store.size_bytes())
-                row.update(ingest)
-                row.update(bounded=bounded, proposal_settings=dict(proposal_settings))
-                row["tracks"] = len(catalogue) + synthetic
-                row["commit_s"] = round(commit_seconds, 2)
-                row["commits_while_growing_s"] = [round(seconds, 1) for seconds in commits]
-                if added_seconds:
-                    row["add_track_ms_per_synthetic_track"] = round(1000 * add_cpu / (synthetic or 1), 2)
+                row.update(growth, bounded=bounded, proposal_settings=dict(proposal_settings))
                 results.append(row)
                 print(json.dumps(row, indent=2), flush=True)
                 if args.json:
@@ -586,6 +609,47 @@ def main() -> int:
             shutil.rmtree(index_dir, ignore_errors=True)
     print_table(results)
     return 0
+
+
+def measure_kept(workdir: Path, searches: list[tuple[str, list[tuple[str, object]]]],
+                 json_out: Path | None) -> list[dict]:
+    """Measure an index kept by an earlier run (``--keep``) with each search setting, as that run measured it.
+
+    Parameters
+    ----------
+    workdir : Path
+        The earlier run's ``--workdir``: its index, queries and growth record.
+    searches : list of (bounded, proposal settings)
+    json_out : Path, optional
+        Where the figures are also written.
+
+    Returns
+    -------
+    list of dict
+        One row per search setting, as :func:`summarize` makes them.
+    """
+    record = json.loads((workdir / GROWTH_RECORD).read_text())
+    sources = {int(track_id): source for track_id, source in record["sources"].items()}
+    queries = pickle.loads((workdir / "queries.pickle").read_bytes())
+    index_dir = workdir / "index"
+    store = IndexStore.open(index_dir, mmap=True)
+    try:
+        index_bytes = store.size_bytes()
+    finally:
+        store.close()
+    spawn = multiprocessing.get_context("spawn")
+    results = []
+    for bounded, proposal_settings in searches:
+        with spawn.Pool(1) as pool:
+            measured = pool.apply(measure, (str(index_dir), str(workdir / "queries.pickle"), bounded,
+                                            proposal_settings))
+        row = summarize(record["hours"], queries, measured, set(sources), related_groups(), sources, index_bytes)
+        row.update(record["growth"], bounded=bounded, proposal_settings=dict(proposal_settings), reused=True)
+        results.append(row)
+        print(json.dumps(row, indent=2), flush=True)
+        if json_out:
+            json_out.write_text(json.dumps(results, indent=2) + "\n")
+    return results
 
 
 def print_table(results: list[dict]) -> None:
