@@ -56,11 +56,11 @@ class PairTier(LandmarkTierParams):
 
 @dataclass(frozen=True)
 class PairVotes:
-    """The pair tier's hits of one query, sorted by (track, time offset).
+    """Pair-tier hits of one query as votes (six numbers each), sorted by (track, time offset).
 
-    Computed once per query window (:func:`pair_votes`): the pair tier aligns on
-    them, and the peaks tier (:mod:`matcher.peaks`) takes its weak candidates from the
-    same votes.
+    The pair tier makes them only for the tracks that can align (:func:`pair_alignments_of_hits`);
+    every hit's vote is made once per query window, on demand, for the peaks tier
+    (:mod:`matcher.peaks`), which takes its weak candidates from them (:func:`pair_votes`).
     """
 
     query_ids: np.ndarray    # the query landmark of each hit
@@ -241,34 +241,40 @@ def _best_per_track(code_weights, code_frames, first_hit, hits_per_code, labels,
     cell_weight = np.zeros(highest - lowest + 1 + 2 * reach, np.float64)
     base = reach - lowest    # an offset's place in cell_weight
     cursor, stop, next_track, track = _start_merge(labels, payload_bits, first_hit, hits_per_code)
-    involved = np.empty(len(first_hit), np.int64)
-    begin = np.empty(len(first_hit), np.int64)
+    own_cells = np.empty(1024, np.int64)   # the current track's hits' places in cell_weight
     tracks = np.empty(1024, np.int64)
     best = np.empty(1024, np.float64)
     count = 0
     while track != _NO_TRACK:
-        involved_count, following = _next_track(labels, payload_bits, cursor, stop, next_track, track,
-                                                involved, begin)
-        for j in range(involved_count):
-            code = involved[j]
-            weight, frame = code_weights[code], code_frames[code]
-            for hit in range(begin[code], cursor[code]):
-                cell_weight[(labels[hit] & payload_mask) - frame + base] += weight
+        # Every code's hits on this track, in code order (as _next_track walks them, fused
+        # with adding their weights: each hit is read once).
+        own = 0
+        following = _NO_TRACK
+        for code in range(len(cursor)):
+            if next_track[code] == track:
+                weight, base_of_code = code_weights[code], base - code_frames[code]
+                hit = cursor[code]
+                while hit < stop[code] and (labels[hit] >> payload_bits) == track:
+                    cell = (labels[hit] & payload_mask) + base_of_code
+                    cell_weight[cell] += weight
+                    if own == len(own_cells):
+                        own_cells = np.concatenate((own_cells, np.empty(own, np.int64)))
+                    own_cells[own] = cell
+                    own += 1
+                    hit += 1
+                cursor[code] = hit
+                next_track[code] = (labels[hit] >> payload_bits) if hit < stop[code] else _NO_TRACK
+                if next_track[code] < track:
+                    raise ValueError("a code's hits are not sorted by track")
+            following = min(following, next_track[code])
         top = -np.inf
-        for j in range(involved_count):
-            code = involved[j]
-            frame = code_frames[code]
-            for hit in range(begin[code], cursor[code]):
-                cell = (labels[hit] & payload_mask) - frame + base
-                summed = 0.0
-                for delta in deltas:
-                    summed += cell_weight[cell + delta]
-                top = max(top, summed)
-        for j in range(involved_count):
-            code = involved[j]
-            frame = code_frames[code]
-            for hit in range(begin[code], cursor[code]):
-                cell_weight[(labels[hit] & payload_mask) - frame + base] = 0.0
+        for j in range(own):
+            summed = 0.0
+            for delta in deltas:
+                summed += cell_weight[own_cells[j] + delta]
+            top = max(top, summed)
+        for j in range(own):
+            cell_weight[own_cells[j]] = 0.0
         if count == len(tracks):
             tracks, best = np.concatenate((tracks, np.empty(count, np.int64))), np.concatenate(
                 (best, np.empty(count, np.float64)))
