@@ -66,16 +66,17 @@ class PairVotes:
     query_ids: np.ndarray    # the query landmark of each hit
     track_ids: np.ndarray
     ref_frames: np.ndarray
-    weights: np.ndarray      # rarity weight of each hit
+    weights: np.ndarray      # rarity weight of each hit (float64)
     query_frames: np.ndarray
     offsets: np.ndarray      # ref_frames - query_frames
+    # The integer fields are int64, or int32 in :func:`pair_votes`' votes of every hit.
 
     def __len__(self) -> int:
         return len(self.track_ids)
 
     def cells(self) -> np.ndarray:
-        """Non-negative vote cell of each hit: its offset, biased."""
-        return self.offsets + _OFFSET_BIAS
+        """Non-negative vote cell of each hit (int64): its offset, biased."""
+        return self.offsets.astype(np.int64) + _OFFSET_BIAS
 
     @staticmethod
     def track_offsets(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -298,9 +299,10 @@ def _sorted_votes(code_ids, code_weights, code_frames, first_hit, hits_per_code,
     """
     payload_mask = (np.int64(1) << payload_bits) - 1
     count = hits_per_code.sum()
-    query_ids, track_ids = np.empty(count, np.int64), np.empty(count, np.int64)
-    ref_frames, frames = np.empty(count, np.int64), np.empty(count, np.int64)
-    offsets, weights = np.empty(count, np.int64), np.empty(count, np.float64)
+    # Every hit's: four bytes where they suffice (track ids lie below 2 ** 26, frames far below 2 ** 31).
+    query_ids, track_ids = np.empty(count, np.int32), np.empty(count, np.int32)
+    ref_frames, frames = np.empty(count, np.int32), np.empty(count, np.int32)
+    offsets, weights = np.empty(count, np.int32), np.empty(count, np.float64)
     cursor, stop, next_track, track = _start_merge(labels, payload_bits, first_hit, hits_per_code)
     involved = np.empty(len(first_hit), np.int64)
     begin = np.empty(len(first_hit), np.int64)
