@@ -335,6 +335,50 @@ class CountingMelody:
         return self._index.chroma(track_id)
 
 
+class TierCosts:
+    """Each tier's CPU time and peak memory per query, measured around its ``find`` (while patched in).
+
+    The tiers' classes are patched, not wrapped, so that the matcher still recognises
+    them. ``VmHWM`` is read and reset (``/proc/self/clear_refs``) as each tier starts and
+    read as it ends: a tier's figure is the peak above the resident memory it started
+    with, and ``peak_mb`` the process's peak over everything, resets included.
+    """
+
+    def __init__(self, tiers):
+        self._classes = {type(tier) for tier in tiers}
+        self._saved = {}
+        self.peak_mb = 0.0
+        self.reset()
+
+    def reset(self) -> None:
+        self.cpu_s: dict[str, float] = {}
+        self.rise_mb: dict[str, float] = {}
+
+    def __enter__(self):
+        for cls in self._classes:
+            self._saved[cls] = cls.find
+            setattr(cls, "find", self._measured(cls.find))
+        return self
+
+    def __exit__(self, *exc):
+        for cls, find in self._saved.items():
+            setattr(cls, "find", find)
+
+    def _measured(self, find):
+        def measured_find(tier, query, catalogue, skip):
+            self.peak_mb = max(self.peak_mb, status_mb("VmHWM"))
+            Path("/proc/self/clear_refs").write_text("5")
+            start_mb, cpu = status_mb(), time.process_time()
+            try:
+                return find(tier, query, catalogue, skip)
+            finally:
+                self.cpu_s[tier.name] = self.cpu_s.get(tier.name, 0.0) + time.process_time() - cpu
+                peak = status_mb("VmHWM")
+                self.peak_mb = max(self.peak_mb, peak)
+                self.rise_mb[tier.name] = max(self.rise_mb.get(tier.name, 0.0), peak - start_mb)
+        return measured_find
+
+
 def measure(index_dir: str, queries_file: str, bounded: str = "none",
             proposal_settings: Sequence[tuple[str, object]] = ()) -> dict:
     """Match every query on the index (run in a fresh process); per-query figures and outcomes.
@@ -347,13 +391,16 @@ def measure(index_dir: str, queries_file: str, bounded: str = "none",
     with Refrain.open(index_dir, bench_config(bounded, proposal_settings), mmap=True) as refrain:
         rss_open = status_mb()
         refrain.match_fingerprint(queries[0].fingerprint, "warm-up")  # kernels, catalogue rows
-        timed = []
-        for query in queries:
-            wall, cpu = time.perf_counter(), time.process_time()
-            result = refrain.match_fingerprint(query.fingerprint, query.source)
-            timed.append((time.process_time() - cpu, time.perf_counter() - wall,
-                          [(m.track_id, m.kind) for m in result.matches]))
-        rss_after_queries, peak = status_mb(), status_mb("VmHWM")
+        timed, tier_costs = [], []
+        with TierCosts(refrain.config.match.tiers) as tiers:
+            for query in queries:
+                tiers.reset()
+                wall, cpu = time.perf_counter(), time.process_time()
+                result = refrain.match_fingerprint(query.fingerprint, query.source)
+                timed.append((time.process_time() - cpu, time.perf_counter() - wall,
+                              [(m.track_id, m.kind) for m in result.matches]))
+                tier_costs.append({"cpu_s": tiers.cpu_s, "rise_mb": tiers.rise_mb})
+        rss_after_queries, peak = status_mb(), max(tiers.peak_mb, status_mb("VmHWM"))
         # A second pass through counting tiers: what each 10 s and 30 s query reads.
         counters = {name: CountingLandmarks(tier) for name, tier in refrain.store.tiers.items()
                     if isinstance(tier, LandmarkIndex)}
@@ -383,7 +430,7 @@ def measure(index_dir: str, queries_file: str, bounded: str = "none",
                     row[name] = {"comparisons": counter.comparisons, "chroma_reads": counter.chroma_reads}
             reads.append(row)
     return {"timed": timed, "reads": reads, "rss_open_mb": rss_open, "rss_after_queries_mb": rss_after_queries,
-            "rss_peak_mb": peak}
+            "rss_peak_mb": peak, "tier_costs": tier_costs}
 
 
 def percentile(values, q) -> float | None:
@@ -405,6 +452,13 @@ def summarize(hours: float, queries: list[Query], measured: dict, real_ids: set[
         wall = [timed[i][1] * 1000 for i in chosen]
         rows.update({f"{label}_cpu_ms_p50": percentile(cpu, 50), f"{label}_cpu_ms_p99": percentile(cpu, 99),
                      f"{label}_wall_ms_p50": percentile(wall, 50), f"{label}_wall_ms_p99": percentile(wall, 99)})
+    costs = measured["tier_costs"]
+    rows["tiers"] = {name: {
+        "query10_cpu_ms_p50": percentile([1000 * costs[i]["cpu_s"].get(name, 0.0) for i in short], 50),
+        "query30_cpu_ms_p50": percentile([1000 * costs[i]["cpu_s"].get(name, 0.0) for i in long], 50),
+        # The most a tier's memory rose above what the process held as it started, over all queries.
+        "rss_rise_mb_max": round(max(cost["rise_mb"].get(name, 0.0) for cost in costs), 1)}
+        for name in costs[0]["cpu_s"]}
     rows["rss_mb"] = round(measured["rss_peak_mb"], 1)
     rows["rss_open_mb"] = round(measured["rss_open_mb"], 1)
     total_bytes = sum(index_bytes.values())
@@ -663,6 +717,9 @@ def print_table(results: list[dict]) -> None:
               f"{row['query10_cpu_ms_p99']:<7} {row['query10_wall_ms_p50']:>12} "
               f"{row['query30_wall_ms_p50']:>12} {row['rss_mb']:>7} {row['bytes_per_hour'] / 1e6:>6.2f} "
               f"{row['false_matches']:>5}  " + " ".join(f"{c} {v}" for c, v in row["top1"].items()))
+        print(f"{'':>7} per tier (10 s CPU p50 ms / 30 s CPU p50 ms / largest memory rise MB): " + ", ".join(
+            f"{name} {tier['query10_cpu_ms_p50']} / {tier['query30_cpu_ms_p50']} / {tier['rss_rise_mb_max']}"
+            for name, tier in row["tiers"].items()))
 
 
 if __name__ == "__main__":
