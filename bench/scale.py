@@ -380,11 +380,13 @@ class TierCosts:
 
 
 def measure(index_dir: str, queries_file: str, bounded: str = "none",
-            proposal_settings: Sequence[tuple[str, object]] = ()) -> dict:
+            proposal_settings: Sequence[tuple[str, object]] = (), count_reads: bool = True) -> dict:
     """Match every query on the index (run in a fresh process); per-query figures and outcomes.
 
     ``bounded``, ``proposal_settings``: which tiers search through proposals at every size,
-    and with which settings (:func:`bench.accuracy.bench_config`).
+    and with which settings (:func:`bench.accuracy.bench_config`). ``count_reads``: match
+    every query a second time through counting tiers (what each reads); without it,
+    ``reads`` is empty.
     """
     tune_process()
     queries: list[Query] = pickle.loads(Path(queries_file).read_bytes())
@@ -411,7 +413,7 @@ def measure(index_dir: str, queries_file: str, bounded: str = "none",
         refrain.store.tiers.update({("peaks" if name == "layer" else name): counter
                                     for name, counter in counters.items()})
         reads = []
-        for query in queries:
+        for query in queries if count_reads else []:
             for counter in counters.values():
                 counter.reset()
                 if isinstance(counter, CountingLandmarks):
@@ -465,45 +467,47 @@ def summarize(hours: float, queries: list[Query], measured: dict, real_ids: set[
     rows["index_bytes"] = total_bytes
     rows["bytes_per_hour"] = round(total_bytes / hours)
     rows["bytes_per_hour_by_file"] = {name: round(size / hours) for name, size in sorted(index_bytes.items())}
-    landmark_tiers = [name for name in reads[0] if "hits" in reads[0][name]]
-    hits10 = [sum(reads[i][name]["hits"] for name in landmark_tiers) for i in short]
-    rows["hits_per_query_p50"] = percentile(hits10, 50)
-    rows["hits_per_query_p99"] = percentile(hits10, 99)
-    rows["hits_per_catalogue_hour_p50"] = round(rows["hits_per_query_p50"] / hours)
-    breakdown = {}
-    for name in reads[0]:
-        per_query = [reads[i][name] for i in short]
-        if name in landmark_tiers:
-            by_length = np.sum([r["hits_by_list_length"] for r in per_query], axis=0)
-            own = [r["true_hits_by_list_length"] for r, i in zip(per_query, short) if queries[i].track_id is not None]
-            true_by_length = np.sum(own, axis=0)
-            labels = [f"<{LIST_LENGTH_EDGES[0]}"] + [f"{lo}-{hi}" for lo, hi in
-                                                    zip(LIST_LENGTH_EDGES[:-1], LIST_LENGTH_EDGES[1:])] \
-                + [f">={LIST_LENGTH_EDGES[-1]}"]
-            breakdown[name] = {
-                "hits_p50": percentile([r["hits"] for r in per_query], 50),
-                "hits_mean": round(float(np.mean([r["hits"] for r in per_query]))),
-                "codes_asked_mean": round(float(np.mean([r["codes_asked"] for r in per_query]))),
-                "codes_looked_up_mean": round(float(np.mean([r["codes_looked_up"] for r in per_query]))),
-                "share_of_hits_by_list_length": {label: round(float(v / max(by_length.sum(), 1)), 4)
-                                                 for label, v in zip(labels, by_length)},
-                # Of the catalogue queries' hits on their own track (true and chance alike).
-                "own_track_hits_mean": round(float(true_by_length.sum() / max(len(own), 1)), 1),
-                "share_of_own_track_hits_by_list_length": {
-                    label: round(float(v / max(true_by_length.sum(), 1)), 4)
-                    for label, v in zip(labels, true_by_length)}}
-        elif name == "layer":
-            breakdown[name] = {"candidates_mean": round(float(np.mean([r["candidates"] for r in per_query])), 1),
-                               "peaks_read_mean": round(float(np.mean([r["peaks_read"] for r in per_query])))}
-    if "melody" in reads[0]:
-        per_query = [reads[i]["melody"] for i in long]
-        breakdown["melody"] = {"comparisons_per_30s_query_mean": round(float(np.mean(
-            [r["comparisons"] for r in per_query]))), "verified_candidates_mean": round(float(np.mean(
-                [r["chroma_reads"] for r in per_query])), 1)}
-    total_mean = sum(breakdown[name]["hits_mean"] for name in landmark_tiers) or 1
-    for name in landmark_tiers:
-        breakdown[name]["share_of_hits"] = round(breakdown[name]["hits_mean"] / total_mean, 3)
-    rows["hits_by_tier"] = breakdown
+    if reads:  # the counting pass ran (not --no-reads)
+        landmark_tiers = [name for name in reads[0] if "hits" in reads[0][name]]
+        hits10 = [sum(reads[i][name]["hits"] for name in landmark_tiers) for i in short]
+        rows["hits_per_query_p50"] = percentile(hits10, 50)
+        rows["hits_per_query_p99"] = percentile(hits10, 99)
+        rows["hits_per_catalogue_hour_p50"] = round(rows["hits_per_query_p50"] / hours)
+        breakdown = {}
+        for name in reads[0]:
+            per_query = [reads[i][name] for i in short]
+            if name in landmark_tiers:
+                by_length = np.sum([r["hits_by_list_length"] for r in per_query], axis=0)
+                own = [r["true_hits_by_list_length"] for r, i in zip(per_query, short)
+                       if queries[i].track_id is not None]
+                true_by_length = np.sum(own, axis=0)
+                labels = [f"<{LIST_LENGTH_EDGES[0]}"] + [f"{lo}-{hi}" for lo, hi in
+                                                        zip(LIST_LENGTH_EDGES[:-1], LIST_LENGTH_EDGES[1:])] \
+                    + [f">={LIST_LENGTH_EDGES[-1]}"]
+                breakdown[name] = {
+                    "hits_p50": percentile([r["hits"] for r in per_query], 50),
+                    "hits_mean": round(float(np.mean([r["hits"] for r in per_query]))),
+                    "codes_asked_mean": round(float(np.mean([r["codes_asked"] for r in per_query]))),
+                    "codes_looked_up_mean": round(float(np.mean([r["codes_looked_up"] for r in per_query]))),
+                    "share_of_hits_by_list_length": {label: round(float(v / max(by_length.sum(), 1)), 4)
+                                                     for label, v in zip(labels, by_length)},
+                    # Of the catalogue queries' hits on their own track (true and chance alike).
+                    "own_track_hits_mean": round(float(true_by_length.sum() / max(len(own), 1)), 1),
+                    "share_of_own_track_hits_by_list_length": {
+                        label: round(float(v / max(true_by_length.sum(), 1)), 4)
+                        for label, v in zip(labels, true_by_length)}}
+            elif name == "layer":
+                breakdown[name] = {"candidates_mean": round(float(np.mean([r["candidates"] for r in per_query])), 1),
+                                   "peaks_read_mean": round(float(np.mean([r["peaks_read"] for r in per_query])))}
+        if "melody" in reads[0]:
+            per_query = [reads[i]["melody"] for i in long]
+            breakdown["melody"] = {"comparisons_per_30s_query_mean": round(float(np.mean(
+                [r["comparisons"] for r in per_query]))), "verified_candidates_mean": round(float(np.mean(
+                    [r["chroma_reads"] for r in per_query])), 1)}
+        total_mean = sum(breakdown[name]["hits_mean"] for name in landmark_tiers) or 1
+        for name in landmark_tiers:
+            breakdown[name]["share_of_hits"] = round(breakdown[name]["hits_mean"] / total_mean, 3)
+        rows["hits_by_tier"] = breakdown
 
     top1, false_matches, synthetic_matches = {}, [], []
     for query, (_, _, matched) in zip(queries, timed):
@@ -556,6 +560,9 @@ def main() -> int:
                              "on the same index and queries, e.g. copies,copy_max_candidates=256 (repeatable)")
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/refrain-scale"))
     parser.add_argument("--keep", action="store_true", help="keep the index under --workdir")
+    parser.add_argument("--no-reads", action="store_true",
+                        help="skip the second pass that counts what each query reads (hits per tier): "
+                             "halves a measurement")
     parser.add_argument("--grow-only", action="store_true",
                         help="grow the index to the last size of --hours and keep it, measuring nothing")
     parser.add_argument("--reuse", action="store_true",
@@ -568,7 +575,8 @@ def main() -> int:
     if args.reuse:
         if not (args.workdir / GROWTH_RECORD).is_file():
             parser.error(f"--reuse: no kept index under {args.workdir} (grow one with --keep)")
-        results = measure_kept(args.workdir, [(args.bounded, args.proposal), *args.also], args.json)
+        results = measure_kept(args.workdir, [(args.bounded, args.proposal), *args.also], args.json,
+                               not args.no_reads)
         print_table(results)
         return 0
     args.keep = args.keep or args.grow_only
@@ -650,7 +658,8 @@ def main() -> int:
                 continue
             for bounded, proposal_settings in [(args.bounded, args.proposal), *args.also]:
                 with spawn.Pool(1) as pool:
-                    measured = pool.apply(measure, (str(index_dir), str(queries_file), bounded, proposal_settings))
+                    measured = pool.apply(measure, (str(index_dir), str(queries_file), bounded, proposal_settings,
+                                                    not args.no_reads))
                 row = summarize(hours, queries, measured, real_ids, groups, sources, store.size_bytes())
                 row.update(growth, bounded=bounded, proposal_settings=dict(proposal_settings))
                 results.append(row)
@@ -666,7 +675,7 @@ def main() -> int:
 
 
 def measure_kept(workdir: Path, searches: list[tuple[str, list[tuple[str, object]]]],
-                 json_out: Path | None) -> list[dict]:
+                 json_out: Path | None, count_reads: bool = True) -> list[dict]:
     """Measure an index kept by an earlier run (``--keep``) with each search setting, as that run measured it.
 
     Parameters
@@ -676,6 +685,8 @@ def measure_kept(workdir: Path, searches: list[tuple[str, list[tuple[str, object
     searches : list of (bounded, proposal settings)
     json_out : Path, optional
         Where the figures are also written.
+    count_reads : bool
+        Also count what each query reads (a second pass over the queries).
 
     Returns
     -------
@@ -696,7 +707,7 @@ def measure_kept(workdir: Path, searches: list[tuple[str, list[tuple[str, object
     for bounded, proposal_settings in searches:
         with spawn.Pool(1) as pool:
             measured = pool.apply(measure, (str(index_dir), str(workdir / "queries.pickle"), bounded,
-                                            proposal_settings))
+                                            proposal_settings, count_reads))
         row = summarize(record["hours"], queries, measured, set(sources), related_groups(), sources, index_bytes)
         row.update(record["growth"], bounded=bounded, proposal_settings=dict(proposal_settings), reused=True)
         results.append(row)
@@ -712,8 +723,9 @@ def print_table(results: list[dict]) -> None:
           f"{'10s wall p50':>12} {'30s wall p50':>12} {'rss MB':>7} {'MB/h':>6} {'false':>5}  top-1 %")
     for row in results:
         search = row["bounded"] + "".join(f" {name}={value}" for name, value in row["proposal_settings"].items())
-        print(f"{row['hours']:>7} {search:>12} {row['hits_per_query_p50']:>11,.0f} "
-              f"{row['hits_per_catalogue_hour_p50']:>8,} {row['query10_cpu_ms_p50']:>9} / "
+        hits = (f"{row['hits_per_query_p50']:>11,.0f} {row['hits_per_catalogue_hour_p50']:>8,}"
+                if "hits_per_query_p50" in row else f"{'-':>11} {'-':>8}")
+        print(f"{row['hours']:>7} {search:>12} {hits} {row['query10_cpu_ms_p50']:>9} / "
               f"{row['query10_cpu_ms_p99']:<7} {row['query10_wall_ms_p50']:>12} "
               f"{row['query30_wall_ms_p50']:>12} {row['rss_mb']:>7} {row['bytes_per_hour'] / 1e6:>6.2f} "
               f"{row['false_matches']:>5}  " + " ".join(f"{c} {v}" for c, v in row["top1"].items()))
