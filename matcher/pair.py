@@ -286,16 +286,38 @@ def _best_per_track(code_weights, code_frames, first_hit, hits_per_code, labels,
 
 
 @numba.njit(cache=True, nogil=True)
+def _radix_sorted(keys, spare, count, low_bit, bits):
+    """``keys[:count]`` stably sorted by their bits ``low_bit`` to ``low_bit + bits``, a byte at a time.
+
+    ``spare`` is as long as ``keys``; returns (sorted, the other buffer).
+    """
+    for shift in range(low_bit, low_bit + bits, 8):
+        histogram = np.zeros(257, np.int64)
+        for i in range(count):
+            histogram[((keys[i] >> shift) & 0xFF) + 1] += 1
+        for digit in range(256):
+            histogram[digit + 1] += histogram[digit]
+        for i in range(count):
+            digit = (keys[i] >> shift) & 0xFF
+            spare[histogram[digit]] = keys[i]
+            histogram[digit] += 1
+        keys, spare = spare, keys
+    return keys, spare
+
+
+@numba.njit(cache=True, nogil=True)
 def _sorted_votes(code_ids, code_weights, code_frames, first_hit, hits_per_code, labels, payload_bits):
     """Every hit as a vote, sorted by (track, time offset), ties in code order: :class:`PairVotes`' fields.
 
-    The order of a stable sort of the votes in code order by (track, offset), made
-    track by track (every code's slice is sorted by track), with no array per hit
-    beyond the votes themselves.
+    Made track by track (every code's slice is sorted by track): a track's hits, gathered in
+    code order as (offset, code) pairs packed in one integer (a hit's vote follows from
+    them), are sorted by offset with a stable radix sort. No array per hit is made beyond
+    the votes themselves.
 
     Returns
     -------
     query_ids, track_ids, ref_frames, weights, query_frames, offsets : np.ndarray
+        int32, but the weights (float64).
     """
     payload_mask = (np.int64(1) << payload_bits) - 1
     count = hits_per_code.sum()
@@ -303,12 +325,15 @@ def _sorted_votes(code_ids, code_weights, code_frames, first_hit, hits_per_code,
     query_ids, track_ids = np.empty(count, np.int32), np.empty(count, np.int32)
     ref_frames, frames = np.empty(count, np.int32), np.empty(count, np.int32)
     offsets, weights = np.empty(count, np.int32), np.empty(count, np.float64)
+    lowest, highest = _offset_range(code_frames, first_hit, hits_per_code, labels, payload_bits)
     cursor, stop, next_track, track = _start_merge(labels, payload_bits, first_hit, hits_per_code)
     involved = np.empty(len(first_hit), np.int64)
     begin = np.empty(len(first_hit), np.int64)
-    own_offsets = np.empty(1024, np.int64)
-    own_hits = np.empty(1024, np.int64)
-    own_codes = np.empty(1024, np.int64)
+    own_keys = np.empty(1024, np.int64)   # (offset - lowest) << 32 | code, of the current track's hits
+    spare = np.empty(1024, np.int64)
+    offset_bits = 0
+    while (highest - lowest) >> offset_bits:
+        offset_bits += 1
     vote = 0
     while track != _NO_TRACK:
         involved_count, following = _next_track(labels, payload_bits, cursor, stop, next_track, track,
@@ -316,21 +341,20 @@ def _sorted_votes(code_ids, code_weights, code_frames, first_hit, hits_per_code,
         own = 0
         for j in range(involved_count):
             own += cursor[involved[j]] - begin[involved[j]]
-        if own > len(own_offsets):
-            own_offsets, own_hits, own_codes = (np.empty(2 * own, np.int64), np.empty(2 * own, np.int64),
-                                                np.empty(2 * own, np.int64))
+        if own > len(own_keys):
+            own_keys, spare = np.empty(2 * own, np.int64), np.empty(2 * own, np.int64)
         own = 0
         for j in range(involved_count):
             code = involved[j]
             for hit in range(begin[code], cursor[code]):
-                own_offsets[own] = (labels[hit] & payload_mask) - code_frames[code]
-                own_hits[own], own_codes[own] = hit, code
+                own_keys[own] = (((labels[hit] & payload_mask) - code_frames[code] - lowest) << 32) | code
                 own += 1
-        for position in np.argsort(own_offsets[:own], kind="mergesort"):
-            code, hit = own_codes[position], own_hits[position]
+        own_keys, spare = _radix_sorted(own_keys, spare, own, 32, offset_bits)
+        for key in own_keys[:own]:
+            code = key & 0xFFFFFFFF
+            offset = (key >> 32) + lowest
             query_ids[vote], weights[vote], frames[vote] = code_ids[code], code_weights[code], code_frames[code]
-            track_ids[vote], ref_frames[vote] = track, labels[hit] & payload_mask
-            offsets[vote] = own_offsets[position]
+            track_ids[vote], ref_frames[vote], offsets[vote] = track, offset + code_frames[code], offset
             vote += 1
         track = following
     return query_ids, track_ids, ref_frames, weights, frames, offsets
