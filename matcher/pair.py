@@ -332,7 +332,7 @@ def _sorted_votes(code_ids, code_weights, code_frames, first_hit, hits_per_code,
     own_keys = np.empty(1024, np.int64)   # (offset - lowest) << 32 | code, of the current track's hits
     spare = np.empty(1024, np.int64)
     offset_bits = 0
-    while (highest - lowest) >> offset_bits:
+    while (highest - lowest) >> offset_bits > 0:   # no hits: highest < lowest, no bits (and no endless shift of -1)
         offset_bits += 1
     vote = 0
     while track != _NO_TRACK:

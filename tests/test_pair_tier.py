@@ -128,6 +128,17 @@ def test_the_peaks_tier_gets_every_vote_sorted_as_before(crowded_store, catalogu
     assert pair_hits(query, crowded, params) is query.shared["pair"]
 
 
+def test_a_query_without_hits_gets_no_votes(crowded_store, catalogue, songs):
+    # Generated tones (the service's warm-up) look up codes that no track holds.
+    index, hashes, frames, _ = crowded_store
+    nowhere = np.full(len(hashes), 5000, dtype=np.uint32)
+    fp = dataclasses.replace(fingerprint_signal(songs[30].excerpt(0.0, 10.0), catalogue.params),
+                             hashes=nowhere, frames=frames)
+    crowded = Catalogue(tiers={"pair": index}, fingerprint_params=catalogue.params)
+    votes = pair_votes(Query(fingerprint=fp), crowded, PairTier(common_hash_entries_per_code=2 ** 8))
+    assert all(len(getattr(votes, field.name)) == 0 for field in dataclasses.fields(PairVotes))
+
+
 def test_real_audio_mix_of_two_songs(catalogue, catalogue_index, songs):
     # 12 s of one song, then 8 s of another 3 dB under a third: three copies, two partly covered.
     y = np.concatenate([songs[34].excerpt(8.0, 12.0), mix(songs[41].excerpt(3.0, 8.0), songs[44].excerpt(12.0, 8.0),
