@@ -2,6 +2,8 @@
 
     python bench/scale.py ~/.cache/refrain-music --hours 10 40 160 --json scale.json
     python bench/scale.py ~/.cache/refrain-music --hours 10 40 160 640 --workdir /tmp/refrain-scale
+    python bench/scale.py ~/.cache/refrain-music --hours 640 --keep --workdir /tmp/scale640 --grow-only
+    python bench/scale.py ~/.cache/refrain-music --reuse --workdir /tmp/scale640 --json after.json
 
 Grows one index honestly, through the store's own API (``IndexStore.add_track`` /
 ``commit``): first the real catalogue (the first ``--catalogue`` tracks of the
@@ -31,7 +33,11 @@ rate per condition and their false matches (negatives matching anything unrelate
 and any query matching a synthetic track). ``--json OUT`` writes the same figures.
 
 Fingerprinting is excluded from query times (5-8 ms per 10 s query). Indexes are
-written under ``--workdir`` and deleted at the end unless ``--keep``.
+written under ``--workdir`` and deleted at the end unless ``--keep``. A kept index
+(its queries and what the growth recorded are kept beside it) is measured again
+without re-growing it with ``--reuse``: another build of the matcher, or other search
+settings, on the same index and queries. ``--grow-only`` grows and keeps the index
+without measuring it.
 """
 
 from __future__ import annotations
@@ -76,6 +82,8 @@ NEGATIVE_CONDITIONS = ("negative_10s", "negative_30s")
 EXACT_STRATUM_COUNTS = 8
 # Hits grouped by the length of the list (entries under the code) that produced them.
 LIST_LENGTH_EDGES = (10, 30, 100, 300, 1_000, 3_000, 10_000, 30_000)
+# Beside a kept index (``--keep``): what its growth recorded, for ``--reuse``.
+GROWTH_RECORD = "growth.json"
 
 
 # -- queries -------------------------------------------------------------------------------
@@ -327,25 +335,74 @@ class CountingMelody:
         return self._index.chroma(track_id)
 
 
+class TierCosts:
+    """Each tier's CPU time and peak memory per query, measured around its ``find`` (while patched in).
+
+    The tiers' classes are patched, not wrapped, so that the matcher still recognises
+    them. ``VmHWM`` is read and reset (``/proc/self/clear_refs``) as each tier starts and
+    read as it ends: a tier's figure is the peak above the resident memory it started
+    with, and ``peak_mb`` the process's peak over everything, resets included.
+    """
+
+    def __init__(self, tiers):
+        self._classes = {type(tier) for tier in tiers}
+        self._saved = {}
+        self.peak_mb = 0.0
+        self.reset()
+
+    def reset(self) -> None:
+        self.cpu_s: dict[str, float] = {}
+        self.rise_mb: dict[str, float] = {}
+
+    def __enter__(self):
+        for cls in self._classes:
+            self._saved[cls] = cls.find
+            setattr(cls, "find", self._measured(cls.find))
+        return self
+
+    def __exit__(self, *exc):
+        for cls, find in self._saved.items():
+            setattr(cls, "find", find)
+
+    def _measured(self, find):
+        def measured_find(tier, query, catalogue, skip):
+            self.peak_mb = max(self.peak_mb, status_mb("VmHWM"))
+            Path("/proc/self/clear_refs").write_text("5")
+            start_mb, cpu = status_mb(), time.process_time()
+            try:
+                return find(tier, query, catalogue, skip)
+            finally:
+                self.cpu_s[tier.name] = self.cpu_s.get(tier.name, 0.0) + time.process_time() - cpu
+                peak = status_mb("VmHWM")
+                self.peak_mb = max(self.peak_mb, peak)
+                self.rise_mb[tier.name] = max(self.rise_mb.get(tier.name, 0.0), peak - start_mb)
+        return measured_find
+
+
 def measure(index_dir: str, queries_file: str, bounded: str = "none",
-            proposal_settings: Sequence[tuple[str, object]] = ()) -> dict:
+            proposal_settings: Sequence[tuple[str, object]] = (), count_reads: bool = True) -> dict:
     """Match every query on the index (run in a fresh process); per-query figures and outcomes.
 
     ``bounded``, ``proposal_settings``: which tiers search through proposals at every size,
-    and with which settings (:func:`bench.accuracy.bench_config`).
+    and with which settings (:func:`bench.accuracy.bench_config`). ``count_reads``: match
+    every query a second time through counting tiers (what each reads); without it,
+    ``reads`` is empty.
     """
     tune_process()
     queries: list[Query] = pickle.loads(Path(queries_file).read_bytes())
     with Refrain.open(index_dir, bench_config(bounded, proposal_settings), mmap=True) as refrain:
         rss_open = status_mb()
         refrain.match_fingerprint(queries[0].fingerprint, "warm-up")  # kernels, catalogue rows
-        timed = []
-        for query in queries:
-            wall, cpu = time.perf_counter(), time.process_time()
-            result = refrain.match_fingerprint(query.fingerprint, query.source)
-            timed.append((time.process_time() - cpu, time.perf_counter() - wall,
-                          [(m.track_id, m.kind) for m in result.matches]))
-        rss_after_queries, peak = status_mb(), status_mb("VmHWM")
+        timed, tier_costs = [], []
+        with TierCosts(refrain.config.match.tiers) as tiers:
+            for query in queries:
+                tiers.reset()
+                wall, cpu = time.perf_counter(), time.process_time()
+                result = refrain.match_fingerprint(query.fingerprint, query.source)
+                timed.append((time.process_time() - cpu, time.perf_counter() - wall,
+                              [(m.track_id, m.kind) for m in result.matches]))
+                tier_costs.append({"cpu_s": tiers.cpu_s, "rise_mb": tiers.rise_mb})
+        rss_after_queries, peak = status_mb(), max(tiers.peak_mb, status_mb("VmHWM"))
         # A second pass through counting tiers: what each 10 s and 30 s query reads.
         counters = {name: CountingLandmarks(tier) for name, tier in refrain.store.tiers.items()
                     if isinstance(tier, LandmarkIndex)}
@@ -356,7 +413,7 @@ def measure(index_dir: str, queries_file: str, bounded: str = "none",
         refrain.store.tiers.update({("peaks" if name == "layer" else name): counter
                                     for name, counter in counters.items()})
         reads = []
-        for query in queries:
+        for query in queries if count_reads else []:
             for counter in counters.values():
                 counter.reset()
                 if isinstance(counter, CountingLandmarks):
@@ -375,7 +432,7 @@ def measure(index_dir: str, queries_file: str, bounded: str = "none",
                     row[name] = {"comparisons": counter.comparisons, "chroma_reads": counter.chroma_reads}
             reads.append(row)
     return {"timed": timed, "reads": reads, "rss_open_mb": rss_open, "rss_after_queries_mb": rss_after_queries,
-            "rss_peak_mb": peak}
+            "rss_peak_mb": peak, "tier_costs": tier_costs}
 
 
 def percentile(values, q) -> float | None:
@@ -397,51 +454,60 @@ def summarize(hours: float, queries: list[Query], measured: dict, real_ids: set[
         wall = [timed[i][1] * 1000 for i in chosen]
         rows.update({f"{label}_cpu_ms_p50": percentile(cpu, 50), f"{label}_cpu_ms_p99": percentile(cpu, 99),
                      f"{label}_wall_ms_p50": percentile(wall, 50), f"{label}_wall_ms_p99": percentile(wall, 99)})
+    costs = measured["tier_costs"]
+    rows["tiers"] = {name: {
+        "query10_cpu_ms_p50": percentile([1000 * costs[i]["cpu_s"].get(name, 0.0) for i in short], 50),
+        "query30_cpu_ms_p50": percentile([1000 * costs[i]["cpu_s"].get(name, 0.0) for i in long], 50),
+        # The most a tier's memory rose above what the process held as it started, over all queries.
+        "rss_rise_mb_max": round(max(cost["rise_mb"].get(name, 0.0) for cost in costs), 1)}
+        for name in costs[0]["cpu_s"]}
     rows["rss_mb"] = round(measured["rss_peak_mb"], 1)
     rows["rss_open_mb"] = round(measured["rss_open_mb"], 1)
     total_bytes = sum(index_bytes.values())
     rows["index_bytes"] = total_bytes
     rows["bytes_per_hour"] = round(total_bytes / hours)
     rows["bytes_per_hour_by_file"] = {name: round(size / hours) for name, size in sorted(index_bytes.items())}
-    landmark_tiers = [name for name in reads[0] if "hits" in reads[0][name]]
-    hits10 = [sum(reads[i][name]["hits"] for name in landmark_tiers) for i in short]
-    rows["hits_per_query_p50"] = percentile(hits10, 50)
-    rows["hits_per_query_p99"] = percentile(hits10, 99)
-    rows["hits_per_catalogue_hour_p50"] = round(rows["hits_per_query_p50"] / hours)
-    breakdown = {}
-    for name in reads[0]:
-        per_query = [reads[i][name] for i in short]
-        if name in landmark_tiers:
-            by_length = np.sum([r["hits_by_list_length"] for r in per_query], axis=0)
-            own = [r["true_hits_by_list_length"] for r, i in zip(per_query, short) if queries[i].track_id is not None]
-            true_by_length = np.sum(own, axis=0)
-            labels = [f"<{LIST_LENGTH_EDGES[0]}"] + [f"{lo}-{hi}" for lo, hi in
-                                                    zip(LIST_LENGTH_EDGES[:-1], LIST_LENGTH_EDGES[1:])] \
-                + [f">={LIST_LENGTH_EDGES[-1]}"]
-            breakdown[name] = {
-                "hits_p50": percentile([r["hits"] for r in per_query], 50),
-                "hits_mean": round(float(np.mean([r["hits"] for r in per_query]))),
-                "codes_asked_mean": round(float(np.mean([r["codes_asked"] for r in per_query]))),
-                "codes_looked_up_mean": round(float(np.mean([r["codes_looked_up"] for r in per_query]))),
-                "share_of_hits_by_list_length": {label: round(float(v / max(by_length.sum(), 1)), 4)
-                                                 for label, v in zip(labels, by_length)},
-                # Of the catalogue queries' hits on their own track (true and chance alike).
-                "own_track_hits_mean": round(float(true_by_length.sum() / max(len(own), 1)), 1),
-                "share_of_own_track_hits_by_list_length": {
-                    label: round(float(v / max(true_by_length.sum(), 1)), 4)
-                    for label, v in zip(labels, true_by_length)}}
-        elif name == "layer":
-            breakdown[name] = {"candidates_mean": round(float(np.mean([r["candidates"] for r in per_query])), 1),
-                               "peaks_read_mean": round(float(np.mean([r["peaks_read"] for r in per_query])))}
-    if "melody" in reads[0]:
-        per_query = [reads[i]["melody"] for i in long]
-        breakdown["melody"] = {"comparisons_per_30s_query_mean": round(float(np.mean(
-            [r["comparisons"] for r in per_query]))), "verified_candidates_mean": round(float(np.mean(
-                [r["chroma_reads"] for r in per_query])), 1)}
-    total_mean = sum(breakdown[name]["hits_mean"] for name in landmark_tiers) or 1
-    for name in landmark_tiers:
-        breakdown[name]["share_of_hits"] = round(breakdown[name]["hits_mean"] / total_mean, 3)
-    rows["hits_by_tier"] = breakdown
+    if reads:  # the counting pass ran (not --no-reads)
+        landmark_tiers = [name for name in reads[0] if "hits" in reads[0][name]]
+        hits10 = [sum(reads[i][name]["hits"] for name in landmark_tiers) for i in short]
+        rows["hits_per_query_p50"] = percentile(hits10, 50)
+        rows["hits_per_query_p99"] = percentile(hits10, 99)
+        rows["hits_per_catalogue_hour_p50"] = round(rows["hits_per_query_p50"] / hours)
+        breakdown = {}
+        for name in reads[0]:
+            per_query = [reads[i][name] for i in short]
+            if name in landmark_tiers:
+                by_length = np.sum([r["hits_by_list_length"] for r in per_query], axis=0)
+                own = [r["true_hits_by_list_length"] for r, i in zip(per_query, short)
+                       if queries[i].track_id is not None]
+                true_by_length = np.sum(own, axis=0)
+                labels = [f"<{LIST_LENGTH_EDGES[0]}"] + [f"{lo}-{hi}" for lo, hi in
+                                                        zip(LIST_LENGTH_EDGES[:-1], LIST_LENGTH_EDGES[1:])] \
+                    + [f">={LIST_LENGTH_EDGES[-1]}"]
+                breakdown[name] = {
+                    "hits_p50": percentile([r["hits"] for r in per_query], 50),
+                    "hits_mean": round(float(np.mean([r["hits"] for r in per_query]))),
+                    "codes_asked_mean": round(float(np.mean([r["codes_asked"] for r in per_query]))),
+                    "codes_looked_up_mean": round(float(np.mean([r["codes_looked_up"] for r in per_query]))),
+                    "share_of_hits_by_list_length": {label: round(float(v / max(by_length.sum(), 1)), 4)
+                                                     for label, v in zip(labels, by_length)},
+                    # Of the catalogue queries' hits on their own track (true and chance alike).
+                    "own_track_hits_mean": round(float(true_by_length.sum() / max(len(own), 1)), 1),
+                    "share_of_own_track_hits_by_list_length": {
+                        label: round(float(v / max(true_by_length.sum(), 1)), 4)
+                        for label, v in zip(labels, true_by_length)}}
+            elif name == "layer":
+                breakdown[name] = {"candidates_mean": round(float(np.mean([r["candidates"] for r in per_query])), 1),
+                                   "peaks_read_mean": round(float(np.mean([r["peaks_read"] for r in per_query])))}
+        if "melody" in reads[0]:
+            per_query = [reads[i]["melody"] for i in long]
+            breakdown["melody"] = {"comparisons_per_30s_query_mean": round(float(np.mean(
+                [r["comparisons"] for r in per_query]))), "verified_candidates_mean": round(float(np.mean(
+                    [r["chroma_reads"] for r in per_query])), 1)}
+        total_mean = sum(breakdown[name]["hits_mean"] for name in landmark_tiers) or 1
+        for name in landmark_tiers:
+            breakdown[name]["share_of_hits"] = round(breakdown[name]["hits_mean"] / total_mean, 3)
+        rows["hits_by_tier"] = breakdown
 
     top1, false_matches, synthetic_matches = {}, [], []
     for query, (_, _, matched) in zip(queries, timed):
@@ -494,10 +560,26 @@ def main() -> int:
                              "on the same index and queries, e.g. copies,copy_max_candidates=256 (repeatable)")
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/refrain-scale"))
     parser.add_argument("--keep", action="store_true", help="keep the index under --workdir")
+    parser.add_argument("--no-reads", action="store_true",
+                        help="skip the second pass that counts what each query reads (hits per tier): "
+                             "halves a measurement")
+    parser.add_argument("--grow-only", action="store_true",
+                        help="grow the index to the last size of --hours and keep it, measuring nothing")
+    parser.add_argument("--reuse", action="store_true",
+                        help="measure the index kept under --workdir (--keep) again, without growing it; "
+                             "--hours, --catalogue, --negatives, --queries, --long-queries are those of its growth")
     parser.add_argument("--json", type=Path, help="also write the figures (a list, one object per size) here")
     args = parser.parse_args()
     if sorted(args.hours) != list(args.hours):
         parser.error("--hours must be ascending: one index grows through every size")
+    if args.reuse:
+        if not (args.workdir / GROWTH_RECORD).is_file():
+            parser.error(f"--reuse: no kept index under {args.workdir} (grow one with --keep)")
+        results = measure_kept(args.workdir, [(args.bounded, args.proposal), *args.also], args.json,
+                               not args.no_reads)
+        print_table(results)
+        return 0
+    args.keep = args.keep or args.grow_only
 
     tracks = list_tracks(args.music)
     random.Random(args.seed).shuffle(tracks)
@@ -565,17 +647,21 @@ def main() -> int:
             started = time.perf_counter()
             store.commit()
             commit_seconds = time.perf_counter() - started if added_seconds else commit_seconds
+            growth = dict(ingest, tracks=len(catalogue) + synthetic, commit_s=round(commit_seconds, 2),
+                          commits_while_growing_s=[round(seconds, 1) for seconds in commits])
+            if added_seconds:
+                growth["add_track_ms_per_synthetic_track"] = round(1000 * add_cpu / (synthetic or 1), 2)
+            if args.keep:
+                (args.workdir / GROWTH_RECORD).write_text(json.dumps(
+                    {"hours": hours, "growth": growth, "sources": {str(k): v for k, v in sources.items()}}))
+            if args.grow_only:
+                continue
             for bounded, proposal_settings in [(args.bounded, args.proposal), *args.also]:
                 with spawn.Pool(1) as pool:
-                    measured = pool.apply(measure, (str(index_dir), str(queries_file), bounded, proposal_settings))
+                    measured = pool.apply(measure, (str(index_dir), str(queries_file), bounded, proposal_settings,
+                                                    not args.no_reads))
                 row = summarize(hours, queries, measured, real_ids, groups, sources, store.size_bytes())
-                row.update(ingest)
-                row.update(bounded=bounded, proposal_settings=dict(proposal_settings))
-                row["tracks"] = len(catalogue) + synthetic
-                row["commit_s"] = round(commit_seconds, 2)
-                row["commits_while_growing_s"] = [round(seconds, 1) for seconds in commits]
-                if added_seconds:
-                    row["add_track_ms_per_synthetic_track"] = round(1000 * add_cpu / (synthetic or 1), 2)
+                row.update(growth, bounded=bounded, proposal_settings=dict(proposal_settings))
                 results.append(row)
                 print(json.dumps(row, indent=2), flush=True)
                 if args.json:
@@ -588,17 +674,64 @@ def main() -> int:
     return 0
 
 
+def measure_kept(workdir: Path, searches: list[tuple[str, list[tuple[str, object]]]],
+                 json_out: Path | None, count_reads: bool = True) -> list[dict]:
+    """Measure an index kept by an earlier run (``--keep``) with each search setting, as that run measured it.
+
+    Parameters
+    ----------
+    workdir : Path
+        The earlier run's ``--workdir``: its index, queries and growth record.
+    searches : list of (bounded, proposal settings)
+    json_out : Path, optional
+        Where the figures are also written.
+    count_reads : bool
+        Also count what each query reads (a second pass over the queries).
+
+    Returns
+    -------
+    list of dict
+        One row per search setting, as :func:`summarize` makes them.
+    """
+    record = json.loads((workdir / GROWTH_RECORD).read_text())
+    sources = {int(track_id): source for track_id, source in record["sources"].items()}
+    queries = pickle.loads((workdir / "queries.pickle").read_bytes())
+    index_dir = workdir / "index"
+    store = IndexStore.open(index_dir, mmap=True)
+    try:
+        index_bytes = store.size_bytes()
+    finally:
+        store.close()
+    spawn = multiprocessing.get_context("spawn")
+    results = []
+    for bounded, proposal_settings in searches:
+        with spawn.Pool(1) as pool:
+            measured = pool.apply(measure, (str(index_dir), str(workdir / "queries.pickle"), bounded,
+                                            proposal_settings, count_reads))
+        row = summarize(record["hours"], queries, measured, set(sources), related_groups(), sources, index_bytes)
+        row.update(record["growth"], bounded=bounded, proposal_settings=dict(proposal_settings), reused=True)
+        results.append(row)
+        print(json.dumps(row, indent=2), flush=True)
+        if json_out:
+            json_out.write_text(json.dumps(results, indent=2) + "\n")
+    return results
+
+
 def print_table(results: list[dict]) -> None:
     """The headline figures, one line per size."""
     print(f"{'hours':>7} {'search':>12} {'hits/q p50':>11} {'hits/h':>8} {'10s cpu p50/p99 ms':>19} "
           f"{'10s wall p50':>12} {'30s wall p50':>12} {'rss MB':>7} {'MB/h':>6} {'false':>5}  top-1 %")
     for row in results:
         search = row["bounded"] + "".join(f" {name}={value}" for name, value in row["proposal_settings"].items())
-        print(f"{row['hours']:>7} {search:>12} {row['hits_per_query_p50']:>11,.0f} "
-              f"{row['hits_per_catalogue_hour_p50']:>8,} {row['query10_cpu_ms_p50']:>9} / "
+        hits = (f"{row['hits_per_query_p50']:>11,.0f} {row['hits_per_catalogue_hour_p50']:>8,}"
+                if "hits_per_query_p50" in row else f"{'-':>11} {'-':>8}")
+        print(f"{row['hours']:>7} {search:>12} {hits} {row['query10_cpu_ms_p50']:>9} / "
               f"{row['query10_cpu_ms_p99']:<7} {row['query10_wall_ms_p50']:>12} "
               f"{row['query30_wall_ms_p50']:>12} {row['rss_mb']:>7} {row['bytes_per_hour'] / 1e6:>6.2f} "
               f"{row['false_matches']:>5}  " + " ".join(f"{c} {v}" for c, v in row["top1"].items()))
+        print(f"{'':>7} per tier (10 s CPU p50 ms / 30 s CPU p50 ms / largest memory rise MB): " + ", ".join(
+            f"{name} {tier['query10_cpu_ms_p50']} / {tier['query30_cpu_ms_p50']} / {tier['rss_rise_mb_max']}"
+            for name, tier in row["tiers"].items()))
 
 
 if __name__ == "__main__":

@@ -111,8 +111,8 @@ def vote_order(track_ids: np.ndarray, cells: np.ndarray) -> np.ndarray:
 
 
 def vote_keys(track_ids: np.ndarray, cells: np.ndarray) -> np.ndarray:
-    """One int64 per vote, ordered by track, then cell."""
-    return (track_ids << 32) + cells
+    """One int64 per vote, ordered by track, then cell (track ids of any integer type, cells int64)."""
+    return (np.asarray(track_ids, np.int64) << 32) + cells
 
 
 def split_vote_keys(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
