@@ -35,6 +35,9 @@ _NEIGHBOURS_2D = np.array([dr * _PITCH_STRIDE + dp for dr in (-1, 0, 1) for dp i
 _FIRST_INLIER_REACH = 10.0
 # Line fits at most per candidate (10 s queries settle after two; whole tracks in a few more).
 _MAX_FITS = 8
+# Most (ratio, pitch) vote cells laid out for all tracks at once when ranking them (8 MB):
+# a 150-track catalogue's grids take some 130,000.
+_DENSE_GRID_CELLS = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -137,7 +140,8 @@ def triplet_alignments(fp: Fingerprint, tier: LandmarkIndex, params: TripletTier
         return []
     codes, rows = hash_triplets(triplets, tolerant=True,
                                 pitch_reach_bins=params.max_pitch_shift_semitones * bins_per_semitone)
-    code_ids, code_weights, first_hit, hits_per_code, labels = weighted_lookup(tier, codes, params, candidates)
+    code_ids, code_weights, first_hit, hits_per_code, labels = _lookup_once_per_code(tier, codes, params,
+                                                                                     candidates)
     # A hit's tempo ratio is a reference span over a query span, both whole frames: a
     # table of every such ratio and its cell spares each hit a division and a logarithm.
     ratios = np.arange(TRIPLET_MAX_SPAN + 1)[None, :] / np.arange(1, int(triplets.dt_13.max()) + 1)[:, None]
@@ -154,7 +158,9 @@ def triplet_alignments(fp: Fingerprint, tier: LandmarkIndex, params: TripletTier
         return []
     hit_weights = code_weights[hit_codes]
     # Only the strongest tracks' hits go on to the sort and the per-cell search below.
-    contenders = np.flatnonzero(np.isin(track_ids, _strongest_tracks(track_ids, cells, hit_weights, params)))
+    strongest = np.zeros(int(track_ids.max()) + 1, dtype=bool)
+    strongest[_strongest_tracks(track_ids, cells, hit_weights, params)] = True
+    contenders = np.flatnonzero(strongest[track_ids])
     order = contenders[vote_order(track_ids[contenders], cells[contenders])]
     track_ids, cells, hit_weights = track_ids[order], cells[order], hit_weights[order]
     ratio, pitch, query_ids, ref_frames = _hit_geometry(hit_codes[order], hit_positions[order], labels,
@@ -219,6 +225,26 @@ def triplet_alignments(fp: Fingerprint, tier: LandmarkIndex, params: TripletTier
     return alignments
 
 
+def _lookup_once_per_code(tier: LandmarkIndex, codes: np.ndarray, params: TripletTier,
+                          candidates: np.ndarray | None
+                          ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`matcher.voting.weighted_lookup` of ``codes`` with each distinct code looked up once.
+
+    Distinct triplets (of several tempo hypotheses, or tolerant codes of near
+    boundaries) often share a code: a third of a 60 s window's 60,000 codes repeat one
+    already asked. Every one of ``codes`` gets the same weight and hits as before; a
+    repeated code's slice of ``labels`` is its first occurrence's, not a copy.
+    """
+    distinct, code_of = np.unique(codes, return_inverse=True)
+    looked_up, weights, first_hit, hits_per_code, labels = weighted_lookup(tier, distinct, params, candidates)
+    slot = np.full(len(distinct), -1, np.int64)
+    slot[looked_up] = np.arange(len(looked_up))
+    slot_of_code = slot[code_of]
+    code_ids = np.flatnonzero(slot_of_code >= 0)
+    slots = slot_of_code[code_ids]
+    return code_ids, weights[slots], first_hit[slots], hits_per_code[slots], labels
+
+
 @numba.njit(cache=True, nogil=True)
 def _plausible_hits(first_hit, hits_per_code, labels, payload_bits, code_rows, dt_13, anchor_positions,
                     ratios, ratio_cells, min_ratio, max_ratio, max_pitch_bins):
@@ -228,7 +254,7 @@ def _plausible_hits(first_hit, hits_per_code, labels, payload_bits, code_rows, d
     ----------
     first_hit, hits_per_code, labels : np.ndarray of int64
         The lookup's hits (:meth:`index.landmarks.LandmarkIndex.lookup_slices`), walked
-        in code order.
+        in code order; codes may share a slice.
     payload_bits : int
         The tier's payload width.
     code_rows : np.ndarray of int64
@@ -254,7 +280,7 @@ def _plausible_hits(first_hit, hits_per_code, labels, payload_bits, code_rows, d
         for ref_span in range(ratios.shape[1]):
             if min_ratio <= ratios[span_row, ref_span] <= max_ratio:
                 ratio_parts[span_row, ref_span] = (ratio_cells[span_row, ref_span] + _CELL_CENTRE) * _PITCH_STRIDE
-    count = len(labels)
+    count = hits_per_code.sum()  # a code's slice may be walked for several query triplets
     track_ids, cells = np.empty(count, np.int64), np.empty(count, np.int64)
     hit_codes, hit_positions = np.empty(count, np.int64), np.empty(count, np.int64)
     payload_mask = (np.int64(1) << payload_bits) - 1
@@ -308,12 +334,18 @@ def _strongest_tracks(track_ids: np.ndarray, cells: np.ndarray, weights: np.ndar
 
 
 @numba.njit(cache=True, nogil=True)
-def _best_neighbourhood_per_track(track_ids, cells, weights):
+def _best_neighbourhood_per_track(track_ids, cells, weights, dense_grid_cells=_DENSE_GRID_CELLS):
     """Each track's heaviest 3 x 3 (ratio, pitch) neighbourhood centred on a cell with votes.
 
-    The hits' cells and weights are bucketed by track (a counting sort, keeping their
-    order), and each track's votes are laid on one small reused grid: time and memory
-    grow with the hits and the catalogue's tracks, not with their product.
+    Every track's votes lie on one small grid of the query's (ratio, pitch) cells with
+    a border of one cell all round. When all tracks' grids together hold at most
+    ``dense_grid_cells`` cells (a catalogue of up to about a thousand tracks), the votes
+    are laid on them in one pass and each grid's cells scanned once: the hits are
+    walked once, not bucketed by track first. Otherwise the hits' cells and weights are
+    bucketed by track (a counting sort, keeping their order) and each track's laid on
+    one reused grid: time and memory then grow with the hits and the catalogue's
+    tracks, not with their product. Weights are positive, so a cell has votes exactly
+    when its sum is above 0.
 
     Returns
     -------
@@ -323,11 +355,36 @@ def _best_neighbourhood_per_track(track_ids, cells, weights):
         Each one's heaviest neighbourhood.
     """
     ratio_cells, pitch_cells = cells // _PITCH_STRIDE, cells % _PITCH_STRIDE
-    # A grid with a border of one cell all round, flattened row by row.
+    # A track's grid, border included, flattened row by row.
     lowest_ratio, lowest_pitch = ratio_cells.min() - 1, pitch_cells.min() - 1
     width = pitch_cells.max() - lowest_pitch + 2
-    grid = np.zeros((ratio_cells.max() - lowest_ratio + 2) * width)
+    height = ratio_cells.max() - lowest_ratio + 2
+    size = height * width
     n_tracks = track_ids.max() + 1
+    # Summed in the order best_cells_per_track adds a neighbourhood: the same floats.
+    neighbours = np.array([dr * width + dp for dr in (-1, 0, 1) for dp in (-1, 0, 1)])
+    tracks, best = np.empty(n_tracks, np.int64), np.empty(n_tracks, np.float64)
+    found = 0
+    if n_tracks * size <= dense_grid_cells:
+        grids = np.zeros(n_tracks * size)
+        for hit in range(len(track_ids)):
+            grids[track_ids[hit] * size + (ratio_cells[hit] - lowest_ratio) * width
+                  + pitch_cells[hit] - lowest_pitch] += weights[hit]
+        for track in range(n_tracks):
+            top, voted = 0.0, False
+            for row in range(1, height - 1):
+                for cell in range(track * size + row * width + 1, track * size + row * width + width - 1):
+                    if grids[cell] > 0.0:
+                        voted = True
+                        total = 0.0
+                        for neighbour in neighbours:
+                            total += grids[cell + neighbour]
+                        top = max(top, total)
+            if voted:
+                tracks[found], best[found] = track, top
+                found += 1
+        return tracks[:found], best[:found]
+    grid = np.zeros(size)
     bucket_end = np.zeros(n_tracks + 1, np.int64)
     for track in track_ids:
         bucket_end[track + 1] += 1
@@ -339,10 +396,6 @@ def _best_neighbourhood_per_track(track_ids, cells, weights):
         grid_cells[slot] = (ratio_cells[hit] - lowest_ratio) * width + pitch_cells[hit] - lowest_pitch
         cell_weights[slot] = weights[hit]
         filled[track_ids[hit]] += 1
-    # Summed in the order best_cells_per_track adds a neighbourhood: the same floats.
-    neighbours = np.array([dr * width + dp for dr in (-1, 0, 1) for dp in (-1, 0, 1)])
-    tracks, best = np.empty(n_tracks, np.int64), np.empty(n_tracks, np.float64)
-    found = 0
     for track in range(n_tracks):
         first, end = bucket_end[track], bucket_end[track + 1]
         if first == end:

@@ -13,11 +13,13 @@ import pytest
 import soxr
 
 from refrain.fingerprint import fingerprint_signal
+from refrain.fingerprint.hashes import hash_triplets, query_triplets
 from refrain.matcher import MatchParams, PairTier, TripletTier
 from refrain.matcher.landmarks import alignment_spans
-from refrain.matcher.triplet import _fit_time_line, _may_hold_a_line
+from refrain.matcher.triplet import (_NEIGHBOURS_2D, _PITCH_STRIDE, _best_neighbourhood_per_track, _fit_time_line,
+                                     _lookup_once_per_code, _may_hold_a_line)
 from refrain.matcher.types import Alignment
-from refrain.matcher.voting import best_cells_per_track, vote_order
+from refrain.matcher.voting import best_cells_per_track, vote_order, weighted_lookup
 from refrain.api import Refrain
 from refrain.config import Config
 from refrain.synth import add_noise
@@ -281,3 +283,44 @@ def test_the_time_line_fit_follows_a_whole_track_from_a_rough_first_ratio():
                                                  TripletTier())
     assert time_ratio == pytest.approx(1.1, rel=1e-3) and offset == pytest.approx(40, abs=2)
     assert inliers.mean() > 0.99
+
+
+def test_track_ranking_is_the_same_on_dense_grids_and_on_track_buckets():
+    # Both ways of laying the votes out give each track's heaviest 3 x 3 neighbourhood,
+    # to the last bit, as best_cells_per_track sums it.
+    rng = np.random.default_rng(5)
+    count = 20_000
+    track_ids = rng.choice([0, 3, 4, 9, 40], size=count).astype(np.int64)
+    cells = ((128 + rng.integers(-9, 10, count)) * _PITCH_STRIDE + 128 + rng.integers(-14, 15, count)).astype(np.int64)
+    weights = rng.uniform(0.05, 1.0, count)
+    dense = _best_neighbourhood_per_track(track_ids, cells, weights)
+    bucketed = _best_neighbourhood_per_track(track_ids, cells, weights, 0)
+    assert dense[0].tolist() == bucketed[0].tolist() == [0, 3, 4, 9, 40]
+    assert dense[1].tolist() == bucketed[1].tolist()
+    order = vote_order(track_ids, cells)
+    ranked = best_cells_per_track(track_ids[order], cells[order], weights[order], _NEIGHBOURS_2D, 0.0, 5)
+    heaviest = dict(zip(dense[0].tolist(), dense[1].tolist()))
+    for track, (cell,) in ranked:
+        in_reach = (track_ids == track) & (np.abs(cells // _PITCH_STRIDE - cell // _PITCH_STRIDE) <= 1) \
+            & (np.abs(cells % _PITCH_STRIDE - cell % _PITCH_STRIDE) <= 1)
+        assert heaviest[track] == pytest.approx(weights[in_reach].sum(), rel=1e-12)
+
+
+def test_a_code_asked_twice_gets_the_hits_and_weight_of_one_lookup(catalogue, songs):
+    # A query's triplets under several tempo hypotheses share codes; each distinct code
+    # is looked up once, and every code still gets what weighted_lookup gives it.
+    fpp, params = catalogue.params, TripletTier()
+    query = fingerprint_signal(soxr.resample(songs[44].excerpt(3.0, 12.0), SR, fpp.sample_rate), fpp)
+    triplets = query_triplets(query.peaks, fpp.triplet_near_zone, fpp.triplet_far_zone, fpp.triplet_per_zone,
+                              fpp.triplet_df_max, params.tempo_hypotheses)
+    codes, _ = hash_triplets(triplets, tolerant=True, pitch_reach_bins=params.max_pitch_shift_semitones
+                             * fpp.bins_per_octave / 12)
+    assert len(np.unique(codes)) < len(codes)
+    tier = catalogue.store.tiers["triplet"]
+    once = _lookup_once_per_code(tier, codes, params, None)
+    each = weighted_lookup(tier, codes, params, None)
+    assert once[0].tolist() == each[0].tolist() and once[1].tolist() == each[1].tolist()
+    assert once[3].tolist() == each[3].tolist() and once[3].sum() > 0
+    for first_once, first_each, count in zip(once[2], each[2], once[3]):
+        assert once[4][first_once:first_once + count].tolist() == each[4][first_each:first_each + count].tolist()
+    assert len(once[4]) < len(each[4])
