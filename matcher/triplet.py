@@ -291,12 +291,12 @@ def _plausible_hits(first_hit, hits_per_code, labels, payload_bits, code_rows, d
         for hit in range(first_hit[code], first_hit[code] + hits_per_code[code]):
             _, ref_bin, ref_span = unpack_triplet_payload(labels[hit] & payload_mask)
             hit_pitch = anchor - ref_bin
-            if parts[ref_span] < 0 or abs(hit_pitch) > max_pitch_bins:
-                continue
+            # Written whether kept or not, the next hit overwriting a rejected one: which
+            # hits pass is as good as random, and a branch on it mispredicts.
             track_ids[kept] = labels[hit] >> payload_bits
             cells[kept] = parts[ref_span] + np.int64(np.round(hit_pitch)) + _CELL_CENTRE
             hit_codes[kept], hit_positions[kept] = code, hit
-            kept += 1
+            kept += (parts[ref_span] >= 0) & (abs(hit_pitch) <= max_pitch_bins)
     return track_ids[:kept], cells[:kept], hit_codes[:kept], hit_positions[:kept]
 
 
