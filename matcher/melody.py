@@ -38,7 +38,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import AbstractSet, ClassVar
 
-import numba
 import numpy as np
 
 from refrain.fingerprint.melody import (PITCH_CLASSES, MelodyParams, centred_unit_rows, resample_chroma,
@@ -323,12 +322,22 @@ def offset_votes(similarity: np.ndarray, tracks: np.ndarray, offsets: np.ndarray
     if not keep.any():
         return {}
     segment = np.broadcast_to(np.arange(n_segments)[:, None], tracks.shape)[keep]
-    # Every hit supports each window (first offset bin) whose span holds its offset: one
-    # hit per (track, window, query segment), its best, in that order.
-    pair, excess, lowest_track, n_windows = _best_hit_per_window_and_segment(
-        tracks[keep].astype(np.int64), np.floor_divide(offsets[keep], bin_frames).astype(np.int64),
-        segment.astype(np.int64), similarity[keep] - params.vote_floor, params.vote_offset_bins, n_segments)
-    # Sum per (track, window): rows are sorted by track then window.
+    track, offset_bin = tracks[keep], np.floor_divide(offsets[keep], bin_frames)
+    excess = similarity[keep] - params.vote_floor
+    # Every hit supports each window (first offset bin) whose span holds its offset:
+    # one row per (hit, window), keyed by (track, window, query segment) in one integer.
+    spread = params.vote_offset_bins
+    lowest_track, lowest_window = track.min(), offset_bin.min() - spread + 1
+    n_windows = int(offset_bin.max() - lowest_window) + 1
+    pair = ((track - lowest_track) * n_windows + (offset_bin - lowest_window))[:, None] - np.arange(spread)
+    key = (pair * n_segments + segment[:, None]).ravel()
+    excess = np.repeat(excess, spread)
+    # One hit per (track, window, query segment), its best.
+    order = np.argsort(key, kind="stable")
+    key, excess = key[order], excess[order]
+    firsts = np.flatnonzero(np.r_[True, key[1:] != key[:-1]])
+    pair, excess = key[firsts] // n_segments, np.maximum.reduceat(excess, firsts)
+    # Sum per (track, window): rows are sorted by track, window, then query segment.
     starts = np.flatnonzero(np.r_[True, pair[1:] != pair[:-1]])
     sums = np.add.reduceat(excess, starts) / n_segments
     window_track = pair[starts] // n_windows + lowest_track
@@ -336,44 +345,6 @@ def offset_votes(similarity: np.ndarray, tracks: np.ndarray, offsets: np.ndarray
     track_starts = np.flatnonzero(np.r_[True, window_track[1:] != window_track[:-1]])
     best = np.maximum.reduceat(sums, track_starts)
     return dict(zip(window_track[track_starts].tolist(), best.tolist()))
-
-
-@numba.njit(cache=True, nogil=True)
-def _best_hit_per_window_and_segment(track, offset_bin, segment, excess, spread, n_segments):
-    """Each (track, window, query segment)'s best hit, sorted by track, window and segment.
-
-    A hit at offset bin ``b`` supports windows ``b - spread + 1 .. b``. Compiled: the
-    sort of every hit repeated per window was most of the candidate vote's time.
-
-    Returns
-    -------
-    pair : np.ndarray of int64
-        Each row's (track, window) as ``(track - lowest_track) * n_windows + window``.
-    best : np.ndarray, the dtype of ``excess``
-        Each row's best excess.
-    lowest_track, n_windows : int
-        How ``pair`` is packed.
-    """
-    lowest_track, lowest_window = track.min(), offset_bin.min() - spread + 1
-    n_windows = offset_bin.max() - lowest_window + 1
-    keys = np.empty(len(track) * spread, np.int64)
-    values = np.empty(len(track) * spread, excess.dtype)
-    row = 0
-    for hit in range(len(track)):
-        for step in range(spread):
-            window = offset_bin[hit] - step - lowest_window
-            keys[row] = ((track[hit] - lowest_track) * n_windows + window) * n_segments + segment[hit]
-            values[row] = excess[hit]
-            row += 1
-    group_keys, best = np.empty(len(keys), np.int64), np.empty(len(keys), excess.dtype)
-    groups = 0
-    for row in np.argsort(keys):
-        if groups > 0 and group_keys[groups - 1] == keys[row]:
-            best[groups - 1] = max(best[groups - 1], values[row])
-        else:
-            group_keys[groups], best[groups] = keys[row], values[row]
-            groups += 1
-    return group_keys[:groups] // n_segments, best[:groups], lowest_track, n_windows
 
 
 def prescreen(query_chroma: np.ndarray, candidates: list[tuple[int, float, tuple[float, ...]]],

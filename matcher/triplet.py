@@ -23,7 +23,7 @@ from refrain.fingerprint.hashes import TRIPLET_MAX_SPAN, hash_triplets, query_tr
 from refrain.index.landmarks import LandmarkIndex
 from refrain.matcher.landmarks import LandmarkTierParams, landmark_matches
 from refrain.matcher.types import Alignment, Calibration, Catalogue, Match, Query
-from refrain.matcher.voting import best_cells_per_track, vote_order, weighted_lookup
+from refrain.matcher.voting import best_cells_per_track, weighted_lookup
 
 __all__ = ["TripletTier"]
 
@@ -156,16 +156,12 @@ def triplet_alignments(fp: Fingerprint, tier: LandmarkIndex, params: TripletTier
         params.max_pitch_shift_semitones * bins_per_semitone)
     if len(track_ids) == 0:
         return []
-    hit_weights = code_weights[hit_codes]
-    # Only the strongest tracks' hits go on to the sort and the per-cell search below.
-    strongest = np.zeros(int(track_ids.max()) + 1, dtype=bool)
-    strongest[_strongest_tracks(track_ids, cells, hit_weights, params)] = True
-    contenders = np.flatnonzero(strongest[track_ids])
-    order = contenders[vote_order(track_ids[contenders], cells[contenders])]
-    track_ids, cells, hit_weights = track_ids[order], cells[order], hit_weights[order]
-    ratio, pitch, query_ids, ref_frames = _hit_geometry(hit_codes[order], hit_positions[order], labels,
-                                                        tier.payload_bits, code_rows, triplets.dt_13,
-                                                        triplets.anchor_positions, ratios)
+    # Only the strongest tracks' hits go on to the per-cell search below, sorted by
+    # (track, cell) as best_cells_per_track needs them, with their geometry.
+    track_ids, cells, hit_weights, ratio, pitch, query_ids, ref_frames = _contenders_in_vote_order(
+        track_ids, cells, hit_codes, hit_positions, code_weights,
+        _strongest_tracks(track_ids, cells, code_weights[hit_codes], params), labels, tier.payload_bits,
+        code_rows, triplets.dt_13, triplets.anchor_positions, ratios)
     query_frames = triplets.anchor_frames[query_ids].astype(np.int64)
     ratio_cells, pitch_cells = cells // _PITCH_STRIDE, cells % _PITCH_STRIDE
 
@@ -301,23 +297,72 @@ def _plausible_hits(first_hit, hits_per_code, labels, payload_bits, code_rows, d
 
 
 @numba.njit(cache=True, nogil=True)
-def _hit_geometry(hit_codes, hit_positions, labels, payload_bits, code_rows, dt_13, anchor_positions, ratios):
-    """Tempo ratio, pitch shift (bins), query triplet and reference frame of given hits.
+def _contenders_in_vote_order(track_ids, cells, hit_codes, hit_positions, code_weights, strongest, labels,
+                              payload_bits, code_rows, dt_13, anchor_positions, ratios):
+    """The hits of the ``strongest`` tracks, sorted by (track, cell), with their weight and geometry.
 
-    Taken for the strongest tracks' hits only, from the same arguments as
-    :func:`_plausible_hits` and its ``hit_codes`` and ``hit_positions``.
+    The order is :func:`matcher.voting.vote_order`'s (a stable sort by track, then
+    cell), found by counting: a contender's tracks and cells span a few thousand
+    (track, cell) pairs. Each hit's geometry is taken as the hits are walked in the
+    lookup's order, which reads ``labels`` forward.
+
+    Parameters
+    ----------
+    track_ids, cells, hit_codes, hit_positions : np.ndarray of int64
+        The plausible hits (:func:`_plausible_hits`).
+    code_weights : np.ndarray of float64
+        Each looked-up code's weight.
+    strongest : np.ndarray of int64
+        The tracks kept.
+    labels, payload_bits, code_rows, dt_13, anchor_positions, ratios
+        As for :func:`_plausible_hits`.
+
+    Returns
+    -------
+    track_ids, cells : np.ndarray of int64
+    weights, ratio, pitch : np.ndarray of float64
+        Each hit's weight, tempo ratio and pitch shift (bins).
+    query_ids, ref_frames : np.ndarray of int64
+        Each hit's query triplet and reference frame.
     """
-    count = len(hit_codes)
-    ratio, pitch = np.empty(count, np.float64), np.empty(count, np.float64)
+    n_tracks = track_ids.max() + 1
+    rank = np.full(n_tracks, -1, np.int64)
+    for track in np.sort(strongest):
+        if track < n_tracks:
+            rank[track] = 0
+    kept_tracks = 0
+    for track in range(n_tracks):
+        if rank[track] == 0:
+            rank[track] = kept_tracks
+            kept_tracks += 1
+    lowest_cell = cells.min()
+    cell_span = cells.max() - lowest_cell + 1
+    keys = np.empty(len(track_ids), np.int64)
+    slots = np.zeros(kept_tracks * cell_span + 1, np.int64)
+    count = 0
+    for hit in range(len(track_ids)):
+        keys[hit] = -1 if rank[track_ids[hit]] < 0 else rank[track_ids[hit]] * cell_span + cells[hit] - lowest_cell
+        if keys[hit] >= 0:
+            slots[keys[hit] + 1] += 1
+            count += 1
+    slots = np.cumsum(slots)
+    out_tracks, out_cells = np.empty(count, np.int64), np.empty(count, np.int64)
+    weights, ratio, pitch = np.empty(count, np.float64), np.empty(count, np.float64), np.empty(count, np.float64)
     query_ids, ref_frames = np.empty(count, np.int64), np.empty(count, np.int64)
     payload_mask = (np.int64(1) << payload_bits) - 1
-    for index in range(count):
-        row = code_rows[hit_codes[index]]
-        ref_frame, ref_bin, ref_span = unpack_triplet_payload(labels[hit_positions[index]] & payload_mask)
-        ratio[index] = ratios[dt_13[row] - 1, ref_span]
-        pitch[index] = np.float64(anchor_positions[row]) - ref_bin
-        query_ids[index], ref_frames[index] = row, ref_frame
-    return ratio, pitch, query_ids, ref_frames
+    for hit in range(len(track_ids)):
+        if keys[hit] < 0:
+            continue
+        slot = slots[keys[hit]]
+        slots[keys[hit]] += 1
+        row = code_rows[hit_codes[hit]]
+        ref_frame, ref_bin, ref_span = unpack_triplet_payload(labels[hit_positions[hit]] & payload_mask)
+        out_tracks[slot], out_cells[slot] = track_ids[hit], cells[hit]
+        weights[slot] = code_weights[hit_codes[hit]]
+        ratio[slot] = ratios[dt_13[row] - 1, ref_span]
+        pitch[slot] = np.float64(anchor_positions[row]) - ref_bin
+        query_ids[slot], ref_frames[slot] = row, ref_frame
+    return out_tracks, out_cells, weights, ratio, pitch, query_ids, ref_frames
 
 
 def _strongest_tracks(track_ids: np.ndarray, cells: np.ndarray, weights: np.ndarray,

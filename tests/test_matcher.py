@@ -16,8 +16,9 @@ from refrain.fingerprint import fingerprint_signal
 from refrain.fingerprint.hashes import hash_triplets, query_triplets
 from refrain.matcher import MatchParams, PairTier, TripletTier
 from refrain.matcher.landmarks import alignment_spans
-from refrain.matcher.triplet import (_NEIGHBOURS_2D, _PITCH_STRIDE, _best_neighbourhood_per_track, _fit_time_line,
-                                     _lookup_once_per_code, _may_hold_a_line)
+from refrain.matcher.triplet import (_NEIGHBOURS_2D, _PITCH_STRIDE, _best_neighbourhood_per_track,
+                                     _contenders_in_vote_order, _fit_time_line, _lookup_once_per_code,
+                                     _may_hold_a_line)
 from refrain.matcher.types import Alignment
 from refrain.matcher.voting import best_cells_per_track, vote_order, weighted_lookup
 from refrain.api import Refrain
@@ -259,6 +260,7 @@ def test_warm_up_compiles_the_kernels_a_query_needs(catalogue_index):
         from refrain.api import Refrain
         kernels = [peaks._rank_in_sliding_window, hashes._targets_in_zone, pair._votes_in_code_order,
                    voting.neighbourhood_sums, triplet._plausible_hits, triplet._best_neighbourhood_per_track,
+                   triplet._contenders_in_vote_order,
                    peaks_tier._meetings_of, proposals._hit_cells, landmarks._gather_track_runs]
         assert not any(kernel.signatures for kernel in kernels)
         with Refrain.open({str(catalogue_index.directory)!r}) as refrain:
@@ -324,3 +326,30 @@ def test_a_code_asked_twice_gets_the_hits_and_weight_of_one_lookup(catalogue, so
     for first_once, first_each, count in zip(once[2], each[2], once[3]):
         assert once[4][first_once:first_once + count].tolist() == each[4][first_each:first_each + count].tolist()
     assert len(once[4]) < len(each[4])
+
+
+def test_the_strongest_tracks_hits_come_in_vote_order_with_their_geometry():
+    # The counting sort keeps the hits of the kept tracks in vote_order's order (track,
+    # then cell, ties as given), each with the weight and geometry its lookup gave.
+    rng = np.random.default_rng(11)
+    count, payload_bits, n_codes, n_rows = 5_000, 36, 300, 120
+    track_ids = rng.choice([2, 5, 6, 17], size=count).astype(np.int64)
+    cells = ((128 + rng.integers(-6, 7, count)) * _PITCH_STRIDE + 128 + rng.integers(-9, 10, count)).astype(np.int64)
+    hit_codes = rng.integers(0, n_codes, count).astype(np.int64)
+    frames, bins, spans = rng.integers(0, 1 << 20, count), rng.integers(0, 256, count), rng.integers(1, 64, count)
+    labels = (track_ids << payload_bits) | (frames << 14) | (bins << 6) | spans
+    hit_positions = rng.permutation(count).astype(np.int64)
+    labels = labels[np.argsort(hit_positions)]
+    code_weights, code_rows = rng.uniform(0.1, 1.0, n_codes), rng.integers(0, n_rows, n_codes).astype(np.int64)
+    dt_13, anchor_positions = rng.integers(1, 50, n_rows).astype(np.int64), rng.uniform(0, 200, n_rows)
+    ratios = np.arange(64)[None, :] / np.arange(1, 50)[:, None]
+    found = _contenders_in_vote_order(track_ids, cells, hit_codes, hit_positions, code_weights,
+                                      np.array([17, 5]), labels, payload_bits, code_rows, dt_13, anchor_positions,
+                                      ratios)
+    kept = np.flatnonzero(np.isin(track_ids, [5, 17]))
+    order = kept[vote_order(track_ids[kept], cells[kept])]
+    rows = code_rows[hit_codes[order]]
+    expected = (track_ids[order], cells[order], code_weights[hit_codes[order]], ratios[dt_13[rows] - 1, spans[order]],
+                anchor_positions[rows] - bins[order], rows, frames[order])
+    for got, wanted in zip(found, expected):
+        np.testing.assert_array_equal(got, wanted)
