@@ -163,7 +163,6 @@ def triplet_alignments(fp: Fingerprint, tier: LandmarkIndex, params: TripletTier
         _strongest_tracks(track_ids, cells, code_weights[hit_codes], params), labels, tier.payload_bits,
         code_rows, triplets.dt_13, triplets.anchor_positions, ratios)
     query_frames = triplets.anchor_frames[query_ids].astype(np.int64)
-    ratio_cells, pitch_cells = cells // _PITCH_STRIDE, cells % _PITCH_STRIDE
 
     alignments = []
     active = np.ones(len(track_ids), dtype=bool)
@@ -176,7 +175,7 @@ def triplet_alignments(fp: Fingerprint, tier: LandmarkIndex, params: TripletTier
             break
         tracks = np.array([track_id for track_id, _ in best])
         firsts, lasts = np.searchsorted(track_ids, tracks), np.searchsorted(track_ids, tracks + 1)
-        members, sizes = _cell_members(firsts, lasts, active, ratio_cells, pitch_cells,
+        members, sizes = _cell_members(firsts, lasts, active, cells,
                                        np.array([cell for _, track_cells in best for cell in track_cells]),
                                        np.array([len(track_cells) for _, track_cells in best]))
         # Most (track, cell) candidates hold no line; a quick test of each spares those
@@ -461,8 +460,12 @@ def _best_neighbourhood_per_track(track_ids, cells, weights, dense_grid_cells=_D
 
 
 @numba.njit(cache=True, nogil=True)
-def _cell_members(firsts, lasts, active, ratio_cells, pitch_cells, centres, centres_per_track):
+def _cell_members(firsts, lasts, active, cells, centres, centres_per_track):
     """The active hits of each candidate (track, cell): those within one cell of its centre.
+
+    A track's hits are sorted by cell (``ratio_cell * _PITCH_STRIDE + pitch_cell``), so
+    the hits of each of the centre's three ratio rows are one slice, found by a binary
+    search: the work follows the members, not the track's hits times its centres.
 
     Parameters
     ----------
@@ -470,8 +473,8 @@ def _cell_members(firsts, lasts, active, ratio_cells, pitch_cells, centres, cent
         Each candidate track's slice of the hits.
     active : np.ndarray of bool
         Hits not yet taken by an alignment.
-    ratio_cells, pitch_cells : np.ndarray of int64
-        Every hit's cells.
+    cells : np.ndarray of int64
+        Every hit's cell, increasing within each track's slice.
     centres : np.ndarray of int64
         The candidate cells, track by track.
     centres_per_track : np.ndarray of int64
@@ -489,20 +492,22 @@ def _cell_members(firsts, lasts, active, ratio_cells, pitch_cells, centres, cent
     for filling in (False, True):
         if filling:
             members = np.empty(sizes.sum(), np.int64)
-            filled = np.cumsum(sizes) - sizes
+        kept = 0
         first_centre = 0
         for track in range(len(firsts)):
-            for hit in range(firsts[track], lasts[track]):
-                if not active[hit]:
-                    continue
-                for centre in range(first_centre, first_centre + centres_per_track[track]):
-                    if abs(ratio_cells[hit] - centres[centre] // _PITCH_STRIDE) <= 1 \
-                            and abs(pitch_cells[hit] - centres[centre] % _PITCH_STRIDE) <= 1:
-                        if filling:
-                            members[filled[centre]] = hit
-                            filled[centre] += 1
-                        else:
-                            sizes[centre] += 1
+            own = cells[firsts[track]:lasts[track]]
+            for centre in range(first_centre, first_centre + centres_per_track[track]):
+                for row in (-1, 0, 1):
+                    middle = centres[centre] + row * _PITCH_STRIDE
+                    start = firsts[track] + np.searchsorted(own, middle - 1)
+                    end = firsts[track] + np.searchsorted(own, middle + 1, side="right")
+                    for hit in range(start, end):
+                        if active[hit]:
+                            if filling:
+                                members[kept] = hit
+                                kept += 1
+                            else:
+                                sizes[centre] += 1
             first_centre += centres_per_track[track]
     return members, sizes
 

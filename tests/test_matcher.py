@@ -16,7 +16,7 @@ from refrain.fingerprint import fingerprint_signal
 from refrain.fingerprint.hashes import hash_triplets, query_triplets
 from refrain.matcher import MatchParams, PairTier, TripletTier
 from refrain.matcher.landmarks import alignment_spans
-from refrain.matcher.triplet import (_NEIGHBOURS_2D, _PITCH_STRIDE, _best_neighbourhood_per_track,
+from refrain.matcher.triplet import (_NEIGHBOURS_2D, _PITCH_STRIDE, _best_neighbourhood_per_track, _cell_members,
                                      _contenders_in_vote_order, _fit_time_line, _lookup_once_per_code,
                                      _may_hold_a_line)
 from refrain.matcher.types import Alignment
@@ -353,3 +353,24 @@ def test_the_strongest_tracks_hits_come_in_vote_order_with_their_geometry():
                 anchor_positions[rows] - bins[order], rows, frames[order])
     for got, wanted in zip(found, expected):
         np.testing.assert_array_equal(got, wanted)
+
+
+def test_a_candidate_cells_members_are_the_active_hits_within_one_cell_of_it():
+    rng = np.random.default_rng(4)
+    track_ids = np.sort(rng.choice([1, 3, 8], size=6_000)).astype(np.int64)
+    cells = ((128 + rng.integers(-5, 6, 6_000)) * _PITCH_STRIDE + 128 + rng.integers(-7, 8, 6_000)).astype(np.int64)
+    order = vote_order(track_ids, cells)
+    track_ids, cells = track_ids[order], cells[order]
+    active = rng.random(6_000) < 0.8
+    tracks = np.array([3, 8])
+    firsts, lasts = np.searchsorted(track_ids, tracks), np.searchsorted(track_ids, tracks + 1)
+    centres = np.array([130 * _PITCH_STRIDE + 126, 128 * _PITCH_STRIDE + 128, 133 * _PITCH_STRIDE + 135,
+                        124 * _PITCH_STRIDE + 121])
+    members, sizes = _cell_members(firsts, lasts, active, cells, centres, np.array([3, 1]))
+    expected = []
+    for centre, track in zip(centres, [3, 3, 3, 8]):
+        near = (track_ids == track) & active & (np.abs(cells // _PITCH_STRIDE - centre // _PITCH_STRIDE) <= 1) \
+            & (np.abs(cells % _PITCH_STRIDE - centre % _PITCH_STRIDE) <= 1)
+        expected.append(np.flatnonzero(near))
+    assert sizes.tolist() == [len(e) for e in expected] and all(len(e) for e in expected)
+    assert members.tolist() == np.concatenate(expected).tolist()
