@@ -547,7 +547,20 @@ def _may_hold_a_line(members, sizes, query_frames, ref_frames, ratio, min_aligne
             continue
         hits = members[start:end]
         median = np.median(ratio[hits])  # the fit's first ratio, as it takes it
-        offsets = np.sort(ref_frames[hits] - median * query_frames[hits])
+        offsets = ref_frames[hits] - median * query_frames[hits]
+        # In buckets one stretch wide, a stretch's offsets lie in three neighbouring
+        # buckets at most (two, but for rounding): only buckets in a run of three that
+        # holds min_aligned offsets can hold it, and only their offsets need sorting.
+        buckets = ((offsets - offsets.min()) / stretch).astype(np.int64)
+        in_bucket = np.zeros(buckets.max() + 3, np.int64)
+        for bucket in buckets:
+            in_bucket[bucket] += 1
+        promising = np.zeros(len(in_bucket), np.bool_)
+        for bucket in range(len(in_bucket) - 2):
+            if in_bucket[bucket] + in_bucket[bucket + 1] + in_bucket[bucket + 2] >= min_aligned:
+                promising[bucket:bucket + 3] = True
+        offsets = np.sort(offsets[promising[buckets]])
+        count = len(offsets)
         last = 0
         for first in range(count):
             while last < count and offsets[last] <= offsets[first] + stretch:

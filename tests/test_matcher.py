@@ -374,3 +374,27 @@ def test_a_candidate_cells_members_are_the_active_hits_within_one_cell_of_it():
         expected.append(np.flatnonzero(near))
     assert sizes.tolist() == [len(e) for e in expected] and all(len(e) for e in expected)
     assert members.tolist() == np.concatenate(expected).tolist()
+
+
+def test_line_pre_screen_sorts_only_promising_offsets_and_decides_as_a_full_sort_does():
+    # The screen's answer is whether some stretch of 20 frames holds min_aligned offsets;
+    # the buckets only spare it sorting the rest. A plain sort of every offset decides alike.
+    rng = np.random.default_rng(9)
+    min_aligned, sets = TripletTier().min_aligned, []
+    for _ in range(400):
+        n = int(rng.integers(1, 60))
+        spread = float(rng.choice([15.0, 40.0, 400.0, 5000.0]))
+        query, ratio = rng.integers(0, 2000, n), rng.uniform(0.99, 1.01, n)
+        sets.append((query, (300 + query + rng.uniform(0, spread, n)).round(), ratio))
+    query_frames, ref_frames, ratios = (np.concatenate(parts) for parts in zip(*sets))
+    sizes = np.array([len(q) for q, _, _ in sets])
+    may_hold = _may_hold_a_line(np.arange(len(query_frames)), sizes, query_frames, ref_frames.astype(np.int64),
+                                ratios, min_aligned)
+    expected = []
+    for query, ref, ratio in sets:
+        offsets = np.sort(ref - np.median(ratio) * query)
+        expected.append(len(offsets) >= min_aligned and bool(
+            (np.searchsorted(offsets, offsets + 2 * 10.0 + 1e-3, side="right") - np.arange(len(offsets))
+             >= min_aligned).any()))
+    assert may_hold.tolist() == expected
+    assert 50 < sum(expected) < 350
