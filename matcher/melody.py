@@ -3,8 +3,8 @@
 Three stages:
 
 1. **Candidates.** The query's chroma is re-timed to each tempo hypothesis
-   (:attr:`MelodyTier.tempo_hypotheses`), cut into segments a quarter of the
-   catalogue hop apart, and each segment's key- and shift-invariant descriptor is
+   (:attr:`MelodyTier.tempo_hypotheses`), cut into segments half the catalogue
+   hop apart, and each segment's key- and shift-invariant descriptor is
    looked up in the melody index (top ``segment_neighbours``). Each hit implies a
    reference time offset; a track's vote under a hypothesis is how much of the query
    its hits cover on one time line (:func:`offset_votes`), so pieces that merely
@@ -313,8 +313,8 @@ def offset_votes(similarity: np.ndarray, tracks: np.ndarray, offsets: np.ndarray
     offsets : np.ndarray of int, shape (n_segments, k)
         Reference chroma frame of the hit's segment minus the query segment's start.
     bin_frames : int
-        Offset bin width (the query segment hop: a query segment starts within half a
-        catalogue hop of the reference segment it matches).
+        Offset bin width (the query segment hop: a query segment starts within a
+        query hop of the reference segment it matches).
     params : MelodyTier
 
     Returns
