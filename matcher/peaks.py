@@ -250,12 +250,13 @@ def _candidates(votes: PairVotes, params: PeaksTier, catalogue: Catalogue,
     keys = vote_keys(votes.track_ids, votes.cells())
     cells, summed, _, _ = neighbourhood_sums(keys, votes.weights, _OFFSET_NEIGHBOURS)
     cell_tracks, cell_offsets = PairVotes.track_offsets(cells)
-    reportable = np.ones(len(cells), dtype=bool)
+    # Which tracks may be candidates, by track id: one look-up per cell.
+    searched = np.ones(int(cell_tracks.max()) + 1, dtype=bool)
     if catalogue.track_durations is not None:
-        reportable &= np.isin(cell_tracks, np.fromiter(catalogue.track_durations, dtype=np.int64))
-    if skip:
-        reportable &= ~np.isin(cell_tracks, np.fromiter(skip, dtype=np.int64))
-    summed = np.where(reportable, summed, 0.0)
+        searched[:] = False
+        searched[[t for t in catalogue.track_durations if t < len(searched)]] = True
+    searched[[t for t in skip if t < len(searched)]] = False
+    summed = np.where(searched[cell_tracks], summed, 0.0)
     wanted = params.candidates * params.offsets_per_candidate
     # Enough cells that ``wanted`` survive the per-track limit and the neighbour rule.
     pool = min(len(cells), 8 * wanted)

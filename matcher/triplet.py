@@ -23,7 +23,7 @@ from refrain.fingerprint.hashes import TRIPLET_MAX_SPAN, hash_triplets, query_tr
 from refrain.index.landmarks import LandmarkIndex
 from refrain.matcher.landmarks import LandmarkTierParams, landmark_matches
 from refrain.matcher.types import Alignment, Calibration, Catalogue, Match, Query
-from refrain.matcher.voting import best_cells_per_track, vote_order, weighted_lookup
+from refrain.matcher.voting import best_cells_per_track, weighted_lookup
 
 __all__ = ["TripletTier"]
 
@@ -35,6 +35,9 @@ _NEIGHBOURS_2D = np.array([dr * _PITCH_STRIDE + dp for dr in (-1, 0, 1) for dp i
 _FIRST_INLIER_REACH = 10.0
 # Line fits at most per candidate (10 s queries settle after two; whole tracks in a few more).
 _MAX_FITS = 8
+# Most (ratio, pitch) vote cells laid out for all tracks at once when ranking them (8 MB):
+# a 150-track catalogue's grids take some 130,000.
+_DENSE_GRID_CELLS = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -137,7 +140,8 @@ def triplet_alignments(fp: Fingerprint, tier: LandmarkIndex, params: TripletTier
         return []
     codes, rows = hash_triplets(triplets, tolerant=True,
                                 pitch_reach_bins=params.max_pitch_shift_semitones * bins_per_semitone)
-    code_ids, code_weights, first_hit, hits_per_code, labels = weighted_lookup(tier, codes, params, candidates)
+    code_ids, code_weights, first_hit, hits_per_code, labels = _lookup_once_per_code(tier, codes, params,
+                                                                                     candidates)
     # A hit's tempo ratio is a reference span over a query span, both whole frames: a
     # table of every such ratio and its cell spares each hit a division and a logarithm.
     ratios = np.arange(TRIPLET_MAX_SPAN + 1)[None, :] / np.arange(1, int(triplets.dt_13.max()) + 1)[:, None]
@@ -152,16 +156,13 @@ def triplet_alignments(fp: Fingerprint, tier: LandmarkIndex, params: TripletTier
         params.max_pitch_shift_semitones * bins_per_semitone)
     if len(track_ids) == 0:
         return []
-    hit_weights = code_weights[hit_codes]
-    # Only the strongest tracks' hits go on to the sort and the per-cell search below.
-    contenders = np.flatnonzero(np.isin(track_ids, _strongest_tracks(track_ids, cells, hit_weights, params)))
-    order = contenders[vote_order(track_ids[contenders], cells[contenders])]
-    track_ids, cells, hit_weights = track_ids[order], cells[order], hit_weights[order]
-    ratio, pitch, query_ids, ref_frames = _hit_geometry(hit_codes[order], hit_positions[order], labels,
-                                                        tier.payload_bits, code_rows, triplets.dt_13,
-                                                        triplets.anchor_positions, ratios)
+    # Only the strongest tracks' hits go on to the per-cell search below, sorted by
+    # (track, cell) as best_cells_per_track needs them, with their geometry.
+    track_ids, cells, hit_weights, ratio, pitch, query_ids, ref_frames = _contenders_in_vote_order(
+        track_ids, cells, hit_codes, hit_positions, code_weights,
+        _strongest_tracks(track_ids, cells, code_weights[hit_codes], params), labels, tier.payload_bits,
+        code_rows, triplets.dt_13, triplets.anchor_positions, ratios)
     query_frames = triplets.anchor_frames[query_ids].astype(np.int64)
-    ratio_cells, pitch_cells = cells // _PITCH_STRIDE, cells % _PITCH_STRIDE
 
     alignments = []
     active = np.ones(len(track_ids), dtype=bool)
@@ -174,7 +175,7 @@ def triplet_alignments(fp: Fingerprint, tier: LandmarkIndex, params: TripletTier
             break
         tracks = np.array([track_id for track_id, _ in best])
         firsts, lasts = np.searchsorted(track_ids, tracks), np.searchsorted(track_ids, tracks + 1)
-        members, sizes = _cell_members(firsts, lasts, active, ratio_cells, pitch_cells,
+        members, sizes = _cell_members(firsts, lasts, active, cells,
                                        np.array([cell for _, track_cells in best for cell in track_cells]),
                                        np.array([len(track_cells) for _, track_cells in best]))
         # Most (track, cell) candidates hold no line; a quick test of each spares those
@@ -219,6 +220,26 @@ def triplet_alignments(fp: Fingerprint, tier: LandmarkIndex, params: TripletTier
     return alignments
 
 
+def _lookup_once_per_code(tier: LandmarkIndex, codes: np.ndarray, params: TripletTier,
+                          candidates: np.ndarray | None
+                          ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`matcher.voting.weighted_lookup` of ``codes`` with each distinct code looked up once.
+
+    Distinct triplets (of several tempo hypotheses, or tolerant codes of near
+    boundaries) often share a code: a third of a 60 s window's 60,000 codes repeat one
+    already asked. Every one of ``codes`` gets the same weight and hits as before; a
+    repeated code's slice of ``labels`` is its first occurrence's, not a copy.
+    """
+    distinct, code_of = np.unique(codes, return_inverse=True)
+    looked_up, weights, first_hit, hits_per_code, labels = weighted_lookup(tier, distinct, params, candidates)
+    slot = np.full(len(distinct), -1, np.int64)
+    slot[looked_up] = np.arange(len(looked_up))
+    slot_of_code = slot[code_of]
+    code_ids = np.flatnonzero(slot_of_code >= 0)
+    slots = slot_of_code[code_ids]
+    return code_ids, weights[slots], first_hit[slots], hits_per_code[slots], labels
+
+
 @numba.njit(cache=True, nogil=True)
 def _plausible_hits(first_hit, hits_per_code, labels, payload_bits, code_rows, dt_13, anchor_positions,
                     ratios, ratio_cells, min_ratio, max_ratio, max_pitch_bins):
@@ -228,7 +249,7 @@ def _plausible_hits(first_hit, hits_per_code, labels, payload_bits, code_rows, d
     ----------
     first_hit, hits_per_code, labels : np.ndarray of int64
         The lookup's hits (:meth:`index.landmarks.LandmarkIndex.lookup_slices`), walked
-        in code order.
+        in code order; codes may share a slice.
     payload_bits : int
         The tier's payload width.
     code_rows : np.ndarray of int64
@@ -254,7 +275,7 @@ def _plausible_hits(first_hit, hits_per_code, labels, payload_bits, code_rows, d
         for ref_span in range(ratios.shape[1]):
             if min_ratio <= ratios[span_row, ref_span] <= max_ratio:
                 ratio_parts[span_row, ref_span] = (ratio_cells[span_row, ref_span] + _CELL_CENTRE) * _PITCH_STRIDE
-    count = len(labels)
+    count = hits_per_code.sum()  # a code's slice may be walked for several query triplets
     track_ids, cells = np.empty(count, np.int64), np.empty(count, np.int64)
     hit_codes, hit_positions = np.empty(count, np.int64), np.empty(count, np.int64)
     payload_mask = (np.int64(1) << payload_bits) - 1
@@ -265,33 +286,82 @@ def _plausible_hits(first_hit, hits_per_code, labels, payload_bits, code_rows, d
         for hit in range(first_hit[code], first_hit[code] + hits_per_code[code]):
             _, ref_bin, ref_span = unpack_triplet_payload(labels[hit] & payload_mask)
             hit_pitch = anchor - ref_bin
-            if parts[ref_span] < 0 or abs(hit_pitch) > max_pitch_bins:
-                continue
+            # Written whether kept or not, the next hit overwriting a rejected one: which
+            # hits pass is as good as random, and a branch on it mispredicts.
             track_ids[kept] = labels[hit] >> payload_bits
             cells[kept] = parts[ref_span] + np.int64(np.round(hit_pitch)) + _CELL_CENTRE
             hit_codes[kept], hit_positions[kept] = code, hit
-            kept += 1
+            kept += (parts[ref_span] >= 0) & (abs(hit_pitch) <= max_pitch_bins)
     return track_ids[:kept], cells[:kept], hit_codes[:kept], hit_positions[:kept]
 
 
 @numba.njit(cache=True, nogil=True)
-def _hit_geometry(hit_codes, hit_positions, labels, payload_bits, code_rows, dt_13, anchor_positions, ratios):
-    """Tempo ratio, pitch shift (bins), query triplet and reference frame of given hits.
+def _contenders_in_vote_order(track_ids, cells, hit_codes, hit_positions, code_weights, strongest, labels,
+                              payload_bits, code_rows, dt_13, anchor_positions, ratios):
+    """The hits of the ``strongest`` tracks, sorted by (track, cell), with their weight and geometry.
 
-    Taken for the strongest tracks' hits only, from the same arguments as
-    :func:`_plausible_hits` and its ``hit_codes`` and ``hit_positions``.
+    The order is :func:`matcher.voting.vote_order`'s (a stable sort by track, then
+    cell), found by counting: a contender's tracks and cells span a few thousand
+    (track, cell) pairs. Each hit's geometry is taken as the hits are walked in the
+    lookup's order, which reads ``labels`` forward.
+
+    Parameters
+    ----------
+    track_ids, cells, hit_codes, hit_positions : np.ndarray of int64
+        The plausible hits (:func:`_plausible_hits`).
+    code_weights : np.ndarray of float64
+        Each looked-up code's weight.
+    strongest : np.ndarray of int64
+        The tracks kept.
+    labels, payload_bits, code_rows, dt_13, anchor_positions, ratios
+        As for :func:`_plausible_hits`.
+
+    Returns
+    -------
+    track_ids, cells : np.ndarray of int64
+    weights, ratio, pitch : np.ndarray of float64
+        Each hit's weight, tempo ratio and pitch shift (bins).
+    query_ids, ref_frames : np.ndarray of int64
+        Each hit's query triplet and reference frame.
     """
-    count = len(hit_codes)
-    ratio, pitch = np.empty(count, np.float64), np.empty(count, np.float64)
+    n_tracks = track_ids.max() + 1
+    rank = np.full(n_tracks, -1, np.int64)
+    for track in np.sort(strongest):
+        if track < n_tracks:
+            rank[track] = 0
+    kept_tracks = 0
+    for track in range(n_tracks):
+        if rank[track] == 0:
+            rank[track] = kept_tracks
+            kept_tracks += 1
+    lowest_cell = cells.min()
+    cell_span = cells.max() - lowest_cell + 1
+    keys = np.empty(len(track_ids), np.int64)
+    slots = np.zeros(kept_tracks * cell_span + 1, np.int64)
+    count = 0
+    for hit in range(len(track_ids)):
+        keys[hit] = -1 if rank[track_ids[hit]] < 0 else rank[track_ids[hit]] * cell_span + cells[hit] - lowest_cell
+        if keys[hit] >= 0:
+            slots[keys[hit] + 1] += 1
+            count += 1
+    slots = np.cumsum(slots)
+    out_tracks, out_cells = np.empty(count, np.int64), np.empty(count, np.int64)
+    weights, ratio, pitch = np.empty(count, np.float64), np.empty(count, np.float64), np.empty(count, np.float64)
     query_ids, ref_frames = np.empty(count, np.int64), np.empty(count, np.int64)
     payload_mask = (np.int64(1) << payload_bits) - 1
-    for index in range(count):
-        row = code_rows[hit_codes[index]]
-        ref_frame, ref_bin, ref_span = unpack_triplet_payload(labels[hit_positions[index]] & payload_mask)
-        ratio[index] = ratios[dt_13[row] - 1, ref_span]
-        pitch[index] = np.float64(anchor_positions[row]) - ref_bin
-        query_ids[index], ref_frames[index] = row, ref_frame
-    return ratio, pitch, query_ids, ref_frames
+    for hit in range(len(track_ids)):
+        if keys[hit] < 0:
+            continue
+        slot = slots[keys[hit]]
+        slots[keys[hit]] += 1
+        row = code_rows[hit_codes[hit]]
+        ref_frame, ref_bin, ref_span = unpack_triplet_payload(labels[hit_positions[hit]] & payload_mask)
+        out_tracks[slot], out_cells[slot] = track_ids[hit], cells[hit]
+        weights[slot] = code_weights[hit_codes[hit]]
+        ratio[slot] = ratios[dt_13[row] - 1, ref_span]
+        pitch[slot] = np.float64(anchor_positions[row]) - ref_bin
+        query_ids[slot], ref_frames[slot] = row, ref_frame
+    return out_tracks, out_cells, weights, ratio, pitch, query_ids, ref_frames
 
 
 def _strongest_tracks(track_ids: np.ndarray, cells: np.ndarray, weights: np.ndarray,
@@ -308,12 +378,18 @@ def _strongest_tracks(track_ids: np.ndarray, cells: np.ndarray, weights: np.ndar
 
 
 @numba.njit(cache=True, nogil=True)
-def _best_neighbourhood_per_track(track_ids, cells, weights):
+def _best_neighbourhood_per_track(track_ids, cells, weights, dense_grid_cells=_DENSE_GRID_CELLS):
     """Each track's heaviest 3 x 3 (ratio, pitch) neighbourhood centred on a cell with votes.
 
-    The hits' cells and weights are bucketed by track (a counting sort, keeping their
-    order), and each track's votes are laid on one small reused grid: time and memory
-    grow with the hits and the catalogue's tracks, not with their product.
+    Every track's votes lie on one small grid of the query's (ratio, pitch) cells with
+    a border of one cell all round. When all tracks' grids together hold at most
+    ``dense_grid_cells`` cells (a catalogue of up to about a thousand tracks), the votes
+    are laid on them in one pass and each grid's cells scanned once: the hits are
+    walked once, not bucketed by track first. Otherwise the hits' cells and weights are
+    bucketed by track (a counting sort, keeping their order) and each track's laid on
+    one reused grid: time and memory then grow with the hits and the catalogue's
+    tracks, not with their product. Weights are positive, so a cell has votes exactly
+    when its sum is above 0.
 
     Returns
     -------
@@ -323,11 +399,36 @@ def _best_neighbourhood_per_track(track_ids, cells, weights):
         Each one's heaviest neighbourhood.
     """
     ratio_cells, pitch_cells = cells // _PITCH_STRIDE, cells % _PITCH_STRIDE
-    # A grid with a border of one cell all round, flattened row by row.
+    # A track's grid, border included, flattened row by row.
     lowest_ratio, lowest_pitch = ratio_cells.min() - 1, pitch_cells.min() - 1
     width = pitch_cells.max() - lowest_pitch + 2
-    grid = np.zeros((ratio_cells.max() - lowest_ratio + 2) * width)
+    height = ratio_cells.max() - lowest_ratio + 2
+    size = height * width
     n_tracks = track_ids.max() + 1
+    # Summed in the order best_cells_per_track adds a neighbourhood: the same floats.
+    neighbours = np.array([dr * width + dp for dr in (-1, 0, 1) for dp in (-1, 0, 1)])
+    tracks, best = np.empty(n_tracks, np.int64), np.empty(n_tracks, np.float64)
+    found = 0
+    if n_tracks * size <= dense_grid_cells:
+        grids = np.zeros(n_tracks * size)
+        for hit in range(len(track_ids)):
+            grids[track_ids[hit] * size + (ratio_cells[hit] - lowest_ratio) * width
+                  + pitch_cells[hit] - lowest_pitch] += weights[hit]
+        for track in range(n_tracks):
+            top, voted = 0.0, False
+            for row in range(1, height - 1):
+                for cell in range(track * size + row * width + 1, track * size + row * width + width - 1):
+                    if grids[cell] > 0.0:
+                        voted = True
+                        total = 0.0
+                        for neighbour in neighbours:
+                            total += grids[cell + neighbour]
+                        top = max(top, total)
+            if voted:
+                tracks[found], best[found] = track, top
+                found += 1
+        return tracks[:found], best[:found]
+    grid = np.zeros(size)
     bucket_end = np.zeros(n_tracks + 1, np.int64)
     for track in track_ids:
         bucket_end[track + 1] += 1
@@ -339,10 +440,6 @@ def _best_neighbourhood_per_track(track_ids, cells, weights):
         grid_cells[slot] = (ratio_cells[hit] - lowest_ratio) * width + pitch_cells[hit] - lowest_pitch
         cell_weights[slot] = weights[hit]
         filled[track_ids[hit]] += 1
-    # Summed in the order best_cells_per_track adds a neighbourhood: the same floats.
-    neighbours = np.array([dr * width + dp for dr in (-1, 0, 1) for dp in (-1, 0, 1)])
-    tracks, best = np.empty(n_tracks, np.int64), np.empty(n_tracks, np.float64)
-    found = 0
     for track in range(n_tracks):
         first, end = bucket_end[track], bucket_end[track + 1]
         if first == end:
@@ -363,8 +460,12 @@ def _best_neighbourhood_per_track(track_ids, cells, weights):
 
 
 @numba.njit(cache=True, nogil=True)
-def _cell_members(firsts, lasts, active, ratio_cells, pitch_cells, centres, centres_per_track):
+def _cell_members(firsts, lasts, active, cells, centres, centres_per_track):
     """The active hits of each candidate (track, cell): those within one cell of its centre.
+
+    A track's hits are sorted by cell (``ratio_cell * _PITCH_STRIDE + pitch_cell``), so
+    the hits of each of the centre's three ratio rows are one slice, found by a binary
+    search: the work follows the members, not the track's hits times its centres.
 
     Parameters
     ----------
@@ -372,8 +473,8 @@ def _cell_members(firsts, lasts, active, ratio_cells, pitch_cells, centres, cent
         Each candidate track's slice of the hits.
     active : np.ndarray of bool
         Hits not yet taken by an alignment.
-    ratio_cells, pitch_cells : np.ndarray of int64
-        Every hit's cells.
+    cells : np.ndarray of int64
+        Every hit's cell, increasing within each track's slice.
     centres : np.ndarray of int64
         The candidate cells, track by track.
     centres_per_track : np.ndarray of int64
@@ -391,20 +492,22 @@ def _cell_members(firsts, lasts, active, ratio_cells, pitch_cells, centres, cent
     for filling in (False, True):
         if filling:
             members = np.empty(sizes.sum(), np.int64)
-            filled = np.cumsum(sizes) - sizes
+        kept = 0
         first_centre = 0
         for track in range(len(firsts)):
-            for hit in range(firsts[track], lasts[track]):
-                if not active[hit]:
-                    continue
-                for centre in range(first_centre, first_centre + centres_per_track[track]):
-                    if abs(ratio_cells[hit] - centres[centre] // _PITCH_STRIDE) <= 1 \
-                            and abs(pitch_cells[hit] - centres[centre] % _PITCH_STRIDE) <= 1:
-                        if filling:
-                            members[filled[centre]] = hit
-                            filled[centre] += 1
-                        else:
-                            sizes[centre] += 1
+            own = cells[firsts[track]:lasts[track]]
+            for centre in range(first_centre, first_centre + centres_per_track[track]):
+                for row in (-1, 0, 1):
+                    middle = centres[centre] + row * _PITCH_STRIDE
+                    start = firsts[track] + np.searchsorted(own, middle - 1)
+                    end = firsts[track] + np.searchsorted(own, middle + 1, side="right")
+                    for hit in range(start, end):
+                        if active[hit]:
+                            if filling:
+                                members[kept] = hit
+                                kept += 1
+                            else:
+                                sizes[centre] += 1
             first_centre += centres_per_track[track]
     return members, sizes
 
@@ -444,7 +547,20 @@ def _may_hold_a_line(members, sizes, query_frames, ref_frames, ratio, min_aligne
             continue
         hits = members[start:end]
         median = np.median(ratio[hits])  # the fit's first ratio, as it takes it
-        offsets = np.sort(ref_frames[hits] - median * query_frames[hits])
+        offsets = ref_frames[hits] - median * query_frames[hits]
+        # In buckets one stretch wide, a stretch's offsets lie in three neighbouring
+        # buckets at most (two, but for rounding): only buckets in a run of three that
+        # holds min_aligned offsets can hold it, and only their offsets need sorting.
+        buckets = ((offsets - offsets.min()) / stretch).astype(np.int64)
+        in_bucket = np.zeros(buckets.max() + 3, np.int64)
+        for bucket in buckets:
+            in_bucket[bucket] += 1
+        promising = np.zeros(len(in_bucket), np.bool_)
+        for bucket in range(len(in_bucket) - 2):
+            if in_bucket[bucket] + in_bucket[bucket + 1] + in_bucket[bucket + 2] >= min_aligned:
+                promising[bucket:bucket + 3] = True
+        offsets = np.sort(offsets[promising[buckets]])
+        count = len(offsets)
         last = 0
         for first in range(count):
             while last < count and offsets[last] <= offsets[first] + stretch:

@@ -12,7 +12,7 @@ from refrain.index.melody import MelodyIndex
 from refrain.matcher.melody import MelodyTier, compress_chroma, offset_votes, prescreen, verify_candidates
 
 PARAMS = MelodyTier()
-BIN = 4  # offset bin = the query segment hop (16 // 4 chroma frames)
+BIN = 8  # offset bin = the query segment hop (16 // 2 chroma frames)
 
 
 def hits(per_segment: list[list[tuple[int, float, int]]], k: int = 4):

@@ -13,11 +13,14 @@ import pytest
 import soxr
 
 from refrain.fingerprint import fingerprint_signal
+from refrain.fingerprint.hashes import hash_triplets, query_triplets
 from refrain.matcher import MatchParams, PairTier, TripletTier
 from refrain.matcher.landmarks import alignment_spans
-from refrain.matcher.triplet import _fit_time_line, _may_hold_a_line
+from refrain.matcher.triplet import (_NEIGHBOURS_2D, _PITCH_STRIDE, _best_neighbourhood_per_track, _cell_members,
+                                     _contenders_in_vote_order, _fit_time_line, _lookup_once_per_code,
+                                     _may_hold_a_line)
 from refrain.matcher.types import Alignment
-from refrain.matcher.voting import best_cells_per_track, vote_order
+from refrain.matcher.voting import best_cells_per_track, vote_order, weighted_lookup
 from refrain.api import Refrain
 from refrain.config import Config
 from refrain.synth import add_noise
@@ -258,6 +261,7 @@ def test_warm_up_compiles_the_kernels_a_query_needs(catalogue_index):
         kernels = [peaks._rank_in_sliding_window, hashes._targets_in_zone, pair._votes_in_code_order,
                    pair._best_per_track, pair._sorted_votes,
                    voting.neighbourhood_sums, triplet._plausible_hits, triplet._best_neighbourhood_per_track,
+                   triplet._contenders_in_vote_order,
                    peaks_tier._meetings_of, proposals._hit_cells, landmarks._compact_track_bounds]
         assert not any(kernel.signatures for kernel in kernels)
         with Refrain.open({str(catalogue_index.directory)!r}) as refrain:
@@ -282,3 +286,116 @@ def test_the_time_line_fit_follows_a_whole_track_from_a_rough_first_ratio():
                                                  TripletTier())
     assert time_ratio == pytest.approx(1.1, rel=1e-3) and offset == pytest.approx(40, abs=2)
     assert inliers.mean() > 0.99
+
+
+def test_track_ranking_is_the_same_on_dense_grids_and_on_track_buckets():
+    # Both ways of laying the votes out give each track's heaviest 3 x 3 neighbourhood,
+    # to the last bit, as best_cells_per_track sums it.
+    rng = np.random.default_rng(5)
+    count = 20_000
+    track_ids = rng.choice([0, 3, 4, 9, 40], size=count).astype(np.int64)
+    cells = ((128 + rng.integers(-9, 10, count)) * _PITCH_STRIDE + 128 + rng.integers(-14, 15, count)).astype(np.int64)
+    weights = rng.uniform(0.05, 1.0, count)
+    dense = _best_neighbourhood_per_track(track_ids, cells, weights)
+    bucketed = _best_neighbourhood_per_track(track_ids, cells, weights, 0)
+    assert dense[0].tolist() == bucketed[0].tolist() == [0, 3, 4, 9, 40]
+    assert dense[1].tolist() == bucketed[1].tolist()
+    order = vote_order(track_ids, cells)
+    ranked = best_cells_per_track(track_ids[order], cells[order], weights[order], _NEIGHBOURS_2D, 0.0, 5)
+    heaviest = dict(zip(dense[0].tolist(), dense[1].tolist()))
+    for track, (cell,) in ranked:
+        in_reach = (track_ids == track) & (np.abs(cells // _PITCH_STRIDE - cell // _PITCH_STRIDE) <= 1) \
+            & (np.abs(cells % _PITCH_STRIDE - cell % _PITCH_STRIDE) <= 1)
+        assert heaviest[track] == pytest.approx(weights[in_reach].sum(), rel=1e-12)
+
+
+def test_a_code_asked_twice_gets_the_hits_and_weight_of_one_lookup(catalogue, songs):
+    # A query's triplets under several tempo hypotheses share codes; each distinct code
+    # is looked up once, and every code still gets what weighted_lookup gives it.
+    fpp, params = catalogue.params, TripletTier()
+    query = fingerprint_signal(soxr.resample(songs[44].excerpt(3.0, 12.0), SR, fpp.sample_rate), fpp)
+    triplets = query_triplets(query.peaks, fpp.triplet_near_zone, fpp.triplet_far_zone, fpp.triplet_per_zone,
+                              fpp.triplet_df_max, params.tempo_hypotheses)
+    codes, _ = hash_triplets(triplets, tolerant=True, pitch_reach_bins=params.max_pitch_shift_semitones
+                             * fpp.bins_per_octave / 12)
+    assert len(np.unique(codes)) < len(codes)
+    tier = catalogue.store.tiers["triplet"]
+    once = _lookup_once_per_code(tier, codes, params, None)
+    each = weighted_lookup(tier, codes, params, None)
+    assert once[0].tolist() == each[0].tolist() and once[1].tolist() == each[1].tolist()
+    assert once[3].tolist() == each[3].tolist() and once[3].sum() > 0
+    for first_once, first_each, count in zip(once[2], each[2], once[3]):
+        assert once[4][first_once:first_once + count].tolist() == each[4][first_each:first_each + count].tolist()
+    assert len(once[4]) < len(each[4])
+
+
+def test_the_strongest_tracks_hits_come_in_vote_order_with_their_geometry():
+    # The counting sort keeps the hits of the kept tracks in vote_order's order (track,
+    # then cell, ties as given), each with the weight and geometry its lookup gave.
+    rng = np.random.default_rng(11)
+    count, payload_bits, n_codes, n_rows = 5_000, 36, 300, 120
+    track_ids = rng.choice([2, 5, 6, 17], size=count).astype(np.int64)
+    cells = ((128 + rng.integers(-6, 7, count)) * _PITCH_STRIDE + 128 + rng.integers(-9, 10, count)).astype(np.int64)
+    hit_codes = rng.integers(0, n_codes, count).astype(np.int64)
+    frames, bins, spans = rng.integers(0, 1 << 20, count), rng.integers(0, 256, count), rng.integers(1, 64, count)
+    labels = (track_ids << payload_bits) | (frames << 14) | (bins << 6) | spans
+    hit_positions = rng.permutation(count).astype(np.int64)
+    labels = labels[np.argsort(hit_positions)]
+    code_weights, code_rows = rng.uniform(0.1, 1.0, n_codes), rng.integers(0, n_rows, n_codes).astype(np.int64)
+    dt_13, anchor_positions = rng.integers(1, 50, n_rows).astype(np.int64), rng.uniform(0, 200, n_rows)
+    ratios = np.arange(64)[None, :] / np.arange(1, 50)[:, None]
+    found = _contenders_in_vote_order(track_ids, cells, hit_codes, hit_positions, code_weights,
+                                      np.array([17, 5]), labels, payload_bits, code_rows, dt_13, anchor_positions,
+                                      ratios)
+    kept = np.flatnonzero(np.isin(track_ids, [5, 17]))
+    order = kept[vote_order(track_ids[kept], cells[kept])]
+    rows = code_rows[hit_codes[order]]
+    expected = (track_ids[order], cells[order], code_weights[hit_codes[order]], ratios[dt_13[rows] - 1, spans[order]],
+                anchor_positions[rows] - bins[order], rows, frames[order])
+    for got, wanted in zip(found, expected):
+        np.testing.assert_array_equal(got, wanted)
+
+
+def test_a_candidate_cells_members_are_the_active_hits_within_one_cell_of_it():
+    rng = np.random.default_rng(4)
+    track_ids = np.sort(rng.choice([1, 3, 8], size=6_000)).astype(np.int64)
+    cells = ((128 + rng.integers(-5, 6, 6_000)) * _PITCH_STRIDE + 128 + rng.integers(-7, 8, 6_000)).astype(np.int64)
+    order = vote_order(track_ids, cells)
+    track_ids, cells = track_ids[order], cells[order]
+    active = rng.random(6_000) < 0.8
+    tracks = np.array([3, 8])
+    firsts, lasts = np.searchsorted(track_ids, tracks), np.searchsorted(track_ids, tracks + 1)
+    centres = np.array([130 * _PITCH_STRIDE + 126, 128 * _PITCH_STRIDE + 128, 133 * _PITCH_STRIDE + 135,
+                        124 * _PITCH_STRIDE + 121])
+    members, sizes = _cell_members(firsts, lasts, active, cells, centres, np.array([3, 1]))
+    expected = []
+    for centre, track in zip(centres, [3, 3, 3, 8]):
+        near = (track_ids == track) & active & (np.abs(cells // _PITCH_STRIDE - centre // _PITCH_STRIDE) <= 1) \
+            & (np.abs(cells % _PITCH_STRIDE - centre % _PITCH_STRIDE) <= 1)
+        expected.append(np.flatnonzero(near))
+    assert sizes.tolist() == [len(e) for e in expected] and all(len(e) for e in expected)
+    assert members.tolist() == np.concatenate(expected).tolist()
+
+
+def test_line_pre_screen_sorts_only_promising_offsets_and_decides_as_a_full_sort_does():
+    # The screen's answer is whether some stretch of 20 frames holds min_aligned offsets;
+    # the buckets only spare it sorting the rest. A plain sort of every offset decides alike.
+    rng = np.random.default_rng(9)
+    min_aligned, sets = TripletTier().min_aligned, []
+    for _ in range(400):
+        n = int(rng.integers(1, 60))
+        spread = float(rng.choice([15.0, 40.0, 400.0, 5000.0]))
+        query, ratio = rng.integers(0, 2000, n), rng.uniform(0.99, 1.01, n)
+        sets.append((query, (300 + query + rng.uniform(0, spread, n)).round(), ratio))
+    query_frames, ref_frames, ratios = (np.concatenate(parts) for parts in zip(*sets))
+    sizes = np.array([len(q) for q, _, _ in sets])
+    may_hold = _may_hold_a_line(np.arange(len(query_frames)), sizes, query_frames, ref_frames.astype(np.int64),
+                                ratios, min_aligned)
+    expected = []
+    for query, ref, ratio in sets:
+        offsets = np.sort(ref - np.median(ratio) * query)
+        expected.append(len(offsets) >= min_aligned and bool(
+            (np.searchsorted(offsets, offsets + 2 * 10.0 + 1e-3, side="right") - np.arange(len(offsets))
+             >= min_aligned).any()))
+    assert may_hold.tolist() == expected
+    assert 50 < sum(expected) < 350
