@@ -241,7 +241,7 @@ def _candidates(hits: PairHits, params: PeaksTier, catalogue: Catalogue,
     the true offset slightly more often, 41 vs 39 of 60 real -12 dB mixes, at three
     times the query time.) A candidate's votes are those of its offset and the two
     next to it, sorted by offset, ties in code order. Only the chosen candidates' votes
-    are made: every (track, offset) cell's weight is scored from the hits in place
+    are made: every (track, offset) cell's weight is scored from the hits grouped by track
     (:func:`~matcher.pair.pair_cells`).
     """
     # Weight of each (track, offset) cell plus its two neighbouring offsets, in (track, offset) order

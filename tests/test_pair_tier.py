@@ -1,4 +1,4 @@
-"""The pair and peaks tiers score the pair hits in place and make votes only for the tracks they need.
+"""The pair and peaks tiers score the pair hits grouped by track and make votes only for the tracks they need.
 
 The reference is the algorithm they replaced, kept here: every hit made a vote (six arrays
 per hit), the votes were sorted by (track, offset) with :func:`~matcher.voting.vote_order`,
