@@ -249,13 +249,13 @@ def _candidates(hits: PairHits, params: PeaksTier, catalogue: Catalogue,
     cell_tracks, cell_offsets, summed = pair_cells(hits, _OFFSET_NEIGHBOURS)
     if len(summed) == 0:
         return []
-    # Which tracks may be candidates, by track id: one look-up per cell.
-    searched = np.ones(int(cell_tracks.max()) + 1, dtype=bool)
-    if catalogue.track_durations is not None:
-        searched[:] = False
-        searched[[t for t in catalogue.track_durations if t < len(searched)]] = True
-    searched[[t for t in skip if t < len(searched)]] = False
-    summed = np.where(searched[cell_tracks], summed, 0.0)
+    # The cells of tracks that may not be candidates weigh nothing: one look-up per track
+    # with hits, whose cells are contiguous (not one per cell: 3 ms of a 1-minute upload).
+    durations = catalogue.track_durations
+    for track_id in hits.by_track[0].tolist():
+        if track_id in skip or (durations is not None and track_id not in durations):
+            first, end = np.searchsorted(cell_tracks, [track_id, track_id + 1])
+            summed[first:end] = 0.0
     wanted = params.candidates * params.offsets_per_candidate
     # Enough cells that ``wanted`` survive the per-track limit and the neighbour rule.
     pool = min(len(summed), 8 * wanted)
