@@ -27,9 +27,8 @@ from refrain.fingerprint import Fingerprint
 from refrain.fingerprint.hashes import unhash_landmarks
 from refrain.fingerprint.peaks import maximum_filter
 from refrain.index.peaks import PeakStore
-from refrain.matcher.pair import PairTier, PairVotes, pair_votes
+from refrain.matcher.pair import PairHits, PairTier, pair_cells, pair_hits, pair_votes_on
 from refrain.matcher.types import Calibration, Catalogue, Match, Query, Span
-from refrain.matcher.voting import neighbourhood_sums, vote_keys
 
 __all__ = ["PeaksTier"]
 
@@ -103,17 +102,17 @@ class PeaksTier:
     def find(self, query: Query, catalogue: Catalogue, skip: AbstractSet[int]) -> list[Match]:
         """Tracks the query holds under louder audio (see :class:`~matcher.types.Tier`).
 
-        Candidates come from the pair tier's votes of the same window (looked up here
+        Candidates come from the pair tier's hits of the same window (looked up here
         with the default pair weighting if the pair tier did not run); the index needs
         its pair tier and its peak store, the query its dense peaks.
         """
         if self.name not in catalogue.tiers or PairTier.name not in catalogue.tiers:
             return []
-        return peaks_matches(query.fingerprint, pair_votes(query, catalogue, PairTier()),
+        return peaks_matches(query.fingerprint, pair_hits(query, catalogue, PairTier()),
                              catalogue.tiers[self.name], self, catalogue, skip)
 
 
-def peaks_matches(fp: Fingerprint, votes: PairVotes, peaks: PeakStore, params: PeaksTier,
+def peaks_matches(fp: Fingerprint, hits: PairHits, peaks: PeakStore, params: PeaksTier,
                   catalogue: Catalogue, skip: AbstractSet[int] = frozenset()) -> list[Match]:
     """Catalogue tracks the query holds under other audio, verified peak by peak.
 
@@ -122,8 +121,8 @@ def peaks_matches(fp: Fingerprint, votes: PairVotes, peaks: PeakStore, params: P
     fp : Fingerprint
         The query, with :attr:`~fingerprint.Fingerprint.dense_peaks` (else nothing is
         searched).
-    votes : PairVotes
-        The query's pair-tier votes (:func:`matcher.pair.pair_votes`): propose candidates.
+    hits : PairHits
+        The query's pair-tier hits (:func:`matcher.pair.pair_hits`): their votes propose candidates.
     peaks : PeakStore
         The catalogue's peaks: verify them.
     params : PeaksTier
@@ -155,10 +154,10 @@ def peaks_matches(fp: Fingerprint, votes: PairVotes, peaks: PeakStore, params: P
     compared = np.concatenate([[0], _background_shifts(params, fpp.frame_seconds)])
 
     best: dict[int, Match] = {}
-    for track_id, offset, centre, proposing in _candidates(votes, params, catalogue, skip):
+    for track_id, offset, centre, proposing in _candidates(hits, params, catalogue, skip):
         start = max(0, min(centre - window // 2, n_frames - window))
         end = min(n_frames, start + window)
-        excluded = _proposing_cells(fp, votes.query_ids[proposing], surface.shape)
+        excluded = _proposing_cells(fp, proposing, surface.shape)
         surface[excluded] |= _EXCLUDED
         z = _standard_score(_coincidence(surface, peaks, track_id, offset, start, end, compared,
                                          params.min_peaks), params)
@@ -233,39 +232,39 @@ def _background_shifts(params: PeaksTier, frame_seconds: float) -> np.ndarray:
     return np.concatenate([-before[::-1], after])
 
 
-def _candidates(votes: PairVotes, params: PeaksTier, catalogue: Catalogue,
-                skip: AbstractSet[int]) -> list[tuple[int, int, int, slice]]:
-    """(track, offset, query frame at the centre of its votes, its votes) of the best-voted offsets.
+def _candidates(hits: PairHits, params: PeaksTier, catalogue: Catalogue,
+                skip: AbstractSet[int]) -> list[tuple[int, int, int, np.ndarray]]:
+    """(track, offset, query frame at the centre of its votes, its votes' query landmarks) of the best-voted offsets.
 
     The pair tier's votes, with no threshold beyond ``min_votes``:
     verification, not the vote, decides. (Pair landmarks of the dense peaks proposed
     the true offset slightly more often, 41 vs 39 of 60 real -12 dB mixes, at three
     times the query time.) A candidate's votes are those of its offset and the two
-    next to it, a slice of ``votes``.
+    next to it, sorted by offset, ties in code order. Only the chosen candidates' votes
+    are made: every (track, offset) cell's weight is scored from the hits grouped by track
+    (:func:`~matcher.pair.pair_cells`).
     """
-    if len(votes) == 0:
+    # Weight of each (track, offset) cell plus its two neighbouring offsets, in (track, offset) order
+    # (no early return without hits: a warm-up query compiles the kernel).
+    cell_tracks, cell_offsets, summed = pair_cells(hits, _OFFSET_NEIGHBOURS)
+    if len(summed) == 0:
         return []
-    # Votes come sorted by (track, offset). Weight of each (track, offset) cell plus its
-    # two neighbouring offsets:
-    keys = vote_keys(votes.track_ids, votes.cells())
-    cells, summed, _, _ = neighbourhood_sums(keys, votes.weights, _OFFSET_NEIGHBOURS)
-    cell_tracks, cell_offsets = PairVotes.track_offsets(cells)
-    # Which tracks may be candidates, by track id: one look-up per cell.
-    searched = np.ones(int(cell_tracks.max()) + 1, dtype=bool)
-    if catalogue.track_durations is not None:
-        searched[:] = False
-        searched[[t for t in catalogue.track_durations if t < len(searched)]] = True
-    searched[[t for t in skip if t < len(searched)]] = False
-    summed = np.where(searched[cell_tracks], summed, 0.0)
+    # The cells of tracks that may not be candidates weigh nothing: one look-up per track
+    # with hits, whose cells are contiguous (not one per cell: 3 ms of a 1-minute upload).
+    durations = catalogue.track_durations
+    for track_id in hits.by_track[0].tolist():
+        if track_id in skip or (durations is not None and track_id not in durations):
+            first, end = np.searchsorted(cell_tracks, [track_id, track_id + 1])
+            summed[first:end] = 0.0
     wanted = params.candidates * params.offsets_per_candidate
     # Enough cells that ``wanted`` survive the per-track limit and the neighbour rule.
-    pool = min(len(cells), 8 * wanted)
+    pool = min(len(summed), 8 * wanted)
     best = np.argpartition(-summed, pool - 1)[:pool]
     best = best[np.argsort(-summed[best], kind="stable")]
-    candidates: list[tuple[int, int, int, slice]] = []
+    chosen: list[tuple[int, int]] = []
     taken: dict[int, list[int]] = {}
     for cell_index in best:
-        if summed[cell_index] < params.min_votes or len(candidates) == wanted:
+        if summed[cell_index] < params.min_votes or len(chosen) == wanted:
             break
         track_id, offset = int(cell_tracks[cell_index]), int(cell_offsets[cell_index])
         track_offsets = taken.get(track_id, [])
@@ -274,8 +273,13 @@ def _candidates(votes: PairVotes, params: PeaksTier, catalogue: Catalogue,
                 or any(abs(offset - other) <= 2 for other in track_offsets):
             continue
         taken[track_id] = track_offsets + [offset]
-        lo, hi = np.searchsorted(keys, [cells[cell_index] - 1, cells[cell_index] + 2])
-        candidates.append((track_id, offset, int(np.median(votes.query_frames[lo:hi])), slice(lo, hi)))
+        chosen.append((track_id, offset))
+    votes = pair_votes_on(hits, np.array(sorted(taken), np.int64))
+    candidates = []
+    for track_id, offset in chosen:
+        near = np.flatnonzero((votes.track_ids == track_id) & (np.abs(votes.offsets - offset) <= 1))
+        own = votes[near[np.argsort(votes.offsets[near], kind="stable")]]
+        candidates.append((track_id, offset, int(np.median(own.query_frames)), own.query_ids))
     return candidates
 
 

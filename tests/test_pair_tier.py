@@ -1,9 +1,10 @@
-"""The pair tier scores its hits in place and makes votes only for the tracks that can align.
+"""The pair and peaks tiers score the pair hits grouped by track and make votes only for the tracks they need.
 
-The reference is the algorithm it replaced, kept here: every hit made a vote (six arrays
+The reference is the algorithm they replaced, kept here: every hit made a vote (six arrays
 per hit), the votes were sorted by (track, offset) with :func:`~matcher.voting.vote_order`,
-and :func:`~matcher.pair.pair_alignments` searched them all. The new tier must give the
-same alignments, hit for hit, and :func:`~matcher.pair.pair_votes` the same votes.
+:func:`~matcher.pair.pair_alignments` searched them all and the peaks tier took its
+candidates from their :func:`~matcher.voting.neighbourhood_sums`. The new tiers must give
+the same alignments, hit for hit, and the same candidates with the same votes.
 """
 
 from __future__ import annotations
@@ -18,9 +19,10 @@ from refrain.fingerprint import fingerprint_signal
 from refrain.fingerprint.hashes import TIER_PAYLOAD_BITS
 from refrain.index.landmarks import LandmarkIndex
 from refrain.matcher.pair import (_OFFSET_BIAS, PairHits, PairTier, PairVotes, pair_alignments,
-                                  pair_alignments_of_hits, pair_hits, pair_votes)
+                                  pair_alignments_of_hits, pair_cells, pair_hits)
+from refrain.matcher.peaks import _OFFSET_NEIGHBOURS, PeaksTier, _candidates
 from refrain.matcher.types import Catalogue, Query
-from refrain.matcher.voting import vote_order, weighted_lookup
+from refrain.matcher.voting import neighbourhood_sums, vote_keys, vote_order, weighted_lookup
 from refrain.synth import mix
 
 SR = 22050
@@ -58,9 +60,55 @@ def _assert_same_alignments(expected, found):
             assert np.array_equal(getattr(new, name), getattr(old, name)), name
 
 
-def _assert_same_votes(expected: PairVotes, found: PairVotes):
-    for field in dataclasses.fields(PairVotes):
-        assert np.array_equal(getattr(found, field.name), getattr(expected, field.name)), field.name
+def _reference_candidates(votes: PairVotes, params: PeaksTier, catalogue: Catalogue,
+                          skip: set[int]) -> list[tuple[int, int, int, np.ndarray]]:
+    """The peaks tier's candidates as it took them from every vote (sorted by track, offset)."""
+    if len(votes) == 0:
+        return []
+    keys = vote_keys(votes.track_ids, votes.offsets + _OFFSET_BIAS)
+    cells, summed, _, _ = neighbourhood_sums(keys, votes.weights, _OFFSET_NEIGHBOURS)
+    cell_tracks, cell_offsets = cells >> 32, (cells & 0xFFFFFFFF) - _OFFSET_BIAS
+    searched = np.ones(int(cell_tracks.max()) + 1, dtype=bool)
+    if catalogue.track_durations is not None:
+        searched[:] = False
+        searched[[t for t in catalogue.track_durations if t < len(searched)]] = True
+    searched[[t for t in skip if t < len(searched)]] = False
+    summed = np.where(searched[cell_tracks], summed, 0.0)
+    wanted = params.candidates * params.offsets_per_candidate
+    pool = min(len(cells), 8 * wanted)
+    best = np.argpartition(-summed, pool - 1)[:pool]
+    best = best[np.argsort(-summed[best], kind="stable")]
+    candidates: list[tuple[int, int, int, np.ndarray]] = []
+    taken: dict[int, list[int]] = {}
+    for cell_index in best:
+        if summed[cell_index] < params.min_votes or len(candidates) == wanted:
+            break
+        track_id, offset = int(cell_tracks[cell_index]), int(cell_offsets[cell_index])
+        track_offsets = taken.get(track_id, [])
+        new_track_over_limit = not track_offsets and len(taken) == params.candidates
+        if new_track_over_limit or len(track_offsets) == params.offsets_per_candidate \
+                or any(abs(offset - other) <= 2 for other in track_offsets):
+            continue
+        taken[track_id] = track_offsets + [offset]
+        lo, hi = np.searchsorted(keys, [cells[cell_index] - 1, cells[cell_index] + 2])
+        candidates.append((track_id, offset, int(np.median(votes.query_frames[lo:hi])), votes.query_ids[lo:hi]))
+    return candidates
+
+
+def _assert_same_candidates(expected, found):
+    assert [c[:3] for c in found] == [c[:3] for c in expected]
+    for old, new in zip(expected, found):
+        assert np.array_equal(new[3], old[3])
+
+
+def _assert_same_cells(votes: PairVotes, hits: PairHits, deltas: np.ndarray):
+    """:func:`pair_cells` of the hits are ``neighbourhood_sums`` of their sorted votes, bit for bit."""
+    keys = vote_keys(votes.track_ids, votes.offsets + _OFFSET_BIAS)
+    cells, summed, _, _ = neighbourhood_sums(keys, votes.weights, deltas)
+    tracks, offsets, found = pair_cells(hits, deltas)
+    assert np.array_equal(tracks, cells >> 32)
+    assert np.array_equal(offsets, (cells & 0xFFFFFFFF) - _OFFSET_BIAS)
+    assert np.array_equal(found.view(np.int64), summed.view(np.int64))
 
 
 @pytest.fixture(scope="module")
@@ -115,28 +163,47 @@ def test_candidate_tracks_and_empty_lookups(crowded_store):
     assert pair_alignments_of_hits(_hits(index, nowhere, frames[:2], params), params) == []
 
 
-def test_the_peaks_tier_gets_every_vote_sorted_as_before(crowded_store, catalogue, songs):
+@pytest.mark.parametrize("deltas", [[0, 1, -1], [-1, 0, 1], [0], [0, 2, -2, 1, -1], []])
+def test_every_cell_and_its_neighbourhood_weight_as_from_the_sorted_votes(crowded_store, deltas):
     index, hashes, frames, _ = crowded_store
     params = PairTier(common_hash_entries_per_code=2 ** 8)
-    expected = _reference_votes(index, hashes, frames, params)
-    assert len(expected) == len(_hits(index, hashes, frames, params)) > 50_000
+    votes = _reference_votes(index, hashes, frames, params)
+    assert len(votes) > 50_000
+    _assert_same_cells(votes, _hits(index, hashes, frames, params), np.array(deltas, np.int64))
+
+
+@pytest.mark.parametrize("peaks_params", [PeaksTier(), PeaksTier(candidates=3, offsets_per_candidate=1),
+                                          PeaksTier(candidates=40, offsets_per_candidate=3, min_votes=0.5),
+                                          PeaksTier(candidates=12, offsets_per_candidate=5, min_votes=2.5),
+                                          PeaksTier(candidates=200, offsets_per_candidate=2, min_votes=0.1)])
+@pytest.mark.parametrize("searched", ["all", "some"])
+def test_the_peaks_tiers_candidates_are_those_of_every_vote(crowded_store, catalogue, songs, peaks_params,
+                                                            searched):
+    index, hashes, frames, copied = crowded_store
+    params = PairTier(common_hash_entries_per_code=2 ** 8)
+    durations = None if searched == "all" else {t: 100.0 for t in range(0, 900, 3)}
+    crowded = Catalogue(tiers={"pair": index}, fingerprint_params=catalogue.params, track_durations=durations)
+    skip = set() if searched == "all" else {copied[0], 300, 303}
+    expected = _reference_candidates(_reference_votes(index, hashes, frames, params), peaks_params, crowded, skip)
     fp = dataclasses.replace(fingerprint_signal(songs[30].excerpt(0.0, 10.0), catalogue.params),
                              hashes=hashes, frames=frames)
     query = Query(fingerprint=fp)
-    crowded = Catalogue(tiers={"pair": index}, fingerprint_params=catalogue.params)
-    _assert_same_votes(expected, pair_votes(query, crowded, params))
+    _assert_same_candidates(expected, _candidates(pair_hits(query, crowded, params), peaks_params, crowded, skip))
+    assert len(expected) >= 3
     assert pair_hits(query, crowded, params) is query.shared["pair"]
 
 
-def test_a_query_without_hits_gets_no_votes(crowded_store, catalogue, songs):
+def test_a_query_without_hits_gets_no_candidates(crowded_store, catalogue, songs):
     # Generated tones (the service's warm-up) look up codes that no track holds.
     index, hashes, frames, _ = crowded_store
     nowhere = np.full(len(hashes), 5000, dtype=np.uint32)
     fp = dataclasses.replace(fingerprint_signal(songs[30].excerpt(0.0, 10.0), catalogue.params),
                              hashes=nowhere, frames=frames)
     crowded = Catalogue(tiers={"pair": index}, fingerprint_params=catalogue.params)
-    votes = pair_votes(Query(fingerprint=fp), crowded, PairTier(common_hash_entries_per_code=2 ** 8))
-    assert all(len(getattr(votes, field.name)) == 0 for field in dataclasses.fields(PairVotes))
+    hits = pair_hits(Query(fingerprint=fp), crowded, PairTier(common_hash_entries_per_code=2 ** 8))
+    assert len(hits) == 0
+    assert all(len(values) == 0 for values in pair_cells(hits, _OFFSET_NEIGHBOURS))
+    assert _candidates(hits, PeaksTier(), crowded, set()) == []
 
 
 def test_real_audio_mix_of_two_songs(catalogue, catalogue_index, songs):
@@ -150,3 +217,15 @@ def test_real_audio_mix_of_two_songs(catalogue, catalogue_index, songs):
         found = pair_alignments_of_hits(_hits(index, fp.hashes, fp.frames, params), params)
         _assert_same_alignments(expected, found)
         assert catalogue_index.track_ids[34] in {a.track_id for a in found}
+    # The peaks tier's candidates too (its pair weighting is the default's).
+    params = PairTier()
+    votes = _reference_votes(index, fp.hashes, fp.frames, params)
+    hits = _hits(index, fp.hashes, fp.frames, params)
+    _assert_same_cells(votes, hits, _OFFSET_NEIGHBOURS)
+    searched = Catalogue(tiers=catalogue.store.tiers, fingerprint_params=catalogue.params,
+                         track_durations={t: 30.0 for t in catalogue_index.track_ids.values()})
+    for peaks_params, skip in ((PeaksTier(), set()), (PeaksTier(candidates=4, min_votes=0.3),
+                                                      {catalogue_index.track_ids[34]})):
+        expected = _reference_candidates(votes, peaks_params, searched, skip)
+        _assert_same_candidates(expected, _candidates(hits, peaks_params, searched, skip))
+        assert catalogue_index.track_ids[41] in {c[0] for c in expected}

@@ -9,17 +9,28 @@ import numpy as np
 import pytest
 
 from refrain.fingerprint import Fingerprint, FingerprintParams, Peaks
-from refrain.fingerprint.hashes import Landmarks, hash_landmarks
+from refrain.fingerprint.hashes import TIER_PAYLOAD_BITS, Landmarks, hash_landmarks
 from refrain.index.peaks import PeakStore
 from refrain.index.store import IndexOpenError
 from refrain.matcher import Catalogue, PeaksTier
-from refrain.matcher.pair import PairVotes
+from refrain.matcher.pair import PairHits
 from refrain.matcher.peaks import _background_shifts, peaks_matches
 from refrain.api import Refrain
 from refrain.config import Config
 from refrain.synth import mix
 
 SR = 22050
+
+
+def _hits_on(track_id: int, code_frames: np.ndarray, offsets: list[list[int]]) -> PairHits:
+    """Pair hits of query codes 0, 1, ... (at ``code_frames``, weight 1 each) on one track, at given offsets of each."""
+    bits = TIER_PAYLOAD_BITS["pair"]
+    hits_per_code = np.array([len(own) for own in offsets], np.int64)
+    labels = np.concatenate([(track_id << bits) | (frame + np.sort(np.asarray(own, np.int64)))
+                             for frame, own in zip(code_frames, offsets)])
+    return PairHits(code_ids=np.arange(len(code_frames)), code_weights=np.ones(len(code_frames)),
+                    code_frames=np.asarray(code_frames, np.int64), first_hit=np.cumsum(hits_per_code) - hits_per_code,
+                    hits_per_code=hits_per_code, labels=labels, payload_bits=bits)
 
 
 def _under(background: np.ndarray, song: np.ndarray, gain_db: float) -> np.ndarray:
@@ -115,18 +126,14 @@ def test_a_looped_reference_verified_at_two_offsets_is_one_match():
     in_query = (frames >= 500) & (frames < 500 + n_frames)
     dense = Peaks(frames=(frames[in_query] - 500).astype(np.int32), bins=bins[in_query].astype(np.int32),
                   strength=np.zeros(in_query.sum(), np.float32), bin_offsets=np.zeros(in_query.sum(), np.float32))
-    # Two weak pair votes, one at each loop offset (votes come sorted by track, offset),
-    # from two query landmarks.
+    # Two weak pair votes at each loop offset, from two query landmarks.
     query_frames = np.array([10, 50])
     fp = Fingerprint(hashes=hash_landmarks(Landmarks(query_frames, np.array([20, 30]), query_frames + 5,
                                                      np.array([25, 28]))),
                      frames=query_frames.astype(np.int32), duration=10.0, peaks=dense, triplets=None,
                      dense_peaks=dense)
-    offsets = np.array([500, 500, 900, 900])
-    votes = PairVotes(query_ids=np.array([0, 1, 0, 1]), track_ids=np.full(4, 7),
-                      ref_frames=offsets + np.tile(query_frames, 2), weights=np.ones(4),
-                      query_frames=np.tile(query_frames, 2), offsets=offsets)
-    found = peaks_matches(fp, votes, store, PeaksTier(), Catalogue({}, params))
+    hits = _hits_on(7, query_frames, [[500, 900], [500, 900]])
+    found = peaks_matches(fp, hits, store, PeaksTier(), Catalogue({}, params))
     assert [m.track_id for m in found] == [7]
     assert round(found[0].offset / params.frame_seconds) in (500, 900)
     assert found[0].kind == "mixed" and found[0].tier == "peaks"
@@ -189,12 +196,9 @@ def test_the_peaks_that_proposed_a_candidate_do_not_verify_it(buried):
                    np.concatenate([rng.integers(10, 120, 600), ref_bins[shared]]))
     fp = Fingerprint(hashes=hash_landmarks(landmarks), frames=landmarks.anchor_frames.astype(np.int32),
                      duration=10.0, peaks=dense, triplets=None, dense_peaks=dense)
-    order = np.argsort(landmarks.anchor_frames, kind="stable")
-    query_frames = landmarks.anchor_frames[order]
-    votes = PairVotes(query_ids=order, track_ids=np.full(40, 7), ref_frames=query_frames + offset,
-                      weights=np.ones(40), query_frames=query_frames, offsets=np.full(40, offset))
+    hits = _hits_on(7, landmarks.anchor_frames, [[offset]] * 40)
 
-    found = peaks_matches(fp, votes, store, PeaksTier(), Catalogue({}, params))
+    found = peaks_matches(fp, hits, store, PeaksTier(), Catalogue({}, params))
     if buried:
         assert [m.track_id for m in found] == [7]
         assert round(found[0].offset / params.frame_seconds) == offset
