@@ -263,7 +263,7 @@ def _plausible_hits(first_hit, hits_per_code, labels, payload_bits, code_rows, d
 
     Returns
     -------
-    track_ids, cells, hit_codes, hit_positions : np.ndarray of int64
+    track_ids, cells, hit_codes, hit_positions : np.ndarray of int32
         One row per plausible hit, in code order: its track, its cell
         (``ratio_cell * _PITCH_STRIDE + pitch_cell``, both biased by ``_CELL_CENTRE``),
         which looked-up code it answers and where it lies in ``labels``.
@@ -276,8 +276,13 @@ def _plausible_hits(first_hit, hits_per_code, labels, payload_bits, code_rows, d
             if min_ratio <= ratios[span_row, ref_span] <= max_ratio:
                 ratio_parts[span_row, ref_span] = (ratio_cells[span_row, ref_span] + _CELL_CENTRE) * _PITCH_STRIDE
     count = hits_per_code.sum()  # a code's slice may be walked for several query triplets
-    track_ids, cells = np.empty(count, np.int64), np.empty(count, np.int64)
-    hit_codes, hit_positions = np.empty(count, np.int64), np.empty(count, np.int64)
+    if len(labels) >= 2 ** 31 or len(first_hit) >= 2 ** 31:
+        raise ValueError("too many triplet hits for one query window")
+    # Four bytes a field (track ids lie below 2 ** 26, cells below 2 ** 16, a window's
+    # codes and hits far below 2 ** 31): every hit is written, kept or not, so the
+    # arrays' width is most of this pass's memory traffic.
+    track_ids, cells = np.empty(count, np.int32), np.empty(count, np.int32)
+    hit_codes, hit_positions = np.empty(count, np.int32), np.empty(count, np.int32)
     payload_mask = (np.int64(1) << payload_bits) - 1
     kept = 0
     for code in range(len(first_hit)):
@@ -288,9 +293,9 @@ def _plausible_hits(first_hit, hits_per_code, labels, payload_bits, code_rows, d
             hit_pitch = anchor - ref_bin
             # Written whether kept or not, the next hit overwriting a rejected one: which
             # hits pass is as good as random, and a branch on it mispredicts.
-            track_ids[kept] = labels[hit] >> payload_bits
-            cells[kept] = parts[ref_span] + np.int64(np.round(hit_pitch)) + _CELL_CENTRE
-            hit_codes[kept], hit_positions[kept] = code, hit
+            track_ids[kept] = np.int32(labels[hit] >> payload_bits)
+            cells[kept] = np.int32(parts[ref_span] + np.int64(np.round(hit_pitch)) + _CELL_CENTRE)
+            hit_codes[kept], hit_positions[kept] = np.int32(code), np.int32(hit)
             kept += (parts[ref_span] >= 0) & (abs(hit_pitch) <= max_pitch_bins)
     return track_ids[:kept], cells[:kept], hit_codes[:kept], hit_positions[:kept]
 
@@ -307,7 +312,7 @@ def _contenders_in_vote_order(track_ids, cells, hit_codes, hit_positions, code_w
 
     Parameters
     ----------
-    track_ids, cells, hit_codes, hit_positions : np.ndarray of int64
+    track_ids, cells, hit_codes, hit_positions : np.ndarray of int32
         The plausible hits (:func:`_plausible_hits`).
     code_weights : np.ndarray of float64
         Each looked-up code's weight.
