@@ -214,8 +214,10 @@ def main() -> int:
     report["index_hours"] = info.hours
     report["pair_landmarks_per_second_of_audio"] = round(info.landmarks / (info.hours * 3600), 1)
     report["index_bytes_per_hour_MB"] = round(info.bytes / info.hours / 1e6, 2)
-    for tier_file in ("pairs.npz", "triplets.npz"):
-        report[f"{tier_file}_bytes_per_hour_MB"] = round(info.files[tier_file] / info.hours / 1e6, 2)
+    # A tier is a main file and its delta segments, named after it once rewritten (pairs.npz, pairs.7.npz).
+    for tier in ("pairs", "triplets"):
+        tier_bytes = sum(size for name, size in info.files.items() if name.split(".")[0] == tier)
+        report[f"{tier}_bytes_per_hour_MB"] = round(tier_bytes / info.hours / 1e6, 2)
 
     # -- fingerprint speed from decoded PCM (decode excluded) ------------------------------
     sample = catalogue[:20]
