@@ -241,30 +241,22 @@ def _candidates(hits: PairHits, params: PeaksTier, catalogue: Catalogue,
     the true offset slightly more often, 41 vs 39 of 60 real -12 dB mixes, at three
     times the query time.) A candidate's votes are those of its offset and the two
     next to it, sorted by offset, ties in code order. Only the chosen candidates' votes
-    are made: every (track, offset) cell's weight is scored from the hits grouped by track
-    (:func:`~matcher.pair.pair_cells`).
+    are made: the cells' weights are scored from the hits grouped by track, and only the
+    heaviest few hundred are held (:func:`~matcher.pair.pair_cells`; of equal weights at
+    the edge of that pool, those of lower track ids and offsets).
     """
-    # Weight of each (track, offset) cell plus its two neighbouring offsets, in (track, offset) order
-    # (no early return without hits: a warm-up query compiles the kernel).
-    cell_tracks, cell_offsets, summed = pair_cells(hits, _OFFSET_NEIGHBOURS)
-    if len(summed) == 0:
-        return []
-    # The cells of tracks that may not be candidates weigh nothing: one look-up per track
-    # with hits, whose cells are contiguous (not one per cell: 3 ms of a 1-minute upload).
-    durations = catalogue.track_durations
-    for track_id in hits.by_track[0].tolist():
-        if track_id in skip or (durations is not None and track_id not in durations):
-            first, end = np.searchsorted(cell_tracks, [track_id, track_id + 1])
-            summed[first:end] = 0.0
     wanted = params.candidates * params.offsets_per_candidate
-    # Enough cells that ``wanted`` survive the per-track limit and the neighbour rule.
-    pool = min(len(summed), 8 * wanted)
-    best = np.argpartition(-summed, pool - 1)[:pool]
-    best = best[np.argsort(-summed[best], kind="stable")]
+    # The heaviest cells (weight of a (track, offset) plus its two neighbouring offsets) of
+    # the tracks that may be candidates: enough that ``wanted`` survive the per-track limit
+    # and the neighbour rule. (No early return without hits: a warm-up query compiles the kernel.)
+    durations = catalogue.track_durations
+    searched = np.array([track_id not in skip and (durations is None or track_id in durations)
+                         for track_id in hits.by_track[0].tolist()], dtype=bool)
+    cell_tracks, cell_offsets, summed = pair_cells(hits, _OFFSET_NEIGHBOURS, searched, 8 * wanted, params.min_votes)
     chosen: list[tuple[int, int]] = []
     taken: dict[int, list[int]] = {}
-    for cell_index in best:
-        if summed[cell_index] < params.min_votes or len(chosen) == wanted:
+    for cell_index in range(len(summed)):
+        if len(chosen) == wanted:
             break
         track_id, offset = int(cell_tracks[cell_index]), int(cell_offsets[cell_index])
         track_offsets = taken.get(track_id, [])

@@ -62,7 +62,11 @@ def _assert_same_alignments(expected, found):
 
 def _reference_candidates(votes: PairVotes, params: PeaksTier, catalogue: Catalogue,
                           skip: set[int]) -> list[tuple[int, int, int, np.ndarray]]:
-    """The peaks tier's candidates as it took them from every vote (sorted by track, offset)."""
+    """The peaks tier's candidates as it took them from every vote (sorted by track, offset).
+
+    Its pool of cells was an ``argpartition``, which took equal weights at the pool's edge
+    in no defined order; here, as in the tier now, the earlier (track, offset) goes first.
+    """
     if len(votes) == 0:
         return []
     keys = vote_keys(votes.track_ids, votes.offsets + _OFFSET_BIAS)
@@ -76,8 +80,7 @@ def _reference_candidates(votes: PairVotes, params: PeaksTier, catalogue: Catalo
     summed = np.where(searched[cell_tracks], summed, 0.0)
     wanted = params.candidates * params.offsets_per_candidate
     pool = min(len(cells), 8 * wanted)
-    best = np.argpartition(-summed, pool - 1)[:pool]
-    best = best[np.argsort(-summed[best], kind="stable")]
+    best = np.argsort(-summed, kind="stable")[:pool]
     candidates: list[tuple[int, int, int, np.ndarray]] = []
     taken: dict[int, list[int]] = {}
     for cell_index in best:
@@ -102,13 +105,24 @@ def _assert_same_candidates(expected, found):
 
 
 def _assert_same_cells(votes: PairVotes, hits: PairHits, deltas: np.ndarray):
-    """:func:`pair_cells` of the hits are ``neighbourhood_sums`` of their sorted votes, bit for bit."""
+    """:func:`pair_cells` of the hits are ``neighbourhood_sums`` of their sorted votes, bit for bit, heaviest first;
+    a bounded pool of them is the same list's first cells, and so is a pool of the searched tracks' cells."""
     keys = vote_keys(votes.track_ids, votes.offsets + _OFFSET_BIAS)
     cells, summed, _, _ = neighbourhood_sums(keys, votes.weights, deltas)
+    order = np.argsort(-summed, kind="stable")   # ties in (track, offset) order
     tracks, offsets, found = pair_cells(hits, deltas)
-    assert np.array_equal(tracks, cells >> 32)
-    assert np.array_equal(offsets, (cells & 0xFFFFFFFF) - _OFFSET_BIAS)
-    assert np.array_equal(found.view(np.int64), summed.view(np.int64))
+    assert np.array_equal(tracks, cells[order] >> 32)
+    assert np.array_equal(offsets, (cells[order] & 0xFFFFFFFF) - _OFFSET_BIAS)
+    assert np.array_equal(found.view(np.int64), summed[order].view(np.int64))
+    with_hits = hits.by_track[0]
+    searched = np.arange(len(with_hits)) % 3 != 1
+    searched_cells = np.isin(tracks, with_hits[searched])
+    for keep in (1, 7, 240, 5000):
+        for min_weight in (0.0, float(np.median(found))):
+            expected = searched_cells & (found >= min_weight)
+            bounded = pair_cells(hits, deltas, searched, keep, min_weight)
+            for values, every in zip(bounded, (tracks, offsets, found)):
+                assert np.array_equal(values, every[expected][:keep])
 
 
 @pytest.fixture(scope="module")
