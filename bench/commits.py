@@ -38,7 +38,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.accuracy import list_tracks  # noqa: E402
-from bench.scale import CodeStrata, synthetic_track  # noqa: E402
+from bench.growth_model import code_strata, relabelled_track  # noqa: E402
 from refrain.api import Refrain  # noqa: E402
 from refrain.fingerprint import (AudioDecodeError, Fingerprint, FingerprintError, fingerprint_signal,  # noqa: E402
                                  load_audio)
@@ -65,8 +65,7 @@ class Grower:
 
     def __init__(self, store: IndexStore, templates: list[Fingerprint], seed: int):
         self.store, self.templates = store, templates
-        self.strata = {tier: CodeStrata(np.concatenate([fp.index_entries()[tier][0] for fp in templates]))
-                       for tier in templates[0].index_entries()}
+        self.strata = code_strata(templates)
         self.rng = np.random.default_rng(seed)
         self.hours, self.added = sum(fp.duration for fp in templates) / 3600, 0
 
@@ -75,7 +74,7 @@ class Grower:
             template = self.templates[int(self.rng.integers(len(self.templates)))]
             name = f"synthetic/{self.added}"
             self.store.add_track(name, hashlib.sha256(name.encode()).hexdigest(),
-                                 synthetic_track(template, self.strata, self.rng))  # type: ignore[arg-type]
+                                 relabelled_track(template, self.strata, self.rng))  # type: ignore[arg-type]
             self.added += 1
             self.hours += template.duration / 3600
 

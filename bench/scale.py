@@ -8,17 +8,16 @@
 Grows one index honestly, through the store's own API (``IndexStore.add_track`` /
 ``commit``): first the real catalogue (the first ``--catalogue`` tracks of the
 corpus, split and shuffled as in bench/accuracy.py), then, up to each size of
-``--hours``, synthetic tracks under fresh track ids. A synthetic track copies a real
-template track's entries of every tier (payloads, peaks, chroma) with each landmark
-code relabelled by a random bijection inside its frequency stratum — the codes that
-occur about equally often in the real catalogue — so that codes per hour and the
-rarity profile of the codes are those of real music. Its time line is the template's
-played backwards (every entry's anchor frame and every peak), so that no synthetic
-track shares a time line with a real one even where the relabelling cannot move a
-code: the codes a looped track repeats are popular enough to sit in strata of a few
-codes, and a forward copy of one (cave.ogg) kept 20 of its codes at their frames and
-matched its query as ``mixed`` at 160 h. Its chroma's pitch classes are permuted (not
-rotated) for the same reason: the melody tier searches them but cannot take them for covers.
+``--hours``, synthetic tracks under fresh track ids, made as ``--growth`` says
+(bench/growth_model.py, which also checks both ways against real music). By default a
+synthetic track is a *mashup*: the peaks of two real templates, each played backwards
+at a random tempo, the second a few dB under the first, merged as one analysis would
+keep them, and every tier hashed from those peaks by the library. Its codes are as new
+or as common as real music's: of a new half of the corpus, ~75 % of the quad and double
+entries carry a code the other half lacks, and mashups grown from one half show the
+same (the scale study's *relabel* model maps every code onto a real one: 0 %). Played
+backwards, no tier can take one for a real recording; its chroma is played backwards
+with the pitch classes permuted (not rotated), so the melody tier cannot either.
 
 Queries are real: 10 s excerpts of catalogue tracks (clean, pink noise 0 dB, speed
 1.1x, mixed 6 dB under held-out music) and 30 s clean excerpts, plus held-out
@@ -65,12 +64,11 @@ from bench.accuracy import (BOUNDED_CHOICES, CONDITIONS, SOURCE_RATE, add_bounde
                             bench_config, list_tracks, proposal_setting, related_groups)
 from bench.fresh import status_mb  # noqa: E402
 from bench.derivatives import DERIVATIVES, derive, excerpt, mix_under  # noqa: E402
+from bench.growth_model import GROWTH_MODELS, code_strata, mashup_track, relabelled_track  # noqa: E402
 from refrain.api import Refrain, file_digest  # noqa: E402
 from refrain.config import Config  # noqa: E402
 from refrain.fingerprint import (AudioDecodeError, Fingerprint, FingerprintError, fingerprint_file,  # noqa: E402
                                  fingerprint_signal, load_audio)
-from refrain.fingerprint.hashes import TIER_PAYLOAD_BITS  # noqa: E402
-from refrain.fingerprint.peaks import Peaks  # noqa: E402
 from refrain.index import IndexStore  # noqa: E402
 from refrain.index.landmarks import LandmarkIndex  # noqa: E402
 from refrain.tuning import tune_process  # noqa: E402
@@ -78,8 +76,6 @@ from refrain.tuning import tune_process  # noqa: E402
 SHORT_CONDITIONS = ("clean_10s", "pink_0dB", "speed_1.1", "mixed_-6dB")
 LONG_CONDITION = "clean_30s"
 NEGATIVE_CONDITIONS = ("negative_10s", "negative_30s")
-# Codes counted alike up to this many entries; above it, strata of a quarter octave of counts.
-EXACT_STRATUM_COUNTS = 8
 # Hits grouped by the length of the list (entries under the code) that produced them.
 LIST_LENGTH_EDGES = (10, 30, 100, 300, 1_000, 3_000, 10_000, 30_000)
 # Beside a kept index (``--keep``): what its growth recorded, for ``--reuse``.
@@ -146,103 +142,6 @@ def build_queries(catalogue: dict[str, int], negatives: list[Path], per_conditio
 
 
 # -- synthetic tracks ------------------------------------------------------------------------
-
-class CodeStrata:
-    """The real catalogue's codes of one tier, grouped by how often they occur.
-
-    Parameters
-    ----------
-    codes : np.ndarray of uint32
-        Every entry's code in the real catalogue.
-    """
-
-    def __init__(self, codes: np.ndarray):
-        self.distinct, counts = np.unique(np.asarray(codes, np.uint32), return_counts=True)
-        quarter_octaves = np.floor(4 * np.log2(np.maximum(counts, 1))).astype(np.int64)
-        stratum_key = np.where(counts <= EXACT_STRATUM_COUNTS, counts, EXACT_STRATUM_COUNTS + quarter_octaves)
-        keys, self.stratum = np.unique(stratum_key, return_inverse=True)
-        order = np.argsort(self.stratum, kind="stable")
-        self.members = self.distinct[order]  # codes grouped by stratum
-        self.sizes = np.bincount(self.stratum, minlength=len(keys)).astype(np.int64)
-        self.starts = np.concatenate([[0], np.cumsum(self.sizes)[:-1]])
-        self.rank = np.empty(len(self.distinct), np.int64)
-        self.rank[order] = np.arange(len(order)) - np.repeat(self.starts, self.sizes)
-
-    def relabelling(self, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-        """A random bijection per stratum, rank -> (a * rank + b) mod size, as (a, b)."""
-        a = rng.integers(1, np.maximum(self.sizes, 2))
-        while True:
-            bad = np.gcd(a, self.sizes) != 1
-            if not bad.any():
-                break
-            a[bad] = rng.integers(1, np.maximum(self.sizes[bad], 2))
-        return a, rng.integers(0, np.maximum(self.sizes, 1))
-
-    def relabel(self, codes: np.ndarray, bijection: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
-        """Each code replaced by its image under ``bijection`` (codes must be real catalogue codes)."""
-        a, b = bijection
-        where = np.searchsorted(self.distinct, codes)
-        stratum, rank = self.stratum[where], self.rank[where]
-        new_rank = (a[stratum] * rank + b[stratum]) % self.sizes[stratum]
-        return self.members[self.starts[stratum] + new_rank]
-
-
-class SyntheticTrack:
-    """What ``IndexStore.add_track`` reads of a fingerprint, for a relabelled copy of a real track.
-
-    Its peaks are the template's played backwards, like its entries' anchor frames: the
-    same number and spread, but no real track's (the under-mix tier verifies candidates on them).
-    """
-
-    def __init__(self, template: Fingerprint, entries: dict[str, tuple[np.ndarray, np.ndarray]],
-                 melody: np.ndarray | None, last_frame: int):
-        self.duration, self.melody = template.duration, melody
-        frames = template.peaks.frames
-        self.peaks = Peaks(frames=(last_frame - frames)[::-1].copy(), bins=template.peaks.bins[::-1].copy(),
-                           strength=template.peaks.strength[::-1].copy(),
-                           bin_offsets=template.peaks.bin_offsets[::-1].copy())
-        self._entries = entries
-
-    def __len__(self) -> int:
-        return len(self._entries["pair"][0])
-
-    def index_entries(self) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-        return self._entries
-
-
-def far_from_rotations(rng: np.random.Generator) -> np.ndarray:
-    """A permutation of the 12 pitch classes that agrees with every rotation on at most 2."""
-    while True:
-        permutation = rng.permutation(12)
-        agreement = max(int(np.sum(permutation == (np.arange(12) + shift) % 12)) for shift in range(12))
-        if agreement <= 2:
-            return permutation
-
-
-def reversed_payloads(payloads: np.ndarray, tier: str, last_frame: int) -> np.ndarray:
-    """Payloads with their anchor frame ``f`` replaced by ``last_frame - f``.
-
-    Every tier's payload holds the anchor frame in its high bits, above the bits of
-    what else it carries (the pair tier's payload is the frame alone).
-    """
-    shift = TIER_PAYLOAD_BITS[tier] - TIER_PAYLOAD_BITS["pair"]
-    payloads = np.asarray(payloads, np.int64)
-    return ((last_frame - (payloads >> shift)) << shift) | (payloads & ((1 << shift) - 1))
-
-
-def synthetic_track(template: Fingerprint, strata: dict[str, CodeStrata], rng: np.random.Generator) -> SyntheticTrack:
-    entries = {}
-    tiers = template.index_entries()
-    last_frame = max([int(template.peaks.frames.max()) if len(template.peaks.frames) else 0]
-                     + [int(payloads.max()) >> (TIER_PAYLOAD_BITS[tier] - TIER_PAYLOAD_BITS["pair"])
-                        for tier, (_, payloads) in tiers.items() if len(payloads)])
-    for tier, (codes, payloads) in tiers.items():
-        entries[tier] = (strata[tier].relabel(codes, strata[tier].relabelling(rng)),
-                         reversed_payloads(payloads, tier, last_frame))
-    # Backwards in time and with pitch classes permuted: no real composition's chroma.
-    melody = None if template.melody is None else template.melody[::-1, far_from_rotations(rng)].copy()
-    return SyntheticTrack(template, entries, melody, last_frame)
-
 
 # -- measuring one size ------------------------------------------------------------------------
 
@@ -440,10 +339,15 @@ def percentile(values, q) -> float | None:
 
 
 def summarize(hours: float, queries: list[Query], measured: dict, real_ids: set[int], groups: dict[str, str],
-              sources: dict[int, str], index_bytes: dict[str, int]) -> dict:
-    """The figures of one size from the measuring process's raw results."""
-    def group_of(source: str) -> str | None:
-        return groups.get(Path(source).name)
+              sources: dict[int, str], index_bytes: dict[str, int], made_from: dict[int, list[str]]) -> dict:
+    """The figures of one size from the measuring process's raw results.
+
+    A match on a synthetic track made from the query's own recording or one sharing
+    material with it (``made_from``) is counted apart, not as false: played backwards,
+    a drone or a held chord is still itself, and the tiers rightly find it.
+    """
+    def group_of(source: str) -> str:
+        return groups.get(Path(source).name, str(source))
 
     rows = {"hours": round(hours, 2)}
     short = [i for i, q in enumerate(queries) if q.condition in SHORT_CONDITIONS + ("negative_10s",)]
@@ -509,16 +413,19 @@ def summarize(hours: float, queries: list[Query], measured: dict, real_ids: set[
             breakdown[name]["share_of_hits"] = round(breakdown[name]["hits_mean"] / total_mean, 3)
         rows["hits_by_tier"] = breakdown
 
-    top1, false_matches, synthetic_matches = {}, [], []
+    top1, false_matches, synthetic_matches, template_matches = {}, [], [], []
     for query, (_, _, matched) in zip(queries, timed):
         if query.track_id is not None:
             top1.setdefault(query.condition, []).append(bool(matched) and matched[0][0] == query.track_id)
         for track_id, kind in matched:
             if track_id not in real_ids:
-                synthetic_matches.append(f"{query.condition}: {Path(query.source).name} -> synthetic {track_id}"
-                                         f" ({kind})")
-            elif query.track_id is None and not (
-                    group_of(query.source) and group_of(query.source) == group_of(sources[track_id])):
+                found = (f"{query.condition}: {Path(query.source).name} -> synthetic {track_id} ({kind}, made from "
+                         f"{' + '.join(Path(made).name for made in made_from.get(track_id, []))})")
+                if any(group_of(made) == group_of(query.source) for made in made_from.get(track_id, [])):
+                    template_matches.append(found)
+                else:
+                    synthetic_matches.append(found)
+            elif query.track_id is None and group_of(query.source) != group_of(sources[track_id]):
                 false_matches.append(f"{query.condition}: {Path(query.source).name} -> "
                                      f"{Path(sources[track_id]).name} ({kind})")
     rows["top1"] = {condition: round(100 * float(np.mean(hits)), 1) for condition, hits in top1.items()}
@@ -526,6 +433,8 @@ def summarize(hours: float, queries: list[Query], measured: dict, real_ids: set[
                        for condition in SHORT_CONDITIONS + (LONG_CONDITION,) + NEGATIVE_CONDITIONS}
     rows["false_matches"] = len(false_matches) + len(synthetic_matches)
     rows["false_match_details"] = false_matches + synthetic_matches
+    rows["template_matches"] = len(template_matches)
+    rows["template_match_details"] = template_matches
     return rows
 
 
@@ -553,6 +462,10 @@ def main() -> int:
                         help="while growing, commit every this many added hours (default 40): bounds "
                              "the writer's memory for entries not yet merged")
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--growth", choices=GROWTH_MODELS, default="mashup",
+                        help="how synthetic catalogue hours are made (bench/growth_model.py; default mashup: new "
+                             "peaks from two real tracks, every tier hashed from them; relabel: the scale study's "
+                             "relabelled copies, which hold no code outside the real corpus)")
     add_bounded_arguments(parser)
     parser.add_argument("--also", type=search_variant, action="append", default=[],
                         metavar="BOUNDED[,NAME=VALUE...]",
@@ -616,8 +529,9 @@ def main() -> int:
         print(json.dumps(ingest), flush=True)
         real_ids = set(catalogue.values())
         sources = {track_id: source for source, track_id in catalogue.items()}
-        strata = {tier: CodeStrata(np.concatenate([fp.index_entries()[tier][0] for fp in templates]))
-                  for tier in templates[0].index_entries()}
+        template_sources = list(catalogue)  # in the order of ``templates``
+        made_from: dict[int, list[str]] = {}
+        strata = code_strata(templates) if args.growth == "relabel" else None
         queries = build_queries(catalogue, negatives, args.queries, args.long_queries, params, rng)
         queries_file = args.workdir / "queries.pickle"
         queries_file.write_bytes(pickle.dumps(queries))
@@ -629,16 +543,21 @@ def main() -> int:
             added_seconds, add_cpu, commits = 0.0, 0.0, []
             since_commit = 0.0
             while hours < size:
-                template = templates[int(rng.integers(len(templates)))]
-                track = synthetic_track(template, strata, rng)
+                chosen = [int(rng.integers(len(templates)))]
+                if strata is not None:
+                    track = relabelled_track(templates[chosen[0]], strata, rng)
+                else:
+                    chosen.append(int(rng.integers(len(templates))))
+                    track = mashup_track(templates[chosen[0]], templates[chosen[1]], params, rng)
                 name = f"synthetic/{synthetic}"
                 cpu = time.process_time()
-                store.add_track(name, hashlib.sha256(name.encode()).hexdigest(), track)
+                track_id = store.add_track(name, hashlib.sha256(name.encode()).hexdigest(), track)
                 add_cpu += time.process_time() - cpu
+                made_from[track_id] = [template_sources[i] for i in chosen]
                 synthetic += 1
-                hours += template.duration / 3600
-                added_seconds += template.duration
-                since_commit += template.duration / 3600
+                hours += track.duration / 3600
+                added_seconds += track.duration
+                since_commit += track.duration / 3600
                 if since_commit >= args.commit_every_hours and hours < size:
                     started = time.perf_counter()
                     store.commit()
@@ -653,14 +572,16 @@ def main() -> int:
                 growth["add_track_ms_per_synthetic_track"] = round(1000 * add_cpu / (synthetic or 1), 2)
             if args.keep:
                 (args.workdir / GROWTH_RECORD).write_text(json.dumps(
-                    {"hours": hours, "growth": growth, "sources": {str(k): v for k, v in sources.items()}}))
+                    {"hours": hours, "growth": growth, "growth_model": args.growth,
+                     "sources": {str(k): v for k, v in sources.items()},
+                     "made_from": {str(k): v for k, v in made_from.items()}}))
             if args.grow_only:
                 continue
             for bounded, proposal_settings in [(args.bounded, args.proposal), *args.also]:
                 with spawn.Pool(1) as pool:
                     measured = pool.apply(measure, (str(index_dir), str(queries_file), bounded, proposal_settings,
                                                     not args.no_reads))
-                row = summarize(hours, queries, measured, real_ids, groups, sources, store.size_bytes())
+                row = summarize(hours, queries, measured, real_ids, groups, sources, store.size_bytes(), made_from)
                 row.update(growth, bounded=bounded, proposal_settings=dict(proposal_settings))
                 results.append(row)
                 print(json.dumps(row, indent=2), flush=True)
@@ -708,7 +629,9 @@ def measure_kept(workdir: Path, searches: list[tuple[str, list[tuple[str, object
         with spawn.Pool(1) as pool:
             measured = pool.apply(measure, (str(index_dir), str(workdir / "queries.pickle"), bounded,
                                             proposal_settings, count_reads))
-        row = summarize(record["hours"], queries, measured, set(sources), related_groups(), sources, index_bytes)
+        made_from = {int(track_id): made for track_id, made in record.get("made_from", {}).items()}
+        row = summarize(record["hours"], queries, measured, set(sources), related_groups(), sources, index_bytes,
+                        made_from)
         row.update(record["growth"], bounded=bounded, proposal_settings=dict(proposal_settings), reused=True)
         results.append(row)
         print(json.dumps(row, indent=2), flush=True)
@@ -720,7 +643,7 @@ def measure_kept(workdir: Path, searches: list[tuple[str, list[tuple[str, object
 def print_table(results: list[dict]) -> None:
     """The headline figures, one line per size."""
     print(f"{'hours':>7} {'search':>12} {'hits/q p50':>11} {'hits/h':>8} {'10s cpu p50/p99 ms':>19} "
-          f"{'10s wall p50':>12} {'30s wall p50':>12} {'rss MB':>7} {'MB/h':>6} {'false':>5}  top-1 %")
+          f"{'10s wall p50':>12} {'30s wall p50':>12} {'rss MB':>7} {'MB/h':>6} {'false':>5} {'tmpl':>4}  top-1 %")
     for row in results:
         search = row["bounded"] + "".join(f" {name}={value}" for name, value in row["proposal_settings"].items())
         hits = (f"{row['hits_per_query_p50']:>11,.0f} {row['hits_per_catalogue_hour_p50']:>8,}"
@@ -728,7 +651,8 @@ def print_table(results: list[dict]) -> None:
         print(f"{row['hours']:>7} {search:>12} {hits} {row['query10_cpu_ms_p50']:>9} / "
               f"{row['query10_cpu_ms_p99']:<7} {row['query10_wall_ms_p50']:>12} "
               f"{row['query30_wall_ms_p50']:>12} {row['rss_mb']:>7} {row['bytes_per_hour'] / 1e6:>6.2f} "
-              f"{row['false_matches']:>5}  " + " ".join(f"{c} {v}" for c, v in row["top1"].items()))
+              f"{row['false_matches']:>5} {row.get('template_matches', 0):>4}  "
+              + " ".join(f"{c} {v}" for c, v in row["top1"].items()))
         print(f"{'':>7} per tier (10 s CPU p50 ms / 30 s CPU p50 ms / largest memory rise MB): " + ", ".join(
             f"{name} {tier['query10_cpu_ms_p50']} / {tier['query30_cpu_ms_p50']} / {tier['rss_rise_mb_max']}"
             for name, tier in row["tiers"].items()))
