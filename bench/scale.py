@@ -86,12 +86,13 @@ GROWTH_RECORD = "growth.json"
 
 @dataclass(frozen=True)
 class Query:
-    """A fingerprinted query and its ground truth (track id None for a negative)."""
+    """A fingerprinted query and its ground truth (track id None for a negative), and the music it is mixed under."""
 
     condition: str
     source: str
     track_id: int | None
     fingerprint: Fingerprint
+    background: str | None = None
 
 
 def build_queries(catalogue: dict[str, int], negatives: list[Path], per_condition: int, long_queries: int,
@@ -132,7 +133,8 @@ def build_queries(catalogue: dict[str, int], negatives: list[Path], per_conditio
         for condition, x in made.items():
             fp = fingerprinted(x)
             if fp is not None:
-                queries.append(Query(condition, source, catalogue[source], fp))
+                background_source = str(negatives[number % len(negatives)]) if condition == "mixed_-6dB" else None
+                queries.append(Query(condition, source, catalogue[source], fp, background_source))
     for number, (path, y) in enumerate(zip(negatives, backgrounds)):
         for condition, seconds in zip(NEGATIVE_CONDITIONS[:2 if number < long_queries else 1], (10.0, 30.0)):
             fp = fingerprinted(excerpt(path, y, seconds, rng).samples)
@@ -140,8 +142,6 @@ def build_queries(catalogue: dict[str, int], negatives: list[Path], per_conditio
                 queries.append(Query(condition, str(path), None, fp))
     return queries
 
-
-# -- synthetic tracks ------------------------------------------------------------------------
 
 # -- measuring one size ------------------------------------------------------------------------
 
@@ -342,9 +342,10 @@ def summarize(hours: float, queries: list[Query], measured: dict, real_ids: set[
               sources: dict[int, str], index_bytes: dict[str, int], made_from: dict[int, list[str]]) -> dict:
     """The figures of one size from the measuring process's raw results.
 
-    A match on a synthetic track made from the query's own recording or one sharing
-    material with it (``made_from``) is counted apart, not as false: played backwards,
-    a drone or a held chord is still itself, and the tiers rightly find it.
+    A match on a synthetic track made from the query's own recording, the music it is
+    mixed under, or one sharing material with either (``made_from``) is counted apart,
+    not as false: played backwards, a drone or a held chord is still itself, and the
+    tiers rightly find it.
     """
     def group_of(source: str) -> str:
         return groups.get(Path(source).name, str(source))
@@ -421,7 +422,9 @@ def summarize(hours: float, queries: list[Query], measured: dict, real_ids: set[
             if track_id not in real_ids:
                 found = (f"{query.condition}: {Path(query.source).name} -> synthetic {track_id} ({kind}, made from "
                          f"{' + '.join(Path(made).name for made in made_from.get(track_id, []))})")
-                if any(group_of(made) == group_of(query.source) for made in made_from.get(track_id, [])):
+                # Queries pickled before the background was recorded have no such attribute.
+                heard = [query.source] + [source for source in [getattr(query, "background", None)] if source]
+                if any(group_of(made) == group_of(source) for made in made_from.get(track_id, []) for source in heard):
                     template_matches.append(found)
                 else:
                     synthetic_matches.append(found)

@@ -69,33 +69,25 @@ class ProposalParams:
         size. An upload holding more works in one window than this is reported partly.
     copies : bool
         Also bound the pair tier (and through its votes the peaks tier) to proposed
-        copies (default False). With the dense-peak doubles (``copy_slack``; a budget of
-        30,000 hits in that run), measured with ``bench/scale.py`` (40 real 10 s queries per
-        condition): top-1 clean / pink noise 0 dB / speed 1.1x / mixed 6 dB under other
-        music 100 / 92.5 / 100 / 80.0 % at 10 h and 100 / 87.5 / 100 / 77.5 % at 40 h,
-        against an exhaustive search's 100 / 95.0 / 100 / 77.5 % at both, 0 false matches,
-        3.4x and 10.5x fewer hits; with the default budget 100 / 90.0 / 100 / 80.0 % at
-        40 h and 100 / 95.0 / 100 / 72.5 % at 160 h (the default: 95.0 and 75.0 %), with
-        6.6x fewer hits and 115 against 328 ms of CPU per 10 s query. On 40 real queries
-        per condition against 150 tracks the proposals held the true track of every clean,
-        noisy, speed-, pitch- and tempo-changed query the exhaustive search found, but not
-        3 of the 31 recordings 6 dB under other music it found (two or three surviving
-        pairs, verified peak by peak). At 640 h (20 queries per condition) 134 against
-        2,145 ms of CPU, but pink noise 0 dB 78.9 against 94.7 % and mixed 6 dB under 60.0
-        against 75.0 %: the hit budget then reaches few of the true track's doubles. Not
-        within a point on every condition, so by default copies are searched for in every
-        track and only the triplet tier is bounded (docs/scale.md, steps 4 and 5).
+        copies (default True). Measured with ``bench/scale.py`` on a catalogue grown from
+        mashups of real music (docs/scale.md step 8; relabelled growth, steps 4-5, made the
+        specific codes far less specific than real music's and lost 15 points here), 80 real
+        10 s queries per condition at 640 h: top-1 clean / pink noise 0 dB / speed 1.1x /
+        mixed 6 dB under other music equal to the exhaustive search's on every query, 0
+        false matches, 10 s query CPU p50 173 against 447 ms, a 30 s query 0.44 against
+        2.35 s, 1,268 hits per catalogue hour against 13,704, and the matching process's
+        peak RSS within 0.2 GB of the index's size (the exhaustive search: 0.7 GB).
     copy_min_votes : int
         Double hits agreeing on one time offset (within a frame) a track needs to be
         proposed as a copy (default 2): on 40 real 10 s excerpts mixed 6 dB under other
         music the true track had a median of 2.5, unrelated tracks 2.
     copy_max_candidates : int
-        Tracks proposed at most as copies (default 32), most double votes first. The pair
-        tier then reads only these tracks' entries of its codes (one binary search per code
-        and candidate), and its own votes rank them: a recording under other music keeps
-        two or three doubles, as many as chance tracks. 256 instead of 32 changed no top-1
-        of ``bench/scale.py`` at 10, 160 or 640 h (the lost queries had too few double hits to
-        be proposed at all) and cost 16-30 ms more per 10 s query.
+        Tracks proposed at most as copies (default 256), most double votes first. The pair
+        tier then reads only these tracks' entries of its codes (a search in each code's run
+        per candidate), and its own votes rank them: under noise or other music a recording
+        keeps two or three doubles, as many as chance tracks, so the true one may rank far
+        down. At 640 h (60 real 10 s queries per condition, budget 250,000 hits) 64
+        candidates lost 3 queries under pink noise 0 dB that 256 kept, for 28 ms more CPU.
     copy_slack : int
         Next-nearest targets per anchor the query also combines into doubles (default 8:
         each anchor's 10 nearest targets two by two, 45 doubles). The query's doubles are
@@ -104,11 +96,10 @@ class ProposalParams:
         real queries against 150 tracks the true track's hits grew from 4 (slack 1, the
         strongest peaks) to 10-25 under other music.
     copy_max_hits : int
-        Hits the copy proposals read at most per query window (default 60,000), from its
-        rarest codes up: the work stays bounded as the catalogue grows. Measured in
-        memory on real queries against 150 real and 3,000 relabelled tracks (~170 h), the
-        budget kept the true track of 39/39 noisy and 29/31 mixed queries (unbounded:
-        39 and 28, with 380,000 hits); half the budget kept 37 and 26.
+        Hits the copy proposals read at most per query window (default 250,000), from its
+        rarest codes up: the work stays bounded as the catalogue grows. At 640 h a budget of
+        60,000 reached 13,963 of a 10 s query's 46,772 codes and lost 3 of 60 recordings 6 dB
+        under other music that 250,000 kept (and an unbounded search), for ~9 ms more CPU.
     min_votes : int
         Agreeing quad hits a track needs to be proposed as a derivative (default 3).
         Unrelated tracks' hits scatter over the (ratio, offset) plane and rarely reach this.
@@ -144,11 +135,11 @@ class ProposalParams:
 
     min_catalogue_tracks: int = 2000
     max_candidates: int = 32
-    copies: bool = False
+    copies: bool = True
     copy_min_votes: int = 2
-    copy_max_candidates: int = 32
+    copy_max_candidates: int = 256
     copy_slack: int = 8
-    copy_max_hits: int = 60000
+    copy_max_hits: int = 250000
     min_votes: int = 3
     max_hits: int = 250000
     slack: int = 1
