@@ -549,6 +549,7 @@ class IndexStore:
         self._require_writable()
         self._save_tiers()
         self.catalog.set_status(self._pending, "ready")
+        self.catalog.checkpoint()
         self._pending = []
         self._merge_due_deltas()
 

@@ -490,6 +490,18 @@ def test_reingesting_an_unchanged_file_is_a_no_op(index_copy, catalogue_index, s
     assert pair_file.stat().st_mtime_ns == stamp
 
 
+def test_a_commit_leaves_no_write_ahead_log_behind(index_copy, unrelated_songs, write_audio, tmp_path):
+    path = tmp_path / "upload" / "track.wav"
+    write_audio(path, unrelated_songs[45])
+    with Refrain.open(index_copy, writable=True) as refrain:
+        [result] = refrain.ingest([path])
+        wal = index_copy / "catalog.sqlite-wal"
+        # The writer is still open: without the checkpoint SQLite keeps the log it wrote here until it closes.
+        assert result.status == "added"
+        assert not wal.exists() or wal.stat().st_size == 0
+        assert refrain.store.catalog.get(result.track_id) is not None
+
+
 def test_same_path_with_new_content_replaces_the_track(index_copy, unrelated_songs, write_audio,
                                                        tmp_path):
     path = tmp_path / "upload" / "track.wav"
