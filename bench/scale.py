@@ -274,7 +274,7 @@ class CountingLandmarks:
 
     def lookup_slices(self, hashes, tracks=None):
         first_hit, hits_per_code, labels = self._tier.lookup_slices(hashes, tracks)
-        # The pair tier reads each batch of its codes twice (matcher.pair.group_pair_hits): its hits count once.
+        # The pair tier reads most batches of its codes twice (matcher.pair.group_pair_hits): their hits count once.
         asked = np.asarray(hashes).tobytes() + (b"" if tracks is None else b"|" + np.asarray(tracks).tobytes())
         if asked in self._asked:
             return first_hit, hits_per_code, labels

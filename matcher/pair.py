@@ -117,13 +117,14 @@ _HITS_PER_LOOKUP = 1 << 20
 def group_pair_hits(code_ids: np.ndarray, code_weights: np.ndarray, code_frames: np.ndarray, entries: np.ndarray,
                     payload_bits: int, lookup: Callable[[int, int], tuple[np.ndarray, np.ndarray, np.ndarray]]
                     ) -> PairHits:
-    """The hits of the looked-up codes grouped by track: a counting sort over bounded lookups, each made twice.
+    """The hits of the looked-up codes grouped by track: a counting sort over bounded lookups, most made twice.
 
     Codes are looked up a few at a time, in their order, by ``lookup``; each batch is read
     straight through once to count each track's hits and once more, after they are all
-    counted, to place its hits. A hit is placed as its code's position and its time offset
-    in one integer of the fewest bytes that hold both (4 unless the offsets span more than
-    ``2 ** 32`` over the number of codes: catalogue tracks of hours).
+    counted, to place its hits (looked up again, but for the last batch). A hit is placed
+    as its code's position and its time offset in one integer of the fewest bytes that
+    hold both (4 unless the offsets span more than ``2 ** 32`` over the number of codes:
+    catalogue tracks of hours).
 
     Parameters
     ----------
@@ -152,9 +153,8 @@ def group_pair_hits(code_ids: np.ndarray, code_weights: np.ndarray, code_frames:
     first_track, counts = 0, np.zeros(0, np.int64)
     lowest, highest = 1 << 62, -(1 << 62)
     for start, stop in batches:
-        first_hit, hits_per_code, labels = lookup(start, stop)
-        low_track, batch_counts, low, high = _count_by_track(code_frames[start:stop], first_hit, hits_per_code,
-                                                             labels, payload_bits)
+        found = lookup(start, stop)
+        low_track, batch_counts, low, high = _count_by_track(code_frames[start:stop], *found, payload_bits)
         first_track, counts = _add_counts(first_track, counts, int(low_track), batch_counts)
         lowest, highest = min(lowest, int(low)), max(highest, int(high))
     if highest < lowest:
@@ -165,10 +165,11 @@ def group_pair_hits(code_ids: np.ndarray, code_weights: np.ndarray, code_frames:
     place = np.cumsum(counts) - counts
     bounds = np.append(place[with_hits], int(np.sum(counts)))
     hits = np.empty(bounds[-1], np.uint32 if fits else np.int64)
-    for start, stop in batches:
-        first_hit, hits_per_code, labels = lookup(start, stop)
-        _place_by_track(code_frames[start:stop], start, first_hit, hits_per_code, labels, payload_bits, first_track,
-                        place, hits, offset_bits, lowest)
+    # The last batch's hits are still at hand: a query of one batch (under _HITS_PER_LOOKUP hits: a 10 s query on a
+    # catalogue of tens of hours) is looked up once, as before batches.
+    for number, (start, stop) in enumerate(batches):
+        _place_by_track(code_frames[start:stop], start, *(found if number == len(batches) - 1 else lookup(start, stop)),
+                        payload_bits, first_track, place, hits, offset_bits, lowest)
     return PairHits(code_ids, code_weights, code_frames, with_hits + first_track, bounds, hits, offset_bits, lowest,
                     highest)
 
