@@ -162,6 +162,7 @@ class CountingLandmarks:
         self.codes_asked = self.codes_looked_up = self.hits = 0
         self.hits_by_list_length = np.zeros(len(LIST_LENGTH_EDGES) + 1, np.int64)
         self.true_hits_by_list_length = np.zeros(len(LIST_LENGTH_EDGES) + 1, np.int64)
+        self._asked: set[bytes] = set()
 
     def __getattr__(self, name):
         return getattr(self._tier, name)
@@ -172,6 +173,11 @@ class CountingLandmarks:
 
     def lookup_slices(self, hashes, tracks=None):
         first_hit, hits_per_code, labels = self._tier.lookup_slices(hashes, tracks)
+        # The pair tier reads most batches of its codes twice (matcher.pair.group_pair_hits): their hits count once.
+        asked = np.asarray(hashes).tobytes() + (b"" if tracks is None else b"|" + np.asarray(tracks).tobytes())
+        if asked in self._asked:
+            return first_hit, hits_per_code, labels
+        self._asked.add(asked)
         self.codes_looked_up += len(hashes)
         self.hits += int(hits_per_code.sum())
         buckets = np.searchsorted(LIST_LENGTH_EDGES, hits_per_code, side="right")

@@ -8,8 +8,7 @@ on one constant time offset.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from functools import cached_property
-from typing import AbstractSet, ClassVar
+from typing import AbstractSet, Callable, ClassVar
 
 import numba
 import numpy as np
@@ -17,9 +16,9 @@ import numpy as np
 from refrain.index.landmarks import LandmarkIndex
 from refrain.matcher.landmarks import LandmarkTierParams, landmark_matches
 from refrain.matcher.types import Alignment, Calibration, Catalogue, Match, Query, ShortQueryTail
-from refrain.matcher.voting import best_cells_per_track, vote_order, weighted_lookup
+from refrain.matcher.voting import best_cells_per_track, lookup_in_store_order, vote_order, weighted_codes
 
-__all__ = ["PairTier", "PairVotes", "PairHits", "pair_hits", "pair_cells", "pair_votes_on",
+__all__ = ["PairTier", "PairVotes", "PairHits", "group_pair_hits", "pair_hits", "pair_cells", "pair_votes_on",
            "pair_alignments_of_hits"]
 
 #: Offsets are signed; vote cells must be non-negative.
@@ -82,37 +81,112 @@ class PairVotes:
 
 @dataclass(frozen=True)
 class PairHits:
-    """The query's pair-tier hits as the index returned them: per looked-up code, one slice of entry ids.
+    """The query's pair-tier hits grouped by track, in code order within each track (:func:`group_pair_hits`).
 
-    Eight bytes per hit (the entry id) and a few arrays per code: the pair tier scores
-    them (:func:`pair_alignments_of_hits`) instead of making votes of them, and the peaks
-    tier takes its candidates from them likewise (:func:`pair_cells`), both from the
-    same grouping by track (:attr:`by_track`, eight more bytes per hit).
-    Within a code's slice the hits are sorted by track (the store's runs are, see
-    :mod:`index.landmarks`).
+    Four bytes per hit in all but extreme cases (:attr:`hits`), made once per query
+    window for the pair tier (:func:`pair_alignments_of_hits`) and the peaks tier
+    (:func:`pair_cells`, :func:`pair_votes_on`), which score them in place instead of
+    making votes of them.
     """
 
     code_ids: np.ndarray       # which query landmarks were looked up, in increasing order
     code_weights: np.ndarray   # the rarity weight of each
     code_frames: np.ndarray    # the query frame of each
-    first_hit: np.ndarray      # where each code's hits start in ``labels``
-    hits_per_code: np.ndarray
-    labels: np.ndarray         # every hit's entry id, ``track_id << payload_bits | reference frame``
-    payload_bits: int
+    tracks: np.ndarray         # the tracks with hits, increasing (int64)
+    bounds: np.ndarray         # ``tracks[i]``'s hits are ``hits[bounds[i]:bounds[i + 1]]`` (int64)
+    hits: np.ndarray           # each hit's ``code position << offset_bits | time offset - lowest`` (uint32 or int64)
+    offset_bits: int
+    lowest: int                # the range of the hits' time offsets (reference frame - query frame);
+    highest: int               # (0, -1) without hits
 
     def __len__(self) -> int:
-        return int(self.hits_per_code.sum())
+        return len(self.hits)
 
-    @cached_property
-    def by_track(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, int, int]:
-        """The hits grouped by track (:func:`_hits_by_track`), made once for the pair and peaks tiers.
+    def codes_and_offsets(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The code positions and time offsets (int64) of the hits at ``rows``."""
+        packed = self.hits[rows].astype(np.int64)
+        return packed >> self.offset_bits, (packed & ((1 << self.offset_bits) - 1)) + self.lowest
 
-        Returns
-        -------
-        tracks, bounds, codes, offsets : np.ndarray
-        lowest, highest : int
-        """
-        return _hits_by_track(self.code_frames, self.first_hit, self.hits_per_code, self.labels, self.payload_bits)
+
+#: Hits a lookup decodes at once while the pair hits are grouped (bounded by the codes' entry counts; one code's
+#: hits are never split). The store is read twice, once to count each track's hits and once to place them, so that
+#: no array of every hit's entry id is held: at 640 catalogue hours a 30 s query has up to 52 M hits, 418 MB of ids.
+_HITS_PER_LOOKUP = 1 << 20
+
+
+def group_pair_hits(code_ids: np.ndarray, code_weights: np.ndarray, code_frames: np.ndarray, entries: np.ndarray,
+                    payload_bits: int, lookup: Callable[[int, int], tuple[np.ndarray, np.ndarray, np.ndarray]]
+                    ) -> PairHits:
+    """The hits of the looked-up codes grouped by track: a counting sort over bounded lookups, most made twice.
+
+    Codes are looked up a few at a time, in their order, by ``lookup``; each batch is read
+    straight through once to count each track's hits and once more, after they are all
+    counted, to place its hits (looked up again, but for the last batch). A hit is placed
+    as its code's position and its time offset in one integer of the fewest bytes that
+    hold both (4 unless the offsets span more than ``2 ** 32`` over the number of codes:
+    catalogue tracks of hours).
+
+    Parameters
+    ----------
+    code_ids, code_weights, code_frames : np.ndarray
+        The looked-up query landmarks (increasing), their rarity weights and query frames.
+    entries : np.ndarray of int64
+        Per code, at least its hits (its entry count): what bounds a batch.
+    payload_bits : int
+        Of the entry ids: the track is above them, the reference frame in them.
+    lookup : callable
+        ``lookup(start, stop)`` gives the hits of codes ``start:stop`` as
+        :meth:`index.landmarks.LandmarkIndex.lookup_slices` does: ``first_hit``,
+        ``hits_per_code``, ``labels`` (each code's hits one slice, sorted by track).
+
+    Returns
+    -------
+    PairHits
+    """
+    # Batches of codes whose entries reach _HITS_PER_LOOKUP; at least one, so that a query without hits or codes
+    # runs the kernels too (a warm-up query compiles them).
+    before = np.cumsum(entries) - entries
+    starts = np.unique(np.concatenate([[0], np.searchsorted(before, np.arange(_HITS_PER_LOOKUP, int(np.sum(entries)),
+                                                                              _HITS_PER_LOOKUP))]))
+    starts = starts[starts < max(len(code_ids), 1)]
+    batches = list(zip(starts.tolist(), np.append(starts[1:], len(code_ids)).tolist()))
+    first_track, counts = 0, np.zeros(0, np.int64)
+    lowest, highest = 1 << 62, -(1 << 62)
+    for start, stop in batches:
+        found = lookup(start, stop)
+        low_track, batch_counts, low, high = _count_by_track(code_frames[start:stop], *found, payload_bits)
+        first_track, counts = _add_counts(first_track, counts, int(low_track), batch_counts)
+        lowest, highest = min(lowest, int(low)), max(highest, int(high))
+    if highest < lowest:
+        lowest, highest = 0, -1
+    offset_bits = max(highest - lowest, 0).bit_length()
+    fits = offset_bits + max(len(code_ids) - 1, 0).bit_length() <= 32
+    with_hits = np.flatnonzero(counts)
+    place = np.cumsum(counts) - counts
+    bounds = np.append(place[with_hits], int(np.sum(counts)))
+    hits = np.empty(bounds[-1], np.uint32 if fits else np.int64)
+    # The last batch's hits are still at hand: a query of one batch (under _HITS_PER_LOOKUP hits: a 10 s query on a
+    # catalogue of tens of hours) is looked up once, as before batches.
+    for number, (start, stop) in enumerate(batches):
+        _place_by_track(code_frames[start:stop], start, *(found if number == len(batches) - 1 else lookup(start, stop)),
+                        payload_bits, first_track, place, hits, offset_bits, lowest)
+    return PairHits(code_ids, code_weights, code_frames, with_hits + first_track, bounds, hits, offset_bits, lowest,
+                    highest)
+
+
+def _add_counts(first_track: int, counts: np.ndarray, low_track: int, more: np.ndarray) -> tuple[int, np.ndarray]:
+    """Per-track counts from ``first_track`` on, plus ``more`` from ``low_track`` on (either range may be wider)."""
+    if not len(more):
+        return first_track, counts
+    if not len(counts):
+        return low_track, more
+    begin, end = min(first_track, low_track), max(first_track + len(counts), low_track + len(more))
+    if (begin, end) != (first_track, first_track + len(counts)):
+        wider = np.zeros(end - begin, np.int64)
+        wider[first_track - begin:first_track - begin + len(counts)] = counts
+        first_track, counts = begin, wider
+    counts[low_track - first_track:low_track - first_track + len(more)] += more
+    return first_track, counts
 
 
 def pair_hits(query: Query, catalogue: Catalogue, tier: PairTier) -> PairHits:
@@ -134,10 +208,11 @@ def pair_hits(query: Query, catalogue: Catalogue, tier: PairTier) -> PairHits:
     if PairTier.name not in query.shared:
         index: LandmarkIndex = catalogue.tiers[PairTier.name]
         fp = query.fingerprint
-        code_ids, code_weights, first_hit, hits_per_code, labels = weighted_lookup(
-            index, fp.hashes, tier, query.candidates.get(PairTier.name))
-        query.shared[PairTier.name] = PairHits(code_ids, code_weights, fp.frames[code_ids].astype(np.int64),
-                                               first_hit, hits_per_code, labels, index.payload_bits)
+        code_ids, code_weights, entries = weighted_codes(index, fp.hashes, tier)
+        looked_up, tracks = fp.hashes[code_ids], query.candidates.get(PairTier.name)
+        query.shared[PairTier.name] = group_pair_hits(
+            code_ids, code_weights, fp.frames[code_ids].astype(np.int64), entries, index.payload_bits,
+            lambda start, stop: lookup_in_store_order(index, looked_up[start:stop], tracks))
     return query.shared[PairTier.name]
 
 
@@ -145,7 +220,7 @@ def pair_cells(hits: PairHits, deltas: np.ndarray, searched: np.ndarray | None =
                min_weight: float = 0.0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The heaviest (track, time offset) cells that hits vote for, heaviest first, with their neighbourhood weights.
 
-    Scored from the hits grouped by track (:attr:`PairHits.by_track`): the weights are
+    Scored from the hits grouped by track (:class:`PairHits`): the weights are
     those of :func:`~matcher.voting.neighbourhood_sums` over every hit's vote (sorted by
     track, then offset, ties in code order), to the last bit, without making a vote of any
     hit; and only the best ``keep`` cells are ever held, so that memory does not grow with
@@ -157,7 +232,7 @@ def pair_cells(hits: PairHits, deltas: np.ndarray, searched: np.ndarray | None =
     deltas : np.ndarray of int64
         Offset differences summed together, in the order they are added.
     searched : np.ndarray of bool, optional
-        Per track with hits (``hits.by_track[0]``), whether its cells count; all if None.
+        Per track with hits (``hits.tracks``), whether its cells count; all if None.
     keep : int, optional
         How many cells at most; all if None.
     min_weight : float
@@ -170,15 +245,14 @@ def pair_cells(hits: PairHits, deltas: np.ndarray, searched: np.ndarray | None =
     summed : np.ndarray of float64
         The rarity weight of the hits whose offset differs from the cell's by one of ``deltas``.
     """
-    tracks = hits.by_track[0]
-    searched = np.ones(len(tracks), np.bool_) if searched is None else np.asarray(searched, np.bool_)
+    searched = np.ones(len(hits.tracks), np.bool_) if searched is None else np.asarray(searched, np.bool_)
     keep = len(hits) + 1 if keep is None else keep
-    return _best_cells(hits.code_weights, *hits.by_track, np.asarray(deltas, np.int64), searched, keep,
-                       float(min_weight))
+    return _best_cells(hits.code_weights, hits.tracks, hits.bounds, hits.hits, hits.offset_bits, hits.lowest,
+                       hits.highest, np.asarray(deltas, np.int64), searched, keep, float(min_weight))
 
 
 def pair_votes_on(hits: PairHits, tracks: np.ndarray) -> PairVotes:
-    """The hits on a few tracks as votes: track by track, in code order within each (:attr:`PairHits.by_track`).
+    """The hits on a few tracks as votes: track by track, in code order within each (as :class:`PairHits` holds them).
 
     Parameters
     ----------
@@ -191,10 +265,10 @@ def pair_votes_on(hits: PairHits, tracks: np.ndarray) -> PairVotes:
     PairVotes
         int64 fields, but the weights.
     """
-    with_hits, bounds, codes, offsets, _, _ = hits.by_track
-    at = np.searchsorted(with_hits, tracks)
+    bounds = hits.bounds
+    at = np.searchsorted(hits.tracks, tracks)
     rows = np.concatenate([np.arange(bounds[i], bounds[i + 1]) for i in at] + [np.zeros(0, np.int64)])
-    own_codes, own_offsets = codes[rows], offsets[rows].astype(np.int64)
+    own_codes, own_offsets = hits.codes_and_offsets(rows)
     query_frames = hits.code_frames[own_codes]
     return PairVotes(hits.code_ids[own_codes], np.repeat(np.asarray(tracks, np.int64), bounds[at + 1] - bounds[at]),
                      own_offsets + query_frames, hits.code_weights[own_codes], query_frames, own_offsets)
@@ -206,23 +280,20 @@ _SCAN_PER_HIT = 32
 
 
 @numba.njit(cache=True, nogil=True)
-def _hits_by_track(code_frames, first_hit, hits_per_code, labels, payload_bits):
-    """Every hit's (code, time offset) grouped by track, in code order within each track: a counting sort.
+def _count_by_track(code_frames, first_hit, hits_per_code, labels, payload_bits):
+    """How many hits each track has in these codes' slices, and the range of their time offsets.
 
-    Each code's slice of hits is read straight through, twice (counting, placing), where
-    walking every slice at once track by track read a cache line per code and track
-    (the cells of a 1-minute upload's 659,000 hits on 150 tracks: 25 ms, now 6).
+    Each code's slice is read straight through (:func:`group_pair_hits` places the hits
+    likewise), where walking every slice at once track by track read a cache line per
+    code and track (the cells of a 1-minute upload's 659,000 hits on 150 tracks: 25 ms, then 6).
 
     Returns
     -------
-    tracks : np.ndarray of int64
-        The tracks with hits, increasing.
-    bounds : np.ndarray of int64
-        ``tracks[i]``'s hits are ``bounds[i]:bounds[i + 1]`` of the next two.
-    codes, offsets : np.ndarray of int32
-        Each hit's code position and time offset (reference frame - query frame).
+    first_track : int
+    counts : np.ndarray of int64
+        Hits of each track from ``first_track`` on, to the last with hits (empty without hits).
     lowest, highest : int
-        The range of the offsets; (0, -1) without hits.
+        The range of the offsets (reference frame - query frame); empty without hits.
     """
     payload_mask = (np.int64(1) << payload_bits) - 1
     # A code's slice is sorted by track: its ends bound its tracks.
@@ -233,29 +304,28 @@ def _hits_by_track(code_frames, first_hit, hits_per_code, labels, payload_bits):
             last_track = max(last_track, labels[first_hit[code] + hits_per_code[code] - 1] >> payload_bits)
     if last_track < 0:
         first_track = 0
-    # place[t]: where the next hit on track first_track + t goes (once counted, where its hits begin).
-    place = np.zeros(last_track - first_track + 2, np.int64)
+    counts = np.zeros(last_track - first_track + 1, np.int64)
     lowest, highest = np.int64(1) << 62, -(np.int64(1) << 62)
     for code in range(len(first_hit)):
         for hit in range(first_hit[code], first_hit[code] + hits_per_code[code]):
-            place[(labels[hit] >> payload_bits) - first_track + 1] += 1
+            counts[(labels[hit] >> payload_bits) - first_track] += 1
             offset = (labels[hit] & payload_mask) - code_frames[code]
             lowest, highest = min(lowest, offset), max(highest, offset)
-    if highest < lowest:
-        lowest, highest = 0, -1
-    with_hits = np.flatnonzero(place[1:])
-    place = np.cumsum(place)
-    bounds = np.empty(len(with_hits) + 1, np.int64)
-    bounds[:-1] = place[with_hits]
-    bounds[-1] = place[-1]
-    codes, offsets = np.empty(place[-1], np.int32), np.empty(place[-1], np.int32)
+    return first_track, counts, lowest, highest
+
+
+@numba.njit(cache=True, nogil=True)
+def _place_by_track(code_frames, first_code, first_hit, hits_per_code, labels, payload_bits, first_track, place,
+                    hits, offset_bits, lowest):
+    """Place each hit of these codes' slices at ``place`` of its track (advanced), as its code position (counted
+    from ``first_code``) and its time offset less ``lowest``, packed (:class:`PairHits`)."""
+    payload_mask = (np.int64(1) << payload_bits) - 1
     for code in range(len(first_hit)):
+        packed_code = (first_code + code) << offset_bits
         for hit in range(first_hit[code], first_hit[code] + hits_per_code[code]):
             slot = (labels[hit] >> payload_bits) - first_track
-            codes[place[slot]] = code
-            offsets[place[slot]] = (labels[hit] & payload_mask) - code_frames[code]
+            hits[place[slot]] = packed_code | ((labels[hit] & payload_mask) - code_frames[code] - lowest)
             place[slot] += 1
-    return with_hits + first_track, bounds, codes, offsets, lowest, highest
 
 
 @numba.njit(cache=True, nogil=True)
@@ -268,8 +338,8 @@ def _neighbourhood(cell_weight, place, deltas):
 
 
 @numba.njit(cache=True, nogil=True)
-def _best_per_track(code_weights, bounds, codes, offsets, lowest, highest, deltas):
-    """Each track's best neighbourhood weight, from the hits grouped by track (:attr:`PairHits.by_track`).
+def _best_per_track(code_weights, bounds, hits, offset_bits, lowest, highest, deltas):
+    """Each track's best neighbourhood weight, from the hits grouped by track (:class:`PairHits`).
 
     A track's hits add their code's weight into a dense array over time offsets, in
     code order, so each cell's weight is the sum, in the order, that
@@ -285,16 +355,18 @@ def _best_per_track(code_weights, bounds, codes, offsets, lowest, highest, delta
     """
     reach = np.max(np.abs(deltas)) if len(deltas) else 0
     cell_weight = np.zeros(highest - lowest + 1 + 2 * reach, np.float64)
-    base = reach - lowest    # an offset's place in cell_weight
+    # A hit's place in cell_weight is its offset less lowest (as packed), plus reach.
+    mask = (np.int64(1) << offset_bits) - 1
     best = np.empty(len(bounds) - 1, np.float64)
     for t in range(len(best)):
         for j in range(bounds[t], bounds[t + 1]):
-            cell_weight[offsets[j] + base] += code_weights[codes[j]]
+            packed = np.int64(hits[j])
+            cell_weight[(packed & mask) + reach] += code_weights[packed >> offset_bits]
         top = -np.inf
         for j in range(bounds[t], bounds[t + 1]):
-            top = max(top, _neighbourhood(cell_weight, offsets[j] + base, deltas))
+            top = max(top, _neighbourhood(cell_weight, (np.int64(hits[j]) & mask) + reach, deltas))
         for j in range(bounds[t], bounds[t + 1]):
-            cell_weight[offsets[j] + base] = 0.0
+            cell_weight[(np.int64(hits[j]) & mask) + reach] = 0.0
         best[t] = top
     return best
 
@@ -310,7 +382,7 @@ def _heaviest_first(tracks, offsets, summed, count, keep):
 
 
 @numba.njit(cache=True, nogil=True)
-def _best_cells(code_weights, hit_tracks, bounds, codes, hit_offsets, lowest, highest, deltas, searched, keep,
+def _best_cells(code_weights, hit_tracks, bounds, hits, offset_bits, lowest, highest, deltas, searched, keep,
                 min_weight):
     """The ``keep`` heaviest (track, time offset) cells of the searched tracks, and their neighbourhood weights.
 
@@ -332,8 +404,8 @@ def _best_cells(code_weights, hit_tracks, bounds, codes, hit_offsets, lowest, hi
     """
     reach = np.max(np.abs(deltas)) if len(deltas) else 0
     cell_weight = np.zeros(highest - lowest + 1 + 2 * reach, np.float64)
-    base = reach - lowest
-    room = min(2 * keep, len(codes)) + 1
+    mask = (np.int64(1) << offset_bits) - 1   # places in cell_weight as in _best_per_track
+    room = min(2 * keep, len(hits)) + 1
     tracks, offsets, summed = np.empty(room, np.int64), np.empty(room, np.int64), np.empty(room, np.float64)
     count = 0
     floor, strict = min_weight, False   # a cell enters when its weight reaches floor (exceeds it, once cut)
@@ -342,19 +414,20 @@ def _best_cells(code_weights, hit_tracks, bounds, codes, hit_offsets, lowest, hi
             continue
         begin, end = bounds[t], bounds[t + 1]
         track = hit_tracks[t]
-        first = last = hit_offsets[begin] + base
+        first = last = (np.int64(hits[begin]) & mask) + reach
         for j in range(begin, end):
-            place = hit_offsets[j] + base
-            cell_weight[place] += code_weights[codes[j]]
+            packed = np.int64(hits[j])
+            place = (packed & mask) + reach
+            cell_weight[place] += code_weights[packed >> offset_bits]
             first, last = min(first, place), max(last, place)
         scan = last - first < _SCAN_PER_HIT * (end - begin)
-        places = np.arange(first, last + 1) if scan else np.unique(hit_offsets[begin:end]) + base
+        places = np.arange(first, last + 1) if scan else np.unique(hits[begin:end] & mask) + reach
         for place in places:
             if cell_weight[place] <= 0.0:   # rarity weights are positive: a place without hits
                 continue
             weight = _neighbourhood(cell_weight, place, deltas)
             if weight > floor or (weight == floor and not strict):
-                tracks[count], offsets[count], summed[count] = track, place - base, weight
+                tracks[count], offsets[count], summed[count] = track, place - reach + lowest, weight
                 count += 1
                 if count == room:
                     count = _heaviest_first(tracks, offsets, summed, count, keep)
@@ -363,7 +436,7 @@ def _best_cells(code_weights, hit_tracks, bounds, codes, hit_offsets, lowest, hi
             cell_weight[first:last + 1] = 0.0
         else:
             for j in range(begin, end):
-                cell_weight[hit_offsets[j] + base] = 0.0
+                cell_weight[(np.int64(hits[j]) & mask) + reach] = 0.0
     count = _heaviest_first(tracks, offsets, summed, count, keep)
     return tracks[:count], offsets[:count], summed[:count]
 
@@ -388,11 +461,11 @@ def pair_alignments_of_hits(hits: PairHits, params: PairTier) -> list[Alignment]
     """
     # No early return without hits: a warm-up query (few hits or none) compiles every kernel.
     tol = params.offset_tolerance
-    tracks, bounds, codes, offsets, lowest, highest = hits.by_track
-    best = _best_per_track(hits.code_weights, bounds, codes, offsets, lowest, highest, np.arange(-tol, tol + 1))
+    best = _best_per_track(hits.code_weights, hits.bounds, hits.hits, hits.offset_bits, hits.lowest, hits.highest,
+                           np.arange(-tol, tol + 1))
     # best_cells_per_track's choice of tracks: strongest first, ties by track, down to min_score.
     strongest = np.argsort(-best, kind="stable")[:params.max_candidates]
-    votes = pair_votes_on(hits, np.sort(tracks[strongest[best[strongest] >= params.min_score]]))
+    votes = pair_votes_on(hits, np.sort(hits.tracks[strongest[best[strongest] >= params.min_score]]))
     return pair_alignments(votes[vote_order(votes.track_ids, votes.offsets + _OFFSET_BIAS)], params)
 
 

@@ -251,7 +251,7 @@ def _candidates(hits: PairHits, params: PeaksTier, catalogue: Catalogue,
     # and the neighbour rule. (No early return without hits: a warm-up query compiles the kernel.)
     durations = catalogue.track_durations
     searched = np.array([track_id not in skip and (durations is None or track_id in durations)
-                         for track_id in hits.by_track[0].tolist()], dtype=bool)
+                         for track_id in hits.tracks.tolist()], dtype=bool)
     cell_tracks, cell_offsets, summed = pair_cells(hits, _OFFSET_NEIGHBOURS, searched, 8 * wanted, params.min_votes)
     chosen: list[tuple[int, int]] = []
     taken: dict[int, list[int]] = {}

@@ -8,8 +8,8 @@ import numpy as np
 from refrain.index.landmarks import LandmarkIndex, mix_codes
 from refrain.matcher.landmarks import LandmarkTierParams
 
-__all__ = ["rarity_weights", "weighted_lookup", "vote_keys", "split_vote_keys", "vote_order",
-           "best_cells_per_track", "neighbourhood_sums"]
+__all__ = ["rarity_weights", "weighted_codes", "lookup_in_store_order", "weighted_lookup", "vote_keys",
+           "split_vote_keys", "vote_order", "best_cells_per_track", "neighbourhood_sums"]
 
 
 def rarity_weights(entries_per_code: np.ndarray, entries_in_tier: int, params: LandmarkTierParams) -> np.ndarray:
@@ -32,13 +32,64 @@ def rarity_weights(entries_per_code: np.ndarray, entries_in_tier: int, params: L
     return np.minimum(1.0, np.sqrt(typical / np.maximum(entries_per_code, 1)))
 
 
-def weighted_lookup(tier: LandmarkIndex, codes: np.ndarray, params: LandmarkTierParams,
-                    tracks: np.ndarray | None = None
-                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Look codes up, skipping those too common to count, and weigh each by rarity.
+def weighted_codes(tier: LandmarkIndex, codes: np.ndarray, params: LandmarkTierParams
+                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The codes worth looking up, each weighed by rarity: those too common to count are left out.
 
     The rarity weight of a code follows from the tier's code-count table, so codes
     lighter than ``min_hash_weight`` are never looked up: most hits would be theirs.
+
+    Parameters
+    ----------
+    tier : LandmarkIndex
+    codes : np.ndarray of uint32
+        Query codes.
+    params : LandmarkTierParams
+
+    Returns
+    -------
+    code_ids : np.ndarray of int64
+        Which of ``codes`` to look up, in order.
+    code_weights : np.ndarray of float
+        The rarity weight of each.
+    entries : np.ndarray of int64
+        The entries stored under each: its hits, unless the lookup is restricted to some tracks.
+    """
+    # Counted in the store's order (see lookup_in_store_order).
+    in_store_order = np.argsort(mix_codes(codes), kind="stable")
+    entries_per_code = np.empty(len(codes), np.int64)
+    entries_per_code[in_store_order] = tier.code_counts(codes[in_store_order])
+    code_weights = rarity_weights(entries_per_code, tier.ntotal, params)
+    code_ids = np.flatnonzero(code_weights >= params.min_hash_weight)
+    return code_ids, code_weights[code_ids], entries_per_code[code_ids]
+
+
+def lookup_in_store_order(tier: LandmarkIndex, codes: np.ndarray, tracks: np.ndarray | None = None
+                          ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """:meth:`index.landmarks.LandmarkIndex.lookup_slices` of ``codes``, asked in the order the store files them.
+
+    The store files its runs in the order of the mixed codes: asked in that order, its
+    binary searches and gathers walk forward through it (a 60 s window's 60,000 triplet
+    codes: 30 instead of 46 ms). Each code's hits are the same; only where its slice lies
+    in ``labels`` differs, and ``first_hit`` says where.
+
+    Returns
+    -------
+    first_hit, hits_per_code, labels : np.ndarray of int64
+        Per code of ``codes``, in their order, where its hits start in ``labels`` and how
+        many there are (the slices do not follow each other in that order).
+    """
+    in_store_order = np.argsort(mix_codes(codes), kind="stable")
+    first_hit, hits_per_code, labels = tier.lookup_slices(codes[in_store_order], tracks)
+    slice_of = np.empty(len(codes), np.int64)
+    slice_of[in_store_order] = np.arange(len(codes))
+    return first_hit[slice_of], hits_per_code[slice_of], labels
+
+
+def weighted_lookup(tier: LandmarkIndex, codes: np.ndarray, params: LandmarkTierParams,
+                    tracks: np.ndarray | None = None
+                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Look codes up, skipping those too common to count (:func:`weighted_codes`), and weigh each by rarity.
 
     Parameters
     ----------
@@ -56,25 +107,11 @@ def weighted_lookup(tier: LandmarkIndex, codes: np.ndarray, params: LandmarkTier
     code_weights : np.ndarray of float
         The rarity weight of each.
     first_hit, hits_per_code, labels : np.ndarray of int64
-        Their hits, as :meth:`index.landmarks.LandmarkIndex.lookup_slices` returns them
-        (each code's hits one slice of ``labels``, though the slices do not follow each
-        other in the order of ``code_ids``): the tiers walk them code by code in compiled
-        loops.
+        Their hits (:func:`lookup_in_store_order`): the tiers walk them code by code in
+        compiled loops.
     """
-    # The store files its runs in the order of the mixed codes: asked in that order, its
-    # binary searches and gathers walk forward through it (a 60 s window's 60,000 triplet
-    # codes: 30 instead of 46 ms). Each code's hits are the same; only where its slice
-    # lies in ``labels`` differs, and ``first_hit`` says where.
-    in_store_order = np.argsort(mix_codes(codes), kind="stable")
-    entries_per_code = np.empty(len(codes), np.int64)
-    entries_per_code[in_store_order] = tier.code_counts(codes[in_store_order])
-    code_weights = rarity_weights(entries_per_code, tier.ntotal, params)
-    looked_up = in_store_order[code_weights[in_store_order] >= params.min_hash_weight]
-    first_hit, hits_per_code, labels = tier.lookup_slices(codes[looked_up], tracks)
-    code_ids = np.sort(looked_up)
-    slice_of = np.empty(len(codes), np.int64)
-    slice_of[looked_up] = np.arange(len(looked_up))
-    return code_ids, code_weights[code_ids], first_hit[slice_of[code_ids]], hits_per_code[slice_of[code_ids]], labels
+    code_ids, code_weights, _ = weighted_codes(tier, codes, params)
+    return code_ids, code_weights, *lookup_in_store_order(tier, codes[code_ids], tracks)
 
 
 def vote_order(track_ids: np.ndarray, cells: np.ndarray) -> np.ndarray:

@@ -259,7 +259,7 @@ def test_warm_up_compiles_the_kernels_a_query_needs(catalogue_index):
         from refrain.matcher import pair, peaks as peaks_tier, proposals, triplet, voting
         from refrain.api import Refrain
         kernels = [peaks._rank_in_sliding_window, hashes._targets_in_zone,
-                   pair._hits_by_track, pair._best_per_track, pair._best_cells,
+                   pair._count_by_track, pair._place_by_track, pair._best_per_track, pair._best_cells,
                    voting.neighbourhood_sums, triplet._plausible_hits, triplet._best_neighbourhood_per_track,
                    triplet._contenders_in_vote_order,
                    peaks_tier._meetings_of, proposals._hit_cells, landmarks._compact_track_bounds]

@@ -18,11 +18,13 @@ import soxr
 from refrain.fingerprint import fingerprint_signal
 from refrain.fingerprint.hashes import TIER_PAYLOAD_BITS
 from refrain.index.landmarks import LandmarkIndex
-from refrain.matcher.pair import (_OFFSET_BIAS, PairHits, PairTier, PairVotes, pair_alignments,
+from refrain.matcher import pair
+from refrain.matcher.pair import (_OFFSET_BIAS, PairHits, PairTier, PairVotes, group_pair_hits, pair_alignments,
                                   pair_alignments_of_hits, pair_cells, pair_hits)
 from refrain.matcher.peaks import _OFFSET_NEIGHBOURS, PeaksTier, _candidates
 from refrain.matcher.types import Catalogue, Query
-from refrain.matcher.voting import neighbourhood_sums, vote_keys, vote_order, weighted_lookup
+from refrain.matcher.voting import (lookup_in_store_order, neighbourhood_sums, vote_keys, vote_order, weighted_codes,
+                                    weighted_lookup)
 from refrain.synth import mix
 
 SR = 22050
@@ -47,9 +49,11 @@ def _reference_votes(index: LandmarkIndex, hashes: np.ndarray, frames: np.ndarra
 
 def _hits(index: LandmarkIndex, hashes: np.ndarray, frames: np.ndarray, params: PairTier,
           candidates: np.ndarray | None = None) -> PairHits:
-    code_ids, code_weights, first_hit, hits_per_code, labels = weighted_lookup(index, hashes, params, candidates)
-    return PairHits(code_ids, code_weights, frames[code_ids].astype(np.int64), first_hit, hits_per_code, labels,
-                    index.payload_bits)
+    """The hits as :func:`~matcher.pair.pair_hits` groups them."""
+    code_ids, code_weights, entries = weighted_codes(index, hashes, params)
+    looked_up = hashes[code_ids]
+    return group_pair_hits(code_ids, code_weights, frames[code_ids].astype(np.int64), entries, index.payload_bits,
+                           lambda start, stop: lookup_in_store_order(index, looked_up[start:stop], candidates))
 
 
 def _assert_same_alignments(expected, found):
@@ -114,7 +118,7 @@ def _assert_same_cells(votes: PairVotes, hits: PairHits, deltas: np.ndarray):
     assert np.array_equal(tracks, cells[order] >> 32)
     assert np.array_equal(offsets, (cells[order] & 0xFFFFFFFF) - _OFFSET_BIAS)
     assert np.array_equal(found.view(np.int64), summed[order].view(np.int64))
-    with_hits = hits.by_track[0]
+    with_hits = hits.tracks
     searched = np.arange(len(with_hits)) % 3 != 1
     searched_cells = np.isin(tracks, with_hits[searched])
     for keep in (1, 7, 240, 5000):
@@ -207,6 +211,54 @@ def test_the_peaks_tiers_candidates_are_those_of_every_vote(crowded_store, catal
     assert pair_hits(query, crowded, params) is query.shared["pair"]
 
 
+@pytest.mark.parametrize("per_lookup", [1, 700, 1 << 30])
+def test_hits_grouped_from_bounded_lookups_are_those_of_one_lookup(crowded_store, monkeypatch, per_lookup):
+    # A query's codes are looked up a few at a time, twice (counting, placing): whatever the batches, each
+    # track's hits come out the same, in code order, as from one lookup of every code.
+    index, hashes, frames, _ = crowded_store
+    params = PairTier(common_hash_entries_per_code=2 ** 8)
+    whole = _hits(index, hashes, frames, params)
+    lookups = []
+    monkeypatch.setattr(pair, "_HITS_PER_LOOKUP", per_lookup)
+    code_ids, code_weights, entries = weighted_codes(index, hashes, params)
+
+    def lookup(start, stop):
+        lookups.append((start, stop))
+        return lookup_in_store_order(index, hashes[code_ids][start:stop])
+
+    batched = group_pair_hits(code_ids, code_weights, frames[code_ids].astype(np.int64), entries, index.payload_bits,
+                              lookup)
+    for name in ("tracks", "bounds", "hits", "offset_bits", "lowest", "highest"):
+        assert np.array_equal(getattr(batched, name), getattr(whole, name)), name
+    assert batched.hits.dtype == np.uint32
+    # Each batch twice, in code order, covering every code once; the last is placed from its first lookup.
+    batches = lookups[:(len(lookups) + 1) // 2]
+    assert lookups[(len(lookups) + 1) // 2:] == batches[:-1]
+    ends = [stop for _, stop in batches]
+    assert [start for start, _ in batches] == [0] + ends[:-1] and ends[-1] == len(code_ids)
+    assert len(batches) == {1: len(code_ids), 700: len(batches), 1 << 30: 1}[per_lookup]
+    assert 1 < len(batches) < len(code_ids) or per_lookup != 700
+    _assert_same_cells(_reference_votes(index, hashes, frames, params), batched, _OFFSET_NEIGHBOURS)
+
+
+def test_offsets_too_wide_for_four_bytes_are_grouped_in_eight(crowded_store):
+    # A track's entries 2 ** 22 frames in (a recording of hours) put the offsets that far apart: with the query's
+    # 1,200 codes they no longer share 32 bits, and the hits are held in 64 (the same alignments and cells).
+    index, hashes, frames, copied = crowded_store
+    wide = LandmarkIndex.create(PAYLOAD_BITS)
+    for track in (40, 41, 700):
+        codes, payloads = index.track_entries(track)
+        wide.add(track, codes, payloads)
+    wide.add(900, hashes[::5], frames[::5] + (1 << PAYLOAD_BITS) - 1000)
+    params = PairTier(min_score=1.0, common_hash_entries_per_code=2 ** 8)
+    hits = _hits(wide, hashes, frames, params)
+    assert hits.hits.dtype == np.int64 and hits.offset_bits + (len(hits.code_ids) - 1).bit_length() > 32
+    expected = pair_alignments(_reference_votes(wide, hashes, frames, params), params)
+    _assert_same_alignments(expected, pair_alignments_of_hits(hits, params))
+    assert {40, 41, 700, 900} <= {a.track_id for a in expected}
+    _assert_same_cells(_reference_votes(wide, hashes, frames, params), hits, _OFFSET_NEIGHBOURS)
+
+
 def test_a_query_without_hits_gets_no_candidates(crowded_store, catalogue, songs):
     # Generated tones (the service's warm-up) look up codes that no track holds.
     index, hashes, frames, _ = crowded_store
@@ -218,6 +270,12 @@ def test_a_query_without_hits_gets_no_candidates(crowded_store, catalogue, songs
     assert len(hits) == 0
     assert all(len(values) == 0 for values in pair_cells(hits, _OFFSET_NEIGHBOURS))
     assert _candidates(hits, PeaksTier(), crowded, set()) == []
+    # Nor does a query without a code to look up.
+    params = PairTier()
+    nothing = _hits(index, hashes[:0], frames[:0], params)
+    assert len(nothing) == 0 and len(nothing.tracks) == 0 and nothing.bounds.tolist() == [0]
+    assert pair_alignments_of_hits(nothing, params) == []
+    assert all(len(values) == 0 for values in pair_cells(nothing, _OFFSET_NEIGHBOURS))
 
 
 def test_real_audio_mix_of_two_songs(catalogue, catalogue_index, songs):

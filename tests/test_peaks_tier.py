@@ -13,7 +13,7 @@ from refrain.fingerprint.hashes import TIER_PAYLOAD_BITS, Landmarks, hash_landma
 from refrain.index.peaks import PeakStore
 from refrain.index.store import IndexOpenError
 from refrain.matcher import Catalogue, PeaksTier
-from refrain.matcher.pair import PairHits
+from refrain.matcher.pair import PairHits, group_pair_hits
 from refrain.matcher.peaks import _background_shifts, peaks_matches
 from refrain.api import Refrain
 from refrain.config import Config
@@ -28,9 +28,10 @@ def _hits_on(track_id: int, code_frames: np.ndarray, offsets: list[list[int]]) -
     hits_per_code = np.array([len(own) for own in offsets], np.int64)
     labels = np.concatenate([(track_id << bits) | (frame + np.sort(np.asarray(own, np.int64)))
                              for frame, own in zip(code_frames, offsets)])
-    return PairHits(code_ids=np.arange(len(code_frames)), code_weights=np.ones(len(code_frames)),
-                    code_frames=np.asarray(code_frames, np.int64), first_hit=np.cumsum(hits_per_code) - hits_per_code,
-                    hits_per_code=hits_per_code, labels=labels, payload_bits=bits)
+    first_hit = np.cumsum(hits_per_code) - hits_per_code
+    return group_pair_hits(np.arange(len(code_frames)), np.ones(len(code_frames)), np.asarray(code_frames, np.int64),
+                           hits_per_code, bits,
+                           lambda start, stop: (first_hit[start:stop], hits_per_code[start:stop], labels))
 
 
 def _under(background: np.ndarray, song: np.ndarray, gain_db: float) -> np.ndarray:
