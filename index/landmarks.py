@@ -1,20 +1,19 @@
 """The landmark store: each code's entries in one contiguous run of a memory-mapped file.
 
-Layout (the compact encoding, 2026-12-07)
------------------------------------------
+Layout (the compact encoding; its code table of version 2)
+----------------------------------------------------------
 One uncompressed ``.npz`` archive per segment (:func:`index.files.save_arrays`), read
 memory-mapped (:func:`index.files.map_arrays`):
 
-``codes``       (uint32)  the distinct stored codes, in increasing order;
-``starts``      (uint32)  where each code's entries begin (entry number), plus the end
-                          (int64 in a segment of 2 ** 32 entries or more): the run lengths;
 ``stream``      (uint64)  every entry, bit-packed, run after run (little-endian words, one
                           spare word at the end);
 ``skip_bits``   (uint64)  the bit position of every ``SKIP``-th entry (entry 0, 64, 128, ...
 ``skip_tracks`` (uint32)  of the segment) and its track id: the skip points;
-``run_bits``    (uint16)  where each code's first entry lies, in bits after the skip point
-                          at or before it;
-``layout``      (int64)   version, ``SKIP``, and the widths below, the smallest and largest track.
+the code table  (below)   ``low``, ``runs``, ``long_lengths``, ``long_escapes``,
+                          ``bucket_offsets``, ``group_codes``, ``group_entries``,
+                          ``group_positions``, ``group_long`` (:class:`_BucketTable`);
+``layout``      (int64)   version (2), ``SKIP``, the widths below, the smallest and largest
+                          track, the stream's length in bits, the table's bucket and group bits.
 
 An entry is ``[gap: g bits][payload: p bits]`` and, only when the gap field is all ones
 (an *escape*), ``[track: G bits]``. The gap is the entry's track id minus the one before
@@ -24,31 +23,57 @@ the segment's largest track id, p that of its largest payload (the anchor frame 
 payload's top field, so p follows the segment's longest track: 14 bits for tracks under
 8.7 minutes where the tier reserves 22), and g the width that makes the stream shortest,
 chosen at each save from the gaps' bit lengths (an escape costs G more bits). An entry
-decodes from the one before it; a lookup decodes each run from its start (``skip_bits`` +
-``run_bits``), and a lookup restricted to candidate tracks gallops over the run's skip
-points (their tracks are stored) to the last one before a candidate and decodes at most
-``SKIP`` entries from there. Every reader returns the ids, ``track_id << payload_bits |
-payload``, of the plain layout below, in the same order: the encoding is invisible above
-this module.
+decodes from the one before it; a lookup decodes each run from its start, and a lookup
+restricted to candidate tracks gallops over the run's skip points (their tracks are
+stored) to the last one before a candidate and decodes at most ``SKIP`` entries from
+there. Every reader returns the ids, ``track_id << payload_bits | payload``, of the plain
+layout below, in the same order: the encoding is invisible above this module.
+
+The code table. The stored codes are mixed (:func:`mix_codes`), so their top bits spread
+them evenly: the table files them in ``2 ** b`` buckets by their top b bits and keeps of
+each code only its low ``32 - b`` bits (``low``: 1, 2 or 4 bytes). b is chosen at each
+save as the one that makes the table smallest among those leaving at most 8 codes a bucket
+on average (640 catalogue hours: b = 24 and one byte for 15.6 million quad codes, b = 21
+and two bytes for 11.1 million double codes). Each code has one byte for its run
+(``runs``): its length and how many of its entries are escapes, 4 bits each, or 0 for a
+run of more than 15 entries, whose length and escapes are the next of ``long_lengths`` and
+``long_escapes``. Consecutive buckets form groups of about 64 codes (256 entries where
+runs are long), each knowing its first code, entry and bit and the long runs before it;
+a bucket's first code is an offset from its group's (``bucket_offsets``, one byte unless
+a group holds more than 255 codes). A lookup reads its bucket's bounds, compares the low
+bits of its few codes, and adds up the run bytes before it in its group: the run's first
+entry and bit follow (a run of n entries with e escapes takes ``n * (g + p) + e * G``
+bits), with no binary search and no entry decoded; a count (``code_counts``) is mostly
+the code's own byte. Cost: 3.6 bytes per distinct code for the quad tier, 3.9 for the
+double tier at 640 h (where version 1 took 10: their files lost 21 and 18 %), 12-14 for
+the pair and triplet tiers, whose few codes have long runs (about 0.5 % of their files).
 
 Why it stays small as the catalogue grows: a code's run grows in proportion to the
 catalogue, so the gaps between its tracks keep their size (g and the share of escapes
 stay the same); only G grows (14 bits at 13,000 tracks, 22 at 3.5 million), and it is
 paid by the escapes and runs' first entries alone. Per entry: g + p + (escape share) * G
-+ 96 / SKIP bits for the skip points, and 10 bytes per distinct code (docs/scale.md,
-step 6).
++ 96 / SKIP bits for the skip points, and the code table's bytes per distinct code
+(docs/scale.md, step 6; docs/index-format.md).
+
+The code table of version 1 (2026-12-07, index format 4): ``codes`` (uint32, the distinct
+stored codes in increasing order), ``starts`` (uint32: each run's first entry, plus the
+end; int64 from ``2 ** 32`` entries) and ``run_bits`` (uint16: each run's first bit after
+the skip point at or before it): 10 bytes per code and a binary search per code looked up.
+Such files are read as they are (:class:`_SortedTable`); a save, merge or ``refrain
+upgrade`` writes their stream, unchanged, with a version-2 table.
 
 The plain layout (before 2026-12-07)
 ------------------------------------
-``codes`` and ``starts`` as above, and ``ids`` (uint8): every entry's id in the fewest
+``codes`` and ``starts`` as in version 1, and ``ids`` (uint8): every entry's id in the fewest
 little-endian bytes that hold ``payload_bits + TRACK_BITS`` (6 for the pair tier, 8 for
 the triplet tier). Entries added in memory are kept this way until saved, and segment
-files written by an earlier Refrain are read as they are (any segment may be of either
+files written by an earlier Refrain are read as they are (any segment may be of any
 layout); every save, merge and ``refrain upgrade`` writes the compact encoding.
 
-The code is implied by the run an entry lies in. A lookup is one binary search per code
-in ``codes`` and one pass over its run — exactly its hits, no neighbour's entries read —
-and the run lengths are the entry counts that rarity weights need before any lookup.
+The code is implied by the run an entry lies in. A lookup finds each code's run (one
+bucket read in the compact layout, a binary search in ``codes`` in the plain one) and
+makes one pass over it — exactly its hits, no neighbour's entries read — and the run
+lengths are the entry counts that rarity weights need before any lookup.
 A process maps the file: it opens in constant time at any catalogue size, its pages are
 shared between processes, and its memory holds only the runs its queries read.
 
