@@ -276,11 +276,11 @@ def _copy_track_entries(labels: np.ndarray, rows: np.ndarray, bounds: np.ndarray
 # minus 0). g, G (bits of the segment's largest track) and p (bits of its largest payload) are the
 # segment's, in ``layout``. Every SKIP-th entry of the segment (global position) has a skip point:
 # its bit position and its track, from which a lookup can decode forward without the entries
-# before it; a run's first entry is found by skipping forward from the skip point at or before it.
+# before it. The code table says where each code's run begins, as an entry number and a bit.
 #
 # The code table (version 2) files the codes in 2 ** b buckets by their top b bits and keeps of each
-# code its low 32 - b bits and its run length; 2 ** h consecutive buckets form a group, which knows
-# where its codes, entries and long runs begin (see :class:`_BucketTable`).
+# code its low 32 - b bits and its run's length and escapes; 2 ** h consecutive buckets form a group,
+# which knows where its codes, entries, bits and long runs begin (see :class:`_BucketTable`).
 
 #: An integer argument of the compiled helpers: a Python int or a numpy scalar.
 _Int = int | np.int64
