@@ -1,20 +1,19 @@
 """The landmark store: each code's entries in one contiguous run of a memory-mapped file.
 
-Layout (the compact encoding, 2026-12-07)
------------------------------------------
+Layout (the compact encoding; its code table of version 2)
+----------------------------------------------------------
 One uncompressed ``.npz`` archive per segment (:func:`index.files.save_arrays`), read
 memory-mapped (:func:`index.files.map_arrays`):
 
-``codes``       (uint32)  the distinct stored codes, in increasing order;
-``starts``      (uint32)  where each code's entries begin (entry number), plus the end
-                          (int64 in a segment of 2 ** 32 entries or more): the run lengths;
 ``stream``      (uint64)  every entry, bit-packed, run after run (little-endian words, one
                           spare word at the end);
 ``skip_bits``   (uint64)  the bit position of every ``SKIP``-th entry (entry 0, 64, 128, ...
 ``skip_tracks`` (uint32)  of the segment) and its track id: the skip points;
-``run_bits``    (uint16)  where each code's first entry lies, in bits after the skip point
-                          at or before it;
-``layout``      (int64)   version, ``SKIP``, and the widths below, the smallest and largest track.
+the code table  (below)   ``low``, ``runs``, ``long_lengths``, ``long_escapes``,
+                          ``bucket_offsets``, ``group_codes``, ``group_entries``,
+                          ``group_positions``, ``group_long`` (:class:`_BucketTable`);
+``layout``      (int64)   version (2), ``SKIP``, the widths below, the smallest and largest
+                          track, the stream's length in bits, the table's bucket and group bits.
 
 An entry is ``[gap: g bits][payload: p bits]`` and, only when the gap field is all ones
 (an *escape*), ``[track: G bits]``. The gap is the entry's track id minus the one before
@@ -24,31 +23,57 @@ the segment's largest track id, p that of its largest payload (the anchor frame 
 payload's top field, so p follows the segment's longest track: 14 bits for tracks under
 8.7 minutes where the tier reserves 22), and g the width that makes the stream shortest,
 chosen at each save from the gaps' bit lengths (an escape costs G more bits). An entry
-decodes from the one before it; a lookup decodes each run from its start (``skip_bits`` +
-``run_bits``), and a lookup restricted to candidate tracks gallops over the run's skip
-points (their tracks are stored) to the last one before a candidate and decodes at most
-``SKIP`` entries from there. Every reader returns the ids, ``track_id << payload_bits |
-payload``, of the plain layout below, in the same order: the encoding is invisible above
-this module.
+decodes from the one before it; a lookup decodes each run from its start, and a lookup
+restricted to candidate tracks gallops over the run's skip points (their tracks are
+stored) to the last one before a candidate and decodes at most ``SKIP`` entries from
+there. Every reader returns the ids, ``track_id << payload_bits | payload``, of the plain
+layout below, in the same order: the encoding is invisible above this module.
+
+The code table. The stored codes are mixed (:func:`mix_codes`), so their top bits spread
+them evenly: the table files them in ``2 ** b`` buckets by their top b bits and keeps of
+each code only its low ``32 - b`` bits (``low``: 1, 2 or 4 bytes). b is chosen at each
+save as the one that makes the table smallest among those leaving at most 8 codes a bucket
+on average (640 catalogue hours: b = 24 and one byte for 15.6 million quad codes, b = 21
+and two bytes for 11.1 million double codes). Each code has one byte for its run
+(``runs``): its length and how many of its entries are escapes, 4 bits each, or 0 for a
+run of more than 15 entries, whose length and escapes are the next of ``long_lengths`` and
+``long_escapes``. Consecutive buckets form groups of about 64 codes (256 entries where
+runs are long), each knowing its first code, entry and bit and the long runs before it;
+a bucket's first code is an offset from its group's (``bucket_offsets``, one byte unless
+a group holds more than 255 codes). A lookup reads its bucket's bounds, compares the low
+bits of its few codes, and adds up the run bytes before it in its group: the run's first
+entry and bit follow (a run of n entries with e escapes takes ``n * (g + p) + e * G``
+bits), with no binary search and no entry decoded; a count (``code_counts``) is mostly
+the code's own byte. Cost: 3.6 bytes per distinct code for the quad tier, 3.9 for the
+double tier at 640 h (where version 1 took 10: their files lost 21 and 18 %), 12-14 for
+the pair and triplet tiers, whose few codes have long runs (about 0.5 % of their files).
 
 Why it stays small as the catalogue grows: a code's run grows in proportion to the
 catalogue, so the gaps between its tracks keep their size (g and the share of escapes
 stay the same); only G grows (14 bits at 13,000 tracks, 22 at 3.5 million), and it is
 paid by the escapes and runs' first entries alone. Per entry: g + p + (escape share) * G
-+ 96 / SKIP bits for the skip points, and 10 bytes per distinct code (docs/scale.md,
-step 6).
++ 96 / SKIP bits for the skip points, and the code table's bytes per distinct code
+(docs/scale.md, step 6; docs/index-format.md).
+
+The code table of version 1 (2026-12-07, index format 4): ``codes`` (uint32, the distinct
+stored codes in increasing order), ``starts`` (uint32: each run's first entry, plus the
+end; int64 from ``2 ** 32`` entries) and ``run_bits`` (uint16: each run's first bit after
+the skip point at or before it): 10 bytes per code and a binary search per code looked up.
+Such files are read as they are (:class:`_SortedTable`); a save, merge or ``refrain
+upgrade`` writes their stream, unchanged, with a version-2 table.
 
 The plain layout (before 2026-12-07)
 ------------------------------------
-``codes`` and ``starts`` as above, and ``ids`` (uint8): every entry's id in the fewest
+``codes`` and ``starts`` as in version 1, and ``ids`` (uint8): every entry's id in the fewest
 little-endian bytes that hold ``payload_bits + TRACK_BITS`` (6 for the pair tier, 8 for
 the triplet tier). Entries added in memory are kept this way until saved, and segment
-files written by an earlier Refrain are read as they are (any segment may be of either
+files written by an earlier Refrain are read as they are (any segment may be of any
 layout); every save, merge and ``refrain upgrade`` writes the compact encoding.
 
-The code is implied by the run an entry lies in. A lookup is one binary search per code
-in ``codes`` and one pass over its run — exactly its hits, no neighbour's entries read —
-and the run lengths are the entry counts that rarity weights need before any lookup.
+The code is implied by the run an entry lies in. A lookup finds each code's run (one
+bucket read in the compact layout, a binary search in ``codes`` in the plain one) and
+makes one pass over it — exactly its hits, no neighbour's entries read — and the run
+lengths are the entry counts that rarity weights need before any lookup.
 A process maps the file: it opens in constant time at any catalogue size, its pages are
 shared between processes, and its memory holds only the runs its queries read.
 
@@ -88,6 +113,7 @@ writes it whole: a takedown leaves no trace of the track in any file at once.
 
 from __future__ import annotations
 
+import math
 import os
 import threading
 from typing import Any
@@ -250,18 +276,36 @@ def _copy_track_entries(labels: np.ndarray, rows: np.ndarray, bounds: np.ndarray
 # minus 0). g, G (bits of the segment's largest track) and p (bits of its largest payload) are the
 # segment's, in ``layout``. Every SKIP-th entry of the segment (global position) has a skip point:
 # its bit position and its track, from which a lookup can decode forward without the entries
-# before it; a run's first entry is ``run_bits`` bits after the skip point at or before it.
+# before it. The code table says where each code's run begins, as an entry number and a bit.
+#
+# The code table (version 2) files the codes in 2 ** b buckets by their top b bits and keeps of each
+# code its low 32 - b bits and its run's length and escapes; 2 ** h consecutive buckets form a group,
+# which knows where its codes, entries, bits and long runs begin (see :class:`_BucketTable`).
 
 #: An integer argument of the compiled helpers: a Python int or a numpy scalar.
 _Int = int | np.int64
-#: Layout of a compact segment: what ``layout`` holds, in this order.
+#: Layout of a compact segment: what ``layout`` holds, in this order (version 1 files hold the first 8).
 _LAYOUT_FIELDS = ("version", "skip", "gap_bits", "track_bits", "payload_bits", "min_track", "max_track",
-                  "stream_bits")
-_COMPACT_VERSION = 1
-_COMPACT_ARRAYS = ("layout", "codes", "starts", "run_bits", "skip_bits", "skip_tracks", "stream")
+                  "stream_bits", "bucket_bits", "group_bits")
+_COMPACT_VERSION = 2
+_TABLE_ARRAYS = ("low", "runs", "long_lengths", "long_escapes", "bucket_offsets", "group_codes", "group_entries",
+                 "group_positions", "group_long")
+_BUCKET_ARRAYS = ("layout", *_TABLE_ARRAYS, "skip_bits", "skip_tracks", "stream")
+#: Version 1 (2026-12-07, read as it is, rewritten as version 2): sorted codes, run starts, run bit offsets.
+_SORTED_ARRAYS = ("layout", "codes", "starts", "run_bits", "skip_bits", "skip_tracks", "stream")
 #: Entries between two skip points: a restricted lookup decodes at most this many before its first hit
 #: in a run; each skip point costs 12 bytes (1.5 bits per entry).
 SKIP = 64
+#: Most codes a bucket holds on average: a lookup compares the low bits of a bucket's codes one by one.
+_BUCKET_CODES = 8
+#: Codes and entries a group holds on average, at most: a lookup adds up the runs of the codes before
+#: it in its group (a few dozen bytes in one or two cache lines, and each long run's figures), and each
+#: group costs 24 bytes (at most 0.38 bytes per code, 0.75 bits per entry).
+_GROUP_CODES, _GROUP_ENTRIES = 64, 256
+#: Longest run (and most escapes) a code's byte holds: 4 bits each (proposal tiers: 95 % of the runs).
+_SHORT_RUN = 15
+#: Largest bucket bits: the low bits left are at least a byte, and the offsets at most 16 M bytes.
+_MOST_BUCKET_BITS = 24
 
 
 @numba.njit(cache=True, nogil=True)
@@ -334,9 +378,10 @@ def _gap_statistics(rows: np.ndarray, starts: np.ndarray, payload_bits: int
 
 @numba.njit(cache=True, nogil=True)
 def _encode(rows: np.ndarray, starts: np.ndarray, payload_bits: int, gap_bits: int, track_bits: int,
-            value_bits: int, skip: int, words: np.ndarray, run_bits: np.ndarray, skip_bits: np.ndarray,
+            value_bits: int, skip: int, words: np.ndarray, run_positions: np.ndarray, skip_bits: np.ndarray,
             skip_tracks: np.ndarray) -> None:
-    """Write the entries ``rows`` (runs at ``starts``) into ``words`` (zeros), with their skip points."""
+    """Write the entries ``rows`` (runs at ``starts``) into ``words`` (zeros), with their skip points and
+    the bit where each run starts."""
     escape = (np.int64(1) << gap_bits) - 1
     mask = (np.int64(1) << payload_bits) - 1
     position = np.int64(0)
@@ -348,7 +393,7 @@ def _encode(rows: np.ndarray, starts: np.ndarray, payload_bits: int, gap_bits: i
             if i % skip == 0:
                 skip_bits[i // skip], skip_tracks[i // skip] = position, track
             if i == starts[r]:
-                run_bits[r] = position - skip_bits[i // skip]
+                run_positions[r] = position
             gap = track - previous
             _write_bits(words, position, gap if 0 <= gap < escape else escape, gap_bits)
             _write_bits(words, position + gap_bits, entry & mask, value_bits)
@@ -360,11 +405,12 @@ def _encode(rows: np.ndarray, starts: np.ndarray, payload_bits: int, gap_bits: i
 
 
 @numba.njit(cache=True, nogil=True)
-def _decode_rows(words: np.ndarray, starts: np.ndarray, run_positions: np.ndarray, gap_bits: int,
-                 track_bits: int, value_bits: int, payload_bits: int, rows: np.ndarray) -> None:
-    """Decode every entry into ``rows`` (the plain layout of :func:`_packed`)."""
+def _decode_rows(words: np.ndarray, starts: np.ndarray, gap_bits: int, track_bits: int, value_bits: int,
+                 payload_bits: int, rows: np.ndarray) -> None:
+    """Decode every entry into ``rows`` (the plain layout of :func:`_packed`): the runs lie end to end."""
+    position = np.int64(0)
     for r in range(len(starts) - 1):
-        position, previous = run_positions[r], np.int64(0)
+        previous = np.int64(0)
         for i in range(starts[r], starts[r + 1]):
             track, payload, position = _read_entry(words, position, previous, gap_bits, track_bits, value_bits)
             entry = (track << payload_bits) | payload
@@ -453,6 +499,50 @@ def _compact_copy_track_entries(labels: np.ndarray, words: np.ndarray, bounds: n
                 out += 1
 
 
+@numba.njit(cache=True, nogil=True)
+def _bucket_find(stored: np.ndarray, bucket_bits: int, group_bits: int, bucket_offsets: np.ndarray,
+                 group_codes: np.ndarray, group_entries: np.ndarray, group_positions: np.ndarray,
+                 group_long: np.ndarray, low: np.ndarray, runs: np.ndarray, long_lengths: np.ndarray,
+                 long_escapes: np.ndarray, entry_bits: int, track_bits: int, with_starts: bool
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Each stored-form code's run in a segment of :class:`_BucketTable`: its length and, if
+    ``with_starts``, where it starts (entry) and the bit position of its first entry; all 0 if it is absent.
+
+    An entry takes ``entry_bits`` (gap and payload fields) and, if escaped, ``track_bits`` more:
+    a run's bits follow from its length and escapes, so no entry is read.
+    """
+    first, run_lengths = np.zeros(len(stored), np.int64), np.zeros(len(stored), np.int64)
+    positions = np.zeros(len(stored), np.int64)
+    low_bits = 32 - bucket_bits
+    mask = (np.int64(1) << low_bits) - 1
+    for k in range(len(stored)):
+        code = np.int64(stored[k])
+        bucket, wanted = code >> low_bits, code & mask
+        group = bucket >> group_bits
+        j = np.int64(group_codes[group]) + np.int64(bucket_offsets[bucket])
+        end = np.int64(group_codes[(bucket + 1) >> group_bits]) + np.int64(bucket_offsets[bucket + 1])
+        while j < end and np.int64(low[j]) < wanted:
+            j += 1
+        if j == end or np.int64(low[j]) != wanted:
+            continue
+        if runs[j] and not with_starts:  # its length is in its byte: no sum needed
+            run_lengths[k] = np.int64(runs[j] & 15)
+            continue
+        entries, escapes, rank = np.int64(0), np.int64(0), np.int64(group_long[group])
+        for i in range(np.int64(group_codes[group]), j):
+            if runs[i]:
+                entries += np.int64(runs[i] & 15)
+                escapes += np.int64(runs[i] >> 4)
+            else:
+                entries += np.int64(long_lengths[rank])
+                escapes += np.int64(long_escapes[rank])
+                rank += 1
+        run_lengths[k] = np.int64(runs[j] & 15) if runs[j] else np.int64(long_lengths[rank])
+        first[k] = np.int64(group_entries[group]) + entries
+        positions[k] = np.int64(group_positions[group]) + entries * entry_bits + escapes * track_bits
+    return first, run_lengths, positions
+
+
 def _find_runs(codes: np.ndarray, starts: np.ndarray, stored: np.ndarray, order: np.ndarray | None
                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Each stored-form code's run in a segment: (its index, where it starts, its length: 0 if absent).
@@ -518,6 +608,11 @@ class _Runs:
     @property
     def ntotal(self) -> int:
         return int(self.starts[-1])
+
+    @property
+    def distinct(self) -> int:
+        """Number of distinct codes."""
+        return len(self.codes)
 
     @property
     def nbytes(self) -> int:
@@ -606,6 +701,163 @@ class _Runs:
                      self.ids[kept]), removed
 
 
+def _entry_dtype(total: int) -> type[np.unsignedinteger] | type[np.signedinteger]:
+    """dtype of entry numbers and counts in a segment of ``total`` entries."""
+    return np.uint32 if total < 1 << 32 else np.int64
+
+
+def _bucket_shape(distinct: int, entries: int) -> tuple[int, int]:
+    """(bucket bits b, group bits h) of a code table of ``distinct`` codes and ``entries`` entries.
+
+    b is the one, among those that leave at most ``_BUCKET_CODES`` codes a bucket on average,
+    that makes the table smallest: each code keeps its low 32 - b bits in 1, 2 or 4 bytes and each
+    bucket costs a byte. A group holds about ``_GROUP_CODES`` codes or ``_GROUP_ENTRIES`` entries,
+    whichever is fewer (at least a bucket): where runs are long, the table is small beside the
+    stream and short groups keep a lookup's sum short.
+    """
+    if not distinct:
+        return 0, 0
+    fewest = min(max(0, (-(-distinct // _BUCKET_CODES) - 1).bit_length()), _MOST_BUCKET_BITS)
+    bucket_bits = min(range(fewest, _MOST_BUCKET_BITS + 1),
+                      key=lambda bits: distinct * np.dtype(_low_dtype(bits)).itemsize + (1 << bits))
+    group_codes = min(_GROUP_CODES, _GROUP_ENTRIES * distinct / entries)
+    return bucket_bits, min(bucket_bits, max(0, round(math.log2(group_codes * (1 << bucket_bits) / distinct))))
+
+
+def _low_dtype(bucket_bits: int) -> type[np.unsignedinteger]:
+    """dtype of a code's low bits below ``bucket_bits`` bucket bits."""
+    low_bits = 32 - bucket_bits
+    return np.uint8 if low_bits <= 8 else np.uint16 if low_bits <= 16 else np.uint32
+
+
+class _SortedTable:
+    """The code table of a version-1 compact segment (2026-12-07): the sorted distinct codes, their
+    runs' starts (entry numbers, plus the end) and their first entries' bits after the skip point at
+    or before it, 10 bytes per code; a code is found by binary search. Read as it is; a save writes
+    its segment with a :class:`_BucketTable`."""
+
+    __slots__ = ("codes", "starts", "run_bits")
+
+    def __init__(self, codes: np.ndarray, starts: np.ndarray, run_bits: np.ndarray):
+        self.codes, self.starts, self.run_bits = codes, starts, run_bits
+
+    @property
+    def nbytes(self) -> int:
+        return int(self.codes.nbytes + self.starts.nbytes + self.run_bits.nbytes)
+
+    def find(self, stored: np.ndarray, order: np.ndarray | None, runs: "_CompactRuns"
+             ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """See :meth:`_CompactRuns.find`."""
+        at, first, lengths = _find_runs(self.codes, self.starts, stored, order)
+        if len(self.codes) == 0:
+            return first, lengths, first
+        return first, lengths, runs.skip_bits[first // runs.skip].astype(np.int64) + self.run_bits[at]
+
+    def run_lengths(self, stored: np.ndarray, order: np.ndarray | None, runs: "_CompactRuns") -> np.ndarray:
+        return _find_runs(self.codes, self.starts, stored, order)[2]
+
+
+class _BucketTable:
+    """The code table of a compact segment (version 2): codes filed by their top bits, runs by length.
+
+    The stored codes (mixed: uniformly spread) fall in ``2 ** bucket_bits`` buckets by their top
+    bits; ``2 ** group_bits`` consecutive buckets form a group. Arrays, codes in increasing order:
+
+    ``low``             (uint8/16/32) each code's low ``32 - bucket_bits`` bits;
+    ``runs``            (uint8)       each code's run: its length (low 4 bits) and how many of its
+                                      entries are escapes (high 4 bits); 0 for a run longer than 15;
+    ``long_lengths``    (uint16/32)   the lengths of those long runs, in code order,
+    ``long_escapes``    (uint16/32)   and their escapes;
+    ``bucket_offsets``  (uint8/16/32) each bucket's first code, counted from its group's first (plus
+                                      a last 0: the end);
+    ``group_codes``     (uint32)      each group's first code, plus the number of codes;
+    ``group_entries``   (uint32)      each group's first entry, plus the number of entries;
+    ``group_positions`` (uint64)      the bit where each group's first entry starts, plus the end;
+    ``group_long``      (uint32)      long runs before each group, plus their number.
+
+    (Entry numbers are int64 in a segment of ``2 ** 32`` entries or more.) A lookup reads its
+    bucket's bounds and compares the low bits of its few codes; a found code's run starts at its
+    group's first entry and bit plus the lengths and bits of the runs before it in the group (a run
+    of n entries with e escapes takes n * (g + p) + e * G bits).
+    """
+
+    __slots__ = ("bucket_bits", "group_bits", "low", "runs", "long_lengths", "long_escapes", "bucket_offsets",
+                 "group_codes", "group_entries", "group_positions", "group_long")
+
+    def __init__(self, bucket_bits: int, group_bits: int, arrays: dict[str, np.ndarray]):
+        self.bucket_bits, self.group_bits = bucket_bits, group_bits
+        # Plain views of the mapped file, as in _Runs.load.
+        self.low, self.runs, self.long_lengths, self.long_escapes, self.bucket_offsets, self.group_codes, \
+            self.group_entries, self.group_positions, self.group_long = (np.asarray(arrays[name])
+                                                                         for name in _TABLE_ARRAYS)
+
+    @classmethod
+    def build(cls, codes: np.ndarray, starts: np.ndarray, run_positions: np.ndarray, entry_bits: int,
+              track_bits: int) -> "_BucketTable":
+        """The table of the runs of the sorted distinct ``codes`` starting at entries ``starts`` and at
+        bits ``run_positions`` (both plus the end), in a stream whose entries take ``entry_bits``
+        and escapes ``track_bits`` more."""
+        codes, starts = np.asarray(codes, np.uint32), np.asarray(starts, np.int64)
+        run_positions = np.asarray(run_positions, np.int64)
+        bucket_bits, group_bits = _bucket_shape(len(codes), int(starts[-1]))
+        low_bits = 32 - bucket_bits
+        bucket_first = np.searchsorted(codes.astype(np.int64) >> low_bits, np.arange((1 << bucket_bits) + 1))
+        group_codes = bucket_first[::1 << group_bits]
+        offsets = bucket_first - group_codes[np.arange(len(bucket_first)) >> group_bits]
+        lengths = np.diff(starts)
+        escapes = (np.diff(run_positions) - lengths * entry_bits) // track_bits
+        long = lengths > _SHORT_RUN
+        long_before = np.concatenate([[0], np.cumsum(long)])
+        long_dtype = np.min_scalar_type(max(1 << 8, int(lengths.max(initial=0))))
+        return cls(bucket_bits, group_bits, {
+            "low": (codes & np.uint32((1 << low_bits) - 1)).astype(_low_dtype(bucket_bits)),
+            "runs": np.where(long, 0, lengths | escapes << 4).astype(np.uint8),
+            "long_lengths": lengths[long].astype(long_dtype), "long_escapes": escapes[long].astype(long_dtype),
+            "bucket_offsets": offsets.astype(np.min_scalar_type(int(offsets.max()))),
+            "group_codes": group_codes.astype(np.uint32),
+            "group_entries": starts[group_codes].astype(_entry_dtype(int(starts[-1]))),
+            "group_positions": run_positions[group_codes].astype(np.uint64),
+            "group_long": long_before[group_codes].astype(np.uint32)})
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        """The table's arrays, as a segment file holds them."""
+        return {name: getattr(self, name) for name in _TABLE_ARRAYS}
+
+    @property
+    def nbytes(self) -> int:
+        return sum(int(array.nbytes) for array in self.arrays().values())
+
+    @property
+    def codes(self) -> np.ndarray:
+        """Every code (uint32, increasing), decoded: a copy in memory."""
+        bucket_first = (self.group_codes[np.arange(len(self.bucket_offsets)) >> self.group_bits].astype(np.int64)
+                        + self.bucket_offsets)
+        buckets = np.repeat(np.arange(len(bucket_first) - 1, dtype=np.int64), np.diff(bucket_first))
+        return ((buckets << (32 - self.bucket_bits)) | self.low).astype(np.uint32)
+
+    @property
+    def starts(self) -> np.ndarray:
+        """Where each code's run starts (int64), plus the end, decoded: a copy in memory."""
+        lengths = (self.runs & 15).astype(np.int64)
+        lengths[self.runs == 0] = self.long_lengths
+        return np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+
+    def find(self, stored: np.ndarray, order: np.ndarray | None, runs: "_CompactRuns"
+             ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """See :meth:`_CompactRuns.find` (``order`` is not needed: no search walks the codes)."""
+        return self._find(stored, runs, True)
+
+    def run_lengths(self, stored: np.ndarray, order: np.ndarray | None, runs: "_CompactRuns") -> np.ndarray:
+        return self._find(stored, runs, False)[1]
+
+    def _find(self, stored: np.ndarray, runs: "_CompactRuns", with_starts: bool
+              ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        return _bucket_find(stored, self.bucket_bits, self.group_bits, self.bucket_offsets, self.group_codes,
+                            self.group_entries, self.group_positions, self.group_long, self.low, self.runs,
+                            self.long_lengths, self.long_escapes, runs.gap_bits + runs.value_bits, runs.track_bits,
+                            with_starts)
+
+
 def _compact_arrays(runs: _Runs, payload_bits: int) -> dict[str, np.ndarray]:
     """The arrays of a compact segment file holding the entries of ``runs`` (see the module docstring).
 
@@ -622,29 +874,30 @@ def _compact_arrays(runs: _Runs, payload_bits: int) -> dict[str, np.ndarray]:
     gap_bits = int(np.argmin(cost))
     total_bits = n * (gap_bits + value_bits) + int(escapes[gap_bits + 1]) * track_bits
     words = np.zeros(total_bits // 64 + 2, np.uint64)  # a spare word: a read may touch the one after
-    run_bits = np.zeros(len(runs.codes), np.uint16)
     skip_bits = np.zeros(-(-n // SKIP), np.uint64)
     skip_tracks = np.zeros(len(skip_bits), np.uint32)
-    _encode(runs.ids, starts, payload_bits, gap_bits, track_bits, value_bits, SKIP, words, run_bits, skip_bits,
+    run_positions = np.full(len(runs.codes) + 1, total_bits, np.int64)
+    _encode(runs.ids, starts, payload_bits, gap_bits, track_bits, value_bits, SKIP, words, run_positions, skip_bits,
             skip_tracks)
-    layout = dict(version=_COMPACT_VERSION, skip=SKIP, gap_bits=gap_bits, track_bits=track_bits,
-                  payload_bits=value_bits, min_track=int(low) if n else 0, max_track=int(high), stream_bits=total_bits)
-    return {"layout": np.array([layout[field] for field in _LAYOUT_FIELDS], np.int64), "codes": runs.codes,
-            "starts": starts.astype(np.uint32) if n < 1 << 32 else starts, "run_bits": run_bits,
-            "skip_bits": skip_bits, "skip_tracks": skip_tracks, "stream": words}
+    layout = dict(skip=SKIP, gap_bits=gap_bits, track_bits=track_bits, payload_bits=value_bits,
+                  min_track=int(low) if n else 0, max_track=int(high), stream_bits=total_bits)
+    table = _BucketTable.build(runs.codes, starts, run_positions, gap_bits + value_bits, track_bits)
+    return _CompactRuns.file_arrays(layout, table, skip_bits, skip_tracks, words)
 
 
 class _CompactRuns:
     """One saved segment in the compact encoding (see the module docstring), memory-mapped.
 
     Answers every lookup as the plain segment of the same entries would, in the same order.
+    Its code table is a :class:`_BucketTable`, or the :class:`_SortedTable` of a version-1 file.
     """
 
-    __slots__ = ("codes", "starts", "run_bits", "skip_bits", "skip_tracks", "stream", "skip", "gap_bits",
-                 "track_bits", "value_bits", "_span", "_stream_bits", "_width", "_payload")
+    __slots__ = ("table", "skip_bits", "skip_tracks", "stream", "skip", "gap_bits", "track_bits", "value_bits",
+                 "_span", "_stream_bits", "_width", "_payload")
 
-    def __init__(self, arrays: dict[str, np.ndarray], payload_bits: int):
-        layout = dict(zip(_LAYOUT_FIELDS, (int(value) for value in arrays["layout"])))
+    def __init__(self, layout: dict[str, int], table: _BucketTable | _SortedTable, arrays: dict[str, np.ndarray],
+                 payload_bits: int):
+        self.table = table
         self.skip, self.gap_bits, self.track_bits = layout["skip"], layout["gap_bits"], layout["track_bits"]
         self.value_bits = layout["payload_bits"]
         self._span = (layout["min_track"], layout["max_track"])
@@ -652,89 +905,140 @@ class _CompactRuns:
         # The store's payload width: where the track starts in a plain id, and its bytes.
         self._payload, self._width = payload_bits, id_bytes(payload_bits)
         # Plain views of the mapped file, as in _Runs.load.
-        self.codes, self.starts = np.asarray(arrays["codes"]), np.asarray(arrays["starts"])
-        self.run_bits, self.stream = np.asarray(arrays["run_bits"]), np.asarray(arrays["stream"])
+        self.stream = np.asarray(arrays["stream"])
         self.skip_bits, self.skip_tracks = np.asarray(arrays["skip_bits"]), np.asarray(arrays["skip_tracks"])
 
     @classmethod
     def load(cls, path: os.PathLike, payload_bits: int) -> "_CompactRuns":
-        """Map a compact segment file (read-only).
+        """Map a compact segment file (read-only), of either code table.
 
         Raises
         ------
         ValueError
             If the file is not a compact landmark store whose payloads fit ``payload_bits``.
         """
-        arrays = map_arrays(path, _COMPACT_ARRAYS)
-        layout, codes, starts = arrays["layout"], arrays["codes"], arrays["starts"]
-        if (len(layout) != len(_LAYOUT_FIELDS) or layout[0] != _COMPACT_VERSION
-                or codes.dtype != np.uint32 or starts.dtype not in (np.uint32, np.int64)
-                or len(starts) != len(codes) + 1 or len(arrays["run_bits"]) != len(codes) or starts[0] != 0
-                or len(arrays["skip_bits"]) != -(-int(starts[-1]) // int(layout[1]))
-                or len(arrays["skip_tracks"]) != len(arrays["skip_bits"])
+        table: _BucketTable | _SortedTable
+        fields: tuple[str, ...]
+        if "codes" in array_names(path):
+            arrays = map_arrays(path, _SORTED_ARRAYS)
+            codes, starts = arrays["codes"], arrays["starts"]
+            fields, version = _LAYOUT_FIELDS[:8], 1
+            consistent = (codes.dtype == np.uint32 and starts.dtype in (np.uint32, np.int64)
+                          and len(starts) == len(codes) + 1 and len(arrays["run_bits"]) == len(codes)
+                          and starts[0] == 0)
+            table = _SortedTable(np.asarray(codes), np.asarray(starts), np.asarray(arrays["run_bits"]))
+        else:
+            arrays = map_arrays(path, _BUCKET_ARRAYS)
+            fields, version = _LAYOUT_FIELDS, _COMPACT_VERSION
+            consistent = (len(arrays["layout"]) == len(fields)
+                          and 0 <= arrays["layout"][9] <= arrays["layout"][8] <= _MOST_BUCKET_BITS)
+            if consistent:
+                table = _BucketTable(int(arrays["layout"][8]), int(arrays["layout"][9]), arrays)
+                groups = (1 << (table.bucket_bits - table.group_bits)) + 1
+                consistent = (len(table.bucket_offsets) == (1 << table.bucket_bits) + 1
+                              and len(table.group_codes) == len(table.group_entries) == len(table.group_long) == groups
+                              and table.group_codes[0] == table.group_entries[0] == table.group_long[0] == 0
+                              and len(table.low) == len(table.runs) == table.group_codes[-1]
+                              and len(table.long_lengths) == len(table.long_escapes) == table.group_long[-1]
+                              and len(table.group_positions) == groups
+                              and table.group_positions[-1] == arrays["layout"][7]
+                              and table.low.dtype == _low_dtype(table.bucket_bits))
+        layout = arrays["layout"]
+        if (not consistent or len(layout) != len(fields) or layout[0] != version
                 or arrays["stream"].dtype != np.uint64 or len(arrays["stream"]) != layout[7] // 64 + 2
                 or (len(arrays["skip_bits"]) and arrays["skip_bits"][-1] > layout[7])
+                or len(arrays["skip_tracks"]) != len(arrays["skip_bits"])
                 or layout[4] > payload_bits or layout[3] > TRACK_BITS):
             raise ValueError(f"inconsistent landmark store {path}")
-        return cls(arrays, payload_bits)
+        segment = cls(dict(zip(fields, (int(value) for value in layout))), table, arrays, payload_bits)
+        if len(arrays["skip_bits"]) != -(-segment.ntotal // segment.skip):
+            raise ValueError(f"inconsistent landmark store {path}")
+        return segment
+
+    @staticmethod
+    def file_arrays(layout: dict[str, int], table: _BucketTable, skip_bits: np.ndarray, skip_tracks: np.ndarray,
+                    stream: np.ndarray) -> dict[str, np.ndarray]:
+        """The arrays of a segment file (version 2) of this stream and code table."""
+        layout = dict(layout, version=_COMPACT_VERSION, bucket_bits=table.bucket_bits, group_bits=table.group_bits)
+        return {"layout": np.array([layout[field] for field in _LAYOUT_FIELDS], np.int64), **table.arrays(),
+                "skip_bits": skip_bits, "skip_tracks": skip_tracks, "stream": stream}
 
     def save(self, path: os.PathLike, payload_bits: int) -> None:
-        """Write the segment as it is, atomically."""
-        layout = dict(version=_COMPACT_VERSION, skip=self.skip, gap_bits=self.gap_bits, track_bits=self.track_bits,
-                      payload_bits=self.value_bits, min_track=self._span[0], max_track=self._span[1],
-                      stream_bits=self._stream_bits)
-        save_arrays(path, {"layout": np.array([layout[field] for field in _LAYOUT_FIELDS], np.int64),
-                           "codes": self.codes, "starts": self.starts, "run_bits": self.run_bits,
-                           "skip_bits": self.skip_bits, "skip_tracks": self.skip_tracks, "stream": self.stream})
+        """Write the segment atomically; a version-1 file's stream with a new code table."""
+        table = self.table
+        if isinstance(table, _SortedTable):
+            starts = np.asarray(table.starts, np.int64)
+            run_positions = np.append(self.skip_bits[starts[:-1] // self.skip].astype(np.int64) + table.run_bits,
+                                      self._stream_bits)
+            table = _BucketTable.build(table.codes, starts, run_positions, self.gap_bits + self.value_bits,
+                                       self.track_bits)
+        layout = dict(skip=self.skip, gap_bits=self.gap_bits, track_bits=self.track_bits, payload_bits=self.value_bits,
+                      min_track=self._span[0], max_track=self._span[1], stream_bits=self._stream_bits)
+        save_arrays(path, self.file_arrays(layout, table, self.skip_bits, self.skip_tracks, self.stream))
+
+    @property
+    def encoding(self) -> str:
+        """``"compact"``, or ``"compact-v1"`` for a file with a version-1 code table."""
+        return "compact" if isinstance(self.table, _BucketTable) else "compact-v1"
+
+    @property
+    def codes(self) -> np.ndarray:
+        """The distinct codes, increasing (decoded from a version-2 table: a copy)."""
+        return self.table.codes
+
+    @property
+    def starts(self) -> np.ndarray:
+        """Where each code's run starts, plus the end (decoded from a version-2 table: a copy)."""
+        return self.table.starts
 
     @property
     def ntotal(self) -> int:
-        return int(self.starts[-1])
+        table = self.table
+        return int(table.group_entries[-1] if isinstance(table, _BucketTable) else table.starts[-1])
+
+    @property
+    def distinct(self) -> int:
+        table = self.table
+        return int(table.group_codes[-1] if isinstance(table, _BucketTable) else len(table.codes))
 
     @property
     def nbytes(self) -> int:
         """Bytes of the segment's arrays (its file's size, less the archive's headers)."""
-        return int(self.codes.nbytes + self.starts.nbytes + self.run_bits.nbytes + self.skip_bits.nbytes
-                   + self.skip_tracks.nbytes + self.stream.nbytes)
+        return int(self.table.nbytes + self.skip_bits.nbytes + self.skip_tracks.nbytes + self.stream.nbytes)
 
-    def _widths(self) -> tuple[int, int, int]:
+    def widths(self) -> tuple[int, int, int]:
+        """(gap, track, payload) field widths of the stream's entries."""
         return self.gap_bits, self.track_bits, self.value_bits
 
     def find(self, stored: np.ndarray, order: np.ndarray | None = None
              ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Where each stored-form code's run starts (entry), its length (0 if absent), and the bit
         position of its first entry in ``stream``."""
-        at, first, lengths = _find_runs(self.codes, self.starts, stored, order)
-        if len(self.codes) == 0:
-            return first, lengths, first
-        positions = self.skip_bits[first // self.skip].astype(np.int64) + self.run_bits[at]
-        return first, lengths, positions
+        return self.table.find(stored, order, self)
 
     def run_lengths(self, stored: np.ndarray, order: np.ndarray | None = None) -> np.ndarray:
-        return _find_runs(self.codes, self.starts, stored, order)[2]
+        return self.table.run_lengths(stored, order, self)
 
     def gather_into(self, labels: np.ndarray, found: tuple[np.ndarray, ...], dest: np.ndarray,
                     payload_bits: int) -> None:
         _, lengths, positions = found
-        _compact_gather_into(labels, self.stream, positions, lengths, dest, *self._widths(), payload_bits)
+        _compact_gather_into(labels, self.stream, positions, lengths, dest, *self.widths(), payload_bits)
 
     def track_bounds(self, found: tuple[np.ndarray, ...], tracks: np.ndarray, payload_bits: int
                      ) -> tuple[np.ndarray, np.ndarray]:
         first, lengths, positions = found
-        return _compact_track_bounds(self.stream, self.skip_bits, self.skip_tracks, self.skip, *self._widths(),
+        return _compact_track_bounds(self.stream, self.skip_bits, self.skip_tracks, self.skip, *self.widths(),
                                      first, lengths, positions, tracks)
 
     def copy_track_entries(self, labels: np.ndarray, bounds: np.ndarray, dest: np.ndarray,
                            payload_bits: int) -> None:
-        _compact_copy_track_entries(labels, self.stream, bounds, dest, *self._widths(), payload_bits)
+        _compact_copy_track_entries(labels, self.stream, bounds, dest, *self.widths(), payload_bits)
 
     def rows(self) -> np.ndarray:
         """Every entry's id in the plain layout (decoded: a copy in memory)."""
-        starts = np.asarray(self.starts, dtype=np.int64)
+        starts = self.starts
         rows = np.empty((int(starts[-1]), self._width), np.uint8)
-        if len(self.codes):
-            positions = self.skip_bits[starts[:-1] // self.skip].astype(np.int64) + self.run_bits
-            _decode_rows(self.stream, starts, positions, *self._widths(), self._payload, rows)
+        _decode_rows(self.stream, np.asarray(starts, np.int64), *self.widths(), self._payload, rows)
         return rows
 
     def plain(self) -> _Runs:
@@ -764,7 +1068,7 @@ _Segment = _Runs | _CompactRuns
 
 
 def _load_segment(path: os.PathLike, payload_bits: int) -> _Segment:
-    """Map a segment file, compact or (written before 2026-12-07) plain.
+    """Map a segment file, compact (either code table) or (written before 2026-12-07) plain.
 
     Raises
     ------
@@ -932,9 +1236,10 @@ class LandmarkIndex:
         return True
 
     def segment_encodings(self) -> list[str]:
-        """How each saved segment is encoded, main first: ``"compact"``, or ``"plain"`` for a file
-        written before the compact encoding (read as it is; the next rewrite of it is compact)."""
-        return ["compact" if isinstance(segment, _CompactRuns) else "plain" for segment in self._state[0]]
+        """How each saved segment is encoded, main first: ``"compact"``; ``"compact-v1"`` for a compact
+        file with the version-1 code table, ``"plain"`` for a file written before the compact encoding
+        (either read as it is; the next rewrite of it is ``"compact"``)."""
+        return [segment.encoding if isinstance(segment, _CompactRuns) else "plain" for segment in self._state[0]]
 
     @property
     def needs_rewrite(self) -> bool:
@@ -1098,7 +1403,7 @@ class LandmarkIndex:
             Every hit's entry id, ``track_id << payload_bits | payload``.
         """
         stored = self._stored_form(hashes)
-        segments: list[_Segment] = [segment for segment in self._segments() if len(segment.codes)] \
+        segments: list[_Segment] = [segment for segment in self._segments() if segment.distinct] \
             or [_Runs.empty(self._width)]
         order = np.argsort(stored) if len(segments) > 1 else None
         found = [segment.find(stored, order) for segment in segments]
@@ -1146,7 +1451,7 @@ class LandmarkIndex:
         codes : np.ndarray of uint32
         counts : np.ndarray of int64
         """
-        segments = [segment for segment in self._segments() if len(segment.codes)]
+        segments = [segment for segment in self._segments() if segment.distinct]
         if len(segments) <= 1:
             only = segments[0] if segments else _Runs.empty(self._width)
             return np.asarray(only.codes), np.diff(np.asarray(only.starts, dtype=np.int64))

@@ -48,11 +48,12 @@ is a new file, then one atomic manifest switch, then the deletion of the files i
 replaced: a crash leaves the old set or the new one, and the next writer deletes files
 the manifest does not name.
 
-Every manifest written says format 4: landmark files may be in the compact encoding
-(:mod:`index.landmarks`, 2026-12-07), which a Refrain from before it refuses to open
-rather than misread. Formats 2 (no deltas) and 3 (deltas) are read as they are, their
-plain landmark files included; the first rewrite of a file, or :meth:`IndexStore.upgrade`,
-writes it compact.
+Every manifest written says format 5: landmark files may have the compact encoding's
+bucketed code table (:mod:`index.landmarks`, version 2 of the compact layout), which a Refrain
+from before it refuses to open rather than misread. Formats 2 (no deltas), 3 (deltas) and 4
+(compact files of version 1) are read as they are, their plain and version-1 landmark files
+included; the first rewrite of a file, or :meth:`IndexStore.upgrade`, writes it in the current
+layout.
 """
 
 from __future__ import annotations
@@ -80,12 +81,12 @@ __all__ = ["IndexStore", "IndexOpenError", "IndexBusyError", "IndexWriteParams"]
 #: One of the index structures a tier is stored in.
 _Store = TypeVar("_Store", LandmarkIndex, MelodyIndex, PeakStore)
 
-#: Format of every manifest this Refrain writes: landmark files may be in the compact encoding
-#: (index/landmarks.py, 2026-12-07), which a Refrain before it cannot read; it refuses format 4.
-FORMAT_VERSION = 4
-#: Formats read: 2 (no delta segments) and 3 (deltas) were written before the compact encoding;
-#: their landmark files are read as they are.
-_READABLE_FORMATS = (2, 3, FORMAT_VERSION)
+#: Format of every manifest this Refrain writes: landmark files may have the bucketed code table
+#: (index/landmarks.py, compact layout version 2), which a Refrain before it cannot read; it refuses format 5.
+FORMAT_VERSION = 5
+#: Formats read: 2 (no delta segments) and 3 (deltas) were written before the compact encoding, 4
+#: with its version-1 code table (sorted codes); their landmark files are read as they are.
+_READABLE_FORMATS = (2, 3, 4, FORMAT_VERSION)
 # How many times a reader re-reads a manifest a writer replaced while the reader opened its files.
 _OPEN_ATTEMPTS = 5
 _MANIFEST, _CATALOG, _LOCK = "manifest.json", "catalog.sqlite", ".lock"
@@ -557,7 +558,7 @@ class IndexStore:
         """The tiers :meth:`upgrade` would bring to the current layout."""
         return [name for name, tier in self.tiers.items()
                 if isinstance(tier, LandmarkIndex) and (not tier.hashed_lists or name in self._faiss_tiers
-                                                        or "plain" in tier.segment_encodings())]
+                                                        or set(tier.segment_encodings()) - {"compact"})]
 
     def upgrade(self) -> list[str]:
         """Bring an index built by an earlier Refrain to the current layout, in place.
@@ -565,8 +566,10 @@ class IndexStore:
         Landmark tiers in an earlier Refrain's FAISS file are written as run stores (see
         :mod:`index.landmarks`: same entries, same hits in the same order, about half the
         bytes, no conversion at open), tiers from before mixed codes are re-filed, and tiers
-        with files in the plain id encoding (before 2026-12-07) are rewritten compact, main and
-        deltas as one file (a third to a half of the bytes). Each goes to a new file; the
+        with files in the plain id encoding (before 2026-12-07) or with the compact encoding's
+        version-1 code table are rewritten compact with the bucketed table, main and deltas as one
+        file (plain: a third to a half of the bytes; version 1: the proposal tiers' files lose a
+        fifth, their code tables 10 -> 3.6-3.9 bytes a code). Each goes to a new file; the
         manifest then switches to it in one atomic rename, and only then is the old file
         deleted, so an interrupted upgrade leaves the index as it was (at most a stray new
         file, deleted by the next writer). The first save of an index with FAISS tiers (a

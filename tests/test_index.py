@@ -188,15 +188,18 @@ def test_an_entry_costs_its_gap_and_payload_bits(tmp_path):
     # 100,000 entries of one track under 50 codes: in the compact encoding an entry costs a 1-bit
     # gap field (0: the same track as the entry before it in its run) and its payload's 17 bits;
     # a run's first entry adds the track's 4 bits; every 64 entries a skip point costs 12 bytes,
-    # every distinct code 10 (code, run start, bit offset); then the archive's headers.
+    # every distinct code at most 10 in the code table (here runs of 2,000: low bits, run byte,
+    # long length and escapes), every group 24; then the archive's headers (11 arrays).
     store = LandmarkIndex.create(payload_bits=22)
     codes = np.arange(100_000, dtype=np.uint32) % 50
     store.add(9, codes, np.arange(100_000))
     store.save(tmp_path / "l.npz")
     stream_bytes = (100_000 * (1 + 17) + 50 * 4) // 8
-    assert stream_bytes + 1563 * 12 + 50 * 10 <= (tmp_path / "l.npz").stat().st_size \
-        <= stream_bytes + 1563 * 12 + 50 * 10 + 3_000
     mapped = LandmarkIndex.load(tmp_path / "l.npz", 22, mmap=True)
+    [segment] = mapped._state[0]
+    assert segment.table.nbytes <= 50 * 10 + 24 * len(segment.table.group_codes)
+    assert stream_bytes + 1563 * 12 + segment.table.nbytes <= (tmp_path / "l.npz").stat().st_size \
+        <= stream_bytes + 1563 * 12 + segment.table.nbytes + 4_000
     assert mapped.lookup(np.array([7], np.uint32))[2].tolist() == list(range(7, 100_000, 50))
     assert mapped.lookup_slices(np.array([7], np.uint32), np.array([9]))[2].tolist() == \
         [9 << 22 | frame for frame in range(7, 100_000, 50)]

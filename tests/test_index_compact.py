@@ -15,8 +15,10 @@ from refrain.api import Refrain
 from refrain.config import Config
 from refrain.fingerprint import fingerprint_file
 from refrain.index import IndexStore, IndexWriteParams, LandmarkIndex
-from refrain.index.files import array_names, save_arrays
-from refrain.index.landmarks import SKIP, TRACK_BITS, _CompactRuns, _load_segment, _Runs
+from refrain.index.files import array_names, map_arrays, save_arrays
+from refrain.index.landmarks import (_LAYOUT_FIELDS, SKIP, TRACK_BITS, _BucketTable, _CompactRuns, _load_segment,
+                                     _Runs, unmix_codes)
+from refrain.index.store import FORMAT_VERSION
 
 SR = 22050
 
@@ -238,7 +240,7 @@ def test_an_index_in_the_plain_encoding_opens_as_it_is_and_upgrades_in_place(
     with Refrain.open(index_copy, writable=True) as writer:
         assert writer.upgrade_index() == list(_LANDMARK_TIERS) and writer.upgrade_index() == []
     manifest = json.loads((index_copy / "manifest.json").read_text())
-    assert manifest["format"] == 4
+    assert manifest["format"] == FORMAT_VERSION
     assert set(sum(_encodings(index_copy).values(), [])) == {"compact"}
     assert not (index_copy / "pairs.npz").exists()  # replaced, then deleted
     compact_bytes = {name: (index_copy / manifest["tiers"][tier]["file"]).stat().st_size
@@ -263,7 +265,7 @@ def test_a_commit_to_a_plain_index_writes_compact_deltas_beside_plain_mains(
     with Refrain.open(index_copy, writable=True, config=deltas_only) as refrain:
         assert [r.status for r in refrain.ingest([newcomer])] == ["added"]
     assert _encodings(index_copy) == {name: ["plain", "compact"] for name in _LANDMARK_TIERS}
-    assert json.loads((index_copy / "manifest.json").read_text())["format"] == 4
+    assert json.loads((index_copy / "manifest.json").read_text())["format"] == FORMAT_VERSION
     assert _answers(index_copy, queries, codes) == expected
     assert _answers(index_copy, queries, codes, mmap=False) == expected
 
@@ -309,3 +311,186 @@ def test_a_track_reads_back_its_entries_from_main_and_deltas(tmp_path):
     asked = rng.integers(0, 520, 800).astype(np.uint32)
     for got, want in zip(copy.lookup(asked), loaded.lookup(asked)):
         np.testing.assert_array_equal(got, want)
+
+
+# -- the bucketed code table (compact layout version 2) and the version-1 table before it ---------
+
+
+def _as_version_1(path, payload_bits: int) -> None:
+    """Rewrite a compact segment file with the version-1 code table, as the Refrain before it wrote
+    every compact file (sorted codes, uint32 run starts, uint16 run bits; the same stream)."""
+    segment = _CompactRuns.load(path, payload_bits)
+    layout = map_arrays(path, ("layout",))["layout"][:8].copy()
+    layout[0] = 1
+    codes, starts = segment.codes, segment.starts
+    _, _, positions = segment.find(codes)
+    run_bits = positions - segment.skip_bits[starts[:-1] // SKIP].astype(np.int64)
+    assert len(run_bits) == 0 or run_bits.max() < 1 << 16
+    save_arrays(path, {"layout": layout, "codes": codes,
+                       "starts": starts.astype(np.uint32) if starts[-1] < 1 << 32 else starts,
+                       "run_bits": run_bits.astype(np.uint16), "skip_bits": segment.skip_bits,
+                       "skip_tracks": segment.skip_tracks, "stream": segment.stream})
+
+
+def _code_sets(name: str, rng) -> list[tuple[int, np.ndarray]]:
+    """(track, stored codes of its entries) of an adversarial segment."""
+    if name == "empty":
+        return []
+    if name == "one code":
+        return [(7, np.array([0x9E3779B9], np.uint32))]
+    if name == "extreme codes":  # the first and the last bucket, the table's two ends
+        extremes = np.array([0, 1, 1 << 31, (1 << 32) - 2, (1 << 32) - 1], np.uint32)
+        others = rng.integers(0, 1 << 32, 3000, dtype=np.uint64).astype(np.uint32)
+        return [(int(track), np.concatenate([extremes[rng.random(5) < 0.7], rng.choice(others, 100)]))
+                for track in range(1, 30)]
+    if name == "one bucket":  # every code under the same top 12 bits: wide bucket offsets, long scans
+        codes = (0xABC00000 + rng.choice(1 << 20, 3000, replace=False)).astype(np.uint32)
+        return [(int(track), rng.choice(codes, 200)) for track in range(1, 40)]
+    if name == "long runs":  # lengths around each width (15, 16, 255, 256, 65536+), escapes by the thousand
+        tracks = np.sort(rng.choice(1 << TRACK_BITS, 70, replace=False))
+        sets = [(int(tracks[0]), np.full(70_000, 5, np.uint32))]
+        for track in tracks[1:]:
+            sets.append((int(track), np.concatenate([np.full(n, code, np.uint32) for code, n in
+                                                     ((11, 1), (12, 15 * (track % 2)), (13, 16), (14, 255),
+                                                      (15, 256))])))
+        return sets
+    # Proposal-tier-like: many codes, most runs of 1-3 entries, sparse and dense tracks.
+    codes = rng.integers(0, 1 << 32, 60_000, dtype=np.uint64).astype(np.uint32)
+    return [(int(track), rng.choice(codes, int(rng.integers(50, 1500)))) for track in
+            np.unique(rng.integers(1, 1 << 20, 150))]
+
+
+@pytest.mark.parametrize("name", ["empty", "one code", "extreme codes", "one bucket", "long runs", "random"])
+def test_the_bucketed_code_table_answers_as_the_plain_layout_and_the_version_1_table(tmp_path, name):
+    rng = np.random.default_rng(len(name))
+    sets = _code_sets(name, rng)
+    store = LandmarkIndex.create(payload_bits=22)
+    for track, stored in sets:
+        store.add(track, unmix_codes(stored), rng.integers(0, 1 << 22, len(stored)))
+    store.save(tmp_path / "new.npz")
+    shutil.copy(tmp_path / "new.npz", tmp_path / "old.npz")
+    _as_version_1(tmp_path / "old.npz", 22)
+    new, old = (LandmarkIndex.load(tmp_path / f"{version}.npz", 22, mmap=True) for version in ("new", "old"))
+    assert new.segment_encodings() == ["compact"] and old.segment_encodings() == ["compact-v1"]
+    [segment] = new._state[0]
+    table = segment.table
+    assert isinstance(table, _BucketTable)
+    assert {"extreme codes": table.bucket_bits > 0, "one bucket": table.bucket_offsets.dtype == np.uint16,
+            "long runs": table.long_lengths.dtype == np.uint32,
+            "random": table.group_bits > 0 and segment.gap_bits == 0}.get(name, True)  # the shape each case is for
+    present = np.unique(np.concatenate([stored for _, stored in sets] or [np.zeros(0, np.uint32)]))
+    # Present codes, their neighbours (mostly absent, in the same buckets), the two ends, random codes.
+    asked_stored = np.concatenate([present, present + np.uint32(1), present - np.uint32(1),
+                                   np.array([0, (1 << 32) - 1], np.uint32),
+                                   rng.integers(0, 1 << 32, 500, dtype=np.uint64).astype(np.uint32)])
+    asked = unmix_codes(rng.permutation(asked_stored))
+    tracks = np.array(sorted({track for track, _ in sets}), np.int64)
+    candidate_sets = [tracks[:1], tracks[-1:], tracks[::5], tracks + 1, np.array([], np.int64)]
+    reference = _plain_twin(new)
+    for store_read in (new, old, LandmarkIndex.load(tmp_path / "new.npz", 22)):
+        _assert_same_answers(store_read, reference, asked, candidate_sets)
+    # The table decodes to the codes and run starts of the plain layout; every found run is where
+    # the version-1 table puts it (same entry, length and bit), and absent codes have no entries.
+    [plain], [legacy] = reference._state[0], old._state[0]
+    np.testing.assert_array_equal(segment.codes, plain.codes)
+    np.testing.assert_array_equal(segment.starts, plain.starts)
+    found, legacy_found = segment.find(asked_stored), legacy.find(asked_stored)
+    held = legacy_found[1] > 0
+    for got, want in zip(found, legacy_found):
+        np.testing.assert_array_equal(got[held], want[held])
+    assert not found[1][~held].any()
+    np.testing.assert_array_equal(segment.rows(), plain.rows())
+    # A version-1 file is rewritten with the bucketed table: exactly the file written from plain entries.
+    old.save(tmp_path / "upgraded.npz")
+    names = tuple(sorted(array_names(tmp_path / "new.npz")))
+    assert names == tuple(sorted(array_names(tmp_path / "upgraded.npz")))
+    for array_name, array in map_arrays(tmp_path / "new.npz", names).items():
+        rewritten = map_arrays(tmp_path / "upgraded.npz", names)[array_name]
+        assert array.dtype == rewritten.dtype and np.array_equal(array, rewritten), array_name
+
+
+def test_the_bucketed_code_table_of_a_proposal_tier_takes_under_4_bytes_a_code(tmp_path):
+    # Runs of 1-3 entries mostly, as in the quad and double tiers: the version-1 table took 10 bytes a code.
+    rng = np.random.default_rng(16)
+    store = LandmarkIndex.create(payload_bits=22)
+    codes = rng.integers(0, 1 << 32, 400_000, dtype=np.uint64).astype(np.uint32)
+    for track in range(1, 400):
+        store.add(track, rng.choice(codes, 1500), rng.integers(0, 1 << 14, 1500))
+    store.save(tmp_path / "l.npz")
+    [segment] = LandmarkIndex.load(tmp_path / "l.npz", 22)._state[0]
+    table = segment.table
+    assert isinstance(table, _BucketTable)
+    assert segment.distinct / (1 << table.bucket_bits) <= 8  # a few codes a bucket: no search
+    assert table.nbytes / segment.distinct < 4
+
+
+def test_a_damaged_bucketed_table_is_refused(tmp_path):
+    store = LandmarkIndex.create(payload_bits=22)
+    store.add(1, np.arange(1000, dtype=np.uint32), np.arange(1000))
+    store.save(tmp_path / "l.npz")
+    arrays = map_arrays(tmp_path / "l.npz", tuple(array_names(tmp_path / "l.npz")))
+    for name, damaged in (("runs", arrays["runs"][:-1]), ("group_codes", arrays["group_codes"][1:]),
+                          ("layout", arrays["layout"][:8])):
+        save_arrays(tmp_path / "damaged.npz", {**arrays, name: damaged})
+        with pytest.raises(ValueError, match="inconsistent landmark store"):
+            LandmarkIndex.load(tmp_path / "damaged.npz", 22)
+    assert _LAYOUT_FIELDS[8:] == ("bucket_bits", "group_bits")
+
+
+def _as_version_1_index(directory) -> None:
+    """Rewrite an index's landmark files with the version-1 code table and the manifest format of the
+    Refrain that wrote them (4)."""
+    manifest = json.loads((directory / "manifest.json").read_text())
+    for entry in manifest["tiers"].values():
+        if "payload_bits" in entry:
+            for name in (entry["file"], *entry.get("deltas", [])):
+                _as_version_1(directory / name, entry["payload_bits"])
+    manifest["format"] = 4
+    (directory / "manifest.json").write_text(json.dumps(manifest))
+
+
+def test_an_index_with_version_1_tables_opens_as_it_is_and_upgrades_in_place(
+        index_copy, catalogue_index, queries_and_codes):
+    queries, codes = queries_and_codes
+    expected = _answers(catalogue_index.directory, queries, codes)
+    _as_version_1_index(index_copy)
+    with Refrain.open(index_copy, mmap=True) as reader:
+        assert {name: reader.store.tiers[name].segment_encodings() for name in _LANDMARK_TIERS} == {
+            name: ["compact-v1"] for name in _LANDMARK_TIERS}
+        assert reader.info().upgradable == list(_LANDMARK_TIERS)
+    for mmap in (True, False):
+        assert _answers(index_copy, queries, codes, mmap) == expected
+    version_1_bytes = {name: (index_copy / name).stat().st_size for name in ("quads.npz", "doubles.npz")}
+    with Refrain.open(index_copy, writable=True) as writer:
+        assert writer.upgrade_index() == list(_LANDMARK_TIERS) and writer.upgrade_index() == []
+    manifest = json.loads((index_copy / "manifest.json").read_text())
+    assert manifest["format"] == FORMAT_VERSION
+    with Refrain.open(index_copy, mmap=True) as reader:
+        assert all(reader.store.tiers[name].segment_encodings() == ["compact"] for name in _LANDMARK_TIERS)
+        assert reader.info().upgradable == []
+    upgraded_bytes = {name: (index_copy / manifest["tiers"][tier]["file"]).stat().st_size
+                      for name, tier in (("quads.npz", "quad"), ("doubles.npz", "double"))}
+    assert all(upgraded_bytes[name] < version_1_bytes[name] for name in version_1_bytes)
+    assert _answers(index_copy, queries, codes) == expected
+
+
+def test_a_commit_to_an_index_with_version_1_tables_writes_deltas_beside_them(
+        index_copy, catalogue_index, unrelated_songs, write_audio, queries_and_codes, tmp_path):
+    queries, codes = queries_and_codes
+    newcomer = write_audio(tmp_path / "newcomer.wav", next(iter(unrelated_songs.values())))
+    shutil.copytree(catalogue_index.directory, tmp_path / "reference", ignore=shutil.ignore_patterns(".lock"))
+    with Refrain.open(tmp_path / "reference", writable=True) as refrain:
+        assert [r.status for r in refrain.ingest([newcomer])] == ["added"]
+    expected = _answers(tmp_path / "reference", queries, codes)
+    _as_version_1_index(index_copy)
+    deltas_only = replace(Config(), index_writes=IndexWriteParams(whole_below_bytes=0, merge_share=float("inf")))
+    with Refrain.open(index_copy, writable=True, config=deltas_only) as refrain:
+        assert [r.status for r in refrain.ingest([newcomer])] == ["added"]
+        assert all(refrain.store.tiers[name].segment_encodings() == ["compact-v1", "compact"]
+                   for name in _LANDMARK_TIERS)
+    assert json.loads((index_copy / "manifest.json").read_text())["format"] == FORMAT_VERSION
+    assert _answers(index_copy, queries, codes) == expected
+    with IndexStore.open(index_copy, writable=True) as store:
+        assert set(store.merge()) >= set(_LANDMARK_TIERS)
+        assert all(store.tiers[name].segment_encodings() == ["compact"] for name in _LANDMARK_TIERS)
+    assert _answers(index_copy, queries, codes) == expected

@@ -15,6 +15,7 @@ from refrain.api import Refrain
 from refrain.config import Config
 from refrain.index import IndexStore, IndexWriteParams, LandmarkIndex
 from refrain.index.peaks import PeakStore
+from refrain.index.store import FORMAT_VERSION
 
 SR = 22050
 # Every commit of a non-empty tier writes a delta; nothing is merged unless asked.
@@ -171,7 +172,7 @@ def test_an_index_committed_in_deltas_matches_as_one_committed_at_once(tmp_path,
         deltas = refrain.store.delta_segments()
         assert 2 <= deltas["pair"] <= 3 and deltas["peaks"] >= 2
     manifest = json.loads((tmp_path / "deltas" / "manifest.json").read_text())
-    assert manifest["format"] == 4
+    assert manifest["format"] == FORMAT_VERSION
     assert {tier: len(entry.get("deltas", [])) for tier, entry in manifest["tiers"].items()} == deltas
 
     queries = _queries(tmp_path, write_audio, songs)
@@ -184,7 +185,7 @@ def test_an_index_committed_in_deltas_matches_as_one_committed_at_once(tmp_path,
     with IndexStore.open(tmp_path / "deltas", writable=True) as store:
         assert set(store.merge()) >= {"pair", "triplet", "quad", "double", "peaks"}
     manifest = json.loads((tmp_path / "deltas" / "manifest.json").read_text())
-    assert manifest["format"] == 4 and not any("deltas" in entry for entry in manifest["tiers"].values())
+    assert manifest["format"] == FORMAT_VERSION and not any("deltas" in entry for entry in manifest["tiers"].values())
     assert len(list((tmp_path / "deltas").glob("pairs*"))) == 1  # the merged main alone
     assert _answers(tmp_path / "deltas", queries, codes) == expected
 
