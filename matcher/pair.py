@@ -114,8 +114,9 @@ class PairHits:
 _HITS_PER_LOOKUP = 1 << 20
 
 
-def group_pair_hits(code_ids: np.ndarray, code_weights: np.ndarray, code_frames: np.ndarray, entries: np.ndarray,
-                    payload_bits: int, lookup: Callable[[int, int], tuple[np.ndarray, np.ndarray, np.ndarray]]
+def group_pair_hits(code_ids: np.ndarray, code_weights: np.ndarray, code_frames: np.ndarray,
+                    entries: np.ndarray | None, payload_bits: int,
+                    lookup: Callable[[int, int], tuple[np.ndarray, np.ndarray, np.ndarray]]
                     ) -> PairHits:
     """The hits of the looked-up codes grouped by track: a counting sort over bounded lookups, most made twice.
 
@@ -130,8 +131,10 @@ def group_pair_hits(code_ids: np.ndarray, code_weights: np.ndarray, code_frames:
     ----------
     code_ids, code_weights, code_frames : np.ndarray
         The looked-up query landmarks (increasing), their rarity weights and query frames.
-    entries : np.ndarray of int64
-        Per code, at least its hits (its entry count): what bounds a batch.
+    entries : np.ndarray of int64 or None
+        Per code, at least its hits (its entry count): what bounds a batch. None: one
+        batch, for a lookup restricted to candidate tracks, whose hits do not grow with the
+        catalogue (sized by the entry counts, its searches in every run would be made twice).
     payload_bits : int
         Of the entry ids: the track is above them, the reference frame in them.
     lookup : callable
@@ -145,9 +148,12 @@ def group_pair_hits(code_ids: np.ndarray, code_weights: np.ndarray, code_frames:
     """
     # Batches of codes whose entries reach _HITS_PER_LOOKUP; at least one, so that a query without hits or codes
     # runs the kernels too (a warm-up query compiles them).
-    before = np.cumsum(entries) - entries
-    starts = np.unique(np.concatenate([[0], np.searchsorted(before, np.arange(_HITS_PER_LOOKUP, int(np.sum(entries)),
-                                                                              _HITS_PER_LOOKUP))]))
+    if entries is None:
+        starts = np.zeros(1, np.int64)
+    else:
+        before = np.cumsum(entries) - entries
+        starts = np.unique(np.concatenate([[0], np.searchsorted(
+            before, np.arange(_HITS_PER_LOOKUP, int(np.sum(entries)), _HITS_PER_LOOKUP))]))
     starts = starts[starts < max(len(code_ids), 1)]
     batches = list(zip(starts.tolist(), np.append(starts[1:], len(code_ids)).tolist()))
     first_track, counts = 0, np.zeros(0, np.int64)
@@ -211,7 +217,8 @@ def pair_hits(query: Query, catalogue: Catalogue, tier: PairTier) -> PairHits:
         code_ids, code_weights, entries = weighted_codes(index, fp.hashes, tier)
         looked_up, tracks = fp.hashes[code_ids], query.candidates.get(PairTier.name)
         query.shared[PairTier.name] = group_pair_hits(
-            code_ids, code_weights, fp.frames[code_ids].astype(np.int64), entries, index.payload_bits,
+            code_ids, code_weights, fp.frames[code_ids].astype(np.int64), entries if tracks is None else None,
+            index.payload_bits,
             lambda start, stop: lookup_in_store_order(index, looked_up[start:stop], tracks))
     return query.shared[PairTier.name]
 
