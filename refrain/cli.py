@@ -358,8 +358,9 @@ def cmd_info(args) -> int:
         print("proposals  absent (index built before them: every query searches every track, a cost that grows "
               "with the catalogue; re-ingest into a new index)")
     if info.upgradable:
-        print(f"layout     from an earlier Refrain ({', '.join(info.upgradable)}): converted in memory at every "
-              f"open until `refrain upgrade --index {args.index}`")
+        print(f"layout     from an earlier Refrain ({', '.join(info.upgradable)}): read as it is (larger files, "
+              f"slower lookups; tiers in FAISS files converted in memory at every open) until "
+              f"`refrain upgrade --index {args.index}`")
     for name, size in sorted(info.files.items()):
         print(f"  {name:<24} {size:>14,}")
     return EXIT_OK
