@@ -1391,8 +1391,8 @@ class LandmarkIndex:
         hashes : np.ndarray of uint32
             Query codes.
         tracks : np.ndarray of int, optional
-            Only hits on these tracks (sorted, distinct): each is found by binary search
-            in each code's run, so the work follows the candidates, not the run lengths.
+            Only hits on these tracks (sorted, distinct): each is found by galloping over
+            each code's run's skip points, so the work follows the candidates, not the run lengths.
 
         Returns
         -------

@@ -124,7 +124,7 @@ class IndexWriteParams:
         for ``merge_share`` of new entries: about ``(1 + merge_share) / merge_share`` bytes
         written per byte added (5 at 0.25), where rewriting every tier at each 50-track
         commit wrote ~54 at 160 h. A smaller share merges more often; a larger one lets
-        more deltas pile up (each costs lookups one binary search per code) and makes
+        more deltas pile up (each costs lookups one code-table read per code) and makes
         each merge longer. Default 0.25.
     background : bool
         Merge into main in a background thread (the commit that triggers it returns at

@@ -259,8 +259,8 @@ def rarest_within_budget(codes: np.ndarray, store: LandmarkIndex, max_hits: int)
     -------
     np.ndarray of int64
         Indices into ``codes``, in the order the store files its codes
-        (:func:`index.landmarks.mix_codes`): tens of thousands of binary searches asked
-        in that order stay in cache, 3x faster than in the query's order.
+        (:func:`index.landmarks.mix_codes`): tens of thousands of code-table reads asked
+        in that order walk forward through the table and stay in cache.
     """
     filed = np.argsort(mix_codes(codes), kind="stable")
     counts = store.code_counts(codes[filed])
