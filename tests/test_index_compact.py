@@ -251,18 +251,26 @@ def test_an_index_in_the_plain_encoding_opens_as_it_is_and_upgrades_in_place(
         assert reader.info().upgradable == []
 
 
+# Every commit a delta segment beside the main file, never merged into it.
+_DELTAS_ONLY = replace(Config(), index_writes=IndexWriteParams(whole_below_bytes=0, merge_share=float("inf")))
+
+
+def _answers_with_newcomer(catalogue_index, newcomer, tmp_path, queries, codes):
+    """The answers of a current-layout copy of the catalogue index once ``newcomer`` is added to it."""
+    shutil.copytree(catalogue_index.directory, tmp_path / "reference", ignore=shutil.ignore_patterns(".lock"))
+    with Refrain.open(tmp_path / "reference", writable=True) as refrain:
+        assert [r.status for r in refrain.ingest([newcomer])] == ["added"]
+    return _answers(tmp_path / "reference", queries, codes)
+
+
 def test_a_commit_to_a_plain_index_writes_compact_deltas_beside_plain_mains(
         index_copy, catalogue_index, unrelated_songs, write_audio, queries_and_codes, tmp_path):
     queries, codes = queries_and_codes
     newcomer = write_audio(tmp_path / "newcomer.wav", next(iter(unrelated_songs.values())))
-    shutil.copytree(catalogue_index.directory, tmp_path / "reference", ignore=shutil.ignore_patterns(".lock"))
-    with Refrain.open(tmp_path / "reference", writable=True) as refrain:
-        assert [r.status for r in refrain.ingest([newcomer])] == ["added"]
-    expected = _answers(tmp_path / "reference", queries, codes)
+    expected = _answers_with_newcomer(catalogue_index, newcomer, tmp_path, queries, codes)
 
     _as_plain_index(index_copy)
-    deltas_only = replace(Config(), index_writes=IndexWriteParams(whole_below_bytes=0, merge_share=float("inf")))
-    with Refrain.open(index_copy, writable=True, config=deltas_only) as refrain:
+    with Refrain.open(index_copy, writable=True, config=_DELTAS_ONLY) as refrain:
         assert [r.status for r in refrain.ingest([newcomer])] == ["added"]
     assert _encodings(index_copy) == {name: ["plain", "compact"] for name in _LANDMARK_TIERS}
     assert json.loads((index_copy / "manifest.json").read_text())["format"] == FORMAT_VERSION
@@ -478,13 +486,9 @@ def test_a_commit_to_an_index_with_version_1_tables_writes_deltas_beside_them(
         index_copy, catalogue_index, unrelated_songs, write_audio, queries_and_codes, tmp_path):
     queries, codes = queries_and_codes
     newcomer = write_audio(tmp_path / "newcomer.wav", next(iter(unrelated_songs.values())))
-    shutil.copytree(catalogue_index.directory, tmp_path / "reference", ignore=shutil.ignore_patterns(".lock"))
-    with Refrain.open(tmp_path / "reference", writable=True) as refrain:
-        assert [r.status for r in refrain.ingest([newcomer])] == ["added"]
-    expected = _answers(tmp_path / "reference", queries, codes)
+    expected = _answers_with_newcomer(catalogue_index, newcomer, tmp_path, queries, codes)
     _as_version_1_index(index_copy)
-    deltas_only = replace(Config(), index_writes=IndexWriteParams(whole_below_bytes=0, merge_share=float("inf")))
-    with Refrain.open(index_copy, writable=True, config=deltas_only) as refrain:
+    with Refrain.open(index_copy, writable=True, config=_DELTAS_ONLY) as refrain:
         assert [r.status for r in refrain.ingest([newcomer])] == ["added"]
         assert all(refrain.store.tiers[name].segment_encodings() == ["compact-v1", "compact"]
                    for name in _LANDMARK_TIERS)
