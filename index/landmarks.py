@@ -239,33 +239,31 @@ def _track_span(rows: np.ndarray, payload_bits: int) -> tuple[np.int64, np.int64
 
 
 @numba.njit(cache=True, nogil=True)
-def _track_bounds(rows: np.ndarray, first: np.ndarray, lengths: np.ndarray, tracks: np.ndarray,
-                  payload_bits: int) -> tuple[np.ndarray, np.ndarray]:
-    """Where the entries of each of ``tracks`` (sorted) lie in each run: ``bounds[code, track]`` is
-    (start, stop); and the hits of each code."""
-    n_codes = len(first)
-    bounds = np.empty((n_codes, len(tracks), 2), np.int64)
-    hits_per_code = np.zeros(n_codes, np.int64)
-    for k in range(n_codes):
-        low, end = first[k], first[k] + lengths[k]
-        for t in range(len(tracks)):
-            start = _first_of_track(rows, low, end, tracks[t], payload_bits)
-            stop = _first_of_track(rows, start, end, tracks[t] + 1, payload_bits)
-            bounds[k, t, 0], bounds[k, t, 1] = start, stop
-            hits_per_code[k] += stop - start
-            low = stop
-    return bounds, hits_per_code
+def _grown(labels: np.ndarray, count: int) -> np.ndarray:
+    """A copy of the first ``count`` values of ``labels`` in an array twice as long."""
+    grown = np.empty(2 * len(labels), labels.dtype)
+    grown[:count] = labels[:count]
+    return grown
 
 
 @numba.njit(cache=True, nogil=True)
-def _copy_track_entries(labels: np.ndarray, rows: np.ndarray, bounds: np.ndarray, dest: np.ndarray) -> None:
-    """Copy the ids within :func:`_track_bounds`' bounds of each code ``k`` to ``labels[dest[k]:]``."""
-    for k in range(bounds.shape[0]):
-        out = dest[k]
-        for t in range(bounds.shape[1]):
-            for i in range(bounds[k, t, 0], bounds[k, t, 1]):
-                labels[out] = _id_at(rows, i)
-                out += 1
+def _track_entries(rows: np.ndarray, first: np.ndarray, lengths: np.ndarray, tracks: np.ndarray,
+                   payload_bits: int) -> tuple[np.ndarray, np.ndarray]:
+    """The hits of each run on ``tracks`` (sorted): how many per code, and their ids, code after code."""
+    hits_per_code = np.zeros(len(first), np.int64)
+    labels, count = np.empty(1024, np.int64), 0
+    for k in range(len(first)):
+        low, end = first[k], first[k] + lengths[k]
+        for t in range(len(tracks)):
+            start = _first_of_track(rows, low, end, tracks[t], payload_bits)
+            low = _first_of_track(rows, start, end, tracks[t] + 1, payload_bits)
+            for i in range(start, low):
+                if count == len(labels):
+                    labels = _grown(labels, count)
+                labels[count] = _id_at(rows, i)
+                count += 1
+            hits_per_code[k] += low - start
+    return hits_per_code, labels[:count]
 
 
 # -- the compact encoding ----------------------------------------------------------------------
@@ -434,21 +432,20 @@ def _compact_gather_into(labels: np.ndarray, words: np.ndarray, positions: np.nd
 
 
 @numba.njit(cache=True, nogil=True)
-def _compact_track_bounds(words: np.ndarray, skip_bits: np.ndarray, skip_tracks: np.ndarray, skip: int,
-                          gap_bits: int, track_bits: int, value_bits: int, first: np.ndarray,
-                          lengths: np.ndarray, positions: np.ndarray, tracks: np.ndarray
-                          ) -> tuple[np.ndarray, np.ndarray]:
-    """Where the entries of each of ``tracks`` (sorted) lie in each run: ``bounds[code, track]`` is
-    (bit position of the first, track of the entry before it, how many); and the hits of each code.
+def _compact_track_entries(words: np.ndarray, skip_bits: np.ndarray, skip_tracks: np.ndarray, skip: int,
+                           gap_bits: int, track_bits: int, value_bits: int, payload_bits: int, first: np.ndarray,
+                           lengths: np.ndarray, positions: np.ndarray, tracks: np.ndarray
+                           ) -> tuple[np.ndarray, np.ndarray]:
+    """The hits of each run on ``tracks`` (sorted): how many per code, and their ids, code after code.
 
     Within a run, the search for the next candidate gallops over the run's skip points (whose
     tracks are stored) to the last one before the candidate, then decodes forward: at most
-    ``skip`` entries, wherever the candidate lies in the run.
+    ``skip`` entries, wherever the candidate lies in the run. A hit is written as it is
+    decoded: the stream is read once.
     """
-    n_codes = len(first)
-    bounds = np.empty((n_codes, len(tracks), 3), np.int64)
-    hits_per_code = np.zeros(n_codes, np.int64)
-    for k in range(n_codes):
+    hits_per_code = np.zeros(len(first), np.int64)
+    labels, count, counted = np.empty(1024, np.int64), 0, 0
+    for k in range(len(first)):
         i, end, position, previous = first[k], first[k] + lengths[k], positions[k], np.int64(0)
         last_skip = (end - 1) // skip
         for t in range(len(tracks)):
@@ -473,30 +470,17 @@ def _compact_track_bounds(words: np.ndarray, skip_bits: np.ndarray, skip_tracks:
                 if track >= target:
                     break
                 i, position, previous = i + 1, after, track
-            start, before, count = position, previous, 0
             while i < end:
-                track, _, after = _read_entry(words, position, previous, gap_bits, track_bits, value_bits)
+                track, payload, after = _read_entry(words, position, previous, gap_bits, track_bits, value_bits)
                 if track != target:
                     break
+                if count == len(labels):
+                    labels = _grown(labels, count)
+                labels[count] = (track << payload_bits) | payload
                 i, position, previous, count = i + 1, after, track, count + 1
-            bounds[k, t, 0], bounds[k, t, 1], bounds[k, t, 2] = start, before, count
-            hits_per_code[k] += count
-    return bounds, hits_per_code
-
-
-@numba.njit(cache=True, nogil=True)
-def _compact_copy_track_entries(labels: np.ndarray, words: np.ndarray, bounds: np.ndarray, dest: np.ndarray,
-                                gap_bits: int, track_bits: int, value_bits: int, payload_bits: int) -> None:
-    """Decode the entries within :func:`_compact_track_bounds`' bounds of each code ``k`` to ``labels[dest[k]:]``."""
-    for k in range(bounds.shape[0]):
-        out = dest[k]
-        for t in range(bounds.shape[1]):
-            position, previous = bounds[k, t, 0], bounds[k, t, 1]
-            for _ in range(bounds[k, t, 2]):
-                track, payload, position = _read_entry(words, position, previous, gap_bits, track_bits, value_bits)
-                labels[out] = (track << payload_bits) | payload
-                previous = track
-                out += 1
+        hits_per_code[k] = count - counted
+        counted = count
+    return hits_per_code, labels[:count]
 
 
 @numba.njit(cache=True, nogil=True)
@@ -633,15 +617,10 @@ class _Runs:
         """Copy each found run's ids to ``labels[dest[k]:]``."""
         _gather_runs_into(labels, self.ids, found[0], found[1], dest)
 
-    def track_bounds(self, found: tuple[np.ndarray, ...], tracks: np.ndarray, payload_bits: int
-                     ) -> tuple[np.ndarray, np.ndarray]:
-        """Where each of ``tracks``' entries lie in each found run, and the hits of each."""
-        return _track_bounds(self.ids, found[0], found[1], tracks, payload_bits)
-
-    def copy_track_entries(self, labels: np.ndarray, bounds: np.ndarray, dest: np.ndarray,
-                           payload_bits: int) -> None:
-        """Copy the ids within :meth:`track_bounds`' bounds to ``labels[dest[k]:]``."""
-        _copy_track_entries(labels, self.ids, bounds, dest)
+    def track_entries(self, found: tuple[np.ndarray, ...], tracks: np.ndarray, payload_bits: int
+                      ) -> tuple[np.ndarray, np.ndarray]:
+        """The found runs' hits on ``tracks`` (sorted): how many per code, and their ids, code after code."""
+        return _track_entries(self.ids, found[0], found[1], tracks, payload_bits)
 
     def rows(self) -> np.ndarray:
         """Every entry's packed id, in entry order."""
@@ -1024,15 +1003,11 @@ class _CompactRuns:
         _, lengths, positions = found
         _compact_gather_into(labels, self.stream, positions, lengths, dest, *self.widths(), payload_bits)
 
-    def track_bounds(self, found: tuple[np.ndarray, ...], tracks: np.ndarray, payload_bits: int
-                     ) -> tuple[np.ndarray, np.ndarray]:
+    def track_entries(self, found: tuple[np.ndarray, ...], tracks: np.ndarray, payload_bits: int
+                      ) -> tuple[np.ndarray, np.ndarray]:
         first, lengths, positions = found
-        return _compact_track_bounds(self.stream, self.skip_bits, self.skip_tracks, self.skip, *self.widths(),
-                                     first, lengths, positions, tracks)
-
-    def copy_track_entries(self, labels: np.ndarray, bounds: np.ndarray, dest: np.ndarray,
-                           payload_bits: int) -> None:
-        _compact_copy_track_entries(labels, self.stream, bounds, dest, *self.widths(), payload_bits)
+        return _compact_track_entries(self.stream, self.skip_bits, self.skip_tracks, self.skip, *self.widths(),
+                                      payload_bits, first, lengths, positions, tracks)
 
     def rows(self) -> np.ndarray:
         """Every entry's id in the plain layout (decoded: a copy in memory)."""
@@ -1409,8 +1384,7 @@ class LandmarkIndex:
         found = [segment.find(stored, order) for segment in segments]
         if tracks is not None:
             wanted = np.asarray(tracks, np.int64)
-            main_bounds, main_hits = segments[0].track_bounds(found[0], wanted, self.payload_bits)
-            hits_per_code = main_hits.copy()
+            hits_per_code, labels = segments[0].track_entries(found[0], wanted, self.payload_bits)
             deltas = []
             # Main holds most of the query's codes, a delta few: only the codes a delta holds are searched.
             for segment, located in zip(segments[1:], found[1:]):
@@ -1420,17 +1394,21 @@ class LandmarkIndex:
                 if not len(here):
                     continue
                 held = np.flatnonzero(located[1])
-                bounds, hits = segment.track_bounds(tuple(array[held] for array in located), here, self.payload_bits)
-                hits_per_code[held] += hits
-                deltas.append((segment, held, bounds, hits))
-            first_hit = np.cumsum(hits_per_code) - hits_per_code
-            labels = np.empty(int(hits_per_code.sum()), np.int64)
-            segments[0].copy_track_entries(labels, main_bounds, first_hit, self.payload_bits)
-            dest = first_hit + main_hits
-            for segment, held, bounds, hits in deltas:
-                segment.copy_track_entries(labels, bounds, dest[held], self.payload_bits)
+                deltas.append((held, *segment.track_entries(tuple(array[held] for array in located), here,
+                                                            self.payload_bits)))
+            if not deltas:
+                return np.cumsum(hits_per_code) - hits_per_code, hits_per_code, labels
+            # Each code's hits of main, then of each delta in order, laid out code after code.
+            parts = [(np.arange(len(hits_per_code)), hits_per_code, labels), *deltas]
+            total = hits_per_code.copy()
+            for held, hits, _ in deltas:
+                total[held] += hits
+            first_hit = np.cumsum(total) - total
+            merged, dest = np.empty(int(total.sum()), np.int64), first_hit.copy()
+            for held, hits, part in parts:
+                merged[np.repeat(dest[held] - (np.cumsum(hits) - hits), hits) + np.arange(len(part))] = part
                 dest[held] += hits
-            return first_hit, hits_per_code, labels
+            return first_hit, total, merged
         hits_per_code = np.sum([located[1] for located in found], axis=0)
         first_hit = np.cumsum(hits_per_code) - hits_per_code
         labels = np.empty(int(hits_per_code.sum()), np.int64)

@@ -262,7 +262,7 @@ def test_warm_up_compiles_the_kernels_a_query_needs(catalogue_index):
                    pair._count_by_track, pair._place_by_track, pair._best_per_track, pair._best_cells,
                    voting.neighbourhood_sums, triplet._plausible_hits, triplet._best_neighbourhood_per_track,
                    triplet._contenders_in_vote_order,
-                   peaks_tier._meetings_of, proposals._hit_cells, landmarks._compact_track_bounds]
+                   peaks_tier._meetings_of, proposals._hit_cells, landmarks._compact_track_entries]
         assert not any(kernel.signatures for kernel in kernels)
         with Refrain.open({str(catalogue_index.directory)!r}) as refrain:
             refrain.warm_up()
