@@ -124,7 +124,7 @@ import numpy as np
 
 from refrain.index.files import array_names, map_arrays, save_arrays
 
-__all__ = ["LandmarkIndex", "CODE_BITS", "TRACK_BITS", "mix_codes", "unmix_codes"]
+__all__ = ["LandmarkIndex", "CODE_BITS", "TRACK_BITS", "mix_codes", "unmix_codes", "stable_order"]
 
 CODE_BITS = 32
 #: Track ids of a landmark store lie below ``2 ** TRACK_BITS`` (67 million; ids are never
@@ -145,6 +145,25 @@ def mix_codes(hashes: np.ndarray) -> np.ndarray:
     for multiplier in _MIX_MULTIPLIERS:
         mixed = (mixed ^ (mixed >> np.uint32(16))) * multiplier
     return mixed ^ (mixed >> np.uint32(16))
+
+
+def stable_order(values: np.ndarray) -> np.ndarray:
+    """``np.argsort(values, kind="stable")`` of non-negative integers below ``2 ** 32``, several times faster.
+
+    Each value and its position make one 64-bit key, and one plain sort of the keys orders
+    the values with ties in their given order: 0.4 ms against 2.5 for a 10 s query's 43,000
+    double codes, a sort every tier and proposal makes to ask its codes in the store's order.
+
+    Returns
+    -------
+    np.ndarray of int64
+    """
+    values = np.asarray(values)
+    if len(values) >= 1 << 32 or (len(values) and (values.min() < 0 or values.max() >= 1 << 32)):
+        return np.argsort(values, kind="stable")
+    keys = (values.astype(np.uint64) << np.uint64(32)) | np.arange(len(values), dtype=np.uint64)
+    keys.sort()
+    return (keys & np.uint64(0xFFFFFFFF)).astype(np.int64)
 
 
 def unmix_codes(stored: np.ndarray) -> np.ndarray:
@@ -1330,7 +1349,7 @@ class LandmarkIndex:
         """
         stored = self._stored_form(hashes)
         segments = self._segments()
-        order = np.argsort(stored) if len(segments) > 1 else None
+        order = stable_order(stored) if len(segments) > 1 else None
         counts = np.zeros(len(stored), np.int64)
         for segment in segments:
             counts += segment.run_lengths(stored, order)
@@ -1380,7 +1399,7 @@ class LandmarkIndex:
         stored = self._stored_form(hashes)
         segments: list[_Segment] = [segment for segment in self._segments() if segment.distinct] \
             or [_Runs.empty(self._width)]
-        order = np.argsort(stored) if len(segments) > 1 else None
+        order = stable_order(stored) if len(segments) > 1 else None
         found = [segment.find(stored, order) for segment in segments]
         if tracks is not None:
             wanted = np.asarray(tracks, np.int64)

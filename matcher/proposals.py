@@ -34,7 +34,7 @@ import numpy as np
 
 from refrain.fingerprint import Fingerprint, FingerprintParams
 from refrain.fingerprint.hashes import double_landmarks, hash_quads, query_quads, unpack_quad_payload
-from refrain.index.landmarks import LandmarkIndex, mix_codes
+from refrain.index.landmarks import LandmarkIndex, mix_codes, stable_order
 from refrain.matcher.triplet import TripletTier
 from refrain.matcher.voting import best_cells_per_track, vote_order
 
@@ -262,9 +262,9 @@ def rarest_within_budget(codes: np.ndarray, store: LandmarkIndex, max_hits: int)
         (:func:`index.landmarks.mix_codes`): tens of thousands of code-table reads asked
         in that order walk forward through the table and stay in cache.
     """
-    filed = np.argsort(mix_codes(codes), kind="stable")
+    filed = stable_order(mix_codes(codes))
     counts = store.code_counts(codes[filed])
-    rarest_first = np.argsort(counts, kind="stable")
+    rarest_first = stable_order(counts)
     within_budget = rarest_first[np.cumsum(counts[rarest_first]) <= max_hits]
     return filed[np.sort(within_budget[counts[within_budget] > 0])]
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-from refrain.index.landmarks import LandmarkIndex, mix_codes
+from refrain.index.landmarks import LandmarkIndex, mix_codes, stable_order
 from refrain.matcher.landmarks import LandmarkTierParams
 
 __all__ = ["rarity_weights", "weighted_codes", "lookup_in_store_order", "weighted_lookup", "vote_keys",
@@ -56,7 +56,7 @@ def weighted_codes(tier: LandmarkIndex, codes: np.ndarray, params: LandmarkTierP
         The entries stored under each: its hits, unless the lookup is restricted to some tracks.
     """
     # Counted in the store's order (see lookup_in_store_order).
-    in_store_order = np.argsort(mix_codes(codes), kind="stable")
+    in_store_order = stable_order(mix_codes(codes))
     entries_per_code = np.empty(len(codes), np.int64)
     entries_per_code[in_store_order] = tier.code_counts(codes[in_store_order])
     code_weights = rarity_weights(entries_per_code, tier.ntotal, params)
@@ -80,7 +80,7 @@ def lookup_in_store_order(tier: LandmarkIndex, codes: np.ndarray, tracks: np.nda
         Per code of ``codes``, in their order, where its hits start in ``labels`` and how
         many there are (the slices do not follow each other in that order).
     """
-    in_store_order = np.argsort(mix_codes(codes), kind="stable")
+    in_store_order = stable_order(mix_codes(codes))
     first_hit, hits_per_code, labels = tier.lookup_slices(codes[in_store_order], tracks)
     slice_of = np.empty(len(codes), np.int64)
     slice_of[in_store_order] = np.arange(len(codes))

@@ -14,7 +14,7 @@ import soxr
 
 from refrain.fingerprint import fingerprint_file, fingerprint_signal
 from refrain.index import IndexBusyError, IndexOpenError, IndexStore, LandmarkIndex
-from refrain.index.landmarks import mix_codes, unmix_codes
+from refrain.index.landmarks import mix_codes, stable_order, unmix_codes
 from refrain.api import Refrain
 from refrain.config import Config
 
@@ -613,3 +613,13 @@ def test_an_index_opened_for_matching_maps_its_peaks(index_copy, catalogue_index
 def test_unmixing_a_stored_code_gives_back_the_landmark_code():
     codes = np.random.default_rng(5).integers(0, 1 << 32, size=10_000, dtype=np.uint64).astype(np.uint32)
     np.testing.assert_array_equal(unmix_codes(mix_codes(codes)), codes)
+
+
+@pytest.mark.parametrize("dtype", [np.uint32, np.int64])
+def test_stable_order_sorts_as_a_stable_argsort_does(dtype):
+    rng = np.random.default_rng(8)
+    values = rng.integers(0, 300, size=5_000).astype(dtype)  # many ties: their order must be kept
+    np.testing.assert_array_equal(stable_order(values), np.argsort(values, kind="stable"))
+    wide = np.array([1 << 40, 3, 1 << 40, 0], np.int64)  # beyond 32 bits: still right
+    np.testing.assert_array_equal(stable_order(wide), [3, 1, 0, 2])
+    assert stable_order(np.zeros(0, dtype)).dtype == np.int64
