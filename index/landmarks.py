@@ -1386,7 +1386,10 @@ class LandmarkIndex:
             Query codes.
         tracks : np.ndarray of int, optional
             Only hits on these tracks (sorted, distinct): each is found by galloping over
-            each code's run's skip points, so the work follows the candidates, not the run lengths.
+            each code's run's skip points, so the work follows the candidates, not the run
+            lengths — while they are sparse in the runs: where a run holds a candidate's entry
+            every few dozen entries (the pair tier's ~290 candidates at 640 catalogue hours)
+            the search decodes nearly all of it.
 
         Returns
         -------
