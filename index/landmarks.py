@@ -148,22 +148,27 @@ def mix_codes(hashes: np.ndarray) -> np.ndarray:
 
 
 def stable_order(values: np.ndarray) -> np.ndarray:
-    """``np.argsort(values, kind="stable")`` of non-negative integers below ``2 ** 32``, several times faster.
+    """``np.argsort(values, kind="stable")`` of non-negative integers, several times faster.
 
-    Each value and its position make one 64-bit key, and one plain sort of the keys orders
-    the values with ties in their given order: 0.4 ms against 2.5 for a 10 s query's 43,000
-    double codes, a sort every tier and proposal makes to ask its codes in the store's order.
+    Each value, shifted left, and its position in the low bits make one 64-bit key, and
+    one plain sort of the keys orders the values with ties in their given order: 0.4 ms
+    against 2.5 for a 10 s query's 43,000 double codes (a sort every tier and proposal
+    makes to ask its codes in the store's order), 1.9 against 4.6 ms for 135,000 votes
+    ranked by (track, cell). Values too wide to leave room for the position are argsorted.
 
     Returns
     -------
     np.ndarray of int64
     """
     values = np.asarray(values)
-    if len(values) >= 1 << 32 or (len(values) and (values.min() < 0 or values.max() >= 1 << 32)):
+    if len(values) == 0:
+        return np.zeros(0, np.int64)
+    position_bits = (len(values) - 1).bit_length()
+    if int(values.min()) < 0 or int(values.max()).bit_length() + position_bits > 63:
         return np.argsort(values, kind="stable")
-    keys = (values.astype(np.uint64) << np.uint64(32)) | np.arange(len(values), dtype=np.uint64)
+    keys = (values.astype(np.int64) << position_bits) | np.arange(len(values), dtype=np.int64)
     keys.sort()
-    return (keys & np.uint64(0xFFFFFFFF)).astype(np.int64)
+    return keys & ((1 << position_bits) - 1)
 
 
 def unmix_codes(stored: np.ndarray) -> np.ndarray:

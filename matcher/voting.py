@@ -131,21 +131,15 @@ def vote_order(track_ids: np.ndarray, cells: np.ndarray) -> np.ndarray:
     np.ndarray of int64
         Positions into the arguments.
     """
-    count = len(track_ids)
-    if count == 0:
+    if len(track_ids) == 0:
         return np.zeros(0, dtype=np.int64)
     # Each vote's rank in (track, cell) order, as one small integer: the tracks and cells
-    # of one query span little of their ranges.
+    # of one query span little of their ranges, and small ranks sort fastest (stable_order).
     lowest_track, lowest_cell = track_ids.min(), cells.min()
     track_span, cell_span = int(track_ids.max() - lowest_track) + 1, int(cells.max() - lowest_cell) + 1
-    position_bits = (count - 1).bit_length()
-    if (track_span * cell_span - 1).bit_length() + position_bits > 63:
+    if (track_span * cell_span - 1).bit_length() > 62:
         return np.argsort(vote_keys(track_ids, cells), kind="stable")
-    # With its position in the low bits, a plain sort of the ranks orders the votes:
-    # several times faster than an argsort (1.9 vs 4.6 ms for 135,000 votes).
-    compact = (track_ids - lowest_track) * cell_span + (cells - lowest_cell)
-    packed = (compact << position_bits) | np.arange(count)
-    return np.sort(packed) & ((1 << position_bits) - 1)
+    return stable_order((track_ids - lowest_track) * cell_span + (cells - lowest_cell))
 
 
 def vote_keys(track_ids: np.ndarray, cells: np.ndarray) -> np.ndarray:

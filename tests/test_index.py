@@ -622,4 +622,6 @@ def test_stable_order_sorts_as_a_stable_argsort_does(dtype):
     np.testing.assert_array_equal(stable_order(values), np.argsort(values, kind="stable"))
     wide = np.array([1 << 40, 3, 1 << 40, 0], np.int64)  # beyond 32 bits: still right
     np.testing.assert_array_equal(stable_order(wide), [3, 1, 0, 2])
+    widest = np.array([1 << 62, 3, 1 << 62, 0], np.int64)  # no room for the position: argsorted
+    np.testing.assert_array_equal(stable_order(widest), [3, 1, 0, 2])
     assert stable_order(np.zeros(0, dtype)).dtype == np.int64
