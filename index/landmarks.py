@@ -94,6 +94,23 @@ order and never reused (:mod:`index.catalog`), so a run is also sorted by track:
 restricted to a few candidate tracks (:meth:`LandmarkIndex.lookup_slices` with
 ``tracks``) finds each one's entries by a search in the run and reads little else.
 
+The track-major layout (format 6)
+--------------------------------
+A tier that the matcher searches only in a few candidate tracks per query (the triplet
+tier once proposals bound it, :class:`index.store.IndexWriteParams`) may have its main
+file written the other way round (``save(..., track_major=True)``): one run per *track*,
+keyed by the track's mixed id, holding the track's entries sorted by raw landmark code
+(the gap field then holds code steps, the payload stays the value), plus the entry count
+of every code (``counted_codes``, the stored codes increasing, and ``code_counts``) for
+rarity weights and ``code_counts``. A lookup restricted to candidate tracks decodes each
+candidate's run once and keeps the entries whose code the query asks (a bit set): its
+cost is the candidates' entries, the same at any catalogue size, where a code-major
+lookup jumps into every code's run for every candidate (at 640 catalogue hours, 8,000
+triplet codes x 32 candidates: 30 ms against 2.4, docs/scale.md step 11). A lookup of
+every track reads the whole file, so a small catalogue, searched exhaustively, keeps the
+code-major layout. Hits come back regrouped code after code, each code's by track: the
+hits, in the order, of the code-major file. Codes must lie below ``2 ** TRACK_BITS``.
+
 Segments
 --------
 A store is a *main* file and, after it, any number of *delta* segments in the same
@@ -1063,7 +1080,347 @@ class _CompactRuns:
         return self.plain().without_track(track_id, payload_bits)
 
 
-_Segment = _Runs | _CompactRuns
+# -- the track-major layout ------------------------------------------------------------------
+
+#: Arrays a track-major file holds beside its compact runs: the code table of the code-major view.
+_COUNT_ARRAYS = ("counted_codes", "code_counts")
+
+
+@numba.njit(cache=True, nogil=True)
+def _track_major_order(rank: np.ndarray, tracks: np.ndarray, codes: np.ndarray, runs: int) -> np.ndarray:
+    """Order of entries by (their track's ``rank``, code), ties in their given order.
+
+    A counting sort by rank, then each run's entries sorted by code with their position in
+    the low 32 bits of the key: a run holds far fewer than ``2 ** 32`` entries and codes lie
+    below ``2 ** TRACK_BITS``.
+    """
+    starts = np.zeros(runs + 1, np.int64)
+    for track in tracks:
+        starts[rank[track] + 1] += 1
+    for run in range(runs):
+        starts[run + 1] += starts[run]
+    fill = starts[:-1].copy()
+    order = np.empty(len(tracks), np.int64)
+    for i in range(len(tracks)):
+        run = rank[tracks[i]]
+        order[fill[run]] = i
+        fill[run] += 1
+    for run in range(runs):
+        low, high = starts[run], starts[run + 1]
+        if high - low > 1:
+            members = order[low:high].copy()
+            keys = np.empty(high - low, np.int64)
+            for k in range(high - low):
+                keys[k] = (np.int64(codes[members[k]]) << 32) | k
+            keys.sort()
+            for k in range(high - low):
+                order[low + k] = members[keys[k] & 0xFFFFFFFF]
+    return order
+
+
+@numba.njit(cache=True, nogil=True)
+def _decode_columns(words: np.ndarray, starts: np.ndarray, gap_bits: int, track_bits: int, value_bits: int,
+                    run_keys: np.ndarray, by_track: bool, tracks: np.ndarray, codes: np.ndarray,
+                    payloads: np.ndarray, offset: int) -> None:
+    """Decode a compact segment's entries into the columns from ``offset`` on.
+
+    ``run_keys`` holds each run's raw code (a code-major segment, whose entries' track field
+    holds tracks) or track (``by_track``: a track-major one, whose track field holds codes).
+    """
+    position = np.int64(0)
+    for r in range(len(starts) - 1):
+        previous = np.int64(0)
+        for i in range(starts[r], starts[r + 1]):
+            field, payload, position = _read_entry(words, position, previous, gap_bits, track_bits, value_bits)
+            at = offset + i
+            if by_track:
+                tracks[at], codes[at] = run_keys[r], field
+            else:
+                tracks[at], codes[at] = field, run_keys[r]
+            payloads[at] = payload
+            previous = field
+
+
+@numba.njit(cache=True, nogil=True)
+def _pack_in_order(order: np.ndarray, codes: np.ndarray, payloads: np.ndarray, payload_bits: int,
+                   rows: np.ndarray) -> None:
+    """``rows[k]`` = the packed id ``code << payload_bits | payload`` of entry ``order[k]``."""
+    for k in range(len(order)):
+        entry = (np.int64(codes[order[k]]) << payload_bits) | payloads[order[k]]
+        for b in range(rows.shape[1]):
+            rows[k, b] = (entry >> (8 * b)) & 0xFF
+
+
+@numba.njit(cache=True, nogil=True)
+def _entries_with_codes(words: np.ndarray, gap_bits: int, track_bits: int, value_bits: int, payload_bits: int,
+                        lengths: np.ndarray, positions: np.ndarray, codes: np.ndarray
+                        ) -> tuple[np.ndarray, np.ndarray]:
+    """The entries of track-major runs whose code is one of ``codes`` (non-negative).
+
+    Each run is decoded once, start to end, and each entry tested against a bit set of
+    ``codes`` (a 10 s query's ~8,000 triplet codes: 256 KB, in cache): the codes fall every few
+    entries of a candidate's run, so skipping ahead would save nothing, and a walk
+    through the sorted codes beside the run costs a mispredicted branch or two per
+    entry (6x the decoding, measured). Every entry is written, and kept only if wanted.
+
+    Returns
+    -------
+    hits_per_run : np.ndarray of int64
+    hits : np.ndarray of int64
+        ``code << payload_bits | payload`` of each hit, run after run, by code within a run.
+    """
+    if len(codes) == 0:
+        return np.zeros(len(lengths), np.int64), np.zeros(0, np.int64)
+    largest = np.int64(codes.max())
+    wanted = np.zeros(largest // 64 + 1, np.uint64)
+    for code in codes:
+        wanted[code >> 6] |= np.uint64(1) << np.uint64(code & 63)
+    hits_per_run = np.zeros(len(lengths), np.int64)
+    hits = np.empty(lengths.sum() + 1, np.int64)
+    count = 0
+    for run in range(len(lengths)):
+        position, previous, counted = positions[run], np.int64(0), count
+        for _ in range(lengths[run]):
+            code, payload, position = _read_entry(words, position, previous, gap_bits, track_bits, value_bits)
+            previous = code
+            hits[count] = (code << payload_bits) | payload
+            inside = code if code < largest else largest  # codes are never negative
+            count += ((wanted[inside >> 6] >> np.uint64(inside & 63)) & np.uint64(1)) * (code <= largest)
+        hits_per_run[run] = count - counted
+    return hits_per_run, hits[:count]
+
+
+@numba.njit(cache=True, nogil=True)
+def _regrouped_by_code(hits_per_run: np.ndarray, hits: np.ndarray, tracks: np.ndarray, distinct: np.ndarray,
+                       payload_bits: int) -> tuple[np.ndarray, np.ndarray]:
+    """A track-major lookup's hits, code after code: how many per code of ``distinct``, and their ids.
+
+    ``hits`` holds each run's hits (``code << payload_bits | payload``, by code within a
+    run), run after run, one run per track of ``tracks`` (increasing); ``distinct`` the
+    codes asked (increasing). A code's hits come out by track, as in its code-major run.
+    """
+    mask = (np.int64(1) << payload_bits) - 1
+    code_of_hit = np.empty(len(hits), np.int64)
+    counts = np.zeros(len(distinct), np.int64)
+    at = 0
+    for run in range(len(hits_per_run)):
+        k = 0
+        for _ in range(hits_per_run[run]):
+            code = hits[at] >> payload_bits
+            while distinct[k] < code:
+                k += 1
+            code_of_hit[at] = k
+            counts[k] += 1
+            at += 1
+    fill = np.empty(len(distinct), np.int64)
+    total = 0
+    for k in range(len(distinct)):
+        fill[k] = total
+        total += counts[k]
+    labels = np.empty(len(hits), np.int64)
+    at = 0
+    for run in range(len(hits_per_run)):
+        track = np.int64(tracks[run])
+        for _ in range(hits_per_run[run]):
+            k = code_of_hit[at]
+            labels[fill[k]] = (track << payload_bits) | (hits[at] & mask)
+            fill[k] += 1
+            at += 1
+    return counts, labels
+
+
+def _fill_columns(segment: "_Segment", payload_bits: int, tracks: np.ndarray, codes: np.ndarray,
+                  payloads: np.ndarray, offset: int) -> None:
+    """Write a segment's entries, as (track, raw code, payload), to the columns from ``offset`` on.
+
+    A (code, track)'s entries keep their store order. Compact files are decoded straight
+    into the columns: a 640-hour triplet tier holds 267 million entries.
+    """
+    runs = segment.runs if isinstance(segment, _TrackMajorRuns) else segment
+    if isinstance(runs, _CompactRuns):
+        by_track = isinstance(segment, _TrackMajorRuns)
+        keys = unmix_codes(runs.codes).astype(np.int64)
+        _decode_columns(runs.stream, np.asarray(runs.starts, np.int64), *runs.widths(), keys, by_track,
+                        tracks, codes, payloads, offset)
+        return
+    ids = _unpacked(runs.rows())
+    end = offset + len(ids)
+    tracks[offset:end], payloads[offset:end] = ids >> payload_bits, ids & ((1 << payload_bits) - 1)
+    codes[offset:end] = unmix_codes(runs.entry_codes())
+
+
+def _track_major_arrays(segments: tuple["_Segment", ...], payload_bits: int) -> dict[str, np.ndarray]:
+    """The arrays of a track-major file holding the entries of consecutive ``segments`` (mixed codes).
+
+    Each track's entries form one run of the compact encoding, keyed by the track's mixed id,
+    its entries sorted by raw code (the gap field then holds code steps) with the payload as
+    value; beside it the counts of the code-major view. Sorting is by counting over dense
+    track ids and codes, in columns of 16 bytes an entry and an order of 8 (a 640-hour
+    triplet tier: 267 million entries, about 9 GB at the peak, 70 s).
+    """
+    total = sum(segment.ntotal for segment in segments)
+    tracks, codes, payloads = np.empty(total, np.int32), np.empty(total, np.int32), np.empty(total, np.int64)
+    offset = 0
+    for segment in segments:
+        _fill_columns(segment, payload_bits, tracks, codes, payloads, offset)
+        offset += segment.ntotal
+    if total and int(codes.max()) >= 1 << TRACK_BITS:
+        raise ValueError(f"a track-major store needs codes below 2**{TRACK_BITS}")
+    per_track = np.bincount(tracks)
+    present = np.flatnonzero(per_track)
+    keys = mix_codes(present.astype(np.uint32))
+    by_key = np.argsort(keys)
+    rank = np.zeros(len(per_track), np.int64)
+    rank[present[by_key]] = np.arange(len(present))
+    order = _track_major_order(rank, tracks, codes, len(present))
+    del tracks
+    rows = np.empty((total, id_bytes(payload_bits)), np.uint8)
+    _pack_in_order(order, codes, payloads, payload_bits, rows)
+    del order, payloads
+    per_code = np.bincount(codes)
+    del codes
+    used = np.flatnonzero(per_code)
+    counted = mix_codes(used.astype(np.uint32))
+    by_stored = np.argsort(counted)
+    runs = _Runs(keys[by_key], np.concatenate([[0], np.cumsum(per_track[present[by_key]])]).astype(np.int64), rows)
+    return {**_compact_arrays(runs, payload_bits), "counted_codes": counted[by_stored],
+            "code_counts": per_code[used[by_stored]].astype(_entry_dtype(total))}
+
+
+class _TrackMajorRuns:
+    """One saved segment in the track-major layout: each track's entries together, sorted by code.
+
+    The same entries as a code-major segment, filed the other way round: a run per track (keyed
+    by its mixed id in a compact segment whose "tracks" are raw codes), and the entry count of
+    every code. A lookup restricted to a few candidate tracks reads each candidate's run
+    once, start to end, merging it with the query's sorted codes: its cost is the
+    candidates' entries, whatever the catalogue's size, where a code-major lookup jumps
+    into every code's run for every candidate. A lookup of every track reads every entry.
+    Answers every lookup with the hits, in the order, of the code-major segment.
+    """
+
+    __slots__ = ("runs", "counted_codes", "code_counts", "_tracks")
+
+    def __init__(self, runs: _CompactRuns, counted_codes: np.ndarray, code_counts: np.ndarray):
+        self.runs, self.counted_codes, self.code_counts = runs, counted_codes, code_counts
+        self._tracks = np.sort(unmix_codes(runs.codes).astype(np.int64))
+
+    @classmethod
+    def load(cls, path: os.PathLike, payload_bits: int) -> "_TrackMajorRuns":
+        """Map a track-major segment file (read-only).
+
+        Raises
+        ------
+        ValueError
+            If the file is not a track-major landmark store whose payloads fit ``payload_bits``.
+        """
+        runs = _CompactRuns.load(path, payload_bits)
+        arrays = map_arrays(path, _COUNT_ARRAYS)
+        counted_codes, code_counts = np.asarray(arrays["counted_codes"]), np.asarray(arrays["code_counts"])
+        if (counted_codes.dtype != np.uint32 or len(code_counts) != len(counted_codes)
+                or int(code_counts.sum(dtype=np.int64)) != runs.ntotal):
+            raise ValueError(f"inconsistent landmark store {path}")
+        return cls(runs, counted_codes, code_counts)
+
+    def save(self, path: os.PathLike, payload_bits: int) -> None:
+        """Write the segment in the compact encoding (code-major), as every segment's ``save`` does."""
+        self.plain().save(path, payload_bits)
+
+    @property
+    def encoding(self) -> str:
+        return "track-major"
+
+    @property
+    def codes(self) -> np.ndarray:
+        """The distinct stored codes, increasing (of the code-major view)."""
+        return self.counted_codes
+
+    @property
+    def starts(self) -> np.ndarray:
+        """Where each code's run would start in the code-major view, plus the end."""
+        return np.concatenate([[0], np.cumsum(self.code_counts, dtype=np.int64)])
+
+    @property
+    def ntotal(self) -> int:
+        return self.runs.ntotal
+
+    @property
+    def distinct(self) -> int:
+        return len(self.counted_codes)
+
+    @property
+    def nbytes(self) -> int:
+        return int(self.runs.nbytes + self.counted_codes.nbytes + self.code_counts.nbytes)
+
+    def find(self, stored: np.ndarray, order: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """The raw codes of ``stored`` and how many entries each has: what the lookups below take."""
+        return unmix_codes(stored).astype(np.int64), self.run_lengths(stored)
+
+    def run_lengths(self, stored: np.ndarray, order: np.ndarray | None = None) -> np.ndarray:
+        at = np.minimum(np.searchsorted(self.counted_codes, stored), max(len(self.counted_codes) - 1, 0))
+        if not len(self.counted_codes):
+            return np.zeros(len(stored), np.int64)
+        return np.where(self.counted_codes[at] == stored, self.code_counts[at], 0).astype(np.int64)
+
+    def track_entries(self, found: tuple[np.ndarray, ...], tracks: np.ndarray, payload_bits: int
+                      ) -> tuple[np.ndarray, np.ndarray]:
+        """The hits of the found codes on ``tracks`` (sorted): how many per code, and their ids, code after code."""
+        codes = found[0]
+        distinct, code_of = np.unique(codes, return_inverse=True)
+        tracks = np.asarray(tracks, np.int64)
+        _, lengths, positions = self.runs.find(mix_codes(tracks.astype(np.uint32)))
+        hits_per_run, hits = _entries_with_codes(self.runs.stream, *self.runs.widths(), payload_bits, lengths,
+                                                 positions, distinct)
+        per_distinct, labels = _regrouped_by_code(hits_per_run, hits, tracks, distinct, payload_bits)
+        if len(distinct) == len(codes) and np.all(np.diff(codes) > 0):
+            return per_distinct, labels
+        # Codes asked in another order, or more than once: each gets its distinct code's slice.
+        hits_per_code = per_distinct[code_of]
+        source = np.cumsum(per_distinct) - per_distinct
+        return hits_per_code, labels[np.repeat(source[code_of] - (np.cumsum(hits_per_code) - hits_per_code),
+                                               hits_per_code) + np.arange(int(hits_per_code.sum()))]
+
+    def gather_into(self, labels: np.ndarray, found: tuple[np.ndarray, ...], dest: np.ndarray,
+                    payload_bits: int) -> None:
+        """Write each found code's hits on every track to ``labels[dest[k]:]``."""
+        hits_per_code, hits = self.track_entries(found, self._tracks, payload_bits)
+        labels[np.repeat(dest - (np.cumsum(hits_per_code) - hits_per_code), hits_per_code)
+               + np.arange(len(hits))] = hits
+
+    def plain(self) -> _Runs:
+        """The same entries in the plain, code-major layout, in memory."""
+        n = self.ntotal
+        tracks, codes, payloads = np.empty(n, np.int32), np.empty(n, np.int32), np.empty(n, np.int64)
+        _fill_columns(self, self.runs._payload, tracks, codes, payloads, 0)
+        tracks = tracks.astype(np.int64)
+        stored = mix_codes(codes.astype(np.uint32))
+        # By stored code, then track; a (code, track)'s entries keep their order.
+        order = np.lexsort((np.arange(len(tracks)), tracks, stored))
+        ids = (tracks[order] << self.runs._payload) | payloads[order]
+        return _Runs(self.counted_codes, self.starts, _packed(ids, id_bytes(self.runs._payload)))
+
+    def rows(self) -> np.ndarray:
+        return self.plain().ids
+
+    def entry_codes(self) -> np.ndarray:
+        return np.repeat(self.counted_codes, self.code_counts)
+
+    def with_entries(self, new_codes: np.ndarray, new_rows: np.ndarray) -> _Runs:
+        return self.plain().with_entries(new_codes, new_rows)
+
+    def track_span(self, payload_bits: int) -> tuple[int, int]:
+        return (int(self._tracks[0]), int(self._tracks[-1])) if len(self._tracks) else (0, -1)
+
+    def entries_of(self, track_id: int, payload_bits: int) -> int:
+        return int(self.runs.run_lengths(mix_codes(np.array([track_id], np.uint32)))[0])
+
+    def without_track(self, track_id: int, payload_bits: int) -> tuple["_Segment", int]:
+        if not self.entries_of(track_id, payload_bits):
+            return self, 0
+        return self.plain().without_track(track_id, payload_bits)
+
+
+_Segment = _Runs | _CompactRuns | _TrackMajorRuns
 
 
 def _load_segment(path: os.PathLike, payload_bits: int) -> _Segment:
@@ -1074,7 +1431,10 @@ def _load_segment(path: os.PathLike, payload_bits: int) -> _Segment:
     ValueError
         If the file is not a landmark store of this payload width (damaged or foreign).
     """
-    if "stream" in array_names(path):
+    names = array_names(path)
+    if "counted_codes" in names:
+        return _TrackMajorRuns.load(path, payload_bits)
+    if "stream" in names:
         return _CompactRuns.load(path, payload_bits)
     return _Runs.load(path, id_bytes(payload_bits))
 
@@ -1197,17 +1557,33 @@ class LandmarkIndex:
 
     # -- saving ------------------------------------------------------------------------------
 
-    def save(self, path: os.PathLike) -> None:
+    def save(self, path: os.PathLike, track_major: bool = False) -> None:
         """Write every entry as one main file, atomically (temporary file, fsync, rename), and map it.
 
         The store's segments are then that file alone: the caller records it in place of
         the files it had (:mod:`index.store`).
+
+        Parameters
+        ----------
+        path : path-like
+        track_major : bool
+            Write the track-major layout (each track's entries together; see
+            :class:`_TrackMajorRuns`) instead of the code-major one: for a tier searched
+            only in a few candidate tracks per query. Needs codes below ``2 ** TRACK_BITS``.
         """
-        merged = _merged(self._segments(), self._width)
-        merged.save(path, self.payload_bits)
+        self._write(self._segments(), path, track_major)
         with self._merge_lock:
-            self._state = ((_CompactRuns.load(path, self.payload_bits),), None)
+            self._state = ((_load_segment(path, self.payload_bits),), None)
             self._rewrite = False
+
+    def _write(self, segments: tuple[_Segment, ...], path: os.PathLike, track_major: bool) -> None:
+        """Write consecutive segments as one file, in either layout."""
+        if track_major:
+            if not self.hashed_lists:
+                raise ValueError("a track-major store files mixed codes: re-file this one first")
+            save_arrays(path, _track_major_arrays(segments, self.payload_bits))
+        else:
+            _merged(segments, self._width).save(path, self.payload_bits)
 
     def save_delta(self, path: os.PathLike) -> bool:
         """Write the entries added since the last save as a delta segment, and map it.
@@ -1235,10 +1611,12 @@ class LandmarkIndex:
         return True
 
     def segment_encodings(self) -> list[str]:
-        """How each saved segment is encoded, main first: ``"compact"``; ``"compact-v1"`` for a compact
-        file with the version-1 code table, ``"plain"`` for a file written before the compact encoding
-        (either read as it is; the next rewrite of it is ``"compact"``)."""
-        return [segment.encoding if isinstance(segment, _CompactRuns) else "plain" for segment in self._state[0]]
+        """How each saved segment is encoded, main first: ``"compact"``; ``"track-major"`` for a main
+        file written by ``save(..., track_major=True)``; ``"compact-v1"`` for a compact file with the
+        version-1 code table, ``"plain"`` for a file written before the compact encoding (either read
+        as it is; the next rewrite of it is ``"compact"`` or ``"track-major"``)."""
+        return [segment.encoding if isinstance(segment, (_CompactRuns, _TrackMajorRuns)) else "plain"
+                for segment in self._state[0]]
 
     @property
     def needs_rewrite(self) -> bool:
@@ -1249,12 +1627,13 @@ class LandmarkIndex:
         """Bytes of each saved segment, main first."""
         return [segment.nbytes for segment in self._state[0]]
 
-    def write_merged(self, first: int, last: int, path: os.PathLike) -> tuple[_Segment, ...]:
+    def write_merged(self, first: int, last: int, path: os.PathLike, track_major: bool = False
+                     ) -> tuple[_Segment, ...]:
         """Write saved segments ``first:last`` merged into one file, atomically; the store is unchanged.
 
         Reads only segments, which never change, so it may run beside lookups, adds and
         :meth:`save_delta` (a background merge); :meth:`adopt_merged` then puts the file
-        in their place.
+        in their place. ``track_major`` as for :meth:`save`.
 
         Returns
         -------
@@ -1262,7 +1641,7 @@ class LandmarkIndex:
             The segments merged, to give to :meth:`adopt_merged`.
         """
         merged = self._state[0][first:last]
-        _merged(merged, self._width).save(path, self.payload_bits)
+        self._write(merged, path, track_major)
         return merged
 
     def adopt_merged(self, merged: tuple[_Segment, ...], path: os.PathLike) -> None:
@@ -1273,7 +1652,7 @@ class LandmarkIndex:
         RuntimeError
             If the store no longer holds those segments (a removal or a save came between).
         """
-        segment = _CompactRuns.load(path, self.payload_bits)
+        segment = _load_segment(path, self.payload_bits)
         with self._merge_lock:
             saved, unsaved = self._state
             for at in range(len(saved) - len(merged) + 1):

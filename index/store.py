@@ -48,12 +48,12 @@ is a new file, then one atomic manifest switch, then the deletion of the files i
 replaced: a crash leaves the old set or the new one, and the next writer deletes files
 the manifest does not name.
 
-Every manifest written says format 5: landmark files may have the compact encoding's
-bucketed code table (:mod:`index.landmarks`, version 2 of the compact layout), which a Refrain
-from before it refuses to open rather than misread. Formats 2 (no deltas), 3 (deltas) and 4
-(compact files of version 1) are read as they are, their plain and version-1 landmark files
-included; the first rewrite of a file, or :meth:`IndexStore.upgrade`, writes it in the current
-layout.
+Every manifest written says format 6: a landmark tier's main file may be track-major (each
+track's entries together, :attr:`IndexWriteParams.track_major_tiers`), which a Refrain from
+before it refuses to open rather than misread. Formats 2 (no deltas), 3 (deltas), 4 (compact
+files of version 1) and 5 (the compact encoding's bucketed code table, version 2) are read as
+they are, their plain and version-1 landmark files included; the first rewrite of a file, or
+:meth:`IndexStore.upgrade`, writes it in the current layout.
 """
 
 from __future__ import annotations
@@ -81,12 +81,13 @@ __all__ = ["IndexStore", "IndexOpenError", "IndexBusyError", "IndexWriteParams"]
 #: One of the index structures a tier is stored in.
 _Store = TypeVar("_Store", LandmarkIndex, MelodyIndex, PeakStore)
 
-#: Format of every manifest this Refrain writes: landmark files may have the bucketed code table
-#: (index/landmarks.py, compact layout version 2), which a Refrain before it cannot read; it refuses format 5.
-FORMAT_VERSION = 5
+#: Format of every manifest this Refrain writes: a landmark tier's main file may be track-major
+#: (index/landmarks.py), which a Refrain before it would misread as code-major; it refuses format 6.
+FORMAT_VERSION = 6
 #: Formats read: 2 (no delta segments) and 3 (deltas) were written before the compact encoding, 4
-#: with its version-1 code table (sorted codes); their landmark files are read as they are.
-_READABLE_FORMATS = (2, 3, 4, FORMAT_VERSION)
+#: with its version-1 code table (sorted codes), 5 with the bucketed table (compact layout version 2)
+#: but no track-major file; their landmark files are read as they are.
+_READABLE_FORMATS = (2, 3, 4, 5, FORMAT_VERSION)
 # How many times a reader re-reads a manifest a writer replaced while the reader opened its files.
 _OPEN_ATTEMPTS = 5
 _MANIFEST, _CATALOG, _LOCK = "manifest.json", "catalog.sqlite", ".lock"
@@ -130,11 +131,29 @@ class IndexWriteParams:
         Merge into main in a background thread (the commit that triggers it returns at
         once; a removal or :meth:`IndexStore.close` waits for it). False merges within
         the commit. Default True.
+    track_major_tiers : tuple of str
+        Landmark tiers whose main file is written track-major (each track's entries
+        together, :meth:`index.landmarks.LandmarkIndex.save`) once the catalogue holds
+        ``track_major_from_tracks`` tracks (default the triplet tier). The matcher then
+        searches that tier only in each query's ~32 proposed derivatives
+        (:class:`matcher.proposals.ProposalParams`), and reading each candidate's entries
+        in one piece costs its entries, not a jump into every code's run per candidate:
+        at 640 catalogue hours a 10 s query's triplet lookup took 30 ms code-major
+        (docs/scale.md, step 11). The pair tier's ~290 candidates read most of each run
+        either way, and the proposal tiers are searched whole, so they stay code-major.
+    track_major_from_tracks : int
+        Catalogue size from which those tiers' main files are written track-major
+        (default 2,000, :attr:`matcher.proposals.ProposalParams.min_catalogue_tracks`):
+        below it every query searches every track, which reads a code-major file's runs
+        once and a track-major file whole. The layout changes at the next rewrite of the
+        main file (a merge into main, a removal, :meth:`IndexStore.upgrade`).
     """
 
     whole_below_bytes: int = 8 << 20
     merge_share: float = 0.25
     background: bool = True
+    track_major_tiers: tuple[str, ...] = ("triplet",)
+    track_major_from_tracks: int = 2000
 
 
 def _hashed_lists(tier_entry: dict) -> bool:
@@ -412,10 +431,10 @@ class IndexStore:
                     tier.save(files[0])
                     continue
                 if len(files) == 1 and (tier.needs_rewrite or tier.segment_bytes()[0] < self.writes.whole_below_bytes):
-                    tier.save(files[0])  # alone in the manifest: replaced atomically in place
+                    self._save_main(name, tier, files[0])  # alone in the manifest: replaced atomically in place
                 elif tier.needs_rewrite:
                     main = self._new_segment_file(name, main=True)
-                    tier.save(main)
+                    self._save_main(name, tier, main)
                     replaced += files
                     self._tier_files[name] = [main]
                 else:
@@ -426,8 +445,22 @@ class IndexStore:
         for path in replaced:
             path.unlink(missing_ok=True)
 
-    def _merge_segments(self, name: str, first: int, last: int) -> None:
-        """Merge segments ``first:last`` of tier ``name`` into one new file (into main if ``first`` is 0).
+    def _track_major(self, name: str) -> bool:
+        """Whether tier ``name``'s main file is to be written track-major (:class:`IndexWriteParams`)."""
+        return (name in self.writes.track_major_tiers
+                and self.catalog.totals()[0] >= self.writes.track_major_from_tracks)
+
+    def _save_main(self, name: str, tier: LandmarkIndex | PeakStore, path: Path) -> None:
+        """Write a tier whole as its main file, in the layout it is due."""
+        if isinstance(tier, LandmarkIndex):
+            tier.save(path, track_major=self._track_major(name))
+        else:
+            tier.save(path)
+
+    def _merge_segments(self, name: str, first: int, last: int, track_major: bool = False) -> None:
+        """Merge segments ``first:last`` of tier ``name`` into one new file (into main if ``first`` is 0,
+        track-major if ``track_major``: see :meth:`_track_major`, which asks the catalogue and so is
+        called by the writer's thread, not a background merge's).
 
         Only the switch holds the files lock: a background merge writes its file while
         commits add deltas after the segments it merges.
@@ -436,7 +469,8 @@ class IndexStore:
         with self._files_lock:
             merged_files = self._tier_files[name][first:last]
             path = self._new_segment_file(name, main=first == 0)
-        merged = tier.write_merged(first, last, path)
+        merged = (tier.write_merged(first, last, path, track_major=track_major)
+                  if isinstance(tier, LandmarkIndex) else tier.write_merged(first, last, path))
         with self._files_lock:
             tier.adopt_merged(merged, path)  # type: ignore[arg-type]  # the segments write_merged returned
             files = self._tier_files[name]
@@ -464,19 +498,20 @@ class IndexStore:
                and sum(tier.segment_bytes()[1:]) >= self.writes.merge_share * tier.segment_bytes()[0]}
         if not due:
             return
+        track_major = {name: self._track_major(name) for name in due}
         if not self.writes.background:
             for name, count in due.items():
-                self._merge_segments(name, 0, count)
+                self._merge_segments(name, 0, count, track_major[name])
             return
         self._merging = due
-        self._merge_thread = threading.Thread(target=self._merge_in_background, args=(due,),
+        self._merge_thread = threading.Thread(target=self._merge_in_background, args=(due, track_major),
                                               name=f"refrain-merge {self.directory.name}", daemon=True)
         self._merge_thread.start()
 
-    def _merge_in_background(self, due: dict[str, int]) -> None:
+    def _merge_in_background(self, due: dict[str, int], track_major: dict[str, bool]) -> None:
         try:
             for name, count in due.items():
-                self._merge_segments(name, 0, count)
+                self._merge_segments(name, 0, count, track_major[name])
         except BaseException as err:  # reported by the writer's next call that waits for merges
             self._merge_error = err
         finally:
@@ -512,7 +547,7 @@ class IndexStore:
         self.wait_for_merge()
         merged = [name for name, files in self._tier_files.items() if len(files) > 1]
         for name in merged:
-            self._merge_segments(name, 0, len(self._tier_files[name]))
+            self._merge_segments(name, 0, len(self._tier_files[name]), self._track_major(name))
         return merged
 
     def _require_writable(self) -> None:
@@ -557,8 +592,10 @@ class IndexStore:
     def upgradable(self) -> list[str]:
         """The tiers :meth:`upgrade` would bring to the current layout."""
         return [name for name, tier in self.tiers.items()
-                if isinstance(tier, LandmarkIndex) and (not tier.hashed_lists or name in self._faiss_tiers
-                                                        or set(tier.segment_encodings()) - {"compact"})]
+                if isinstance(tier, LandmarkIndex) and (
+                    not tier.hashed_lists or name in self._faiss_tiers
+                    or set(tier.segment_encodings()[1:]) - {"compact"}
+                    or tier.segment_encodings()[:1] != ["track-major" if self._track_major(name) else "compact"])]
 
     def upgrade(self) -> list[str]:
         """Bring an index built by an earlier Refrain to the current layout, in place.
@@ -594,7 +631,7 @@ class IndexStore:
                 if not tier.hashed_lists:
                     tier = tier.refiled()
                 new_file = self._new_segment_file(name, main=True)
-                tier.save(new_file)
+                self._save_main(name, tier, new_file)
                 refiled[name] = (tier, new_file)
                 old_files += files
                 if name in self._faiss_tiers:

@@ -498,3 +498,129 @@ def test_a_commit_to_an_index_with_version_1_tables_writes_deltas_beside_them(
         assert set(store.merge()) >= set(_LANDMARK_TIERS)
         assert all(store.tiers[name].segment_encodings() == ["compact"] for name in _LANDMARK_TIERS)
     assert _answers(index_copy, queries, codes) == expected
+
+
+# -- the track-major layout (a tier searched in a few candidate tracks per query) -----------------
+
+
+def _track_major_twin(store: LandmarkIndex, path) -> LandmarkIndex:
+    """The same entries written as one track-major main file."""
+    twin = LandmarkIndex(store.payload_bits, store._state[0], writable=True)
+    twin.save(path, track_major=True)
+    return LandmarkIndex.load(path, store.payload_bits, mmap=True)
+
+
+@pytest.mark.parametrize("payload_bits", [22, 36])
+def test_a_track_major_file_answers_exactly_as_the_code_major_one(tmp_path, payload_bits):
+    rng = np.random.default_rng(payload_bits + 1)
+    tracks = np.arange(1, 140)
+    store = _random_store(rng, payload_bits, tracks, distinct_codes=3000)
+    store.add(200, np.array([7, 7, 7, 2999, 0], np.uint32), np.array([3, 1, 2, 0, 0]))  # a code repeated in a track
+    store.save(tmp_path / "code.npz")
+    code_major = LandmarkIndex.load(tmp_path / "code.npz", payload_bits, mmap=True)
+    track_major = _track_major_twin(code_major, tmp_path / "track.npz")
+    assert track_major.segment_encodings() == ["track-major"]
+    # Codes asked in any order, some twice, some stored nowhere; candidates present, absent or none.
+    asked = np.concatenate([rng.integers(0, 3000, 3000).astype(np.uint32), np.array([7, 7, 5000, 0], np.uint32)])
+    candidate_sets = [np.array([200]), tracks[::9], np.sort(rng.choice(tracks, 32, replace=False)),
+                      np.array([3, 150, 200, 999]), np.array([], np.int64)]
+    _assert_same_answers(track_major, code_major, asked, candidate_sets)
+    for got, want in zip(track_major.lookup_slices(np.zeros(0, np.uint32), tracks[:3]),
+                         code_major.lookup_slices(np.zeros(0, np.uint32), tracks[:3])):
+        np.testing.assert_array_equal(got, want)
+    for track in (1, 77, 200):
+        for got, want in zip(track_major.track_entries(track), code_major.track_entries(track)):
+            np.testing.assert_array_equal(got, want)
+    # Back to code-major: the very file the code-major store wrote.
+    LandmarkIndex(payload_bits, track_major._state[0], writable=True).save(tmp_path / "again.npz")
+    for name in array_names(tmp_path / "code.npz"):
+        np.testing.assert_array_equal(map_arrays(tmp_path / "again.npz", (name,))[name],
+                                      map_arrays(tmp_path / "code.npz", (name,))[name])
+
+
+def test_a_track_major_main_takes_deltas_merges_and_takedowns(tmp_path):
+    rng = np.random.default_rng(5)
+    reference = _random_store(rng, 36, np.arange(1, 60), distinct_codes=800)
+    reference.save(tmp_path / "reference.npz")
+    store = _track_major_twin(reference, tmp_path / "main.npz")
+    store = LandmarkIndex.load(tmp_path / "main.npz", 36)  # writable
+    asked = rng.integers(0, 820, 1500).astype(np.uint32)
+    candidates = [np.array([3, 60, 61]), np.arange(1, 62, 4)]
+    for track in (60, 61):
+        codes, payloads = rng.integers(0, 820, 300).astype(np.uint32), rng.integers(0, 1 << 36, 300)
+        store.add(track, codes, payloads)
+        reference.add(track, codes, payloads)
+    assert store.save_delta(tmp_path / "delta.npz")
+    assert store.segment_encodings() == ["track-major", "compact"]
+    _assert_same_answers(store, reference, asked, candidates)
+    store.adopt_merged(store.write_merged(0, 2, tmp_path / "merged.npz", track_major=True), tmp_path / "merged.npz")
+    assert store.segment_encodings() == ["track-major"]
+    _assert_same_answers(store, reference, asked, candidates)
+    assert store.remove(3) == reference.remove(3) > 0 and store.needs_rewrite
+    _assert_same_answers(store, reference, asked, candidates)
+    store.save(tmp_path / "after.npz", track_major=True)
+    _assert_same_answers(LandmarkIndex.load(tmp_path / "after.npz", 36, mmap=True), reference, asked, candidates)
+    assert 3 not in LandmarkIndex.load(tmp_path / "after.npz", 36).lookup(asked)[1]
+
+
+def test_a_damaged_track_major_file_or_an_unfit_store_is_refused(tmp_path):
+    store = LandmarkIndex.create(payload_bits=22)
+    store.add(1, np.arange(100, dtype=np.uint32), np.arange(100))
+    store.save(tmp_path / "t.npz", track_major=True)
+    arrays = {name: np.array(map_arrays(tmp_path / "t.npz", (name,))[name])
+              for name in array_names(tmp_path / "t.npz")}
+    save_arrays(tmp_path / "t.npz", {**arrays, "code_counts": arrays["code_counts"] * 2})
+    with pytest.raises(ValueError, match="inconsistent landmark store"):
+        LandmarkIndex.load(tmp_path / "t.npz", 22)
+    wide = LandmarkIndex.create(payload_bits=22)
+    wide.add(1, np.array([1 << TRACK_BITS], np.uint32), np.array([0]))
+    with pytest.raises(ValueError, match="codes below"):
+        wide.save(tmp_path / "wide.npz", track_major=True)
+
+
+# The triplet tier track-major from the first track, every commit a delta: the layout a large
+# catalogue gets, on the test catalogue.
+_TRACK_MAJOR = replace(Config(), index_writes=IndexWriteParams(whole_below_bytes=0, merge_share=float("inf"),
+                                                               track_major_from_tracks=1))
+
+
+def test_an_index_upgrades_its_triplet_tier_track_major_and_answers_as_before(
+        index_copy, catalogue_index, unrelated_songs, write_audio, queries_and_codes, tmp_path):
+    queries, codes = queries_and_codes
+    # The matcher searches each tier in the proposed candidates, as in a catalogue of 2,000 tracks.
+    bounded = replace(Config(), match=replace(Config().match, proposals=replace(Config().match.proposals,
+                                                                                 min_catalogue_tracks=1)))
+    with Refrain.open(catalogue_index.directory, mmap=True, config=bounded) as refrain:
+        bounded_matches = [refrain.match_file(query).matches for query in queries]
+    assert all(bounded_matches)
+    expected = _answers(catalogue_index.directory, queries, codes)
+    manifest = json.loads((index_copy / "manifest.json").read_text())
+    (index_copy / "manifest.json").write_text(json.dumps({**manifest, "format": 5}))  # the format before
+
+    with Refrain.open(index_copy, mmap=True, config=_TRACK_MAJOR) as reader:
+        assert reader.info().upgradable == ["triplet"]
+    with Refrain.open(index_copy, writable=True, config=_TRACK_MAJOR) as writer:
+        assert writer.upgrade_index() == ["triplet"] and writer.upgrade_index() == []
+    assert json.loads((index_copy / "manifest.json").read_text())["format"] == FORMAT_VERSION == 6
+    with IndexStore.open(index_copy, mmap=True) as store:
+        assert store.tiers["triplet"].segment_encodings() == ["track-major"]
+        assert store.tiers["pair"].segment_encodings() == ["compact"]
+    assert _answers(index_copy, queries, codes) == expected
+    with Refrain.open(index_copy, mmap=True, config=bounded) as refrain:
+        assert [refrain.match_file(query).matches for query in queries] == bounded_matches
+
+    # A commit writes a code-major delta beside it; the merge into main is track-major again.
+    newcomer = write_audio(tmp_path / "newcomer.wav", next(iter(unrelated_songs.values())))
+    expected = _answers_with_newcomer(catalogue_index, newcomer, tmp_path, queries, codes)
+    with Refrain.open(index_copy, writable=True, config=_TRACK_MAJOR) as refrain:
+        assert [r.status for r in refrain.ingest([newcomer])] == ["added"]
+    with IndexStore.open(index_copy, mmap=True) as store:
+        assert store.tiers["triplet"].segment_encodings() == ["track-major", "compact"]
+    assert _answers(index_copy, queries, codes) == expected
+    with IndexStore.open(index_copy, writable=True, writes=_TRACK_MAJOR.index_writes) as store:
+        assert "triplet" in store.merge()
+        assert store.tiers["triplet"].segment_encodings() == ["track-major"]
+        victim = catalogue_index.track_ids[41]
+        store.remove_track(victim)
+        assert store.tiers["triplet"].segment_encodings() == ["track-major"]
+        assert victim not in store.tiers["triplet"].lookup(codes)[1]
