@@ -1087,35 +1087,62 @@ _COUNT_ARRAYS = ("counted_codes", "code_counts")
 
 
 @numba.njit(cache=True, nogil=True)
-def _track_major_order(rank: np.ndarray, tracks: np.ndarray, codes: np.ndarray, runs: int) -> np.ndarray:
-    """Order of entries by (their track's ``rank``, code), ties in their given order.
+def _scatter_by_track(words: np.ndarray, starts: np.ndarray, gap_bits: int, track_bits: int, value_bits: int,
+                      run_keys: np.ndarray, by_track: bool, payload_bits: int, slot: np.ndarray, rows: np.ndarray,
+                      code_counts: np.ndarray, counting: bool) -> None:
+    """One pass over a compact segment's entries: count them per track (``counting``), or place each
+    one's id ``code << payload_bits | payload`` in ``rows`` at its track's next ``slot`` and count its code.
 
-    A counting sort by rank, then each run's entries sorted by code with their position in
-    the low 32 bits of the key: a run holds far fewer than ``2 ** 32`` entries and codes lie
-    below ``2 ** TRACK_BITS``.
+    ``run_keys`` holds each run's raw code (a code-major segment) or track (``by_track``).
     """
-    starts = np.zeros(runs + 1, np.int64)
-    for track in tracks:
-        starts[rank[track] + 1] += 1
-    for run in range(runs):
-        starts[run + 1] += starts[run]
-    fill = starts[:-1].copy()
-    order = np.empty(len(tracks), np.int64)
+    position = np.int64(0)
+    for r in range(len(starts) - 1):
+        previous = np.int64(0)
+        for _ in range(starts[r], starts[r + 1]):
+            field, payload, position = _read_entry(words, position, previous, gap_bits, track_bits, value_bits)
+            previous = field
+            track, code = (run_keys[r], field) if by_track else (field, run_keys[r])
+            if counting:
+                slot[track] += 1
+                continue
+            entry = (code << payload_bits) | payload
+            at = slot[track]
+            slot[track] += 1
+            for b in range(rows.shape[1]):
+                rows[at, b] = (entry >> (8 * b)) & 0xFF
+            code_counts[code] += 1
+
+
+@numba.njit(cache=True, nogil=True)
+def _scatter_ids(tracks: np.ndarray, codes: np.ndarray, payloads: np.ndarray, payload_bits: int,
+                 slot: np.ndarray, rows: np.ndarray, code_counts: np.ndarray) -> None:
+    """:func:`_scatter_by_track`'s placing pass for entries given as columns (a plain segment)."""
     for i in range(len(tracks)):
-        run = rank[tracks[i]]
-        order[fill[run]] = i
-        fill[run] += 1
-    for run in range(runs):
+        entry = (np.int64(codes[i]) << payload_bits) | payloads[i]
+        at = slot[tracks[i]]
+        slot[tracks[i]] += 1
+        for b in range(rows.shape[1]):
+            rows[at, b] = (entry >> (8 * b)) & 0xFF
+        code_counts[codes[i]] += 1
+
+
+@numba.njit(cache=True, nogil=True)
+def _sort_runs_by_code(rows: np.ndarray, starts: np.ndarray, payload_bits: int) -> None:
+    """Sort each run's packed ids by code (their bits above ``payload_bits``), ties in their order."""
+    for run in range(len(starts) - 1):
         low, high = starts[run], starts[run + 1]
-        if high - low > 1:
-            members = order[low:high].copy()
-            keys = np.empty(high - low, np.int64)
-            for k in range(high - low):
-                keys[k] = (np.int64(codes[members[k]]) << 32) | k
-            keys.sort()
-            for k in range(high - low):
-                order[low + k] = members[keys[k] & 0xFFFFFFFF]
-    return order
+        if high - low < 2:
+            continue
+        ids = np.empty(high - low, np.int64)
+        keys = np.empty(high - low, np.int64)
+        for k in range(high - low):
+            ids[k] = _id_at(rows, low + k)
+            keys[k] = ((ids[k] >> payload_bits) << 32) | k
+        keys.sort()
+        for k in range(high - low):
+            entry = ids[keys[k] & 0xFFFFFFFF]
+            for b in range(rows.shape[1]):
+                rows[low + k, b] = (entry >> (8 * b)) & 0xFF
 
 
 @numba.njit(cache=True, nogil=True)
@@ -1139,16 +1166,6 @@ def _decode_columns(words: np.ndarray, starts: np.ndarray, gap_bits: int, track_
                 tracks[at], codes[at] = field, run_keys[r]
             payloads[at] = payload
             previous = field
-
-
-@numba.njit(cache=True, nogil=True)
-def _pack_in_order(order: np.ndarray, codes: np.ndarray, payloads: np.ndarray, payload_bits: int,
-                   rows: np.ndarray) -> None:
-    """``rows[k]`` = the packed id ``code << payload_bits | payload`` of entry ``order[k]``."""
-    for k in range(len(order)):
-        entry = (np.int64(codes[order[k]]) << payload_bits) | payloads[order[k]]
-        for b in range(rows.shape[1]):
-            rows[k, b] = (entry >> (8 * b)) & 0xFF
 
 
 @numba.njit(cache=True, nogil=True)
@@ -1249,42 +1266,66 @@ def _fill_columns(segment: "_Segment", payload_bits: int, tracks: np.ndarray, co
     codes[offset:end] = unmix_codes(runs.entry_codes())
 
 
+def _largest_code(segment: "_Segment") -> int:
+    """The largest raw code a segment holds (-1 if none), without decoding its entries."""
+    if isinstance(segment, _TrackMajorRuns):
+        return segment.runs.track_span(0)[1]
+    return int(unmix_codes(segment.codes).max()) if segment.distinct else -1
+
+
+def _scatter(segment: "_Segment", payload_bits: int, slot: np.ndarray, rows: np.ndarray, code_counts: np.ndarray,
+             counting: bool) -> None:
+    """:func:`_scatter_by_track` over any segment: compact files decoded in place, plain ones unpacked."""
+    runs = segment.runs if isinstance(segment, _TrackMajorRuns) else segment
+    if isinstance(runs, _CompactRuns):
+        _scatter_by_track(runs.stream, np.asarray(runs.starts, np.int64), *runs.widths(),
+                          unmix_codes(runs.codes).astype(np.int64), isinstance(segment, _TrackMajorRuns),
+                          payload_bits, slot, rows, code_counts, counting)
+        return
+    ids = _unpacked(runs.rows())
+    tracks = ids >> payload_bits
+    if counting:
+        slot += np.bincount(tracks, minlength=len(slot))
+        return
+    _scatter_ids(tracks, unmix_codes(runs.entry_codes()).astype(np.int64), ids & ((1 << payload_bits) - 1),
+                 payload_bits, slot, rows, code_counts)
+
+
 def _track_major_arrays(segments: tuple["_Segment", ...], payload_bits: int) -> dict[str, np.ndarray]:
     """The arrays of a track-major file holding the entries of consecutive ``segments`` (mixed codes).
 
     Each track's entries form one run of the compact encoding, keyed by the track's mixed id,
     its entries sorted by raw code (the gap field then holds code steps) with the payload as
-    value; beside it the counts of the code-major view. Sorting is by counting over dense
-    track ids and codes, in columns of 16 bytes an entry and an order of 8 (a 640-hour
-    triplet tier: 267 million entries, about 9 GB at the peak, 70 s).
+    value; beside it the counts of the code-major view. Two passes over the entries: one
+    counts them per track, the other places each at its track's next slot of the packed ids
+    (a (code, track)'s entries keep their order); each track's are then sorted by code.
+    Memory: the packed ids and the compact stream (a 640-hour triplet tier of 267 million
+    entries: 2.1 and 1.3 GB).
     """
     total = sum(segment.ntotal for segment in segments)
-    tracks, codes, payloads = np.empty(total, np.int32), np.empty(total, np.int32), np.empty(total, np.int64)
-    offset = 0
-    for segment in segments:
-        _fill_columns(segment, payload_bits, tracks, codes, payloads, offset)
-        offset += segment.ntotal
-    if total and int(codes.max()) >= 1 << TRACK_BITS:
+    largest_track = max((segment.track_span(payload_bits)[1] for segment in segments), default=-1)
+    largest_code = max((_largest_code(segment) for segment in segments), default=-1)
+    if largest_code >= 1 << TRACK_BITS:
         raise ValueError(f"a track-major store needs codes below 2**{TRACK_BITS}")
-    per_track = np.bincount(tracks)
+    per_track = np.zeros(largest_track + 1, np.int64)
+    rows = np.empty((total, id_bytes(payload_bits)), np.uint8)
+    code_counts = np.zeros(largest_code + 1, np.int64)
+    for segment in segments:
+        _scatter(segment, payload_bits, per_track, rows, code_counts, counting=True)
     present = np.flatnonzero(per_track)
     keys = mix_codes(present.astype(np.uint32))
     by_key = np.argsort(keys)
-    rank = np.zeros(len(per_track), np.int64)
-    rank[present[by_key]] = np.arange(len(present))
-    order = _track_major_order(rank, tracks, codes, len(present))
-    del tracks
-    rows = np.empty((total, id_bytes(payload_bits)), np.uint8)
-    _pack_in_order(order, codes, payloads, payload_bits, rows)
-    del order, payloads
-    per_code = np.bincount(codes)
-    del codes
-    used = np.flatnonzero(per_code)
+    starts = np.concatenate([[0], np.cumsum(per_track[present[by_key]])]).astype(np.int64)
+    slot = np.zeros(len(per_track), np.int64)
+    slot[present[by_key]] = starts[:-1]
+    for segment in segments:
+        _scatter(segment, payload_bits, slot, rows, code_counts, counting=False)
+    _sort_runs_by_code(rows, starts, payload_bits)
+    used = np.flatnonzero(code_counts)
     counted = mix_codes(used.astype(np.uint32))
     by_stored = np.argsort(counted)
-    runs = _Runs(keys[by_key], np.concatenate([[0], np.cumsum(per_track[present[by_key]])]).astype(np.int64), rows)
-    return {**_compact_arrays(runs, payload_bits), "counted_codes": counted[by_stored],
-            "code_counts": per_code[used[by_stored]].astype(_entry_dtype(total))}
+    return {**_compact_arrays(_Runs(keys[by_key], starts, rows), payload_bits), "counted_codes": counted[by_stored],
+            "code_counts": code_counts[used[by_stored]].astype(_entry_dtype(total))}
 
 
 class _TrackMajorRuns:
