@@ -134,7 +134,8 @@ class IndexWriteParams:
     track_major_tiers : tuple of str
         Landmark tiers whose main file is written track-major (each track's entries
         together, :meth:`index.landmarks.LandmarkIndex.save`) once the catalogue holds
-        ``track_major_from_tracks`` tracks (default the triplet tier). The matcher then
+        ``track_major_from_tracks`` tracks, in an index with the quad tier that proposes
+        their candidates (default the triplet tier). The matcher then
         searches that tier only in each query's ~32 proposed derivatives
         (:class:`matcher.proposals.ProposalParams`), and reading each candidate's entries
         in one piece costs its entries, not a jump into every code's run per candidate:
@@ -446,8 +447,12 @@ class IndexStore:
             path.unlink(missing_ok=True)
 
     def _track_major(self, name: str) -> bool:
-        """Whether tier ``name``'s main file is to be written track-major (:class:`IndexWriteParams`)."""
-        return (name in self.writes.track_major_tiers
+        """Whether tier ``name``'s main file is to be written track-major (:class:`IndexWriteParams`).
+
+        Only in an index with the quad tier: without proposals (an index from before them) the
+        matcher searches every track, which a track-major file answers by decoding all of it.
+        """
+        return (name in self.writes.track_major_tiers and "quad" in self.tiers
                 and self.catalog.totals()[0] >= self.writes.track_major_from_tracks)
 
     def _save_main(self, name: str, tier: LandmarkIndex | PeakStore, path: Path) -> None:

@@ -624,3 +624,11 @@ def test_an_index_upgrades_its_triplet_tier_track_major_and_answers_as_before(
         store.remove_track(victim)
         assert store.tiers["triplet"].segment_encodings() == ["track-major"]
         assert victim not in store.tiers["triplet"].lookup(codes)[1]
+
+
+def test_an_index_without_proposals_keeps_its_triplet_tier_code_major(pre_mix_index):
+    # No quad tier: every query searches every track, which a track-major file would answer by decoding all of it.
+    with Refrain.open(pre_mix_index, writable=True, config=_TRACK_MAJOR) as writer:
+        assert writer.upgrade_index() == ["pair", "triplet"]
+        assert writer.store.tiers["triplet"].segment_encodings() == ["compact"]
+        assert writer.info().upgradable == []
