@@ -100,7 +100,9 @@ class MatchParams:
         (:mod:`matcher.proposals`) once the catalogue holds ``min_catalogue_tracks``;
         the triplet tier (and the pair and peaks tiers) then search only those, so that
         work follows the candidates, not the catalogue. None, a smaller catalogue, or
-        one without those codes (an index from before them) is searched exhaustively.
+        one without those codes (an index from before them) is searched exhaustively
+        (None on a catalogue that large reads its track-major triplet file whole,
+        :class:`index.store.IndexWriteParams`: about a second per query at 640 hours).
     """
 
     tiers: tuple[Tier, ...] = field(default_factory=_default_tiers)
