@@ -1455,6 +1455,15 @@ class _TrackMajorRuns:
     def entries_of(self, track_id: int, payload_bits: int) -> int:
         return int(self.runs.run_lengths(mix_codes(np.array([track_id], np.uint32)))[0])
 
+    def track_run(self, track_id: int) -> tuple[np.ndarray, np.ndarray]:
+        """One track's (raw codes, payloads), by code, a code's entries in their store order."""
+        _, lengths, positions = self.runs.find(mix_codes(np.array([track_id], np.uint32)))
+        ids = np.empty(int(lengths[0]), np.int64)
+        _compact_gather_into(ids, self.runs.stream, positions, lengths, np.zeros(1, np.int64), *self.runs.widths(),
+                             self.runs._payload)
+        payload_bits = self.runs._payload
+        return (ids >> payload_bits).astype(np.uint32), ids & ((1 << payload_bits) - 1)
+
     def without_track(self, track_id: int, payload_bits: int) -> tuple["_Segment", int]:
         if not self.entries_of(track_id, payload_bits):
             return self, 0
@@ -1885,15 +1894,22 @@ class LandmarkIndex:
         return codes, np.bincount(inverse, weights=lengths, minlength=len(codes)).astype(np.int64)
 
     def track_entries(self, track_id: int) -> tuple[np.ndarray, np.ndarray]:
-        """One track's (landmark codes, payloads), segment by segment, each in its store order.
+        """One track's (landmark codes, payloads), segment by segment, each in its store order
+        (a code-major segment's by mixed code, a track-major one's by code).
 
         What moving a track to another index reads back (``cluster/rebalance.py``): adding
-        them to a store gives the track exactly the entries it has here.
+        them to a store gives the track exactly the entries it has here. A track-major
+        segment reads the track's run alone; a code-major one decodes every entry.
         """
         codes, payloads = [np.zeros(0, np.uint32)], [np.zeros(0, np.int64)]
         for segment in self._segments():
             low, high = segment.track_span(self.payload_bits)
             if not low <= track_id <= high:
+                continue
+            if isinstance(segment, _TrackMajorRuns):  # the track's own run, by code
+                track_codes, track_payloads = segment.track_run(track_id)
+                codes.append(track_codes)
+                payloads.append(track_payloads)
                 continue
             ids = _unpacked(segment.rows())
             mine = np.flatnonzero((ids >> self.payload_bits) == track_id)
