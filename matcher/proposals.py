@@ -223,7 +223,11 @@ def propose(fp: Fingerprint, quads: LandmarkIndex, fingerprint_params: Fingerpri
                              pitch_reach_bins=derivatives.max_pitch_shift_semitones * fpp.bins_per_octave / 12.0)
     specific = rarest_within_budget(codes, quads, params.max_hits)
     codes, rows = codes[specific], rows[specific]
-    first_hit, hits_per_code, labels = quads.lookup_slices(codes)
+    # 15-30 % of the codes repeat one before them (quads of several tempo hypotheses, tolerant
+    # variants): each distinct code is looked up once, and a repeat shares its hits' slice.
+    first_of_code, distinct = _distinct_in_order(codes)
+    first_hit, hits_per_code, labels = quads.lookup_slices(codes[first_of_code])
+    first_hit, hits_per_code = first_hit[distinct], hits_per_code[distinct]
     middle = (int(fp.peaks.frames.min()) + int(fp.peaks.frames.max())) // 2
     track_ids, cells = _hit_cells(first_hit, hits_per_code, labels, quads.payload_bits, rows,
                                   query.anchor_frames.astype(np.int64) - middle,
@@ -263,10 +267,18 @@ def rarest_within_budget(codes: np.ndarray, store: LandmarkIndex, max_hits: int)
         in that order walk forward through the table and stay in cache.
     """
     filed = stable_order(mix_codes(codes))
-    counts = store.code_counts(codes[filed])
+    first_of_code, distinct = _distinct_in_order(codes[filed])
+    counts = store.code_counts(codes[filed][first_of_code])[distinct]
     rarest_first = stable_order(counts)
     within_budget = rarest_first[np.cumsum(counts[rarest_first]) <= max_hits]
     return filed[np.sort(within_budget[counts[within_budget] > 0])]
+
+
+def _distinct_in_order(codes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Where each run of equal codes starts in ``codes`` (filed order: equal codes lie together), and
+    for each code the number of its run: ``codes[starts][runs] == codes``."""
+    starts = np.flatnonzero(np.concatenate([[len(codes) > 0], codes[1:] != codes[:-1]]))
+    return starts, np.repeat(np.arange(len(starts)), np.diff(np.append(starts, len(codes))))
 
 
 @numba.njit(cache=True, nogil=True)
@@ -278,7 +290,7 @@ def _hit_cells(first_hit, hits_per_code, labels, payload_bits, code_rows, query_
     target; its offset ``ref_frame - ratio * query_frame`` with the query frame taken
     from the window's middle, so that a ratio error moves it least.
     """
-    count = len(labels)
+    count = hits_per_code.sum()  # a repeated code's slice is walked once for each of its quads
     track_ids, cells = np.empty(count, np.int64), np.empty(count, np.int64)
     payload_mask = (np.int64(1) << payload_bits) - 1
     kept = 0
