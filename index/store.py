@@ -136,7 +136,7 @@ class IndexWriteParams:
         together, :meth:`index.landmarks.LandmarkIndex.save`) once the catalogue holds
         ``track_major_from_tracks`` tracks, in an index with the quad tier that proposes
         their candidates (default the triplet tier). The matcher then
-        searches that tier only in each query's ~32 proposed derivatives
+        searches that tier only in each query's ~64 proposed derivatives
         (:class:`matcher.proposals.ProposalParams`), and reading each candidate's entries
         in one piece costs its entries, not a jump into every code's run per candidate:
         at 640 catalogue hours a 10 s query's triplet lookup took 30 ms code-major
