@@ -1193,13 +1193,16 @@ def _entries_with_codes(words: np.ndarray, gap_bits: int, track_bits: int, value
     for code in codes:
         wanted[code >> 6] |= np.uint64(1) << np.uint64(code & 63)
     hits_per_run = np.zeros(len(lengths), np.int64)
-    hits = np.empty(lengths.sum() + 1, np.int64)
+    # About a tenth of a candidate's entries are hits (a lookup of every track reads the whole file).
+    hits = np.empty(lengths.sum() // 8 + 1024, np.int64)
     count = 0
     for run in range(len(lengths)):
         position, previous, counted = positions[run], np.int64(0), count
         for _ in range(lengths[run]):
             code, payload, position = _read_entry(words, position, previous, gap_bits, track_bits, value_bits)
             previous = code
+            if count == len(hits):
+                hits = _grown(hits, count)
             hits[count] = (code << payload_bits) | payload
             inside = code if code < largest else largest  # codes are never negative
             count += ((wanted[inside >> 6] >> np.uint64(inside & 63)) & np.uint64(1)) * (code <= largest)
@@ -1635,8 +1638,11 @@ class LandmarkIndex:
         else:
             _merged(segments, self._width).save(path, self.payload_bits)
 
-    def save_delta(self, path: os.PathLike) -> bool:
+    def save_delta(self, path: os.PathLike, track_major: bool = False) -> bool:
         """Write the entries added since the last save as a delta segment, and map it.
+
+        ``track_major`` as for :meth:`save`: a delta of a tier searched in candidate tracks
+        is read as its main file is, one candidate's entries at a time.
 
         Returns
         -------
@@ -1655,9 +1661,9 @@ class LandmarkIndex:
         saved, unsaved = self._state
         if unsaved is None or unsaved.ntotal == 0:
             return False
-        unsaved.save(path, self.payload_bits)
+        self._write((unsaved,), path, track_major)
         with self._merge_lock:
-            self._state = (saved + (_CompactRuns.load(path, self.payload_bits),), None)
+            self._state = (saved + (_load_segment(path, self.payload_bits),), None)
         return True
 
     def segment_encodings(self) -> list[str]:

@@ -132,8 +132,8 @@ class IndexWriteParams:
         once; a removal or :meth:`IndexStore.close` waits for it). False merges within
         the commit. Default True.
     track_major_tiers : tuple of str
-        Landmark tiers whose main file is written track-major (each track's entries
-        together, :meth:`index.landmarks.LandmarkIndex.save`) once the catalogue holds
+        Landmark tiers whose files (main, deltas, merges) are written track-major (each
+        track's entries together, :meth:`index.landmarks.LandmarkIndex.save`) once the catalogue holds
         ``track_major_from_tracks`` tracks, in an index with the quad tier that proposes
         their candidates (default the triplet tier). The matcher then
         searches that tier only in each query's ~64 proposed derivatives
@@ -143,11 +143,14 @@ class IndexWriteParams:
         (docs/scale.md, step 11). The pair tier's ~290 candidates read most of each run
         either way, and the proposal tiers are searched whole, so they stay code-major.
     track_major_from_tracks : int
-        Catalogue size from which those tiers' main files are written track-major
-        (default 2,000, :attr:`matcher.proposals.ProposalParams.min_catalogue_tracks`):
-        below it every query searches every track, which reads a code-major file's runs
-        once and a track-major file whole. The layout changes at the next rewrite of the
-        main file (a merge into main, a removal, :meth:`IndexStore.upgrade`).
+        Catalogue size from which those tiers' files are written track-major (default
+        2,000, :attr:`matcher.proposals.ProposalParams.min_catalogue_tracks`): below it
+        every query searches every track, which reads a code-major file's runs once and a
+        track-major file whole. A delta is written so too: a code-major delta of a quarter
+        of the entries costs a restricted search nearly what a code-major main does (at
+        640 h: the triplet tier 26 against 13 ms per 10 s query). The main file's layout
+        changes at its next rewrite (a merge into main, a removal,
+        :meth:`IndexStore.upgrade`).
     """
 
     whole_below_bytes: int = 8 << 20
@@ -440,14 +443,16 @@ class IndexStore:
                     self._tier_files[name] = [main]
                 else:
                     delta = self._new_segment_file(name)
-                    if tier.save_delta(delta):
+                    saved = (tier.save_delta(delta, track_major=self._track_major(name))
+                             if isinstance(tier, LandmarkIndex) else tier.save_delta(delta))
+                    if saved:
                         files.append(delta)
             self._record_files()
         for path in replaced:
             path.unlink(missing_ok=True)
 
     def _track_major(self, name: str) -> bool:
-        """Whether tier ``name``'s main file is to be written track-major (:class:`IndexWriteParams`).
+        """Whether tier ``name``'s files are to be written track-major (:class:`IndexWriteParams`).
 
         Only in an index with the quad tier: without proposals (an index from before them) the
         matcher searches every track, which a track-major file answers by decoding all of it.
@@ -463,8 +468,8 @@ class IndexStore:
             tier.save(path)
 
     def _merge_segments(self, name: str, first: int, last: int, track_major: bool = False) -> None:
-        """Merge segments ``first:last`` of tier ``name`` into one new file (into main if ``first`` is 0,
-        track-major if ``track_major``: see :meth:`_track_major`, which asks the catalogue and so is
+        """Merge segments ``first:last`` of tier ``name`` into one new file (into main if ``first`` is 0),
+        track-major if ``track_major`` (see :meth:`_track_major`, which asks the catalogue and so is
         called by the writer's thread, not a background merge's).
 
         Only the switch holds the files lock: a background merge writes its file while
@@ -494,7 +499,7 @@ class IndexStore:
                 sizes = tier.segment_bytes()
                 if len(sizes) - 2 < max(1, self._merging.get(name, 0)) or sizes[-2] >= 2 * sizes[-1]:
                     break
-                self._merge_segments(name, len(sizes) - 2, len(sizes))
+                self._merge_segments(name, len(sizes) - 2, len(sizes), self._track_major(name))
         if self._merge_thread is not None and self._merge_thread.is_alive():
             return
         self._raise_merge_error()
@@ -599,7 +604,7 @@ class IndexStore:
         return [name for name, tier in self.tiers.items()
                 if isinstance(tier, LandmarkIndex) and (
                     not tier.hashed_lists or name in self._faiss_tiers
-                    or set(tier.segment_encodings()[1:]) - {"compact"}
+                    or set(tier.segment_encodings()[1:]) - {"compact", "track-major"}
                     or tier.segment_encodings()[:1] != ["track-major" if self._track_major(name) else "compact"])]
 
     def upgrade(self) -> list[str]:

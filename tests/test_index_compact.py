@@ -562,7 +562,15 @@ def test_a_track_major_main_takes_deltas_merges_and_takedowns(tmp_path):
     assert store.save_delta(tmp_path / "delta.npz")
     assert store.segment_encodings() == ["track-major", "compact"]
     _assert_same_answers(store, reference, asked, candidates)
-    store.adopt_merged(store.write_merged(0, 2, tmp_path / "merged.npz", track_major=True), tmp_path / "merged.npz")
+    for track in (62, 63):  # and a track-major delta after it
+        codes, payloads = rng.integers(0, 820, 300).astype(np.uint32), rng.integers(0, 1 << 36, 300)
+        store.add(track, codes, payloads)
+        reference.add(track, codes, payloads)
+    assert store.save_delta(tmp_path / "delta2.npz", track_major=True)
+    assert store.segment_encodings() == ["track-major", "compact", "track-major"]
+    candidates.append(np.array([3, 61, 62, 63]))
+    _assert_same_answers(store, reference, asked, candidates)
+    store.adopt_merged(store.write_merged(0, 3, tmp_path / "merged.npz", track_major=True), tmp_path / "merged.npz")
     assert store.segment_encodings() == ["track-major"]
     _assert_same_answers(store, reference, asked, candidates)
     assert store.remove(3) == reference.remove(3) > 0 and store.needs_rewrite
@@ -618,14 +626,17 @@ def test_an_index_upgrades_its_triplet_tier_track_major_and_answers_as_before(
     with Refrain.open(index_copy, mmap=True, config=bounded) as refrain:
         assert [refrain.match_file(query).matches for query in queries] == bounded_matches
 
-    # A commit writes a code-major delta beside it; the merge into main is track-major again.
+    # A commit writes a track-major delta beside it; the merge into main is track-major again.
     newcomer = write_audio(tmp_path / "newcomer.wav", next(iter(unrelated_songs.values())))
     expected = _answers_with_newcomer(catalogue_index, newcomer, tmp_path, queries, codes)
     with Refrain.open(index_copy, writable=True, config=_TRACK_MAJOR) as refrain:
         assert [r.status for r in refrain.ingest([newcomer])] == ["added"]
     with IndexStore.open(index_copy, mmap=True) as store:
-        assert store.tiers["triplet"].segment_encodings() == ["track-major", "compact"]
+        assert store.tiers["triplet"].segment_encodings() == ["track-major", "track-major"]
+        assert store.tiers["pair"].segment_encodings() == ["compact", "compact"]
     assert _answers(index_copy, queries, codes) == expected
+    with Refrain.open(index_copy, mmap=True, config=_TRACK_MAJOR) as reader:
+        assert reader.info().upgradable == []
     with IndexStore.open(index_copy, writable=True, writes=_TRACK_MAJOR.index_writes) as store:
         assert "triplet" in store.merge()
         assert store.tiers["triplet"].segment_encodings() == ["track-major"]
