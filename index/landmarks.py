@@ -1193,16 +1193,17 @@ def _entries_with_codes(words: np.ndarray, gap_bits: int, track_bits: int, value
     for code in codes:
         wanted[code >> 6] |= np.uint64(1) << np.uint64(code & 63)
     hits_per_run = np.zeros(len(lengths), np.int64)
-    # About a tenth of a candidate's entries are hits (a lookup of every track reads the whole file).
+    # About a tenth of a candidate's entries are hits (a lookup of every track reads the whole file);
+    # room for a whole run is made before it, so that the loop over its entries has no test but the code's.
     hits = np.empty(lengths.sum() // 8 + 1024, np.int64)
     count = 0
     for run in range(len(lengths)):
+        while count + lengths[run] >= len(hits):
+            hits = _grown(hits, count)
         position, previous, counted = positions[run], np.int64(0), count
         for _ in range(lengths[run]):
             code, payload, position = _read_entry(words, position, previous, gap_bits, track_bits, value_bits)
             previous = code
-            if count == len(hits):
-                hits = _grown(hits, count)
             hits[count] = (code << payload_bits) | payload
             inside = code if code < largest else largest  # codes are never negative
             count += ((wanted[inside >> 6] >> np.uint64(inside & 63)) & np.uint64(1)) * (code <= largest)

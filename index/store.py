@@ -457,8 +457,9 @@ class IndexStore:
         Only in an index with the quad tier: without proposals (an index from before them) the
         matcher searches every track, which a track-major file answers by decoding all of it.
         """
+        # The tracks being committed count: the commit that passes the size writes its delta so.
         return (name in self.writes.track_major_tiers and "quad" in self.tiers
-                and self.catalog.totals()[0] >= self.writes.track_major_from_tracks)
+                and self.catalog.totals()[0] + len(self._pending) >= self.writes.track_major_from_tracks)
 
     def _save_main(self, name: str, tier: LandmarkIndex | PeakStore, path: Path) -> None:
         """Write a tier whole as its main file, in the layout it is due."""
