@@ -222,6 +222,13 @@ def _id_at(rows: np.ndarray, i: int) -> np.int64:
 
 
 @numba.njit(cache=True, nogil=True)
+def _put_id(rows: np.ndarray, i: _Int, value: _Int) -> None:
+    """Pack ``value`` into row ``i`` of ``rows``: the inverse of :func:`_id_at`."""
+    for b in range(rows.shape[1]):
+        rows[i, b] = (value >> (8 * b)) & 0xFF
+
+
+@numba.njit(cache=True, nogil=True)
 def _unpacked(rows: np.ndarray) -> np.ndarray:
     """Inverse of :func:`_packed`: (n, width) uint8 rows -> int64 ids."""
     ids = np.empty(rows.shape[0], np.int64)
@@ -277,6 +284,11 @@ def _track_span(rows: np.ndarray, payload_bits: int) -> tuple[np.int64, np.int64
         track = _track_at(rows, i, payload_bits)
         low, high = min(low, track), max(high, track)
     return low, high
+
+
+def _slice_positions(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """The positions ``starts[k], ..., starts[k] + lengths[k] - 1`` of every slice, slice after slice."""
+    return np.repeat(starts - (np.cumsum(lengths) - lengths), lengths) + np.arange(int(lengths.sum()))
 
 
 @numba.njit(cache=True, nogil=True)
@@ -452,9 +464,7 @@ def _decode_rows(words: np.ndarray, starts: np.ndarray, gap_bits: int, track_bit
         previous = np.int64(0)
         for i in range(starts[r], starts[r + 1]):
             track, payload, position = _read_entry(words, position, previous, gap_bits, track_bits, value_bits)
-            entry = (track << payload_bits) | payload
-            for b in range(rows.shape[1]):
-                rows[i, b] = (entry >> (8 * b)) & 0xFF
+            _put_id(rows, i, (track << payload_bits) | payload)
             previous = track
 
 
@@ -1105,11 +1115,8 @@ def _scatter_by_track(words: np.ndarray, starts: np.ndarray, gap_bits: int, trac
             if counting:
                 slot[track] += 1
                 continue
-            entry = (code << payload_bits) | payload
-            at = slot[track]
+            _put_id(rows, slot[track], (code << payload_bits) | payload)
             slot[track] += 1
-            for b in range(rows.shape[1]):
-                rows[at, b] = (entry >> (8 * b)) & 0xFF
             code_counts[code] += 1
 
 
@@ -1118,11 +1125,8 @@ def _scatter_ids(tracks: np.ndarray, codes: np.ndarray, payloads: np.ndarray, pa
                  slot: np.ndarray, rows: np.ndarray, code_counts: np.ndarray) -> None:
     """:func:`_scatter_by_track`'s placing pass for entries given as columns (a plain segment)."""
     for i in range(len(tracks)):
-        entry = (np.int64(codes[i]) << payload_bits) | payloads[i]
-        at = slot[tracks[i]]
+        _put_id(rows, slot[tracks[i]], (np.int64(codes[i]) << payload_bits) | payloads[i])
         slot[tracks[i]] += 1
-        for b in range(rows.shape[1]):
-            rows[at, b] = (entry >> (8 * b)) & 0xFF
         code_counts[codes[i]] += 1
 
 
@@ -1140,9 +1144,7 @@ def _sort_runs_by_code(rows: np.ndarray, starts: np.ndarray, payload_bits: int) 
             keys[k] = ((ids[k] >> payload_bits) << 32) | k
         keys.sort()
         for k in range(high - low):
-            entry = ids[keys[k] & 0xFFFFFFFF]
-            for b in range(rows.shape[1]):
-                rows[low + k, b] = (entry >> (8 * b)) & 0xFF
+            _put_id(rows, low + k, ids[keys[k] & 0xFFFFFFFF])
 
 
 @numba.njit(cache=True, nogil=True)
@@ -1422,15 +1424,13 @@ class _TrackMajorRuns:
         # Codes asked in another order, or more than once: each gets its distinct code's slice.
         hits_per_code = per_distinct[code_of]
         source = np.cumsum(per_distinct) - per_distinct
-        return hits_per_code, labels[np.repeat(source[code_of] - (np.cumsum(hits_per_code) - hits_per_code),
-                                               hits_per_code) + np.arange(int(hits_per_code.sum()))]
+        return hits_per_code, labels[_slice_positions(source[code_of], hits_per_code)]
 
     def gather_into(self, labels: np.ndarray, found: tuple[np.ndarray, ...], dest: np.ndarray,
                     payload_bits: int) -> None:
         """Write each found code's hits on every track to ``labels[dest[k]:]``."""
         hits_per_code, hits = self.track_entries(found, self._tracks, payload_bits)
-        labels[np.repeat(dest - (np.cumsum(hits_per_code) - hits_per_code), hits_per_code)
-               + np.arange(len(hits))] = hits
+        labels[_slice_positions(dest, hits_per_code)] = hits
 
     def plain(self) -> _Runs:
         """The same entries in the plain, code-major layout, in memory."""
@@ -1461,11 +1461,11 @@ class _TrackMajorRuns:
 
     def track_run(self, track_id: int) -> tuple[np.ndarray, np.ndarray]:
         """One track's (raw codes, payloads), by code, a code's entries in their store order."""
+        payload_bits = self.runs._payload
         _, lengths, positions = self.runs.find(mix_codes(np.array([track_id], np.uint32)))
         ids = np.empty(int(lengths[0]), np.int64)
         _compact_gather_into(ids, self.runs.stream, positions, lengths, np.zeros(1, np.int64), *self.runs.widths(),
-                             self.runs._payload)
-        payload_bits = self.runs._payload
+                             payload_bits)
         return (ids >> payload_bits).astype(np.uint32), ids & ((1 << payload_bits) - 1)
 
     def without_track(self, track_id: int, payload_bits: int) -> tuple["_Segment", int]:
@@ -1869,7 +1869,7 @@ class LandmarkIndex:
             first_hit = np.cumsum(total) - total
             merged, dest = np.empty(int(total.sum()), np.int64), first_hit.copy()
             for held, hits, part in parts:
-                merged[np.repeat(dest[held] - (np.cumsum(hits) - hits), hits) + np.arange(len(part))] = part
+                merged[_slice_positions(dest[held], hits)] = part
                 dest[held] += hits
             return first_hit, total, merged
         hits_per_code = np.sum([located[1] for located in found], axis=0)
