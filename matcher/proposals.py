@@ -36,7 +36,7 @@ from refrain.fingerprint import Fingerprint, FingerprintParams
 from refrain.fingerprint.hashes import double_landmarks, hash_quads, query_quads, unpack_quad_payload
 from refrain.index.landmarks import LandmarkIndex, mix_codes, stable_order
 from refrain.matcher.triplet import TripletTier
-from refrain.matcher.voting import best_cells_per_track, vote_order
+from refrain.matcher.voting import strongest_tracks
 
 __all__ = ["ProposalParams", "propose", "propose_copies", "rarest_within_budget", "QUAD_TIER", "DOUBLE_TIER"]
 
@@ -188,15 +188,11 @@ def propose_copies(fp: Fingerprint, doubles: LandmarkIndex, fingerprint_params: 
     query = double_landmarks(peaks, fpp.target_dt_min, fpp.target_dt_max, fpp.target_df_max, params.copy_slack)
     specific = rarest_within_budget(query.codes, doubles, params.copy_max_hits)
     _, hits_per_code, labels = doubles.lookup_slices(query.codes[specific])
-    if len(labels) == 0:
-        return np.zeros(0, dtype=np.int64)
     track_ids = labels >> doubles.payload_bits
     offsets = (labels & ((1 << doubles.payload_bits) - 1)) - np.repeat(query.anchor_frames[specific],
                                                                       hits_per_code)
-    order = vote_order(track_ids, offsets + _COPY_OFFSET_BIAS)
-    best = best_cells_per_track(track_ids[order], offsets[order] + _COPY_OFFSET_BIAS, np.ones(len(order)),
-                                _COPY_NEIGHBOURS, params.copy_min_votes, params.copy_max_candidates)
-    return np.array([track for track, _ in best], dtype=np.int64)
+    return strongest_tracks(track_ids, offsets + _COPY_OFFSET_BIAS, _COPY_NEIGHBOURS, params.copy_min_votes,
+                            params.copy_max_candidates)
 
 
 def propose(fp: Fingerprint, quads: LandmarkIndex, fingerprint_params: FingerprintParams,
@@ -241,12 +237,7 @@ def propose(fp: Fingerprint, quads: LandmarkIndex, fingerprint_params: Fingerpri
                                   query.spans[:, 2].astype(np.int64), derivatives.min_time_ratio,
                                   derivatives.max_time_ratio,
                                   params.ratio_bin, params.offset_bin_seconds / fpp.frame_seconds)
-    if len(track_ids) == 0:
-        return np.zeros(0, dtype=np.int64)
-    order = vote_order(track_ids, cells)
-    best = best_cells_per_track(track_ids[order], cells[order], np.ones(len(order)), _NEIGHBOURS,
-                                params.min_votes, params.max_candidates)
-    return np.array([track for track, _ in best], dtype=np.int64)
+    return strongest_tracks(track_ids, cells, _NEIGHBOURS, params.min_votes, params.max_candidates)
 
 
 def rarest_within_budget(codes: np.ndarray, store: LandmarkIndex, max_hits: int) -> np.ndarray:

@@ -20,7 +20,7 @@ from refrain.matcher.triplet import (_NEIGHBOURS_2D, _PITCH_STRIDE, _best_neighb
                                      _contenders_in_vote_order, _fit_time_line, _lookup_once_per_code,
                                      _may_hold_a_line)
 from refrain.matcher.types import Alignment
-from refrain.matcher.voting import best_cells_per_track, vote_order, weighted_lookup
+from refrain.matcher.voting import best_cells_per_track, strongest_tracks, vote_order, weighted_lookup
 from refrain.api import Refrain
 from refrain.config import Config
 from refrain.synth import add_noise
@@ -199,6 +199,25 @@ def test_best_cells_per_track_agrees_with_a_direct_count(neighbourhood):
         assert summed[track, chosen[0]] == pytest.approx(best[track])
         assert all(summed[track, cell] >= min_weight for cell in chosen)
         assert all(a - b not in set(neighbourhood.tolist()) for a in chosen for b in chosen if a != b)
+
+
+@pytest.mark.parametrize("neighbourhood", [np.arange(-1, 2), np.array([-5, 0, 5]),
+                                           np.array([d * 256 + e for d in (-1, 0, 1) for e in (-1, 0, 1)])])
+@pytest.mark.parametrize("track_range, cell_lows", [(40, [1000]), (1 << 30, [1000, (1 << 32) - 2000])])
+def test_strongest_tracks_are_best_cells_per_track_of_votes_that_weigh_one(neighbourhood, track_range, cell_lows):
+    # Counted with one walk per range of consecutive differences, in the proposals; the same tracks in the
+    # same order (ties by track id) as the neighbourhood sums of votes of weight one. Tracks and cells too far
+    # apart for compact ranks take the path through plain vote keys.
+    rng = np.random.default_rng(11)
+    for trial in range(20):
+        n = int(rng.integers(0, 4000))
+        track_ids = rng.choice(rng.integers(0, track_range, 60), n)
+        cells = rng.choice(cell_lows, n) + rng.integers(0, 3 * 256, n)
+        min_votes, max_tracks = int(rng.integers(1, 5)), int(rng.integers(1, 50))
+        order = vote_order(track_ids, cells)
+        expected = [track for track, _ in best_cells_per_track(track_ids[order], cells[order], np.ones(n),
+                                                               neighbourhood, min_votes, max_tracks)]
+        assert strongest_tracks(track_ids, cells, neighbourhood, min_votes, max_tracks).tolist() == expected
 
 
 def test_stray_hits_past_a_copied_passage_do_not_stretch_its_span():
