@@ -588,15 +588,20 @@ def _bucket_find(stored: np.ndarray, bucket_bits: int, group_bits: int, bucket_o
         if runs[j] and not with_starts:  # its length is in its byte: no sum needed
             run_lengths[k] = np.int64(runs[j] & 15)
             continue
-        entries, escapes, rank = np.int64(0), np.int64(0), np.int64(group_long[group])
+        # The runs before it in its group: short ones summed from their bytes without a branch (a
+        # loop the compiler vectorises; long runs are 5-7 % of the proposal tiers' and branching on
+        # them cost half the time), then the long ones from their own arrays.
+        entries, escapes, longs = np.int64(0), np.int64(0), np.int64(0)
         for i in range(np.int64(group_codes[group]), j):
-            if runs[i]:
-                entries += np.int64(runs[i] & 15)
-                escapes += np.int64(runs[i] >> 4)
-            else:
-                entries += np.int64(long_lengths[rank])
-                escapes += np.int64(long_escapes[rank])
-                rank += 1
+            run = np.int64(runs[i])
+            entries += run & 15
+            escapes += run >> 4
+            longs += run == 0
+        rank = np.int64(group_long[group])
+        for long_run in range(rank, rank + longs):
+            entries += np.int64(long_lengths[long_run])
+            escapes += np.int64(long_escapes[long_run])
+        rank += longs
         run_lengths[k] = np.int64(runs[j] & 15) if runs[j] else np.int64(long_lengths[rank])
         first[k] = np.int64(group_entries[group]) + entries
         positions[k] = np.int64(group_positions[group]) + entries * entry_bits + escapes * track_bits
