@@ -36,7 +36,7 @@ from refrain.fingerprint import Fingerprint, FingerprintParams
 from refrain.fingerprint.hashes import double_landmarks, hash_quads, query_quads, unpack_quad_payload
 from refrain.index.landmarks import LandmarkIndex, mix_codes, stable_order
 from refrain.matcher.triplet import TripletTier
-from refrain.matcher.voting import strongest_tracks
+from refrain.matcher.voting import equal_runs, strongest_tracks
 
 __all__ = ["ProposalParams", "propose", "propose_copies", "rarest_within_budget", "QUAD_TIER", "DOUBLE_TIER"]
 
@@ -228,7 +228,7 @@ def propose(fp: Fingerprint, quads: LandmarkIndex, fingerprint_params: Fingerpri
     codes, rows = codes[specific], rows[specific]
     # 15-30 % of the codes repeat one before them (quads of several tempo hypotheses, tolerant
     # variants): each distinct code is looked up once, and a repeat shares its hits' slice.
-    first_of_code, distinct = _distinct_in_order(codes)
+    first_of_code, distinct = equal_runs(codes)
     first_hit, hits_per_code, labels = quads.lookup_slices(codes[first_of_code])
     first_hit, hits_per_code = first_hit[distinct], hits_per_code[distinct]
     middle = (int(fp.peaks.frames.min()) + int(fp.peaks.frames.max())) // 2
@@ -265,18 +265,11 @@ def rarest_within_budget(codes: np.ndarray, store: LandmarkIndex, max_hits: int)
         in that order walk forward through the table and stay in cache.
     """
     filed = stable_order(mix_codes(codes))
-    first_of_code, distinct = _distinct_in_order(codes[filed])
+    first_of_code, distinct = equal_runs(codes[filed])
     counts = store.code_counts(codes[filed][first_of_code])[distinct]
     rarest_first = stable_order(counts)
     within_budget = rarest_first[np.cumsum(counts[rarest_first]) <= max_hits]
     return filed[np.sort(within_budget[counts[within_budget] > 0])]
-
-
-def _distinct_in_order(codes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Where each run of equal codes starts in ``codes`` (filed order: equal codes lie together), and
-    for each code the number of its run: ``codes[starts][runs] == codes``."""
-    starts = np.flatnonzero(np.concatenate([[len(codes) > 0], codes[1:] != codes[:-1]]))
-    return starts, np.repeat(np.arange(len(starts)), np.diff(np.append(starts, len(codes))))
 
 
 @numba.njit(cache=True, nogil=True)

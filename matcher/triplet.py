@@ -140,8 +140,7 @@ def triplet_alignments(fp: Fingerprint, tier: LandmarkIndex, params: TripletTier
         return []
     codes, rows = hash_triplets(triplets, tolerant=True,
                                 pitch_reach_bins=params.max_pitch_shift_semitones * bins_per_semitone)
-    code_ids, code_weights, first_hit, hits_per_code, labels = _lookup_once_per_code(tier, codes, params,
-                                                                                     candidates)
+    code_ids, code_weights, first_hit, hits_per_code, labels = weighted_lookup(tier, codes, params, candidates)
     # A hit's tempo ratio is a reference span over a query span, both whole frames: a
     # table of every such ratio and its cell spares each hit a division and a logarithm.
     ratios = np.arange(TRIPLET_MAX_SPAN + 1)[None, :] / np.arange(1, int(triplets.dt_13.max()) + 1)[:, None]
@@ -218,26 +217,6 @@ def triplet_alignments(fp: Fingerprint, tier: LandmarkIndex, params: TripletTier
         # Only tracks that just aligned can align again (a looped or re-used section).
         active &= np.isin(track_ids, aligned_tracks)
     return alignments
-
-
-def _lookup_once_per_code(tier: LandmarkIndex, codes: np.ndarray, params: TripletTier,
-                          candidates: np.ndarray | None
-                          ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """:func:`matcher.voting.weighted_lookup` of ``codes`` with each distinct code looked up once.
-
-    Distinct triplets (of several tempo hypotheses, or tolerant codes of near
-    boundaries) often share a code: a third of a 60 s window's 60,000 codes repeat one
-    already asked. Every one of ``codes`` gets the same weight and hits as before; a
-    repeated code's slice of ``labels`` is its first occurrence's, not a copy.
-    """
-    distinct, code_of = np.unique(codes, return_inverse=True)
-    looked_up, weights, first_hit, hits_per_code, labels = weighted_lookup(tier, distinct, params, candidates)
-    slot = np.full(len(distinct), -1, np.int64)
-    slot[looked_up] = np.arange(len(looked_up))
-    slot_of_code = slot[code_of]
-    code_ids = np.flatnonzero(slot_of_code >= 0)
-    slots = slot_of_code[code_ids]
-    return code_ids, weights[slots], first_hit[slots], hits_per_code[slots], labels
 
 
 @numba.njit(cache=True, nogil=True)

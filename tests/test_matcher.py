@@ -17,10 +17,10 @@ from refrain.fingerprint.hashes import hash_triplets, query_triplets
 from refrain.matcher import MatchParams, PairTier, TripletTier
 from refrain.matcher.landmarks import alignment_spans
 from refrain.matcher.triplet import (_NEIGHBOURS_2D, _PITCH_STRIDE, _best_neighbourhood_per_track, _cell_members,
-                                     _contenders_in_vote_order, _fit_time_line, _lookup_once_per_code,
-                                     _may_hold_a_line)
+                                     _contenders_in_vote_order, _fit_time_line, _may_hold_a_line)
 from refrain.matcher.types import Alignment
-from refrain.matcher.voting import best_cells_per_track, strongest_tracks, vote_order, weighted_lookup
+from refrain.matcher.voting import (best_cells_per_track, rarity_weights, strongest_tracks, vote_order,
+                                    weighted_lookup)
 from refrain.api import Refrain
 from refrain.config import Config
 from refrain.synth import add_noise
@@ -330,7 +330,8 @@ def test_track_ranking_is_the_same_on_dense_grids_and_on_track_buckets():
 
 def test_a_code_asked_twice_gets_the_hits_and_weight_of_one_lookup(catalogue, songs):
     # A query's triplets under several tempo hypotheses share codes; each distinct code
-    # is looked up once, and every code still gets what weighted_lookup gives it.
+    # is looked up once and its slice shared, and every code gets the weight and the hits
+    # a plain lookup of the codes in their own order gives it.
     fpp, params = catalogue.params, TripletTier()
     query = fingerprint_signal(soxr.resample(songs[44].excerpt(3.0, 12.0), SR, fpp.sample_rate), fpp)
     triplets = query_triplets(query.peaks, fpp.triplet_near_zone, fpp.triplet_far_zone, fpp.triplet_per_zone,
@@ -339,13 +340,15 @@ def test_a_code_asked_twice_gets_the_hits_and_weight_of_one_lookup(catalogue, so
                              * fpp.bins_per_octave / 12)
     assert len(np.unique(codes)) < len(codes)
     tier = catalogue.store.tiers["triplet"]
-    once = _lookup_once_per_code(tier, codes, params, None)
-    each = weighted_lookup(tier, codes, params, None)
-    assert once[0].tolist() == each[0].tolist() and once[1].tolist() == each[1].tolist()
-    assert once[3].tolist() == each[3].tolist() and once[3].sum() > 0
-    for first_once, first_each, count in zip(once[2], each[2], once[3]):
-        assert once[4][first_once:first_once + count].tolist() == each[4][first_each:first_each + count].tolist()
-    assert len(once[4]) < len(each[4])
+    code_ids, weights, first_hit, hits_per_code, labels = weighted_lookup(tier, codes, params, None)
+    every_weight = rarity_weights(tier.code_counts(codes), tier.ntotal, params)
+    assert code_ids.tolist() == np.flatnonzero(every_weight >= params.min_hash_weight).tolist()
+    np.testing.assert_array_equal(weights, every_weight[code_ids])
+    plain_first, plain_hits, plain_labels = tier.lookup_slices(codes[code_ids])
+    assert hits_per_code.tolist() == plain_hits.tolist() and hits_per_code.sum() > 0
+    for first, plain, count in zip(first_hit, plain_first, hits_per_code):
+        assert labels[first:first + count].tolist() == plain_labels[plain:plain + count].tolist()
+    assert len(labels) < len(plain_labels)
 
 
 def test_the_strongest_tracks_hits_come_in_vote_order_with_their_geometry():

@@ -18,7 +18,8 @@ from refrain.fingerprint.hashes import hash_quads, quad_landmarks, query_quads
 from refrain.fingerprint.peaks import Peaks
 from refrain.index.landmarks import LandmarkIndex
 from refrain.matcher import TripletTier
-from refrain.matcher.proposals import ProposalParams, _distinct_in_order, propose, propose_copies
+from refrain.matcher.proposals import ProposalParams, propose, propose_copies
+from refrain.matcher.voting import equal_runs
 
 
 def _at_rate(y: np.ndarray, rate: int) -> np.ndarray:
@@ -256,6 +257,6 @@ def test_matching_with_proposals_finds_what_a_search_of_every_track_finds(catalo
 @pytest.mark.parametrize("codes", [[], [5], [5, 5, 5], [1, 2, 3], [7, 7, 2, 9, 9, 9, 7]])
 def test_repeated_codes_are_looked_up_once_and_share_their_slice(codes):
     codes = np.array(codes, np.uint32)
-    starts, runs = _distinct_in_order(codes)
+    starts, runs = equal_runs(codes)
     np.testing.assert_array_equal(codes[starts][runs], codes)
     assert np.all(codes[starts][1:] != codes[starts][:-1])  # one start per run of equal codes
