@@ -16,7 +16,8 @@ import numpy as np
 from refrain.index.landmarks import LandmarkIndex
 from refrain.matcher.landmarks import LandmarkTierParams, landmark_matches
 from refrain.matcher.types import Alignment, Calibration, Catalogue, Match, Query, ShortQueryTail
-from refrain.matcher.voting import best_cells_per_track, lookup_in_store_order, vote_order, weighted_codes
+from refrain.matcher.voting import (best_cells_per_track, lookup_in_store_order, strongest_first, vote_order,
+                                    weighted_codes)
 
 __all__ = ["PairTier", "PairVotes", "PairHits", "group_pair_hits", "pair_hits", "pair_cells", "pair_votes_on",
            "pair_alignments_of_hits"]
@@ -473,9 +474,9 @@ def pair_alignments_of_hits(hits: PairHits, params: PairTier) -> list[Alignment]
     tol = params.offset_tolerance
     best = _best_per_track(hits.code_weights, hits.bounds, hits.hits, hits.offset_bits, hits.lowest, hits.highest,
                            np.arange(-tol, tol + 1))
-    # best_cells_per_track's choice of tracks: strongest first, ties by track, down to min_score.
-    strongest = np.argsort(-best, kind="stable")[:params.max_candidates]
-    votes = pair_votes_on(hits, np.sort(hits.tracks[strongest[best[strongest] >= params.min_score]]))
+    # best_cells_per_track's choice of tracks.
+    strongest = strongest_first(best, params.min_score, params.max_candidates)
+    votes = pair_votes_on(hits, np.sort(hits.tracks[strongest]))
     return pair_alignments(votes[vote_order(votes.track_ids, votes.offsets + _OFFSET_BIAS)], params)
 
 

@@ -23,7 +23,7 @@ from refrain.fingerprint.hashes import TRIPLET_MAX_SPAN, hash_triplets, query_tr
 from refrain.index.landmarks import LandmarkIndex
 from refrain.matcher.landmarks import LandmarkTierParams, landmark_matches
 from refrain.matcher.types import Alignment, Calibration, Catalogue, Match, Query
-from refrain.matcher.voting import best_cells_per_track, weighted_lookup
+from refrain.matcher.voting import best_cells_per_track, strongest_first, weighted_lookup
 
 __all__ = ["TripletTier"]
 
@@ -357,8 +357,7 @@ def _strongest_tracks(track_ids: np.ndarray, cells: np.ndarray, weights: np.ndar
     triplet tier's time grows with.
     """
     tracks, best = _best_neighbourhood_per_track(track_ids, cells, weights)
-    strongest = np.argsort(-best, kind="stable")[:params.max_candidates]
-    return tracks[strongest[best[strongest] >= params.min_score]]
+    return tracks[strongest_first(best, params.min_score, params.max_candidates)]
 
 
 @numba.njit(cache=True, nogil=True)

@@ -8,8 +8,9 @@ import numpy as np
 from refrain.index.landmarks import LandmarkIndex, mix_codes, stable_order
 from refrain.matcher.landmarks import LandmarkTierParams
 
-__all__ = ["rarity_weights", "equal_runs", "weighted_codes", "lookup_in_store_order", "weighted_lookup", "vote_keys",
-           "split_vote_keys", "vote_order", "best_cells_per_track", "strongest_tracks", "neighbourhood_sums"]
+__all__ = ["rarity_weights", "equal_runs", "strongest_first", "weighted_codes", "lookup_in_store_order",
+           "weighted_lookup", "vote_keys", "split_vote_keys", "vote_order", "best_cells_per_track",
+           "strongest_tracks", "neighbourhood_sums"]
 
 
 def rarity_weights(entries_per_code: np.ndarray, entries_in_tier: int, params: LandmarkTierParams) -> np.ndarray:
@@ -138,6 +139,27 @@ def weighted_lookup(tier: LandmarkIndex, codes: np.ndarray, params: LandmarkTier
     return code_ids, code_weights, *lookup_in_store_order(tier, codes[code_ids], tracks)
 
 
+def strongest_first(best: np.ndarray, minimum: float, count: int) -> np.ndarray:
+    """Positions of the ``count`` largest of ``best`` that reach ``minimum``, largest first, ties in position order.
+
+    Most tracks with votes hold a few by chance and fall short of ``minimum``: only the
+    rest are sorted.
+
+    Parameters
+    ----------
+    best : np.ndarray
+        Each track's best weight.
+    minimum : float
+    count : int
+
+    Returns
+    -------
+    np.ndarray of int64
+    """
+    eligible = np.flatnonzero(best >= minimum)
+    return eligible[np.argsort(-best[eligible], kind="stable")[:count]]
+
+
 def vote_order(track_ids: np.ndarray, cells: np.ndarray) -> np.ndarray:
     """The order that sorts votes by track, then cell, as :func:`best_cells_per_track` needs.
 
@@ -211,12 +233,10 @@ def best_cells_per_track(track_ids: np.ndarray, cells: np.ndarray, weights: np.n
                                                       np.asarray(neighbourhood, np.int64))
     value_tracks, value_cells = split_vote_keys(values)
     tracks = value_tracks[first]
-    strongest = np.argsort(-best, kind="stable")[:max_tracks]
+    strongest = strongest_first(best, min_weight, max_tracks)
     result = []
     apart = {int(delta) for delta in neighbourhood}
-    for track, start, top in zip(tracks[strongest], first[strongest], best[strongest]):
-        if top < min_weight:
-            break
+    for track, start in zip(tracks[strongest], first[strongest]):
         stop = np.searchsorted(value_tracks, track, side="right")
         own_cells = value_cells[start:stop]
         chosen: list[int] = []
@@ -276,9 +296,7 @@ def strongest_tracks(track_ids: np.ndarray, cells: np.ndarray, neighbourhood: np
         keys = (track_ids - lowest_track) * width + (cells - lowest_cell + margin)
     keys.sort()
     tracks, best = _best_count_per_track(keys, width, lows, highs)
-    strongest = np.argsort(-best, kind="stable")[:max_tracks]
-    strongest = strongest[best[strongest] >= min_votes]
-    return tracks[strongest] + lowest_track
+    return tracks[strongest_first(best, min_votes, max_tracks)] + lowest_track
 
 
 @numba.njit(cache=True, nogil=True)
