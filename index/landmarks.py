@@ -1273,10 +1273,10 @@ def _regrouped_by_code(hits_per_run: np.ndarray, hits: np.ndarray, tracks: np.nd
     for code in distinct:
         words[code >> 6] |= np.uint64(1) << np.uint64(code & 63)
     before = np.empty(len(words), np.int64)
-    total = 0
+    ranked = np.int64(0)
     for w in range(len(words)):
-        before[w] = total
-        total += _set_bits(words[w])
+        before[w] = ranked
+        ranked += _set_bits(words[w])
     slot_of_hit = np.empty(len(hits), np.int64)
     for at in range(len(hits)):
         code = hits[at] >> payload_bits
