@@ -36,7 +36,7 @@ from refrain.fingerprint import Fingerprint, FingerprintParams
 from refrain.fingerprint.hashes import double_landmarks, hash_quads, query_quads, unpack_quad_payload
 from refrain.index.landmarks import LandmarkIndex, mix_codes, stable_order
 from refrain.matcher.triplet import TripletTier
-from refrain.matcher.voting import equal_runs, strongest_tracks
+from refrain.matcher.voting import equal_runs, lookup_in_store_order, strongest_tracks
 
 __all__ = ["ProposalParams", "propose", "propose_copies", "rarest_within_budget", "QUAD_TIER", "DOUBLE_TIER"]
 
@@ -225,12 +225,10 @@ def propose(fp: Fingerprint, quads: LandmarkIndex, fingerprint_params: Fingerpri
     codes, rows = hash_quads(query, tolerant=True, margin=params.margin,
                              pitch_reach_bins=derivatives.max_pitch_shift_semitones * fpp.bins_per_octave / 12.0)
     specific = rarest_within_budget(codes, quads, params.max_hits)
+    # 15-30 % of the codes repeat another (quads of several tempo hypotheses, tolerant variants):
+    # each distinct code is looked up once, and a repeat shares its hits' slice.
     codes, rows = codes[specific], rows[specific]
-    # 15-30 % of the codes repeat one before them (quads of several tempo hypotheses, tolerant
-    # variants): each distinct code is looked up once, and a repeat shares its hits' slice.
-    first_of_code, distinct = equal_runs(codes)
-    first_hit, hits_per_code, labels = quads.lookup_slices(codes[first_of_code])
-    first_hit, hits_per_code = first_hit[distinct], hits_per_code[distinct]
+    first_hit, hits_per_code, labels = lookup_in_store_order(quads, codes)
     middle = (int(fp.peaks.frames.min()) + int(fp.peaks.frames.max())) // 2
     track_ids, cells = _hit_cells(first_hit, hits_per_code, labels, quads.payload_bits, rows,
                                   query.anchor_frames.astype(np.int64) - middle,
