@@ -1879,9 +1879,9 @@ class LandmarkIndex:
         tracks : np.ndarray of int, optional
             Only hits on these tracks (sorted, distinct): each is found by galloping over
             each code's run's skip points, so the work follows the candidates, not the run
-            lengths — while they are sparse in the runs: where a run holds a candidate's entry
-            every few dozen entries (the pair tier's ~290 candidates at 640 catalogue hours)
-            the search decodes nearly all of it.
+            lengths — while they are sparse in the runs: a run with a candidate's entry every
+            few dozen entries (the pair tier's ~290 candidates at 640 catalogue hours) is
+            decoded whole, each entry tested against a bit set of the candidates.
 
         Returns
         -------
