@@ -292,11 +292,26 @@ def _slice_positions(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
 
 
 @numba.njit(cache=True, nogil=True)
-def _grown(labels: np.ndarray, count: int) -> np.ndarray:
+def _grown(labels: np.ndarray, count: _Int) -> np.ndarray:
     """A copy of the first ``count`` values of ``labels`` in an array twice as long."""
     grown = np.empty(2 * len(labels), labels.dtype)
     grown[:count] = labels[:count]
     return grown
+
+
+@numba.njit(cache=True, nogil=True)
+def _bit_set(values: np.ndarray, lowest: _Int, highest: _Int) -> np.ndarray:
+    """Words of a bit set holding ``values - lowest`` (each value in ``[lowest, highest]``)."""
+    words = np.zeros((highest - lowest) // 64 + 1, np.uint64)
+    for value in values:
+        words[(value - lowest) >> 6] |= np.uint64(1) << np.uint64((value - lowest) & 63)
+    return words
+
+
+@numba.njit(cache=True, nogil=True)
+def _holds(words: np.ndarray, bit: _Int) -> np.int64:
+    """1 if ``bit`` (within the words' range) is set, else 0."""
+    return np.int64((words[bit >> 6] >> np.uint64(bit & 63)) & np.uint64(1))
 
 
 @numba.njit(cache=True, nogil=True)
@@ -504,9 +519,7 @@ def _compact_track_entries(words: np.ndarray, skip_bits: np.ndarray, skip_tracks
     if len(tracks) == 0:
         return hits_per_code, labels[:0]
     low_track, span = tracks[0], tracks[-1] - tracks[0]
-    candidate_bits = np.zeros(span // 64 + 1, np.uint64)
-    for track in tracks:
-        candidate_bits[(track - low_track) >> 6] |= np.uint64(1) << np.uint64((track - low_track) & 63)
+    candidate_bits = _bit_set(tracks, low_track, tracks[-1])
     decoded_whole = (skip // 2) * len(tracks)
     for k in range(len(first)):
         i, end, position, previous = first[k], first[k] + lengths[k], positions[k], np.int64(0)
@@ -517,7 +530,7 @@ def _compact_track_entries(words: np.ndarray, skip_bits: np.ndarray, skip_tracks
                 track, payload, position = _read_entry(words, position, previous, gap_bits, track_bits, value_bits)
                 previous = track
                 bit = track - low_track
-                if 0 <= bit <= span and (candidate_bits[bit >> 6] >> np.uint64(bit & 63)) & np.uint64(1):
+                if 0 <= bit <= span and _holds(candidate_bits, bit):
                     labels[count] = (track << payload_bits) | payload
                     count += 1
             hits_per_code[k] = count - counted
@@ -1221,14 +1234,12 @@ def _entries_with_codes(words: np.ndarray, gap_bits: int, track_bits: int, value
     if len(codes) == 0:
         return np.zeros(len(lengths), np.int64), np.zeros(0, np.int64)
     largest = np.int64(codes.max())
-    wanted = np.zeros(largest // 64 + 1, np.uint64)
-    for code in codes:
-        wanted[code >> 6] |= np.uint64(1) << np.uint64(code & 63)
+    wanted = _bit_set(codes, 0, largest)
     hits_per_run = np.zeros(len(lengths), np.int64)
     # About a tenth of a candidate's entries are hits (a lookup of every track reads the whole file);
     # room for a whole run is made before it, so that the loop over its entries has no test but the code's.
     hits = np.empty(lengths.sum() // 8 + 1024, np.int64)
-    count = 0
+    count = np.int64(0)
     for run in range(len(lengths)):
         while count + lengths[run] >= len(hits):
             hits = _grown(hits, count)
@@ -1238,7 +1249,7 @@ def _entries_with_codes(words: np.ndarray, gap_bits: int, track_bits: int, value
             previous = code
             hits[count] = (code << payload_bits) | payload
             inside = code if code < largest else largest  # codes are never negative
-            count += ((wanted[inside >> 6] >> np.uint64(inside & 63)) & np.uint64(1)) * (code <= largest)
+            count += _holds(wanted, inside) * (code <= largest)
         hits_per_run[run] = count - counted
     return hits_per_run, hits[:count]
 
@@ -1269,9 +1280,7 @@ def _regrouped_by_code(hits_per_run: np.ndarray, hits: np.ndarray, tracks: np.nd
     labels = np.empty(len(hits), np.int64)
     if len(hits) == 0:
         return counts, labels
-    words = np.zeros(distinct[-1] // 64 + 1, np.uint64)
-    for code in distinct:
-        words[code >> 6] |= np.uint64(1) << np.uint64(code & 63)
+    words = _bit_set(distinct, 0, distinct[-1])
     before = np.empty(len(words), np.int64)
     ranked = np.int64(0)
     for w in range(len(words)):
