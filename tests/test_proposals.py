@@ -61,12 +61,13 @@ def test_quad_codes_survive_speed_pitch_and_tempo_changes(songs):
         peaks = fingerprint_signal(y, params).peaks
         query = query_quads(peaks, *zones, tempo_ratios=TripletTier().tempo_hypotheses,
                             slack=ProposalParams().slack)
-        codes, rows = hash_quads(query, tolerant=True, margin=0.15, pitch_reach_bins=15.0)
+        codes, rows = hash_quads(query, tolerant=True, margin=ProposalParams().margin, pitch_reach_bins=15.0)
         found = np.unique(rows[np.isin(codes, list(stored))])
         shared[name] = len(found)
     # An unrelated song shares hardly any: the codes are specific.
     other = fingerprint_signal(_at_rate(songs[30].excerpt(8.0, 10.0), params.sample_rate), params)
-    codes, rows = hash_quads(query_quads(other.peaks, *zones, tempo_ratios=(1.0,)), tolerant=True, margin=0.15)
+    codes, rows = hash_quads(query_quads(other.peaks, *zones, tempo_ratios=(1.0,)), tolerant=True,
+                             margin=ProposalParams().margin)
     assert shared["copy"] >= 100, shared
     assert min(shared.values()) >= 10, shared
     assert len(np.unique(rows[np.isin(codes, list(stored))])) < min(shared.values()) / 4
