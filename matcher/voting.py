@@ -178,13 +178,31 @@ def vote_order(track_ids: np.ndarray, cells: np.ndarray) -> np.ndarray:
     """
     if len(track_ids) == 0:
         return np.zeros(0, dtype=np.int64)
-    # Each vote's rank in (track, cell) order, as one small integer: the tracks and cells
-    # of one query span little of their ranges, and small ranks sort fastest (stable_order).
-    lowest_track, lowest_cell = track_ids.min(), cells.min()
-    track_span, cell_span = int(track_ids.max() - lowest_track) + 1, int(cells.max() - lowest_cell) + 1
-    if (track_span * cell_span - 1).bit_length() > 62:
+    compact = _compact_vote_keys(track_ids, cells, 0)
+    if compact is None:
         return np.argsort(vote_keys(track_ids, cells), kind="stable")
-    return stable_order((track_ids - lowest_track) * cell_span + (cells - lowest_cell))
+    return stable_order(compact[0])
+
+
+def _compact_vote_keys(track_ids: np.ndarray, cells: np.ndarray, margin: int
+                       ) -> tuple[np.ndarray, int, int] | None:
+    """Each vote's (track, cell) as one small non-negative integer in (track, cell) order.
+
+    The tracks and cells of one query span little of their ranges, and small integers sort
+    fastest (:func:`index.landmarks.stable_order`). Each track's cells get ``margin`` free
+    places either side, so that a cell plus a difference up to ``margin`` stays among its
+    track's keys.
+
+    Returns
+    -------
+    (keys, width, lowest_track), or None if the keys would not fit in 62 bits
+        A key is ``(track - lowest_track) * width + cell - lowest cell + margin``.
+    """
+    lowest_track, lowest_cell = int(track_ids.min()), int(cells.min())
+    width = int(cells.max()) - lowest_cell + 1 + 2 * margin
+    if ((int(track_ids.max()) - lowest_track + 1) * width - 1).bit_length() > 62:
+        return None
+    return (track_ids - lowest_track) * width + (cells - lowest_cell + margin), width, lowest_track
 
 
 def vote_keys(track_ids: np.ndarray, cells: np.ndarray) -> np.ndarray:
@@ -284,16 +302,10 @@ def strongest_tracks(track_ids: np.ndarray, cells: np.ndarray, neighbourhood: np
     run_starts = np.flatnonzero(np.diff(differences, prepend=differences[0] - 2) != 1)
     lows = differences[run_starts]
     highs = differences[np.append(run_starts[1:], len(differences)) - 1]
-    # Keys ranked compactly, each track's cells with room either side, so that no cell plus a
-    # difference reaches another track's keys.
-    margin = int(max(abs(int(differences[0])), abs(int(differences[-1]))))
-    lowest_track, lowest_cell = int(track_ids.min()), int(cells.min())
-    width = int(cells.max()) - lowest_cell + 1 + 2 * margin
-    if ((int(track_ids.max()) - lowest_track + 1) * width).bit_length() > 62:
-        keys = vote_keys(track_ids, cells)
-        width, lowest_track, margin, lowest_cell = 1 << 32, 0, 0, 0
-    else:
-        keys = (track_ids - lowest_track) * width + (cells - lowest_cell + margin)
+    # No cell plus a difference may reach another track's keys.
+    margin = max(abs(int(differences[0])), abs(int(differences[-1])))
+    keys, width, lowest_track = (_compact_vote_keys(track_ids, cells, margin)
+                                 or (vote_keys(track_ids, cells), 1 << 32, 0))
     keys.sort()
     tracks, best = _best_count_per_track(keys, width, lows, highs)
     return tracks[strongest_first(best, min_votes, max_tracks)] + lowest_track

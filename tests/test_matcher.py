@@ -203,7 +203,7 @@ def test_best_cells_per_track_agrees_with_a_direct_count(neighbourhood):
 
 @pytest.mark.parametrize("neighbourhood", [np.arange(-1, 2), np.array([-5, 0, 5]),
                                            np.array([d * 256 + e for d in (-1, 0, 1) for e in (-1, 0, 1)])])
-@pytest.mark.parametrize("track_range, cell_lows", [(40, [1000]), (1 << 30, [1000, (1 << 32) - 2000])])
+@pytest.mark.parametrize("track_range, cell_lows", [(40, [1000]), (1 << 31, [1000, (1 << 32) - 2000])])
 def test_strongest_tracks_are_best_cells_per_track_of_votes_that_weigh_one(neighbourhood, track_range, cell_lows):
     # Counted with one walk per range of consecutive differences, in the proposals; the same tracks in the
     # same order (ties by track id) as the neighbourhood sums of votes of weight one. Tracks and cells too far
