@@ -34,9 +34,9 @@ import numpy as np
 
 from refrain.fingerprint import Fingerprint, FingerprintParams
 from refrain.fingerprint.hashes import double_landmarks, hash_quads, query_quads, unpack_quad_payload
-from refrain.index.landmarks import LandmarkIndex, mix_codes, stable_order
+from refrain.index.landmarks import LandmarkIndex, stable_order
 from refrain.matcher.triplet import TripletTier
-from refrain.matcher.voting import equal_runs, lookup_in_store_order, strongest_tracks
+from refrain.matcher.voting import counts_in_store_order, lookup_in_store_order, strongest_tracks
 
 __all__ = ["ProposalParams", "propose", "propose_copies", "rarest_within_budget", "QUAD_TIER", "DOUBLE_TIER"]
 
@@ -269,9 +269,7 @@ def rarest_within_budget(codes: np.ndarray, store: LandmarkIndex, max_hits: int)
         (:func:`index.landmarks.mix_codes`): tens of thousands of code-table reads asked
         in that order walk forward through the table and stay in cache.
     """
-    filed = stable_order(mix_codes(codes))
-    first_of_code, distinct = equal_runs(codes[filed])
-    counts = store.code_counts(codes[filed][first_of_code])[distinct]
+    filed, counts = counts_in_store_order(store, codes)
     rarest_first = stable_order(counts)
     within_budget = rarest_first[np.cumsum(counts[rarest_first]) <= max_hits]
     return filed[np.sort(within_budget[counts[within_budget] > 0])]

@@ -8,9 +8,9 @@ import numpy as np
 from refrain.index.landmarks import LandmarkIndex, mix_codes, stable_order
 from refrain.matcher.landmarks import LandmarkTierParams
 
-__all__ = ["rarity_weights", "equal_runs", "strongest_first", "weighted_codes", "lookup_in_store_order",
-           "weighted_lookup", "vote_keys", "split_vote_keys", "vote_order", "best_cells_per_track",
-           "strongest_tracks", "neighbourhood_sums"]
+__all__ = ["rarity_weights", "equal_runs", "counts_in_store_order", "strongest_first", "weighted_codes",
+           "lookup_in_store_order", "weighted_lookup", "vote_keys", "split_vote_keys", "vote_order",
+           "best_cells_per_track", "strongest_tracks", "neighbourhood_sums"]
 
 
 def rarity_weights(entries_per_code: np.ndarray, entries_in_tier: int, params: LandmarkTierParams) -> np.ndarray:
@@ -51,6 +51,24 @@ def equal_runs(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return starts, np.repeat(np.arange(len(starts)), np.diff(np.append(starts, len(values))))
 
 
+def counts_in_store_order(tier: LandmarkIndex, codes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The order the store files ``codes`` in, and the entries of each code in that order.
+
+    Asked in that order the code-table reads walk forward through the table (see
+    :func:`lookup_in_store_order`), and a repeated code is counted once.
+
+    Returns
+    -------
+    in_store_order : np.ndarray of int64
+        Positions into ``codes``.
+    counts : np.ndarray of int64
+        ``tier.code_counts(codes[in_store_order])``.
+    """
+    in_store_order = stable_order(mix_codes(codes))
+    starts, run_of = equal_runs(codes[in_store_order])
+    return in_store_order, tier.code_counts(codes[in_store_order][starts])[run_of]
+
+
 def weighted_codes(tier: LandmarkIndex, codes: np.ndarray, params: LandmarkTierParams
                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The codes worth looking up, each weighed by rarity: those too common to count are left out.
@@ -74,11 +92,9 @@ def weighted_codes(tier: LandmarkIndex, codes: np.ndarray, params: LandmarkTierP
     entries : np.ndarray of int64
         The entries stored under each: its hits, unless the lookup is restricted to some tracks.
     """
-    # Counted in the store's order, each distinct code once (see lookup_in_store_order).
-    in_store_order = stable_order(mix_codes(codes))
-    starts, run_of = equal_runs(codes[in_store_order])
+    in_store_order, counts = counts_in_store_order(tier, codes)
     entries_per_code = np.empty(len(codes), np.int64)
-    entries_per_code[in_store_order] = tier.code_counts(codes[in_store_order][starts])[run_of]
+    entries_per_code[in_store_order] = counts
     code_weights = rarity_weights(entries_per_code, tier.ntotal, params)
     code_ids = np.flatnonzero(code_weights >= params.min_hash_weight)
     return code_ids, code_weights[code_ids], entries_per_code[code_ids]
