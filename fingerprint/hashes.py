@@ -488,11 +488,12 @@ def double_landmarks(peaks: Peaks, dt_min: int, dt_max: int, df_max: int, slack:
     frames, bins = peaks.frames.astype(np.int64), peaks.bins.astype(np.int64)
     count = 2 + slack
     table = _nearest_targets(frames, bins, count, dt_min, dt_max, df_max)
-    rows = np.concatenate([np.stack(np.broadcast_arrays(np.arange(len(frames)), table[:, i], table[:, j]))
-                           for i in range(count) for j in range(i + 1, count)], axis=1)
-    rows = rows[:, (rows >= 0).all(axis=0)]
-    rows = rows[:, np.argsort(rows[0], kind="stable")]
-    a, first, second = rows
+    # Row by row, every two of an anchor's targets: the doubles come out in anchor order.
+    inner, outer = np.triu_indices(count, 1)
+    first, second = table[:, inner].ravel(), table[:, outer].ravel()
+    a = np.repeat(np.arange(len(frames)), len(inner))
+    found = (first >= 0) & (second >= 0)
+    a, first, second = a[found], first[found], second[found]
     packed = bins[a]
     for target in (first, second):
         packed = (((packed << 8) | (bins[target] - bins[a] + _DELTA_BIN_OFFSET)) << 6) | (frames[target] - frames[a])
@@ -550,11 +551,13 @@ def _quad_indices(peaks: Peaks, near_zone: tuple[int, int], far_zone: tuple[int,
     n = len(frames)
     near = _nearest_targets(frames, bins, near_count + slack, near_zone[0], near_zone[1], df_max)
     far = _nearest_targets(frames, bins, 2 + slack, far_zone[0], far_zone[1], df_max)
-    columns = [np.stack(np.broadcast_arrays(np.arange(n), near[:, i], far[:, j], far[:, k]))
-               for i in range(near.shape[1]) for j in range(far.shape[1]) for k in range(j + 1, far.shape[1])]
-    quads = np.concatenate(columns, axis=1)
-    quads = quads[:, (quads >= 0).all(axis=0)]
-    return quads[:, np.argsort(quads[0], kind="stable")]
+    # Row by row, every near target with every two far ones: the quads come out in anchor order.
+    far_first, far_second = np.triu_indices(far.shape[1], 1)
+    near_column = np.repeat(np.arange(near.shape[1]), len(far_first))
+    far_first, far_second = np.tile(far_first, near.shape[1]), np.tile(far_second, near.shape[1])
+    quads = np.stack([np.repeat(np.arange(n), len(near_column)), near[:, near_column].ravel(),
+                      far[:, far_first].ravel(), far[:, far_second].ravel()])
+    return quads[:, (quads >= 0).all(axis=0)]
 
 
 def _quads_of(peaks: Peaks, indices: np.ndarray) -> Quads:
