@@ -188,6 +188,11 @@ class IndexBusyError(IndexOpenError):
 _Segmented = (LandmarkIndex, PeakStore)
 
 
+def _layout(tier: LandmarkIndex | PeakStore, track_major: bool) -> dict[str, bool]:
+    """The layout arguments of a segmented tier's writes: a landmark tier may be filed by track, peaks are not."""
+    return {"track_major": track_major} if isinstance(tier, LandmarkIndex) else {}
+
+
 class IndexStore:
     """One index directory opened for reading or writing.
 
@@ -443,9 +448,7 @@ class IndexStore:
                     self._tier_files[name] = [main]
                 else:
                     delta = self._new_segment_file(name)
-                    saved = (tier.save_delta(delta, track_major=self._track_major(name))
-                             if isinstance(tier, LandmarkIndex) else tier.save_delta(delta))
-                    if saved:
+                    if tier.save_delta(delta, **_layout(tier, self._track_major(name))):
                         files.append(delta)
             self._record_files()
         for path in replaced:
@@ -463,10 +466,7 @@ class IndexStore:
 
     def _save_main(self, name: str, tier: LandmarkIndex | PeakStore, path: Path) -> None:
         """Write a tier whole as its main file, in the layout it is due."""
-        if isinstance(tier, LandmarkIndex):
-            tier.save(path, track_major=self._track_major(name))
-        else:
-            tier.save(path)
+        tier.save(path, **_layout(tier, self._track_major(name)))
 
     def _merge_segments(self, name: str, first: int, last: int, track_major: bool = False) -> None:
         """Merge segments ``first:last`` of tier ``name`` into one new file (into main if ``first`` is 0),
@@ -480,8 +480,7 @@ class IndexStore:
         with self._files_lock:
             merged_files = self._tier_files[name][first:last]
             path = self._new_segment_file(name, main=first == 0)
-        merged = (tier.write_merged(first, last, path, track_major=track_major)
-                  if isinstance(tier, LandmarkIndex) else tier.write_merged(first, last, path))
+        merged = tier.write_merged(first, last, path, **_layout(tier, track_major))
         with self._files_lock:
             tier.adopt_merged(merged, path)  # type: ignore[arg-type]  # the segments write_merged returned
             files = self._tier_files[name]
