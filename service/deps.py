@@ -1,8 +1,13 @@
-"""FastAPI dependencies: the settings, the service core, and API-key authentication by role."""
+"""FastAPI dependencies: the settings, the service core, the job runner, and API-key authentication by role.
+
+Endpoints declare them the ``Annotated`` way, through the aliases below (``service: ServiceDep``,
+``key: AnalystKey``); a role set without an alias is declared at the endpoint as
+``Annotated[ApiKey, Depends(require_role(...))]``.
+"""
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Annotated, Callable
 
 from fastapi import Depends, Request, Security
 from fastapi.security import APIKeyHeader
@@ -10,11 +15,12 @@ from fastapi.security import APIKeyHeader
 from refrain.service.core import MatchService
 from refrain.service.db import ApiKey
 from refrain.service.errors import ApiError
+from refrain.service.jobs import JobRunner
 from refrain.service.observability import annotate
 from refrain.service.settings import ServiceSettings
 
-__all__ = ["API_KEY_HEADER", "api_key_scheme", "get_settings", "get_service", "require_role",
-           "authenticate"]
+__all__ = ["API_KEY_HEADER", "api_key_scheme", "get_settings", "get_service", "get_jobs", "require_role",
+           "authenticate", "ServiceDep", "JobsDep", "AdminKey", "AnalystKey", "UploaderKey"]
 
 API_KEY_HEADER = "X-API-Key"
 
@@ -32,6 +38,16 @@ def get_settings(request: Request) -> ServiceSettings:
 
 def get_service(request: Request) -> MatchService:
     return request.app.state.service
+
+
+def get_jobs(request: Request) -> JobRunner:
+    return request.app.state.jobs
+
+
+#: The service core: ``service: ServiceDep``.
+ServiceDep = Annotated[MatchService, Depends(get_service)]
+#: The asynchronous upload jobs and webhook deliveries: ``jobs: JobsDep``.
+JobsDep = Annotated[JobRunner, Depends(get_jobs)]
 
 
 def authenticate(service: MatchService, key: str | None, roles: tuple[str, ...]) -> ApiKey:
@@ -53,8 +69,13 @@ def authenticate(service: MatchService, key: str | None, roles: tuple[str, ...])
 def require_role(*roles: str) -> Callable[..., ApiKey]:
     """A dependency admitting only live keys of one of ``roles`` (401 otherwise, 403 for another role)."""
 
-    def dependency(key: str | None = Security(api_key_scheme),
-                   service: MatchService = Depends(get_service)) -> ApiKey:
+    def dependency(key: Annotated[str | None, Security(api_key_scheme)], service: ServiceDep) -> ApiKey:
         return authenticate(service, key, roles)
 
     return dependency
+
+
+#: The caller's key record, admitted with this role only (401 without a live key, 403 with another role).
+AdminKey = Annotated[ApiKey, Depends(require_role("admin"))]
+AnalystKey = Annotated[ApiKey, Depends(require_role("analyst"))]
+UploaderKey = Annotated[ApiKey, Depends(require_role("uploader"))]

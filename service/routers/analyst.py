@@ -16,7 +16,7 @@ from typing import Literal
 from urllib.parse import quote
 
 import numpy as np
-from fastapi import APIRouter, BackgroundTasks, Depends, Request
+from fastapi import APIRouter, BackgroundTasks, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 from markupsafe import Markup
@@ -26,11 +26,10 @@ from refrain.service.core import MatchService, close_dispute, conflict_claims, r
 from refrain.matcher import KINDS
 from refrain.policy import DISPUTE_OUTCOMES, DISPUTE_REASONS, VERDICTS
 from refrain.service.db import ApiKey
-from refrain.service.deps import authenticate, get_service
+from refrain.service.deps import ServiceDep, authenticate, get_jobs
 from refrain.service.errors import ApiError
 from refrain.service.render import alignment_svg, chroma_svg, spectrogram_figure
 from refrain.service.routers.matches import stored_decision
-from refrain.service.routers.jobs import get_jobs
 from refrain.service.routers.reviews import (MAX_EXPORT_DECISIONS, QueueFilters, export_csv, notify_resolution,
                                              queue_filters)
 from refrain.service.routers.disputes import notify_dispute
@@ -153,7 +152,7 @@ def _queue_query(request: Request) -> tuple[ReviewQueueQuery, QueueFilters]:
 
 
 @router.get("", response_class=HTMLResponse)
-def home(request: Request, service: MatchService = Depends(get_service)) -> HTMLResponse:
+def home(request: Request, service: ServiceDep) -> HTMLResponse:
     key = _signed_in(request, service)
     if key is None:
         return _sign_in_page()
@@ -174,7 +173,7 @@ def home(request: Request, service: MatchService = Depends(get_service)) -> HTML
 
 
 @router.get("/export")
-def export(request: Request, service: MatchService = Depends(get_service)) -> Response:
+def export(request: Request, service: ServiceDep) -> Response:
     """The queue's CSV export, with the page's filters (as ``GET /v1/reviews/export``)."""
     key = _signed_in(request, service)
     if key is None:
@@ -190,7 +189,7 @@ def export(request: Request, service: MatchService = Depends(get_service)) -> Re
 
 
 @router.post("/signin")
-async def sign_in(request: Request, service: MatchService = Depends(get_service)) -> Response:
+async def sign_in(request: Request, service: ServiceDep) -> Response:
     form = await request.form(max_files=0, max_fields=4)
     key = str(form.get("key", "")).strip()
     try:
@@ -211,7 +210,7 @@ def sign_out() -> Response:
 
 
 @router.post("/match", response_class=HTMLResponse)
-async def match(request: Request, service: MatchService = Depends(get_service)) -> HTMLResponse:
+async def match(request: Request, service: ServiceDep) -> HTMLResponse:
     key = _signed_in(request, service)
     if key is None:
         return _sign_in_page("sign in with an analyst key first", 401)
@@ -238,8 +237,7 @@ def open_decision(request: Request, decision_id: str = "") -> Response:
 
 
 @router.get("/decisions/{decision_id}", response_class=HTMLResponse)
-def show_decision(decision_id: str, request: Request,
-                  service: MatchService = Depends(get_service)) -> HTMLResponse:
+def show_decision(decision_id: str, request: Request, service: ServiceDep) -> HTMLResponse:
     key = _signed_in(request, service)
     if key is None:
         return _sign_in_page("sign in with an analyst key first", 401)
@@ -255,7 +253,7 @@ def show_decision(decision_id: str, request: Request,
 
 @router.get("/decisions/{decision_id}/audio/{track_id}/{side}.wav")
 def audio(decision_id: str, track_id: int, side: Literal["reference", "upload"], request: Request,
-          service: MatchService = Depends(get_service)) -> Response:
+          service: ServiceDep) -> Response:
     """The decision page's ``<audio>`` sources (as ``GET /v1/matches/{id}/audio/{track_id}``), for the
     signed-in analyst."""
     key = _signed_in(request, service)
@@ -270,7 +268,7 @@ def audio(decision_id: str, track_id: int, side: Literal["reference", "upload"],
 
 @router.post("/disputes/{dispute_id}/resolution", response_class=HTMLResponse)
 async def resolve_dispute(dispute_id: str, request: Request, tasks: BackgroundTasks,
-                          service: MatchService = Depends(get_service)) -> Response:
+                          service: ServiceDep) -> Response:
     """The decision page's dispute form (``outcome``, ``note``): as ``POST /v1/disputes/{id}/resolution``
     (webhooks included), then back to the decision's page."""
     key = _signed_in(request, service)
@@ -290,8 +288,7 @@ async def resolve_dispute(dispute_id: str, request: Request, tasks: BackgroundTa
 
 
 @router.post("/decisions/{decision_id}/resolution", response_class=HTMLResponse)
-async def resolve(decision_id: str, request: Request, tasks: BackgroundTasks,
-                  service: MatchService = Depends(get_service)) -> Response:
+async def resolve(decision_id: str, request: Request, tasks: BackgroundTasks, service: ServiceDep) -> Response:
     """The decision page's resolution form (``resolution-<track id>`` per work, ``note``): as
     ``POST /v1/matches/{id}/resolution`` (webhooks included), then back to the decision's page."""
     key = _signed_in(request, service)

@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 from dataclasses import asdict
+from typing import Annotated
 
 from fastapi import APIRouter, BackgroundTasks, Depends, Path, Query
 
-from refrain.service.core import MatchService, close_conflict, conflict_claims, with_holds
-from refrain.service.db import ApiKey
-from refrain.service.deps import get_service, require_role
-from refrain.service.jobs import JobRunner
+from refrain.service.core import close_conflict, conflict_claims, with_holds
+from refrain.service.deps import AdminKey, JobsDep, ServiceDep, require_role
 from refrain.service.routers import error_responses
-from refrain.service.routers.jobs import get_jobs
+from refrain.service.routers.params import LimitQuery, OffsetQuery
 from refrain.service.schemas import MAX_DB_INTEGER, ConflictList, ConflictOut, ConflictResolutionIn
 from refrain.service.webhooks import notify
 
@@ -23,9 +22,8 @@ router = APIRouter(prefix="/v1/conflicts", tags=["conflicts (admin)"], dependenc
 
 @router.get("", response_model=ConflictList, summary="The conflict queue (oldest first)",
             responses=error_responses())
-def list_conflicts(include_resolved: bool = Query(False, description="Also list resolved conflicts"),
-                   limit: int = Query(50, ge=1, le=500), offset: int = Query(0, ge=0, le=MAX_DB_INTEGER),
-                   service: MatchService = Depends(get_service)) -> ConflictList:
+def list_conflicts(*, include_resolved: Annotated[bool, Query(description="Also list resolved conflicts")] = False,
+                   limit: LimitQuery = 50, offset: OffsetQuery = 0, service: ServiceDep) -> ConflictList:
     """Works registered with `conflict=true` and the works their recordings copy."""
     conflicts, total = service.db.list_conflicts(include_resolved, limit, offset)
     return ConflictList(items=[ConflictOut(**asdict(c)) for c in conflicts], total=total, limit=limit, offset=offset)
@@ -34,9 +32,8 @@ def list_conflicts(include_resolved: bool = Query(False, description="Also list 
 @router.post("/{conflict_id}/resolution", response_model=ConflictOut, summary="Resolve an ownership conflict",
              responses=error_responses(400, 404, 409))
 def resolve_conflict(body: ConflictResolutionIn, tasks: BackgroundTasks,
-                     conflict_id: int = Path(ge=1, le=MAX_DB_INTEGER), service: MatchService = Depends(get_service),
-                     jobs: JobRunner = Depends(get_jobs),
-                     key: ApiKey = Depends(require_role("admin"))) -> ConflictOut:
+                     conflict_id: Annotated[int, Path(ge=1, le=MAX_DB_INTEGER)], service: ServiceDep,
+                     jobs: JobsDep, key: AdminKey) -> ConflictOut:
     """Say who keeps the conflicting span: `work` (the newer claim), `claimed_work` (the earlier) or `share`.
     The hold on the royalties of decisions matching either work over that span is lifted; unless both share, the
     loser's side of the span becomes an exclusion of its work (`GET /v1/works/{id}/exclusions`), so that it is

@@ -6,17 +6,16 @@ through a lineage); resolving stays with analysts.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
-from fastapi import APIRouter, BackgroundTasks, Depends, Path, Query
+from fastapi import APIRouter, BackgroundTasks, Depends, Query
 
 from refrain.service.core import MatchService, close_dispute, dispute_out, file_dispute
 from refrain.service.db import ApiKey, Dispute
-from refrain.service.deps import get_service, require_role
+from refrain.service.deps import AnalystKey, JobsDep, ServiceDep, UploaderKey, require_role
 from refrain.service.jobs import JobRunner
 from refrain.service.routers import error_responses
-from refrain.service.routers.jobs import get_jobs
-from refrain.service.routers.matches import DecisionId
+from refrain.service.routers.params import DecisionIdPath, DisputeIdPath, LimitQuery, OffsetQuery
 from refrain.service.routers.reviews import _utc
 from refrain.service.errors import ApiError
 from refrain.service.schemas import (MAX_DB_INTEGER, BoundedDatetime, DisputeIn, DisputeList, DisputeOut,
@@ -26,8 +25,6 @@ from refrain.service.webhooks import notify
 __all__ = ["router", "notify_dispute"]
 
 router = APIRouter(prefix="/v1", tags=["disputes"])
-
-DisputeId = Path(description="The dispute's id (`dsp_…`)", max_length=100)
 
 
 def notify_dispute(tasks: BackgroundTasks, service: MatchService, jobs: JobRunner, event: str,
@@ -46,9 +43,8 @@ def notify_dispute(tasks: BackgroundTasks, service: MatchService, jobs: JobRunne
 
 @router.post("/matches/{decision_id}/disputes", status_code=201, response_model=DisputeOut,
              summary="Dispute the claims on one of your decisions", responses=error_responses(400, 404, 409))
-def create_dispute(body: DisputeIn, tasks: BackgroundTasks, decision_id: str = DecisionId,
-                   service: MatchService = Depends(get_service), jobs: JobRunner = Depends(get_jobs),
-                   key: ApiKey = Depends(require_role("uploader"))) -> DisputeOut:
+def create_dispute(body: DisputeIn, tasks: BackgroundTasks, decision_id: DecisionIdPath, service: ServiceDep,
+                   jobs: JobsDep, key: UploaderKey) -> DisputeOut:
     """The principal whose key made the upload disputes its blocked or reviewed claims, with a reason from the
     fixed list and an explanation. 403 for another principal's decision, 409 `dispute_open` while a dispute of
     it is open, 422 when nothing on it is blocked or under review. Webhooks subscribed to `dispute.filed` are
@@ -60,17 +56,19 @@ def create_dispute(body: DisputeIn, tasks: BackgroundTasks, decision_id: str = D
 @router.get("/disputes", response_model=DisputeList, summary="The dispute queue (oldest first; a rights holder: "
                                                               "its works')",
             responses=error_responses())
-def list_disputes(status: Literal["open", "resolved", "all"] = Query("open", description="Default `open`: the "
-                                                                     "disputes waiting for an analyst"),
-                  reason: DisputeReason | None = Query(None),
-                  work_id: int | None = Query(None, ge=1, le=MAX_DB_INTEGER,
-                                              description="Only disputes of decisions that matched this work"),
-                  since: BoundedDatetime | None = Query(None, description="Filed at or after (ISO 8601; UTC if no "
-                                                        "zone)"),
-                  until: BoundedDatetime | None = Query(None, description="Filed before (ISO 8601; UTC if no zone)"),
-                  limit: int = Query(50, ge=1, le=500), offset: int = Query(0, ge=0, le=MAX_DB_INTEGER),
-                  service: MatchService = Depends(get_service),
-                  key: ApiKey = Depends(require_role("analyst", "rights_holder"))) -> DisputeList:
+def list_disputes(*, status: Annotated[Literal["open", "resolved", "all"],
+                                        Query(description="Default `open`: the disputes waiting for an "
+                                                          "analyst")] = "open",
+                  reason: Annotated[DisputeReason | None, Query()] = None,
+                  work_id: Annotated[int | None, Query(ge=1, le=MAX_DB_INTEGER,
+                                                       description="Only disputes of decisions that matched this "
+                                                                   "work")] = None,
+                  since: Annotated[BoundedDatetime | None, Query(description="Filed at or after (ISO 8601; UTC if no "
+                                                                 "zone)")] = None,
+                  until: Annotated[BoundedDatetime | None, Query(description="Filed before (ISO 8601; UTC if no "
+                                                                 "zone)")] = None,
+                  limit: LimitQuery = 50, offset: OffsetQuery = 0, service: ServiceDep,
+                  key: Annotated[ApiKey, Depends(require_role("analyst", "rights_holder"))]) -> DisputeList:
     """Analysts see every dispute; a rights holder those disputing a claim of one of its works (directly matched
     or an ancestor attributed through a lineage), with the same filters."""
     since, until = _utc(since), _utc(until)
@@ -83,8 +81,8 @@ def list_disputes(status: Literal["open", "resolved", "all"] = Query("open", des
 
 @router.get("/disputes/{dispute_id}", response_model=DisputeOut, summary="Get a dispute",
             responses=error_responses(404))
-def get_dispute(dispute_id: str = DisputeId, service: MatchService = Depends(get_service),
-                key: ApiKey = Depends(require_role("analyst", "rights_holder"))) -> DisputeOut:
+def get_dispute(dispute_id: DisputeIdPath, service: ServiceDep,
+                key: Annotated[ApiKey, Depends(require_role("analyst", "rights_holder"))]) -> DisputeOut:
     """A rights holder reads the disputes of its own works' claims only (403 for any other)."""
     dispute = service.db.get_dispute(dispute_id)
     if dispute is None:
@@ -96,9 +94,8 @@ def get_dispute(dispute_id: str = DisputeId, service: MatchService = Depends(get
 
 @router.post("/disputes/{dispute_id}/resolution", response_model=DisputeOut, summary="Resolve a dispute",
              responses=error_responses(400, 404, 409))
-def resolve_dispute(body: DisputeResolutionIn, tasks: BackgroundTasks, dispute_id: str = DisputeId,
-                    service: MatchService = Depends(get_service), jobs: JobRunner = Depends(get_jobs),
-                    key: ApiKey = Depends(require_role("analyst"))) -> DisputeOut:
+def resolve_dispute(body: DisputeResolutionIn, tasks: BackgroundTasks, dispute_id: DisputeIdPath,
+                    service: ServiceDep, jobs: JobsDep, key: AnalystKey) -> DisputeOut:
     """`release` the disputed claims, `reinstate` them (confirmed: the block stands) or `release_and_exclude`
     (released, and each released work's matched reference span excluded from its future claims: see
     `GET /v1/works/{id}/exclusions`). The decision's verdict is re-derived and the change kept in its history

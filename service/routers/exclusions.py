@@ -6,15 +6,16 @@ Admins and analysts manage any work's; a rights holder those of its own works on
 from __future__ import annotations
 
 from dataclasses import asdict
+from typing import Annotated
 
 from fastapi import APIRouter, Depends, Path, Response
 
-from refrain.service.core import MatchService
 from refrain.service.db import ApiKey
-from refrain.service.deps import get_service, require_role
+from refrain.service.deps import ServiceDep, require_role
 from refrain.service.errors import ApiError
 from refrain.service.routers import error_responses
-from refrain.service.routers.works import WorkId, managed_work
+from refrain.service.routers.params import WorkIdPath
+from refrain.service.routers.works import managed_work
 from refrain.service.schemas import MAX_DB_INTEGER, ExclusionIn, ExclusionList, ExclusionOut
 
 __all__ = ["router"]
@@ -24,12 +25,13 @@ router = APIRouter(prefix="/v1/works/{work_id}/exclusions", tags=["exclusions"])
 #: The roles that manage exclusions; a rights holder's key only on works its principal owns.
 EXCLUSION_ROLES = ("admin", "analyst", "rights_holder")
 _OVERSEERS = ("admin", "analyst")
+#: The caller's key record, admitted with one of the :data:`EXCLUSION_ROLES`.
+ExclusionKey = Annotated[ApiKey, Depends(require_role(*EXCLUSION_ROLES))]
 
 
 @router.get("", response_model=ExclusionList, summary="A work's excluded reference spans",
             responses=error_responses(404))
-def list_exclusions(work_id: int = WorkId, service: MatchService = Depends(get_service),
-                    key: ApiKey = Depends(require_role(*EXCLUSION_ROLES))) -> ExclusionList:
+def list_exclusions(work_id: WorkIdPath, service: ServiceDep, key: ExclusionKey) -> ExclusionList:
     """In reference order: those added here, by a dispute resolved with `release_and_exclude` and by a resolved
     ownership conflict."""
     managed_work(service, key, work_id, _OVERSEERS)
@@ -38,8 +40,7 @@ def list_exclusions(work_id: int = WorkId, service: MatchService = Depends(get_s
 
 @router.post("", status_code=201, response_model=ExclusionOut, summary="Exclude a span of a work's recording",
              responses=error_responses(400, 404))
-def add_exclusion(body: ExclusionIn, work_id: int = WorkId, service: MatchService = Depends(get_service),
-                  key: ApiKey = Depends(require_role(*EXCLUSION_ROLES))) -> ExclusionOut:
+def add_exclusion(body: ExclusionIn, work_id: WorkIdPath, service: ServiceDep, key: ExclusionKey) -> ExclusionOut:
     """From now on the parts of a match aligned inside `ref_start`–`ref_end` of this work's recording are dropped
     before the policy counts anything; a match with nothing left is no claim. Decisions already stored change
     only through `refrain rescan uploads --apply`."""
@@ -55,9 +56,8 @@ def add_exclusion(body: ExclusionIn, work_id: int = WorkId, service: MatchServic
 
 @router.delete("/{exclusion_id}", status_code=204, response_class=Response, summary="Remove an exclusion",
                responses=error_responses(404))
-def delete_exclusion(work_id: int = WorkId, exclusion_id: int = Path(ge=1, le=MAX_DB_INTEGER),
-                     service: MatchService = Depends(get_service),
-                     key: ApiKey = Depends(require_role(*EXCLUSION_ROLES))) -> Response:
+def delete_exclusion(work_id: WorkIdPath, exclusion_id: Annotated[int, Path(ge=1, le=MAX_DB_INTEGER)],
+                     service: ServiceDep, key: ExclusionKey) -> Response:
     managed_work(service, key, work_id, _OVERSEERS)
     if not service.db.delete_exclusion(work_id, exclusion_id):
         raise ApiError(404, "not_found", f"work {work_id} has no exclusion {exclusion_id}")

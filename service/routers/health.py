@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends, FastAPI, Request, Response, Security
+from typing import Annotated
+
+from fastapi import APIRouter, FastAPI, Request, Response, Security
 from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from refrain.service.core import MatchService
-from refrain.service.deps import api_key_scheme, authenticate, get_service
+from refrain.service.deps import ServiceDep, api_key_scheme, authenticate
 from refrain.service.routers import error_responses
 from refrain.service.schemas import ErrorBody, Health, Readiness, ReadinessChecks
 
@@ -22,14 +24,14 @@ _bearer = HTTPBearer(auto_error=False, scheme_name="AdminBearer",
 
 @router.get("/v1/health/live", response_model=Health, summary="Liveness (no key needed)")
 @router.get("/v1/health", response_model=Health, summary="Liveness (alias of /v1/health/live)")
-def live(service: MatchService = Depends(get_service)) -> Health:
+def live(service: ServiceDep) -> Health:
     """200 as soon as the process serves; the matcher may still be warming up (see `/v1/health/ready`)."""
     return Health(status="ok", tracks=service.track_count())
 
 
 @router.get("/v1/health/ready", response_model=Readiness, summary="Readiness (no key needed)",
             responses={503: {"model": Readiness, "description": "Not ready: see `checks` and `detail`"}})
-def ready(request: Request, service: MatchService = Depends(get_service)):
+def ready(request: Request, service: ServiceDep):
     """200 once the index is open, both databases answer and the warm-up is done; 503 before (and if the
     warm-up failed: `detail` says why). Route uploads to the service only when it is ready."""
     checks = ReadinessChecks(index=service.refrain.store.directory.is_dir(), database=service.db.ping(),
@@ -46,9 +48,8 @@ def ready(request: Request, service: MatchService = Depends(get_service)):
             responses={**error_responses(), 200: {"content": {CONTENT_TYPE_LATEST: {}},
                                                   "description": "Prometheus text format"},
                        401: {"model": ErrorBody, "description": "Missing, unknown or revoked API key"}})
-def metrics(request: Request, service: MatchService = Depends(get_service),
-            key: str | None = Security(api_key_scheme),
-            bearer: HTTPAuthorizationCredentials | None = Security(_bearer)) -> Response:
+def metrics(request: Request, service: ServiceDep, key: Annotated[str | None, Security(api_key_scheme)],
+            bearer: Annotated[HTTPAuthorizationCredentials | None, Security(_bearer)]) -> Response:
     """The service's metrics in Prometheus' text format. Needs an admin key, in `X-API-Key` or as
     `Authorization: Bearer <key>`."""
     authenticate(service, key or (bearer.credentials if bearer else None), ("admin",))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from typing import Annotated
 from urllib.parse import urlsplit
 
 from fastapi import APIRouter, Depends, Path, Request
@@ -10,20 +11,16 @@ from fastapi.encoders import jsonable_encoder
 
 from refrain.service.core import MatchService
 from refrain.service.db import ApiKey
-from refrain.service.deps import require_role
+from refrain.service.deps import JobsDep, require_role
 from refrain.service.errors import ApiError
 from refrain.service.jobs import JobRunner
 from refrain.service.routers import error_responses
 from refrain.service.schemas import JobOut
 from refrain.service.uploads import receive_form
 
-__all__ = ["router", "submit_upload", "get_jobs"]
+__all__ = ["router", "submit_upload"]
 
 router = APIRouter(prefix="/v1/jobs", tags=["matches"])
-
-
-def get_jobs(request: Request) -> JobRunner:
-    return request.app.state.jobs
 
 
 def _check_callback(url: str | None, service: MatchService) -> None:
@@ -62,9 +59,9 @@ async def submit_upload(request: Request, service: MatchService, jobs: JobRunner
 
 @router.get("/{job_id}", response_model=JobOut, summary="Follow an asynchronous upload",
             responses=error_responses(404))
-def get_job(job_id: str = Path(description="The job's id (`job_…`)", max_length=100),
-            jobs: JobRunner = Depends(get_jobs),
-            key: ApiKey = Depends(require_role("uploader", "analyst", "admin"))) -> JobOut:
+def get_job(job_id: Annotated[str, Path(description="The job's id (`job_…`)", max_length=100)],
+            jobs: JobsDep,
+            key: Annotated[ApiKey, Depends(require_role("uploader", "analyst", "admin"))]) -> JobOut:
     """The job's state; once `succeeded`, its `decision_id` and `verdict` (the decision itself:
     `GET /v1/matches/{decision_id}`, analyst role); once `failed`, the error a synchronous upload
     would have got. An uploader key sees only the jobs it submitted."""

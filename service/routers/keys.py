@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends, Path
+from typing import Annotated
 
-from refrain.service.core import MatchService
+from fastapi import APIRouter, Path
+
 from refrain.service.db import ApiKey, LastAdminKeyError, PrincipalKindError
-from refrain.service.deps import get_service, require_role
+from refrain.service.deps import AdminKey, ServiceDep
 from refrain.service.errors import ApiError
 from refrain.service.routers import error_responses
 from refrain.service.schemas import KeyCreated, KeyIn, KeyList, KeyOut
@@ -22,8 +23,7 @@ def key_out(record: ApiKey) -> dict:
 
 @router.post("", status_code=201, response_model=KeyCreated, summary="Create an API key",
              responses=error_responses(400, 408, 409))
-def create_key(body: KeyIn, service: MatchService = Depends(get_service),
-               _: ApiKey = Depends(require_role("admin"))) -> KeyCreated:
+def create_key(body: KeyIn, service: ServiceDep, _: AdminKey) -> KeyCreated:
     """Make a key acting for `principal` (created if missing); the response holds the key itself,
     which is never shown again. 409 if the principal exists with a kind the role does not fit."""
     try:
@@ -35,15 +35,13 @@ def create_key(body: KeyIn, service: MatchService = Depends(get_service),
 
 @router.get("", response_model=KeyList, summary="List API keys (prefixes only)",
             responses=error_responses())
-def list_keys(service: MatchService = Depends(get_service),
-              _: ApiKey = Depends(require_role("admin"))) -> KeyList:
+def list_keys(service: ServiceDep, _: AdminKey) -> KeyList:
     return KeyList(items=[KeyOut(**key_out(k)) for k in service.db.list_keys()])
 
 
 @router.delete("/{prefix}", response_model=KeyOut, summary="Revoke an API key",
                responses=error_responses(404, 409))
-def revoke_key(prefix: str = Path(max_length=100), service: MatchService = Depends(get_service),
-               _: ApiKey = Depends(require_role("admin"))) -> KeyOut:
+def revoke_key(prefix: Annotated[str, Path(max_length=100)], service: ServiceDep, _: AdminKey) -> KeyOut:
     """Revoke a key (revoking twice is a no-op). 409 for the last live admin key: make another first."""
     try:
         record = service.db.revoke_key(prefix)

@@ -6,25 +6,25 @@ that published a derivative) grants, lists and revokes the licences of its own w
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends, Path, Query
+from typing import Annotated
+
+from fastapi import APIRouter, Query
 
 from refrain.service.core import MatchService, licence_out
 from refrain.service.db import ApiKey, utc_now
-from refrain.service.deps import get_service
+from refrain.service.deps import ServiceDep
 from refrain.service.errors import ApiError
 from refrain.service.routers import error_responses
-from refrain.service.routers.works import managed_work, require_manager
+from refrain.service.routers.params import LicenceIdPath, LimitQuery, OffsetQuery
+from refrain.service.routers.works import ManagerKey, managed_work
 from refrain.service.schemas import MAX_DB_INTEGER, LicenceIn, LicenceList, LicenceOut
 
 router = APIRouter(prefix="/v1/licences", tags=["licences"])
 
-LicenceId = Path(description="The licence's id (`lic_…`)", max_length=100)
-
 
 @router.post("", status_code=201, response_model=LicenceOut, summary="Grant a licence",
              responses=error_responses(400, 404, 408))
-def grant(body: LicenceIn, service: MatchService = Depends(get_service),
-          key: ApiKey = Depends(require_manager)) -> LicenceOut:
+def grant(body: LicenceIn, service: ServiceDep, key: ManagerKey) -> LicenceOut:
     """Grant the principal `licensee` the right to publish the listed uses of a work until
     `valid_until`: uploads made with that principal's keys may rely on it, nobody else's.
     A rights holder grants licences for its own works only (403 for another's)."""
@@ -38,10 +38,11 @@ def grant(body: LicenceIn, service: MatchService = Depends(get_service),
 
 
 @router.get("", response_model=LicenceList, summary="List licences", responses=error_responses(404))
-def list_licences(work_id: int | None = Query(None, ge=1, le=MAX_DB_INTEGER),
-                  licensee: str | None = Query(None, max_length=200, description="The licensee principal's name"),
-                  limit: int = Query(50, ge=1, le=500), offset: int = Query(0, ge=0, le=MAX_DB_INTEGER),
-                  service: MatchService = Depends(get_service), key: ApiKey = Depends(require_manager)) -> LicenceList:
+def list_licences(*, work_id: Annotated[int | None, Query(ge=1, le=MAX_DB_INTEGER)] = None,
+                  licensee: Annotated[str | None, Query(max_length=200,
+                                                        description="The licensee principal's name")] = None,
+                  limit: LimitQuery = 50, offset: OffsetQuery = 0, service: ServiceDep,
+                  key: ManagerKey) -> LicenceList:
     """Every licence (admins); a work owner names one of its works with `work_id`."""
     if key.role != "admin":
         if work_id is None:
@@ -55,16 +56,14 @@ def list_licences(work_id: int | None = Query(None, ge=1, le=MAX_DB_INTEGER),
 
 @router.get("/{licence_id}", response_model=LicenceOut, summary="Get a licence",
             responses=error_responses(404))
-def get_licence(licence_id: str = LicenceId, service: MatchService = Depends(get_service),
-                key: ApiKey = Depends(require_manager)) -> LicenceOut:
+def get_licence(licence_id: LicenceIdPath, service: ServiceDep, key: ManagerKey) -> LicenceOut:
     licence = _managed_licence(service, key, licence_id)
     return LicenceOut(**licence_out(licence, utc_now()))
 
 
 @router.delete("/{licence_id}", response_model=LicenceOut, summary="Revoke a licence",
                responses=error_responses(404))
-def revoke(licence_id: str = LicenceId, service: MatchService = Depends(get_service),
-           key: ApiKey = Depends(require_manager)) -> LicenceOut:
+def revoke(licence_id: LicenceIdPath, service: ServiceDep, key: ManagerKey) -> LicenceOut:
     """Revoke the licence from now on (the record stays, with `revoked_at`; revoking twice is a no-op)."""
     _managed_licence(service, key, licence_id)
     return LicenceOut(**licence_out(service.db.revoke_licence(licence_id), utc_now()))

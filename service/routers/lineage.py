@@ -8,32 +8,30 @@ answers the graph around a work, which the analyst page draws (`/analyst/works/{
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Annotated
 from urllib.parse import quote
 
-from fastapi import APIRouter, Depends, Path, Request
+from fastapi import APIRouter, Depends, Request
 from fastapi.responses import HTMLResponse
 from markupsafe import Markup, escape
 
 from refrain.service.core import MatchService, work_out
 from refrain.service.db import ApiKey, Work, WorkLink
-from refrain.service.deps import get_service, require_role
+from refrain.service.deps import ServiceDep, UploaderKey, require_role
 from refrain.service.errors import ApiError
 from refrain.service.routers import error_responses
 from refrain.service.routers.analyst import _page, _sign_in_page, _signed_in
-from refrain.service.routers.matches import DecisionId
+from refrain.service.routers.params import DecisionIdPath, WorkIdPath
 from refrain.service.routers.works import _get_work, policy_from_body, managed_work
-from refrain.service.schemas import MAX_DB_INTEGER, LineageLinkOut, LineageOut, PublishIn, WorkOut
+from refrain.service.schemas import LineageLinkOut, LineageOut, PublishIn, WorkOut
 
 router = APIRouter(tags=["lineage"])
-
-WorkId = Path(description="The work's id", ge=1, le=MAX_DB_INTEGER)
 
 
 @router.post("/v1/matches/{decision_id}/publish", status_code=201, response_model=WorkOut,
              summary="Publish a licensed or allowed upload as a derivative work (uploader)",
              responses=error_responses(400, 404, 408, 409))
-def publish(body: PublishIn, decision_id: str = DecisionId, service: MatchService = Depends(get_service),
-            key: ApiKey = Depends(require_role("uploader"))) -> WorkOut:
+def publish(body: PublishIn, decision_id: DecisionIdPath, service: ServiceDep, key: UploaderKey) -> WorkOut:
     """Register the upload of a stored decision whose verdict is `allowed` or `licensed` as a new work
     owned by the uploader's principal, with a parent link to every work it was matched to (kind, spans,
     time ratio, pitch shift). It enters the index from the upload's stored fingerprint: later uploads
@@ -73,8 +71,9 @@ def _link_out(link: WorkLink) -> LineageLinkOut:
 
 @router.get("/v1/works/{work_id}/lineage", response_model=LineageOut, summary="A work's ancestors and descendants",
             responses=error_responses(404))
-def get_lineage(work_id: int = WorkId, service: MatchService = Depends(get_service),
-                key: ApiKey = Depends(require_role("admin", "analyst", "rights_holder", "uploader"))) -> LineageOut:
+def get_lineage(work_id: WorkIdPath, service: ServiceDep,
+                key: Annotated[ApiKey, Depends(require_role("admin", "analyst", "rights_holder",
+                                                            "uploader"))]) -> LineageOut:
     """Every work the work derives from (ancestors) and every published derivative of it (descendants),
     with each link's evidence: the derivative's match against its parent when it was published. Admins
     and analysts see any work's lineage; a work's owner sees its own."""
@@ -171,7 +170,7 @@ def lineage_svg(found: Lineage) -> Markup:
 
 
 @router.get("/analyst/works/{work_id}/lineage", response_class=HTMLResponse, include_in_schema=False)
-def show_lineage(work_id: int, request: Request, service: MatchService = Depends(get_service)) -> HTMLResponse:
+def show_lineage(work_id: int, request: Request, service: ServiceDep) -> HTMLResponse:
     """The analyst page's drawing of a work's lineage, with each link's evidence in a table."""
     key = _signed_in(request, service)
     if key is None:

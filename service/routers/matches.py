@@ -3,24 +3,23 @@
 from __future__ import annotations
 
 from datetime import timezone
-from typing import Literal
+from typing import Annotated, Literal
 
-from fastapi import APIRouter, Depends, Header, Path, Query, Request, Response
+from fastapi import APIRouter, Header, Path, Query, Request, Response
 
 from refrain.service.core import MatchService, conflict_claims, dispute_out, with_holds
 from refrain.service.db import ApiKey
-from refrain.service.deps import get_service, require_role
+from refrain.service.deps import AnalystKey, JobsDep, ServiceDep, UploaderKey
 from refrain.service.errors import ApiError
-from refrain.service.jobs import JobRunner
 from refrain.service.routers import error_responses, multipart_body
-from refrain.service.routers.jobs import get_jobs, submit_upload
+from refrain.service.routers.jobs import submit_upload
+from refrain.service.routers.params import DecisionIdPath, LimitQuery, OffsetQuery
 from refrain.service.schemas import (MAX_DB_INTEGER, BoundedDatetime, DecisionDetail, DecisionList, DecisionOut,
                                      DecisionSummary, DisputeOut, EvidenceOut, JobOut, Verdict, VerdictChangeOut)
 from refrain.service.uploads import receive_form
 
 router = APIRouter(prefix="/v1/matches", tags=["matches"])
 
-DecisionId = Path(description="The decision's id (`dec_…`)", max_length=100)
 _MATCH_ERRORS = error_responses(400, 404, 408, 413, 415)
 REPLAYED_HEADER = "Idempotent-Replayed"
 
@@ -47,18 +46,19 @@ async def _match(request: Request, service: MatchService, key: ApiKey, store: bo
                         202: {"model": JobOut, "description": "`mode=async`: the upload is "
                                                               "queued as a job (`Location`: `/v1/jobs/{job_id}`)"}},
              openapi_extra=multipart_body("MatchUploadForm"))
-async def match_upload(request: Request, response: Response,
-                       mode: Literal["sync", "async"] = Query("sync", description="`async`: answer 202 with a "
-                                                              "job at once, decide in the background"),
-                       callback_url: str | None = Query(None, description="`mode=async`: where to POST the "
-                                                        "signed `match.completed` / `match.failed` webhook"),
-                       idempotency_key: str | None = Header(
-                           None, alias="Idempotency-Key", min_length=1, max_length=200, pattern=r"^[\x21-\x7e]+$",
+async def match_upload(*, request: Request, response: Response,
+                       mode: Annotated[Literal["sync", "async"],
+                                       Query(description="`async`: answer 202 with a job at once, decide in the "
+                                                         "background")] = "sync",
+                       callback_url: Annotated[str | None,
+                                               Query(description="`mode=async`: where to POST the signed "
+                                                                 "`match.completed` / `match.failed` webhook")] = None,
+                       idempotency_key: Annotated[str | None, Header(
+                           alias="Idempotency-Key", min_length=1, max_length=200, pattern=r"^[\x21-\x7e]+$",
                            description="Makes a retry safe: the same key (per principal) with the same bytes "
                                        "answers the decision already made, as it stands now; with other bytes, "
-                                       "409 `idempotency_key_reused`. `mode=sync` only"),
-                       service: MatchService = Depends(get_service), jobs: JobRunner = Depends(get_jobs),
-                       key: ApiKey = Depends(require_role("uploader"))) -> DecisionOut:
+                                       "409 `idempotency_key_reused`. `mode=sync` only")] = None,
+                       service: ServiceDep, jobs: JobsDep, key: UploaderKey) -> DecisionOut:
     """Match an upload against the catalogue, apply each matched work's policy and the declared
     licences, store the decision for the audit and return it.
 
@@ -77,23 +77,21 @@ async def match_upload(request: Request, response: Response,
 
 @router.post("/adhoc", response_model=DecisionOut, summary="Ad-hoc match (not stored)",
              responses=_MATCH_ERRORS, openapi_extra=multipart_body("MatchUploadForm"))
-async def match_adhoc(request: Request, service: MatchService = Depends(get_service),
-                      key: ApiKey = Depends(require_role("analyst"))) -> DecisionOut:
+async def match_adhoc(request: Request, service: ServiceDep, key: AnalystKey) -> DecisionOut:
     """The same analysis as `POST /v1/matches`, for an analyst's suspect file: nothing is stored."""
     return await _match(request, service, key, store=False)
 
 
 @router.get("", response_model=DecisionList, summary="List stored decisions",
             responses=error_responses())
-def list_decisions(work_id: int | None = Query(None, ge=1, le=MAX_DB_INTEGER,
-                                                description="Only decisions that matched this work "
-                                                "or claim it through a lineage (docs/lineage.md)"),
-                   verdict: Verdict | None = Query(None),
-                   since: BoundedDatetime | None = Query(None, description="Only decisions made at or after "
-                                                         "this instant (ISO 8601; UTC if no zone)"),
-                   limit: int = Query(50, ge=1, le=500), offset: int = Query(0, ge=0, le=MAX_DB_INTEGER),
-                   service: MatchService = Depends(get_service),
-                   _: ApiKey = Depends(require_role("analyst"))) -> DecisionList:
+def list_decisions(*, work_id: Annotated[int | None, Query(ge=1, le=MAX_DB_INTEGER,
+                                                           description="Only decisions that matched this work "
+                                                           "or claim it through a lineage (docs/lineage.md)")] = None,
+                   verdict: Annotated[Verdict | None, Query()] = None,
+                   since: Annotated[BoundedDatetime | None, Query(description="Only decisions made at or after "
+                                                                  "this instant (ISO 8601; UTC if no zone)")] = None,
+                   limit: LimitQuery = 50, offset: OffsetQuery = 0, service: ServiceDep,
+                   _: AnalystKey) -> DecisionList:
     """Newest first."""
     if since is not None and since.tzinfo is None:
         since = since.replace(tzinfo=timezone.utc)
@@ -129,8 +127,7 @@ def stored_decision(service: MatchService, decision_id: str) -> DecisionDetail:
 
 @router.get("/{decision_id}", response_model=DecisionDetail, summary="Get a stored decision with its evidence",
             responses=error_responses(404))
-def get_decision(decision_id: str = DecisionId, service: MatchService = Depends(get_service),
-                 _: ApiKey = Depends(require_role("analyst"))) -> DecisionDetail:
+def get_decision(decision_id: DecisionIdPath, service: ServiceDep, _: AnalystKey) -> DecisionDetail:
     return stored_decision(service, decision_id)
 
 
@@ -138,9 +135,8 @@ def get_decision(decision_id: str = DecisionId, service: MatchService = Depends(
             summary="Spectrogram of the upload where a track matched (PNG)",
             responses={**error_responses(404), 200: {"content": {"image/png": {}},
                                                      "description": "PNG image"}})
-def get_spectrogram(decision_id: str = DecisionId, track_id: int = Path(ge=1, le=MAX_DB_INTEGER),
-                    service: MatchService = Depends(get_service),
-                    _: ApiKey = Depends(require_role("analyst"))) -> Response:
+def get_spectrogram(decision_id: DecisionIdPath, track_id: Annotated[int, Path(ge=1, le=MAX_DB_INTEGER)],
+                    service: ServiceDep, _: AnalystKey) -> Response:
     if service.db.get_decision(decision_id) is None:
         raise ApiError(404, "not_found", f"decision {decision_id} not found")
     found = service.db.decision_evidence(decision_id).get(track_id)
@@ -160,11 +156,11 @@ AUDIO_SOURCE_HEADER = "X-Refrain-Audio-Source"
                                "`resynthesised-peaks` (the upload's audio, or a work published from an upload, is "
                                "not kept: a sine burst per fingerprint peak)",
                 "headers": {AUDIO_SOURCE_HEADER: {"schema": {"type": "string"}}}}})
-def get_audio(decision_id: str = DecisionId, track_id: int = Path(ge=1, le=MAX_DB_INTEGER),
-              side: Literal["reference", "upload"] = Query(description="`reference`: the work's recording over the "
-                                                                       "aligned region; `upload`: the upload's region"),
-              service: MatchService = Depends(get_service),
-              _: ApiKey = Depends(require_role("analyst"))) -> Response:
+def get_audio(decision_id: DecisionIdPath, track_id: Annotated[int, Path(ge=1, le=MAX_DB_INTEGER)],
+              side: Annotated[Literal["reference", "upload"],
+                              Query(description="`reference`: the work's recording over the aligned region; "
+                                                "`upload`: the upload's region")],
+              service: ServiceDep, _: AnalystKey) -> Response:
     """The region shown on the decision page (the strongest span, padded 1 s): the reference recording over the
     stretch aligned with it, or the upload's region rebuilt from its stored fingerprint peaks."""
     audio, source = service.evidence_audio(decision_id, track_id, side)

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Depends
 
-from refrain.service.core import MatchService
 from refrain.service.db import Principal, PrincipalKindError
-from refrain.service.deps import get_service, require_role
+from refrain.service.deps import ServiceDep, require_role
 from refrain.service.errors import ApiError
 from refrain.service.routers import error_responses
 from refrain.service.schemas import PrincipalIn, PrincipalList, PrincipalOut
@@ -22,7 +21,7 @@ def _out(principal: Principal) -> PrincipalOut:
 
 @router.post("", status_code=201, response_model=PrincipalOut, summary="Create a principal",
              responses=error_responses(400, 408, 409))
-def create_principal(body: PrincipalIn, service: MatchService = Depends(get_service)) -> PrincipalOut:
+def create_principal(body: PrincipalIn, service: ServiceDep) -> PrincipalOut:
     """Create a principal (an uploader organisation, a rights holder, an analyst team, an admin), e.g.
     to grant it a licence before it has keys. Creating an existing one of the same kind is a no-op;
     409 if it exists with another kind."""
@@ -33,5 +32,5 @@ def create_principal(body: PrincipalIn, service: MatchService = Depends(get_serv
 
 
 @router.get("", response_model=PrincipalList, summary="List principals", responses=error_responses())
-def list_principals(service: MatchService = Depends(get_service)) -> PrincipalList:
+def list_principals(service: ServiceDep) -> PrincipalList:
     return PrincipalList(items=[_out(p) for p in service.db.list_principals()])

@@ -6,18 +6,19 @@ import csv
 import io
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from typing import Annotated
 
 from fastapi import APIRouter, BackgroundTasks, Depends, Query, Response
 
 from refrain.policy import ConflictClaim
 from refrain.service.core import MatchService, conflict_claims, resolve_decision, with_holds
-from refrain.service.db import ApiKey, StoredDecision
-from refrain.service.deps import get_service, require_role
+from refrain.service.db import StoredDecision
+from refrain.service.deps import AnalystKey, JobsDep, ServiceDep
 from refrain.service.errors import ApiError
 from refrain.service.jobs import JobRunner
 from refrain.service.routers import error_responses
-from refrain.service.routers.jobs import get_jobs
-from refrain.service.routers.matches import DecisionId, stored_decision
+from refrain.service.routers.matches import stored_decision
+from refrain.service.routers.params import DecisionIdPath, LimitQuery, OffsetQuery
 from refrain.service.routers.webhooks import notify
 from refrain.service.schemas import (MAX_DB_INTEGER, BoundedDatetime, DecisionDetail, DecisionList, DecisionSummary,
                                      Kind, ResolutionIn, Verdict)
@@ -55,18 +56,20 @@ def _utc(moment: datetime | None) -> datetime | None:
     return moment.replace(tzinfo=timezone.utc) if moment is not None and moment.tzinfo is None else moment
 
 
-def queue_filters(verdict: Verdict | None = Query("review", description="Only decisions with this verdict "
-                                                  "(default `review`: the decisions waiting for an analyst)"),
-                  work_id: int | None = Query(None, ge=1, le=MAX_DB_INTEGER,
-                                              description="Only decisions that matched this work "
-                                              "or claim it through a lineage (docs/lineage.md)"),
-                  uploader_id: str | None = Query(None, max_length=200,
-                                                  description="Only uploads that declared this uploader_id"),
-                  kind: Kind | None = Query(None, description="Only decisions with a work matched as this kind"),
-                  since: BoundedDatetime | None = Query(None, description="Made at or after this instant "
-                                                        "(ISO 8601; UTC if no zone)"),
-                  until: BoundedDatetime | None = Query(None, description="Made before this instant "
-                                                        "(ISO 8601; UTC if no zone)")) -> QueueFilters:
+def queue_filters(verdict: Annotated[Verdict | None, Query(description="Only decisions with this verdict "
+                                                                       "(default `review`: the decisions waiting "
+                                                                       "for an analyst)")] = "review",
+                  work_id: Annotated[int | None, Query(ge=1, le=MAX_DB_INTEGER,
+                                                       description="Only decisions that matched this work "
+                                                       "or claim it through a lineage (docs/lineage.md)")] = None,
+                  uploader_id: Annotated[str | None, Query(max_length=200, description="Only uploads that declared "
+                                                                                       "this uploader_id")] = None,
+                  kind: Annotated[Kind | None, Query(description="Only decisions with a work matched as this "
+                                                                 "kind")] = None,
+                  since: Annotated[BoundedDatetime | None, Query(description="Made at or after this instant "
+                                                                 "(ISO 8601; UTC if no zone)")] = None,
+                  until: Annotated[BoundedDatetime | None, Query(description="Made before this instant (ISO 8601; "
+                                                                 "UTC if no zone)")] = None) -> QueueFilters:
     since, until = _utc(since), _utc(until)
     if since is not None and until is not None and until <= since:
         raise ApiError(422, "validation_error", "until must be after since")
@@ -76,9 +79,8 @@ def queue_filters(verdict: Verdict | None = Query("review", description="Only de
 @router.post("/matches/{decision_id}/resolution", response_model=DecisionDetail,
              summary="Resolve a stored decision (confirm, allow or release each work)",
              responses=error_responses(400, 404, 409))
-def resolve(body: ResolutionIn, tasks: BackgroundTasks, decision_id: str = DecisionId,
-            service: MatchService = Depends(get_service), jobs: JobRunner = Depends(get_jobs),
-            key: ApiKey = Depends(require_role("analyst"))) -> DecisionDetail:
+def resolve(body: ResolutionIn, tasks: BackgroundTasks, decision_id: DecisionIdPath, service: ServiceDep,
+            jobs: JobsDep, key: AnalystKey) -> DecisionDetail:
     """Confirm the block, allow the use or release the claim of each named work, with a required note.
 
     The verdict is re-derived from the works' new outcomes (a released work no longer counts;
@@ -109,9 +111,8 @@ def notify_resolution(tasks: BackgroundTasks, service: MatchService, jobs: JobRu
 
 @router.get("/reviews", response_model=DecisionList, summary="The review queue (oldest first)",
             responses=error_responses())
-def review_queue(filters: QueueFilters = Depends(queue_filters), limit: int = Query(50, ge=1, le=500),
-                 offset: int = Query(0, ge=0, le=MAX_DB_INTEGER), service: MatchService = Depends(get_service),
-                 _: ApiKey = Depends(require_role("analyst"))) -> DecisionList:
+def review_queue(*, filters: Annotated[QueueFilters, Depends(queue_filters)], limit: LimitQuery = 50,
+                 offset: OffsetQuery = 0, service: ServiceDep, _: AnalystKey) -> DecisionList:
     """Stored decisions waiting for an analyst (or any verdict asked for), oldest first, filtered and paged."""
     decisions, total = filters.query(service, limit, offset)
     items = [DecisionSummary(decision_id=d.decision_id, created_at=d.created_at, verdict=d.verdict,
@@ -148,11 +149,10 @@ def export_csv(decisions: list[StoredDecision], claims: list[ConflictClaim]) -> 
 @router.get("/reviews/export", response_class=Response, summary="CSV export of the filtered decisions",
             responses={**error_responses(), 200: {"content": {"text/csv": {}}, "description": "CSV, one line per "
                                                   "matched work with its royalty attribution"}})
-def export_reviews(filters: QueueFilters = Depends(queue_filters),
-                   limit: int = Query(MAX_EXPORT_DECISIONS, ge=1, le=MAX_EXPORT_DECISIONS,
-                                      description="Most decisions exported"),
-                   offset: int = Query(0, ge=0, le=MAX_DB_INTEGER), service: MatchService = Depends(get_service),
-                   _: ApiKey = Depends(require_role("analyst"))) -> Response:
+def export_reviews(*, filters: Annotated[QueueFilters, Depends(queue_filters)],
+                   limit: Annotated[int, Query(ge=1, le=MAX_EXPORT_DECISIONS,
+                                               description="Most decisions exported")] = MAX_EXPORT_DECISIONS,
+                   offset: OffsetQuery = 0, service: ServiceDep, _: AnalystKey) -> Response:
     """The decisions the same filters select (oldest first), one CSV line per matched work, then per lineage
     claim (`via_work_id`: the derivative it comes through), with its royalty lines (`covered_seconds`,
     `duration_share`, `royalty_share`, `share_owed`, `excluded_seconds`, and `held`: an open ownership

@@ -5,15 +5,15 @@ from __future__ import annotations
 import csv
 import io
 from datetime import datetime, timezone
-from typing import Literal
+from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, Header, Query
 from fastapi.responses import Response
 
 from refrain import policy
-from refrain.service.core import MatchService, conflict_claims, with_holds
+from refrain.service.core import conflict_claims, with_holds
 from refrain.service.db import ApiKey, StoredDecision
-from refrain.service.deps import get_service, require_role
+from refrain.service.deps import ServiceDep, require_role
 from refrain.service.errors import ApiError
 from refrain.service.routers import error_responses
 from refrain.service.schemas import BoundedDatetime, PrincipalName, RoyaltyLineOut, RoyaltyStatement
@@ -54,14 +54,17 @@ def _utc(moment: datetime | None) -> datetime | None:
             responses={**error_responses(), 200: {"content": {"text/csv": {}},
                                                   "description": "The statement (JSON), or its lines as CSV "
                                                                  "with `Accept: text/csv` or `format=csv`"}})
-def statement(holder: PrincipalName = Query(description="The rights holder, as works name it (`rights_holder`)"),
-              since: BoundedDatetime | None = Query(None, description="Decisions made at or after (ISO 8601; UTC "
-                                                                      "if no zone)"),
-              until: BoundedDatetime | None = Query(None, description="Decisions made before"),
-              format: Literal["json", "csv"] | None = Query(None, description="`csv`: as `Accept: text/csv`"),
-              accept: str | None = Header(None),
-              service: MatchService = Depends(get_service),
-              key: ApiKey = Depends(require_role("admin", "analyst", "rights_holder", "uploader"))) -> Response:
+def statement(*, holder: Annotated[PrincipalName, Query(description="The rights holder, as works name it "
+                                                                    "(`rights_holder`)")],
+              since: Annotated[BoundedDatetime | None, Query(description="Decisions made at or after (ISO 8601; UTC "
+                                                                         "if no zone)")] = None,
+              until: Annotated[BoundedDatetime | None, Query(description="Decisions made before")] = None,
+              format: Annotated[Literal["json", "csv"] | None,
+                                Query(description="`csv`: as `Accept: text/csv`")] = None,
+              accept: Annotated[str | None, Header()] = None,
+              service: ServiceDep,
+              key: Annotated[ApiKey, Depends(require_role("admin", "analyst", "rights_holder",
+                                                          "uploader"))]) -> Response:
     """Sum the shares owed to `holder` by the stored decisions of `[since, until)` that let an upload
     be published (`allowed`, `licensed`): the shares of its matched works and of its works reached
     through a matched derivative's lineage. A share is a fraction of one upload's revenue; a line an open

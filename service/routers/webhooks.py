@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from typing import Annotated
+
 from fastapi import APIRouter, Depends, Path, Response
 
-from refrain.service.core import MatchService
-from refrain.service.deps import get_service, require_role
+from refrain.service.deps import ServiceDep, require_role
 from refrain.service.errors import ApiError
 from refrain.service.routers import error_responses
 from refrain.service.schemas import WebhookIn, WebhookList, WebhookOut
@@ -22,7 +23,7 @@ def _out(hook) -> WebhookOut:
 
 @router.post("", status_code=201, response_model=WebhookOut, summary="Register a webhook",
              responses=error_responses(400))
-def create_webhook(body: WebhookIn, service: MatchService = Depends(get_service)) -> WebhookOut:
+def create_webhook(body: WebhookIn, service: ServiceDep) -> WebhookOut:
     """Each event of `events` is POSTed to `url` as JSON signed with `secret` (`X-Refrain-Signature`),
     retried on failure; every attempt is kept in the delivery log."""
     return _out(service.db.add_webhook(body.url, sorted(set(body.events)), body.secret))
@@ -30,13 +31,13 @@ def create_webhook(body: WebhookIn, service: MatchService = Depends(get_service)
 
 @router.get("", response_model=WebhookList, summary="List webhooks (without their secrets)",
             responses=error_responses())
-def list_webhooks(service: MatchService = Depends(get_service)) -> WebhookList:
+def list_webhooks(service: ServiceDep) -> WebhookList:
     return WebhookList(items=[_out(hook) for hook in service.db.list_webhooks()])
 
 
 @router.delete("/{webhook_id}", status_code=204, response_class=Response, summary="Remove a webhook",
                responses=error_responses(404))
-def delete_webhook(webhook_id: str = Path(max_length=100), service: MatchService = Depends(get_service)) -> Response:
+def delete_webhook(webhook_id: Annotated[str, Path(max_length=100)], service: ServiceDep) -> Response:
     if not service.db.delete_webhook(webhook_id):
         raise ApiError(404, "not_found", f"webhook {webhook_id} not found")
     return Response(status_code=204)

@@ -7,31 +7,35 @@ manage those only; an uploader principal manages the derivatives it published
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends, Path, Query, Request, Response, Security
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Query, Request, Response, Security
 
 from refrain import policy
 from refrain.policy.lineage import derivative_policy_problem
 from refrain.service.core import MatchService, derivative_floor_of, policy_out, work_out
 from refrain.service.db import ApiKey, Work
-from refrain.service.deps import api_key_scheme, authenticate, get_service, require_role
+from refrain.service.deps import AdminKey, ServiceDep, api_key_scheme, authenticate, require_role
 from refrain.service.errors import ApiError
 from refrain.service.routers import error_responses, multipart_body
-from refrain.service.schemas import MAX_DB_INTEGER, PolicyBody, PolicyOut, PrincipalName, WorkList, WorkOut
+from refrain.service.routers.params import LimitQuery, OffsetQuery, WorkIdPath
+from refrain.service.schemas import PolicyBody, PolicyOut, PrincipalName, WorkList, WorkOut
 from refrain.service.uploads import receive_form
 
 router = APIRouter(prefix="/v1/works", tags=["works"])
 
-WorkId = Path(description="The work's id", ge=1, le=MAX_DB_INTEGER)
 
-
-def require_manager(key: str | None = Security(api_key_scheme),
-                    service: MatchService = Depends(get_service)) -> ApiKey:
+def require_manager(key: Annotated[str | None, Security(api_key_scheme)], service: ServiceDep) -> ApiKey:
     """Admins, rights holders, and uploaders whose principal owns published derivatives (401/403 otherwise)."""
     record = authenticate(service, key, ("admin", "rights_holder", "uploader"))
     if record.role == "uploader" and not service.db.works_owned_by(record.principal_id, 1, 0)[1]:
         raise ApiError(403, "forbidden", "this operation needs the admin or rights_holder role, or an uploader "
                                          "principal that published a derivative; this key has the uploader role")
     return record
+
+
+#: The caller's key record, admitted by :func:`require_manager`.
+ManagerKey = Annotated[ApiKey, Depends(require_manager)]
 
 
 def managed_work(service: MatchService, key: ApiKey, work_id: int, overseers: tuple[str, ...] = ("admin",)) -> Work:
@@ -62,8 +66,8 @@ def policy_from_body(body: PolicyBody) -> policy.Policy:
 @router.post("", status_code=201, response_model=WorkOut, summary="Upload a reference recording (admin, rights holder)",
              responses=error_responses(400, 408, 409, 413, 415),
              openapi_extra=multipart_body("WorkUploadForm"))
-async def create_work(request: Request, service: MatchService = Depends(get_service),
-                      key: ApiKey = Depends(require_role("admin", "rights_holder"))) -> WorkOut:
+async def create_work(request: Request, service: ServiceDep,
+                      key: Annotated[ApiKey, Depends(require_role("admin", "rights_holder"))]) -> WorkOut:
     """Ingest a reference recording into the index and register it as a work.
 
     The body is `multipart/form-data` (schema `WorkUploadForm`), streamed: an upload over
@@ -82,8 +86,8 @@ async def create_work(request: Request, service: MatchService = Depends(get_serv
 
 
 @router.get("", response_model=WorkList, summary="List works (a rights holder: its own)", responses=error_responses())
-def list_works(limit: int = Query(50, ge=1, le=500), offset: int = Query(0, ge=0, le=MAX_DB_INTEGER),
-               service: MatchService = Depends(get_service), key: ApiKey = Depends(require_manager)) -> WorkList:
+def list_works(*, limit: LimitQuery = 50, offset: OffsetQuery = 0, service: ServiceDep,
+               key: ManagerKey) -> WorkList:
     works, total = (service.db.list_works(limit, offset) if key.role == "admin"
                     else service.db.works_owned_by(key.principal_id, limit, offset))
     policies = service.db.effective_policies([w.work_id for w in works])
@@ -105,15 +109,14 @@ def _default_policy_owner(service: MatchService, key: ApiKey, principal: str | N
     return found
 
 
-DefaultPolicyPrincipal = Query(None, description="Admins only: the rights holder meant (default: the key's own "
-                                                 "principal)")
+DefaultPolicyPrincipal = Annotated[PrincipalName | None, Query(description="Admins only: the rights holder meant "
+                                                                           "(default: the key's own principal)")]
 
 
 @router.get("/default-policy", response_model=PolicyOut, summary="Get a rights holder's default policy",
             responses=error_responses(404))
-def get_default_policy(principal: PrincipalName | None = DefaultPolicyPrincipal,
-                       service: MatchService = Depends(get_service),
-                       key: ApiKey = Depends(require_role("rights_holder", "admin"))) -> PolicyOut:
+def get_default_policy(*, principal: DefaultPolicyPrincipal = None, service: ServiceDep,
+                       key: Annotated[ApiKey, Depends(require_role("rights_holder", "admin"))]) -> PolicyOut:
     """The policy applied to every work of the rights holder that has no policy of its own."""
     owner = _default_policy_owner(service, key, principal)
     return PolicyOut(**policy_out(service.db.principal_policy(owner.principal_id)))
@@ -121,9 +124,8 @@ def get_default_policy(principal: PrincipalName | None = DefaultPolicyPrincipal,
 
 @router.put("/default-policy", response_model=PolicyOut, summary="Set a rights holder's default policy",
             responses=error_responses(400, 404, 408))
-def put_default_policy(body: PolicyBody, principal: PrincipalName | None = DefaultPolicyPrincipal,
-                       service: MatchService = Depends(get_service),
-                       key: ApiKey = Depends(require_role("rights_holder", "admin"))) -> PolicyOut:
+def put_default_policy(*, body: PolicyBody, principal: DefaultPolicyPrincipal = None, service: ServiceDep,
+                       key: Annotated[ApiKey, Depends(require_role("rights_holder", "admin"))]) -> PolicyOut:
     """Consent given once: the policy for every work of the rights holder without a policy of its own,
     now and later registered (a work's own policy still wins)."""
     owner = _default_policy_owner(service, key, principal)
@@ -133,16 +135,14 @@ def put_default_policy(body: PolicyBody, principal: PrincipalName | None = Defau
 
 
 @router.get("/{work_id}", response_model=WorkOut, summary="Get a work", responses=error_responses(404))
-def get_work(work_id: int = WorkId, service: MatchService = Depends(get_service),
-             key: ApiKey = Depends(require_manager)) -> WorkOut:
+def get_work(work_id: WorkIdPath, service: ServiceDep, key: ManagerKey) -> WorkOut:
     work = managed_work(service, key, work_id)
     return WorkOut(**work_out(work, service.db.effective_policies([work_id]).get(work_id)))
 
 
 @router.delete("/{work_id}", status_code=204, response_class=Response,
                summary="Delete a work (admin; removes it from the index)", responses=error_responses(404))
-def delete_work(work_id: int = WorkId, service: MatchService = Depends(get_service),
-                _: ApiKey = Depends(require_role("admin"))) -> Response:
+def delete_work(work_id: WorkIdPath, service: ServiceDep, _: AdminKey) -> Response:
     """Take the recording out of the index; stored decisions that matched it are kept for the audit."""
     service.delete_work(work_id)
     return Response(status_code=204)
@@ -150,8 +150,7 @@ def delete_work(work_id: int = WorkId, service: MatchService = Depends(get_servi
 
 @router.get("/{work_id}/policy", response_model=PolicyOut, summary="Get a work's policy",
             responses=error_responses(404))
-def get_policy(work_id: int = WorkId, service: MatchService = Depends(get_service),
-               key: ApiKey = Depends(require_manager)) -> PolicyOut:
+def get_policy(work_id: WorkIdPath, service: ServiceDep, key: ManagerKey) -> PolicyOut:
     """The policy in force: the work's own, else its rights holder's default, else the default (`is_default`)."""
     managed_work(service, key, work_id)
     return PolicyOut(**policy_out(service.db.effective_policies([work_id]).get(work_id)))
@@ -159,8 +158,7 @@ def get_policy(work_id: int = WorkId, service: MatchService = Depends(get_servic
 
 @router.put("/{work_id}/policy", response_model=PolicyOut, summary="Set a work's AI-use policy",
             responses=error_responses(400, 404, 408))
-def put_policy(body: PolicyBody, work_id: int = WorkId, service: MatchService = Depends(get_service),
-               key: ApiKey = Depends(require_manager)) -> PolicyOut:
+def put_policy(body: PolicyBody, work_id: WorkIdPath, service: ServiceDep, key: ManagerKey) -> PolicyOut:
     """Replace the work's policy: an action for copies, remixes and covers, the royalty share, and the
     conditions under which a short match is allowed or reviewed instead. A published derivative's
     policy may not be more permissive than its parents allow (422, docs/lineage.md)."""
