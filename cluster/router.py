@@ -144,6 +144,10 @@ class ClusterRefrain:
         ready = self.catalog.ready_tracks()
         return [ready[track_id] for track_id in sorted(ready)]
 
+    def track_count(self) -> int:
+        """How many recordings are matchable (counted by the catalogue, not listed)."""
+        return self.catalog.totals()[0]
+
     # -- catalogue writes ----------------------------------------------------------------------
 
     def _require_writable(self) -> None:

@@ -23,7 +23,7 @@ from refrain.cluster.counts import CountTable, TierCounts
 from refrain.fingerprint import Fingerprint
 from refrain.index import Track
 from refrain.index.landmarks import LandmarkIndex
-from refrain.matcher import Catalogue, Match, MatchParams, match
+from refrain.matcher import Catalogue, Match, MatchParams, TrackDurations, match
 
 __all__ = ["ShardAnswer", "CatalogueWideCounts", "shard_match", "open_shard", "open_count_table",
            "directory_signature"]
@@ -123,7 +123,7 @@ class _ShardView:
 
     refrain: Refrain
     ready: dict[int, Track]
-    durations: dict[int, float]
+    durations: TrackDurations
     landmarks: dict[str, LandmarkIndex]
     entries: dict[str, int]
 
@@ -132,7 +132,7 @@ class _ShardView:
         refrain = Refrain.open(directory, mmap=True)
         ready = {t.track_id: t for t in refrain.tracks()}
         landmarks = {name: tier for name, tier in refrain.store.tiers.items() if isinstance(tier, LandmarkIndex)}
-        return cls(refrain, ready, {t: track.duration for t, track in ready.items()}, landmarks,
+        return cls(refrain, ready, TrackDurations(*refrain.store.catalog.ready_durations()), landmarks,
                    {name: tier.ntotal for name, tier in landmarks.items()})
 
 

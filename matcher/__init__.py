@@ -9,7 +9,7 @@ from refrain.matcher.melody import MelodyTier
 from refrain.matcher.pair import PairTier
 from refrain.matcher.peaks import PeaksTier
 from refrain.matcher.triplet import TripletTier
-from refrain.matcher.types import KINDS, Calibration, Catalogue, Match, Query, Span, Tier
+from refrain.matcher.types import KINDS, Calibration, Catalogue, Match, Query, Span, Tier, TrackDurations
 
 __all__ = ["KINDS", "Calibration", "Catalogue", "Match", "MatchParams", "MelodyTier", "PairTier", "PeaksTier",
-           "Query", "Span", "Tier", "TripletTier", "match"]
+           "Query", "Span", "Tier", "TrackDurations", "TripletTier", "match"]

@@ -36,7 +36,7 @@ Three stages:
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from typing import AbstractSet, ClassVar
+from typing import AbstractSet, ClassVar, Collection
 
 import numpy as np
 import scipy.fft
@@ -44,7 +44,7 @@ import scipy.fft
 from refrain.fingerprint.melody import (PITCH_CLASSES, MelodyParams, centred_unit_rows, resample_chroma,
                                         segment_descriptors, segment_starts)
 from refrain.index.melody import MelodyIndex
-from refrain.matcher.types import Calibration, Catalogue, Match, Query, Span
+from refrain.matcher.types import Calibration, Catalogue, Match, Query, Span, held_among
 
 __all__ = ["MelodyTier", "CoverVerdict", "cover_candidates", "offset_votes", "prescreen", "shortlist",
            "tempo_grid", "verify_cover", "verify_candidates", "compress_chroma", "match_covers"]
@@ -192,10 +192,9 @@ class MelodyTier:
         melody_params = catalogue.fingerprint_params.melody
         if self.name not in catalogue.tiers or melody_params is None:
             return []
-        allowed = None if catalogue.track_durations is None else set(catalogue.track_durations)
         return match_covers(query.fingerprint.melody, catalogue.tiers[self.name], self,
                             melody_params.chroma_seconds(catalogue.fingerprint_params.frame_seconds),
-                            query.fingerprint.duration, allowed, skip, catalogue.size)
+                            query.fingerprint.duration, catalogue.track_durations, skip, catalogue.size)
 
 
 @dataclass(frozen=True)
@@ -242,7 +241,7 @@ class CoverVerdict:
 
 
 def cover_candidates(query_chroma: np.ndarray, index: MelodyIndex, params: MelodyTier,
-                     allowed: set[int] | None = None) -> list[tuple[int, float, tuple[float, ...]]]:
+                     allowed: Collection[int] | None = None) -> list[tuple[int, float, tuple[float, ...]]]:
     """Catalogue tracks whose segments resemble the query's *in the same order*, best first.
 
     Parameters
@@ -251,8 +250,9 @@ def cover_candidates(query_chroma: np.ndarray, index: MelodyIndex, params: Melod
         The query's chroma sequence.
     index : MelodyIndex
     params : MelodyTier
-    allowed : set of int, optional
-        Reportable track ids; hits on others are ignored.
+    allowed : collection of int, optional
+        Reportable track ids (a :class:`~matcher.types.TrackDurations` in a large
+        catalogue); hits on others are ignored.
 
     Returns
     -------
@@ -272,9 +272,7 @@ def cover_candidates(query_chroma: np.ndarray, index: MelodyIndex, params: Melod
     similarity, tracks, segments = index.search(np.concatenate(descriptors), params.segment_neighbours,
                                                 params.nprobe)
     if allowed is not None and len(tracks):
-        reportable = np.zeros(max(max(allowed, default=0), int(tracks.max())) + 1, dtype=bool)
-        reportable[list(allowed)] = True
-        tracks = np.where(reportable[tracks] & (tracks >= 0), tracks, -1)
+        tracks = np.where((tracks >= 0) & held_among(allowed, tracks), tracks, -1)
     votes: dict[int, list[tuple[float, float]]] = {}
     first = 0
     for ratio, ratio_starts in zip(params.tempo_hypotheses, starts):
@@ -383,7 +381,7 @@ def prescreen(query_chroma: np.ndarray, candidates: list[tuple[int, float, tuple
 
 
 def shortlist(query_chroma: np.ndarray, index: MelodyIndex, params: MelodyTier,
-              allowed: set[int] | None = None,
+              allowed: Collection[int] | None = None,
               skip: AbstractSet[int] = frozenset()) -> list[tuple[int, float, tuple[float, ...]]]:
     """The tracks :func:`match_covers` verifies: :func:`cover_candidates` other than ``skip``,
     then :func:`prescreen`."""
@@ -556,7 +554,7 @@ def _background(same_shift: np.ndarray, line: int, last: int, n_positions: int, 
 
 
 def match_covers(query_chroma: np.ndarray | None, index: MelodyIndex, params: MelodyTier,
-                 chroma_seconds: float, query_duration: float, allowed: set[int] | None = None,
+                 chroma_seconds: float, query_duration: float, allowed: Collection[int] | None = None,
                  skip: AbstractSet[int] = frozenset(), catalogue_tracks: int | None = None) -> list[Match]:
     """Every catalogue composition the query re-performs, as ``kind="cover"`` matches.
 
@@ -570,8 +568,8 @@ def match_covers(query_chroma: np.ndarray | None, index: MelodyIndex, params: Me
         Duration of one chroma frame.
     query_duration : float
         Seconds of query (the chance of a similarity grows with it).
-    allowed : set of int, optional
-        Reportable track ids (None: all).
+    allowed : collection of int, optional
+        Reportable track ids (None: all), as for :func:`cover_candidates`.
     skip : set of int
         Tracks already matched by the landmark tiers: a copy or derivative of the
         recording is reported as such, not as a cover, and is not verified again.
@@ -596,7 +594,7 @@ def match_covers(query_chroma: np.ndarray | None, index: MelodyIndex, params: Me
 
 
 def verify_candidates(query_chroma: np.ndarray, index: MelodyIndex, params: MelodyTier,
-                      allowed: set[int] | None = None,
+                      allowed: Collection[int] | None = None,
                       skip: AbstractSet[int] = frozenset()) -> list[tuple[int, CoverVerdict]]:
     """The full verification of every :func:`shortlist` track, whatever its similarity.
 

@@ -16,8 +16,8 @@ import numpy as np
 from refrain.index.landmarks import LandmarkIndex
 from refrain.matcher.landmarks import LandmarkTierParams, landmark_matches
 from refrain.matcher.types import Alignment, Calibration, Catalogue, Match, Query, ShortQueryTail
-from refrain.matcher.voting import (best_cells_per_track, lookup_in_store_order, strongest_first, vote_order,
-                                    weighted_codes)
+from refrain.matcher.voting import (best_cells_per_track, dense_track_numbers, lookup_in_store_order,
+                                    strongest_first, vote_order, weighted_codes)
 
 __all__ = ["PairTier", "PairVotes", "PairHits", "group_pair_hits", "pair_hits", "pair_cells", "pair_votes_on",
            "pair_alignments_of_hits"]
@@ -159,8 +159,14 @@ def group_pair_hits(code_ids: np.ndarray, code_weights: np.ndarray, code_frames:
     batches = list(zip(starts.tolist(), np.append(starts[1:], len(code_ids)).tolist()))
     first_track, counts = 0, np.zeros(0, np.int64)
     lowest, highest = 1 << 62, -(1 << 62)
+    numbered: np.ndarray | None = None
     for start, stop in batches:
         found = lookup(start, stop)
+        if len(batches) == 1:
+            # The counts below are indexed by track over the hits' range of ids: spread over a large
+            # catalogue (a restricted lookup's candidates among millions of tracks), the hits'
+            # tracks are numbered first and the ids given back at the end.
+            numbered, found = _numbered_if_spread(found, payload_bits)
         low_track, batch_counts, low, high = _count_by_track(code_frames[start:stop], *found, payload_bits)
         first_track, counts = _add_counts(first_track, counts, int(low_track), batch_counts)
         lowest, highest = min(lowest, int(low)), max(highest, int(high))
@@ -177,8 +183,23 @@ def group_pair_hits(code_ids: np.ndarray, code_weights: np.ndarray, code_frames:
     for number, (start, stop) in enumerate(batches):
         _place_by_track(code_frames[start:stop], start, *(found if number == len(batches) - 1 else lookup(start, stop)),
                         payload_bits, first_track, place, hits, offset_bits, lowest)
-    return PairHits(code_ids, code_weights, code_frames, with_hits + first_track, bounds, hits, offset_bits, lowest,
-                    highest)
+    tracks = with_hits + first_track
+    return PairHits(code_ids, code_weights, code_frames, tracks if numbered is None else numbered[tracks], bounds,
+                    hits, offset_bits, lowest, highest)
+
+
+def _numbered_if_spread(found: tuple[np.ndarray, np.ndarray, np.ndarray], payload_bits: int
+                        ) -> tuple[np.ndarray | None, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """A lookup's hits with each track id replaced by its number among the hits' tracks
+    (:func:`matcher.voting.dense_track_numbers`) when their ids span more than the hits do;
+    the tracks by number (None when the ids are kept)."""
+    first_hit, hits_per_code, labels = found
+    if not len(labels) or (int(labels.max()) >> payload_bits) - (int(labels.min()) >> payload_bits) \
+            < 4 * len(labels) + 65536:
+        return None, found
+    numbers, tracks = dense_track_numbers(labels >> payload_bits)
+    return tracks, (first_hit, hits_per_code,
+                    (numbers.astype(np.int64) << payload_bits) | (labels & ((1 << payload_bits) - 1)))
 
 
 def _add_counts(first_track: int, counts: np.ndarray, low_track: int, more: np.ndarray) -> tuple[int, np.ndarray]:

@@ -23,7 +23,7 @@ from refrain.fingerprint.hashes import TRIPLET_MAX_SPAN, hash_triplets, query_tr
 from refrain.index.landmarks import LandmarkIndex
 from refrain.matcher.landmarks import LandmarkTierParams, landmark_matches
 from refrain.matcher.types import Alignment, Calibration, Catalogue, Match, Query
-from refrain.matcher.voting import best_cells_per_track, strongest_first, weighted_lookup
+from refrain.matcher.voting import best_cells_per_track, dense_track_numbers, strongest_first, weighted_lookup
 
 __all__ = ["TripletTier"]
 
@@ -156,11 +156,14 @@ def triplet_alignments(fp: Fingerprint, tier: LandmarkIndex, params: TripletTier
     if len(track_ids) == 0:
         return []
     # Only the strongest tracks' hits go on to the per-cell search below, sorted by
-    # (track, cell) as best_cells_per_track needs them, with their geometry.
-    track_ids, cells, hit_weights, ratio, pitch, query_ids, ref_frames = _contenders_in_vote_order(
-        track_ids, cells, hit_codes, hit_positions, code_weights,
-        _strongest_tracks(track_ids, cells, code_weights[hit_codes], params), labels, tier.payload_bits,
+    # (track, cell) as best_cells_per_track needs them, with their geometry. Both steps index
+    # arrays by track: by the tracks' numbers among those with hits, not by their ids.
+    numbers, tracks_with_hits = dense_track_numbers(track_ids)
+    numbers, cells, hit_weights, ratio, pitch, query_ids, ref_frames = _contenders_in_vote_order(
+        numbers, cells, hit_codes, hit_positions, code_weights,
+        _strongest_tracks(numbers, cells, code_weights[hit_codes], params), labels, tier.payload_bits,
         code_rows, triplets.dt_13, triplets.anchor_positions, ratios)
+    track_ids = tracks_with_hits[numbers]
     query_frames = triplets.anchor_frames[query_ids].astype(np.int64)
 
     alignments = []
@@ -292,11 +295,12 @@ def _contenders_in_vote_order(track_ids, cells, hit_codes, hit_positions, code_w
     Parameters
     ----------
     track_ids, cells, hit_codes, hit_positions : np.ndarray of int32
-        The plausible hits (:func:`_plausible_hits`).
+        The plausible hits (:func:`_plausible_hits`), their tracks as numbers among those
+        with hits (:func:`matcher.voting.dense_track_numbers`).
     code_weights : np.ndarray of float64
         Each looked-up code's weight.
     strongest : np.ndarray of int64
-        The tracks kept.
+        The tracks kept (numbers, as ``track_ids``).
     labels, payload_bits, code_rows, dt_13, anchor_positions, ratios
         As for :func:`_plausible_hits`.
 
@@ -364,9 +368,11 @@ def _strongest_tracks(track_ids: np.ndarray, cells: np.ndarray, weights: np.ndar
 def _best_neighbourhood_per_track(track_ids, cells, weights, dense_grid_cells=_DENSE_GRID_CELLS):
     """Each track's heaviest 3 x 3 (ratio, pitch) neighbourhood centred on a cell with votes.
 
-    Every track's votes lie on one small grid of the query's (ratio, pitch) cells with
-    a border of one cell all round. When all tracks' grids together hold at most
-    ``dense_grid_cells`` cells (a catalogue of up to about a thousand tracks), the votes
+    ``track_ids`` are the tracks' numbers among those with hits (:func:`matcher.voting.dense_track_numbers`):
+    the arrays below follow the tracks with hits, not the catalogue's largest id. Every
+    track's votes lie on one small grid of the query's (ratio, pitch) cells with a border
+    of one cell all round. When all tracks' grids together hold at most
+    ``dense_grid_cells`` cells (up to about a thousand tracks with hits), the votes
     are laid on them in one pass and each grid's cells scanned once: the hits are
     walked once, not bucketed by track first. Otherwise the hits' cells and weights are
     bucketed by track (a counting sort, keeping their order) and each track's laid on

@@ -9,14 +9,14 @@ runs them in order, each skipping the tracks an earlier one found.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import AbstractSet, Any, ClassVar, Iterable, Mapping, Protocol, TypedDict
+from typing import AbstractSet, Any, ClassVar, Collection, Iterable, Iterator, Mapping, Protocol, TypedDict
 
 import numpy as np
 
 from refrain.fingerprint import Fingerprint, FingerprintParams
 
-__all__ = ["KINDS", "Span", "Match", "Alignment", "Calibration", "ShortQueryTail", "Query", "Catalogue", "Tier",
-           "match_field", "covered_seconds"]
+__all__ = ["KINDS", "Span", "Match", "Alignment", "Calibration", "ShortQueryTail", "Query", "TrackDurations",
+           "held_among", "Catalogue", "Tier", "match_field", "covered_seconds"]
 
 #: How an upload uses a catalogue work; ``cover`` comes from the melody tier.
 KINDS = ("copy", "excerpt", "speed_changed", "pitch_shifted", "time_stretched", "mixed", "cover")
@@ -246,6 +246,77 @@ class Query:
     candidates: Mapping[str, np.ndarray] = field(default_factory=dict)
 
 
+class TrackDurations(Mapping[int, float]):
+    """The reportable tracks and their durations, held as two sorted arrays.
+
+    A query asks the catalogue about the tracks it found, never walks all of them. At a
+    label's 3 million recordings, a set built from a dict of every track cost each
+    query window ~75 ms (``docs/scale.md``, step 13); here a question costs a binary
+    search, and the table 16 bytes a track instead of a dict entry and a float object.
+
+    Parameters
+    ----------
+    track_ids : np.ndarray of int
+        Distinct track ids, in any order.
+    durations : np.ndarray of float
+        Each track's duration in seconds.
+    """
+
+    __slots__ = ("_ids", "_durations")
+
+    def __init__(self, track_ids: np.ndarray, durations: np.ndarray):
+        ids, seconds = np.asarray(track_ids, np.int64), np.asarray(durations, np.float64)
+        if ids.shape != seconds.shape or ids.ndim != 1:
+            raise ValueError("track_ids and durations must be 1-D arrays of one length")
+        order = np.argsort(ids, kind="stable")
+        self._ids, self._durations = ids[order], seconds[order]
+        if len(ids) and bool(np.any(self._ids[1:] == self._ids[:-1])):
+            raise ValueError("track ids must be distinct")
+
+    def _position(self, track_id: int) -> int:
+        """Where ``track_id`` is in the table, or -1."""
+        at = int(np.searchsorted(self._ids, track_id))
+        return at if at < len(self._ids) and self._ids[at] == track_id else -1
+
+    def __getitem__(self, track_id: int) -> float:
+        at = self._position(track_id)
+        if at < 0:
+            raise KeyError(track_id)
+        return float(self._durations[at])
+
+    def __contains__(self, track_id: object) -> bool:
+        return isinstance(track_id, (int, np.integer)) and self._position(int(track_id)) >= 0
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self._ids.tolist())
+
+    def __len__(self) -> int:
+        return len(self._ids)
+
+    def holds(self, track_ids: np.ndarray) -> np.ndarray:
+        """Whether each of ``track_ids`` is in the table (bool array of the same shape)."""
+        track_ids = np.asarray(track_ids, np.int64)
+        if not len(self._ids):
+            return np.zeros(track_ids.shape, bool)
+        at = np.minimum(np.searchsorted(self._ids, track_ids), len(self._ids) - 1)
+        return self._ids[at] == track_ids
+
+
+def held_among(tracks: Collection[int] | None, track_ids: np.ndarray) -> np.ndarray:
+    """Whether each of ``track_ids`` is one of ``tracks`` (None: all are), as a bool array of their shape.
+
+    The work follows ``track_ids``, not ``tracks``: a :class:`TrackDurations` table answers
+    in one vectorised search, any other collection is asked about each distinct id once.
+    """
+    track_ids = np.asarray(track_ids, np.int64)
+    if tracks is None:
+        return np.ones(track_ids.shape, bool)
+    if isinstance(tracks, TrackDurations):
+        return tracks.holds(track_ids)
+    distinct, where = np.unique(track_ids, return_inverse=True)
+    return np.array([int(t) in tracks for t in distinct.tolist()], bool)[where].reshape(track_ids.shape)
+
+
 @dataclass(frozen=True)
 class Catalogue:
     """What the tiers search.
@@ -260,6 +331,8 @@ class Catalogue:
     track_durations : mapping of int to float, or None
         Reportable tracks and their durations in seconds (to tell an excerpt from a
         whole copy); hits on other tracks are ignored. None: every track, no excerpts.
+        A large catalogue's is a :class:`TrackDurations`: a query asks it about the tracks
+        it found and never walks it.
     total_tracks : int or None
         Tracks of the whole catalogue when these tiers hold one shard of it (a cluster,
         :mod:`refrain.cluster`): chance agreement scales with the whole catalogue, so a
@@ -273,6 +346,10 @@ class Catalogue:
 
     def reportable(self, track_id: int) -> bool:
         return self.track_durations is None or track_id in self.track_durations
+
+    def reportable_among(self, track_ids: np.ndarray) -> np.ndarray:
+        """:meth:`reportable` of each of ``track_ids`` (:func:`held_among`)."""
+        return held_among(self.track_durations, track_ids)
 
     @property
     def size(self) -> int | None:

@@ -10,7 +10,7 @@ from refrain.matcher.landmarks import LandmarkTierParams
 
 __all__ = ["rarity_weights", "equal_runs", "counts_in_store_order", "strongest_first", "weighted_codes",
            "lookup_in_store_order", "weighted_lookup", "vote_keys", "split_vote_keys", "vote_order",
-           "best_cells_per_track", "strongest_tracks", "neighbourhood_sums"]
+           "best_cells_per_track", "strongest_tracks", "neighbourhood_sums", "dense_track_numbers"]
 
 
 def rarity_weights(entries_per_code: np.ndarray, entries_in_tier: int, params: LandmarkTierParams) -> np.ndarray:
@@ -413,3 +413,99 @@ def neighbourhood_sums(keys, weights, deltas):
         elif summed[i] > best[tracks - 1]:
             best[tracks - 1] = summed[i]
     return values, summed, first[:tracks], best[:tracks]
+
+
+@numba.njit(cache=True, nogil=True)
+def dense_track_numbers(track_ids):
+    """The tracks of ``track_ids`` numbered 0, 1, ... in increasing order of id, so that
+    arrays indexed by track follow the tracks with hits, not the catalogue's largest id.
+
+    A table over the ids' range is used while that range costs no more than the hits (any
+    catalogue of up to tens of thousands of tracks); beyond, a hash table of the hits' size:
+    a window's hits on 64 candidates among 3 million tracks would otherwise size arrays of
+    3 million entries, several times per window.
+
+    Parameters
+    ----------
+    track_ids : np.ndarray of int32 or int64
+        Non-negative.
+
+    Returns
+    -------
+    numbers : np.ndarray of int32
+        Each one's number.
+    tracks : np.ndarray of int64
+        The distinct track ids, increasing: ``tracks[numbers]`` gives ``track_ids`` back.
+    """
+    n = len(track_ids)
+    numbers = np.empty(n, np.int32)
+    if n == 0:
+        return numbers, np.zeros(0, np.int64)
+    lowest, highest = np.int64(track_ids.min()), np.int64(track_ids.max())
+    if highest - lowest < 4 * n + 65536:
+        number_of = np.zeros(highest - lowest + 1, np.int32)
+        for track in track_ids:
+            number_of[track - lowest] = 1
+        count = np.int32(0)
+        for at in range(len(number_of)):
+            seen = number_of[at]
+            number_of[at] = count
+            count += seen
+        tracks = np.empty(count, np.int64)
+        for i in range(n):
+            numbers[i] = number_of[track_ids[i] - lowest]
+            tracks[numbers[i]] = track_ids[i]
+        return numbers, tracks
+    # Open addressing by the high bits of a multiplicative hash, at most half full; a slot
+    # holds a track id + 1, 0 when empty. The table doubles when it would pass half full, and
+    # the walk over the hits resumes there (growing it inside the walk made each probe 4x slower).
+    bits, held, walked = 10, 0, 0
+    keys = np.zeros(1 << bits, np.int64)
+    while True:
+        held, walked = _insert_keys(keys, bits, track_ids, walked, held)
+        if walked == n:
+            break
+        bits += 1
+        keys = _rehashed(keys, bits)
+    tracks = np.sort(keys[keys != 0]) - 1
+    number_in_slot = np.zeros(len(keys), np.int32)
+    for slot in range(len(keys)):
+        if keys[slot] != 0:
+            number_in_slot[slot] = np.searchsorted(tracks, keys[slot] - 1)
+    for i in range(n):
+        numbers[i] = number_in_slot[_hash_slot(keys, np.int64(track_ids[i]) + 1, bits)]
+    return numbers, tracks
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _hash_slot(keys, key, bits):
+    """The slot of ``key`` in a :func:`dense_track_numbers` table of ``2 ** bits`` slots, or the
+    empty slot where it would go."""
+    slot = np.int64((np.uint64(key) * np.uint64(0x9E3779B97F4A7C15)) >> np.uint64(64 - bits))
+    while keys[slot] != 0 and keys[slot] != key:
+        slot = (slot + 1) & ((np.int64(1) << bits) - 1)
+    return slot
+
+
+@numba.njit(cache=True, nogil=True)
+def _insert_keys(keys, bits, track_ids, first, held):
+    """Insert ``track_ids[first:]`` (+ 1) until the table would pass half full: (keys held, hits walked)."""
+    for i in range(first, len(track_ids)):
+        key = np.int64(track_ids[i]) + 1
+        slot = _hash_slot(keys, key, bits)
+        if keys[slot] == 0:
+            if 2 * (held + 1) > len(keys):
+                return held, i
+            keys[slot] = key
+            held += 1
+    return held, len(track_ids)
+
+
+@numba.njit(cache=True, nogil=True)
+def _rehashed(keys, bits):
+    """The keys of a :func:`dense_track_numbers` table in a new one of ``2 ** bits`` slots."""
+    grown = np.zeros(np.int64(1) << bits, np.int64)
+    for key in keys:
+        if key != 0:
+            grown[_hash_slot(grown, key, bits)] = key
+    return grown

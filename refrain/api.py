@@ -22,7 +22,7 @@ from refrain.fingerprint.decode import stream_audio
 from refrain.fingerprint.peaks import Peaks
 from refrain.fingerprint.pipeline import fingerprint_peaks, fingerprint_windows
 from refrain.index import IndexStore, Track, TrackMetadata
-from refrain.matcher import Catalogue, Match, match
+from refrain.matcher import Catalogue, Match, TrackDurations, match
 from refrain.matcher.match import match_windows, upload_window_frames
 from refrain.matcher.proposals import DOUBLE_TIER, QUAD_TIER
 from refrain.matcher.types import match_field
@@ -360,7 +360,6 @@ class Refrain:
     def __init__(self, store: IndexStore, config: Config):
         self.store = store
         self.config = config
-        self._ready: dict[int, Track] | None = None
         self._catalogue: Catalogue | None = None
 
     @classmethod
@@ -386,19 +385,17 @@ class Refrain:
         """The fingerprint settings of this index (queries use them too)."""
         return self.store.fingerprint_params
 
-    def _ready_tracks(self) -> dict[int, Track]:
-        if self._ready is None:
-            self._ready = self.store.catalog.ready_tracks()
-            self._catalogue = None
-        return self._ready
-
     def _searched_catalogue(self) -> Catalogue:
-        """What the matcher searches: built once per catalogue change, not per query."""
-        ready = self._ready_tracks()
-        if self._catalogue is None:
-            self._catalogue = Catalogue(self.store.tiers, self.params,
-                                        {t: track.duration for t, track in ready.items()})
-        return self._catalogue
+        """What the matcher searches: built once per catalogue change, not per query.
+
+        Its reportable tracks are two arrays (:class:`matcher.types.TrackDurations`), read
+        from the catalogue without a Python object per track.
+        """
+        catalogue = self._catalogue
+        if catalogue is None:
+            catalogue = self._catalogue = Catalogue(self.store.tiers, self.params,
+                                                    TrackDurations(*self.store.catalog.ready_durations()))
+        return catalogue
 
     # -- catalogue writes ----------------------------------------------------------------
 
@@ -451,15 +448,17 @@ class Refrain:
                 if replaced is not None:
                     self.store.remove_track(replaced.track_id)
                 track_id = self.store.add_track(source, digest, outcome, metadata)
-                self._ready = None
+                self._catalogue = None
                 added_since_commit += 1
                 if added_since_commit >= self.config.commit_every:
                     self.store.commit()
+                    self._catalogue = None  # the committed tracks are matchable now
                     added_since_commit = 0
                 yield IngestResult(source, "updated" if replaced else "added", track_id,
                                    outcome.duration, len(outcome))
         finally:
             self.store.commit()
+            self._catalogue = None
 
     def _fingerprint_all(self, todo: list[tuple[str, str]], jobs: int):
         """Yield (source, digest, Fingerprint or the input error) as each file finishes."""
@@ -523,18 +522,22 @@ class Refrain:
             track_id = self.store.add_track(source, content_hash, fp, metadata)
         finally:
             self.store.commit()
-            self._ready = None
+            self._catalogue = None
         return IngestResult(source, "updated" if replaced else "added", track_id, fp.duration, len(fp))
 
     def tracks(self) -> list[Track]:
         """The matchable catalogue recordings, by track id."""
-        ready = self._ready_tracks()
+        ready = self.store.catalog.ready_tracks()
         return [ready[track_id] for track_id in sorted(ready)]
+
+    def track_count(self) -> int:
+        """How many recordings are matchable (counted by the catalogue, not listed)."""
+        return self.store.catalog.totals()[0]
 
     def remove(self, track_id: int) -> Track:
         """Remove a track (takedown or consent withdrawn); raises KeyError for an unknown id."""
         track = self.store.remove_track(track_id)
-        self._ready = None
+        self._catalogue = None
         return track
 
     # -- queries ---------------------------------------------------------------------------
@@ -621,7 +624,9 @@ class Refrain:
     def _reported(self, found: list[Match], seconds: float,
                   name: str) -> tuple[QueryResult, dict[int, np.ndarray]]:
         """The matches with their tracks' metadata, and the aligned points behind each."""
-        ready = self._ready_tracks()
+        # A track removed while the query ran is no longer reported.
+        ready = self.store.catalog.tracks_by_id(m.track_id for m in found)
+        found = [m for m in found if m.track_id in ready]
         matches = [TrackMatch(**{f.name: getattr(m, f.name) for f in fields(Match)},
                               source=ready[m.track_id].source, title=ready[m.track_id].title,
                               artist=ready[m.track_id].artist, isrc=ready[m.track_id].isrc) for m in found]

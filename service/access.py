@@ -107,7 +107,7 @@ class SharedIndex:
         before = directory_signature(self.directory)
         refrain = Refrain.open(self.directory, config=self.config, mmap=True)
         try:
-            tracks = len(refrain.tracks())  # the ready tracks read now, beside the files they describe
+            tracks = refrain.track_count()  # the ready tracks read now, beside the files they describe
         except BaseException:
             refrain.close()
             raise
@@ -217,7 +217,7 @@ class ClusterAccess:
         self.refrain = ClusterRefrain.open(directory, config=config, writable=True, deadline_seconds=deadline_seconds)
         self.params = self.refrain.params
         self.lock = ReadWriteLock()
-        self._tracks = len(self.refrain.tracks())
+        self._tracks = self.refrain.track_count()
 
     @property
     def current(self) -> ClusterRefrain:
@@ -237,7 +237,7 @@ class ClusterAccess:
             try:
                 yield self.refrain
             finally:
-                self._tracks = len(self.refrain.tracks())
+                self._tracks = self.refrain.track_count()
 
     def close(self) -> None:
         with self.lock.write():
