@@ -21,7 +21,6 @@ import numpy as np
 from refrain.api import Refrain, TrackMatch
 from refrain.cluster.counts import CountTable, TierCounts
 from refrain.fingerprint import Fingerprint
-from refrain.index import Track
 from refrain.index.landmarks import LandmarkIndex
 from refrain.matcher import Catalogue, Match, MatchParams, TrackDurations, match
 
@@ -122,7 +121,6 @@ class _ShardView:
     """A shard opened for matching, with what every query reads of it prepared once per opening."""
 
     refrain: Refrain
-    ready: dict[int, Track]
     durations: TrackDurations
     landmarks: dict[str, LandmarkIndex]
     entries: dict[str, int]
@@ -130,9 +128,8 @@ class _ShardView:
     @classmethod
     def open(cls, directory: str) -> "_ShardView":
         refrain = Refrain.open(directory, mmap=True)
-        ready = {t.track_id: t for t in refrain.tracks()}
         landmarks = {name: tier for name, tier in refrain.store.tiers.items() if isinstance(tier, LandmarkIndex)}
-        return cls(refrain, ready, TrackDurations(*refrain.store.catalog.ready_durations()), landmarks,
+        return cls(refrain, TrackDurations(*refrain.store.catalog.ready_durations()), landmarks,
                    {name: tier.ntotal for name, tier in landmarks.items()})
 
 
@@ -179,9 +176,10 @@ def shard_match(directory: str, shard_id: int, counts_path: str, fp: Fingerprint
     catalogue = Catalogue(tiers, shard.refrain.params, shard.durations, total_tracks=table.total_tracks)
     timings: dict[str, float] = {}
     found = match(fp, catalogue, params, timings=timings)
-    ready = shard.ready
+    # The matched tracks' metadata only: the view holds no record per track.
+    ready = shard.refrain.store.catalog.tracks_by_id(m.track_id for m in found)
     matches = [TrackMatch(**{f.name: getattr(m, f.name) for f in fields(Match)}, source=ready[m.track_id].source,
                           title=ready[m.track_id].title, artist=ready[m.track_id].artist,
-                          isrc=ready[m.track_id].isrc) for m in found]
-    return ShardAnswer(matches, timings, table.describes(shard_id, len(ready), shard.entries),
+                          isrc=ready[m.track_id].isrc) for m in found if m.track_id in ready]
+    return ShardAnswer(matches, timings, table.describes(shard_id, len(shard.durations), shard.entries),
                        time.perf_counter() - started)
