@@ -17,9 +17,8 @@ from refrain.service.db import ApiKey
 from refrain.service.errors import ApiError
 from refrain.service.jobs import JobRunner
 from refrain.service.observability import annotate
-from refrain.service.settings import ServiceSettings
 
-__all__ = ["API_KEY_HEADER", "api_key_scheme", "get_settings", "get_service", "get_jobs", "require_role",
+__all__ = ["API_KEY_HEADER", "api_key_scheme", "get_service", "get_jobs", "require_role", "admin_only",
            "authenticate", "ServiceDep", "JobsDep", "AdminKey", "AnalystKey", "UploaderKey"]
 
 API_KEY_HEADER = "X-API-Key"
@@ -30,10 +29,6 @@ api_key_scheme = APIKeyHeader(
                 "Roles: `uploader` (POST /v1/matches), `analyst` (decisions, evidence, ad-hoc "
                 "matches), `admin` (works, policies, licences, keys), `rights_holder` (its own works, their "
                 "policies and licences, its default policy, its royalty statement).")
-
-
-def get_settings(request: Request) -> ServiceSettings:
-    return request.app.state.settings
 
 
 def get_service(request: Request) -> MatchService:
@@ -75,7 +70,11 @@ def require_role(*roles: str) -> Callable[..., ApiKey]:
     return dependency
 
 
+#: The admin role's dependency, one object: a router that requires it for every route and a route that also
+#: takes the key (``AdminKey``) authenticate once per request (FastAPI caches a dependency per request).
+admin_only = require_role("admin")
+
 #: The caller's key record, admitted with this role only (401 without a live key, 403 with another role).
-AdminKey = Annotated[ApiKey, Depends(require_role("admin"))]
+AdminKey = Annotated[ApiKey, Depends(admin_only)]
 AnalystKey = Annotated[ApiKey, Depends(require_role("analyst"))]
 UploaderKey = Annotated[ApiKey, Depends(require_role("uploader"))]

@@ -32,16 +32,16 @@ EARLIEST_YEAR, LATEST_YEAR = 1970, 9998
 
 
 def _within_calendar(moment: datetime) -> datetime:
-    """The instant if it is between 1970 and 9998 once in UTC (it is stored and compared in UTC)."""
-    naive_utc = moment.replace(tzinfo=timezone.utc) if moment.tzinfo is None else moment
-    if not EARLIEST_YEAR <= naive_utc.year <= LATEST_YEAR:
+    """The instant, in UTC when it has no zone, if it is between 1970 and 9998 (it is stored and compared in UTC)."""
+    aware = moment.replace(tzinfo=timezone.utc) if moment.tzinfo is None else moment
+    if not EARLIEST_YEAR <= aware.year <= LATEST_YEAR:
         raise ValueError(f"the date must be between {EARLIEST_YEAR} and {LATEST_YEAR}")
-    return moment
+    return aware
 
 
 #: A datetime with a time zone, within the years the service stores.
 BoundedAwareDatetime = Annotated[AwareDatetime, AfterValidator(_within_calendar)]
-#: A datetime (UTC when it has no zone), within the years the service stores.
+#: A datetime within the years the service stores, read as UTC when it has no zone (always aware once validated).
 BoundedDatetime = Annotated[datetime, AfterValidator(_within_calendar)]
 DbId = Annotated[int, Field(ge=1, le=MAX_DB_INTEGER)]
 

@@ -8,7 +8,7 @@ from typing import Annotated
 from fastapi import APIRouter, BackgroundTasks, Depends, Path, Query
 
 from refrain.service.core import close_conflict, conflict_claims, with_holds
-from refrain.service.deps import AdminKey, JobsDep, ServiceDep, require_role
+from refrain.service.deps import AdminKey, JobsDep, ServiceDep, admin_only
 from refrain.service.routers import error_responses
 from refrain.service.routers.params import LimitQuery, OffsetQuery
 from refrain.service.schemas import MAX_DB_INTEGER, ConflictList, ConflictOut, ConflictResolutionIn
@@ -17,7 +17,7 @@ from refrain.service.webhooks import notify
 #: Most decisions a ``conflict.resolved`` notification names (those whose royalties the conflict held).
 MAX_NOTIFIED_DECISIONS = 10_000
 
-router = APIRouter(prefix="/v1/conflicts", tags=["conflicts (admin)"], dependencies=[Depends(require_role("admin"))])
+router = APIRouter(prefix="/v1/conflicts", tags=["conflicts (admin)"], dependencies=[Depends(admin_only)])
 
 
 @router.get("", response_model=ConflictList, summary="The conflict queue (oldest first)",

@@ -16,7 +16,6 @@ from refrain.service.deps import AnalystKey, JobsDep, ServiceDep, UploaderKey, r
 from refrain.service.jobs import JobRunner
 from refrain.service.routers import error_responses
 from refrain.service.routers.params import DecisionIdPath, DisputeIdPath, LimitQuery, OffsetQuery
-from refrain.service.routers.reviews import _utc
 from refrain.service.errors import ApiError
 from refrain.service.schemas import (MAX_DB_INTEGER, BoundedDatetime, DisputeIn, DisputeList, DisputeOut,
                                      DisputeReason, DisputeResolutionIn)
@@ -71,7 +70,6 @@ def list_disputes(*, status: Annotated[Literal["open", "resolved", "all"],
                   key: Annotated[ApiKey, Depends(require_role("analyst", "rights_holder"))]) -> DisputeList:
     """Analysts see every dispute; a rights holder those disputing a claim of one of its works (directly matched
     or an ancestor attributed through a lineage), with the same filters."""
-    since, until = _utc(since), _utc(until)
     if since is not None and until is not None and until <= since:
         raise ApiError(422, "validation_error", "until must be after since")
     disputes, total = service.db.list_disputes(status, reason, work_id, since, until, limit, offset,

@@ -22,7 +22,7 @@ from refrain.service.errors import ApiError
 from refrain.service.routers import error_responses
 from refrain.service.routers.analyst import _page, _sign_in_page, _signed_in
 from refrain.service.routers.params import DecisionIdPath, WorkIdPath
-from refrain.service.routers.works import _get_work, policy_from_body, managed_work
+from refrain.service.routers.works import existing_work, policy_from_body, managed_work
 from refrain.service.schemas import LineageLinkOut, LineageOut, PublishIn, WorkOut
 
 router = APIRouter(tags=["lineage"])
@@ -54,7 +54,7 @@ class Lineage:
 
 
 def lineage_of(service: MatchService, work_id: int) -> Lineage:
-    work = _get_work(service, work_id)
+    work = existing_work(service, work_id)
     up, down = service.db.ancestor_links([work_id]), service.db.descendant_links([work_id])
     ancestors = service.db.works_by_id(sorted({link.parent_work_id for link in up}))
     descendants = service.db.works_by_id(sorted({link.work_id for link in down}))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from datetime import timezone
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Header, Path, Query, Request, Response
@@ -93,8 +92,6 @@ def list_decisions(*, work_id: Annotated[int | None, Query(ge=1, le=MAX_DB_INTEG
                    limit: LimitQuery = 50, offset: OffsetQuery = 0, service: ServiceDep,
                    _: AnalystKey) -> DecisionList:
     """Newest first."""
-    if since is not None and since.tzinfo is None:
-        since = since.replace(tzinfo=timezone.utc)
     decisions, total = service.db.list_decisions(work_id, verdict, since, limit, offset)
     items = [DecisionSummary(decision_id=d.decision_id, created_at=d.created_at, verdict=d.verdict,
                              filename=d.body["filename"], uploader_id=d.body["uploader_id"],

@@ -5,13 +5,13 @@ from __future__ import annotations
 from fastapi import APIRouter, Depends
 
 from refrain.service.db import Principal, PrincipalKindError
-from refrain.service.deps import ServiceDep, require_role
+from refrain.service.deps import ServiceDep, admin_only
 from refrain.service.errors import ApiError
 from refrain.service.routers import error_responses
 from refrain.service.schemas import PrincipalIn, PrincipalList, PrincipalOut
 
 router = APIRouter(prefix="/v1/principals", tags=["principals (admin)"],
-                   dependencies=[Depends(require_role("admin"))])
+                   dependencies=[Depends(admin_only)])
 
 
 def _out(principal: Principal) -> PrincipalOut:

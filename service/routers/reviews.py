@@ -5,7 +5,7 @@ from __future__ import annotations
 import csv
 import io
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime
 from typing import Annotated
 
 from fastapi import APIRouter, BackgroundTasks, Depends, Query, Response
@@ -52,10 +52,6 @@ class QueueFilters:
                                          uploader_id=self.uploader_id, kind=self.kind, oldest_first=True)
 
 
-def _utc(moment: datetime | None) -> datetime | None:
-    return moment.replace(tzinfo=timezone.utc) if moment is not None and moment.tzinfo is None else moment
-
-
 def queue_filters(verdict: Annotated[Verdict | None, Query(description="Only decisions with this verdict "
                                                                        "(default `review`: the decisions waiting "
                                                                        "for an analyst)")] = "review",
@@ -70,7 +66,6 @@ def queue_filters(verdict: Annotated[Verdict | None, Query(description="Only dec
                                                                  "(ISO 8601; UTC if no zone)")] = None,
                   until: Annotated[BoundedDatetime | None, Query(description="Made before this instant (ISO 8601; "
                                                                  "UTC if no zone)")] = None) -> QueueFilters:
-    since, until = _utc(since), _utc(until)
     if since is not None and until is not None and until <= since:
         raise ApiError(422, "validation_error", "until must be after since")
     return QueueFilters(verdict, work_id, uploader_id, kind, since, until)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import io
-from datetime import datetime, timezone
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, Header, Query
@@ -46,10 +45,6 @@ def royalty_lines(decisions: list[StoredDecision], holder: str,
     return lines
 
 
-def _utc(moment: datetime | None) -> datetime | None:
-    return moment.replace(tzinfo=timezone.utc) if moment is not None and moment.tzinfo is None else moment
-
-
 @router.get("", response_model=RoyaltyStatement, summary="A rights holder's royalty statement for a period",
             responses={**error_responses(), 200: {"content": {"text/csv": {}},
                                                   "description": "The statement (JSON), or its lines as CSV "
@@ -73,7 +68,6 @@ def statement(*, holder: Annotated[PrincipalName, Query(description="The rights 
     if key.role not in ("admin", "analyst") and holder != key.principal:
         raise ApiError(403, "forbidden", f"a rights holder reads its own statement ({key.principal!r}), "
                                          f"not {holder!r}'s")
-    since, until = _utc(since), _utc(until)
     if since is not None and until is not None and until <= since:
         raise ApiError(422, "validation_error", "until must be after since")
     lines = royalty_lines(service.db.decisions_owing(since, until), holder,

@@ -6,7 +6,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Path, Response
 
-from refrain.service.deps import ServiceDep, require_role
+from refrain.service.deps import ServiceDep, admin_only
 from refrain.service.errors import ApiError
 from refrain.service.routers import error_responses
 from refrain.service.schemas import WebhookIn, WebhookList, WebhookOut
@@ -14,7 +14,7 @@ from refrain.service.webhooks import notify
 
 __all__ = ["router", "notify"]
 
-router = APIRouter(prefix="/v1/webhooks", tags=["webhooks (admin)"], dependencies=[Depends(require_role("admin"))])
+router = APIRouter(prefix="/v1/webhooks", tags=["webhooks (admin)"], dependencies=[Depends(admin_only)])
 
 
 def _out(hook) -> WebhookOut:

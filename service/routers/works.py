@@ -41,14 +41,15 @@ ManagerKey = Annotated[ApiKey, Depends(require_manager)]
 def managed_work(service: MatchService, key: ApiKey, work_id: int, overseers: tuple[str, ...] = ("admin",)) -> Work:
     """The work if the key may manage it: 404 if unknown, 403 if it belongs to another principal (keys of the
     ``overseers`` roles manage every work)."""
-    work = _get_work(service, work_id)
+    work = existing_work(service, work_id)
     if key.role not in overseers and work.owner_principal_id != key.principal_id:
         raise ApiError(403, "forbidden", f"work {work_id} belongs to another rights holder than {key.principal!r}: "
                                          "only its owner or an admin may manage it")
     return work
 
 
-def _get_work(service: MatchService, work_id: int):
+def existing_work(service: MatchService, work_id: int) -> Work:
+    """The work with this id; 404 if there is none."""
     work = service.db.get_work(work_id)
     if work is None:
         raise ApiError(404, "not_found", f"work {work_id} not found")
