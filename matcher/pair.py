@@ -16,7 +16,7 @@ import numpy as np
 from refrain.index.landmarks import LandmarkIndex
 from refrain.matcher.landmarks import LandmarkTierParams, landmark_matches
 from refrain.matcher.types import Alignment, Calibration, Catalogue, Match, Query, ShortQueryTail
-from refrain.matcher.voting import (best_cells_per_track, dense_track_numbers, lookup_in_store_order,
+from refrain.matcher.voting import (best_cells_per_track, dense_track_numbers, ids_spread, lookup_in_store_order,
                                     strongest_first, vote_order, weighted_codes)
 
 __all__ = ["PairTier", "PairVotes", "PairHits", "group_pair_hits", "pair_hits", "pair_cells", "pair_votes_on",
@@ -194,8 +194,8 @@ def _numbered_if_spread(found: tuple[np.ndarray, np.ndarray, np.ndarray], payloa
     (:func:`matcher.voting.dense_track_numbers`) when their ids span more than the hits do;
     the tracks by number (None when the ids are kept)."""
     first_hit, hits_per_code, labels = found
-    if not len(labels) or (int(labels.max()) >> payload_bits) - (int(labels.min()) >> payload_bits) \
-            < 4 * len(labels) + 65536:
+    if not len(labels) or not ids_spread(int(labels.min()) >> payload_bits, int(labels.max()) >> payload_bits,
+                                         len(labels)):
         return None, found
     numbers, tracks = dense_track_numbers(labels >> payload_bits)
     return tracks, (first_hit, hits_per_code,

@@ -10,7 +10,7 @@ from refrain.matcher.landmarks import LandmarkTierParams
 
 __all__ = ["rarity_weights", "equal_runs", "counts_in_store_order", "strongest_first", "weighted_codes",
            "lookup_in_store_order", "weighted_lookup", "vote_keys", "split_vote_keys", "vote_order",
-           "best_cells_per_track", "strongest_tracks", "neighbourhood_sums", "dense_track_numbers"]
+           "best_cells_per_track", "strongest_tracks", "neighbourhood_sums", "ids_spread", "dense_track_numbers"]
 
 
 def rarity_weights(entries_per_code: np.ndarray, entries_in_tier: int, params: LandmarkTierParams) -> np.ndarray:
@@ -416,6 +416,13 @@ def neighbourhood_sums(keys, weights, deltas):
 
 
 @numba.njit(cache=True, nogil=True)
+def ids_spread(lowest, highest, count):
+    """Whether ids within ``[lowest, highest]`` are too spread for a table over their range to cost no
+    more than ``count`` items (as in any catalogue of up to tens of thousands of tracks it does not)."""
+    return highest - lowest >= 4 * count + 65536
+
+
+@numba.njit(cache=True, nogil=True)
 def dense_track_numbers(track_ids):
     """The tracks of ``track_ids`` numbered 0, 1, ... in increasing order of id, so that
     arrays indexed by track follow the tracks with hits, not the catalogue's largest id.
@@ -442,7 +449,7 @@ def dense_track_numbers(track_ids):
     if n == 0:
         return numbers, np.zeros(0, np.int64)
     lowest, highest = np.int64(track_ids.min()), np.int64(track_ids.max())
-    if highest - lowest < 4 * n + 65536:
+    if not ids_spread(lowest, highest, n):
         number_of = np.zeros(highest - lowest + 1, np.int32)
         for track in track_ids:
             number_of[track - lowest] = 1
