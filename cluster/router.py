@@ -144,6 +144,10 @@ class ClusterRefrain:
         ready = self.catalog.ready_tracks()
         return [ready[track_id] for track_id in sorted(ready)]
 
+    def track(self, track_id: int) -> Track | None:
+        """The matchable recording with this cluster-wide id, or None."""
+        return self.catalog.get(track_id)
+
     def track_count(self) -> int:
         """How many recordings are matchable (counted by the catalogue, not listed)."""
         return self.catalog.totals()[0]

@@ -530,6 +530,10 @@ class Refrain:
         ready = self.store.catalog.ready_tracks()
         return [ready[track_id] for track_id in sorted(ready)]
 
+    def track(self, track_id: int) -> Track | None:
+        """The matchable recording with this id, or None."""
+        return self.store.catalog.get(track_id)
+
     def track_count(self) -> int:
         """How many recordings are matchable (counted by the catalogue, not listed)."""
         return self.store.catalog.totals()[0]

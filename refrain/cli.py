@@ -323,10 +323,10 @@ def cmd_tracks_list(args) -> int:
 
 def cmd_tracks_show(args) -> int:
     with _open_catalogue(args, mmap=True) as refrain:
-        found = [track for track in refrain.tracks() if track.track_id == args.track_id]
-    if not found:
+        track = refrain.track(args.track_id)
+    if track is None:
         raise CliError(f"no track with id {args.track_id} in {_catalogue_name(args)}")
-    record = dataclasses.asdict(found[0])
+    record = dataclasses.asdict(track)
     if args.json:
         print(json.dumps(record))
     else:

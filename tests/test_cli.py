@@ -264,3 +264,19 @@ def test_upgrade_brings_an_old_index_up_to_date_once(pre_mix_index, run_refrain)
     missing = run_refrain("upgrade", "--index", pre_mix_index / "nowhere")
     assert missing.returncode == 3 and "no Refrain index here" in missing.stderr
     assert_clean_errors(missing.stderr)
+
+
+def test_tracks_list_and_show_one_record(cli_index, run_refrain):
+    index = cli_index[0]
+    listed = run_refrain("tracks", "list", "--index", index, "--json")
+    assert listed.returncode == 0, listed.stderr
+    records = [json.loads(line) for line in listed.stdout.splitlines()]
+    assert len(records) == 3 and [r["track_id"] for r in records] == sorted(r["track_id"] for r in records)
+    assert run_refrain("tracks", "list", "--index", index).stderr == "3 tracks\n"
+    shown = run_refrain("tracks", "show", "--index", index, records[1]["track_id"], "--json")
+    assert shown.returncode == 0, shown.stderr
+    assert json.loads(shown.stdout) == records[1]
+    text = run_refrain("tracks", "show", "--index", index, records[1]["track_id"])
+    assert re.search(rf"^source\s+{re.escape(records[1]['source'])}$", text.stdout, re.M), text.stdout
+    missing = run_refrain("tracks", "show", "--index", index, 9999)
+    assert missing.returncode == 1 and missing.stderr == f"error: no track with id 9999 in {index}\n"

@@ -364,6 +364,11 @@ def test_cli_matches_a_cluster_as_an_index(cluster_and_index, songs, capsys):
     assert json.loads(capsys.readouterr().out) == expected and expected["matches"]
     assert cli.main(["info", "--cluster", str(directory)]) == 0
     assert f"tracks     {len(songs)}" in capsys.readouterr().out
+    assert cli.main(["tracks", "list", "--cluster", str(directory), "--json"]) == 0
+    listed = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert len(listed) == len(songs)
+    assert cli.main(["tracks", "show", "--cluster", str(directory), "--json", str(listed[-1]["track_id"])]) == 0
+    assert json.loads(capsys.readouterr().out) == listed[-1]
 
 
 def test_a_catalogue_rescan_of_a_cluster_finds_what_one_index_finds(cluster_and_index, tmp_path, capsys):
