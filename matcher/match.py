@@ -243,7 +243,7 @@ def _candidates(fp: Fingerprint, catalogue: Catalogue, params: MatchParams) -> d
         return {}
 
     def reportable(proposed: np.ndarray) -> np.ndarray:
-        return np.sort([t for t in proposed.tolist() if catalogue.reportable(t)]).astype(np.int64)
+        return np.sort(proposed[catalogue.reportable_among(proposed)]).astype(np.int64)
 
     found = {}
     derivatives = next((tier for tier in params.tiers if isinstance(tier, TripletTier)), None)

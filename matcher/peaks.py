@@ -249,9 +249,7 @@ def _candidates(hits: PairHits, params: PeaksTier, catalogue: Catalogue,
     # The heaviest cells (weight of a (track, offset) plus its two neighbouring offsets) of
     # the tracks that may be candidates: enough that ``wanted`` survive the per-track limit
     # and the neighbour rule. (No early return without hits: a warm-up query compiles the kernel.)
-    durations = catalogue.track_durations
-    searched = np.array([track_id not in skip and (durations is None or track_id in durations)
-                         for track_id in hits.tracks.tolist()], dtype=bool)
+    searched = catalogue.reportable_among(hits.tracks) & ~np.isin(hits.tracks, np.fromiter(skip, np.int64, len(skip)))
     cell_tracks, cell_offsets, summed = pair_cells(hits, _OFFSET_NEIGHBOURS, searched, 8 * wanted, params.min_votes)
     chosen: list[tuple[int, int]] = []
     taken: dict[int, list[int]] = {}
