@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 import threading
 import time
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -22,7 +22,7 @@ from refrain.api import Refrain, TrackMatch
 from refrain.cluster.counts import CountTable, TierCounts
 from refrain.fingerprint import Fingerprint
 from refrain.index.landmarks import LandmarkIndex
-from refrain.matcher import Catalogue, Match, MatchParams, TrackDurations, match
+from refrain.matcher import Catalogue, MatchParams, TrackDurations, match
 
 __all__ = ["ShardAnswer", "CatalogueWideCounts", "shard_match", "open_shard", "open_count_table",
            "directory_signature"]
@@ -176,10 +176,5 @@ def shard_match(directory: str, shard_id: int, counts_path: str, fp: Fingerprint
     catalogue = Catalogue(tiers, shard.refrain.params, shard.durations, total_tracks=table.total_tracks)
     timings: dict[str, float] = {}
     found = match(fp, catalogue, params, timings=timings)
-    # The matched tracks' metadata only: the view holds no record per track.
-    ready = shard.refrain.store.catalog.tracks_by_id(m.track_id for m in found)
-    matches = [TrackMatch(**{f.name: getattr(m, f.name) for f in fields(Match)}, source=ready[m.track_id].source,
-                          title=ready[m.track_id].title, artist=ready[m.track_id].artist,
-                          isrc=ready[m.track_id].isrc) for m in found if m.track_id in ready]
-    return ShardAnswer(matches, timings, table.describes(shard_id, len(shard.durations), shard.entries),
-                       time.perf_counter() - started)
+    return ShardAnswer(shard.refrain.with_metadata(found), timings,
+                       table.describes(shard_id, len(shard.durations), shard.entries), time.perf_counter() - started)

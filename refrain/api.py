@@ -625,17 +625,22 @@ class Refrain:
         clock.add_to(stages)
         return StreamedMatch(result, points, windows)
 
+    def with_metadata(self, found: list[Match]) -> list[TrackMatch]:
+        """The matches with their tracks' catalogue metadata, read for those tracks only.
+
+        A match on a track removed while the query ran is left out.
+        """
+        ready = self.store.catalog.tracks_by_id(m.track_id for m in found)
+        return [TrackMatch(**{f.name: getattr(m, f.name) for f in fields(Match)}, source=ready[m.track_id].source,
+                           title=ready[m.track_id].title, artist=ready[m.track_id].artist,
+                           isrc=ready[m.track_id].isrc) for m in found if m.track_id in ready]
+
     def _reported(self, found: list[Match], seconds: float,
                   name: str) -> tuple[QueryResult, dict[int, np.ndarray]]:
         """The matches with their tracks' metadata, and the aligned points behind each."""
-        # A track removed while the query ran is no longer reported.
-        ready = self.store.catalog.tracks_by_id(m.track_id for m in found)
-        found = [m for m in found if m.track_id in ready]
-        matches = [TrackMatch(**{f.name: getattr(m, f.name) for f in fields(Match)},
-                              source=ready[m.track_id].source, title=ready[m.track_id].title,
-                              artist=ready[m.track_id].artist, isrc=ready[m.track_id].isrc) for m in found]
+        matches = self.with_metadata(found)
         result = QueryResult(query=name, duration=round(seconds, 3), matches=matches)
-        return result, {m.track_id: m.points for m in found}
+        return result, {m.track_id: m.points for m in matches}
 
     def upgrade_index(self) -> list[str]:
         """Bring an index built by an earlier Refrain to the current layout, in place.
