@@ -36,9 +36,11 @@ from refrain.fingerprint import Fingerprint, FingerprintParams
 from refrain.fingerprint.hashes import double_landmarks, hash_quads, query_quads, unpack_quad_payload
 from refrain.index.landmarks import LandmarkIndex, stable_order
 from refrain.matcher.triplet import TripletTier
-from refrain.matcher.voting import counts_in_store_order, lookup_in_store_order, strongest_tracks
+from refrain.matcher.voting import (VOTE_WEIGHT_BITS, counts_in_store_order, lookup_in_store_order,
+                                     strongest_tracks)
 
-__all__ = ["ProposalParams", "propose", "propose_copies", "rarest_within_budget", "QUAD_TIER", "DOUBLE_TIER"]
+__all__ = ["ProposalParams", "propose", "propose_copies", "rarest_within_budget", "rarity_vote_weights", "QUAD_TIER",
+           "DOUBLE_TIER"]
 
 #: The store keys of the quad and double codes (``IndexStore.tiers``).
 QUAD_TIER, DOUBLE_TIER = "quad", "double"
@@ -89,12 +91,15 @@ class ProposalParams:
         proposed as a copy (default 2): on 40 real 10 s excerpts mixed 6 dB under other
         music the true track had a median of 2.5, unrelated tracks 2.
     copy_max_candidates : int
-        Tracks proposed at most as copies (default 256), most double votes first. The pair
-        tier then reads only these tracks' entries of its codes (a search in each code's run
-        per candidate), and its own votes rank them: under noise or other music a recording
-        keeps two or three doubles, as many as chance tracks, so the true one may rank far
-        down. At 640 h (60 real 10 s queries per condition, budget 250,000 hits) 64
-        candidates lost 3 queries under pink noise 0 dB that 256 kept, for 28 ms more CPU.
+        Tracks proposed at most as copies (default 256). The pair tier then reads only these
+        tracks' entries of its codes (a search in each code's run per candidate), and its own
+        votes rank them. Under noise or other music a recording keeps two or three doubles, as
+        many as chance tracks: at 640 h some 3,800 tracks hold two agreeing double hits. So the
+        tracks are ranked by the rarity of their votes' codes (:func:`rarity_vote_weights`), not
+        by their number: ranked by number, ties went by track id, and the true track made the
+        cut only where its id was low. With the catalogue's ids shuffled (60 real 10 s queries
+        per condition at 640 h, docs/scale.md step 14) the weights found 54 recordings under pink
+        noise 0 dB where counting found 52 (128 candidates: 53), the same copies and mixes.
     copy_slack : int
         Next-nearest targets per anchor the query also combines into doubles (default 8:
         each anchor's 10 nearest targets two by two, 45 doubles). The query's doubles are
@@ -173,7 +178,8 @@ def propose_copies(fp: Fingerprint, doubles: LandmarkIndex, fingerprint_params: 
     strongest, and the extra dense peaks between them then do not hide its doubles.
     The rarest codes are looked up first, until their hits would pass
     ``params.copy_max_hits``: the work is bounded whatever the catalogue's size, and
-    goes to the codes whose hits say most.
+    goes to the codes whose hits say most. A track's votes weigh as rare as their codes
+    are (:func:`rarity_vote_weights`).
 
     Parameters
     ----------
@@ -199,7 +205,8 @@ def propose_copies(fp: Fingerprint, doubles: LandmarkIndex, fingerprint_params: 
     offsets = (labels & ((1 << doubles.payload_bits) - 1)) - np.repeat(query.anchor_frames[specific],
                                                                       hits_per_code)
     return strongest_tracks(track_ids, offsets + _COPY_OFFSET_BIAS, _COPY_NEIGHBOURS, params.copy_min_votes,
-                            params.copy_max_candidates)
+                            params.copy_max_candidates,
+                            np.repeat(rarity_vote_weights(hits_per_code, params.copy_max_hits), hits_per_code))
 
 
 def propose(fp: Fingerprint, quads: LandmarkIndex, fingerprint_params: FingerprintParams,
@@ -243,6 +250,17 @@ def propose(fp: Fingerprint, quads: LandmarkIndex, fingerprint_params: Fingerpri
                                   derivatives.max_time_ratio,
                                   params.ratio_bin, params.offset_bin_seconds / fpp.frame_seconds)
     return strongest_tracks(track_ids, cells, _NEIGHBOURS, params.min_votes, params.max_candidates)
+
+
+def rarity_vote_weights(hits_per_code: np.ndarray, max_hits: int) -> np.ndarray:
+    """Each code's vote weight for :func:`matcher.voting.strongest_tracks`: how rare it is, in quarter bits.
+
+    A code's hits are chance agreement in proportion to its run, so a hit of a code that
+    holds a few entries says more than one of a code whose run would fill much of the
+    budget: the weight is ``4 * log2(max_hits / hits)``, rounded, at least 1.
+    """
+    rarity = np.round(4.0 * np.log2(max_hits / np.maximum(hits_per_code, 1)))
+    return np.clip(rarity, 1, (1 << VOTE_WEIGHT_BITS) - 1).astype(np.int64)
 
 
 def rarest_within_budget(codes: np.ndarray, store: LandmarkIndex, max_hits: int) -> np.ndarray:

@@ -200,7 +200,7 @@ def vote_order(track_ids: np.ndarray, cells: np.ndarray) -> np.ndarray:
     return stable_order(compact[0])
 
 
-def _compact_vote_keys(track_ids: np.ndarray, cells: np.ndarray, margin: int
+def _compact_vote_keys(track_ids: np.ndarray, cells: np.ndarray, margin: int, spare_bits: int = 0
                        ) -> tuple[np.ndarray, int, int] | None:
     """Each vote's (track, cell) as one small non-negative integer in (track, cell) order.
 
@@ -211,12 +211,12 @@ def _compact_vote_keys(track_ids: np.ndarray, cells: np.ndarray, margin: int
 
     Returns
     -------
-    (keys, width, lowest_track), or None if the keys would not fit in 62 bits
+    (keys, width, lowest_track), or None if the keys would not fit in ``62 - spare_bits`` bits
         A key is ``(track - lowest_track) * width + cell - lowest cell + margin``.
     """
     lowest_track, lowest_cell = int(track_ids.min()), int(cells.min())
     width = int(cells.max()) - lowest_cell + 1 + 2 * margin
-    if ((int(track_ids.max()) - lowest_track + 1) * width - 1).bit_length() > 62:
+    if ((int(track_ids.max()) - lowest_track + 1) * width - 1).bit_length() > 62 - spare_bits:
         return None
     return (track_ids - lowest_track) * width + (cells - lowest_cell + margin), width, lowest_track
 
@@ -284,18 +284,28 @@ def best_cells_per_track(track_ids: np.ndarray, cells: np.ndarray, weights: np.n
     return result
 
 
-def strongest_tracks(track_ids: np.ndarray, cells: np.ndarray, neighbourhood: np.ndarray, min_votes: int,
-                     max_tracks: int) -> np.ndarray:
-    """The tracks of :func:`best_cells_per_track` for votes that all weigh one, without their cells.
+#: Bits of a vote weight in :func:`strongest_tracks`: weights are integers below ``2 ** VOTE_WEIGHT_BITS``.
+VOTE_WEIGHT_BITS = 7
 
-    The proposals count votes and keep only the tracks. Counting needs no per-cell sums:
-    the votes in a cell's neighbourhood are those whose key falls in one of a few ranges
-    of consecutive keys (one per run of consecutive ``neighbourhood`` differences: three
-    for a 3 x 3 neighbourhood), and a pointer per range end walks forward through the
-    sorted keys. One pass over the votes per range instead of one per difference, and no
-    sort of each track's cells: a 10 s query's two proposals at 640 h vote in 7-8 ms
-    instead of 13.6 (docs/scale.md, step 12).
-    The same tracks in the same order, ties by track id.
+
+def strongest_tracks(track_ids: np.ndarray, cells: np.ndarray, neighbourhood: np.ndarray, min_votes: int,
+                     max_tracks: int, weights: np.ndarray | None = None) -> np.ndarray:
+    """The tracks whose best cell neighbourhood holds the most votes (or vote weight), strongest first.
+
+    Without ``weights``, the tracks of :func:`best_cells_per_track` for votes that all weigh
+    one, without their cells. The proposals count votes and keep only the tracks. Counting
+    needs no per-cell sums: the votes in a cell's neighbourhood are those whose key falls in
+    one of a few ranges of consecutive keys (one per run of consecutive ``neighbourhood``
+    differences: three for a 3 x 3 neighbourhood), and a pointer per range end walks forward
+    through the sorted keys. One pass over the votes per range instead of one per
+    difference, and no sort of each track's cells: a 10 s query's two proposals at 640 h
+    vote in 7-8 ms instead of 13.6 (docs/scale.md, step 12).
+
+    With ``weights``, a neighbourhood still needs ``min_votes`` votes, but the tracks are
+    ranked by the largest weight such a neighbourhood holds: where thousands of tracks hold
+    the same few votes by chance, the weights (how rare each vote's code is) tell the true
+    one apart. Each weight travels in its vote's key, below the key's bits, so the one sort
+    orders both. Ties by track id.
 
     Parameters
     ----------
@@ -306,7 +316,9 @@ def strongest_tracks(track_ids: np.ndarray, cells: np.ndarray, neighbourhood: np
     min_votes : int
         Tracks whose best neighbourhood holds fewer votes are left out.
     max_tracks : int
-        At most this many tracks, most votes first.
+        At most this many tracks, most votes (or weight) first.
+    weights : np.ndarray of int, optional
+        Each vote's weight, ``0 <= weight < 2 ** VOTE_WEIGHT_BITS``.
 
     Returns
     -------
@@ -320,11 +332,26 @@ def strongest_tracks(track_ids: np.ndarray, cells: np.ndarray, neighbourhood: np
     highs = differences[np.append(run_starts[1:], len(differences)) - 1]
     # No cell plus a difference may reach another track's keys.
     margin = max(abs(int(differences[0])), abs(int(differences[-1])))
-    keys, width, lowest_track = (_compact_vote_keys(track_ids, cells, margin)
-                                 or (vote_keys(track_ids, cells), 1 << 32, 0))
-    keys.sort()
-    tracks, best = _best_count_per_track(keys, width, lows, highs)
-    return tracks[strongest_first(best, min_votes, max_tracks)] + lowest_track
+    if weights is None:
+        keys, width, lowest_track = (_compact_vote_keys(track_ids, cells, margin)
+                                     or (vote_keys(track_ids, cells), 1 << 32, 0))
+        keys.sort()
+        tracks, best = _best_count_per_track(keys, width, lows, highs)
+        return tracks[strongest_first(best, min_votes, max_tracks)] + lowest_track
+    numbered = np.asarray(track_ids, np.int64)
+    track_of = None
+    compact = _compact_vote_keys(numbered, cells, margin, VOTE_WEIGHT_BITS)
+    if compact is None:  # tracks too spread for their keys to hold a weight: numbered, they fit
+        numbers, track_of = dense_track_numbers(numbered)
+        numbered = numbers.astype(np.int64)
+        compact = _compact_vote_keys(numbered, cells, margin, VOTE_WEIGHT_BITS)
+        assert compact is not None, "fewer tracks than votes and 32-bit cells fit in 62 bits"
+    keys, width, lowest_track = compact
+    packed = (keys << VOTE_WEIGHT_BITS) | np.asarray(weights, np.int64)
+    packed.sort()
+    tracks, best = _best_weight_per_track(packed, VOTE_WEIGHT_BITS, width, lows, highs, min_votes)
+    strongest = tracks[strongest_first(best, 0, max_tracks)] + lowest_track
+    return strongest if track_of is None else track_of[strongest]
 
 
 @numba.njit(cache=True, nogil=True)
@@ -353,6 +380,42 @@ def _best_count_per_track(keys, width, lows, highs):
             count += 1
         elif votes[i] > best[count - 1]:
             best[count - 1] = votes[i]
+    return tracks[:count], best[:count]
+
+
+@numba.njit(cache=True, nogil=True)
+def _best_weight_per_track(packed, weight_bits, width, lows, highs, min_votes):
+    """Each track (ascending) and the largest weight of a neighbourhood of ``min_votes`` votes
+    or more (-1 if none has that many), as :func:`_best_count_per_track` counts them;
+    ``packed`` sorted, each a key above ``weight_bits`` bits of weight."""
+    n = len(packed)
+    keys = packed >> weight_bits
+    cumulative = np.zeros(n + 1, np.int64)
+    for i in range(n):
+        cumulative[i + 1] = cumulative[i] + (packed[i] & ((1 << weight_bits) - 1))
+    votes = np.zeros(n, np.int64)
+    weight = np.zeros(n, np.int64)
+    for r in range(len(lows)):
+        low, high = lows[r], highs[r]
+        start = stop = 0
+        for i in range(n):
+            while start < n and keys[start] < keys[i] + low:
+                start += 1
+            while stop < n and keys[stop] <= keys[i] + high:
+                stop += 1
+            votes[i] += stop - start
+            weight[i] += cumulative[stop] - cumulative[start]
+    tracks = np.empty(n, np.int64)
+    best = np.empty(n, np.int64)
+    count, next_track_key = 0, keys[0]
+    for i in range(n):
+        if keys[i] >= next_track_key:
+            tracks[count] = keys[i] // width
+            best[count] = -1
+            next_track_key = (tracks[count] + 1) * width
+            count += 1
+        if votes[i] >= min_votes and weight[i] > best[count - 1]:
+            best[count - 1] = weight[i]
     return tracks[:count], best[:count]
 
 

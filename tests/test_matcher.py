@@ -19,8 +19,8 @@ from refrain.matcher.landmarks import alignment_spans
 from refrain.matcher.triplet import (_NEIGHBOURS_2D, _PITCH_STRIDE, _best_neighbourhood_per_track, _cell_members,
                                      _contenders_in_vote_order, _fit_time_line, _may_hold_a_line)
 from refrain.matcher.types import Alignment
-from refrain.matcher.voting import (best_cells_per_track, rarity_weights, strongest_tracks, vote_order,
-                                    weighted_lookup)
+from refrain.matcher.voting import (VOTE_WEIGHT_BITS, best_cells_per_track, rarity_weights, strongest_tracks,
+                                    vote_order, weighted_lookup)
 from refrain.api import Refrain
 from refrain.config import Config
 from refrain.synth import add_noise
@@ -218,6 +218,30 @@ def test_strongest_tracks_are_best_cells_per_track_of_votes_that_weigh_one(neigh
         expected = [track for track, _ in best_cells_per_track(track_ids[order], cells[order], np.ones(n),
                                                                neighbourhood, min_votes, max_tracks)]
         assert strongest_tracks(track_ids, cells, neighbourhood, min_votes, max_tracks).tolist() == expected
+
+
+@pytest.mark.parametrize("track_range", [40, 1 << 40])
+def test_strongest_tracks_by_weight_rank_neighbourhoods_that_hold_enough_votes(track_range):
+    # Weighted: a neighbourhood needs min_votes votes, and the tracks are ranked by the most weight such a
+    # neighbourhood holds (ties by track id), checked against a direct count. Ids too spread for a weight in
+    # their compact keys are numbered first.
+    rng = np.random.default_rng(12)
+    neighbourhood = np.array([-1, 0, 1])
+    for trial in range(30):
+        n = int(rng.integers(1, 3000))
+        track_ids = rng.choice(rng.integers(0, track_range, 50), n)
+        cells = 1000 + rng.integers(0, 200, n)
+        weights = rng.integers(0, 1 << VOTE_WEIGHT_BITS, n)
+        min_votes, max_tracks = int(rng.integers(1, 4)), int(rng.integers(1, 40))
+        best = {}
+        for track in np.unique(track_ids):
+            own = track_ids == track
+            for cell in np.unique(cells[own]):
+                near = own & (np.abs(cells - cell) <= 1)
+                if near.sum() >= min_votes:
+                    best[int(track)] = max(best.get(int(track), -1), int(weights[near].sum()))
+        expected = sorted(best, key=lambda track: (-best[track], track))[:max_tracks]
+        assert strongest_tracks(track_ids, cells, neighbourhood, min_votes, max_tracks, weights).tolist() == expected
 
 
 def test_stray_hits_past_a_copied_passage_do_not_stretch_its_span():

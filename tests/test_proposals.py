@@ -18,8 +18,8 @@ from refrain.fingerprint.hashes import hash_quads, quad_landmarks, query_quads
 from refrain.fingerprint.peaks import Peaks
 from refrain.index.landmarks import LandmarkIndex
 from refrain.matcher import TripletTier
-from refrain.matcher.proposals import ProposalParams, propose, propose_copies
-from refrain.matcher.voting import equal_runs
+from refrain.matcher.proposals import ProposalParams, propose, propose_copies, rarity_vote_weights
+from refrain.matcher.voting import VOTE_WEIGHT_BITS, equal_runs, strongest_tracks
 
 
 def _at_rate(y: np.ndarray, rate: int) -> np.ndarray:
@@ -83,6 +83,23 @@ def test_quads_are_the_reference_rule_at_tempo_one():
     queried = query_quads(peaks, *zones, tempo_ratios=(1.0,))
     assert len(stored) == len(queried) > 0
     assert set(hash_quads(stored)[0].tolist()) == set(hash_quads(queried)[0].tolist())
+
+
+def test_copy_votes_of_rare_codes_outrank_as_many_votes_of_common_ones():
+    # Thousands of tracks hold two agreeing double hits by chance: ranked by count, ties went by track id, and
+    # a true track of high id missed the cut. With rarity weights, two hits of rare codes rank first.
+    track_ids = np.concatenate([np.repeat(np.arange(1, 301), 2), [9000, 9000]])
+    cells = np.concatenate([np.tile([50, 50], 300), [70, 71]]).astype(np.int64)
+    hits_per_code = np.concatenate([np.full(600, 4000), [3, 5]])
+    weights = rarity_vote_weights(hits_per_code, ProposalParams().copy_max_hits)
+    assert weights.min() >= 1 and weights.max() < 1 << VOTE_WEIGHT_BITS and weights[-1] < weights[-2]
+    neighbours = np.array([-1, 0, 1])
+    assert strongest_tracks(track_ids, cells, neighbours, 2, 10).tolist() == list(range(1, 11))
+    assert strongest_tracks(track_ids, cells, neighbours, 2, 10, weights)[0] == 9000
+    # A track needs copy_min_votes agreeing hits however rare: one hit of the rarest code is not proposed.
+    lone = strongest_tracks(np.append(track_ids, 9500), np.append(cells, 10), neighbours, 2, 400,
+                            np.append(weights, (1 << VOTE_WEIGHT_BITS) - 1))
+    assert 9500 not in lone.tolist()
 
 
 @pytest.mark.parametrize("transform", ["excerpt", "speed", "noisy", "tempo"])
