@@ -14,7 +14,7 @@ from conftest import SR
 from refrain.api import Refrain
 from refrain.config import Config
 from refrain.fingerprint import fingerprint_signal
-from refrain.fingerprint.hashes import hash_quads, quad_landmarks, query_quads
+from refrain.fingerprint.hashes import double_landmarks, hash_quads, quad_landmarks, query_quads
 from refrain.fingerprint.peaks import Peaks
 from refrain.index.landmarks import LandmarkIndex
 from refrain.matcher import TripletTier
@@ -207,6 +207,28 @@ def test_derivative_proposals_read_at_most_their_budget_of_hits_rarest_codes_fir
     assert store.code_counts(left_out).min() >= store.code_counts(kept).max()
     # A tenth of the hits, from the rarest codes, still name the sped-up song first.
     assert proposed[:1].tolist() == [catalogue_index.track_ids[44]], proposed
+
+def test_copy_proposals_also_ask_the_strongest_peaks_doubles_by_the_catalogues_rule(catalogue, songs, unrelated_songs):
+    # Under broadband noise the dense peaks fill with the noise's, pushing a recording's targets past an anchor's
+    # nearest ten; its strongest peaks' doubles, made as the catalogue made its own, are asked as well.
+    params = catalogue.params
+    clip = songs[34].excerpt(6.0, 10.0)
+    # Brown noise, its slowest drift taken out, as loud as the song: broadband, strongest in the low bins.
+    noise = np.cumsum(np.random.default_rng(4).normal(0, 1, len(clip)))
+    noise -= np.convolve(noise, np.ones(64) / 64, "same")
+    noise *= clip.std() / noise.std()
+    fp = fingerprint_signal(_at_rate(clip + noise, params.sample_rate).astype(np.float32), params, dense_peaks=True)
+    store = catalogue.store.tiers["double"]
+    asked = _CountingStore(store)
+    propose_copies(fp, asked, params, ProposalParams(copy_max_hits=10 ** 9))
+    (looked_up,) = asked.looked_up
+    zone = (params.target_dt_min, params.target_dt_max, params.target_df_max)
+    strongest = double_landmarks(fp.peaks, *zone).codes
+    stored = strongest[store.code_counts(strongest) > 0]
+    dense_only = double_landmarks(fp.dense_peaks, *zone, ProposalParams().copy_slack).codes
+    assert len(np.setdiff1d(stored, dense_only)) > 0  # the dense doubles alone would not ask them all
+    assert np.isin(stored, looked_up).all()
+
 
 def test_dense_peaks_keep_copy_proposals_that_the_strongest_peaks_lose(catalogue, catalogue_index, songs,
                                                                        unrelated_songs):
