@@ -24,7 +24,7 @@ __all__ = ["HashLayout", "PAIR_LAYOUT", "TRIPLET_LAYOUT", "TIER_PAYLOAD_BITS", "
            "Triplets", "pair_landmarks", "hash_landmarks", "unhash_landmarks", "triplet_landmarks", "query_triplets",
            "hash_triplets", "triplet_payloads", "unpack_triplet_payload", "QUAD_LAYOUT", "Quads",
            "quad_landmarks", "query_quads", "hash_quads", "quad_payloads", "unpack_quad_payload",
-           "DOUBLE_LAYOUT", "Doubles", "double_landmarks"]
+           "DOUBLE_LAYOUT", "Doubles", "double_landmarks", "sorted_distinct"]
 
 # What an index entry of each tier carries besides its code and track id: the pair
 # tier only the anchor frame (22 bits: 37 h at 32 ms frames); the triplet tier also
@@ -107,6 +107,17 @@ class Landmarks:
 
     def __len__(self) -> int:
         return len(self.anchor_frames)
+
+
+def sorted_distinct(values: np.ndarray) -> np.ndarray:
+    """The distinct values, increasing: ``np.unique(values)`` by one sort.
+
+    NumPy 2.3 and later find plain ``np.unique``'s values by hashing, then sort them: on the
+    tens of thousands of distinct keys a query makes that is some 25 times slower than a sort
+    (50,000 int64: 4.4 against 0.18 ms).
+    """
+    ordered = np.sort(values)
+    return ordered[np.concatenate([[True], ordered[1:] != ordered[:-1]])] if len(ordered) else ordered
 
 
 def pair_landmarks(peaks: Peaks, fanout: int, dt_min: int, dt_max: int, df_max: int) -> Landmarks:
@@ -337,7 +348,7 @@ def query_triplets(peaks: Peaks, near_zone: tuple[int, int], far_zone: tuple[int
         for r in tempo_ratios], axis=1)
     # The same three peaks found under several hypotheses are one triplet: one key per
     # triple (peak indices stay below 2**21, some 18 hours of peaks), ordered by anchor.
-    keys = np.unique((triples[0] << 42) | (triples[1] << 21) | triples[2])
+    keys = sorted_distinct((triples[0] << 42) | (triples[1] << 21) | triples[2])
     mask = (1 << 21) - 1
     return _triplets_of(peaks, keys >> 42, (keys >> 21) & mask, keys & mask)
 
@@ -611,7 +622,7 @@ def query_quads(peaks: Peaks, near_zone: tuple[int, int], far_zone: tuple[int, i
     # One key per quad: the anchor's index and each target's distance from it in peaks
     # (a zone spans far fewer than 2 ** 12 peaks), ordered by anchor.
     anchor, gaps = found[0], found[1:] - found[0]
-    keys = np.unique((anchor << 36) | (gaps[0] << 24) | (gaps[1] << 12) | gaps[2])
+    keys = sorted_distinct((anchor << 36) | (gaps[0] << 24) | (gaps[1] << 12) | gaps[2])
     mask = (1 << 12) - 1
     anchor = keys >> 36
     return _quads_of(peaks, np.stack([anchor, anchor + ((keys >> 24) & mask), anchor + ((keys >> 12) & mask),

@@ -33,7 +33,8 @@ import numba
 import numpy as np
 
 from refrain.fingerprint import Fingerprint, FingerprintParams
-from refrain.fingerprint.hashes import double_landmarks, hash_quads, query_quads, unpack_quad_payload
+from refrain.fingerprint.hashes import (double_landmarks, hash_quads, query_quads, sorted_distinct,
+                                        unpack_quad_payload)
 from refrain.index.landmarks import LandmarkIndex, stable_order
 from refrain.matcher.triplet import TripletTier
 from refrain.matcher.voting import (VOTE_WEIGHT_BITS, counts_in_store_order, lookup_in_store_order,
@@ -209,8 +210,8 @@ def propose_copies(fp: Fingerprint, doubles: LandmarkIndex, fingerprint_params: 
     codes, anchor_frames = query.codes, query.anchor_frames.astype(np.int64)
     if fp.dense_peaks is not None:
         strongest = double_landmarks(fp.peaks, *zone)
-        filed = np.unique(np.concatenate([codes.astype(np.int64) << 32 | anchor_frames,
-                                          strongest.codes.astype(np.int64) << 32 | strongest.anchor_frames]))
+        filed = sorted_distinct(np.concatenate([codes.astype(np.int64) << 32 | anchor_frames,
+                                                strongest.codes.astype(np.int64) << 32 | strongest.anchor_frames]))
         codes, anchor_frames = (filed >> 32).astype(np.uint32), filed & 0xFFFFFFFF
     specific = rarest_within_budget(codes, doubles, params.copy_max_hits)
     _, hits_per_code, labels = doubles.lookup_slices(codes[specific])
