@@ -336,8 +336,8 @@ def strongest_tracks(track_ids: np.ndarray, cells: np.ndarray, neighbourhood: np
         keys, width, lowest_track = (_compact_vote_keys(track_ids, cells, margin)
                                      or (vote_keys(track_ids, cells), 1 << 32, 0))
         keys.sort()
-        tracks, best = _best_count_per_track(keys, width, lows, highs)
-        return tracks[strongest_first(best, min_votes, max_tracks)] + lowest_track
+        tracks, best = _best_per_track(keys, 0, width, lows, highs, min_votes)
+        return tracks[strongest_first(best, 0, max_tracks)] + lowest_track
     numbered = np.asarray(track_ids, np.int64)
     track_of = None
     compact = _compact_vote_keys(numbered, cells, margin, VOTE_WEIGHT_BITS)
@@ -349,50 +349,23 @@ def strongest_tracks(track_ids: np.ndarray, cells: np.ndarray, neighbourhood: np
     keys, width, lowest_track = compact
     packed = (keys << VOTE_WEIGHT_BITS) | np.asarray(weights, np.int64)
     packed.sort()
-    tracks, best = _best_weight_per_track(packed, VOTE_WEIGHT_BITS, width, lows, highs, min_votes)
+    tracks, best = _best_per_track(packed, VOTE_WEIGHT_BITS, width, lows, highs, min_votes)
     strongest = tracks[strongest_first(best, 0, max_tracks)] + lowest_track
     return strongest if track_of is None else track_of[strongest]
 
 
 @numba.njit(cache=True, nogil=True)
-def _best_count_per_track(keys, width, lows, highs):
-    """Each track (``key // width``, ascending) and the most keys any of its keys has within
-    ``[key + lows[r], key + highs[r]]`` summed over ``r``; ``keys`` sorted."""
-    n = len(keys)
-    votes = np.zeros(n, np.int64)
-    for r in range(len(lows)):
-        low, high = lows[r], highs[r]
-        start = stop = 0
-        for i in range(n):
-            while start < n and keys[start] < keys[i] + low:
-                start += 1
-            while stop < n and keys[stop] <= keys[i] + high:
-                stop += 1
-            votes[i] += stop - start
-    tracks = np.empty(n, np.int64)
-    best = np.empty(n, np.int64)
-    count, next_track_key = 0, keys[0]
-    for i in range(n):
-        if keys[i] >= next_track_key:
-            tracks[count] = keys[i] // width
-            best[count] = votes[i]
-            next_track_key = (tracks[count] + 1) * width
-            count += 1
-        elif votes[i] > best[count - 1]:
-            best[count - 1] = votes[i]
-    return tracks[:count], best[:count]
-
-
-@numba.njit(cache=True, nogil=True)
-def _best_weight_per_track(packed, weight_bits, width, lows, highs, min_votes):
-    """Each track (ascending) and the largest weight of a neighbourhood of ``min_votes`` votes
-    or more (-1 if none has that many), as :func:`_best_count_per_track` counts them;
-    ``packed`` sorted, each a key above ``weight_bits`` bits of weight."""
+def _best_per_track(packed, weight_bits, width, lows, highs, min_votes):
+    """Each track (``key // width``, ascending) and the largest weight of a neighbourhood of ``min_votes``
+    votes or more (-1 if none has that many); ``packed`` sorted, each a vote's key above ``weight_bits``
+    bits of its weight (with none, each vote weighs one). A key's neighbourhood is the keys within
+    ``[key + lows[r], key + highs[r]]`` over ``r``."""
     n = len(packed)
     keys = packed >> weight_bits
-    cumulative = np.zeros(n + 1, np.int64)
-    for i in range(n):
-        cumulative[i + 1] = cumulative[i] + (packed[i] & ((1 << weight_bits) - 1))
+    cumulative = np.arange(n + 1)
+    if weight_bits:
+        for i in range(n):
+            cumulative[i + 1] = cumulative[i] + (packed[i] & ((1 << weight_bits) - 1))
     votes = np.zeros(n, np.int64)
     weight = np.zeros(n, np.int64)
     for r in range(len(lows)):
