@@ -100,7 +100,8 @@ class ProposalParams:
         by their number: ranked by number, ties went by track id, and the true track made the
         cut only where its id was low. With the catalogue's ids shuffled (60 real 10 s queries
         per condition at 640 h, docs/scale.md step 14) the weights found 54 recordings under pink
-        noise 0 dB where counting found 52 (128 candidates: 53), the same copies and mixes.
+        noise 0 dB where counting found 52 (128 candidates: 53; with the strongest peaks'
+        doubles, :func:`propose_copies`, 55; the exhaustive search 59), the same copies and mixes.
     copy_slack : int
         Next-nearest targets per anchor the query also combines into doubles (default 8:
         each anchor's 10 nearest targets two by two, 45 doubles). The query's doubles are
