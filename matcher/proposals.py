@@ -117,6 +117,9 @@ class ProposalParams:
     min_votes : int
         Agreeing quad hits a track needs to be proposed as a derivative (default 3).
         Unrelated tracks' hits scatter over the (ratio, offset) plane and rarely reach this.
+        Among the tracks that do, the rarity of their hits' codes ranks them, as for copies
+        (:func:`rarity_vote_weights`): ranked by count, ties went by track id, and at 640 h
+        a recording under pink noise was found only through its low id (docs/scale.md step 14).
     max_hits : int
         Hits the derivative proposals read at most per query window (default 250,000),
         from its rarest quad codes up (:func:`rarest_within_budget`), as the copy
@@ -258,12 +261,13 @@ def propose(fp: Fingerprint, quads: LandmarkIndex, fingerprint_params: Fingerpri
     codes, rows = codes[specific], rows[specific]
     first_hit, hits_per_code, labels = lookup_in_store_order(quads, codes)
     middle = (int(fp.peaks.frames.min()) + int(fp.peaks.frames.max())) // 2
-    track_ids, cells = _hit_cells(first_hit, hits_per_code, labels, quads.payload_bits, rows,
-                                  query.anchor_frames.astype(np.int64) - middle,
-                                  query.spans[:, 2].astype(np.int64), derivatives.min_time_ratio,
-                                  derivatives.max_time_ratio,
-                                  params.ratio_bin, params.offset_bin_seconds / fpp.frame_seconds)
-    return strongest_tracks(track_ids, cells, _NEIGHBOURS, params.min_votes, params.max_candidates)
+    track_ids, cells, weights = _hit_cells(first_hit, hits_per_code, labels, quads.payload_bits, rows,
+                                           query.anchor_frames.astype(np.int64) - middle,
+                                           query.spans[:, 2].astype(np.int64), derivatives.min_time_ratio,
+                                           derivatives.max_time_ratio, params.ratio_bin,
+                                           params.offset_bin_seconds / fpp.frame_seconds,
+                                           rarity_vote_weights(hits_per_code, params.max_hits))
+    return strongest_tracks(track_ids, cells, _NEIGHBOURS, params.min_votes, params.max_candidates, weights)
 
 
 def rarity_vote_weights(hits_per_code: np.ndarray, max_hits: int) -> np.ndarray:
@@ -309,15 +313,15 @@ def rarest_within_budget(codes: np.ndarray, store: LandmarkIndex, max_hits: int)
 
 @numba.njit(cache=True, nogil=True)
 def _hit_cells(first_hit, hits_per_code, labels, payload_bits, code_rows, query_frames, query_spans,
-               min_ratio, max_ratio, ratio_bin, offset_bin_frames):
-    """Track and (tempo ratio, time offset) cell of every hit whose ratio is plausible.
+               min_ratio, max_ratio, ratio_bin, offset_bin_frames, code_weights):
+    """Track, (tempo ratio, time offset) cell and vote weight (its code's) of every hit whose ratio is plausible.
 
     A hit's ratio is the reference span over the query span of its quad's farthest
     target; its offset ``ref_frame - ratio * query_frame`` with the query frame taken
     from the window's middle, so that a ratio error moves it least.
     """
     count = hits_per_code.sum()  # a repeated code's slice is walked once for each of its quads
-    track_ids, cells = np.empty(count, np.int64), np.empty(count, np.int64)
+    track_ids, cells, weights = np.empty(count, np.int64), np.empty(count, np.int64), np.empty(count, np.int64)
     payload_mask = (np.int64(1) << payload_bits) - 1
     kept = 0
     for code in range(len(first_hit)):
@@ -329,7 +333,8 @@ def _hit_cells(first_hit, hits_per_code, labels, payload_bits, code_rows, query_
                 continue
             offset = ref_frame - ratio * query_frames[row]
             track_ids[kept] = labels[hit] >> payload_bits
+            weights[kept] = code_weights[code]
             cells[kept] = (np.int64(np.round(np.log(ratio) / ratio_bin)) + _RATIO_BIAS) * _STRIDE \
                 + np.int64(np.round(offset / offset_bin_frames)) + _OFFSET_BIAS
             kept += 1
-    return track_ids[:kept], cells[:kept]
+    return track_ids[:kept], cells[:kept], weights[:kept]
