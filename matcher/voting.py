@@ -289,22 +289,21 @@ VOTE_WEIGHT_BITS = 7
 
 
 def strongest_tracks(track_ids: np.ndarray, cells: np.ndarray, neighbourhood: np.ndarray, min_votes: int,
-                     max_tracks: int, weights: np.ndarray | None = None) -> np.ndarray:
-    """The tracks whose best cell neighbourhood holds the most votes (or vote weight), strongest first.
+                     max_tracks: int, weights: np.ndarray) -> np.ndarray:
+    """The tracks whose best neighbourhood of ``min_votes`` votes or more holds the most vote weight, strongest first.
 
-    Without ``weights``, the tracks of :func:`best_cells_per_track` for votes that all weigh
-    one, without their cells. The proposals count votes and keep only the tracks. Counting
-    needs no per-cell sums: the votes in a cell's neighbourhood are those whose key falls in
-    one of a few ranges of consecutive keys (one per run of consecutive ``neighbourhood``
-    differences: three for a 3 x 3 neighbourhood), and a pointer per range end walks forward
-    through the sorted keys. One pass over the votes per range instead of one per
-    difference, and no sort of each track's cells: a 10 s query's two proposals at 640 h
-    vote in 7-8 ms instead of 13.6 (docs/scale.md, step 12).
+    The proposals keep only the tracks, so no per-cell sums are needed: the votes in a
+    cell's neighbourhood are those whose key falls in one of a few ranges of consecutive
+    keys (one per run of consecutive ``neighbourhood`` differences: three for a 3 x 3
+    neighbourhood), and a pointer per range end walks forward through the sorted keys. One
+    pass over the votes per range instead of one per difference, and no sort of each track's
+    cells: a 10 s query's two proposals at 640 h vote in 7-8 ms instead of 13.6
+    (docs/scale.md, step 12). Votes that all weigh one give the tracks of
+    :func:`best_cells_per_track`, without their cells.
 
-    With ``weights``, a neighbourhood still needs ``min_votes`` votes, but the tracks are
-    ranked by the largest weight such a neighbourhood holds: where thousands of tracks hold
-    the same few votes by chance, the weights (how rare each vote's code is) tell the true
-    one apart. Each weight travels in its vote's key, below the key's bits, so the one sort
+    Ranked by weight (how rare each vote's code is), not by count: where thousands of tracks
+    hold the same few votes by chance, the weights tell the true one apart (docs/scale.md,
+    step 14). Each weight travels in its vote's key, below the key's bits, so the one sort
     orders both. Ties by track id.
 
     Parameters
@@ -316,8 +315,8 @@ def strongest_tracks(track_ids: np.ndarray, cells: np.ndarray, neighbourhood: np
     min_votes : int
         Tracks whose best neighbourhood holds fewer votes are left out.
     max_tracks : int
-        At most this many tracks, most votes (or weight) first.
-    weights : np.ndarray of int, optional
+        At most this many tracks, most weight first.
+    weights : np.ndarray of int
         Each vote's weight, ``0 <= weight < 2 ** VOTE_WEIGHT_BITS``.
 
     Returns
@@ -332,12 +331,6 @@ def strongest_tracks(track_ids: np.ndarray, cells: np.ndarray, neighbourhood: np
     highs = differences[np.append(run_starts[1:], len(differences)) - 1]
     # No cell plus a difference may reach another track's keys.
     margin = max(abs(int(differences[0])), abs(int(differences[-1])))
-    if weights is None:
-        keys, width, lowest_track = (_compact_vote_keys(track_ids, cells, margin)
-                                     or (vote_keys(track_ids, cells), 1 << 32, 0))
-        keys.sort()
-        tracks, best = _best_per_track(keys, 0, width, lows, highs, min_votes)
-        return tracks[strongest_first(best, 0, max_tracks)] + lowest_track
     numbered = np.asarray(track_ids, np.int64)
     track_of = None
     compact = _compact_vote_keys(numbered, cells, margin, VOTE_WEIGHT_BITS)
@@ -358,14 +351,13 @@ def strongest_tracks(track_ids: np.ndarray, cells: np.ndarray, neighbourhood: np
 def _best_per_track(packed, weight_bits, width, lows, highs, min_votes):
     """Each track (``key // width``, ascending) and the largest weight of a neighbourhood of ``min_votes``
     votes or more (-1 if none has that many); ``packed`` sorted, each a vote's key above ``weight_bits``
-    bits of its weight (with none, each vote weighs one). A key's neighbourhood is the keys within
-    ``[key + lows[r], key + highs[r]]`` over ``r``."""
+    bits of its weight. A key's neighbourhood is the keys within ``[key + lows[r], key + highs[r]]``
+    over ``r``."""
     n = len(packed)
     keys = packed >> weight_bits
-    cumulative = np.arange(n + 1)
-    if weight_bits:
-        for i in range(n):
-            cumulative[i + 1] = cumulative[i] + (packed[i] & ((1 << weight_bits) - 1))
+    cumulative = np.zeros(n + 1, np.int64)
+    for i in range(n):
+        cumulative[i + 1] = cumulative[i] + (packed[i] & ((1 << weight_bits) - 1))
     votes = np.zeros(n, np.int64)
     weight = np.zeros(n, np.int64)
     for r in range(len(lows)):

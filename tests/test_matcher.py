@@ -207,7 +207,7 @@ def test_best_cells_per_track_agrees_with_a_direct_count(neighbourhood):
 def test_strongest_tracks_are_best_cells_per_track_of_votes_that_weigh_one(neighbourhood, track_range, cell_lows):
     # Counted with one walk per range of consecutive differences, in the proposals; the same tracks in the
     # same order (ties by track id) as the neighbourhood sums of votes of weight one. Tracks and cells too far
-    # apart for compact ranks take the path through plain vote keys.
+    # apart for compact ranks with a weight are numbered first.
     rng = np.random.default_rng(11)
     for trial in range(20):
         n = int(rng.integers(0, 4000))
@@ -217,7 +217,8 @@ def test_strongest_tracks_are_best_cells_per_track_of_votes_that_weigh_one(neigh
         order = vote_order(track_ids, cells)
         expected = [track for track, _ in best_cells_per_track(track_ids[order], cells[order], np.ones(n),
                                                                neighbourhood, min_votes, max_tracks)]
-        assert strongest_tracks(track_ids, cells, neighbourhood, min_votes, max_tracks).tolist() == expected
+        ones = np.ones(n, np.int64)
+        assert strongest_tracks(track_ids, cells, neighbourhood, min_votes, max_tracks, ones).tolist() == expected
 
 
 @pytest.mark.parametrize("track_range", [40, 1 << 40])

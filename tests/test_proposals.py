@@ -94,7 +94,8 @@ def test_copy_votes_of_rare_codes_outrank_as_many_votes_of_common_ones():
     weights = rarity_vote_weights(hits_per_code, ProposalParams().copy_max_hits)
     assert weights.min() >= 1 and weights.max() < 1 << VOTE_WEIGHT_BITS and weights[-1] < weights[-2]
     neighbours = np.array([-1, 0, 1])
-    assert strongest_tracks(track_ids, cells, neighbours, 2, 10).tolist() == list(range(1, 11))
+    by_count = np.ones(len(track_ids), np.int64)
+    assert strongest_tracks(track_ids, cells, neighbours, 2, 10, by_count).tolist() == list(range(1, 11))
     assert strongest_tracks(track_ids, cells, neighbours, 2, 10, weights)[0] == 9000
     # A track needs copy_min_votes agreeing hits however rare: one hit of the rarest code is not proposed.
     lone = strongest_tracks(np.append(track_ids, 9500), np.append(cells, 10), neighbours, 2, 400,
