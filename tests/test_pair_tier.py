@@ -20,7 +20,7 @@ from refrain.fingerprint.hashes import TIER_PAYLOAD_BITS
 from refrain.index.landmarks import LandmarkIndex
 from refrain.matcher import pair
 from refrain.matcher.pair import (_OFFSET_BIAS, PairHits, PairTier, PairVotes, group_pair_hits, pair_alignments,
-                                  pair_alignments_of_hits, pair_cells, pair_hits)
+                                  pair_alignments_of_hits, pair_cells, pair_hits, pair_votes_on)
 from refrain.matcher.peaks import _OFFSET_NEIGHBOURS, PeaksTier, _candidates
 from refrain.matcher.types import Catalogue, Query
 from refrain.matcher.voting import (lookup_in_store_order, neighbourhood_sums, vote_keys, vote_order, weighted_codes,
@@ -272,6 +272,41 @@ def test_a_lookup_restricted_to_candidates_is_made_once(crowded_store, catalogue
     monkeypatch.setattr(pair, "lookup_in_store_order", lambda *args: asked.append(args) or lookup_in_store_order(*args))
     hits = pair_hits(Query(fingerprint=fp, candidates={"pair": candidates}), crowded, params)
     assert len(asked) == 1 and np.array_equal(hits.hits, restricted.hits)
+
+
+def test_common_codes_are_searched_only_in_the_candidates_the_rare_ones_promote(crowded_store, catalogue, songs):
+    # Bounded to more candidates than first_round_tracks, the rarest codes (runs within first_round_entries) are
+    # searched in every candidate, the others only in those whose best offset then weighs first_round_min_weight
+    # or ranks among the first_round_tracks best: their hits are all of them, the other candidates' the rare codes'.
+    index, hashes, frames, copied = crowded_store
+    candidates = np.union1d(np.arange(0, 900, 2), copied)
+    code_ids, _, entries = weighted_codes(index, hashes, PairTier(common_hash_entries_per_code=2 ** 8))
+    rarest_first = np.argsort(entries, kind="stable")
+    params = PairTier(common_hash_entries_per_code=2 ** 8, first_round_min_weight=3.0, first_round_tracks=8,
+                      first_round_entries=int(np.cumsum(entries[rarest_first])[len(entries) // 2]))
+    rare = np.isin(np.arange(len(hashes)), code_ids[rarest_first[:len(entries) // 2 + 1]])
+    votes = _reference_votes(index, hashes, frames, params, candidates)
+    early = votes[rare[votes.query_ids]]
+    _, _, _, best = neighbourhood_sums(vote_keys(early.track_ids, early.offsets + _OFFSET_BIAS), early.weights,
+                                           np.arange(-1, 2))
+    # Six weigh 3 or more (the copies among them); two more are among the eight best (ties: lower ids first).
+    heaviest = np.isin(np.arange(len(best)), np.argsort(-best, kind="stable")[:8])
+    promoted = np.unique(early.track_ids)[(best >= 3.0) | heaviest]
+    expected = votes[rare[votes.query_ids] | np.isin(votes.track_ids, promoted)]
+    assert np.sum(best >= 3.0) == 6 and len(promoted) == 8 and set(copied) <= set(promoted.tolist())
+    assert len(expected) < len(votes)
+
+    crowded = Catalogue(tiers={"pair": index}, fingerprint_params=catalogue.params)
+    fp = dataclasses.replace(fingerprint_signal(songs[30].excerpt(0.0, 10.0), catalogue.params),
+                             hashes=hashes, frames=frames)
+    hits = pair_hits(Query(fingerprint=fp, candidates={"pair": candidates}), crowded, params)
+    found = pair_votes_on(hits, hits.tracks)
+    assert sorted(zip(found.track_ids, found.query_ids, found.offsets)) == \
+        sorted(zip(expected.track_ids, expected.query_ids, expected.offsets))
+    # The copies are promoted: they align as in one round.
+    one_round = pair_alignments_of_hits(_hits(index, hashes, frames, params, candidates), params)
+    _assert_same_alignments(one_round, pair_alignments_of_hits(hits, params))
+    assert set(copied) <= {a.track_id for a in one_round}
 
 
 def test_offsets_too_wide_for_four_bytes_are_grouped_in_eight(crowded_store):
