@@ -549,6 +549,7 @@ def _compact_track_entries(words: np.ndarray, skip_bits: np.ndarray, skip_tracks
     entry's track tested against a bit set of the candidates: the search would decode
     nearly every entry of it anyway, and pay for galloping on top (the pair tier at 640
     catalogue hours, ~290 candidates: 24.5 -> 19.2 ms per 10 s query, docs/scale.md step 12).
+    Each run's first words are asked for :data:`_AHEAD` codes early (:func:`_prefetch_intrinsic`).
     """
     hits_per_code = np.zeros(len(first), np.int64)
     labels, count, counted = np.empty(1024, np.int64), 0, 0
@@ -558,6 +559,8 @@ def _compact_track_entries(words: np.ndarray, skip_bits: np.ndarray, skip_tracks
     candidate_bits = _bit_set(tracks, low_track, tracks[-1])
     decoded_whole = (skip // 2) * len(tracks)
     for k in range(len(first)):
+        if k + _AHEAD < len(first):
+            _prefetch(words, np.int64(positions[k + _AHEAD] >> 6))
         i, end, position, previous = first[k], first[k] + lengths[k], positions[k], np.int64(0)
         if lengths[k] <= decoded_whole:
             while len(labels) < count + lengths[k]:
