@@ -23,7 +23,7 @@ from refrain.fingerprint.peaks import Peaks
 __all__ = ["HashLayout", "PAIR_LAYOUT", "TRIPLET_LAYOUT", "TIER_PAYLOAD_BITS", "TRIPLET_MAX_SPAN", "Landmarks",
            "Triplets", "pair_landmarks", "hash_landmarks", "unhash_landmarks", "triplet_landmarks", "query_triplets",
            "hash_triplets", "triplet_payloads", "unpack_triplet_payload", "QUAD_LAYOUT", "Quads",
-           "quad_landmarks", "query_quads", "hash_quads", "quad_payloads", "unpack_quad_payload",
+           "quad_landmarks", "query_quads", "hash_quads", "quad_payloads", "unpack_quad_payload", "QUAD_MAX_SPAN",
            "DOUBLE_LAYOUT", "Doubles", "double_landmarks", "sorted_distinct"]
 
 # What an index entry of each tier carries besides its code and track id: the pair
@@ -37,6 +37,8 @@ TIER_PAYLOAD_BITS = {"pair": _FRAME_BITS, "triplet": _FRAME_BITS + _BIN_BITS + _
                      "quad": _FRAME_BITS + _SPAN_BITS, "double": _FRAME_BITS}
 #: The longest anchor-to-second-target span (frames) a triplet entry can carry.
 TRIPLET_MAX_SPAN = (1 << _SPAN_BITS) - 1
+#: The longest anchor-to-farthest-target span (frames) a quad entry can carry.
+QUAD_MAX_SPAN = (1 << _SPAN_BITS) - 1
 
 
 @dataclass(frozen=True)
