@@ -175,23 +175,33 @@ class CountingLandmarks:
         first_hit, hits_per_code, labels = self._tier.lookup_slices(hashes, tracks)
         # The pair tier reads most batches of its codes twice (matcher.pair.group_pair_hits): their hits count once.
         asked = np.asarray(hashes).tobytes() + (b"" if tracks is None else b"|" + np.asarray(tracks).tobytes())
-        if asked in self._asked:
-            return first_hit, hits_per_code, labels
-        self._asked.add(asked)
-        self.codes_looked_up += len(hashes)
+        if asked not in self._asked:
+            self._asked.add(asked)
+            self._count(first_hit, hits_per_code, labels)
+        return first_hit, hits_per_code, labels
+
+    def lookup_rarest(self, hashes, max_hits):
+        chosen, first_hit, hits_per_code, labels = self._tier.lookup_rarest(hashes, max_hits)
+        self.codes_asked += len(hashes)
+        # A code chosen more than once shares its slice, read once: count each slice once.
+        _, distinct = np.unique(first_hit, return_index=True)
+        self._count(first_hit[distinct], hits_per_code[distinct], labels)
+        return chosen, first_hit, hits_per_code, labels
+
+    def _count(self, first_hit, hits_per_code, labels) -> None:
+        self.codes_looked_up += len(hits_per_code)
         self.hits += int(hits_per_code.sum())
         buckets = np.searchsorted(LIST_LENGTH_EDGES, hits_per_code, side="right")
         self.hits_by_list_length += np.bincount(buckets, weights=hits_per_code,
                                                 minlength=len(LIST_LENGTH_EDGES) + 1).astype(np.int64)
         if self.true_track is not None and len(labels):
-            # FAISS returns each code's hits as one slice of labels: the code of every hit.
+            # Each code's hits are one slice of labels: the code of every hit.
             code_of_hit = np.repeat(np.arange(len(hits_per_code)), hits_per_code)
             hit_order = np.repeat(first_hit, hits_per_code) + (
                 np.arange(len(code_of_hit)) - np.repeat(np.cumsum(hits_per_code) - hits_per_code, hits_per_code))
             own = (labels[hit_order] >> self._tier.payload_bits) == self.true_track
             self.true_hits_by_list_length += np.bincount(buckets[code_of_hit[own]],
                                                          minlength=len(LIST_LENGTH_EDGES) + 1)
-        return first_hit, hits_per_code, labels
 
 
 class CountingPeaks:

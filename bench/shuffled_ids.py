@@ -51,13 +51,21 @@ class RelabelledTier:
         if tracks is not None:
             tracks = np.sort(self._old_id[np.asarray(tracks, np.int64)])
         first_hit, hits_per_code, labels = self._tier.lookup_slices(hashes, tracks)
+        return first_hit, hits_per_code, self._relabelled(first_hit, hits_per_code, labels)
+
+    def lookup_rarest(self, hashes, max_hits):
+        chosen, first_hit, hits_per_code, labels = self._tier.lookup_rarest(hashes, max_hits)
+        return chosen, first_hit, hits_per_code, self._relabelled(first_hit, hits_per_code, labels)
+
+    def _relabelled(self, first_hit, hits_per_code, labels):
         bits = self._tier.payload_bits
         relabelled = (self._new_id[labels >> bits] << bits) | (labels & ((1 << bits) - 1))
-        # The slices follow each other in ``labels``: sort within each, as a store filed by the new ids would.
+        # The slices (some shared) follow each other in ``labels``: sort within each, as a store filed by the
+        # new ids would.
         slice_of = np.zeros(len(relabelled), np.int64)
         starts = np.unique(first_hit[hits_per_code > 0])
         slice_of[starts[1:]] = 1
-        return first_hit, hits_per_code, relabelled[np.lexsort((relabelled, np.cumsum(slice_of)))]
+        return relabelled[np.lexsort((relabelled, np.cumsum(slice_of)))]
 
 
 class RelabelledPeaks:

@@ -58,8 +58,15 @@ class SpreadIds:
         if tracks is not None:
             tracks = np.asarray(tracks, np.int64) // self._stride
         first_hit, hits_per_code, labels = self._tier.lookup_slices(hashes, tracks)
+        return first_hit, hits_per_code, self._spread(labels)
+
+    def lookup_rarest(self, hashes, max_hits):
+        chosen, first_hit, hits_per_code, labels = self._tier.lookup_rarest(hashes, max_hits)
+        return chosen, first_hit, hits_per_code, self._spread(labels)
+
+    def _spread(self, labels):
         bits = self._tier.payload_bits
-        return first_hit, hits_per_code, ((labels >> bits) * self._stride << bits) | (labels & ((1 << bits) - 1))
+        return ((labels >> bits) * self._stride << bits) | (labels & ((1 << bits) - 1))
 
 
 def timed_matches(queries: list[Query], catalogue: Catalogue, params: MatchParams, stride: int = 1

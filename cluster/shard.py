@@ -69,6 +69,11 @@ class CatalogueWideCounts:
     def lookup(self, hashes: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         return self._tier.lookup(hashes)
 
+    def lookup_rarest(self, hashes: np.ndarray, max_hits: int
+                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """The shard's hits of the codes one index of the whole catalogue would choose."""
+        return self._tier.lookup_rarest(hashes, max_hits, counted_by=self._counts.code_counts)
+
 
 _opened: dict[str, tuple[tuple, Any]] = {}
 _opening = threading.Lock()

@@ -133,7 +133,7 @@ from __future__ import annotations
 import math
 import os
 import threading
-from typing import Any, Callable, cast
+from typing import Any, Callable, Sequence, cast
 
 import faiss
 import numba
@@ -145,7 +145,7 @@ from numba.extending import intrinsic
 
 from refrain.index.files import array_names, map_arrays, save_arrays
 
-__all__ = ["LandmarkIndex", "CODE_BITS", "TRACK_BITS", "mix_codes", "unmix_codes", "stable_order"]
+__all__ = ["LandmarkIndex", "CODE_BITS", "TRACK_BITS", "mix_codes", "unmix_codes", "stable_order", "equal_runs"]
 
 CODE_BITS = 32
 #: Track ids of a landmark store lie below ``2 ** TRACK_BITS`` (67 million; ids are never
@@ -166,6 +166,24 @@ def mix_codes(hashes: np.ndarray) -> np.ndarray:
     for multiplier in _MIX_MULTIPLIERS:
         mixed = (mixed ^ (mixed >> np.uint32(16))) * multiplier
     return mixed ^ (mixed >> np.uint32(16))
+
+
+def equal_runs(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Where each run of equal values starts, and each value's run: ``values[starts][run_of] == values``.
+
+    Codes put in the store's order (:func:`stable_order` of their mixes) lie with their
+    repeats, so their distinct codes are the runs' first values.
+
+    Parameters
+    ----------
+    values : np.ndarray
+
+    Returns
+    -------
+    starts, run_of : np.ndarray of int64
+    """
+    starts = np.flatnonzero(np.concatenate([[len(values) > 0], values[1:] != values[:-1]]))
+    return starts, np.repeat(np.arange(len(starts)), np.diff(np.append(starts, len(values))))
 
 
 def stable_order(values: np.ndarray) -> np.ndarray:
@@ -612,37 +630,50 @@ def _compact_track_entries(words: np.ndarray, skip_bits: np.ndarray, skip_tracks
 
 
 @numba.njit(cache=True, nogil=True)
-def _bucket_find(stored: np.ndarray, bucket_bits: int, group_bits: int, bucket_offsets: np.ndarray,
-                 group_codes: np.ndarray, group_entries: np.ndarray, group_positions: np.ndarray,
-                 group_long: np.ndarray, low: np.ndarray, runs: np.ndarray, long_lengths: np.ndarray,
-                 long_escapes: np.ndarray, entry_bits: int, track_bits: int, with_starts: bool
-                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Each stored-form code's run in a segment of :class:`_BucketTable`: its length and, if
-    ``with_starts``, where it starts (entry) and the bit position of its first entry; all 0 if it is absent.
+def _bucket_slots(stored: np.ndarray, bucket_bits: int, group_bits: int, bucket_offsets: np.ndarray,
+                  group_codes: np.ndarray, low: np.ndarray) -> np.ndarray:
+    """Where each stored-form code lies in a :class:`_BucketTable` (its index in ``low``), -1 if absent.
 
-    An entry takes ``entry_bits`` (gap and payload fields) and, if escaped, ``track_bits`` more:
-    a run's bits follow from its length and escapes, so no entry is read.
+    In two passes, the second asking the memory for its bytes of the codes ahead
+    (:func:`_prefetch_intrinsic`): the first, each bucket's bounds, has no branch, so its
+    loads overlap anyway.
     """
     n = len(stored)
-    first, run_lengths, positions = np.zeros(n, np.int64), np.zeros(n, np.int64), np.zeros(n, np.int64)
     low_bits = 32 - bucket_bits
     mask = (np.int64(1) << low_bits) - 1
-    # In three passes, each asking the memory for what the next one reads of the codes ahead
-    # (:func:`_prefetch_intrinsic`): the first has no branch, so its loads overlap anyway.
     at, end = np.empty(n, np.int64), np.empty(n, np.int64)
     for k in range(n):  # each code's bucket: its first code and the next bucket's
         bucket = np.int64(stored[k]) >> low_bits
         at[k] = np.int64(group_codes[bucket >> group_bits]) + np.int64(bucket_offsets[bucket])
         end[k] = np.int64(group_codes[(bucket + 1) >> group_bits]) + np.int64(bucket_offsets[bucket + 1])
-    for k in range(n):  # the code among its bucket's (-1: absent)
+    for k in range(n):  # the code among its bucket's
         if k + _AHEAD < n:
             _prefetch(low, at[k + _AHEAD])
         wanted, j = np.int64(stored[k]) & mask, at[k]
         while j < end[k] and np.int64(low[j]) < wanted:
             j += 1
         at[k] = j if j < end[k] and np.int64(low[j]) == wanted else -1
-    for k in range(n):  # its run
-        ahead = at[k + _AHEAD] if k + _AHEAD < n else -1
+    return at
+
+
+@numba.njit(cache=True, nogil=True)
+def _bucket_runs(stored: np.ndarray, slots: np.ndarray, bucket_bits: int, group_bits: int, group_codes: np.ndarray,
+                 group_entries: np.ndarray, group_positions: np.ndarray, group_long: np.ndarray, runs: np.ndarray,
+                 long_lengths: np.ndarray, long_escapes: np.ndarray, entry_bits: int, track_bits: int,
+                 with_starts: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Each stored-form code's run in a segment of :class:`_BucketTable`, given its slot
+    (:func:`_bucket_slots`): its length and, if ``with_starts``, where it starts (entry) and the
+    bit position of its first entry; all 0 if it is absent.
+
+    An entry takes ``entry_bits`` (gap and payload fields) and, if escaped, ``track_bits`` more:
+    a run's bits follow from its length and escapes, so no entry is read. What a code's run
+    needs is asked for :data:`_AHEAD` codes early.
+    """
+    n = len(stored)
+    first, run_lengths, positions = np.zeros(n, np.int64), np.zeros(n, np.int64), np.zeros(n, np.int64)
+    low_bits = 32 - bucket_bits
+    for k in range(n):
+        ahead = slots[k + _AHEAD] if k + _AHEAD < n else -1
         if ahead >= 0 and not with_starts:
             _prefetch(runs, ahead)
         elif ahead >= 0:
@@ -651,7 +682,7 @@ def _bucket_find(stored: np.ndarray, bucket_bits: int, group_bits: int, bucket_o
             _prefetch(group_entries, group)
             _prefetch(group_positions, group)
             _prefetch(group_long, group)
-        j = at[k]
+        j = slots[k]
         if j < 0:
             continue
         if runs[j] and not with_starts:  # its length is in its byte: no sum needed
@@ -762,6 +793,14 @@ class _Runs:
     def run_lengths(self, stored: np.ndarray, order: np.ndarray | None = None) -> np.ndarray:
         """How many entries each stored-form code has in the segment (see :func:`_find_runs`)."""
         return _find_runs(self.codes, self.starts, stored, order)[2]
+
+    def locate(self, stored: np.ndarray) -> tuple[np.ndarray, None]:
+        """:meth:`run_lengths`, and what :meth:`find_located` needs besides the codes (nothing here)."""
+        return self.run_lengths(stored), None
+
+    def find_located(self, stored: np.ndarray, located: np.ndarray | None) -> tuple[np.ndarray, ...]:
+        """:meth:`find` of codes :meth:`locate` was asked about."""
+        return self.find(stored)
 
     def gather_into(self, labels: np.ndarray, found: tuple[np.ndarray, ...], dest: np.ndarray,
                     payload_bits: int) -> None:
@@ -886,6 +925,13 @@ class _SortedTable:
     def run_lengths(self, stored: np.ndarray, order: np.ndarray | None, runs: "_CompactRuns") -> np.ndarray:
         return _find_runs(self.codes, self.starts, stored, order)[2]
 
+    def locate(self, stored: np.ndarray, runs: "_CompactRuns") -> tuple[np.ndarray, None]:
+        return self.run_lengths(stored, None, runs), None
+
+    def find_located(self, stored: np.ndarray, located: np.ndarray | None, runs: "_CompactRuns"
+                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        return self.find(stored, None, runs)
+
 
 class _BucketTable:
     """The code table of a compact segment (version 2): codes filed by their top bits, runs by length.
@@ -975,17 +1021,30 @@ class _BucketTable:
     def find(self, stored: np.ndarray, order: np.ndarray | None, runs: "_CompactRuns"
              ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """See :meth:`_CompactRuns.find` (``order`` is not needed: no search walks the codes)."""
-        return self._find(stored, runs, True)
+        return self.find_located(stored, self._slots(stored), runs)
 
     def run_lengths(self, stored: np.ndarray, order: np.ndarray | None, runs: "_CompactRuns") -> np.ndarray:
-        return self._find(stored, runs, False)[1]
+        return self.locate(stored, runs)[0]
 
-    def _find(self, stored: np.ndarray, runs: "_CompactRuns", with_starts: bool
+    def locate(self, stored: np.ndarray, runs: "_CompactRuns") -> tuple[np.ndarray, np.ndarray]:
+        """See :meth:`_CompactRuns.locate`: the codes' slots in the table are what a later find needs."""
+        slots = self._slots(stored)
+        return self._runs(stored, slots, runs, False)[1], slots
+
+    def find_located(self, stored: np.ndarray, slots: np.ndarray | None, runs: "_CompactRuns"
+                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """:meth:`find` of codes whose slots :meth:`locate` gave."""
+        return self._runs(stored, self._slots(stored) if slots is None else slots, runs, True)
+
+    def _slots(self, stored: np.ndarray) -> np.ndarray:
+        return _bucket_slots(stored, self.bucket_bits, self.group_bits, self.bucket_offsets, self.group_codes,
+                             self.low)
+
+    def _runs(self, stored: np.ndarray, slots: np.ndarray, runs: "_CompactRuns", with_starts: bool
               ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        return _bucket_find(stored, self.bucket_bits, self.group_bits, self.bucket_offsets, self.group_codes,
-                            self.group_entries, self.group_positions, self.group_long, self.low, self.runs,
-                            self.long_lengths, self.long_escapes, runs.gap_bits + runs.value_bits, runs.track_bits,
-                            with_starts)
+        return _bucket_runs(stored, slots, self.bucket_bits, self.group_bits, self.group_codes, self.group_entries,
+                            self.group_positions, self.group_long, self.runs, self.long_lengths, self.long_escapes,
+                            runs.gap_bits + runs.value_bits, runs.track_bits, with_starts)
 
 
 def _compact_arrays(runs: _Runs, payload_bits: int) -> dict[str, np.ndarray]:
@@ -1148,6 +1207,15 @@ class _CompactRuns:
 
     def run_lengths(self, stored: np.ndarray, order: np.ndarray | None = None) -> np.ndarray:
         return self.table.run_lengths(stored, order, self)
+
+    def locate(self, stored: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """:meth:`run_lengths`, and what :meth:`find_located` needs besides the codes to find their runs
+        without searching the table again (a version-2 table: each code's slot in it)."""
+        return self.table.locate(stored, self)
+
+    def find_located(self, stored: np.ndarray, located: np.ndarray | None) -> tuple[np.ndarray, ...]:
+        """:meth:`find` of codes :meth:`locate` gave ``located`` for (the same codes, or a subset of both)."""
+        return self.table.find_located(stored, located, self)
 
     def gather_into(self, labels: np.ndarray, found: tuple[np.ndarray, ...], dest: np.ndarray,
                     payload_bits: int) -> None:
@@ -1522,6 +1590,14 @@ class _TrackMajorRuns:
         if not len(self.counted_codes):
             return np.zeros(len(stored), np.int64)
         return np.where(self.counted_codes[at] == stored, self.code_counts[at], 0).astype(np.int64)
+
+    def locate(self, stored: np.ndarray) -> tuple[np.ndarray, None]:
+        """:meth:`run_lengths`, and what :meth:`find_located` needs besides the codes (nothing here)."""
+        return self.run_lengths(stored), None
+
+    def find_located(self, stored: np.ndarray, located: np.ndarray | None) -> tuple[np.ndarray, ...]:
+        """:meth:`find` of codes :meth:`locate` was asked about."""
+        return self.find(stored)
 
     def track_entries(self, found: tuple[np.ndarray, ...], tracks: np.ndarray, payload_bits: int
                       ) -> tuple[np.ndarray, np.ndarray]:
@@ -1989,6 +2065,65 @@ class LandmarkIndex:
                 merged[_slice_positions(dest[held], hits)] = part
                 dest[held] += hits
             return first_hit, total, merged
+        return self._gathered(segments, found)
+
+    def lookup_rarest(self, hashes: np.ndarray, max_hits: int,
+                      counted_by: Callable[[np.ndarray], np.ndarray] | None = None
+                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """The rarest of ``hashes`` whose hits fit in ``max_hits`` together, and their hits.
+
+        A code's hits grow with the catalogue, and a common code's hits say least about which
+        track a query uses: reading the rarest codes first bounds the work whatever the
+        catalogue's size and spends it where a hit is most specific. Codes no track stores are
+        left out (they would cost a lookup and return nothing); each code counts against the
+        budget as often as it is given. Every code is found in the code table once, to count it,
+        and the chosen ones' runs are read from where it was found (a second search of the
+        ~40,000 codes a 10 s query's two proposals choose at 640 catalogue hours cost ~2 ms).
+
+        Parameters
+        ----------
+        hashes : np.ndarray of uint32
+            Query codes (repeats allowed).
+        max_hits : int
+            Hits the chosen codes may return together.
+        counted_by : callable, optional
+            What the budget counts a code's hits by, given codes (``code_counts`` of the
+            whole catalogue, for a shard of it: every shard then chooses the same codes);
+            by default this store's run lengths.
+
+        Returns
+        -------
+        chosen : np.ndarray of int64
+            Indices into ``hashes``, in the order the store files its codes
+            (:func:`mix_codes`; ties in the given order).
+        first_hit, hits_per_code : np.ndarray of int64
+            Per chosen code, where its hits start in ``labels`` and how many there are; a
+            repeated code's slice is shared, so the slices do not follow each other.
+        labels : np.ndarray of int64
+            The hits' entry ids, ``track_id << payload_bits | payload``, each code's by track.
+        """
+        stored = self._stored_form(hashes)
+        filed = stable_order(stored)
+        starts, run_of = equal_runs(stored[filed])
+        distinct = stored[filed][starts]
+        segments: list[_Segment] = [segment for segment in self._segments() if segment.distinct] \
+            or [_Runs.empty(self._width)]
+        located = [segment.locate(distinct) for segment in segments]
+        counts = (np.sum([lengths for lengths, _ in located], axis=0) if counted_by is None
+                  else np.asarray(counted_by(np.asarray(hashes, np.uint32)[filed][starts]), np.int64))[run_of]
+        rarest_first = stable_order(counts)
+        within_budget = rarest_first[np.cumsum(counts[rarest_first]) <= max_hits]
+        chosen = np.sort(within_budget[counts[within_budget] > 0])
+        needed_starts, slice_of = equal_runs(run_of[chosen])
+        needed = run_of[chosen][needed_starts]
+        found = [segment.find_located(distinct[needed], None if slots is None else slots[needed])
+                 for segment, (_, slots) in zip(segments, located)]
+        first_hit, hits_per_code, labels = self._gathered(segments, found)
+        return filed[chosen], first_hit[slice_of], hits_per_code[slice_of], labels
+
+    def _gathered(self, segments: list[_Segment], found: Sequence[tuple[np.ndarray, ...]]
+                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Every found code's hits, code after code, each code's runs in segment order."""
         hits_per_code = np.sum([located[1] for located in found], axis=0)
         first_hit = np.cumsum(hits_per_code) - hits_per_code
         labels = np.empty(int(hits_per_code.sum()), np.int64)

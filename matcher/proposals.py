@@ -35,12 +35,11 @@ import numpy as np
 from refrain.fingerprint import Fingerprint, FingerprintParams
 from refrain.fingerprint.hashes import (QUAD_MAX_SPAN, double_landmarks, hash_quads, query_quads, sorted_distinct,
                                         unpack_quad_payload)
-from refrain.index.landmarks import LandmarkIndex, stable_order
+from refrain.index.landmarks import LandmarkIndex
 from refrain.matcher.triplet import TripletTier
-from refrain.matcher.voting import (VOTE_WEIGHT_BITS, counts_in_store_order, lookup_in_store_order,
-                                     strongest_tracks)
+from refrain.matcher.voting import VOTE_WEIGHT_BITS, strongest_tracks
 
-__all__ = ["ProposalParams", "propose", "propose_copies", "rarest_within_budget", "rarity_vote_weights", "QUAD_TIER",
+__all__ = ["ProposalParams", "propose", "propose_copies", "rarity_vote_weights", "QUAD_TIER",
            "DOUBLE_TIER"]
 
 #: The store keys of the quad and double codes (``IndexStore.tiers``).
@@ -122,7 +121,7 @@ class ProposalParams:
         a recording under pink noise was found only through its low id (docs/scale.md step 14).
     max_hits : int
         Hits the derivative proposals read at most per query window (default 250,000),
-        from its rarest quad codes up (:func:`rarest_within_budget`), as the copy
+        from its rarest quad codes up (:meth:`index.landmarks.LandmarkIndex.lookup_rarest`), as the copy
         proposals do: every quad code's run grows with the catalogue (a 10 s query's
         ~22,500 codes read 54,000 hits at 40 catalogue hours and 217,000 at 160), so
         without a budget so would the work. Once it binds it costs recall: on 60 real
@@ -217,8 +216,10 @@ def propose_copies(fp: Fingerprint, doubles: LandmarkIndex, fingerprint_params: 
         filed = sorted_distinct(np.concatenate([codes.astype(np.int64) << 32 | anchor_frames,
                                                 strongest.codes.astype(np.int64) << 32 | strongest.anchor_frames]))
         codes, anchor_frames = (filed >> 32).astype(np.uint32), filed & 0xFFFFFFFF
-    specific = rarest_within_budget(codes, doubles, params.copy_max_hits)
-    _, hits_per_code, labels = doubles.lookup_slices(codes[specific])
+    specific, first_hit, hits_per_code, labels = doubles.lookup_rarest(codes, params.copy_max_hits)
+    # A code asked at several anchors shares its hits' slice: each anchor votes with all of them.
+    labels = labels[np.repeat(first_hit - (np.cumsum(hits_per_code) - hits_per_code), hits_per_code)
+                    + np.arange(int(hits_per_code.sum()))]
     track_ids = labels >> doubles.payload_bits
     offsets = (labels & ((1 << doubles.payload_bits) - 1)) - np.repeat(anchor_frames[specific], hits_per_code)
     return strongest_tracks(track_ids, offsets + _COPY_OFFSET_BIAS, _COPY_NEIGHBOURS, params.copy_min_votes,
@@ -255,11 +256,10 @@ def propose(fp: Fingerprint, quads: LandmarkIndex, fingerprint_params: Fingerpri
         return np.zeros(0, dtype=np.int64)
     codes, rows = hash_quads(query, tolerant=True, margin=params.margin,
                              pitch_reach_bins=derivatives.max_pitch_shift_semitones * fpp.bins_per_octave / 12.0)
-    specific = rarest_within_budget(codes, quads, params.max_hits)
     # 15-30 % of the codes repeat another (quads of several tempo hypotheses, tolerant variants):
     # each distinct code is looked up once, and a repeat shares its hits' slice.
-    codes, rows = codes[specific], rows[specific]
-    first_hit, hits_per_code, labels = lookup_in_store_order(quads, codes)
+    specific, first_hit, hits_per_code, labels = quads.lookup_rarest(codes, params.max_hits)
+    rows = rows[specific]
     middle = (int(fp.peaks.frames.min()) + int(fp.peaks.frames.max())) // 2
     track_ids, cells, weights = _hit_cells(first_hit, hits_per_code, labels, quads.payload_bits, rows,
                                            query.anchor_frames.astype(np.int64) - middle,
@@ -279,36 +279,6 @@ def rarity_vote_weights(hits_per_code: np.ndarray, max_hits: int) -> np.ndarray:
     """
     rarity = np.round(4.0 * np.log2(max_hits / np.maximum(hits_per_code, 1)))
     return np.clip(rarity, 1, (1 << VOTE_WEIGHT_BITS) - 1).astype(np.int64)
-
-
-def rarest_within_budget(codes: np.ndarray, store: LandmarkIndex, max_hits: int) -> np.ndarray:
-    """Which query codes to look up: the rarest first, as long as their hits fit in ``max_hits``.
-
-    A code's hits grow with the catalogue, and a common code's hits say least about
-    which track the query uses; reading the rarest codes first bounds the work whatever
-    the catalogue's size and spends it where a hit is most specific. Codes no track
-    stores are left out (they cost a lookup and return nothing).
-
-    Parameters
-    ----------
-    codes : np.ndarray of uint32
-        The query's codes.
-    store : LandmarkIndex
-        The store they are looked up in (its run lengths are the codes' hits).
-    max_hits : int
-        Hits the chosen codes may return together.
-
-    Returns
-    -------
-    np.ndarray of int64
-        Indices into ``codes``, in the order the store files its codes
-        (:func:`index.landmarks.mix_codes`): tens of thousands of code-table reads asked
-        in that order walk forward through the table and stay in cache.
-    """
-    filed, counts = counts_in_store_order(store, codes)
-    rarest_first = stable_order(counts)
-    within_budget = rarest_first[np.cumsum(counts[rarest_first]) <= max_hits]
-    return filed[np.sort(within_budget[counts[within_budget] > 0])]
 
 
 @numba.njit(cache=True, nogil=True)

@@ -5,10 +5,10 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-from refrain.index.landmarks import LandmarkIndex, mix_codes, stable_order
+from refrain.index.landmarks import LandmarkIndex, equal_runs, mix_codes, stable_order
 from refrain.matcher.landmarks import LandmarkTierParams
 
-__all__ = ["rarity_weights", "equal_runs", "counts_in_store_order", "strongest_first", "weighted_codes",
+__all__ = ["rarity_weights", "counts_in_store_order", "strongest_first", "weighted_codes",
            "lookup_in_store_order", "weighted_lookup", "vote_keys", "split_vote_keys", "vote_order",
            "best_cells_per_track", "strongest_tracks", "neighbourhood_sums", "ids_spread", "dense_track_numbers"]
 
@@ -31,24 +31,6 @@ def rarity_weights(entries_per_code: np.ndarray, entries_in_tier: int, params: L
     """
     typical = max(1.0, entries_in_tier / params.common_hash_entries_per_code)
     return np.minimum(1.0, np.sqrt(typical / np.maximum(entries_per_code, 1)))
-
-
-def equal_runs(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Where each run of equal values starts, and each value's run: ``values[starts][run_of] == values``.
-
-    Codes put in the store's order (:func:`index.landmarks.stable_order` of their mixes) lie
-    with their repeats, so their distinct codes are the runs' first values.
-
-    Parameters
-    ----------
-    values : np.ndarray
-
-    Returns
-    -------
-    starts, run_of : np.ndarray of int64
-    """
-    starts = np.flatnonzero(np.concatenate([[len(values) > 0], values[1:] != values[:-1]]))
-    return starts, np.repeat(np.arange(len(starts)), np.diff(np.append(starts, len(values))))
 
 
 def counts_in_store_order(tier: LandmarkIndex, codes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

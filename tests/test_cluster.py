@@ -24,7 +24,10 @@ import uvicorn
 
 from refrain.api import Refrain
 from refrain.cluster import ClusterCatalog, ClusterRefrain, LocalCluster, ShardUnavailableError
+from refrain.cluster.counts import TierCounts
+from refrain.cluster.shard import CatalogueWideCounts
 from refrain.fingerprint import fingerprint_signal
+from refrain.index.landmarks import LandmarkIndex
 from refrain.matcher import Match
 from refrain.service.app import create_app
 from refrain.service.db import ServiceDB
@@ -502,3 +505,26 @@ def test_a_starting_router_removes_the_query_files_of_dead_routers_only(tmp_path
 
     assert remove_orphaned_query_files(tmp_path) == 1
     assert not dead.exists() and alive.exists() and foreign.exists()
+
+
+def test_a_shard_reads_the_rarest_codes_of_the_whole_catalogue_not_its_own():
+    # The proposals read the rarest codes within a budget: a shard must choose them by the catalogue's counts, as
+    # one index of every track would, and return its own hits of them.
+    rng = np.random.default_rng(3)
+    whole, shard = LandmarkIndex.create(payload_bits=22), LandmarkIndex.create(payload_bits=22)
+    for track in range(1, 41):
+        codes = rng.integers(0, 300, 200, dtype=np.uint32)
+        payloads = rng.integers(0, 1 << 22, 200)
+        whole.add(track, codes, payloads)
+        if track % 4 == 0:   # the shard holds a quarter of the tracks: its own counts rank codes otherwise
+            shard.add(track, codes, payloads)
+    codes, entries = whole.code_table()
+    table = TierCounts(codes=codes, counts=entries, entries=whole.ntotal)
+    asked = rng.integers(0, 320, 500, dtype=np.uint32)
+    budget = int(whole.code_counts(asked).sum()) // 3
+    chosen, first_hit, hits_per_code, labels = CatalogueWideCounts(shard, table).lookup_rarest(asked, budget)
+    np.testing.assert_array_equal(chosen, whole.lookup_rarest(asked, budget)[0])
+    assert not np.array_equal(chosen, shard.lookup_rarest(asked, budget)[0])
+    np.testing.assert_array_equal(hits_per_code, shard.lookup_slices(asked[chosen])[1])
+    got = [labels[start:start + count] for start, count in zip(first_hit, hits_per_code)]
+    np.testing.assert_array_equal(np.concatenate(got), shard.lookup_slices(asked[chosen])[2])

@@ -40,6 +40,9 @@ def _assert_same_answers(store: LandmarkIndex, reference: LandmarkIndex, asked: 
         for got, want in zip(store.lookup_slices(asked, tracks), reference.lookup_slices(asked, tracks)):
             np.testing.assert_array_equal(got, want)
     np.testing.assert_array_equal(store.code_counts(asked), reference.code_counts(asked))
+    for budget in (0, int(reference.code_counts(asked).sum()) // 3, 1 << 40):
+        for got, want in zip(store.lookup_rarest(asked, budget), reference.lookup_rarest(asked, budget)):
+            np.testing.assert_array_equal(got, want)
     for got, want in zip(store.code_table(), reference.code_table()):
         np.testing.assert_array_equal(got, want)
     assert store.ntotal == reference.ntotal

@@ -14,6 +14,7 @@ import pytest
 from refrain.api import Refrain
 from refrain.config import Config
 from refrain.index import IndexStore, IndexWriteParams, LandmarkIndex
+from refrain.index.landmarks import mix_codes
 from refrain.index.peaks import PeakStore
 from refrain.index.store import FORMAT_VERSION
 
@@ -77,6 +78,43 @@ def test_a_store_of_deltas_answers_as_one_merged_store(tmp_path):
     assert len(store.segment_bytes()) == 1
     _same_answers(store, reference, rng)
     assert (tmp_path / "merged.npz").read_bytes() == (tmp_path / "one.npz").read_bytes()
+
+
+def _rarest_by_counting(store: LandmarkIndex, asked: np.ndarray, max_hits: int):
+    """:meth:`LandmarkIndex.lookup_rarest` by its definition: every code counted, the rarest taken (in the
+    store's order, ties as asked) while their hits fit, each looked up on its own."""
+    filed = np.argsort(mix_codes(asked), kind="stable")
+    counts = store.code_counts(asked[filed])
+    rarest_first = np.argsort(counts, kind="stable")
+    within = rarest_first[np.cumsum(counts[rarest_first]) <= max_hits]
+    chosen = filed[np.sort(within[counts[within] > 0])]
+    return chosen, store.lookup_slices(asked[chosen])
+
+
+def test_the_rarest_codes_within_a_budget_are_looked_up_across_main_deltas_and_added_entries(tmp_path):
+    rng = np.random.default_rng(5)
+    tracks = _tracks(rng, 30)
+    store = LandmarkIndex.create(payload_bits=22)
+    for number, track in enumerate(tracks):
+        store.add(*track)
+        if number == 9:
+            store.save(tmp_path / "main.npz")
+        if number == 19:
+            store.save_delta(tmp_path / "delta.npz")
+    assert len(store._segments()) == 3  # a compact main, a compact delta, the entries added since
+    asked = np.concatenate([rng.integers(0, 450, 700, dtype=np.uint32), np.full(5, 3, np.uint32)])
+    total = int(store.code_counts(asked).sum())
+    for budget in (0, 40, total // 5, total // 2, total, 1 << 40):
+        chosen, first_hit, hits_per_code, labels = store.lookup_rarest(asked, budget)
+        expected_chosen, (_, expected_counts, expected_labels) = _rarest_by_counting(store, asked, budget)
+        np.testing.assert_array_equal(chosen, expected_chosen)
+        np.testing.assert_array_equal(hits_per_code, expected_counts)
+        assert hits_per_code.sum() <= budget
+        # Each chosen code's slice holds its hits in store order; a repeated code's is shared.
+        got = [labels[start:start + count] for start, count in zip(first_hit, hits_per_code)]
+        np.testing.assert_array_equal(np.concatenate(got + [np.zeros(0, np.int64)]), expected_labels)
+        if budget >= total:  # every code a track holds, the repeats among them read once
+            assert len(chosen) == np.sum(store.code_counts(asked) > 0) and len(labels) < len(expected_labels)
 
 
 def test_removal_across_main_and_deltas_is_written_whole(tmp_path):

@@ -16,10 +16,10 @@ from refrain.config import Config
 from refrain.fingerprint import fingerprint_signal
 from refrain.fingerprint.hashes import double_landmarks, hash_quads, quad_landmarks, query_quads
 from refrain.fingerprint.peaks import Peaks
-from refrain.index.landmarks import LandmarkIndex
+from refrain.index.landmarks import LandmarkIndex, equal_runs
 from refrain.matcher import TripletTier
 from refrain.matcher.proposals import ProposalParams, propose, propose_copies, rarity_vote_weights
-from refrain.matcher.voting import VOTE_WEIGHT_BITS, equal_runs, strongest_tracks
+from refrain.matcher.voting import VOTE_WEIGHT_BITS, strongest_tracks
 
 
 def _at_rate(y: np.ndarray, rate: int) -> np.ndarray:
@@ -147,11 +147,11 @@ class _CountingStore:
     def __getattr__(self, name):
         return getattr(self._store, name)
 
-    def lookup_slices(self, hashes, tracks=None):
-        found = self._store.lookup_slices(hashes, tracks)
-        self.looked_up.append(np.asarray(hashes))
-        self.hits += int(found[1].sum())
-        return found
+    def lookup_rarest(self, hashes, max_hits):
+        chosen, first_hit, hits_per_code, labels = self._store.lookup_rarest(hashes, max_hits)
+        self.looked_up.append(np.asarray(hashes)[chosen])
+        self.hits += int(hits_per_code.sum())
+        return chosen, first_hit, hits_per_code, labels
 
 
 def test_copy_proposals_read_at_most_their_budget_of_hits_rarest_codes_first(catalogue, catalogue_index, songs,
