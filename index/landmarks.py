@@ -673,15 +673,24 @@ def _bucket_runs(stored: np.ndarray, slots: np.ndarray, bucket_bits: int, group_
     first, run_lengths, positions = np.zeros(n, np.int64), np.zeros(n, np.int64), np.zeros(n, np.int64)
     low_bits = 32 - bucket_bits
     for k in range(n):
-        ahead = slots[k + _AHEAD] if k + _AHEAD < n else -1
-        if ahead >= 0 and not with_starts:
-            _prefetch(runs, ahead)
-        elif ahead >= 0:
-            group = (np.int64(stored[k + _AHEAD]) >> low_bits) >> group_bits
-            _prefetch(runs, np.int64(group_codes[group]))
-            _prefetch(group_entries, group)
-            _prefetch(group_positions, group)
+        # Twice as far ahead, the code's own byte and its group's figures; then, those at hand, the
+        # group's run bytes and first long run (a count needs them for a long run: a third of the
+        # proposal codes found).
+        if k + 2 * _AHEAD < n and slots[k + 2 * _AHEAD] >= 0:
+            group = (np.int64(stored[k + 2 * _AHEAD]) >> low_bits) >> group_bits
+            _prefetch(runs, slots[k + 2 * _AHEAD])
+            _prefetch(group_codes, group)
             _prefetch(group_long, group)
+            if with_starts:
+                _prefetch(group_entries, group)
+                _prefetch(group_positions, group)
+        if k + _AHEAD < n and slots[k + _AHEAD] >= 0:
+            group = (np.int64(stored[k + _AHEAD]) >> low_bits) >> group_bits
+            if with_starts or not runs[slots[k + _AHEAD]]:
+                _prefetch(runs, np.int64(group_codes[group]))
+                _prefetch(long_lengths, np.int64(group_long[group]))
+                if with_starts:
+                    _prefetch(long_escapes, np.int64(group_long[group]))
         j = slots[k]
         if j < 0:
             continue
