@@ -91,20 +91,21 @@ class ProposalParams:
         proposed as a copy (default 2): on 40 real 10 s excerpts mixed 6 dB under other
         music the true track had a median of 2.5, unrelated tracks 2.
     copy_max_candidates : int
-        Tracks proposed at most as copies (default 512). The pair tier then reads only these
-        tracks' entries of its codes, its common codes only in the candidates its rare ones
-        promote (:class:`~matcher.pair.PairTier`), and its own votes rank them; so a candidate
-        costs little: 512 instead of 256 found one more of 60 recordings 6 dB under other music
-        at 640 h with ids shuffled (46, as the exhaustive search) for ~0.5-1 ms more per 10 s
-        query, and 1,024 no more (docs/scale.md step 15). Under noise or other music a recording keeps two or three doubles, as
-        many as chance tracks: at 640 h some 3,800 tracks hold two agreeing double hits. So the
-        tracks are ranked by the rarity of their votes' codes (:func:`rarity_vote_weights`), not
-        by their number: ranked by number, ties went by track id, and the true track made the
-        cut only where its id was low. With the catalogue's ids shuffled (60 real 10 s queries
-        per condition at 640 h, docs/scale.md step 14) the weights found 54 recordings under pink
-        noise 0 dB where counting found 52 (256 candidates; 128: 53; with the strongest peaks'
-        doubles, :func:`propose_copies`, 55; the exhaustive search 59), the same copies and mixes.
-        The 4 that the exhaustive search finds beyond those are not among the first 1,024.
+        Tracks proposed at most as copies (default 256). The pair tier then reads only these
+        tracks' entries of its codes (its common codes only in the candidates its rare ones
+        promote, :class:`~matcher.pair.PairTier`), and its own votes rank them. 512 found one
+        more of 60 recordings 6 dB under other music at 640 h with ids shuffled (46, as the
+        exhaustive search) and no more under pink noise, for ~3 ms more per 10 s query: a
+        candidate's hits still cost the pair tier (docs/scale.md step 15). Under noise or other
+        music a recording keeps two or three doubles, as many as chance tracks: at 640 h some
+        3,800 tracks hold two agreeing double hits. So the tracks are ranked by the rarity of
+        their votes' codes (:func:`rarity_vote_weights`), not by their number: ranked by
+        number, ties went by track id, and the true track made the cut only where its id was
+        low. With the catalogue's ids shuffled (60 real 10 s queries per condition at 640 h,
+        docs/scale.md step 14) the weights found 54 recordings under pink noise 0 dB where
+        counting found 52 (128 candidates: 53; with the strongest peaks' doubles,
+        :func:`propose_copies`, 55; the exhaustive search 59, the 4 more not among 1,024
+        candidates), the same copies and mixes.
     copy_slack : int
         Next-nearest targets per anchor the query also combines into doubles (default 8:
         each anchor's 10 nearest targets two by two, 45 doubles). The query's doubles are
@@ -164,7 +165,7 @@ class ProposalParams:
     max_candidates: int = 64
     copies: bool = True
     copy_min_votes: int = 2
-    copy_max_candidates: int = 512
+    copy_max_candidates: int = 256
     copy_slack: int = 8
     copy_max_hits: int = 250000
     min_votes: int = 3
