@@ -45,8 +45,9 @@ class PairTier(LandmarkTierParams):
         candidate first; the others only in the candidates whose best offset then weighs at
         least ``first_round_min_weight`` (default 2.0) or which are among the
         ``first_round_tracks`` heaviest (default 64). Measured at 640 h (docs/scale.md step
-        15): ~60 of ~300 candidates searched in the second round, 10 s query CPU 73 -> 66 ms,
-        the same top-1 on every condition; the matches that changed were of a track whose
+        15): 64 (90th percentile 130) of ~318 candidates searched in the second round, the
+        tier's CPU p50 per 10 s query 19.1-19.6 -> 14.0 ms and per 30 s query 57.5 -> 35.5 ms,
+        the same top-1 on every condition; the one match that changed was of a track whose
         evidence lay nearly all in common codes (a recording's drones).
     calibration : Calibration
         Chance that unrelated music reaches a pair score (``bench/calibrate.py``).
