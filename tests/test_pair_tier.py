@@ -288,7 +288,7 @@ def test_common_codes_are_searched_only_in_the_candidates_the_rare_ones_promote(
     votes = _reference_votes(index, hashes, frames, params, candidates)
     early = votes[rare[votes.query_ids]]
     _, _, _, best = neighbourhood_sums(vote_keys(early.track_ids, early.offsets + _OFFSET_BIAS), early.weights,
-                                           np.arange(-1, 2))
+                                       np.arange(-1, 2))
     # Six weigh 3 or more (the copies among them); two more are among the eight best (ties: lower ids first).
     heaviest = np.isin(np.arange(len(best)), np.argsort(-best, kind="stable")[:8])
     promoted = np.unique(early.track_ids)[(best >= 3.0) | heaviest]
