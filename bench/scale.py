@@ -70,7 +70,7 @@ from refrain.config import Config  # noqa: E402
 from refrain.fingerprint import (AudioDecodeError, Fingerprint, FingerprintError, fingerprint_file,  # noqa: E402
                                  fingerprint_signal, load_audio)
 from refrain.index import IndexStore  # noqa: E402
-from refrain.index.landmarks import LandmarkIndex  # noqa: E402
+from refrain.index.landmarks import LandmarkIndex, slice_positions  # noqa: E402
 from refrain.tuning import tune_process  # noqa: E402
 
 SHORT_CONDITIONS = ("clean_10s", "pink_0dB", "speed_1.1", "mixed_-6dB")
@@ -197,9 +197,7 @@ class CountingLandmarks:
         if self.true_track is not None and len(labels):
             # Each code's hits are one slice of labels: the code of every hit.
             code_of_hit = np.repeat(np.arange(len(hits_per_code)), hits_per_code)
-            hit_order = np.repeat(first_hit, hits_per_code) + (
-                np.arange(len(code_of_hit)) - np.repeat(np.cumsum(hits_per_code) - hits_per_code, hits_per_code))
-            own = (labels[hit_order] >> self._tier.payload_bits) == self.true_track
+            own = (labels[slice_positions(first_hit, hits_per_code)] >> self._tier.payload_bits) == self.true_track
             self.true_hits_by_list_length += np.bincount(buckets[code_of_hit[own]],
                                                          minlength=len(LIST_LENGTH_EDGES) + 1)
 

@@ -145,7 +145,8 @@ from numba.extending import intrinsic
 
 from refrain.index.files import array_names, map_arrays, save_arrays
 
-__all__ = ["LandmarkIndex", "CODE_BITS", "TRACK_BITS", "mix_codes", "unmix_codes", "stable_order", "equal_runs"]
+__all__ = ["LandmarkIndex", "CODE_BITS", "TRACK_BITS", "mix_codes", "unmix_codes", "stable_order", "equal_runs",
+           "slice_positions"]
 
 CODE_BITS = 32
 #: Track ids of a landmark store lie below ``2 ** TRACK_BITS`` (67 million; ids are never
@@ -308,7 +309,7 @@ def _track_span(rows: np.ndarray, payload_bits: int) -> tuple[np.int64, np.int64
     return low, high
 
 
-def _slice_positions(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+def slice_positions(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
     """The positions ``starts[k], ..., starts[k] + lengths[k] - 1`` of every slice, slice after slice."""
     return np.repeat(starts - (np.cumsum(lengths) - lengths), lengths) + np.arange(int(lengths.sum()))
 
@@ -1626,13 +1627,13 @@ class _TrackMajorRuns:
         # Codes asked more than once: each gets its distinct code's slice.
         hits_per_code = per_distinct[code_of]
         source = np.cumsum(per_distinct) - per_distinct
-        return hits_per_code, labels[_slice_positions(source[code_of], hits_per_code)]
+        return hits_per_code, labels[slice_positions(source[code_of], hits_per_code)]
 
     def gather_into(self, labels: np.ndarray, found: tuple[np.ndarray, ...], dest: np.ndarray,
                     payload_bits: int) -> None:
         """Write each found code's hits on every track to ``labels[dest[k]:]``."""
         hits_per_code, hits = self.track_entries(found, self._tracks, payload_bits)
-        labels[_slice_positions(dest, hits_per_code)] = hits
+        labels[slice_positions(dest, hits_per_code)] = hits
 
     def plain(self) -> _Runs:
         """The same entries in the plain, code-major layout, in memory."""
@@ -2071,7 +2072,7 @@ class LandmarkIndex:
             first_hit = np.cumsum(total) - total
             merged, dest = np.empty(int(total.sum()), np.int64), first_hit.copy()
             for held, hits, part in parts:
-                merged[_slice_positions(dest[held], hits)] = part
+                merged[slice_positions(dest[held], hits)] = part
                 dest[held] += hits
             return first_hit, total, merged
         return self._gathered(segments, found)

@@ -35,7 +35,7 @@ import numpy as np
 from refrain.fingerprint import Fingerprint, FingerprintParams
 from refrain.fingerprint.hashes import (QUAD_MAX_SPAN, double_landmarks, hash_quads, query_quads, sorted_distinct,
                                         unpack_quad_payload)
-from refrain.index.landmarks import LandmarkIndex
+from refrain.index.landmarks import LandmarkIndex, slice_positions
 from refrain.matcher.triplet import TripletTier
 from refrain.matcher.voting import VOTE_WEIGHT_BITS, strongest_tracks
 
@@ -223,8 +223,7 @@ def propose_copies(fp: Fingerprint, doubles: LandmarkIndex, fingerprint_params: 
         codes, anchor_frames = (filed >> 32).astype(np.uint32), filed & 0xFFFFFFFF
     specific, first_hit, hits_per_code, labels = doubles.lookup_rarest(codes, params.copy_max_hits)
     # A code asked at several anchors shares its hits' slice: each anchor votes with all of them.
-    labels = labels[np.repeat(first_hit - (np.cumsum(hits_per_code) - hits_per_code), hits_per_code)
-                    + np.arange(int(hits_per_code.sum()))]
+    labels = labels[slice_positions(first_hit, hits_per_code)]
     track_ids = labels >> doubles.payload_bits
     offsets = (labels & ((1 << doubles.payload_bits) - 1)) - np.repeat(anchor_frames[specific], hits_per_code)
     return strongest_tracks(track_ids, offsets + _COPY_OFFSET_BIAS, _COPY_NEIGHBOURS, params.copy_min_votes,
