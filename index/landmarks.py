@@ -1031,7 +1031,7 @@ class _BucketTable:
     def find(self, stored: np.ndarray, order: np.ndarray | None, runs: "_CompactRuns"
              ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """See :meth:`_CompactRuns.find` (``order`` is not needed: no search walks the codes)."""
-        return self.find_located(stored, self._slots(stored), runs)
+        return self.find_located(stored, None, runs)
 
     def run_lengths(self, stored: np.ndarray, order: np.ndarray | None, runs: "_CompactRuns") -> np.ndarray:
         return self.locate(stored, runs)[0]
